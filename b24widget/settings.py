@@ -1,0 +1,157 @@
+"""Settings for b24widget, read from the environment (and an optional .env file) in this one place.
+
+Every variable is documented in README.md ("Configuration"). Local defaults work with DEBUG on;
+with DEBUG off the app refuses to start without the secrets a deployment needs.
+"""
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# Secrets: development fallbacks only when DEBUG is on.
+_DEV_SECRET_KEY = "dev-only-insecure-secret-key-b24widget-change-me-0123456789"
+# A fixed development Fernet key; production must set TOKEN_ENCRYPTION_KEYS.
+_DEV_TOKEN_KEY = "ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA="
+
+
+def _required(name, dev_default):
+    value = env.str(name, default="")
+    if value:
+        return value
+    if DEBUG:
+        return dev_default
+    raise ImproperlyConfigured(f"{name} must be set when DEBUG is off (see README, Configuration).")
+
+
+SECRET_KEY = _required("SECRET_KEY", _DEV_SECRET_KEY)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# --- Bitrix24 application ---------------------------------------------------------------------
+B24_CLIENT_ID = _required("B24_CLIENT_ID", "local.dev-client-id")
+B24_CLIENT_SECRET = _required("B24_CLIENT_SECRET", "dev-client-secret")
+B24_APP_URL = _required("B24_APP_URL", "http://127.0.0.1:8000").rstrip("/")
+B24_OAUTH_URL = env.str("B24_OAUTH_URL", default="https://oauth.bitrix.info/oauth/token/")
+# Admit plain-HTTP portals and host:port addresses (on-premise test portals, the local stand-in).
+B24_ALLOW_HTTP_PORTALS = env.bool("B24_ALLOW_HTTP_PORTALS", default=False)
+# The BX24 JavaScript library loaded by the install and widget pages.
+B24_JS_URL = env.str("B24_JS_URL", default="https://api.bitrix24.com/api/v1/")
+# Seconds after a verified install POST during which a token-less ONAPPINSTALL is believed.
+B24_INSTALL_EVENT_WINDOW = env.int("B24_INSTALL_EVENT_WINDOW", default=600)
+# Timeouts (seconds) for calls to Bitrix24: (connect, read).
+B24_HTTP_TIMEOUT = (env.float("B24_CONNECT_TIMEOUT", default=5.0), env.float("B24_READ_TIMEOUT", default=30.0))
+# REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
+B24_REST_MAX_RETRIES = env.int("B24_REST_MAX_RETRIES", default=4)
+B24_REST_BACKOFF = env.float("B24_REST_BACKOFF", default=0.5)
+# Minimum seconds between OAuth re-checks caused by a posted DOMAIN that differs from the stored one.
+B24_DOMAIN_RECHECK_INTERVAL = env.int("B24_DOMAIN_RECHECK_INTERVAL", default=600)
+# Lifetime (seconds) of the signed token that lets the widget frame save settings.
+B24_WIDGET_TOKEN_MAX_AGE = env.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600)
+
+# Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation).
+TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[]) or (
+    [_DEV_TOKEN_KEY] if DEBUG else []
+)
+if not TOKEN_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured("TOKEN_ENCRYPTION_KEYS must be set when DEBUG is off (see README, Configuration).")
+
+# --- Django -------------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "portals",
+    "placements",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "b24widget.urls"
+WSGI_APPLICATION = "b24widget.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+_db = DATABASES["default"]
+_db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+_db["CONN_HEALTH_CHECKS"] = True
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions serialize writers, which is what the single-flight token refresh
+    # relies on where SELECT ... FOR UPDATE does not exist; wait for the lock instead of failing.
+    _db.setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 30})
+    _db["CONN_MAX_AGE"] = 0
+
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://b24widget")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", _("English")), ("ru", _("Russian")), ("de", _("German"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+USE_I18N = True
+TIME_ZONE = "UTC"
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Security (production sits behind a TLS-terminating proxy) ----------------------------------
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+# /healthz is probed over plain HTTP by load balancers.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

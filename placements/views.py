@@ -1,0 +1,128 @@
+"""One entry point for every placement, dispatched by PLACEMENT; and the widget's settings save."""
+import logging
+import re
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from portals.addresses import portal_origin
+from portals.framing import frame_origin, framed_by
+from portals.frame_post import BadFramePost, language_of
+from portals.models import AppStatus, Portal
+from portals.views import frame_error
+
+from . import auth, request as placement_request, widget_token
+from .models import WidgetSettings
+
+log = logging.getLogger(__name__)
+_OPEN_LINE_ID = re.compile(r"^[0-9]{1,10}$")
+
+
+def _refusal(reason: str):
+    """(title, message) for a refused open, in the active language."""
+    return {
+        "not_installed": (_("App not installed"), _("The app is not installed on this portal.")),
+        "uninstalled": (_("App not installed"), _("The app is not installed on this portal.")),
+        "blocked": (_("Reinstall needed"),
+                    _("The app lost its connection to this portal. Please ask a portal administrator to "
+                      "reinstall the app.")),
+        "domain_mismatch": (_("Unknown portal address"),
+                            _("This portal's address does not match the one Bitrix24 confirmed for it.")),
+        "no_auth": (_("Not signed in"), _("Bitrix24 did not send the user's authorization. Open the widget again.")),
+        "bad_token": (_("Access denied"),
+                      _("Bitrix24 did not confirm your authorization. Close the widget and open it again.")),
+        "bitrix24_unreachable": (_("Bitrix24 is not reachable"),
+                                 _("Bitrix24 did not answer. Please try again in a few minutes.")),
+        "bitrix24_error": (_("Bitrix24 error"), _("Bitrix24 gave an answer we could not use. Please try again.")),
+    }.get(reason, (_("Access denied"), _("The request was refused.")))
+
+
+def _app_status_label(code: str) -> str:
+    return AppStatus(code).label if code in AppStatus.values else _("unknown")
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def placement_view(request):
+    """Bitrix24 opens every placement here with a cross-site POST into an iframe."""
+    if request.method == "GET":
+        with translation.override(language_of(request)):
+            return frame_error(request, status=200, title=_("Open from Bitrix24"),
+                               message=_("This widget opens from inside Bitrix24, in the Contact Center."),
+                               origin=None)
+    with translation.override(language_of(request)):
+        try:
+            parsed = placement_request.parse(request)
+        except placement_request.UnknownPlacement:
+            return frame_error(request, status=400, title=_("Unknown placement"),
+                               message=_("This app has no handler for that placement."), origin=None)
+        except BadFramePost as exc:
+            return frame_error(request, status=400, title=_("Bad request"),
+                               message=_("The request from Bitrix24 is malformed (%(field)s).") % {"field": exc.field},
+                               origin=None)
+    post = parsed.post
+    with translation.override(post.language):
+        try:
+            portal, verdict = auth.verify(post)
+        except auth.Refused as exc:
+            title, message = _refusal(exc.reason)
+            # The stored portal's origin, when one is known; else the posted one, for a page that holds
+            # nothing but this message (so the user sees it instead of a blocked frame).
+            origin = portal_origin(exc.portal) if exc.portal else frame_origin(post.domain, post.protocol)
+            return frame_error(request, status=exc.status, title=title, message=message, origin=origin)
+        widget_settings = WidgetSettings.objects.filter(portal=portal).first()
+        context = {
+            "portal": portal,
+            "verdict": verdict,
+            "settings": widget_settings,
+            "widget_token": widget_token.issue(portal, verdict),
+            "bx24_js_url": settings.B24_JS_URL,
+            "language": post.language,
+            "placement": parsed.placement,
+            "app_status_label": _app_status_label(verdict.app_info.get("status", "")),
+            "options": post.placement_options,
+        }
+        response = render(request, parsed.placement.template, context)
+    return framed_by(response, portal_origin(portal))
+
+
+@csrf_exempt
+@never_cache
+@require_POST
+def save_settings_view(request):
+    """Save the widget settings from inside the frame; the signed widget token names portal and user."""
+    with translation.override(language_of(request)):
+        try:
+            token = widget_token.read(request.POST.get("widget_token", ""))
+        except widget_token.BadWidgetToken as exc:
+            message = {
+                "missing": _("The request carries no widget token."),
+                "expired": _("The widget was open too long. Close it and open it again."),
+            }.get(exc.reason, _("The widget token is not valid."))
+            return JsonResponse({"error": f"token_{exc.reason}", "error_description": message}, status=403)
+        portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
+        if portal is None or not portal.is_serving:
+            return JsonResponse({"error": "not_installed",
+                                 "error_description": _("The app is not installed on this portal.")}, status=403)
+        if not token.is_admin:
+            return JsonResponse({"error": "not_admin",
+                                 "error_description": _("Only portal administrators may change the settings.")},
+                                status=403)
+        enabled = request.POST.get("enabled", "")
+        open_line_id = request.POST.get("open_line_id", "").strip()
+        if enabled not in ("0", "1") or (open_line_id and not _OPEN_LINE_ID.match(open_line_id)):
+            return JsonResponse({"error": "bad_request",
+                                 "error_description": _("The settings are malformed.")}, status=400)
+        WidgetSettings.objects.update_or_create(
+            portal=portal,
+            defaults={"enabled": enabled == "1", "open_line_id": open_line_id,
+                      "updated_at": timezone.now(), "updated_by": token.user_id},
+        )
+        log.info("portal %s: widget settings saved by user %s", portal.member_id, token.user_id)
+        return JsonResponse({"result": "saved", "message": _("Settings saved.")})

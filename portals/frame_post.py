@@ -1,0 +1,156 @@
+"""The form Bitrix24 POSTs into an app frame (install page, placements), parsed and validated.
+
+A real portal puts DOMAIN, PROTOCOL, LANG and APP_SID in the handler URL's query string and the rest
+in the body; the docs show them all in the body. Each field is read from the body first, then from
+the query. Nothing here is trusted yet: it is only well-formed.
+"""
+import json
+import re
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .addresses import BadAddress, normalize_domain
+from .models import AppStatus
+
+MAX_TOKEN = 1024
+MAX_OPTIONS = 16 * 1024
+
+_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.\-]{1,%d}$" % MAX_TOKEN)
+_LANG = re.compile(r"^[A-Za-z]{2}(?:[_-][A-Za-z]{2,4})?$")
+_APP_SID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_PLACEMENT = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
+
+# Bitrix24 interface languages mapped to the languages this app is translated into.
+_LANGUAGE_MAP = {"ru": "ru", "ua": "ru", "uk": "ru", "by": "ru", "kz": "ru", "de": "de", "en": "en"}
+
+
+class BadFramePost(ValueError):
+    """A field that is missing or malformed; `field` names it, the message says what is wrong."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def django_language(lang: str) -> str:
+    """Map a Bitrix24 LANG (en, ru, de, ua, la, ...) to one of settings.LANGUAGES, English by default."""
+    return _LANGUAGE_MAP.get((lang or "").lower()[:2], "en")
+
+
+@dataclass(frozen=True)
+class FramePost:
+    domain: str
+    protocol: int
+    lang: str
+    member_id: str
+    placement: str
+    app_sid: str = ""
+    auth_id: str = field(default="", repr=False)
+    auth_expires: int | None = None
+    refresh_id: str = field(default="", repr=False)
+    status: str = ""
+    placement_options: dict = field(default_factory=dict)
+
+    @property
+    def language(self) -> str:
+        return django_language(self.lang)
+
+
+def language_of(request) -> str:
+    """Best-effort language of a frame request, for pages that explain why the POST was refused."""
+    raw = request.POST.get("LANG") or request.GET.get("LANG") or ""
+    return django_language(raw if isinstance(raw, str) and _LANG.match(raw) else "")
+
+
+def _value(request, name: str, *, limit: int) -> str:
+    value = request.POST.get(name)
+    if value is None:
+        value = request.GET.get(name)
+    if value is None:
+        return ""
+    if len(value) > limit:
+        raise BadFramePost(name, f"longer than {limit} characters")
+    return value.strip()
+
+
+def _required(request, name: str, *, limit: int = 255) -> str:
+    value = _value(request, name, limit=limit)
+    if not value:
+        raise BadFramePost(name, "is required")
+    return value
+
+
+def _options(raw: str) -> dict:
+    if raw in ("", "undefined", "null"):
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadFramePost("PLACEMENT_OPTIONS", "is not valid JSON") from None
+    # Bitrix24 sometimes sends a non-object (a bare string, a number): that carries no options.
+    return value if isinstance(value, dict) else {}
+
+
+def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
+    """Parse and validate the frame POST; raises BadFramePost naming the first bad field."""
+    try:
+        domain = normalize_domain(_required(request, "DOMAIN"))
+    except BadAddress as exc:
+        raise BadFramePost("DOMAIN", str(exc)) from None
+
+    protocol = _required(request, "PROTOCOL", limit=1)
+    if protocol not in ("0", "1"):
+        raise BadFramePost("PROTOCOL", "must be 0 or 1")
+    if protocol == "0" and not settings.B24_ALLOW_HTTP_PORTALS:
+        raise BadFramePost("PROTOCOL", "plain-HTTP portals are not allowed by this deployment")
+
+    lang = _required(request, "LANG", limit=8)
+    if not _LANG.match(lang):
+        raise BadFramePost("LANG", "is not a language code")
+
+    member_id = _required(request, "member_id", limit=64)
+    if not _MEMBER_ID.match(member_id):
+        raise BadFramePost("member_id", "has characters a member_id never has")
+
+    placement = _value(request, "PLACEMENT", limit=64)
+    if require_placement and not placement:
+        raise BadFramePost("PLACEMENT", "is required")
+    if placement and not _PLACEMENT.match(placement):
+        raise BadFramePost("PLACEMENT", "is not a placement code")
+
+    app_sid = _value(request, "APP_SID", limit=128)
+    if app_sid and not _APP_SID.match(app_sid):
+        raise BadFramePost("APP_SID", "is malformed")
+
+    auth_id = _value(request, "AUTH_ID", limit=MAX_TOKEN)
+    refresh_id = _value(request, "REFRESH_ID", limit=MAX_TOKEN)
+    for name, token in (("AUTH_ID", auth_id), ("REFRESH_ID", refresh_id)):
+        if token and not _TOKEN.match(token):
+            raise BadFramePost(name, "is not a token")
+
+    auth_expires = None
+    raw_expires = _value(request, "AUTH_EXPIRES", limit=10)
+    if raw_expires:
+        if not raw_expires.isdigit():
+            raise BadFramePost("AUTH_EXPIRES", "must be a whole number of seconds")
+        auth_expires = int(raw_expires)
+
+    status = _value(request, "status", limit=1)
+    if status and status not in AppStatus.values:
+        raise BadFramePost("status", "must be one of F, D, T, P, L, S")
+
+    return FramePost(
+        domain=domain,
+        protocol=int(protocol),
+        lang=lang.lower(),
+        member_id=member_id,
+        placement=placement,
+        app_sid=app_sid,
+        auth_id=auth_id,
+        auth_expires=auth_expires,
+        refresh_id=refresh_id,
+        status=status,
+        placement_options=_options(_value(request, "PLACEMENT_OPTIONS", limit=MAX_OPTIONS)),
+    )

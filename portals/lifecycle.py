@@ -1,0 +1,261 @@
+"""The portal state machine: new -> active -> (blocked <-> active) -> uninstalled.
+
+Every change of a portal's state goes through a function here; each checks the current state and
+writes a PortalEvent. Event details hold only non-secret facts (codes, addresses, versions).
+"""
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.dispatch import Signal
+from django.utils import timezone
+
+from .models import Portal, PortalEvent
+
+log = logging.getLogger(__name__)
+Kind = PortalEvent.Kind
+Status = Portal.Status
+
+# Sent inside the uninstall transaction when the user asked to delete the app's data (data[CLEAN]=1).
+# Apps that keep per-portal data (placements' widget settings) delete it here.
+portal_data_cleaned = Signal()
+
+# How stale last_seen_at may get before a widget open writes it again (keeps the hot path read-only).
+LAST_SEEN_RESOLUTION = timedelta(minutes=5)
+
+
+class TransitionError(Exception):
+    """A transition that the portal's current state does not allow."""
+
+
+def record(portal: Portal, kind: str, **detail) -> PortalEvent:
+    """Append one line to the portal's history and log it (never with a secret: callers pass facts only)."""
+    log.info("portal %s: %s %s", portal.member_id, kind, detail or "")
+    return PortalEvent.objects.create(portal=portal, kind=kind, detail=detail)
+
+
+def _grant_fields(portal: Portal, grant, now) -> list[str]:
+    """Copy a confirmed token grant onto the portal; returns the changed field names."""
+    portal.access_token = grant.access_token
+    portal.refresh_token = grant.refresh_token
+    portal.access_expires_at = now + timedelta(seconds=grant.expires_in)
+    portal.refresh_renewed_at = now
+    fields = ["access_token", "refresh_token", "access_expires_at", "refresh_renewed_at"]
+    if grant.server_endpoint and grant.server_endpoint != portal.server_endpoint:
+        portal.server_endpoint = grant.server_endpoint
+        fields.append("server_endpoint")
+    if grant.scope and grant.scope != portal.scope:
+        portal.scope = grant.scope
+        fields.append("scope")
+    if grant.status and grant.status != portal.app_status:
+        if portal.app_status:
+            record(portal, Kind.APP_STATUS_CHANGED, old=portal.app_status, new=grant.status)
+        portal.app_status = grant.status
+        fields.append("app_status")
+    fields += _follow_endpoint(portal, grant.client_endpoint, grant.domain)
+    return fields
+
+
+def _follow_endpoint(portal: Portal, client_endpoint: str, domain: str) -> list[str]:
+    """Adopt an OAuth-confirmed address; a changed host is recorded as a move."""
+    if client_endpoint == portal.client_endpoint and domain == portal.domain:
+        return []
+    if portal.domain and domain != portal.domain:
+        record(portal, Kind.DOMAIN_CHANGED, old=portal.domain, new=domain)
+    portal.client_endpoint = client_endpoint
+    portal.domain = domain
+    return ["client_endpoint", "domain"]
+
+
+@transaction.atomic
+def install(grant, *, language: str = "", user_id: str = "") -> tuple[Portal, bool]:
+    """Store a portal whose install the OAuth server confirmed; returns (portal, created).
+
+    A known member_id is updated in place (reinstall). Uninstalled and blocked portals start again
+    as `new`; an active portal stays active.
+    """
+    now = timezone.now()
+    portal = Portal.objects.select_for_update().filter(member_id=grant.member_id).first()
+    created = portal is None
+    if created:
+        portal = Portal(member_id=grant.member_id, client_endpoint=grant.client_endpoint, domain=grant.domain)
+    previous = portal.status
+    _grant_fields(portal, grant, now)
+    portal.language = language or portal.language
+    portal.installed_by = grant.user_id or user_id or portal.installed_by
+    portal.installed_at = now
+    portal.uninstalled_at = None
+    portal.last_error = ""
+    if previous in (Status.UNINSTALLED, Status.BLOCKED):
+        portal.status = Status.NEW
+        portal.application_token = ""
+    portal.save()
+    if created:
+        record(portal, Kind.INSTALLED, domain=portal.domain, user_id=portal.installed_by)
+    else:
+        record(portal, Kind.REINSTALLED, domain=portal.domain, user_id=portal.installed_by, previous_status=previous)
+    return portal, created
+
+
+def record_install_failure(member_id: str, reason: str, description: str = "") -> None:
+    """Note a failed install on a known portal without changing its state (a forged POST must not)."""
+    portal = Portal.objects.filter(member_id=member_id).first()
+    if portal is None:
+        log.warning("install not confirmed for unknown member_id %s: %s", member_id, reason)
+        return
+    with transaction.atomic():
+        Portal.objects.filter(pk=portal.pk).update(last_error=f"install: {reason} {description}".strip()[:1000])
+        record(portal, Kind.INSTALL_FAILED, reason=reason, description=description[:255])
+
+
+def record_bindings(portal: Portal, *, placements: list[str], events: list[str]) -> None:
+    with transaction.atomic():
+        if placements:
+            record(portal, Kind.PLACEMENT_BOUND, placements=placements)
+        if events:
+            record(portal, Kind.EVENTS_BOUND, events=events)
+
+
+def record_binding_failure(portal: Portal, code: str, description: str) -> None:
+    with transaction.atomic():
+        Portal.objects.filter(pk=portal.pk).update(last_error=f"binding: {code} {description}".strip()[:1000])
+        record(portal, Kind.INSTALL_FAILED, reason=code, description=description[:255], step="bind")
+
+
+@transaction.atomic
+def accept_application_token(portal: Portal, application_token: str, *, via: str, version: str = "") -> Portal:
+    """Save the application_token from a verified ONAPPINSTALL; the install is now complete."""
+    portal = Portal.objects.select_for_update().get(pk=portal.pk)
+    if portal.status == Status.UNINSTALLED:
+        raise TransitionError("portal is uninstalled")
+    portal.application_token = application_token
+    fields = ["application_token"]
+    if version:
+        portal.app_version = version
+        fields.append("app_version")
+    portal.save(update_fields=fields)
+    record(portal, Kind.APPLICATION_TOKEN_SAVED, via=via)
+    _activate(portal, via="ONAPPINSTALL")
+    return portal
+
+
+def _activate(portal: Portal, *, via: str) -> bool:
+    if portal.status != Status.NEW:
+        return False
+    portal.status = Status.ACTIVE
+    portal.save(update_fields=["status"])
+    record(portal, Kind.ACTIVATED, via=via)
+    return True
+
+
+@transaction.atomic
+def activate(portal: Portal, *, via: str) -> Portal:
+    """new -> active, once the install is known to be complete (e.g. the first verified widget open)."""
+    portal = Portal.objects.select_for_update().get(pk=portal.pk)
+    _activate(portal, via=via)
+    return portal
+
+
+def apply_grant(portal: Portal, grant, *, reason: str) -> None:
+    """Store refreshed tokens (called by oauth.refresh_portal inside its row lock)."""
+    now = timezone.now()
+    fields = _grant_fields(portal, grant, now)
+    unblocked = portal.status == Status.BLOCKED
+    if unblocked:
+        portal.status = Status.ACTIVE if portal.application_token else Status.NEW
+        fields.append("status")
+    portal.last_error = ""
+    portal.save(update_fields=sorted(set(fields + ["last_error"])))
+    record(portal, Kind.TOKEN_REFRESHED, reason=reason, expires_in=grant.expires_in)
+    if unblocked:
+        record(portal, Kind.UNBLOCKED, via=reason)
+
+
+def block(portal: Portal, *, reason: str, description: str = "") -> None:
+    """Stop serving a portal the OAuth server refused (invalid_grant, PAYMENT_REQUIRED, ...)."""
+    if portal.status == Status.UNINSTALLED:
+        return
+    portal.status = Status.BLOCKED
+    portal.last_error = f"{reason}: {description}".strip(": ")[:1000]
+    portal.save(update_fields=["status", "last_error"])
+    record(portal, Kind.REFRESH_FAILED, reason=reason, description=description[:255])
+    record(portal, Kind.BLOCKED, reason=reason)
+
+
+def record_refresh_failure(portal: Portal, exc) -> None:
+    Portal.objects.filter(pk=portal.pk).update(last_error=f"refresh: {exc.code} {exc.description}".strip()[:1000])
+    record(portal, Kind.REFRESH_FAILED, reason=exc.code, description=exc.description[:255])
+
+
+@transaction.atomic
+def uninstall(portal: Portal, *, clean: bool) -> Portal:
+    """Stop serving the portal and wipe its secrets; keep the row and its history."""
+    portal = Portal.objects.select_for_update().get(pk=portal.pk)
+    if portal.status == Status.UNINSTALLED:
+        raise TransitionError("portal is already uninstalled")
+    previous = portal.status
+    portal.status = Status.UNINSTALLED
+    portal.uninstalled_at = timezone.now()
+    portal.access_token = portal.refresh_token = portal.application_token = ""
+    portal.access_expires_at = None
+    portal.save()
+    record(portal, Kind.UNINSTALLED, previous_status=previous, clean=clean)
+    if clean:
+        portal_data_cleaned.send(sender=Portal, portal=portal)
+        record(portal, Kind.DATA_CLEANED)
+    return portal
+
+
+@transaction.atomic
+def record_update(portal: Portal, *, version: str, previous_version: str = "") -> Portal:
+    portal = Portal.objects.select_for_update().get(pk=portal.pk)
+    if portal.status == Status.UNINSTALLED:
+        raise TransitionError("portal is uninstalled")
+    old = portal.app_version
+    portal.app_version = version
+    portal.save(update_fields=["app_version"])
+    record(portal, Kind.UPDATED, old=old or previous_version, new=version)
+    return portal
+
+
+def reject_event(portal: Portal | None, *, event: str, reason: str) -> None:
+    """Record a refused event on the portal it names (or only in the log when the portal is unknown)."""
+    if portal is None:
+        log.warning("event %s refused for unknown portal: %s", event, reason)
+        return
+    record(portal, Kind.EVENT_REJECTED, event=event, reason=reason)
+
+
+def follow_endpoint(portal: Portal, client_endpoint: str, domain: str) -> None:
+    """Store an OAuth-confirmed new address for the portal (the portal moved)."""
+    with transaction.atomic():
+        fields = _follow_endpoint(portal, client_endpoint, domain)
+        if fields:
+            portal.save(update_fields=fields)
+
+
+def touch(portal: Portal) -> None:
+    """Note that the portal was seen; writes at most once per LAST_SEEN_RESOLUTION."""
+    now = timezone.now()
+    if portal.last_seen_at and now - portal.last_seen_at < LAST_SEEN_RESOLUTION:
+        return
+    Portal.objects.filter(pk=portal.pk).update(last_seen_at=now)
+    portal.last_seen_at = now
+
+
+def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | None, license: str = "") -> None:
+    """Store what app.info said about the app's licence on the portal; changes are recorded."""
+    with transaction.atomic():
+        fields = []
+        if app_status and app_status != portal.app_status:
+            record(portal, Kind.APP_STATUS_CHANGED, old=portal.app_status, new=app_status)
+            portal.app_status = app_status
+            fields.append("app_status")
+        if payment_expired is not None and payment_expired != portal.payment_expired:
+            portal.payment_expired = payment_expired
+            fields.append("payment_expired")
+        if license and license != portal.license:
+            portal.license = license[:64]
+            fields.append("license")
+        if fields:
+            portal.save(update_fields=fields)

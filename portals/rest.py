@@ -1,0 +1,257 @@
+"""The REST client for one portal: call, batch, list; token refresh, retries, moves.
+
+Every request goes to the portal's stored `client_endpoint` (which only the OAuth server sets) with
+redirects off: `requests` would turn a redirected POST into a GET and drop its parameters. A 3xx
+means the portal may have moved; the OAuth server is asked where it lives now and the call is
+repeated once there. The `Location` header is never used as a destination.
+"""
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import requests
+from django.conf import settings
+
+from . import oauth
+from .models import Portal
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 50
+PAGE_SIZE = 50
+_RETRYABLE = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
+
+
+class RestError(Exception):
+    """A Bitrix24 REST failure. `code` is Bitrix24's error code; the text never holds a secret."""
+
+    def __init__(self, code: str, description: str = "", *, http_status: int | None = None, method: str = ""):
+        self.code = code
+        self.description = description
+        self.http_status = http_status
+        self.method = method
+        super().__init__(f"{method}: {code}: {description}" if description else f"{method}: {code}")
+
+
+class TransportError(RestError):
+    """The portal could not be reached or did not answer with Bitrix24 JSON."""
+
+
+class PortalMovedUnexplained(RestError):
+    """The portal answered with a redirect that the OAuth server does not confirm."""
+
+
+class TokenRefreshFailed(RestError):
+    """The access token expired and could not be renewed (the portal may now be blocked)."""
+
+
+@dataclass
+class BatchResult:
+    """Results of a batch, by command key: `result` for successes, `errors` (RestError) for failures."""
+
+    result: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    total: dict = field(default_factory=dict)
+    next: dict = field(default_factory=dict)
+
+
+def build_query(params, prefix: str = "") -> str:
+    """Encode nested params the way Bitrix24 (PHP's http_build_query) reads them, for batch commands."""
+    pairs = []
+
+    def walk(value, key):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}[{k}]" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        else:
+            if isinstance(value, bool):
+                value = "Y" if value else "N"
+            pairs.append(f"{quote(key, safe='[]')}={quote('' if value is None else str(value), safe='')}")
+
+    walk(params or {}, prefix)
+    return "&".join(pairs)
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+    return _local.session
+
+
+class PortalClient:
+    """REST access to one stored portal, with the app's tokens (or a user's `access_token`).
+
+    With the app's tokens an `expired_token` answer refreshes them (single-flight) and retries once.
+    A user's token is never refreshed: its expiry is the caller's verdict.
+    """
+
+    def __init__(self, portal: Portal, *, access_token: str | None = None):
+        self.portal = portal
+        self._user_token = access_token
+
+    # --- public API -------------------------------------------------------------------------------
+    def call(self, method: str, params: dict | None = None):
+        """Call one method; returns its `result`."""
+        return self.call_raw(method, params)["result"]
+
+    def call_raw(self, method: str, params: dict | None = None) -> dict:
+        """Call one method; returns the whole answer (`result`, `next`, `total`, `time`)."""
+        return self._send(method, params or {})
+
+    def batch(self, commands: dict, *, halt: bool = False) -> BatchResult:
+        """Run {key: (method, params)} through `batch`, 50 per request; per-command errors are reported."""
+        out = BatchResult()
+        items = list(commands.items())
+        for start in range(0, len(items), BATCH_LIMIT):
+            chunk = items[start : start + BATCH_LIMIT]
+            cmd = {key: f"{method}?{build_query(params)}" if params else method for key, (method, params) in chunk}
+            answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
+            if not isinstance(answer, dict):
+                raise TransportError("bad_answer", "batch answer is not an object", method="batch")
+            results = answer.get("result") or {}
+            errors = answer.get("result_error") or {}
+            # PHP encodes an empty associative array as [], hence the isinstance checks.
+            if isinstance(results, dict):
+                out.result.update(results)
+            if isinstance(errors, dict):
+                for key, err in errors.items():
+                    err = err if isinstance(err, dict) else {}
+                    out.errors[key] = RestError(
+                        str(err.get("error") or "ERROR"), str(err.get("error_description") or "")[:255],
+                        method=dict(chunk).get(key, ("",))[0],
+                    )
+            for name in ("total", "next"):
+                part = answer.get(f"result_{name}") or {}
+                if isinstance(part, dict):
+                    getattr(out, name).update(part)
+            if halt and out.errors:
+                break
+        return out
+
+    def list(self, method: str, params: dict | None = None) -> list:
+        """Every item of a list method: the first page directly, the rest 50 pages per batch request."""
+        params = dict(params or {})
+        first = self.call_raw(method, {**params, "start": 0})
+        items = _page_items(first.get("result"))
+        total = _as_int(first.get("total"))
+        if total is None or "next" not in first:
+            return items
+        starts = list(range(PAGE_SIZE, total, PAGE_SIZE))
+        commands = {f"p{start}": (method, {**params, "start": start}) for start in starts}
+        result = self.batch(commands, halt=True)
+        if result.errors:
+            key, err = next(iter(result.errors.items()))
+            raise err
+        for start in starts:
+            items.extend(_page_items(result.result.get(f"p{start}")))
+        return items
+
+    # --- transport ----------------------------------------------------------------------------------
+    def _token(self) -> str:
+        return self._user_token if self._user_token is not None else self.portal.access_token
+
+    def _send(self, method: str, params: dict) -> dict:
+        refreshed = moved = False
+        attempt = 0
+        while True:
+            token = self._token()
+            if self._user_token is None and not token:
+                raise TokenRefreshFailed("NO_AUTH_FOUND", "the portal has no access token", method=method)
+            try:
+                return self._post(method, params, token)
+            except _Redirected:
+                if moved:
+                    raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
+                moved = True
+                self._follow_move(method)
+            except RestError as exc:
+                if exc.code == "expired_token" and self._user_token is None and not refreshed:
+                    refreshed = True
+                    self._refresh(seen=token, method=method)
+                    continue
+                if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < settings.B24_REST_MAX_RETRIES:
+                    delay = settings.B24_REST_BACKOFF * (2**attempt)
+                    attempt += 1
+                    log.info("portal %s: %s answered %s, retry %d in %.1fs",
+                             self.portal.member_id, method, exc.code, attempt, delay)
+                    time.sleep(delay)
+                    continue
+                raise
+
+    def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
+        try:
+            self.portal = oauth.refresh_portal(self.portal, seen_access_token=seen, force=force)
+        except oauth.OAuthError as exc:
+            raise TokenRefreshFailed(exc.code, exc.description, method=method) from None
+
+    def _follow_move(self, method: str) -> None:
+        """A 3xx from the stored address: ask the OAuth server where the portal lives now."""
+        before = self.portal.client_endpoint
+        self._refresh(seen=None, method=method, force=True)
+        if self.portal.client_endpoint == before:
+            raise PortalMovedUnexplained(
+                "REDIRECT", "the portal redirected but the OAuth server reports the same address", method=method
+            )
+        log.info("portal %s moved to %s; repeating %s", self.portal.member_id, self.portal.domain, method)
+
+    def _post(self, method: str, params: dict, token: str) -> dict:
+        url = f"{self.portal.client_endpoint}{method}.json"
+        try:
+            response = _session().post(
+                url, json={**params, "auth": token}, timeout=settings.B24_HTTP_TIMEOUT, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            raise TransportError("unreachable", f"portal unreachable ({type(exc).__name__})", method=method) from None
+        request_id = response.headers.get("X-Request-Id", "")
+        if 300 <= response.status_code < 400:
+            log.warning("portal %s: %s answered HTTP %s", self.portal.member_id, method, response.status_code)
+            raise _Redirected()
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise TransportError(
+                "bad_answer", f"HTTP {response.status_code} without a JSON object",
+                http_status=response.status_code, method=method,
+            )
+        if "error" in answer:
+            code = str(answer.get("error"))[:64]
+            description = str(answer.get("error_description") or "")[:255]
+            log.info("portal %s: %s failed: %s (HTTP %s, request %s)",
+                     self.portal.member_id, method, code, response.status_code, request_id or "-")
+            raise RestError(code, description, http_status=response.status_code, method=method)
+        if "result" not in answer or response.status_code != 200:
+            raise TransportError("bad_answer", "answer without result", http_status=response.status_code, method=method)
+        return answer
+
+
+class _Redirected(Exception):
+    pass
+
+
+def _page_items(result) -> list:
+    """A list method's page: a list, or an object holding one list (crm.item.list: {"items": [...]})."""
+    if isinstance(result, list):
+        return list(result)
+    if isinstance(result, dict):
+        lists = [v for v in result.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            return list(lists[0])
+        return list(result.values())
+    return []
+
+
+def _as_int(value):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

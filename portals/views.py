@@ -1,0 +1,78 @@
+"""Entry points Bitrix24 POSTs to: the UI install page and the app events."""
+import logging
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from . import events, install as installer
+from .addresses import portal_origin
+from .framing import frame_origin, framed_by
+from .frame_post import BadFramePost, language_of, parse_frame_post
+
+log = logging.getLogger(__name__)
+
+
+def frame_error(request, *, status: int, title: str, message: str, origin: str | None):
+    """A readable error page for inside the portal's frame (already localized by the caller)."""
+    response = render(request, "errors/frame_error.html", {"title": title, "message": message}, status=status)
+    return framed_by(response, origin)
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def install_view(request):
+    """The app's install URL: Bitrix24 opens it in a frame with a POST when the app is installed."""
+    with translation.override(language_of(request)):
+        if request.method == "GET":
+            return frame_error(request, status=200, title=_("Install from Bitrix24"),
+                               message=_("This page is opened by Bitrix24 while the app is being installed."),
+                               origin=None)
+        try:
+            post = parse_frame_post(request, require_placement=False)
+        except BadFramePost as exc:
+            return frame_error(request, status=400, title=_("Bad install request"),
+                               message=_("The install request is malformed (%(field)s).") % {"field": exc.field},
+                               origin=None)
+        origin = frame_origin(post.domain, post.protocol)
+        with translation.override(post.language):
+            if not post.refresh_id:
+                return frame_error(request, status=400, title=_("Bad install request"),
+                                   message=_("The install request carries no refresh token."), origin=origin)
+            try:
+                portal = installer.install(post)
+            except installer.InstallNotConfirmed:
+                return frame_error(request, status=403, title=_("Installation not confirmed"),
+                                   message=_("Bitrix24 did not confirm this installation. Please start the "
+                                             "installation again from your Bitrix24."), origin=origin)
+            except installer.InstallUnavailable as exc:
+                if exc.code in ("ACCESS_DENIED", "insufficient_scope"):
+                    return frame_error(request, status=403, title=_("Installation incomplete"),
+                                       message=_("Bitrix24 refused to register the widget: the installing user "
+                                                 "must be a portal administrator and the app needs the "
+                                                 "placement scope."), origin=origin)
+                return frame_error(request, status=502, title=_("Bitrix24 is not reachable"),
+                                   message=_("The installation could not be completed because Bitrix24 did not "
+                                             "answer. Please try again in a few minutes."), origin=origin)
+            response = render(request, "install/finish.html", {
+                "portal": portal, "bx24_js_url": settings.B24_JS_URL,
+            })
+            return framed_by(response, portal_origin(portal))
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def events_view(request):
+    """Bitrix24 app events; a refused event changes nothing and gets a 4xx."""
+    try:
+        event = events.parse(request)
+        outcome = events.handle(event)
+    except events.BadEvent as exc:
+        return JsonResponse({"error": "bad_request", "error_description": str(exc)}, status=400)
+    except events.EventRefused as exc:
+        return JsonResponse({"error": "refused", "error_description": exc.reason}, status=exc.status)
+    return JsonResponse({"result": outcome})

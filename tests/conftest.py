@@ -1,0 +1,48 @@
+"""Fixtures: a local Bitrix24 stand-in over real HTTP, and portals installed through it."""
+import pytest
+from django.core.cache import cache
+
+from portals.models import Portal
+from sandbox.standin import StandIn
+
+CLIENT_ID = "local.test.app"
+CLIENT_SECRET = "test-client-secret"
+
+
+@pytest.fixture(scope="session")
+def standin():
+    with StandIn(CLIENT_ID, CLIENT_SECRET) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _bitrix24(settings, standin):
+    """Every test talks to the stand-in's OAuth server, with an empty cache."""
+    settings.B24_OAUTH_URL = standin.oauth_url
+    standin.oauth_down = False
+    standin.oauth_delay = 0
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def b24(standin):
+    """A fresh portal on the stand-in (not yet installed)."""
+    return standin.add_portal()
+
+
+def do_install(client, b24, *, user_id="1", lang="en", event=True):
+    """Install as Bitrix24 does: the install POST into the frame, then ONAPPINSTALL."""
+    response = client.post("/install/", b24.install_post(user_id=user_id, lang=lang))
+    assert response.status_code == 200, response.content[:500]
+    if event:
+        answer = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
+        assert answer.status_code == 200, answer.content[:500]
+    return Portal.objects.get(member_id=b24.member_id)
+
+
+@pytest.fixture
+def installed(db, client, b24):
+    """(stored Portal, stand-in portal) after a complete install."""
+    return do_install(client, b24), b24

@@ -1,0 +1,32 @@
+"""Test settings: the project's settings, fed test values through the same environment variables."""
+import os
+import tempfile
+
+_TEST_ENV = {
+    "DEBUG": "false",
+    "SECRET_KEY": "test-secret-key-not-for-production-0123456789abcdef",
+    "B24_CLIENT_ID": "local.test.app",
+    "B24_CLIENT_SECRET": "test-client-secret",
+    "B24_APP_URL": "https://app.example.test",
+    "B24_ALLOW_HTTP_PORTALS": "true",
+    # Two keys: the first encrypts, both decrypt (rotation is tested).
+    "TOKEN_ENCRYPTION_KEYS": "dGVzdC1rZXktb25lLWZvci1iMjR3aWRnZXQtdGVzdHM=,dGVzdC1rZXktdHdvLWZvci1iMjR3aWRnZXQtdGVzdHM=",
+    "SECURE_SSL_REDIRECT": "false",
+    "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
+    "B24_REST_BACKOFF": "0.01",
+    "B24_CONNECT_TIMEOUT": "2",
+    "B24_READ_TIMEOUT": "10",
+}
+for _key, _value in _TEST_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+from b24widget.settings import *  # noqa: E402,F401,F403
+from b24widget.settings import DATABASES  # noqa: E402
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not :memory:, so threads in the concurrency tests share one database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"b24widget-test-{os.getpid()}.sqlite3")
+    }
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
