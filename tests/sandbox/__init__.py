@@ -1,0 +1,1 @@
+"""Tests of the local Bitrix24 stand-in (sandbox/standin.py)."""
