@@ -1,0 +1,88 @@
+"""The Django admin: every install visible to staff, never a secret, actions, constant query count."""
+import pytest
+from django.test.utils import CaptureQueriesContext
+from django.db import connection
+from django.urls import reverse
+
+from portals.models import Portal, PortalEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def test_anonymous_users_are_sent_to_login(client, installed):
+    response = client.get("/admin/portals/portal/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_changelist_shows_installs(admin_client, installed):
+    portal, b24 = installed
+    response = admin_client.get("/admin/portals/portal/")
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert portal.domain in body and portal.member_id in body
+
+
+def test_change_page_shows_history_and_no_secret(admin_client, installed):
+    portal, b24 = installed
+    portal.refresh_from_db()
+    response = admin_client.get(reverse("admin:portals_portal_change", args=[portal.pk]))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="portal-history"' in body
+    assert "application token saved" in body
+    for secret in (portal.access_token, portal.refresh_token, portal.application_token, "test-client-secret"):
+        assert secret not in body
+    assert "valid" in body  # the token's state, not the token
+
+
+def test_search_and_filters(admin_client, installed, standin, client):
+    portal, b24 = installed
+    response = admin_client.get("/admin/portals/portal/", {"q": portal.member_id})
+    assert portal.domain in response.content.decode()
+    response = admin_client.get("/admin/portals/portal/", {"status__exact": "uninstalled"})
+    assert portal.member_id not in response.content.decode()
+
+
+def test_refresh_tokens_now_action(admin_client, installed, standin):
+    portal, b24 = installed
+    before = len(standin.oauth_requests)
+    response = admin_client.post("/admin/portals/portal/", {
+        "action": "refresh_tokens_now", "_selected_action": [portal.pk]}, follow=True)
+    assert response.status_code == 200
+    assert len(standin.oauth_requests) == before + 1
+    assert Portal.objects.get(pk=portal.pk).refresh_token != portal.refresh_token
+
+
+def test_bind_placements_again_action(admin_client, installed):
+    portal, b24 = installed
+    b24.bindings["placements"].clear()
+    admin_client.post("/admin/portals/portal/", {
+        "action": "bind_placements_again", "_selected_action": [portal.pk]}, follow=True)
+    assert [p["PLACEMENT"] for p in b24.bindings["placements"]] == ["CONTACT_CENTER"]
+
+
+def _changelist_queries(admin_client):
+    with CaptureQueriesContext(connection) as queries:
+        assert admin_client.get("/admin/portals/portal/").status_code == 200
+    return len(queries)
+
+
+def test_changelist_query_count_does_not_grow_with_portals(admin_client):
+    def add(n, start):
+        Portal.objects.bulk_create([
+            Portal(member_id=f"m{i}", domain=f"p{i}.bitrix24.com", client_endpoint=f"https://p{i}.bitrix24.com/rest/")
+            for i in range(start, start + n)
+        ])
+    add(10, 0)
+    few = _changelist_queries(admin_client)
+    add(990, 10)
+    many = _changelist_queries(admin_client)
+    assert few == many
+
+
+def test_events_admin_is_read_only(admin_client, installed):
+    portal, b24 = installed
+    event = PortalEvent.objects.filter(portal=portal).first()
+    response = admin_client.get(reverse("admin:portals_portalevent_change", args=[event.pk]))
+    assert response.status_code == 200
+    assert admin_client.post(reverse("admin:portals_portalevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403

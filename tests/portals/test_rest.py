@@ -1,0 +1,171 @@
+"""The REST client against the stand-in: call, batch, list, refresh, retries, moves."""
+import pytest
+
+from portals.models import Portal, PortalEvent
+from portals.rest import PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed, build_query
+
+pytestmark = pytest.mark.django_db
+K = PortalEvent.Kind
+
+
+def client_for(portal):
+    return PortalClient(Portal.objects.get(pk=portal.pk))
+
+
+def test_call_returns_the_result(installed):
+    portal, b24 = installed
+    assert client_for(portal).call("user.admin") is True
+    answer = client_for(portal).call_raw("server.time")
+    assert "time" in answer and "result" in answer
+
+
+def test_errors_are_typed_with_the_bitrix24_code(installed):
+    portal, b24 = installed
+    with pytest.raises(RestError) as info:
+        client_for(portal).call("no.such.method")
+    assert info.value.code == "ERROR_METHOD_NOT_FOUND"
+    assert info.value.http_status == 404
+    assert portal.access_token not in str(info.value)
+
+
+def test_expired_token_is_refreshed_once_and_the_call_retried(installed, standin):
+    portal, b24 = installed
+    b24.expire_access_tokens()
+    before = len(standin.oauth_requests)
+    assert client_for(portal).call("user.admin") is True
+    assert len(standin.oauth_requests) == before + 1
+    assert Portal.objects.get(pk=portal.pk).access_token != portal.access_token
+
+
+def test_refresh_that_fails_is_typed_and_blocks(installed):
+    portal, b24 = installed
+    b24.expire_access_tokens()
+    b24.block("PAYMENT_REQUIRED")
+    with pytest.raises(TokenRefreshFailed) as info:
+        client_for(portal).call("user.admin")
+    assert info.value.code == "PAYMENT_REQUIRED"
+    assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
+
+
+def test_invalid_token_is_not_refreshed(installed, standin):
+    portal, b24 = installed
+    before = len(standin.oauth_requests)
+    with pytest.raises(RestError) as info:
+        PortalClient(portal, access_token="x" * 32).call("user.current")
+    assert info.value.code == "invalid_token"
+    assert len(standin.oauth_requests) == before
+
+
+def test_a_users_expired_token_is_not_refreshed(installed, standin):
+    portal, b24 = installed
+    user_token = b24.issue_tokens("2")["access_token"]
+    b24.expire_access_tokens()
+    before = len(standin.oauth_requests)
+    with pytest.raises(RestError) as info:
+        PortalClient(portal, access_token=user_token).call("user.current")
+    assert info.value.code == "expired_token"
+    assert len(standin.oauth_requests) == before
+
+
+def test_query_limit_is_retried_with_backoff(installed):
+    portal, b24 = installed
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=2)
+    assert client_for(portal).call("user.admin") is True
+    assert b24.calls("user.admin") == 3
+
+
+def test_retries_are_bounded(installed, settings):
+    portal, b24 = installed
+    settings.B24_REST_MAX_RETRIES = 2
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=10)
+    with pytest.raises(RestError) as info:
+        client_for(portal).call("user.admin")
+    assert info.value.code == "QUERY_LIMIT_EXCEEDED"
+    assert b24.calls("user.admin") == 3
+
+
+def test_operation_time_limit_is_retried(installed):
+    portal, b24 = installed
+    b24.fail_next("user.admin", "OPERATION_TIME_LIMIT", 429, times=1)
+    assert client_for(portal).call("user.admin") is True
+
+
+def test_batch_splits_into_requests_of_50(installed):
+    portal, b24 = installed
+    commands = {f"c{i}": ("user.admin", {}) for i in range(120)}
+    before = b24.calls("batch")
+    result = client_for(portal).batch(commands)
+    assert b24.calls("batch") - before == 3
+    assert len(result.result) == 120 and not result.errors
+    assert all(v is True for v in result.result.values())
+
+
+def test_batch_reports_per_command_errors(installed):
+    portal, b24 = installed
+    result = client_for(portal).batch({"ok": ("user.admin", {}), "bad": ("no.such.method", {})})
+    assert result.result["ok"] is True
+    assert result.errors["bad"].code == "ERROR_METHOD_NOT_FOUND"
+
+
+def test_batch_passes_nested_parameters(installed):
+    portal, b24 = installed
+    params = {"PLACEMENT": "CONTACT_CENTER", "HANDLER": "https://a.example/h?x=1&y=2", "TITLE": "T & Co",
+              "LANG_ALL": {"de": {"TITLE": "Grüße"}}}
+    result = client_for(portal).batch({"u": ("placement.unbind", {"PLACEMENT": "CONTACT_CENTER",
+                                                                  "HANDLER": params["HANDLER"]}),
+                                       "b": ("placement.bind", params)})
+    assert not result.errors or set(result.errors) == {"u"}
+    bound = [p for p in b24.bindings["placements"] if p["HANDLER"] == params["HANDLER"]]
+    assert bound and bound[0]["TITLE"] == "T & Co" and bound[0]["LANG_ALL"]["de"]["TITLE"] == "Grüße"
+
+
+@pytest.mark.parametrize("count,requests_made", [(0, 1), (30, 1), (50, 1), (51, 2), (3000, 3), (10000, 5)])
+def test_list_pages_through_batch(installed, count, requests_made):
+    portal, b24 = installed
+    b24.crm_items = count
+    batches_before = b24.calls("batch")
+    items = client_for(portal).list("crm.item.list", {"entityTypeId": 2})
+    assert [item["id"] for item in items] == list(range(1, count + 1))
+    # One direct first page, then the other pages 50 per batch request.
+    assert 1 + b24.calls("batch") - batches_before == requests_made
+    assert b24.calls("crm.item.list") == max(1, (count + 49) // 50)
+
+
+def test_build_query_matches_php():
+    assert build_query({"a": {"b": [1, 2]}, "c": "x y&z", "d": True}) == "a[b][0]=1&a[b][1]=2&c=x%20y%26z&d=Y"
+
+
+# --- portals that move (redirects) ---------------------------------------------------------------------
+
+def test_a_302_after_rename_moves_the_portal_and_repeats_the_call_once(installed, standin):
+    portal, b24 = installed
+    old = b24.domain
+    new = b24.rename()
+    client = client_for(portal)
+    result = client.batch({"bind": ("placement.bind", {"PLACEMENT": "CONTACT_CENTER", "HANDLER": "https://x.test/h",
+                                                        "TITLE": "moved"})})
+    assert not result.errors
+    # The call arrived at the new address with its parameters, exactly once.
+    arrived = [r for r in b24.requests if r["method"] == "batch" and r["address"] == new]
+    assert len(arrived) == 1
+    assert [p["TITLE"] for p in b24.bindings["placements"] if p["HANDLER"] == "https://x.test/h"] == ["moved"]
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.domain == new and stored.client_endpoint == f"http://{new}/rest/"
+    assert stored.events.filter(kind=K.DOMAIN_CHANGED, detail__old=old, detail__new=new).exists()
+
+
+def test_a_redirect_the_oauth_server_does_not_explain_is_an_error(installed, standin):
+    portal, b24 = installed
+    recorder = standin.add_recorder()
+    b24.redirect_to(recorder.address)
+    with pytest.raises(PortalMovedUnexplained):
+        client_for(portal).call("user.admin")
+    assert recorder.requests == []
+    assert Portal.objects.get(pk=portal.pk).domain == b24.domain
+
+
+def test_uninstalled_portal_has_no_token_to_send(installed, client):
+    portal, b24 = installed
+    client.post("/events/", b24.event_payload("ONAPPUNINSTALL"))
+    with pytest.raises(TokenRefreshFailed):
+        client_for(portal).call("user.admin")
