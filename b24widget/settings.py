@@ -51,6 +51,13 @@ B24_HTTP_TIMEOUT = (env.float("B24_CONNECT_TIMEOUT", default=5.0), env.float("B2
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
 B24_REST_MAX_RETRIES = env.int("B24_REST_MAX_RETRIES", default=4)
 B24_REST_BACKOFF = env.float("B24_REST_BACKOFF", default=0.5)
+# Pacing per portal, shared through the cache (Bitrix24: ~50 burst, 2/s drain; stay a little below).
+B24_RATE_LIMIT_BURST = env.int("B24_RATE_LIMIT_BURST", default=40)
+B24_RATE_LIMIT_PER_SECOND = env.float("B24_RATE_LIMIT_PER_SECOND", default=2.0)
+# Seconds of a method's operating-time budget (480 s / 10 min) after which its calls wait for the reset.
+B24_OPERATING_PAUSE_AT = env.float("B24_OPERATING_PAUSE_AT", default=400.0)
+# Longest a call may wait for a limit before failing with the limit's error code.
+B24_MAX_WAIT = env.float("B24_MAX_WAIT", default=120.0)
 # Minimum seconds between OAuth re-checks caused by a posted DOMAIN that differs from the stored one.
 B24_DOMAIN_RECHECK_INTERVAL = env.int("B24_DOMAIN_RECHECK_INTERVAL", default=600)
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import requests
 from django.conf import settings
 
-from . import oauth
+from . import limits, oauth
 from .models import Portal
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class RestError(Exception):
         self.description = description
         self.http_status = http_status
         self.method = method
+        self.reset_at = None  # for OPERATION_TIME_LIMIT: when Bitrix24 resets the method's budget
         super().__init__(f"{method}: {code}: {description}" if description else f"{method}: {code}")
 
 
@@ -41,6 +42,10 @@ class TransportError(RestError):
 
 class PortalMovedUnexplained(RestError):
     """The portal answered with a redirect that the OAuth server does not confirm."""
+
+
+class LimitWaitExceeded(RestError):
+    """A Bitrix24 limit would make the call wait longer than B24_MAX_WAIT; nothing was sent."""
 
 
 class TokenRefreshFailed(RestError):
@@ -172,6 +177,8 @@ class PortalClient:
                     raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
                 moved = True
                 self._follow_move(method)
+            except LimitWaitExceeded:
+                raise
             except RestError as exc:
                 if exc.code == "expired_token" and self._user_token is None and not refreshed:
                     refreshed = True
@@ -180,6 +187,11 @@ class PortalClient:
                 if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < settings.B24_REST_MAX_RETRIES:
                     delay = settings.B24_REST_BACKOFF * (2**attempt)
                     attempt += 1
+                    if exc.code == "OPERATION_TIME_LIMIT":
+                        # The method's budget is spent for every process: hold it back for all of them.
+                        until = exc.reset_at or time.time() + delay
+                        limits.pause_method(self.portal.member_id, method, until)
+                        delay = 0
                     log.info("portal %s: %s answered %s, retry %d in %.1fs",
                              self.portal.member_id, method, exc.code, attempt, delay)
                     time.sleep(delay)
@@ -205,6 +217,14 @@ class PortalClient:
     def _post(self, method: str, params: dict, token: str) -> dict:
         url = f"{self.portal.client_endpoint}{method}.json"
         try:
+            limits.wait_for_method(self.portal.member_id, method)
+        except limits.LimitWaitTooLong as exc:
+            raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method) from None
+        try:
+            limits.pace(self.portal.member_id)
+        except limits.LimitWaitTooLong as exc:
+            raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method) from None
+        try:
             response = _session().post(
                 url, json={**params, "auth": token}, timeout=settings.B24_HTTP_TIMEOUT, allow_redirects=False
             )
@@ -228,14 +248,25 @@ class PortalClient:
             description = str(answer.get("error_description") or "")[:255]
             log.info("portal %s: %s failed: %s (HTTP %s, request %s)",
                      self.portal.member_id, method, code, response.status_code, request_id or "-")
-            raise RestError(code, description, http_status=response.status_code, method=method)
+            error = RestError(code, description, http_status=response.status_code, method=method)
+            error.reset_at = _reset_at(answer.get("time"))
+            raise error
         if "result" not in answer or response.status_code != 200:
             raise TransportError("bad_answer", "answer without result", http_status=response.status_code, method=method)
+        limits.note_operating(self.portal.member_id, method, answer.get("time"))
         return answer
 
 
 class _Redirected(Exception):
     pass
+
+
+def _reset_at(time_block):
+    try:
+        value = float(time_block.get("operating_reset_at")) if isinstance(time_block, dict) else None
+    except (TypeError, ValueError):
+        return None
+    return value if value and value > time.time() else None
 
 
 def _page_items(result) -> list:
