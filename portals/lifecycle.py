@@ -30,7 +30,7 @@ class TransitionError(Exception):
 
 def record(portal: Portal, kind: str, **detail) -> PortalEvent:
     """Append one line to the portal's history and log it (never with a secret: callers pass facts only)."""
-    log.info("portal %s: %s %s", portal.member_id, kind, detail or "")
+    log.info("portal event", extra={"member_id": portal.member_id, "event": str(kind), "detail": detail})
     return PortalEvent.objects.create(portal=portal, kind=kind, detail=detail)
 
 
@@ -101,7 +101,7 @@ def record_install_failure(member_id: str, reason: str, description: str = "") -
     """Note a failed install on a known portal without changing its state (a forged POST must not)."""
     portal = Portal.objects.filter(member_id=member_id).first()
     if portal is None:
-        log.warning("install not confirmed for unknown member_id %s: %s", member_id, reason)
+        log.warning("install not confirmed", extra={"member_id": member_id, "reason": reason})
         return
     with transaction.atomic():
         Portal.objects.filter(pk=portal.pk).update(last_error=f"install: {reason} {description}".strip()[:1000])
@@ -221,7 +221,7 @@ def record_update(portal: Portal, *, version: str, previous_version: str = "") -
 def reject_event(portal: Portal | None, *, event: str, reason: str) -> None:
     """Record a refused event on the portal it names (or only in the log when the portal is unknown)."""
     if portal is None:
-        log.warning("event %s refused for unknown portal: %s", event, reason)
+        log.warning("event refused for unknown portal", extra={"event": event, "reason": reason})
         return
     record(portal, Kind.EVENT_REJECTED, event=event, reason=reason)
 

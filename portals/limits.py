@@ -35,7 +35,7 @@ def _lock(key: str):
     while not cache.add(key, token, _LOCK_TIMEOUT):
         if time.monotonic() > deadline:
             # The holder is gone or the cache is struggling: go on rather than stall every caller.
-            log.warning("rate limiter lock %s not acquired; proceeding", key)
+            log.warning("rate limiter lock not acquired; proceeding", extra={"lock": key})
             return None
         time.sleep(0.001)
     return token
@@ -88,7 +88,8 @@ def wait_for_method(member_id: str, method: str) -> None:
         return
     if wait > settings.B24_MAX_WAIT:
         raise LimitWaitTooLong(wait)
-    log.info("portal %s: %s paused %.1fs for its operating-time budget", member_id, method, wait)
+    log.info("method paused for its operating-time budget",
+             extra={"member_id": member_id, "method": method, "wait": round(wait, 1)})
     time.sleep(wait)
 
 

@@ -192,8 +192,8 @@ class PortalClient:
                         until = exc.reset_at or time.time() + delay
                         limits.pause_method(self.portal.member_id, method, until)
                         delay = 0
-                    log.info("portal %s: %s answered %s, retry %d in %.1fs",
-                             self.portal.member_id, method, exc.code, attempt, delay)
+                    log.info("rest retry", extra={"member_id": self.portal.member_id, "method": method,
+                                                  "code": exc.code, "attempt": attempt, "delay": delay})
                     time.sleep(delay)
                     continue
                 raise
@@ -212,7 +212,8 @@ class PortalClient:
             raise PortalMovedUnexplained(
                 "REDIRECT", "the portal redirected but the OAuth server reports the same address", method=method
             )
-        log.info("portal %s moved to %s; repeating %s", self.portal.member_id, self.portal.domain, method)
+        log.info("portal moved; repeating the call",
+                 extra={"member_id": self.portal.member_id, "domain": self.portal.domain, "method": method})
 
     def _post(self, method: str, params: dict, token: str) -> dict:
         url = f"{self.portal.client_endpoint}{method}.json"
@@ -232,7 +233,8 @@ class PortalClient:
             raise TransportError("unreachable", f"portal unreachable ({type(exc).__name__})", method=method) from None
         request_id = response.headers.get("X-Request-Id", "")
         if 300 <= response.status_code < 400:
-            log.warning("portal %s: %s answered HTTP %s", self.portal.member_id, method, response.status_code)
+            log.warning("rest redirect", extra={"member_id": self.portal.member_id, "method": method,
+                                                "http_status": response.status_code, "request_id": request_id})
             raise _Redirected()
         try:
             answer = response.json()
@@ -246,14 +248,15 @@ class PortalClient:
         if "error" in answer:
             code = str(answer.get("error"))[:64]
             description = str(answer.get("error_description") or "")[:255]
-            log.info("portal %s: %s failed: %s (HTTP %s, request %s)",
-                     self.portal.member_id, method, code, response.status_code, request_id or "-")
+            log.info("rest error", extra={"member_id": self.portal.member_id, "method": method, "code": code,
+                                          "http_status": response.status_code, "request_id": request_id})
             error = RestError(code, description, http_status=response.status_code, method=method)
             error.reset_at = _reset_at(answer.get("time"))
             raise error
         if "result" not in answer or response.status_code != 200:
             raise TransportError("bad_answer", "answer without result", http_status=response.status_code, method=method)
         limits.note_operating(self.portal.member_id, method, answer.get("time"))
+        log.debug("rest call", extra={"member_id": self.portal.member_id, "method": method, "request_id": request_id})
         return answer
 
 

@@ -1,0 +1,20 @@
+"""gunicorn settings: `gunicorn -c python:b24widget.gunicorn b24widget.wsgi`. Each value can be overridden
+from the environment (GUNICORN_CMD_ARGS, or the variables read below)."""
+import multiprocessing
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2 + 1))
+threads = int(os.environ.get("GUNICORN_THREADS", 4))
+worker_class = "gthread"  # widget opens wait on Bitrix24 on a cache miss: threads keep workers responsive
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
+graceful_timeout = 30
+keepalive = 5
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 2000))
+max_requests_jitter = 200
+# Behind a TLS-terminating proxy: trust its X-Forwarded-* headers (restrict with FORWARDED_ALLOW_IPS).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+accesslog = "-"
+# The access log shows method, path and status; never the query string (it may carry a portal's fields).
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"

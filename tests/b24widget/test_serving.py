@@ -1,0 +1,30 @@
+"""Production serving: static files with DEBUG off, JSON log lines without secrets."""
+import json
+import logging
+
+import pytest
+
+from tests.conftest import do_install
+
+
+def test_admin_static_files_are_served_with_debug_off(client, settings):
+    assert settings.DEBUG is False
+    response = client.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert b"body" in b"".join(response.streaming_content)
+
+
+@pytest.mark.django_db
+def test_log_lines_are_json_with_member_id_and_no_secret(client, b24, caplog):
+    from pythonjsonlogger.json import JsonFormatter
+    formatter = JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    with caplog.at_level(logging.DEBUG):
+        portal = do_install(client, b24)
+        client.post("/events/", b24.event_payload("ONAPPUNINSTALL", application_token="wrong"))
+    lines = [formatter.format(record) for record in caplog.records]
+    parsed = [json.loads(line) for line in lines]
+    assert any(p.get("member_id") == portal.member_id and p.get("event") == "installed" for p in parsed)
+    assert any(p.get("event") == "event_rejected" for p in parsed)
+    text = "\n".join(lines)
+    for secret in (portal.access_token, portal.refresh_token, portal.application_token, "test-client-secret"):
+        assert secret not in text
