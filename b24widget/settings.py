@@ -121,7 +121,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db.setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 30})
     _db["CONN_MAX_AGE"] = 0
 
-CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://b24widget")}
+# Local memory by default; CACHE_URL (or REDIS_URL) pointing at Redis shares the verdict cache and the
+# per-portal rate limiter across processes and machines.
+CACHES = {"default": env.cache_url("CACHE_URL", default=env.str("REDIS_URL", default="") or "locmemcache://b24widget")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
