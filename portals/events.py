@@ -15,7 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from . import lifecycle, oauth
+from . import install as installer, lifecycle, oauth
 from .models import Portal
 from .rest import PortalClient, RestError
 
@@ -165,7 +165,14 @@ def _confirm_install(portal: Portal | None, event: AppEvent) -> str:
             raise EventRefused(f"OAuth server unreachable ({exc.code})", status=503) from None
         if grant.member_id != event.member_id:
             raise EventRefused("the event's tokens belong to another portal")
-        lifecycle.install(grant, language=_str(event.data.get("LANGUAGE_ID"))[:8])
+        stored, created = lifecycle.install(grant, language=_str(event.data.get("LANGUAGE_ID"))[:8])
+        if created:
+            # Installed without our install page (handler set in the version card): bind here instead.
+            # A binding failure is recorded on the portal; the event itself is still genuine.
+            try:
+                installer.bind(stored)
+            except installer.InstallUnavailable:
+                pass
         return "oauth_refresh"
     if portal is None:
         raise EventRefused("unknown portal and no tokens to confirm it", status=404)

@@ -58,6 +58,8 @@ def test_onappinstall_with_tokens_is_confirmed_by_the_oauth_server(client, b24, 
     assert portal.application_token == b24.application_token
     assert portal.status == Portal.Status.ACTIVE
     assert portal.has_tokens
+    # Installed without our install page: the event handler bound the placement itself.
+    assert [p["PLACEMENT"] for p in b24.bindings["placements"]] == ["CONTACT_CENTER"]
 
 
 def test_onappinstall_with_an_access_token_only_is_checked_at_the_stored_endpoint(client, b24):
