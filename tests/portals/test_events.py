@@ -228,3 +228,39 @@ def test_malformed_bodies_are_400(client, installed, body, content_type):
 
 def test_get_is_not_allowed(client):
     assert client.get("/events/").status_code == 405
+
+
+# --- addresses carried by events (portals that move) ------------------------------------------------------
+
+def test_event_addresses_are_never_contacted_nor_stored(client, b24, standin):
+    portal = do_install(client, b24, event=False)
+    Portal.objects.filter(pk=portal.pk).update(installed_at=timezone.now() - timedelta(hours=1))
+    recorder = standin.add_recorder()
+    payload = b24.event_payload("ONAPPINSTALL", with_tokens=True)
+    del payload["auth[refresh_token]"]
+    payload["auth[domain]"] = recorder.address
+    payload["auth[client_endpoint]"] = f"http://{recorder.address}/rest/"
+    assert post_event(client, payload).status_code == 200
+    assert recorder.requests == []
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.domain == b24.domain and stored.client_endpoint == b24.client_endpoint
+
+
+def test_event_tokens_reveal_a_move_through_the_oauth_server(client, b24):
+    portal = do_install(client, b24, event=False)
+    old = b24.domain
+    new = b24.rename()
+    payload = b24.event_payload("ONAPPINSTALL", with_tokens=True)
+    assert post_event(client, payload).status_code == 200
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.domain == new
+    assert stored.events.filter(kind=K.DOMAIN_CHANGED, detail__old=old, detail__new=new).exists()
+
+
+def test_uninstall_is_keyed_by_member_id_whatever_domain_it_names(client, installed, standin):
+    portal, b24 = installed
+    payload = b24.event_payload("ONAPPUNINSTALL")
+    payload["auth[domain]"] = "elsewhere.bitrix24.com"
+    assert post_event(client, payload).status_code == 200
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.status == Portal.Status.UNINSTALLED and stored.domain == b24.domain
