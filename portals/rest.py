@@ -8,6 +8,7 @@ repeated once there. The `Location` header is never used as a destination.
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -226,12 +227,15 @@ class PortalClient:
         except limits.LimitWaitTooLong as exc:
             raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method) from None
         try:
+            # Our id for the call, sent to Bitrix24 (as its SDKs do) and logged, so both sides can find it.
+            request_id = uuid.uuid4().hex
             response = _session().post(
-                url, json={**params, "auth": token}, timeout=settings.B24_HTTP_TIMEOUT, allow_redirects=False
+                url, json={**params, "auth": token}, headers={"X-Request-ID": request_id},
+                timeout=settings.B24_HTTP_TIMEOUT, allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise TransportError("unreachable", f"portal unreachable ({type(exc).__name__})", method=method) from None
-        request_id = response.headers.get("X-Request-Id", "")
+        request_id = response.headers.get("X-Request-ID") or request_id
         if 300 <= response.status_code < 400:
             log.warning("rest redirect", extra={"member_id": self.portal.member_id, "method": method,
                                                 "http_status": response.status_code, "request_id": request_id})

@@ -28,3 +28,15 @@ def test_log_lines_are_json_with_member_id_and_no_secret(client, b24, caplog):
     text = "\n".join(lines)
     for secret in (portal.access_token, portal.refresh_token, portal.application_token, "test-client-secret"):
         assert secret not in text
+
+
+@pytest.mark.django_db
+def test_rest_errors_are_logged_with_member_id_and_request_id(installed, caplog):
+    from portals.rest import PortalClient, RestError
+    portal, b24 = installed
+    with caplog.at_level(logging.INFO, logger="portals.rest"), pytest.raises(RestError):
+        PortalClient(portal).call("no.such.method")
+    [record] = [r for r in caplog.records if r.getMessage() == "rest error"]
+    assert record.member_id == portal.member_id
+    assert record.method == "no.such.method" and record.code == "ERROR_METHOD_NOT_FOUND"
+    assert len(record.request_id) == 32
