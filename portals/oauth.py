@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import requests
 from django.conf import settings
 from django.db import transaction
+from django.views.decorators.debug import sensitive_variables
 
 from .addresses import BadAddress, parse_endpoint
 from .models import Portal
@@ -85,6 +86,7 @@ def _text(answer: dict, key: str, *, required=True, limit=255) -> str:
     return value
 
 
+@sensitive_variables()
 def parse_grant(answer) -> TokenGrant:
     """Validate a token answer (from the OAuth server, or an event's auth block) into a TokenGrant."""
     if not isinstance(answer, dict):
@@ -114,6 +116,7 @@ def parse_grant(answer) -> TokenGrant:
     )
 
 
+@sensitive_variables()
 def request_refresh(refresh_token: str) -> TokenGrant:
     """Exchange a refresh token at B24_OAUTH_URL with our client secret; no database access."""
     if not refresh_token or len(refresh_token) > _MAX_TOKEN_LENGTH:

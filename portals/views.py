@@ -7,6 +7,7 @@ from django.shortcuts import render
 from django.utils import translation
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from . import events, install as installer
@@ -23,6 +24,7 @@ def frame_error(request, *, status: int, title: str, message: str, origin: str |
     return framed_by(response, origin)
 
 
+@sensitive_post_parameters("AUTH_ID", "REFRESH_ID")
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def install_view(request):
@@ -64,6 +66,7 @@ def install_view(request):
             return framed_by(response, portal_origin(portal))
 
 
+@sensitive_post_parameters()
 @csrf_exempt
 @require_http_methods(["POST"])
 def events_view(request):
