@@ -16,9 +16,13 @@ T = {
         "Die App hat die Verbindung zu diesem Portal verloren. Bitten Sie einen Portal-Administrator, "
         "die App neu zu installieren."),
     "Unknown portal address": ("Неизвестный адрес портала", "Unbekannte Portaladresse"),
-    "This portal's address does not match the one Bitrix24 confirmed for it.": (
-        "Адрес этого портала не совпадает с адресом, подтверждённым Битрикс24.",
-        "Die Adresse dieses Portals stimmt nicht mit der von Bitrix24 bestätigten überein."),
+    "This portal's address does not match the one Bitrix24 confirmed for it. If the portal's address was changed, "
+    "reload Bitrix24 and open the widget again.": (
+        "Адрес этого портала не совпадает с адресом, подтверждённым Битрикс24. Если адрес портала изменился, "
+        "перезагрузите Битрикс24 и откройте виджет снова.",
+        "Die Adresse dieses Portals stimmt nicht mit der von Bitrix24 bestätigten überein. Wenn die Adresse des "
+        "Portals geändert wurde, laden Sie Bitrix24 neu und öffnen Sie das Widget erneut."),
+    "Payment required": ("Требуется оплата", "Zahlung erforderlich"),
     "Not signed in": ("Нет авторизации", "Nicht angemeldet"),
     "Bitrix24 did not send the user's authorization. Open the widget again.": (
         "Битрикс24 не передал авторизацию пользователя. Откройте виджет ещё раз.",

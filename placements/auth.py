@@ -2,10 +2,12 @@
 
 The verdict (who the user is, whether they administer the portal, what app.info said) is cached
 under a hash of the token for at most the token's remaining lifetime, so a re-opened widget costs one
-indexed query and no call to Bitrix24.
+indexed query and no call to Bitrix24. The posted DOMAIN is only compared with the address the OAuth
+server confirmed; it is never contacted.
 """
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -14,11 +16,13 @@ from django.core.cache import cache
 from portals import lifecycle, oauth
 from portals.frame_post import FramePost
 from portals.models import Portal
-from portals.rest import PortalClient, RestError, TransportError
+from portals.rest import PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed, TransportError
 
 log = logging.getLogger(__name__)
 
 VERDICT_MAX_AGE = 3600
+_ID = re.compile(r"[0-9]{1,10}")  # Bitrix24 user and Open Line ids
+_DAYS = re.compile(r"[0-9]{1,6}")
 _DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE", "ACCESS_DENIED",
                            "INVALID_CREDENTIALS", "APPLICATION_NOT_FOUND"})
 
@@ -51,7 +55,8 @@ def _cache_key(member_id: str, auth_id: str) -> str:
 
 def find_portal(post: FramePost) -> Portal:
     """The stored portal the POST names, if it may be served; raises Refused."""
-    portal = Portal.objects.filter(member_id=post.member_id).first()
+    # The widget's settings come along in the same query: a re-opened widget needs nothing else.
+    portal = Portal.objects.select_related("widget_settings").filter(member_id=post.member_id).first()
     if portal is None:
         raise Refused("not_installed")
     if portal.status == Portal.Status.UNINSTALLED:
@@ -61,45 +66,73 @@ def find_portal(post: FramePost) -> Portal:
     return portal
 
 
-def check_domain(portal: Portal, post: FramePost) -> Portal:
-    """The posted DOMAIN must be where the OAuth server says the portal lives.
+def recheck_domain(portal: Portal, post: FramePost) -> Portal:
+    """The posted DOMAIN differs from the stored one: the portal may have been renamed.
 
-    A different DOMAIN may mean the portal was renamed: ask the OAuth server (at most once per
-    B24_DOMAIN_RECHECK_INTERVAL per portal). The posted host itself is never contacted.
+    Anyone can post any DOMAIN, so the OAuth server is asked at most once per
+    B24_DOMAIN_RECHECK_INTERVAL per portal. When that budget is spent the portal comes back unchanged:
+    verifying the token at the stored address still notices a real move (the old address answers 302,
+    which the REST client confirms with the OAuth server). The posted host itself is never contacted.
     """
-    if post.domain == portal.domain:
-        return portal
     if not cache.add(f"b24widget:domain-recheck:{portal.pk}", 1, settings.B24_DOMAIN_RECHECK_INTERVAL):
-        raise Refused("domain_mismatch", portal=portal)
+        log.info("portal %s: posted domain differs; OAuth re-check throttled", portal.member_id)
+        return portal
     try:
         portal = oauth.refresh_portal(portal, force=True)
     except oauth.OAuthUnavailable:
         raise Refused("bitrix24_unreachable", status=502, portal=portal) from None
-    except oauth.OAuthError:
-        raise Refused("blocked", portal=portal) from None
+    except oauth.OAuthError as exc:
+        if exc.code in oauth.BLOCKING_ERRORS or isinstance(exc, oauth.PortalNotServing):
+            raise Refused("blocked", portal=portal) from None
+        raise Refused("bitrix24_error", status=502, portal=portal) from None
     if post.domain != portal.domain:
-        log.warning("portal %s: posted domain differs from the confirmed one; refused", portal.member_id)
         raise Refused("domain_mismatch", portal=portal)
     return portal
 
 
 def verify(post: FramePost) -> tuple[Portal, Verdict]:
     """Return the portal and the verified user behind the POST, or raise Refused."""
-    portal = check_domain(find_portal(post), post)
+    portal = find_portal(post)
     if not post.auth_id:
         raise Refused("no_auth", portal=portal)
+    if post.domain != portal.domain:
+        portal = recheck_domain(portal, post)
     key = _cache_key(portal.member_id, post.auth_id)
     verdict = cache.get(key)
     if verdict is None:
         portal, verdict = _ask_portal(portal, post.auth_id)
-        lifetime = min(post.auth_expires or VERDICT_MAX_AGE, VERDICT_MAX_AGE)
+        # AUTH_EXPIRES is what is left of the token's life; 0 means it is ending: nothing to cache.
+        lifetime = VERDICT_MAX_AGE if post.auth_expires is None else min(post.auth_expires, VERDICT_MAX_AGE)
         if lifetime > 0:
             cache.set(key, verdict, lifetime)
-        if portal.status == Portal.Status.NEW:
-            # Bitrix24 shows the square only after installFinish: the install is complete.
-            portal = lifecycle.activate(portal, via="widget_open")
+    if post.domain != portal.domain:
+        # Not the address the OAuth server confirmed (possibly learned just now, from a 302 at the old one).
+        log.warning("portal %s: posted domain differs from the confirmed one; refused", portal.member_id)
+        raise Refused("domain_mismatch", portal=portal)
+    if portal.status == Portal.Status.NEW:
+        # Bitrix24 shows the square only after installFinish: the install is complete.
+        portal = lifecycle.activate(portal, via="widget_open")
     lifecycle.touch(portal)
     return portal, verdict
+
+
+def _refused_by_bitrix24(error: RestError, portal: Portal) -> Refused:
+    """What an error answer from the portal means for the user who opened the widget."""
+    if isinstance(error, TokenRefreshFailed):
+        # Following a move needed the OAuth server; it refused the portal (now blocked) or did not answer.
+        if error.code in oauth.BLOCKING_ERRORS or error.code == "portal_not_serving":
+            return Refused("blocked", portal=portal)
+        return Refused("bitrix24_unreachable", status=502, portal=portal)
+    if isinstance(error, PortalMovedUnexplained):
+        return Refused("bitrix24_error", status=502, portal=portal)  # a redirect nobody vouches for
+    if isinstance(error, TransportError):
+        return Refused("bitrix24_unreachable", status=502, portal=portal)
+    if error.code in _DENIED_TOKEN:
+        return Refused("bad_token", portal=portal)
+    if error.code == "PAYMENT_REQUIRED":
+        return Refused("payment_required", status=402, portal=portal)
+    # Limits, outages, unknown methods: Bitrix24's trouble, not the user's authorization.
+    return Refused("bitrix24_error", status=502, portal=portal)
 
 
 def _ask_portal(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
@@ -113,17 +146,13 @@ def _ask_portal(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
             "lines": ("imopenlines.config.list.get", {}),
         })
     except RestError as exc:
-        if isinstance(exc, TransportError) or exc.code == "REDIRECT" or (exc.http_status or 0) >= 500:
-            raise Refused("bitrix24_unreachable", status=502, portal=portal) from None
-        raise Refused("bad_token", portal=portal) from None
+        raise _refused_by_bitrix24(exc, client.portal) from None
     portal = client.portal  # the client may have followed a move
     for key in ("user", "admin", "app"):
         if key in result.errors:
-            error = result.errors[key]
-            raise Refused("bad_token" if error.code in _DENIED_TOKEN else "bitrix24_error",
-                          status=403 if error.code in _DENIED_TOKEN else 502, portal=portal)
+            raise _refused_by_bitrix24(result.errors[key], portal)
     user, app = result.result.get("user"), result.result.get("app")
-    if not isinstance(user, dict) or not str(user.get("ID", "")).isdigit() or not isinstance(app, dict):
+    if not isinstance(user, dict) or not _is_id(user.get("ID")) or not isinstance(app, dict):
         raise Refused("bitrix24_error", status=502, portal=portal)
     if app.get("CODE") != settings.B24_CLIENT_ID:
         raise Refused("bad_token", portal=portal)
@@ -145,20 +174,30 @@ def _ask_portal(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
 
 def _app_info(app: dict) -> dict:
     status = str(app.get("STATUS") or "")
-    days = app.get("DAYS")
     return {
         "status": status if status in ("F", "D", "T", "P", "L", "S") else "",
         "payment_expired": str(app.get("PAYMENT_EXPIRED") or "N").upper() == "Y",
-        "days": days if isinstance(days, int) else (int(days) if str(days).isdigit() else None),
+        "days": _days(app.get("DAYS")),
         "license": str(app.get("LICENSE") or "")[:64],
         "version": str(app.get("VERSION") or "")[:32],
     }
 
 
+def _is_id(value) -> bool:
+    # ASCII digits only: str.isdigit() also admits "²" and other digits int() or a form field reject.
+    return not isinstance(value, bool) and _ID.fullmatch(str(value)) is not None
+
+
+def _days(value) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    return int(value) if isinstance(value, str) and _DAYS.fullmatch(value) else None
+
+
 def _open_lines(lines) -> tuple:
     out = []
     for line in lines if isinstance(lines, list) else []:
-        if isinstance(line, dict) and str(line.get("ID", "")).isdigit():
+        if isinstance(line, dict) and _is_id(line.get("ID")):
             out.append({"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]})
     return tuple(out)
 

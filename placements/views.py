@@ -13,7 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from portals.addresses import portal_origin
 from portals.framing import frame_origin, framed_by
-from portals.frame_post import BadFramePost, language_of
+from portals.frame_post import BadFramePost
 from portals.models import AppStatus, Portal
 from portals.views import frame_error
 
@@ -33,13 +33,17 @@ def _refusal(reason: str):
                     _("The app lost its connection to this portal. Please ask a portal administrator to "
                       "reinstall the app.")),
         "domain_mismatch": (_("Unknown portal address"),
-                            _("This portal's address does not match the one Bitrix24 confirmed for it.")),
+                            _("This portal's address does not match the one Bitrix24 confirmed for it. If the "
+                              "portal's address was changed, reload Bitrix24 and open the widget again.")),
         "no_auth": (_("Not signed in"), _("Bitrix24 did not send the user's authorization. Open the widget again.")),
         "bad_token": (_("Access denied"),
                       _("Bitrix24 did not confirm your authorization. Close the widget and open it again.")),
         "bitrix24_unreachable": (_("Bitrix24 is not reachable"),
                                  _("Bitrix24 did not answer. Please try again in a few minutes.")),
         "bitrix24_error": (_("Bitrix24 error"), _("Bitrix24 gave an answer we could not use. Please try again.")),
+        "payment_required": (_("Payment required"),
+                             _("The app's paid period has expired. Please renew the subscription in Bitrix24 "
+                               "Market to keep using it.")),
     }.get(reason, (_("Access denied"), _("The request was refused.")))
 
 
@@ -47,22 +51,34 @@ def _app_status_label(code: str) -> str:
     return AppStatus(code).label if code in AppStatus.values else _("unknown")
 
 
+def _settings_of(portal: Portal) -> WidgetSettings | None:
+    try:
+        return portal.widget_settings  # usually selected together with the portal
+    except WidgetSettings.DoesNotExist:
+        return None
+
+
+def _json_error(error: str, description: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": error, "error_description": description}, status=status)
+
+
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def placement_view(request):
     """Bitrix24 opens every placement here with a cross-site POST into an iframe."""
     if request.method == "GET":
-        with translation.override(language_of(request)):
+        with translation.override(placement_request.language(request)):
             return frame_error(request, status=200, title=_("Open from Bitrix24"),
                                message=_("This widget opens from inside Bitrix24, in the Contact Center."),
                                origin=None)
-    with translation.override(language_of(request)):
-        try:
-            parsed = placement_request.parse(request)
-        except placement_request.UnknownPlacement:
+    try:
+        parsed = placement_request.parse(request)
+    except placement_request.UnknownPlacement:
+        with translation.override(placement_request.language(request)):
             return frame_error(request, status=400, title=_("Unknown placement"),
                                message=_("This app has no handler for that placement."), origin=None)
-        except BadFramePost as exc:
+    except BadFramePost as exc:
+        with translation.override(placement_request.language(request)):
             return frame_error(request, status=400, title=_("Bad request"),
                                message=_("The request from Bitrix24 is malformed (%(field)s).") % {"field": exc.field},
                                origin=None)
@@ -76,11 +92,10 @@ def placement_view(request):
             # nothing but this message (so the user sees it instead of a blocked frame).
             origin = portal_origin(exc.portal) if exc.portal else frame_origin(post.domain, post.protocol)
             return frame_error(request, status=exc.status, title=title, message=message, origin=origin)
-        widget_settings = WidgetSettings.objects.filter(portal=portal).first()
         context = {
             "portal": portal,
             "verdict": verdict,
-            "settings": widget_settings,
+            "settings": _settings_of(portal),
             "widget_token": widget_token.issue(portal, verdict),
             "bx24_js_url": settings.B24_JS_URL,
             "language": post.language,
@@ -97,28 +112,29 @@ def placement_view(request):
 @require_POST
 def save_settings_view(request):
     """Save the widget settings from inside the frame; the signed widget token names portal and user."""
-    with translation.override(language_of(request)):
+    try:
+        form = placement_request.form(request)
+    except BadFramePost:
+        with translation.override(placement_request.language(request)):
+            return _json_error("bad_request", _("The settings are malformed."), 400)
+    with translation.override(placement_request.language(request)):
         try:
-            token = widget_token.read(request.POST.get("widget_token", ""))
+            token = widget_token.read(form.get("widget_token", ""))
         except widget_token.BadWidgetToken as exc:
             message = {
                 "missing": _("The request carries no widget token."),
                 "expired": _("The widget was open too long. Close it and open it again."),
             }.get(exc.reason, _("The widget token is not valid."))
-            return JsonResponse({"error": f"token_{exc.reason}", "error_description": message}, status=403)
+            return _json_error(f"token_{exc.reason}", message, 403)
         portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
         if portal is None or not portal.is_serving:
-            return JsonResponse({"error": "not_installed",
-                                 "error_description": _("The app is not installed on this portal.")}, status=403)
+            return _json_error("not_installed", _("The app is not installed on this portal."), 403)
         if not token.is_admin:
-            return JsonResponse({"error": "not_admin",
-                                 "error_description": _("Only portal administrators may change the settings.")},
-                                status=403)
-        enabled = request.POST.get("enabled", "")
-        open_line_id = request.POST.get("open_line_id", "").strip()
+            return _json_error("not_admin", _("Only portal administrators may change the settings."), 403)
+        enabled = form.get("enabled", "")
+        open_line_id = form.get("open_line_id", "").strip()
         if enabled not in ("0", "1") or (open_line_id and not _OPEN_LINE_ID.match(open_line_id)):
-            return JsonResponse({"error": "bad_request",
-                                 "error_description": _("The settings are malformed.")}, status=400)
+            return _json_error("bad_request", _("The settings are malformed."), 400)
         WidgetSettings.objects.update_or_create(
             portal=portal,
             defaults={"enabled": enabled == "1", "open_line_id": open_line_id,

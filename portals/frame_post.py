@@ -87,7 +87,7 @@ def _options(raw: str) -> dict:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadFramePost("PLACEMENT_OPTIONS", "is not valid JSON") from None
     # Bitrix24 sometimes sends a non-object (a bare string, a number): that carries no options.
     return value if isinstance(value, dict) else {}
@@ -133,7 +133,7 @@ def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
     auth_expires = None
     raw_expires = _value(request, "AUTH_EXPIRES", limit=10)
     if raw_expires:
-        if not raw_expires.isdigit():
+        if not (raw_expires.isascii() and raw_expires.isdigit()):
             raise BadFramePost("AUTH_EXPIRES", "must be a whole number of seconds")
         auth_expires = int(raw_expires)
 

@@ -244,18 +244,29 @@ def touch(portal: Portal) -> None:
 
 
 def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | None, license: str = "") -> None:
-    """Store what app.info said about the app's licence on the portal; changes are recorded."""
+    """Store what app.info said about the app's licence on the portal; each change is recorded once.
+
+    The row is re-read under its lock, so two callers with the same news record it once.
+    """
     with transaction.atomic():
+        current = Portal.objects.select_for_update().get(pk=portal.pk)
         fields = []
-        if app_status and app_status != portal.app_status:
-            record(portal, Kind.APP_STATUS_CHANGED, old=portal.app_status, new=app_status)
-            portal.app_status = app_status
+        if app_status and app_status != current.app_status:
+            record(current, Kind.APP_STATUS_CHANGED, old=current.app_status, new=app_status)
+            current.app_status = app_status
             fields.append("app_status")
-        if payment_expired is not None and payment_expired != portal.payment_expired:
-            portal.payment_expired = payment_expired
+        # First learning a value is not a change; a later difference is.
+        if payment_expired is not None and payment_expired != current.payment_expired:
+            if current.payment_expired is not None:
+                record(current, Kind.APP_STATUS_CHANGED, payment_expired=payment_expired)
+            current.payment_expired = payment_expired
             fields.append("payment_expired")
-        if license and license != portal.license:
-            portal.license = license[:64]
+        if license and license[:64] != current.license:
+            if current.license:
+                record(current, Kind.APP_STATUS_CHANGED, old_license=current.license, license=license[:64])
+            current.license = license[:64]
             fields.append("license")
         if fields:
-            portal.save(update_fields=fields)
+            current.save(update_fields=fields)
+        for name in fields:
+            setattr(portal, name, getattr(current, name))

@@ -1,0 +1,207 @@
+"""What the widget shows, in which language, and the headers that keep it inside its portal's frame."""
+import html
+import re
+
+import pytest
+from django.test import Client
+from django.urls import get_resolver
+
+from placements import views as placement_views
+from portals import views as portal_views
+from tests.conftest import do_install
+from tests.placements.frames import is_widget, open_widget, text
+
+pytestmark = pytest.mark.django_db
+
+
+def element(response, element_id) -> str:
+    """The text inside the element with that id (flat markup only)."""
+    match = re.search(rf'id="{element_id}"[^>]*>(.*?)</', response.content.decode(), re.S)
+    assert match, f"no #{element_id}"
+    return match.group(1).strip()
+
+
+def tag(response, element_id) -> str:
+    match = re.search(rf'<[^>]*id="{element_id}"[^>]*>', response.content.decode())
+    assert match, f"no #{element_id}"
+    return match.group(0)
+
+
+# --- content (rule 7) ------------------------------------------------------------------------------
+
+def test_admin_sees_who_where_status_and_editable_settings(frame, installed):
+    _, b24 = installed
+    response = open_widget(frame, b24.placement_post(user_id="1"))
+    assert is_widget(response)
+    assert element(response, "portal-domain") == b24.domain
+    assert element(response, "user-name") == "Anna Admin"
+    assert element(response, "user-role") == "administrator"
+    assert element(response, "app-status") == "free"
+    assert 'id="payment-expired"' not in response.content.decode()
+    assert "disabled" not in tag(response, "enabled") and "disabled" not in tag(response, "open-line")
+    assert "disabled" not in tag(response, "save")
+    assert 'id="admin-only"' not in response.content.decode()
+    options = re.findall(r'<option value="(\d+)"[^>]*>([^<]+)</option>', response.content.decode())
+    assert options == [("1", "Website chat"), ("2", "Telegram")]
+
+
+def test_a_user_may_look_but_not_edit(frame, installed):
+    _, b24 = installed
+    response = open_widget(frame, b24.placement_post(user_id="2"))
+    assert is_widget(response)
+    assert element(response, "user-name") == "Oleg User"
+    assert element(response, "user-role") == "user"
+    for control in ("enabled", "open-line", "save"):
+        assert "disabled" in tag(response, control)
+    assert "Only portal administrators may change the settings." in text(response)
+
+
+@pytest.mark.parametrize("code,word", [("F", "free"), ("D", "demo"), ("T", "trial"), ("P", "paid"),
+                                       ("L", "local"), ("S", "subscription")])
+def test_the_status_word_comes_from_app_info_not_from_the_post(frame, installed, code, word):
+    _, b24 = installed
+    b24.app_status = code
+    fields = b24.placement_post()
+    fields["status"] = "D" if code != "D" else "P"  # "purely informational": never what is shown
+    response = open_widget(frame, fields)
+    assert element(response, "app-status") == word
+
+
+def test_trial_days_left(frame, installed):
+    _, b24 = installed
+    b24.app_status, b24.days = "T", 5
+    response = open_widget(frame, b24.placement_post())
+    assert "5 days left" in text(response)
+    b24.days = 1
+    assert "1 day left" in text(open_widget(frame, b24.placement_post()))
+
+
+def test_payment_expired_shows_a_warning(frame, installed):
+    portal, b24 = installed
+    b24.app_status, b24.payment_expired = "P", True
+    response = open_widget(frame, b24.placement_post())
+    assert is_widget(response)
+    assert "The app's paid period has expired." in html.unescape(element(response, "payment-expired"))
+    assert 'class="badge bad"' in tag(response, "app-status")
+    portal.refresh_from_db()
+    assert portal.payment_expired is True and portal.app_status == "P"
+
+
+@pytest.mark.parametrize("lang,html_lang,signed_in,status_word", [
+    ("en", "en", "Signed in as", "free"),
+    ("ru", "ru", "Вы вошли как", "бесплатное"),
+    ("de", "de", "Angemeldet als", "kostenlos"),
+    ("ua", "ru", "Вы вошли как", "бесплатное"),  # Ukrainian interface: the Russian catalog, by design
+    ("la", "en", "Signed in as", "free"),  # no catalog: English
+    ("br", "en", "Signed in as", "free"),
+])
+def test_the_widget_speaks_the_portals_language(frame, installed, lang, html_lang, signed_in, status_word):
+    _, b24 = installed
+    response = open_widget(frame, b24.placement_post(lang=lang))
+    assert is_widget(response)
+    assert f'<html lang="{html_lang}">' in response.content.decode()
+    assert signed_in in text(response)
+    assert element(response, "app-status") == status_word
+    # The save answers come back in the same language.
+    assert re.search(rf'name="LANG" value="{html_lang}"', response.content.decode())
+
+
+def test_names_from_bitrix24_are_escaped(client, frame, standin):
+    users = [{"ID": "1", "NAME": "<script>alert(1)</script>", "LAST_NAME": "", "ADMIN": True}]
+    b24 = standin.add_portal(users=users)
+    b24.open_lines = [{"ID": "7", "LINE_NAME": '"><img src=x onerror=alert(2)>', "ACTIVE": "Y"}]
+    do_install(client, b24)
+    body = open_widget(frame, b24.placement_post()).content.decode()
+    assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "<img src=x" not in body and "&lt;img src=x onerror=alert(2)&gt;" in body
+
+
+def test_a_portal_without_the_open_lines_scope_still_opens(client, frame, standin):
+    b24 = standin.add_portal(scope="placement,contact_center,user_brief")
+    do_install(client, b24)
+    response = open_widget(frame, b24.placement_post())
+    assert is_widget(response)
+    assert "The Open Lines of this portal could not be loaded." in text(response)
+
+
+# --- headers (rule 6) ------------------------------------------------------------------------------
+
+def test_the_widget_may_be_framed_by_its_portal_only_and_is_never_cached(frame, installed):
+    _, b24 = installed
+    response = open_widget(frame, b24.placement_post())
+    assert is_widget(response)
+    assert response["Content-Security-Policy"] == f"frame-ancestors http://{b24.domain}"
+    assert "X-Frame-Options" not in response
+    assert "no-store" in response["Cache-Control"]
+
+
+def test_a_refusal_for_a_known_portal_is_framed_by_that_portal_only(frame, installed):
+    _, b24 = installed
+    fields = dict(b24.placement_post(), AUTH_ID="f" * 64)
+    response = open_widget(frame, fields)
+    assert response.status_code == 403
+    assert response["Content-Security-Policy"] == f"frame-ancestors http://{b24.domain}"
+    assert "X-Frame-Options" not in response and "no-store" in response["Cache-Control"]
+
+
+def test_a_malformed_open_may_not_be_framed_at_all(frame, installed):
+    _, b24 = installed
+    response = open_widget(frame, dict(b24.placement_post(), PROTOCOL="7"))
+    assert response.status_code == 400
+    assert response["Content-Security-Policy"] == "frame-ancestors 'none'"
+    assert response["X-Frame-Options"] == "DENY" and "no-store" in response["Cache-Control"]
+
+
+@pytest.mark.parametrize("path", ["/admin/login/", "/healthz", "/placement/"])
+def test_other_pages_keep_x_frame_options_deny(frame, path):
+    response = frame.get(path)
+    assert response.status_code == 200
+    assert response["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors http" not in response.get("Content-Security-Policy", "")
+
+
+def test_only_the_bitrix24_entry_points_are_csrf_exempt():
+    def walk(resolver):
+        for pattern in resolver.url_patterns:
+            if hasattr(pattern, "url_patterns"):
+                yield from walk(pattern)
+            else:
+                yield pattern.callback
+
+    exempt = {view for view in walk(get_resolver()) if getattr(view, "csrf_exempt", False)}
+    assert exempt == {portal_views.install_view, portal_views.events_view,
+                      placement_views.placement_view, placement_views.save_settings_view}
+
+
+def test_a_post_without_a_csrf_token_is_refused_elsewhere(db, django_user_model):
+    django_user_model.objects.create_superuser("root", "root@example.test", "pw-for-tests-only")
+    browser = Client(enforce_csrf_checks=True)
+    response = browser.post("/admin/login/", {"username": "root", "password": "pw-for-tests-only"})
+    assert response.status_code == 403 and b"CSRF" in response.content
+    assert "_auth_user_id" not in browser.session
+
+
+@pytest.mark.parametrize("path", ["/placement/", "/placement/settings/", "/install/", "/events/"])
+def test_the_entry_points_take_a_cross_site_post(frame, db, path):
+    response = frame.post(path, {"LANG": "en"})
+    assert response.status_code in (400, 403)
+    assert b"CSRF" not in response.content  # refused, if at all, by the view, not by the CSRF check
+
+
+@pytest.mark.parametrize("days,shown", [("12", "12"), (12, "12"), (0, "0"), ("²", None), (-3, None),
+                                        ("3 days", None), (None, None), (True, None)])
+def test_odd_app_info_days_never_break_the_page(frame, installed, days, shown):
+    _, b24 = installed
+    b24.app_status, b24.days = "T", days
+    response = open_widget(frame, b24.placement_post())
+    assert is_widget(response)
+    assert re.findall(r"([^\s>]+) days? left", text(response)) == ([shown] if shown else [])
+
+
+def test_odd_ids_from_bitrix24_are_not_offered(frame, installed):
+    _, b24 = installed
+    b24.open_lines = [{"ID": "²", "LINE_NAME": "Superscript"}, {"ID": "12", "LINE_NAME": "Fine"},
+                      {"ID": True, "LINE_NAME": "Boolean"}, {"LINE_NAME": "No id"}]
+    response = open_widget(frame, b24.placement_post())
+    options = re.findall(r'<option value="([^"]*)"[^>]*>([^<]+)</option>', response.content.decode())
+    assert options[1:] == [("12", "Fine")]
