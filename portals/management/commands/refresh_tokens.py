@@ -1,0 +1,156 @@
+"""Keep unused portals alive: refresh tokens that would otherwise lapse, and only those.
+
+Refresh tokens live 180 days and Bitrix24 asks apps not to refresh "just in case", so a portal is
+refreshed only when it is due: its refresh token was renewed more than --older-than-days ago, or
+(with --expiring-access-tokens) its access token expires within --within-minutes.
+
+Several copies may run at once: each portal is claimed with SELECT ... FOR UPDATE SKIP LOCKED
+(PostgreSQL) and stays locked while it is refreshed, and whether it is still due is checked again
+under the lock, so no portal is refreshed twice. SQLite has no row locks; its IMMEDIATE
+transactions make copies (and threads) take turns, so there the command uses one worker.
+"""
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from portals import oauth
+from portals.models import Portal
+
+from . import _pool
+from ._pool import BLOCKED, FAILED, OVER_LIMIT, SKIPPED, Outcome
+
+REFRESHED = "refreshed"
+REFRESH_TOKEN_DAYS = 180
+ACCESS_TOKEN_MINUTES = 60
+
+
+def due(*, older_than_days: int, within_minutes: int | None, now=None) -> Q:
+    """Serving portals with a refresh token that is old (or of unknown age), or, when
+    `within_minutes` is given, whose access token expires within that time (or at an unknown time)."""
+    now = now or timezone.now()
+    lapsing = Q(refresh_renewed_at__isnull=True) | Q(refresh_renewed_at__lte=now - timedelta(days=older_than_days))
+    if within_minutes is not None:
+        lapsing |= Q(access_expires_at__isnull=True) | Q(
+            access_expires_at__lte=now + timedelta(minutes=within_minutes)
+        )
+    return Q(status__in=(Portal.Status.NEW, Portal.Status.ACTIVE)) & ~Q(refresh_token="") & lapsing
+
+
+def refresh_if_due(pk: int, due_now: Q, *, budget: _pool.Budget | None = None) -> Outcome:
+    """Claim the portal if it is still due and no other copy holds it, and refresh it under that lock.
+
+    Whether it is due is judged again under the lock: the id was read earlier, and another copy
+    may have refreshed the portal since.
+    """
+    with transaction.atomic():
+        portal = Portal.objects.select_for_update(skip_locked=True).filter(due_now, pk=pk).first()
+        if portal is None:
+            return Outcome(SKIPPED)  # refreshed, blocked, uninstalled or held by another copy meanwhile
+        if budget is not None and not budget.take():
+            return Outcome(OVER_LIMIT)
+        label = f"{portal.member_id} ({portal.domain})"
+        try:
+            # refresh_portal locks the row again on this same connection (a savepoint) and blocks
+            # the portal on a refusal; its writes commit with this transaction.
+            oauth.refresh_portal(portal, force=True)
+        except oauth.PortalNotServing:
+            return Outcome(SKIPPED, label)
+        except oauth.OAuthError as exc:
+            if Portal.objects.filter(pk=pk, status=Portal.Status.BLOCKED).exists():
+                return Outcome(BLOCKED, label, exc.code, exc.description)
+            return Outcome(FAILED, label, exc.code, exc.description)
+    return Outcome(REFRESHED, label)
+
+
+class Command(BaseCommand):
+    help = (
+        "Refresh the tokens of serving portals whose refresh token would otherwise lapse (renewed more "
+        "than --older-than-days ago; refresh tokens live 180 days) and, with --expiring-access-tokens, "
+        "of those whose access token expires within --within-minutes. Nothing else is refreshed: "
+        "Bitrix24 asks apps not to refresh just in case. Safe to run as several copies at once on "
+        "PostgreSQL (rows are claimed with FOR UPDATE SKIP LOCKED); on SQLite copies take turns. "
+        "Refused refreshes block the portal (an expected outcome); an unreachable OAuth server or an "
+        "error is a failure and makes the command exit with status 1."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--older-than-days", type=int, default=150, metavar="N",
+                            help="refresh portals whose refresh token was renewed more than N days ago "
+                                 "(default 150; must be below 180)")
+        parser.add_argument("--expiring-access-tokens", action="store_true",
+                            help="also refresh portals whose access token is about to expire")
+        parser.add_argument("--within-minutes", type=int, default=10, metavar="M",
+                            help="with --expiring-access-tokens: expiring within M minutes (default 10; below 60)")
+        parser.add_argument("--workers", type=int, default=4, metavar="N",
+                            help="portals refreshed at once, each thread with its own database connection "
+                                 "(default 4; 1 on SQLite)")
+        parser.add_argument("--batch-size", type=int, default=100, metavar="N",
+                            help="portal ids read from the database per query (default 100)")
+        parser.add_argument("--limit", type=int, default=None, metavar="N",
+                            help="refresh at most N portals in this run")
+        parser.add_argument("--progress-every", type=int, default=100, metavar="N",
+                            help="print a progress line every N portals (default 100; 0: none)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="list the portals that are due; refresh and change nothing")
+
+    def handle(self, *args, **options):
+        older_than_days = options["older_than_days"]
+        if not 0 < older_than_days < REFRESH_TOKEN_DAYS:
+            raise CommandError(f"--older-than-days must be between 1 and {REFRESH_TOKEN_DAYS - 1}")
+        within_minutes = None
+        if options["expiring_access_tokens"]:
+            within_minutes = options["within_minutes"]
+            # An access token lives an hour: a window of an hour or more would refresh every portal every run.
+            if not 0 < within_minutes < ACCESS_TOKEN_MINUTES:
+                raise CommandError(f"--within-minutes must be between 1 and {ACCESS_TOKEN_MINUTES - 1}")
+        for name in ("workers", "batch_size"):
+            if options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        if options["limit"] is not None and options["limit"] < 1:
+            raise CommandError("--limit must be at least 1")
+        if options["progress_every"] < 0:
+            raise CommandError("--progress-every must not be negative")
+        self.older_than_days = older_than_days
+        self.within_minutes = within_minutes
+
+        candidates = Portal.objects.filter(self._due())
+        if options["dry_run"]:
+            return self._dry_run(candidates, options["batch_size"], options["limit"])
+
+        workers = options["workers"]
+        if not connection.features.has_select_for_update_skip_locked and workers > 1:
+            # Each refresh holds the database's single write lock while it waits for the OAuth server;
+            # more threads would only queue for it (and risk its busy timeout).
+            self.stdout.write(f"{connection.vendor}: no row locks, using 1 worker instead of {workers}")
+            workers = 1
+        total = candidates.count()
+        if options["limit"] is not None:
+            total = min(total, options["limit"])
+        self.stdout.write(f"due: {total} portal(s); refreshing with {workers} worker(s)")
+        self.budget = _pool.Budget(options["limit"])
+        tally = _pool.Tally(self, (REFRESHED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
+        _pool.run(_pool.ids_in_pages(candidates, options["batch_size"]),
+                  lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
+                  workers=workers, tally=tally, budget=self.budget)
+        self.stdout.write(tally.summary())
+        if tally.counts[FAILED]:
+            raise CommandError(f"{tally.counts[FAILED]} portal(s) could not be refreshed")
+
+    def _due(self) -> Q:
+        return due(older_than_days=self.older_than_days, within_minutes=self.within_minutes)
+
+    def _dry_run(self, candidates, batch_size: int, limit: int | None) -> None:
+        rows = candidates.order_by("pk").only("member_id", "domain", "refresh_renewed_at", "access_expires_at")
+        if limit is not None:
+            rows = rows[:limit]
+        count = 0
+        for portal in rows.iterator(chunk_size=batch_size):
+            count += 1
+            renewed = f"{portal.refresh_renewed_at:%Y-%m-%d %H:%M}" if portal.refresh_renewed_at else "unknown"
+            expires = f"{portal.access_expires_at:%Y-%m-%d %H:%M}" if portal.access_expires_at else "unknown"
+            self.stdout.write(f"due {portal.member_id} ({portal.domain}): refresh token renewed {renewed}, "
+                              f"access token expires {expires}")
+        self.stdout.write(f"{REFRESHED}=0 {BLOCKED}=0 {FAILED}=0 {SKIPPED}=0 due={count} (dry run)")

@@ -1,0 +1,131 @@
+"""Ask every active portal what Bitrix24 says about the app there (app.info) and store it.
+
+app.info answers the app's licence type (STATUS F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; they are
+stored with lifecycle.set_app_info, which records a changed status as a PortalEvent. A batch runs
+against one portal only, so one app.info request per portal is already the fewest possible.
+"""
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from portals import lifecycle
+from portals.models import AppStatus, Portal
+from portals.rest import PortalClient, RestError, TokenRefreshFailed
+
+from . import _pool
+from ._pool import BLOCKED, FAILED, OVER_LIMIT, SKIPPED, Outcome
+
+SYNCED = "synced"
+CHANGED = "changed"
+
+
+def parse_app_info(info) -> dict | None:
+    """The licence facts of an app.info result, or None when it is not a usable answer."""
+    if not isinstance(info, dict):
+        return None
+    status = str(info.get("STATUS") or "")
+    if status not in AppStatus.values:
+        return None
+    expired = str(info.get("PAYMENT_EXPIRED") or "").upper()
+    return {
+        "app_status": status,
+        "payment_expired": {"Y": True, "N": False}.get(expired),
+        "license": str(info.get("LICENSE") or "")[:64],
+    }
+
+
+class Command(BaseCommand):
+    help = (
+        "Call app.info on every active portal (with the app's tokens, refreshed on expired_token) and "
+        "store the app's status (F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; a changed status is "
+        "recorded in the portal's history. One request per portal: a batch cannot span portals. "
+        "A portal whose token refresh is refused is blocked (an expected outcome); any other error "
+        "is counted as failed with its code and makes the command exit with status 1."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--workers", type=int, default=4, metavar="N",
+                            help="portals asked at once, each thread with its own database connection (default 4)")
+        parser.add_argument("--batch-size", type=int, default=100, metavar="N",
+                            help="portal ids read from the database per query (default 100)")
+        parser.add_argument("--limit", type=int, default=None, metavar="N", help="ask at most N portals")
+        parser.add_argument("--progress-every", type=int, default=100, metavar="N",
+                            help="print a progress line every N portals (default 100; 0: none)")
+        parser.add_argument("--dry-run", action="store_true", help="list the portals that would be asked; call nothing")
+
+    def handle(self, *args, **options):
+        for name in ("workers", "batch_size"):
+            if options[name] < 1:
+                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+        if options["limit"] is not None and options["limit"] < 1:
+            raise CommandError("--limit must be at least 1")
+        if options["progress_every"] < 0:
+            raise CommandError("--progress-every must not be negative")
+
+        candidates = Portal.objects.filter(status=Portal.Status.ACTIVE)
+        total = candidates.count()
+        if options["limit"] is not None:
+            total = min(total, options["limit"])
+        if options["dry_run"]:
+            rows = candidates.order_by("pk").only("member_id", "domain", "app_status")
+            rows = rows[: options["limit"]] if options["limit"] is not None else rows
+            for portal in rows.iterator(chunk_size=options["batch_size"]):
+                self.stdout.write(f"would ask {portal.member_id} ({portal.domain}), stored status "
+                                  f"{portal.app_status or '-'}")
+            self.stdout.write(f"{SYNCED}=0 {CHANGED}=0 {BLOCKED}=0 {FAILED}=0 {SKIPPED}=0 due={total} (dry run)")
+            return
+
+        self.stdout.write(f"active: {total} portal(s); asking with {options['workers']} worker(s)")
+        self.budget = _pool.Budget(options["limit"])
+        # `changed` portals are also synced: the summary counts them in both.
+        tally = _Tally(self, (SYNCED, CHANGED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
+        _pool.run(_pool.ids_in_pages(candidates, options["batch_size"]), self._sync_one,
+                  workers=options["workers"], tally=tally, budget=self.budget)
+        self.stdout.write(tally.summary())
+        if tally.counts[FAILED]:
+            raise CommandError(f"{tally.counts[FAILED]} portal(s) could not be synced")
+
+    def _sync_one(self, pk: int) -> Outcome:
+        portal = Portal.objects.filter(pk=pk, status=Portal.Status.ACTIVE).first()
+        if portal is None:
+            return Outcome(SKIPPED)
+        if not self.budget.take():
+            return Outcome(OVER_LIMIT)
+        label = f"{portal.member_id} ({portal.domain})"
+        client = PortalClient(portal)
+        try:
+            answer = client.call("app.info")
+        except TokenRefreshFailed as exc:
+            # PortalClient refreshed on expired_token through oauth.refresh_portal, which blocks
+            # the portal when the OAuth server refuses.
+            status = Portal.objects.filter(pk=pk).values_list("status", flat=True).first()
+            if status == Portal.Status.BLOCKED:
+                return Outcome(BLOCKED, label, exc.code, exc.description)
+            if exc.code == "portal_not_serving":
+                return Outcome(SKIPPED, label)
+            return Outcome(FAILED, label, exc.code, exc.description)
+        except RestError as exc:
+            return Outcome(FAILED, label, exc.code, exc.description)
+        if not isinstance(answer, dict) or answer.get("CODE") != settings.B24_CLIENT_ID:
+            return Outcome(FAILED, label, "wrong_app", "app.info answered for another application")
+        info = parse_app_info(answer)
+        if info is None:
+            return Outcome(FAILED, label, "bad_answer", "app.info answered without a known STATUS")
+        with transaction.atomic():
+            current = Portal.objects.select_for_update().filter(pk=pk).first()
+            if current is None or current.status != Portal.Status.ACTIVE:
+                return Outcome(SKIPPED, label)
+            before = (current.app_status, current.payment_expired, current.license)
+            lifecycle.set_app_info(current, **info)
+            after = (current.app_status, current.payment_expired, current.license)
+        return Outcome(CHANGED if after != before else SYNCED, label)
+
+
+class _Tally(_pool.Tally):
+    """A changed portal is a synced portal too."""
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.kind == CHANGED:
+            with self._lock:
+                self.counts[SYNCED] += 1
+        super().add(outcome)
