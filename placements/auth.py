@@ -75,7 +75,7 @@ def recheck_domain(portal: Portal, post: FramePost) -> Portal:
     which the REST client confirms with the OAuth server). The posted host itself is never contacted.
     """
     if not cache.add(f"b24widget:domain-recheck:{portal.pk}", 1, settings.B24_DOMAIN_RECHECK_INTERVAL):
-        log.info("portal %s: posted domain differs; OAuth re-check throttled", portal.member_id)
+        log.info("posted domain differs; OAuth re-check throttled", extra={"member_id": portal.member_id})
         return portal
     try:
         portal = oauth.refresh_portal(portal, force=True)
@@ -107,7 +107,7 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
             cache.set(key, verdict, lifetime)
     if post.domain != portal.domain:
         # Not the address the OAuth server confirmed (possibly learned just now, from a 302 at the old one).
-        log.warning("portal %s: posted domain differs from the confirmed one; refused", portal.member_id)
+        log.warning("posted domain differs from the confirmed one; refused", extra={"member_id": portal.member_id})
         raise Refused("domain_mismatch", portal=portal)
     if portal.status == Portal.Status.NEW:
         # Bitrix24 shows the square only after installFinish: the install is complete.

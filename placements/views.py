@@ -140,5 +140,5 @@ def save_settings_view(request):
             defaults={"enabled": enabled == "1", "open_line_id": open_line_id,
                       "updated_at": timezone.now(), "updated_by": token.user_id},
         )
-        log.info("portal %s: widget settings saved by user %s", portal.member_id, token.user_id)
+        log.info("widget settings saved", extra={"member_id": portal.member_id, "user_id": token.user_id})
         return JsonResponse({"result": "saved", "message": _("Settings saved.")})
