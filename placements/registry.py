@@ -14,6 +14,9 @@ class Placement:
     # Titles and descriptions shown in the portal, per Bitrix24 interface language.
     titles: dict = field(default_factory=dict)
     descriptions: dict = field(default_factory=dict)
+    # Bound with placement.bind at install. DEFAULT (the app's own page, opened from the portal's menu
+    # at the "handler path" of the app's registration) exists without binding.
+    bind: bool = True
 
 
 CONTACT_CENTER = Placement(
@@ -27,7 +30,10 @@ CONTACT_CENTER = Placement(
     },
 )
 
-REGISTRY = {p.code: p for p in (CONTACT_CENTER,)}
+# The app opened from the portal's menu shows the same page: status and settings.
+DEFAULT = Placement(code="DEFAULT", template="placements/contact_center.html", bind=False)
+
+REGISTRY = {p.code: p for p in (CONTACT_CENTER, DEFAULT)}
 
 
 def get(code: str) -> Placement | None:
@@ -42,6 +48,8 @@ def bindings() -> list[dict]:
     """The `placement.bind` parameters for every registered placement."""
     out = []
     for placement in REGISTRY.values():
+        if not placement.bind:
+            continue
         out.append({
             "PLACEMENT": placement.code,
             "HANDLER": handler_url(),

@@ -205,3 +205,13 @@ def test_odd_ids_from_bitrix24_are_not_offered(frame, installed):
     response = open_widget(frame, b24.placement_post())
     options = re.findall(r'<option value="([^"]*)"[^>]*>([^<]+)</option>', response.content.decode())
     assert options[1:] == [("12", "Fine")]
+
+
+def test_the_apps_own_page_opens_with_placement_default(client, installed):
+    """The app's "handler path" (opened from the portal's menu) posts PLACEMENT=DEFAULT to /placement/."""
+    _portal, b24 = installed
+    response = client.post("/placement/", b24.placement_post(placement="DEFAULT"))
+    assert response.status_code == 200
+    assert 'id="settings-form"' in response.content.decode()
+    # DEFAULT is not something placement.bind accepts: the install binds CONTACT_CENTER only.
+    assert [p["PLACEMENT"] for p in b24.bindings["placements"]] == ["CONTACT_CENTER"]
