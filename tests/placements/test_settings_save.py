@@ -7,7 +7,7 @@ from django.core import signing
 
 from placements import widget_token
 from placements.models import WidgetSettings
-from tests.placements.frames import is_widget, open_widget, portal_calls, text, widget_token_of
+from tests.placements.frames import is_widget, open_widget, portal_calls, widget_token_of
 
 pytestmark = pytest.mark.django_db
 

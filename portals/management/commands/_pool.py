@@ -149,3 +149,27 @@ def run(ids, work, *, workers: int, tally: Tally, budget: Budget) -> None:
             pending.put(None)
         for thread in threads:
             thread.join()
+
+
+def add_arguments(parser, *, verb: str) -> None:
+    """The options every portal-walking command shares (--workers, --batch-size, --limit, --progress-every)."""
+    parser.add_argument("--workers", type=int, default=4, metavar="N",
+                        help=f"portals {verb} at once, each thread with its own database connection (default 4)")
+    parser.add_argument("--batch-size", type=int, default=100, metavar="N",
+                        help="portal ids read from the database per query (default 100)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="handle at most N portals in this run")
+    parser.add_argument("--progress-every", type=int, default=100, metavar="N",
+                        help="print a progress line every N portals (default 100; 0: none)")
+
+
+def check_options(options) -> None:
+    """Refuse nonsensical values of the shared options with a clear message."""
+    from django.core.management.base import CommandError
+
+    for name in ("workers", "batch_size"):
+        if options[name] < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
+    if options["limit"] is not None and options["limit"] < 1:
+        raise CommandError("--limit must be at least 1")
+    if options["progress_every"] < 0:
+        raise CommandError("--progress-every must not be negative")

@@ -84,15 +84,7 @@ class Command(BaseCommand):
                             help="also refresh portals whose access token is about to expire")
         parser.add_argument("--within-minutes", type=int, default=10, metavar="M",
                             help="with --expiring-access-tokens: expiring within M minutes (default 10; below 60)")
-        parser.add_argument("--workers", type=int, default=4, metavar="N",
-                            help="portals refreshed at once, each thread with its own database connection "
-                                 "(default 4; 1 on SQLite)")
-        parser.add_argument("--batch-size", type=int, default=100, metavar="N",
-                            help="portal ids read from the database per query (default 100)")
-        parser.add_argument("--limit", type=int, default=None, metavar="N",
-                            help="refresh at most N portals in this run")
-        parser.add_argument("--progress-every", type=int, default=100, metavar="N",
-                            help="print a progress line every N portals (default 100; 0: none)")
+        _pool.add_arguments(parser, verb="refreshed")
         parser.add_argument("--dry-run", action="store_true",
                             help="list the portals that are due; refresh and change nothing")
 
@@ -106,13 +98,7 @@ class Command(BaseCommand):
             # An access token lives an hour: a window of an hour or more would refresh every portal every run.
             if not 0 < within_minutes < ACCESS_TOKEN_MINUTES:
                 raise CommandError(f"--within-minutes must be between 1 and {ACCESS_TOKEN_MINUTES - 1}")
-        for name in ("workers", "batch_size"):
-            if options[name] < 1:
-                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-        if options["limit"] is not None and options["limit"] < 1:
-            raise CommandError("--limit must be at least 1")
-        if options["progress_every"] < 0:
-            raise CommandError("--progress-every must not be negative")
+        _pool.check_options(options)
         self.older_than_days = older_than_days
         self.within_minutes = within_minutes
 

@@ -44,23 +44,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--workers", type=int, default=4, metavar="N",
-                            help="portals asked at once, each thread with its own database connection (default 4)")
-        parser.add_argument("--batch-size", type=int, default=100, metavar="N",
-                            help="portal ids read from the database per query (default 100)")
-        parser.add_argument("--limit", type=int, default=None, metavar="N", help="ask at most N portals")
-        parser.add_argument("--progress-every", type=int, default=100, metavar="N",
-                            help="print a progress line every N portals (default 100; 0: none)")
+        _pool.add_arguments(parser, verb="asked")
         parser.add_argument("--dry-run", action="store_true", help="list the portals that would be asked; call nothing")
 
     def handle(self, *args, **options):
-        for name in ("workers", "batch_size"):
-            if options[name] < 1:
-                raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
-        if options["limit"] is not None and options["limit"] < 1:
-            raise CommandError("--limit must be at least 1")
-        if options["progress_every"] < 0:
-            raise CommandError("--progress-every must not be negative")
+        _pool.check_options(options)
 
         candidates = Portal.objects.filter(status=Portal.Status.ACTIVE)
         total = candidates.count()
