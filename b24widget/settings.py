@@ -46,6 +46,9 @@ B24_ALLOW_HTTP_PORTALS = env.bool("B24_ALLOW_HTTP_PORTALS", default=False)
 B24_JS_URL = env.str("B24_JS_URL", default="https://api.bitrix24.com/api/v1/")
 # Seconds after a verified install POST during which a token-less ONAPPINSTALL is believed.
 B24_INSTALL_EVENT_WINDOW = env.int("B24_INSTALL_EVENT_WINDOW", default=300)
+# The local Bitrix24 sandbox (`manage.py sandbox`, see README): its app is installed only with this
+# or DEBUG on, so production never has it.
+B24_SANDBOX = env.bool("B24_SANDBOX", default=False)
 # Timeouts (seconds) for calls to Bitrix24: (connect, read).
 B24_HTTP_TIMEOUT = (env.float("B24_CONNECT_TIMEOUT", default=5.0), env.float("B24_READ_TIMEOUT", default=30.0))
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
@@ -81,6 +84,8 @@ INSTALLED_APPS = [
     "portals",
     "placements",
 ]
+if DEBUG or B24_SANDBOX:
+    INSTALLED_APPS.append("sandbox")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

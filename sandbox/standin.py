@@ -7,21 +7,29 @@ REST API (``/rest/<method>``). Tests start it in-process; a human sandbox can re
 Pure standard library (no Django, no third-party packages). All shared state sits behind one lock;
 servers are daemon threads and never write to stderr. Nothing here logs a token.
 
+For the human sandbox (``manage.py sandbox``) the stand-in can also listen on fixed ports, deliver the
+app events bound with ``event.bind`` over HTTP (``Portal.deliver_event``), keep its portals and tokens
+in a JSON file across restarts (``state_file``), and hand every path that is not an API to a ``web``
+object (``sandbox.pages``) that serves the pages a person clicks through.
+
 Facts follow the public REST documentation (repository ``bitrix24/b24restdocs``); each choice that
 the documentation does not settle is marked "not documented" next to it.
 """
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections import Counter
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = [
     "StandIn",
@@ -115,6 +123,27 @@ _BLOCK_ON_REST = {
 
 BATCH_MAX_LENGTH = 50  # settings/how-to-call-rest-api/batch.md
 LIST_PAGE_SIZE = 50  # limits.md: list methods page by 50
+
+# The state file's format (StandIn.state_snapshot); a file of another version is refused.
+_STATE_VERSION = 1
+# Access tokens expired longer ago than this are left out of the state file.
+_KEEP_EXPIRED_ACCESS = 86400
+# Events: how much of the app's answer deliver_event keeps, and the User-Agent sent. Not documented:
+# what the portals' event queue sends as User-Agent.
+_EVENT_BODY_KEPT = 2000
+_EVENT_USER_AGENT = "Bitrix24 Webhook Engine (b24widget stand-in)"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """An event POST is not re-sent elsewhere: a 3xx is the handler's answer."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+# No proxies: the handlers are local apps, and environment proxies must not see event payloads.
+_EVENT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
 
 # Which scope a method needs (any one of the set). Methods not listed need only ``basic``.
 _METHOD_SCOPES = {
@@ -368,11 +397,13 @@ class _Handler(BaseHTTPRequestHandler):
         except _Error as error:
             response = _error_response(error)
         else:
+            standin = self.server.site.standin
             try:
                 response = self.server.site.handle(request)
             except Exception:  # keep serving; the failure is kept for the test to see
-                self.server.site.standin._note_error(traceback.format_exc())
+                standin._note_error(traceback.format_exc())
                 response = _error_response(_Error("INTERNAL_SERVER_ERROR"))
+            standin._autosave()
         self.send_response(response.status)
         for name, value in response.headers:
             self.send_header(name, value)
@@ -385,8 +416,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, site):
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, site, port=0):
+        super().__init__(("127.0.0.1", port), _Handler)
         self.site = site
         self.address = f"127.0.0.1:{self.server_address[1]}"
         self._connections = set()
@@ -449,12 +480,22 @@ class _Page:
 
 
 class StandIn:
-    """The OAuth server plus every portal, recorder and token; start it, add portals, stop it."""
+    """The OAuth server plus every portal, recorder and token; start it, add portals, stop it.
 
-    def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600):
+    ``port`` fixes the OAuth server's port (0: any free one). Set ``state_file`` to keep portals and
+    tokens in that JSON file after every request (``restore_state`` reads it back); set ``web`` to an
+    object with ``handle_server(request)`` and ``handle_portal(portal, request)`` returning
+    ``(status, headers, body)`` or None to serve pages on the paths that are not APIs.
+    """
+
+    def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600, port: int = 0):
         self.client_id = client_id
         self.client_secret = client_secret
         self.access_ttl = access_ttl
+        self.port = port
+        self.state_file = None
+        self.web = None
+        self.event_deliveries: list[dict] = []  # every deliver_event() answer, oldest first
         self.lock = threading.RLock()
         self.oauth_requests: list[dict] = []
         self.server_requests: list[dict] = []  # REST calls that reached the OAuth server (app.info)
@@ -471,6 +512,8 @@ class StandIn:
         self._servers: list[_Server] = []
         self._started = False
         self._stopped = False
+        self._save_lock = threading.Lock()
+        self._saved_text = None
 
     # lifecycle
 
@@ -481,13 +524,15 @@ class StandIn:
             if self._stopped:
                 raise RuntimeError("a stopped StandIn cannot be started again")
             self._started = True
-        server = self._serve(_OAuthSite(self))
+        server = self._serve(_OAuthSite(self), port=self.port)
         self.address = server.address
         self.oauth_url = f"http://{self.address}/oauth/token/"
         self.server_endpoint = f"http://{self.address}/rest/"
         return self
 
     def stop(self) -> None:
+        if self._started and not self._stopped:
+            self._autosave()
         with self.lock:
             servers, self._servers = self._servers, []
             self._stopped = True
@@ -507,7 +552,9 @@ class StandIn:
     # factories
 
     def add_portal(self, *, member_id: str | None = None, app_status: str = "F",
-                   scope: str = DEFAULT_SCOPE, users: list[dict] | None = None) -> "Portal":
+                   scope: str = DEFAULT_SCOPE, users: list[dict] | None = None,
+                   port: int = 0) -> "Portal":
+        """A new portal serving its REST on 127.0.0.1:``port`` (0: any free port)."""
         if not self._started or self._stopped:
             raise RuntimeError("start() the StandIn before adding portals")
         portal = Portal(self, member_id=member_id, app_status=app_status, scope=scope,
@@ -516,7 +563,13 @@ class StandIn:
             if any(p.member_id == portal.member_id for p in self.portals):
                 raise ValueError("a portal with this member_id exists")
             self.portals.append(portal)
-        portal._open_address()
+        try:
+            portal._open_address(port)
+        except OSError:
+            with self.lock:
+                self.portals.remove(portal)
+            raise
+        self._autosave()
         return portal
 
     def add_recorder(self) -> "Recorder":
@@ -538,8 +591,8 @@ class StandIn:
 
     # internals shared with portals
 
-    def _serve(self, site):
-        server = _Server(site)
+    def _serve(self, site, port=0):
+        server = _Server(site, port)
         with self.lock:
             if self._stopped:
                 server.server_close()
@@ -578,6 +631,96 @@ class StandIn:
         if grant is None:
             raise _Error("invalid_token")
         return grant
+
+    def _web_response(self, handler_name, *args):
+        """Ask ``web`` for a page; None when there is no ``web`` or it has no such page."""
+        web = self.web
+        handler = getattr(web, handler_name, None) if web is not None else None
+        answer = handler(*args) if handler is not None else None
+        if answer is None:
+            return None
+        status, headers, body = answer
+        return _Response(status, body, list(headers))
+
+    # persistence (the human sandbox keeps its portal across restarts)
+
+    def state_snapshot(self) -> dict:
+        """Portals and live tokens as plain JSON data (secrets included: keep the file private)."""
+        now = time.time()
+        with self.lock:
+            portals = [portal._snapshot() for portal in self.portals]
+            access = {
+                token: {"member_id": g.portal.member_id, "user_id": g.user_id, "expires": g.expires}
+                for token, g in self._access.items()
+                # Long-expired access tokens are of no use to anyone: not worth keeping.
+                if g.expires > now - _KEEP_EXPIRED_ACCESS
+            }
+            refresh = {token: {"member_id": g.portal.member_id, "user_id": g.user_id}
+                       for token, g in self._refresh.items()}
+        return {"version": _STATE_VERSION, "client_id": self.client_id, "portals": portals,
+                "access_tokens": access, "refresh_tokens": refresh}
+
+    def restore_state(self, state: dict, *, ports: dict | None = None) -> list["Portal"]:
+        """Re-create the portals and tokens of a ``state_snapshot()``, each portal on its saved port.
+
+        ``ports`` maps a member_id to another port: the portal then lives there (as after a rename;
+        the OAuth server reports the new ``client_endpoint``). Returns the restored portals.
+        """
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError("not a stand-in state (or one of another version)")
+        ports = ports or {}
+        restored = []
+        for saved in state.get("portals") or []:
+            port = ports.get(saved["member_id"], _port_of(saved.get("address")))
+            portal = self.add_portal(member_id=saved["member_id"], app_status=saved["app_status"],
+                                     scope=saved["scope"], users=saved["users"], port=port)
+            portal._restore(saved)
+            restored.append(portal)
+        by_member = {portal.member_id: portal for portal in restored}
+        with self.lock:
+            for token, saved in (state.get("access_tokens") or {}).items():
+                portal = by_member.get(saved.get("member_id"))
+                if portal is not None:
+                    self._access[token] = _Grant(portal, str(saved["user_id"]), float(saved["expires"]))
+            for token, saved in (state.get("refresh_tokens") or {}).items():
+                portal = by_member.get(saved.get("member_id"))
+                if portal is not None:
+                    self._refresh[token] = _Grant(portal, str(saved["user_id"]), None)
+        self._autosave()
+        return restored
+
+    @staticmethod
+    def read_state_file(path) -> dict | None:
+        """The state saved in ``path``, or None when there is no such file."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+
+    def save_state(self) -> None:
+        """Write ``state_snapshot()`` to ``state_file`` now (atomically; only when it changed)."""
+        if not self.state_file:
+            return
+        with self._save_lock:
+            text = json.dumps(self.state_snapshot(), indent=1, sort_keys=True)
+            if text == self._saved_text:
+                return
+            path = os.fspath(self.state_file)
+            temporary = f"{path}.tmp"
+            # The file holds tokens: readable by its owner only.
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.replace(temporary, path)
+            self._saved_text = text
+
+    def _autosave(self):
+        if self.state_file:
+            try:
+                self.save_state()
+            except OSError:
+                self._note_error(traceback.format_exc())
 
     # the OAuth token endpoint
 
@@ -631,6 +774,9 @@ class _OAuthSite:
             return self._token(request)
         if path.startswith("/rest/"):
             return self._rest(request)
+        page = self.standin._web_response("handle_server", request)
+        if page is not None:
+            return page
         return _Response(404, b"Not found", [("Content-Type", "text/plain")])
 
     def _token(self, request):
@@ -668,6 +814,12 @@ class _OAuthSite:
                                             "params": params, "auth": auth,
                                             "status": response.status})
         return response
+
+
+def _port_of(address):
+    """The port of a saved ``127.0.0.1:port`` address (0 when there is none)."""
+    _, _, port = str(address or "").rpartition(":")
+    return int(port) if port.isdigit() else 0
 
 
 def _method_from_path(path):
@@ -777,9 +929,9 @@ class Portal:
         with self._standin.lock:
             return list(self._addresses)
 
-    def _open_address(self):
+    def _open_address(self, port=0):
         site = _PortalSite(self)
-        server = self._standin._serve(site)
+        server = self._standin._serve(site, port)
         site.address = server.address
         with self._standin.lock:
             self._domain = server.address
@@ -915,6 +1067,68 @@ class Portal:
             self.bindings["events"].clear()
         self._standin._revoke(self)
 
+    def event_handlers(self, event: str) -> list[str]:
+        """The handler URLs bound to ``event`` with ``event.bind``, in binding order."""
+        event = event.upper()
+        with self._standin.lock:
+            return [b["handler"] for b in self.bindings["events"] if b["event"] == event]
+
+    def deliver_event(self, event: str, *, handlers: list[str] | None = None,
+                      payload: dict | None = None, timeout: float = 10.0, **payload_options) -> list[dict]:
+        """POST the event, form-encoded as Bitrix24 does, to every handler bound for it.
+
+        ``handlers`` defaults to ``event_handlers(event)``; ``payload`` to ``event_payload(event,
+        **payload_options)``. Redirects are not followed. Returns (and appends to the stand-in's
+        ``event_deliveries``) one ``{event, member_id, handler, status, body, error, at}`` per handler.
+        """
+        if handlers is None:
+            handlers = self.event_handlers(event)
+        if payload is None:
+            payload = self.event_payload(event, **payload_options)
+        body = urlencode(payload).encode("utf-8")
+        results = []
+        for handler in handlers:
+            entry = {"event": event.upper(), "member_id": self.member_id, "handler": handler,
+                     "status": None, "body": "", "error": "", "at": time.time()}
+            request = urllib.request.Request(handler, data=body, method="POST", headers={
+                "Content-Type": "application/x-www-form-urlencoded", "User-Agent": _EVENT_USER_AGENT})
+            try:
+                with _EVENT_OPENER.open(request, timeout=timeout) as answer:
+                    entry["status"] = answer.status
+                    entry["body"] = answer.read(_EVENT_BODY_KEPT).decode("utf-8", "replace")
+            except urllib.error.HTTPError as error:
+                entry["status"] = error.code
+                entry["body"] = error.read(_EVENT_BODY_KEPT).decode("utf-8", "replace")
+                error.close()
+            except (urllib.error.URLError, OSError) as error:
+                entry["error"] = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+            results.append(entry)
+        with self._standin.lock:
+            self._standin.event_deliveries.extend(results)
+        return results
+
+    _SNAPSHOT_FIELDS = ("member_id", "app_status", "scope", "users", "application_token", "installed",
+                        "install_finished", "payment_expired", "days", "version", "language_id",
+                        "license", "app_id", "open_lines", "crm_items", "bindings")
+
+    def _snapshot(self) -> dict:
+        """This portal as JSON data (called with the stand-in's lock held)."""
+        saved = {name: getattr(self, name) for name in self._SNAPSHOT_FIELDS}
+        saved.update({"address": self._domain, "removed": self._removed, "blocked": self._blocked,
+                      "next_id": self._next_id})
+        return json.loads(json.dumps(saved))  # a deep copy, so later changes do not leak in
+
+    def _restore(self, saved: dict) -> None:
+        with self._standin.lock:
+            for name in self._SNAPSHOT_FIELDS:
+                if name in saved and name not in ("member_id", "app_status", "scope", "users"):
+                    setattr(self, name, saved[name])
+            self.bindings = {"placements": list(self.bindings.get("placements") or []),
+                             "events": list(self.bindings.get("events") or [])}
+            self._removed = bool(saved.get("removed"))
+            self._blocked = saved.get("blocked")
+            self._next_id = int(saved.get("next_id") or 1)
+
     def expire_access_tokens(self) -> None:
         """Every access token minted so far answers expired_token."""
         with self._standin.lock:
@@ -955,7 +1169,8 @@ class Portal:
         if target:
             response = _Response(302, b"", [("Location", f"http://{target}{request.target}")])
         elif not is_rest:
-            response = _Response(404, b"Not found", [("Content-Type", "text/plain")])
+            response = standin._web_response("handle_portal", self, request) or _Response(
+                404, b"Not found", [("Content-Type", "text/plain")])
         else:
             response = None
         params = dict(request.params)

@@ -1,0 +1,21 @@
+"""The browser tests are part of the suite: without Chromium they fail, loudly, instead of skipping."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_browser_tests_fail_when_chromium_is_missing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # SQLite: never touch the caller's database
+    env.update({"B24_TEST_CHROMIUM": str(tmp_path / "no-chromium"), "B24_TEST_RUN_ID": "chromium-missing-check"})
+    answer = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/e2e/test_widget_browser.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 1, answer.stdout[-3000:]
+    summary = answer.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"2 failed in [0-9.]+s( \([0-9:]+\))?", summary), summary  # not skipped, not errors
+    assert f"Chromium not found at {tmp_path / 'no-chromium'}" in answer.stdout
+    assert "apt-get install -y chromium" in answer.stdout

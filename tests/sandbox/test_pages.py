@@ -1,0 +1,169 @@
+"""The sandbox's Contact Center page and its actions, over HTTP (the browser tests click through them)."""
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from sandbox.pages import SandboxPages
+from sandbox.standin import StandIn
+
+CLIENT_ID = "app.sandbox.test"
+CLIENT_SECRET = "sandbox-secret"
+APP_URL = "http://localhost:9"  # never called by these tests: events go to what the "app" binds
+
+
+@pytest.fixture
+def standin():
+    with StandIn(CLIENT_ID, CLIENT_SECRET) as instance:
+        yield instance
+        assert instance.errors == []
+
+
+@pytest.fixture
+def pages(standin):
+    return SandboxPages(standin, app_url=APP_URL).attach()
+
+
+@pytest.fixture
+def portal(standin):
+    return standin.add_portal()
+
+
+@pytest.fixture
+def http():
+    with requests.Session() as session:
+        session.trust_env = False
+        yield session
+
+
+def act(http, portal, action, body=None, **headers):
+    return http.post(f"http://{portal.domain}/sandbox/api/{action}", json=body or {}, timeout=5,
+                     headers={"Origin": f"http://{portal.domain}", **headers})
+
+
+def state(http, portal, lang="en"):
+    return http.get(f"http://{portal.domain}/sandbox/api/state", params={"lang": lang}, timeout=5).json()
+
+
+def play_the_app(http, portal, recorder):
+    """What the app's install page does with the installer's token: bind the square and its events."""
+    token = portal.issue_tokens("1")["access_token"]
+    rest = portal.client_endpoint
+    assert http.post(rest + "placement.bind.json", timeout=5, data={
+        "auth": token, "PLACEMENT": "CONTACT_CENTER", "HANDLER": recorder.url + "placement/?v=2",
+        "TITLE": "Widget", "LANG_ALL[de][TITLE]": "Widget DE", "LANG_ALL[de][DESCRIPTION]": "Beschreibung",
+    }).json()["result"] is True
+    for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
+        assert http.post(rest + "event.bind.json", timeout=5, data={
+            "auth": token, "event": event, "handler": recorder.url + "events/"}).json()["result"] is True
+
+
+def test_contact_center_page_script_and_assets(http, standin, pages, portal):
+    page = http.get(SandboxPages.portal_url(portal), timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    config = json.loads(page.text.split('<script id="sandbox-config" type="application/json">')[1]
+                        .split("</script>")[0])
+    assert config["memberId"] == portal.member_id and config["appOrigin"] == APP_URL
+    assert [u["admin"] for u in config["users"]] == [True, False]
+    assert config["languages"] == ["en", "ru", "de"]
+    for asset, kind in (("contact-center.js", "text/javascript"), ("sandbox.css", "text/css")):
+        answer = http.get(f"http://{portal.domain}/sandbox/{asset}", timeout=5)
+        assert answer.status_code == 200 and answer.headers["Content-Type"].startswith(kind)
+    script = http.get(pages.js_url, timeout=5)
+    assert pages.js_url == f"http://{standin.address}/api/v1/"
+    assert script.status_code == 200 and script.headers["Content-Type"].startswith("text/javascript")
+    assert "window.BX24 = BX24" in script.text and "postMessage" in script.text
+    other_name = http.get(f"http://localhost:{portal.domain.rsplit(':', 1)[1]}/", timeout=5, allow_redirects=False)
+    assert (other_name.status_code, other_name.headers["Location"]) == (302, SandboxPages.portal_url(portal))
+    # The portal's APIs are still there; other paths are not found.
+    assert http.get(f"http://{portal.domain}/nothing", timeout=5).status_code == 404
+    assert http.get(f"http://{standin.address}/nothing", timeout=5).status_code == 404
+
+
+def test_install_then_finish_then_the_square_in_the_chosen_language(http, standin, pages, portal):
+    recorder = standin.add_recorder()
+    assert state(http, portal)["appState"] == "not-installed"
+
+    answer = act(http, portal, "install", {"user_id": "1", "lang": "de"})
+    assert answer.status_code == 200
+    install = answer.json()
+    action = urlsplit(install["action"])
+    assert f"{action.scheme}://{action.netloc}{action.path}" == APP_URL + "/install/"
+    query = {k: v[0] for k, v in parse_qs(action.query).items()}
+    assert query == {"DOMAIN": portal.domain, "PROTOCOL": "0", "LANG": "de", "APP_SID": query["APP_SID"]}
+    assert {"AUTH_ID", "REFRESH_ID", "member_id", "PLACEMENT"} <= set(install["fields"])
+    assert not {"DOMAIN", "LANG"} & set(install["fields"])
+    assert install["fields"]["PLACEMENT"] == "DEFAULT"
+    assert install["bx24"]["auth"]["access_token"] == install["fields"]["AUTH_ID"]
+    assert install["bx24"]["isAdmin"] is True and install["bx24"]["lang"] == "de"
+    assert portal.language_id == "de"
+    assert state(http, portal)["appState"] == "installing"
+
+    play_the_app(http, portal, recorder)
+    delivered = act(http, portal, "install-event").json()["deliveries"]
+    assert [(d["event"], d["handler"]) for d in delivered] == [("ONAPPINSTALL", recorder.url + "events/")]
+    assert state(http, portal)["squares"] == []  # bound, but installFinish not called yet
+
+    assert act(http, portal, "install-finished").json() == {"installFinished": True}
+    seen = state(http, portal, lang="de")
+    assert seen["appState"] == "installed" and seen["installFinished"] is True
+    assert seen["squares"] == [{"id": 1, "title": "Widget DE", "description": "Beschreibung"}]
+    assert state(http, portal, lang="ru")["squares"][0]["title"] == "Widget"  # no ru title: the default
+    assert seen["boundEvents"] == ["ONAPPINSTALL", "ONAPPUNINSTALL"]
+    assert [d["event"] for d in seen["deliveries"]] == ["ONAPPINSTALL"]
+
+
+def test_open_posts_to_the_bound_handler_as_the_chosen_user(http, standin, pages, portal):
+    recorder = standin.add_recorder()
+    assert act(http, portal, "open", {"user_id": "1"}).status_code == 409  # no square yet
+    act(http, portal, "install", {"user_id": "1", "lang": "en"})
+    play_the_app(http, portal, recorder)
+    act(http, portal, "install-finished")
+
+    opened = act(http, portal, "open", {"user_id": "2", "lang": "ru"}).json()
+    action = urlsplit(opened["action"])
+    query = parse_qs(action.query)
+    assert f"http://{action.netloc}{action.path}" == recorder.url + "placement/"
+    assert query["v"] == ["2"]  # the handler's own query string is kept
+    assert query["LANG"] == ["ru"] and query["DOMAIN"] == [portal.domain]
+    assert opened["fields"]["PLACEMENT"] == "CONTACT_CENTER"
+    assert json.loads(opened["fields"]["PLACEMENT_OPTIONS"])["ID"] == "1"
+    assert opened["bx24"]["isAdmin"] is False and opened["bx24"]["userId"] == "2"
+    token = opened["fields"]["AUTH_ID"]
+    me = http.post(portal.client_endpoint + "user.current.json", data={"auth": token}, timeout=5).json()
+    assert me["result"]["ID"] == "2"
+
+
+def test_uninstall_sends_onappuninstall_with_the_application_token(http, standin, pages, portal):
+    recorder = standin.add_recorder()
+    act(http, portal, "install", {"user_id": "1", "lang": "en"})
+    play_the_app(http, portal, recorder)
+    act(http, portal, "install-finished")
+    application_token = portal.application_token
+
+    delivered = act(http, portal, "uninstall", {"clean": True}).json()["deliveries"]
+
+    assert [(d["event"], d["handler"]) for d in delivered] == [("ONAPPUNINSTALL", recorder.url + "events/")]
+    form = {k: v[0] for k, v in parse_qs(recorder.requests[-1]["body"]).items()}
+    assert form["event"] == "ONAPPUNINSTALL" and form["data[CLEAN]"] == "1"
+    assert form["auth[application_token]"] == application_token
+    seen = state(http, portal)
+    assert seen["appState"] == "uninstalled" and seen["squares"] == []
+    assert act(http, portal, "uninstall").status_code == 409
+    assert act(http, portal, "open", {"user_id": "1"}).status_code == 409
+    # A square left over in an old tab still posts to the handler the app had bound.
+    stale = act(http, portal, "open", {"user_id": "1", "stale": True}).json()
+    assert stale["action"].startswith(recorder.url + "placement/?v=2&")
+
+
+def test_only_the_page_itself_may_act(http, pages, portal):
+    assert act(http, portal, "install", {"user_id": "1"}, Origin="http://evil.test").status_code == 403
+    form = http.post(f"http://{portal.domain}/sandbox/api/install", data={"user_id": "1"}, timeout=5)
+    assert form.status_code == 415  # a cross-site form cannot send JSON without a preflight
+    assert http.get(f"http://{portal.domain}/sandbox/api/install", timeout=5).status_code == 405
+    assert act(http, portal, "install", {"user_id": "99"}).json()["error"] == "no_such_user"
+    assert act(http, portal, "install", {"lang": "fr"}).json()["error"] == "no_such_language"
+    assert act(http, portal, "install", {"user_id": "1"}, Host="attacker.test").status_code == 403
+    assert act(http, portal, "no-such-action").status_code == 404
+    assert not portal.installed

@@ -1,0 +1,153 @@
+"""`manage.py sandbox`: refused outside development; starts the app beside a sandbox that survives restarts."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from sandbox import runner
+from sandbox.management.commands.sandbox import Command
+from sandbox.standin import StandIn
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def options(tmp_path, **overrides):
+    values = dict(base_dir=ROOT, client_id="local.sandbox", client_secret="sandbox-secret",
+                  directory=tmp_path / "sb", app_port=free_port(), portal_port=free_port(),
+                  server_port=free_port())
+    values.update(overrides)
+    return runner.Options(**values)
+
+
+def clean_env(**extra):
+    """This process's environment without what the test settings put there, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("B24_", "DJANGO_")) and k not in ("DATABASE_URL", "DEBUG", "SECRET_KEY",
+                                                                   "TOKEN_ENCRYPTION_KEYS", "ALLOWED_HOSTS")}
+    env.update(extra)
+    return env
+
+
+def test_the_command_refuses_outside_development(settings):
+    settings.DEBUG = False
+    settings.B24_SANDBOX = False
+    with pytest.raises(Exception, match="only with DEBUG=true or B24_SANDBOX=true"):
+        Command().handle(app_port=1, portal_port=2, server_port=3, dir=None, reset=False, noreload=True)
+
+
+def test_production_settings_do_not_even_have_the_command():
+    env = clean_env(DEBUG="false", SECRET_KEY="x" * 50, B24_CLIENT_ID="id", B24_CLIENT_SECRET="secret",
+                    B24_APP_URL="https://widget.example.com",
+                    TOKEN_ENCRYPTION_KEYS="ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA=",
+                    DATABASE_URL="sqlite:////nonexistent/never-opened.sqlite3")
+    answer = subprocess.run([sys.executable, "manage.py", "sandbox"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert answer.returncode != 0
+    assert "Unknown command: 'sandbox'" in answer.stderr
+
+
+def test_bitrix24_side_keeps_its_portal_and_moves_it_to_the_configured_port(tmp_path):
+    first = options(tmp_path)
+    folder = runner._prepare_folder(first)
+    assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
+    standin, pages, portal = runner.start_bitrix24(first, folder)
+    try:
+        assert standin.address == f"127.0.0.1:{first.server_port}"
+        assert portal.domain == f"127.0.0.1:{first.portal_port}"
+        assert standin.web is pages and pages.app_url == f"http://localhost:{first.app_port}"
+        env = runner.app_environment(first, standin, pages, folder)
+        assert env["DATABASE_URL"] == f"sqlite:///{folder / 'db.sqlite3'}"
+        assert (env["B24_OAUTH_URL"], env["B24_JS_URL"], env["B24_APP_URL"]) == (
+            standin.oauth_url, pages.js_url, first.app_url)
+        assert env["DEBUG"] == env["B24_ALLOW_HTTP_PORTALS"] == "true"
+        assert (env["B24_CLIENT_ID"], env["B24_CLIENT_SECRET"]) == ("local.sandbox", "sandbox-secret")
+        text = runner.banner(first, standin, pages, portal, folder, ("admin", "pw"))
+        assert f"http://127.0.0.1:{first.portal_port}/" in text and "password pw" in text
+        member_id = portal.member_id
+        portal.install_post()
+    finally:
+        standin.stop()
+
+    second = options(tmp_path)  # other ports, same folder
+    standin, pages, portal = runner.start_bitrix24(second, runner._prepare_folder(second))
+    try:
+        assert portal.member_id == member_id and portal.installed
+        assert portal.domain == f"127.0.0.1:{second.portal_port}"
+    finally:
+        standin.stop()
+
+    third = options(tmp_path, reset=True)
+    standin, pages, portal = runner.start_bitrix24(third, runner._prepare_folder(third))
+    try:
+        assert portal.member_id != member_id and not portal.installed
+    finally:
+        standin.stop()
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path):
+    with StandIn("id", "secret") as busy:
+        port = int(busy.address.rsplit(":", 1)[1])
+        taken = options(tmp_path, server_port=port)
+        with pytest.raises(runner.SandboxError, match="--server-port"):
+            runner.start_bitrix24(taken, runner._prepare_folder(taken))
+        taken = options(tmp_path, portal_port=port)
+        with pytest.raises(runner.SandboxError, match="--portal-port"):
+            runner.start_bitrix24(taken, runner._prepare_folder(taken))
+
+
+def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
+    """The README's command, for real: migrate, an admin login, runserver, the URLs; SIGTERM stops it all."""
+    ports = {"app": free_port(), "portal": free_port(), "server": free_port()}
+    folder = tmp_path / "sandbox"
+    command = [sys.executable, "manage.py", "sandbox", "--noreload", "--dir", str(folder),
+               "--app-port", str(ports["app"]), "--portal-port", str(ports["portal"]),
+               "--server-port", str(ports["server"])]
+    process = subprocess.Popen(command, cwd=ROOT, env=clean_env(DEBUG="true"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    output = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if line.startswith("Press Ctrl+C"):
+                break
+        text = "".join(output)
+        assert "Bitrix24 sandbox is running" in text, text
+        assert f"http://127.0.0.1:{ports['portal']}/" in text
+        assert f"http://localhost:{ports['app']}/admin/  (user admin, password " in text
+        with requests.Session() as http:
+            http.trust_env = False
+            assert http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=5).status_code == 200
+            assert http.get(f"http://127.0.0.1:{ports['portal']}/", timeout=5).status_code == 200
+            assert http.get(f"http://127.0.0.1:{ports['server']}/api/v1/", timeout=5).status_code == 200
+            # The app is the sandbox's: its install page loads the stand-in BX24 script.
+            install = http.get(f"http://127.0.0.1:{ports['app']}/install/", timeout=5)
+            assert install.status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert "Stopping the sandbox" in rest
+    assert process.returncode == 0
+    with requests.Session() as http, pytest.raises(requests.ConnectionError):
+        http.trust_env = False
+        http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=2)
+    assert (folder / "state.json").exists() and (folder / "db.sqlite3").exists()
