@@ -191,6 +191,9 @@ def _confirm_install(portal: Portal | None, event: AppEvent) -> str:
         return "known_application_token"
     window = timedelta(seconds=settings.B24_INSTALL_EVENT_WINDOW)
     if not portal.application_token and portal.installed_at and timezone.now() - portal.installed_at <= window:
+        if portal.last_error.startswith("binding:"):
+            # The install page could not bind the widget (e.g. not an administrator): not complete.
+            raise EventRefused("the install did not complete (placements not bound)", status=409)
         return "recent_install"
     raise EventRefused("ONAPPINSTALL without proof (no tokens, no recent verified install)")
 

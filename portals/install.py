@@ -57,20 +57,35 @@ def install(post: FramePost) -> Portal:
 
 
 def bind(portal: Portal) -> None:
-    """(Re)bind the registry's placements and the app's events: unbind first, so it is idempotent."""
+    """(Re)bind the registry's placements, then the app's events: unbind first, so it is idempotent.
+
+    Events are bound only once the placements are: `event.bind` is open to any user, `placement.bind`
+    only to administrators, and an install that cannot show its square must not look complete.
+    """
     from placements.registry import bindings  # the one seam from portals into placements
 
     handlers = bindings()
-    commands = {}
+    placements = {}
     for i, binding in enumerate(handlers):
         target = {"PLACEMENT": binding["PLACEMENT"], "HANDLER": binding["HANDLER"]}
-        commands[f"unbind_placement_{i}"] = ("placement.unbind", target)
-        commands[f"bind_placement_{i}"] = ("placement.bind", binding)
+        placements[f"unbind_placement_{i}"] = ("placement.unbind", target)
+        placements[f"bind_placement_{i}"] = ("placement.bind", binding)
+    events = {}
     for event in APP_EVENTS:
-        commands[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": events_url()})
-        commands[f"bind_{event}"] = ("event.bind", {"event": event, "handler": events_url()})
+        events[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": events_url()})
+        events[f"bind_{event}"] = ("event.bind", {"event": event, "handler": events_url()})
+    client = PortalClient(portal)
+    for commands in (placements, events):
+        if commands:
+            _run_bindings(client, portal, commands)
+    lifecycle.record_bindings(
+        portal, placements=[b["PLACEMENT"] for b in handlers], events=list(APP_EVENTS)
+    )
+
+
+def _run_bindings(client: PortalClient, portal: Portal, commands: dict) -> None:
     try:
-        result = PortalClient(portal).batch(commands)
+        result = client.batch(commands)
     except RestError as exc:
         lifecycle.record_binding_failure(portal, exc.code, exc.description)
         raise InstallUnavailable(exc.code) from None
@@ -79,9 +94,6 @@ def bind(portal: Portal) -> None:
             continue
         lifecycle.record_binding_failure(portal, error.code, f"{key}: {error.description}")
         raise InstallUnavailable(error.code)
-    lifecycle.record_bindings(
-        portal, placements=[b["PLACEMENT"] for b in handlers], events=list(APP_EVENTS)
-    )
 
 
 def _already_bound(error: RestError) -> bool:

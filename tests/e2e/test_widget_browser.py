@@ -119,7 +119,8 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(widget.locator("#open-line option")).to_have_count(3)  # "not selected" + the portal's two lines
 
     # BX24 inside the frame: the widget's fitWindow resized the iframe to the page's height.
-    expect(page.locator('#bx24-log li[data-command="fitWindow"]')).to_have_count(1)
+    fits = page.locator('#bx24-log li[data-command="fitWindow"]')
+    expect(fits).to_have_count(2)  # the install page's, then the widget's
     frame = page.locator("#app-frame").element_handle().content_frame()
     content_height = frame.evaluate("document.documentElement.offsetHeight")
     assert abs(int(page.get_attribute("#app-frame", "data-height")) - content_height) <= 2
@@ -133,6 +134,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     widget.locator("#save").click()
     expect(widget.locator("#save-result")).to_have_attribute("data-state", "saved")
     expect(widget.locator("#save-result")).to_have_text("Settings saved.")
+    expect(fits).to_have_count(3)  # the frame grew to show the message
     shoot(page, "04-settings-saved")
     saved = WidgetSettings.objects.get(portal__member_id=sandbox.portal.member_id)
     assert (saved.enabled, saved.open_line_id, saved.updated_by) == (True, "2", "1")
