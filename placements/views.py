@@ -9,6 +9,7 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from portals.addresses import portal_origin
@@ -62,6 +63,7 @@ def _json_error(error: str, description: str, status: int) -> JsonResponse:
     return JsonResponse({"error": error, "error_description": description}, status=status)
 
 
+@sensitive_post_parameters("AUTH_ID", "REFRESH_ID")
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def placement_view(request):
@@ -107,6 +109,7 @@ def placement_view(request):
     return framed_by(response, portal_origin(portal))
 
 
+@sensitive_post_parameters("widget_token")
 @csrf_exempt
 @never_cache
 @require_POST
