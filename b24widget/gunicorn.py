@@ -10,8 +10,11 @@ worker_class = "gthread"  # widget opens wait on Bitrix24 on a cache miss: threa
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
 graceful_timeout = 30
 keepalive = 5
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 2000))
-max_requests_jitter = 200
+# Recycle workers rarely (a guard against slow leaks): each restart imports Django again.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 20000))
+max_requests_jitter = 2000
+# Import the app once in the master; workers fork with it loaded (faster starts and restarts).
+preload_app = True
 # Behind a TLS-terminating proxy: trust its X-Forwarded-* headers (restrict with FORWARDED_ALLOW_IPS).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = "-"

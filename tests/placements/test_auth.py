@@ -214,7 +214,8 @@ def test_the_verdict_lives_no_longer_than_the_token(frame, installed, auth_expir
     assert 0 < left <= at_most
     # Cached under a hash: neither the key nor the value holds the token.
     assert all(fields["AUTH_ID"] not in key for key in cache._cache)
-    assert fields["AUTH_ID"].encode() not in value and pickle.loads(value).user_id == "1"
+    expires_at, verdict = pickle.loads(value)
+    assert fields["AUTH_ID"].encode() not in value and verdict.user_id == "1"
 
 
 def test_a_new_portal_is_activated_by_its_first_verified_open(client, frame, b24):
@@ -268,3 +269,24 @@ def test_open_lines_failure_still_shows_the_widget(frame, installed):
     assert is_widget(response)
     assert "The Open Lines of this portal could not be loaded." in text(response)
     assert "Website chat" not in text(response)
+
+
+def test_with_a_shared_redis_cache_each_process_keeps_a_local_copy(frame, installed, settings):
+    """Verdicts read from Redis are kept in the process: a re-open skips the network round trip too."""
+    import redis as redis_client
+    from django.core.cache import caches
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:6379/8", "KEY_PREFIX": "l1test"}}
+    caches["default"].clear()
+    _, b24 = installed
+    fields = b24.placement_post()
+    assert is_widget(open_widget(frame, fields))          # verified, stored in Redis
+    assert is_widget(open_widget(frame, fields))          # read from Redis, kept locally
+    redis_client.Redis.from_url("redis://127.0.0.1:6379/8").flushdb()
+    calls = b24.calls("user.current")
+    assert is_widget(open_widget(frame, fields))          # from the local copy
+    assert b24.calls("user.current") == calls
+    # A token nobody verified is still asked about: the local copy is per token.
+    other = b24.placement_post(user_id="2")
+    assert is_widget(open_widget(frame, other))
+    assert b24.calls("user.current") == calls + 1
