@@ -32,6 +32,11 @@ class PortalAdmin(admin.ModelAdmin):
         "last_seen_at", "history",
     )
 
+    def get_queryset(self, request):
+        # The list never shows a secret: leave them unloaded (and undecrypted). The change page's
+        # token state loads them when it needs to.
+        return super().get_queryset(request).defer("access_token", "refresh_token", "application_token")
+
     def has_add_permission(self, request):
         return False  # portals come from installs
 
