@@ -30,6 +30,19 @@ EVENT_NAMES = {INSTALL: INSTALL, UNINSTALL: UNINSTALL, "ONAPPSUNINSTALL": UNINST
 _BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SECRET_MAX = 1024
 _MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_LANGUAGE = re.compile(r"^[a-z]{2}$")
+
+
+def _version(value) -> str:
+    """A version as Bitrix24 sends it (a number), or '' for anything else."""
+    value = _str(value) if not isinstance(value, int) or isinstance(value, bool) else str(value)
+    return value if _VERSION.match(value) else ""
+
+
+def _language(value) -> str:
+    value = _str(value).lower()
+    return value if _LANGUAGE.match(value) else ""
 
 
 class BadEvent(ValueError):
@@ -143,7 +156,7 @@ def _on_install(portal: Portal | None, event: AppEvent) -> str:
     token = event.application_token
     if not token or len(token) > 255:
         raise EventRefused("ONAPPINSTALL without a usable application_token", status=400)
-    version = _str(event.data.get("VERSION"))[:32]
+    version = _version(event.data.get("VERSION"))
     via = _confirm_install(portal, event)
     if via == "oauth_refresh":
         portal = Portal.objects.get(member_id=event.member_id)
@@ -165,7 +178,7 @@ def _confirm_install(portal: Portal | None, event: AppEvent) -> str:
             raise EventRefused(f"OAuth server unreachable ({exc.code})", status=503) from None
         if grant.member_id != event.member_id:
             raise EventRefused("the event's tokens belong to another portal")
-        stored, created = lifecycle.install(grant, language=_str(event.data.get("LANGUAGE_ID"))[:8])
+        stored, created = lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")))
         if created:
             # Installed without our install page (handler set in the version card): bind here instead.
             # A binding failure is recorded on the portal; the event itself is still genuine.
@@ -207,8 +220,8 @@ def _on_uninstall(portal: Portal, event: AppEvent) -> str:
 
 
 def _on_update(portal: Portal, event: AppEvent) -> str:
-    version = _str(event.data.get("VERSION"))
-    if not version or len(version) > 32:
+    version = _version(event.data.get("VERSION"))
+    if not version:
         raise EventRefused("ONAPPUPDATE without a usable data[VERSION]", status=400)
-    lifecycle.record_update(portal, version=version, previous_version=_str(event.data.get("PREVIOUS_VERSION"))[:32])
+    lifecycle.record_update(portal, version=version, previous_version=_version(event.data.get("PREVIOUS_VERSION")))
     return "updated"

@@ -264,3 +264,20 @@ def test_uninstall_is_keyed_by_member_id_whatever_domain_it_names(client, instal
     assert post_event(client, payload).status_code == 200
     stored = Portal.objects.get(pk=portal.pk)
     assert stored.status == Portal.Status.UNINSTALLED and stored.domain == b24.domain
+
+
+@pytest.mark.parametrize("version", ["", "x" * 40, "<script>", "1 OR 1"])
+def test_update_with_a_malformed_version_changes_nothing(client, installed, version):
+    portal, b24 = installed
+    payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": version})
+    assert post_event(client, payload).status_code == 400
+    assert Portal.objects.get(pk=portal.pk).app_version == "1"
+
+
+def test_update_version_as_a_json_number(client, installed):
+    portal, b24 = installed
+    body = {"event": "ONAPPUPDATE", "data": {"VERSION": 4}, "auth": {"member_id": portal.member_id,
+                                                                        "application_token": b24.application_token}}
+    response = client.post("/events/", json.dumps(body), content_type="application/json")
+    assert response.status_code == 200
+    assert Portal.objects.get(pk=portal.pk).app_version == "4"
