@@ -6,6 +6,7 @@ portal at once would make one of them fail, so `refresh_portal` takes the portal
 refreshes only if nobody did it while it waited.
 """
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from .addresses import BadAddress, parse_endpoint
-from .models import Portal
+from .models import AppStatus, Portal
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ BLOCKING_ERRORS = frozenset(
     {"invalid_grant", "invalid_client", "wrong_client", "NOT_INSTALLED", "PAYMENT_REQUIRED", "PORTAL_DELETED"}
 )
 _MAX_TOKEN_LENGTH = 1024
+_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class OAuthError(Exception):
@@ -102,17 +104,22 @@ def parse_grant(answer) -> TokenGrant:
     except BadAddress as exc:
         raise OAuthUnavailable("bad_answer", f"OAuth answer has an unusable client_endpoint ({exc})") from None
     server_endpoint = _text(answer, "server_endpoint", required=False)
+    member_id = _text(answer, "member_id", limit=64)
+    if not _MEMBER_ID.match(member_id):
+        raise OAuthUnavailable("bad_answer", "OAuth answer has a malformed member_id")
+    status = _text(answer, "status", required=False, limit=1)
+    user_id = _text(answer, "user_id", required=False, limit=32)
     return TokenGrant(
         access_token=_text(answer, "access_token", limit=_MAX_TOKEN_LENGTH),
         refresh_token=_text(answer, "refresh_token", limit=_MAX_TOKEN_LENGTH),
         expires_in=expires_in,
-        member_id=_text(answer, "member_id", limit=64),
+        member_id=member_id,
         client_endpoint=client_endpoint,
         domain=domain,
         server_endpoint=server_endpoint,
         scope=_text(answer, "scope", required=False, limit=4000),
-        status=_text(answer, "status", required=False, limit=1),
-        user_id=_text(answer, "user_id", required=False, limit=32),
+        status=status if status in AppStatus.values else "",
+        user_id=user_id if user_id.isascii() and user_id.isdigit() else "",
     )
 
 

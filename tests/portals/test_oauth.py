@@ -106,6 +106,18 @@ def test_malformed_oauth_answers_are_rejected(answer):
         oauth.parse_grant(answer)
 
 
+def test_unknown_status_and_odd_user_id_are_dropped():
+    grant = oauth.parse_grant({"access_token": "a", "refresh_token": "b", "member_id": "m1", "status": "X",
+                               "user_id": "<b>", "client_endpoint": "https://x.bitrix24.com/rest/"})
+    assert (grant.status, grant.user_id) == ("", "")
+
+
+def test_malformed_member_id_is_rejected():
+    with pytest.raises(oauth.OAuthUnavailable):
+        oauth.parse_grant({"access_token": "a", "refresh_token": "b", "member_id": "m 1; drop",
+                           "client_endpoint": "https://x.bitrix24.com/rest/"})
+
+
 def test_grant_repr_holds_no_secret():
     grant = oauth.parse_grant({"access_token": "SECRET-A", "refresh_token": "SECRET-R", "member_id": "m",
                                "client_endpoint": "https://x.bitrix24.com/rest/", "expires_in": 3600})
