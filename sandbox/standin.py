@@ -970,6 +970,10 @@ class Portal:
             self.application_token = secrets.token_hex(16)
             if self._blocked == "NOT_INSTALLED":
                 self._blocked = None
+        return self._frame_fields(user_id, lang, "DEFAULT", {})
+
+    def _frame_fields(self, user_id, lang, placement, options, **extra) -> dict:
+        """The form fields of an app frame opened by that user (install page or placement)."""
         tokens = self.issue_tokens(user_id)
         return {
             "DOMAIN": self.domain,
@@ -980,11 +984,12 @@ class Portal:
             "AUTH_EXPIRES": str(tokens["expires_in"]),
             "REFRESH_ID": tokens["refresh_token"],
             "SERVER_ENDPOINT": self._standin.server_endpoint,
+            **extra,
             "APPLICATION_SCOPE": self.scope,
             "member_id": self.member_id,
             "status": self.app_status,
-            "PLACEMENT": "DEFAULT",
-            "PLACEMENT_OPTIONS": "{}",
+            "PLACEMENT": placement,
+            "PLACEMENT_OPTIONS": json.dumps(options),
         }
 
     def finish_install(self) -> None:
@@ -995,29 +1000,13 @@ class Portal:
     def placement_post(self, user_id="1", lang="en", placement="CONTACT_CENTER",
                        options: dict | None = None) -> dict:
         """The form fields of a widget open by that user."""
-        tokens = self.issue_tokens(user_id)
         if options is None:
             options = {}
             binding = self._first_binding(placement)
             if placement == "CONTACT_CENTER" and binding is not None:
                 # api-reference/widgets/contact-center.md: ID of the registration, and URI.
                 options = {"ID": str(binding["ID"]), "URI": "/contact_center/"}
-        return {
-            "DOMAIN": self.domain,
-            "PROTOCOL": "0",
-            "LANG": lang,
-            "APP_SID": secrets.token_hex(16),
-            "AUTH_ID": tokens["access_token"],
-            "AUTH_EXPIRES": str(tokens["expires_in"]),
-            "REFRESH_ID": tokens["refresh_token"],
-            "SERVER_ENDPOINT": self._standin.server_endpoint,
-            "APPLICATION_TOKEN": self.application_token,
-            "APPLICATION_SCOPE": self.scope,
-            "member_id": self.member_id,
-            "status": self.app_status,
-            "PLACEMENT": placement,
-            "PLACEMENT_OPTIONS": json.dumps(options),
-        }
+        return self._frame_fields(user_id, lang, placement, options, APPLICATION_TOKEN=self.application_token)
 
     def event_payload(self, event: str, *, data: dict | None = None, with_tokens: bool = False,
                       user_id="1", application_token: str | None = None) -> dict:

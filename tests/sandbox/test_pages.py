@@ -3,21 +3,10 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 
 from sandbox.pages import SandboxPages
-from sandbox.standin import StandIn
 
-CLIENT_ID = "app.sandbox.test"
-CLIENT_SECRET = "sandbox-secret"
 APP_URL = "http://localhost:9"  # never called by these tests: events go to what the "app" binds
-
-
-@pytest.fixture
-def standin():
-    with StandIn(CLIENT_ID, CLIENT_SECRET) as instance:
-        yield instance
-        assert instance.errors == []
 
 
 @pytest.fixture
@@ -28,13 +17,6 @@ def pages(standin):
 @pytest.fixture
 def portal(standin):
     return standin.add_portal()
-
-
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
 
 
 def act(http, portal, action, body=None, **headers):

@@ -7,24 +7,9 @@ import requests
 
 from sandbox.standin import StandIn, frame_query_and_body, parse_php_params
 
-CLIENT_ID = "app.0123456789abcd.12345678"
-CLIENT_SECRET = "s3cret-for-tests"
+from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
 TIME_KEYS = {"start", "finish", "duration", "processing", "date_start", "date_finish",
              "operating", "operating_reset_at"}
-
-
-@pytest.fixture
-def standin():
-    with StandIn(CLIENT_ID, CLIENT_SECRET) as instance:
-        yield instance
-        assert instance.errors == []
-
-
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.trust_env = False  # never route loopback calls through a proxy
-        yield session
 
 
 @pytest.fixture

@@ -4,26 +4,10 @@ import stat
 from urllib.parse import parse_qs
 
 import pytest
-import requests
 
 from sandbox.standin import StandIn
 
-CLIENT_ID = "app.sandbox.test"
-CLIENT_SECRET = "sandbox-secret"
-
-
-@pytest.fixture
-def standin():
-    with StandIn(CLIENT_ID, CLIENT_SECRET) as instance:
-        yield instance
-        assert instance.errors == []
-
-
-@pytest.fixture
-def http():
-    with requests.Session() as session:
-        session.trust_env = False
-        yield session
+from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
 
 
 def refresh(http, standin, refresh_token):
