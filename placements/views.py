@@ -130,7 +130,10 @@ def save_settings_view(request):
             }.get(exc.reason, _("The widget token is not valid."))
             return _json_error(f"token_{exc.reason}", message, 403)
         portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
-        if portal is None or not portal.is_serving:
+        if portal is not None and portal.status == Portal.Status.BLOCKED:
+            return _json_error("blocked", _refusal("blocked")[1], 403)
+        if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
+            # Uninstalled, or installed again since the widget was opened: that token is void.
             return _json_error("not_installed", _("The app is not installed on this portal."), 403)
         if not token.is_admin:
             return _json_error("not_admin", _("Only portal administrators may change the settings."), 403)

@@ -18,14 +18,21 @@ class BadWidgetToken(Exception):
 @dataclass(frozen=True)
 class WidgetToken:
     portal_id: int
+    installed: int  # the portal's install (installed_at in microseconds): a token dies with a reinstall
     member_id: str
     user_id: str
     is_admin: bool
 
 
+def install_epoch(portal) -> int:
+    return round(portal.installed_at.timestamp() * 1_000_000) if portal.installed_at else 0
+
+
 def issue(portal, verdict) -> str:
     return signing.dumps(
-        {"p": portal.pk, "m": portal.member_id, "u": verdict.user_id, "a": verdict.is_admin}, salt=_SALT, compress=True
+        {"p": portal.pk, "m": portal.member_id, "i": install_epoch(portal), "u": verdict.user_id,
+         "a": verdict.is_admin},
+        salt=_SALT, compress=True,
     )
 
 
@@ -39,7 +46,8 @@ def read(value: str) -> WidgetToken:
     except signing.BadSignature:
         raise BadWidgetToken("tampered") from None
     try:
-        return WidgetToken(portal_id=int(data["p"]), member_id=str(data["m"]), user_id=str(data["u"]),
+        return WidgetToken(portal_id=int(data["p"]), installed=int(data["i"]), member_id=str(data["m"]),
+                           user_id=str(data["u"]),
                            is_admin=data["a"] is True)
     except (KeyError, TypeError, ValueError):
         raise BadWidgetToken("tampered") from None

@@ -7,6 +7,8 @@ from django.core import signing
 
 from placements import widget_token
 from placements.models import WidgetSettings
+from portals.models import Portal
+from tests.conftest import do_install
 from tests.placements.frames import is_widget, open_widget, portal_calls, widget_token_of
 
 pytestmark = pytest.mark.django_db
@@ -153,6 +155,27 @@ def test_a_token_of_an_uninstalled_portal(client, frame, installed):
     token = opened(frame, b24)
     assert client.post("/events/", b24.event_payload("ONAPPUNINSTALL")).status_code == 200
     assert_refused(save(frame, token), 403, "not_installed", "The app is not installed on this portal.")
+
+
+def test_a_token_from_before_a_reinstall_is_void(client, frame, installed):
+    """Uninstalled and installed again within the token's hour: the old frame's token no longer saves."""
+    portal, b24 = installed
+    token = opened(frame, b24)
+    assert client.post("/events/", b24.event_payload("ONAPPUNINSTALL")).status_code == 200
+    b24.uninstall()
+    do_install(client, b24)
+    assert_refused(save(frame, token), 403, "not_installed", "The app is not installed on this portal.")
+    assert not WidgetSettings.objects.filter(portal=portal).exists()
+    assert save(frame, opened(frame, b24)).status_code == 200  # a fresh open saves
+
+
+def test_a_blocked_portal_asks_for_a_reinstall(frame, installed):
+    portal, b24 = installed
+    token = opened(frame, b24)
+    Portal.objects.filter(pk=portal.pk).update(status=Portal.Status.BLOCKED)
+    response = save(frame, token)
+    assert response.status_code == 403 and response.json()["error"] == "blocked"
+    assert "reinstall" in response.json()["error_description"]
 
 
 @pytest.mark.parametrize("fields", [
