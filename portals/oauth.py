@@ -104,6 +104,11 @@ def parse_grant(answer) -> TokenGrant:
     except BadAddress as exc:
         raise OAuthUnavailable("bad_answer", f"OAuth answer has an unusable client_endpoint ({exc})") from None
     server_endpoint = _text(answer, "server_endpoint", required=False)
+    if server_endpoint:
+        try:
+            server_endpoint, _host = parse_endpoint(server_endpoint)
+        except BadAddress:
+            server_endpoint = ""  # unusable: calls that want it fall back to the portal
     member_id = _text(answer, "member_id", limit=64)
     if not _MEMBER_ID.match(member_id):
         raise OAuthUnavailable("bad_answer", "OAuth answer has a malformed member_id")

@@ -99,9 +99,12 @@ class PortalClient:
     A user's token is never refreshed: its expiry is the caller's verdict.
     """
 
-    def __init__(self, portal: Portal, *, access_token: str | None = None):
+    def __init__(self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False):
+        """`oauth_server`: send to the OAuth server's REST (`server_endpoint`), Bitrix24's trusted source of
+        the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown."""
         self.portal = portal
         self._user_token = access_token
+        self._oauth_server = oauth_server and bool(portal.server_endpoint)
 
     # --- public API -------------------------------------------------------------------------------
     def call(self, method: str, params: dict | None = None):
@@ -174,7 +177,7 @@ class PortalClient:
             try:
                 return self._post(method, params, token)
             except _Redirected:
-                if moved:
+                if moved or self._oauth_server:
                     raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
                 moved = True
                 self._follow_move(method)
@@ -217,7 +220,8 @@ class PortalClient:
                  extra={"member_id": self.portal.member_id, "domain": self.portal.domain, "method": method})
 
     def _post(self, method: str, params: dict, token: str) -> dict:
-        url = f"{self.portal.client_endpoint}{method}.json"
+        base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
+        url = f"{base}{method}.json"
         try:
             limits.wait_for_method(self.portal.member_id, method)
         except limits.LimitWaitTooLong as exc:

@@ -805,6 +805,7 @@ class _OAuthSite:
             grant.portal._check_access(grant)
             if method != "app.info":
                 raise _Error("ERROR_METHOD_NOT_FOUND")
+            grant.portal._scripted_failure(method)  # fail_next covers the server's app.info too
             response = _json_response(200, {"result": grant.portal._app_info(),
                                             "time": _time_block(start)})
         except _Error as error:

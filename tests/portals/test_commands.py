@@ -318,19 +318,22 @@ def test_sync_stores_app_info_and_records_status_changes(client, standin):
     Portal.objects.filter(pk=blocked.pk).update(status=S.BLOCKED)
     Portal.objects.filter(pk=new.pk).update(status=S.NEW)
     b24_trial.app_status, b24_trial.payment_expired, b24_trial.license = "T", True, "en_demo"
-    asked = {b.member_id: b.calls("app.info") for b in (b24_blocked, b24_new)}
+    asked = {b.member_id: b.calls("app.info") for b in (b24_blocked, b24_new, b24_trial, b24_free)}
+    server_asked = len(standin.server_requests)
 
     out, _err = run("sync_portals", "--workers", "2")
 
     counts = summary(out)
     assert (counts["synced"], counts["failed"], counts["skipped"]) == (2, 0, 0)
+    # Asked at the OAuth server's REST (the trusted source), never at the portals themselves.
+    assert len(standin.server_requests) - server_asked == 2
+    assert {b.member_id: b.calls("app.info") for b in (b24_blocked, b24_new, b24_trial, b24_free)} == asked
     trial = Portal.objects.get(pk=trial.pk)
     assert (trial.app_status, trial.payment_expired, trial.license) == ("T", True, "en_demo")
     assert trial.events.filter(kind=K.APP_STATUS_CHANGED, detail__old="F", detail__new="T").exists()
     free = Portal.objects.get(pk=free.pk)
     assert (free.app_status, free.payment_expired, free.license) == ("F", False, "en_project")
     assert not free.events.filter(kind=K.APP_STATUS_CHANGED).exists()
-    assert {b.member_id: b.calls("app.info") for b in (b24_blocked, b24_new)} == asked
 
     # Nothing changed since: a second run stores nothing new.
     events = PortalEvent.objects.count()

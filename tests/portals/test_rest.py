@@ -169,3 +169,17 @@ def test_uninstalled_portal_has_no_token_to_send(installed, client):
     client.post("/events/", b24.event_payload("ONAPPUNINSTALL"))
     with pytest.raises(TokenRefreshFailed):
         client_for(portal).call("user.admin")
+
+
+def test_app_info_can_be_asked_at_the_oauth_server(installed, standin):
+    portal, b24 = installed
+    portal = Portal.objects.get(pk=portal.pk)
+    assert portal.server_endpoint == standin.server_endpoint
+    before_server, before_portal = len(standin.server_requests), b24.calls("app.info")
+    info = PortalClient(portal, oauth_server=True).call("app.info")
+    assert info["CODE"] == "local.test.app"
+    assert len(standin.server_requests) == before_server + 1 and b24.calls("app.info") == before_portal
+    # Without a known server endpoint the portal answers.
+    portal.server_endpoint = ""
+    PortalClient(portal, oauth_server=True).call("app.info")
+    assert b24.calls("app.info") == before_portal + 1

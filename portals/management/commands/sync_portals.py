@@ -1,4 +1,8 @@
-"""Ask every active portal what Bitrix24 says about the app there (app.info) and store it.
+"""Ask Bitrix24 what it says about the app on every active portal (app.info) and store it.
+
+app.info is asked at the OAuth server's REST (the portal's `server_endpoint`), Bitrix24's trusted
+source of licence and payment facts, with the portal's own token (the portal itself when no server
+endpoint is known).
 
 app.info answers the app's licence type (STATUS F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; they are
 stored with lifecycle.set_app_info, which records a changed status as a PortalEvent. A batch runs
@@ -36,7 +40,8 @@ def parse_app_info(info) -> dict | None:
 
 class Command(BaseCommand):
     help = (
-        "Call app.info on every active portal (with the app's tokens, refreshed on expired_token) and "
+        "Call app.info for every active portal at the OAuth server's REST (with the portal's tokens, "
+        "refreshed on expired_token) and "
         "store the app's status (F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; a changed status is "
         "recorded in the portal's history. One request per portal: a batch cannot span portals. "
         "A portal whose token refresh is refused is blocked (an expected outcome); any other error "
@@ -80,7 +85,8 @@ class Command(BaseCommand):
         if not self.budget.take():
             return Outcome(OVER_LIMIT)
         label = f"{portal.member_id} ({portal.domain})"
-        client = PortalClient(portal)
+        # The OAuth server's app.info is the trusted word on licence and payment (the portal's is not).
+        client = PortalClient(portal, oauth_server=True)
         try:
             answer = client.call("app.info")
         except TokenRefreshFailed as exc:
