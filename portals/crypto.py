@@ -43,14 +43,6 @@ def decrypt(ciphertext: str) -> str:
         raise DecryptionError("stored secret cannot be decrypted with the configured TOKEN_ENCRYPTION_KEYS") from None
 
 
-def rotate(ciphertext: str) -> str:
-    """Re-encrypt a stored value with the first (current) key."""
-    try:
-        return _fernet().rotate(ciphertext.encode()).decode()
-    except InvalidToken:
-        raise DecryptionError("stored secret cannot be decrypted with the configured TOKEN_ENCRYPTION_KEYS") from None
-
-
 class EncryptedTextField(models.TextField):
     """A text column that holds only Fernet ciphertext; Python code sees the plaintext ('' when unset)."""
 

@@ -226,14 +226,6 @@ def reject_event(portal: Portal | None, *, event: str, reason: str) -> None:
     record(portal, Kind.EVENT_REJECTED, event=event, reason=reason)
 
 
-def follow_endpoint(portal: Portal, client_endpoint: str, domain: str) -> None:
-    """Store an OAuth-confirmed new address for the portal (the portal moved)."""
-    with transaction.atomic():
-        fields = _follow_endpoint(portal, client_endpoint, domain)
-        if fields:
-            portal.save(update_fields=fields)
-
-
 def touch(portal: Portal) -> None:
     """Note that the portal was seen; writes at most once per LAST_SEEN_RESOLUTION."""
     now = timezone.now()

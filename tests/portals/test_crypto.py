@@ -1,4 +1,6 @@
 """Secrets at rest: only ciphertext in the column, key rotation, clear failures without the secret."""
+import io
+
 import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
@@ -38,15 +40,18 @@ def test_empty_stays_empty():
     assert Portal.objects.get(pk=portal.pk).access_token == ""
 
 
-def test_key_rotation_old_key_still_decrypts(settings):
+def test_key_rotation_old_key_still_decrypts_and_the_command_retires_it(settings):
+    from django.core.management import call_command
     old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
-    portal = make_portal(access_token="rotating")
+    portal = make_portal(access_token="rotating", refresh_token="r", application_token="a")
     new_key = Fernet.generate_key().decode()
     settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
     assert Portal.objects.get(pk=portal.pk).access_token == "rotating"
-    rotated = crypto.rotate(raw_column(portal, "access_token"))
-    settings.TOKEN_ENCRYPTION_KEYS = [new_key]
-    assert crypto.decrypt(rotated) == "rotating"
+    call_command("rotate_token_keys", stdout=io.StringIO())
+    settings.TOKEN_ENCRYPTION_KEYS = [new_key]  # the old key is gone
+    again = Portal.objects.get(pk=portal.pk)
+    assert (again.access_token, again.refresh_token, again.application_token) == ("rotating", "r", "a")
+    assert Fernet(new_key.encode()).decrypt(raw_column(portal, "access_token").encode()) == b"rotating"
 
 
 def test_unknown_key_fails_clearly_without_the_secret(settings):
