@@ -83,7 +83,7 @@ def _cache_key(member_id: str, auth_id: str) -> str:
     return f"b24widget:verdict:{digest}"
 
 
-_SECRETS = ("access_token", "refresh_token", "application_token")
+SECRETS = ("access_token", "refresh_token", "application_token")
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +94,7 @@ def _find_sql() -> str:
     leaves the secrets unloaded, and brings the widget's settings along in the same round trip.
     """
     portal, settings_ = Portal._meta, WidgetSettings._meta
-    columns = ", ".join(f"p.{f.column}" for f in portal.concrete_fields if f.name not in _SECRETS)
+    columns = ", ".join(f"p.{f.column}" for f in portal.concrete_fields if f.name not in SECRETS)
     return (
         f"SELECT {columns}, w.id AS ws_id, w.enabled AS ws_enabled, w.open_line_id AS ws_open_line_id "
         f"FROM {portal.db_table} p LEFT JOIN {settings_.db_table} w "

@@ -1,10 +1,13 @@
 """One entry point for every placement, dispatched by PLACEMENT; and the widget's settings save."""
+import hashlib
+import json
 import logging
 import re
 
 from django.conf import settings
-from django.http import JsonResponse
-from django.shortcuts import render
+from django.core.cache.backends.locmem import LocMemCache
+from django.http import HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
@@ -98,15 +101,38 @@ def placement_view(request):
             "portal": portal,
             "verdict": verdict,
             "settings": _settings_of(portal),
-            "widget_token": widget_token.issue(portal, verdict),
             "bx24_js_url": settings.B24_JS_URL,
             "language": post.language,
             "placement": parsed.placement,
             "app_status_label": _app_status_label(verdict.app_info.get("status", "")),
             "options": post.placement_options,
         }
-        response = render(request, parsed.placement.template, context)
+        page = _page(request, parsed.placement.template, context)
+        response = HttpResponse(page.replace(_TOKEN_SLOT, widget_token.issue(portal, verdict)))
     return framed_by(response, portal_origin(portal))
+
+
+# Rendered widget pages, per process, keyed by everything they are rendered from (the portal row, the
+# verdict, the settings, the language ...) except the widget token, which is put in fresh each time:
+# a re-opened widget skips the template, and any change to what it shows makes a new key.
+_pages = LocMemCache("b24widget-pages", {"TIMEOUT": 600, "OPTIONS": {"MAX_ENTRIES": 5000}})
+_TOKEN_SLOT = "@@b24widget-token@@"
+
+
+def _page(request, template: str, context: dict) -> str:
+    portal, widget_settings = context["portal"], context["settings"]
+    facts = (
+        template, translation.get_language(),
+        tuple(getattr(portal, f.attname) for f in Portal._meta.concrete_fields if f.attname not in auth.SECRETS),
+        (widget_settings.enabled, widget_settings.open_line_id) if widget_settings else None,
+        repr(context["verdict"]), context["bx24_js_url"], json.dumps(context["options"], sort_keys=True),
+    )
+    key = hashlib.sha256(repr(facts).encode()).hexdigest()
+    page = _pages.get(key)
+    if page is None:
+        page = render_to_string(template, {**context, "widget_token": _TOKEN_SLOT}, request)
+        _pages.set(key, page)
+    return page
 
 
 @sensitive_post_parameters("widget_token")

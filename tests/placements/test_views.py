@@ -215,3 +215,32 @@ def test_the_apps_own_page_opens_with_placement_default(client, installed):
     assert 'id="settings-form"' in response.content.decode()
     # DEFAULT is not something placement.bind accepts: the install binds CONTACT_CENTER only.
     assert [p["PLACEMENT"] for p in b24.bindings["placements"]] == ["CONTACT_CENTER"]
+
+
+def test_a_reopened_widget_reuses_its_page_with_a_fresh_token(frame, installed, admin_client):
+    from django.test.signals import template_rendered
+    from placements import widget_token as tokens
+    from placements.models import WidgetSettings
+    _portal, b24 = installed
+    fields = b24.placement_post()
+    rendered = []
+
+    def count(sender, template, **kwargs):
+        rendered.append(template.name)
+
+    template_rendered.connect(count)
+    try:
+        first = open_widget(frame, fields)
+        second = open_widget(frame, fields)
+    finally:
+        template_rendered.disconnect(count)
+    assert is_widget(first) and is_widget(second)
+    assert rendered.count("placements/contact_center.html") == 1
+    for response in (first, second):
+        token = re.search(r'name="widget_token" value="([^"]+)"', text(response)).group(1)
+        assert tokens.read(token).user_id == "1"
+    assert "@@b24widget-token@@" not in text(second)
+    # What the page shows is part of its key: new settings show at once.
+    WidgetSettings.objects.create(portal=_portal, enabled=True, open_line_id="2")
+    third = text(open_widget(frame, fields))
+    assert re.search(r'<option value="2"\s+selected', third)
