@@ -301,7 +301,7 @@ class Stages:
             stack.enter_context(patched(caches["default"], "get", self.timed("verdict cache get (Redis)")))
             stack.enter_context(patched(lifecycle, "touch", self.timed("lifecycle.touch")))
             stack.enter_context(patched(placements.widget_token, "issue", self.timed("widget token (signing)")))
-            stack.enter_context(patched(placements.views, "render", self.timed("render the template")))
+            stack.enter_context(patched(placements.views, "_page", self.timed("the page (rendered once, then reused)")))
             stack.enter_context(patched(placements.views, "framed_by", self.timed("framing headers")))
             yield self
 
