@@ -115,7 +115,7 @@ def placement_view(request):
 # Rendered widget pages, per process, keyed by everything they are rendered from (the portal row, the
 # verdict, the settings, the language ...) except the widget token, which is put in fresh each time:
 # a re-opened widget skips the template, and any change to what it shows makes a new key.
-_pages = LocMemCache("b24widget-pages", {"TIMEOUT": 600, "OPTIONS": {"MAX_ENTRIES": 5000}})
+_pages = LocMemCache("b24widget-pages", {"TIMEOUT": 600, "OPTIONS": {"MAX_ENTRIES": 2000}})  # ~6 KB each
 _TOKEN_SLOT = "@@b24widget-token@@"
 
 
