@@ -76,12 +76,15 @@ def test_threads_sharing_one_portal_stay_under_the_limit(settings, client, b24):
     errors = []
 
     def worker():
-        client_ = PortalClient(Portal.objects.get(pk=portal.pk))
+        from django.db import connection
         try:
+            client_ = PortalClient(Portal.objects.get(pk=portal.pk))
             for _ in range(25):
                 client_.call("server.time")
         except RestError as exc:
             errors.append(exc.code)
+        finally:
+            connection.close()  # this thread's own connection; the test database is dropped at the end
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for t in threads:
