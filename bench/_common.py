@@ -83,25 +83,23 @@ def _drop(db: dict) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{db['NAME']}{suffix}")
         return
-    from psycopg2 import sql
-
-    connection = _maintenance_connection(db)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db["NAME"])))
-    finally:
-        connection.close()
+    _maintenance(db, "DROP DATABASE IF EXISTS {} WITH (FORCE)")
 
 
 def _create(db: dict) -> None:
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return  # created by the first connection
+    _maintenance(db, "CREATE DATABASE {}")
+
+
+def _maintenance(db: dict, statement: str) -> None:
+    """Run a DROP/CREATE DATABASE statement naming the bench database, from the maintenance database."""
     from psycopg2 import sql
 
     connection = _maintenance_connection(db)
     try:
         with connection.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
+            cursor.execute(sql.SQL(statement).format(sql.Identifier(db["NAME"])))
     finally:
         connection.close()
 
