@@ -7,6 +7,17 @@ import re
 from pathlib import Path
 
 T = {
+    "Something went wrong": ("Что-то пошло не так", "Etwas ist schiefgelaufen"),
+    "The app could not complete this request. Please try again in a few minutes; if it keeps happening, tell "
+    "the app's vendor.": (
+        "Приложению не удалось выполнить запрос. Попробуйте ещё раз через несколько минут; если ошибка "
+        "повторяется, сообщите разработчику приложения.",
+        "Die App konnte diese Anfrage nicht ausführen. Bitte versuchen Sie es in einigen Minuten erneut; wenn "
+        "es wieder passiert, informieren Sie den Anbieter der App."),
+    "Temporarily unavailable": ("Временно недоступно", "Vorübergehend nicht verfügbar"),
+    "The app cannot reach its database right now. Please try again in a minute.": (
+        "Приложение сейчас не может связаться со своей базой данных. Попробуйте ещё раз через минуту.",
+        "Die App erreicht ihre Datenbank gerade nicht. Bitte versuchen Sie es in einer Minute erneut."),
     "An administrator is needed": ("Нужен администратор", "Ein Administrator wird benötigt"),
     "The app lost its connection to this portal. Please ask a portal administrator to open the app once; "
     "that restores it.": (
