@@ -92,6 +92,21 @@ B24_DOMAIN_RECHECK_INTERVAL = env.int("B24_DOMAIN_RECHECK_INTERVAL", default=600
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.
 B24_WIDGET_TOKEN_MAX_AGE = env.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600)
 
+# The event inbox (portals/inbox.py): attempts per event, back-off (first step, cap; seconds), how long a
+# worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
+# and how many unverified events (ONAPPINSTALL) per portal are stored per minute.
+B24_INBOX_MAX_ATTEMPTS = env.int("B24_INBOX_MAX_ATTEMPTS", default=8)
+B24_INBOX_BACKOFF = env.float("B24_INBOX_BACKOFF", default=10.0)
+B24_INBOX_BACKOFF_MAX = env.float("B24_INBOX_BACKOFF_MAX", default=3600.0)
+B24_INBOX_LEASE = env.float("B24_INBOX_LEASE", default=600.0)
+B24_INBOX_REQUEUE_AFTER = env.float("B24_INBOX_REQUEUE_AFTER", default=120.0)
+B24_INBOX_SWEEP_INTERVAL = env.float("B24_INBOX_SWEEP_INTERVAL", default=30.0)
+B24_INBOX_SWEEP_BATCH = env.int("B24_INBOX_SWEEP_BATCH", default=1000)
+B24_INBOX_UNVERIFIED_BURST = env.int("B24_INBOX_UNVERIFIED_BURST", default=20)
+B24_INBOX_UNVERIFIED_PER_MINUTE = env.float("B24_INBOX_UNVERIFIED_PER_MINUTE", default=30.0)
+# Background passes fan out per-portal tasks in chunks of this many portal ids.
+B24_FANOUT_CHUNK = env.int("B24_FANOUT_CHUNK", default=50)
+
 # Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation).
 TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[]) or (
     [_DEV_TOKEN_KEY] if DEBUG else []
@@ -231,4 +246,54 @@ LOGGING = {
         # urllib3 logs every outward URL at DEBUG (the OAuth refresh carries its secret in the query).
         "urllib3": {"level": "WARNING"},
     },
+}
+
+# --- Celery (b24widget/celery.py) ---------------------------------------------------------------
+# RabbitMQ (amqp://...) or Redis (redis://...) in production. The default needs no server: kombu's
+# filesystem transport, messages as files under CELERY_BROKER_DIR (B24_CELERY_DIR). It was chosen over the SQLAlchemy
+# transport because it adds no dependency and no second writer to the SQLite file the app uses; it
+# suits one machine (the newcomer path, the sandbox), and what it can lose (a message a killed worker
+# held) the inbox sweeper re-sends: the database is the source of truth.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+B24_CELERY_DIR = Path(env.str("CELERY_BROKER_DIR", default=str(BASE_DIR / ".celery")))
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="b24widget")
+if CELERY_BROKER_URL.startswith("filesystem:"):
+    _queue_dir = B24_CELERY_DIR / "queue"
+    for _folder in (_queue_dir, B24_CELERY_DIR / "control", B24_CELERY_DIR / "processed"):
+        _folder.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir), "data_folder_out": str(_queue_dir),
+        "control_folder": str(B24_CELERY_DIR / "control"),
+        # Taken messages are moved here before they are read: the same file system keeps the move atomic.
+        "processed_folder": str(B24_CELERY_DIR / "processed"), "store_processed": False,
+        "polling_interval": env.float("CELERY_POLLING_INTERVAL", default=0.2),
+    }
+else:
+    # Redis re-delivers an unacknowledged task after this many seconds (longer than any task runs).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+# A message is acknowledged after its task ran; a worker lost mid-task gets it re-delivered. Tasks are
+# idempotent (the inbox claims each row once), so a re-run changes nothing twice.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Django's LOGGING (JSON lines) stays in charge inside workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_REDIRECT_STDOUTS = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Sending from a web request never hangs on a broker that is down: the row is stored, the sweeper re-sends.
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_BEAT_SCHEDULE_FILENAME = env.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(B24_CELERY_DIR / "beat-schedule"))
+from celery.schedules import crontab  # noqa: E402
+
+CELERY_BEAT_SCHEDULE = {
+    "inbox-sweep": {"task": "portals.sweep_inbox", "schedule": B24_INBOX_SWEEP_INTERVAL},
+    # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
+    "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
+    "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
 }
