@@ -3,7 +3,8 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from portals.models import Portal
+from portals import inbox
+from portals.models import InboxItem, Portal
 from sandbox.standin import StandIn
 
 CLIENT_ID = "local.test.app"
@@ -34,22 +35,39 @@ def b24(standin):
     return standin.add_portal()
 
 
+def deliver(client, payload, **post):
+    """POST an event to /events/ and, when it was stored, process the inbox right here, as a worker would.
+
+    This in-process processing (inbox.process_pending, no broker) is what the unit tests use; the real
+    worker runs in tests/portals/test_worker.py. Returns (response, the stored InboxItem or None).
+    """
+    response = client.post("/events/", payload, **post)
+    item = None
+    if response.status_code == 200:
+        inbox.process_pending()
+        item = InboxItem.objects.get(pk=response.json()["id"])
+    return response, item
+
+
 def do_install(client, b24, *, user_id="1", lang="en", event=True):
-    """Install as Bitrix24 does: the install POST into the frame, then ONAPPINSTALL."""
+    """Install as Bitrix24 does: the install POST into the frame, then ONAPPINSTALL (processed)."""
     response = client.post("/install/", b24.install_post(user_id=user_id, lang=lang))
     assert response.status_code == 200, response.content[:500]
     if event:
-        answer = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
+        answer, item = deliver(client, b24.event_payload("ONAPPINSTALL"))
         assert answer.status_code == 200, answer.content[:500]
+        assert item.state == InboxItem.State.DONE, (item.state, item.last_error)
     return Portal.objects.get(member_id=b24.member_id)
 
 
 def do_uninstall(client, b24, *, clean=False, name="ONAPPUNINSTALL"):
-    """Uninstall as Bitrix24 does: the app is removed from the portal, then ONAPPUNINSTALL is sent."""
+    """Uninstall as Bitrix24 does: the app is removed from the portal, then ONAPPUNINSTALL is sent
+    (and processed); returns the response, its stored InboxItem as `response.inbox_item`."""
     b24.uninstall()
     payload = b24.event_payload("ONAPPUNINSTALL", data={"CLEAN": "1" if clean else "0"})
     payload["event"] = name
-    return client.post("/events/", payload)
+    response, response.inbox_item = deliver(client, payload)
+    return response
 
 
 @pytest.fixture
