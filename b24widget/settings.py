@@ -100,6 +100,8 @@ B24_INBOX_BACKOFF = env.float("B24_INBOX_BACKOFF", default=10.0)
 B24_INBOX_BACKOFF_MAX = env.float("B24_INBOX_BACKOFF_MAX", default=3600.0)
 B24_INBOX_LEASE = env.float("B24_INBOX_LEASE", default=600.0)
 B24_INBOX_REQUEUE_AFTER = env.float("B24_INBOX_REQUEUE_AFTER", default=120.0)
+# Retries sooner than this ride on the broker as countdown tasks; later ones are sent by the sweeper.
+B24_INBOX_MAX_COUNTDOWN = env.float("B24_INBOX_MAX_COUNTDOWN", default=300.0)
 B24_INBOX_SWEEP_INTERVAL = env.float("B24_INBOX_SWEEP_INTERVAL", default=30.0)
 B24_INBOX_SWEEP_BATCH = env.int("B24_INBOX_SWEEP_BATCH", default=1000)
 B24_INBOX_UNVERIFIED_BURST = env.int("B24_INBOX_UNVERIFIED_BURST", default=20)

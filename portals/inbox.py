@@ -127,7 +127,7 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
             raise Refused("unknown portal", status=404)
         if not portal.application_token_is(application_token):
             raise Refused("application_token does not match")
-    else:
+    elif portal is None or not portal.application_token_is(application_token):
         from . import limits
 
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
@@ -178,7 +178,7 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
     base = min(settings.B24_INBOX_BACKOFF * (2 ** max(attempts - 1, 0)), settings.B24_INBOX_BACKOFF_MAX)
     # "Equal jitter": at least half the step, so retries of many rows spread without collapsing to zero.
     delay = base / 2 + random.uniform(0, base / 2)
-    return max(delay, after or 0.0)
+    return max(delay, min(after or 0.0, settings.B24_INBOX_BACKOFF_MAX))
 
 
 def _older_unfinished(item: InboxItem) -> bool:
@@ -188,27 +188,28 @@ def _older_unfinished(item: InboxItem) -> bool:
 
 
 def _claim(item_id: int, owner: str):
-    """In one short transaction: (item, None) when claimed by `owner`, or (None, why not)."""
+    """In one short transaction: (item, None, None) when claimed by `owner`, or (None, why not, seconds
+    left on another worker's claim or None)."""
     now = timezone.now()
     with transaction.atomic():
         item = InboxItem.objects.select_for_update().filter(pk=item_id).first()
         if item is None:
-            return None, "gone"
+            return None, "gone", None
         if item.finished:
-            return None, f"already {item.state}"
+            return None, f"already {item.state}", None
         if item.state == State.PROCESSING and item.lease_until and item.lease_until > now:
-            return None, "being processed by another worker"
+            return None, "being processed by another worker", (item.lease_until - now).total_seconds()
         entry = registration(item.event)
         if item.state == State.PENDING and item.next_attempt_at > now + timedelta(seconds=1):
-            return None, "not due yet"
+            return None, "not due yet", None
         if entry is not None and entry.ordered and _older_unfinished(item):
-            return None, "waiting for an older event of the portal"
+            return None, "waiting for an older event of the portal", None
         item.state = State.PROCESSING
         item.attempts += 1
         item.lease_owner = owner
         item.lease_until = now + timedelta(seconds=settings.B24_INBOX_LEASE)
         item.save(update_fields=["state", "attempts", "lease_owner", "lease_until"])
-    return item, None
+    return item, None, None
 
 
 def _finish(item: InboxItem, owner: str, **fields) -> bool:
@@ -226,9 +227,12 @@ def process(item_id: int, *, task_id: str = "") -> str:
 def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
     """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker."""
     owner = uuid.uuid4().hex
-    item, why_not = _claim(item_id, owner)
+    item, why_not, lease_left = _claim(item_id, owner)
     if item is None:
         log.info("inbox item skipped", extra={"inbox_id": item_id, "reason": why_not, "task_id": task_id})
+        if send and lease_left is not None:
+            # Maybe its worker died (the broker re-delivered this task): look again once the claim ran out.
+            enqueue(item_id, countdown=lease_left + 1)
         return False, why_not
     context = {"member_id": item.member_id, "event": item.event, "inbox_id": item.pk, "task_id": task_id,
                "attempt": item.attempts}
@@ -257,7 +261,7 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
                     next_attempt_at=now + timedelta(seconds=delay), enqueued_at=timezone.now())
             log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
             # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks).
-            if send and delay <= settings.B24_INBOX_REQUEUE_AFTER:
+            if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
                 enqueue(item.pk, countdown=delay)
             return True, f"retry in {delay:.0f} s: {reason}"
     else:

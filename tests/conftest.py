@@ -11,6 +11,26 @@ CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_broker_queue():
+    """At the end of the run, delete this run's own queue (RabbitMQ) or its broker folder (embedded)."""
+    yield
+    import shutil
+
+    from django.conf import settings
+
+    from b24widget.celery import app
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem:"):
+        shutil.rmtree(settings.B24_CELERY_DIR, ignore_errors=True)
+        return
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception:  # the broker went away: nothing of ours is left on it either
+        pass
+
+
 @pytest.fixture(scope="session")
 def standin():
     with StandIn(CLIENT_ID, CLIENT_SECRET) as server:
