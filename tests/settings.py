@@ -21,7 +21,12 @@ for _key, _value in _TEST_ENV.items():
     os.environ.setdefault(_key, _value)
 
 from b24widget.settings import *  # noqa: E402,F401,F403
-from b24widget.settings import DATABASES  # noqa: E402
+from b24widget.settings import CACHES, DATABASES  # noqa: E402
+from tests.redis_keys import RUN_PREFIX  # noqa: E402
+
+# A run's cache keys live under its own prefix: with CACHE_URL pointing at a shared Redis, the suite
+# touches (and deletes) only its own keys (tests/redis_keys.py), never other data on that server.
+CACHES["default"].setdefault("KEY_PREFIX", RUN_PREFIX)
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so threads in the concurrency tests share one database.
