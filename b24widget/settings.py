@@ -6,72 +6,80 @@ with DEBUG off the app refuses to start without the secrets a deployment needs.
 from pathlib import Path
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+
+from .config import Reader
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Every value goes through `read`: a bad one is recorded (SETTINGS_PROBLEMS) and reported, all at once,
+# by the system checks in b24widget/checks.py (`manage.py check --deploy`, runserver, migrate, gunicorn).
+read = Reader(environ.Env())
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = read.bool("DEBUG", default=False)
+# Set to True only by tests/settings.py (never from the environment): the test settings run with DEBUG
+# off and B24_ALLOW_HTTP_PORTALS on, which production refuses.
+B24_TESTING = False
 
 # Secrets: development fallbacks only when DEBUG is on.
 _DEV_SECRET_KEY = "dev-only-insecure-secret-key-b24widget-change-me-0123456789"
 # A fixed development Fernet key; production must set TOKEN_ENCRYPTION_KEYS.
 _DEV_TOKEN_KEY = "ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA="
+_GENERATE_FERNET = ("Generate a key with `python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'` and keep it safe: losing it makes every stored "
+                    "token unreadable.")
 
-
-def _required(name, dev_default):
-    value = env.str(name, default="")
-    if value:
-        return value
-    if DEBUG:
-        return dev_default
-    raise ImproperlyConfigured(f"{name} must be set when DEBUG is off (see README, Configuration).")
-
-
-SECRET_KEY = _required("SECRET_KEY", _DEV_SECRET_KEY)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SECRET_KEY = read.required("SECRET_KEY", debug=DEBUG, dev_default=_DEV_SECRET_KEY,
+                           hint="Set a long random value, e.g. `python -c 'import secrets; "
+                                "print(secrets.token_urlsafe(50))'`.")
+ALLOWED_HOSTS = read.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = read.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- Bitrix24 application ---------------------------------------------------------------------
-B24_CLIENT_ID = _required("B24_CLIENT_ID", "local.dev-client-id")
-B24_CLIENT_SECRET = _required("B24_CLIENT_SECRET", "dev-client-secret")
-B24_APP_URL = _required("B24_APP_URL", "http://127.0.0.1:8000").rstrip("/")
-B24_OAUTH_URL = env.str("B24_OAUTH_URL", default="https://oauth.bitrix.info/oauth/token/")
+B24_CLIENT_ID = read.required("B24_CLIENT_ID", debug=DEBUG, dev_default="local.dev-client-id",
+                              hint="The Application ID (client_id) from Bitrix24 (README, Register the app).")
+B24_CLIENT_SECRET = read.required("B24_CLIENT_SECRET", debug=DEBUG, dev_default="dev-client-secret",
+                                  hint="The Application key (client_secret) from Bitrix24.")
+B24_APP_URL = read.required("B24_APP_URL", debug=DEBUG, dev_default="http://127.0.0.1:8000",
+                            hint="The public https address of this deployment, e.g. https://widget.example.com.")
+B24_APP_URL = read.url("B24_APP_URL", B24_APP_URL, https=not DEBUG).rstrip("/")
+B24_OAUTH_URL = read.url("B24_OAUTH_URL", "https://oauth.bitrix.info/oauth/token/", https=False)
 # Admit plain-HTTP portals and host:port addresses (on-premise test portals, the local stand-in).
-B24_ALLOW_HTTP_PORTALS = env.bool("B24_ALLOW_HTTP_PORTALS", default=False)
+B24_ALLOW_HTTP_PORTALS = read.bool("B24_ALLOW_HTTP_PORTALS", default=False)
 # The BX24 JavaScript library loaded by the install and widget pages.
-B24_JS_URL = env.str("B24_JS_URL", default="https://api.bitrix24.com/api/v1/")
+B24_JS_URL = read.url("B24_JS_URL", "https://api.bitrix24.com/api/v1/", https=False)
 # Seconds after a verified install POST during which a token-less ONAPPINSTALL is believed.
-B24_INSTALL_EVENT_WINDOW = env.int("B24_INSTALL_EVENT_WINDOW", default=300)
+B24_INSTALL_EVENT_WINDOW = read.int("B24_INSTALL_EVENT_WINDOW", default=300)
 # The local Bitrix24 sandbox (`manage.py sandbox`, see README): its app is installed only with this
 # or DEBUG on, so production never has it.
-B24_SANDBOX = env.bool("B24_SANDBOX", default=False)
+B24_SANDBOX = read.bool("B24_SANDBOX", default=False)
 # Timeouts (seconds) for calls to Bitrix24: (connect, read).
-B24_HTTP_TIMEOUT = (env.float("B24_CONNECT_TIMEOUT", default=5.0), env.float("B24_READ_TIMEOUT", default=30.0))
+B24_HTTP_TIMEOUT = (read.float("B24_CONNECT_TIMEOUT", default=5.0, minimum=0.1),
+                    read.float("B24_READ_TIMEOUT", default=30.0, minimum=0.1))
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
-B24_REST_MAX_RETRIES = env.int("B24_REST_MAX_RETRIES", default=4)
-B24_REST_BACKOFF = env.float("B24_REST_BACKOFF", default=0.5)
+B24_REST_MAX_RETRIES = read.int("B24_REST_MAX_RETRIES", default=4)
+B24_REST_BACKOFF = read.float("B24_REST_BACKOFF", default=0.5)
 # Pacing per portal, shared through the cache (Bitrix24: ~50 burst, 2/s drain; stay a little below).
-B24_RATE_LIMIT_BURST = env.int("B24_RATE_LIMIT_BURST", default=40)
-B24_RATE_LIMIT_PER_SECOND = env.float("B24_RATE_LIMIT_PER_SECOND", default=2.0)
+B24_RATE_LIMIT_BURST = read.int("B24_RATE_LIMIT_BURST", default=40, minimum=1)
+B24_RATE_LIMIT_PER_SECOND = read.float("B24_RATE_LIMIT_PER_SECOND", default=2.0)
 # Seconds of a method's operating-time budget (480 s / 10 min) after which its calls wait for the reset.
-B24_OPERATING_PAUSE_AT = env.float("B24_OPERATING_PAUSE_AT", default=400.0)
+B24_OPERATING_PAUSE_AT = read.float("B24_OPERATING_PAUSE_AT", default=400.0)
 # Longest a call may wait for a limit before failing with the limit's error code.
-B24_MAX_WAIT = env.float("B24_MAX_WAIT", default=120.0)
+B24_MAX_WAIT = read.float("B24_MAX_WAIT", default=120.0)
 # Minimum seconds between OAuth re-checks caused by a posted DOMAIN that differs from the stored one.
-B24_DOMAIN_RECHECK_INTERVAL = env.int("B24_DOMAIN_RECHECK_INTERVAL", default=600)
+B24_DOMAIN_RECHECK_INTERVAL = read.int("B24_DOMAIN_RECHECK_INTERVAL", default=600)
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.
-B24_WIDGET_TOKEN_MAX_AGE = env.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600)
+B24_WIDGET_TOKEN_MAX_AGE = read.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600, minimum=60)
 
-# Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation).
-TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[]) or (
-    [_DEV_TOKEN_KEY] if DEBUG else []
-)
+# Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation). Each is parsed by the
+# system checks (b24widget/checks.py), so a bad key stops the start instead of the first decryption.
+TOKEN_ENCRYPTION_KEYS = read.list("TOKEN_ENCRYPTION_KEYS", default=[]) or ([_DEV_TOKEN_KEY] if DEBUG else [])
 if not TOKEN_ENCRYPTION_KEYS:
-    raise ImproperlyConfigured("TOKEN_ENCRYPTION_KEYS must be set when DEBUG is off (see README, Configuration).")
+    read.problem("TOKEN_ENCRYPTION_KEYS", "TOKEN_ENCRYPTION_KEYS must be set when DEBUG is off.", _GENERATE_FERNET)
+
+# /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
+METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -81,6 +89,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "b24widget",
     "portals",
     "placements",
 ]
@@ -116,9 +125,9 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": read.database("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 _db = DATABASES["default"]
-_db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+_db["CONN_MAX_AGE"] = read.int("CONN_MAX_AGE", default=60)
 _db["CONN_HEALTH_CHECKS"] = True
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions serialize writers, which is what the single-flight token refresh
@@ -128,7 +137,7 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 
 # Local memory by default; CACHE_URL (or REDIS_URL) pointing at Redis shares the verdict cache and the
 # per-portal rate limiter across processes and machines.
-CACHES = {"default": env.cache_url("CACHE_URL", default=env.str("REDIS_URL", default="") or "locmemcache://b24widget")}
+CACHES = {"default": read.cache("CACHE_URL", default=read.str("REDIS_URL", default="") or "locmemcache://b24widget")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -156,12 +165,12 @@ STORAGES = {
 
 # --- Security (production sits behind a TLS-terminating proxy) ----------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_SSL_REDIRECT = read.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = read.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = read.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = read.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = read.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = read.bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # /healthz is probed over plain HTTP by load balancers.
@@ -169,7 +178,14 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
 # One line per event. JSON (the default with DEBUG off) carries member_id, method, request_id ... as
 # fields; nothing logged anywhere holds a token or secret.
-LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+LOG_FORMAT = read.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in ("plain", "json"):
+    read.problem("LOG_FORMAT", f"LOG_FORMAT={LOG_FORMAT!r} is neither plain nor json.", "Use plain or json.")
+    LOG_FORMAT = "json"
+LOG_LEVEL = read.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    read.problem("LOG_LEVEL", f"LOG_LEVEL={LOG_LEVEL!r} is not a log level.", "Use DEBUG, INFO, WARNING or ERROR.")
+    LOG_LEVEL = "INFO"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -182,6 +198,10 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# What the reading above found wrong; reported by b24widget/checks.py.
+SETTINGS_PROBLEMS = read.problems
+del read

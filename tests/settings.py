@@ -34,6 +34,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "NAME": os.path.join(tempfile.gettempdir(), f"b24widget-test-{os.getpid()}.sqlite3")
     }
 
+# The test settings run with DEBUG off (production behaviour) but admit the stand-in's plain-HTTP portals;
+# this override, set here and never from the environment, lets b24widget/checks.py accept that.
+B24_TESTING = True
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Serve static files straight from the apps (no collectstatic in tests).
