@@ -4,9 +4,10 @@ from django.urls import path
 from placements import views as placement_views
 from portals import views as portal_views
 
-from . import health
+from . import health, landing
 
 urlpatterns = [
+    path("", landing.landing, name="landing"),
     path("install/", portal_views.install_view, name="install"),
     path("events/", portal_views.events_view, name="events"),
     path("placement/", placement_views.placement_view, name="placement"),

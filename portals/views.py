@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def frame_error(request, *, status: int, title: str, message: str, origin: str | None):
     """A readable error page for inside the portal's frame (already localized by the caller)."""
-    response = render(request, "errors/frame_error.html", {"title": title, "message": message}, status=status)
+    response = render(request, "errors/frame_error.html", {"title": title, "message": message, "status": status}, status=status)
     return framed_by(response, origin)
 
 
