@@ -4,7 +4,7 @@ from django.urls import path
 from placements import views as placement_views
 from portals import views as portal_views
 
-from . import health, landing
+from . import health, landing, metrics
 
 urlpatterns = [
     path("", landing.landing, name="landing"),
@@ -13,5 +13,6 @@ urlpatterns = [
     path("placement/", placement_views.placement_view, name="placement"),
     path("placement/settings/", placement_views.save_settings_view, name="placement-settings"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -16,6 +16,8 @@ from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.locmem import LocMemCache
 
+from b24widget import metrics
+
 from portals import lifecycle, oauth
 from portals.frame_post import FramePost
 from portals.models import Portal
@@ -159,6 +161,7 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
         portal = recheck_domain(portal, post)
     key = _cache_key(portal.member_id, post.auth_id)
     verdict = _get_verdict(key)
+    metrics.verification(cached=verdict is not None)
     if verdict is None:
         portal, verdict = _ask_portal(portal, post.auth_id)
         # AUTH_EXPIRES is what is left of the token's life; 0 means it is ending: nothing to cache.

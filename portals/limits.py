@@ -16,6 +16,8 @@ import uuid
 from django.conf import settings
 from django.core.cache import cache
 
+from b24widget import metrics
+
 log = logging.getLogger(__name__)
 
 _LOCK_TIMEOUT = 5  # seconds; a crashed holder's lock expires by itself
@@ -71,6 +73,7 @@ def pace(member_id: str) -> None:
     if wait > settings.B24_MAX_WAIT:
         raise LimitWaitTooLong(wait)
     if wait > 0:
+        metrics.limit_wait("rate", wait)
         time.sleep(wait)
 
 
@@ -90,6 +93,7 @@ def wait_for_method(member_id: str, method: str) -> None:
         raise LimitWaitTooLong(wait)
     log.info("method paused for its operating-time budget",
              extra={"member_id": member_id, "method": method, "wait": round(wait, 1)})
+    metrics.limit_wait("operating", wait)
     time.sleep(wait)
 
 

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
+from b24widget import metrics
+
 from .addresses import BadAddress, parse_endpoint
 from .models import AppStatus, Portal
 
@@ -200,5 +202,6 @@ def refresh_portal(
         else:
             lifecycle.apply_grant(current, grant, reason="refresh")
     if failure is not None:
+        metrics.refresh_failed(failure.code)
         raise failure
     return current
