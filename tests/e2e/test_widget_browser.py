@@ -200,6 +200,13 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(admin.locator("#result_list")).to_contain_text(sandbox.portal.domain)
     expect(admin.locator("#result_list")).to_contain_text(sandbox.portal.member_id)
     shoot(admin, "07-django-admin-portals")
+    # On a 1366 px laptop screen every column shows beside the navigation and the filters.
+    admin.set_viewport_size({"width": 1366, "height": 768})
+    overflow = admin.evaluate("""() => {
+        const results = document.querySelector('#changelist .results');
+        return results.scrollWidth - results.clientWidth; }""")  # > 0: columns hidden behind a scrollbar
+    shoot(admin, "07b-django-admin-portals-1366")
+    assert overflow <= 0
     admin.context.close()
 
     # --- uninstall: ONAPPUNINSTALL with the right application_token; the square goes; the widget refuses
