@@ -722,6 +722,33 @@ class StandIn:
             except OSError:
                 self._note_error(traceback.format_exc())
 
+    def _token_info(self, grant):
+        """The OAuth server's own app.info for an access token: whose app, which portal, which user.
+
+        Shape of b24pysdk's B24AppInfoResultData (schemas/api.py; the docs' settings/oauth/index.md
+        names the server's REST); b24phpsdk reads the same `install` block.
+        """
+        portal = grant.portal
+        with self.lock:
+            expires = next((g.expires for t, g in self._access.items() if g is grant), time.time())
+        return {
+            "client_id": self.client_id,
+            "scope": portal.scope,
+            "expires": _iso(expires),
+            "user_id": int(grant.user_id) if str(grant.user_id).isdigit() else grant.user_id,
+            "install": {
+                "installed": bool(portal.install_finished),
+                "version": portal.version,
+                "status": portal.app_status,
+                "scope": portal.scope,
+                "domain": portal.domain,
+                "uri": f"http://{portal.domain}/",
+                "client_endpoint": portal.client_endpoint,
+                "member_id": portal.member_id,
+                "member_type": "PORTAL",
+            },
+        }
+
     # the OAuth token endpoint
 
     def _refresh_tokens(self, params):
@@ -806,7 +833,7 @@ class _OAuthSite:
             if method != "app.info":
                 raise _Error("ERROR_METHOD_NOT_FOUND")
             grant.portal._scripted_failure(method)  # fail_next covers the server's app.info too
-            response = _json_response(200, {"result": grant.portal._app_info(),
+            response = _json_response(200, {"result": standin._token_info(grant),
                                             "time": _time_block(start)})
         except _Error as error:
             response = _error_response(error)
@@ -971,7 +998,9 @@ class Portal:
             self.application_token = secrets.token_hex(16)
             if self._blocked == "NOT_INSTALLED":
                 self._blocked = None
-        return self._frame_fields(user_id, lang, "DEFAULT", {})
+        # settings/oauth/simple-way.md: the install POST carries APPLICATION_TOKEN, the value
+        # ONAPPINSTALL then delivers as auth[application_token].
+        return self._frame_fields(user_id, lang, "DEFAULT", {}, APPLICATION_TOKEN=self.application_token)
 
     def _frame_fields(self, user_id, lang, placement, options, **extra) -> dict:
         """The form fields of an app frame opened by that user (install page or placement)."""

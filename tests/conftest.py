@@ -43,6 +43,14 @@ def do_install(client, b24, *, user_id="1", lang="en", event=True):
     return Portal.objects.get(member_id=b24.member_id)
 
 
+def do_uninstall(client, b24, *, clean=False, name="ONAPPUNINSTALL"):
+    """Uninstall as Bitrix24 does: the app is removed from the portal, then ONAPPUNINSTALL is sent."""
+    b24.uninstall()
+    payload = b24.event_payload("ONAPPUNINSTALL", data={"CLEAN": "1" if clean else "0"})
+    payload["event"] = name
+    return client.post("/events/", payload)
+
+
 @pytest.fixture
 def installed(db, client, b24):
     """(stored Portal, stand-in portal) after a complete install."""

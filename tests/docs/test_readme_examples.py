@@ -9,7 +9,7 @@ from django.test import Client
 from placements import registry
 from portals.lifecycle import portal_data_cleaned
 from portals.models import Portal
-from tests.conftest import do_install
+from tests.conftest import do_install, do_uninstall
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -58,8 +58,7 @@ def test_event_handler_example_runs_on_a_cleaning_uninstall(client, installed):
     notes = DealNotes()
     namespace = run("event handler", DealNote=notes)
     try:
-        answer = client.post("/events/", b24.event_payload("ONAPPUNINSTALL", data={"CLEAN": "1"}))
-        assert answer.status_code == 200
+        assert do_uninstall(client, b24, clean=True).status_code == 200
     finally:
         portal_data_cleaned.disconnect(namespace["forget_deal_notes"])
     assert notes.deleted_for == [portal.member_id]

@@ -108,8 +108,10 @@ def test_server_rest_app_info_is_the_trusted_status(http, standin):
     answer = http.post(standin.server_endpoint + "app.info", data={"auth": token}, timeout=5)
     assert answer.status_code == 200
     info = answer.json()["result"]
-    assert (info["CODE"], info["STATUS"], info["PAYMENT_EXPIRED"], info["DAYS"]) == (
-        CLIENT_ID, "T", "Y", -3)
+    # b24pysdk schemas/api.py B24AppInfoResultData: client_id, scope, expires, user_id, install{...}
+    assert (info["client_id"], info["user_id"], info["install"]["status"]) == (CLIENT_ID, 1, "T")
+    assert info["install"]["member_id"] == portal.member_id
+    assert info["install"]["client_endpoint"] == portal.client_endpoint
     assert standin.server_requests[-1]["method"] == "app.info"
     unknown = http.get(standin.server_endpoint + "app.info.json", params={"auth": "nope"}, timeout=5)
     assert (unknown.status_code, unknown.json()["error"]) == (401, "invalid_token")

@@ -4,7 +4,7 @@ app.info is asked at the OAuth server's REST (the portal's `server_endpoint`), B
 source of licence and payment facts, with the portal's own token (the portal itself when no server
 endpoint is known).
 
-app.info answers the app's licence type (STATUS F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; they are
+The OAuth server's app.info answers the app's licence type (`install.status`, F/D/T/P/L/S); it is
 stored with lifecycle.set_app_info, which records a changed status as a PortalEvent. A batch runs
 against one portal only, so one app.info request per portal is already the fewest possible.
 """
@@ -24,18 +24,17 @@ CHANGED = "changed"
 
 
 def parse_app_info(info) -> dict | None:
-    """The licence facts of an app.info result, or None when it is not a usable answer."""
-    if not isinstance(info, dict):
+    """The licence facts of the OAuth server's app.info result, or None when it is not a usable answer.
+
+    Its shape is `{client_id, scope, expires, user_id, install: {installed, version, status, ...}}`
+    (b24pysdk schemas/api.py B24AppInfoResultData): the status is the only licence fact it gives.
+    """
+    if not isinstance(info, dict) or not isinstance(info.get("install"), dict):
         return None
-    status = str(info.get("STATUS") or "")
+    status = str(info["install"].get("status") or "")
     if status not in AppStatus.values:
         return None
-    expired = str(info.get("PAYMENT_EXPIRED") or "").upper()
-    return {
-        "app_status": status,
-        "payment_expired": {"Y": True, "N": False}.get(expired),
-        "license": str(info.get("LICENSE") or "")[:64],
-    }
+    return {"app_status": status, "payment_expired": None}
 
 
 class Command(BaseCommand):
@@ -100,8 +99,11 @@ class Command(BaseCommand):
             return Outcome(FAILED, label, exc.code, exc.description)
         except RestError as exc:
             return Outcome(FAILED, label, exc.code, exc.description)
-        if not isinstance(answer, dict) or answer.get("CODE") != settings.B24_CLIENT_ID:
+        if not isinstance(answer, dict) or answer.get("client_id") != settings.B24_CLIENT_ID:
             return Outcome(FAILED, label, "wrong_app", "app.info answered for another application")
+        install = answer.get("install") if isinstance(answer.get("install"), dict) else {}
+        if install.get("member_id") != portal.member_id:
+            return Outcome(FAILED, label, "wrong_member", "app.info answered for another portal")
         info = parse_app_info(answer)
         if info is None:
             return Outcome(FAILED, label, "bad_answer", "app.info answered without a known STATUS")
