@@ -1,7 +1,8 @@
 """Settings for b24widget, read from the environment (and an optional .env file) in this one place.
 
-Every variable is documented in README.md ("Configuration"). Local defaults work with DEBUG on;
-with DEBUG off the app refuses to start without the secrets a deployment needs.
+Every variable is documented in README.md ("Configuration"). Local defaults work with DEBUG on.
+Values are read through b24widget/config.py's Reader, which records every missing or malformed one;
+b24widget/checks.py reports them all at once (system checks, and the WSGI/ASGI start).
 """
 from pathlib import Path
 

@@ -401,9 +401,11 @@ def test_every_refusal_and_explanation_page_is_accessible(browser, sandbox, clie
         expect(page.locator("#next-step")).to_be_visible()
         assert_accessible(page, f"the refusal for {what}")
     Portal.objects.filter(member_id=portal.member_id).update(status=Portal.Status.BLOCKED)
-    answer = _post_top_level(page, foreign_site, "/placement/", portal.placement_post(), sandbox)
+    # An administrator's open would heal it: an ordinary user sees the refusal.
+    answer = _post_top_level(page, foreign_site, "/placement/", portal.placement_post(user_id="2"), sandbox)
     assert answer.status == 403
-    expect(page.locator("h1")).to_have_text("Reinstall needed")
+    expect(page.locator("h1")).to_have_text("An administrator is needed")
+    expect(page.locator("#next-step")).to_be_visible()
     assert_accessible(page, "the refusal for a blocked portal")
     shoot(page, "11-refusal-blocked")
     page.context.close()
