@@ -131,6 +131,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "b24widget.errors.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "b24widget.urls"

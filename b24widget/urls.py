@@ -16,3 +16,5 @@ urlpatterns = [
     path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
+
+handler500 = "b24widget.errors.server_error"

@@ -502,6 +502,9 @@ class StandIn:
         self.errors: list[str] = []  # tracebacks of stand-in bugs (answered as 500)
         self.oauth_down = False
         self.oauth_delay = 0.0
+        # Seconds the token endpoint waits AFTER rotating the refresh token, before it answers: the
+        # "late answer" a client that gives up too early loses (the old token is already spent).
+        self.oauth_late = 0.0
         self.portals: list[Portal] = []
         self.recorders: list[Recorder] = []
         self.address = None
@@ -817,9 +820,12 @@ class _OAuthSite:
             body = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
             return _Response(503, body, [("Content-Type", "text/html")])
         try:
-            return _json_response(200, standin._refresh_tokens(params))
+            answer = _json_response(200, standin._refresh_tokens(params))
         except _Error as error:
             return _error_response(error)
+        if standin.oauth_late:
+            time.sleep(standin.oauth_late)
+        return answer
 
     def _rest(self, request):
         standin = self.standin

@@ -1,6 +1,7 @@
 """Fixtures: a local Bitrix24 stand-in over real HTTP, and portals installed through it."""
 import pytest
 from django.core.cache import caches
+from django.test import Client
 
 from portals.models import Portal
 from sandbox.standin import StandIn
@@ -22,6 +23,7 @@ def _bitrix24(settings, standin):
     settings.B24_OAUTH_URL = standin.oauth_url
     standin.oauth_down = False
     standin.oauth_delay = 0
+    standin.oauth_late = 0
     clear_cache(caches["default"])
     yield
     clear_cache(caches["default"])
@@ -55,3 +57,15 @@ def do_uninstall(client, b24, *, clean=False, name="ONAPPUNINSTALL"):
 def installed(db, client, b24):
     """(stored Portal, stand-in portal) after a complete install."""
     return do_install(client, b24), b24
+
+
+@pytest.fixture
+def frame():
+    """What a browser inside the portal's frame is: a cross-site client with CSRF checks on."""
+    return Client(enforce_csrf_checks=True)
+
+
+@pytest.fixture
+def frame_500():
+    """The same client, but a server error comes back as a 500 response instead of an exception."""
+    return Client(enforce_csrf_checks=True, raise_request_exception=False)
