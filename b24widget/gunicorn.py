@@ -43,3 +43,22 @@ accesslog = "-"
 # The access log shows method, path and status; never the query string (it may carry a portal's fields).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+
+
+# Prometheus multiprocess mode (b24widget/metrics.py): each worker writes its counters into
+# PROMETHEUS_MULTIPROC_DIR. The folder must start empty (old files would add last run's counts), and a
+# worker that exits is marked dead so that its files are merged, not double counted.
+def on_starting(server):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
