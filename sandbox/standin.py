@@ -829,6 +829,9 @@ class _OAuthSite:
 
     def _rest(self, request):
         standin = self.standin
+        if standin.oauth_down:  # the whole OAuth server host is down, its REST with it
+            body = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+            return _Response(503, body, [("Content-Type", "text/html")])
         method = _method_from_path(request.path)
         params = dict(request.params)
         auth = params.pop("auth", None)
