@@ -83,7 +83,7 @@ def run_command_scenario(standin, name, members, *, env=None, late=0.0, delay=0.
     standin.oauth_late = standin.oauth_delay = 0.0
     summary = next((line for line in reversed(out.splitlines()) if "failed=" in line), "")
     return [name, len(members), _blocked(members), _lost(standin, members), len(standin.oauth_requests) - before,
-            proc.returncode, f"{elapsed:.1f}", summary or err.strip().splitlines()[-1][:90]]
+            proc.returncode, f"{elapsed:.1f}", summary or (err.strip().splitlines() or ["(killed)"])[-1][:90]]
 
 
 def _post(port, path, fields, timeout=60.0):
