@@ -34,7 +34,7 @@ from .core import StandIn
 from .errors import OAUTH_ERROR_STATUS, REST_ERROR_STATUS
 from .frames import FRAME_QUERY_FIELDS, frame_query_and_body
 from .http import parse_php_params
-from .portal import DEFAULT_OPEN_LINES, DEFAULT_SCOPE, DEFAULT_USERS, Portal
+from .portal import DEFAULT_OPEN_LINES, DEFAULT_SCOPE, DEFAULT_USERS, NOT_FULLY_INSTALLED, NotAdministrator, Portal
 from .recorder import Recorder
 from .rest import LIST_PAGE_SIZE, METHODS
 from .rest_batch import BATCH_MAX_LENGTH
@@ -43,6 +43,8 @@ __all__ = [
     "StandIn",
     "Portal",
     "Recorder",
+    "NotAdministrator",
+    "NOT_FULLY_INSTALLED",
     "parse_php_params",
     "frame_query_and_body",
     "REST_ERROR_STATUS",

@@ -14,7 +14,8 @@ import traceback
 
 from .errors import ApiError
 from .http import Response, Server, port_of
-from .oauth import Grant, OAuthSite
+from .faults import Faults, oversized_shape, slow_shape
+from .oauth import App, Grant, OAuthSite
 from .portal import DEFAULT_SCOPE, DEFAULT_USERS, Portal
 from .recorder import Recorder
 
@@ -38,6 +39,11 @@ class StandIn:
     def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600, port: int = 0):
         self.client_id = client_id
         self.client_secret = client_secret
+        # Every app the OAuth server knows; the first is "ours" (add_app registers others).
+        self.apps: dict[str, App] = {client_id: App(client_id, client_secret)}
+        # Hosts placement.bind/event.bind accept although the docs refuse them (api-reference/widgets/
+        # index.md: no localhost): the sandbox and the browser tests run the app on this machine.
+        self.local_handler_hosts = {"localhost", "127.0.0.1"}
         self.access_ttl = access_ttl
         self.port = port
         self.state_file = None
@@ -48,7 +54,13 @@ class StandIn:
         self.server_requests: list[dict] = []  # REST calls that reached the OAuth server (app.info)
         self.errors: list[str] = []  # tracebacks of stand-in bugs (answered as 500)
         self.oauth_down = False
+        # Seconds the token endpoint waits BEFORE it rotates the refresh token (nothing happened yet).
         self.oauth_delay = 0.0
+        # Seconds the token endpoint waits AFTER it rotated the refresh token, before answering: the
+        # old refresh token is already spent when a client that gave up would retry with it.
+        self.oauth_late_answer = 0.0
+        self._faults = Faults(self.lock)
+        self._stopping = threading.Event()
         self.portals: list[Portal] = []
         self.recorders: list[Recorder] = []
         self.address = None
@@ -80,6 +92,7 @@ class StandIn:
     def stop(self) -> None:
         if self._started and not self._stopped:
             self._autosave()
+        self._stopping.set()  # ends late answers and trickles at once
         with self.lock:
             servers, self._servers = self._servers, []
             self._stopped = True
@@ -129,6 +142,38 @@ class StandIn:
             self.recorders.append(recorder)
         return recorder
 
+    def add_app(self, client_id: str, client_secret: str, *, code: str | None = None) -> App:
+        """Register another application with the OAuth server (a second app on the same portals).
+
+        Its tokens come from ``portal.issue_tokens(user_id, client_id=client_id)``; they work on every
+        portal's REST, refresh only with this app's credentials, and ``app.info`` (portal and OAuth
+        server) answers for this app. ``code`` is its portal ``app.info`` ``CODE`` (default: client_id).
+        """
+        with self.lock:
+            if client_id in self.apps:
+                raise ValueError("an app with this client_id exists")
+            app = self.apps[client_id] = App(client_id, client_secret, code)
+        return app
+
+    @property
+    def app(self) -> App:
+        """Our app (the first registered)."""
+        return self.apps[self.client_id]
+
+    # faults of the OAuth server's answers ("oauth.token": the token endpoint; "app.info": its REST)
+
+    def slow_answer(self, target: str = "oauth.token", *, chunk: int = 1, pause: float = 0.5,
+                    times: int = 1) -> None:
+        """The next ``times`` answers of ``target`` trickle out ``chunk`` bytes every ``pause`` seconds."""
+        self._faults.add(target, slow_shape(chunk, pause), times)
+
+    def oversized_answer(self, target: str = "oauth.token", megabytes: float = 4, *, times: int = 1) -> None:
+        """The next ``times`` answers of ``target`` carry ``megabytes`` of padding (still valid JSON)."""
+        self._faults.add(target, oversized_shape(megabytes), times)
+
+    def _stopping_wait(self, seconds):
+        self._stopping.wait(seconds)
+
     def portal_by_member_id(self, member_id) -> Portal:
         with self.lock:
             for portal in self.portals:
@@ -152,14 +197,17 @@ class StandIn:
         with self.lock:
             self.errors.append(text)
 
-    def _mint(self, portal, user_id):
-        """Mint and store a fresh token pair for that portal's user."""
+    def _mint(self, portal, user_id, client_id=None):
+        """Mint and store a fresh token pair for that portal's user, for that app (default: ours)."""
+        client_id = client_id or self.client_id
+        if client_id not in self.apps:
+            raise ValueError(f"no app {client_id!r} registered (add_app)")
         expires = time.time() + self.access_ttl
         access = secrets.token_hex(32)
         refresh = secrets.token_hex(32)
         with self.lock:
-            self._access[access] = Grant(portal, str(user_id), expires)
-            self._refresh[refresh] = Grant(portal, str(user_id), None)
+            self._access[access] = Grant(portal, str(user_id), expires, client_id)
+            self._refresh[refresh] = Grant(portal, str(user_id), None, client_id)
         return {"access_token": access, "refresh_token": refresh,
                 "expires_in": self.access_ttl, "expires": int(expires)}
 
@@ -197,12 +245,13 @@ class StandIn:
         with self.lock:
             portals = [portal._snapshot() for portal in self.portals]
             access = {
-                token: {"member_id": g.portal.member_id, "user_id": g.user_id, "expires": g.expires}
+                token: {"member_id": g.portal.member_id, "user_id": g.user_id, "expires": g.expires,
+                        "client_id": g.client_id}
                 for token, g in self._access.items()
                 # Long-expired access tokens are of no use to anyone: not worth keeping.
                 if g.expires > now - _KEEP_EXPIRED_ACCESS
             }
-            refresh = {token: {"member_id": g.portal.member_id, "user_id": g.user_id}
+            refresh = {token: {"member_id": g.portal.member_id, "user_id": g.user_id, "client_id": g.client_id}
                        for token, g in self._refresh.items()}
         return {"version": _STATE_VERSION, "client_id": self.client_id, "portals": portals,
                 "access_tokens": access, "refresh_tokens": refresh}
@@ -227,12 +276,13 @@ class StandIn:
         with self.lock:
             for token, saved in (state.get("access_tokens") or {}).items():
                 portal = by_member.get(saved.get("member_id"))
-                if portal is not None:
-                    self._access[token] = Grant(portal, str(saved["user_id"]), float(saved["expires"]))
+                if portal is not None and saved.get("client_id", self.client_id) in self.apps:
+                    self._access[token] = Grant(portal, str(saved["user_id"]), float(saved["expires"]),
+                                                saved.get("client_id"))
             for token, saved in (state.get("refresh_tokens") or {}).items():
                 portal = by_member.get(saved.get("member_id"))
-                if portal is not None:
-                    self._refresh[token] = Grant(portal, str(saved["user_id"]), None)
+                if portal is not None and saved.get("client_id", self.client_id) in self.apps:
+                    self._refresh[token] = Grant(portal, str(saved["user_id"]), None, saved.get("client_id"))
         self._autosave()
         return restored
 

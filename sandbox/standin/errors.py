@@ -29,6 +29,10 @@ REST_ERROR_STATUS = {
     "ERROR_EVENT_NOT_FOUND": 400,
     # api-reference/widgets/user-field/userfieldtype-add.md ("Handler already binded" is ERROR_CORE, 400)
     "ERROR_CORE": 400,
+    # api-reference/widgets/index.md ("Common Mistakes"); not documented: the status (the widget page's
+    # error table answers 400 for argument errors)
+    "ERROR_WRONG_HANDLER_URL": 400,
+    "ERROR_UNSUPPORTED_PROTOCOL": 400,
     # api-reference/crm/universal/crm-item-list.md
     "NOT_FOUND": 400,
     # not documented: what portals and public clients commonly show

@@ -32,9 +32,17 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _EVENT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
-def event_payload(portal, event, *, data=None, with_tokens=False, user_id="1", application_token=None):
+# on-app-install.md and on-app-update.md mark auth[access_token] and auth[refresh_token] required;
+# settings/oauth/simple-way.md: "Event handlers usually do not receive refresh_token" otherwise.
+_TOKENS_BY_DEFAULT = {"ONAPPINSTALL", "ONAPPUPDATE"}
+
+
+def event_payload(portal, event, *, data=None, with_tokens=None, user_id="1", application_token=None,
+                  client_id=None):
     """The flat form fields Bitrix24 POSTs to an event handler."""
     event = event.upper()
+    if with_tokens is None:
+        with_tokens = event in _TOKENS_BY_DEFAULT
     defaults = {
         "ONAPPINSTALL": {"VERSION": str(portal.version), "ACTIVE": "Y", "INSTALLED": "Y",
                          "LANGUAGE_ID": portal.language_id},
@@ -57,7 +65,7 @@ def event_payload(portal, event, *, data=None, with_tokens=False, user_id="1", a
         auth["status"] = portal.app_status
     auth["application_token"] = application_token or portal.application_token
     if with_tokens:
-        tokens = portal.issue_tokens(user_id)
+        tokens = portal.issue_tokens(user_id, client_id=client_id)
         auth.update({
             "access_token": tokens["access_token"],
             "refresh_token": tokens["refresh_token"],

@@ -192,6 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_PUT = do_GET
     do_DELETE = do_GET
     do_PATCH = do_GET
+    do_OPTIONS = do_GET  # CORS preflight of the portal's REST
 
     def _serve(self):
         length = int(self.headers.get("Content-Length") or 0)

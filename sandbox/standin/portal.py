@@ -11,11 +11,28 @@ import time
 from collections import Counter
 
 from . import events, frames
-from .errors import BLOCK_ON_REST, REST_ERROR_DESCRIPTION, ApiError
+from .errors import BLOCK_ON_REST, ApiError
+from .faults import Faults
 from .http import Response, method_from_path
+from .limits import PLANS, Limits
 from .rest import serve_rest
+from .switches import Switches
 
-__all__ = ["Portal", "DEFAULT_USERS", "DEFAULT_OPEN_LINES", "DEFAULT_SCOPE"]
+__all__ = ["Portal", "NotAdministrator", "DEFAULT_USERS", "DEFAULT_OPEN_LINES", "DEFAULT_SCOPE"]
+
+# CORS on the portal's REST: the official frame SDK (@bitrix24/b24jssdk) calls REST from the app's frame,
+# another origin, so a portal must allow it. b24restdocs is silent on the headers; any origin may call,
+# the token in the request being the authorization.
+_CORS = [("Access-Control-Allow-Origin", "*")]
+_CORS_PREFLIGHT = [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"), ("Access-Control-Max-Age", "600")]
+# settings/app-installation/installation-finish.md: what everyone but an administrator sees of an app
+# whose install has not finished.
+NOT_FULLY_INSTALLED = ("The application is not fully installed yet. Please contact your Bitrix24 "
+                       "administrator to complete the installation.")
+
+
+class NotAdministrator(PermissionError):
+    """Only administrators install apps (the portal shows others ``NOT_FULLY_INSTALLED``)."""
 
 DEFAULT_USERS = [
     {"ID": "1", "NAME": "Anna", "LAST_NAME": "Admin", "EMAIL": "anna@example.test", "ADMIN": True},
@@ -40,7 +57,7 @@ class _PortalSite:
         return self.portal._handle(self.address, request)
 
 
-class Portal:
+class Portal(Switches):
     """One Bitrix24 account with our app: its REST server, users, bindings and switches."""
 
     def __init__(self, standin, *, member_id, app_status, scope, users):
@@ -65,9 +82,10 @@ class Portal:
         self.app_id = 1  # app.info ID: the app's local id on the portal
         self.open_lines = [dict(line) for line in DEFAULT_OPEN_LINES]
         self.crm_items = 0
-        self.rate_limit = False
-        self.rate_limit_burst = 50  # limits.md: "Others" plans
-        self.rate_limit_drain = 2.0
+        self.rate_limit = False  # set_plan() turns it on
+        self.rate_limit_burst, self.rate_limit_drain = PLANS["others"]  # settings/performance/limits.md
+        self.limits = Limits()  # operating time per app and method (operating_limit, operating_cost)
+        self._faults = Faults(standin.lock)
         # The answer to a duplicate placement.bind. The docs (userfieldtype-add.md, which binds a
         # placement) and the rest module show ERROR_CORE with this text; replace it to try others.
         self.placement_duplicate_error = (
@@ -128,14 +146,32 @@ class Portal:
                 return user
         return None
 
-    def issue_tokens(self, user_id: str = "1") -> dict:
-        """A token pair for that user, as the portal mints when it opens an app frame."""
+    def is_admin(self, user_id) -> bool:
+        return bool((self._user(user_id) or {}).get("ADMIN"))
+
+    def issue_tokens(self, user_id: str = "1", *, client_id: str | None = None) -> dict:
+        """A token pair for that user, as the portal mints when it opens an app frame.
+
+        ``client_id`` names another app registered with ``StandIn.add_app``: its tokens are genuine
+        on this portal but belong to that app.
+        """
         if self._user(user_id) is None:
             raise ValueError(f"no user {user_id!r} on this portal")
-        return self._standin._mint(self, user_id)
+        return self._standin._mint(self, user_id, client_id)
 
-    def install_post(self, user_id="1", lang="en") -> dict:
-        """(Re)install the app; return the form fields posted to the app's install URL."""
+    def install_post(self, user_id="1", lang="en", *, forged: bool = False) -> dict:
+        """(Re)install the app; return the form fields posted to the app's install URL.
+
+        settings/oauth/simple-way.md: the body carries ``APPLICATION_TOKEN``, the value ONAPPINSTALL
+        carries too. Only an administrator installs (settings/app-installation/installation-finish.md):
+        for anyone else this raises ``NotAdministrator``, unless ``forged`` builds the POST an ordinary
+        user could send by hand with their own genuine tokens (nothing is installed then).
+        """
+        if not self.is_admin(user_id):
+            if not forged:
+                raise NotAdministrator(NOT_FULLY_INSTALLED)
+            return frames.frame_fields(self, user_id, lang, "DEFAULT", {},
+                                       APPLICATION_TOKEN=self.application_token)
         with self._standin.lock:
             self.installed = True
             self.install_finished = False
@@ -143,13 +179,32 @@ class Portal:
             self.application_token = secrets.token_hex(16)
             if self._blocked == "NOT_INSTALLED":
                 self._blocked = None
-        return frames.frame_fields(self, user_id, lang, "DEFAULT", {})
+        return frames.frame_fields(self, user_id, lang, "DEFAULT", {},
+                                   APPLICATION_TOKEN=self.application_token)
 
     def finish_install(self) -> None:
-        """What ``BX24.installFinish()`` does: app.info reports INSTALLED true from now on."""
+        """What ``BX24.installFinish()`` does: app.info reports INSTALLED true from now on.
+
+        From now on events are delivered (none before: installation-finish.md) and the frame reloads
+        into the app (``app_post``, PLACEMENT=DEFAULT; sdk/bx24-js-sdk/system-functions/bx24-install-finish.md).
+        """
         with self._standin.lock:
             self.install_finished = True
 
+    def app_post(self, user_id="1", lang="en") -> dict:
+        """The form fields of the app's own page (PLACEMENT=DEFAULT, settings/oauth/simple-way.md)."""
+        return frames.frame_fields(self, user_id, lang, "DEFAULT", {},
+                                   APPLICATION_TOKEN=self.application_token)
+
+    def update_app(self, version: int | None = None) -> dict:
+        """A new version is installed: version bumped, a new application_token; returns ONAPPUPDATE's payload.
+
+        api-reference/common/events/on-app-update.md: the event carries "the updated application_token".
+        """
+        with self._standin.lock:
+            self.version = int(version) if version is not None else self.version + 1
+            self.application_token = secrets.token_hex(16)
+        return self.event_payload("ONAPPUPDATE")
     def placement_post(self, user_id="1", lang="en", placement="CONTACT_CENTER",
                        options: dict | None = None) -> dict:
         """The form fields of a widget open by that user."""
@@ -162,11 +217,17 @@ class Portal:
         return frames.frame_fields(self, user_id, lang, placement, options,
                                    APPLICATION_TOKEN=self.application_token)
 
-    def event_payload(self, event: str, *, data: dict | None = None, with_tokens: bool = False,
-                      user_id="1", application_token: str | None = None) -> dict:
-        """The flat form fields Bitrix24 POSTs to an event handler."""
+    def event_payload(self, event: str, *, data: dict | None = None, with_tokens: bool | None = None,
+                      user_id="1", application_token: str | None = None, client_id: str | None = None) -> dict:
+        """The flat form fields Bitrix24 POSTs to an event handler.
+
+        ONAPPINSTALL and ONAPPUPDATE carry ``auth[access_token]``/``auth[refresh_token]`` (their pages
+        mark them required) unless ``with_tokens=False`` builds a forged, token-less one; other events
+        carry none unless ``with_tokens=True``. ``application_token`` forges another token;
+        ``client_id`` mints the tokens for another registered app.
+        """
         return events.event_payload(self, event, data=data, with_tokens=with_tokens, user_id=user_id,
-                                    application_token=application_token)
+                                    application_token=application_token, client_id=client_id)
 
     def uninstall(self) -> None:
         """The app is removed: tokens revoked, bindings dropped, OAuth answers NOT_INSTALLED."""
@@ -182,7 +243,8 @@ class Portal:
         """The handler URLs bound to ``event`` with ``event.bind``, in binding order."""
         event = event.upper()
         with self._standin.lock:
-            return [b["handler"] for b in self.bindings["events"] if b["event"] == event]
+            return [b["handler"] for b in self.bindings["events"]
+                    if b["event"] == event and b.get("app", self._standin.client_id) == self._standin.client_id]
 
     def deliver_event(self, event: str, *, handlers: list[str] | None = None,
                       payload: dict | None = None, timeout: float = 10.0, **payload_options) -> list[dict]:
@@ -191,7 +253,13 @@ class Portal:
         ``handlers`` defaults to ``event_handlers(event)``; ``payload`` to ``event_payload(event,
         **payload_options)``. Redirects are not followed. Returns (and appends to the stand-in's
         ``event_deliveries``) one ``{event, member_id, handler, status, body, error, at}`` per handler.
+        Until ``finish_install()`` nothing is sent and [] is returned (installation-finish.md: "Events
+        will not be sent to the handler"); ONAPPUNINSTALL is sent after the app is gone, as it must be.
         """
+        with self._standin.lock:
+            held = not self.install_finished and event.upper() != "ONAPPUNINSTALL"
+        if held:
+            return []
         if handlers is None:
             handlers = self.event_handlers(event)
         if payload is None:
@@ -223,32 +291,6 @@ class Portal:
             self._blocked = saved.get("blocked")
             self._next_id = int(saved.get("next_id") or 1)
 
-    # switches for tests
-
-    def expire_access_tokens(self) -> None:
-        """Every access token minted so far answers expired_token."""
-        with self._standin.lock:
-            for grant in self._standin._access.values():
-                if grant.portal is self:
-                    grant.expires = 0
-
-    def block(self, error: str) -> None:
-        """OAuth refresh answers ``error`` from now on; REST answers the matching error if any."""
-        with self._standin.lock:
-            self._blocked = error
-
-    def unblock(self) -> None:
-        with self._standin.lock:
-            self._blocked = None
-
-    def fail_next(self, method: str, error: str, status: int, times: int = 1,
-                  description: str | None = None) -> None:
-        """The next ``times`` calls of ``method`` (direct or in a batch) answer this error."""
-        description = description or REST_ERROR_DESCRIPTION.get(error, "Simulated failure")
-        with self._standin.lock:
-            self._failures.setdefault(method.lower(), []).extend(
-                [(error, description, status)] * times)
-
     def calls(self, method: str) -> int:
         """How many requests named ``method`` reached this portal (batch sub-commands included)."""
         with self._standin.lock:
@@ -264,6 +306,10 @@ class Portal:
             target = self._domain if address != self._domain else self._redirect_to
         if target:
             response = Response(302, b"", [("Location", f"http://{target}{request.target}")])
+        elif is_rest and request.http_method == "OPTIONS":
+            asked = request.headers.get("Access-Control-Request-Headers")
+            allow = [("Access-Control-Allow-Headers", asked)] if asked else []
+            return Response(204, b"", _CORS + _CORS_PREFLIGHT + allow)
         elif not is_rest:
             response = standin._web_response("handle_portal", self, request) or Response(
                 404, b"Not found", [("Content-Type", "text/plain")])
@@ -273,6 +319,7 @@ class Portal:
         auth = params.pop("auth", None)
         if response is None:
             response = serve_rest(self, method, params, auth)
+            response.headers = response.headers + _CORS
         if is_rest:
             with standin.lock:
                 self._calls[method] += 1
@@ -322,8 +369,7 @@ class Portal:
         return {s.strip() for s in self.scope.split(",") if s.strip()}
 
     def _require_admin(self, grant):
-        user = self._user(grant.user_id) or {}
-        if not user.get("ADMIN"):
+        if not self.is_admin(grant.user_id):
             raise ApiError("ACCESS_DENIED")
 
     def _new_id(self):
@@ -335,7 +381,8 @@ class Portal:
     def _first_binding(self, placement):
         with self._standin.lock:
             for binding in self.bindings["placements"]:
-                if binding["PLACEMENT"] == placement:
+                if binding["PLACEMENT"] == placement and binding.get("app", self._standin.client_id) == \
+                        self._standin.client_id:
                     return binding
         return None
 

@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass
 
 from .errors import ApiError
+from .faults import shaped
 from .http import iso, json_response, error_response
 
 __all__ = ["METHODS", "Method", "method", "Page", "time_block", "php_array", "php_section", "dispatch",
-           "serve_rest", "LIST_PAGE_SIZE"]
+           "serve_rest", "run_method", "LIST_PAGE_SIZE", "list_start"]
 
 LIST_PAGE_SIZE = 50  # settings/performance/huge-data.md: list methods page by 50
 
@@ -49,20 +50,25 @@ class Page:
         self.total = total
 
 
-def time_block(start):
-    """The ``time`` block of an answer (settings/how-to-call-rest-api/index.md, limits.md)."""
+def time_block(start, operating=None):
+    """The ``time`` block of an answer (api-reference/data-types.md#time, settings/performance/limits.md).
+
+    ``operating`` is ``(sum, reset_at)`` of the method's operating time; without it (the outer batch,
+    the OAuth server) the block has no ``operating`` keys, which b24pysdk's schema allows.
+    """
     finish = time.time()
     spent = finish - start
-    return {
+    block = {
         "start": start,
         "finish": finish,
         "duration": spent,
         "processing": spent,
         "date_start": iso(start),
         "date_finish": iso(finish),
-        "operating_reset_at": int(start) + 600,
-        "operating": spent,
     }
+    if operating is not None:
+        block["operating_reset_at"], block["operating"] = operating[1], operating[0]
+    return block
 
 
 def php_array(value):
@@ -79,6 +85,16 @@ def php_section(section):
     return section
 
 
+def list_start(params):
+    """A list method's ``start``: 0.. pages by 50 with ``total``; ``-1`` skips the count
+    (settings/performance/huge-data.md: no ``total``, no ``next``; page with a filter on the last ID)."""
+    try:
+        start = int(params.get("start") or 0)
+    except (TypeError, ValueError):
+        start = 0
+    return -1 if start == -1 else max(start, 0)
+
+
 def dispatch(portal, name, params, grant):
     """Run one method for that grant: not found, then scope, then the method's own checks."""
     entry = METHODS.get(name)
@@ -87,6 +103,24 @@ def dispatch(portal, name, params, grant):
     if entry.scopes and not entry.scopes & portal._scopes():
         raise ApiError("insufficient_scope")
     return entry.handler(portal, params, grant)
+
+
+def run_method(portal, name, params, grant):
+    """One method call with its operating-time accounting: ``(answer, time block)``.
+
+    settings/performance/limits.md: a method whose sum already exceeds the limit answers
+    OPERATION_TIME_LIMIT; the outer ``batch`` is not counted (its nested calls are, in rest_batch).
+    """
+    start = time.time()
+    if name == "batch":
+        return dispatch(portal, name, params, grant), None
+    with portal._standin.lock:
+        if name in METHODS and portal.limits.blocked(grant.client_id, name, start):
+            raise ApiError("OPERATION_TIME_LIMIT")
+    answer = dispatch(portal, name, params, grant)
+    with portal._standin.lock:
+        operating = portal.limits.spend(grant.client_id, name, time.time() - start)
+    return answer, time_block(start, operating)
 
 
 def serve_rest(portal, name, params, auth):
@@ -101,7 +135,7 @@ def serve_rest(portal, name, params, auth):
         if grant.portal is not portal:
             raise ApiError("invalid_token")
         portal._check_access(grant)
-        answer = dispatch(portal, name, params, grant)
+        answer, block = run_method(portal, name, params, grant)
     except ApiError as error:
         return error_response(error)
     if isinstance(answer, Page):
@@ -112,5 +146,5 @@ def serve_rest(portal, name, params, auth):
             body["total"] = answer.total
     else:
         body = {"result": answer}
-    body["time"] = time_block(start)
-    return json_response(200, body)
+    body["time"] = block or time_block(start)
+    return shaped(portal, name, json_response(200, body))

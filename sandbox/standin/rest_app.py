@@ -38,15 +38,22 @@ def profile(portal, params, grant):
     }
 
 
-def portal_app_info(portal):
-    """The portal's own ``app.info`` answer (api-reference/common/system/app-info.md)."""
+def portal_app_info(portal, client_id=None):
+    """The portal's own ``app.info`` answer for an app (api-reference/common/system/app-info.md).
+
+    ``CODE`` is the app's code (``App.code``, by default its client_id); a second app (``add_app``)
+    counts as installed and finished.
+    """
+    standin = portal._standin
+    app = standin.apps[client_id or standin.client_id]
+    primary = app.client_id == standin.client_id
     kind = portal.license.split("_", 1)[-1]
     return {
-        "ID": portal.app_id,
-        "CODE": portal._standin.client_id,
+        "ID": portal.app_id if primary else portal.app_id + 1,
+        "CODE": app.code,
         "VERSION": portal.version,
         "STATUS": portal.app_status,
-        "INSTALLED": bool(portal.install_finished),
+        "INSTALLED": bool(portal.install_finished) if primary else True,
         "PAYMENT_EXPIRED": "Y" if portal.payment_expired else "N",
         "DAYS": portal.days,
         "LANGUAGE_ID": portal.language_id,
@@ -58,7 +65,7 @@ def portal_app_info(portal):
 
 @method("app.info", doc="api-reference/common/system/app-info.md")
 def app_info(portal, params, grant):
-    return portal_app_info(portal)
+    return portal_app_info(portal, grant.client_id)
 
 
 @method("server.time", doc="api-reference/common/system/server-time.md")

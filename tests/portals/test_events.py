@@ -31,7 +31,7 @@ def post_event(client, payload, *, as_json=False):
 def test_onappinstall_right_after_a_verified_install_saves_the_token(client, b24):
     portal = do_install(client, b24, event=False)
     assert portal.status == Portal.Status.NEW
-    response = post_event(client, b24.event_payload("ONAPPINSTALL"))
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False))
     assert response.status_code == 200
     portal.refresh_from_db()
     assert portal.application_token == b24.application_token
@@ -42,7 +42,7 @@ def test_onappinstall_right_after_a_verified_install_saves_the_token(client, b24
 
 def test_onappinstall_as_json(client, b24):
     do_install(client, b24, event=False)
-    response = post_event(client, b24.event_payload("ONAPPINSTALL"), as_json=True)
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False), as_json=True)
     assert response.status_code == 200
     assert Portal.objects.get(member_id=b24.member_id).application_token == b24.application_token
 
@@ -77,7 +77,7 @@ def test_forged_onappinstall_cannot_plant_a_token(client, b24):
     portal = do_install(client, b24, event=False)
     portal.installed_at = timezone.now() - timedelta(hours=2)
     portal.save()
-    forged = b24.event_payload("ONAPPINSTALL", application_token="attacker-token")
+    forged = b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token")
     response = post_event(client, forged)
     assert response.status_code == 403
     portal.refresh_from_db()
@@ -102,7 +102,7 @@ def test_onappinstall_with_tokens_of_another_portal(client, b24, standin):
     do_install(client, b24, event=False)
     other = standin.add_portal()
     other.install_post()
-    payload = b24.event_payload("ONAPPINSTALL", application_token="attacker-token")
+    payload = b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token")
     foreign = other.event_payload("ONAPPINSTALL", with_tokens=True)
     for key in ("auth[access_token]", "auth[refresh_token]"):
         payload[key] = foreign[key]
@@ -113,13 +113,13 @@ def test_onappinstall_with_tokens_of_another_portal(client, b24, standin):
 
 def test_second_onappinstall_with_another_token_is_refused(client, installed):
     portal, b24 = installed
-    response = post_event(client, b24.event_payload("ONAPPINSTALL", application_token="other"))
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="other"))
     assert response.status_code == 403
     assert Portal.objects.get(pk=portal.pk).application_token == b24.application_token
 
 
 def test_onappinstall_for_an_unknown_portal_without_tokens(client, b24):
-    response = post_event(client, b24.event_payload("ONAPPINSTALL"))
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False))
     assert response.status_code == 404
     assert not Portal.objects.exists()
 

@@ -173,14 +173,14 @@ def test_tokens_are_encrypted_at_rest(client, b24):
 
 def test_install_by_a_non_administrator_binds_nothing_and_never_activates(client, b24):
     # placement.bind is for administrators only; event.bind is not, so it must not run either.
-    response = client.post("/install/", b24.install_post(user_id="2"))
+    response = client.post("/install/", b24.install_post(user_id="2", forged=True))
     assert response.status_code == 403
     assert "administrator" in response.content.decode()
     assert b24.bindings["placements"] == [] and b24.bindings["events"] == []
     portal = Portal.objects.get(member_id=b24.member_id)
     assert portal.status == Portal.Status.NEW and "ACCESS_DENIED" in portal.last_error
     # A token-less ONAPPINSTALL right after this failed install does not complete it.
-    assert client.post("/events/", b24.event_payload("ONAPPINSTALL")).status_code == 409
+    assert client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=False)).status_code == 409
     portal.refresh_from_db()
     assert portal.status == Portal.Status.NEW and portal.application_token == ""
     # An administrator installs again: all is well.

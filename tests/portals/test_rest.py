@@ -177,7 +177,8 @@ def test_app_info_can_be_asked_at_the_oauth_server(installed, standin):
     assert portal.server_endpoint == standin.server_endpoint
     before_server, before_portal = len(standin.server_requests), b24.calls("app.info")
     info = PortalClient(portal, oauth_server=True).call("app.info")
-    assert info["CODE"] == "local.test.app"
+    # The OAuth server's own shape (b24pysdk B24AppInfoResultData): the token's app is client_id.
+    assert info["client_id"] == "local.test.app" and info["install"]["member_id"] == b24.member_id
     assert len(standin.server_requests) == before_server + 1 and b24.calls("app.info") == before_portal
     # Without a known server endpoint the portal answers.
     portal.server_endpoint = ""
