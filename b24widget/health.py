@@ -1,9 +1,12 @@
-"""/healthz: is the database (and the cache, when one is configured) answering?"""
+"""/healthz: is the database (and the cache, when one is configured) answering? Are our OAuth credentials
+accepted? The last is reported, not failed on: the widget keeps serving verified users meanwhile."""
 from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from portals import oauth
 
 
 @never_cache
@@ -23,4 +26,8 @@ def healthz(request):
     except Exception as exc:
         checks["cache"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "error", "checks": checks}, status=200 if healthy else 503)
+    rejected = oauth.client_rejected()
+    # Not a reason to take the process out of rotation: an operator must fix B24_CLIENT_SECRET.
+    checks["oauth_client"] = f"error: {rejected} (check B24_CLIENT_ID / B24_CLIENT_SECRET)" if rejected else "ok"
+    status = "ok" if healthy and not rejected else ("degraded" if healthy else "error")
+    return JsonResponse({"status": status, "checks": checks}, status=200 if healthy else 503)

@@ -44,13 +44,39 @@ B24_OAUTH_URL = env.str("B24_OAUTH_URL", default="https://oauth.bitrix.info/oaut
 B24_ALLOW_HTTP_PORTALS = env.bool("B24_ALLOW_HTTP_PORTALS", default=False)
 # The BX24 JavaScript library loaded by the install and widget pages.
 B24_JS_URL = env.str("B24_JS_URL", default="https://api.bitrix24.com/api/v1/")
-# Seconds after a verified install POST during which a token-less ONAPPINSTALL is believed.
-B24_INSTALL_EVENT_WINDOW = env.int("B24_INSTALL_EVENT_WINDOW", default=300)
+# Hosts besides B24_OAUTH_URL's on which the OAuth server's REST (`server_endpoint`) may live.
+B24_OAUTH_SERVER_HOSTS = env.list("B24_OAUTH_SERVER_HOSTS", default=[])
 # The local Bitrix24 sandbox (`manage.py sandbox`, see README): its app is installed only with this
 # or DEBUG on, so production never has it.
 B24_SANDBOX = env.bool("B24_SANDBOX", default=False)
-# Timeouts (seconds) for calls to Bitrix24: (connect, read).
-B24_HTTP_TIMEOUT = (env.float("B24_CONNECT_TIMEOUT", default=5.0), env.float("B24_READ_TIMEOUT", default=30.0))
+# Calls to Bitrix24 (seconds). Every call has a connect timeout, a per-read timeout and a total deadline.
+# REST requests may run 60 s on Bitrix24's side (settings/performance/limits.md), hence the longer read.
+B24_CONNECT_TIMEOUT = env.float("B24_CONNECT_TIMEOUT", default=5.0)
+B24_READ_TIMEOUT = env.float("B24_READ_TIMEOUT", default=75.0)
+B24_REST_DEADLINE = env.float("B24_REST_DEADLINE", default=90.0)
+B24_REST_MAX_BYTES = env.int("B24_REST_MAX_BYTES", default=32 * 1024 * 1024)
+# The token refresh has its own deadline: an answer the OAuth server sends late must still be received
+# (the old refresh token is spent the moment the server rotates it).
+B24_OAUTH_DEADLINE = env.float("B24_OAUTH_DEADLINE", default=60.0)
+B24_OAUTH_MAX_BYTES = env.int("B24_OAUTH_MAX_BYTES", default=64 * 1024)
+# Attempts at storing a rotated token when the database fails right after the OAuth answer.
+B24_TOKEN_STORE_ATTEMPTS = env.int("B24_TOKEN_STORE_ATTEMPTS", default=5)
+# Web requests: all their calls to Bitrix24 end within this many seconds; a limit slot further away than
+# B24_REQUEST_MAX_WAIT is refused at once (429 with Retry-After); another caller's refresh is awaited at
+# most B24_REFRESH_WAIT.
+B24_REQUEST_DEADLINE = env.float("B24_REQUEST_DEADLINE", default=15.0)
+B24_REQUEST_MAX_WAIT = env.float("B24_REQUEST_MAX_WAIT", default=1.0)
+B24_REFRESH_WAIT = env.float("B24_REFRESH_WAIT", default=2.0)
+# Unverified work. Verifying unknown user tokens: per portal, a burst and a rate per minute.
+B24_VERIFY_BURST = env.int("B24_VERIFY_BURST", default=20)
+B24_VERIFY_PER_MINUTE = env.float("B24_VERIFY_PER_MINUTE", default=60.0)
+# OAuth attempts for unverified senders (install POSTs, ONAPPINSTALL, administrator recoveries):
+# per member_id, and for the whole deployment; never more than one in flight per member_id.
+B24_UNVERIFIED_OAUTH_BURST = env.int("B24_UNVERIFIED_OAUTH_BURST", default=5)
+B24_UNVERIFIED_OAUTH_PER_MINUTE = env.float("B24_UNVERIFIED_OAUTH_PER_MINUTE", default=10.0)
+B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE = env.float("B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE", default=600.0)
+# How long a verified user's verdict is believed, whatever AUTH_EXPIRES says.
+B24_VERDICT_MAX_AGE = env.int("B24_VERDICT_MAX_AGE", default=300)
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
 B24_REST_MAX_RETRIES = env.int("B24_REST_MAX_RETRIES", default=4)
 B24_REST_BACKOFF = env.float("B24_REST_BACKOFF", default=0.5)
@@ -96,6 +122,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "b24widget.errors.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "b24widget.urls"
@@ -125,10 +152,24 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # relies on where SELECT ... FOR UPDATE does not exist; wait for the lock instead of failing.
     _db.setdefault("OPTIONS", {}).update({"transaction_mode": "IMMEDIATE", "timeout": 30})
     _db["CONN_MAX_AGE"] = 0
+elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
+    # A database that does not answer gives a fast error (a 503 page), not a hung request.
+    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
+    _db["OPTIONS"].setdefault(
+        "options",
+        f"-c statement_timeout={env.int('DB_STATEMENT_TIMEOUT_MS', default=10000)} "
+        f"-c lock_timeout={env.int('DB_LOCK_TIMEOUT_MS', default=5000)}",
+    )
 
 # Local memory by default; CACHE_URL (or REDIS_URL) pointing at Redis shares the verdict cache and the
 # per-portal rate limiter across processes and machines.
 CACHES = {"default": env.cache_url("CACHE_URL", default=env.str("REDIS_URL", default="") or "locmemcache://b24widget")}
+if "redis" in CACHES["default"]["BACKEND"].lower():
+    # A Redis that does not answer fails fast; the callers degrade (see portals/limits.py, placements/auth.py).
+    CACHES["default"].setdefault("OPTIONS", {}).update({
+        "socket_connect_timeout": env.float("CACHE_CONNECT_TIMEOUT", default=1.0),
+        "socket_timeout": env.float("CACHE_TIMEOUT", default=1.0),
+    })
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -181,7 +222,13 @@ LOGGING = {
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                             "filters": ["no_request_details"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # urllib3 logs every outward URL at DEBUG (the OAuth refresh carries its secret in the query).
+        "urllib3": {"level": "WARNING"},
+    },
 }

@@ -14,3 +14,5 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
 ]
+
+handler500 = "b24widget.errors.server_error"

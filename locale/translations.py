@@ -7,6 +7,51 @@ import re
 from pathlib import Path
 
 T = {
+    "Something went wrong": ("Что-то пошло не так", "Etwas ist schiefgelaufen"),
+    "The app could not complete this request. Please try again in a few minutes; if it keeps happening, tell "
+    "the app's vendor.": (
+        "Приложению не удалось выполнить запрос. Попробуйте ещё раз через несколько минут; если ошибка "
+        "повторяется, сообщите разработчику приложения.",
+        "Die App konnte diese Anfrage nicht ausführen. Bitte versuchen Sie es in einigen Minuten erneut; wenn "
+        "es wieder passiert, informieren Sie den Anbieter der App."),
+    "Temporarily unavailable": ("Временно недоступно", "Vorübergehend nicht verfügbar"),
+    "The app cannot reach its database right now. Please try again in a minute.": (
+        "Приложение сейчас не может связаться со своей базой данных. Попробуйте ещё раз через минуту.",
+        "Die App erreicht ihre Datenbank gerade nicht. Bitte versuchen Sie es in einer Minute erneut."),
+    "An administrator is needed": ("Нужен администратор", "Ein Administrator wird benötigt"),
+    "The app lost its connection to this portal. Please ask a portal administrator to open the app once; "
+    "that restores it.": (
+        "Приложение потеряло связь с этим порталом. Попросите администратора портала один раз открыть "
+        "приложение — это восстановит связь.",
+        "Die App hat die Verbindung zu diesem Portal verloren. Bitten Sie einen Portal-Administrator, die App "
+        "einmal zu öffnen; das stellt sie wieder her."),
+    "The app needs a portal administrator to open it once (its connection to this portal was lost or its "
+    "installation changed). Please ask an administrator, then try again.": (
+        "Приложению нужно, чтобы администратор портала один раз открыл его (связь с порталом потеряна или "
+        "установка изменилась). Попросите администратора и попробуйте снова.",
+        "Die App muss einmal von einem Portal-Administrator geöffnet werden (die Verbindung zu diesem Portal "
+        "ging verloren oder die Installation hat sich geändert). Bitten Sie einen Administrator darum und "
+        "versuchen Sie es dann erneut."),
+    "Please try again in a moment": ("Попробуйте ещё раз чуть позже", "Bitte versuchen Sie es gleich noch einmal"),
+    "Too many requests for this portal are being checked right now. Please try again in a moment.": (
+        "Сейчас проверяется слишком много запросов для этого портала. Попробуйте ещё раз чуть позже.",
+        "Gerade werden zu viele Anfragen für dieses Portal geprüft. Bitte versuchen Sie es gleich noch einmal."),
+    "Your authorization could not be confirmed. Close the widget and open it again.": (
+        "Не удалось подтвердить вашу авторизацию. Закройте виджет и откройте его снова.",
+        "Ihre Autorisierung konnte nicht bestätigt werden. Schließen Sie das Widget und öffnen Sie es erneut."),
+    "An administrator must install the app": ("Установить приложение должен администратор",
+                                              "Ein Administrator muss die App installieren"),
+    "Only a Bitrix24 administrator can install this app. Please ask an administrator of your portal to install "
+    "it; nothing was changed.": (
+        "Установить это приложение может только администратор Битрикс24. Попросите администратора вашего портала "
+        "установить его; ничего не изменено.",
+        "Nur ein Bitrix24-Administrator kann diese App installieren. Bitten Sie einen Administrator Ihres Portals, "
+        "sie zu installieren; es wurde nichts geändert."),
+    "Too many attempts": ("Слишком много попыток", "Zu viele Versuche"),
+    "Too many installation attempts for this portal. Please wait a minute and start the installation again.": (
+        "Слишком много попыток установки для этого портала. Подождите минуту и начните установку снова.",
+        "Zu viele Installationsversuche für dieses Portal. Bitte warten Sie eine Minute und starten Sie die "
+        "Installation erneut."),
     "App not installed": ("Приложение не установлено", "App nicht installiert"),
     "The app is not installed on this portal.": ("Приложение не установлено на этом портале.",
                                                  "Die App ist auf diesem Portal nicht installiert."),

@@ -1,9 +1,15 @@
 """Prove a placement request genuine: a stored portal, its current address, a verified AUTH_ID.
 
-The verdict (who the user is, whether they administer the portal, what app.info said) is cached
-under a hash of the token for at most the token's remaining lifetime, so a re-opened widget costs one
-indexed query and no call to Bitrix24. The posted DOMAIN is only compared with the address the OAuth
-server confirmed; it is never contacted.
+An AUTH_ID is believed once the OAuth server names its application (ours), portal and user
+(`oauth.token_info`), and the portal answers for that user (`user.current`, `user.admin`, lines).
+The verdict is cached under a hash of the token for at most B24_VERDICT_MAX_AGE (minutes, whatever
+the client-supplied AUTH_EXPIRES says), so a re-opened widget costs one indexed query and no call to
+Bitrix24. Uncached verifications spend a per-portal budget (B24_VERIFY_*) and never wait for a rate
+limit slot for long: a flood of forged opens is refused at once (429) while verified opens go on.
+The posted DOMAIN is only compared with the address the OAuth server confirmed; it is never contacted.
+
+A blocked portal (its refresh token lost or refused) heals here: an administrator's verified open
+whose REFRESH_ID passes `grants.administrator_grant` becomes the portal's new grant.
 """
 import hashlib
 import logging
@@ -16,16 +22,17 @@ from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from portals import lifecycle, oauth
+from portals import lifecycle, limits, oauth
 from portals.frame_post import FramePost
+from portals.grants import GrantRefused, administrator_grant
 from portals.models import Portal
-from portals.rest import PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed, TransportError
+from portals.rest import (LimitWaitExceeded, PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed,
+                          TransportError)
 
 from .models import WidgetSettings
 
 log = logging.getLogger(__name__)
 
-VERDICT_MAX_AGE = 3600
 _ID = re.compile(r"[0-9]{1,10}")  # Bitrix24 user and Open Line ids
 _DAYS = re.compile(r"[0-9]{1,6}")
 _DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE", "ACCESS_DENIED",
@@ -35,10 +42,12 @@ _DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "W
 class Refused(Exception):
     """The request is not believed. `reason` is a stable code the view turns into a page."""
 
-    def __init__(self, reason: str, status: int = 403, portal: Portal | None = None):
+    def __init__(self, reason: str, status: int = 403, portal: Portal | None = None,
+                 retry_after: float | None = None):
         self.reason = reason
         self.status = status
         self.portal = portal  # the stored portal, when one is known: its origin may frame the refusal
+        self.retry_after = retry_after
         super().__init__(reason)
 
 
@@ -59,13 +68,19 @@ _local_verdicts = LocMemCache("b24widget-verdicts", {"OPTIONS": {"MAX_ENTRIES": 
 
 
 def _get_verdict(key: str):
-    """The cached verdict, from this process's copy first when the shared cache is remote."""
+    """The cached verdict, from this process's copy first when the shared cache is remote.
+
+    A failing shared cache counts as a miss: the user is verified again (within the budget)."""
     remote = not isinstance(caches["default"], LocMemCache)
     if remote:
         entry = _local_verdicts.get(key)
         if entry is not None:
             return entry[1]
-    entry = cache.get(key)
+    try:
+        entry = cache.get(key)
+    except Exception:  # Redis down or slow: verify without it
+        log.warning("verdict cache unavailable; verifying without it")
+        return None
     if entry is None:
         return None
     expires_at, verdict = entry
@@ -75,7 +90,10 @@ def _get_verdict(key: str):
 
 
 def _set_verdict(key: str, verdict, lifetime: int) -> None:
-    cache.set(key, (time.time() + lifetime, verdict), lifetime)
+    try:
+        cache.set(key, (time.time() + lifetime, verdict), lifetime)
+    except Exception:
+        log.warning("verdict cache unavailable; verdict not kept")
 
 
 def _cache_key(member_id: str, auth_id: str) -> str:
@@ -115,14 +133,13 @@ def _load_portal(member_id: str) -> Portal | None:
 
 
 def find_portal(post: FramePost) -> Portal:
-    """The stored portal the POST names, if it may be served; raises Refused."""
+    """The stored portal the POST names, unless it is gone; raises Refused. A blocked one is returned:
+    its user is verified first, and an administrator heals it."""
     portal = _load_portal(post.member_id)
     if portal is None:
         raise Refused("not_installed")
     if portal.status == Portal.Status.UNINSTALLED:
         raise Refused("uninstalled", portal=portal)
-    if portal.status == Portal.Status.BLOCKED:
-        raise Refused("blocked", portal=portal)
     return portal
 
 
@@ -134,11 +151,17 @@ def recheck_domain(portal: Portal, post: FramePost) -> Portal:
     verifying the token at the stored address still notices a real move (the old address answers 302,
     which the REST client confirms with the OAuth server). The posted host itself is never contacted.
     """
-    if not cache.add(f"b24widget:domain-recheck:{portal.pk}", 1, settings.B24_DOMAIN_RECHECK_INTERVAL):
+    try:
+        allowed = cache.add(f"b24widget:domain-recheck:{portal.pk}", 1, settings.B24_DOMAIN_RECHECK_INTERVAL)
+    except Exception:  # no shared cache: no re-check (a real move still shows as a 302 at the old address)
+        allowed = False
+    if not allowed or portal.status == Portal.Status.BLOCKED:
         log.info("posted domain differs; OAuth re-check throttled", extra={"member_id": portal.member_id})
         return portal
     try:
-        portal = oauth.refresh_portal(portal, force=True)
+        portal = oauth.refresh_portal(portal, force=True, wait=settings.B24_REFRESH_WAIT)
+    except oauth.RefreshInProgress:
+        raise Refused("busy", status=503, portal=portal, retry_after=2) from None
     except oauth.OAuthUnavailable:
         raise Refused("bitrix24_unreachable", status=502, portal=portal) from None
     except oauth.OAuthError as exc:
@@ -160,15 +183,22 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
     key = _cache_key(portal.member_id, post.auth_id)
     verdict = _get_verdict(key)
     if verdict is None:
-        portal, verdict = _ask_portal(portal, post.auth_id)
-        # AUTH_EXPIRES is what is left of the token's life; 0 means it is ending: nothing to cache.
-        lifetime = VERDICT_MAX_AGE if post.auth_expires is None else min(post.auth_expires, VERDICT_MAX_AGE)
+        _spend_verification(portal)
+        portal, verdict = _ask_bitrix24(portal, post.auth_id)
+        # AUTH_EXPIRES is what is left of the token's life (0: it is ending, nothing to cache); it is the
+        # client's word, so it can only shorten our own limit.
+        lifetime = settings.B24_VERDICT_MAX_AGE
+        if post.auth_expires is not None:
+            lifetime = min(post.auth_expires, lifetime)
         if lifetime > 0:
             _set_verdict(key, verdict, lifetime)
     if post.domain != portal.domain:
         # Not the address the OAuth server confirmed (possibly learned just now, from a 302 at the old one).
         log.warning("posted domain differs from the confirmed one; refused", extra={"member_id": portal.member_id})
         raise Refused("domain_mismatch", portal=portal)
+    if portal.status == Portal.Status.BLOCKED:
+        portal = _heal(portal, post, verdict)
+    portal = _check_application_token(portal, post, verdict)
     if portal.status == Portal.Status.NEW:
         # Bitrix24 shows the square only after installFinish: the install is complete.
         portal = lifecycle.activate(portal, via="widget_open")
@@ -176,8 +206,51 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
     return portal, verdict
 
 
+def _spend_verification(portal: Portal) -> None:
+    """Take one unit of the portal's budget for verifying unknown tokens, or refuse at once."""
+    if not limits.admit(f"verify:{portal.member_id}", per_minute=settings.B24_VERIFY_PER_MINUTE,
+                        burst=settings.B24_VERIFY_BURST):
+        log.info("verification budget spent; open refused", extra={"member_id": portal.member_id})
+        raise Refused("busy", status=429, portal=portal, retry_after=60.0 / max(settings.B24_VERIFY_PER_MINUTE, 1))
+
+
+def _heal(portal: Portal, post: FramePost, verdict: Verdict) -> Portal:
+    """A blocked portal: an administrator's open with a confirmed REFRESH_ID restores it; others wait for one."""
+    if not verdict.is_admin or not post.refresh_id:
+        raise Refused("needs_admin", portal=portal)
+    try:
+        grant = administrator_grant(portal.member_id, post.refresh_id)
+    except GrantRefused as exc:
+        log.info("recovery refused", extra={"member_id": portal.member_id, "reason": exc.reason})
+        if exc.status == 403:
+            raise Refused("needs_admin", portal=portal) from None
+        raise Refused("busy", status=exc.status, portal=portal, retry_after=exc.retry_after) from None
+    try:
+        return lifecycle.recover(portal, grant, via="administrator_open", application_token=post.application_token)
+    except lifecycle.TransitionError:
+        raise Refused("uninstalled", portal=portal) from None
+
+
+def _check_application_token(portal: Portal, post: FramePost, verdict: Verdict) -> Portal:
+    """Placement POSTs carry APPLICATION_TOKEN: it must be the one we hold. An administrator's open
+    brings ours up to date (an ONAPPUPDATE we missed); anyone else's mismatch is refused."""
+    presented = post.application_token
+    if not presented or portal.status not in (Portal.Status.ACTIVE, Portal.Status.NEW):
+        return portal
+    stored = bool(portal.application_token_digest)
+    if portal.application_token_is(presented):
+        return portal
+    if not verdict.is_admin:
+        if stored:
+            raise Refused("needs_admin", portal=portal)
+        return portal  # nothing to compare with yet; an administrator's open will store it
+    return lifecycle.adopt_application_token(portal, presented, via="administrator_open")
+
+
 def _refused_by_bitrix24(error: RestError, portal: Portal) -> Refused:
     """What an error answer from the portal means for the user who opened the widget."""
+    if isinstance(error, LimitWaitExceeded):
+        return Refused("busy", status=429, portal=portal, retry_after=error.retry_after)
     if isinstance(error, TokenRefreshFailed):
         # Following a move needed the OAuth server; it refused the portal (now blocked) or did not answer.
         if error.code in oauth.BLOCKING_ERRORS or error.code == "portal_not_serving":
@@ -195,9 +268,21 @@ def _refused_by_bitrix24(error: RestError, portal: Portal) -> Refused:
     return Refused("bitrix24_error", status=502, portal=portal)
 
 
-def _ask_portal(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
-    """One batch request with the user's token at the stored endpoint: who, admin?, our app?, lines."""
-    client = PortalClient(portal, access_token=auth_id)
+def _ask_bitrix24(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
+    """The OAuth server says whose token it is; one batch with it at the stored endpoint says who and what."""
+    try:
+        info = oauth.token_info(auth_id)
+    except oauth.OAuthRejected as exc:
+        if exc.code == "PAYMENT_REQUIRED":
+            raise Refused("payment_required", status=402, portal=portal) from None
+        raise Refused("bad_token", portal=portal) from None
+    except oauth.OAuthUnavailable:
+        raise Refused("bitrix24_unreachable", status=502, portal=portal) from None
+    if info.client_id != settings.B24_CLIENT_ID or info.member_id != portal.member_id:
+        # A token of another application (or of another portal): genuine, but not ours to believe.
+        log.info("token of another application or portal refused", extra={"member_id": portal.member_id})
+        raise Refused("bad_token", portal=portal)
+    client = PortalClient(portal, access_token=auth_id, interactive=True)
     try:
         result = client.batch({
             "user": ("user.current", {}),
@@ -208,13 +293,13 @@ def _ask_portal(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
     except RestError as exc:
         raise _refused_by_bitrix24(exc, client.portal) from None
     portal = client.portal  # the client may have followed a move
-    for key in ("user", "admin", "app"):
+    for key in ("user", "admin"):
         if key in result.errors:
             raise _refused_by_bitrix24(result.errors[key], portal)
     user, app = result.result.get("user"), result.result.get("app")
-    if not isinstance(user, dict) or not _is_id(user.get("ID")) or not isinstance(app, dict):
+    if not isinstance(user, dict) or not _is_id(user.get("ID")):
         raise Refused("bitrix24_error", status=502, portal=portal)
-    if app.get("CODE") != settings.B24_CLIENT_ID:
+    if info.user_id and str(user["ID"]) != info.user_id:
         raise Refused("bad_token", portal=portal)
     name = " ".join(str(user.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip()
     lines = result.result.get("lines")
@@ -224,12 +309,25 @@ def _ask_portal(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
         user_id=str(user["ID"]),
         user_name=(name or str(user.get("EMAIL") or ""))[:128],
         is_admin=result.result.get("admin") is True,
-        app_info=_app_info(app),
+        # Shown on the page only; what is stored about the licence comes from the OAuth server (sync_portals).
+        app_info=_app_info(app if isinstance(app, dict) else {}),
         open_lines=_open_lines(lines),
         open_lines_error=lines_error,
     )
-    _store_app_info(portal, verdict.app_info)
     return portal, verdict
+
+
+def recheck_admin(portal: Portal, auth_id: str, user_id: str) -> bool:
+    """Ask Bitrix24 now whether the token's user (who must be `user_id`) administers the portal.
+
+    A settings save is a change: it is not believed from a cached verdict. Raises Refused."""
+    if not auth_id:
+        raise Refused("no_auth", portal=portal)
+    _spend_verification(portal)
+    portal, verdict = _ask_bitrix24(portal, auth_id)
+    if verdict.user_id != user_id:
+        raise Refused("bad_token", portal=portal)
+    return verdict.is_admin
 
 
 def _app_info(app: dict) -> dict:
@@ -260,8 +358,3 @@ def _open_lines(lines) -> tuple:
         if isinstance(line, dict) and _is_id(line.get("ID")):
             out.append({"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]})
     return tuple(out)
-
-
-def _store_app_info(portal: Portal, info: dict) -> None:
-    lifecycle.set_app_info(portal, app_status=info["status"], payment_expired=info["payment_expired"],
-                           license=info["license"])

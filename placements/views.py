@@ -33,9 +33,15 @@ def _refusal(reason: str):
     return {
         "not_installed": (_("App not installed"), _("The app is not installed on this portal.")),
         "uninstalled": (_("App not installed"), _("The app is not installed on this portal.")),
-        "blocked": (_("Reinstall needed"),
+        "blocked": (_("An administrator is needed"),
                     _("The app lost its connection to this portal. Please ask a portal administrator to "
-                      "reinstall the app.")),
+                      "open the app once; that restores it.")),
+        "needs_admin": (_("An administrator is needed"),
+                        _("The app needs a portal administrator to open it once (its connection to this portal "
+                          "was lost or its installation changed). Please ask an administrator, then try again.")),
+        "busy": (_("Please try again in a moment"),
+                 _("Too many requests for this portal are being checked right now. Please try again in a "
+                   "moment.")),
         "domain_mismatch": (_("Unknown portal address"),
                             _("This portal's address does not match the one Bitrix24 confirmed for it. If the "
                               "portal's address was changed, reload Bitrix24 and open the widget again.")),
@@ -66,7 +72,7 @@ def _json_error(error: str, description: str, status: int) -> JsonResponse:
     return JsonResponse({"error": error, "error_description": description}, status=status)
 
 
-@sensitive_post_parameters("AUTH_ID", "REFRESH_ID")
+@sensitive_post_parameters("AUTH_ID", "REFRESH_ID", "APPLICATION_TOKEN")
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def placement_view(request):
@@ -96,7 +102,8 @@ def placement_view(request):
             # The stored portal's origin, when one is known; else the posted one, for a page that holds
             # nothing but this message (so the user sees it instead of a blocked frame).
             origin = portal_origin(exc.portal) if exc.portal else frame_origin(post.domain, post.protocol)
-            return frame_error(request, status=exc.status, title=title, message=message, origin=origin)
+            return frame_error(request, status=exc.status, title=title, message=message, origin=origin,
+                               retry_after=exc.retry_after)
         context = {
             "portal": portal,
             "verdict": verdict,
@@ -135,7 +142,7 @@ def _page(request, template: str, context: dict) -> str:
     return page
 
 
-@sensitive_post_parameters("widget_token")
+@sensitive_post_parameters("widget_token", "AUTH_ID")
 @csrf_exempt
 @never_cache
 @require_POST
@@ -162,6 +169,19 @@ def save_settings_view(request):
             # Uninstalled, or installed again since the widget was opened: that token is void.
             return _json_error("not_installed", _("The app is not installed on this portal."), 403)
         if not token.is_admin:
+            return _json_error("not_admin", _("Only portal administrators may change the settings."), 403)
+        try:
+            # A change is not believed from the cached verdict: Bitrix24 is asked again, now.
+            still_admin = auth.recheck_admin(portal, form.get("AUTH_ID", ""), token.user_id)
+        except auth.Refused as exc:
+            if exc.reason in ("busy", "bitrix24_unreachable", "bitrix24_error"):
+                response = _json_error(exc.reason, _refusal(exc.reason)[1], exc.status)
+                if exc.retry_after:
+                    response["Retry-After"] = str(max(int(exc.retry_after + 0.999), 1))
+                return response
+            return _json_error("reopen", _("Your authorization could not be confirmed. Close the widget and "
+                                           "open it again."), 403)
+        if not still_admin:
             return _json_error("not_admin", _("Only portal administrators may change the settings."), 403)
         enabled = form.get("enabled", "")
         open_line_id = form.get("open_line_id", "").strip()

@@ -3,6 +3,7 @@
 Cloud portals are `name.bitrix24.<zone>` over HTTPS. With B24_ALLOW_HTTP_PORTALS on, plain-HTTP
 addresses with a port (`127.0.0.1:8123`, on-premise test portals, the local stand-in) are admitted too.
 """
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -36,8 +37,21 @@ def scheme_allowed(scheme: str) -> bool:
     return scheme == "https" or (scheme == "http" and settings.B24_ALLOW_HTTP_PORTALS)
 
 
+def _public_host(host: str) -> bool:
+    """A name or address the public internet routes to: no loopback, private, link-local or bare names."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain"))
+    return address.is_global
+
+
 def parse_endpoint(url: str) -> tuple[str, str]:
-    """Validate a REST base URL (`https://host/rest/`) and return (normalized URL, domain)."""
+    """Validate a REST base URL (`https://host/rest/`) and return (normalized URL, domain).
+
+    The host must be public (B24_ALLOW_HTTP_PORTALS, the local exception, also admits loopback and
+    private addresses for on-premise test portals and the stand-in).
+    """
     if not isinstance(url, str) or len(url) > 255:
         raise BadAddress("endpoint must be a URL of at most 255 characters")
     parts = urlsplit(url.strip())
@@ -46,6 +60,8 @@ def parse_endpoint(url: str) -> tuple[str, str]:
     if parts.username or parts.password or parts.query or parts.fragment:
         raise BadAddress("endpoint must not carry credentials, a query or a fragment")
     domain = normalize_domain(parts.netloc)
+    if not settings.B24_ALLOW_HTTP_PORTALS and not _public_host(domain.partition(":")[0]):
+        raise BadAddress("endpoint host is not a public address")
     path = parts.path or "/rest/"
     if not path.endswith("/"):
         path += "/"
@@ -56,3 +72,15 @@ def portal_origin(portal) -> str:
     """The portal's web origin (for frame-ancestors and links), from its stored endpoint."""
     scheme = urlsplit(portal.client_endpoint).scheme or "https"
     return f"{scheme}://{portal.domain}"
+
+
+def is_oauth_server_endpoint(url: str) -> bool:
+    """Whether `url` is the OAuth server's REST (`server_endpoint`): the host of B24_OAUTH_URL, or one
+    listed in B24_OAUTH_SERVER_HOSTS."""
+    try:
+        _url, domain = parse_endpoint(url)
+    except BadAddress:
+        return False
+    allowed = {h.lower() for h in settings.B24_OAUTH_SERVER_HOSTS if h}
+    allowed.add((urlsplit(settings.B24_OAUTH_URL).hostname or "").lower())
+    return domain.partition(":")[0] in allowed

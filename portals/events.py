@@ -1,23 +1,25 @@
 """Bitrix24 app events (ONAPPINSTALL, ONAPPUNINSTALL, ONAPPUPDATE): parse, verify, apply.
 
-Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`) or as JSON. They are believed
-only through proof: ONAPPINSTALL by tokens the OAuth server confirms (or right after a verified
-install POST, for a portal that has no application_token yet); every later event by its
-`application_token`, compared in constant time with the stored one.
+Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`) or as JSON. What each proves:
+- Only an administrator's grant changes an install: an ONAPPINSTALL (or an ONAPPUPDATE with a new
+  `application_token`) is applied when its `auth[refresh_token]` passes `grants.administrator_grant`.
+  A token-less ONAPPINSTALL only confirms an install whose `application_token` we already hold.
+- `application_token` (compared in constant time) proves the sender knows it -- but every user of
+  the portal does (placement POSTs carry `APPLICATION_TOKEN`). So ONAPPUNINSTALL is applied only once
+  Bitrix24 confirms the app is gone from the portal ("after uninstall the app's API access is gone",
+  docs/bitrix24.md); ONAPPUPDATE with the known token records a version and re-binds, nothing more.
+Refusals from unverified senders are counted (lifecycle.count_rejection), not stored one row each.
 """
 import hmac
 import json
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
-
-from django.conf import settings
-from django.utils import timezone
 
 from . import install as installer, lifecycle, oauth
+from .grants import GrantRefused, administrator_grant
 from .models import Portal
-from .rest import PortalClient, RestError
+from .rest import PortalClient, RestError, TokenRefreshFailed
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,10 @@ class BadEvent(ValueError):
 class EventRefused(Exception):
     """A well-formed event that is not believed or not applicable; `status` is the HTTP answer."""
 
-    def __init__(self, reason: str, status: int = 403):
+    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
         self.reason = reason
         self.status = status
+        self.retry_after = retry_after
         super().__init__(reason)
 
 
@@ -99,7 +102,7 @@ def parse(request) -> AppEvent:
     if request.content_type == "application/json":
         try:
             body = json.loads(request.body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise BadEvent("body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadEvent("body is not a JSON object")
@@ -142,86 +145,107 @@ def handle(event: AppEvent) -> str:
             return _on_install(portal, event)
         if portal is None:
             raise EventRefused("unknown portal", status=404)
+        if event.name == UPDATE:
+            return _on_update(portal, event)
         if not _token_matches(portal, event.application_token):
             raise EventRefused("application_token does not match")
-        if event.name == UNINSTALL:
-            return _on_uninstall(portal, event)
-        return _on_update(portal, event)
+        return _on_uninstall(portal, event)
     except EventRefused as exc:
-        lifecycle.reject_event(portal, event=event.name, reason=exc.reason)
+        if exc.status in (400, 403, 404, 409):
+            lifecycle.count_rejection(event.member_id, source=event.name, reason=exc.reason)
         raise
 
 
-def _on_install(portal: Portal | None, event: AppEvent) -> str:
+def _usable_token(event: AppEvent) -> str:
     token = event.application_token
     if not token or len(token) > 255:
-        raise EventRefused("ONAPPINSTALL without a usable application_token", status=400)
+        raise EventRefused(f"{event.name} without a usable application_token", status=400)
+    return token
+
+
+def _grant_of(event: AppEvent):
+    """The event's tokens as an administrator's grant, or EventRefused."""
+    try:
+        return administrator_grant(event.member_id, _str(event.auth.get("refresh_token")))
+    except GrantRefused as exc:
+        raise EventRefused(f"the event's tokens are not an administrator's ({exc.reason})", status=exc.status,
+                           retry_after=exc.retry_after) from None
+
+
+def _on_install(portal: Portal | None, event: AppEvent) -> str:
+    token = _usable_token(event)
     version = _version(event.data.get("VERSION"))
-    via = _confirm_install(portal, event)
-    if via == "oauth_refresh":
-        portal = Portal.objects.get(member_id=event.member_id)
-    lifecycle.accept_application_token(portal, token, via=via, version=version)
+    known = portal is not None and portal.status != Portal.Status.UNINSTALLED and _token_matches(portal, token)
+    if known:
+        # The install we already believe (its install POST carried this token): nothing to prove.
+        lifecycle.accept_application_token(portal, token, via="known_application_token", version=version)
+        return "install confirmed"
+    if not _str(event.auth.get("refresh_token")):
+        raise EventRefused("ONAPPINSTALL without an administrator's tokens for an install we do not know")
+    grant = _grant_of(event)
+    stored, _created = lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")),
+                                         application_token=token)
+    if not stored.bound_at:
+        # Installed without our install page (handler set in the version card): bind here instead.
+        # A binding failure is recorded on the portal, which then stays `new`.
+        try:
+            installer.bind(stored)
+        except installer.InstallUnavailable:
+            pass
+    lifecycle.accept_application_token(Portal.objects.get(pk=stored.pk), token, via="oauth_refresh",
+                                       version=version)
     return "application_token saved"
-
-
-def _confirm_install(portal: Portal | None, event: AppEvent) -> str:
-    """Prove an ONAPPINSTALL genuine; returns how. Raises EventRefused."""
-    refresh_token = _str(event.auth.get("refresh_token"))
-    access_token = _str(event.auth.get("access_token"))
-    if refresh_token:
-        # The OAuth server names the portal the token belongs to.
-        try:
-            grant = oauth.request_refresh(refresh_token)
-        except oauth.OAuthRejected as exc:
-            raise EventRefused(f"OAuth server refused the event's tokens ({exc.code})") from None
-        except oauth.OAuthUnavailable as exc:
-            raise EventRefused(f"OAuth server unreachable ({exc.code})", status=503) from None
-        if grant.member_id != event.member_id:
-            raise EventRefused("the event's tokens belong to another portal")
-        stored, created = lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")))
-        if created:
-            # Installed without our install page (handler set in the version card): bind here instead.
-            # A binding failure is recorded on the portal; the event itself is still genuine.
-            try:
-                installer.bind(stored)
-            except installer.InstallUnavailable:
-                pass
-        return "oauth_refresh"
-    if portal is None:
-        raise EventRefused("unknown portal and no tokens to confirm it", status=404)
-    if portal.status == Portal.Status.UNINSTALLED:
-        raise EventRefused("portal is uninstalled", status=409)
-    if access_token:
-        # The stored endpoint came from the OAuth server; the portal itself judges the token.
-        try:
-            info = PortalClient(portal, access_token=access_token).call("app.info")
-        except RestError as exc:
-            raise EventRefused(f"portal refused the event's access token ({exc.code})") from None
-        if not isinstance(info, dict) or info.get("CODE") != settings.B24_CLIENT_ID:
-            raise EventRefused("the event's access token belongs to another application")
-        return "access_token"
-    if _token_matches(portal, event.application_token):
-        return "known_application_token"
-    window = timedelta(seconds=settings.B24_INSTALL_EVENT_WINDOW)
-    if not portal.application_token and portal.installed_at and timezone.now() - portal.installed_at <= window:
-        if portal.last_error.startswith("binding:"):
-            # The install page could not bind the widget (e.g. not an administrator): not complete.
-            raise EventRefused("the install did not complete (placements not bound)", status=409)
-        return "recent_install"
-    raise EventRefused("ONAPPINSTALL without proof (no tokens, no recent verified install)")
 
 
 def _on_uninstall(portal: Portal, event: AppEvent) -> str:
     if portal.status == Portal.Status.UNINSTALLED:
         raise EventRefused("portal is already uninstalled", status=409)
+    _confirm_gone(portal)
     clean = str(event.data.get("CLEAN", "0")) in ("1", "Y")
-    lifecycle.uninstall(portal, clean=clean)
+    lifecycle.uninstall(Portal.objects.get(pk=portal.pk), clean=clean)
     return "uninstalled"
 
 
+# Answers that mean our app has no access to the portal any more.
+_GONE = frozenset({"invalid_token", "NO_AUTH_FOUND", "APPLICATION_NOT_FOUND", "WRONG_AUTH_TYPE", "NOT_INSTALLED",
+                   "invalid_grant", "PORTAL_DELETED", "portal_not_serving"})
+
+
+def _confirm_gone(portal: Portal) -> None:
+    """Ask the portal, with the app's own tokens, whether the app is still there; EventRefused if it is."""
+    try:
+        PortalClient(portal, interactive=True).call("app.info")
+    except TokenRefreshFailed as exc:
+        if exc.code in _GONE or exc.code in oauth.BLOCKING_ERRORS:
+            return
+        raise EventRefused(f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503,
+                           retry_after=30) from None
+    except RestError as exc:
+        if exc.code in _GONE:
+            return
+        raise EventRefused(f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503,
+                           retry_after=30) from None
+    raise EventRefused("the app is still installed on the portal")
+
+
 def _on_update(portal: Portal, event: AppEvent) -> str:
+    if portal.status == Portal.Status.UNINSTALLED:
+        raise EventRefused("portal is uninstalled", status=409)
     version = _version(event.data.get("VERSION"))
     if not version:
         raise EventRefused("ONAPPUPDATE without a usable data[VERSION]", status=400)
-    lifecycle.record_update(portal, version=version, previous_version=_version(event.data.get("PREVIOUS_VERSION")))
+    token = _usable_token(event)
+    if not _token_matches(portal, token):
+        # "the updated application_token": only an administrator's grant may make it ours.
+        if not _str(event.auth.get("refresh_token")):
+            raise EventRefused("application_token does not match")
+        grant = _grant_of(event)
+        lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")), application_token=token)
+    portal = lifecycle.record_update(Portal.objects.get(pk=portal.pk), version=version,
+                                     previous_version=_version(event.data.get("PREVIOUS_VERSION")))
+    # "When an application is deleted or updated, its event handlers will be removed" (event-bind.md).
+    try:
+        installer.bind(portal)
+    except installer.InstallUnavailable:
+        pass  # recorded on the portal; the admin's "re-bind" action or the next install repeats it
     return "updated"

@@ -50,6 +50,7 @@ class FramePost:
     auth_id: str = field(default="", repr=False)
     auth_expires: int | None = None
     refresh_id: str = field(default="", repr=False)
+    application_token: str = field(default="", repr=False)
     status: str = ""
     placement_options: dict = field(default_factory=dict)
 
@@ -130,6 +131,10 @@ def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
         if token and not _TOKEN.match(token):
             raise BadFramePost(name, "is not a token")
 
+    application_token = _value(request, "APPLICATION_TOKEN", limit=255)
+    if application_token and not _TOKEN.match(application_token):
+        raise BadFramePost("APPLICATION_TOKEN", "is not a token")
+
     auth_expires = None
     raw_expires = _value(request, "AUTH_EXPIRES", limit=10)
     if raw_expires:
@@ -151,6 +156,7 @@ def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
         auth_id=auth_id,
         auth_expires=auth_expires,
         refresh_id=refresh_id,
+        application_token=application_token,
         status=status,
         placement_options=_options(_value(request, "PLACEMENT_OPTIONS", limit=MAX_OPTIONS)),
     )

@@ -1,10 +1,19 @@
-"""The UI install: confirm it with the OAuth server, store the portal, bind placements and events."""
+"""The UI install: an administrator's grant, stored; then placements and events bound.
+
+Anyone can POST to the install URL, and every user of a portal holds a genuine REFRESH_ID of our
+app, so the install is believed only through `grants.administrator_grant` (OAuth server + the
+portal's `user.admin` with the grant's own token). The POST's `APPLICATION_TOKEN`
+(settings/oauth/simple-way.md) is stored with it: the app does not depend on one ONAPPINSTALL
+delivery, which Bitrix24 never resends.
+"""
 import logging
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 
-from . import lifecycle, oauth
+from . import lifecycle
 from .frame_post import FramePost
+from .grants import GrantRefused, administrator_grant
 from .models import Portal
 from .rest import PortalClient, RestError
 
@@ -14,16 +23,18 @@ log = logging.getLogger(__name__)
 APP_EVENTS = ("ONAPPINSTALL", "ONAPPUNINSTALL", "ONAPPUPDATE")
 
 
-class InstallNotConfirmed(Exception):
-    """The OAuth server did not confirm the install (forged or spent token, another portal)."""
+class InstallRefused(Exception):
+    """The install was not made by a verified administrator; nothing changed. `reason` is a stable code."""
 
-    def __init__(self, code: str):
-        self.code = code
-        super().__init__(code)
+    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(reason)
 
 
 class InstallUnavailable(Exception):
-    """Bitrix24 could not be reached to confirm or complete the install."""
+    """Bitrix24 (or our database) could not be reached to complete the install."""
 
     def __init__(self, code: str):
         self.code = code
@@ -35,25 +46,32 @@ def events_url() -> str:
 
 
 def install(post: FramePost) -> Portal:
-    """Believe an install POST only once the OAuth server confirms it; then store and bind.
-
-    The tokens and address stored are the OAuth server's, never the POST's.
-    """
+    """Store an administrator's install and bind; raises InstallRefused or InstallUnavailable."""
+    ensure_writable()
     try:
-        grant = oauth.request_refresh(post.refresh_id)
-    except oauth.OAuthRejected as exc:
-        lifecycle.record_install_failure(post.member_id, exc.code, exc.description)
-        raise InstallNotConfirmed(exc.code) from None
-    except oauth.OAuthUnavailable as exc:
-        lifecycle.record_install_failure(post.member_id, exc.code, exc.description)
-        raise InstallUnavailable(exc.code) from None
-    if grant.member_id != post.member_id:
-        lifecycle.record_install_failure(post.member_id, "wrong_member", "OAuth server confirmed another portal")
-        raise InstallNotConfirmed("wrong_member")
-
-    portal, _created = lifecycle.install(grant, language=post.lang, user_id=grant.user_id)
+        grant = administrator_grant(post.member_id, post.refresh_id)
+    except GrantRefused as exc:
+        if exc.status == 403:
+            lifecycle.count_rejection(post.member_id, source="install", reason=exc.reason)
+        raise InstallRefused(exc.reason, exc.status, exc.retry_after) from None
+    portal, _created = lifecycle.install(
+        grant, language=post.lang, user_id=grant.user_id, application_token=post.application_token,
+    )
     bind(portal)
     return portal
+
+
+def ensure_writable() -> None:
+    """Fail before a refresh token is spent when the database cannot store what it buys.
+
+    A no-op UPDATE in a write transaction: refused by a read-only or unreachable database.
+    """
+    try:
+        with transaction.atomic():
+            Portal.objects.filter(pk=-1).update(last_error="")
+    except DatabaseError:
+        log.error("database not writable; install refused before spending the refresh token")
+        raise InstallUnavailable("database_unavailable") from None
 
 
 def bind(portal: Portal) -> None:
@@ -89,6 +107,9 @@ def _run_bindings(client: PortalClient, portal: Portal, commands: dict) -> None:
     except RestError as exc:
         lifecycle.record_binding_failure(portal, exc.code, exc.description)
         raise InstallUnavailable(exc.code) from None
+    except Exception as exc:  # e.g. the cache or database failing mid-way: recorded, never "complete"
+        lifecycle.record_binding_failure(portal, type(exc).__name__, "binding interrupted")
+        raise InstallUnavailable(type(exc).__name__) from None
     for key, error in result.errors.items():
         if key.startswith("unbind_") or _already_bound(error):
             continue

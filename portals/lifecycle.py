@@ -10,7 +10,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from .models import Portal, PortalEvent
+from .models import Portal, PortalEvent, Rejection
 
 log = logging.getLogger(__name__)
 Kind = PortalEvent.Kind
@@ -68,11 +68,11 @@ def _follow_endpoint(portal: Portal, client_endpoint: str, domain: str) -> list[
 
 
 @transaction.atomic
-def install(grant, *, language: str = "", user_id: str = "") -> tuple[Portal, bool]:
-    """Store a portal whose install the OAuth server confirmed; returns (portal, created).
+def install(grant, *, language: str = "", user_id: str = "", application_token: str = "") -> tuple[Portal, bool]:
+    """Store a portal whose install an administrator made (the caller checked both); returns (portal, created).
 
-    A known member_id is updated in place (reinstall). Uninstalled and blocked portals start again
-    as `new`; an active portal stays active.
+    A known member_id is updated in place (reinstall): its tokens and `application_token` are replaced.
+    Uninstalled and blocked portals start again as `new`; an active portal stays active.
     """
     now = timezone.now()
     portal = Portal.objects.select_for_update().filter(member_id=grant.member_id).first()
@@ -86,30 +86,82 @@ def install(grant, *, language: str = "", user_id: str = "") -> tuple[Portal, bo
     portal.installed_at = now
     portal.uninstalled_at = None
     portal.last_error = ""
+    portal.refresh_lease_owner, portal.refresh_lease_until = "", None
     if previous in (Status.UNINSTALLED, Status.BLOCKED):
         portal.status = Status.NEW
         portal.application_token = ""
+        portal.bound_at = None
+    if application_token:
+        portal.application_token = application_token
     portal.save()
     if created:
         record(portal, Kind.INSTALLED, domain=portal.domain, user_id=portal.installed_by)
     else:
         record(portal, Kind.REINSTALLED, domain=portal.domain, user_id=portal.installed_by, previous_status=previous)
+    if application_token:
+        record(portal, Kind.APPLICATION_TOKEN_SAVED, via="administrator_install")
     return portal, created
 
 
-def record_install_failure(member_id: str, reason: str, description: str = "") -> None:
-    """Note a failed install on a known portal without changing its state (a forged POST must not)."""
-    portal = Portal.objects.filter(member_id=member_id).first()
-    if portal is None:
-        log.warning("install not confirmed", extra={"member_id": member_id, "reason": reason})
+def count_rejection(member_id: str, *, source: str, reason: str) -> None:
+    """Count a refused request from an unverified sender: one row per portal, source, reason and hour.
+
+    Unknown portals are only logged (a stranger may name any member_id). Never raises: a refusal is
+    answered whether or not the count could be written.
+    """
+    log.info("request refused", extra={"member_id": member_id, "source": source, "reason": reason})
+    portal_id = Portal.objects.filter(member_id=member_id).values_list("pk", flat=True).first()
+    if portal_id is None:
         return
-    with transaction.atomic():
-        Portal.objects.filter(pk=portal.pk).update(last_error=f"install: {reason} {description}".strip()[:1000])
-        record(portal, Kind.INSTALL_FAILED, reason=reason, description=description[:255])
+    from django.db import DatabaseError, IntegrityError
+    from django.db.models import F
+
+    now = timezone.now()
+    window = now.replace(minute=0, second=0, microsecond=0)
+    reason = reason[:128]
+    try:
+        with transaction.atomic():
+            updated = Rejection.objects.filter(portal_id=portal_id, source=source, reason=reason,
+                                               window_start=window).update(count=F("count") + 1, last_at=now)
+            if not updated:
+                try:
+                    with transaction.atomic():
+                        Rejection.objects.create(portal_id=portal_id, source=source, reason=reason,
+                                                 window_start=window, count=1, last_at=now)
+                except IntegrityError:  # created by a concurrent refusal meanwhile
+                    Rejection.objects.filter(portal_id=portal_id, source=source, reason=reason,
+                                             window_start=window).update(count=F("count") + 1, last_at=now)
+    except DatabaseError:
+        log.warning("could not count a refusal", extra={"member_id": member_id, "source": source})
+
+
+@transaction.atomic
+def recover(portal: Portal, grant, *, via: str, application_token: str = "") -> Portal:
+    """A blocked portal (lost or refused refresh token) takes an administrator's verified grant; serving again."""
+    portal = Portal.objects.select_for_update().get(pk=portal.pk)
+    if portal.status == Status.UNINSTALLED:
+        raise TransitionError("portal is uninstalled")
+    previous = portal.status
+    fields = _grant_fields(portal, grant, timezone.now())
+    if application_token and application_token != portal.application_token:
+        portal.application_token = application_token
+        fields.append("application_token")
+    if previous == Status.BLOCKED:
+        portal.status = Status.ACTIVE if portal.application_token and portal.bound_at else Status.NEW
+        fields.append("status")
+    portal.last_error = ""
+    portal.refresh_lease_owner, portal.refresh_lease_until = "", None
+    portal.save(update_fields=sorted(set(fields + ["last_error", "refresh_lease_owner", "refresh_lease_until"])))
+    record(portal, Kind.RECOVERED, via=via, previous_status=previous, user_id=grant.user_id)
+    return portal
 
 
 def record_bindings(portal: Portal, *, placements: list[str], events: list[str]) -> None:
+    """Placements and events are bound: the install is complete once the application_token is known too."""
     with transaction.atomic():
+        now = timezone.now()
+        Portal.objects.filter(pk=portal.pk).update(bound_at=now, last_error="")
+        portal.bound_at, portal.last_error = now, ""
         if placements:
             record(portal, Kind.PLACEMENT_BOUND, placements=placements)
         if events:
@@ -139,8 +191,22 @@ def accept_application_token(portal: Portal, application_token: str, *, via: str
     return portal
 
 
+@transaction.atomic
+def adopt_application_token(portal: Portal, application_token: str, *, via: str) -> Portal:
+    """Take the application_token an administrator's verified request presented (the caller checked)."""
+    current = Portal.objects.select_for_update().get(pk=portal.pk)
+    if current.status == Status.UNINSTALLED:
+        raise TransitionError("portal is uninstalled")
+    current.application_token = application_token
+    current.save(update_fields=["application_token"])
+    record(current, Kind.APPLICATION_TOKEN_SAVED, via=via)
+    portal.__dict__["application_token"] = application_token
+    return portal
+
+
 def _activate(portal: Portal, *, via: str) -> bool:
-    if portal.status != Status.NEW:
+    # Never "active" with nothing bound: the square and the events would be missing.
+    if portal.status != Status.NEW or not portal.bound_at:
         return False
     portal.status = Status.ACTIVE
     portal.save(update_fields=["status"])
@@ -162,7 +228,7 @@ def apply_grant(portal: Portal, grant, *, reason: str) -> None:
     fields = _grant_fields(portal, grant, now)
     unblocked = portal.status == Status.BLOCKED
     if unblocked:
-        portal.status = Status.ACTIVE if portal.application_token else Status.NEW
+        portal.status = Status.ACTIVE if portal.application_token and portal.bound_at else Status.NEW
         fields.append("status")
     portal.last_error = ""
     portal.save(update_fields=sorted(set(fields + ["last_error"])))
@@ -218,12 +284,6 @@ def record_update(portal: Portal, *, version: str, previous_version: str = "") -
     return portal
 
 
-def reject_event(portal: Portal | None, *, event: str, reason: str) -> None:
-    """Record a refused event on the portal it names (or only in the log when the portal is unknown)."""
-    if portal is None:
-        log.warning("event refused for unknown portal", extra={"event": event, "reason": reason})
-        return
-    record(portal, Kind.EVENT_REJECTED, event=event, reason=reason)
 
 
 def touch(portal: Portal) -> None:

@@ -1,9 +1,20 @@
 """A portal that installed the app (one row per member_id) and its audit trail."""
+import hashlib
+import hmac
+
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .crypto import EncryptedTextField
+
+
+def token_digest(value: str) -> str:
+    """HMAC-SHA256 of a secret under SECRET_KEY ('' for ''): comparable, not reversible."""
+    if not value:
+        return ""
+    return hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
 
 
 class AppStatus(models.TextChoices):
@@ -42,6 +53,14 @@ class Portal(models.Model):
     access_expires_at = models.DateTimeField(null=True, blank=True)
     refresh_renewed_at = models.DateTimeField(null=True, blank=True)
     application_token = EncryptedTextField(blank=True)
+    # A keyed digest of application_token (HMAC with SECRET_KEY), kept beside it so a placement POST's
+    # APPLICATION_TOKEN is checked from the hot path's one query, without loading the secret.
+    application_token_digest = models.CharField(max_length=64, blank=True, editable=False)
+    # The single-flight refresh's lease (oauth.refresh_portal): who refreshes, and until when at most.
+    refresh_lease_owner = models.CharField(max_length=32, blank=True, editable=False)
+    refresh_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the placements and events were last bound: an install is complete only once they are.
+    bound_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(default=timezone.now)
     installed_at = models.DateTimeField(null=True, blank=True)
@@ -60,6 +79,21 @@ class Portal(models.Model):
     def __repr__(self):
         # Never include secrets.
         return f"<Portal {self.member_id} {self.domain} {self.status}>"
+
+    def save(self, *args, **kwargs):
+        # Keep the digest in step with the token whenever the token was loaded or set.
+        if "application_token" in self.__dict__:
+            self.application_token_digest = token_digest(self.application_token)
+            fields = kwargs.get("update_fields")
+            if fields is not None and "application_token" in fields:
+                kwargs["update_fields"] = {*fields, "application_token_digest"}
+        super().save(*args, **kwargs)
+
+    def application_token_is(self, presented: str) -> bool:
+        """Constant-time check of a presented application_token against the stored one."""
+        if not self.application_token_digest or not presented:
+            return False
+        return hmac.compare_digest(self.application_token_digest, token_digest(presented))
 
     @property
     def is_serving(self) -> bool:
@@ -96,6 +130,7 @@ class PortalEvent(models.Model):
         DOMAIN_CHANGED = "domain_changed", _("domain changed")
         APP_STATUS_CHANGED = "app_status_changed", _("app status changed")
         EVENT_REJECTED = "event_rejected", _("event rejected")
+        RECOVERED = "recovered", _("recovered")
 
     portal = models.ForeignKey(Portal, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=Kind.choices)
@@ -108,3 +143,27 @@ class PortalEvent(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()} @ {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Rejection(models.Model):
+    """Refused requests from unverified senders, counted per portal, source, reason and hour.
+
+    A stranger can send any number of forged installs or events; each adds one to a counter here
+    instead of a history row, so the genuine history stays readable and the table stays small.
+    """
+
+    portal = models.ForeignKey(Portal, on_delete=models.CASCADE, related_name="rejections")
+    source = models.CharField(max_length=32, help_text="install, ONAPPINSTALL, ONAPPUNINSTALL, widget, ...")
+    reason = models.CharField(max_length=128)
+    window_start = models.DateTimeField(help_text="Start of the hour counted.")
+    count = models.PositiveIntegerField(default=0)
+    last_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-window_start", "-last_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["portal", "source", "reason", "window_start"], name="rejection_window"),
+        ]
+
+    def __str__(self):
+        return f"{self.source}: {self.reason} x{self.count}"

@@ -1,29 +1,43 @@
-"""Token refresh against the Bitrix24 OAuth server, and the single-flight refresh of a stored portal.
+"""The Bitrix24 OAuth server: token refresh, token facts (its `app.info`), and the single-flight,
+never-abandoned refresh of a stored portal.
 
-Refresh tokens rotate: the old one is spent by a successful refresh. Two callers refreshing one
-portal at once would make one of them fail, so `refresh_portal` takes the portal's row lock
-(SELECT ... FOR UPDATE on PostgreSQL; an IMMEDIATE transaction on SQLite), re-reads the row and
-refreshes only if nobody did it while it waited.
+Refresh tokens rotate: a successful refresh spends the old one, so its answer must be stored
+whatever happens. `refresh_portal` therefore
+- takes a *lease* on the portal row in a short transaction (no database lock is held while the
+  OAuth server thinks), so one caller refreshes and the others wait briefly or answer at once;
+- gives the OAuth request its own deadline (`B24_OAUTH_DEADLINE`), long enough to receive an answer
+  the server sends late, separate from the REST timeouts;
+- commits the new tokens first, in their own short transaction, retrying the write for a while,
+  before anything else happens.
+A lease outlives the OAuth deadline, so a crashed holder's lease simply expires.
 """
 import logging
 import re
-import threading
+import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlsplit
 
-import requests
 from django.conf import settings
-from django.db import transaction
+from django.core.cache import cache
+from django.db import DatabaseError, close_old_connections, transaction
+from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from .addresses import BadAddress, parse_endpoint
+from . import http
+from .addresses import BadAddress, is_oauth_server_endpoint, parse_endpoint
 from .models import AppStatus, Portal
 
 log = logging.getLogger(__name__)
 
-# OAuth answers that mean the portal cannot be served until someone acts (reinstall, payment).
-BLOCKING_ERRORS = frozenset(
-    {"invalid_grant", "invalid_client", "wrong_client", "NOT_INSTALLED", "PAYMENT_REQUIRED", "PORTAL_DELETED"}
-)
+# OAuth answers that mean the portal cannot be served until an administrator acts (opens the app, pays,
+# reinstalls). A blocked portal heals from the next proof of an administrator (lifecycle.recover).
+BLOCKING_ERRORS = frozenset({"invalid_grant", "NOT_INSTALLED", "PAYMENT_REQUIRED", "PORTAL_DELETED"})
+# Answers about *our* credentials (client_id / client_secret): the deployment is misconfigured, and
+# no portal is to blame for it.
+CLIENT_ERRORS = frozenset({"invalid_client", "wrong_client"})
+_CLIENT_REJECTED_KEY = "b24widget:oauth-client-rejected"
 _MAX_TOKEN_LENGTH = 1024
 _MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -49,6 +63,25 @@ class PortalNotServing(OAuthError):
     """The portal is blocked or uninstalled: no refresh is attempted."""
 
 
+class ClientMisconfigured(OAuthError):
+    """The OAuth server refused our client_id / client_secret: the deployment's fault, not a portal's."""
+
+
+class OAuthThrottled(OAuthError):
+    """Too many unverified OAuth attempts for this portal (or overall), or one is in flight: refused at once."""
+
+    def __init__(self, retry_after: float = 5.0):
+        self.retry_after = retry_after
+        super().__init__("throttled", "too many unverified attempts; try again later")
+
+
+class RefreshInProgress(OAuthUnavailable):
+    """Another caller is refreshing this portal right now; try again in a moment."""
+
+    def __init__(self):
+        super().__init__("refresh_in_progress", "another refresh of this portal is under way")
+
+
 @dataclass(frozen=True)
 class TokenGrant:
     """A validated token answer from the OAuth server."""
@@ -63,16 +96,6 @@ class TokenGrant:
     scope: str = ""
     status: str = ""
     user_id: str = ""
-
-
-_local = threading.local()
-
-
-def _session() -> requests.Session:
-    # One Session per thread: connection reuse without sharing a Session across threads.
-    if not hasattr(_local, "session"):
-        _local.session = requests.Session()
-    return _local.session
 
 
 def _text(answer: dict, key: str, *, required=True, limit=255) -> str:
@@ -105,10 +128,12 @@ def parse_grant(answer) -> TokenGrant:
         raise OAuthUnavailable("bad_answer", f"OAuth answer has an unusable client_endpoint ({exc})") from None
     server_endpoint = _text(answer, "server_endpoint", required=False)
     if server_endpoint:
-        try:
+        if is_oauth_server_endpoint(server_endpoint):
             server_endpoint, _host = parse_endpoint(server_endpoint)
-        except BadAddress:
-            server_endpoint = ""  # unusable: calls that want it fall back to the portal
+        else:
+            # Never contacted: only the OAuth server's own hosts may receive a token as its REST.
+            log.warning("OAuth answer names a server_endpoint outside B24_OAUTH_SERVER_HOSTS; ignored")
+            server_endpoint = ""
     member_id = _text(answer, "member_id", limit=64)
     if not _MEMBER_ID.match(member_id):
         raise OAuthUnavailable("bad_answer", "OAuth answer has a malformed member_id")
@@ -128,9 +153,65 @@ def parse_grant(answer) -> TokenGrant:
     )
 
 
+def client_rejected() -> str:
+    """The OAuth server's last refusal of our credentials ('' when none is known); for /healthz and the admin."""
+    try:
+        return cache.get(_CLIENT_REJECTED_KEY) or ""
+    except Exception:  # the cache is down: health and the admin still answer
+        return ""
+
+
+def _note_client(code: str | None) -> None:
+    try:
+        if code:
+            cache.set(_CLIENT_REJECTED_KEY, f"{code} at {timezone.now():%Y-%m-%d %H:%M:%S} UTC", None)
+        elif cache.get(_CLIENT_REJECTED_KEY):
+            cache.delete(_CLIENT_REJECTED_KEY)
+    except Exception:
+        log.warning("could not note the OAuth client state in the cache")
+
+
+def oauth_server_rest() -> str:
+    """The OAuth server's REST base (its `app.info`), next to B24_OAUTH_URL."""
+    parts = urlsplit(settings.B24_OAUTH_URL)
+    return f"{parts.scheme}://{parts.netloc}/rest/"
+
+
+def _oauth_answer(method: str, url: str, **kwargs):
+    """One request to the OAuth server with its own deadline and cap; returns (status, JSON or None)."""
+    try:
+        answer = http.send(method, url, connect_timeout=settings.B24_CONNECT_TIMEOUT,
+                           read_timeout=settings.B24_OAUTH_DEADLINE, deadline=settings.B24_OAUTH_DEADLINE,
+                           max_bytes=settings.B24_OAUTH_MAX_BYTES, **kwargs)
+    except http.HttpFailure as exc:
+        raise OAuthUnavailable(exc.code if exc.code != "unreachable" else "unreachable",
+                               f"OAuth server: {exc.description}") from None
+    return answer.status, answer.json()
+
+
+def _raise_for_error(status: int, answer) -> None:
+    if isinstance(answer, dict) and answer.get("error"):
+        code = str(answer["error"])[:64]
+        description = str(answer.get("error_description") or "")[:255]
+        if code in CLIENT_ERRORS:
+            _note_client(code)
+            raise ClientMisconfigured(code, "the OAuth server refused this deployment's B24_CLIENT_ID / "
+                                            "B24_CLIENT_SECRET")
+        if status >= 500 and code not in BLOCKING_ERRORS:
+            raise OAuthUnavailable(code, description)
+        raise OAuthRejected(code, description)
+    if status != 200 or not isinstance(answer, dict):
+        raise OAuthUnavailable("bad_answer", f"OAuth server answered HTTP {status}")
+
+
 @sensitive_variables()
 def request_refresh(refresh_token: str) -> TokenGrant:
-    """Exchange a refresh token at B24_OAUTH_URL with our client secret; no database access."""
+    """Exchange a refresh token at B24_OAUTH_URL with our client secret; no database access.
+
+    GET with the parameters in the query, as settings/oauth/index.md documents it (and b24phpsdk and
+    b24pysdk send it): no URL of an outward call is ever logged (urllib3's debug log is silenced in
+    settings.LOGGING), so the secret stays out of our logs.
+    """
     if not refresh_token or len(refresh_token) > _MAX_TOKEN_LENGTH:
         raise OAuthRejected("invalid_grant", "no usable refresh token")
     params = {
@@ -139,66 +220,227 @@ def request_refresh(refresh_token: str) -> TokenGrant:
         "client_secret": settings.B24_CLIENT_SECRET,
         "refresh_token": refresh_token,
     }
-    try:
-        # POST keeps the secret out of URLs (and so out of proxies' access logs).
-        response = _session().post(
-            settings.B24_OAUTH_URL, data=params, timeout=settings.B24_HTTP_TIMEOUT, allow_redirects=False
-        )
-    except requests.RequestException as exc:
-        raise OAuthUnavailable("unreachable", f"OAuth server unreachable ({type(exc).__name__})") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if isinstance(answer, dict) and answer.get("error"):
-        code = str(answer["error"])[:64]
-        description = str(answer.get("error_description") or "")[:255]
-        if response.status_code >= 500 and code not in BLOCKING_ERRORS:
-            raise OAuthUnavailable(code, description)
-        raise OAuthRejected(code, description)
-    if response.status_code != 200 or answer is None:
-        raise OAuthUnavailable("bad_answer", f"OAuth server answered HTTP {response.status_code}")
+    status, answer = _oauth_answer("GET", settings.B24_OAUTH_URL, params=params)
+    _raise_for_error(status, answer)
+    _note_client(None)
     return parse_grant(answer)
 
 
+@sensitive_variables()
+def exchange_unverified(member_id: str, refresh_token: str) -> TokenGrant:
+    """`request_refresh` for a sender nobody has verified yet (an install POST, ONAPPINSTALL, a recovery).
+
+    Budgeted per member_id and for the whole deployment (B24_UNVERIFIED_OAUTH_*), with at most one
+    attempt in flight per member_id: a flood of forged installs costs a handful of OAuth requests.
+    """
+    from . import limits
+
+    if not limits.admit(f"oauth:{member_id}", per_minute=settings.B24_UNVERIFIED_OAUTH_PER_MINUTE,
+                        burst=settings.B24_UNVERIFIED_OAUTH_BURST):
+        raise OAuthThrottled(60.0 / max(settings.B24_UNVERIFIED_OAUTH_PER_MINUTE, 1))
+    if not limits.admit("oauth:all", per_minute=settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE,
+                        burst=max(int(settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE // 6), 1)):
+        raise OAuthThrottled(5.0)
+    with limits.single_flight(f"oauth:{member_id}", settings.B24_OAUTH_DEADLINE) as held:
+        if not held:
+            raise OAuthThrottled(2.0)
+        return request_refresh(refresh_token)
+
+
+# What the OAuth server's app.info answers for a token it does not accept (settings/oauth/index.md,
+# api-reference errors); anything else is its own trouble.
+_TOKEN_REFUSED = frozenset({"invalid_token", "expired_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE",
+                            "INVALID_CREDENTIALS", "PAYMENT_REQUIRED", "NOT_INSTALLED", "PORTAL_DELETED",
+                            "APPLICATION_NOT_FOUND", "user_access_error", "ACCESS_DENIED"})
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the OAuth server says about an access token (its `app.info`): whose app, portal, user."""
+
+    client_id: str
+    member_id: str
+    user_id: str
+    domain: str
+    client_endpoint: str
+    status: str = ""
+    installed: bool | None = None
+
+
+@sensitive_variables()
+def token_info(access_token: str) -> TokenInfo:
+    """Ask the OAuth server whose token this is (`<oauth server>/rest/app.info`).
+
+    The answer is `{client_id, scope, expires, user_id, install: {installed, version, status, scope,
+    domain, uri, client_endpoint, member_id, member_type}}` (b24pysdk schemas/api.py; b24phpsdk reads
+    `install`): the authority for a token's application, portal and user. Raises OAuthRejected for a
+    token it does not know.
+    """
+    if not access_token or len(access_token) > _MAX_TOKEN_LENGTH:
+        raise OAuthRejected("invalid_token", "no usable access token")
+    status, answer = _oauth_answer("POST", f"{oauth_server_rest()}app.info", data={"auth": access_token})
+    if isinstance(answer, dict) and answer.get("error"):
+        code = str(answer["error"])[:64]
+        description = str(answer.get("error_description") or "")[:255]
+        if code in _TOKEN_REFUSED:
+            raise OAuthRejected(code, description)
+        raise OAuthUnavailable(code, description)  # the server's trouble, not the token's
+    if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("result"), dict):
+        raise OAuthUnavailable("bad_answer", f"OAuth server app.info answered HTTP {status}")
+    result = answer["result"]
+    install = result.get("install")
+    if not isinstance(install, dict):
+        raise OAuthUnavailable("bad_answer", "OAuth app.info has no install block")
+    member_id = _text(install, "member_id", limit=64)
+    if not _MEMBER_ID.match(member_id):
+        raise OAuthUnavailable("bad_answer", "OAuth app.info has a malformed member_id")
+    try:
+        client_endpoint, domain = parse_endpoint(_text(install, "client_endpoint"))
+    except BadAddress as exc:
+        raise OAuthUnavailable("bad_answer", f"OAuth app.info has an unusable client_endpoint ({exc})") from None
+    user_id = _text(result, "user_id", required=False, limit=32)
+    status_code = _text(install, "status", required=False, limit=1)
+    installed = install.get("installed")
+    return TokenInfo(
+        client_id=_text(result, "client_id", limit=128),
+        member_id=member_id,
+        user_id=user_id if user_id.isascii() and user_id.isdigit() else "",
+        domain=domain,
+        client_endpoint=client_endpoint,
+        status=status_code if status_code in AppStatus.values else "",
+        installed=installed if isinstance(installed, bool) else None,
+    )
+
+
+# --- the single-flight refresh of a stored portal ------------------------------------------------------
+
+def _lease_seconds() -> float:
+    # Longer than the OAuth deadline: a holder that is still waiting for its answer keeps the lease.
+    return settings.B24_OAUTH_DEADLINE + settings.B24_CONNECT_TIMEOUT + 5
+
+
 def refresh_portal(
-    portal: Portal, *, seen_access_token: str | None = None, force: bool = False, allow_blocked: bool = False
+    portal: Portal, *, seen_access_token: str | None = None, force: bool = False, allow_blocked: bool = False,
+    wait: float | None = None, still_due=None,
 ) -> Portal:
     """Refresh the portal's tokens once, however many callers ask at the same time.
 
     `seen_access_token` is the token the caller found expired: if the stored one differs, another
     caller refreshed meanwhile and the fresh row is returned. `force` refreshes a still-valid token
-    (keep-alive, a portal that may have moved). Blocking OAuth errors mark the portal `blocked`; an
-    unreachable OAuth server only records the failure. Both raise.
+    (keep-alive, a portal that may have moved) unless someone refreshed it since this call began.
+    `still_due` (a Q) is re-checked under the lock: when the row no longer matches, nothing is done.
+    While another caller holds the lease this one waits up to `wait` seconds (default
+    B24_REFRESH_WAIT) for its result, then raises RefreshInProgress. Blocking OAuth errors mark the
+    portal `blocked`; an unreachable OAuth server only records the failure. Both raise.
     """
     from . import lifecycle  # lifecycle is the only writer of portal state; imported late (cycle)
 
-    failure = None
+    began = timezone.now()
+    wait_until = time.monotonic() + (settings.B24_REFRESH_WAIT if wait is None else wait)
+    while True:
+        claim = _claim(portal.pk, seen_access_token=seen_access_token, force=force, allow_blocked=allow_blocked,
+                       began=began, still_due=still_due)
+        if isinstance(claim, Portal):
+            return claim
+        if claim is not None:
+            break
+        if time.monotonic() >= wait_until:
+            raise RefreshInProgress()
+        time.sleep(0.05)
+    current, owner = claim
+    try:
+        grant = request_refresh(current.refresh_token)
+        if grant.member_id != current.member_id:
+            raise OAuthRejected("wrong_member", "OAuth server answered for another portal")
+    except ClientMisconfigured:
+        _release(current, owner)
+        log.error("OAuth server refused our client credentials; no portal is blocked",
+                  extra={"member_id": current.member_id})
+        raise
+    except OAuthRejected as exc:
+        with transaction.atomic():
+            row = _locked(current.pk, owner)
+            if exc.code in BLOCKING_ERRORS:
+                lifecycle.block(row, reason=exc.code, description=exc.description)
+            else:
+                lifecycle.record_refresh_failure(row, exc)
+        raise
+    except OAuthUnavailable as exc:
+        with transaction.atomic():
+            lifecycle.record_refresh_failure(_locked(current.pk, owner), exc)
+        raise
+    except BaseException:
+        _release(current, owner)
+        raise
+    return _store(current.pk, owner, grant)
+
+
+def _claim(pk: int, *, seen_access_token, force, allow_blocked, began, still_due):
+    """In one short transaction: the fresh row (nothing to do), None (leased by another), or (row, lease)."""
+    now = timezone.now()
     with transaction.atomic():
-        current = Portal.objects.select_for_update().get(pk=portal.pk)
+        rows = Portal.objects.select_for_update().filter(pk=pk)
+        current = rows.first()
+        if current is None:
+            raise PortalNotServing("portal_not_serving", "portal is gone")
         serving = current.is_serving or (allow_blocked and current.status == Portal.Status.BLOCKED)
         if not serving or not current.refresh_token:
             raise PortalNotServing("portal_not_serving", f"portal is {current.status}")
+        if still_due is not None and not rows.filter(still_due).exists():
+            return current
         if current.access_token and not current.access_token_expired():
             if seen_access_token is not None and current.access_token != seen_access_token:
-                return current  # refreshed by someone else while we waited for the lock
+                return current  # refreshed by someone else meanwhile
             if seen_access_token is None and not force:
                 return current
+            if force and current.refresh_renewed_at and current.refresh_renewed_at >= began:
+                return current  # a forced refresh that someone else did since we asked
+        if current.refresh_lease_until and current.refresh_lease_until > now:
+            return None
+        owner = uuid.uuid4().hex
+        current.refresh_lease_owner = owner
+        current.refresh_lease_until = now + timedelta(seconds=_lease_seconds())
+        current.save(update_fields=["refresh_lease_owner", "refresh_lease_until"])
+    return current, owner
+
+
+def _locked(pk: int, owner: str) -> Portal:
+    """The row under its lock, with our lease (if still ours) dropped."""
+    row = Portal.objects.select_for_update().get(pk=pk)
+    if row.refresh_lease_owner == owner:
+        row.refresh_lease_owner = ""
+        row.refresh_lease_until = None
+        row.save(update_fields=["refresh_lease_owner", "refresh_lease_until"])
+    return row
+
+
+def _release(current: Portal, owner: str) -> None:
+    try:
+        Portal.objects.filter(pk=current.pk, refresh_lease_owner=owner).update(
+            refresh_lease_owner="", refresh_lease_until=None)
+    except DatabaseError:
+        log.warning("could not release a refresh lease (it expires by itself)", extra={"member_id": current.member_id})
+
+
+def _store(pk: int, owner: str, grant: TokenGrant) -> Portal:
+    """Commit the rotated tokens before anything else, retrying the write: the old token is spent."""
+    from . import lifecycle
+
+    delay = 0.2
+    for attempt in range(settings.B24_TOKEN_STORE_ATTEMPTS):
         try:
-            grant = request_refresh(current.refresh_token)
-            if grant.member_id != current.member_id:
-                raise OAuthRejected("wrong_member", "OAuth server answered for another portal")
-        except OAuthRejected as exc:
-            failure = exc
-            if exc.code in BLOCKING_ERRORS:
-                lifecycle.block(current, reason=exc.code, description=exc.description)
-            else:
-                lifecycle.record_refresh_failure(current, exc)
-        except OAuthUnavailable as exc:
-            failure = exc
-            lifecycle.record_refresh_failure(current, exc)
-        else:
-            lifecycle.apply_grant(current, grant, reason="refresh")
-    if failure is not None:
-        raise failure
-    return current
+            with transaction.atomic():
+                row = _locked(pk, owner)
+                lifecycle.apply_grant(row, grant, reason="refresh")
+            return row
+        except DatabaseError:
+            if transaction.get_connection().in_atomic_block or attempt + 1 == settings.B24_TOKEN_STORE_ATTEMPTS:
+                log.critical("a rotated token could not be stored; the portal heals at the next administrator "
+                             "open", extra={"member_id": grant.member_id})
+                raise
+            log.warning("storing a rotated token failed; retrying", extra={"member_id": grant.member_id,
+                                                                           "attempt": attempt + 1})
+            close_old_connections()
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+    raise AssertionError("unreachable")

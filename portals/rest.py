@@ -6,16 +6,14 @@ means the portal may have moved; the OAuth server is asked where it lives now an
 repeated once there. The `Location` header is never used as a destination.
 """
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import requests
 from django.conf import settings
 
-from . import limits, oauth
+from . import http, limits, oauth
 from .models import Portal
 
 log = logging.getLogger(__name__)
@@ -23,6 +21,8 @@ log = logging.getLogger(__name__)
 BATCH_LIMIT = 50
 PAGE_SIZE = 50
 _RETRYABLE = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
+# A manual block by Bitrix24 (settings/performance/limits.md): retrying makes it worse.
+_NOT_RETRIED = frozenset({"OVERLOAD_LIMIT"})
 
 
 class RestError(Exception):
@@ -46,7 +46,13 @@ class PortalMovedUnexplained(RestError):
 
 
 class LimitWaitExceeded(RestError):
-    """A Bitrix24 limit would make the call wait longer than B24_MAX_WAIT; nothing was sent."""
+    """A Bitrix24 limit would make the call wait longer than the caller may; nothing was sent.
+
+    `retry_after`: seconds until a slot is free (for a Retry-After header)."""
+
+    def __init__(self, code: str, description: str = "", *, method: str = "", retry_after: float = 1.0):
+        super().__init__(code, description, method=method)
+        self.retry_after = retry_after
 
 
 class TokenRefreshFailed(RestError):
@@ -83,15 +89,6 @@ def build_query(params, prefix: str = "") -> str:
     return "&".join(pairs)
 
 
-_local = threading.local()
-
-
-def _session() -> requests.Session:
-    if not hasattr(_local, "session"):
-        _local.session = requests.Session()
-    return _local.session
-
-
 class PortalClient:
     """REST access to one stored portal, with the app's tokens (or a user's `access_token`).
 
@@ -99,12 +96,31 @@ class PortalClient:
     A user's token is never refreshed: its expiry is the caller's verdict.
     """
 
-    def __init__(self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False):
+    def __init__(self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False,
+                 interactive: bool = False):
         """`oauth_server`: send to the OAuth server's REST (`server_endpoint`), Bitrix24's trusted source of
-        the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown."""
+        the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown.
+
+        `interactive`: the caller is a web request. It never waits longer than B24_REQUEST_MAX_WAIT for a
+        limit slot (LimitWaitExceeded instead, nothing sent) and all its calls together end within
+        B24_REQUEST_DEADLINE; background callers wait up to B24_MAX_WAIT and have B24_REST_DEADLINE per call.
+        """
         self.portal = portal
         self._user_token = access_token
         self._oauth_server = oauth_server and bool(portal.server_endpoint)
+        self.interactive = interactive
+        self._ends = time.monotonic() + settings.B24_REQUEST_DEADLINE if interactive else None
+
+    def _max_wait(self) -> float:
+        return settings.B24_REQUEST_MAX_WAIT if self.interactive else settings.B24_MAX_WAIT
+
+    def _deadline(self, method: str) -> float:
+        if self._ends is None:
+            return settings.B24_REST_DEADLINE
+        left = self._ends - time.monotonic()
+        if left <= 0:
+            raise TransportError("deadline", "the request's time for Bitrix24 is used up", method=method)
+        return left
 
     # --- public API -------------------------------------------------------------------------------
     def call(self, method: str, params: dict | None = None):
@@ -177,7 +193,7 @@ class PortalClient:
             try:
                 return self._post(method, params, token)
             except _Redirected:
-                if moved or self._oauth_server:
+                if moved or self._oauth_server or self.portal.pk is None:
                     raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
                 moved = True
                 self._follow_move(method)
@@ -188,8 +204,11 @@ class PortalClient:
                     refreshed = True
                     self._refresh(seen=token, method=method)
                     continue
-                if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < settings.B24_REST_MAX_RETRIES:
-                    delay = settings.B24_REST_BACKOFF * (2**attempt)
+                retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
+                if exc.code in _NOT_RETRIED:
+                    raise
+                if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < retries:
+                    delay = min(settings.B24_REST_BACKOFF * (2**attempt), self._max_wait())
                     attempt += 1
                     if exc.code == "OPERATION_TIME_LIMIT":
                         # The method's budget is spent for every process: hold it back for all of them.
@@ -204,7 +223,8 @@ class PortalClient:
 
     def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
         try:
-            self.portal = oauth.refresh_portal(self.portal, seen_access_token=seen, force=force)
+            self.portal = oauth.refresh_portal(self.portal, seen_access_token=seen, force=force,
+                                               wait=settings.B24_REFRESH_WAIT if self.interactive else None)
         except oauth.OAuthError as exc:
             raise TokenRefreshFailed(exc.code, exc.description, method=method) from None
 
@@ -223,46 +243,44 @@ class PortalClient:
         base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
         url = f"{base}{method}.json"
         try:
-            limits.wait_for_method(self.portal.member_id, method)
+            limits.wait_for_method(self.portal.member_id, method, max_wait=self._max_wait())
         except limits.LimitWaitTooLong as exc:
-            raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method) from None
+            raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method, retry_after=exc.seconds) from None
         try:
-            limits.pace(self.portal.member_id)
+            limits.pace(self.portal.member_id, max_wait=self._max_wait())
         except limits.LimitWaitTooLong as exc:
-            raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method) from None
+            raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method, retry_after=exc.seconds) from None
+        # Our id for the call, sent to Bitrix24 (as its SDKs do) and logged, so both sides can find it.
+        request_id = uuid.uuid4().hex
         try:
-            # Our id for the call, sent to Bitrix24 (as its SDKs do) and logged, so both sides can find it.
-            request_id = uuid.uuid4().hex
-            response = _session().post(
-                url, json={**params, "auth": token}, headers={"X-Request-ID": request_id},
-                timeout=settings.B24_HTTP_TIMEOUT, allow_redirects=False,
+            response = http.send(
+                "POST", url, json={**params, "auth": token}, headers={"X-Request-ID": request_id},
+                connect_timeout=settings.B24_CONNECT_TIMEOUT, read_timeout=settings.B24_READ_TIMEOUT,
+                deadline=self._deadline(method), max_bytes=settings.B24_REST_MAX_BYTES,
             )
-        except requests.RequestException as exc:
-            raise TransportError("unreachable", f"portal unreachable ({type(exc).__name__})", method=method) from None
+        except http.HttpFailure as exc:
+            raise TransportError(exc.code, f"portal: {exc.description}", method=method) from None
         request_id = response.headers.get("X-Request-ID") or request_id
-        if 300 <= response.status_code < 400:
+        if 300 <= response.status < 400:
             log.warning("rest redirect", extra={"member_id": self.portal.member_id, "method": method,
-                                                "http_status": response.status_code, "request_id": request_id})
+                                                "http_status": response.status, "request_id": request_id})
             raise _Redirected()
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        answer = response.json()
         if not isinstance(answer, dict):
             raise TransportError(
-                "bad_answer", f"HTTP {response.status_code} without a JSON object",
-                http_status=response.status_code, method=method,
+                "bad_answer", f"HTTP {response.status} without a JSON object",
+                http_status=response.status, method=method,
             )
         if "error" in answer:
             code = str(answer.get("error"))[:64]
             description = str(answer.get("error_description") or "")[:255]
             log.info("rest error", extra={"member_id": self.portal.member_id, "method": method, "code": code,
-                                          "http_status": response.status_code, "request_id": request_id})
-            error = RestError(code, description, http_status=response.status_code, method=method)
+                                          "http_status": response.status, "request_id": request_id})
+            error = RestError(code, description, http_status=response.status, method=method)
             error.reset_at = _reset_at(answer.get("time"))
             raise error
-        if "result" not in answer or response.status_code != 200:
-            raise TransportError("bad_answer", "answer without result", http_status=response.status_code, method=method)
+        if "result" not in answer or response.status != 200:
+            raise TransportError("bad_answer", "answer without result", http_status=response.status, method=method)
         limits.note_operating(self.portal.member_id, method, answer.get("time"))
         log.debug("rest call", extra={"member_id": self.portal.member_id, "method": method, "request_id": request_id})
         return answer

@@ -18,13 +18,16 @@ from .frame_post import BadFramePost, language_of, parse_frame_post
 log = logging.getLogger(__name__)
 
 
-def frame_error(request, *, status: int, title: str, message: str, origin: str | None):
+def frame_error(request, *, status: int, title: str, message: str, origin: str | None,
+                retry_after: float | None = None):
     """A readable error page for inside the portal's frame (already localized by the caller)."""
     response = render(request, "errors/frame_error.html", {"title": title, "message": message}, status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(max(int(retry_after + 0.999), 1))
     return framed_by(response, origin)
 
 
-@sensitive_post_parameters("AUTH_ID", "REFRESH_ID")
+@sensitive_post_parameters("AUTH_ID", "REFRESH_ID", "APPLICATION_TOKEN")
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def install_view(request):
@@ -47,23 +50,42 @@ def install_view(request):
                                    message=_("The install request carries no refresh token."), origin=origin)
             try:
                 portal = installer.install(post)
-            except installer.InstallNotConfirmed:
-                return frame_error(request, status=403, title=_("Installation not confirmed"),
-                                   message=_("Bitrix24 did not confirm this installation. Please start the "
-                                             "installation again from your Bitrix24."), origin=origin)
+            except installer.InstallRefused as exc:
+                title, message = _install_refusal(exc.reason)
+                return frame_error(request, status=exc.status, title=title, message=message, origin=origin,
+                                   retry_after=exc.retry_after)
             except installer.InstallUnavailable as exc:
                 if exc.code in ("ACCESS_DENIED", "insufficient_scope"):
                     return frame_error(request, status=403, title=_("Installation incomplete"),
                                        message=_("Bitrix24 refused to register the widget: the installing user "
                                                  "must be a portal administrator and the app needs the "
                                                  "placement scope."), origin=origin)
-                return frame_error(request, status=502, title=_("Bitrix24 is not reachable"),
+                return frame_error(request, status=503, title=_("Bitrix24 is not reachable"),
                                    message=_("The installation could not be completed because Bitrix24 did not "
-                                             "answer. Please try again in a few minutes."), origin=origin)
+                                             "answer. Please try again in a few minutes."), origin=origin,
+                                   retry_after=30)
             response = render(request, "install/finish.html", {
                 "portal": portal, "bx24_js_url": settings.B24_JS_URL,
             })
             return framed_by(response, portal_origin(portal))
+
+
+def _install_refusal(reason: str):
+    """(title, message) for a refused install, in the active language."""
+    if reason == "not_admin":
+        return (_("An administrator must install the app"),
+                _("Only a Bitrix24 administrator can install this app. Please ask an administrator of your "
+                  "portal to install it; nothing was changed."))
+    if reason == "throttled":
+        return (_("Too many attempts"), _("Too many installation attempts for this portal. Please wait a "
+                                          "minute and start the installation again."))
+    if reason in ("oauth_unavailable", "bitrix24_unavailable", "deployment_misconfigured"):
+        return (_("Bitrix24 is not reachable"),
+                _("The installation could not be completed because Bitrix24 did not answer. Please try "
+                  "again in a few minutes."))
+    return (_("Installation not confirmed"),
+            _("Bitrix24 did not confirm this installation. Please start the installation again from your "
+              "Bitrix24."))
 
 
 @sensitive_post_parameters()
@@ -77,5 +99,8 @@ def events_view(request):
     except events.BadEvent as exc:
         return JsonResponse({"error": "bad_request", "error_description": str(exc)}, status=400)
     except events.EventRefused as exc:
-        return JsonResponse({"error": "refused", "error_description": exc.reason}, status=exc.status)
+        response = JsonResponse({"error": "refused", "error_description": exc.reason}, status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(max(int(exc.retry_after + 0.999), 1))
+        return response
     return JsonResponse({"result": outcome})

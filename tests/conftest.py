@@ -1,6 +1,7 @@
 """Fixtures: a local Bitrix24 stand-in over real HTTP, and portals installed through it."""
 import pytest
 from django.core.cache import cache
+from django.test import Client
 
 from portals.models import Portal
 from sandbox.standin import StandIn
@@ -30,6 +31,7 @@ def _bitrix24(settings, standin):
     settings.B24_OAUTH_URL = standin.oauth_url
     standin.oauth_down = False
     standin.oauth_delay = 0
+    standin.oauth_late = 0
     cache.clear()
     yield
     cache.clear()
@@ -55,7 +57,27 @@ def do_install(client, b24, *, user_id="1", lang="en", event=True):
     return Portal.objects.get(member_id=b24.member_id)
 
 
+def do_uninstall(client, b24, *, clean=False, name="ONAPPUNINSTALL"):
+    """Uninstall as Bitrix24 does: the app is removed from the portal, then ONAPPUNINSTALL is sent."""
+    b24.uninstall()
+    payload = b24.event_payload("ONAPPUNINSTALL", data={"CLEAN": "1" if clean else "0"})
+    payload["event"] = name
+    return client.post("/events/", payload)
+
+
 @pytest.fixture
 def installed(db, client, b24):
     """(stored Portal, stand-in portal) after a complete install."""
     return do_install(client, b24), b24
+
+
+@pytest.fixture
+def frame():
+    """What a browser inside the portal's frame is: a cross-site client with CSRF checks on."""
+    return Client(enforce_csrf_checks=True)
+
+
+@pytest.fixture
+def frame_500():
+    """The same client, but a server error comes back as a 500 response instead of an exception."""
+    return Client(enforce_csrf_checks=True, raise_request_exception=False)

@@ -58,7 +58,7 @@ class StandIn:
         self.oauth_delay = 0.0
         # Seconds the token endpoint waits AFTER it rotated the refresh token, before answering: the
         # old refresh token is already spent when a client that gave up would retry with it.
-        self.oauth_late_answer = 0.0
+        self.oauth_late = 0.0
         self._faults = Faults(self.lock)
         self._stopping = threading.Event()
         self.portals: list[Portal] = []

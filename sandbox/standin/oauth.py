@@ -154,9 +154,9 @@ class OAuthSite:
             response = json_response(200, refresh_tokens(standin, params))
         except ApiError as error:
             return error_response(error)
-        if standin.oauth_late_answer:
+        if standin.oauth_late:
             # The rotation is done (the old refresh token is spent); only the answer is late.
-            standin._stopping_wait(standin.oauth_late_answer)
+            standin._stopping_wait(standin.oauth_late)
         return shaped(standin, "oauth.token", response)
 
     def _rest(self, request):

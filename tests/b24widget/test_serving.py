@@ -24,7 +24,7 @@ def test_log_lines_are_json_with_member_id_and_no_secret(client, b24, caplog):
     lines = [formatter.format(record) for record in caplog.records]
     parsed = [json.loads(line) for line in lines]
     assert any(p.get("member_id") == portal.member_id and p.get("event") == "installed" for p in parsed)
-    assert any(p.get("event") == "event_rejected" for p in parsed)
+    assert any(p.get("message") == "request refused" and p.get("source") == "ONAPPUNINSTALL" for p in parsed)
     text = "\n".join(lines)
     for secret in (portal.access_token, portal.refresh_token, portal.application_token, "test-client-secret"):
         assert secret not in text

@@ -1,20 +1,7 @@
-"""Fixtures for the placement tests: a browser-like client (CSRF checks on) and a stored-state snapshot."""
+"""Fixtures for the placement tests: a stored-state snapshot (the frame clients live in tests/conftest.py)."""
 import pytest
-from django.test import Client
 
 from portals.models import Portal, PortalEvent
-
-
-@pytest.fixture
-def frame():
-    """What a browser inside the portal's frame is: a cross-site client with CSRF checks on."""
-    return Client(enforce_csrf_checks=True)
-
-
-@pytest.fixture
-def frame_500():
-    """The same client, but a server error comes back as a 500 response instead of an exception."""
-    return Client(enforce_csrf_checks=True, raise_request_exception=False)
 
 
 @pytest.fixture

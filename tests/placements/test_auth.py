@@ -8,7 +8,7 @@ from django.core.cache import cache
 
 from portals import oauth
 from portals.models import Portal, PortalEvent
-from tests.conftest import do_install
+from tests.conftest import do_install, do_uninstall
 from tests.placements.frames import is_widget, open_widget, portal_calls, text
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +41,7 @@ def test_a_portal_that_never_installed_is_not_installed(frame, db, b24):
 
 def test_uninstalled_portal_is_refused_without_asking_bitrix24(client, frame, installed, standin):
     portal, b24 = installed
-    assert client.post("/events/", b24.event_payload("ONAPPUNINSTALL")).status_code == 200
+    assert do_uninstall(client, b24).status_code == 200
     fields = b24.placement_post()  # the stand-in still honours its tokens: the refusal is ours
     calls, oauth_requests = portal_calls(b24), len(standin.oauth_requests)
     response = open_widget(frame, fields)
@@ -49,21 +49,42 @@ def test_uninstalled_portal_is_refused_without_asking_bitrix24(client, frame, in
     assert portal_calls(b24) == calls and len(standin.oauth_requests) == oauth_requests
 
 
-def test_blocked_portal_asks_for_a_reinstall(frame, installed, standin):
-    portal, b24 = installed
+def block_portal(portal, b24):
+    """The portal's refresh token is refused (here: NOT_INSTALLED for a while), so it is blocked."""
     b24.block("NOT_INSTALLED")
     with pytest.raises(oauth.OAuthRejected):
         oauth.refresh_portal(portal, force=True)
     b24.unblock()
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
-    calls = portal_calls(b24)
-    response = open_widget(frame, b24.placement_post(lang="de"))
+
+
+def test_a_blocked_portal_asks_ordinary_users_for_an_administrator(frame, installed):
+    portal, b24 = installed
+    block_portal(portal, b24)
+    response = open_widget(frame, b24.placement_post(user_id="2", lang="de"))
     assert response.status_code == 403
-    assert "Neuinstallation erforderlich" in text(response)
-    assert "Bitten Sie einen Portal-Administrator, die App neu zu installieren." in text(response)
-    assert portal_calls(b24) == calls
+    assert "Administrator" in text(response) and "neu zu installieren" not in text(response)
+    assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
     # The refusal may be shown in the portal's frame, and only there.
     assert response["Content-Security-Policy"] == f"frame-ancestors http://{b24.domain}"
+
+
+def test_a_blocked_portal_heals_at_an_administrators_open(frame, installed, standin):
+    """No reinstall: the administrator's verified REFRESH_ID becomes the portal's new grant."""
+    portal, b24 = installed
+    block_portal(portal, b24)
+    fields = b24.placement_post(user_id="1")
+    response = open_widget(frame, fields)
+    assert is_widget(response)
+    healed = Portal.objects.get(pk=portal.pk)
+    assert healed.status == Portal.Status.ACTIVE and healed.has_tokens and healed.last_error == ""
+    assert healed.refresh_token != fields["REFRESH_ID"]  # spent at the OAuth server, its answer stored
+    assert healed.events.filter(kind=K.RECOVERED, detail__via="administrator_open").exists()
+    # The stored grant works for background calls again.
+    from portals.rest import PortalClient
+    assert PortalClient(healed).call("user.admin") is True
+    # And ordinary users are served again.
+    assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
 
 
 # --- the posted DOMAIN (rule 4) ------------------------------------------------------------------
@@ -141,12 +162,13 @@ def test_a_token_of_another_portal_is_refused(frame, installed, standin):
     assert other.calls("batch") == 0  # asked at our stored portal, never at the token's own
 
 
-def test_a_token_of_another_app_is_refused(frame, installed, settings):
+def test_a_token_of_another_app_is_refused(frame, installed, settings, standin):
     _, b24 = installed
-    settings.B24_CLIENT_ID = "local.another.app"  # app.info now names an app that is not us
+    settings.B24_CLIENT_ID = "local.another.app"  # the OAuth server now names an app that is not us
+    asked = len(standin.server_requests)
     response = open_widget(frame, b24.placement_post())
     assert response.status_code == 403 and DENIED in text(response)
-    assert b24.calls("app.info") >= 1
+    assert standin.server_requests[asked]["method"] == "app.info"  # the OAuth server's word decides
 
 
 def test_no_auth_id_is_refused_without_asking_anyone(frame, installed, standin):
@@ -234,7 +256,7 @@ def test_a_new_portal_is_activated_by_its_first_verified_open(client, frame, b24
 
 @pytest.mark.parametrize("method,error,status", [
     ("user.current", "INTERNAL_SERVER_ERROR", 500),  # one command of the batch fails
-    ("app.info", "ERROR_METHOD_NOT_FOUND", 404),
+    ("app.info", "ERROR_METHOD_NOT_FOUND", 404),  # at the OAuth server (fail_next covers it too)
     ("batch", "INTERNAL_SERVER_ERROR", 500),  # the whole request fails
     ("batch", "OPERATION_TIME_LIMIT", 429),
     ("batch", "QUERY_LIMIT_EXCEEDED", 503),

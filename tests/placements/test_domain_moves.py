@@ -147,7 +147,7 @@ def test_a_foreign_domain_for_a_portal_that_lost_the_app(frame, installed, stand
     b24.block("NOT_INSTALLED")  # the OAuth server refuses the portal's refresh token from now on
     response = open_widget(frame, dict(b24.placement_post(), DOMAIN=recorder.address))
     assert response.status_code == 403
-    assert "Please ask a portal administrator to reinstall the app." in text(response)
+    assert "Please ask a portal administrator to open the app once" in text(response)
     assert recorder.requests == []
     portal.refresh_from_db()
     assert portal.status == Portal.Status.BLOCKED and portal.domain == b24.domain

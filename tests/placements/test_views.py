@@ -83,8 +83,9 @@ def test_payment_expired_shows_a_warning(frame, installed):
     assert is_widget(response)
     assert "The app's paid period has expired." in html.unescape(element(response, "payment-expired"))
     assert 'class="badge bad"' in tag(response, "app-status")
+    # Shown, not stored: what is stored about the licence comes from the OAuth server only (sync_portals).
     portal.refresh_from_db()
-    assert portal.payment_expired is True and portal.app_status == "P"
+    assert portal.payment_expired is None and portal.app_status == "F"
 
 
 @pytest.mark.parametrize("lang,html_lang,signed_in,status_word", [

@@ -1,9 +1,11 @@
-"""POST /install/: believed only after the OAuth server confirms it; then stored and bound."""
+"""POST /install/: believed only as an administrator's grant (the OAuth server confirms it, the portal
+says its user is an administrator); then stored with its APPLICATION_TOKEN and bound."""
 import pytest
 from django.db import connection
 
-from portals.models import Portal, PortalEvent
-from tests.conftest import do_install
+from placements.models import WidgetSettings
+from portals.models import Portal, PortalEvent, Rejection
+from tests.conftest import do_install, do_uninstall
 
 pytestmark = pytest.mark.django_db
 
@@ -31,9 +33,10 @@ def test_fresh_install_stores_the_oauth_servers_answer(client, b24, standin):
     assert portal.access_token and portal.access_token != post["AUTH_ID"]
     assert portal.access_expires_at is not None and portal.refresh_renewed_at is not None
     assert portal.installed_at is not None and portal.installed_by == "1"
-    assert portal.application_token == ""
+    assert portal.application_token == post["APPLICATION_TOKEN"] == b24.application_token
     assert standin.oauth_requests[-1]["client_secret"] == "test-client-secret"
-    assert kinds(portal) == [K.INSTALLED, K.PLACEMENT_BOUND, K.EVENTS_BOUND]
+    assert portal.bound_at is not None
+    assert kinds(portal) == [K.INSTALLED, K.APPLICATION_TOKEN_SAVED, K.PLACEMENT_BOUND, K.EVENTS_BOUND]
 
 
 def test_install_binds_contact_center_and_events(client, b24):
@@ -77,8 +80,7 @@ def test_reinstall_updates_the_same_row(client, b24):
 
 def test_reinstall_after_uninstall_starts_again_as_new(client, b24):
     portal = do_install(client, b24)
-    client.post("/events/", b24.event_payload("ONAPPUNINSTALL"))
-    b24.uninstall()
+    do_uninstall(client, b24)
     portal = do_install(client, b24)
     assert portal.status == Portal.Status.ACTIVE
     assert portal.uninstalled_at is None
@@ -104,28 +106,87 @@ def test_member_id_the_oauth_server_does_not_confirm(client, b24, standin):
     assert not Portal.objects.exists()
 
 
+def snapshot(portal):
+    row = Portal.objects.get(pk=portal.pk)
+    return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by,
+            row.last_error, list(WidgetSettings.objects.filter(portal_id=portal.pk).values_list("enabled")),
+            kinds(row))
+
+
 def test_forged_install_for_a_known_portal_changes_nothing(client, b24):
     portal = do_install(client, b24)
+    before = snapshot(portal)
     post = b24.install_post()
     post["REFRESH_ID"] = "0" * 40
     assert client.post("/install/", post).status_code == 403
-    after = Portal.objects.get(pk=portal.pk)
-    assert after.status == Portal.Status.ACTIVE
-    assert after.refresh_token == portal.refresh_token
-    assert kinds(after)[-1] == K.INSTALL_FAILED
+    assert snapshot(portal) == before
+    assert Rejection.objects.get(portal=portal).reason == "oauth_invalid_grant"
 
 
-def test_oauth_down_is_a_502_and_stores_nothing(client, b24, standin):
+def test_an_ordinary_users_widget_refresh_id_cannot_replace_the_portals_tokens(client, installed):
+    """He POSTs his genuine widget REFRESH_ID (and an APPLICATION_TOKEN of his choosing) to /install/."""
+    portal, b24 = installed
+    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    before = snapshot(portal)
+    post = b24.placement_post(user_id="2")
+    post.update(PLACEMENT="DEFAULT", APPLICATION_TOKEN="attacker-token")
+    response = client.post("/install/", post)
+    assert response.status_code == 403
+    assert "Only a Bitrix24 administrator can install this app" in response.content.decode()
+    assert snapshot(portal) == before
+    assert Rejection.objects.get(portal=portal).reason == "not_admin"
+
+
+def test_forged_installs_are_throttled_per_portal(client, installed, standin, settings):
+    """Each unverified install costs an OAuth request with our client secret: a few per portal, then 429."""
+    settings.B24_UNVERIFIED_OAUTH_BURST = 4  # the fixture's genuine install took one of them
+    settings.B24_UNVERIFIED_OAUTH_PER_MINUTE = 1
+    portal, b24 = installed
+    before = len(standin.oauth_requests)
+    answers = []
+    for _ in range(20):
+        post = b24.install_post()
+        post["REFRESH_ID"] = "0" * 40
+        answers.append(client.post("/install/", post))
+    assert len(standin.oauth_requests) - before == 3
+    assert [a.status_code for a in answers].count(429) == 17
+    assert int(answers[-1]["Retry-After"]) >= 1
+    assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
+
+
+def test_oauth_down_is_a_503_and_stores_nothing(client, b24, standin):
     standin.oauth_down = True
     response = client.post("/install/", b24.install_post())
-    assert response.status_code == 502
+    assert response.status_code == 503 and response["Retry-After"]
     assert not Portal.objects.exists()
+
+
+def test_the_refresh_token_is_not_spent_when_the_database_cannot_store_it(client, b24, standin):
+    post = b24.install_post()
+    before = len(standin.oauth_requests)
+    with connection.cursor() as cursor:
+        # A read-only database (a replica after failover, a full disk): the install must stop before OAuth.
+        if connection.vendor == "postgresql":
+            cursor.execute("SET TRANSACTION READ ONLY")
+        else:
+            cursor.execute("PRAGMA query_only = ON")
+        try:
+            response = client.post("/install/", post)
+        finally:
+            if connection.vendor == "sqlite":
+                cursor.execute("PRAGMA query_only = OFF")
+    if connection.vendor == "postgresql":
+        pytest.skip("a read-only transaction does not outlive the test's own transaction on PostgreSQL")
+    assert response.status_code == 503
+    assert len(standin.oauth_requests) == before
+    # The same REFRESH_ID still installs once the database is back.
+    assert client.post("/install/", post).status_code == 200
 
 
 def test_error_pages_are_localized(client, b24, standin):
     standin.oauth_down = True
     response = client.post("/install/", b24.install_post(lang="de"))
-    assert response.status_code == 502
+    assert response.status_code == 503
     assert 'lang="de"' in response.content.decode()
     assert "Bitrix24 ist nicht erreichbar" in response.content.decode()
 
@@ -133,7 +194,7 @@ def test_error_pages_are_localized(client, b24, standin):
 def test_binding_failure_leaves_the_portal_new_with_the_reason(client, b24):
     b24.fail_next("batch", "INTERNAL_SERVER_ERROR", 500, times=10)
     response = client.post("/install/", b24.install_post())
-    assert response.status_code == 502
+    assert response.status_code == 503
     portal = Portal.objects.get(member_id=b24.member_id)
     assert portal.status == Portal.Status.NEW
     assert "INTERNAL_SERVER_ERROR" in portal.last_error
@@ -171,18 +232,15 @@ def test_tokens_are_encrypted_at_rest(client, b24):
         assert column.startswith("gAAAA")  # Fernet
 
 
-def test_install_by_a_non_administrator_binds_nothing_and_never_activates(client, b24):
-    # placement.bind is for administrators only; event.bind is not, so it must not run either.
-    response = client.post("/install/", b24.install_post(user_id="2", forged=True))
+def test_install_by_a_non_administrator_stores_and_binds_nothing(client, b24, settings):
+    response = client.post("/install/", b24.install_post(user_id="2", lang="de", forged=True))
     assert response.status_code == 403
-    assert "administrator" in response.content.decode()
+    assert "Nur ein Bitrix24-Administrator" in response.content.decode()
     assert b24.bindings["placements"] == [] and b24.bindings["events"] == []
-    portal = Portal.objects.get(member_id=b24.member_id)
-    assert portal.status == Portal.Status.NEW and "ACCESS_DENIED" in portal.last_error
-    # A token-less ONAPPINSTALL right after this failed install does not complete it.
-    assert client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=False)).status_code == 409
-    portal.refresh_from_db()
-    assert portal.status == Portal.Status.NEW and portal.application_token == ""
-    # An administrator installs again: all is well.
+    assert not Portal.objects.exists()
+    # A token-less ONAPPINSTALL after this refused install does not complete anything either.
+    assert client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=False)).status_code == 403
+    assert not Portal.objects.exists()
+    # An administrator installs: all is well.
     portal = do_install(client, b24)
     assert portal.status == Portal.Status.ACTIVE and portal.last_error == ""

@@ -49,14 +49,23 @@ def test_blocking_errors_block_the_portal(installed, error):
 
 
 @pytest.mark.django_db
-def test_wrong_client_secret_blocks(installed, settings):
+def test_a_wrong_client_secret_blocks_no_portal(installed, settings, client):
+    """Our misconfiguration is ours: no customer is blocked, and /healthz says what is wrong."""
     portal, _b24 = installed
     settings.B24_CLIENT_SECRET = "not-the-secret"
-    with pytest.raises(oauth.OAuthRejected) as info:
+    with pytest.raises(oauth.ClientMisconfigured) as info:
         oauth.refresh_portal(portal, force=True)
     assert info.value.code == "invalid_client"
     assert "not-the-secret" not in str(info.value)
-    assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.status == Portal.Status.ACTIVE and stored.refresh_token == portal.refresh_token
+    assert stored.refresh_lease_owner == ""  # the lease was given back
+    health = client.get("/healthz").json()
+    assert health["checks"]["oauth_client"].startswith("error: invalid_client")
+    # Fixed: the next refresh works, and the warning goes away.
+    settings.B24_CLIENT_SECRET = "test-client-secret"
+    oauth.refresh_portal(portal, force=True)
+    assert client.get("/healthz").json()["checks"]["oauth_client"] == "ok"
 
 
 @pytest.mark.django_db

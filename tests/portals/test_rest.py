@@ -3,6 +3,7 @@ import pytest
 
 from portals.models import Portal, PortalEvent
 from portals.rest import PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed, build_query
+from tests.conftest import do_uninstall
 
 pytestmark = pytest.mark.django_db
 K = PortalEvent.Kind
@@ -70,18 +71,20 @@ def test_a_users_expired_token_is_not_refreshed(installed, standin):
 def test_query_limit_is_retried_with_backoff(installed):
     portal, b24 = installed
     b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=2)
+    before = b24.calls("user.admin")
     assert client_for(portal).call("user.admin") is True
-    assert b24.calls("user.admin") == 3
+    assert b24.calls("user.admin") - before == 3
 
 
 def test_retries_are_bounded(installed, settings):
     portal, b24 = installed
     settings.B24_REST_MAX_RETRIES = 2
     b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=10)
+    before = b24.calls("user.admin")
     with pytest.raises(RestError) as info:
         client_for(portal).call("user.admin")
     assert info.value.code == "QUERY_LIMIT_EXCEEDED"
-    assert b24.calls("user.admin") == 3
+    assert b24.calls("user.admin") - before == 3
 
 
 def test_operation_time_limit_is_retried(installed):
@@ -166,7 +169,7 @@ def test_a_redirect_the_oauth_server_does_not_explain_is_an_error(installed, sta
 
 def test_uninstalled_portal_has_no_token_to_send(installed, client):
     portal, b24 = installed
-    client.post("/events/", b24.event_payload("ONAPPUNINSTALL"))
+    assert do_uninstall(client, b24).status_code == 200
     with pytest.raises(TokenRefreshFailed):
         client_for(portal).call("user.admin")
 
@@ -177,8 +180,7 @@ def test_app_info_can_be_asked_at_the_oauth_server(installed, standin):
     assert portal.server_endpoint == standin.server_endpoint
     before_server, before_portal = len(standin.server_requests), b24.calls("app.info")
     info = PortalClient(portal, oauth_server=True).call("app.info")
-    # The OAuth server's own shape (b24pysdk B24AppInfoResultData): the token's app is client_id.
-    assert info["client_id"] == "local.test.app" and info["install"]["member_id"] == b24.member_id
+    assert info["client_id"] == "local.test.app" and info["install"]["member_id"] == portal.member_id
     assert len(standin.server_requests) == before_server + 1 and b24.calls("app.info") == before_portal
     # Without a known server endpoint the portal answers.
     portal.server_endpoint = ""

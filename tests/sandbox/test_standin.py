@@ -112,6 +112,7 @@ def test_server_rest_app_info_is_the_trusted_status(http, standin):
     assert set(info) == {"client_id", "scope", "expires", "user_id", "install"}
     assert (info["client_id"], info["user_id"], info["install"]["status"]) == (CLIENT_ID, 1, "T")
     assert info["install"]["member_id"] == portal.member_id and info["install"]["installed"] is False
+    assert info["install"]["client_endpoint"] == portal.client_endpoint
     assert "CODE" not in info and "PAYMENT_EXPIRED" not in info["install"]
     assert standin.server_requests[-1]["method"] == "app.info"
     unknown = http.get(standin.server_endpoint + "app.info.json", params={"auth": "nope"}, timeout=5)

@@ -182,12 +182,12 @@ def test_operating_time_is_per_method_and_batch_is_not_counted(http, portal):
 
 def test_a_late_oauth_answer_has_already_rotated_the_refresh_token(http, standin, portal):
     tokens = portal.issue_tokens()
-    standin.oauth_late_answer = 60.0  # stop() ends the wait at teardown
+    standin.oauth_late = 60.0  # stop() ends the wait at teardown
     with pytest.raises(requests.ReadTimeout):
         http.get(standin.oauth_url, timeout=1, params={
             "grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
             "refresh_token": tokens["refresh_token"]})
-    standin.oauth_late_answer = 0
+    standin.oauth_late = 0
     # The client gave up, but the rotation happened: the old refresh token is spent.
     assert refresh(http, standin, tokens["refresh_token"]).json()["error"] == "invalid_grant"
 

@@ -4,8 +4,10 @@ threads (each with its own database connection, closed when the thread ends), a 
 
 The leading underscore keeps Django from taking this module for a command.
 """
+import contextlib
 import logging
 import queue
+import signal
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -32,24 +34,32 @@ class Outcome:
 
 
 class Budget:
-    """At most `limit` portals are worked on (None: no limit); taken while the portal is claimed."""
+    """At most `limit` portals are worked on (None: no limit); taken while the portal is claimed.
+
+    `stop()` (SIGTERM, a deployment error) ends the run: nothing new is claimed, work in flight finishes.
+    """
 
     def __init__(self, limit: int | None):
         self.limit = limit
         self.used = 0
+        self.stopped = ""
         self._lock = threading.Lock()
 
     def take(self) -> bool:
         with self._lock:
-            if self.limit is not None and self.used >= self.limit:
+            if self.stopped or (self.limit is not None and self.used >= self.limit):
                 return False
             self.used += 1
             return True
 
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            self.stopped = self.stopped or reason
+
     @property
     def exhausted(self) -> bool:
         with self._lock:
-            return self.limit is not None and self.used >= self.limit
+            return bool(self.stopped) or (self.limit is not None and self.used >= self.limit)
 
 
 class Tally:
@@ -120,6 +130,8 @@ def run(ids, work, *, workers: int, tally: Tally, budget: Budget) -> None:
                 pk = pending.get()
                 if pk is None:
                     return
+                if budget.stopped:
+                    continue  # stopping: claim nothing new
                 try:
                     outcome = work(pk)
                 except Exception as exc:  # one portal's bug must not stop the others
@@ -149,6 +161,20 @@ def run(ids, work, *, workers: int, tally: Tally, budget: Budget) -> None:
             pending.put(None)
         for thread in threads:
             thread.join()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(budget: Budget):
+    """SIGTERM (what systemd and Kubernetes send) stops the run gracefully: in-flight portals finish and
+    commit (a spent refresh token must be stored), nothing new is claimed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: budget.stop("SIGTERM"))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_arguments(parser, *, verb: str) -> None:

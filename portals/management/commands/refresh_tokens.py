@@ -4,15 +4,15 @@ Refresh tokens live 180 days and Bitrix24 asks apps not to refresh "just in case
 refreshed only when it is due: its refresh token was renewed more than --older-than-days ago, or
 (with --expiring-access-tokens) its access token expires within --within-minutes.
 
-Several copies may run at once: each portal is claimed with SELECT ... FOR UPDATE SKIP LOCKED
-(PostgreSQL) and stays locked while it is refreshed, and whether it is still due is checked again
-under the lock, so no portal is refreshed twice. SQLite has no row locks; its IMMEDIATE
-transactions make copies (and threads) take turns, so there the command uses one worker.
+Several copies may run at once: each refresh takes the portal's lease (oauth.refresh_portal) and
+checks again under the row lock that the portal is still due, so no portal is refreshed twice; no
+database lock is held while the OAuth server answers. SIGTERM stops the run gracefully (in-flight
+refreshes finish and are stored; nothing new is claimed). An OAuth answer that our own client
+credentials are wrong stops the run at once with exit status 2: no portal is blocked for it.
 """
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -39,29 +39,35 @@ def due(*, older_than_days: int, within_minutes: int | None, now=None) -> Q:
     return Q(status__in=(Portal.Status.NEW, Portal.Status.ACTIVE)) & ~Q(refresh_token="") & lapsing
 
 
-def refresh_if_due(pk: int, due_now: Q, *, budget: _pool.Budget | None = None) -> Outcome:
-    """Claim the portal if it is still due and no other copy holds it, and refresh it under that lock.
+MISCONFIGURED = "misconfigured"
 
-    Whether it is due is judged again under the lock: the id was read earlier, and another copy
-    may have refreshed the portal since.
+
+def refresh_if_due(pk: int, due_now: Q, *, budget: _pool.Budget | None = None) -> Outcome:
+    """Refresh the portal if it is still due and no other copy is refreshing it.
+
+    Whether it is due is judged again under the row lock when the lease is taken: the id was read
+    earlier, and another copy may have refreshed the portal since.
     """
-    with transaction.atomic():
-        portal = Portal.objects.select_for_update(skip_locked=True).filter(due_now, pk=pk).first()
-        if portal is None:
-            return Outcome(SKIPPED)  # refreshed, blocked, uninstalled or held by another copy meanwhile
-        if budget is not None and not budget.take():
-            return Outcome(OVER_LIMIT)
-        label = f"{portal.member_id} ({portal.domain})"
-        try:
-            # refresh_portal locks the row again on this same connection (a savepoint) and blocks
-            # the portal on a refusal; its writes commit with this transaction.
-            oauth.refresh_portal(portal, force=True)
-        except oauth.PortalNotServing:
-            return Outcome(SKIPPED, label)
-        except oauth.OAuthError as exc:
-            if Portal.objects.filter(pk=pk, status=Portal.Status.BLOCKED).exists():
-                return Outcome(BLOCKED, label, exc.code, exc.description)
-            return Outcome(FAILED, label, exc.code, exc.description)
+    portal = Portal.objects.filter(due_now, pk=pk).first()
+    if portal is None:
+        return Outcome(SKIPPED)  # refreshed, blocked or uninstalled meanwhile
+    if budget is not None and not budget.take():
+        return Outcome(OVER_LIMIT)
+    label = f"{portal.member_id} ({portal.domain})"
+    try:
+        after = oauth.refresh_portal(portal, force=True, wait=0, still_due=due_now)
+    except (oauth.PortalNotServing, oauth.RefreshInProgress):
+        return Outcome(SKIPPED, label)  # gone, or another copy holds the lease right now
+    except oauth.ClientMisconfigured as exc:
+        if budget is not None:
+            budget.stop(exc.code)
+        return Outcome(MISCONFIGURED, label, exc.code, exc.description)
+    except oauth.OAuthError as exc:
+        if Portal.objects.filter(pk=pk, status=Portal.Status.BLOCKED).exists():
+            return Outcome(BLOCKED, label, exc.code, exc.description)
+        return Outcome(FAILED, label, exc.code, exc.description)
+    if after.refresh_renewed_at == portal.refresh_renewed_at:
+        return Outcome(SKIPPED, label)  # no longer due when the lease was taken
     return Outcome(REFRESHED, label)
 
 
@@ -107,21 +113,25 @@ class Command(BaseCommand):
             return self._dry_run(candidates, options["batch_size"], options["limit"])
 
         workers = options["workers"]
-        if not connection.features.has_select_for_update_skip_locked and workers > 1:
-            # Each refresh holds the database's single write lock while it waits for the OAuth server;
-            # more threads would only queue for it (and risk its busy timeout).
-            self.stdout.write(f"{connection.vendor}: no row locks, using 1 worker instead of {workers}")
-            workers = 1
         total = candidates.count()
         if options["limit"] is not None:
             total = min(total, options["limit"])
         self.stdout.write(f"due: {total} portal(s); refreshing with {workers} worker(s)")
         self.budget = _pool.Budget(options["limit"])
         tally = _pool.Tally(self, (REFRESHED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
-        _pool.run(_pool.ids_in_pages(candidates, options["batch_size"]),
-                  lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
-                  workers=workers, tally=tally, budget=self.budget)
+        with _pool.stop_on_sigterm(self.budget):
+            _pool.run(_pool.ids_in_pages(candidates, options["batch_size"]),
+                      lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
+                      workers=workers, tally=tally, budget=self.budget)
         self.stdout.write(tally.summary())
+        if self.budget.stopped in oauth.CLIENT_ERRORS:
+            raise CommandError(
+                f"the OAuth server refused this deployment's credentials ({self.budget.stopped}): check "
+                "B24_CLIENT_ID and B24_CLIENT_SECRET. No portal was blocked; the run stopped at the first "
+                "such answer.", returncode=2)
+        if self.budget.stopped == "SIGTERM":
+            raise CommandError("stopped by SIGTERM: refreshes in flight were finished and stored; run again to "
+                               "go on", returncode=143)
         if tally.counts[FAILED]:
             raise CommandError(f"{tally.counts[FAILED]} portal(s) could not be refreshed")
 

@@ -47,7 +47,7 @@ def parse_app_info(info, *, client_id: str, member_id: str) -> dict:
         raise BadAppInfo("wrong_app", "app.info answered for another application")
     install = info["install"]
     if str(install.get("member_id") or "") != member_id:
-        raise BadAppInfo("wrong_portal", "app.info answered for another portal")
+        raise BadAppInfo("wrong_member", "app.info answered for another portal")
     if install.get("installed") is not True:
         raise BadAppInfo("not_installed", "app.info says the app is not installed on this portal")
     status = str(install.get("status") or "")

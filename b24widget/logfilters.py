@@ -1,0 +1,21 @@
+"""Logging filters: no log line carries a query string or a request object.
+
+Django's request loggers attach the request to 4xx/5xx records (its repr holds the full URL, query
+string included) and runserver logs the request line; a portal's fields or a token may travel in a
+query string. This filter keeps method and path only, in JSON and plain format alike.
+"""
+import logging
+import re
+
+_QUERY = re.compile(r"\?[^\s\"']*")
+
+
+class NoRequestDetails(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        if request is not None and not isinstance(request, str):
+            record.request = f"{getattr(request, 'method', '')} {getattr(request, 'path', '')}".strip()
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = _QUERY.sub("", message), ()
+        return True

@@ -1,0 +1,89 @@
+"""Every outward HTTP request to Bitrix24 goes through `send`: a total deadline and a size cap.
+
+`requests` has only per-operation timeouts: a server that trickles one byte every few seconds, or
+answers with hundreds of megabytes, would hold a thread (and its memory) for as long as it likes.
+`send` streams the body and stops at the deadline or the cap, whichever comes first. One
+`requests.Session` per thread reuses connections without sharing a Session across threads.
+"""
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+import urllib3
+
+_local = threading.local()
+_CHUNK = 16 * 1024
+
+
+class HttpFailure(Exception):
+    """Nothing usable came back: `code` is `unreachable`, `deadline` or `too_large`; no secret in the text."""
+
+    def __init__(self, code: str, description: str):
+        self.code = code
+        self.description = description
+        super().__init__(f"{code}: {description}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self):
+        """The body as JSON, or None when it is not JSON (or absurdly deep)."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, RecursionError):
+            return None
+
+
+def session() -> requests.Session:
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+    return _local.session
+
+
+def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, deadline: float, max_bytes: int,
+         **kwargs) -> Answer:
+    """Send one request; give up once `deadline` seconds have passed or `max_bytes` arrived.
+
+    Each socket operation also has its timeout, so the deadline is overrun by at most one
+    `read_timeout`. Redirects are never followed (the caller decides what a 3xx means).
+    """
+    ends = time.monotonic() + deadline
+    read_timeout = max(min(read_timeout, deadline), 0.1)
+    try:
+        response = session().request(
+            method, url, timeout=(min(connect_timeout, deadline), read_timeout), allow_redirects=False,
+            stream=True, **kwargs,
+        )
+    except requests.Timeout:
+        raise HttpFailure("deadline", "no answer in time") from None
+    except requests.RequestException as exc:
+        raise HttpFailure("unreachable", f"server unreachable ({type(exc).__name__})") from None
+    try:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise HttpFailure("too_large", f"answer of {declared} bytes exceeds the cap of {max_bytes}")
+        body = bytearray()
+        try:
+            while True:
+                # read1: whatever has arrived (a trickle returns byte by byte, so the deadline is checked)
+                chunk = response.raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > max_bytes:
+                    raise HttpFailure("too_large", f"answer exceeds the cap of {max_bytes} bytes")
+                if time.monotonic() > ends:
+                    raise HttpFailure("deadline", f"answer not complete within {deadline:.0f}s")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+                raise HttpFailure("deadline", "the answer stopped arriving") from None
+            raise HttpFailure("unreachable", f"answer interrupted ({type(exc).__name__})") from None
+        return Answer(status=response.status_code, headers=dict(response.headers), body=bytes(body))
+    finally:
+        response.close()
