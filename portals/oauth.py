@@ -437,6 +437,7 @@ def _store(pk: int, owner: str, grant: TokenGrant) -> Portal:
             with transaction.atomic():
                 row = _locked(pk, owner)
                 lifecycle.apply_grant(row, grant, reason="refresh")
+            row.refreshed_now = True  # this call refreshed (others return the row someone else refreshed)
             return row
         except DatabaseError:
             if transaction.get_connection().in_atomic_block or attempt + 1 == settings.B24_TOKEN_STORE_ATTEMPTS:
