@@ -15,6 +15,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
+from b24widget import metrics
+
 from portals.addresses import portal_origin
 from portals.framing import frame_origin, framed_by
 from portals.frame_post import BadFramePost
@@ -46,6 +48,15 @@ def _refusal(reason: str):
                             _("This portal's address does not match the one Bitrix24 confirmed for it. If the "
                               "portal's address was changed, reload Bitrix24 and open the widget again.")),
         "no_auth": (_("Not signed in"), _("Bitrix24 did not send the user's authorization. Open the widget again.")),
+        "no_access": (_("No access to this app"),
+                      _("Your Bitrix24 administrator has given access to this app to some users only. Ask an "
+                        "administrator to give you access.")),
+        "plan_required": (_("Not available on this plan"),
+                          _("Bitrix24 offers apps like this one on its commercial plans only. A portal "
+                            "administrator can change the plan in Bitrix24.")),
+        "bitrix24_blocked": (_("Bitrix24 has paused this portal's apps"),
+                             _("Bitrix24 has paused apps' access to this portal for overload. A portal "
+                               "administrator can ask Bitrix24 support to lift it.")),
         "bad_token": (_("Access denied"),
                       _("Bitrix24 did not confirm your authorization. Close the widget and open it again.")),
         "bitrix24_unreachable": (_("Bitrix24 is not reachable"),
@@ -98,6 +109,7 @@ def placement_view(request):
         try:
             portal, verdict = auth.verify(post)
         except auth.Refused as exc:
+            metrics.widget_open(exc.reason)
             title, message = _refusal(exc.reason)
             # The stored portal's origin, when one is known; else the posted one, for a page that holds
             # nothing but this message (so the user sees it instead of a blocked frame).
@@ -116,6 +128,7 @@ def placement_view(request):
         }
         page = _page(request, parsed.placement.template, context)
         response = HttpResponse(page.replace(_TOKEN_SLOT, widget_token.issue(portal, verdict)))
+        metrics.widget_open("shown")
     return framed_by(response, portal_origin(portal))
 
 

@@ -84,23 +84,40 @@ def refresh_if_due(pk: int, due_now: Q, *, budget=None) -> Outcome:
         if Portal.objects.filter(pk=pk, status=Portal.Status.BLOCKED).exists():
             return Outcome(BLOCKED, label, exc.code, exc.description)
         return Outcome(FAILED, label, exc.code, exc.description)
-    if not getattr(after, "refreshed_by_this_call", False):
+    if not getattr(after, "refreshed_now", False):
         return Outcome(SKIPPED, label)  # no longer due when the lease was taken (another worker refreshed it)
     return Outcome(REFRESHED, label)
 
 
-def parse_app_info(info) -> dict | None:
-    """The licence facts of the OAuth server's app.info result, or None when it is not a usable answer.
+class BadAppInfo(Exception):
+    """The OAuth server's app.info answer does not vouch for our app on this portal."""
+
+    def __init__(self, code: str, description: str):
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+def parse_app_info(info, *, client_id: str, member_id: str) -> dict:
+    """The facts of the OAuth server's app.info result for our app on that portal, or BadAppInfo.
 
     Its shape is `{client_id, scope, expires, user_id, install: {installed, version, status, ...}}`
-    (b24pysdk schemas/api.py B24AppInfoResultData): the status is the only licence fact it gives.
+    (b24pysdk schemas/api.py B24AppInfoResultData): no PAYMENT_EXPIRED or LICENSE, so those stored
+    values are left as they are.
     """
     if not isinstance(info, dict) or not isinstance(info.get("install"), dict):
-        return None
-    status = str(info["install"].get("status") or "")
+        raise BadAppInfo("bad_answer", "app.info answered without an install section")
+    if info.get("client_id") != client_id:
+        raise BadAppInfo("wrong_app", "app.info answered for another application")
+    install = info["install"]
+    if str(install.get("member_id") or "") != member_id:
+        raise BadAppInfo("wrong_member", "app.info answered for another portal")
+    if install.get("installed") is not True:
+        raise BadAppInfo("not_installed", "app.info says the app is not installed on this portal")
+    status = str(install.get("status") or "")
     if status not in AppStatus.values:
-        return None
-    return {"app_status": status, "payment_expired": None}
+        raise BadAppInfo("bad_answer", "app.info answered without a known status")
+    return {"app_status": status, "payment_expired": None, "license": ""}
 
 
 def sync_portal(pk: int, *, budget=None) -> Outcome:
@@ -126,14 +143,10 @@ def sync_portal(pk: int, *, budget=None) -> Outcome:
         return Outcome(FAILED, label, exc.code, exc.description)
     except RestError as exc:
         return Outcome(FAILED, label, exc.code, exc.description)
-    if not isinstance(answer, dict) or answer.get("client_id") != settings.B24_CLIENT_ID:
-        return Outcome(FAILED, label, "wrong_app", "app.info answered for another application")
-    install = answer.get("install") if isinstance(answer.get("install"), dict) else {}
-    if install.get("member_id") != portal.member_id:
-        return Outcome(FAILED, label, "wrong_member", "app.info answered for another portal")
-    info = parse_app_info(answer)
-    if info is None:
-        return Outcome(FAILED, label, "bad_answer", "app.info answered without a known STATUS")
+    try:
+        info = parse_app_info(answer, client_id=settings.B24_CLIENT_ID, member_id=portal.member_id)
+    except BadAppInfo as exc:
+        return Outcome(FAILED, label, exc.code, exc.description)
     with transaction.atomic():
         current = Portal.objects.select_for_update().filter(pk=pk).first()
         if current is None or current.status != Portal.Status.ACTIVE:

@@ -1,14 +1,18 @@
 """Fixtures: a local Bitrix24 stand-in over real HTTP, and portals installed through it."""
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
 from django.test import Client
 
 from portals import inbox
 from portals.models import InboxItem, Portal
 from sandbox.standin import StandIn
+from tests.redis_keys import clear_cache
 
 CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
+# A second application on the same stand-in: genuine tokens on every portal, but not ours.
+OTHER_CLIENT_ID = "local.other.app"
+OTHER_CLIENT_SECRET = "other-client-secret"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,6 +41,13 @@ def standin():
         yield server
 
 
+@pytest.fixture(scope="session")
+def other_app(standin):
+    """Another app registered with the stand-in's OAuth server (``portal.issue_tokens(client_id=...)``)."""
+    # tests/placements/test_trust.py may have registered it already (its own module fixture).
+    return standin.apps.get(OTHER_CLIENT_ID) or standin.add_app(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET)
+
+
 @pytest.fixture(autouse=True)
 def _bitrix24(settings, standin):
     """Every test talks to the stand-in's OAuth server, with an empty cache."""
@@ -44,9 +55,9 @@ def _bitrix24(settings, standin):
     standin.oauth_down = False
     standin.oauth_delay = 0
     standin.oauth_late = 0
-    cache.clear()
+    clear_cache(caches["default"])
     yield
-    cache.clear()
+    clear_cache(caches["default"])
 
 
 @pytest.fixture
@@ -66,13 +77,24 @@ def deliver(client, payload, **post):
     if response.status_code == 200:
         inbox.process_pending()
         item = InboxItem.objects.get(pk=response.json()["id"])
+        if item.state == InboxItem.State.PROCESSING:  # a real worker runs beside (e2e): it has the item
+            from tests.workers import wait_for
+
+            wait_for(lambda: not InboxItem.objects.filter(pk=item.pk, state=InboxItem.State.PROCESSING).exists(),
+                     what="the worker to finish the event")
+            item.refresh_from_db()
     return response, item
 
 
 def do_install(client, b24, *, user_id="1", lang="en", event=True):
-    """Install as Bitrix24 does: the install POST into the frame, then ONAPPINSTALL (processed)."""
+    """Install as Bitrix24 does: the install POST into the frame, the page's installFinish, then ONAPPINSTALL
+    (processed here, see `deliver`).
+
+    settings/app-installation/installation-finish.md: no event is sent before installFinish.
+    """
     response = client.post("/install/", b24.install_post(user_id=user_id, lang=lang))
     assert response.status_code == 200, response.content[:500]
+    b24.finish_install()  # what the install page's BX24.installFinish() does
     if event:
         answer, item = deliver(client, b24.event_payload("ONAPPINSTALL"))
         assert answer.status_code == 200, answer.content[:500]

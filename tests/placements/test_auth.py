@@ -106,19 +106,12 @@ def test_a_foreign_domain_is_refused_and_never_contacted(frame, installed, stand
     assert not stored.events.filter(kind=K.DOMAIN_CHANGED).exists()
 
 
-def test_domain_comparison_ignores_case(frame, installed, standin):
-    portal, b24 = installed
-    # The stand-in listens on 127.0.0.1, which has no letters; call the same server by a name that has.
-    port = b24.domain.rsplit(":", 1)[1]
-    Portal.objects.filter(pk=portal.pk).update(domain=f"localhost:{port}",
-                                               client_endpoint=f"http://localhost:{port}/rest/")
-    fields = b24.placement_post()
-    fields["DOMAIN"] = f"LocalHost:{port}"
-    oauth_before = len(standin.oauth_requests)
-    response = open_widget(frame, fields)
-    assert is_widget(response)
-    assert len(standin.oauth_requests) == oauth_before  # no re-check: it is the same address
-    assert response["Content-Security-Policy"] == f"frame-ancestors http://localhost:{port}"
+def test_domain_comparison_ignores_case(settings):
+    """The posted DOMAIN is normalized before it is compared with the stored (OAuth-confirmed) address."""
+    from portals.addresses import normalize_domain
+    settings.B24_ALLOW_HTTP_PORTALS = True
+    assert normalize_domain("Portal.Bitrix24.DE.") == "portal.bitrix24.de"
+    assert normalize_domain("LocalHost:8000") == "localhost:8000"
 
 
 # --- AUTH_ID (rule 5) ----------------------------------------------------------------------------
@@ -223,8 +216,9 @@ def _verdict_entries():
             for key in list(cache._cache) if ":verdict:" in key]
 
 
-@pytest.mark.parametrize("auth_expires,at_most", [("120", 120), ("3600", 3600), ("86400", 3600), (None, 3600)])
-def test_the_verdict_lives_no_longer_than_the_token(frame, installed, auth_expires, at_most):
+@pytest.mark.parametrize("auth_expires,at_most", [("120", 120), ("3600", 300), ("86400", 300), (None, 300)])
+def test_the_verdict_lives_no_longer_than_the_token_nor_minutes(frame, installed, auth_expires, at_most):
+    """AUTH_EXPIRES is the client's word: it may shorten our B24_VERDICT_MAX_AGE (300 s), never lengthen it."""
     _, b24 = installed
     fields = b24.placement_post()
     if auth_expires is None:
@@ -295,16 +289,18 @@ def test_open_lines_failure_still_shows_the_widget(frame, installed):
 
 def test_with_a_shared_redis_cache_each_process_keeps_a_local_copy(frame, installed, settings):
     """Verdicts read from Redis are kept in the process: a re-open skips the network round trip too."""
-    import redis as redis_client
     from django.core.cache import caches
+
+    from tests.redis_keys import REDIS_URL, RUN_PREFIX, clear_cache, delete_prefixed
+    prefix = f"{RUN_PREFIX}-l1"  # only this test's keys: the server is shared
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": "redis://127.0.0.1:6379/8", "KEY_PREFIX": "l1test"}}
-    caches["default"].clear()
+                                   "LOCATION": REDIS_URL, "KEY_PREFIX": prefix}}
+    clear_cache(caches["default"])
     _, b24 = installed
     fields = b24.placement_post()
     assert is_widget(open_widget(frame, fields))          # verified, stored in Redis
     assert is_widget(open_widget(frame, fields))          # read from Redis, kept locally
-    redis_client.Redis.from_url("redis://127.0.0.1:6379/8").flushdb()
+    assert delete_prefixed(REDIS_URL, prefix) > 0  # the verdict was in Redis; now only the local copy is left
     calls = b24.calls("user.current")
     assert is_widget(open_widget(frame, fields))          # from the local copy
     assert b24.calls("user.current") == calls
@@ -312,3 +308,43 @@ def test_with_a_shared_redis_cache_each_process_keeps_a_local_copy(frame, instal
     other = b24.placement_post(user_id="2")
     assert is_widget(open_widget(frame, other))
     assert b24.calls("user.current") == calls + 1
+
+
+# --- answers about the plan or the user's access (_includes/system-errors.md) ----------------------------
+
+@pytest.mark.parametrize("error,status,description,page_status,words", [
+    ("user_access_error", 403, None, 403, "has given access to this app to some users only"),
+    ("ACCESS_DENIED", 403, "REST API is available only on commercial plans", 402, "commercial plans only"),
+    ("OVERLOAD_LIMIT", 503, None, 503, "paused apps' access to this portal"),
+])
+def test_plan_and_access_answers_get_their_own_page(frame, installed, error, status, description, page_status,
+                                                    words):
+    _, b24 = installed
+    b24.fail_next("user.current", error, status, description=description)
+    response = open_widget(frame, b24.placement_post(user_id="2"))
+    assert response.status_code == page_status and words in text(response)
+    assert DENIED not in text(response)
+
+
+def test_an_expired_trial_keeps_its_negative_days(frame, installed):
+    from placements import auth
+    assert auth._days(-3) == -3 and auth._days("-3") == -3 and auth._days("x") is None
+    _, b24 = installed
+    b24.app_status, b24.days = "T", -3
+    response = open_widget(frame, b24.placement_post(user_id="2"))
+    assert is_widget(response) and "days left" not in text(response)
+
+
+def test_every_open_line_is_listed_not_only_the_first_page(frame, installed):
+    _, b24 = installed
+    b24.open_lines = [{"ID": str(n), "LINE_NAME": f"Line {n}", "ACTIVE": "Y"} for n in range(1, 451)]
+    page = text(open_widget(frame, b24.placement_post(user_id="1")))
+    assert "Line 1<" in page and "Line 200<" in page and "Line 201<" in page and "Line 450<" in page
+
+
+@pytest.mark.parametrize("posted,stored", [("portal.bitrix24.de:443", "portal.bitrix24.de"),
+                                           ("Portal.Bitrix24.DE", "portal.bitrix24.de")])
+def test_a_domain_with_the_https_port_is_the_same_portal(settings, posted, stored):
+    from portals.addresses import normalize_domain
+    settings.B24_ALLOW_HTTP_PORTALS = False
+    assert normalize_domain(posted) == stored

@@ -136,7 +136,7 @@ def test_a_strangers_tokenless_onappinstall_plants_nothing(client, b24):
     """Even moments after a verified install POST, a token-less ONAPPINSTALL with another token is refused."""
     portal = do_install(client, b24, event=False)
     before = snapshot(portal)
-    response = post_event(client, b24.event_payload("ONAPPINSTALL", application_token="attacker-token"))
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token"))
     assert rejected(response, "without an administrator's tokens")
     assert snapshot(portal) == before
     assert post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="attacker-token")
@@ -168,7 +168,8 @@ def test_onappinstall_with_an_administrators_tokens_of_another_portal(client, b2
 
 
 def test_onappinstall_for_an_unknown_portal_without_tokens(client, b24):
-    assert rejected(post_event(client, b24.event_payload("ONAPPINSTALL")), "without an administrator's tokens")
+    assert rejected(post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False)),
+                    "without an administrator's tokens")
     assert not Portal.objects.exists()
 
 
@@ -180,7 +181,8 @@ def test_a_reinstall_replaces_the_application_token(client, installed):
     portal.refresh_from_db()
     assert portal.application_token == b24.application_token != old
     assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})))
-    assert post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "3"}, application_token=old)
+    assert post_event(client, b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"},
+                                                application_token=old)
                       ).status_code == 403
 
 
@@ -275,7 +277,7 @@ def test_update_with_a_new_application_token_from_an_ordinary_user(client, insta
 
 def test_update_with_a_wrong_token(client, installed):
     portal, b24 = installed
-    payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "3"}, application_token="nope")
+    payload = b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"}, application_token="nope")
     assert post_event(client, payload).status_code == 403
     assert Portal.objects.get(pk=portal.pk).app_version == "1"
 

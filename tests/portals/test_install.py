@@ -233,15 +233,48 @@ def test_tokens_are_encrypted_at_rest(client, b24):
 
 
 def test_install_by_a_non_administrator_stores_and_binds_nothing(client, b24, settings):
-    response = client.post("/install/", b24.install_post(user_id="2", lang="de"))
+    response = client.post("/install/", b24.install_post(user_id="2", lang="de", forged=True))
     assert response.status_code == 403
     assert "Nur ein Bitrix24-Administrator" in response.content.decode()
     assert b24.bindings["placements"] == [] and b24.bindings["events"] == []
     assert not Portal.objects.exists()
     # A token-less ONAPPINSTALL after this refused install does not complete anything either.
-    response, item = deliver(client, b24.event_payload("ONAPPINSTALL"))
+    response, item = deliver(client, b24.event_payload("ONAPPINSTALL", with_tokens=False))
     assert response.status_code == 200 and item.state == InboxItem.State.REJECTED  # stored, refused in processing
     assert not Portal.objects.exists()
     # An administrator installs: all is well.
     portal = do_install(client, b24)
     assert portal.status == Portal.Status.ACTIVE and portal.last_error == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(standin, settings):
+    """A slow OAuth server cannot make unverified installs hold every thread: beyond
+    B24_UNVERIFIED_OAUTH_CONCURRENCY per process they are refused at once (429)."""
+    import threading
+    from django.db import connection as conn
+    from django.test import Client
+    settings.B24_UNVERIFIED_OAUTH_CONCURRENCY = 1
+    standin.oauth_delay = 1.0
+    portals = [standin.add_portal() for _ in range(3)]
+    statuses = {}
+
+    def install(b24):
+        try:
+            statuses[b24.member_id] = Client().post("/install/", b24.install_post()).status_code
+        finally:
+            conn.close()
+
+    before = len(standin.oauth_requests)
+    first = threading.Thread(target=install, args=(portals[0],))
+    first.start()
+    while len(standin.oauth_requests) == before:  # the first install is now waiting on the OAuth server
+        threading.Event().wait(0.01)
+    others = [threading.Thread(target=install, args=(b24,)) for b24 in portals[1:]]
+    for thread in others:
+        thread.start()
+    for thread in others + [first]:
+        thread.join(30)
+    assert statuses[portals[0].member_id] == 200
+    assert [statuses[b.member_id] for b in portals[1:]] == [429, 429]
+    assert len(standin.oauth_requests) - before == 1

@@ -5,14 +5,21 @@ app.info is asked at the OAuth server's REST (the portal's `server_endpoint`), B
 source of licence and payment facts, with the portal's own token (the portal itself when no server
 endpoint is known).
 
-The OAuth server's app.info answers the app's licence type (`install.status`, F/D/T/P/L/S); it is
-stored with lifecycle.set_app_info, which records a changed status as a PortalEvent. A batch runs
-against one portal only, so one app.info request per portal is already the fewest possible.
+The OAuth server's app.info has its own shape, not the portal's (b24restdocs documents only that it is
+the trusted source, settings/oauth/simple-way.md; the shape is the official Python SDK's, b24pysdk
+`schemas/api.py` B24AppInfoResultData, and the PHP SDK reads `install.uri` the same way):
+`{client_id, scope, expires, user_id, install: {installed, version, status, scope, domain, uri,
+client_endpoint, member_id, member_type}}`. So a token's application is `client_id` (never a portal's
+`CODE`, an application code that need not equal it), the portal is `install.member_id`, and the app's
+status (F/D/T/P/L/S) is `install.status`; it has no PAYMENT_EXPIRED or LICENSE (the portal's app.info
+does), so those stored values are left as they are. The status is stored with lifecycle.set_app_info,
+which records a change as a PortalEvent. A batch runs against one portal only, so one app.info
+request per portal is already the fewest possible.
 """
 from django.core.management.base import BaseCommand, CommandError
 
 from portals import maintenance
-from portals.maintenance import BLOCKED, CHANGED, FAILED, SKIPPED, SYNCED, parse_app_info  # noqa: F401
+from portals.maintenance import BLOCKED, CHANGED, FAILED, SKIPPED, SYNCED, BadAppInfo, parse_app_info  # noqa: F401
 from portals.models import Portal
 
 
@@ -20,7 +27,7 @@ class Command(BaseCommand):
     help = (
         "Call app.info for every active portal at the OAuth server's REST (with the portal's tokens, "
         "refreshed on expired_token) and "
-        "store the app's status (F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; a changed status is "
+        "store the app's status (F/D/T/P/L/S, the answer's install.status); a changed status is "
         "recorded in the portal's history. One request per portal: a batch cannot span portals. "
         "A portal whose token refresh is refused is blocked (an expected outcome); any other error "
         "is counted as failed with its code and makes the command exit with status 1."
