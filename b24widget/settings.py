@@ -242,8 +242,8 @@ X_FRAME_OPTIONS = "DENY"
 # /healthz is probed over plain HTTP by load balancers.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
-# One line per event. JSON (the default with DEBUG off) carries member_id, method, request_id ... as
-# fields; nothing logged anywhere holds a token or secret.
+# One line per event. JSON (the default with DEBUG off) carries member_id, method, request_id (and
+# in a Celery worker task_id) ... as fields; nothing logged anywhere holds a token or secret.
 LOG_FORMAT = read.str("LOG_FORMAT", default="plain" if DEBUG else "json")
 if LOG_FORMAT not in ("plain", "json"):
     read.problem("LOG_FORMAT", f"LOG_FORMAT={LOG_FORMAT!r} is neither plain nor json.", "Use plain or json.")
@@ -265,9 +265,10 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
-                             "filters": ["no_request_details"]}},
+                             "filters": ["no_request_details", "celery_task"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"}},
+    "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"},
+                "celery_task": {"()": "b24widget.logfilters.CeleryTask"}},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # urllib3 logs every outward URL at DEBUG (the OAuth refresh carries its secret in the query).

@@ -265,7 +265,9 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
                 enqueue(item.pk, countdown=delay)
             return True, f"retry in {delay:.0f} s: {reason}"
     else:
-        _finish(item, owner, state=State.DONE, outcome=outcome, last_error="", finished_at=timezone.now())
+        # A done event is never replayed: its auth (tokens) is no longer needed at rest.
+        _finish(item, owner, state=State.DONE, outcome=outcome, last_error="", finished_at=timezone.now(),
+                sealed_auth="")
         log.info("event processed", extra={**context, "outcome": outcome})
         result = outcome
     if send:

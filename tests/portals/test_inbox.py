@@ -220,3 +220,16 @@ def test_backlog_counts_unfinished_and_dead_letters(handler, portal):
     failed, _ = accept(portal, ts="2")
     InboxItem.objects.filter(pk=failed.pk).update(state=State.FAILED)
     assert inbox.backlog()["unfinished"] == 1 and inbox.backlog()["failed"] == 1
+
+
+def test_process_inbox_command_drains_what_is_due(handler, portal):
+    import io
+
+    from django.core.management import call_command
+
+    calls, script = handler
+    accept(portal, ts="1")
+    accept(portal, ts="2")
+    out = io.StringIO()
+    call_command("process_inbox", stdout=out)
+    assert out.getvalue().strip() == "processed=2 unfinished=0 failed=0" and len(calls) == 2

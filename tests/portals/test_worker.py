@@ -42,7 +42,7 @@ def item_state(pk):
 
 
 def test_a_worker_applies_an_install_the_request_only_stored(client, b24, standin, workers):
-    workers()
+    worker = workers()
     b24.install_post()
     response = client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=True))
     assert response.status_code == 200
@@ -50,6 +50,11 @@ def test_a_worker_applies_an_install_the_request_only_stored(client, b24, standi
     wait_for(lambda: item_state(pk) == State.DONE, what="the install to be processed")
     portal = Portal.objects.get(member_id=b24.member_id)
     assert portal.status == Portal.Status.ACTIVE and portal.has_tokens
+    # JSON log lines of the work carry the task id beside member_id (lifecycle's own lines included).
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    history = [line for line in lines if line.get("message") == "portal event"]
+    assert history and all(line["member_id"] == b24.member_id and line.get("task_id") for line in history)
+    assert len({line["task_id"] for line in history}) == 1
 
 
 def test_oauth_down_when_onappinstall_arrives(client, b24, standin, workers):
