@@ -60,7 +60,7 @@ def test_healthz(client, db):
                                "inbox": {"unfinished": 0, "failed": 0, "oldest_unfinished_seconds": 0}}
 
 
-def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db, settings):
+def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db, settings, monkeypatch):
     from portals.models import InboxItem
 
     InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="a" * 64)
@@ -69,7 +69,9 @@ def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db,
     from b24widget.celery import app
 
     previous = app.conf.broker_url
-    app.conf.broker_url = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
+    unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
+    monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
+    app.conf.broker_url = unreachable
     try:
         response = client.get("/healthz")
     finally:
