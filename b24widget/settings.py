@@ -288,13 +288,14 @@ B24_CELERY_DIR = Path(read.str("CELERY_BROKER_DIR", default=str(BASE_DIR / ".cel
 CELERY_TASK_DEFAULT_QUEUE = read.str("CELERY_QUEUE", default="b24widget")
 if CELERY_BROKER_URL.startswith("filesystem:"):
     _queue_dir = B24_CELERY_DIR / "queue"
-    for _folder in (_queue_dir, B24_CELERY_DIR / "control", B24_CELERY_DIR / "processed"):
+    for _folder in (_queue_dir, B24_CELERY_DIR / "control"):
         _folder.mkdir(parents=True, exist_ok=True)
+    # A consumer takes a message by moving its file to the temporary folder; when that is on another
+    # file system the move is a copy, and two workers may both take one message: harmless, the tasks
+    # are idempotent (the inbox claims each event once, a refresh is judged again under its lease).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir), "data_folder_out": str(_queue_dir),
         "control_folder": str(B24_CELERY_DIR / "control"),
-        # Taken messages are moved here before they are read: the same file system keeps the move atomic.
-        "processed_folder": str(B24_CELERY_DIR / "processed"), "store_processed": False,
         "polling_interval": read.float("CELERY_POLLING_INTERVAL", default=0.2),
     }
 else:
