@@ -103,3 +103,12 @@ def test_gunicorn_workers_counters_are_added_up_in_multiprocess_mode(tmp_path):
     page = subprocess.run([sys.executable, "-c", SCRAPE], cwd=ROOT, env=env, check=True, timeout=60,
                           capture_output=True, text=True).stdout
     assert 'b24widget_rest_calls_total{method="server.time"} 7.0' in page
+
+
+def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkeypatch):
+    from b24widget import gunicorn as config
+    (tmp_path / "counter_123.db").write_bytes(b"last run")
+    (tmp_path / "keep.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    config.on_starting(server=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
