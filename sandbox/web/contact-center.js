@@ -50,7 +50,7 @@
   // --- the page --------------------------------------------------------------------------------
   const STATE_TEXT = {
     "not-installed": "app not installed",
-    "installing": "installing: waiting for BX24.installFinish()",
+    "installing": "installing: waiting for installFinish",
     "installed": "app installed",
     "uninstalled": "app uninstalled",
   };
