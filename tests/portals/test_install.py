@@ -21,8 +21,10 @@ def test_fresh_install_stores_the_oauth_servers_answer(client, b24, standin):
     response = client.post("/install/", post)
     assert response.status_code == 200
     body = response.content.decode()
-    assert "BX24.installFinish()" in body
-    assert 'src="https://api.bitrix24.com/api/v1/"' in body
+    # The official frame library finishes the install (B24Frame.installFinish through b24widget/frame.js).
+    assert "b24jssdk.umd.min.js" in body and "frame.installFinish()" in body
+    assert 'src="/static/b24widget/vendor/b24jssdk-2.2.0/b24jssdk.umd.min.js"' in body
+    assert "api.bitrix24.com" not in body  # no third-party script host
 
     portal = Portal.objects.get(member_id=b24.member_id)
     assert portal.status == Portal.Status.NEW
