@@ -2,8 +2,9 @@
 
 The stand-in (OAuth server, one portal's REST and its Contact Center page) runs in this process on
 fixed ports; the app runs as `manage.py runserver` in a child process whose environment points it at
-the stand-in (B24_OAUTH_URL, B24_JS_URL, B24_APP_URL, B24_ALLOW_HTTP_PORTALS, DEBUG), and a Celery
-worker (with beat: the inbox sweeper and the periodic passes) runs beside it on the embedded broker in
+the stand-in (B24_OAUTH_URL, B24_APP_URL, B24_ALLOW_HTTP_PORTALS, DEBUG); the app's pages load the official
+frame library from their own static files, and the portal page speaks its protocol. A Celery worker
+(with beat: the inbox sweeper and the periodic passes) runs beside the app on the embedded broker in
 `<dir>/broker`: the events the portal delivers are stored by the app and applied by the worker. The portal and
 its tokens are kept in `<dir>/state.json` and the app's database in `<dir>/db.sqlite3`, so a restarted
 sandbox is the same portal with the same member_id, and the app's stored tokens stay valid.
@@ -150,7 +151,6 @@ def app_environment(options: Options, standin: StandIn, pages: SandboxPages, fol
         "B24_CLIENT_SECRET": options.client_secret,
         "B24_APP_URL": options.app_url,
         "B24_OAUTH_URL": standin.oauth_url,
-        "B24_JS_URL": pages.js_url,
         "B24_ALLOW_HTTP_PORTALS": "true",
         "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
         "SECURE_SSL_REDIRECT": "false",
@@ -243,7 +243,6 @@ def banner(options: Options, standin: StandIn, pages: SandboxPages, portal, fold
         ("Django admin", f"{options.app_url}/admin/  ({login}; Inbox items: the events and their state)"),
         ("Celery worker", f"beside the app, with beat; embedded broker in {folder / 'broker'}"),
         ("OAuth server stand-in", standin.oauth_url),
-        ("BX24 script stand-in", pages.js_url),
         ("Portal state", f"{folder / 'state.json'}  (member_id {portal.member_id}; --reset starts over)"),
     ]
     width = max(len(name) for name, _ in rows) + 2

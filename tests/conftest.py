@@ -11,7 +11,7 @@ from tests.redis_keys import clear_cache
 CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
 # A second application on the same stand-in: genuine tokens on every portal, but not ours.
-OTHER_CLIENT_ID = "local.other.app"
+OTHER_CLIENT_ID = "local.second.app"
 OTHER_CLIENT_SECRET = "other-client-secret"
 
 
@@ -44,8 +44,9 @@ def standin():
 @pytest.fixture(scope="session")
 def other_app(standin):
     """Another app registered with the stand-in's OAuth server (``portal.issue_tokens(client_id=...)``)."""
-    # tests/placements/test_trust.py may have registered it already (its own module fixture).
-    return standin.apps.get(OTHER_CLIENT_ID) or standin.add_app(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET)
+    if OTHER_CLIENT_ID in standin.apps:
+        return standin.apps[OTHER_CLIENT_ID]
+    return standin.add_app(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET)
 
 
 @pytest.fixture(autouse=True)

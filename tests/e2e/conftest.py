@@ -95,7 +95,6 @@ def sandbox(bitrix24, settings, live_server, tmp_path):
     standin, pages = bitrix24
     settings.B24_OAUTH_URL = standin.oauth_url
     settings.B24_APP_URL = live_server.url
-    settings.B24_JS_URL = pages.js_url
     # The app and the portal must be different origins, as in real life.
     assert live_server.url.startswith("http://localhost:")
     worker = Worker(standin, tmp_path, "e2e", env={"B24_APP_URL": live_server.url}).wait_ready()

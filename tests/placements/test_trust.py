@@ -160,38 +160,38 @@ def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, caplog,
 
 # --- a second application installed on the same portal -------------------------------------------------
 
-@pytest.fixture(scope="module")
-def other_app(standin):
-    client_id = "local.other.app"
-    if client_id not in standin.apps:
-        # Its portal app.info CODE is *our* client_id: only the OAuth server's client_id tells them apart.
-        standin.add_app(client_id, "other-app-secret", code="local.test.app")
-    return client_id
+@pytest.fixture
+def other_id(other_app):
+    """The second app's client_id; its portal app.info CODE is *our* client_id meanwhile, so only the OAuth
+    server's client_id tells the two apps apart."""
+    original, other_app.code = other_app.code, "local.test.app"
+    yield other_app.client_id
+    other_app.code = original
 
 
-def test_a_genuine_token_of_another_app_opens_nothing(frame, installed, other_app, standin):
+def test_a_genuine_token_of_another_app_opens_nothing(frame, installed, other_id, standin):
     _, b24 = installed
     fields = b24.placement_post(user_id="1")
-    tokens = b24.issue_tokens("1", client_id=other_app)
+    tokens = b24.issue_tokens("1", client_id=other_id)
     fields.update(AUTH_ID=tokens["access_token"], REFRESH_ID=tokens["refresh_token"])
     response = open_widget(frame, fields)
     assert response.status_code == 403 and "Access denied" in text(response)
 
 
-def test_a_genuine_install_post_of_another_app_installs_nothing(client, installed, other_app):
+def test_a_genuine_install_post_of_another_app_installs_nothing(client, installed, other_id):
     portal, b24 = installed
     before = Portal.objects.filter(pk=portal.pk).values().get()
     post = b24.install_post()
-    tokens = b24.issue_tokens("1", client_id=other_app)
+    tokens = b24.issue_tokens("1", client_id=other_id)
     post.update(AUTH_ID=tokens["access_token"], REFRESH_ID=tokens["refresh_token"], APPLICATION_TOKEN="other")
     assert client.post("/install/", post).status_code == 403
     assert Portal.objects.filter(pk=portal.pk).values().get() == before
 
 
-def test_an_onappinstall_with_another_apps_tokens_plants_nothing(client, installed, other_app):
+def test_an_onappinstall_with_another_apps_tokens_plants_nothing(client, installed, other_id):
     portal, b24 = installed
     before = Portal.objects.filter(pk=portal.pk).values().get()
-    payload = b24.event_payload("ONAPPINSTALL", client_id=other_app, application_token="other-app-token")
+    payload = b24.event_payload("ONAPPINSTALL", client_id=other_id, application_token="other-app-token")
     response, item = deliver(client, payload)  # stored at once; its proof fails where it is processed
     assert response.status_code == 200 and item.state == InboxItem.State.REJECTED
     assert "not an administrator's" in item.last_error
