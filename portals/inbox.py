@@ -200,6 +200,13 @@ def _claim(item_id: int, owner: str):
         if item.state == State.PROCESSING and item.lease_until and item.lease_until > now:
             return None, "being processed by another worker", (item.lease_until - now).total_seconds()
         entry = registration(item.event)
+        if item.state == State.PROCESSING and item.attempts >= settings.B24_INBOX_MAX_ATTEMPTS:
+            # Its worker died in every attempt (an event that kills the process): a dead letter, not a loop.
+            item.state, item.finished_at = State.FAILED, now
+            item.last_error = f"gave up after {item.attempts} attempts: the worker was lost while processing it"
+            item.lease_owner, item.lease_until = "", None
+            item.save(update_fields=["state", "finished_at", "last_error", "lease_owner", "lease_until"])
+            return None, "failed: worker lost in every attempt", None
         if item.state == State.PENDING and item.next_attempt_at > now + timedelta(seconds=1):
             return None, "not due yet", None
         if entry is not None and entry.ordered and _older_unfinished(item):

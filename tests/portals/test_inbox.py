@@ -233,3 +233,14 @@ def test_process_inbox_command_drains_what_is_due(handler, portal):
     out = io.StringIO()
     call_command("process_inbox", stdout=out)
     assert out.getvalue().strip() == "processed=2 unfinished=0 failed=0" and len(calls) == 2
+
+
+def test_an_event_whose_worker_dies_every_time_becomes_a_dead_letter(handler, portal, settings):
+    calls, _script = handler
+    settings.B24_INBOX_MAX_ATTEMPTS = 2
+    item, _ = accept(portal)
+    InboxItem.objects.filter(pk=item.pk).update(state=State.PROCESSING, attempts=2, lease_owner="dead",
+                                                lease_until=timezone.now() - timedelta(seconds=1))
+    assert inbox.process(item.pk) == "failed: worker lost in every attempt"
+    item.refresh_from_db()
+    assert item.state == State.FAILED and "worker was lost" in item.last_error and calls == []
