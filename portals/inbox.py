@@ -13,6 +13,7 @@ Per portal, an `ordered` event is not processed while an older ordered one is un
 (install before uninstall). Attempts are bounded; the last failure leaves the row `failed`
 (a dead letter) until `replay`.
 """
+import contextlib
 import hashlib
 import hmac
 import json
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -152,7 +153,8 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
         log.info("duplicate event delivery", extra={"member_id": member_id, "event": entry.event_code,
                                                      "inbox_id": existing.pk})
         return existing, False
-    transaction.on_commit(lambda: enqueue(item.pk))
+    # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
+    transaction.on_commit(lambda: enqueue(item.pk), robust=True)
     log.info("event accepted", extra={"member_id": member_id, "event": entry.event_code, "inbox_id": item.pk})
     return item, True
 
@@ -166,7 +168,8 @@ def enqueue(item_id: int, *, countdown: float | None = None) -> bool:
     except Exception as exc:  # the broker is down: the row is safe, the sweeper re-sends it
         log.warning("could not send an inbox task; the sweeper will", extra={"inbox_id": item_id,
                                                                               "error": type(exc).__name__})
-        InboxItem.objects.filter(pk=item_id).update(enqueued_at=None)
+        with contextlib.suppress(DatabaseError):  # the sweeper finds it anyway, a little later
+            InboxItem.objects.filter(pk=item_id).update(enqueued_at=None)
         return False
     return True
 
@@ -322,7 +325,7 @@ def replay(items) -> int:
             finished_at=None, outcome="")
         if updated:
             count += 1
-            transaction.on_commit(lambda pk=pk: enqueue(pk))
+            transaction.on_commit(lambda pk=pk: enqueue(pk), robust=True)
     return count
 
 

@@ -244,3 +244,4 @@ def test_an_event_whose_worker_dies_every_time_becomes_a_dead_letter(handler, po
     assert inbox.process(item.pk) == "failed: worker lost in every attempt"
     item.refresh_from_db()
     assert item.state == State.FAILED and "worker was lost" in item.last_error and calls == []
+
