@@ -182,7 +182,7 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     settings.B24_FANOUT_CHUNK = 3
     pairs = [(do_install(client, b24), b24) for b24 in [standin.add_portal() for _ in range(18)]]
     Portal.objects.update(refresh_renewed_at=timezone.now() - timedelta(days=160))
-    standin.oauth_delay = 0.05
+    standin.oauth_delay = 0.2  # each chunk takes a while: neither worker can drain the queue alone
     started = timezone.now()
     before = len(standin.oauth_requests)
     first, second = workers("w1"), workers("w2")
@@ -190,8 +190,8 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     tasks.keepalive_pass.delay()  # a pass sent twice (two beats, a manual run) still refreshes each once
     wait_for(lambda: PortalEvent.objects.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count()
              >= len(pairs), what="every due portal refreshed")
-    wait_for(lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None, timeout=20,
-             what="both workers to take chunks")
+    wait_for(lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None, timeout=60,
+             what="both workers to take chunks", detail=lambda: first.log()[-2000:] + "\n---\n" + second.log()[-2000:])
     for worker in (first, second):
         worker.stop()
     assert len(standin.oauth_requests) - before == len(pairs)
