@@ -202,6 +202,12 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     assert all(line.get("task_id") for line in log_lines)  # JSON log lines carry the task id
 
 
+def _fresh_connections(app) -> None:
+    """Forget this process's broker connections and producer pool (Celery keeps both once made)."""
+    app.close()
+    app.amqp._producer_pool = None
+
+
 def test_a_broker_that_is_down_loses_no_event(client, b24, standin, monkeypatch, workers):
     """/events/ answers 200 with the row committed while the broker is down; the sweeper sends it later."""
     from b24widget.celery import app
@@ -210,14 +216,14 @@ def test_a_broker_that_is_down_loses_no_event(client, b24, standin, monkeypatch,
     unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
     monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
     app.conf.broker_url = unreachable
-    app.close()  # drop the connection pool: the next send connects to the (unreachable) broker
+    _fresh_connections(app)  # the next send connects to the (unreachable) broker
     try:
         do_install(client, b24, event=False)
         response = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
     finally:
         monkeypatch.undo()
         app.conf.broker_url = previous
-        app.close()
+        _fresh_connections(app)
     assert response.status_code == 200
     item = InboxItem.objects.get(pk=response.json()["id"])
     assert item.state == State.PENDING and item.enqueued_at is None  # stored, marked as never sent
