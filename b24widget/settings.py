@@ -73,6 +73,8 @@ B24_REQUEST_MAX_WAIT = read.float("B24_REQUEST_MAX_WAIT", default=1.0)
 B24_REFRESH_WAIT = read.float("B24_REFRESH_WAIT", default=2.0)
 # Unverified work. Verifying unknown user tokens: per portal, a burst and a rate per minute.
 B24_VERIFY_BURST = read.int("B24_VERIFY_BURST", default=20, minimum=1)
+B24_VERIFY_UNMATCHED_BURST = read.int("B24_VERIFY_UNMATCHED_BURST", default=5, minimum=1)
+B24_VERIFY_UNMATCHED_PER_MINUTE = read.float("B24_VERIFY_UNMATCHED_PER_MINUTE", default=10.0, minimum=0.1)
 B24_VERIFY_PER_MINUTE = read.float("B24_VERIFY_PER_MINUTE", default=60.0)
 # OAuth attempts for unverified senders (install POSTs, ONAPPINSTALL, administrator recoveries):
 # per member_id, and for the whole deployment; never more than one in flight per member_id.

@@ -47,9 +47,10 @@ def events_url() -> str:
 
 def install(post: FramePost) -> Portal:
     """Store an administrator's install and bind; raises InstallRefused or InstallUnavailable."""
-    ensure_writable()
     try:
-        grant = administrator_grant(post.member_id, post.refresh_id)
+        # The database is proven writable only once the sender's budget allowed the attempt: a flood
+        # of forged installs opens no write transaction.
+        grant = administrator_grant(post.member_id, post.refresh_id, before_spending=ensure_writable)
     except GrantRefused as exc:
         if exc.status == 403:
             lifecycle.count_rejection(post.member_id, source="install", reason=exc.reason)

@@ -236,7 +236,12 @@ def activate(portal: Portal, *, via: str) -> Portal:
 
 
 def apply_grant(portal: Portal, grant, *, reason: str) -> None:
-    """Store refreshed tokens (called by oauth.refresh_portal inside its row lock)."""
+    """Store refreshed tokens (called by oauth.refresh_portal inside its row lock).
+
+    An uninstall that landed while the refresh was on its way wins: its wiped secrets stay wiped."""
+    if portal.status == Status.UNINSTALLED:
+        log.info("refreshed tokens of an uninstalled portal dropped", extra={"member_id": portal.member_id})
+        return
     now = timezone.now()
     fields = _grant_fields(portal, grant, now)
     unblocked = portal.status == Status.BLOCKED

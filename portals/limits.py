@@ -26,6 +26,7 @@ import uuid
 from django.conf import settings
 from django.core.cache import cache as shared_cache
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.signals import setting_changed
 
 from b24widget import metrics
 
@@ -34,18 +35,27 @@ log = logging.getLogger(__name__)
 _LOCK_TIMEOUT = 5  # seconds; a crashed holder's lock expires by itself
 _fallback = LocMemCache("b24widget-limits-fallback", {"OPTIONS": {"MAX_ENTRIES": 50000}})
 _last_warning = [0.0]
+_CACHE_RETRY_AFTER = 5.0  # seconds a failed shared cache is left alone before it is tried again
+_cache_down_until = [0.0]
 
 
 class _SafeCache:
-    """The shared cache, or this process's memory while the shared one raises."""
+    """The shared cache, or this process's memory while the shared one fails.
+
+    After a failure the shared cache is not tried again for _CACHE_RETRY_AFTER seconds (a breaker):
+    a Redis host that stops answering costs one socket timeout per process every few seconds, not
+    one per cache operation."""
 
     def __getattr__(self, name):
         operation = getattr(shared_cache, name)
 
         def call(*args, **kwargs):
+            if time.monotonic() < _cache_down_until[0]:
+                return getattr(_fallback, name)(*args, **kwargs)
             try:
                 return operation(*args, **kwargs)
             except Exception as exc:  # redis.ConnectionError, TimeoutError, ...: any cache failure
+                _cache_down_until[0] = time.monotonic() + _CACHE_RETRY_AFTER
                 if time.monotonic() - _last_warning[0] > 10:
                     _last_warning[0] = time.monotonic()
                     log.warning("shared cache failed; limits use this process's memory",
@@ -58,6 +68,16 @@ class _SafeCache:
 cache = _SafeCache()
 
 
+def _reset_breaker(*, setting, **kwargs):
+    # A new cache configuration (tests, a reconfigured process) starts with a closed breaker.
+    if setting == "CACHES":
+        _cache_down_until[0] = 0.0
+        _fallback.clear()
+
+
+setting_changed.connect(_reset_breaker)
+
+
 class LimitWaitTooLong(Exception):
     """The wait a limit asks for exceeds B24_MAX_WAIT."""
 
@@ -66,13 +86,13 @@ class LimitWaitTooLong(Exception):
         super().__init__(f"Bitrix24 limit asks to wait {seconds:.0f}s")
 
 
-def _lock(key: str):
+def _lock(key: str, max_wait: float = _LOCK_TIMEOUT * 2):
+    """The bucket's short lock, or None once `max_wait` (at most 10 s) passed without it."""
     token = uuid.uuid4().hex
-    deadline = time.monotonic() + _LOCK_TIMEOUT * 2
+    deadline = time.monotonic() + min(max(max_wait, 0.05), _LOCK_TIMEOUT * 2)
     while not cache.add(key, token, _LOCK_TIMEOUT):
         if time.monotonic() > deadline:
-            # The holder is gone or the cache is struggling: go on rather than stall every caller.
-            log.warning("rate limiter lock not acquired; proceeding", extra={"lock": key})
+            log.warning("rate limiter lock not acquired", extra={"lock": key})
             return None
         time.sleep(0.001)
     return token
@@ -90,7 +110,11 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
     """
     interval = 1.0 / rate
     tolerance = max(burst - 1, 0) * interval
-    token = _lock(key + ":lock")
+    token = _lock(key + ":lock", max_wait)
+    if token is None and max_wait < _LOCK_TIMEOUT:
+        # A caller that may not wait long (a web request, an unverified budget) is refused; a background
+        # caller goes on without the lock rather than stall.
+        raise LimitWaitTooLong(1.0)
     try:
         now = time.time() if now is None else now
         tat = max(cache.get(key) or 0.0, now)
