@@ -23,6 +23,9 @@ PAGE_SIZE = 50
 _RETRYABLE = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
 # A manual block by Bitrix24 (settings/performance/limits.md): retrying makes it worse.
 _NOT_RETRIED = frozenset({"OVERLOAD_LIMIT"})
+# QUERY_LIMIT_EXCEEDED answers one call sends again (each after its next paced slot) before giving up:
+# with the bucket halved at each answer, Bitrix24 would have to refuse for minutes to exhaust them.
+_LIMIT_RETRIES = 12
 
 
 class RestError(Exception):
@@ -67,6 +70,35 @@ class BatchResult:
     errors: dict = field(default_factory=dict)
     total: dict = field(default_factory=dict)
     next: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdPaging:
+    """How a list method pages by id: the id field (`ID`/`id`, also its filter key) and, when the
+    page is an object, the key holding its list (crm.item.list answers {"items": [...]})."""
+
+    id_field: str = "ID"
+    wrapper: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"[{self.wrapper}]" if self.wrapper else ""
+
+    def items(self, result) -> list:
+        if self.wrapper and isinstance(result, dict):
+            result = result.get(self.wrapper)
+        return [item for item in result if isinstance(item, dict)] if isinstance(result, list) else []
+
+
+# Methods whose filter and order by id work with start=-1 as with offsets (settings/performance/huge-data.md;
+# crm.item.list is its example, the classic CRM lists filter and order by ID the same way).
+ID_PAGING = {
+    "crm.item.list": IdPaging("id", "items"),
+    "crm.deal.list": IdPaging("ID"),
+    "crm.lead.list": IdPaging("ID"),
+    "crm.contact.list": IdPaging("ID"),
+    "crm.company.list": IdPaging("ID"),
+}
 
 
 def build_query(params, prefix: str = "") -> str:
@@ -132,38 +164,114 @@ class PortalClient:
         return self._send(method, params or {})
 
     def batch(self, commands: dict, *, halt: bool = False) -> BatchResult:
-        """Run {key: (method, params)} through `batch`, 50 per request; per-command errors are reported."""
+        """Run {key: (method, params)} through `batch`, 50 per request; per-command errors are reported.
+
+        Nested methods are billed and limited one by one (settings/performance/limits.md): each
+        command's `result_time` feeds its method's operating-time budget, a method held back for its
+        budget keeps only its own commands back, and commands refused for a limit are sent again
+        (alone, in the next request). `$result[...]` references reach only commands of the same request.
+        """
         out = BatchResult()
         items = list(commands.items())
         for start in range(0, len(items), BATCH_LIMIT):
-            chunk = items[start : start + BATCH_LIMIT]
-            cmd = {key: f"{method}?{build_query(params)}" if params else method for key, (method, params) in chunk}
-            answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
-            if not isinstance(answer, dict):
-                raise TransportError("bad_answer", "batch answer is not an object", method="batch")
-            results = answer.get("result") or {}
-            errors = answer.get("result_error") or {}
-            # PHP encodes an empty associative array as [], hence the isinstance checks.
-            if isinstance(results, dict):
-                out.result.update(results)
-            if isinstance(errors, dict):
-                for key, err in errors.items():
-                    err = err if isinstance(err, dict) else {}
-                    out.errors[key] = RestError(
-                        str(err.get("error") or "ERROR"), str(err.get("error_description") or "")[:255],
-                        method=dict(chunk).get(key, ("",))[0],
-                    )
-            for name in ("total", "next"):
-                part = answer.get(f"result_{name}") or {}
-                if isinstance(part, dict):
-                    getattr(out, name).update(part)
+            self._batch_request(dict(items[start : start + BATCH_LIMIT]), halt, out)
             if halt and out.errors:
                 break
         return out
 
-    def list(self, method: str, params: dict | None = None) -> list:
-        """Every item of a list method: the first page directly, the rest 50 pages per batch request."""
+    def _batch_request(self, chunk: dict, halt: bool, out: BatchResult, *, retry: bool = True) -> None:
+        """One request of at most 50 commands, then again for the commands refused for a limit.
+
+        A command that refers to another's result (`$result[...]`) is not sent again alone: the
+        reference would find nothing in the new request; its error is reported instead.
+        """
+        pending = chunk
+        retries = settings.B24_REST_MAX_RETRIES if retry else 0
+        for attempt in range(retries + 1):
+            pending = self._hold_back_paused(pending, out)
+            if not pending or (halt and out.errors):
+                return
+            cmd = {key: f"{method}?{build_query(params)}" if params else method
+                   for key, (method, params) in pending.items()}
+            answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
+            if not isinstance(answer, dict):
+                raise TransportError("bad_answer", "batch answer is not an object", method="batch")
+            # PHP encodes an empty associative array as [], hence the _section checks.
+            results, errors = _section(answer, "result"), _section(answer, "result_error")
+            times = _section(answer, "result_time")
+            for key, block in times.items():
+                if key in pending:
+                    limits.note_operating(self.portal.member_id, pending[key][0], block)
+            out.result.update({key: value for key, value in results.items() if key in pending})
+            for name in ("total", "next"):
+                getattr(out, name).update(_section(answer, f"result_{name}"))
+            again = {}
+            for key, err in errors.items():
+                if key not in pending:
+                    continue
+                err = err if isinstance(err, dict) else {}
+                method = pending[key][0]
+                error = RestError(str(err.get("error") or "ERROR")[:64], str(err.get("error_description") or "")[:255],
+                                  method=method)
+                if error.code in _RETRYABLE:
+                    limits.counters.add("limit_answers_nested")
+                if error.code == "OPERATION_TIME_LIMIT":
+                    # limits.md: this method (only) waits for the reset its last good answer gave.
+                    until = limits.last_reset_at(self.portal.member_id, method) or _latest_reset(
+                        times, pending, method) or time.time() + settings.B24_REST_BACKOFF * (2**attempt)
+                    limits.pause_method(self.portal.member_id, method, until)
+                if error.code in _RETRYABLE and attempt < retries and not _refers(cmd[key]):
+                    again[key] = pending[key]
+                else:
+                    out.errors[key] = error
+            if again and halt:
+                # A halted batch ran nothing after the refused command: those go again with it.
+                again.update({k: v for k, v in pending.items()
+                              if k not in results and k not in errors and not _refers(cmd[k])})
+            if not again:
+                return
+            pending = again
+
+    def _hold_back_paused(self, pending: dict, out: BatchResult) -> dict:
+        """Wait for methods held back only briefly; commands of methods held back longer fail, unsent."""
+        now = time.time()
+        waits = {}
+        for method, _params in pending.values():
+            if method not in waits:
+                until = limits.paused_until(self.portal.member_id, method)
+                waits[method] = until - now if until else 0.0
+        longest = max([w for w in waits.values() if w <= self._max_wait()] or [0.0])
+        if longest > 0:
+            limits.counters.add("operating_waits")
+            time.sleep(longest)
+        kept = {}
+        for key, (method, params) in pending.items():
+            if waits[method] > self._max_wait():
+                out.errors[key] = LimitWaitExceeded(
+                    "OPERATION_TIME_LIMIT", f"{method} is held back for its operating time", method=method,
+                    retry_after=waits[method])
+            else:
+                kept[key] = (method, params)
+        return kept
+
+    def list(self, method: str, params: dict | None = None, *, paging: "IdPaging | str | None" = None) -> list:
+        """Every item of a list method, in the order Bitrix24 gives them.
+
+        `paging`: an IdPaging (or the method's entry in ID_PAGING when None) chains the pages inside
+        batch requests by the last id, with no count (settings/performance/huge-data.md): 2,500 items
+        a request. "start" (or a method not in ID_PAGING) pages by offset: a first page that counts
+        the total, then the other pages 50 per batch request.
+        """
         params = dict(params or {})
+        if paging is None:
+            paging = ID_PAGING.get(method, "start")
+        if paging == "start":
+            return self._list_by_start(method, params)
+        if not isinstance(paging, IdPaging):
+            raise ValueError(f"paging must be an IdPaging or 'start', not {paging!r}")
+        return self._list_by_id(method, params, paging)
+
+    def _list_by_start(self, method: str, params: dict) -> list:
         first = self.call_raw(method, {**params, "start": 0})
         items = _page_items(first.get("result"))
         total = _as_int(first.get("total"))
@@ -179,13 +287,80 @@ class PortalClient:
             items.extend(_page_items(result.result.get(f"p{start}")))
         return items
 
+    def _list_by_id(self, method: str, params: dict, paging: "IdPaging") -> list:
+        """Pages chained by `>id` inside each batch; the first batch also asks for the top page.
+
+        The top page (order by id descending) holds the last items, so the chain can stop where it
+        meets them: 10,000 items are 4 requests, not 5 (a chain alone would need one more request to
+        see that nothing follows a full page). Commands after the first short page are ignored: their
+        `$result[...]` points past the end of a page.
+        """
+        field = paging.id_field
+        order = {key: value for key, value in (params.pop("order", None) or {}).items()}
+        if order and (list(order) != [field] or str(order[field]).upper() != "ASC"):
+            raise ValueError(f"{method}: paging by {field} needs order by {field} ascending; use paging='start'")
+        base_filter = dict(params.pop("filter", None) or {})
+        if any(key.lstrip("<>=!@%").lower() == field.lower() for key in base_filter):
+            raise ValueError(f"{method}: paging by {field} owns the {field} filter; use paging='start'")
+        items, top = [], None
+        after, below = 0, None  # still wanted: after < id < below
+        stalled = 0
+        while True:
+            commands = {}
+            if top is None:
+                commands["top"] = (method, {**params, "order": {field: "DESC"}, "filter": base_filter, "start": -1})
+            pages = BATCH_LIMIT - len(commands)
+            for i in range(pages):
+                bound = after if i == 0 else f"$result[p{i - 1}]{paging.path}[{PAGE_SIZE - 1}][{field}]"
+                page_filter = {**base_filter, f">{field}": bound}
+                if below is not None:
+                    page_filter[f"<{field}"] = below
+                commands[f"p{i}"] = (method, {**params, "order": {field: "ASC"}, "filter": page_filter, "start": -1})
+            result = BatchResult()
+            # Not retried inside: a refused page is asked again from the last id, with its chain behind it.
+            self._batch_request(commands, True, result, retry=False)
+            if top is None:
+                if "top" not in result.result:
+                    stalled = self._list_stalled(result, "top", stalled)
+                    continue
+                top = paging.items(result.result["top"])
+                if not top:
+                    return []
+                below = _as_int(top[-1].get(field))
+                if below is None:
+                    raise TransportError("bad_answer", f"{method}: item without a numeric {field}", method=method)
+            for i in range(pages):
+                key = f"p{i}"
+                if key not in result.result:
+                    stalled = self._list_stalled(result, key, stalled if i == 0 else 0)
+                    break  # the next request goes on from `after`
+                stalled = 0
+                kept = [item for item in paging.items(result.result[key]) if (_as_int(item.get(field)) or 0) < below]
+                items.extend(kept)
+                if kept:
+                    last = _as_int(kept[-1].get(field))
+                    if last is None or last <= after:
+                        raise TransportError("bad_answer", f"{method}: ids do not grow along {field}", method=method)
+                    after = last
+                if len(kept) < PAGE_SIZE or after + 1 >= below:
+                    # A short page, or the chain met the top page (ids are whole numbers): all is here.
+                    items.extend(reversed(top))
+                    return items
+
+    def _list_stalled(self, result: BatchResult, key: str, stalled: int) -> int:
+        """A chain made no progress: a limit is retried (from the same id) a few times, anything else raised."""
+        error = result.errors.get(key) or TransportError("bad_answer", "batch answered without the page")
+        if isinstance(error, LimitWaitExceeded) or error.code not in _RETRYABLE or stalled >= settings.B24_REST_MAX_RETRIES:
+            raise error
+        return stalled + 1
+
     # --- transport ----------------------------------------------------------------------------------
     def _token(self) -> str:
         return self._user_token if self._user_token is not None else self.portal.access_token
 
     def _send(self, method: str, params: dict) -> dict:
         refreshed = moved = False
-        attempt = 0
+        attempt = limited = 0
         while True:
             token = self._token()
             if self._user_token is None and not token:
@@ -204,15 +379,24 @@ class PortalClient:
                     refreshed = True
                     self._refresh(seen=token, method=method)
                     continue
-                retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
                 if exc.code in _NOT_RETRIED:
                     raise
+                if exc.code == "QUERY_LIMIT_EXCEEDED" and not self._oauth_server:
+                    # The portal's counter is full: the shared bucket is taken as full and slowed, and the
+                    # call waits for its next slot like any other (a web request at most its short wait).
+                    limits.note_limited(self.portal.member_id, plan=self._plan())
+                    limited += 1
+                    if limited <= _LIMIT_RETRIES:
+                        limits.counters.add("limit_retries")
+                        continue
+                    raise
+                retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
                 if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < retries:
                     delay = min(settings.B24_REST_BACKOFF * (2**attempt), self._max_wait())
                     attempt += 1
                     if exc.code == "OPERATION_TIME_LIMIT":
                         # The method's budget is spent for every process: hold it back for all of them.
-                        until = exc.reset_at or time.time() + delay
+                        until = exc.reset_at or limits.last_reset_at(self.portal.member_id, method) or time.time() + delay
                         limits.pause_method(self.portal.member_id, method, until)
                         delay = 0
                     log.info("rest retry", extra={"member_id": self.portal.member_id, "method": method,
@@ -220,6 +404,9 @@ class PortalClient:
                     time.sleep(delay)
                     continue
                 raise
+
+    def _plan(self) -> str:
+        return getattr(self.portal, "rest_plan", "") or limits.STANDARD
 
     def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
         try:
@@ -242,14 +429,20 @@ class PortalClient:
     def _post(self, method: str, params: dict, token: str) -> dict:
         base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
         url = f"{base}{method}.json"
-        try:
-            limits.wait_for_method(self.portal.member_id, method, max_wait=self._max_wait())
-        except limits.LimitWaitTooLong as exc:
-            raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method, retry_after=exc.seconds) from None
-        try:
-            limits.pace(self.portal.member_id, max_wait=self._max_wait())
-        except limits.LimitWaitTooLong as exc:
-            raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method, retry_after=exc.seconds) from None
+        # The outer batch is not billed for operating time (limits.md); its commands are, in batch().
+        if method != "batch":
+            try:
+                limits.wait_for_method(self.portal.member_id, method, max_wait=self._max_wait())
+            except limits.LimitWaitTooLong as exc:
+                raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method,
+                                        retry_after=exc.seconds) from None
+        if not self._oauth_server:  # the OAuth server's REST is not the portal's bucket
+            try:
+                limits.pace(self.portal.member_id, max_wait=self._max_wait(), plan=self._plan())
+            except limits.LimitWaitTooLong as exc:
+                raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method,
+                                        retry_after=exc.seconds) from None
+        limits.counters.add("requests")
         # Our id for the call, sent to Bitrix24 (as its SDKs do) and logged, so both sides can find it.
         request_id = uuid.uuid4().hex
         try:
@@ -281,7 +474,8 @@ class PortalClient:
             raise error
         if "result" not in answer or response.status != 200:
             raise TransportError("bad_answer", "answer without result", http_status=response.status, method=method)
-        limits.note_operating(self.portal.member_id, method, answer.get("time"))
+        if method != "batch":
+            limits.note_operating(self.portal.member_id, method, answer.get("time"))
         log.debug("rest call", extra={"member_id": self.portal.member_id, "method": method, "request_id": request_id})
         return answer
 
@@ -308,6 +502,23 @@ def _page_items(result) -> list:
             return list(lists[0])
         return list(result.values())
     return []
+
+
+def _refers(command: str) -> bool:
+    """Whether a batch command uses another command's result (batch.md: `$result[key][field]`)."""
+    return "$result" in command or "%24result" in command
+
+
+def _section(answer: dict, name: str) -> dict:
+    part = answer.get(name)
+    return part if isinstance(part, dict) else {}
+
+
+def _latest_reset(times: dict, pending: dict, method: str) -> float | None:
+    """The latest `operating_reset_at` this batch answered for `method` (from its other commands)."""
+    found = [_reset_at(block) for key, block in times.items() if key in pending and pending[key][0] == method]
+    found = [value for value in found if value]
+    return max(found) if found else None
 
 
 def _as_int(value):
