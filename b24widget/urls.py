@@ -4,14 +4,16 @@ from django.urls import path
 from placements import views as placement_views
 from portals import views as portal_views
 
-from . import health
+from . import health, landing, metrics
 
 urlpatterns = [
+    path("", landing.landing, name="landing"),
     path("install/", portal_views.install_view, name="install"),
     path("events/", portal_views.events_view, name="events"),
     path("placement/", placement_views.placement_view, name="placement"),
     path("placement/settings/", placement_views.save_settings_view, name="placement-settings"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

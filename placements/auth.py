@@ -22,6 +22,8 @@ from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.locmem import LocMemCache
 
+from b24widget import metrics
+
 from portals import lifecycle, limits, oauth
 from portals.frame_post import FramePost
 from portals.grants import GrantRefused, administrator_grant
@@ -182,6 +184,7 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
         portal = recheck_domain(portal, post)
     key = _cache_key(portal.member_id, post.auth_id)
     verdict = _get_verdict(key)
+    metrics.verification(cached=verdict is not None)
     if verdict is None:
         _spend_verification(portal)
         portal, verdict = _ask_bitrix24(portal, post.auth_id)

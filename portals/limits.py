@@ -36,6 +36,8 @@ from django.conf import settings
 from django.core.cache import cache as shared_cache
 from django.core.cache.backends.locmem import LocMemCache
 
+from b24widget import metrics
+
 log = logging.getLogger(__name__)
 
 _LOCK_TIMEOUT = 5  # seconds; a crashed holder's lock expires by itself
@@ -235,6 +237,7 @@ def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD)
     """Wait for the portal's next request slot; LimitWaitTooLong when it is further than `max_wait`."""
     wait = reserve(member_id, max_wait=max_wait, plan=plan)
     if wait > 0:
+        metrics.limit_wait("rate", wait)
         time.sleep(wait)
 
 
@@ -283,6 +286,7 @@ def wait_for_method(member_id: str, method: str, *, max_wait: float | None = Non
     counters.add("operating_waits")
     log.info("method paused for its operating-time budget",
              extra={"member_id": member_id, "method": method, "wait": round(wait, 1)})
+    metrics.limit_wait("operating", wait)
     time.sleep(max(wait, 0.0))
 
 

@@ -25,6 +25,8 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from b24widget import metrics
+
 from . import http
 from .addresses import BadAddress, is_oauth_server_endpoint, parse_endpoint
 from .models import AppStatus, Portal
@@ -353,11 +355,13 @@ def refresh_portal(
         if grant.member_id != current.member_id:
             raise OAuthRejected("wrong_member", "OAuth server answered for another portal")
     except ClientMisconfigured:
+        metrics.refresh_failed("client_misconfigured")
         _release(current, owner)
         log.error("OAuth server refused our client credentials; no portal is blocked",
                   extra={"member_id": current.member_id})
         raise
     except OAuthRejected as exc:
+        metrics.refresh_failed(exc.code)
         with transaction.atomic():
             row = _locked(current.pk, owner)
             if exc.code in BLOCKING_ERRORS:
@@ -366,6 +370,7 @@ def refresh_portal(
                 lifecycle.record_refresh_failure(row, exc)
         raise
     except OAuthUnavailable as exc:
+        metrics.refresh_failed(exc.code)
         with transaction.atomic():
             lifecycle.record_refresh_failure(_locked(current.pk, owner), exc)
         raise

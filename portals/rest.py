@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from django.conf import settings
 
+from b24widget import metrics
+
 from . import http, limits, oauth
 from .models import Portal
 
@@ -427,6 +429,7 @@ class PortalClient:
                  extra={"member_id": self.portal.member_id, "domain": self.portal.domain, "method": method})
 
     def _post(self, method: str, params: dict, token: str) -> dict:
+        metrics.rest_call(method)
         base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
         url = f"{base}{method}.json"
         # The outer batch is not billed for operating time (limits.md); its commands are, in batch().
