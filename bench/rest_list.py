@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/rest_list.py [--items 10000] [--no-paced]
 
-In-process, over real HTTP to the stand-in (sandbox/standin.py), on the bench database and cache
+In-process, over real HTTP to the stand-in (sandbox/standin/), on the bench database and cache
 (bench.settings: PostgreSQL b24bench, Redis db 3 under a per-run key prefix, which is where the
 per-portal rate limiter keeps its state). Three stand-in portals, each installed through the app
 (POST /install/ and ONAPPINSTALL, Django's test Client) and holding --items CRM items, so each

@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/widget_open.py [--connections 16] [--duration 15] [--rounds 2]
 
 What it does, in one run:
-  * starts the Bitrix24 stand-in (sandbox/standin.py) and gunicorn with the project's config
+  * starts the Bitrix24 stand-in (sandbox/standin/) and gunicorn with the project's config
     (b24widget/gunicorn.py) on bench.settings: DEBUG off, PostgreSQL (DATABASE_URL, default the
     throw-away database b24bench), the verdict cache in Redis (CACHE_URL, default db 3, keys under a
     per-run prefix) so every worker shares it, B24_OAUTH_URL at the stand-in;

@@ -23,7 +23,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .standin import frame_query_and_body
+from .standin import NOT_FULLY_INSTALLED, frame_query_and_body
 
 __all__ = ["SandboxPages", "LANGUAGES", "BUILT_IN_SQUARES"]
 
@@ -88,6 +88,8 @@ class SandboxPages:
         self.standin = standin
         self.app_url = app_url.rstrip("/")
         self.install_url = self.app_url + install_path
+        # The app's own page (its card's "handler path"): where the frame reloads after installFinish.
+        self.app_page_url = self.app_url + placement_path
         # Where a stale square still points after an uninstall when nothing was ever bound.
         self.default_handler = self.app_url + placement_path
         self._last_handler: dict[str, str] = {}
@@ -258,8 +260,14 @@ class SandboxPages:
         }
 
     def _api_install(self, portal, body):
-        """Install (or reinstall) as ``user_id``: the fields the page posts to the app's install URL."""
+        """Install (or reinstall) as ``user_id``: the fields the page posts to the app's install URL.
+
+        Only administrators install (settings/app-installation/installation-finish.md); anyone else
+        gets the portal's "not fully installed" message instead of the app.
+        """
         user, lang = self._user(portal, body), self._lang(body)
+        if not portal.is_admin(user):
+            raise _ApiError(403, "not_fully_installed", NOT_FULLY_INSTALLED)
         with self.standin.lock:
             portal.language_id = lang
         fields = portal.install_post(user_id=user, lang=lang)
@@ -267,19 +275,28 @@ class SandboxPages:
         return self._frame(self.install_url, fields, user=user, is_admin=admin, lang=lang, placement="DEFAULT")
 
     def _api_install_event(self, portal, body):
-        """After the install page loaded: ONAPPINSTALL to the handlers the app bound."""
+        """After the install page loaded: events wait for installFinish, so nothing is sent yet."""
         with self.standin.lock:
             if not portal.installed or portal._removed:
                 raise _ApiError(409, "not_installing", "Install the app first")
-        return {"deliveries": self._deliver(portal, "ONAPPINSTALL")}
+        return {"deliveries": self._deliver(portal, "ONAPPINSTALL")}  # [] until installFinish
 
     def _api_install_finished(self, portal, body):
-        """The page saw BX24.installFinish() from the install frame."""
+        """The page saw installFinish from the install frame: ONAPPINSTALL, then reload into the app.
+
+        installation-finish.md: events flow only from now on; bx24-install-finish.md: "the page will
+        reload and the application will launch" (its own page, PLACEMENT=DEFAULT, as the installer).
+        """
+        user, lang = self._user(portal, body), self._lang(body)
         with self.standin.lock:
             if not portal.installed or portal._removed:
                 raise _ApiError(409, "not_installing", "The app is not being installed")
         portal.finish_install()
-        return {"installFinished": True}
+        deliveries = self._deliver(portal, "ONAPPINSTALL", user_id=user)
+        fields = portal.app_post(user_id=user, lang=lang)
+        reload = self._frame(self.app_page_url, fields, user=user, is_admin=portal.is_admin(user), lang=lang,
+                             placement="DEFAULT")
+        return {"installFinished": True, "deliveries": deliveries, "reload": reload}
 
     def _api_open(self, portal, body):
         """A click on our square (or, with ``stale``, on a square left over after an uninstall)."""

@@ -9,12 +9,21 @@ from tests.redis_keys import clear_cache
 
 CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
+# A second application on the same stand-in: genuine tokens on every portal, but not ours.
+OTHER_CLIENT_ID = "local.other.app"
+OTHER_CLIENT_SECRET = "other-client-secret"
 
 
 @pytest.fixture(scope="session")
 def standin():
     with StandIn(CLIENT_ID, CLIENT_SECRET) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def other_app(standin):
+    """Another app registered with the stand-in's OAuth server (``portal.issue_tokens(client_id=...)``)."""
+    return standin.add_app(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET)
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +45,13 @@ def b24(standin):
 
 
 def do_install(client, b24, *, user_id="1", lang="en", event=True):
-    """Install as Bitrix24 does: the install POST into the frame, then ONAPPINSTALL."""
+    """Install as Bitrix24 does: the install POST into the frame, the page's installFinish, then ONAPPINSTALL.
+
+    settings/app-installation/installation-finish.md: no event is sent before installFinish.
+    """
     response = client.post("/install/", b24.install_post(user_id=user_id, lang=lang))
     assert response.status_code == 200, response.content[:500]
+    b24.finish_install()  # what the install page's BX24.installFinish() does
     if event:
         answer = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
         assert answer.status_code == 200, answer.content[:500]

@@ -177,16 +177,7 @@
     loads += 1;
     frame.dataset.loads = String(loads);
     frame.dataset.kind = current.kind;
-    if (current.kind === "install") {
-      // The install page has run (and bound its events): ONAPPINSTALL goes to what it bound.
-      try {
-        const answer = await api("install-event");
-        if (!answer.deliveries.length) note("ONAPPINSTALL: the app bound no handler for it; nothing sent");
-      } catch (error) {
-        note("ONAPPINSTALL not sent: " + error.message);
-      }
-      await refresh();
-    }
+    // No event is sent while installing: ONAPPINSTALL follows installFinish (installation-finish.md).
   });
 
   function setFrameSize(width, height) {
@@ -219,12 +210,19 @@
       case "installFinish":
         log("installFinish", "BX24.installFinish()");
         if (current && current.kind === "install") {
+          reply(message, true);
           try {
-            await api("install-finished");
+            // ONAPPINSTALL goes out now, then the frame reloads into the app (PLACEMENT=DEFAULT).
+            const installer = current.bx24;
+            const answer = await api("install-finished", { user_id: installer.userId, lang: installer.lang });
+            if (!answer.deliveries.length) note("ONAPPINSTALL: the app bound no handler for it; nothing sent");
+            current = { kind: "app", bx24: answer.reload.bx24, loaded: false };
+            postIntoFrame(answer.reload.action, answer.reload.fields);
           } catch (error) {
             note("installFinish ignored: " + error.message);
           }
           await refresh();
+          break;
         } else {
           note("installFinish outside the install frame: ignored");
         }

@@ -94,8 +94,10 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     sent = parse_qs(urlsplit(install.value.request.url).query)
     assert set(sent) == {"DOMAIN", "PROTOCOL", "LANG", "APP_SID"} and sent["DOMAIN"] == [sandbox.portal.domain]
     assert install.value.headers["content-security-policy"] == f"frame-ancestors {sandbox.portal_origin}"
-    expect(app_frame(page).locator("#install-state")).to_have_attribute("data-state", "finished")
     expect(page.locator("#install-finish")).to_have_attribute("data-called", "yes")
+    # bx24-install-finish.md: after installFinish the frame reloads into the app (PLACEMENT=DEFAULT).
+    expect(page.locator("#app-frame")).to_have_attribute("data-kind", "app")
+    expect(app_frame(page).locator("#portal-domain")).to_have_text(sandbox.portal.domain)
     expect(page.locator('#event-log li[data-event="ONAPPINSTALL"][data-status="200"]')).to_have_count(1)
     expect(page.locator('#bx24-log li[data-command="installFinish"]')).to_have_count(1)
     expect(page.locator("#app-state")).to_have_attribute("data-state", "installed")
@@ -127,7 +129,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
 
     # BX24 inside the frame: the widget's fitWindow resized the iframe to the page's height.
     fits = page.locator('#bx24-log li[data-command="fitWindow"]')
-    expect(fits).to_have_count(2)  # the install page's, then the widget's
+    expect(fits).to_have_count(3)  # the install page's, the app page's after the reload, the widget's
     frame = page.locator("#app-frame").element_handle().content_frame()
     content_height = frame.evaluate("document.documentElement.offsetHeight")
     assert abs(int(page.get_attribute("#app-frame", "data-height")) - content_height) <= 2
@@ -142,7 +144,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     widget.locator("#save").click()
     expect(widget.locator("#save-result")).to_have_attribute("data-state", "saved")
     expect(widget.locator("#save-result")).to_have_text("Settings saved.")
-    expect(fits).to_have_count(3)  # the frame grew to show the message
+    expect(fits).to_have_count(4)  # the frame grew to show the message
     shoot(page, "04-settings-saved")
     assert_accessible(app_frame_content(page), "the widget after saving")
     saved = WidgetSettings.objects.get(portal__member_id=sandbox.portal.member_id)

@@ -368,7 +368,8 @@ def test_sync_stores_app_info_and_records_status_changes(client, standin):
     (trial, b24_trial), (free, b24_free), (blocked, b24_blocked), (new, b24_new) = install(client, standin, 4)
     Portal.objects.filter(pk=blocked.pk).update(status=S.BLOCKED)
     Portal.objects.filter(pk=new.pk).update(status=S.NEW)
-    b24_trial.app_status, b24_trial.payment_expired, b24_trial.license = "T", True, "en_demo"
+    Portal.objects.filter(pk=free.pk).update(payment_expired=False, license="en_project")
+    b24_trial.app_status = "T"
     asked = {b.member_id: b.calls("app.info") for b in (b24_blocked, b24_new, b24_trial, b24_free)}
     server_asked = len(standin.server_requests)
 
@@ -383,6 +384,7 @@ def test_sync_stores_app_info_and_records_status_changes(client, standin):
     trial = Portal.objects.get(pk=trial.pk)
     assert trial.app_status == "T"
     assert trial.events.filter(kind=K.APP_STATUS_CHANGED, detail__old="F", detail__new="T").exists()
+    # The OAuth server's answer has no PAYMENT_EXPIRED or LICENSE: what the portal said stays.
     free = Portal.objects.get(pk=free.pk)
     assert free.app_status == "F"
     assert not free.events.filter(kind=K.APP_STATUS_CHANGED).exists()
@@ -392,6 +394,27 @@ def test_sync_stores_app_info_and_records_status_changes(client, standin):
     out, _ = run("sync_portals")
     assert summary(out)["changed"] == 0
     assert PortalEvent.objects.count() == events
+
+
+def test_sync_refuses_a_token_of_another_app(client, standin, other_app):
+    # The OAuth server names the token's application in client_id (b24pysdk B24AppInfoResultData).
+    ((portal, b24),) = install(client, standin, 1)
+    stored = Portal.objects.get(pk=portal.pk)
+    stored.access_token = b24.issue_tokens("1", client_id=other_app.client_id)["access_token"]
+    stored.save(update_fields=["access_token"])
+    b24.app_status = "P"
+    with pytest.raises(CommandError) as info:
+        run("sync_portals")
+    assert "failure_codes=wrong_app:1" in info.value.out
+    assert Portal.objects.get(pk=portal.pk).app_status == "F"
+
+
+def test_sync_reports_an_install_the_oauth_server_does_not_know_as_finished(client, standin):
+    ((portal, b24),) = install(client, standin, 1)
+    b24.install_finished = False  # install.installed false in the OAuth server's answer
+    with pytest.raises(CommandError) as info:
+        run("sync_portals")
+    assert "failure_codes=not_installed:1" in info.value.out
 
 
 def test_sync_refreshes_an_expired_access_token(client, standin):

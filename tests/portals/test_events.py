@@ -117,7 +117,7 @@ def test_a_strangers_tokenless_onappinstall_plants_nothing(client, b24):
     """Even moments after a verified install POST, a token-less ONAPPINSTALL with another token is refused."""
     portal = do_install(client, b24, event=False)
     before = snapshot(portal)
-    response = post_event(client, b24.event_payload("ONAPPINSTALL", application_token="attacker-token"))
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token"))
     assert response.status_code == 403
     assert snapshot(portal) == before
     assert post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="attacker-token")
@@ -149,7 +149,7 @@ def test_onappinstall_with_an_administrators_tokens_of_another_portal(client, b2
 
 
 def test_onappinstall_for_an_unknown_portal_without_tokens(client, b24):
-    assert post_event(client, b24.event_payload("ONAPPINSTALL")).status_code == 403
+    assert post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False)).status_code == 403
     assert not Portal.objects.exists()
 
 
@@ -161,7 +161,7 @@ def test_a_reinstall_replaces_the_application_token(client, installed):
     portal.refresh_from_db()
     assert portal.application_token == b24.application_token != old
     assert post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})).status_code == 200
-    assert post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "3"}, application_token=old)
+    assert post_event(client, b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"}, application_token=old)
                       ).status_code == 403
 
 
@@ -256,7 +256,7 @@ def test_update_with_a_new_application_token_from_an_ordinary_user(client, insta
 
 def test_update_with_a_wrong_token(client, installed):
     portal, b24 = installed
-    payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "3"}, application_token="nope")
+    payload = b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"}, application_token="nope")
     assert post_event(client, payload).status_code == 403
     assert Portal.objects.get(pk=portal.pk).app_version == "1"
 

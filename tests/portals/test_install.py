@@ -233,13 +233,13 @@ def test_tokens_are_encrypted_at_rest(client, b24):
 
 
 def test_install_by_a_non_administrator_stores_and_binds_nothing(client, b24, settings):
-    response = client.post("/install/", b24.install_post(user_id="2", lang="de"))
+    response = client.post("/install/", b24.install_post(user_id="2", lang="de", forged=True))
     assert response.status_code == 403
     assert "Nur ein Bitrix24-Administrator" in response.content.decode()
     assert b24.bindings["placements"] == [] and b24.bindings["events"] == []
     assert not Portal.objects.exists()
     # A token-less ONAPPINSTALL after this refused install does not complete anything either.
-    assert client.post("/events/", b24.event_payload("ONAPPINSTALL")).status_code == 403
+    assert client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=False)).status_code == 403
     assert not Portal.objects.exists()
     # An administrator installs: all is well.
     portal = do_install(client, b24)

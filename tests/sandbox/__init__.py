@@ -1,1 +1,1 @@
-"""Tests of the local Bitrix24 stand-in (sandbox/standin.py)."""
+"""Tests of the local Bitrix24 stand-in (sandbox/standin/)."""

@@ -82,12 +82,21 @@ def test_install_then_finish_then_the_square_in_the_chosen_language(http, standi
     assert portal.language_id == "de"
     assert state(http, portal)["appState"] == "installing"
 
-    play_the_app(http, portal, recorder)
-    delivered = act(http, portal, "install-event").json()["deliveries"]
-    assert [(d["event"], d["handler"]) for d in delivered] == [("ONAPPINSTALL", recorder.url + "events/")]
-    assert state(http, portal)["squares"] == []  # bound, but installFinish not called yet
+    assert install["fields"]["APPLICATION_TOKEN"] == portal.application_token  # simple-way.md
 
-    assert act(http, portal, "install-finished").json() == {"installFinished": True}
+    play_the_app(http, portal, recorder)
+    # installation-finish.md: no event (and no square) before installFinish.
+    assert act(http, portal, "install-event").json()["deliveries"] == []
+    assert state(http, portal)["squares"] == []
+
+    finished = act(http, portal, "install-finished").json()
+    assert finished["installFinished"] is True
+    assert [(d["event"], d["handler"]) for d in finished["deliveries"]] == [("ONAPPINSTALL", recorder.url + "events/")]
+    # bx24-install-finish.md: the page reloads and the app launches: its own page, PLACEMENT=DEFAULT.
+    reload = finished["reload"]
+    assert urlsplit(reload["action"]).path == "/placement/" and reload["fields"]["PLACEMENT"] == "DEFAULT"
+    form = {k: v[0] for k, v in parse_qs(recorder.requests[-1]["body"]).items()}
+    assert form["auth[application_token]"] == install["fields"]["APPLICATION_TOKEN"]
     seen = state(http, portal, lang="de")
     assert seen["appState"] == "installed" and seen["installFinished"] is True
     assert seen["squares"] == [{"id": 1, "title": "Widget DE", "description": "Beschreibung"}]

@@ -108,10 +108,12 @@ def test_server_rest_app_info_is_the_trusted_status(http, standin):
     answer = http.post(standin.server_endpoint + "app.info", data={"auth": token}, timeout=5)
     assert answer.status_code == 200
     info = answer.json()["result"]
-    # b24pysdk schemas/api.py B24AppInfoResultData: client_id, scope, expires, user_id, install{...}
+    # The OAuth server's own shape (b24pysdk schemas/api.py B24AppInfoResultData), not the portal's.
+    assert set(info) == {"client_id", "scope", "expires", "user_id", "install"}
     assert (info["client_id"], info["user_id"], info["install"]["status"]) == (CLIENT_ID, 1, "T")
-    assert info["install"]["member_id"] == portal.member_id
+    assert info["install"]["member_id"] == portal.member_id and info["install"]["installed"] is False
     assert info["install"]["client_endpoint"] == portal.client_endpoint
+    assert "CODE" not in info and "PAYMENT_EXPIRED" not in info["install"]
     assert standin.server_requests[-1]["method"] == "app.info"
     unknown = http.get(standin.server_endpoint + "app.info.json", params={"auth": "nope"}, timeout=5)
     assert (unknown.status_code, unknown.json()["error"]) == (401, "invalid_token")
@@ -244,7 +246,9 @@ def test_batch_results_errors_and_counts(http, portal):
     assert result["result_next"] == {"items": 100}
     assert result["result_error"]["bad"]["error"] == "ERROR_METHOD_NOT_FOUND"
     assert result["result_error"]["nested"]["error"] == "ERROR_BATCH_METHOD_NOT_ALLOWED"
-    assert TIME_KEYS <= set(result["result_time"]["me"]) and TIME_KEYS <= set(body["time"])
+    # settings/performance/limits.md: the outer batch is not counted in operating; its nested calls are.
+    assert TIME_KEYS <= set(result["result_time"]["me"])
+    assert TIME_KEYS - {"operating", "operating_reset_at"} == set(body["time"])
     # The nested batch counts too: sub-commands are counted under their own method names.
     assert portal.calls("batch") == 2 and portal.calls("user.current") == 1
     assert portal.calls("crm.item.list") == 1

@@ -35,6 +35,9 @@ def test_events_go_form_encoded_to_the_handlers_bound_with_event_bind(http, stan
     portal.install_post()
     bind_event(http, portal, "ONAPPINSTALL", recorder.url + "events/?app=1")
     bind_event(http, portal, "ONAPPUNINSTALL", recorder.url + "other/")
+    # settings/app-installation/installation-finish.md: no event before installFinish.
+    assert portal.deliver_event("ONAPPINSTALL") == [] and recorder.requests == []
+    portal.finish_install()
 
     delivered = portal.deliver_event("ONAPPINSTALL")
 
@@ -48,6 +51,8 @@ def test_events_go_form_encoded_to_the_handlers_bound_with_event_bind(http, stan
     assert form["event"] == "ONAPPINSTALL" and form["data[INSTALLED]"] == "Y"
     assert form["auth[application_token]"] == portal.application_token
     assert form["auth[member_id]"] == portal.member_id
+    # on-app-install.md marks access_token and refresh_token required.
+    assert form["auth[access_token]"] and form["auth[refresh_token]"]
 
 
 def test_deliver_event_payload_options_and_explicit_handlers(standin):
@@ -62,6 +67,8 @@ def test_deliver_event_payload_options_and_explicit_handlers(standin):
 
 def test_deliver_event_reports_unreachable_handlers_and_does_not_follow_redirects(standin):
     portal = standin.add_portal()
+    portal.install_post()
+    portal.finish_install()
     recorder = standin.add_recorder()
     old = portal.domain
     portal.rename()  # the old address now answers 302

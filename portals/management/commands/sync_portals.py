@@ -4,9 +4,16 @@ app.info is asked at the OAuth server's REST (the portal's `server_endpoint`), B
 source of licence and payment facts, with the portal's own token (the portal itself when no server
 endpoint is known).
 
-The OAuth server's app.info answers the app's licence type (`install.status`, F/D/T/P/L/S); it is
-stored with lifecycle.set_app_info, which records a changed status as a PortalEvent. A batch runs
-against one portal only, so one app.info request per portal is already the fewest possible.
+The OAuth server's app.info has its own shape, not the portal's (b24restdocs documents only that it is
+the trusted source, settings/oauth/simple-way.md; the shape is the official Python SDK's, b24pysdk
+`schemas/api.py` B24AppInfoResultData, and the PHP SDK reads `install.uri` the same way):
+`{client_id, scope, expires, user_id, install: {installed, version, status, scope, domain, uri,
+client_endpoint, member_id, member_type}}`. So a token's application is `client_id` (never a portal's
+`CODE`, an application code that need not equal it), the portal is `install.member_id`, and the app's
+status (F/D/T/P/L/S) is `install.status`; it has no PAYMENT_EXPIRED or LICENSE (the portal's app.info
+does), so those stored values are left as they are. The status is stored with lifecycle.set_app_info,
+which records a change as a PortalEvent. A batch runs against one portal only, so one app.info
+request per portal is already the fewest possible.
 """
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -23,25 +30,37 @@ SYNCED = "synced"
 CHANGED = "changed"
 
 
-def parse_app_info(info) -> dict | None:
-    """The licence facts of the OAuth server's app.info result, or None when it is not a usable answer.
+class BadAppInfo(Exception):
+    """The OAuth server's app.info answer does not vouch for our app on this portal."""
 
-    Its shape is `{client_id, scope, expires, user_id, install: {installed, version, status, ...}}`
-    (b24pysdk schemas/api.py B24AppInfoResultData): the status is the only licence fact it gives.
-    """
+    def __init__(self, code: str, description: str):
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+def parse_app_info(info, *, client_id: str, member_id: str) -> dict:
+    """The facts of the OAuth server's app.info result for our app on that portal, or BadAppInfo."""
     if not isinstance(info, dict) or not isinstance(info.get("install"), dict):
-        return None
-    status = str(info["install"].get("status") or "")
+        raise BadAppInfo("bad_answer", "app.info answered without an install section")
+    if info.get("client_id") != client_id:
+        raise BadAppInfo("wrong_app", "app.info answered for another application")
+    install = info["install"]
+    if str(install.get("member_id") or "") != member_id:
+        raise BadAppInfo("wrong_member", "app.info answered for another portal")
+    if install.get("installed") is not True:
+        raise BadAppInfo("not_installed", "app.info says the app is not installed on this portal")
+    status = str(install.get("status") or "")
     if status not in AppStatus.values:
-        return None
-    return {"app_status": status, "payment_expired": None}
+        raise BadAppInfo("bad_answer", "app.info answered without a known status")
+    return {"app_status": status, "payment_expired": None, "license": ""}
 
 
 class Command(BaseCommand):
     help = (
         "Call app.info for every active portal at the OAuth server's REST (with the portal's tokens, "
         "refreshed on expired_token) and "
-        "store the app's status (F/D/T/P/L/S), PAYMENT_EXPIRED and LICENSE; a changed status is "
+        "store the app's status (F/D/T/P/L/S, the answer's install.status); a changed status is "
         "recorded in the portal's history. One request per portal: a batch cannot span portals. "
         "A portal whose token refresh is refused is blocked (an expected outcome); any other error "
         "is counted as failed with its code and makes the command exit with status 1."
@@ -99,14 +118,10 @@ class Command(BaseCommand):
             return Outcome(FAILED, label, exc.code, exc.description)
         except RestError as exc:
             return Outcome(FAILED, label, exc.code, exc.description)
-        if not isinstance(answer, dict) or answer.get("client_id") != settings.B24_CLIENT_ID:
-            return Outcome(FAILED, label, "wrong_app", "app.info answered for another application")
-        install = answer.get("install") if isinstance(answer.get("install"), dict) else {}
-        if install.get("member_id") != portal.member_id:
-            return Outcome(FAILED, label, "wrong_member", "app.info answered for another portal")
-        info = parse_app_info(answer)
-        if info is None:
-            return Outcome(FAILED, label, "bad_answer", "app.info answered without a known STATUS")
+        try:
+            info = parse_app_info(answer, client_id=settings.B24_CLIENT_ID, member_id=portal.member_id)
+        except BadAppInfo as exc:
+            return Outcome(FAILED, label, exc.code, exc.description)
         with transaction.atomic():
             current = Portal.objects.select_for_update().filter(pk=pk).first()
             if current is None or current.status != Portal.Status.ACTIVE:

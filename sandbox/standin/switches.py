@@ -1,0 +1,57 @@
+"""The switches tests turn on a portal: expired tokens, blocks, scripted errors, plans, slow and big answers."""
+from __future__ import annotations
+
+import time
+
+from .errors import REST_ERROR_DESCRIPTION
+from .faults import oversized_shape, slow_shape
+from .limits import PLANS
+
+__all__ = ["Switches"]
+
+
+class Switches:
+    """Mixed into ``Portal``; every switch takes the stand-in's lock."""
+
+    def expire_access_tokens(self) -> None:
+        """Every access token minted so far answers expired_token."""
+        with self._standin.lock:
+            for grant in self._standin._access.values():
+                if grant.portal is self:
+                    grant.expires = 0
+
+    def block(self, error: str) -> None:
+        """OAuth refresh answers ``error`` from now on; REST answers the matching error if any."""
+        with self._standin.lock:
+            self._blocked = error
+
+    def unblock(self) -> None:
+        with self._standin.lock:
+            self._blocked = None
+
+    def fail_next(self, method: str, error: str, status: int, times: int = 1,
+                  description: str | None = None) -> None:
+        """The next ``times`` calls of ``method`` (direct or in a batch) answer this error."""
+        description = description or REST_ERROR_DESCRIPTION.get(error, "Simulated failure")
+        with self._standin.lock:
+            self._failures.setdefault(method.lower(), []).extend(
+                [(error, description, status)] * times)
+
+    def set_plan(self, plan: str) -> None:
+        """Turn on the request-rate limit of a plan: ``"enterprise"`` (250, then 5/s) or ``"others"`` (50, 2/s).
+
+        settings/performance/limits.md; past the burst a request answers 503 QUERY_LIMIT_EXCEEDED.
+        """
+        burst, drain = PLANS[plan.lower()]
+        with self._standin.lock:
+            self.rate_limit, self.rate_limit_burst, self.rate_limit_drain = True, burst, drain
+            self._bucket, self._bucket_at = 0.0, time.monotonic()
+
+    def slow_answer(self, method: str, *, chunk: int = 1, pause: float = 0.5, times: int = 1) -> None:
+        """The next ``times`` answers of ``method`` trickle out ``chunk`` bytes every ``pause`` seconds."""
+        self._faults.add(method, slow_shape(chunk, pause), times)
+
+    def oversized_answer(self, method: str, megabytes: float = 4, *, times: int = 1) -> None:
+        """The next ``times`` answers of ``method`` carry ``megabytes`` of padding (still valid JSON)."""
+        self._faults.add(method, oversized_shape(megabytes), times)
+
