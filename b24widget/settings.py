@@ -81,6 +81,9 @@ B24_VERIFY_PER_MINUTE = read.float("B24_VERIFY_PER_MINUTE", default=60.0)
 B24_UNVERIFIED_OAUTH_BURST = read.int("B24_UNVERIFIED_OAUTH_BURST", default=5, minimum=1)
 B24_UNVERIFIED_OAUTH_PER_MINUTE = read.float("B24_UNVERIFIED_OAUTH_PER_MINUTE", default=10.0)
 B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE = read.float("B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE", default=600.0)
+# ... each with a short deadline, and at most this many threads of a process waiting on them at once.
+B24_UNVERIFIED_OAUTH_DEADLINE = read.float("B24_UNVERIFIED_OAUTH_DEADLINE", default=10.0, minimum=0.1)
+B24_UNVERIFIED_OAUTH_CONCURRENCY = read.int("B24_UNVERIFIED_OAUTH_CONCURRENCY", default=2, minimum=1)
 # How long a verified user's verdict is believed, whatever AUTH_EXPIRES says.
 B24_VERDICT_MAX_AGE = read.int("B24_VERDICT_MAX_AGE", default=300)
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
@@ -97,8 +100,6 @@ B24_RATE_LIMIT_MARGIN = read.float("B24_RATE_LIMIT_MARGIN", default=0.1)
 B24_OPERATING_PAUSE_AT = read.float("B24_OPERATING_PAUSE_AT", default=400.0)
 # Longest a call may wait for a limit before failing with the limit's error code.
 B24_MAX_WAIT = read.float("B24_MAX_WAIT", default=120.0)
-# Minimum seconds between OAuth re-checks caused by a posted DOMAIN that differs from the stored one.
-B24_DOMAIN_RECHECK_INTERVAL = read.int("B24_DOMAIN_RECHECK_INTERVAL", default=600)
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.
 B24_WIDGET_TOKEN_MAX_AGE = read.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600, minimum=60)
 

@@ -418,7 +418,13 @@ class PortalClient:
             raise TokenRefreshFailed(exc.code, exc.description, method=method) from None
 
     def _follow_move(self, method: str) -> None:
-        """A 3xx from the stored address: ask the OAuth server where the portal lives now."""
+        """A 3xx from the stored address: ask the OAuth server where the portal lives now.
+
+        Only with the app's own tokens (a background call): a user's token was checked with the OAuth
+        server, which named this address, just before (placements.auth), so a redirect is unexplained.
+        """
+        if self._user_token is not None:
+            raise PortalMovedUnexplained("REDIRECT", "the portal redirected a user's call", method=method)
         before = self.portal.client_endpoint
         self._refresh(seen=None, method=method, force=True)
         if self.portal.client_endpoint == before:
