@@ -115,7 +115,7 @@ def server_app_info(standin, grant):
             "status": portal.app_status,
             "scope": portal.scope,
             "domain": portal.domain,
-            "uri": f"http://{portal.domain}",
+            "uri": f"{standin.scheme}://{portal.domain}",
             "client_endpoint": portal.client_endpoint,
             "member_id": portal.member_id,
             "member_type": "company",
