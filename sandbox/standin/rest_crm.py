@@ -1,4 +1,4 @@
-"""REST methods of the ``crm`` scope: ``crm.item.list`` (a list method, paged by 50)."""
+"""REST methods of the ``crm`` scope: ``crm.item.list`` (a list method, paged by 50) and ``crm.item.get``."""
 from __future__ import annotations
 
 from .errors import ApiError
@@ -56,3 +56,14 @@ def crm_item_list(portal, params, grant):
     served = start + len(page)
     return Page({"items": [{"id": n, "title": f"Item {n}"} for n in page]},
                 next=served if served < len(ids) else None, total=len(ids))
+
+
+@method("crm.item.get", doc="api-reference/crm/universal/crm-item-get.md", scopes=("crm",))
+def crm_item_get(portal, params, grant):
+    """``{"item": {...}}``; an unknown type or id is 400 NOT_FOUND (the page's error table)."""
+    if _int(params.get("entityTypeId")) <= 0:
+        raise ApiError("NOT_FOUND", "SPA not found")
+    item_id = _int(params.get("id"))
+    if not 1 <= item_id <= portal.crm_items:
+        raise ApiError("NOT_FOUND", "Item not found")
+    return {"item": {"id": item_id, "title": f"Item {item_id}"}}
