@@ -95,7 +95,7 @@ B24_REST_BACKOFF = read.float("B24_REST_BACKOFF", default=0.5)
 # requests that reach Bitrix24 a little later than reserved, or out of order.
 B24_RATE_LIMIT_BURST = read.int("B24_RATE_LIMIT_BURST", default=None, minimum=1)
 B24_RATE_LIMIT_PER_SECOND = read.float("B24_RATE_LIMIT_PER_SECOND", default=None)
-B24_RATE_LIMIT_MARGIN = read.float("B24_RATE_LIMIT_MARGIN", default=0.1)
+B24_RATE_LIMIT_MARGIN = read.float("B24_RATE_LIMIT_MARGIN", default=0.2)
 # Seconds of a method's operating-time budget (480 s / 10 min) after which its calls wait for the reset.
 B24_OPERATING_PAUSE_AT = read.float("B24_OPERATING_PAUSE_AT", default=400.0)
 # Longest a call may wait for a limit before failing with the limit's error code.

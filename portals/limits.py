@@ -14,9 +14,10 @@ slot further away than the caller may wait is not reserved at all: a web request
 B24_REQUEST_MAX_WAIT, about a second) is refused at once instead of sleeping, and takes nothing
 from the portal's budget.
 
-The bucket adapts: when Bitrix24 answers QUERY_LIMIT_EXCEEDED anyway (another app on our address
-shares the portal's counter, the plan changed, clocks drift) the bucket is taken as full and the
-rate halves; every PROBE_SECONDS without such an answer it steps back toward the plan's rate.
+The bucket adapts: when Bitrix24 answers QUERY_LIMIT_EXCEEDED anyway (a request reached it late on
+a busy machine, another app on our address shares the portal's counter, the plan changed) the bucket
+is taken as full; when such answers repeat the rate halves, and every PROBE_SECONDS without one it
+steps back toward the plan's rate.
 
 `admit` is the same arithmetic without waiting, for budgets of unverified work (verifying unknown
 tokens, OAuth attempts for forged installs): over budget means "refuse now". `single_flight` keeps
@@ -162,11 +163,12 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
     return send_at - now
 
 
-def _state(value, now: float) -> tuple[float, float, float]:
-    """A portal bucket's cached state: (theoretical arrival time, share of the plan's rate, last change)."""
-    if isinstance(value, (list, tuple)) and len(value) == 3:
-        return float(value[0]), float(value[1]), float(value[2])
-    return float(value or 0.0), 1.0, now
+def _state(value, now: float) -> tuple[float, float, float, float]:
+    """A portal bucket's cached state: (theoretical arrival time, share of the plan's rate, when the
+    share last changed, when Bitrix24 last answered QUERY_LIMIT_EXCEEDED)."""
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        return float(value[0]), float(value[1]), float(value[2]), float(value[3])
+    return float(value or 0.0), 1.0, now, 0.0
 
 
 def _shape(burst: int, rate: float) -> tuple[float, float]:
@@ -194,25 +196,30 @@ def reserve(member_id: str, now: float | None = None, *, max_wait: float | None 
     token = _lock(key + ":lock")
     try:
         now = time.time() if now is None else now
-        tat, share, changed = _state(cache.get(key), now)
-        if share < 1.0 and now - changed >= PROBE_SECONDS:
+        tat, share, changed, limited = _state(cache.get(key), now)
+        if share < 1.0 and now - max(changed, limited) >= PROBE_SECONDS:
             share, changed = min(1.0, share + PROBE_STEP), now  # probe up toward the plan's rate
         tat = max(tat, now)
         send_at = max(tat - tolerance, now)
         if send_at - now > max_wait:
             raise LimitWaitTooLong(send_at - now)
-        cache.set(key, [tat + interval / share, share, changed], int(tat - now + interval / share) + 60)
+        cache.set(key, [tat + interval / share, share, changed, limited], int(tat - now + interval / share) + 60)
     finally:
         _unlock(key + ":lock", token)
     return send_at - now
 
 
 def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> None:
-    """Bitrix24 answered QUERY_LIMIT_EXCEEDED: its counter is full. Take the bucket as full and slow down.
+    """Bitrix24 answered QUERY_LIMIT_EXCEEDED: its counter is full now. Take the bucket as full; when such
+    answers keep coming (again within PROBE_SECONDS), also halve the rate.
 
-    Answers arriving together (several callers sent into the same full counter) halve the rate once.
+    A lone answer is mostly a request that reached Bitrix24 later than reserved (a busy machine): filling
+    the bucket puts the pacing back in step with the portal's counter. Repeated answers mean the portal
+    allows less than the plan says (another app on our address, another plan). Answers arriving
+    together (several callers sent into the same full counter) halve the rate once.
     """
     counters.add("limit_answers")
+    metrics.limit_answer("QUERY_LIMIT_EXCEEDED")
     burst, rate = bucket(plan)
     if rate <= 0:
         return
@@ -221,12 +228,12 @@ def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = No
     token = _lock(key + ":lock")
     try:
         now = time.time() if now is None else now
-        tat, share, changed = _state(cache.get(key), now)
-        if now - changed >= 1.0 or share >= 1.0:
+        tat, share, changed, limited = _state(cache.get(key), now)
+        if now - limited < PROBE_SECONDS and now - changed >= 1.0:
             share, changed = max(FLOOR, share * BACKOFF), now
         # Full: the next slot is one (slowed) interval from now.
         tat = max(tat, now + tolerance + interval / share)
-        cache.set(key, [tat, share, changed], int(tat - now) + 60)
+        cache.set(key, [tat, share, changed, now], int(tat - now) + 60)
     finally:
         _unlock(key + ":lock", token)
     log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed",

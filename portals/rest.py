@@ -1,4 +1,11 @@
-"""The REST client for one portal: call, batch, list; token refresh, retries, moves.
+"""The REST client for one portal: call, batch, list; token refresh, retries, limits, moves.
+
+Limits (settings/performance/limits.md; pacing in portals/limits.py): every request waits for the
+portal's bucket, the one of its plan; a QUERY_LIMIT_EXCEEDED answer slows that shared bucket and the
+call is sent again at its next slot, never surfaced while the slot is within the caller's wait.
+Operating time is billed per method: the outer `batch` is not, its commands are, each on its own
+(`result_time`), so a method near its budget holds back only its own calls. OVERLOAD_LIMIT (a block
+by Bitrix24's staff) is never retried. How `list` pages is in portals/paging.py.
 
 Every request goes to the portal's stored `client_endpoint` (which only the OAuth server sets) with
 redirects off: `requests` would turn a redirected POST into a GET and drop its parameters. A 3xx
@@ -72,35 +79,6 @@ class BatchResult:
     errors: dict = field(default_factory=dict)
     total: dict = field(default_factory=dict)
     next: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class IdPaging:
-    """How a list method pages by id: the id field (`ID`/`id`, also its filter key) and, when the
-    page is an object, the key holding its list (crm.item.list answers {"items": [...]})."""
-
-    id_field: str = "ID"
-    wrapper: str | None = None
-
-    @property
-    def path(self) -> str:
-        return f"[{self.wrapper}]" if self.wrapper else ""
-
-    def items(self, result) -> list:
-        if self.wrapper and isinstance(result, dict):
-            result = result.get(self.wrapper)
-        return [item for item in result if isinstance(item, dict)] if isinstance(result, list) else []
-
-
-# Methods whose filter and order by id work with start=-1 as with offsets (settings/performance/huge-data.md;
-# crm.item.list is its example, the classic CRM lists filter and order by ID the same way).
-ID_PAGING = {
-    "crm.item.list": IdPaging("id", "items"),
-    "crm.deal.list": IdPaging("ID"),
-    "crm.lead.list": IdPaging("ID"),
-    "crm.contact.list": IdPaging("ID"),
-    "crm.company.list": IdPaging("ID"),
-}
 
 
 def build_query(params, prefix: str = "") -> str:
@@ -217,6 +195,7 @@ class PortalClient:
                                   method=method)
                 if error.code in _RETRYABLE:
                     limits.counters.add("limit_answers_nested")
+                    metrics.limit_answer(error.code)
                 if error.code == "OPERATION_TIME_LIMIT":
                     # limits.md: this method (only) waits for the reset its last good answer gave.
                     until = limits.last_reset_at(self.portal.member_id, method) or _latest_reset(
@@ -256,105 +235,16 @@ class PortalClient:
                 kept[key] = (method, params)
         return kept
 
-    def list(self, method: str, params: dict | None = None, *, paging: "IdPaging | str | None" = None) -> list:
-        """Every item of a list method, in the order Bitrix24 gives them.
+    def list(self, method: str, params: dict | None = None, *, paging=None) -> list:
+        """Every item of a list method, in the order Bitrix24 gives them (portals/paging.py).
 
-        `paging`: an IdPaging (or the method's entry in ID_PAGING when None) chains the pages inside
-        batch requests by the last id, with no count (settings/performance/huge-data.md): 2,500 items
-        a request. "start" (or a method not in ID_PAGING) pages by offset: a first page that counts
-        the total, then the other pages 50 per batch request.
+        `paging`: a paging.IdPaging (None: the method's entry in paging.ID_PAGING) chains the pages by
+        id inside batch requests, 2,500 items a request and no count; "start" (also for methods not in
+        ID_PAGING) pages by offset after a first page that counts the total.
         """
-        params = dict(params or {})
-        if paging is None:
-            paging = ID_PAGING.get(method, "start")
-        if paging == "start":
-            return self._list_by_start(method, params)
-        if not isinstance(paging, IdPaging):
-            raise ValueError(f"paging must be an IdPaging or 'start', not {paging!r}")
-        return self._list_by_id(method, params, paging)
+        from . import paging as pages
 
-    def _list_by_start(self, method: str, params: dict) -> list:
-        first = self.call_raw(method, {**params, "start": 0})
-        items = _page_items(first.get("result"))
-        total = _as_int(first.get("total"))
-        if total is None or "next" not in first:
-            return items
-        starts = list(range(PAGE_SIZE, total, PAGE_SIZE))
-        commands = {f"p{start}": (method, {**params, "start": start}) for start in starts}
-        result = self.batch(commands, halt=True)
-        if result.errors:
-            key, err = next(iter(result.errors.items()))
-            raise err
-        for start in starts:
-            items.extend(_page_items(result.result.get(f"p{start}")))
-        return items
-
-    def _list_by_id(self, method: str, params: dict, paging: "IdPaging") -> list:
-        """Pages chained by `>id` inside each batch; the first batch also asks for the top page.
-
-        The top page (order by id descending) holds the last items, so the chain can stop where it
-        meets them: 10,000 items are 4 requests, not 5 (a chain alone would need one more request to
-        see that nothing follows a full page). Commands after the first short page are ignored: their
-        `$result[...]` points past the end of a page.
-        """
-        field = paging.id_field
-        order = {key: value for key, value in (params.pop("order", None) or {}).items()}
-        if order and (list(order) != [field] or str(order[field]).upper() != "ASC"):
-            raise ValueError(f"{method}: paging by {field} needs order by {field} ascending; use paging='start'")
-        base_filter = dict(params.pop("filter", None) or {})
-        if any(key.lstrip("<>=!@%").lower() == field.lower() for key in base_filter):
-            raise ValueError(f"{method}: paging by {field} owns the {field} filter; use paging='start'")
-        items, top = [], None
-        after, below = 0, None  # still wanted: after < id < below
-        stalled = 0
-        while True:
-            commands = {}
-            if top is None:
-                commands["top"] = (method, {**params, "order": {field: "DESC"}, "filter": base_filter, "start": -1})
-            pages = BATCH_LIMIT - len(commands)
-            for i in range(pages):
-                bound = after if i == 0 else f"$result[p{i - 1}]{paging.path}[{PAGE_SIZE - 1}][{field}]"
-                page_filter = {**base_filter, f">{field}": bound}
-                if below is not None:
-                    page_filter[f"<{field}"] = below
-                commands[f"p{i}"] = (method, {**params, "order": {field: "ASC"}, "filter": page_filter, "start": -1})
-            result = BatchResult()
-            # Not retried inside: a refused page is asked again from the last id, with its chain behind it.
-            self._batch_request(commands, True, result, retry=False)
-            if top is None:
-                if "top" not in result.result:
-                    stalled = self._list_stalled(result, "top", stalled)
-                    continue
-                top = paging.items(result.result["top"])
-                if not top:
-                    return []
-                below = _as_int(top[-1].get(field))
-                if below is None:
-                    raise TransportError("bad_answer", f"{method}: item without a numeric {field}", method=method)
-            for i in range(pages):
-                key = f"p{i}"
-                if key not in result.result:
-                    stalled = self._list_stalled(result, key, stalled if i == 0 else 0)
-                    break  # the next request goes on from `after`
-                stalled = 0
-                kept = [item for item in paging.items(result.result[key]) if (_as_int(item.get(field)) or 0) < below]
-                items.extend(kept)
-                if kept:
-                    last = _as_int(kept[-1].get(field))
-                    if last is None or last <= after:
-                        raise TransportError("bad_answer", f"{method}: ids do not grow along {field}", method=method)
-                    after = last
-                if len(kept) < PAGE_SIZE or after + 1 >= below:
-                    # A short page, or the chain met the top page (ids are whole numbers): all is here.
-                    items.extend(reversed(top))
-                    return items
-
-    def _list_stalled(self, result: BatchResult, key: str, stalled: int) -> int:
-        """A chain made no progress: a limit is retried (from the same id) a few times, anything else raised."""
-        error = result.errors.get(key) or TransportError("bad_answer", "batch answered without the page")
-        if isinstance(error, LimitWaitExceeded) or error.code not in _RETRYABLE or stalled >= settings.B24_REST_MAX_RETRIES:
-            raise error
-        return stalled + 1
+        return pages.list_items(self, method, dict(params or {}), paging)
 
     # --- transport ----------------------------------------------------------------------------------
     def _token(self) -> str:
@@ -393,6 +283,8 @@ class PortalClient:
                         continue
                     raise
                 retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
+                if exc.code == "OPERATION_TIME_LIMIT":
+                    metrics.limit_answer(exc.code)
                 if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < retries:
                     delay = min(settings.B24_REST_BACKOFF * (2**attempt), self._max_wait())
                     attempt += 1
@@ -501,18 +393,6 @@ def _reset_at(time_block):
     return value if value and value > time.time() else None
 
 
-def _page_items(result) -> list:
-    """A list method's page: a list, or an object holding one list (crm.item.list: {"items": [...]})."""
-    if isinstance(result, list):
-        return list(result)
-    if isinstance(result, dict):
-        lists = [v for v in result.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return list(lists[0])
-        return list(result.values())
-    return []
-
-
 def _refers(command: str) -> bool:
     """Whether a batch command uses another command's result (batch.md: `$result[key][field]`)."""
     return "$result" in command or "%24result" in command
@@ -528,10 +408,3 @@ def _latest_reset(times: dict, pending: dict, method: str) -> float | None:
     found = [_reset_at(block) for key, block in times.items() if key in pending and pending[key][0] == method]
     found = [value for value in found if value]
     return max(found) if found else None
-
-
-def _as_int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None

@@ -103,3 +103,11 @@ def test_gunicorn_workers_counters_are_added_up_in_multiprocess_mode(tmp_path):
     page = subprocess.run([sys.executable, "-c", SCRAPE], cwd=ROOT, env=env, check=True, timeout=60,
                           capture_output=True, text=True).stdout
     assert 'b24widget_rest_calls_total{method="server.time"} 7.0' in page
+
+
+def test_limit_answers_are_counted_by_code():
+    from b24widget import metrics
+    from portals import limits
+    before = metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get()
+    limits.note_limited("m-metrics")
+    assert metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get() == before + 1

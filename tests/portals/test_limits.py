@@ -189,17 +189,25 @@ def test_the_plans_buckets_are_the_documented_ones(settings):
         assert waits[burst:] == pytest.approx([interval, 2 * interval])
 
 
-def test_a_limit_answer_fills_the_bucket_and_halves_the_rate_then_it_probes_up(settings):
+def _share(member_id, now):
+    return limits._state(limits.cache.get(f"b24widget:rl:{member_id}"), now)[1]
+
+
+def test_a_limit_answer_fills_the_bucket_repeated_ones_halve_the_rate_then_it_probes_up(settings):
     settings.B24_RATE_LIMIT_MARGIN = 0
     limits.note_limited("m-adapt", now=1000.0)
-    # Full: the next slot is one slowed interval (0.5 s / 0.5) away, then slots are 1 s apart.
-    assert limits.reserve("m-adapt", now=1000.0) == pytest.approx(1.0)
-    assert limits.reserve("m-adapt", now=1000.0) == pytest.approx(2.0)
+    # Full: the next slot is one interval (0.5 s) away; a lone answer keeps the plan's rate.
+    assert limits.reserve("m-adapt", now=1000.0) == pytest.approx(0.5)
+    assert _share("m-adapt", 1000.0) == 1.0
+    limits.note_limited("m-adapt", now=1002.0)  # again, soon: the portal allows less than the plan
+    assert _share("m-adapt", 1002.0) == limits.BACKOFF
+    # Full again, and the slots are now 1 s apart.
+    assert limits.reserve("m-adapt", now=1002.0) == pytest.approx(1.0)
+    assert limits.reserve("m-adapt", now=1002.0) == pytest.approx(2.0)
     # Quiet for PROBE_SECONDS: the rate steps back up toward the plan's, one step at a time.
-    later = 1000.0 + limits.PROBE_SECONDS + 60
+    later = 1002.0 + limits.PROBE_SECONDS + 60
     limits.reserve("m-adapt", now=later)
-    _tat, share, _changed = limits._state(limits.cache.get("b24widget:rl:m-adapt"), later)
-    assert share == pytest.approx(limits.BACKOFF + limits.PROBE_STEP)
+    assert _share("m-adapt", later) == pytest.approx(limits.BACKOFF + limits.PROBE_STEP)
 
 
 @pytest.mark.django_db(transaction=True)
