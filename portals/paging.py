@@ -82,8 +82,8 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
     `$result[...]` points past the end of a page.
     """
     field = paging.id_field
-    order = {key: value for key, value in (params.pop("order", None) or {}).items()}
-    if order and (list(order) != [field] or str(order[field]).upper() != "ASC"):
+    order = {str(key).lower(): str(value).upper() for key, value in (params.pop("order", None) or {}).items()}
+    if order and order != {field.lower(): "ASC"}:
         raise ValueError(f"{method}: paging by {field} needs order by {field} ascending; use paging='start'")
     base_filter = dict(params.pop("filter", None) or {})
     if any(key.lstrip("<>=!@%").lower() == field.lower() for key in base_filter):
@@ -132,6 +132,7 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
                 # A short page, or the chain met the top page (ids are whole numbers): all is here.
                 items.extend(reversed(top))
                 return items
+
 
 def _stalled(result: BatchResult, key: str, stalled: int) -> int:
     """A chain made no progress: a limit is retried (from the same id) a few times, anything else raised."""
