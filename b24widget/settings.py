@@ -175,6 +175,12 @@ elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
         f"-c statement_timeout={read.int('DB_STATEMENT_TIMEOUT_MS', default=10000)} "
         f"-c lock_timeout={read.int('DB_LOCK_TIMEOUT_MS', default=5000)}",
     )
+    # The statement timeout is the server's: a server host that stops answering (a partition, a frozen
+    # VM) is noticed by the client's TCP settings instead (libpq keepalives and tcp_user_timeout).
+    for _name, _value in (("keepalives", 1), ("keepalives_idle", 10), ("keepalives_interval", 3),
+                          ("keepalives_count", 3), ("tcp_user_timeout", read.int("DB_TCP_USER_TIMEOUT_MS",
+                                                                                   default=10000))):
+        _db["OPTIONS"].setdefault(_name, _value)
 
 # Local memory by default; CACHE_URL (or REDIS_URL) pointing at Redis shares the verdict cache and the
 # per-portal rate limiter across processes and machines.

@@ -48,6 +48,15 @@ def _refusal(reason: str):
                             _("This portal's address does not match the one Bitrix24 confirmed for it. If the "
                               "portal's address was changed, reload Bitrix24 and open the widget again.")),
         "no_auth": (_("Not signed in"), _("Bitrix24 did not send the user's authorization. Open the widget again.")),
+        "no_access": (_("No access to this app"),
+                      _("Your Bitrix24 administrator has given access to this app to some users only. Ask an "
+                        "administrator to give you access.")),
+        "plan_required": (_("Not available on this plan"),
+                          _("Bitrix24 offers apps like this one on its commercial plans only. A portal "
+                            "administrator can change the plan in Bitrix24.")),
+        "bitrix24_blocked": (_("Bitrix24 has paused this portal's apps"),
+                             _("Bitrix24 has paused apps' access to this portal for overload. A portal "
+                               "administrator can ask Bitrix24 support to lift it.")),
         "bad_token": (_("Access denied"),
                       _("Bitrix24 did not confirm your authorization. Close the widget and open it again.")),
         "bitrix24_unreachable": (_("Bitrix24 is not reachable"),

@@ -105,6 +105,15 @@ def test_gunicorn_workers_counters_are_added_up_in_multiprocess_mode(tmp_path):
     assert 'b24widget_rest_calls_total{method="server.time"} 7.0' in page
 
 
+def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkeypatch):
+    from b24widget import gunicorn as config
+    (tmp_path / "counter_123.db").write_bytes(b"last run")
+    (tmp_path / "keep.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    config.on_starting(server=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
 def test_limit_answers_are_counted_by_code():
     from b24widget import metrics
     from portals import limits

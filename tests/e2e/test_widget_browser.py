@@ -378,6 +378,7 @@ def test_every_refusal_and_explanation_page_is_accessible(browser, sandbox, clie
         assert page.goto(f"{sandbox.app_url}{path}").status == 200
         expect(page.locator("h1")).to_have_text(heading)
         assert_accessible(page, f"GET {path}")
+        shoot(page, f"00-get-{path.strip('/') or 'landing'}")
 
     portal = sandbox.portal
     answer = _post_top_level(page, foreign_site, "/placement/", portal.placement_post(), sandbox)

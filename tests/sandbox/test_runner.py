@@ -138,6 +138,8 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
             # The app is the sandbox's: its install page loads the stand-in BX24 script.
             install = http.get(f"http://127.0.0.1:{ports['app']}/install/", timeout=5)
             assert install.status_code == 200
+            # The landing page says how this was started (DEBUG is on in the sandbox's app).
+            assert "manage.py sandbox" in http.get(f"http://127.0.0.1:{ports['app']}/", timeout=5).text
     finally:
         process.send_signal(signal.SIGTERM)
         try:
