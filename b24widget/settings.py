@@ -215,6 +215,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Vendored libraries carry their version in their path (b24widget/vendor/b24jssdk-2.2.0/): a new version is a
+# new URL, so browsers may keep them for a year (WhiteNoise's "immutable" caching).
+WHITENOISE_IMMUTABLE_FILE_TEST = r"/vendor/[a-z0-9]+-[0-9]+\.[0-9]+\.[0-9]+/"
 
 # --- Security (production sits behind a TLS-terminating proxy) ----------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

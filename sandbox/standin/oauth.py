@@ -131,6 +131,9 @@ class OAuthSite:
 
     def handle(self, request):
         path = request.path
+        if request.http_method == "OPTIONS":
+            # No CORS here: the OAuth server is for the app's backend, never for a page (not documented).
+            return Response(204, b"", [("Allow", "GET, POST")])
         if path.rstrip("/") == "/oauth/token":
             return self._token(request)
         if path.startswith("/rest/"):

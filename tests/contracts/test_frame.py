@@ -67,4 +67,21 @@ def test_install_finish_reloads_into_the_app(sandbox_portal):
     assert finished["installFinished"] is True and sandbox_portal.install_finished
     reload = finished["reload"]
     assert reload["action"].startswith("http://localhost:9/placement/?")
-    assert reload["fields"]["PLACEMENT"] == "DEFAULT" and reload["bx24"]["placement"] == "DEFAULT"
+    assert reload["fields"]["PLACEMENT"] == "DEFAULT" and reload["init"]["PLACEMENT"] == "DEFAULT"
+
+
+VENDORED = "/static/b24widget/vendor/b24jssdk-2.2.0/"
+
+
+def test_the_official_frame_library_is_served_by_the_app_with_long_caching(client, settings):
+    """The pages load @bitrix24/b24jssdk's UMD build from the app itself (WhiteNoise), never a third-party host."""
+    assert settings.DEBUG is False
+    script = client.get(VENDORED + "b24jssdk.umd.min.js")
+    assert script.status_code == 200 and script["Content-Type"].startswith("text/javascript")
+    assert "immutable" in script["Cache-Control"] and "max-age=315360000" in script["Cache-Control"]
+    head = b"".join(script.streaming_content)[:400]
+    assert b"@package @bitrix24/b24jssdk" in head and b"@version 2.2.0" in head and b"@license MIT" in head
+    licence = client.get(VENDORED + "LICENSE")
+    assert licence.status_code == 200 and b"MIT License" in b"".join(licence.streaming_content)
+    # Our own frame code is not immutable: its URL does not change with its content.
+    assert "immutable" not in client.get("/static/b24widget/frame.js")["Cache-Control"]
