@@ -278,7 +278,8 @@ class PortalClient:
                     # call waits for its next slot like any other (a web request at most its short wait).
                     limits.note_limited(self.portal.member_id, plan=self._plan())
                     limited += 1
-                    if limited <= _LIMIT_RETRIES:
+                    # A web request tries twice more at most: each try may wait up to B24_REQUEST_MAX_WAIT.
+                    if limited <= (_LIMIT_RETRIES if not self.interactive else 2):
                         limits.counters.add("limit_retries")
                         continue
                     raise

@@ -112,6 +112,31 @@ def test_limit_answers_end_after_many(installed, settings):
     assert b24.calls("user.admin") - before == rest._LIMIT_RETRIES + 1
 
 
+def test_a_web_request_retries_a_limit_answer_only_briefly(installed, settings):
+    """No web thread sleeps long: at most two more tries, each within B24_REQUEST_MAX_WAIT."""
+    portal, b24 = installed
+    settings.B24_RATE_LIMIT_PER_SECOND = 1000
+    limits.cache.delete(f"b24widget:rl:{portal.member_id}")  # the install's slots were at the plan's 2/s
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=5)
+    before = b24.calls("user.admin")
+    with pytest.raises(RestError) as info:
+        PortalClient(Portal.objects.get(pk=portal.pk), interactive=True).call("user.admin")
+    assert info.value.code == "QUERY_LIMIT_EXCEEDED"
+    assert b24.calls("user.admin") - before == 3
+
+
+def test_a_limit_inside_a_batch_is_retried_for_just_that_command(installed):
+    """settings/performance/limits.md: OPERATION_TIME_LIMIT is per nested method; the others ran once."""
+    portal, b24 = installed
+    b24.fail_next("user.admin", "OPERATION_TIME_LIMIT", 429)
+    before_admin, before_time, before_batch = b24.calls("user.admin"), b24.calls("server.time"), b24.calls("batch")
+    result = client_for(portal).batch({"admin": ("user.admin", {}), "time": ("server.time", {})})
+    assert not result.errors and result.result["admin"] is True and result.result["time"]
+    assert b24.calls("user.admin") - before_admin == 2  # refused once, then sent again alone
+    assert b24.calls("server.time") - before_time == 1
+    assert b24.calls("batch") - before_batch == 2
+
+
 def test_overload_limit_is_never_retried(installed):
     portal, b24 = installed
     b24.fail_next("user.admin", "OVERLOAD_LIMIT", 503, times=2)
