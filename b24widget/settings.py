@@ -48,8 +48,6 @@ B24_APP_URL = read.url("B24_APP_URL", B24_APP_URL, https=not DEBUG).rstrip("/")
 B24_OAUTH_URL = read.url("B24_OAUTH_URL", "https://oauth.bitrix.info/oauth/token/", https=False)
 # Admit plain-HTTP portals and host:port addresses (on-premise test portals, the local stand-in).
 B24_ALLOW_HTTP_PORTALS = read.bool("B24_ALLOW_HTTP_PORTALS", default=False)
-# The BX24 JavaScript library loaded by the install and widget pages.
-B24_JS_URL = read.url("B24_JS_URL", "https://api.bitrix24.com/api/v1/", https=False)
 # Hosts besides B24_OAUTH_URL's on which the OAuth server's REST (`server_endpoint`) may live.
 B24_OAUTH_SERVER_HOSTS = read.list("B24_OAUTH_SERVER_HOSTS", default=[])
 # The local Bitrix24 sandbox (`manage.py sandbox`, see README): its app is installed only with this
@@ -152,7 +150,6 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "b24widget.context_processors.bx24",
             ],
         },
     },

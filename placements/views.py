@@ -120,7 +120,6 @@ def placement_view(request):
             "portal": portal,
             "verdict": verdict,
             "settings": _settings_of(portal),
-            "bx24_js_url": settings.B24_JS_URL,
             "language": post.language,
             "placement": parsed.placement,
             "app_status_label": _app_status_label(verdict.app_info.get("status", "")),
@@ -145,7 +144,7 @@ def _page(request, template: str, context: dict) -> str:
         template, translation.get_language(),
         tuple(getattr(portal, f.attname) for f in Portal._meta.concrete_fields if f.attname not in auth.SECRETS),
         (widget_settings.enabled, widget_settings.open_line_id) if widget_settings else None,
-        repr(context["verdict"]), context["bx24_js_url"], json.dumps(context["options"], sort_keys=True),
+        repr(context["verdict"]), json.dumps(context["options"], sort_keys=True),
     )
     key = hashlib.sha256(repr(facts).encode()).hexdigest()
     page = _pages.get(key)
