@@ -13,6 +13,8 @@ falls on all of them alike.
 Workloads (per plan):
   list   every item of crm.item.list (--items, 10,000): b24widget `PortalClient.list`, b24pysdk
          `call_list_fast` (its start=-1 chain), fast-bitrix24 `get_all`;
+         (b24widget reads the plan from the portal's LICENSE; fast-bitrix24, which has a bucket of its own,
+         is given the plan's numbers; b24pysdk has no pacing, it retries what the portal refuses)
   calls  --calls (3,000) crm.item.get calls: b24widget `PortalClient.batch`, b24pysdk `call_batches`,
          fast-bitrix24 `call` (each packs 50 into a batch request);
   procs  --procs (4) processes at once, --proc-calls (1,000; the issue's 3,000 would take ~95 s per client
@@ -117,8 +119,10 @@ def _run_fast_bitrix24(spec):
     async def token():
         return spec["access_token"]
 
-    # ssl=False: the stand-in's certificate is its own (aiohttp does not read REQUESTS_CA_BUNDLE).
-    bitrix = Bitrix(spec["client_endpoint"], token_func=token, verbose=False, ssl=False)
+    # ssl=False: the stand-in's certificate is its own (aiohttp does not read REQUESTS_CA_BUNDLE). Its
+    # bucket is told the plan's documented numbers (its defaults are the standard plan's, 50 and 2/s).
+    bitrix = Bitrix(spec["client_endpoint"], token_func=token, verbose=False, ssl=False,
+                    request_pool_size=spec["burst"], requests_per_second=spec["rate"])
 
     def run():
         if spec["workload"] == "list":
@@ -239,7 +243,8 @@ def _measure(args, standin, django_client, client_name, plan, workload):
                 "items": items, "calls": calls, "first_id": 1 + i * calls if workload == "procs" else 1,
                 "member_id": b24.member_id, "domain": b24.domain, "client_endpoint": b24.client_endpoint,
                 "oauth_base": f"https://{standin.address}", "client_id": standin.client_id,
-                "client_secret": standin.client_secret, "rest_plan": rest_plan, **tokens}
+                "client_secret": standin.client_secret, "rest_plan": rest_plan,
+                "burst": PLANS[plan][1], "rate": PLANS[plan][2], **tokens}
         procs.append(subprocess.Popen([python, __file__, "--worker", json.dumps(spec)], cwd=ROOT, text=True,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for p in procs:
