@@ -10,6 +10,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from . import limits
 from .models import Portal, PortalEvent, Rejection
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,10 @@ def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | Non
                 record(current, Kind.APP_STATUS_CHANGED, old_license=current.license, license=license[:64])
             current.license = license[:64]
             fields.append("license")
+            plan = limits.plan_of(license)
+            if plan != current.rest_plan:
+                current.rest_plan = plan
+                fields.append("rest_plan")
         if fields:
             current.save(update_fields=fields)
         for name in fields:
