@@ -15,6 +15,10 @@ from .rest import (
 )
 
 
+# The most items an offset-paged list fetches (its plan is built from the portal's `total` up front).
+MAX_ITEMS = 1_000_000
+
+
 @dataclass(frozen=True)
 class IdPaging:
     """How a list method pages by id: the id field (`ID`/`id`, also its filter key) and, when the
@@ -62,6 +66,9 @@ def by_start(client, method: str, params: dict) -> list:
     total = _as_int(first.get("total"))
     if total is None or "next" not in first:
         return items
+    if not 0 <= total <= MAX_ITEMS:
+        # The portal names the count; a list this long is a job for id paging (or an absurd answer).
+        raise TransportError("bad_answer", f"list total {total} beyond {MAX_ITEMS} items", method=method)
     starts = list(range(PAGE_SIZE, total, PAGE_SIZE))
     commands = {f"p{start}": (method, {**params, "start": start}) for start in starts}
     result = client.batch(commands, halt=True)

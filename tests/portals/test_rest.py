@@ -278,3 +278,34 @@ def test_app_info_can_be_asked_at_the_oauth_server(installed, standin):
     portal.server_endpoint = ""
     PortalClient(portal, oauth_server=True).call("app.info")
     assert b24.calls("app.info") == before_portal + 1
+
+
+def test_an_absurd_total_is_refused_before_anything_is_planned(installed):
+    """The offset form plans its pages from the portal's `total`: a portal answering 10**12 gets an error,
+    not a memory spike (a host answering like a portal, at the HTTP boundary)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Absurd(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.dumps({"result": [{"ID": "1"}], "total": 10**12, "next": 50}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Absurd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        portal, _b24 = installed
+        portal.client_endpoint = f"http://127.0.0.1:{server.server_address[1]}/rest/"
+        with pytest.raises(RestError) as info:
+            PortalClient(portal).list("some.entity.list", paging="start")
+        assert info.value.code == "bad_answer"
+    finally:
+        server.shutdown()
