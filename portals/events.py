@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import inbox, install as installer, lifecycle, oauth
 from .grants import GrantRefused, administrator_grant
-from .models import InboxItem, Portal
+from .models import PortalEvent, InboxItem, Portal
 from .rest import PortalClient, RestError, TokenRefreshFailed
 
 log = logging.getLogger(__name__)
@@ -241,10 +241,10 @@ def _on_install(portal: Portal | None, event: AppEvent) -> str:
     version = _version(event.data.get("VERSION"))
     known = portal is not None and portal.status != Portal.Status.UNINSTALLED and _token_matches(portal, token)
     if known:
-        # The install we already believe (its install POST carried this token): nothing to prove.
-        if portal.status == Portal.Status.ACTIVE and (not version or version == portal.app_version):
-            return "install confirmed"  # already applied (a repeated run after a crash writes nothing)
-        lifecycle.accept_application_token(portal, token, via="known_application_token", version=version)
+        # The install we already believe (its install POST carried this token): nothing to prove, and
+        # nothing to take from it either (every user knows this token): it may only complete the install.
+        if portal.status == Portal.Status.NEW:
+            lifecycle.activate(portal, via="ONAPPINSTALL")
         return "install confirmed"
     if not _str(event.auth.get("refresh_token")):
         raise EventRefused("ONAPPINSTALL without an administrator's tokens for an install we do not know")
@@ -280,10 +280,19 @@ _GONE = frozenset({"invalid_token", "NO_AUTH_FOUND", "APPLICATION_NOT_FOUND", "W
 
 
 def _confirm_gone(portal: Portal) -> None:
-    """Ask the portal, with the app's own tokens, whether the app is still there; EventRefused if it is."""
+    """Ask the portal, with the app's own tokens, whether the app is still there; EventRefused if it is.
+
+    A refresh refused *now* (tokens revoked by the uninstall) is proof for a portal that was serving. For
+    a portal already blocked (its refresh token lost before this event) it proves nothing: only the
+    portal's own answer to our access token counts, or the uninstall waits (rejected, replayable) --
+    else any user, who knows the application_token, could uninstall a portal waiting to heal."""
+    blocked = portal.status == Portal.Status.BLOCKED
     try:
         PortalClient(portal).call("app.info")
     except TokenRefreshFailed as exc:
+        if blocked:
+            raise EventRefused("cannot confirm the uninstall of a blocked portal (its tokens were lost "
+                               "before); an administrator's open heals it", status=409) from None
         if exc.code in _GONE or exc.code in oauth.BLOCKING_ERRORS:
             return
         raise EventRefused(f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503,
@@ -312,12 +321,43 @@ def _on_update(portal: Portal | None, event: AppEvent) -> str:
         grant = _grant_of(event)
         lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")), application_token=token)
     portal = Portal.objects.get(pk=portal.pk)
-    if portal.app_version != version:  # else recorded by an earlier run of this item
-        portal = lifecycle.record_update(portal, version=version,
-                                         previous_version=_version(event.data.get("PREVIOUS_VERSION")))
+    # Every user knows the application_token, so the event's VERSION is only a hint: the portal's own
+    # app.info, asked with the app's token, says which version is installed. A version we already hold
+    # changes nothing (no history row, no re-bind): forged or repeated updates cost one REST call.
+    installed = _installed_version(portal)
+    if installed == portal.app_version:
+        if not _bindings_older_than_the_last_update(portal):
+            return "no change"
+        # Recorded by an earlier run of this item that died before its bindings were done: finish them.
+    else:
+        portal = lifecycle.record_update(portal, version=installed,
+                                         previous_version=portal.app_version
+                                         or _version(event.data.get("PREVIOUS_VERSION")))
     # "When an application is deleted or updated, its event handlers will be removed" (event-bind.md).
     try:
         installer.bind(portal)
     except installer.InstallUnavailable:
         pass  # recorded on the portal; the admin's "re-bind" action or the next install repeats it
     return "updated"
+
+
+def _bindings_older_than_the_last_update(portal: Portal) -> bool:
+    last = portal.events.filter(kind=PortalEvent.Kind.UPDATED).order_by("-created_at").values_list(
+        "created_at", flat=True).first()
+    return last is not None and (portal.bound_at is None or portal.bound_at < last)
+
+
+def _installed_version(portal: Portal) -> str:
+    """The version the portal says is installed (app.info VERSION, api-reference/common/system/app-info.md)."""
+    try:
+        info = PortalClient(portal).call("app.info")
+    except TokenRefreshFailed as exc:
+        raise EventRefused(f"could not ask the portal for the installed version ({exc.code})", status=503,
+                           retry_after=60) from None
+    except RestError as exc:
+        raise EventRefused(f"could not ask the portal for the installed version ({exc.code})", status=503,
+                           retry_after=30) from None
+    version = _version(info.get("VERSION")) if isinstance(info, dict) else ""
+    if not version:
+        raise EventRefused("the portal's app.info has no usable VERSION", status=503, retry_after=60)
+    return version

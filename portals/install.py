@@ -101,8 +101,11 @@ def bind(portal: Portal) -> None:
         if commands:
             result = _run_bindings(client, portal, commands)
             app = result.result.get("app_info")
-            if isinstance(app, dict) and isinstance(app.get("LICENSE"), str) and app["LICENSE"]:
-                lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=app["LICENSE"])
+            if isinstance(app, dict):
+                license = app.get("LICENSE") if isinstance(app.get("LICENSE"), str) else ""
+                version = str(app.get("VERSION") or "")
+                lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=license,
+                                       version=version if version.isascii() and version.isdigit() else "")
     lifecycle.record_bindings(
         portal, placements=[b["PLACEMENT"] for b in handlers], events=list(APP_EVENTS)
     )

@@ -314,14 +314,21 @@ def touch(portal: Portal) -> None:
     portal.last_seen_at = now
 
 
-def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | None, license: str = "") -> None:
+def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | None, license: str = "",
+                 version: str = "") -> None:
     """Store what app.info said about the app's licence on the portal; each change is recorded once.
+
+    `version` (the portal's app.info VERSION) is taken only when none is known yet: a change of version
+    is an update, recorded by record_update.
 
     The row is re-read under its lock, so two callers with the same news record it once.
     """
     with transaction.atomic():
         current = Portal.objects.select_for_update().get(pk=portal.pk)
         fields = []
+        if version and not current.app_version:
+            current.app_version = version[:32]
+            fields.append("app_version")
         if app_status and app_status != current.app_status:
             record(current, Kind.APP_STATUS_CHANGED, old=current.app_status, new=app_status)
             current.app_status = app_status

@@ -117,6 +117,7 @@ def test_inbox_lists_events_with_their_state_and_never_a_secret(admin_client, cl
     from tests.conftest import deliver
 
     portal, b24 = installed
+    b24.version = 4
     payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "4"}, with_tokens=True)
     deliver(client, payload)
     failed = InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUNINSTALL",

@@ -117,6 +117,7 @@ def test_an_ordinary_user_cannot_take_over_the_install_with_onappinstall(client,
     forged = user_event(b24, "ONAPPUNINSTALL", application_token="attacker-token", data={"CLEAN": "1"})
     assert post_event(client, forged).status_code == 403
     assert snapshot(portal) == before
+    b24.version = 2
     assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})), "updated")
 
 
@@ -250,6 +251,7 @@ def test_update_records_the_version_and_binds_again(client, installed):
     portal, b24 = installed
     # "When an application is deleted or updated, its [event handlers] will be removed" (event-bind.md).
     b24.bindings["events"].clear()
+    b24.version = 3  # the new version is installed on the portal (its app.info says so)
     response = post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "3", "PREVIOUS_VERSION": "1"}))
     assert done(response, "updated")
     portal.refresh_from_db()
@@ -260,6 +262,7 @@ def test_update_records_the_version_and_binds_again(client, installed):
 
 def test_update_with_a_new_application_token_from_an_administrator(client, installed):
     portal, b24 = installed
+    b24.version = 2
     payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"}, with_tokens=True,
                                 application_token="updated-application-token")
     assert done(post_event(client, payload))
@@ -273,6 +276,47 @@ def test_update_with_a_new_application_token_from_an_ordinary_user(client, insta
     payload = user_event(b24, "ONAPPUPDATE", application_token="attacker-token", data={"VERSION": "2"})
     assert rejected(post_event(client, payload), "not an administrator")
     assert snapshot(portal) == before
+
+
+def test_a_forged_update_with_the_known_token_changes_no_version_and_writes_no_row(client, installed):
+    """Every user knows the application_token: an ONAPPUPDATE claiming version 999 is checked against the
+    portal's own app.info, and a version we already hold records nothing and binds nothing."""
+    portal, b24 = installed
+    history, binds = portal.events.count(), b24.calls("event.bind")
+    for version in ("999", "1000", "1001"):
+        assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": version})), "no change")
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.app_version == "1" and stored.events.count() == history
+    assert b24.calls("event.bind") == binds
+
+
+def test_a_known_token_onappinstall_takes_no_version(client, installed):
+    portal, b24 = installed
+    history = portal.events.count()
+    assert done(post_event(client, b24.event_payload("ONAPPINSTALL", data={"VERSION": "777"})),
+                "install confirmed")
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.app_version == "1" and stored.events.count() == history
+
+
+def test_an_ordinary_user_cannot_uninstall_a_portal_waiting_to_heal(client, installed):
+    """The portal is blocked (its refresh token was lost) and its access token expired: our own refresh
+    proves nothing now, so the real application_token alone does not uninstall it."""
+    from portals import oauth
+    portal, b24 = installed
+    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    b24.block("NOT_INSTALLED")
+    with pytest.raises(oauth.OAuthRejected):
+        oauth.refresh_portal(portal, force=True)
+    b24.unblock()
+    Portal.objects.filter(pk=portal.pk).update(access_expires_at=None)
+    b24.expire_access_tokens()
+    learned = b24.placement_post(user_id="2")["APPLICATION_TOKEN"]
+    response, item = deliver(client, b24.event_payload("ONAPPUNINSTALL", application_token=learned,
+                                                        data={"CLEAN": "1"}))
+    assert item.state == State.REJECTED and "blocked portal" in item.last_error
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.status == Portal.Status.BLOCKED and WidgetSettings.objects.filter(portal=portal).exists()
 
 
 def test_update_with_a_wrong_token(client, installed):
@@ -292,6 +336,7 @@ def test_update_with_a_malformed_version_changes_nothing(client, installed, vers
 
 def test_update_version_as_a_json_number(client, installed):
     portal, b24 = installed
+    b24.version = 4
     body = {"event": "ONAPPUPDATE", "data": {"VERSION": 4}, "auth": {"member_id": portal.member_id,
                                                                         "application_token": b24.application_token}}
     response, item = deliver(client, json.dumps(body), content_type="application/json")
@@ -392,6 +437,7 @@ def test_the_request_makes_no_outbound_call_and_answers_at_once(client, b24, sta
 
 def test_a_duplicate_delivery_is_recognized_and_changes_nothing(client, installed):
     portal, b24 = installed
+    b24.version = 5
     payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "5"})
     first = post_event(client, payload)
     history = portal.events.count()
