@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "portals",
     "placements",
+    "openlines",
 ]
 if DEBUG or B24_SANDBOX:
     INSTALLED_APPS.append("sandbox")
