@@ -92,6 +92,16 @@ B24_DOMAIN_RECHECK_INTERVAL = env.int("B24_DOMAIN_RECHECK_INTERVAL", default=600
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.
 B24_WIDGET_TOKEN_MAX_AGE = env.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600)
 
+# The Open Lines channel (openlines/): inbound body cap, signature window (s), webhook deadline (s) and answer
+# cap, how long a reply is retried (hours) before it is a dead letter, and whether webhooks may go to
+# loopback or private addresses (local systems, the sandbox; never in production: see the deploy check).
+OPENLINES_INBOUND_MAX_BYTES = env.int("OPENLINES_INBOUND_MAX_BYTES", default=256 * 1024)
+OPENLINES_SIGNATURE_WINDOW = env.int("OPENLINES_SIGNATURE_WINDOW", default=300)
+OPENLINES_WEBHOOK_DEADLINE = env.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0)
+OPENLINES_WEBHOOK_MAX_BYTES = env.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
+OPENLINES_RETRY_HOURS = env.float("OPENLINES_RETRY_HOURS", default=24.0)
+OPENLINES_ALLOW_PRIVATE_WEBHOOKS = env.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+
 # Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation).
 TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[]) or (
     [_DEV_TOKEN_KEY] if DEBUG else []

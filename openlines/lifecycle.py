@@ -76,8 +76,10 @@ def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user
 
     Raises ConnectFailed when Bitrix24 refuses; the channel then stays as it was."""
     with transaction.atomic():
+        # Not connected until Bitrix24 says the connector is active on the line.
         channel, _created = Channel.objects.select_for_update().get_or_create(
             portal=portal, connector_id=connector.id, line_id=line_id,
+            defaults={"state": Channel.State.DISCONNECTED},
         )
     name = (name or channel.name or f"{connector.name} ({line_id})")[:128]
     result = _batch(portal, {

@@ -40,6 +40,10 @@ class Channel(models.Model):
     disconnected_at = models.DateTimeField(null=True, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=255, blank=True)
+    # One worker at a time delivers a channel's messages each way (so they keep their order); a lease,
+    # not a lock, so a crashed worker's channel is taken over once it ends.
+    inbound_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    outbound_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["portal_id", "line_id"]
