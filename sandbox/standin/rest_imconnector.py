@@ -320,7 +320,7 @@ def conversations(portal) -> list[dict]:
         return [{"chat_id": k, **{**v, "messages": [dict(m) for m in v["messages"]]}} for k, v in st.chats.items()]
 
 
-def _connector_event(portal, event, data, *, user_id="1"):
+def _connector_event(portal, event, data, *, user_id="1", handlers=None):
     """events/*.md: form-encoded POST to every handler bound for the event (auth without refresh_token)."""
     payload = portal.event_payload(event, data={}, with_tokens=False)
     payload = {k: v for k, v in payload.items() if not k.startswith("data")}
@@ -328,7 +328,7 @@ def _connector_event(portal, event, data, *, user_id="1"):
     payload.update({"auth[access_token]": tokens["access_token"], "auth[expires_in]": str(tokens["expires_in"]),
                     "auth[scope]": portal.scope, "auth[user_id]": str(user_id)})
     flatten("data", data, payload)
-    return portal.deliver_event(event, payload=payload)
+    return portal.deliver_event(event, payload=payload, handlers=handlers)
 
 
 def _operator_message(portal, im_chat_id, chat, message, *, text):
@@ -336,7 +336,7 @@ def _operator_message(portal, im_chat_id, chat, message, *, text):
             "message": {"user_id": 1, "text": text}, "chat": {"id": chat["external_chat"]}}
 
 
-def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1"):
+def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=None):
     """An operator writes in the chat: OnImConnectorMessageAdd (events/on-im-connector-message-add.md)."""
     st = state(portal)
     with portal._standin.lock:
@@ -346,7 +346,8 @@ def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1"):
         chat["messages"].append(message)
         data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
                 "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text)]}
-    return message["im_message_id"], _connector_event(portal, "ONIMCONNECTORMESSAGEADD", data, user_id=user_id)
+    return message["im_message_id"], _connector_event(portal, "ONIMCONNECTORMESSAGEADD", data, user_id=user_id,
+                                                      handlers=handlers)
 
 
 def _operator_change(portal, im_chat_id, im_message_id, event, *, text=None):

@@ -98,3 +98,55 @@ def signed(client, channel, secret, payload, *, timestamp=None, signature=None):
 def message(mid="m1", text="Hello", chat="chat-1", user="u-1", **extra):
     return {"chat": {"id": chat, "name": "Website"}, "user": {"id": user, "name": "Ann", "last_name": "Lee"},
             "message": {"id": mid, "text": text, "date": int(time.time())}, **extra}
+
+
+class EventSink:
+    """Where the stand-in posts connector events in these tests: it keeps each form body, as the inbox
+    would store it (portals.events parses the PHP-style keys the same way)."""
+
+    def __init__(self):
+        from urllib.parse import parse_qsl
+        sink = self
+        self.got = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                sink.got.append(parse_qsl(body, keep_blank_values=True))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def items(self, portal):
+        """The received events as the inbox hands them to a handler: `portal`, `event`, `data`."""
+        from portals.events import _nest
+        out = []
+        for pairs in self.got:
+            body = _nest(pairs)
+            out.append(Item(portal=portal, event=body["event"], data=body.get("data")))
+        self.got = []
+        return out
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Item:
+    """The handler's view of an inbox row (portals/inbox.py InboxItem: portal, event, data)."""
+
+    def __init__(self, *, portal, event, data):
+        self.portal, self.event, self.data = portal, event, data
+
+
+@pytest.fixture
+def sink():
+    s = EventSink()
+    yield s
+    s.close()
