@@ -1,17 +1,39 @@
 """gunicorn settings: `gunicorn -c python:b24widget.gunicorn b24widget.wsgi`. Each value can be overridden
-from the environment (GUNICORN_CMD_ARGS, or the variables read below)."""
+from the environment (GUNICORN_CMD_ARGS, or the variables read below).
+
+Capacity: every gthread thread may hold one database connection (CONN_MAX_AGE keeps them open), so
+workers x threads is bounded by DB_CONNECTION_BUDGET, the share of PostgreSQL's max_connections this
+web replica may use. Worked example (README, "Capacity"): max_connections 100, 10 kept for
+superusers and maintenance, 2 web replicas and 1 Celery worker host of 8 processes -> (100 - 10 - 8) / 2
+= 41 per web replica; with 4 threads that allows 10 workers, whatever the core count says.
+"""
 import multiprocessing
 import os
 
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+
+
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2 + 1))
-threads = int(os.environ.get("GUNICORN_THREADS", 4))
+threads = max(_int("GUNICORN_THREADS", 4), 1)
+connection_budget = max(_int("DB_CONNECTION_BUDGET", 80), 1)
+_by_cores = multiprocessing.cpu_count() * 2 + 1
+workers = _int("GUNICORN_WORKERS", max(min(_by_cores, connection_budget // threads), 1))
+if workers * threads > connection_budget:
+    raise SystemExit(f"GUNICORN_WORKERS x GUNICORN_THREADS = {workers * threads} exceeds DB_CONNECTION_BUDGET = "
+                     f"{connection_budget} (each thread may hold a database connection); lower one of them or "
+                     "raise the budget")
 worker_class = "gthread"  # widget opens wait on Bitrix24 on a cache miss: threads keep workers responsive
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
+timeout = _int("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers rarely (a guard against slow leaks): each restart imports Django again.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 20000))
+max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = 2000
 # Import the app once in the master; workers fork with it loaded (faster starts and restarts).
 preload_app = True
@@ -21,3 +43,22 @@ accesslog = "-"
 # The access log shows method, path and status; never the query string (it may carry a portal's fields).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+
+
+# Prometheus multiprocess mode (b24widget/metrics.py): each worker writes its counters into
+# PROMETHEUS_MULTIPROC_DIR. The folder must start empty (old files would add last run's counts), and a
+# worker that exits is marked dead so that its files are merged, not double counted.
+def on_starting(server):
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

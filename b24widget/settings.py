@@ -1,113 +1,122 @@
 """Settings for b24widget, read from the environment (and an optional .env file) in this one place.
 
-Every variable is documented in README.md ("Configuration"). Local defaults work with DEBUG on;
-with DEBUG off the app refuses to start without the secrets a deployment needs.
+Every variable is documented in README.md ("Configuration"). Local defaults work with DEBUG on.
+Values are read through b24widget/config.py's Reader, which records every missing or malformed one;
+b24widget/checks.py reports them all at once (system checks, and the WSGI/ASGI start).
 """
 from pathlib import Path
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+
+from .config import Reader
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Every value goes through `read`: a bad one is recorded (SETTINGS_PROBLEMS) and reported, all at once,
+# by the system checks in b24widget/checks.py (`manage.py check --deploy`, runserver, migrate, gunicorn).
+read = Reader(environ.Env())
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = read.bool("DEBUG", default=False)
+# Set to True only by tests/settings.py (never from the environment): the test settings run with DEBUG
+# off and B24_ALLOW_HTTP_PORTALS on, which production refuses.
+B24_TESTING = False
 
 # Secrets: development fallbacks only when DEBUG is on.
 _DEV_SECRET_KEY = "dev-only-insecure-secret-key-b24widget-change-me-0123456789"
 # A fixed development Fernet key; production must set TOKEN_ENCRYPTION_KEYS.
 _DEV_TOKEN_KEY = "ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA="
+_GENERATE_FERNET = ("Generate a key with `python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'` and keep it safe: losing it makes every stored "
+                    "token unreadable.")
 
-
-def _required(name, dev_default):
-    value = env.str(name, default="")
-    if value:
-        return value
-    if DEBUG:
-        return dev_default
-    raise ImproperlyConfigured(f"{name} must be set when DEBUG is off (see README, Configuration).")
-
-
-SECRET_KEY = _required("SECRET_KEY", _DEV_SECRET_KEY)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SECRET_KEY = read.required("SECRET_KEY", debug=DEBUG, dev_default=_DEV_SECRET_KEY,
+                           hint="Set a long random value, e.g. `python -c 'import secrets; "
+                                "print(secrets.token_urlsafe(50))'`.")
+ALLOWED_HOSTS = read.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = read.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- Bitrix24 application ---------------------------------------------------------------------
-B24_CLIENT_ID = _required("B24_CLIENT_ID", "local.dev-client-id")
-B24_CLIENT_SECRET = _required("B24_CLIENT_SECRET", "dev-client-secret")
-B24_APP_URL = _required("B24_APP_URL", "http://127.0.0.1:8000").rstrip("/")
-B24_OAUTH_URL = env.str("B24_OAUTH_URL", default="https://oauth.bitrix.info/oauth/token/")
+B24_CLIENT_ID = read.required("B24_CLIENT_ID", debug=DEBUG, dev_default="local.dev-client-id",
+                              hint="The Application ID (client_id) from Bitrix24 (README, Register the app).")
+B24_CLIENT_SECRET = read.required("B24_CLIENT_SECRET", debug=DEBUG, dev_default="dev-client-secret",
+                                  hint="The Application key (client_secret) from Bitrix24.")
+B24_APP_URL = read.required("B24_APP_URL", debug=DEBUG, dev_default="http://127.0.0.1:8000",
+                            hint="The public https address of this deployment, e.g. https://widget.example.com.")
+B24_APP_URL = read.url("B24_APP_URL", B24_APP_URL, https=not DEBUG).rstrip("/")
+B24_OAUTH_URL = read.url("B24_OAUTH_URL", "https://oauth.bitrix.info/oauth/token/", https=False)
 # Admit plain-HTTP portals and host:port addresses (on-premise test portals, the local stand-in).
-B24_ALLOW_HTTP_PORTALS = env.bool("B24_ALLOW_HTTP_PORTALS", default=False)
+B24_ALLOW_HTTP_PORTALS = read.bool("B24_ALLOW_HTTP_PORTALS", default=False)
 # The BX24 JavaScript library loaded by the install and widget pages.
-B24_JS_URL = env.str("B24_JS_URL", default="https://api.bitrix24.com/api/v1/")
+B24_JS_URL = read.url("B24_JS_URL", "https://api.bitrix24.com/api/v1/", https=False)
 # Hosts besides B24_OAUTH_URL's on which the OAuth server's REST (`server_endpoint`) may live.
-B24_OAUTH_SERVER_HOSTS = env.list("B24_OAUTH_SERVER_HOSTS", default=[])
+B24_OAUTH_SERVER_HOSTS = read.list("B24_OAUTH_SERVER_HOSTS", default=[])
 # The local Bitrix24 sandbox (`manage.py sandbox`, see README): its app is installed only with this
 # or DEBUG on, so production never has it.
-B24_SANDBOX = env.bool("B24_SANDBOX", default=False)
+B24_SANDBOX = read.bool("B24_SANDBOX", default=False)
 # Calls to Bitrix24 (seconds). Every call has a connect timeout, a per-read timeout and a total deadline.
 # REST requests may run 60 s on Bitrix24's side (settings/performance/limits.md), hence the longer read.
-B24_CONNECT_TIMEOUT = env.float("B24_CONNECT_TIMEOUT", default=5.0)
-B24_READ_TIMEOUT = env.float("B24_READ_TIMEOUT", default=75.0)
-B24_REST_DEADLINE = env.float("B24_REST_DEADLINE", default=90.0)
-B24_REST_MAX_BYTES = env.int("B24_REST_MAX_BYTES", default=32 * 1024 * 1024)
+B24_CONNECT_TIMEOUT = read.float("B24_CONNECT_TIMEOUT", default=5.0, minimum=0.1)
+B24_READ_TIMEOUT = read.float("B24_READ_TIMEOUT", default=75.0, minimum=0.1)
+B24_REST_DEADLINE = read.float("B24_REST_DEADLINE", default=90.0, minimum=0.1)
+B24_REST_MAX_BYTES = read.int("B24_REST_MAX_BYTES", default=32 * 1024 * 1024, minimum=1024)
 # The token refresh has its own deadline: an answer the OAuth server sends late must still be received
 # (the old refresh token is spent the moment the server rotates it).
-B24_OAUTH_DEADLINE = env.float("B24_OAUTH_DEADLINE", default=60.0)
-B24_OAUTH_MAX_BYTES = env.int("B24_OAUTH_MAX_BYTES", default=64 * 1024)
+B24_OAUTH_DEADLINE = read.float("B24_OAUTH_DEADLINE", default=60.0, minimum=0.1)
+B24_OAUTH_MAX_BYTES = read.int("B24_OAUTH_MAX_BYTES", default=64 * 1024, minimum=1024)
 # Attempts at storing a rotated token when the database fails right after the OAuth answer.
-B24_TOKEN_STORE_ATTEMPTS = env.int("B24_TOKEN_STORE_ATTEMPTS", default=5)
+B24_TOKEN_STORE_ATTEMPTS = read.int("B24_TOKEN_STORE_ATTEMPTS", default=5, minimum=1)
 # Web requests: all their calls to Bitrix24 end within this many seconds; a limit slot further away than
 # B24_REQUEST_MAX_WAIT is refused at once (429 with Retry-After); another caller's refresh is awaited at
 # most B24_REFRESH_WAIT.
-B24_REQUEST_DEADLINE = env.float("B24_REQUEST_DEADLINE", default=15.0)
-B24_REQUEST_MAX_WAIT = env.float("B24_REQUEST_MAX_WAIT", default=1.0)
-B24_REFRESH_WAIT = env.float("B24_REFRESH_WAIT", default=2.0)
+B24_REQUEST_DEADLINE = read.float("B24_REQUEST_DEADLINE", default=15.0, minimum=0.1)
+B24_REQUEST_MAX_WAIT = read.float("B24_REQUEST_MAX_WAIT", default=1.0)
+B24_REFRESH_WAIT = read.float("B24_REFRESH_WAIT", default=2.0)
 # Unverified work. Verifying unknown user tokens: per portal, a burst and a rate per minute.
-B24_VERIFY_BURST = env.int("B24_VERIFY_BURST", default=20)
-B24_VERIFY_PER_MINUTE = env.float("B24_VERIFY_PER_MINUTE", default=60.0)
+B24_VERIFY_BURST = read.int("B24_VERIFY_BURST", default=20, minimum=1)
+B24_VERIFY_PER_MINUTE = read.float("B24_VERIFY_PER_MINUTE", default=60.0)
 # OAuth attempts for unverified senders (install POSTs, ONAPPINSTALL, administrator recoveries):
 # per member_id, and for the whole deployment; never more than one in flight per member_id.
-B24_UNVERIFIED_OAUTH_BURST = env.int("B24_UNVERIFIED_OAUTH_BURST", default=5)
-B24_UNVERIFIED_OAUTH_PER_MINUTE = env.float("B24_UNVERIFIED_OAUTH_PER_MINUTE", default=10.0)
-B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE = env.float("B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE", default=600.0)
+B24_UNVERIFIED_OAUTH_BURST = read.int("B24_UNVERIFIED_OAUTH_BURST", default=5, minimum=1)
+B24_UNVERIFIED_OAUTH_PER_MINUTE = read.float("B24_UNVERIFIED_OAUTH_PER_MINUTE", default=10.0)
+B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE = read.float("B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE", default=600.0)
+# ... each with a short deadline, and at most this many threads of a process waiting on them at once.
+B24_UNVERIFIED_OAUTH_DEADLINE = read.float("B24_UNVERIFIED_OAUTH_DEADLINE", default=10.0, minimum=0.1)
+B24_UNVERIFIED_OAUTH_CONCURRENCY = read.int("B24_UNVERIFIED_OAUTH_CONCURRENCY", default=2, minimum=1)
 # How long a verified user's verdict is believed, whatever AUTH_EXPIRES says.
-B24_VERDICT_MAX_AGE = env.int("B24_VERDICT_MAX_AGE", default=300)
+B24_VERDICT_MAX_AGE = read.int("B24_VERDICT_MAX_AGE", default=300)
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
-B24_REST_MAX_RETRIES = env.int("B24_REST_MAX_RETRIES", default=4)
-B24_REST_BACKOFF = env.float("B24_REST_BACKOFF", default=0.5)
+B24_REST_MAX_RETRIES = read.int("B24_REST_MAX_RETRIES", default=4)
+B24_REST_BACKOFF = read.float("B24_REST_BACKOFF", default=0.5)
 # Pacing per portal, shared through the cache (Bitrix24: ~50 burst, 2/s drain; stay a little below).
-B24_RATE_LIMIT_BURST = env.int("B24_RATE_LIMIT_BURST", default=40)
-B24_RATE_LIMIT_PER_SECOND = env.float("B24_RATE_LIMIT_PER_SECOND", default=2.0)
+B24_RATE_LIMIT_BURST = read.int("B24_RATE_LIMIT_BURST", default=40, minimum=1)
+B24_RATE_LIMIT_PER_SECOND = read.float("B24_RATE_LIMIT_PER_SECOND", default=2.0)
 # Seconds of a method's operating-time budget (480 s / 10 min) after which its calls wait for the reset.
-B24_OPERATING_PAUSE_AT = env.float("B24_OPERATING_PAUSE_AT", default=400.0)
+B24_OPERATING_PAUSE_AT = read.float("B24_OPERATING_PAUSE_AT", default=400.0)
 # Longest a call may wait for a limit before failing with the limit's error code.
-B24_MAX_WAIT = env.float("B24_MAX_WAIT", default=120.0)
-# Minimum seconds between OAuth re-checks caused by a posted DOMAIN that differs from the stored one.
-B24_DOMAIN_RECHECK_INTERVAL = env.int("B24_DOMAIN_RECHECK_INTERVAL", default=600)
+B24_MAX_WAIT = read.float("B24_MAX_WAIT", default=120.0)
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.
-B24_WIDGET_TOKEN_MAX_AGE = env.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600)
+B24_WIDGET_TOKEN_MAX_AGE = read.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600, minimum=60)
 
 # The Open Lines channel (openlines/): inbound body cap, signature window (s), webhook deadline (s) and answer
 # cap, how long a reply is retried (hours) before it is a dead letter, and whether webhooks may go to
 # loopback or private addresses (local systems, the sandbox; never in production: see the deploy check).
-OPENLINES_INBOUND_MAX_BYTES = env.int("OPENLINES_INBOUND_MAX_BYTES", default=256 * 1024)
-OPENLINES_SIGNATURE_WINDOW = env.int("OPENLINES_SIGNATURE_WINDOW", default=300)
-OPENLINES_WEBHOOK_DEADLINE = env.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0)
-OPENLINES_WEBHOOK_MAX_BYTES = env.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
-OPENLINES_RETRY_HOURS = env.float("OPENLINES_RETRY_HOURS", default=24.0)
-OPENLINES_ALLOW_PRIVATE_WEBHOOKS = env.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+OPENLINES_INBOUND_MAX_BYTES = read.int("OPENLINES_INBOUND_MAX_BYTES", default=256 * 1024, minimum=1024)
+OPENLINES_SIGNATURE_WINDOW = read.int("OPENLINES_SIGNATURE_WINDOW", default=300)
+OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0, minimum=0.1)
+OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
+OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
+OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
 
-# Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation).
-TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[]) or (
-    [_DEV_TOKEN_KEY] if DEBUG else []
-)
+# Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation). Each is parsed by the
+# system checks (b24widget/checks.py), so a bad key stops the start instead of the first decryption.
+TOKEN_ENCRYPTION_KEYS = read.list("TOKEN_ENCRYPTION_KEYS", default=[]) or ([_DEV_TOKEN_KEY] if DEBUG else [])
 if not TOKEN_ENCRYPTION_KEYS:
-    raise ImproperlyConfigured("TOKEN_ENCRYPTION_KEYS must be set when DEBUG is off (see README, Configuration).")
+    read.problem("TOKEN_ENCRYPTION_KEYS", "TOKEN_ENCRYPTION_KEYS must be set when DEBUG is off.", _GENERATE_FERNET)
+
+# /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
+METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -117,6 +126,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "b24widget",
     "portals",
     "placements",
     "openlines",
@@ -149,14 +159,15 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "b24widget.context_processors.bx24",
             ],
         },
     },
 ]
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": read.database("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 _db = DATABASES["default"]
-_db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+_db["CONN_MAX_AGE"] = read.int("CONN_MAX_AGE", default=60)
 _db["CONN_HEALTH_CHECKS"] = True
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions serialize writers, which is what the single-flight token refresh
@@ -165,21 +176,27 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["CONN_MAX_AGE"] = 0
 elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
     # A database that does not answer gives a fast error (a 503 page), not a hung request.
-    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
+    _db.setdefault("OPTIONS", {}).setdefault("connect_timeout", read.int("DB_CONNECT_TIMEOUT", default=3))
     _db["OPTIONS"].setdefault(
         "options",
-        f"-c statement_timeout={env.int('DB_STATEMENT_TIMEOUT_MS', default=10000)} "
-        f"-c lock_timeout={env.int('DB_LOCK_TIMEOUT_MS', default=5000)}",
+        f"-c statement_timeout={read.int('DB_STATEMENT_TIMEOUT_MS', default=10000)} "
+        f"-c lock_timeout={read.int('DB_LOCK_TIMEOUT_MS', default=5000)}",
     )
+    # The statement timeout is the server's: a server host that stops answering (a partition, a frozen
+    # VM) is noticed by the client's TCP settings instead (libpq keepalives and tcp_user_timeout).
+    for _name, _value in (("keepalives", 1), ("keepalives_idle", 10), ("keepalives_interval", 3),
+                          ("keepalives_count", 3), ("tcp_user_timeout", read.int("DB_TCP_USER_TIMEOUT_MS",
+                                                                                   default=10000))):
+        _db["OPTIONS"].setdefault(_name, _value)
 
 # Local memory by default; CACHE_URL (or REDIS_URL) pointing at Redis shares the verdict cache and the
 # per-portal rate limiter across processes and machines.
-CACHES = {"default": env.cache_url("CACHE_URL", default=env.str("REDIS_URL", default="") or "locmemcache://b24widget")}
+CACHES = {"default": read.cache("CACHE_URL", default=read.str("REDIS_URL", default="") or "locmemcache://b24widget")}
 if "redis" in CACHES["default"]["BACKEND"].lower():
     # A Redis that does not answer fails fast; the callers degrade (see portals/limits.py, placements/auth.py).
     CACHES["default"].setdefault("OPTIONS", {}).update({
-        "socket_connect_timeout": env.float("CACHE_CONNECT_TIMEOUT", default=1.0),
-        "socket_timeout": env.float("CACHE_TIMEOUT", default=1.0),
+        "socket_connect_timeout": read.float("CACHE_CONNECT_TIMEOUT", default=1.0),
+        "socket_timeout": read.float("CACHE_TIMEOUT", default=1.0),
     })
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -208,12 +225,12 @@ STORAGES = {
 
 # --- Security (production sits behind a TLS-terminating proxy) ----------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_SSL_REDIRECT = read.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SESSION_COOKIE_SECURE = read.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = read.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_HSTS_SECONDS = read.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = read.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = read.bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 # /healthz is probed over plain HTTP by load balancers.
@@ -221,12 +238,20 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
 # One line per event. JSON (the default with DEBUG off) carries member_id, method, request_id ... as
 # fields; nothing logged anywhere holds a token or secret.
-LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+LOG_FORMAT = read.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in ("plain", "json"):
+    read.problem("LOG_FORMAT", f"LOG_FORMAT={LOG_FORMAT!r} is neither plain nor json.", "Use plain or json.")
+    LOG_FORMAT = "json"
+LOG_LEVEL = read.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    read.problem("LOG_LEVEL", f"LOG_LEVEL={LOG_LEVEL!r} is not a log level.", "Use DEBUG, INFO, WARNING or ERROR.")
+    LOG_LEVEL = "INFO"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # The structured fields (member_id, event, method, request_id ...) follow the message as key=value.
+        "plain": {"()": "b24widget.logformat.PlainFormatter", "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -235,7 +260,7 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
                              "filters": ["no_request_details"]}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"}},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -243,3 +268,7 @@ LOGGING = {
         "urllib3": {"level": "WARNING"},
     },
 }
+
+# What the reading above found wrong; reported by b24widget/checks.py.
+SETTINGS_PROBLEMS = read.problems
+del read

@@ -5,9 +5,10 @@ from openlines import views as openlines_views
 from placements import views as placement_views
 from portals import views as portal_views
 
-from . import health
+from . import health, landing, metrics
 
 urlpatterns = [
+    path("", landing.landing, name="landing"),
     path("install/", portal_views.install_view, name="install"),
     path("events/", portal_views.events_view, name="events"),
     path("placement/", placement_views.placement_view, name="placement"),
@@ -15,6 +16,7 @@ urlpatterns = [
     path("openlines/connector/", openlines_views.connector_action_view, name="openlines-connector"),
     path("channels/<uuid:channel_id>/messages", openlines_views.channel_messages_view, name="openlines-messages"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

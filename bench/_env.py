@@ -7,7 +7,7 @@ BENCH_ENV = {
     "SECRET_KEY": "bench-secret-key-not-for-production-0123456789abcdef",
     "B24_CLIENT_ID": "local.bench.app",
     "B24_CLIENT_SECRET": "bench-client-secret",
-    "B24_APP_URL": "http://127.0.0.1:8000",
+    "B24_APP_URL": "https://bench.example.test",
     "B24_ALLOW_HTTP_PORTALS": "true",
     "TOKEN_ENCRYPTION_KEYS": "YmVuY2gtb25seS1rZXktZm9yLWIyNHdpZGdldC0zMmI=",
     "SECURE_SSL_REDIRECT": "false",

@@ -16,6 +16,10 @@ from b24widget.settings import CACHES  # noqa: E402
 
 ROOT_URLCONF = "bench.urls"
 
+# Like the test settings: DEBUG off (production behaviour) with the stand-in's plain-HTTP portals, which
+# b24widget/checks.py accepts only with this Python-only override.
+B24_TESTING = True
+
 # Each bench run keeps its cache keys under its own prefix (set by bench/_common.py for the run and
 # its child processes): runs never see each other's verdicts or rate-limiter state, and the keys are
 # deleted afterwards without flushing a Redis database someone else may be using.

@@ -7,6 +7,7 @@ the client-supplied AUTH_EXPIRES says), so a re-opened widget costs one indexed 
 Bitrix24. Uncached verifications spend a per-portal budget (B24_VERIFY_*) and never wait for a rate
 limit slot for long: a flood of forged opens is refused at once (429) while verified opens go on.
 The posted DOMAIN is only compared with the address the OAuth server confirmed; it is never contacted.
+A portal that moved (renamed) is followed through the OAuth server's app.info for the user's own token.
 
 A blocked portal (its refresh token lost or refused) heals here: an administrator's verified open
 whose REFRESH_ID passes `grants.administrator_grant` becomes the portal's new grant.
@@ -21,6 +22,8 @@ from functools import lru_cache
 from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.locmem import LocMemCache
+
+from b24widget import metrics
 
 from portals import lifecycle, limits, oauth
 from portals.frame_post import FramePost
@@ -143,55 +146,32 @@ def find_portal(post: FramePost) -> Portal:
     return portal
 
 
-def recheck_domain(portal: Portal, post: FramePost) -> Portal:
-    """The posted DOMAIN differs from the stored one: the portal may have been renamed.
-
-    Anyone can post any DOMAIN, so the OAuth server is asked at most once per
-    B24_DOMAIN_RECHECK_INTERVAL per portal. When that budget is spent the portal comes back unchanged:
-    verifying the token at the stored address still notices a real move (the old address answers 302,
-    which the REST client confirms with the OAuth server). The posted host itself is never contacted.
-    """
-    try:
-        allowed = cache.add(f"b24widget:domain-recheck:{portal.pk}", 1, settings.B24_DOMAIN_RECHECK_INTERVAL)
-    except Exception:  # no shared cache: no re-check (a real move still shows as a 302 at the old address)
-        allowed = False
-    if not allowed or portal.status == Portal.Status.BLOCKED:
-        log.info("posted domain differs; OAuth re-check throttled", extra={"member_id": portal.member_id})
-        return portal
-    try:
-        portal = oauth.refresh_portal(portal, force=True, wait=settings.B24_REFRESH_WAIT)
-    except oauth.RefreshInProgress:
-        raise Refused("busy", status=503, portal=portal, retry_after=2) from None
-    except oauth.OAuthUnavailable:
-        raise Refused("bitrix24_unreachable", status=502, portal=portal) from None
-    except oauth.OAuthError as exc:
-        if exc.code in oauth.BLOCKING_ERRORS or isinstance(exc, oauth.PortalNotServing):
-            raise Refused("blocked", portal=portal) from None
-        raise Refused("bitrix24_error", status=502, portal=portal) from None
-    if post.domain != portal.domain:
-        raise Refused("domain_mismatch", portal=portal)
-    return portal
-
-
 def verify(post: FramePost) -> tuple[Portal, Verdict]:
     """Return the portal and the verified user behind the POST, or raise Refused."""
     portal = find_portal(post)
     if not post.auth_id:
         raise Refused("no_auth", portal=portal)
-    if post.domain != portal.domain:
-        portal = recheck_domain(portal, post)
     key = _cache_key(portal.member_id, post.auth_id)
     verdict = _get_verdict(key)
-    if verdict is None:
+    metrics.verification(cached=verdict is not None)
+    if verdict is None or post.domain != portal.domain:
+        # Unknown token, or a posted DOMAIN that is not the stored address (renamed? forged?): ask the
+        # OAuth server, within the portal's budget. Its app.info for the user's own token says where the
+        # portal lives now; nothing is refreshed on behalf of an unverified sender.
         _spend_verification(portal)
-        portal, verdict = _ask_bitrix24(portal, post.auth_id)
-        # AUTH_EXPIRES is what is left of the token's life (0: it is ending, nothing to cache); it is the
-        # client's word, so it can only shorten our own limit.
-        lifetime = settings.B24_VERDICT_MAX_AGE
-        if post.auth_expires is not None:
-            lifetime = min(post.auth_expires, lifetime)
-        if lifetime > 0:
-            _set_verdict(key, verdict, lifetime)
+        info = _token_info(portal, post.auth_id)
+        if (info.domain, info.client_endpoint) != (portal.domain, portal.client_endpoint):
+            portal = lifecycle.follow_move(portal, client_endpoint=info.client_endpoint, domain=info.domain,
+                                           via="oauth_app_info")
+        if verdict is None:
+            portal, verdict = _ask_portal(portal, post.auth_id, info)
+            # AUTH_EXPIRES is what is left of the token's life (0: it is ending, nothing to cache); it is
+            # the client's word, so it can only shorten our own limit.
+            lifetime = settings.B24_VERDICT_MAX_AGE
+            if post.auth_expires is not None:
+                lifetime = min(post.auth_expires, lifetime)
+            if lifetime > 0:
+                _set_verdict(key, verdict, lifetime)
     if post.domain != portal.domain:
         # Not the address the OAuth server confirmed (possibly learned just now, from a 302 at the old one).
         log.warning("posted domain differs from the confirmed one; refused", extra={"member_id": portal.member_id})
@@ -268,8 +248,8 @@ def _refused_by_bitrix24(error: RestError, portal: Portal) -> Refused:
     return Refused("bitrix24_error", status=502, portal=portal)
 
 
-def _ask_bitrix24(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
-    """The OAuth server says whose token it is; one batch with it at the stored endpoint says who and what."""
+def _token_info(portal: Portal, auth_id: str) -> "oauth.TokenInfo":
+    """The OAuth server's word on the token: our application, this portal; or Refused."""
     try:
         info = oauth.token_info(auth_id)
     except oauth.OAuthRejected as exc:
@@ -282,6 +262,11 @@ def _ask_bitrix24(portal: Portal, auth_id: str) -> tuple[Portal, Verdict]:
         # A token of another application (or of another portal): genuine, but not ours to believe.
         log.info("token of another application or portal refused", extra={"member_id": portal.member_id})
         raise Refused("bad_token", portal=portal)
+    return info
+
+
+def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[Portal, Verdict]:
+    """One batch with the user's token at the address the OAuth server confirmed: who, admin?, lines."""
     client = PortalClient(portal, access_token=auth_id, interactive=True)
     try:
         result = client.batch({
@@ -324,7 +309,7 @@ def recheck_admin(portal: Portal, auth_id: str, user_id: str) -> bool:
     if not auth_id:
         raise Refused("no_auth", portal=portal)
     _spend_verification(portal)
-    portal, verdict = _ask_bitrix24(portal, auth_id)
+    portal, verdict = _ask_portal(portal, auth_id, _token_info(portal, auth_id))
     if verdict.user_id != user_id:
         raise Refused("bad_token", portal=portal)
     return verdict.is_admin

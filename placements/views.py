@@ -16,6 +16,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
+from b24widget import metrics
+
 from portals.addresses import portal_origin
 from portals.framing import frame_origin, framed_by
 from portals.frame_post import BadFramePost
@@ -113,6 +115,7 @@ def placement_view(request):
         }
         page = _page(request, parsed.placement.template, context)
         response = HttpResponse(page.replace(_TOKEN_SLOT, widget_token.issue(portal, verdict)))
+        metrics.widget_open("shown")
     return framed_by(response, portal_origin(portal))
 
 
@@ -121,6 +124,7 @@ def verify_or_refuse(request, post):
     try:
         portal, verdict = auth.verify(post)
     except auth.Refused as exc:
+        metrics.widget_open(exc.reason)
         title, message = _refusal(exc.reason)
         # The stored portal's origin, when one is known; else the posted one, for a page that holds
         # nothing but this message (so the user sees it instead of a blocked frame).

@@ -4,7 +4,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from . import install, oauth
-from .models import Portal, PortalEvent
+from .models import Portal, PortalEvent, Rejection
 
 HISTORY_ROWS = 100
 
@@ -21,16 +21,32 @@ class PortalAdmin(admin.ModelAdmin):
         (None, {"fields": ("member_id", "domain", "client_endpoint", "server_endpoint", "status", "last_error")}),
         (_("App on the portal"), {"fields": ("app_status", "payment_expired", "license", "app_version", "language",
                                              "scope", "installed_by")}),
-        (_("Tokens"), {"fields": ("token_state", "refresh_renewed_at", "application_token_state")}),
+        (_("Tokens"), {"fields": ("token_state", "refresh_renewed_at", "refresh_lease_until", "bound_at",
+                                  "application_token_state")}),
         (_("Dates"), {"fields": ("created_at", "installed_at", "uninstalled_at", "last_seen_at")}),
-        (_("History"), {"fields": ("history",)}),
+        (_("History"), {"fields": ("history", "refusals")}),
     )
     readonly_fields = (
         "member_id", "domain", "client_endpoint", "server_endpoint", "status", "last_error", "app_status",
         "payment_expired", "license", "app_version", "language", "scope", "installed_by", "token_state",
-        "refresh_renewed_at", "application_token_state", "created_at", "installed_at", "uninstalled_at",
-        "last_seen_at", "history",
+        "refresh_renewed_at", "refresh_lease_until", "bound_at", "application_token_state", "created_at",
+        "installed_at", "uninstalled_at", "last_seen_at", "history", "refusals",
     )
+
+    def changelist_view(self, request, extra_context=None):
+        self._warn_about_credentials(request)
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._warn_about_credentials(request)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _warn_about_credentials(self, request):
+        rejected = oauth.client_rejected()
+        if rejected:
+            self.message_user(request, _("The Bitrix24 OAuth server refused this deployment's credentials "
+                                         "(%(what)s): check B24_CLIENT_ID and B24_CLIENT_SECRET. No portal is "
+                                         "blocked for it.") % {"what": rejected}, messages.ERROR)
 
     def get_queryset(self, request):
         # The list never shows a secret: leave them unloaded (and undecrypted). The change page's
@@ -67,6 +83,18 @@ class PortalAdmin(admin.ModelAdmin):
         return format_html('<table id="portal-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead>'
                            "<tbody>{}</tbody></table>", _("when"), _("what"), _("detail"), body)
 
+    @admin.display(description=_("refused requests (unverified senders, per hour)"))
+    def refusals(self, obj):
+        rows = obj.rejections.all()[:HISTORY_ROWS]
+        body = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r.window_start.strftime("%Y-%m-%d %H:00"), r.source, r.reason, r.count,
+              r.last_at.strftime("%H:%M:%S")) for r in rows),
+        )
+        return format_html('<table id="portal-refusals"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>'
+                           "<th>{}</th></tr></thead><tbody>{}</tbody></table>", _("hour"), _("where"), _("reason"),
+                           _("count"), _("last"), body)
+
     @admin.action(description=_("Refresh tokens now"))
     def refresh_tokens_now(self, request, queryset):
         done = failed = 0
@@ -96,6 +124,24 @@ class PortalAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{portal.domain}: {exc.code}", messages.ERROR)
         self.message_user(request, _("Bound: %(done)d, failed: %(failed)d") % {"done": done, "failed": failed},
                           messages.SUCCESS if not failed else messages.WARNING)
+
+
+@admin.register(Rejection)
+class RejectionAdmin(admin.ModelAdmin):
+    """Refused requests from unverified senders, counted: a flood shows as one growing row, not thousands."""
+
+    list_display = ("window_start", "portal", "source", "reason", "count", "last_at")
+    list_filter = ("source",)
+    search_fields = ("portal__domain", "portal__member_id", "reason")
+    list_select_related = ("portal",)
+    show_full_result_count = False
+    readonly_fields = ("portal", "source", "reason", "window_start", "count", "last_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(PortalEvent)

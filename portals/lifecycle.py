@@ -68,6 +68,19 @@ def _follow_endpoint(portal: Portal, client_endpoint: str, domain: str) -> list[
 
 
 @transaction.atomic
+def follow_move(portal: Portal, *, client_endpoint: str, domain: str, via: str) -> Portal:
+    """The OAuth server reports the portal at another address (renamed): adopt it, record the move."""
+    current = Portal.objects.select_for_update().get(pk=portal.pk)
+    fields = _follow_endpoint(current, client_endpoint, domain)
+    if fields:
+        current.save(update_fields=fields)
+        log.info("portal moved", extra={"member_id": current.member_id, "domain": domain, "via": via})
+    for name in ("client_endpoint", "domain"):
+        setattr(portal, name, getattr(current, name))
+    return portal
+
+
+@transaction.atomic
 def install(grant, *, language: str = "", user_id: str = "", application_token: str = "") -> tuple[Portal, bool]:
     """Store a portal whose install an administrator made (the caller checked both); returns (portal, created).
 

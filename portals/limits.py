@@ -27,6 +27,8 @@ from django.conf import settings
 from django.core.cache import cache as shared_cache
 from django.core.cache.backends.locmem import LocMemCache
 
+from b24widget import metrics
+
 log = logging.getLogger(__name__)
 
 _LOCK_TIMEOUT = 5  # seconds; a crashed holder's lock expires by itself
@@ -114,6 +116,7 @@ def pace(member_id: str, *, max_wait: float | None = None) -> None:
     """Wait for the portal's next request slot; LimitWaitTooLong when it is further than `max_wait`."""
     wait = reserve(member_id, max_wait=max_wait)
     if wait > 0:
+        metrics.limit_wait("rate", wait)
         time.sleep(wait)
 
 
@@ -157,6 +160,7 @@ def wait_for_method(member_id: str, method: str, *, max_wait: float | None = Non
         raise LimitWaitTooLong(wait)
     log.info("method paused for its operating-time budget",
              extra={"member_id": member_id, "method": method, "wait": round(wait, 1)})
+    metrics.limit_wait("operating", wait)
     time.sleep(wait)
 
 

@@ -13,6 +13,7 @@ A lease outlives the OAuth deadline, so a crashed holder's lease simply expires.
 """
 import logging
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from django.core.cache import cache
 from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
+
+from b24widget import metrics
 
 from . import http
 from .addresses import BadAddress, is_oauth_server_endpoint, parse_endpoint
@@ -177,11 +180,12 @@ def oauth_server_rest() -> str:
     return f"{parts.scheme}://{parts.netloc}/rest/"
 
 
-def _oauth_answer(method: str, url: str, **kwargs):
+def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwargs):
     """One request to the OAuth server with its own deadline and cap; returns (status, JSON or None)."""
+    deadline = settings.B24_OAUTH_DEADLINE if deadline is None else deadline
     try:
         answer = http.send(method, url, connect_timeout=settings.B24_CONNECT_TIMEOUT,
-                           read_timeout=settings.B24_OAUTH_DEADLINE, deadline=settings.B24_OAUTH_DEADLINE,
+                           read_timeout=deadline, deadline=deadline,
                            max_bytes=settings.B24_OAUTH_MAX_BYTES, **kwargs)
     except http.HttpFailure as exc:
         raise OAuthUnavailable(exc.code if exc.code != "unreachable" else "unreachable",
@@ -205,7 +209,7 @@ def _raise_for_error(status: int, answer) -> None:
 
 
 @sensitive_variables()
-def request_refresh(refresh_token: str) -> TokenGrant:
+def request_refresh(refresh_token: str, *, deadline: float | None = None) -> TokenGrant:
     """Exchange a refresh token at B24_OAUTH_URL with our client secret; no database access.
 
     GET with the parameters in the query, as settings/oauth/index.md documents it (and b24phpsdk and
@@ -220,7 +224,7 @@ def request_refresh(refresh_token: str) -> TokenGrant:
         "client_secret": settings.B24_CLIENT_SECRET,
         "refresh_token": refresh_token,
     }
-    status, answer = _oauth_answer("GET", settings.B24_OAUTH_URL, params=params)
+    status, answer = _oauth_answer("GET", settings.B24_OAUTH_URL, params=params, deadline=deadline)
     _raise_for_error(status, answer)
     _note_client(None)
     return parse_grant(answer)
@@ -241,10 +245,39 @@ def exchange_unverified(member_id: str, refresh_token: str) -> TokenGrant:
     if not limits.admit("oauth:all", per_minute=settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE,
                         burst=max(int(settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE // 6), 1)):
         raise OAuthThrottled(5.0)
-    with limits.single_flight(f"oauth:{member_id}", settings.B24_OAUTH_DEADLINE) as held:
-        if not held:
-            raise OAuthThrottled(2.0)
-        return request_refresh(refresh_token)
+    # Web request threads waiting on the OAuth server for unverified senders: a few per process at most,
+    # each for a short deadline (the sender's own refresh token is what a timeout may cost).
+    if not _unverified_slots.acquire(blocking=False):
+        raise OAuthThrottled(2.0)
+    try:
+        with limits.single_flight(f"oauth:{member_id}", settings.B24_UNVERIFIED_OAUTH_DEADLINE) as held:
+            if not held:
+                raise OAuthThrottled(2.0)
+            return request_refresh(refresh_token, deadline=settings.B24_UNVERIFIED_OAUTH_DEADLINE)
+    finally:
+        _unverified_slots.release()
+
+
+class _Slots:
+    """A per-process count of threads in unverified OAuth requests (B24_UNVERIFIED_OAUTH_CONCURRENCY)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._used = 0
+
+    def acquire(self, blocking=False) -> bool:
+        with self._lock:
+            if self._used >= settings.B24_UNVERIFIED_OAUTH_CONCURRENCY:
+                return False
+            self._used += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._used -= 1
+
+
+_unverified_slots = _Slots()
 
 
 # What the OAuth server's app.info answers for a token it does not accept (settings/oauth/index.md,
@@ -278,7 +311,9 @@ def token_info(access_token: str) -> TokenInfo:
     """
     if not access_token or len(access_token) > _MAX_TOKEN_LENGTH:
         raise OAuthRejected("invalid_token", "no usable access token")
-    status, answer = _oauth_answer("POST", f"{oauth_server_rest()}app.info", data={"auth": access_token})
+    # Asked from web requests only: their deadline, not the refresh's (nothing is lost by giving up here).
+    status, answer = _oauth_answer("POST", f"{oauth_server_rest()}app.info", data={"auth": access_token},
+                                   deadline=min(settings.B24_REQUEST_DEADLINE, settings.B24_OAUTH_DEADLINE))
     if isinstance(answer, dict) and answer.get("error"):
         code = str(answer["error"])[:64]
         description = str(answer.get("error_description") or "")[:255]
@@ -353,11 +388,13 @@ def refresh_portal(
         if grant.member_id != current.member_id:
             raise OAuthRejected("wrong_member", "OAuth server answered for another portal")
     except ClientMisconfigured:
+        metrics.refresh_failed("client_misconfigured")
         _release(current, owner)
         log.error("OAuth server refused our client credentials; no portal is blocked",
                   extra={"member_id": current.member_id})
         raise
     except OAuthRejected as exc:
+        metrics.refresh_failed(exc.code)
         with transaction.atomic():
             row = _locked(current.pk, owner)
             if exc.code in BLOCKING_ERRORS:
@@ -366,6 +403,7 @@ def refresh_portal(
                 lifecycle.record_refresh_failure(row, exc)
         raise
     except OAuthUnavailable as exc:
+        metrics.refresh_failed(exc.code)
         with transaction.atomic():
             lifecycle.record_refresh_failure(_locked(current.pk, owner), exc)
         raise
@@ -432,6 +470,7 @@ def _store(pk: int, owner: str, grant: TokenGrant) -> Portal:
             with transaction.atomic():
                 row = _locked(pk, owner)
                 lifecycle.apply_grant(row, grant, reason="refresh")
+            row.refreshed_now = True  # this call refreshed (others return the row someone else refreshed)
             return row
         except DatabaseError:
             if transaction.get_connection().in_atomic_block or attempt + 1 == settings.B24_TOKEN_STORE_ATTEMPTS:

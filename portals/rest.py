@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from django.conf import settings
 
+from b24widget import metrics
+
 from . import http, limits, oauth
 from .models import Portal
 
@@ -229,7 +231,13 @@ class PortalClient:
             raise TokenRefreshFailed(exc.code, exc.description, method=method) from None
 
     def _follow_move(self, method: str) -> None:
-        """A 3xx from the stored address: ask the OAuth server where the portal lives now."""
+        """A 3xx from the stored address: ask the OAuth server where the portal lives now.
+
+        Only with the app's own tokens (a background call): a user's token was checked with the OAuth
+        server, which named this address, just before (placements.auth), so a redirect is unexplained.
+        """
+        if self._user_token is not None:
+            raise PortalMovedUnexplained("REDIRECT", "the portal redirected a user's call", method=method)
         before = self.portal.client_endpoint
         self._refresh(seen=None, method=method, force=True)
         if self.portal.client_endpoint == before:
@@ -240,6 +248,7 @@ class PortalClient:
                  extra={"member_id": self.portal.member_id, "domain": self.portal.domain, "method": method})
 
     def _post(self, method: str, params: dict, token: str) -> dict:
+        metrics.rest_call(method)
         base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
         url = f"{base}{method}.json"
         try:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def frame_error(request, *, status: int, title: str, message: str, origin: str | None,
                 retry_after: float | None = None):
     """A readable error page for inside the portal's frame (already localized by the caller)."""
-    response = render(request, "errors/frame_error.html", {"title": title, "message": message}, status=status)
+    response = render(request, "errors/frame_error.html", {"title": title, "message": message, "status": status}, status=status)
     if retry_after is not None:
         response["Retry-After"] = str(max(int(retry_after + 0.999), 1))
     return framed_by(response, origin)

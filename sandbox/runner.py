@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from .pages import SandboxPages
 from .standin import StandIn
 
-__all__ = ["Options", "SandboxError", "run", "start_bitrix24", "app_environment"]
+__all__ = ["Options", "SandboxError", "run", "check_ports", "start_bitrix24", "app_environment"]
 
 ADMIN_USERNAME = "admin"
 _READY_TIMEOUT = 60.0
@@ -85,6 +86,26 @@ def _prepare_folder(options: Options) -> Path:
         for name in ("state.json", "db.sqlite3"):
             (folder / name).unlink(missing_ok=True)
     return folder
+
+
+def check_ports(options: Options) -> None:
+    """Every port the sandbox needs is free (and they differ), before anything starts; else one clear line."""
+    wanted = [(options.app_port, "--app-port", "the app"),
+              (options.portal_port, "--portal-port", "the sandbox portal"),
+              (options.server_port, "--server-port", "the sandbox's OAuth server")]
+    seen = {}
+    for port, flag, what in wanted:
+        if port in seen:
+            raise SandboxError(f"port {port} is given to both {seen[port]} and {what}; choose another with {flag}")
+        seen[port] = what
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As the servers themselves bind (SO_REUSEADDR): a port in TIME_WAIT is free, a listening one is not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise SandboxError(f"port {port} ({what}) is already in use ({exc.strerror}); "
+                                   f"choose another with {flag}") from None
 
 
 def start_bitrix24(options: Options, folder: Path) -> tuple[StandIn, SandboxPages, object]:
@@ -162,12 +183,14 @@ def _ensure_admin(options: Options, env: dict, folder: Path) -> tuple[str, str |
     return ADMIN_USERNAME, password
 
 
-def _wait_until_ready(process: subprocess.Popen, url: str) -> None:
+def _wait_until_ready(process: subprocess.Popen | None, url: str) -> None:
+    """Until `url` answers at all (any HTTP status); `process` (if given) must not stop meanwhile."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + _READY_TIMEOUT
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SandboxError(f"the app stopped while starting (exit code {process.returncode})")
+        if process is not None and process.poll() is not None:
+            raise SandboxError(f"the app stopped while starting (exit code {process.returncode}); "
+                               "its output above says why")
         try:
             with opener.open(url, timeout=2):
                 return
@@ -222,6 +245,7 @@ def banner(options: Options, standin: StandIn, pages: SandboxPages, portal, fold
 
 def run(options: Options, out=sys.stdout) -> None:
     """Start everything, print the URLs, and serve until Ctrl+C (or SIGTERM)."""
+    check_ports(options)
     folder = _prepare_folder(options)
     standin, pages, portal = start_bitrix24(options, folder)
     process = None
@@ -238,7 +262,10 @@ def run(options: Options, out=sys.stdout) -> None:
             command.append("--noreload")
         # Its own process group: the autoreloader's child is stopped with it.
         process = subprocess.Popen(command, env=env, cwd=options.base_dir, start_new_session=True)
-        _wait_until_ready(process, f"http://127.0.0.1:{options.app_port}/healthz")
+        # The banner only once everything answers: the app, the portal's page, the OAuth server.
+        for url in (f"http://127.0.0.1:{options.app_port}/healthz", SandboxPages.portal_url(portal),
+                    standin.oauth_url):
+            _wait_until_ready(process, url)
         out.write(banner(options, standin, pages, portal, folder, admin) + "\n")
         out.flush()
         while process.poll() is None:

@@ -1,10 +1,11 @@
 """Fixtures: a local Bitrix24 stand-in over real HTTP, and portals installed through it."""
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
 from django.test import Client
 
 from portals.models import Portal
 from sandbox.standin import StandIn
+from tests.redis_keys import clear_cache
 
 CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
@@ -32,9 +33,9 @@ def _bitrix24(settings, standin):
     standin.oauth_down = False
     standin.oauth_delay = 0
     standin.oauth_late = 0
-    cache.clear()
+    clear_cache(caches["default"])
     yield
-    cache.clear()
+    clear_cache(caches["default"])
 
 
 @pytest.fixture

@@ -23,13 +23,22 @@ for _key, _value in _TEST_ENV.items():
     os.environ.setdefault(_key, _value)
 
 from b24widget.settings import *  # noqa: E402,F401,F403
-from b24widget.settings import DATABASES  # noqa: E402
+from b24widget.settings import CACHES, DATABASES  # noqa: E402
+from tests.redis_keys import RUN_PREFIX  # noqa: E402
+
+# A run's cache keys live under its own prefix: with CACHE_URL pointing at a shared Redis, the suite
+# touches (and deletes) only its own keys (tests/redis_keys.py), never other data on that server.
+CACHES["default"].setdefault("KEY_PREFIX", RUN_PREFIX)
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so threads in the concurrency tests share one database.
     DATABASES["default"]["TEST"] = {
         "NAME": os.path.join(tempfile.gettempdir(), f"b24widget-test-{os.getpid()}.sqlite3")
     }
+
+# The test settings run with DEBUG off (production behaviour) but admit the stand-in's plain-HTTP portals;
+# this override, set here and never from the environment, lets b24widget/checks.py accept that.
+B24_TESTING = True
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -161,6 +161,9 @@ class OAuthSite:
 
     def _rest(self, request):
         standin = self.standin
+        if standin.oauth_down:  # the whole OAuth server host is down, its REST with it
+            body = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
+            return Response(503, body, [("Content-Type", "text/html")])
         method = method_from_path(request.path)
         params = dict(request.params)
         auth = params.pop("auth", None)

@@ -40,3 +40,18 @@ def test_rest_errors_are_logged_with_member_id_and_request_id(installed, caplog)
     assert record.member_id == portal.member_id
     assert record.method == "no.such.method" and record.code == "ERROR_METHOD_NOT_FOUND"
     assert len(record.request_id) == 32
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/placement/", "/install/", "/events/", "/placement/settings/"])
+@pytest.mark.parametrize("body,content_type", [
+    (b"DOMAIN=%ff%fe&member_id=%c3%28&LANG=en&PROTOCOL=1", "application/x-www-form-urlencoded"),  # not UTF-8
+    (b"\xff\xfe\x00garbage", "application/x-www-form-urlencoded"),
+    (b"DOMAIN=a.bitrix24.de&member_id=x", "application/x-www-form-urlencoded; charset=klingon"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n", "multipart/form-data; boundary=x"),
+    (b"{\"event\": " + b"[" * 50000, "application/json"),
+])
+def test_odd_bodies_on_every_entry_point_are_a_4xx(path, body, content_type):
+    from django.test import Client
+    response = Client(raise_request_exception=False).generic("POST", path, body, content_type=content_type)
+    assert 400 <= response.status_code < 500, (response.status_code, response.content[:300])

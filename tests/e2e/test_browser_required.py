@@ -16,6 +16,6 @@ def test_browser_tests_fail_when_chromium_is_missing(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 1, answer.stdout[-3000:]
     summary = answer.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"2 failed in [0-9.]+s( \([0-9:]+\))?", summary), summary  # not skipped, not errors
+    assert re.fullmatch(r"4 failed in [0-9.]+s( \([0-9:]+\))?", summary), summary  # not skipped, not errors
     assert f"Chromium not found at {tmp_path / 'no-chromium'}" in answer.stdout
     assert "apt-get install -y chromium" in answer.stdout

@@ -19,6 +19,7 @@ from placements.models import WidgetSettings
 from portals.models import Portal
 from sandbox.standin import frame_query_and_body
 from tests.conftest import do_install
+from tests.e2e.axe import assert_accessible
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -40,6 +41,11 @@ def new_page(browser):
 
 def app_frame(page):
     return page.frame_locator("#app-frame")
+
+
+def app_frame_content(page):
+    """The app's frame as a Playwright Frame (what axe-core runs in)."""
+    return page.locator("#app-frame").element_handle().content_frame()
 
 
 def frame_loads(page) -> int:
@@ -96,6 +102,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(page.locator('#bx24-log li[data-command="installFinish"]')).to_have_count(1)
     expect(page.locator("#app-state")).to_have_attribute("data-state", "installed")
     shoot(page, "02-install-finished")
+    assert_accessible(app_frame_content(page), "the install page")
     stored = db_portal(sandbox)
     assert stored.status == Portal.Status.ACTIVE
     assert stored.application_token == sandbox.portal.application_token
@@ -129,6 +136,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     assert page.locator("#app-frame").evaluate("f => f.getBoundingClientRect().height") == pytest.approx(
         int(page.get_attribute("#app-frame", "data-height")), abs=1)
     shoot(page, "03-widget-as-administrator")
+    assert_accessible(app_frame_content(page), "the widget as administrator")
 
     # --- an administrator saves settings; they persist
     widget.locator("#enabled").check()
@@ -138,6 +146,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(widget.locator("#save-result")).to_have_text("Settings saved.")
     expect(fits).to_have_count(4)  # the frame grew to show the message
     shoot(page, "04-settings-saved")
+    assert_accessible(app_frame_content(page), "the widget after saving")
     saved = WidgetSettings.objects.get(portal__member_id=sandbox.portal.member_id)
     assert (saved.enabled, saved.open_line_id, saved.updated_by) == (True, "2", "1")
     open_widget(page, sandbox, user="1", lang="en")
@@ -165,6 +174,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(widget.locator("#user-role")).to_have_text("user")
     expect(widget.locator("#save")).to_be_disabled()
     expect(widget.locator("#admin-only")).to_be_visible()
+    assert_accessible(app_frame_content(page), "the widget as an ordinary user")
     widget.locator("#enabled").evaluate("box => { box.disabled = false; box.checked = false; }")
     widget.locator("#settings-form").evaluate("form => form.requestSubmit()")
     expect(widget.locator("#save-result")).to_have_attribute("data-state", "error")
@@ -192,6 +202,13 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(admin.locator("#result_list")).to_contain_text(sandbox.portal.domain)
     expect(admin.locator("#result_list")).to_contain_text(sandbox.portal.member_id)
     shoot(admin, "07-django-admin-portals")
+    # On a 1366 px laptop screen every column shows beside the navigation and the filters.
+    admin.set_viewport_size({"width": 1366, "height": 768})
+    overflow = admin.evaluate("""() => {
+        const results = document.querySelector('#changelist .results');
+        return results.scrollWidth - results.clientWidth; }""")  # > 0: columns hidden behind a scrollbar
+    shoot(admin, "07b-django-admin-portals-1366")
+    assert overflow <= 0
     admin.context.close()
 
     # --- uninstall: ONAPPUNINSTALL with the right application_token; the square goes; the widget refuses
@@ -207,6 +224,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(widget.locator("h1")).to_have_text("App not installed")
     expect(widget.locator("#settings-form")).to_have_count(0)
     shoot(page, "08-uninstalled-widget-refused")
+    assert_accessible(app_frame_content(page), "the refusal after uninstall")
     page.context.close()
 
 
@@ -337,4 +355,85 @@ def test_widget_page_refuses_framing_by_other_origins(browser, sandbox, client, 
         sandbox.standin.web = pages
     assert wait_for_child_frames(page, 2)[1].url == BLOCKED_FRAME_URL  # the GET page: 'none' for all
     shoot(page, "10-portal-origin-frame-allowed")
+    page.context.close()
+
+
+def _post_top_level(page, foreign_site, path, fields, sandbox):
+    """POST `fields` as a portal splits them, in a top-level tab; return the app's response."""
+    query, body = frame_query_and_body(fields)
+    action = f"{sandbox.app_url}{path}?{urlencode(query)}"
+    foreign_site.pages[f"/post{len(foreign_site.pages)}"] = framing_page(action, body).replace(
+        'target="posted"', 'target="_self"')
+    with page.expect_response(lambda r: r.url == action) as answer:
+        page.goto(f"{foreign_site.origin}/post{len(foreign_site.pages) - 1}")
+    page.wait_for_load_state()
+    return answer.value
+
+
+def test_every_refusal_and_explanation_page_is_accessible(browser, sandbox, client, shoot, foreign_site):
+    page = new_page(browser)
+    # Opened directly (GET): the landing page and the two pages that explain they open from Bitrix24.
+    for path, heading in (("/", "b24widget: a Bitrix24 Contact Center app"), ("/placement/", "Open from Bitrix24"),
+                          ("/install/", "Install from Bitrix24")):
+        assert page.goto(f"{sandbox.app_url}{path}").status == 200
+        expect(page.locator("h1")).to_have_text(heading)
+        assert_accessible(page, f"GET {path}")
+        shoot(page, f"00-get-{path.strip('/') or 'landing'}")
+
+    portal = sandbox.portal
+    answer = _post_top_level(page, foreign_site, "/placement/", portal.placement_post(), sandbox)
+    assert answer.status == 403
+    expect(page.locator("h1")).to_have_text("App not installed")
+    assert_accessible(page, "the refusal for a portal that never installed the app")
+    do_install(client, portal)
+    portal.finish_install()
+    fields = portal.placement_post()
+    refusals = [
+        ("no AUTH_ID", "/placement/", dict(fields, AUTH_ID=""), 403, "Not signed in"),
+        ("a token Bitrix24 denies", "/placement/", dict(fields, AUTH_ID="x" * 32), 403, "Access denied"),
+        ("a malformed POST", "/placement/", dict(fields, member_id="not a member id"), 400, "Bad request"),
+        ("an unknown placement", "/placement/", dict(fields, PLACEMENT="CRM_DEAL_DETAIL_TAB"), 400,
+         "Unknown placement"),
+        ("an install Bitrix24 does not confirm", "/install/", dict(portal.install_post(), REFRESH_ID="y" * 32),
+         403, "Installation not confirmed"),
+    ]
+    for what, path, posted, status, heading in refusals:
+        answer = _post_top_level(page, foreign_site, path, posted, sandbox)
+        assert answer.status == status, what
+        expect(page.locator("h1")).to_have_text(heading)
+        expect(page.locator("#next-step")).to_be_visible()
+        assert_accessible(page, f"the refusal for {what}")
+    Portal.objects.filter(member_id=portal.member_id).update(status=Portal.Status.BLOCKED)
+    # An administrator's open would heal it: an ordinary user sees the refusal.
+    answer = _post_top_level(page, foreign_site, "/placement/", portal.placement_post(user_id="2"), sandbox)
+    assert answer.status == 403
+    expect(page.locator("h1")).to_have_text("An administrator is needed")
+    expect(page.locator("#next-step")).to_be_visible()
+    assert_accessible(page, "the refusal for a blocked portal")
+    shoot(page, "11-refusal-blocked")
+    page.context.close()
+
+
+def test_a_refusal_in_the_frame_fits_it_and_closes_the_app(browser, sandbox, shoot):
+    page = new_page(browser)
+    page.goto(sandbox.url)
+    choose(page, user="1", lang="de")
+    page.click("#install")
+    expect(page.locator("#app-state")).to_have_attribute("data-state", "installed")
+    page.click("#slider-close")
+    page.click("#uninstall")
+    expect(page.locator("#app-state")).to_have_attribute("data-state", "uninstalled")
+    before = page.locator('#bx24-log li[data-command="fitWindow"]').count()
+    assert open_widget(page, sandbox, user="1", lang="de", stale=True).status == 403
+    widget = app_frame(page)
+    expect(widget.locator("html")).to_have_attribute("lang", "de")
+    expect(widget.locator("h1")).to_have_text("App nicht installiert")
+    expect(page.locator('#bx24-log li[data-command="fitWindow"]')).to_have_count(before + 1)
+    frame = app_frame_content(page)
+    assert abs(int(page.get_attribute("#app-frame", "data-height"))
+               - frame.evaluate("document.documentElement.offsetHeight")) <= 2
+    assert_accessible(frame, "the refusal in the frame (de)")
+    shoot(page, "12-refusal-in-the-frame-de")
+    widget.locator("#close-app").click()
+    expect(page.locator('#bx24-log li[data-command="closeApplication"]')).to_have_count(1)
     page.context.close()

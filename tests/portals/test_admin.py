@@ -86,3 +86,27 @@ def test_events_admin_is_read_only(admin_client, installed):
     response = admin_client.get(reverse("admin:portals_portalevent_change", args=[event.pk]))
     assert response.status_code == 200
     assert admin_client.post(reverse("admin:portals_portalevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
+
+
+def test_refusals_are_counted_on_the_change_page_and_the_history_stays_genuine(admin_client, client, installed):
+    portal, b24 = installed
+    history = portal.events.count()
+    for _ in range(30):
+        client.post("/events/", b24.event_payload("ONAPPUNINSTALL", application_token="forged"))
+    assert portal.events.count() == history
+    body = admin_client.get(reverse("admin:portals_portal_change", args=[portal.pk])).content.decode()
+    assert 'id="portal-refusals"' in body and "<td>30</td>" in body and "application_token does not match" in body
+    assert "forged" not in body.replace("application_token does not match", "")
+    listing = admin_client.get("/admin/portals/rejection/").content.decode()
+    assert "ONAPPUNINSTALL" in listing
+
+
+def test_the_admin_says_when_our_credentials_are_refused(admin_client, installed, settings):
+    from portals import oauth
+    portal, _b24 = installed
+    settings.B24_CLIENT_SECRET = "wrong-secret"
+    with pytest.raises(oauth.ClientMisconfigured):
+        oauth.refresh_portal(portal, force=True)
+    body = admin_client.get("/admin/portals/portal/").content.decode()
+    assert "check B24_CLIENT_ID and B24_CLIENT_SECRET" in body and "wrong-secret" not in body
+    assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE

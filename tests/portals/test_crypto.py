@@ -72,3 +72,51 @@ def test_invalid_key_is_a_configuration_error(settings):
     settings.TOKEN_ENCRYPTION_KEYS = ["not-a-key"]
     with pytest.raises(ImproperlyConfigured):
         crypto.encrypt("x")
+
+
+def test_rotation_reports_progress_and_dry_run_writes_nothing(settings):
+    from django.core.management import call_command
+    old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
+    portal = make_portal(access_token="rotating")
+    before = raw_column(portal, "access_token")
+    settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old_key]
+    out = io.StringIO()
+    call_command("rotate_token_keys", "--dry-run", stdout=out)
+    assert out.getvalue().splitlines() == ["checking the secrets of 1 portal(s)",
+                                           "checked 1 portal(s) (dry run: nothing written)"]
+    assert raw_column(portal, "access_token") == before
+    out = io.StringIO()
+    call_command("rotate_token_keys", stdout=out)
+    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) with the first key"
+    assert raw_column(portal, "access_token") != before
+
+
+def test_an_undecryptable_portal_is_named_with_what_to_do_and_the_others_are_rotated(settings):
+    from django.core.management import CommandError, call_command
+    lost = make_portal(access_token="lost-secret")
+    kept = Portal.objects.create(member_id="m2", domain="b.bitrix24.com", client_endpoint="https://b.bitrix24.com/rest/",
+                                 access_token="kept-secret")
+    lost_key, kept_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    with connection.cursor() as cursor:  # the first portal's secret under a key that is now gone
+        cursor.execute("UPDATE portals_portal SET access_token = %s WHERE id = %s",
+                       [Fernet(lost_key.encode()).encrypt(b"lost-secret").decode(), lost.pk])
+    settings.TOKEN_ENCRYPTION_KEYS = [kept_key] + list(settings.TOKEN_ENCRYPTION_KEYS)
+    out = io.StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("rotate_token_keys", stdout=out)
+    message = str(failed.value)
+    assert "a.bitrix24.com (member_id m1)" in message and "b.bitrix24.com" not in message
+    assert "Put the key they were encrypted with back into TOKEN_ENCRYPTION_KEYS" in message
+    assert "lost-secret" not in message and lost_key not in message
+    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) with the first key"
+    assert Fernet(kept_key.encode()).decrypt(raw_column(kept, "access_token").encode()) == b"kept-secret"
+
+
+def test_the_help_documents_dry_run():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    answer = subprocess.run([sys.executable, "manage.py", "rotate_token_keys", "--help"], cwd=root,
+                            capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0 and "--dry-run" in answer.stdout

@@ -244,3 +244,36 @@ def test_install_by_a_non_administrator_stores_and_binds_nothing(client, b24, se
     # An administrator installs: all is well.
     portal = do_install(client, b24)
     assert portal.status == Portal.Status.ACTIVE and portal.last_error == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(standin, settings):
+    """A slow OAuth server cannot make unverified installs hold every thread: beyond
+    B24_UNVERIFIED_OAUTH_CONCURRENCY per process they are refused at once (429)."""
+    import threading
+    from django.db import connection as conn
+    from django.test import Client
+    settings.B24_UNVERIFIED_OAUTH_CONCURRENCY = 1
+    standin.oauth_delay = 1.0
+    portals = [standin.add_portal() for _ in range(3)]
+    statuses = {}
+
+    def install(b24):
+        try:
+            statuses[b24.member_id] = Client().post("/install/", b24.install_post()).status_code
+        finally:
+            conn.close()
+
+    before = len(standin.oauth_requests)
+    first = threading.Thread(target=install, args=(portals[0],))
+    first.start()
+    while len(standin.oauth_requests) == before:  # the first install is now waiting on the OAuth server
+        threading.Event().wait(0.01)
+    others = [threading.Thread(target=install, args=(b24,)) for b24 in portals[1:]]
+    for thread in others:
+        thread.start()
+    for thread in others + [first]:
+        thread.join(30)
+    assert statuses[portals[0].member_id] == 200
+    assert [statuses[b.member_id] for b in portals[1:]] == [429, 429]
+    assert len(standin.oauth_requests) - before == 1

@@ -14,7 +14,7 @@ from portals.models import Portal
 from portals.rest import PortalClient, RestError
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
 
 def test_gcra_allows_the_burst_then_paces(settings):
@@ -132,12 +132,13 @@ print(errors)
 @pytest.mark.django_db
 def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(settings, installed):
     portal, b24 = installed
+    prefix = f"{RUN_PREFIX}-limiter"  # only this test's keys, on a server others may use
     try:
-        redis.Redis.from_url(REDIS_URL).flushdb()
+        delete_prefixed(REDIS_URL, prefix)
     except redis.RedisError as exc:
         pytest.fail(f"Redis is needed at {REDIS_URL} for the multi-process limiter test ({exc})")
     _limit(settings, b24)
-    env = {**os.environ, "CACHE_URL": REDIS_URL, "B24_RATE_LIMIT_BURST": "6", "B24_RATE_LIMIT_PER_SECOND": "30",
+    env = {**os.environ, "CACHE_URL": REDIS_URL, "B24_TEST_CACHE_PREFIX": prefix, "B24_RATE_LIMIT_BURST": "6", "B24_RATE_LIMIT_PER_SECOND": "30",
            "B24_REST_MAX_RETRIES": "0"}
     spec = json.dumps({"member_id": portal.member_id, "domain": portal.domain, "endpoint": portal.client_endpoint,
                        "token": portal.access_token, "calls": 50})
@@ -155,3 +156,4 @@ def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(setting
         assert out.strip() == "0", err[-2000:]
     assert b24.calls("server.time") == 200
     assert _limited_answers(b24) == []
+    assert delete_prefixed(REDIS_URL, prefix) > 0  # the processes did share their limiter under the prefix

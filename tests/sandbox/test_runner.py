@@ -138,6 +138,8 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
             # The app is the sandbox's: its install page loads the stand-in BX24 script.
             install = http.get(f"http://127.0.0.1:{ports['app']}/install/", timeout=5)
             assert install.status_code == 200
+            # The landing page says how this was started (DEBUG is on in the sandbox's app).
+            assert "manage.py sandbox" in http.get(f"http://127.0.0.1:{ports['app']}/", timeout=5).text
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -151,3 +153,40 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
         http.trust_env = False
         http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=2)
     assert (folder / "state.json").exists() and (folder / "db.sqlite3").exists()
+
+
+@pytest.mark.parametrize("taken, flag, what", [("app_port", "--app-port", "the app"),
+                                               ("portal_port", "--portal-port", "the sandbox portal"),
+                                               ("server_port", "--server-port", "the sandbox's OAuth server")])
+def test_a_taken_port_stops_the_sandbox_before_anything_starts(tmp_path, taken, flag, what):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        chosen = options(tmp_path, **{taken: port})
+        with pytest.raises(runner.SandboxError) as refused:
+            runner.run(chosen)
+    assert str(refused.value).startswith(f"port {port} ({what}) is already in use")
+    assert str(refused.value).endswith(f"choose another with {flag}")
+    assert not chosen.folder.exists()  # nothing was started or written
+
+
+def test_the_command_names_the_taken_port_and_its_flag_in_one_line(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        answer = subprocess.run([sys.executable, "manage.py", "sandbox", "--app-port", str(port),
+                                 "--portal-port", str(free_port()), "--server-port", str(free_port()),
+                                 "--dir", str(tmp_path / "sb")],
+                                cwd=ROOT, env=clean_env(DEBUG="true"), capture_output=True, text=True, timeout=60)
+    assert answer.returncode != 0
+    assert answer.stderr.strip() == (f"CommandError: port {port} (the app) is already in use "
+                                     "(Address already in use); choose another with --app-port")
+    assert "running" not in answer.stdout
+
+
+def test_two_roles_on_one_port_are_refused(tmp_path):
+    port = free_port()
+    with pytest.raises(runner.SandboxError, match=f"port {port} is given to both the app and the sandbox portal"):
+        runner.check_ports(options(tmp_path, app_port=port, portal_port=port))

@@ -66,8 +66,8 @@ def refresh_if_due(pk: int, due_now: Q, *, budget: _pool.Budget | None = None) -
         if Portal.objects.filter(pk=pk, status=Portal.Status.BLOCKED).exists():
             return Outcome(BLOCKED, label, exc.code, exc.description)
         return Outcome(FAILED, label, exc.code, exc.description)
-    if after.refresh_renewed_at == portal.refresh_renewed_at:
-        return Outcome(SKIPPED, label)  # no longer due when the lease was taken
+    if not getattr(after, "refreshed_now", False):
+        return Outcome(SKIPPED, label)  # no longer due when the lease was taken (another copy did it)
     return Outcome(REFRESHED, label)
 
 

@@ -1,0 +1,114 @@
+"""/metrics: Prometheus counters behind a bearer token; the product's hooks count what happens."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.placements.frames import is_widget, open_widget
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "metrics-token-for-tests-0123456789"
+
+
+def scrape(client) -> dict:
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.content.decode()) for sample in family.samples}
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_without_a_token_configured_there_is_no_endpoint(client, settings):
+    settings.METRICS_TOKEN = ""
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 404
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", TOKEN])
+def test_a_wrong_or_missing_token_is_forbidden(client, settings, header):
+    settings.METRICS_TOKEN = TOKEN
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+    response = client.get("/metrics", **extra)
+    assert response.status_code == 403 and b"b24widget_" not in response.content
+
+
+@pytest.mark.django_db
+def test_widget_opens_refusals_verifications_and_rest_calls_are_counted(client, settings, installed):
+    settings.METRICS_TOKEN = TOKEN
+    frame = Client(enforce_csrf_checks=True)
+    _, b24 = installed
+    before = scrape(client)
+    batches_before = b24.calls("batch")
+    fields = b24.placement_post()
+    assert is_widget(open_widget(frame, fields))
+    assert is_widget(open_widget(frame, fields))  # the cached verdict
+    bad = dict(fields, AUTH_ID="not-a-token-anybody-issued")
+    assert open_widget(frame, bad).status_code == 403
+    after = scrape(client)
+
+    def grew(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("b24widget_widget_opens_total", result="shown") == 2
+    assert grew("b24widget_widget_opens_total", result="bad_token") == 1
+    assert grew("b24widget_verifications_total", source="cache") == 1
+    assert grew("b24widget_verifications_total", source="bitrix24") == 2
+    batches = b24.calls("batch") - batches_before
+    assert batches >= 1 and grew("b24widget_rest_calls_total", method="batch") == batches
+
+
+def test_refresh_failures_and_limit_waits_are_counted_by_code_and_method():
+    from b24widget import metrics
+    metrics.rest_call("crm.item.list")
+    before = metrics.LIMIT_WAITS.labels("rate", "crm.item.list")._value.get()
+    metrics.limit_wait("rate", 0.25)
+    metrics.limit_wait("rate", 0)  # no wait, nothing counted
+    assert metrics.LIMIT_WAITS.labels("rate", "crm.item.list")._value.get() == before + 1
+    failures = metrics.REFRESH_FAILURES.labels("invalid_grant")._value.get()
+    metrics.refresh_failed("invalid_grant")
+    assert metrics.REFRESH_FAILURES.labels("invalid_grant")._value.get() == failures + 1
+    metrics.refresh_failed("weird code {with} \"quotes\" and a very long tail " * 3)
+    codes = [sample.labels["code"] for family in metrics.REFRESH_FAILURES.collect() for sample in family.samples]
+    assert codes and all(len(code) <= 48 and '"' not in code and " " not in code for code in codes)
+
+
+INCREMENT = """
+import django, sys
+django.setup()
+from b24widget import metrics
+for _ in range(int(sys.argv[1])):
+    metrics.rest_call("server.time")
+"""
+SCRAPE = """
+import django
+django.setup()
+from django.test import Client
+from django.test.utils import override_settings
+with override_settings(METRICS_TOKEN="t", ALLOWED_HOSTS=["testserver"]):
+    print(Client().get("/metrics", HTTP_AUTHORIZATION="Bearer t").content.decode())
+"""
+
+
+def test_gunicorn_workers_counters_are_added_up_in_multiprocess_mode(tmp_path):
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    for count in (3, 4):  # two "workers", each its own process
+        subprocess.run([sys.executable, "-c", INCREMENT, str(count)], cwd=ROOT, env=env, check=True, timeout=60)
+    page = subprocess.run([sys.executable, "-c", SCRAPE], cwd=ROOT, env=env, check=True, timeout=60,
+                          capture_output=True, text=True).stdout
+    assert 'b24widget_rest_calls_total{method="server.time"} 7.0' in page
+
+
+def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkeypatch):
+    from b24widget import gunicorn as config
+    (tmp_path / "counter_123.db").write_bytes(b"last run")
+    (tmp_path / "keep.txt").write_text("not ours")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    config.on_starting(server=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]

@@ -1,0 +1,157 @@
+"""What a stranger and an ordinary user can make a widget open do (issue 12): floods are refused at once
+within a bounded budget while verified opens go on; APPLICATION_TOKEN is checked; addresses the OAuth
+server reports must be public; nothing logged carries a query string or a token."""
+import json
+import logging
+
+import pytest
+from django.core.cache import cache
+
+from portals import oauth
+from portals.addresses import BadAddress, parse_endpoint
+from portals.models import Portal, PortalEvent
+from tests.placements.frames import is_widget, open_widget, portal_calls, text
+
+pytestmark = pytest.mark.django_db
+K = PortalEvent.Kind
+
+
+def forged_open(b24, n):
+    """A stranger's open: a known member_id, a made-up AUTH_ID."""
+    fields = b24.placement_post(user_id="2")
+    fields["AUTH_ID"] = f"{n:032x}"
+    return fields
+
+
+def test_a_flood_of_forged_opens_is_refused_at_once_within_a_bounded_budget(frame, installed, standin, settings):
+    settings.B24_VERIFY_BURST = 5
+    settings.B24_VERIFY_PER_MINUTE = 1
+    _, b24 = installed
+    verified = b24.placement_post(user_id="1")
+    assert is_widget(open_widget(frame, verified))  # verified before the flood: cached
+    calls, server = portal_calls(b24), len(standin.server_requests)
+    answers = [open_widget(frame, forged_open(b24, n)) for n in range(100)]
+    statuses = [a.status_code for a in answers]
+    # The budget's few verifications were asked (and refused); every other forged open cost nothing.
+    assert statuses.count(403) == 4 and statuses.count(429) == 96
+    assert len(standin.server_requests) - server == 4 and portal_calls(b24) == calls
+    busy = answers[-1]
+    assert int(busy["Retry-After"]) >= 1 and "try again in a moment" in text(busy)
+    assert busy["Content-Security-Policy"] == f"frame-ancestors http://{b24.domain}"
+    # The already verified user is still served, from the cache, during the flood.
+    assert is_widget(open_widget(frame, verified))
+    # Another portal's budget is its own.
+    other = standin.add_portal()
+    from tests.conftest import do_install
+    do_install(frame, other)
+    assert is_widget(open_widget(frame, other.placement_post(user_id="2")))
+
+
+def test_a_request_never_waits_long_for_a_rate_limit_slot(frame, installed, standin, settings):
+    """The portal's REST budget is spent (by a long export, say): an uncached open is refused at once with
+    Retry-After instead of sleeping in the request thread."""
+    from portals import limits
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 2, 0.1
+    portal, b24 = installed
+    for _ in range(2):
+        limits.reserve(portal.member_id)  # the bucket is full now: the next slot is 10 s away
+    calls = portal_calls(b24)
+    response = open_widget(frame, b24.placement_post(user_id="2"))
+    assert response.status_code == 429 and int(response["Retry-After"]) >= 1
+    assert portal_calls(b24) == calls
+
+
+def test_an_ordinary_user_with_a_wrong_application_token_is_refused(frame, installed):
+    portal, b24 = installed
+    fields = b24.placement_post(user_id="2")
+    fields["APPLICATION_TOKEN"] = "not-the-apps-token"
+    response = open_widget(frame, fields)
+    assert response.status_code == 403 and "administrator" in text(response)
+    assert Portal.objects.get(pk=portal.pk).application_token == b24.application_token
+
+
+def test_an_administrators_open_brings_a_missed_application_token_up_to_date(frame, installed):
+    """ONAPPUPDATE carried a new application_token and was lost: the administrator's next open stores it."""
+    portal, b24 = installed
+    b24.application_token = "token-after-an-update-we-missed"
+    assert open_widget(frame, b24.placement_post(user_id="2")).status_code == 403  # users wait for an admin
+    assert is_widget(open_widget(frame, b24.placement_post(user_id="1")))
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.application_token == "token-after-an-update-we-missed"
+    assert stored.events.filter(kind=K.APPLICATION_TOKEN_SAVED, detail__via="administrator_open").exists()
+    assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
+
+
+def test_a_cached_verdict_does_not_outlive_an_admin_role_for_a_save(frame, installed):
+    """The open is cached for minutes; the save asks Bitrix24 again (tests/placements/test_settings_save.py
+    has the full story): here, only that the open itself keeps no verdict longer than the setting."""
+    _, b24 = installed
+    fields = b24.placement_post()
+    fields["AUTH_EXPIRES"] = "86400"
+    assert is_widget(open_widget(frame, fields))
+    keys = [k for k in cache._cache if ":verdict:" in k]
+    assert len(keys) == 1
+
+
+# --- addresses the OAuth server reports ----------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint", [
+    "https://127.0.0.1/rest/", "https://10.0.0.5/rest/", "https://[::1]/rest/", "https://169.254.169.254/rest/",
+    "https://localhost/rest/", "https://intranet/rest/", "https://portal.internal/rest/", "http://portal.bitrix24.de/rest/",
+])
+def test_a_client_endpoint_must_be_a_public_https_host(settings, endpoint):
+    settings.B24_ALLOW_HTTP_PORTALS = False
+    with pytest.raises(BadAddress):
+        parse_endpoint(endpoint)
+    answer = {"access_token": "a" * 32, "refresh_token": "b" * 32, "expires_in": 3600, "member_id": "m1",
+              "client_endpoint": endpoint}
+    with pytest.raises(oauth.OAuthUnavailable):
+        oauth.parse_grant(answer)
+
+
+def test_a_public_client_endpoint_is_accepted(settings):
+    settings.B24_ALLOW_HTTP_PORTALS = False
+    assert parse_endpoint("https://Portal.Bitrix24.DE/rest/") == ("https://portal.bitrix24.de/rest/",
+                                                                  "portal.bitrix24.de")
+
+
+def test_a_server_endpoint_off_the_oauth_servers_hosts_is_never_used(settings):
+    settings.B24_ALLOW_HTTP_PORTALS = False
+    settings.B24_OAUTH_URL = "https://oauth.bitrix.info/oauth/token/"
+    base = {"access_token": "a" * 32, "refresh_token": "b" * 32, "expires_in": 3600, "member_id": "m1",
+            "client_endpoint": "https://portal.bitrix24.de/rest/"}
+    assert oauth.parse_grant({**base, "server_endpoint": "https://oauth.bitrix.info/rest/"}).server_endpoint == \
+        "https://oauth.bitrix.info/rest/"
+    for evil in ("https://evil.example.com/rest/", "https://127.0.0.1/rest/", "http://oauth.bitrix.info/rest/"):
+        assert oauth.parse_grant({**base, "server_endpoint": evil}).server_endpoint == ""
+    settings.B24_OAUTH_SERVER_HOSTS = ["oauth.bitrix24.tech"]
+    assert oauth.parse_grant({**base, "server_endpoint": "https://oauth.bitrix24.tech/rest/"}).server_endpoint
+
+
+# --- logs ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("formatter_name", ["json", "plain"])
+def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, caplog, settings, formatter_name):
+    from logging.config import dictConfig
+    from b24widget.logfilters import NoRequestDetails
+    _, b24 = installed
+    fields = b24.placement_post(user_id="2")
+    query = f"?DOMAIN={fields['DOMAIN']}&AUTH_ID={fields['AUTH_ID']}&APPLICATION_TOKEN={fields['APPLICATION_TOKEN']}"
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s %(request)s")
+    if formatter_name == "json":
+        from pythonjsonlogger.json import JsonFormatter
+        formatter = JsonFormatter("%(levelname)s %(name)s %(message)s")
+    with caplog.at_level(logging.DEBUG):
+        frame.post("/placement/" + query, {"member_id": "bad member!"})  # a 400, logged by Django
+        frame.post("/placement/" + query, dict(fields, AUTH_ID="f" * 32))  # a 403
+    lines = []
+    keep = NoRequestDetails()
+    for record in caplog.records:
+        keep.filter(record)
+        if not hasattr(record, "request"):
+            record.request = ""
+        lines.append(formatter.format(record))
+    text_ = "\n".join(lines)
+    assert "Bad Request: /placement/" in text_ or "Forbidden: /placement/" in text_
+    for secret in (fields["AUTH_ID"], fields["APPLICATION_TOKEN"], fields["REFRESH_ID"], "AUTH_ID="):
+        assert secret not in text_
