@@ -8,7 +8,7 @@ class OpenlinesConfig(AppConfig):
     def ready(self):
         from portals import install_steps
 
-        from . import lifecycle, signals  # noqa: F401  (signals: reactions to the portal lifecycle)
+        from . import checks, lifecycle, signals  # noqa: F401  (checks and signals register themselves)
 
         install_steps.register("openlines.connectors", lifecycle.register_connectors)
         lifecycle.register_event_handlers()

@@ -16,8 +16,6 @@ _TEST_ENV = {
     "B24_REST_BACKOFF": "0.01",
     "B24_CONNECT_TIMEOUT": "2",
     "B24_READ_TIMEOUT": "10",
-    # The channel's webhook receivers in the tests listen on 127.0.0.1.
-    "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",
 }
 for _key, _value in _TEST_ENV.items():
     os.environ.setdefault(_key, _value)
@@ -45,6 +43,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Serve static files straight from the apps (no collectstatic in tests).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# The channel's webhook receivers in the tests listen on 127.0.0.1 (Python-only: subprocesses that run the
+# deploy check do not inherit it).
+OPENLINES_ALLOW_PRIVATE_WEBHOOKS = True
 
 # Background tasks run inline in the tests (openlines.tasks.enqueue honours it until the Celery app does).
 CELERY_TASK_ALWAYS_EAGER = True

@@ -93,3 +93,11 @@ def test_a_register_answered_result_false_is_a_failure(client, standin):
 def test_registry_refuses_an_id_bitrix24_would_refuse():
     with pytest.raises(ValueError):
         registry.Connector(id="my.connector", name="x", icon=registry.HTTP.icon, icon_disabled=registry.HTTP.icon)
+
+
+def test_the_deploy_check_refuses_private_webhooks_without_debug(settings):
+    from openlines.checks import private_webhooks_in_production
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS, settings.DEBUG = True, False
+    assert [e.id for e in private_webhooks_in_production(None)] == ["openlines.E001"]
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
+    assert private_webhooks_in_production(None) == []
