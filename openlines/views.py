@@ -100,6 +100,22 @@ def _channel_json(channel: Channel) -> dict:
             "webhook_url": channel.webhook_url, "endpoint": inbound_url(channel)}
 
 
+def _list(form, connector) -> JsonResponse:
+    """The channel's state per line, for the Contact Center overview: read-only, any user of the portal."""
+    try:
+        token = widget_token.read(form.get("widget_token", ""))
+    except widget_token.BadWidgetToken as exc:
+        return _error(f"token_{exc.reason}", _("The page was open too long or is not genuine. Close it and "
+                                                "open it again."), 403)
+    portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
+    if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
+        return _error("not_installed", _("The app is not installed on this portal."), 403)
+    channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
+    return JsonResponse({"connector": connector.id, "channels": {
+        c.line_id: {"state": c.state, "last_activity_at": c.last_activity_at.isoformat(timespec="seconds")
+                    if c.last_activity_at else None, "name": c.name} for c in channels}})
+
+
 @sensitive_post_parameters("widget_token", "AUTH_ID")
 @csrf_exempt
 @never_cache
@@ -113,6 +129,8 @@ def connector_action_view(request):
     with translation.override(placement_request.language(request)):
         action = form.get("action", "")
         connector = registry.get(form.get("connector", ""))
+        if action == "list" and connector is not None:
+            return _list(form, connector)
         line = form.get("line", "")
         if action not in ("connect", "disconnect", "rotate", "save") or connector is None or not _LINE.match(line):
             return _error("bad_request", _("The request is malformed."), 400)

@@ -95,3 +95,24 @@ def test_bitrix24_refusing_leaves_nothing_connected(frame, installed):
     answer = act(frame, b24, "connect")
     assert answer.status_code == 502 and answer.json()["error"] == "bitrix24_refused"
     assert not Channel.objects.filter(state=Channel.State.CONNECTED).exists()
+
+
+def test_the_contact_center_square_shows_the_overview_and_lists_the_channel_states(frame, channel):
+    """The square's page carries the overview; its list action (read-only, any user) gives each line's state."""
+    from tests.placements.frames import open_widget, widget_token_of
+    row, secret, b24 = channel
+    for user_id in ("1", "2"):
+        page = open_widget(frame, b24.placement_post(user_id=user_id))
+        body = page.content.decode()
+        assert 'id="openlines-overview"' in body and "imopenlines.config.list.get" in body
+        assert ('data-admin="1"' in body) == (user_id == "1")
+        answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list",
+                                                      "connector": CONNECTOR})
+        assert answer.status_code == 200
+        assert answer.json()["channels"]["1"]["state"] == "connected"
+        assert secret not in answer.content.decode()
+
+
+def test_the_list_action_needs_a_genuine_widget_token(frame, channel):
+    answer = frame.post("/openlines/connector/", {"widget_token": "forged", "action": "list", "connector": CONNECTOR})
+    assert answer.status_code == 403 and answer.json()["error"] == "token_tampered"
