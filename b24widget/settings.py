@@ -48,8 +48,6 @@ B24_APP_URL = read.url("B24_APP_URL", B24_APP_URL, https=not DEBUG).rstrip("/")
 B24_OAUTH_URL = read.url("B24_OAUTH_URL", "https://oauth.bitrix.info/oauth/token/", https=False)
 # Admit plain-HTTP portals and host:port addresses (on-premise test portals, the local stand-in).
 B24_ALLOW_HTTP_PORTALS = read.bool("B24_ALLOW_HTTP_PORTALS", default=False)
-# The BX24 JavaScript library loaded by the install and widget pages.
-B24_JS_URL = read.url("B24_JS_URL", "https://api.bitrix24.com/api/v1/", https=False)
 # Hosts besides B24_OAUTH_URL's on which the OAuth server's REST (`server_endpoint`) may live.
 B24_OAUTH_SERVER_HOSTS = read.list("B24_OAUTH_SERVER_HOSTS", default=[])
 # The local Bitrix24 sandbox (`manage.py sandbox`, see README): its app is installed only with this
@@ -159,7 +157,6 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "b24widget.context_processors.bx24",
             ],
         },
     },
@@ -222,6 +219,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Vendored libraries carry their version in their path (b24widget/vendor/b24jssdk-2.2.0/): a new version is a
+# new URL, so browsers may keep them for a year (WhiteNoise's "immutable" caching).
+WHITENOISE_IMMUTABLE_FILE_TEST = r"/vendor/[a-z0-9]+-[0-9]+\.[0-9]+\.[0-9]+/"
 
 # --- Security (production sits behind a TLS-terminating proxy) ----------------------------------
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -108,6 +108,29 @@ def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user
     return channel, secret
 
 
+_LINES_PAGE = 200  # imopenlines-config-list-get.md: PARAMS.limit at most 200; pages by PARAMS.offset, no "next"
+_LINES_MAX = 5000
+
+
+def open_lines(portal: Portal) -> list[dict]:
+    """Every Open Line of the portal ({"id", "name"}), page by page; raises ConnectFailed."""
+    client = PortalClient(portal, interactive=True)
+    out = []
+    while len(out) < _LINES_MAX:
+        try:
+            page = client.call("imopenlines.config.list.get", {
+                "PARAMS": {"select": ["ID", "LINE_NAME"], "order": {"ID": "asc"}, "limit": _LINES_PAGE,
+                           "offset": len(out)}})
+        except RestError as exc:
+            raise ConnectFailed(exc.code, exc.description) from None
+        page = page if isinstance(page, list) else []
+        out += [{"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]}
+                for line in page if isinstance(line, dict) and str(line.get("ID", "")).isdigit()]
+        if len(page) < _LINES_PAGE:
+            return out
+    return out
+
+
 def rotate_secret(channel: Channel) -> str:
     """A new secret for a connected channel (the old one stops working at once); shown once."""
     with transaction.atomic():

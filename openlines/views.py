@@ -57,8 +57,7 @@ def setting_connector(request, parsed):
             "inbound_url": inbound_url(channel) if channel else "",
             "state": {k: options.get(k) is True for k in ("ACTIVE_STATUS", "CONNECTION_STATUS", "REGISTER_STATUS",
                                                           "ERROR_STATUS")},
-            "widget_token": widget_token.issue(portal, verdict), "bx24_js_url": settings.B24_JS_URL,
-            "language": post.language,
+            "widget_token": widget_token.issue(portal, verdict), "language": post.language,
         })
     return framed_by(response, portal_origin(portal))
 
@@ -110,8 +109,13 @@ def _list(form, connector) -> JsonResponse:
     portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
     if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
         return _error("not_installed", _("The app is not installed on this portal."), 403)
+    try:
+        lines = lifecycle.open_lines(portal)
+    except lifecycle.ConnectFailed as exc:
+        return _error("bitrix24_unavailable", _("The Open Lines of this portal could not be loaded."), 502
+                      if exc.code not in ("insufficient_scope", "ACCESS_DENIED") else 403)
     channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
-    return JsonResponse({"connector": connector.id, "channels": {
+    return JsonResponse({"connector": connector.id, "lines": lines, "channels": {
         c.line_id: {"state": c.state, "last_activity_at": c.last_activity_at.isoformat(timespec="seconds")
                     if c.last_activity_at else None, "name": c.name} for c in channels}})
 

@@ -37,7 +37,7 @@ from .models import WidgetSettings
 log = logging.getLogger(__name__)
 
 _ID = re.compile(r"[0-9]{1,10}")  # Bitrix24 user and Open Line ids
-_DAYS = re.compile(r"[0-9]{1,6}")
+_DAYS = re.compile(r"-?[0-9]{1,6}")
 _DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE", "ACCESS_DENIED",
                            "INVALID_CREDENTIALS", "APPLICATION_NOT_FOUND"})
 
@@ -240,12 +240,30 @@ def _refused_by_bitrix24(error: RestError, portal: Portal) -> Refused:
         return Refused("bitrix24_error", status=502, portal=portal)  # a redirect nobody vouches for
     if isinstance(error, TransportError):
         return Refused("bitrix24_unreachable", status=502, portal=portal)
+    special = _special_refusal(error.code, error.description, portal)
+    if special is not None:
+        return special
     if error.code in _DENIED_TOKEN:
         return Refused("bad_token", portal=portal)
-    if error.code == "PAYMENT_REQUIRED":
-        return Refused("payment_required", status=402, portal=portal)
     # Limits, outages, unknown methods: Bitrix24's trouble, not the user's authorization.
     return Refused("bitrix24_error", status=502, portal=portal)
+
+
+def _special_refusal(code: str, description: str, portal: Portal) -> Refused | None:
+    """Answers that are about the portal's plan or the user's access, not a bad token
+    (_includes/system-errors.md): each gets its own page."""
+    if code == "PAYMENT_REQUIRED":
+        return Refused("payment_required", status=402, portal=portal)
+    if code == "user_access_error":
+        # "the portal administrator has restricted access to this application to specific users only"
+        return Refused("no_access", portal=portal)
+    if code == "ACCESS_DENIED" and "commercial" in description.lower():
+        # "REST API is available only on commercial plans"
+        return Refused("plan_required", status=402, portal=portal)
+    if code == "OVERLOAD_LIMIT":
+        # A manual block of the portal's REST by Bitrix24 support: no retry helps.
+        return Refused("bitrix24_blocked", status=503, portal=portal)
+    return None
 
 
 def _token_info(portal: Portal, auth_id: str) -> "oauth.TokenInfo":
@@ -253,8 +271,9 @@ def _token_info(portal: Portal, auth_id: str) -> "oauth.TokenInfo":
     try:
         info = oauth.token_info(auth_id)
     except oauth.OAuthRejected as exc:
-        if exc.code == "PAYMENT_REQUIRED":
-            raise Refused("payment_required", status=402, portal=portal) from None
+        special = _special_refusal(exc.code, exc.description, portal)
+        if special is not None:
+            raise special from None
         raise Refused("bad_token", portal=portal) from None
     except oauth.OAuthUnavailable:
         raise Refused("bitrix24_unreachable", status=502, portal=portal) from None
@@ -273,7 +292,7 @@ def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[
             "user": ("user.current", {}),
             "admin": ("user.admin", {}),
             "app": ("app.info", {}),
-            "lines": ("imopenlines.config.list.get", {}),
+            "lines": ("imopenlines.config.list.get", _lines_page(0)),
         })
     except RestError as exc:
         raise _refused_by_bitrix24(exc, client.portal) from None
@@ -289,6 +308,9 @@ def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[
     name = " ".join(str(user.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip()
     lines = result.result.get("lines")
     lines_error = result.errors["lines"].code if "lines" in result.errors else ""
+    if isinstance(lines, list) and len(lines) >= _LINES_PAGE:
+        lines, more_error = _more_lines(client, lines)
+        lines_error = lines_error or more_error
     verdict = Verdict(
         member_id=portal.member_id,
         user_id=str(user["ID"]),
@@ -300,6 +322,34 @@ def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[
         open_lines_error=lines_error,
     )
     return portal, verdict
+
+
+# imopenlines-config-list-get.md: PARAMS[limit] up to 200, PARAMS[offset]; no total, no next.
+_LINES_PAGE = 200
+_LINES_MAX_PAGES = 5
+
+
+def _lines_page(offset: int) -> dict:
+    return {"PARAMS": {"select": ["ID", "LINE_NAME", "ACTIVE"], "limit": _LINES_PAGE, "offset": offset}}
+
+
+def _more_lines(client: PortalClient, first: list) -> tuple[list, str]:
+    """The Open Lines after the first page, in one more batch (up to _LINES_MAX_PAGES pages in all)."""
+    offsets = range(_LINES_PAGE, _LINES_PAGE * _LINES_MAX_PAGES, _LINES_PAGE)
+    try:
+        more = client.batch({f"lines{o}": ("imopenlines.config.list.get", _lines_page(o)) for o in offsets})
+    except RestError as exc:
+        return first, exc.code
+    lines = list(first)
+    for offset in offsets:
+        page = more.result.get(f"lines{offset}")
+        if not isinstance(page, list) or not page:
+            break
+        lines.extend(page)
+        if len(page) < _LINES_PAGE:
+            break
+    error = next(iter(more.errors.values())).code if more.errors else ""
+    return lines, error
 
 
 def recheck_admin(portal: Portal, auth_id: str, user_id: str) -> bool:
@@ -332,8 +382,9 @@ def _is_id(value) -> bool:
 
 
 def _days(value) -> int | None:
+    """Days left of the paid or trial period; negative once it has expired (app-info.md: DAYS)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
+        return value if abs(value) < 10**6 else None
     return int(value) if isinstance(value, str) and _DAYS.fullmatch(value) else None
 
 

@@ -49,6 +49,15 @@ def _refusal(reason: str):
                             _("This portal's address does not match the one Bitrix24 confirmed for it. If the "
                               "portal's address was changed, reload Bitrix24 and open the widget again.")),
         "no_auth": (_("Not signed in"), _("Bitrix24 did not send the user's authorization. Open the widget again.")),
+        "no_access": (_("No access to this app"),
+                      _("Your Bitrix24 administrator has given access to this app to some users only. Ask an "
+                        "administrator to give you access.")),
+        "plan_required": (_("Not available on this plan"),
+                          _("Bitrix24 offers apps like this one on its commercial plans only. A portal "
+                            "administrator can change the plan in Bitrix24.")),
+        "bitrix24_blocked": (_("Bitrix24 has paused this portal's apps"),
+                             _("Bitrix24 has paused apps' access to this portal for overload. A portal "
+                               "administrator can ask Bitrix24 support to lift it.")),
         "bad_token": (_("Access denied"),
                       _("Bitrix24 did not confirm your authorization. Close the widget and open it again.")),
         "bitrix24_unreachable": (_("Bitrix24 is not reachable"),
@@ -107,7 +116,6 @@ def placement_view(request):
             "portal": portal,
             "verdict": verdict,
             "settings": _settings_of(portal),
-            "bx24_js_url": settings.B24_JS_URL,
             "language": post.language,
             "placement": parsed.placement,
             "app_status_label": _app_status_label(verdict.app_info.get("status", "")),
@@ -147,7 +155,7 @@ def _page(request, template: str, context: dict) -> str:
         template, translation.get_language(),
         tuple(getattr(portal, f.attname) for f in Portal._meta.concrete_fields if f.attname not in auth.SECRETS),
         (widget_settings.enabled, widget_settings.open_line_id) if widget_settings else None,
-        repr(context["verdict"]), context["bx24_js_url"], json.dumps(context["options"], sort_keys=True),
+        repr(context["verdict"]), json.dumps(context["options"], sort_keys=True),
     )
     key = hashlib.sha256(repr(facts).encode()).hexdigest()
     page = _pages.get(key)

@@ -22,6 +22,8 @@ def normalize_domain(value: str) -> str:
     if not isinstance(value, str):
         raise BadAddress("domain must be a string")
     domain = value.strip().lower().rstrip(".")
+    if domain.endswith(":443"):
+        domain = domain[:-4].rstrip(".")  # the https default port, as some portals send DOMAIN
     host, sep, port = domain.partition(":")
     if not _HOSTNAME.match(host):
         raise BadAddress("not a valid host name")

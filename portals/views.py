@@ -65,7 +65,7 @@ def install_view(request):
                                              "answer. Please try again in a few minutes."), origin=origin,
                                    retry_after=30)
             response = render(request, "install/finish.html", {
-                "portal": portal, "bx24_js_url": settings.B24_JS_URL,
+                "portal": portal,
             })
             return framed_by(response, portal_origin(portal))
 

@@ -7,10 +7,12 @@ handlers the app bound), opens the widget with the POST a portal sends (``DOMAIN
 ``LANG``, ``APP_SID`` in the handler URL's query, the rest in the form body) and uninstalls it
 (``ONAPPUNINSTALL`` with the right ``application_token``).
 
-The stand-in's OAuth address also serves a stand-in for the BX24 JavaScript library at ``/api/v1/``
-(like ``//api.bitrix24.com/api/v1/``): point the app's ``B24_JS_URL`` at ``SandboxPages.js_url``.
-The script talks to the Contact Center page with ``postMessage``; the page records ``installFinish``,
-``fitWindow`` and ``resizeWindow`` and resizes the frame.
+The page is the parent side of Bitrix24's frame protocol, so the official frame library
+(``@bitrix24/b24jssdk``'s ``B24Frame``, which the app's pages load) runs in it unchanged: the frame's
+``window.name`` is ``DOMAIN|PROTOCOL|APP_SID``; the library posts ``command:paramsJSON:callbackKey:appSid``
+strings to the portal's origin and gets ``callbackKey:JSON`` back (``getInitData`` with the upper-case
+fields, ``setInstallFinish``, ``resizeWindow``, ``refreshAuth``, ``reloadWindow``, ``setTitle``,
+``closeApplication``); REST calls go from the frame to the portal's ``/rest/`` directly (CORS).
 
 Standard library only, like the stand-in: the app under test (Django) runs in another process or
 thread and is reached only over HTTP.
@@ -28,7 +30,6 @@ from .standin import NOT_FULLY_INSTALLED, frame_query_and_body
 __all__ = ["SandboxPages", "LANGUAGES", "BUILT_IN_SQUARES"]
 
 WEB = Path(__file__).resolve().parent / "web"
-JS_PATH = "/api/v1/"
 LANGUAGES = ("en", "ru", "de")
 # The Contact Center's own connectors, shown around ours so the grid looks like a portal's. Not
 # clickable: the sandbox stands in for our app only.
@@ -98,11 +99,6 @@ class SandboxPages:
         self.standin.web = self
         return self
 
-    @property
-    def js_url(self) -> str:
-        """The stand-in BX24 script's URL: the app's ``B24_JS_URL`` in the sandbox."""
-        return f"http://{self.standin.address}{JS_PATH}"
-
     @staticmethod
     def portal_url(portal) -> str:
         """The portal's Contact Center page."""
@@ -111,11 +107,7 @@ class SandboxPages:
     # --- the stand-in's OAuth address (api.bitrix24.com's role) -------------------------------------
 
     def handle_server(self, request):
-        if request.http_method == "GET" and request.path in (JS_PATH, JS_PATH.rstrip("/"),
-                                                              JS_PATH + "bx24.js"):
-            return 200, [("Content-Type", _TYPES[".js"]), ("Cache-Control", "no-store")], _read(
-                "bx24-standin.js")
-        return None
+        return None  # the frame library is the app's own static file now; nothing to serve here
 
     # --- a portal's address ----------------------------------------------------------------------
 
@@ -239,23 +231,34 @@ class SandboxPages:
         return lang
 
     @staticmethod
-    def _frame(action_url, fields, *, user, is_admin, lang, placement):
-        """What the page posts into the frame, and what BX24.init hands the app inside it."""
+    def _frame(action_url, fields, *, user, is_admin, lang, placement, install=False):
+        """What the page posts into the frame, the frame's name, and the frame library's getInitData answer."""
         query, body = frame_query_and_body(fields)
         return {
             "action": _with_query(action_url, query),
             "fields": body,
-            "bx24": {
-                "auth": {"access_token": fields["AUTH_ID"], "refresh_token": fields["REFRESH_ID"],
-                         "expires_in": int(fields["AUTH_EXPIRES"]), "domain": fields["DOMAIN"],
-                         "member_id": fields["member_id"]},
-                "domain": fields["DOMAIN"],
-                "lang": lang,
-                "isAdmin": is_admin,
-                "userId": user,
-                "placement": placement,
-                "options": json.loads(fields.get("PLACEMENT_OPTIONS") or "{}"),
-                "appSid": fields.get("APP_SID", ""),
+            # The official library reads DOMAIN|PROTOCOL|APP_SID from window.name, which the portal sets.
+            "frameName": f"{fields['DOMAIN']}|{fields['PROTOCOL']}|{fields['APP_SID']}",
+            "user": user,
+            "lang": lang,
+            # getInitData: what B24Frame.init() reads (AppFrame, AuthManager, PlacementManager,
+            # OptionsManager of @bitrix24/b24jssdk); INSTALL lets the install page call installFinish.
+            "init": {
+                "DOMAIN": fields["DOMAIN"],
+                "PROTOCOL": int(fields["PROTOCOL"]),
+                "LANG": lang,
+                "PATH": urlsplit(action_url).path,
+                "AUTH_ID": fields["AUTH_ID"],
+                "AUTH_EXPIRES": int(fields["AUTH_EXPIRES"]),
+                "REFRESH_ID": fields["REFRESH_ID"],
+                "MEMBER_ID": fields["member_id"],
+                "IS_ADMIN": is_admin,
+                "PLACEMENT": placement,
+                "PLACEMENT_OPTIONS": json.loads(fields.get("PLACEMENT_OPTIONS") or "{}"),
+                "INSTALL": install,
+                "FIRST_RUN": False,
+                "APP_OPTIONS": {},
+                "USER_OPTIONS": {},
             },
         }
 
@@ -272,7 +275,8 @@ class SandboxPages:
             portal.language_id = lang
         fields = portal.install_post(user_id=user, lang=lang)
         admin = bool((portal._user(user) or {}).get("ADMIN"))
-        return self._frame(self.install_url, fields, user=user, is_admin=admin, lang=lang, placement="DEFAULT")
+        return self._frame(self.install_url, fields, user=user, is_admin=admin, lang=lang, placement="DEFAULT",
+                           install=True)
 
     def _api_install_event(self, portal, body):
         """After the install page loaded: events wait for installFinish, so nothing is sent yet."""
@@ -331,6 +335,13 @@ class SandboxPages:
         payload = portal.event_payload("ONAPPUNINSTALL", data={"CLEAN": clean})
         portal.uninstall()
         return {"deliveries": self._deliver(portal, "ONAPPUNINSTALL", handlers=handlers, payload=payload)}
+
+    def _api_refresh_auth(self, portal, body):
+        """The frame library's refreshAuth: the portal hands the frame a fresh token pair of its user."""
+        user = self._user(portal, body)
+        tokens = portal.issue_tokens(user)
+        return {"AUTH_ID": tokens["access_token"], "REFRESH_ID": tokens["refresh_token"],
+                "AUTH_EXPIRES": tokens["expires_in"]}
 
     def _api_reset_log(self, portal, body):
         with self.standin.lock:

@@ -2,7 +2,8 @@
 
 The stand-in (OAuth server, one portal's REST and its Contact Center page) runs in this process on
 fixed ports; the app runs as `manage.py runserver` in a child process whose environment points it at
-the stand-in (B24_OAUTH_URL, B24_JS_URL, B24_APP_URL, B24_ALLOW_HTTP_PORTALS, DEBUG). The portal and
+the stand-in (B24_OAUTH_URL, B24_APP_URL, B24_ALLOW_HTTP_PORTALS, DEBUG); the app's pages load the official
+frame library from their own static files, and the portal page speaks its protocol. The portal and
 its tokens are kept in `<dir>/state.json` and the app's database in `<dir>/db.sqlite3`, so a restarted
 sandbox is the same portal with the same member_id, and the app's stored tokens stay valid.
 
@@ -148,7 +149,6 @@ def app_environment(options: Options, standin: StandIn, pages: SandboxPages, fol
         "B24_CLIENT_SECRET": options.client_secret,
         "B24_APP_URL": options.app_url,
         "B24_OAUTH_URL": standin.oauth_url,
-        "B24_JS_URL": pages.js_url,
         "B24_ALLOW_HTTP_PORTALS": "true",
         "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
         "SECURE_SSL_REDIRECT": "false",
@@ -230,7 +230,6 @@ def banner(options: Options, standin: StandIn, pages: SandboxPages, portal, fold
         ("The app", f"{options.app_url}/  (DEBUG, SQLite {folder / 'db.sqlite3'})"),
         ("Django admin", f"{options.app_url}/admin/  ({login})"),
         ("OAuth server stand-in", standin.oauth_url),
-        ("BX24 script stand-in", pages.js_url),
         ("Portal state", f"{folder / 'state.json'}  (member_id {portal.member_id}; --reset starts over)"),
     ]
     width = max(len(name) for name, _ in rows) + 2

@@ -10,7 +10,7 @@ from tests.redis_keys import clear_cache
 CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
 # A second application on the same stand-in: genuine tokens on every portal, but not ours.
-OTHER_CLIENT_ID = "local.other.app"
+OTHER_CLIENT_ID = "local.second.app"
 OTHER_CLIENT_SECRET = "other-client-secret"
 
 
@@ -23,6 +23,8 @@ def standin():
 @pytest.fixture(scope="session")
 def other_app(standin):
     """Another app registered with the stand-in's OAuth server (``portal.issue_tokens(client_id=...)``)."""
+    if OTHER_CLIENT_ID in standin.apps:
+        return standin.apps[OTHER_CLIENT_ID]
     return standin.add_app(OTHER_CLIENT_ID, OTHER_CLIENT_SECRET)
 
 

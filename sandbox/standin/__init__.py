@@ -15,8 +15,12 @@ file names (``docs/standin.md`` has the whole table):
   ``app.info``, ``server.time``), ``rest_placement.py``, ``rest_event.py``, ``rest_imopenlines.py``,
   ``rest_crm.py``, ``rest_batch.py``: the methods, by scope
 - ``frames.py``: what a portal posts into an app frame; ``events.py``: app events and their delivery
-- ``portal.py``: a portal's state and switches; ``core.py``: ``StandIn`` and its persistence
-- ``http.py``: servers and request parsing; ``errors.py``: error codes; ``recorder.py``
+  (the frame protocol itself is the sandbox page's: ``sandbox/pages.py``, ``sandbox/web/contact-center.js``)
+- ``portal.py``: a portal's state; ``switches.py``: the switches tests turn; ``core.py``: ``StandIn``,
+  its apps and its persistence
+- ``limits.py``: request rate and operating time; ``handlers.py``: handler URL checks;
+  ``faults.py``: slow and oversized answers
+- ``http.py``: servers (HTTP or HTTPS) and request parsing; ``errors.py``: error codes; ``recorder.py``
 
 For the human sandbox (``manage.py sandbox``) the stand-in can also listen on fixed ports, deliver the
 app events bound with ``event.bind`` over HTTP (``Portal.deliver_event``), keep its portals and tokens

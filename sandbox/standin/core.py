@@ -36,7 +36,12 @@ class StandIn:
     ``(status, headers, body)`` or None to serve pages on the paths that are not APIs.
     """
 
-    def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600, port: int = 0):
+    def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600, port: int = 0,
+                 tls=None):
+        # An ssl.SSLContext (server side) makes every server speak HTTPS, as real portals and the OAuth
+        # server do (clients that insist on https://, such as b24pysdk, need it); None: plain HTTP.
+        self.tls = tls
+        self.scheme = "https" if tls is not None else "http"
         self.client_id = client_id
         self.client_secret = client_secret
         # Every app the OAuth server knows; the first is "ours" (add_app registers others).
@@ -85,8 +90,8 @@ class StandIn:
             self._started = True
         server = self._serve(OAuthSite(self), port=self.port)
         self.address = server.address
-        self.oauth_url = f"http://{self.address}/oauth/token/"
-        self.server_endpoint = f"http://{self.address}/rest/"
+        self.oauth_url = f"{self.scheme}://{self.address}/oauth/token/"
+        self.server_endpoint = f"{self.scheme}://{self.address}/rest/"
         return self
 
     def stop(self) -> None:
@@ -184,7 +189,7 @@ class StandIn:
     # internals shared with portals
 
     def _serve(self, site, port=0):
-        server = Server(site, port)
+        server = Server(site, port, tls=self.tls)
         with self.lock:
             if self._stopped:
                 server.server_close()

@@ -28,7 +28,7 @@ def frame_fields(portal, user_id, lang, placement, options, **extra) -> dict:
     tokens = portal.issue_tokens(user_id)
     return {
         "DOMAIN": portal.domain,
-        "PROTOCOL": "0",
+        "PROTOCOL": "1" if portal._standin.scheme == "https" else "0",
         "LANG": lang,
         "APP_SID": secrets.token_hex(16),
         "AUTH_ID": tokens["access_token"],

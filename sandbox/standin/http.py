@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import traceback
 from datetime import datetime, timezone
@@ -178,6 +179,10 @@ class _Handler(BaseHTTPRequestHandler):
         # delayed ACK and every kept-alive request costs ~40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection, True)
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.settimeout(10)  # a client that never finishes the handshake lets go
+            self.connection.do_handshake()  # here, in the request's thread, not in the accept loop
+            self.connection.settimeout(None)
 
     def finish(self):
         try:
@@ -232,8 +237,10 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, site, port=0):
+    def __init__(self, site, port=0, tls=None):
         super().__init__(("127.0.0.1", port), _Handler)
+        if tls is not None:
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.site = site
         self.address = f"127.0.0.1:{self.server_address[1]}"
         self.stopping = threading.Event()

@@ -115,7 +115,7 @@ def server_app_info(standin, grant):
             "status": portal.app_status,
             "scope": portal.scope,
             "domain": portal.domain,
-            "uri": f"http://{portal.domain}",
+            "uri": f"{standin.scheme}://{portal.domain}",
             "client_endpoint": portal.client_endpoint,
             "member_id": portal.member_id,
             "member_type": "company",
@@ -131,6 +131,9 @@ class OAuthSite:
 
     def handle(self, request):
         path = request.path
+        if request.http_method == "OPTIONS":
+            # No CORS here: the OAuth server is for the app's backend, never for a page (not documented).
+            return Response(204, b"", [("Allow", "GET, POST")])
         if path.rstrip("/") == "/oauth/token":
             return self._token(request)
         if path.startswith("/rest/"):

@@ -112,7 +112,7 @@ class Portal(Switches):
 
     @property
     def client_endpoint(self) -> str:
-        return f"http://{self.domain}/rest/"
+        return f"{self._standin.scheme}://{self.domain}/rest/"
 
     @property
     def addresses(self) -> list[str]:
@@ -305,7 +305,7 @@ class Portal(Switches):
         with standin.lock:
             target = self._domain if address != self._domain else self._redirect_to
         if target:
-            response = Response(302, b"", [("Location", f"http://{target}{request.target}")])
+            response = Response(302, b"", [("Location", f"{standin.scheme}://{target}{request.target}")])
         elif is_rest and request.http_method == "OPTIONS":
             asked = request.headers.get("Access-Control-Request-Headers")
             allow = [("Access-Control-Allow-Headers", asked)] if asked else []

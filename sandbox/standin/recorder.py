@@ -16,7 +16,7 @@ class Recorder:
 
     @property
     def url(self):
-        return f"http://{self.address}/"
+        return f"{self.standin.scheme}://{self.address}/"
 
     def handle(self, request):
         entry = {

@@ -1,15 +1,18 @@
 // The sandbox portal's Contact Center page: installs, opens and uninstalls the app like a portal does,
-// and plays the parent side of the BX24 library for the app's frame (see bx24-standin.js).
+// and is the parent side of Bitrix24's frame protocol, so the official frame library
+// (@bitrix24/b24jssdk B24Frame) runs unchanged in the app's frame: the frame's window.name is
+// "DOMAIN|PROTOCOL|APP_SID", the library posts "command:paramsJSON:callbackKey:appSid" strings to this
+// page's origin and gets "callbackKey:JSON" back.
 (function () {
   "use strict";
   const config = JSON.parse(document.getElementById("sandbox-config").textContent);
   const byId = (id) => document.getElementById(id);
-  const frame = byId("app-frame");
+  let frame = byId("app-frame"); // replaced by a fresh iframe for every app open (see postIntoFrame)
   const userSelect = byId("user");
   const langSelect = byId("lang");
   const MIN_HEIGHT = 120;
   const MAX_HEIGHT = 6000;
-  let current = null; // what the frame shows: {kind: "install" | "widget", bx24: {...}, loaded: bool}
+  let current = null; // what the frame shows: {kind: "install" | "app" | "widget", frame: {...}, loaded: bool}
   let state = null;
   let loads = 0;
 
@@ -47,7 +50,7 @@
   // --- the page --------------------------------------------------------------------------------
   const STATE_TEXT = {
     "not-installed": "app not installed",
-    "installing": "installing: waiting for BX24.installFinish()",
+    "installing": "installing: waiting for installFinish",
     "installed": "app installed",
     "uninstalled": "app uninstalled",
   };
@@ -153,7 +156,21 @@
 
   // A portal opens an app with a form POST into the frame: DOMAIN, PROTOCOL, LANG and APP_SID in the
   // URL's query (already in `action`), the rest in the body.
-  function postIntoFrame(action, fields) {
+  function postIntoFrame(data) {
+    // A portal opens each app in a new iframe named DOMAIN|PROTOCOL|APP_SID: the frame library reads it
+    // from window.name. A browsing context takes its name when created, so the iframe is replaced.
+    const fresh = document.createElement("iframe");
+    for (const name of ["id", "title", "style"]) {
+      if (frame.hasAttribute(name)) fresh.setAttribute(name, frame.getAttribute(name));
+    }
+    fresh.dataset.loads = frame.dataset.loads || "0";
+    fresh.name = data.frameName;
+    fresh.addEventListener("load", onFrameLoad);
+    const old = frame;
+    frame = fresh;
+    old.replaceWith(fresh);
+    const action = data.action;
+    const fields = data.fields;
     const form = document.createElement("form");
     form.method = "post";
     form.action = action;
@@ -171,14 +188,18 @@
     form.remove();
   }
 
-  frame.addEventListener("load", async () => {
+  frame.addEventListener("load", onFrameLoad);
+  function onFrameLoad() {
     if (!current || current.loaded) return;
+    try {
+      if (frame.contentWindow.location.href === "about:blank") return;  // the new iframe's first, empty page
+    } catch (error) { /* another origin: the app's page has loaded */ }
     current.loaded = true;
     loads += 1;
     frame.dataset.loads = String(loads);
     frame.dataset.kind = current.kind;
     // No event is sent while installing: ONAPPINSTALL follows installFinish (installation-finish.md).
-  });
+  }
 
   function setFrameSize(width, height) {
     const h = Math.max(MIN_HEIGHT, Math.min(MAX_HEIGHT, Math.round(Number(height) || 0)));
@@ -189,82 +210,105 @@
     byId("frame-info").textContent = `frame ${frame.style.width || "100%"} x ${h}px`;
   }
 
-  // --- the parent side of BX24 -----------------------------------------------------------------
-  function reply(message, result) {
-    if (message.id && frame.contentWindow) {
-      frame.contentWindow.postMessage({ bx24standin: 1, id: message.id, result: result }, config.appOrigin);
+  // --- the parent side of the frame protocol ------------------------------------------------
+  function reply(key, result) {
+    if (key && frame.contentWindow) {
+      frame.contentWindow.postMessage(key + ":" + JSON.stringify(result === undefined ? {} : result), config.appOrigin);
     }
   }
 
+  // "command:paramsJSON:callbackKey:appSid", or "command:callbackKey:appSid" when there are no params
+  // (the params themselves may contain ":").
+  function parseCommand(text) {
+    const parts = text.split(":");
+    if (parts.length < 3) return null;
+    const appSid = parts.pop();
+    const key = parts.pop();
+    const command = parts.shift();
+    let params = {};
+    if (parts.length) {
+      try { params = JSON.parse(parts.join(":")); } catch (error) { params = parts.join(":"); }
+    }
+    return { command, params, key, appSid };
+  }
+
   window.addEventListener("message", async (event) => {
-    // Only the app's own pages, in our frame, speak BX24 to this page.
+    // Only the app's own pages, in our frame, speak the frame protocol to this page.
     if (event.source !== frame.contentWindow || event.origin !== config.appOrigin) return;
-    const message = event.data;
-    if (!message || message.bx24standin !== 1 || typeof message.command !== "string") return;
-    const params = message.params || {};
+    if (typeof event.data !== "string" || !current) return;
+    const message = parseCommand(event.data);
+    // The APP_SID of the frame this page opened (the third part of its window.name).
+    if (!message || message.appSid !== current.frame.frameName.split("|")[2]) return;
+    const params = message.params && typeof message.params === "object" ? message.params : {};
     switch (message.command) {
-      case "init":
-        log("init", "BX24.init()");
-        reply(message, current ? current.bx24 : null);
+      case "getInitData":
+        log("getInitData", "getInitData");
+        reply(message.key, current.frame.init);
         break;
-      case "installFinish":
-        log("installFinish", "BX24.installFinish()");
-        if (current && current.kind === "install") {
-          reply(message, true);
+      case "setInstall":
+        reply(message.key, {});
+        break;
+      case "setInstallFinish":
+        log("installFinish", "installFinish()");
+        reply(message.key, {});
+        if (current.kind === "install") {
           try {
             // ONAPPINSTALL goes out now, then the frame reloads into the app (PLACEMENT=DEFAULT).
-            const installer = current.bx24;
-            const answer = await api("install-finished", { user_id: installer.userId, lang: installer.lang });
+            const installer = current.frame;
+            const answer = await api("install-finished", { user_id: installer.user, lang: installer.lang });
             if (!answer.deliveries.length) note("ONAPPINSTALL: the app bound no handler for it; nothing sent");
-            current = { kind: "app", bx24: answer.reload.bx24, loaded: false };
-            postIntoFrame(answer.reload.action, answer.reload.fields);
+            openFrame("app", answer.reload);
           } catch (error) {
             note("installFinish ignored: " + error.message);
           }
           await refresh();
-          break;
         } else {
           note("installFinish outside the install frame: ignored");
         }
-        reply(message, true);
         break;
-      case "fitWindow":
-        setFrameSize(null, params.height);
-        log("fitWindow", `BX24.fitWindow() -> ${frame.dataset.height}px`);
-        reply(message, true);
-        break;
-      case "resizeWindow":
-        setFrameSize(params.width, params.height);
-        log("resizeWindow", `BX24.resizeWindow(${params.width}, ${params.height})`);
-        reply(message, true);
-        break;
-      case "callMethod": {
-        log("callMethod", `BX24.callMethod("${params.method}")`);
-        const auth = current && current.bx24 && current.bx24.auth ? current.bx24.auth.access_token : "";
-        try {
-          const answer = await fetch(`/rest/${encodeURIComponent(params.method || "")}.json`, {
-            method: "POST", headers: { "Content-Type": "application/json" },
-            body: JSON.stringify(Object.assign({}, params.params || {}, { auth: auth })),
-          });
-          reply(message, { status: answer.status, answer: await answer.json() });
-        } catch (error) {
-          reply(message, { status: 0, answer: { error: "NETWORK", error_description: String(error) } });
-        }
+      case "resizeWindow": {
+        setFrameSize(params.width === "100%" ? null : params.width, params.height);
+        // fitWindow() is resizeWindow with width "100%" and the page's scroll height.
+        const name = params.width === "100%" ? "fitWindow" : "resizeWindow";
+        log(name, `${name}(${params.width}, ${params.height}) -> ${frame.dataset.height}px`);
+        reply(message.key, {});
         break;
       }
       case "refreshAuth":
-        log("refreshAuth", "BX24.refreshAuth()");
-        reply(message, current && current.bx24 ? current.bx24.auth : null);
+        log("refreshAuth", "refreshAuth()");
+        try {
+          const auth = await api("refresh-auth", { user_id: current.frame.user });
+          Object.assign(current.frame.init, auth);
+          reply(message.key, auth);
+        } catch (error) {
+          note("refreshAuth: " + error.message);
+        }
+        break;
+      case "reloadWindow":
+        log("reloadWindow", "reloadWindow()");
+        reply(message.key, {});
+        openFrame(current.kind, current.frame);
+        break;
+      case "setTitle":
+        log("setTitle", `setTitle(${params.title || ""})`);
+        byId("slider-title").textContent = String(params.title || "");
+        reply(message.key, {});
         break;
       case "closeApplication":
-        log("closeApplication", "BX24.closeApplication()");
+        log("closeApplication", "closeApplication()");
+        reply(message.key, {});
         closeSlider();
         break;
       default:
-        note(`BX24.${message.command}(): not simulated by the sandbox`);
-        reply(message, null);
+        note(`${message.command}: not simulated by the sandbox`);
+        reply(message.key, {});
     }
   });
+
+  function openFrame(kind, data) {
+    current = { kind: kind, frame: data, loaded: false };
+    postIntoFrame(data);
+  }
 
   // --- actions ---------------------------------------------------------------------------------
   function who() {
@@ -281,8 +325,7 @@
       return;
     }
     openSlider(title);
-    current = { kind: kind, bx24: data.bx24, loaded: false };
-    postIntoFrame(data.action, data.fields);
+    openFrame(kind, data);
   }
 
   async function openWidget(stale, title) {

@@ -92,7 +92,6 @@ def sandbox(bitrix24, settings, live_server):
     standin, pages = bitrix24
     settings.B24_OAUTH_URL = standin.oauth_url
     settings.B24_APP_URL = live_server.url
-    settings.B24_JS_URL = pages.js_url
     # The app and the portal must be different origins, as in real life.
     assert live_server.url.startswith("http://localhost:")
     return Sandbox(standin=standin, pages=pages, portal=standin.add_portal(), app_url=live_server.url)

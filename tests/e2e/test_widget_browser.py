@@ -160,16 +160,22 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     shoot(page, "04b-widget-beside-the-contact-center")
     page.set_viewport_size(VIEWPORT)
 
-    # The rest of the BX24 stand-in reaches the portal page too: resizeWindow, callMethod, placement.
+    # The official frame library (@bitrix24/b24jssdk B24Frame) runs unchanged against the portal page:
+    # resizeWindow, REST from the frame (CORS on the portal), placement, admin flag, refreshAuth.
     frame = page.locator("#app-frame").element_handle().content_frame()  # the reopened widget
-    frame.evaluate("BX24.resizeWindow(640, 555)")
+    assert frame.evaluate("typeof window.BX24") == "undefined" and frame.evaluate("typeof B24Js.B24Frame") == "function"
+    frame.evaluate("b24widgetFrame.ready().then(b24 => b24.parent.resizeWindow(640, 555))")
     expect(page.locator('#bx24-log li[data-command="resizeWindow"]')).to_have_count(1)
     expect(page.locator("#app-frame")).to_have_attribute("data-height", "555")
     assert page.locator("#app-frame").evaluate("f => f.getBoundingClientRect().width") == pytest.approx(640, abs=1)
-    me = frame.evaluate("new Promise(done => BX24.callMethod('user.current', {}, r => done(r.data())))")
+    me = frame.evaluate("b24widgetFrame.ready().then(b24 => b24.actions.v2.call.make({method: 'user.current', "
+                        "params: {}})).then(r => r.getData().result)")
     assert me["ID"] == "1" and me["NAME"] == "Anna"
-    assert frame.evaluate("BX24.placement.info().placement") == "CONTACT_CENTER"
-    assert frame.evaluate("BX24.isAdmin()") is True
+    assert frame.evaluate("b24widgetFrame.ready().then(b24 => b24.placement.placement)") == "CONTACT_CENTER"
+    assert frame.evaluate("b24widgetFrame.ready().then(b24 => b24.placement.options.ID)") == "1"
+    assert frame.evaluate("b24widgetFrame.ready().then(b24 => b24.auth.isAdmin)") is True
+    fresh = frame.evaluate("b24widgetFrame.ready().then(b24 => b24.auth.refreshAuth()).then(a => a.access_token)")
+    assert fresh and fresh != body["AUTH_ID"][0]
 
     # --- an ordinary user sees the settings but cannot save them, even by forcing the form
     open_widget(page, sandbox, user="2", lang="en")

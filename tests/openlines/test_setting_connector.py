@@ -104,7 +104,7 @@ def test_the_contact_center_square_shows_the_overview_and_lists_the_channel_stat
     for user_id in ("1", "2"):
         page = open_widget(frame, b24.placement_post(user_id=user_id))
         body = page.content.decode()
-        assert 'id="openlines-overview"' in body and "imopenlines.config.list.get" in body
+        assert 'id="openlines-overview"' in body and 'id="open-lines-table"' in body
         assert ('data-admin="1"' in body) == (user_id == "1")
         answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list",
                                                       "connector": CONNECTOR})
@@ -116,3 +116,17 @@ def test_the_contact_center_square_shows_the_overview_and_lists_the_channel_stat
 def test_the_list_action_needs_a_genuine_widget_token(frame, channel):
     answer = frame.post("/openlines/connector/", {"widget_token": "forged", "action": "list", "connector": CONNECTOR})
     assert answer.status_code == 403 and answer.json()["error"] == "token_tampered"
+
+
+def test_the_overview_lists_every_open_line_page_by_page(frame, channel):
+    """imopenlines-config-list-get.md pages with PARAMS.limit (at most 200) and offset, without `next`."""
+    from tests.placements.frames import open_widget, widget_token_of
+    row, secret, b24 = channel
+    b24.open_lines[:] = [{"ID": str(i), "LINE_NAME": f"Line {i}", "ACTIVE": "Y"} for i in range(1, 451)]
+    page = open_widget(frame, b24.placement_post())
+    before = b24.calls("imopenlines.config.list.get")
+    answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list",
+                                                  "connector": CONNECTOR}).json()
+    assert [line["id"] for line in answer["lines"]] == [str(i) for i in range(1, 451)]
+    assert b24.calls("imopenlines.config.list.get") - before == 3  # 200 + 200 + 50
+    assert answer["channels"]["1"]["state"] == "connected" and "2" not in answer["channels"]

@@ -308,3 +308,43 @@ def test_with_a_shared_redis_cache_each_process_keeps_a_local_copy(frame, instal
     other = b24.placement_post(user_id="2")
     assert is_widget(open_widget(frame, other))
     assert b24.calls("user.current") == calls + 1
+
+
+# --- answers about the plan or the user's access (_includes/system-errors.md) ----------------------------
+
+@pytest.mark.parametrize("error,status,description,page_status,words", [
+    ("user_access_error", 403, None, 403, "has given access to this app to some users only"),
+    ("ACCESS_DENIED", 403, "REST API is available only on commercial plans", 402, "commercial plans only"),
+    ("OVERLOAD_LIMIT", 503, None, 503, "paused apps' access to this portal"),
+])
+def test_plan_and_access_answers_get_their_own_page(frame, installed, error, status, description, page_status,
+                                                    words):
+    _, b24 = installed
+    b24.fail_next("user.current", error, status, description=description)
+    response = open_widget(frame, b24.placement_post(user_id="2"))
+    assert response.status_code == page_status and words in text(response)
+    assert DENIED not in text(response)
+
+
+def test_an_expired_trial_keeps_its_negative_days(frame, installed):
+    from placements import auth
+    assert auth._days(-3) == -3 and auth._days("-3") == -3 and auth._days("x") is None
+    _, b24 = installed
+    b24.app_status, b24.days = "T", -3
+    response = open_widget(frame, b24.placement_post(user_id="2"))
+    assert is_widget(response) and "days left" not in text(response)
+
+
+def test_every_open_line_is_listed_not_only_the_first_page(frame, installed):
+    _, b24 = installed
+    b24.open_lines = [{"ID": str(n), "LINE_NAME": f"Line {n}", "ACTIVE": "Y"} for n in range(1, 451)]
+    page = text(open_widget(frame, b24.placement_post(user_id="1")))
+    assert "Line 1<" in page and "Line 200<" in page and "Line 201<" in page and "Line 450<" in page
+
+
+@pytest.mark.parametrize("posted,stored", [("portal.bitrix24.de:443", "portal.bitrix24.de"),
+                                           ("Portal.Bitrix24.DE", "portal.bitrix24.de")])
+def test_a_domain_with_the_https_port_is_the_same_portal(settings, posted, stored):
+    from portals.addresses import normalize_domain
+    settings.B24_ALLOW_HTTP_PORTALS = False
+    assert normalize_domain(posted) == stored

@@ -155,3 +155,52 @@ def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, caplog,
     assert "Bad Request: /placement/" in text_ or "Forbidden: /placement/" in text_
     for secret in (fields["AUTH_ID"], fields["APPLICATION_TOKEN"], fields["REFRESH_ID"], "AUTH_ID="):
         assert secret not in text_
+
+
+# --- a second application installed on the same portal -------------------------------------------------
+
+@pytest.fixture
+def other_id(other_app):
+    """The second app's client_id; its portal app.info CODE is *our* client_id meanwhile, so only the OAuth
+    server's client_id tells the two apps apart."""
+    original, other_app.code = other_app.code, "local.test.app"
+    yield other_app.client_id
+    other_app.code = original
+
+
+def test_a_genuine_token_of_another_app_opens_nothing(frame, installed, other_id, standin):
+    _, b24 = installed
+    fields = b24.placement_post(user_id="1")
+    tokens = b24.issue_tokens("1", client_id=other_id)
+    fields.update(AUTH_ID=tokens["access_token"], REFRESH_ID=tokens["refresh_token"])
+    response = open_widget(frame, fields)
+    assert response.status_code == 403 and "Access denied" in text(response)
+
+
+def test_a_genuine_install_post_of_another_app_installs_nothing(client, installed, other_id):
+    portal, b24 = installed
+    before = Portal.objects.filter(pk=portal.pk).values().get()
+    post = b24.install_post()
+    tokens = b24.issue_tokens("1", client_id=other_id)
+    post.update(AUTH_ID=tokens["access_token"], REFRESH_ID=tokens["refresh_token"], APPLICATION_TOKEN="other")
+    assert client.post("/install/", post).status_code == 403
+    assert Portal.objects.filter(pk=portal.pk).values().get() == before
+
+
+def test_an_onappinstall_with_another_apps_tokens_plants_nothing(client, installed, other_id):
+    portal, b24 = installed
+    before = Portal.objects.filter(pk=portal.pk).values().get()
+    payload = b24.event_payload("ONAPPINSTALL", client_id=other_id, application_token="other-app-token")
+    assert client.post("/events/", payload).status_code == 403
+    assert Portal.objects.filter(pk=portal.pk).values().get() == before
+
+
+def test_a_market_apps_code_is_not_its_client_id_and_that_is_fine(frame, installed, standin):
+    """app.info's CODE (e.g. vendor.app) is not the client_id; the OAuth server's client_id decides."""
+    _, b24 = installed
+    original = standin.app.code
+    standin.app.code = "vendor.widget"
+    try:
+        assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
+    finally:
+        standin.app.code = original

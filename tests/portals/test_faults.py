@@ -266,3 +266,41 @@ def test_a_500_page_is_framed_by_the_portal_and_localized():
     assert server_error(RequestFactory().get("/admin/"))["Content-Security-Policy"] == "frame-ancestors 'none'"
     bad = server_error(RequestFactory().post("/placement/", {"DOMAIN": "evil/x", "LANG": "ru"}))
     assert bad["Content-Security-Policy"] == "frame-ancestors 'none'"
+
+
+# --- the same faults from the stand-in's portal and OAuth server ----------------------------------------
+
+@pytest.mark.django_db
+def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, settings):
+    from portals.rest import PortalClient, TransportError
+    portal, b24 = installed
+    settings.B24_REST_DEADLINE = 1
+    settings.B24_READ_TIMEOUT = 5  # each byte arrives well within the read timeout: only the deadline ends it
+    b24.slow_answer("user.admin", chunk=1, pause=0.2)
+    with pytest.raises(TransportError) as info:
+        PortalClient(portal).call("user.admin")
+    assert info.value.code == "deadline"
+    assert PortalClient(portal).call("user.admin") is True  # the next answer is normal again
+
+
+@pytest.mark.django_db
+def test_an_oversized_portal_answer_is_cut_at_the_cap(installed, settings):
+    from portals.rest import PortalClient, TransportError
+    portal, b24 = installed
+    settings.B24_REST_MAX_BYTES = 1024 * 1024
+    b24.oversized_answer("user.admin", megabytes=8)
+    with pytest.raises(TransportError) as info:
+        PortalClient(portal).call("user.admin")
+    assert info.value.code == "too_large"
+
+
+@pytest.mark.django_db
+def test_an_oversized_oauth_answer_loses_no_token_it_was_not_given(installed, standin, settings):
+    """The OAuth server pads its answer past the cap: the refresh fails as unavailable, the portal keeps
+    serving, and (the stand-in rotated) the next administrator open heals it."""
+    portal, _b24 = installed
+    standin.oversized_answer("oauth.token", megabytes=1)
+    with pytest.raises(oauth.OAuthUnavailable) as info:
+        oauth.refresh_portal(portal, force=True)
+    assert info.value.code == "too_large"
+    assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE

@@ -52,10 +52,8 @@ def test_contact_center_page_script_and_assets(http, standin, pages, portal):
     for asset, kind in (("contact-center.js", "text/javascript"), ("sandbox.css", "text/css")):
         answer = http.get(f"http://{portal.domain}/sandbox/{asset}", timeout=5)
         assert answer.status_code == 200 and answer.headers["Content-Type"].startswith(kind)
-    script = http.get(pages.js_url, timeout=5)
-    assert pages.js_url == f"http://{standin.address}/api/v1/"
-    assert script.status_code == 200 and script.headers["Content-Type"].startswith("text/javascript")
-    assert "window.BX24 = BX24" in script.text and "postMessage" in script.text
+    # No stand-in BX24 script any more: the app's pages load the official frame library themselves.
+    assert http.get(f"http://{standin.address}/api/v1/", timeout=5).status_code == 404
     other_name = http.get(f"http://localhost:{portal.domain.rsplit(':', 1)[1]}/", timeout=5, allow_redirects=False)
     assert (other_name.status_code, other_name.headers["Location"]) == (302, SandboxPages.portal_url(portal))
     # The portal's APIs are still there; other paths are not found.
@@ -77,8 +75,12 @@ def test_install_then_finish_then_the_square_in_the_chosen_language(http, standi
     assert {"AUTH_ID", "REFRESH_ID", "member_id", "PLACEMENT"} <= set(install["fields"])
     assert not {"DOMAIN", "LANG"} & set(install["fields"])
     assert install["fields"]["PLACEMENT"] == "DEFAULT"
-    assert install["bx24"]["auth"]["access_token"] == install["fields"]["AUTH_ID"]
-    assert install["bx24"]["isAdmin"] is True and install["bx24"]["lang"] == "de"
+    # What B24Frame reads: window.name DOMAIN|PROTOCOL|APP_SID, then getInitData's upper-case fields.
+    assert install["frameName"] == f"{portal.domain}|0|{query['APP_SID']}"
+    init = install["init"]
+    assert init["AUTH_ID"] == install["fields"]["AUTH_ID"] and init["MEMBER_ID"] == portal.member_id
+    assert init["IS_ADMIN"] is True and init["LANG"] == "de" and init["INSTALL"] is True
+    assert init["PLACEMENT"] == "DEFAULT" and init["PROTOCOL"] == 0
     assert portal.language_id == "de"
     assert state(http, portal)["appState"] == "installing"
 
@@ -120,7 +122,8 @@ def test_open_posts_to_the_bound_handler_as_the_chosen_user(http, standin, pages
     assert query["LANG"] == ["ru"] and query["DOMAIN"] == [portal.domain]
     assert opened["fields"]["PLACEMENT"] == "CONTACT_CENTER"
     assert json.loads(opened["fields"]["PLACEMENT_OPTIONS"])["ID"] == "1"
-    assert opened["bx24"]["isAdmin"] is False and opened["bx24"]["userId"] == "2"
+    assert opened["init"]["IS_ADMIN"] is False and opened["user"] == "2" and opened["init"]["INSTALL"] is False
+    assert opened["init"]["PLACEMENT_OPTIONS"] == {"ID": "1", "URI": "/contact_center/"}
     token = opened["fields"]["AUTH_ID"]
     me = http.post(portal.client_endpoint + "user.current.json", data={"auth": token}, timeout=5).json()
     assert me["result"]["ID"] == "2"

@@ -69,8 +69,8 @@ def test_bitrix24_side_keeps_its_portal_and_moves_it_to_the_configured_port(tmp_
         assert standin.web is pages and pages.app_url == f"http://localhost:{first.app_port}"
         env = runner.app_environment(first, standin, pages, folder)
         assert env["DATABASE_URL"] == f"sqlite:///{folder / 'db.sqlite3'}"
-        assert (env["B24_OAUTH_URL"], env["B24_JS_URL"], env["B24_APP_URL"]) == (
-            standin.oauth_url, pages.js_url, first.app_url)
+        assert (env["B24_OAUTH_URL"], env["B24_APP_URL"]) == (standin.oauth_url, first.app_url)
+        assert "B24_JS_URL" not in env  # the frame library is the app's own static file
         assert env["DEBUG"] == env["B24_ALLOW_HTTP_PORTALS"] == "true"
         assert (env["B24_CLIENT_ID"], env["B24_CLIENT_SECRET"]) == ("local.sandbox", "sandbox-secret")
         text = runner.banner(first, standin, pages, portal, folder, ("admin", "pw"))
@@ -134,7 +134,7 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
             http.trust_env = False
             assert http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=5).status_code == 200
             assert http.get(f"http://127.0.0.1:{ports['portal']}/", timeout=5).status_code == 200
-            assert http.get(f"http://127.0.0.1:{ports['server']}/api/v1/", timeout=5).status_code == 200
+            assert http.get(f"http://127.0.0.1:{ports['server']}/api/v1/", timeout=5).status_code == 404  # no BX24 stand-in
             # The app is the sandbox's: its install page loads the stand-in BX24 script.
             install = http.get(f"http://127.0.0.1:{ports['app']}/install/", timeout=5)
             assert install.status_code == 200

@@ -219,3 +219,12 @@ def test_an_oversized_answer_is_valid_json_of_that_size(http, standin, portal):
     standin.oversized_answer("oauth.token", megabytes=1)
     renewed = refresh(http, standin, portal.issue_tokens()["refresh_token"])
     assert len(renewed.content) > 1024 * 1024 and renewed.json()["access_token"]
+
+
+def test_the_oauth_server_grants_no_cors_and_an_options_request_spends_nothing(http, standin, portal):
+    tokens = portal.issue_tokens()
+    answer = http.options(standin.oauth_url, timeout=5, params={
+        "grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "refresh_token": tokens["refresh_token"]}, headers={"Origin": "https://app.example.test"})
+    assert answer.status_code == 204 and "Access-Control-Allow-Origin" not in answer.headers
+    assert refresh(http, standin, tokens["refresh_token"]).status_code == 200  # still unspent
