@@ -1,12 +1,25 @@
 """/healthz: is the database (and the cache, when one is configured) answering? Are our OAuth credentials
-accepted? The last is reported, not failed on: the widget keeps serving verified users meanwhile."""
+accepted, is the Celery broker reachable, how big is the event inbox's backlog? The last three are
+reported, not failed on: the widget keeps serving and events are still stored (the database is the
+inbox's source of truth; the sweeper re-sends what the broker missed)."""
 from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from portals import oauth
+from portals import inbox, oauth
+
+
+def _broker() -> str:
+    from b24widget.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.connect()  # bounded by CELERY_BROKER_CONNECTION_TIMEOUT
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
 
 
 @never_cache
@@ -29,5 +42,11 @@ def healthz(request):
     rejected = oauth.client_rejected()
     # Not a reason to take the process out of rotation: an operator must fix B24_CLIENT_SECRET.
     checks["oauth_client"] = f"error: {rejected} (check B24_CLIENT_ID / B24_CLIENT_SECRET)" if rejected else "ok"
-    status = "ok" if healthy and not rejected else ("degraded" if healthy else "error")
-    return JsonResponse({"status": status, "checks": checks}, status=200 if healthy else 503)
+    checks["broker"] = _broker()
+    try:
+        backlog = inbox.backlog()
+    except Exception as exc:
+        backlog = {"error": type(exc).__name__}
+    degraded = bool(rejected) or checks["broker"] != "ok"
+    status = "ok" if healthy and not degraded else ("degraded" if healthy else "error")
+    return JsonResponse({"status": status, "checks": checks, "inbox": backlog}, status=200 if healthy else 503)

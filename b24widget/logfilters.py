@@ -19,3 +19,19 @@ class NoRequestDetails(logging.Filter):
         if "?" in message:
             record.msg, record.args = _QUERY.sub("", message), ()
         return True
+
+
+class CeleryTask(logging.Filter):
+    """Inside a Celery task, every line carries the task's id and name (beside member_id and the rest),
+    so one event's lines can be followed across retries and workers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "task_id", ""):
+            from celery import current_task
+
+            task = current_task._get_current_object() if current_task else None
+            request = getattr(task, "request", None)
+            if request is not None and getattr(request, "id", None):
+                record.task_id = request.id
+                record.task_name = task.name
+        return True

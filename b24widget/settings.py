@@ -107,6 +107,23 @@ OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
 
+# The event inbox (portals/inbox.py): attempts per event, back-off (first step, cap; seconds), how long a
+# worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
+# and how many unverified events (ONAPPINSTALL) per portal are stored per minute.
+B24_INBOX_MAX_ATTEMPTS = read.int("B24_INBOX_MAX_ATTEMPTS", default=8, minimum=1)
+B24_INBOX_BACKOFF = read.float("B24_INBOX_BACKOFF", default=10.0)
+B24_INBOX_BACKOFF_MAX = read.float("B24_INBOX_BACKOFF_MAX", default=3600.0)
+B24_INBOX_LEASE = read.float("B24_INBOX_LEASE", default=600.0, minimum=1)
+B24_INBOX_REQUEUE_AFTER = read.float("B24_INBOX_REQUEUE_AFTER", default=120.0)
+# Retries sooner than this ride on the broker as countdown tasks; later ones are sent by the sweeper.
+B24_INBOX_MAX_COUNTDOWN = read.float("B24_INBOX_MAX_COUNTDOWN", default=300.0)
+B24_INBOX_SWEEP_INTERVAL = read.float("B24_INBOX_SWEEP_INTERVAL", default=30.0, minimum=0.1)
+B24_INBOX_SWEEP_BATCH = read.int("B24_INBOX_SWEEP_BATCH", default=1000, minimum=1)
+B24_INBOX_UNVERIFIED_BURST = read.int("B24_INBOX_UNVERIFIED_BURST", default=20)
+B24_INBOX_UNVERIFIED_PER_MINUTE = read.float("B24_INBOX_UNVERIFIED_PER_MINUTE", default=30.0)
+# Background passes fan out per-portal tasks in chunks of this many portal ids.
+B24_FANOUT_CHUNK = read.int("B24_FANOUT_CHUNK", default=50, minimum=1)
+
 # Fernet keys for tokens at rest: the first encrypts, all decrypt (rotation). Each is parsed by the
 # system checks (b24widget/checks.py), so a bad key stops the start instead of the first decryption.
 TOKEN_ENCRYPTION_KEYS = read.list("TOKEN_ENCRYPTION_KEYS", default=[]) or ([_DEV_TOKEN_KEY] if DEBUG else [])
@@ -236,8 +253,8 @@ X_FRAME_OPTIONS = "DENY"
 # /healthz is probed over plain HTTP by load balancers.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
-# One line per event. JSON (the default with DEBUG off) carries member_id, method, request_id ... as
-# fields; nothing logged anywhere holds a token or secret.
+# One line per event. JSON (the default with DEBUG off) carries member_id, method, request_id (and
+# in a Celery worker task_id) ... as fields; nothing logged anywhere holds a token or secret.
 LOG_FORMAT = read.str("LOG_FORMAT", default="plain" if DEBUG else "json")
 if LOG_FORMAT not in ("plain", "json"):
     read.problem("LOG_FORMAT", f"LOG_FORMAT={LOG_FORMAT!r} is neither plain nor json.", "Use plain or json.")
@@ -259,9 +276,10 @@ LOGGING = {
         },
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
-                             "filters": ["no_request_details"]}},
+                             "filters": ["no_request_details", "celery_task"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"}},
+    "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"},
+                "celery_task": {"()": "b24widget.logfilters.CeleryTask"}},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # urllib3 logs every outward URL at DEBUG (the OAuth refresh carries its secret in the query).
@@ -270,5 +288,58 @@ LOGGING = {
 }
 
 # What the reading above found wrong; reported by b24widget/checks.py.
+# --- Celery (b24widget/celery.py) ---------------------------------------------------------------
+# RabbitMQ (amqp://...) or Redis (redis://...) in production. The default needs no server: kombu's
+# filesystem transport, messages as files under CELERY_BROKER_DIR (B24_CELERY_DIR). It was chosen over the SQLAlchemy
+# transport because it adds no dependency and no second writer to the SQLite file the app uses; it
+# suits one machine (the newcomer path, the sandbox), and what it can lose (a message a killed worker
+# held) the inbox sweeper re-sends: the database is the source of truth.
+CELERY_BROKER_URL = read.str("CELERY_BROKER_URL", default="filesystem://")
+B24_CELERY_DIR = Path(read.str("CELERY_BROKER_DIR", default=str(BASE_DIR / ".celery")))
+CELERY_TASK_DEFAULT_QUEUE = read.str("CELERY_QUEUE", default="b24widget")
+if CELERY_BROKER_URL.startswith("filesystem:"):
+    _queue_dir = B24_CELERY_DIR / "queue"
+    for _folder in (_queue_dir, B24_CELERY_DIR / "control"):
+        _folder.mkdir(parents=True, exist_ok=True)
+    # A consumer takes a message by moving its file to the temporary folder; when that is on another
+    # file system the move is a copy, and two workers may both take one message: harmless, the tasks
+    # are idempotent (the inbox claims each event once, a refresh is judged again under its lease).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir), "data_folder_out": str(_queue_dir),
+        "control_folder": str(B24_CELERY_DIR / "control"),
+        "polling_interval": read.float("CELERY_POLLING_INTERVAL", default=0.2),
+    }
+else:
+    # Redis re-delivers an unacknowledged task after this many seconds (longer than any task runs).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": read.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+# A message is acknowledged after its task ran; a worker lost mid-task gets it re-delivered. Tasks are
+# idempotent (the inbox claims each row once), so a re-run changes nothing twice.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Django's LOGGING (JSON lines) stays in charge inside workers too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_REDIRECT_STDOUTS = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Sending from a web request never hangs on a broker that is down: the row is stored, the sweeper re-sends.
+CELERY_BROKER_CONNECTION_TIMEOUT = read.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_BEAT_SCHEDULE_FILENAME = read.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(B24_CELERY_DIR / "beat-schedule"))
+from celery.schedules import crontab  # noqa: E402
+
+CELERY_BEAT_SCHEDULE = {
+    "inbox-sweep": {"task": "portals.sweep_inbox", "schedule": B24_INBOX_SWEEP_INTERVAL},
+    # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
+    "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
+    "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
+    # The Open Lines channel: every channel with due messages (either way) is queued again.
+    "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
+}
+
 SETTINGS_PROBLEMS = read.problems
 del read

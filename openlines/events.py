@@ -106,7 +106,8 @@ def on_status_delete(item) -> str:
 
 def on_line_delete(item) -> str:
     """events/on-im-connector-line-delete.md: data is the bare line id."""
-    line = item.data if not isinstance(item.data, dict) else item.data.get("LINE", item.data.get("line", ""))
+    # /events/ keeps a bare data value as {"VALUE": ...} (portals/events.py).
+    line = item.data if not isinstance(item.data, dict) else item.data.get("VALUE", item.data.get("LINE", ""))
     if item.portal is None or not str(line).isdigit():
         raise _reject("no line id")
     count = lifecycle.revoke_line(item.portal, str(line), reason="Open Line deleted in Bitrix24")

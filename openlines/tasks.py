@@ -34,7 +34,8 @@ def after_commit(task, *args) -> None:
 
 
 def enqueue(task, *args) -> None:
-    if getattr(settings, "CELERY_TASK_ALWAYS_EAGER", False):
+    # OPENLINES_TASKS_INLINE (test settings only): run here and now, as the worker would.
+    if getattr(settings, "OPENLINES_TASKS_INLINE", False):
         task.apply(args=args)
         return
     try:

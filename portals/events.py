@@ -1,5 +1,8 @@
-"""Bitrix24 app events (ONAPPINSTALL, ONAPPUNINSTALL, ONAPPUPDATE): parse, verify, apply.
+"""Bitrix24 app events (ONAPPINSTALL, ONAPPUNINSTALL, ONAPPUPDATE): parse, accept into the inbox, verify
+and apply in a worker.
 
+`/events/` only parses, runs the inbox's cheap checks and stores the event (portals/inbox.py); the
+handlers below run in a Celery worker, registered for their event codes in PortalsConfig.ready().
 Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`) or as JSON. What each proves:
 - Only an administrator's grant changes an install: an ONAPPINSTALL (or an ONAPPUPDATE with a new
   `application_token`) is applied when its `auth[refresh_token]` passes `grants.administrator_grant`.
@@ -8,7 +11,8 @@ Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`) or as JSON.
   the portal does (placement POSTs carry `APPLICATION_TOKEN`). So ONAPPUNINSTALL is applied only once
   Bitrix24 confirms the app is gone from the portal ("after uninstall the app's API access is gone",
   docs/bitrix24.md); ONAPPUPDATE with the known token records a version and re-binds, nothing more.
-Refusals from unverified senders are counted (lifecycle.count_rejection), not stored one row each.
+Refusals from unverified senders are counted (lifecycle.count_rejection), not stored one row each;
+in the worker a refusal becomes inbox.Reject, and unavailability (OAuth, REST, limits) inbox.Retry.
 """
 import hmac
 import json
@@ -16,9 +20,9 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from . import install as installer, lifecycle, oauth
+from . import inbox, install as installer, lifecycle, oauth
 from .grants import GrantRefused, administrator_grant
-from .models import Portal
+from .models import InboxItem, Portal
 from .rest import PortalClient, RestError, TokenRefreshFailed
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,8 @@ _SECRET_MAX = 1024
 _MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
+_TS = re.compile(r"^[0-9]{1,20}$")
+_HANDLER_ID = re.compile(r"^[0-9]{1,20}$")
 
 
 def _version(value) -> str:
@@ -67,6 +73,8 @@ class AppEvent:
     member_id: str
     data: dict
     auth: dict = field(repr=False)
+    ts: str = ""
+    event_handler_id: str = ""
 
     @property
     def application_token(self) -> str:
@@ -111,7 +119,8 @@ def parse(request) -> AppEvent:
     name = body.get("event")
     if not isinstance(name, str) or not name:
         raise BadEvent("event is missing")
-    if name.upper() not in EVENT_NAMES:
+    code = EVENT_NAMES.get(name.upper(), name.upper())
+    if inbox.registration(code) is None:
         raise EventRefused(f"unknown event {name[:40]}", status=400)
     auth = body.get("auth")
     data = body.get("data", {})
@@ -119,6 +128,9 @@ def parse(request) -> AppEvent:
         raise BadEvent("auth is missing")
     if isinstance(data, list) and not data:
         data = {}
+    if isinstance(data, (str, int)) and not isinstance(data, bool) and len(str(data)) <= 64:
+        # A bare value: ONIMCONNECTORLINEDELETE's data is the line id (events/on-im-connector-line-delete.md).
+        data = {"VALUE": str(data)}
     if not isinstance(data, dict):
         raise BadEvent("data is not an object")
     member_id = _str(auth.get("member_id"))
@@ -127,7 +139,26 @@ def parse(request) -> AppEvent:
     for key, value in auth.items():
         if not isinstance(value, (str, int)) or len(str(value)) > _SECRET_MAX:
             raise BadEvent(f"auth[{str(key)[:40]}] is malformed")
-    return AppEvent(name=EVENT_NAMES[name.upper()], member_id=member_id, data=data, auth=auth)
+    ts = body.get("ts", "")
+    ts = str(ts) if isinstance(ts, (str, int)) and not isinstance(ts, bool) else None
+    if ts is None or (ts and not _TS.match(ts)):
+        raise BadEvent("ts is malformed")
+    handler_id = body.get("event_handler_id", "")
+    handler_id = str(handler_id) if isinstance(handler_id, (str, int)) and not isinstance(handler_id, bool) else None
+    if handler_id is None or (handler_id and not _HANDLER_ID.match(handler_id)):
+        raise BadEvent("event_handler_id is malformed")
+    return AppEvent(name=code, member_id=member_id, data=data, auth=auth, ts=ts, event_handler_id=handler_id)
+
+
+def accept(event: AppEvent) -> tuple[InboxItem, bool]:
+    """Run the cheap checks and store the event in the inbox; returns (item, created). Raises EventRefused."""
+    try:
+        return inbox.accept(event.name, member_id=event.member_id, data=event.data, auth=event.auth, ts=event.ts,
+                            event_handler_id=event.event_handler_id)
+    except inbox.Refused as exc:
+        if exc.status in (400, 403, 404, 409):
+            lifecycle.count_rejection(event.member_id, source=event.name, reason=exc.reason)
+        raise EventRefused(exc.reason, status=exc.status, retry_after=exc.retry_after) from None
 
 
 def _token_matches(portal: Portal, presented: str) -> bool:
@@ -137,23 +168,59 @@ def _token_matches(portal: Portal, presented: str) -> bool:
     return hmac.compare_digest(stored.encode(), presented.encode())
 
 
-def handle(event: AppEvent) -> str:
-    """Verify and apply an event; returns what was done. Raises EventRefused (nothing changed)."""
-    portal = Portal.objects.filter(member_id=event.member_id).first()
-    try:
-        if event.name == INSTALL:
-            return _on_install(portal, event)
-        if portal is None:
-            raise EventRefused("unknown portal", status=404)
-        if event.name == UPDATE:
-            return _on_update(portal, event)
-        if not _token_matches(portal, event.application_token):
-            raise EventRefused("application_token does not match")
-        return _on_uninstall(portal, event)
-    except EventRefused as exc:
-        if exc.status in (400, 403, 404, 409):
-            lifecycle.count_rejection(event.member_id, source=event.name, reason=exc.reason)
-        raise
+def _event_of(item: InboxItem) -> AppEvent:
+    return AppEvent(name=item.event, member_id=item.member_id, data=item.data, auth=item.auth, ts=item.ts,
+                    event_handler_id=item.event_handler_id)
+
+
+def _in_worker(apply):
+    """An inbox handler around `apply(portal, event)`: refusals become Reject, unavailability Retry."""
+    def handler(item: InboxItem) -> str:
+        event = _event_of(item)
+        portal = Portal.objects.filter(member_id=event.member_id).first()
+        try:
+            return apply(portal, event)
+        except EventRefused as exc:
+            if exc.status in (429, 503):
+                raise inbox.Retry(exc.reason, after=exc.retry_after) from None
+            if exc.status in (400, 403, 404):
+                lifecycle.count_rejection(event.member_id, source=event.name, reason=exc.reason)
+            raise inbox.Reject(exc.reason) from None
+        except (oauth.OAuthUnavailable, installer.InstallUnavailable) as exc:
+            raise inbox.Retry(f"Bitrix24 unavailable ({getattr(exc, 'code', type(exc).__name__)})") from None
+        except lifecycle.TransitionError as exc:
+            raise inbox.Reject(str(exc)) from None
+    handler.__name__ = f"on_{apply.__name__.strip('_')}"
+    return handler
+
+
+def _check_install(portal, auth: dict, data: dict) -> None:
+    """ONAPPINSTALL in the request: its shape only (the proof is checked in the worker)."""
+    token = _str(auth.get("application_token"))
+    if not token or len(token) > 255:
+        raise inbox.Refused("ONAPPINSTALL without a usable application_token", status=400)
+
+
+def _check_update(portal, auth: dict, data: dict) -> None:
+    """ONAPPUPDATE in the request: a known, installed portal; the known token, or tokens to prove a new one."""
+    if portal is None:
+        raise inbox.Refused("unknown portal", status=404)
+    if portal.status == Portal.Status.UNINSTALLED:
+        raise inbox.Refused("portal is uninstalled", status=409)
+    if not _version(data.get("VERSION")):
+        raise inbox.Refused("ONAPPUPDATE without a usable data[VERSION]", status=400)
+    token = _str(auth.get("application_token"))
+    if not token or len(token) > 255:
+        raise inbox.Refused("ONAPPUPDATE without a usable application_token", status=400)
+    if not portal.application_token_is(token) and not _str(auth.get("refresh_token")):
+        raise inbox.Refused("application_token does not match")
+
+
+def register() -> None:
+    """Route the app events through the inbox (called from PortalsConfig.ready())."""
+    inbox.register(INSTALL, _in_worker(_on_install), needs_application_token=False, precheck=_check_install)
+    inbox.register(UNINSTALL, _in_worker(_on_uninstall))
+    inbox.register(UPDATE, _in_worker(_on_update), needs_application_token=False, precheck=_check_update)
 
 
 def _usable_token(event: AppEvent) -> str:
@@ -178,6 +245,8 @@ def _on_install(portal: Portal | None, event: AppEvent) -> str:
     known = portal is not None and portal.status != Portal.Status.UNINSTALLED and _token_matches(portal, token)
     if known:
         # The install we already believe (its install POST carried this token): nothing to prove.
+        if portal.status == Portal.Status.ACTIVE and (not version or version == portal.app_version):
+            return "install confirmed"  # already applied (a repeated run after a crash writes nothing)
         lifecycle.accept_application_token(portal, token, via="known_application_token", version=version)
         return "install confirmed"
     if not _str(event.auth.get("refresh_token")):
@@ -197,9 +266,11 @@ def _on_install(portal: Portal | None, event: AppEvent) -> str:
     return "application_token saved"
 
 
-def _on_uninstall(portal: Portal, event: AppEvent) -> str:
+def _on_uninstall(portal: Portal | None, event: AppEvent) -> str:
+    if portal is None:
+        raise EventRefused("unknown portal", status=404)
     if portal.status == Portal.Status.UNINSTALLED:
-        raise EventRefused("portal is already uninstalled", status=409)
+        return "already uninstalled"  # applied by an earlier run of this item
     _confirm_gone(portal)
     clean = str(event.data.get("CLEAN", "0")) in ("1", "Y")
     lifecycle.uninstall(Portal.objects.get(pk=portal.pk), clean=clean)
@@ -214,7 +285,7 @@ _GONE = frozenset({"invalid_token", "NO_AUTH_FOUND", "APPLICATION_NOT_FOUND", "W
 def _confirm_gone(portal: Portal) -> None:
     """Ask the portal, with the app's own tokens, whether the app is still there; EventRefused if it is."""
     try:
-        PortalClient(portal, interactive=True).call("app.info")
+        PortalClient(portal).call("app.info")
     except TokenRefreshFailed as exc:
         if exc.code in _GONE or exc.code in oauth.BLOCKING_ERRORS:
             return
@@ -228,7 +299,9 @@ def _confirm_gone(portal: Portal) -> None:
     raise EventRefused("the app is still installed on the portal")
 
 
-def _on_update(portal: Portal, event: AppEvent) -> str:
+def _on_update(portal: Portal | None, event: AppEvent) -> str:
+    if portal is None:
+        raise EventRefused("unknown portal", status=404)
     if portal.status == Portal.Status.UNINSTALLED:
         raise EventRefused("portal is uninstalled", status=409)
     version = _version(event.data.get("VERSION"))
@@ -241,8 +314,10 @@ def _on_update(portal: Portal, event: AppEvent) -> str:
             raise EventRefused("application_token does not match")
         grant = _grant_of(event)
         lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")), application_token=token)
-    portal = lifecycle.record_update(Portal.objects.get(pk=portal.pk), version=version,
-                                     previous_version=_version(event.data.get("PREVIOUS_VERSION")))
+    portal = Portal.objects.get(pk=portal.pk)
+    if portal.app_version != version:  # else recorded by an earlier run of this item
+        portal = lifecycle.record_update(portal, version=version,
+                                         previous_version=_version(event.data.get("PREVIOUS_VERSION")))
     # "When an application is deleted or updated, its event handlers will be removed" (event-bind.md).
     try:
         installer.bind(portal)

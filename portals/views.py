@@ -92,10 +92,13 @@ def _install_refusal(reason: str):
 @csrf_exempt
 @require_http_methods(["POST"])
 def events_view(request):
-    """Bitrix24 app events; a refused event changes nothing and gets a 4xx."""
+    """Every bound Bitrix24 event: cheap checks, stored in the inbox, answered at once (no outbound call).
+
+    A refused event changes nothing and gets a 4xx; a repeated delivery is answered 200 and changes nothing.
+    """
     try:
         event = events.parse(request)
-        outcome = events.handle(event)
+        item, created = events.accept(event)
     except events.BadEvent as exc:
         return JsonResponse({"error": "bad_request", "error_description": str(exc)}, status=400)
     except events.EventRefused as exc:
@@ -103,4 +106,4 @@ def events_view(request):
         if exc.retry_after is not None:
             response["Retry-After"] = str(max(int(exc.retry_after + 0.999), 1))
         return response
-    return JsonResponse({"result": outcome})
+    return JsonResponse({"result": "accepted" if created else "duplicate", "id": item.pk})

@@ -3,7 +3,9 @@
 The stand-in (OAuth server, one portal's REST and its Contact Center page) runs in this process on
 fixed ports; the app runs as `manage.py runserver` in a child process whose environment points it at
 the stand-in (B24_OAUTH_URL, B24_APP_URL, B24_ALLOW_HTTP_PORTALS, DEBUG); the app's pages load the official
-frame library from their own static files, and the portal page speaks its protocol. The portal and
+frame library from their own static files, and the portal page speaks its protocol. A Celery worker
+(with beat: the inbox sweeper and the periodic passes) runs beside the app on the embedded broker in
+`<dir>/broker`: the events the portal delivers are stored by the app and applied by the worker. The portal and
 its tokens are kept in `<dir>/state.json` and the app's database in `<dir>/db.sqlite3`, so a restarted
 sandbox is the same portal with the same member_id, and the app's stored tokens stay valid.
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from .pages import SandboxPages
 from .standin import StandIn
 
-__all__ = ["Options", "SandboxError", "run", "check_ports", "start_bitrix24", "app_environment"]
+__all__ = ["Options", "SandboxError", "run", "check_ports", "start_bitrix24", "app_environment", "worker_command"]
 
 ADMIN_USERNAME = "admin"
 _READY_TIMEOUT = 60.0
@@ -153,8 +155,18 @@ def app_environment(options: Options, standin: StandIn, pages: SandboxPages, fol
         "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
         "SECURE_SSL_REDIRECT": "false",
         "PYTHONUNBUFFERED": "1",
+        # The embedded broker in the sandbox's folder, whatever the shell says: no server needed.
+        "CELERY_BROKER_URL": "filesystem://",
+        "CELERY_BROKER_DIR": str(folder / "broker"),
     })
     return env
+
+
+def worker_command(options: Options, folder: Path) -> list[str]:
+    """The Celery worker beside the app: one process (solo pool), beat embedded (one worker only)."""
+    return [options.python, "-m", "celery", "-A", "b24widget", "worker", "--pool", "solo", "--beat",
+            "--schedule", str(folder / "broker" / "beat-schedule"), "--loglevel", "INFO",
+            "--without-mingle", "--without-gossip"]
 
 
 def _manage(options: Options, env: dict, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
@@ -228,7 +240,8 @@ def banner(options: Options, standin: StandIn, pages: SandboxPages, portal, fold
     rows = [
         ("Contact Center (the portal)", SandboxPages.portal_url(portal)),
         ("The app", f"{options.app_url}/  (DEBUG, SQLite {folder / 'db.sqlite3'})"),
-        ("Django admin", f"{options.app_url}/admin/  ({login})"),
+        ("Django admin", f"{options.app_url}/admin/  ({login}; Inbox items: the events and their state)"),
+        ("Celery worker", f"beside the app, with beat; embedded broker in {folder / 'broker'}"),
         ("OAuth server stand-in", standin.oauth_url),
         ("Portal state", f"{folder / 'state.json'}  (member_id {portal.member_id}; --reset starts over)"),
     ]
@@ -247,7 +260,7 @@ def run(options: Options, out=sys.stdout) -> None:
     check_ports(options)
     folder = _prepare_folder(options)
     standin, pages, portal = start_bitrix24(options, folder)
-    process = None
+    process = worker = None
     previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         env = app_environment(options, standin, pages, folder)
@@ -261,20 +274,25 @@ def run(options: Options, out=sys.stdout) -> None:
             command.append("--noreload")
         # Its own process group: the autoreloader's child is stopped with it.
         process = subprocess.Popen(command, env=env, cwd=options.base_dir, start_new_session=True)
+        worker = subprocess.Popen(worker_command(options, folder), env=env, cwd=options.base_dir,
+                                  start_new_session=True)
         # The banner only once everything answers: the app, the portal's page, the OAuth server.
         for url in (f"http://127.0.0.1:{options.app_port}/healthz", SandboxPages.portal_url(portal),
                     standin.oauth_url):
             _wait_until_ready(process, url)
         out.write(banner(options, standin, pages, portal, folder, admin) + "\n")
         out.flush()
-        while process.poll() is None:
+        while process.poll() is None and worker.poll() is None:
             time.sleep(0.5)
+        if worker.poll() is not None:
+            raise SandboxError(f"the Celery worker stopped (exit code {worker.returncode})")
         raise SandboxError(f"the app stopped (exit code {process.returncode})")
     except KeyboardInterrupt:
         out.write("\nStopping the sandbox.\n")
     finally:
         signal.signal(signal.SIGTERM, previous_term)
-        if process is not None:
-            _stop(process)
+        for child in (worker, process):
+            if child is not None:
+                _stop(child)  # the worker first: SIGTERM is its warm shutdown (the task in flight finishes)
         standin.save_state()
         standin.stop()

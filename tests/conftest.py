@@ -3,7 +3,8 @@ import pytest
 from django.core.cache import caches
 from django.test import Client
 
-from portals.models import Portal
+from portals import inbox
+from portals.models import InboxItem, Portal
 from sandbox.standin import StandIn
 from tests.redis_keys import clear_cache
 
@@ -12,6 +13,26 @@ CLIENT_SECRET = "test-client-secret"
 # A second application on the same stand-in: genuine tokens on every portal, but not ours.
 OTHER_CLIENT_ID = "local.second.app"
 OTHER_CLIENT_SECRET = "other-client-secret"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_broker_queue():
+    """At the end of the run, delete this run's own queue (RabbitMQ) or its broker folder (embedded)."""
+    yield
+    import shutil
+
+    from django.conf import settings
+
+    from b24widget.celery import app
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem:"):
+        shutil.rmtree(settings.B24_CELERY_DIR, ignore_errors=True)
+        return
+    try:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+    except Exception:  # the broker went away: nothing of ours is left on it either
+        pass
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +67,29 @@ def b24(standin):
     return standin.add_portal()
 
 
+def deliver(client, payload, **post):
+    """POST an event to /events/ and, when it was stored, process the inbox right here, as a worker would.
+
+    This in-process processing (inbox.process_pending, no broker) is what the unit tests use; the real
+    worker runs in tests/portals/test_worker.py. Returns (response, the stored InboxItem or None).
+    """
+    response = client.post("/events/", payload, **post)
+    item = None
+    if response.status_code == 200:
+        inbox.process_pending()
+        item = InboxItem.objects.get(pk=response.json()["id"])
+        if item.state == InboxItem.State.PROCESSING:  # a real worker runs beside (e2e): it has the item
+            from tests.workers import wait_for
+
+            wait_for(lambda: not InboxItem.objects.filter(pk=item.pk, state=InboxItem.State.PROCESSING).exists(),
+                     what="the worker to finish the event")
+            item.refresh_from_db()
+    return response, item
+
+
 def do_install(client, b24, *, user_id="1", lang="en", event=True):
-    """Install as Bitrix24 does: the install POST into the frame, the page's installFinish, then ONAPPINSTALL.
+    """Install as Bitrix24 does: the install POST into the frame, the page's installFinish, then ONAPPINSTALL
+    (processed here, see `deliver`).
 
     settings/app-installation/installation-finish.md: no event is sent before installFinish.
     """
@@ -55,17 +97,20 @@ def do_install(client, b24, *, user_id="1", lang="en", event=True):
     assert response.status_code == 200, response.content[:500]
     b24.finish_install()  # what the install page's BX24.installFinish() does
     if event:
-        answer = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
+        answer, item = deliver(client, b24.event_payload("ONAPPINSTALL"))
         assert answer.status_code == 200, answer.content[:500]
+        assert item.state == InboxItem.State.DONE, (item.state, item.last_error)
     return Portal.objects.get(member_id=b24.member_id)
 
 
 def do_uninstall(client, b24, *, clean=False, name="ONAPPUNINSTALL"):
-    """Uninstall as Bitrix24 does: the app is removed from the portal, then ONAPPUNINSTALL is sent."""
+    """Uninstall as Bitrix24 does: the app is removed from the portal, then ONAPPUNINSTALL is sent
+    (and processed); returns the response, its stored InboxItem as `response.inbox_item`."""
     b24.uninstall()
     payload = b24.event_payload("ONAPPUNINSTALL", data={"CLEAN": "1" if clean else "0"})
     payload["event"] = name
-    return client.post("/events/", payload)
+    response, response.inbox_item = deliver(client, payload)
+    return response
 
 
 @pytest.fixture

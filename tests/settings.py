@@ -1,6 +1,7 @@
 """Test settings: the project's settings, fed test values through the same environment variables."""
 import os
 import tempfile
+import uuid
 
 _TEST_ENV = {
     "DEBUG": "false",
@@ -17,6 +18,11 @@ _TEST_ENV = {
     "B24_CONNECT_TIMEOUT": "2",
     "B24_READ_TIMEOUT": "10",
 }
+# The suite's own broker: an embedded one in a per-run folder, or (CI on PostgreSQL) the RabbitMQ named by
+# CELERY_BROKER_URL; either way only queues named with this run's prefix are used (never a shared queue).
+_RUN = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_TEST_ENV["CELERY_QUEUE"] = f"b24widget-test-{_RUN}"
+_TEST_ENV["CELERY_BROKER_DIR"] = os.path.join(tempfile.gettempdir(), f"b24widget-test-broker-{_RUN}")
 for _key, _value in _TEST_ENV.items():
     os.environ.setdefault(_key, _value)
 
@@ -48,5 +54,6 @@ WHITENOISE_AUTOREFRESH = True
 # deploy check do not inherit it).
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = True
 
-# Background tasks run inline in the tests (openlines.tasks.enqueue honours it until the Celery app does).
-CELERY_TASK_ALWAYS_EAGER = True
+# The channel's delivery tasks run inline in the tests (openlines.tasks.enqueue; Python-only, never from the
+# environment); the inbox's tasks are processed by the tests themselves (tests/conftest.py deliver()).
+OPENLINES_TASKS_INLINE = True

@@ -55,7 +55,31 @@ def test_debug_runs_without_any_secret():
 def test_healthz(client, db):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok",
+                                                          "broker": "ok"},
+                               "inbox": {"unfinished": 0, "failed": 0, "oldest_unfinished_seconds": 0}}
+
+
+def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db, settings, monkeypatch):
+    from portals.models import InboxItem
+
+    InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="a" * 64)
+    InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="b" * 64,
+                             state=InboxItem.State.FAILED)
+    from b24widget.celery import app
+
+    previous = app.conf.broker_url
+    unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
+    monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
+    app.conf.broker_url = unreachable
+    try:
+        response = client.get("/healthz")
+    finally:
+        app.conf.broker_url = previous
+    body = response.json()
+    assert response.status_code == 200 and body["status"] == "degraded"  # events are still stored
+    assert body["checks"]["broker"].startswith("error: ")
+    assert body["inbox"]["unfinished"] == 1 and body["inbox"]["failed"] == 1
 
 
 def test_every_bad_setting_is_named_in_one_message_without_a_traceback():

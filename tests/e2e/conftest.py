@@ -87,14 +87,19 @@ class Sandbox:
 
 
 @pytest.fixture
-def sandbox(bitrix24, settings, live_server):
-    """A fresh sandbox portal; the app's settings point at the stand-in, as `manage.py sandbox` sets them."""
+def sandbox(bitrix24, settings, live_server, tmp_path):
+    """A fresh sandbox portal; the app's settings point at the stand-in, as `manage.py sandbox` sets them,
+    and a Celery worker runs beside the app (it applies the events the portal delivers)."""
+    from tests.workers import Worker
+
     standin, pages = bitrix24
     settings.B24_OAUTH_URL = standin.oauth_url
     settings.B24_APP_URL = live_server.url
     # The app and the portal must be different origins, as in real life.
     assert live_server.url.startswith("http://localhost:")
-    return Sandbox(standin=standin, pages=pages, portal=standin.add_portal(), app_url=live_server.url)
+    worker = Worker(standin, tmp_path, "e2e", env={"B24_APP_URL": live_server.url}).wait_ready()
+    yield Sandbox(standin=standin, pages=pages, portal=standin.add_portal(), app_url=live_server.url)
+    worker.stop()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from portals.models import Portal
 from sandbox.standin import frame_query_and_body
 from tests.conftest import do_install
 from tests.e2e.axe import assert_accessible
+from tests.workers import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -226,8 +227,10 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(page.locator('#event-log li[data-event="ONAPPUNINSTALL"][data-status="200"]')).to_have_count(1)
     expect(page.locator("#app-state")).to_have_attribute("data-state", "uninstalled")
     expect(page.locator("#square-app")).to_have_count(0)
-    stored = db_portal(sandbox)
-    assert stored.status == Portal.Status.UNINSTALLED and not stored.application_token
+    # The event was stored and answered at once; the worker beside the app applies it.
+    stored = wait_for(lambda: (row := db_portal(sandbox)).status == Portal.Status.UNINSTALLED and row,
+                      what="the worker to apply ONAPPUNINSTALL")
+    assert not stored.application_token
     refused = open_widget(page, sandbox, user="1", lang="en", stale=True)
     assert refused.status == 403
     expect(widget.locator("h1")).to_have_text("App not installed")
@@ -432,6 +435,7 @@ def test_a_refusal_in_the_frame_fits_it_and_closes_the_app(browser, sandbox, sho
     page.click("#slider-close")
     page.click("#uninstall")
     expect(page.locator("#app-state")).to_have_attribute("data-state", "uninstalled")
+    wait_for(lambda: db_portal(sandbox).status == Portal.Status.UNINSTALLED, what="the worker to apply ONAPPUNINSTALL")
     before = page.locator('#bx24-log li[data-command="fitWindow"]').count()
     assert open_widget(page, sandbox, user="1", lang="de", stale=True).status == 403
     widget = app_frame(page)

@@ -123,13 +123,18 @@ class EventSink:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def items(self, portal):
-        """The received events as the inbox hands them to a handler: `portal`, `event`, `data`."""
-        from portals.events import _nest
+    def relay(self, client):
+        """Hand what Bitrix24 sent to our /events/, as it would, and let a worker process the inbox;
+        returns each stored event's outcome (or its state and error when it did not end `done`)."""
+        from urllib.parse import urlencode
+
+        from portals.models import InboxItem
+        from tests.conftest import deliver
         out = []
         for pairs in self.got:
-            body = _nest(pairs)
-            out.append(Item(portal=portal, event=body["event"], data=body.get("data")))
+            response, item = deliver(client, urlencode(pairs), content_type="application/x-www-form-urlencoded")
+            assert response.status_code == 200, response.content
+            out.append(item.outcome if item.state == InboxItem.State.DONE else f"{item.state}: {item.last_error}")
         self.got = []
         return out
 

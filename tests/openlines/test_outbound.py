@@ -16,8 +16,6 @@ from tests.openlines.conftest import Item, message, signed
 pytestmark = pytest.mark.django_db
 
 
-def handle(items):
-    return [events.HANDLERS[item.event](item) for item in items]
 
 
 @pytest.fixture
@@ -29,13 +27,13 @@ def conversation(client, channel, django_capture_on_commit_callbacks):
     return row, secret, b24, imc.conversations(b24)[0]["chat_id"]
 
 
-def test_an_operator_reply_is_posted_signed_and_marked_delivered(conversation, receiver, sink,
+def test_an_operator_reply_is_posted_signed_and_marked_delivered(client, conversation, receiver, sink,
                                                                 django_capture_on_commit_callbacks):
     row, secret, b24, chat_id = conversation
     message_id, _ = imc.operator_reply(b24, chat_id, "Hello, how can I help?", handlers=[sink.url])
     portal = row.portal
     with django_capture_on_commit_callbacks(execute=True):
-        [outcome] = handle(sink.items(portal))
+        [outcome] = sink.relay(client)
     assert outcome == "1 message(s) queued for the webhook"
     [hook] = receiver.got
     body = hook["json"]
@@ -50,24 +48,29 @@ def test_an_operator_reply_is_posted_signed_and_marked_delivered(conversation, r
     assert OutboundMessage.objects.get().status_reported_at is not None
 
 
-def test_the_same_event_twice_is_posted_once(conversation, receiver, sink, django_capture_on_commit_callbacks):
+def test_the_same_event_twice_is_posted_once(client, conversation, receiver, sink,
+                                            django_capture_on_commit_callbacks):
+    """Bitrix24 delivers an event twice (the inbox keeps one), and the inbox runs a handler again after a
+    crash (the handler stores each operator message once)."""
+    from portals.models import InboxItem
     row, secret, b24, chat_id = conversation
     imc.operator_reply(b24, chat_id, "once", handlers=[sink.url])
-    items = sink.items(row.portal)
+    sink.got = sink.got * 2
     with django_capture_on_commit_callbacks(execute=True):
-        handle(items)
-        handle(items)  # the inbox may run a handler again after a crash
+        assert sink.relay(client) == ["1 message(s) queued for the webhook"] * 2
+        item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
+        assert events.on_message_add(item) == "0 message(s) queued for the webhook"
     assert [h["json"]["message"]["text"] for h in receiver.got] == ["once"]
 
 
-def test_webhook_down_then_back_delivers_each_reply_once_in_order(conversation, receiver, sink,
+def test_webhook_down_then_back_delivers_each_reply_once_in_order(client, conversation, receiver, sink,
                                                                  django_capture_on_commit_callbacks):
     row, secret, b24, chat_id = conversation
     receiver.down = True
     with django_capture_on_commit_callbacks(execute=True):
         for i in range(5):
             imc.operator_reply(b24, chat_id, f"reply {i}", handlers=[sink.url])
-            handle(sink.items(row.portal))
+            sink.relay(client)
     assert receiver.got == []
     first = OutboundMessage.objects.order_by("id").first()
     assert first.state == Delivery.FAILED and first.attempts == 1 and "503" in first.last_error
@@ -85,32 +88,32 @@ def test_webhook_down_then_back_delivers_each_reply_once_in_order(conversation, 
     assert len(receiver.got) == 5
 
 
-def test_a_webhook_down_for_longer_than_the_retry_window_is_a_dead_letter(conversation, receiver, sink, settings,
+def test_a_webhook_down_for_longer_than_the_retry_window_is_a_dead_letter(client, conversation, receiver, sink, settings,
                                                                          django_capture_on_commit_callbacks):
     row, secret, b24, chat_id = conversation
     receiver.down = True
     with django_capture_on_commit_callbacks(execute=True):
         imc.operator_reply(b24, chat_id, "lost?", handlers=[sink.url])
-        handle(sink.items(row.portal))
+        sink.relay(client)
     OutboundMessage.objects.update(created_at=timezone.now() - timedelta(hours=settings.OPENLINES_RETRY_HOURS + 1),
                                    next_attempt_at=timezone.now() - timedelta(seconds=1))
     tasks.sweep()
     assert OutboundMessage.objects.get().state == Delivery.DEAD
 
 
-def test_edits_and_deletes_by_the_operator_reach_the_webhook(conversation, receiver, sink,
+def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversation, receiver, sink,
                                                             django_capture_on_commit_callbacks):
     row, secret, b24, chat_id = conversation
     with django_capture_on_commit_callbacks(execute=True):
         message_id, _ = imc.operator_reply(b24, chat_id, "typo", handlers=[sink.url])
-        handle(sink.items(row.portal))
+        sink.relay(client)
     b24.bindings["events"][:] = [{"id": 99, "event": e, "handler": sink.url, "auth_type": "0",
                                   "app": b24._standin.client_id}
                                  for e in ("ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")]
     imc.operator_edit(b24, chat_id, message_id, "fixed")
     imc.operator_delete(b24, chat_id, message_id)
     with django_capture_on_commit_callbacks(execute=True):
-        handle(sink.items(row.portal))
+        sink.relay(client)
     assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
         ("message.add", "typo"), ("message.update", "fixed"), ("message.delete", "")]
 
@@ -130,13 +133,13 @@ def test_status_delete_and_line_delete_revoke_the_channel(client, conversation, 
                                   "app": b24._standin.client_id}
                                  for e in ("ONIMCONNECTORSTATUSDELETE", "ONIMCONNECTORLINEDELETE")]
     imc.remove_connector(b24, "b24widget_http", 1)
-    assert handle(sink.items(row.portal)) == ["1 channel(s) revoked"]
+    assert sink.relay(client) == ["1 channel(s) revoked"]
     row.refresh_from_db()
     assert row.state == Channel.State.REVOKED and row.secret == ""
     response = signed(client, row, secret, message("m9"))
     assert response.status_code == 409 and response.json()["error"] == "channel_disconnected"
     imc.delete_line(b24, 1)
-    assert handle(sink.items(row.portal)) == ["0 channel(s) revoked"]  # already revoked: idempotent
+    assert sink.relay(client) == ["0 channel(s) revoked"]  # already revoked: idempotent
     assert row.inbound.count() == 1  # the history stays
 
 
@@ -158,3 +161,16 @@ def test_the_admin_lists_channels_with_counts_and_no_secret(admin_client, conver
     page = admin_client.get(f"/admin/openlines/channel/{row.pk}/change/").content.decode()
     assert secret not in page and "issued" in page
     assert json.dumps(secret) not in admin_client.get("/admin/openlines/inboundmessage/").content.decode()
+
+
+def test_connector_events_need_the_application_token(client, conversation, sink):
+    """The inbox refuses a connector event whose application_token is not the portal's: nothing stored."""
+    from urllib.parse import urlencode
+    from portals.models import InboxItem
+    row, secret, b24, chat_id = conversation
+    imc.operator_reply(b24, chat_id, "forged?", handlers=[sink.url])
+    pairs = [(k, "not-the-token" if k == "auth[application_token]" else v) for k, v in sink.got[0]]
+    response = client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 403
+    assert not InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD").exists()
+    assert not OutboundMessage.objects.exists()

@@ -41,7 +41,9 @@ def test_onappupdate_registers_again(client, installed):
     portal, b24 = installed
     imc.state(b24).connectors.clear()
     b24.bindings["events"].clear()
-    assert client.post("/events/", b24.update_app()).status_code == 200
+    from tests.conftest import deliver
+    response, item = deliver(client, b24.update_app())
+    assert response.status_code == 200 and item.outcome == "updated"
     assert "b24widget_http" in imc.state(b24).connectors
     assert any(e["event"] == "ONIMCONNECTORMESSAGEADD" for e in b24.bindings["events"])
 

@@ -44,13 +44,19 @@ def test_key_rotation_old_key_still_decrypts_and_the_command_retires_it(settings
     from django.core.management import call_command
     old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
     portal = make_portal(access_token="rotating", refresh_token="r", application_token="a")
+    from portals.models import InboxItem
+    event = InboxItem.objects.create(member_id=portal.member_id, event="ONAPPINSTALL", idempotency_key="k" * 64,
+                                     sealed_auth='{"refresh_token": "event-secret"}')
     new_key = Fernet.generate_key().decode()
     settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
     assert Portal.objects.get(pk=portal.pk).access_token == "rotating"
-    call_command("rotate_token_keys", stdout=io.StringIO())
+    out = io.StringIO()
+    call_command("rotate_token_keys", stdout=out)
+    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) and 1 stored event(s) with the first key"
     settings.TOKEN_ENCRYPTION_KEYS = [new_key]  # the old key is gone
     again = Portal.objects.get(pk=portal.pk)
     assert (again.access_token, again.refresh_token, again.application_token) == ("rotating", "r", "a")
+    assert InboxItem.objects.get(pk=event.pk).auth == {"refresh_token": "event-secret"}
     assert Fernet(new_key.encode()).decrypt(raw_column(portal, "access_token").encode()) == b"rotating"
 
 
@@ -83,11 +89,11 @@ def test_rotation_reports_progress_and_dry_run_writes_nothing(settings):
     out = io.StringIO()
     call_command("rotate_token_keys", "--dry-run", stdout=out)
     assert out.getvalue().splitlines() == ["checking the secrets of 1 portal(s)",
-                                           "checked 1 portal(s) (dry run: nothing written)"]
+                                           "checked 1 portal(s) and 0 stored event(s) (dry run: nothing written)"]
     assert raw_column(portal, "access_token") == before
     out = io.StringIO()
     call_command("rotate_token_keys", stdout=out)
-    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) with the first key"
+    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) and 0 stored event(s) with the first key"
     assert raw_column(portal, "access_token") != before
 
 
@@ -108,7 +114,7 @@ def test_an_undecryptable_portal_is_named_with_what_to_do_and_the_others_are_rot
     assert "a.bitrix24.com (member_id m1)" in message and "b.bitrix24.com" not in message
     assert "Put the key they were encrypted with back into TOKEN_ENCRYPTION_KEYS" in message
     assert "lost-secret" not in message and lost_key not in message
-    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) with the first key"
+    assert out.getvalue().splitlines()[-1] == "re-encrypted 1 portal(s) and 0 stored event(s) with the first key"
     assert Fernet(kept_key.encode()).decrypt(raw_column(kept, "access_token").encode()) == b"kept-secret"
 
 

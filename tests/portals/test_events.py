@@ -1,6 +1,8 @@
 """POST /events/: ONAPPINSTALL, ONAPPUNINSTALL, ONAPPUPDATE; believed only with proof.
 
-Three senders are tried on each: a stranger (knows a member_id, nothing else), an ordinary user of the
+The request does the cheap checks (a 4xx stores nothing) and stores the event; its proof is checked
+where it is processed. These unit tests process the inbox in the test process (tests.conftest.deliver,
+no broker); the real worker is exercised in tests/portals/test_worker.py. Three senders are tried on each: a stranger (knows a member_id, nothing else), an ordinary user of the
 portal (holds genuine tokens of our app and the APPLICATION_TOKEN every placement POST carries), and
 an administrator (whose grant is the only thing that may change an install).
 """
@@ -9,15 +11,18 @@ import json
 import pytest
 
 from placements.models import WidgetSettings
-from portals.models import Portal, PortalEvent, Rejection
-from tests.conftest import do_install, do_uninstall
+from portals import inbox
+from portals.models import InboxItem, Portal, PortalEvent, Rejection
+from tests.conftest import deliver, do_install, do_uninstall
 from tests.placements.frames import is_widget, open_widget
 
 pytestmark = pytest.mark.django_db
 K = PortalEvent.Kind
+State = InboxItem.State
 
 
 def post_event(client, payload, *, as_json=False):
+    """POST the event and process what was stored; the response carries the InboxItem as `.item`."""
     if as_json:
         nested = {}
         for key, value in payload.items():
@@ -26,8 +31,24 @@ def post_event(client, payload, *, as_json=False):
                 nested.setdefault(outer, {})[inner] = value
             else:
                 nested[key] = value
-        return client.post("/events/", json.dumps(nested), content_type="application/json")
-    return client.post("/events/", payload)
+        response, item = deliver(client, json.dumps(nested), content_type="application/json")
+    else:
+        response, item = deliver(client, payload)
+    response.item = item
+    return response
+
+
+def done(response, outcome=None) -> bool:
+    assert response.status_code == 200, response.content[:300]
+    assert response.item.state == State.DONE, (response.item.state, response.item.last_error)
+    return outcome is None or response.item.outcome == outcome
+
+
+def rejected(response, reason: str) -> bool:
+    """Stored (200 at once), then refused where it was processed: final, with its reason."""
+    assert response.status_code == 200, response.content[:300]
+    assert response.item.state == State.REJECTED, (response.item.state, response.item.outcome)
+    return reason in response.item.last_error
 
 
 def snapshot(portal):
@@ -51,7 +72,7 @@ def test_the_install_post_stores_the_application_token_and_onappinstall_confirms
     assert portal.application_token == b24.application_token  # from the install POST's APPLICATION_TOKEN
     before = len(standin.oauth_requests)
     response = post_event(client, b24.event_payload("ONAPPINSTALL"))
-    assert response.status_code == 200 and response.json() == {"result": "install confirmed"}
+    assert response.json()["result"] == "accepted" and done(response, "install confirmed")
     portal.refresh_from_db()
     assert portal.status == Portal.Status.ACTIVE and portal.app_version == "1"
     assert len(standin.oauth_requests) == before  # nothing to prove: the token is the one we hold
@@ -76,7 +97,7 @@ def test_onappinstall_with_an_administrators_tokens_installs(client, b24, standi
     b24.install_post()
     before = len(standin.oauth_requests)
     response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=True))
-    assert response.status_code == 200, response.content
+    assert done(response, "application_token saved")
     assert len(standin.oauth_requests) == before + 1
     portal = Portal.objects.get(member_id=b24.member_id)
     assert portal.application_token == b24.application_token
@@ -90,14 +111,13 @@ def test_an_ordinary_user_cannot_take_over_the_install_with_onappinstall(client,
     WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
     before = snapshot(portal)
     response = post_event(client, user_event(b24, "ONAPPINSTALL", application_token="attacker-token"))
-    assert response.status_code == 403
-    assert "not an administrator" in response.json()["error_description"]
+    assert rejected(response, "not an administrator")
     assert snapshot(portal) == before
     # Bitrix24's real token still works, and his own uninstall (CLEAN=1) is refused.
     forged = user_event(b24, "ONAPPUNINSTALL", application_token="attacker-token", data={"CLEAN": "1"})
     assert post_event(client, forged).status_code == 403
     assert snapshot(portal) == before
-    assert post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})).status_code == 200
+    assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})), "updated")
 
 
 def test_an_ordinary_users_uninstall_with_the_real_application_token_is_refused(client, installed):
@@ -108,8 +128,7 @@ def test_an_ordinary_users_uninstall_with_the_real_application_token_is_refused(
     before = snapshot(portal)
     response = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token=learned,
                                                      data={"CLEAN": "1"}))
-    assert response.status_code == 403
-    assert response.json()["error_description"] == "the app is still installed on the portal"
+    assert rejected(response, "the app is still installed on the portal")
     assert snapshot(portal) == before
 
 
@@ -118,7 +137,7 @@ def test_a_strangers_tokenless_onappinstall_plants_nothing(client, b24):
     portal = do_install(client, b24, event=False)
     before = snapshot(portal)
     response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token"))
-    assert response.status_code == 403
+    assert rejected(response, "without an administrator's tokens")
     assert snapshot(portal) == before
     assert post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="attacker-token")
                       ).status_code == 403
@@ -131,7 +150,7 @@ def test_forged_onappinstall_with_fake_tokens(client, b24):
     payload = b24.event_payload("ONAPPINSTALL", with_tokens=True, application_token="attacker-token")
     payload["auth[refresh_token]"] = "f" * 32
     payload["auth[access_token]"] = "e" * 32
-    assert post_event(client, payload).status_code == 403
+    assert rejected(post_event(client, payload), "not an administrator's (oauth_invalid_grant)")
     assert snapshot(portal) == before
 
 
@@ -144,12 +163,13 @@ def test_onappinstall_with_an_administrators_tokens_of_another_portal(client, b2
     foreign = other.event_payload("ONAPPINSTALL", with_tokens=True)
     for key in ("auth[access_token]", "auth[refresh_token]"):
         payload[key] = foreign[key]
-    assert post_event(client, payload).status_code == 403
+    assert rejected(post_event(client, payload), "wrong_member")
     assert snapshot(portal) == before
 
 
 def test_onappinstall_for_an_unknown_portal_without_tokens(client, b24):
-    assert post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False)).status_code == 403
+    assert rejected(post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False)),
+                    "without an administrator's tokens")
     assert not Portal.objects.exists()
 
 
@@ -160,8 +180,9 @@ def test_a_reinstall_replaces_the_application_token(client, installed):
     do_install(client, b24)  # the stand-in mints a new application_token for the reinstall
     portal.refresh_from_db()
     assert portal.application_token == b24.application_token != old
-    assert post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})).status_code == 200
-    assert post_event(client, b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"}, application_token=old)
+    assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})))
+    assert post_event(client, b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"},
+                                                application_token=old)
                       ).status_code == 403
 
 
@@ -172,7 +193,7 @@ def test_a_real_uninstall(client, installed, name):
     portal, b24 = installed
     WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
     response = do_uninstall(client, b24, name=name)
-    assert response.status_code == 200
+    assert response.status_code == 200 and response.inbox_item.outcome == "uninstalled"
     portal.refresh_from_db()
     assert portal.status == Portal.Status.UNINSTALLED and portal.uninstalled_at is not None
     assert (portal.access_token, portal.refresh_token, portal.application_token) == ("", "", "")
@@ -230,7 +251,7 @@ def test_update_records_the_version_and_binds_again(client, installed):
     # "When an application is deleted or updated, its [event handlers] will be removed" (event-bind.md).
     b24.bindings["events"].clear()
     response = post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "3", "PREVIOUS_VERSION": "1"}))
-    assert response.status_code == 200
+    assert done(response, "updated")
     portal.refresh_from_db()
     assert portal.app_version == "3"
     assert portal.events.filter(kind=K.UPDATED, detail__new="3").exists()
@@ -241,7 +262,7 @@ def test_update_with_a_new_application_token_from_an_administrator(client, insta
     portal, b24 = installed
     payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"}, with_tokens=True,
                                 application_token="updated-application-token")
-    assert post_event(client, payload).status_code == 200
+    assert done(post_event(client, payload))
     portal.refresh_from_db()
     assert portal.application_token == "updated-application-token" and portal.app_version == "2"
 
@@ -250,7 +271,7 @@ def test_update_with_a_new_application_token_from_an_ordinary_user(client, insta
     portal, b24 = installed
     before = snapshot(portal)
     payload = user_event(b24, "ONAPPUPDATE", application_token="attacker-token", data={"VERSION": "2"})
-    assert post_event(client, payload).status_code == 403
+    assert rejected(post_event(client, payload), "not an administrator")
     assert snapshot(portal) == before
 
 
@@ -273,8 +294,8 @@ def test_update_version_as_a_json_number(client, installed):
     portal, b24 = installed
     body = {"event": "ONAPPUPDATE", "data": {"VERSION": 4}, "auth": {"member_id": portal.member_id,
                                                                         "application_token": b24.application_token}}
-    response = client.post("/events/", json.dumps(body), content_type="application/json")
-    assert response.status_code == 200
+    response, item = deliver(client, json.dumps(body), content_type="application/json")
+    assert response.status_code == 200 and item.state == State.DONE
     assert Portal.objects.get(pk=portal.pk).app_version == "4"
 
 
@@ -329,7 +350,7 @@ def test_event_addresses_are_never_contacted_nor_stored(client, b24, standin):
     payload = b24.event_payload("ONAPPINSTALL", with_tokens=True)
     payload["auth[domain]"] = recorder.address
     payload["auth[client_endpoint]"] = f"http://{recorder.address}/rest/"
-    assert post_event(client, payload).status_code == 200
+    assert done(post_event(client, payload))
     assert recorder.requests == []
     stored = Portal.objects.get(pk=portal.pk)
     assert stored.domain == b24.domain and stored.client_endpoint == b24.client_endpoint
@@ -340,7 +361,7 @@ def test_event_tokens_reveal_a_move_through_the_oauth_server(client, b24):
     old = b24.domain
     new = b24.rename()
     b24.install_post()  # reinstalled at the new address: a new application_token, proven by the event's tokens
-    assert post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=True)).status_code == 200
+    assert done(post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=True)))
     stored = Portal.objects.get(pk=portal.pk)
     assert stored.domain == new
     assert stored.events.filter(kind=K.DOMAIN_CHANGED, detail__old=old, detail__new=new).exists()
@@ -351,6 +372,61 @@ def test_uninstall_is_keyed_by_member_id_whatever_domain_it_names(client, instal
     b24.uninstall()
     payload = b24.event_payload("ONAPPUNINSTALL")
     payload["auth[domain]"] = "elsewhere.bitrix24.com"
-    assert post_event(client, payload).status_code == 200
+    assert done(post_event(client, payload), "uninstalled")
     stored = Portal.objects.get(pk=portal.pk)
     assert stored.status == Portal.Status.UNINSTALLED and stored.domain == b24.domain
+
+
+# --- the inbox: answered at once, processed later, once -------------------------------------------------
+
+def test_the_request_makes_no_outbound_call_and_answers_at_once(client, b24, standin):
+    b24.install_post()
+    before = len(standin.oauth_requests)
+    response = client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=True))
+    assert response.status_code == 200 and response.json()["result"] == "accepted"
+    assert len(standin.oauth_requests) == before and not Portal.objects.exists()  # nothing done yet
+    assert InboxItem.objects.get().state == State.PENDING
+    inbox.process_pending()
+    assert Portal.objects.get().status == Portal.Status.ACTIVE and len(standin.oauth_requests) == before + 1
+
+
+def test_a_duplicate_delivery_is_recognized_and_changes_nothing(client, installed):
+    portal, b24 = installed
+    payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "5"})
+    first = post_event(client, payload)
+    history = portal.events.count()
+    again = client.post("/events/", payload)
+    assert again.status_code == 200 and again.json() == {"result": "duplicate", "id": first.item.pk}
+    inbox.process_pending()
+    assert InboxItem.objects.filter(event="ONAPPUPDATE").count() == 1
+    assert portal.events.count() == history and portal.events.filter(kind=K.UPDATED).count() == 1
+
+
+def test_onappinstall_while_the_oauth_server_is_down_is_applied_when_it_returns(client, b24, standin, settings):
+    settings.B24_INBOX_BACKOFF = 0.01
+    b24.install_post()
+    standin.oauth_down = True
+    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=True))
+    assert response.status_code == 200
+    item = InboxItem.objects.get(pk=response.item.pk)
+    assert item.state == State.PENDING and "oauth_unavailable" in item.last_error and not Portal.objects.exists()
+    standin.oauth_down = False
+    InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=item.next_attempt_at.replace(year=2000))
+    inbox.process_pending()
+    item.refresh_from_db()
+    assert (item.state, item.attempts) == (State.DONE, 2)
+    assert Portal.objects.get(member_id=b24.member_id).status == Portal.Status.ACTIVE
+
+
+def test_install_before_uninstall_of_one_portal(client, b24):
+    """An uninstall task that a worker takes first waits for the portal's older install."""
+    do_install(client, b24, event=False)
+    install = client.post("/events/", b24.event_payload("ONAPPINSTALL")).json()["id"]
+    b24.uninstall()
+    uninstall = client.post("/events/", b24.event_payload("ONAPPUNINSTALL")).json()["id"]
+    assert inbox.process(uninstall) == "waiting for an older event of the portal"
+    assert InboxItem.objects.get(pk=uninstall).state == State.PENDING
+    assert inbox.process(install) == "install confirmed"
+    assert inbox.process(uninstall) == "uninstalled"
+    kinds = list(Portal.objects.get().events.order_by("pk").values_list("kind", flat=True))
+    assert kinds.index(K.ACTIVATED) < kinds.index(K.UNINSTALLED)

@@ -140,6 +140,18 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
             assert install.status_code == 200
             # The landing page says how this was started (DEBUG is on in the sandbox's app).
             assert "manage.py sandbox" in http.get(f"http://127.0.0.1:{ports['app']}/", timeout=5).text
+            # A worker runs beside the app: an event the app stored is processed (here: refused, final).
+            event = {"event": "ONAPPINSTALL", "ts": "1", "auth[member_id]": "nobody0000",
+                     "auth[application_token]": "t" * 32, "data[VERSION]": "1"}
+            assert http.post(f"http://127.0.0.1:{ports['app']}/events/", data=event, timeout=5).json()[
+                "result"] == "accepted"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                health = http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=5).json()
+                if health["inbox"]["unfinished"] == 0:
+                    break
+                time.sleep(0.2)
+            assert health["inbox"]["unfinished"] == 0 and health["checks"]["broker"] == "ok", health
     finally:
         process.send_signal(signal.SIGTERM)
         try:

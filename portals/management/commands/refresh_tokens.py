@@ -4,71 +4,22 @@ Refresh tokens live 180 days and Bitrix24 asks apps not to refresh "just in case
 refreshed only when it is due: its refresh token was renewed more than --older-than-days ago, or
 (with --expiring-access-tokens) its access token expires within --within-minutes.
 
-Several copies may run at once: each refresh takes the portal's lease (oauth.refresh_portal) and
+The same service runs on Celery beat (portals.tasks.keepalive_pass, fanned out over workers); this
+command is for cron users. Several copies may run at once: each refresh takes the portal's lease (oauth.refresh_portal) and
 checks again under the row lock that the portal is still due, so no portal is refreshed twice; no
 database lock is held while the OAuth server answers. SIGTERM stops the run gracefully (in-flight
 refreshes finish and are stored; nothing new is claimed). An OAuth answer that our own client
 credentials are wrong stops the run at once with exit status 2: no portal is blocked for it.
 """
-from datetime import timedelta
-
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
-from django.utils import timezone
 
-from portals import oauth
+from portals import maintenance, oauth
+from portals.maintenance import BLOCKED, FAILED, REFRESHED, SKIPPED, due, refresh_if_due  # noqa: F401 (re-exported)
 from portals.models import Portal
 
-from . import _pool
-from ._pool import BLOCKED, FAILED, OVER_LIMIT, SKIPPED, Outcome
-
-REFRESHED = "refreshed"
 REFRESH_TOKEN_DAYS = 180
 ACCESS_TOKEN_MINUTES = 60
-
-
-def due(*, older_than_days: int, within_minutes: int | None, now=None) -> Q:
-    """Serving portals with a refresh token that is old (or of unknown age), or, when
-    `within_minutes` is given, whose access token expires within that time (or at an unknown time)."""
-    now = now or timezone.now()
-    lapsing = Q(refresh_renewed_at__isnull=True) | Q(refresh_renewed_at__lte=now - timedelta(days=older_than_days))
-    if within_minutes is not None:
-        lapsing |= Q(access_expires_at__isnull=True) | Q(
-            access_expires_at__lte=now + timedelta(minutes=within_minutes)
-        )
-    return Q(status__in=(Portal.Status.NEW, Portal.Status.ACTIVE)) & ~Q(refresh_token="") & lapsing
-
-
-MISCONFIGURED = "misconfigured"
-
-
-def refresh_if_due(pk: int, due_now: Q, *, budget: _pool.Budget | None = None) -> Outcome:
-    """Refresh the portal if it is still due and no other copy is refreshing it.
-
-    Whether it is due is judged again under the row lock when the lease is taken: the id was read
-    earlier, and another copy may have refreshed the portal since.
-    """
-    portal = Portal.objects.filter(due_now, pk=pk).first()
-    if portal is None:
-        return Outcome(SKIPPED)  # refreshed, blocked or uninstalled meanwhile
-    if budget is not None and not budget.take():
-        return Outcome(OVER_LIMIT)
-    label = f"{portal.member_id} ({portal.domain})"
-    try:
-        after = oauth.refresh_portal(portal, force=True, wait=0, still_due=due_now)
-    except (oauth.PortalNotServing, oauth.RefreshInProgress):
-        return Outcome(SKIPPED, label)  # gone, or another copy holds the lease right now
-    except oauth.ClientMisconfigured as exc:
-        if budget is not None:
-            budget.stop(exc.code)
-        return Outcome(MISCONFIGURED, label, exc.code, exc.description)
-    except oauth.OAuthError as exc:
-        if Portal.objects.filter(pk=pk, status=Portal.Status.BLOCKED).exists():
-            return Outcome(BLOCKED, label, exc.code, exc.description)
-        return Outcome(FAILED, label, exc.code, exc.description)
-    if not getattr(after, "refreshed_now", False):
-        return Outcome(SKIPPED, label)  # no longer due when the lease was taken (another copy did it)
-    return Outcome(REFRESHED, label)
 
 
 class Command(BaseCommand):
@@ -90,7 +41,7 @@ class Command(BaseCommand):
                             help="also refresh portals whose access token is about to expire")
         parser.add_argument("--within-minutes", type=int, default=10, metavar="M",
                             help="with --expiring-access-tokens: expiring within M minutes (default 10; below 60)")
-        _pool.add_arguments(parser, verb="refreshed")
+        maintenance.add_arguments(parser, verb="refreshed")
         parser.add_argument("--dry-run", action="store_true",
                             help="list the portals that are due; refresh and change nothing")
 
@@ -104,7 +55,7 @@ class Command(BaseCommand):
             # An access token lives an hour: a window of an hour or more would refresh every portal every run.
             if not 0 < within_minutes < ACCESS_TOKEN_MINUTES:
                 raise CommandError(f"--within-minutes must be between 1 and {ACCESS_TOKEN_MINUTES - 1}")
-        _pool.check_options(options)
+        maintenance.check_options(options)
         self.older_than_days = older_than_days
         self.within_minutes = within_minutes
 
@@ -117,12 +68,12 @@ class Command(BaseCommand):
         if options["limit"] is not None:
             total = min(total, options["limit"])
         self.stdout.write(f"due: {total} portal(s); refreshing with {workers} worker(s)")
-        self.budget = _pool.Budget(options["limit"])
-        tally = _pool.Tally(self, (REFRESHED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
-        with _pool.stop_on_sigterm(self.budget):
-            _pool.run(_pool.ids_in_pages(candidates, options["batch_size"]),
-                      lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
-                      workers=workers, tally=tally, budget=self.budget)
+        self.budget = maintenance.Budget(options["limit"])
+        tally = maintenance.Tally(self, (REFRESHED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
+        with maintenance.stop_on_sigterm(self.budget):
+            maintenance.run(maintenance.ids_in_pages(candidates, options["batch_size"]),
+                            lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
+                            workers=workers, tally=tally, budget=self.budget)
         self.stdout.write(tally.summary())
         if self.budget.stopped in oauth.CLIENT_ERRORS:
             raise CommandError(

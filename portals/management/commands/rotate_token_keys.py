@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from portals.crypto import DecryptionError
-from portals.models import Portal
+from portals.models import InboxItem, Portal
 
 SECRETS = ["access_token", "refresh_token", "application_token"]
 PROGRESS_EVERY = 500
@@ -41,7 +41,11 @@ class Command(BaseCommand):
                 unreadable.append(Portal.objects.filter(pk=pk).values("member_id", "domain").first())
             if position % PROGRESS_EVERY == 0:
                 self.stdout.write(f"  {position}/{total} ...")
-        summary = f"{verb} {done} portal(s)" + (" (dry run: nothing written)" if dry_run else " with the first key")
+        events, unreadable_events = self._inbox(dry_run)
+        summary = (f"{verb} {done} portal(s) and {events} stored event(s)"
+                   + (" (dry run: nothing written)" if dry_run else " with the first key"))
+        if unreadable_events:
+            unreadable.append({"domain": f"{unreadable_events} stored event(s) in the inbox", "member_id": "-"})
         if unreadable:
             self.stdout.write(summary)
             names = "\n".join(f"  - {row['domain']} (member_id {row['member_id']})" for row in unreadable if row)
@@ -52,3 +56,20 @@ class Command(BaseCommand):
                 "errors. If that key is lost, those tokens cannot be recovered: the portal's administrator "
                 "must reinstall the app.")
         self.stdout.write(summary)
+
+    def _inbox(self, dry_run: bool) -> tuple[int, int]:
+        """The inbox's stored `auth` blocks (unfinished and failed events keep theirs), row by row."""
+        done = unreadable = 0
+        ids = InboxItem.objects.exclude(sealed_auth="").order_by("pk").values_list("pk", flat=True)
+        for pk in ids.iterator(chunk_size=500):
+            try:
+                with transaction.atomic():
+                    rows = InboxItem.objects.filter(pk=pk)
+                    item = (rows if dry_run else rows.select_for_update()).first()
+                    if item is not None:
+                        if not dry_run:
+                            item.save(update_fields=["sealed_auth"])
+                        done += 1
+            except DecryptionError:
+                unreadable += 1
+        return done, unreadable

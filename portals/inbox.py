@@ -1,0 +1,359 @@
+"""The durable inbox of Bitrix24 events: accepted in the request, processed by Celery workers.
+
+Bitrix24 never resends an event our server failed to take (api-reference/events/index.md), so
+`/events/` only checks what is cheap (shape, known portal, `application_token`), writes one row in
+the request's transaction and answers at once; everything that calls out runs in a worker through
+the handler registered for the event code. The database, not the broker, is the source of truth:
+a task that got lost (broker restarted, worker killed) is sent again by `sweep`.
+
+The seam apps use (see their AppConfig.ready()):
+    register(event_code, handler, *, needs_application_token=True, ordered=True, precheck=None)
+    handler(item: InboxItem) -> str        # idempotent; raise Retry(reason) or Reject(reason)
+Per portal, an `ordered` event is not processed while an older ordered one is unfinished
+(install before uninstall). Attempts are bounded; the last failure leaves the row `failed`
+(a dead letter) until `replay`.
+"""
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .models import InboxItem, Portal
+
+log = logging.getLogger(__name__)
+State = InboxItem.State
+
+
+class Retry(Exception):
+    """Transient trouble (Bitrix24 or the OAuth server unreachable, limits): try again later.
+
+    `after` (seconds) is a lower bound for the next attempt, e.g. a Retry-After the platform gave.
+    """
+
+    def __init__(self, reason: str, after: float | None = None):
+        self.reason = reason
+        self.after = after
+        super().__init__(reason)
+
+
+class Reject(Exception):
+    """The event is not believable or not applicable: final, recorded on the row."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Refused(Exception):
+    """A cheap check failed in the request: nothing stored; `status` is the HTTP answer."""
+
+    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Registration:
+    event_code: str
+    handler: object
+    needs_application_token: bool = True
+    ordered: bool = True
+    precheck: object = None  # precheck(portal | None, auth: dict, data: dict) -> None, raises Refused
+
+
+_registry: dict[str, Registration] = {}
+
+
+def register(event_code: str, handler, *, needs_application_token: bool = True, ordered: bool = True,
+             precheck=None) -> None:
+    """Route events `event_code` (Bitrix24's name, any case) to `handler(item) -> str` in a worker.
+
+    `needs_application_token`: the request is refused unless the portal is known and the event's
+    `application_token` matches (constant time). `ordered`: wait for the portal's older ordered
+    events. `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused).
+    """
+    code = event_code.upper()
+    _registry[code] = Registration(code, handler, needs_application_token, ordered, precheck)
+
+
+def registration(event_code: str) -> Registration | None:
+    return _registry.get(event_code.upper())
+
+
+def registered_codes() -> list[str]:
+    return list(_registry)
+
+
+# --- in the request ------------------------------------------------------------------------------
+
+def idempotency_key(event_code: str, *, member_id: str, ts: str, data, event_handler_id: str = "",
+                    application_token: str = "") -> str:
+    """A keyed digest (HMAC under SECRET_KEY) of what a repeated delivery of one event repeats.
+
+    Event code, handler id, member_id, `ts` and the whole `data` block identify the event; the
+    `application_token` keeps an unverified sender from taking a genuine event's key in advance. The
+    access and refresh tokens are left out: they are credentials of the delivery, not the event.
+    """
+    material = json.dumps([event_code.upper(), str(event_handler_id), member_id, str(ts), data,
+                           application_token], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(settings.SECRET_KEY.encode(), material.encode(), hashlib.sha256).hexdigest()
+
+
+def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str = "",
+           event_handler_id: str = "") -> tuple[InboxItem, bool]:
+    """Run the cheap checks and store the event; returns (item, created). A duplicate changes nothing.
+
+    Raises Refused (nothing stored). The task is sent once the surrounding transaction commits.
+    """
+    entry = registration(event_code)
+    if entry is None:
+        raise Refused(f"unknown event {event_code[:40]}", status=400)
+    portal = Portal.objects.filter(member_id=member_id).only(
+        "pk", "member_id", "status", "application_token_digest").first()
+    application_token = auth.get("application_token") if isinstance(auth.get("application_token"), str) else ""
+    if entry.needs_application_token:
+        if portal is None:
+            raise Refused("unknown portal", status=404)
+        if not portal.application_token_is(application_token):
+            raise Refused("application_token does not match")
+    elif portal is None or not portal.application_token_is(application_token):
+        from . import limits
+
+        # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
+        if not limits.admit(f"inbox:{member_id}", per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
+                            burst=settings.B24_INBOX_UNVERIFIED_BURST):
+            raise Refused("too many unverified events for this portal", status=429, retry_after=30)
+    if entry.precheck is not None:
+        entry.precheck(portal, auth, data)
+    key = idempotency_key(entry.event_code, member_id=member_id, ts=ts, data=data,
+                          event_handler_id=event_handler_id, application_token=application_token)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            item = InboxItem.objects.create(
+                portal=portal, member_id=member_id, event=entry.event_code, event_handler_id=event_handler_id[:32],
+                data=data, sealed_auth=json.dumps(auth), ts=str(ts)[:32], idempotency_key=key,
+                received_at=now, next_attempt_at=now, enqueued_at=now)
+    except IntegrityError:
+        existing = InboxItem.objects.filter(idempotency_key=key).first()
+        if existing is None:
+            raise
+        log.info("duplicate event delivery", extra={"member_id": member_id, "event": entry.event_code,
+                                                     "inbox_id": existing.pk})
+        return existing, False
+    # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
+    transaction.on_commit(lambda: enqueue(item.pk), robust=True)
+    log.info("event accepted", extra={"member_id": member_id, "event": entry.event_code, "inbox_id": item.pk})
+    return item, True
+
+
+def enqueue(item_id: int, *, countdown: float | None = None) -> bool:
+    """Send the item's task to the broker; False (logged) when the broker is unavailable: the sweeper re-sends."""
+    from .tasks import process_inbox_item
+
+    try:
+        process_inbox_item.apply_async((item_id,), countdown=countdown)
+    except Exception as exc:  # the broker is down: the row is safe, the sweeper re-sends it
+        log.warning("could not send an inbox task; the sweeper will", extra={"inbox_id": item_id,
+                                                                              "error": type(exc).__name__})
+        with contextlib.suppress(DatabaseError):  # the sweeper finds it anyway, a little later
+            InboxItem.objects.filter(pk=item_id).update(enqueued_at=None)
+        return False
+    return True
+
+
+# --- in the worker -------------------------------------------------------------------------------
+
+def backoff(attempts: int, *, after: float | None = None) -> float:
+    """Seconds before attempt `attempts + 1`: exponential from B24_INBOX_BACKOFF, capped, with jitter."""
+    base = min(settings.B24_INBOX_BACKOFF * (2 ** max(attempts - 1, 0)), settings.B24_INBOX_BACKOFF_MAX)
+    # "Equal jitter": at least half the step, so retries of many rows spread without collapsing to zero.
+    delay = base / 2 + random.uniform(0, base / 2)
+    return max(delay, min(after or 0.0, settings.B24_INBOX_BACKOFF_MAX))
+
+
+def _older_unfinished(item: InboxItem) -> bool:
+    ordered = [code for code, entry in _registry.items() if entry.ordered]
+    return InboxItem.objects.filter(member_id=item.member_id, id__lt=item.pk, state__in=InboxItem.UNFINISHED,
+                                    event__in=ordered).exists()
+
+
+def _claim(item_id: int, owner: str):
+    """In one short transaction: (item, None, None) when claimed by `owner`, or (None, why not, seconds
+    left on another worker's claim or None)."""
+    now = timezone.now()
+    with transaction.atomic():
+        item = InboxItem.objects.select_for_update().filter(pk=item_id).first()
+        if item is None:
+            return None, "gone", None
+        if item.finished:
+            return None, f"already {item.state}", None
+        if item.state == State.PROCESSING and item.lease_until and item.lease_until > now:
+            return None, "being processed by another worker", (item.lease_until - now).total_seconds()
+        entry = registration(item.event)
+        if item.state == State.PROCESSING and item.attempts >= settings.B24_INBOX_MAX_ATTEMPTS:
+            # Its worker died in every attempt (an event that kills the process): a dead letter, not a loop.
+            item.state, item.finished_at = State.FAILED, now
+            item.last_error = f"gave up after {item.attempts} attempts: the worker was lost while processing it"
+            item.lease_owner, item.lease_until = "", None
+            item.save(update_fields=["state", "finished_at", "last_error", "lease_owner", "lease_until"])
+            return None, "failed: worker lost in every attempt", None
+        if item.state == State.PENDING and item.next_attempt_at > now + timedelta(seconds=1):
+            return None, "not due yet", None
+        if entry is not None and entry.ordered and _older_unfinished(item):
+            return None, "waiting for an older event of the portal", None
+        item.state = State.PROCESSING
+        item.attempts += 1
+        item.lease_owner = owner
+        item.lease_until = now + timedelta(seconds=settings.B24_INBOX_LEASE)
+        item.save(update_fields=["state", "attempts", "lease_owner", "lease_until"])
+    return item, None, None
+
+
+def _finish(item: InboxItem, owner: str, **fields) -> bool:
+    """Record the outcome if the claim is still ours (a lost lease means another worker took over)."""
+    updated = InboxItem.objects.filter(pk=item.pk, state=State.PROCESSING, lease_owner=owner).update(
+        lease_owner="", lease_until=None, **fields)
+    return bool(updated)
+
+
+def process(item_id: int, *, task_id: str = "") -> str:
+    """Claim the item, run its handler, record the outcome; returns what happened (safe to call again)."""
+    return _process(item_id, task_id=task_id, send=True)[1]
+
+
+def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
+    """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker."""
+    owner = uuid.uuid4().hex
+    item, why_not, lease_left = _claim(item_id, owner)
+    if item is None:
+        log.info("inbox item skipped", extra={"inbox_id": item_id, "reason": why_not, "task_id": task_id})
+        if send and lease_left is not None:
+            # Maybe its worker died (the broker re-delivered this task): look again once the claim ran out.
+            enqueue(item_id, countdown=lease_left + 1)
+        return False, why_not
+    context = {"member_id": item.member_id, "event": item.event, "inbox_id": item.pk, "task_id": task_id,
+               "attempt": item.attempts}
+    entry = registration(item.event)
+    now = timezone.now()
+    try:
+        if entry is None:
+            raise Reject(f"no handler registered for {item.event}")
+        outcome = str(entry.handler(item) or "done")[:255]
+    except Reject as exc:
+        _finish(item, owner, state=State.REJECTED, last_error=exc.reason[:1000], finished_at=timezone.now())
+        log.info("event rejected", extra={**context, "reason": exc.reason})
+        result = f"rejected: {exc.reason}"
+    except Exception as exc:
+        reason, after = (exc.reason, exc.after) if isinstance(exc, Retry) else (f"{type(exc).__name__}: {exc}", None)
+        if not isinstance(exc, Retry):
+            log.exception("event handler failed", extra=context)
+        if item.attempts >= settings.B24_INBOX_MAX_ATTEMPTS:
+            _finish(item, owner, state=State.FAILED, last_error=f"gave up after {item.attempts} attempts: "
+                                                                f"{reason}"[:1000], finished_at=timezone.now())
+            log.warning("event failed for good (dead letter)", extra={**context, "reason": reason})
+            result = f"failed: {reason}"
+        else:
+            delay = backoff(item.attempts, after=after)
+            _finish(item, owner, state=State.PENDING, last_error=reason[:1000],
+                    next_attempt_at=now + timedelta(seconds=delay), enqueued_at=timezone.now())
+            log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
+            # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks).
+            if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
+                enqueue(item.pk, countdown=delay)
+            return True, f"retry in {delay:.0f} s: {reason}"
+    else:
+        # A done event is never replayed: its auth (tokens) is no longer needed at rest.
+        _finish(item, owner, state=State.DONE, outcome=outcome, last_error="", finished_at=timezone.now(),
+                sealed_auth="")
+        log.info("event processed", extra={**context, "outcome": outcome})
+        result = outcome
+    if send:
+        _release_next(item)
+    return True, result
+
+
+def _release_next(item: InboxItem) -> None:
+    """The portal's next ordered event may run now that this one is finished."""
+    entry = registration(item.event)
+    if entry is None or not entry.ordered:
+        return
+    ordered = [code for code, e in _registry.items() if e.ordered]
+    following = InboxItem.objects.filter(member_id=item.member_id, id__gt=item.pk, state=State.PENDING,
+                                         event__in=ordered).order_by("id").values_list("pk", flat=True).first()
+    if following is not None:
+        enqueue(following)
+
+
+def sweep(now=None) -> int:
+    """Re-send tasks for rows whose task looks lost; returns how many were sent.
+
+    Lost: pending and due, but sent more than B24_INBOX_REQUEUE_AFTER ago (or never); or processing
+    with an expired lease (its worker died). A task sent twice is harmless: the claim admits one.
+    """
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.B24_INBOX_REQUEUE_AFTER)
+    lost = Q(state=State.PENDING, next_attempt_at__lte=now) & (Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale))
+    lost |= Q(state=State.PROCESSING, lease_until__lt=now)
+    ids = list(InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[:settings.B24_INBOX_SWEEP_BATCH])
+    if not ids:
+        return 0
+    InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
+    sent = sum(1 for pk in ids if enqueue(pk))
+    log.info("inbox sweep re-sent tasks", extra={"count": sent})
+    return sent
+
+
+def replay(items) -> int:
+    """Put finished rows (a dead letter, a rejection) back to pending for a fresh set of attempts."""
+    count = 0
+    for pk in items.values_list("pk", flat=True):
+        updated = InboxItem.objects.filter(pk=pk, state__in=(State.FAILED, State.REJECTED)).update(
+            state=State.PENDING, attempts=0, next_attempt_at=timezone.now(), enqueued_at=timezone.now(),
+            finished_at=None, outcome="")
+        if updated:
+            count += 1
+            transaction.on_commit(lambda pk=pk: enqueue(pk), robust=True)
+    return count
+
+
+def process_pending(*, limit: int = 1000) -> int:
+    """Process due rows here, oldest first (no broker, no worker): `manage.py process_inbox` and tests
+    that say so. Returns how many handler runs were attempted."""
+    runs = 0
+    while runs < limit:
+        now = timezone.now()
+        due = list(InboxItem.objects.filter(Q(state=State.PENDING, next_attempt_at__lte=now)
+                                            | Q(state=State.PROCESSING, lease_until__lt=now))
+                   .order_by("id").values_list("pk", flat=True)[:100])
+        progressed = False
+        for pk in due:
+            claimed, _result = _process(pk, task_id="", send=False)
+            runs += claimed
+            progressed |= claimed
+        if not progressed:  # nothing due, or all of it waits for something
+            return runs
+    return runs
+
+
+def backlog() -> dict:
+    """What /healthz reports: unfinished rows, dead letters, and the age of the oldest waiting row."""
+    unfinished = InboxItem.objects.filter(state__in=InboxItem.UNFINISHED)
+    oldest = unfinished.order_by("received_at").values_list("received_at", flat=True).first()
+    return {
+        "unfinished": unfinished.count(),
+        "failed": InboxItem.objects.filter(state=State.FAILED).count(),
+        "oldest_unfinished_seconds": int((timezone.now() - oldest).total_seconds()) if oldest else 0,
+    }

@@ -1,0 +1,86 @@
+"""Celery tasks: small, idempotent, acknowledged late. They call the same services as the commands.
+
+- process_inbox_item: one stored event (portals/inbox.py claims it once, whatever re-delivers it);
+- sweep_inbox: re-send tasks that look lost (beat, every B24_INBOX_SWEEP_INTERVAL);
+- keepalive_pass / sync_pass (beat): read the due portal ids and fan out one task per chunk, so
+  every worker machine takes a share; each portal is claimed once (oauth.refresh_portal's lease,
+  judged again under the row lock), so a chunk that runs twice refreshes nothing twice.
+"""
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from . import inbox, maintenance
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="portals.process_inbox_item", bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def process_inbox_item(self, item_id: int) -> str:
+    return inbox.process(item_id, task_id=self.request.id or "")
+
+
+@shared_task(name="portals.sweep_inbox", acks_late=True, ignore_result=True)
+def sweep_inbox() -> int:
+    return inbox.sweep()
+
+
+def _fan_out(task, ids, *args) -> int:
+    chunk, sent = [], 0
+    for pk in ids:
+        chunk.append(pk)
+        if len(chunk) >= settings.B24_FANOUT_CHUNK:
+            task.delay(chunk, *args)
+            sent, chunk = sent + 1, []
+    if chunk:
+        task.delay(chunk, *args)
+        sent += 1
+    return sent
+
+
+@shared_task(name="portals.keepalive_pass", acks_late=True, ignore_result=True)
+def keepalive_pass(older_than_days: int = 150, within_minutes: int | None = None) -> int:
+    """Fan out refresh_chunk tasks over the portals due now; returns how many chunks were sent."""
+    due = maintenance.due(older_than_days=older_than_days, within_minutes=within_minutes)
+    ids = maintenance.ids_in_pages(maintenance.Portal.objects.filter(due), 500)
+    sent = _fan_out(refresh_chunk, ids, older_than_days, within_minutes)
+    log.info("keep-alive pass fanned out", extra={"chunks": sent})
+    return sent
+
+
+@shared_task(name="portals.refresh_chunk", bind=True, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def refresh_chunk(self, ids: list[int], older_than_days: int = 150, within_minutes: int | None = None) -> dict:
+    """Refresh each portal of the chunk that is still due (skipped when another worker has it)."""
+    counts: dict = {}
+    for pk in ids:
+        due = maintenance.due(older_than_days=older_than_days, within_minutes=within_minutes)
+        outcome = maintenance.refresh_if_due(pk, due)
+        counts[outcome.kind] = counts.get(outcome.kind, 0) + 1
+        if outcome.kind in (maintenance.FAILED, maintenance.MISCONFIGURED):
+            log.warning("keep-alive refresh failed", extra={"portal_id": pk, "code": outcome.code,
+                                                            "task_id": self.request.id})
+        if outcome.kind == maintenance.MISCONFIGURED:
+            break  # our credentials are refused: nothing in this chunk can succeed
+    log.info("keep-alive chunk done", extra={"task_id": self.request.id, **counts})
+    return counts
+
+
+@shared_task(name="portals.sync_pass", acks_late=True, ignore_result=True)
+def sync_pass() -> int:
+    ids = maintenance.ids_in_pages(maintenance.Portal.objects.filter(status=maintenance.Portal.Status.ACTIVE), 500)
+    sent = _fan_out(sync_chunk, ids)
+    log.info("sync pass fanned out", extra={"chunks": sent})
+    return sent
+
+
+@shared_task(name="portals.sync_chunk", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def sync_chunk(self, ids: list[int]) -> dict:
+    counts: dict = {}
+    for pk in ids:
+        outcome = maintenance.sync_portal(pk)
+        counts[outcome.kind] = counts.get(outcome.kind, 0) + 1
+    log.info("sync chunk done", extra={"task_id": self.request.id, **counts})
+    return counts

@@ -1,0 +1,247 @@
+"""The inbox itself (portals/inbox.py): idempotency key, duplicates, retries, dead letters, replay, order.
+
+These are unit tests: they call inbox.process / inbox.process_pending in the test process, as a
+worker would (no broker involved). tests/portals/test_worker.py runs the real Celery worker.
+"""
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from portals import inbox
+from portals.models import InboxItem, Portal
+
+pytestmark = pytest.mark.django_db
+State = InboxItem.State
+CODE = "ONTESTEVENT"
+OTHER = "ONTESTOTHER"
+
+
+@pytest.fixture
+def handler():
+    """A registered handler whose behaviour each test scripts: a list of results or exceptions, in turn."""
+    calls = []
+    script = []
+
+    def run(item):
+        calls.append(item.pk)
+        step = script.pop(0) if script else "ok"
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    inbox.register(CODE, run)
+    inbox.register(OTHER, run, ordered=False)
+    yield calls, script
+    inbox._registry.pop(CODE, None)
+    inbox._registry.pop(OTHER, None)
+
+
+@pytest.fixture
+def portal():
+    row = Portal(member_id="m-inbox-1", domain="inbox.example.test", client_endpoint="https://inbox.example.test/rest/",
+                 status=Portal.Status.ACTIVE, application_token="app-token-1")
+    row.save()
+    return row
+
+
+def accept(portal, *, ts="1700000000", data=None, token="app-token-1", code=CODE, **auth):
+    return inbox.accept(code, member_id=portal.member_id, data=data or {"ID": "1"}, ts=ts, event_handler_id="7",
+                        auth={"member_id": portal.member_id, "application_token": token, **auth})
+
+
+def key(**overrides):
+    fields = {"member_id": "m1", "ts": "1700000000", "data": {"A": "1"}, "event_handler_id": "3",
+              "application_token": "t"}
+    fields.update(overrides)
+    return inbox.idempotency_key(CODE, **fields)
+
+
+def test_idempotency_key_is_what_a_repeated_delivery_repeats():
+    assert key() == key() == inbox.idempotency_key(CODE.lower(), member_id="m1", ts="1700000000",
+                                                    data={"A": "1"}, event_handler_id="3", application_token="t")
+    others = {key(ts="1700000001"), key(data={"A": "2"}), key(event_handler_id="4"), key(member_id="m2"),
+              key(application_token="u"), inbox.idempotency_key(OTHER, member_id="m1", ts="1700000000",
+                                                                 data={"A": "1"}, event_handler_id="3",
+                                                                 application_token="t")}
+    assert key() not in others and len(others) == 6
+    assert key(data={"A": "1", "B": "2"}) == key(data={"B": "2", "A": "1"})  # order of fields is not identity
+    assert len(key()) == 64 and all(c in "0123456789abcdef" for c in key())  # a digest, not the material
+
+
+def test_accept_stores_the_event_and_a_duplicate_changes_nothing(handler, portal):
+    item, created = accept(portal, access_token="first-delivery")
+    assert created and item.state == State.PENDING and item.portal_id == portal.pk
+    again, created_again = accept(portal, access_token="second-delivery")  # the delivery's own token differs
+    assert not created_again and again.pk == item.pk
+    assert InboxItem.objects.count() == 1
+    assert InboxItem.objects.get().auth["access_token"] == "first-delivery"
+    assert accept(portal, ts="1700000005")[1]  # another event
+
+
+def test_cheap_checks_refuse_without_storing(handler, portal):
+    with pytest.raises(inbox.Refused) as refused:
+        accept(portal, token="wrong")
+    assert refused.value.status == 403
+    with pytest.raises(inbox.Refused) as unknown:
+        inbox.accept(CODE, member_id="nobody", data={}, auth={"application_token": "x"})
+    assert unknown.value.status == 404
+    with pytest.raises(inbox.Refused) as unregistered:
+        accept(portal, code="ONNOTREGISTERED")
+    assert unregistered.value.status == 400
+    assert InboxItem.objects.count() == 0
+
+
+def test_auth_is_encrypted_at_rest(handler, portal):
+    item, _ = accept(portal, access_token="very-secret-access-token")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sealed_auth FROM portals_inboxitem WHERE id = %s", [item.pk])
+        raw = cursor.fetchone()[0]
+    assert "very-secret-access-token" not in raw and "app-token-1" not in raw
+    assert "very-secret-access-token" not in repr(item) and "very-secret" not in str(item)
+
+
+def test_a_processed_item_is_done_and_never_runs_again(handler, portal):
+    calls, script = handler
+    script.append("applied")
+    item, _ = accept(portal)
+    assert inbox.process(item.pk) == "applied"
+    item.refresh_from_db()
+    assert (item.state, item.outcome, item.attempts) == (State.DONE, "applied", 1)
+    assert inbox.process(item.pk) == "already done"
+    assert calls == [item.pk]
+
+
+def test_retry_schedule_is_exponential_with_jitter_and_bounded(settings):
+    settings.B24_INBOX_BACKOFF, settings.B24_INBOX_BACKOFF_MAX = 10, 300
+    for attempts, step in ((1, 10), (2, 20), (3, 40), (4, 80), (6, 300), (20, 300)):
+        delays = {inbox.backoff(attempts) for _ in range(50)}
+        assert all(step / 2 <= d <= step for d in delays), (attempts, delays)
+        assert len(delays) > 1  # jittered
+    assert inbox.backoff(1, after=120) == 120  # a Retry-After the platform gave is respected
+
+
+def test_retry_then_dead_letter_then_replay(handler, portal, settings):
+    calls, script = handler
+    settings.B24_INBOX_MAX_ATTEMPTS = 3
+    script.extend([inbox.Retry("oauth unreachable"), inbox.Retry("oauth unreachable"),
+                   inbox.Retry("oauth still unreachable")])
+    item, _ = accept(portal)
+    started = timezone.now()
+    inbox.process(item.pk)
+    item.refresh_from_db()
+    assert (item.state, item.attempts, item.last_error) == (State.PENDING, 1, "oauth unreachable")
+    assert item.next_attempt_at >= started + timedelta(seconds=settings.B24_INBOX_BACKOFF / 2)
+    assert inbox.process(item.pk) == "not due yet"  # an early task changes nothing
+    for _ in range(2):
+        InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+        inbox.process(item.pk)
+    item.refresh_from_db()
+    assert item.state == State.FAILED and item.attempts == 3
+    assert item.last_error == "gave up after 3 attempts: oauth still unreachable"
+    assert len(calls) == 3
+
+    assert inbox.replay(InboxItem.objects.filter(pk=item.pk)) == 1
+    item.refresh_from_db()
+    assert (item.state, item.attempts) == (State.PENDING, 0)
+    assert inbox.process(item.pk) == "ok"
+    item.refresh_from_db()
+    assert item.state == State.DONE and len(calls) == 4
+    assert inbox.replay(InboxItem.objects.filter(pk=item.pk)) == 0  # a done item is not replayed
+
+
+def test_an_unexpected_error_is_retried_like_a_transient_one(handler, portal):
+    _calls, script = handler
+    script.append(ValueError("a bug"))
+    item, _ = accept(portal)
+    inbox.process(item.pk)
+    item.refresh_from_db()
+    assert item.state == State.PENDING and item.last_error == "ValueError: a bug"
+
+
+def test_reject_is_final(handler, portal):
+    calls, script = handler
+    script.append(inbox.Reject("not believable"))
+    item, _ = accept(portal)
+    assert inbox.process(item.pk) == "rejected: not believable"
+    item.refresh_from_db()
+    assert (item.state, item.last_error) == (State.REJECTED, "not believable")
+    assert inbox.process(item.pk) == "already rejected" and len(calls) == 1
+
+
+def test_a_portals_ordered_events_run_oldest_first(handler, portal):
+    calls, script = handler
+    script.append(inbox.Retry("later"))
+    first, _ = accept(portal, ts="1")
+    second, _ = accept(portal, ts="2")
+    unordered, _ = accept(portal, ts="3", code=OTHER)
+    inbox.process(first.pk)  # retried: still unfinished
+    assert inbox.process(second.pk) == "waiting for an older event of the portal"
+    assert inbox.process(unordered.pk) == "ok"  # not ordered: not held back
+    InboxItem.objects.filter(pk=first.pk).update(next_attempt_at=timezone.now())
+    assert inbox.process_pending() == 2
+    assert calls == [first.pk, unordered.pk, first.pk, second.pk]
+    assert set(InboxItem.objects.values_list("state", flat=True)) == {State.DONE}
+
+
+def test_a_live_claim_keeps_other_workers_out_and_an_expired_one_is_taken_over(handler, portal):
+    item, _ = accept(portal)
+    InboxItem.objects.filter(pk=item.pk).update(state=State.PROCESSING, attempts=1, lease_owner="dead-worker",
+                                                lease_until=timezone.now() + timedelta(minutes=5))
+    assert inbox.process(item.pk) == "being processed by another worker"
+    InboxItem.objects.filter(pk=item.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert inbox.process(item.pk) == "ok"
+    item.refresh_from_db()
+    assert (item.state, item.attempts) == (State.DONE, 2)
+
+
+def test_sweep_resends_what_looks_lost_and_nothing_else(handler, portal, settings):
+    settings.B24_INBOX_REQUEUE_AFTER = 60
+    long_ago = timezone.now() - timedelta(minutes=5)
+    lost, _ = accept(portal, ts="1")
+    fresh, _ = accept(portal, ts="2")
+    crashed, _ = accept(portal, ts="3")
+    waiting, _ = accept(portal, ts="4")
+    done, _ = accept(portal, ts="5")
+    InboxItem.objects.filter(pk=lost.pk).update(enqueued_at=long_ago)
+    InboxItem.objects.filter(pk=crashed.pk).update(state=State.PROCESSING, lease_until=long_ago)
+    InboxItem.objects.filter(pk=waiting.pk).update(enqueued_at=long_ago,
+                                                   next_attempt_at=timezone.now() + timedelta(hours=1))
+    InboxItem.objects.filter(pk=done.pk).update(state=State.DONE, enqueued_at=long_ago)
+    assert inbox.sweep() == 2
+    assert InboxItem.objects.get(pk=lost.pk).enqueued_at > long_ago
+    assert InboxItem.objects.get(pk=fresh.pk).enqueued_at == fresh.enqueued_at  # just sent: left alone
+    assert inbox.sweep() == 1  # the crashed one stays "processing" until a worker claims it again
+
+
+def test_backlog_counts_unfinished_and_dead_letters(handler, portal):
+    accept(portal, ts="1")
+    failed, _ = accept(portal, ts="2")
+    InboxItem.objects.filter(pk=failed.pk).update(state=State.FAILED)
+    assert inbox.backlog()["unfinished"] == 1 and inbox.backlog()["failed"] == 1
+
+
+def test_process_inbox_command_drains_what_is_due(handler, portal):
+    import io
+
+    from django.core.management import call_command
+
+    calls, script = handler
+    accept(portal, ts="1")
+    accept(portal, ts="2")
+    out = io.StringIO()
+    call_command("process_inbox", stdout=out)
+    assert out.getvalue().strip() == "processed=2 unfinished=0 failed=0" and len(calls) == 2
+
+
+def test_an_event_whose_worker_dies_every_time_becomes_a_dead_letter(handler, portal, settings):
+    calls, _script = handler
+    settings.B24_INBOX_MAX_ATTEMPTS = 2
+    item, _ = accept(portal)
+    InboxItem.objects.filter(pk=item.pk).update(state=State.PROCESSING, attempts=2, lease_owner="dead",
+                                                lease_until=timezone.now() - timedelta(seconds=1))
+    assert inbox.process(item.pk) == "failed: worker lost in every attempt"
+    item.refresh_from_db()
+    assert item.state == State.FAILED and "worker was lost" in item.last_error and calls == []
+

@@ -1,0 +1,228 @@
+"""The inbox and the background passes on a real Celery worker (worker processes, the suite's broker).
+
+On SQLite the broker is the embedded filesystem one; in CI's PostgreSQL run it is RabbitMQ
+(CELERY_BROKER_URL). Each test starts its own workers and stops them (SIGTERM, warm shutdown).
+"""
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.test import Client
+from django.utils import timezone
+
+from openlines.registry import CONNECTOR_EVENTS
+
+from portals import tasks
+from portals.models import InboxItem, Portal, PortalEvent
+from tests.conftest import do_install
+from tests.workers import Worker, lose_the_queue, uses_rabbitmq, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+State = InboxItem.State
+K = PortalEvent.Kind
+
+
+@pytest.fixture
+def workers(standin, tmp_path):
+    """start(name, **options) -> a ready Worker; all are stopped at the end of the test."""
+    started = []
+
+    def start(name="w1", **options):
+        worker = Worker(standin, tmp_path, name, **options)
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def item_state(pk):
+    return InboxItem.objects.filter(pk=pk).values_list("state", flat=True).first()
+
+
+def test_a_worker_applies_an_install_the_request_only_stored(client, b24, standin, workers):
+    worker = workers()
+    b24.install_post()
+    response = client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=True))
+    assert response.status_code == 200
+    pk = response.json()["id"]
+    wait_for(lambda: item_state(pk) == State.DONE, what="the install to be processed")
+    portal = Portal.objects.get(member_id=b24.member_id)
+    assert portal.status == Portal.Status.ACTIVE and portal.has_tokens
+    # JSON log lines of the work carry the task id beside member_id (lifecycle's own lines included).
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    history = [line for line in lines if line.get("message") == "portal event"]
+    assert history and all(line["member_id"] == b24.member_id and line.get("task_id") for line in history)
+    assert len({line["task_id"] for line in history}) == 1
+
+
+def test_oauth_down_when_onappinstall_arrives(client, b24, standin, workers):
+    """Answered 200 at once, retried with back-off while the OAuth server is down, applied when it returns."""
+    workers()
+    b24.install_post()
+    standin.oauth_down = True
+    before = len(standin.oauth_requests)
+    response = client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=True))
+    assert response.status_code == 200
+    pk = response.json()["id"]
+    wait_for(lambda: len(standin.oauth_requests) - before >= 2, what="two attempts against the down server")
+    assert item_state(pk) in (State.PENDING, State.PROCESSING) and not Portal.objects.exists()
+    standin.oauth_down = False
+    wait_for(lambda: item_state(pk) == State.DONE, what="the install once the OAuth server is back")
+    item = InboxItem.objects.get(pk=pk)
+    assert item.attempts >= 3 and item.outcome == "application_token saved"
+    assert Portal.objects.get(member_id=b24.member_id).status == Portal.Status.ACTIVE
+
+
+def _update_paused_mid_task(client, b24, workers, name="w1"):
+    """A worker inside an ONAPPUPDATE: the version is recorded, the re-bind waits for the portal's pacing.
+
+    Pacing of one request per ~3 s (burst 1): the second bind batch waits inside the task."""
+    worker = workers(name, env={"B24_RATE_LIMIT_PER_SECOND": "0.3", "B24_RATE_LIMIT_BURST": "1"})
+    pk = client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "9"})).json()["id"]
+    wait_for(lambda: Portal.objects.filter(member_id=b24.member_id, app_version="9").exists()
+             and item_state(pk) == State.PROCESSING, what="the worker to be inside the task")
+    return worker, pk
+
+
+def test_a_worker_killed_mid_task_applies_the_event_exactly_once(client, b24, standin, workers):
+    """SIGKILL halfway through the work (version recorded, bindings not done); a new worker and the
+    sweeper take over once the dead worker's claim runs out: the rest is done, nothing twice."""
+    portal = do_install(client, b24)
+    first, pk = _update_paused_mid_task(client, b24, workers)
+    first.kill()
+    second = workers("w2", beat=True)  # beat runs the sweeper
+    wait_for(lambda: item_state(pk) == State.DONE, what="the update after the crash",
+             detail=lambda: f"{InboxItem.objects.filter(pk=pk).values().first()}\n{second.log()[-4000:]}")
+    item = InboxItem.objects.get(pk=pk)
+    assert item.attempts == 2 and item.outcome == "updated"
+    assert portal.events.filter(kind=K.UPDATED).count() == 1
+    assert portal.events.filter(kind=K.EVENTS_BOUND).count() == 2  # the install's, and this update's once
+
+
+@pytest.mark.skipif(not uses_rabbitmq(), reason="re-delivery of an unacknowledged task is RabbitMQ's (set "
+                                                "CELERY_BROKER_URL=amqp://...); the filesystem broker relies "
+                                                "on the sweeper, tested above")
+def test_rabbitmq_redelivers_the_task_of_a_killed_worker_without_the_sweeper(client, b24, standin, workers):
+    portal = do_install(client, b24)
+    first, pk = _update_paused_mid_task(client, b24, workers)
+    first.kill()
+    second = workers("w2")  # no beat: no sweeper
+    wait_for(lambda: item_state(pk) == State.DONE, what="the re-delivered task", detail=lambda: second.log()[-3000:])
+    # No sweeper ran: RabbitMQ gave the unacknowledged task to the new worker (which waited for the dead
+    # worker's claim to run out if it came early), and the update was applied once.
+    assert InboxItem.objects.get(pk=pk).attempts == 2
+    assert portal.events.filter(kind=K.UPDATED).count() == 1
+
+
+def test_a_lost_queue_is_recovered_by_the_sweeper(client, standin, workers):
+    """The broker restarted without persistence: the rows are still there, the sweeper sends them again."""
+    pairs = [(do_install(client, b24), b24) for b24 in (standin.add_portal(), standin.add_portal())]
+    ids = [client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "7"})).json()["id"]
+           for _portal, b24 in pairs]
+    assert lose_the_queue() >= len(ids)  # no worker ran: every task was still queued, and now it is gone
+    workers("w1", beat=True)
+    wait_for(lambda: all(item_state(pk) == State.DONE for pk in ids), what="the sweeper to recover the events")
+    assert all(Portal.objects.get(pk=p.pk).app_version == "7" for p, _ in pairs)
+
+
+def test_sigterm_is_a_warm_shutdown(client, b24, standin, workers):
+    """The task in flight finishes (and its spent refresh token is stored) before the worker exits."""
+    worker = workers()
+    b24.install_post()
+    standin.oauth_delay = 1.0
+    before = len(standin.oauth_requests)
+    pk = client.post("/events/", b24.event_payload("ONAPPINSTALL", with_tokens=True)).json()["id"]
+    wait_for(lambda: len(standin.oauth_requests) > before, what="the worker to be at the OAuth server")
+    assert worker.stop() == 0
+    assert item_state(pk) == State.DONE
+    assert Portal.objects.get(member_id=b24.member_id).has_tokens
+
+
+def test_many_mixed_events_delivered_concurrently(client, standin, workers):
+    """Several portals, updates each delivered twice at once, forged uninstalls among them, two workers:
+    every genuine event applied once, every duplicate and forgery changes nothing."""
+    portals = [(do_install(client, b24), b24) for b24 in [standin.add_portal() for _ in range(4)]]
+    binds_before = {p.pk: b24.calls("event.bind") for p, b24 in portals}
+    per_portal = 25
+    deliveries = []
+    for portal, b24 in portals:
+        for n in range(per_portal):
+            payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": str(100 + n)})
+            payload["ts"] = str(1700000000 + n)
+            deliveries += [payload, dict(payload)]  # Bitrix24's delivery and a duplicate of it
+            deliveries.append(b24.event_payload("ONAPPUNINSTALL", application_token="forged"))
+    workers("w1"), workers("w2")
+    answers = []
+
+    def post(chunk):
+        http = Client()
+        for payload in chunk:
+            answers.append(http.post("/events/", payload).status_code)
+        connections.close_all()
+
+    threads = [threading.Thread(target=post, args=(deliveries[i::6],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(set(answers)) == [200, 403] and answers.count(403) == len(portals) * per_portal
+    genuine = InboxItem.objects.filter(event="ONAPPUPDATE")
+    assert genuine.count() == len(portals) * per_portal  # duplicates stored once, forgeries never
+    wait_for(lambda: not genuine.exclude(state=State.DONE).exists(), timeout=120, what="all events processed")
+    assert set(genuine.values_list("attempts", flat=True)) == {1}
+    for portal, b24 in portals:
+        assert portal.events.filter(kind=K.UPDATED).count() == per_portal  # each version recorded once
+        # bound once per update: the app's 3 events and the Open Lines connector's (an install step)
+        assert b24.calls("event.bind") - binds_before[portal.pk] == per_portal * (3 + len(CONNECTOR_EVENTS))
+        assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
+
+
+def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, standin, workers, settings):
+    settings.B24_FANOUT_CHUNK = 3
+    pairs = [(do_install(client, b24), b24) for b24 in [standin.add_portal() for _ in range(18)]]
+    Portal.objects.update(refresh_renewed_at=timezone.now() - timedelta(days=160))
+    standin.oauth_delay = 0.05
+    started = timezone.now()
+    before = len(standin.oauth_requests)
+    first, second = workers("w1"), workers("w2")
+    tasks.keepalive_pass.delay()
+    tasks.keepalive_pass.delay()  # a pass sent twice (two beats, a manual run) still refreshes each once
+    wait_for(lambda: PortalEvent.objects.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count()
+             >= len(pairs), what="every due portal refreshed")
+    wait_for(lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None, timeout=20,
+             what="both workers to take chunks")
+    for worker in (first, second):
+        worker.stop()
+    assert len(standin.oauth_requests) - before == len(pairs)
+    for portal, _b24 in pairs:
+        assert portal.events.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count() == 1
+    log_lines = [json.loads(line) for w in (first, second) for line in w.log().splitlines()
+                 if line.startswith("{") and "keep-alive chunk done" in line]
+    assert all(line.get("task_id") for line in log_lines)  # JSON log lines carry the task id
+
+
+def test_a_broker_that_is_down_loses_no_event(client, b24, standin, monkeypatch, workers):
+    """/events/ answers 200 with the row committed while the broker is down; the sweeper sends it later."""
+    from b24widget.celery import app
+
+    previous = app.conf.broker_url
+    unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
+    monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
+    app.conf.broker_url = unreachable
+    app.close()  # drop the connection pool: the next send connects to the (unreachable) broker
+    try:
+        do_install(client, b24, event=False)
+        response = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
+    finally:
+        monkeypatch.undo()
+        app.conf.broker_url = previous
+        app.close()
+    assert response.status_code == 200
+    item = InboxItem.objects.get(pk=response.json()["id"])
+    assert item.state == State.PENDING and item.enqueued_at is None  # stored, marked as never sent
+    workers("w1", beat=True)  # the broker is back; beat runs the sweeper
+    wait_for(lambda: item_state(item.pk) == State.DONE, what="the sweeper to send the stored event")
