@@ -27,6 +27,8 @@ LIMIT_WAITS = Counter("b24widget_limit_waits", "REST calls that waited for a Bit
                       ["limit", "method"])
 LIMIT_WAIT_SECONDS = Counter("b24widget_limit_wait_seconds", "Seconds REST calls waited for limits, by method.",
                              ["method"])
+LIMIT_ANSWERS = Counter("b24widget_limit_answers", "Limit errors Bitrix24 answered (the client slows down and "
+                        "retries them), by code.", ["code"])
 REFRESH_FAILURES = Counter("b24widget_token_refresh_failures", "Failed token refreshes, by OAuth error code.",
                            ["code"])
 
@@ -58,6 +60,11 @@ def limit_wait(limit: str, seconds: float) -> None:
         method = getattr(_current, "method", "none")
         LIMIT_WAITS.labels(limit, method).inc()
         LIMIT_WAIT_SECONDS.labels(method).inc(seconds)
+
+
+def limit_answer(code: str) -> None:
+    """Bitrix24 answered a limit error (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT), directly or in a batch."""
+    LIMIT_ANSWERS.labels(_label(code)).inc()
 
 
 def refresh_failed(code: str) -> None:

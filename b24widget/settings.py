@@ -73,6 +73,8 @@ B24_REQUEST_MAX_WAIT = read.float("B24_REQUEST_MAX_WAIT", default=1.0)
 B24_REFRESH_WAIT = read.float("B24_REFRESH_WAIT", default=2.0)
 # Unverified work. Verifying unknown user tokens: per portal, a burst and a rate per minute.
 B24_VERIFY_BURST = read.int("B24_VERIFY_BURST", default=20, minimum=1)
+B24_VERIFY_UNMATCHED_BURST = read.int("B24_VERIFY_UNMATCHED_BURST", default=5, minimum=1)
+B24_VERIFY_UNMATCHED_PER_MINUTE = read.float("B24_VERIFY_UNMATCHED_PER_MINUTE", default=10.0, minimum=0.1)
 B24_VERIFY_PER_MINUTE = read.float("B24_VERIFY_PER_MINUTE", default=60.0)
 # OAuth attempts for unverified senders (install POSTs, ONAPPINSTALL, administrator recoveries):
 # per member_id, and for the whole deployment; never more than one in flight per member_id.
@@ -87,9 +89,13 @@ B24_VERDICT_MAX_AGE = read.int("B24_VERDICT_MAX_AGE", default=300)
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
 B24_REST_MAX_RETRIES = read.int("B24_REST_MAX_RETRIES", default=4)
 B24_REST_BACKOFF = read.float("B24_REST_BACKOFF", default=0.5)
-# Pacing per portal, shared through the cache (Bitrix24: ~50 burst, 2/s drain; stay a little below).
-B24_RATE_LIMIT_BURST = read.int("B24_RATE_LIMIT_BURST", default=40, minimum=1)
-B24_RATE_LIMIT_PER_SECOND = read.float("B24_RATE_LIMIT_PER_SECOND", default=2.0)
+# Pacing per portal, shared through the cache. Unset: the portal's plan (settings/performance/limits.md:
+# Enterprise 250 burst then 5/s, other plans 50 then 2/s, from the stored LICENSE). Set: these numbers
+# for every portal; 0 per second turns pacing off. The margin (seconds of the burst held back) absorbs
+# requests that reach Bitrix24 a little later than reserved, or out of order.
+B24_RATE_LIMIT_BURST = read.int("B24_RATE_LIMIT_BURST", default=None, minimum=1)
+B24_RATE_LIMIT_PER_SECOND = read.float("B24_RATE_LIMIT_PER_SECOND", default=None)
+B24_RATE_LIMIT_MARGIN = read.float("B24_RATE_LIMIT_MARGIN", default=0.2)
 # Seconds of a method's operating-time budget (480 s / 10 min) after which its calls wait for the reset.
 B24_OPERATING_PAUSE_AT = read.float("B24_OPERATING_PAUSE_AT", default=400.0)
 # Longest a call may wait for a limit before failing with the limit's error code.

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from django.conf import settings
-from django.core.cache import cache, caches
+from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
 from b24widget import metrics
@@ -73,17 +73,14 @@ _local_verdicts = LocMemCache("b24widget-verdicts", {"OPTIONS": {"MAX_ENTRIES": 
 def _get_verdict(key: str):
     """The cached verdict, from this process's copy first when the shared cache is remote.
 
-    A failing shared cache counts as a miss: the user is verified again (within the budget)."""
+    Through limits.cache: a failing shared cache is left alone for a few seconds (its breaker) and
+    this process's memory holds the verdicts meanwhile."""
     remote = not isinstance(caches["default"], LocMemCache)
     if remote:
         entry = _local_verdicts.get(key)
         if entry is not None:
             return entry[1]
-    try:
-        entry = cache.get(key)
-    except Exception:  # Redis down or slow: verify without it
-        log.warning("verdict cache unavailable; verifying without it")
-        return None
+    entry = limits.cache.get(key)
     if entry is None:
         return None
     expires_at, verdict = entry
@@ -93,10 +90,7 @@ def _get_verdict(key: str):
 
 
 def _set_verdict(key: str, verdict, lifetime: int) -> None:
-    try:
-        cache.set(key, (time.time() + lifetime, verdict), lifetime)
-    except Exception:
-        log.warning("verdict cache unavailable; verdict not kept")
+    limits.cache.set(key, (time.time() + lifetime, verdict), lifetime)
 
 
 def _cache_key(member_id: str, auth_id: str) -> str:
@@ -158,7 +152,7 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
         # Unknown token, or a posted DOMAIN that is not the stored address (renamed? forged?): ask the
         # OAuth server, within the portal's budget. Its app.info for the user's own token says where the
         # portal lives now; nothing is refreshed on behalf of an unverified sender.
-        _spend_verification(portal)
+        _spend_verification(portal, matched=_presents_our_token(portal, post))
         info = _token_info(portal, post.auth_id)
         if (info.domain, info.client_endpoint) != (portal.domain, portal.client_endpoint):
             portal = lifecycle.follow_move(portal, client_endpoint=info.client_endpoint, domain=info.domain,
@@ -186,10 +180,24 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
     return portal, verdict
 
 
-def _spend_verification(portal: Portal) -> None:
-    """Take one unit of the portal's budget for verifying unknown tokens, or refuse at once."""
-    if not limits.admit(f"verify:{portal.member_id}", per_minute=settings.B24_VERIFY_PER_MINUTE,
-                        burst=settings.B24_VERIFY_BURST):
+def _presents_our_token(portal: Portal, post: FramePost) -> bool:
+    """Whether the POST carries the APPLICATION_TOKEN we hold (every genuine placement POST does; a
+    stranger cannot know it). Checked from the stored digest, before anything is asked of Bitrix24."""
+    return not portal.application_token_digest or portal.application_token_is(post.application_token)
+
+
+def _spend_verification(portal: Portal, *, matched: bool = True) -> None:
+    """Take one unit of the portal's budget for verifying unknown tokens, or refuse at once.
+
+    Opens without our APPLICATION_TOKEN (strangers; or a token we missed, which an administrator's
+    open repairs) have a budget of their own, so they cannot use up the one genuine opens need."""
+    if matched:
+        key, per_minute, burst = (f"verify:{portal.member_id}", settings.B24_VERIFY_PER_MINUTE,
+                                  settings.B24_VERIFY_BURST)
+    else:
+        key, per_minute, burst = (f"verify-unmatched:{portal.member_id}", settings.B24_VERIFY_UNMATCHED_PER_MINUTE,
+                                  settings.B24_VERIFY_UNMATCHED_BURST)
+    if not limits.admit(key, per_minute=per_minute, burst=burst):
         log.info("verification budget spent; open refused", extra={"member_id": portal.member_id})
         raise Refused("busy", status=429, portal=portal, retry_after=60.0 / max(settings.B24_VERIFY_PER_MINUTE, 1))
 
@@ -224,7 +232,10 @@ def _check_application_token(portal: Portal, post: FramePost, verdict: Verdict) 
         if stored:
             raise Refused("needs_admin", portal=portal)
         return portal  # nothing to compare with yet; an administrator's open will store it
-    return lifecycle.adopt_application_token(portal, presented, via="administrator_open")
+    try:
+        return lifecycle.adopt_application_token(portal, presented, via="administrator_open")
+    except lifecycle.TransitionError:  # uninstalled meanwhile
+        raise Refused("uninstalled", portal=portal) from None
 
 
 def _refused_by_bitrix24(error: RestError, portal: Portal) -> Refused:

@@ -19,8 +19,8 @@ class PortalAdmin(admin.ModelAdmin):
     actions = ["refresh_tokens_now", "bind_placements_again"]
     fieldsets = (
         (None, {"fields": ("member_id", "domain", "client_endpoint", "server_endpoint", "status", "last_error")}),
-        (_("App on the portal"), {"fields": ("app_status", "payment_expired", "license", "app_version", "language",
-                                             "scope", "installed_by")}),
+        (_("App on the portal"), {"fields": ("app_status", "payment_expired", "license", "rest_plan", "app_version",
+                                             "language", "scope", "installed_by")}),
         (_("Tokens"), {"fields": ("token_state", "refresh_renewed_at", "refresh_lease_until", "bound_at",
                                   "application_token_state")}),
         (_("Dates"), {"fields": ("created_at", "installed_at", "uninstalled_at", "last_seen_at")}),
@@ -28,7 +28,7 @@ class PortalAdmin(admin.ModelAdmin):
     )
     readonly_fields = (
         "member_id", "domain", "client_endpoint", "server_endpoint", "status", "last_error", "app_status",
-        "payment_expired", "license", "app_version", "language", "scope", "installed_by", "token_state",
+        "payment_expired", "license", "rest_plan", "app_version", "language", "scope", "installed_by", "token_state",
         "refresh_renewed_at", "refresh_lease_until", "bound_at", "application_token_state", "created_at",
         "installed_at", "uninstalled_at", "last_seen_at", "history", "refusals",
     )

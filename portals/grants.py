@@ -30,14 +30,14 @@ class GrantRefused(Exception):
 
 
 @sensitive_variables()
-def administrator_grant(member_id: str, refresh_token: str) -> oauth.TokenGrant:
+def administrator_grant(member_id: str, refresh_token: str, *, before_spending=None) -> oauth.TokenGrant:
     """Exchange an unverified refresh token and prove it an administrator's of portal `member_id`.
 
-    The refresh token is spent only after the sender's budget allows it; nothing is stored here.
-    Raises GrantRefused.
+    The refresh token is spent only after the sender's budget allows it and `before_spending()` (if
+    given) returned; nothing is stored here. Raises GrantRefused (or what before_spending raises).
     """
     try:
-        grant = oauth.exchange_unverified(member_id, refresh_token)
+        grant = oauth.exchange_unverified(member_id, refresh_token, before_spending=before_spending)
     except oauth.OAuthThrottled as exc:
         raise GrantRefused("throttled", status=429, retry_after=exc.retry_after) from None
     except oauth.ClientMisconfigured:

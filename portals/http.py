@@ -40,6 +40,21 @@ class Answer:
             return None
 
 
+def _wait_at_most(response, seconds: float) -> None:
+    """Let the next socket read wait no longer than what is left of the deadline."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.settimeout(max(seconds, 0.01))
+        except OSError:
+            pass
+
+
+def worst_case(connect_timeout: float, read_timeout: float, deadline: float) -> float:
+    """The longest one `send` can take (see its docstring): what a lease on its outcome must outlast."""
+    return connect_timeout + min(read_timeout, deadline) + deadline
+
+
 def session() -> requests.Session:
     if not hasattr(_local, "session"):
         _local.session = requests.Session()
@@ -50,8 +65,11 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
          **kwargs) -> Answer:
     """Send one request; give up once `deadline` seconds have passed or `max_bytes` arrived.
 
-    Each socket operation also has its timeout, so the deadline is overrun by at most one
-    `read_timeout`. Redirects are never followed (the caller decides what a 3xx means).
+    While the body arrives, each read waits at most for the time that remains, so the whole exchange
+    ends within `deadline` once the headers are in; the connect and the headers are bounded by
+    `connect_timeout` + `read_timeout` (a server that trickles its *headers* is cut by the read timeout
+    per byte only). Worst case: connect_timeout + read_timeout + deadline. Redirects are never followed
+    (the caller decides what a 3xx means).
     """
     ends = time.monotonic() + deadline
     read_timeout = max(min(read_timeout, deadline), 0.1)
@@ -71,6 +89,7 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
         body = bytearray()
         try:
             while True:
+                _wait_at_most(response, ends - time.monotonic())
                 # read1: whatever has arrived (a trickle returns byte by byte, so the deadline is checked)
                 chunk = response.raw.read1(_CHUNK, decode_content=True)
                 if not chunk:

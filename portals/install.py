@@ -47,9 +47,10 @@ def events_url() -> str:
 
 def install(post: FramePost) -> Portal:
     """Store an administrator's install and bind; raises InstallRefused or InstallUnavailable."""
-    ensure_writable()
     try:
-        grant = administrator_grant(post.member_id, post.refresh_id)
+        # The database is proven writable only once the sender's budget allowed the attempt: a flood
+        # of forged installs opens no write transaction.
+        grant = administrator_grant(post.member_id, post.refresh_id, before_spending=ensure_writable)
     except GrantRefused as exc:
         if exc.status == 403:
             lifecycle.count_rejection(post.member_id, source="install", reason=exc.reason)
@@ -93,10 +94,16 @@ def bind(portal: Portal) -> None:
     for event in APP_EVENTS:
         events[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": events_url()})
         events[f"bind_{event}"] = ("event.bind", {"event": event, "handler": events_url()})
+    # The portal's app.info rides along (no request of its own): its LICENSE names the plan, and with it
+    # the request-rate bucket the client paces this portal by (portals.limits.plan_of).
+    placements["app_info"] = ("app.info", {})
     client = PortalClient(portal)
     for commands in (placements, events):
         if commands:
-            _run_bindings(client, portal, commands)
+            result = _run_bindings(client, portal, commands)
+            app = result.result.get("app_info")
+            if isinstance(app, dict) and isinstance(app.get("LICENSE"), str) and app["LICENSE"]:
+                lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=app["LICENSE"])
     bound_events = list(APP_EVENTS)
     for name, step in install_steps.steps():  # e.g. openlines registers its connectors
         try:
@@ -109,7 +116,7 @@ def bind(portal: Portal) -> None:
     )
 
 
-def _run_bindings(client: PortalClient, portal: Portal, commands: dict) -> None:
+def _run_bindings(client: PortalClient, portal: Portal, commands: dict):
     try:
         result = client.batch(commands)
     except RestError as exc:
@@ -119,10 +126,11 @@ def _run_bindings(client: PortalClient, portal: Portal, commands: dict) -> None:
         lifecycle.record_binding_failure(portal, type(exc).__name__, "binding interrupted")
         raise InstallUnavailable(type(exc).__name__) from None
     for key, error in result.errors.items():
-        if key.startswith("unbind_") or _already_bound(error):
+        if key.startswith("unbind_") or key == "app_info" or _already_bound(error):
             continue
         lifecycle.record_binding_failure(portal, error.code, f"{key}: {error.description}")
         raise InstallUnavailable(error.code)
+    return result
 
 
 def _already_bound(error: RestError) -> bool:

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from . import limits
 from .models import Portal, PortalEvent, Rejection
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,12 @@ def activate(portal: Portal, *, via: str) -> Portal:
 
 
 def apply_grant(portal: Portal, grant, *, reason: str) -> None:
-    """Store refreshed tokens (called by oauth.refresh_portal inside its row lock)."""
+    """Store refreshed tokens (called by oauth.refresh_portal inside its row lock).
+
+    An uninstall that landed while the refresh was on its way wins: its wiped secrets stay wiped."""
+    if portal.status == Status.UNINSTALLED:
+        log.info("refreshed tokens of an uninstalled portal dropped", extra={"member_id": portal.member_id})
+        return
     now = timezone.now()
     fields = _grant_fields(portal, grant, now)
     unblocked = portal.status == Status.BLOCKED
@@ -331,6 +337,10 @@ def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | Non
                 record(current, Kind.APP_STATUS_CHANGED, old_license=current.license, license=license[:64])
             current.license = license[:64]
             fields.append("license")
+            plan = limits.plan_of(license)
+            if plan != current.rest_plan:
+                current.rest_plan = plan
+                fields.append("rest_plan")
         if fields:
             current.save(update_fields=fields)
         for name in fields:

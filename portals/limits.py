@@ -1,15 +1,23 @@
 """Pacing of REST calls per portal, shared by every process through the Django cache.
 
-Bitrix24 meters each portal with a leaky bucket (about 50 requests of burst, draining 2 per second)
-and each method with a budget of operating time (about 480 s per 10 minutes). Exceeding either
-gets QUERY_LIMIT_EXCEEDED (503) or OPERATION_TIME_LIMIT (429). The limiter keeps the app under both
-by waiting before it sends. With CACHE_URL pointing at Redis the limits hold across machines; the
-local-memory default covers one process.
+Bitrix24 meters each portal with a leaky bucket and each method with a budget of operating time
+(settings/performance/limits.md). The bucket depends on the portal's plan: Enterprise allows 250
+requests, then 5 per second; every other plan 50, then 2 per second. Past it a request gets
+QUERY_LIMIT_EXCEEDED (503). A method whose operating time passes its budget (about 480 s in 10
+minutes) gets OPERATION_TIME_LIMIT (429) while other methods go on. The limiter keeps the app under
+both by waiting before it sends. With CACHE_URL pointing at Redis the limits hold across machines;
+the local-memory default covers one process.
 
-The request pacing is GCRA (the leaky bucket as a "theoretical arrival time"): each caller reserves
-the next slot under a short cache lock, then sleeps until its slot. A slot further away than the
-caller may wait is not reserved at all: a web request (max_wait = B24_REQUEST_MAX_WAIT, about a
-second) is refused at once instead of sleeping, and takes nothing from the portal's budget.
+The request pacing is GCRA (the leaky bucket as a "theoretical arrival time") with the plan's
+numbers: each caller reserves the next slot under a short cache lock, then sleeps until its slot. A
+slot further away than the caller may wait is not reserved at all: a web request (max_wait =
+B24_REQUEST_MAX_WAIT, about a second) is refused at once instead of sleeping, and takes nothing
+from the portal's budget.
+
+The bucket adapts: when Bitrix24 answers QUERY_LIMIT_EXCEEDED anyway (a request reached it late on
+a busy machine, another app on our address shares the portal's counter, the plan changed) the bucket
+is taken as full; when such answers repeat the rate halves, and every PROBE_SECONDS without one it
+steps back toward the plan's rate.
 
 `admit` is the same arithmetic without waiting, for budgets of unverified work (verifying unknown
 tokens, OAuth attempts for forged installs): over budget means "refuse now". `single_flight` keeps
@@ -20,32 +28,51 @@ in the log: pacing gets per-process instead of shared, but no request fails beca
 """
 import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections import Counter
 
 from django.conf import settings
 from django.core.cache import cache as shared_cache
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.signals import setting_changed
 
 from b24widget import metrics
 
 log = logging.getLogger(__name__)
 
 _LOCK_TIMEOUT = 5  # seconds; a crashed holder's lock expires by itself
+# settings/performance/limits.md, "Request Rate Limits": plan -> (limit before blocking X, drain per second Y)
+ENTERPRISE, STANDARD = "enterprise", "standard"
+PLANS = {ENTERPRISE: (250, 5.0), STANDARD: (50, 2.0)}
+BACKOFF = 0.5  # the rate is multiplied by this on a QUERY_LIMIT_EXCEEDED answer ...
+FLOOR = 0.125  # ... but never below this share of the plan's rate
+PROBE_SECONDS = 5.0  # quiet seconds after which the rate steps up again ...
+PROBE_STEP = 0.125  # ... by this share of the plan's rate
 _fallback = LocMemCache("b24widget-limits-fallback", {"OPTIONS": {"MAX_ENTRIES": 50000}})
 _last_warning = [0.0]
+_CACHE_RETRY_AFTER = 5.0  # seconds a failed shared cache is left alone before it is tried again
+_cache_down_until = [0.0]
 
 
 class _SafeCache:
-    """The shared cache, or this process's memory while the shared one raises."""
+    """The shared cache, or this process's memory while the shared one fails.
+
+    After a failure the shared cache is not tried again for _CACHE_RETRY_AFTER seconds (a breaker):
+    a Redis host that stops answering costs one socket timeout per process every few seconds, not
+    one per cache operation."""
 
     def __getattr__(self, name):
         operation = getattr(shared_cache, name)
 
         def call(*args, **kwargs):
+            if time.monotonic() < _cache_down_until[0]:
+                return getattr(_fallback, name)(*args, **kwargs)
             try:
                 return operation(*args, **kwargs)
             except Exception as exc:  # redis.ConnectionError, TimeoutError, ...: any cache failure
+                _cache_down_until[0] = time.monotonic() + _CACHE_RETRY_AFTER
                 if time.monotonic() - _last_warning[0] > 10:
                     _last_warning[0] = time.monotonic()
                     log.warning("shared cache failed; limits use this process's memory",
@@ -58,6 +85,59 @@ class _SafeCache:
 cache = _SafeCache()
 
 
+def _reset_breaker(*, setting, **kwargs):
+    # A new cache configuration (tests, a reconfigured process) starts with a closed breaker.
+    if setting == "CACHES":
+        _cache_down_until[0] = 0.0
+        _fallback.clear()
+
+
+setting_changed.connect(_reset_breaker)
+
+
+class _Counters:
+    """What the limits did in this process (limit answers seen, retries, pauses): read by tests and bench."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+counters = _Counters()
+
+
+def plan_of(license: str) -> str:
+    """The rate plan a portal's LICENSE names: "<region>_<plan>", Enterprise plans are "ent..."
+
+    (api-reference/common/system/app-info.md: de_ent250 ... de_ent10000; de_project, de_basic, de_std,
+    de_pro100 are the others). Unknown or empty: the standard plan, the smaller bucket.
+    """
+    kind = str(license or "").lower().split("_", 1)[-1]
+    return ENTERPRISE if kind.startswith("ent") else STANDARD
+
+
+def bucket(plan: str) -> tuple[int, float]:
+    """(burst, requests per second) for a plan; B24_RATE_LIMIT_BURST / _PER_SECOND override it when set."""
+    burst, rate = PLANS.get(plan, PLANS[STANDARD])
+    if settings.B24_RATE_LIMIT_PER_SECOND is not None:
+        rate = settings.B24_RATE_LIMIT_PER_SECOND
+    if settings.B24_RATE_LIMIT_BURST is not None:
+        burst = settings.B24_RATE_LIMIT_BURST
+    return burst, rate
+
+
 class LimitWaitTooLong(Exception):
     """The wait a limit asks for exceeds B24_MAX_WAIT."""
 
@@ -66,13 +146,13 @@ class LimitWaitTooLong(Exception):
         super().__init__(f"Bitrix24 limit asks to wait {seconds:.0f}s")
 
 
-def _lock(key: str):
+def _lock(key: str, max_wait: float = _LOCK_TIMEOUT * 2):
+    """The bucket's short lock, or None once `max_wait` (at most 10 s) passed without it."""
     token = uuid.uuid4().hex
-    deadline = time.monotonic() + _LOCK_TIMEOUT * 2
+    deadline = time.monotonic() + min(max(max_wait, 0.05), _LOCK_TIMEOUT * 2)
     while not cache.add(key, token, _LOCK_TIMEOUT):
         if time.monotonic() > deadline:
-            # The holder is gone or the cache is struggling: go on rather than stall every caller.
-            log.warning("rate limiter lock not acquired; proceeding", extra={"lock": key})
+            log.warning("rate limiter lock not acquired", extra={"lock": key})
             return None
         time.sleep(0.001)
     return token
@@ -90,7 +170,11 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
     """
     interval = 1.0 / rate
     tolerance = max(burst - 1, 0) * interval
-    token = _lock(key + ":lock")
+    token = _lock(key + ":lock", max_wait)
+    if token is None and max_wait < _LOCK_TIMEOUT:
+        # A caller that may not wait long (a web request, an unverified budget) is refused; a background
+        # caller goes on without the lock rather than stall.
+        raise LimitWaitTooLong(1.0)
     try:
         now = time.time() if now is None else now
         tat = max(cache.get(key) or 0.0, now)
@@ -103,18 +187,88 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
     return send_at - now
 
 
-def reserve(member_id: str, now: float | None = None, *, max_wait: float | None = None) -> float:
-    """Reserve a request slot for the portal; returns the seconds to wait before sending."""
-    rate = settings.B24_RATE_LIMIT_PER_SECOND
+def _state(value, now: float) -> tuple[float, float, float, float]:
+    """A portal bucket's cached state: (theoretical arrival time, share of the plan's rate, when the
+    share last changed, when Bitrix24 last answered QUERY_LIMIT_EXCEEDED)."""
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        return float(value[0]), float(value[1]), float(value[2]), float(value[3])
+    return float(value or 0.0), 1.0, now, 0.0
+
+
+def _shape(burst: int, rate: float) -> tuple[float, float]:
+    """(interval at the plan's rate, GCRA tolerance in seconds) for a bucket.
+
+    The tolerance is the burst less B24_RATE_LIMIT_MARGIN seconds: a request reserved at its slot
+    reaches Bitrix24 a little later, and not always in the order reserved.
+    """
+    interval = 1.0 / rate
+    return interval, max((burst - 1) * interval - settings.B24_RATE_LIMIT_MARGIN, 0.0)
+
+
+def reserve(member_id: str, now: float | None = None, *, max_wait: float | None = None,
+            plan: str = STANDARD) -> float:
+    """Reserve a request slot for the portal; returns the seconds to wait before sending.
+
+    Raises LimitWaitTooLong (nothing reserved) when the slot is further away than `max_wait`.
+    """
+    burst, rate = bucket(plan)
     if rate <= 0:
         return 0.0
-    return _gcra(f"b24widget:rl:{member_id}", rate=rate, burst=settings.B24_RATE_LIMIT_BURST,
-                 max_wait=settings.B24_MAX_WAIT if max_wait is None else max_wait, now=now)
+    max_wait = settings.B24_MAX_WAIT if max_wait is None else max_wait
+    key = f"b24widget:rl:{member_id}"
+    interval, tolerance = _shape(burst, rate)
+    token = _lock(key + ":lock", max_wait)
+    if token is None and max_wait < _LOCK_TIMEOUT:
+        raise LimitWaitTooLong(1.0)  # as in _gcra: a web request is refused rather than spin
+    try:
+        now = time.time() if now is None else now
+        tat, share, changed, limited = _state(cache.get(key), now)
+        if share < 1.0 and now - max(changed, limited) >= PROBE_SECONDS:
+            share, changed = min(1.0, share + PROBE_STEP), now  # probe up toward the plan's rate
+        tat = max(tat, now)
+        send_at = max(tat - tolerance, now)
+        if send_at - now > max_wait:
+            raise LimitWaitTooLong(send_at - now)
+        cache.set(key, [tat + interval / share, share, changed, limited], int(tat - now + interval / share) + 60)
+    finally:
+        _unlock(key + ":lock", token)
+    return send_at - now
 
 
-def pace(member_id: str, *, max_wait: float | None = None) -> None:
+def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> None:
+    """Bitrix24 answered QUERY_LIMIT_EXCEEDED: its counter is full now. Take the bucket as full; when such
+    answers keep coming (again within PROBE_SECONDS), also halve the rate.
+
+    A lone answer is mostly a request that reached Bitrix24 later than reserved (a busy machine): filling
+    the bucket puts the pacing back in step with the portal's counter. Repeated answers mean the portal
+    allows less than the plan says (another app on our address, another plan). Answers arriving
+    together (several callers sent into the same full counter) halve the rate once.
+    """
+    counters.add("limit_answers")
+    metrics.limit_answer("QUERY_LIMIT_EXCEEDED")
+    burst, rate = bucket(plan)
+    if rate <= 0:
+        return
+    key = f"b24widget:rl:{member_id}"
+    interval, tolerance = _shape(burst, rate)
+    token = _lock(key + ":lock")
+    try:
+        now = time.time() if now is None else now
+        tat, share, changed, limited = _state(cache.get(key), now)
+        if now - limited < PROBE_SECONDS and now - changed >= 1.0:
+            share, changed = max(FLOOR, share * BACKOFF), now
+        # Full: the next slot is one (slowed) interval from now.
+        tat = max(tat, now + tolerance + interval / share)
+        cache.set(key, [tat, share, changed, now], int(tat - now) + 60)
+    finally:
+        _unlock(key + ":lock", token)
+    log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed",
+             extra={"member_id": member_id, "share": share})
+
+
+def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD) -> None:
     """Wait for the portal's next request slot; LimitWaitTooLong when it is further than `max_wait`."""
-    wait = reserve(member_id, max_wait=max_wait)
+    wait = reserve(member_id, max_wait=max_wait, plan=plan)
     if wait > 0:
         metrics.limit_wait("rate", wait)
         time.sleep(wait)
@@ -148,20 +302,25 @@ def _operating_key(member_id: str, method: str) -> str:
     return f"b24widget:op:{member_id}:{method}"
 
 
+def paused_until(member_id: str, method: str) -> float | None:
+    """When the method's held-back calls may go again (a Unix time), or None when it is not held back."""
+    reset_at = cache.get(_operating_key(member_id, method))
+    return reset_at if reset_at and reset_at > time.time() else None
+
+
 def wait_for_method(member_id: str, method: str, *, max_wait: float | None = None) -> None:
     """If the method's operating budget is spent, wait until Bitrix24 resets it (at most `max_wait`)."""
-    reset_at = cache.get(_operating_key(member_id, method))
-    if not reset_at:
+    reset_at = paused_until(member_id, method)
+    if reset_at is None:
         return
     wait = reset_at - time.time()
-    if wait <= 0:
-        return
     if wait > (settings.B24_MAX_WAIT if max_wait is None else max_wait):
         raise LimitWaitTooLong(wait)
+    counters.add("operating_waits")
     log.info("method paused for its operating-time budget",
              extra={"member_id": member_id, "method": method, "wait": round(wait, 1)})
     metrics.limit_wait("operating", wait)
-    time.sleep(wait)
+    time.sleep(max(wait, 0.0))
 
 
 def note_operating(member_id: str, method: str, time_block) -> None:
@@ -173,11 +332,23 @@ def note_operating(member_id: str, method: str, time_block) -> None:
         reset_at = float(time_block.get("operating_reset_at") or 0)
     except (TypeError, ValueError):
         return
-    if operating >= settings.B24_OPERATING_PAUSE_AT and reset_at > time.time():
+    if reset_at <= time.time():
+        return
+    if operating >= settings.B24_OPERATING_PAUSE_AT:
         pause_method(member_id, method, reset_at)
+    elif operating >= settings.B24_OPERATING_PAUSE_AT / 2:
+        # limits.md: an OPERATION_TIME_LIMIT is first retried at the last successful answer's reset time.
+        cache.set(_operating_key(member_id, method) + ":reset", reset_at, max(int(reset_at - time.time()) + 1, 1))
+
+
+def last_reset_at(member_id: str, method: str) -> float | None:
+    """`operating_reset_at` of the method's last answer that came near the budget, if still ahead."""
+    value = cache.get(_operating_key(member_id, method) + ":reset")
+    return value if value and value > time.time() else None
 
 
 def pause_method(member_id: str, method: str, until: float) -> None:
-    """Hold back calls of `method` on the portal until `until` (a Unix time)."""
+    """Hold back calls of `method` on the portal until `until` (a Unix time); other methods go on."""
+    counters.add("operating_pauses")
     timeout = max(int(until - time.time()) + 1, 1)
     cache.set(_operating_key(member_id, method), until, timeout)

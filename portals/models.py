@@ -43,6 +43,10 @@ class Portal(models.Model):
     app_status = models.CharField(max_length=1, choices=AppStatus.choices, blank=True, db_index=True)
     payment_expired = models.BooleanField(null=True, blank=True)
     license = models.CharField(max_length=64, blank=True)
+    # The request-rate bucket Bitrix24 gives the portal, from its LICENSE (portals.limits.plan_of).
+    rest_plan = models.CharField(max_length=16, choices=[("standard", _("standard (50, then 2/s)")),
+                                                         ("enterprise", _("Enterprise (250, then 5/s)"))],
+                                 default="standard")
     language = models.CharField(max_length=16, blank=True)
     scope = models.TextField(blank=True)
     app_version = models.CharField(max_length=32, blank=True)

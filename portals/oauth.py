@@ -231,7 +231,7 @@ def request_refresh(refresh_token: str, *, deadline: float | None = None) -> Tok
 
 
 @sensitive_variables()
-def exchange_unverified(member_id: str, refresh_token: str) -> TokenGrant:
+def exchange_unverified(member_id: str, refresh_token: str, *, before_spending=None) -> TokenGrant:
     """`request_refresh` for a sender nobody has verified yet (an install POST, ONAPPINSTALL, a recovery).
 
     Budgeted per member_id and for the whole deployment (B24_UNVERIFIED_OAUTH_*), with at most one
@@ -250,9 +250,13 @@ def exchange_unverified(member_id: str, refresh_token: str) -> TokenGrant:
     if not _unverified_slots.acquire(blocking=False):
         raise OAuthThrottled(2.0)
     try:
-        with limits.single_flight(f"oauth:{member_id}", settings.B24_UNVERIFIED_OAUTH_DEADLINE) as held:
+        flight = http.worst_case(settings.B24_CONNECT_TIMEOUT, settings.B24_UNVERIFIED_OAUTH_DEADLINE,
+                                 settings.B24_UNVERIFIED_OAUTH_DEADLINE) + 1
+        with limits.single_flight(f"oauth:{member_id}", flight) as held:
             if not held:
                 raise OAuthThrottled(2.0)
+            if before_spending is not None:
+                before_spending()  # e.g. the install's check that the database can store the grant
             return request_refresh(refresh_token, deadline=settings.B24_UNVERIFIED_OAUTH_DEADLINE)
     finally:
         _unverified_slots.release()
@@ -350,8 +354,9 @@ def token_info(access_token: str) -> TokenInfo:
 # --- the single-flight refresh of a stored portal ------------------------------------------------------
 
 def _lease_seconds() -> float:
-    # Longer than the OAuth deadline: a holder that is still waiting for its answer keeps the lease.
-    return settings.B24_OAUTH_DEADLINE + settings.B24_CONNECT_TIMEOUT + 5
+    # Longer than the refresh can take at worst (http.worst_case): a holder still waiting for its answer
+    # keeps the lease, so nobody else sends the same (maybe already spent) refresh token.
+    return http.worst_case(settings.B24_CONNECT_TIMEOUT, settings.B24_OAUTH_DEADLINE, settings.B24_OAUTH_DEADLINE) + 5
 
 
 def refresh_portal(

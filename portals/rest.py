@@ -1,4 +1,11 @@
-"""The REST client for one portal: call, batch, list; token refresh, retries, moves.
+"""The REST client for one portal: call, batch, list; token refresh, retries, limits, moves.
+
+Limits (settings/performance/limits.md; pacing in portals/limits.py): every request waits for the
+portal's bucket, the one of its plan; a QUERY_LIMIT_EXCEEDED answer slows that shared bucket and the
+call is sent again at its next slot, never surfaced while the slot is within the caller's wait.
+Operating time is billed per method: the outer `batch` is not, its commands are, each on its own
+(`result_time`), so a method near its budget holds back only its own calls. OVERLOAD_LIMIT (a block
+by Bitrix24's staff) is never retried. How `list` pages is in portals/paging.py.
 
 Every request goes to the portal's stored `client_endpoint` (which only the OAuth server sets) with
 redirects off: `requests` would turn a redirected POST into a GET and drop its parameters. A 3xx
@@ -25,6 +32,9 @@ PAGE_SIZE = 50
 _RETRYABLE = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
 # A manual block by Bitrix24 (settings/performance/limits.md): retrying makes it worse.
 _NOT_RETRIED = frozenset({"OVERLOAD_LIMIT"})
+# QUERY_LIMIT_EXCEEDED answers one call sends again (each after its next paced slot) before giving up:
+# with the bucket halved at each answer, Bitrix24 would have to refuse for minutes to exhaust them.
+_LIMIT_RETRIES = 12
 
 
 class RestError(Exception):
@@ -134,52 +144,107 @@ class PortalClient:
         return self._send(method, params or {})
 
     def batch(self, commands: dict, *, halt: bool = False) -> BatchResult:
-        """Run {key: (method, params)} through `batch`, 50 per request; per-command errors are reported."""
+        """Run {key: (method, params)} through `batch`, 50 per request; per-command errors are reported.
+
+        Nested methods are billed and limited one by one (settings/performance/limits.md): each
+        command's `result_time` feeds its method's operating-time budget, a method held back for its
+        budget keeps only its own commands back, and commands refused for a limit are sent again
+        (alone, in the next request). `$result[...]` references reach only commands of the same request.
+        """
         out = BatchResult()
         items = list(commands.items())
         for start in range(0, len(items), BATCH_LIMIT):
-            chunk = items[start : start + BATCH_LIMIT]
-            cmd = {key: f"{method}?{build_query(params)}" if params else method for key, (method, params) in chunk}
-            answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
-            if not isinstance(answer, dict):
-                raise TransportError("bad_answer", "batch answer is not an object", method="batch")
-            results = answer.get("result") or {}
-            errors = answer.get("result_error") or {}
-            # PHP encodes an empty associative array as [], hence the isinstance checks.
-            if isinstance(results, dict):
-                out.result.update(results)
-            if isinstance(errors, dict):
-                for key, err in errors.items():
-                    err = err if isinstance(err, dict) else {}
-                    out.errors[key] = RestError(
-                        str(err.get("error") or "ERROR"), str(err.get("error_description") or "")[:255],
-                        method=dict(chunk).get(key, ("",))[0],
-                    )
-            for name in ("total", "next"):
-                part = answer.get(f"result_{name}") or {}
-                if isinstance(part, dict):
-                    getattr(out, name).update(part)
+            self._batch_request(dict(items[start : start + BATCH_LIMIT]), halt, out)
             if halt and out.errors:
                 break
         return out
 
-    def list(self, method: str, params: dict | None = None) -> list:
-        """Every item of a list method: the first page directly, the rest 50 pages per batch request."""
-        params = dict(params or {})
-        first = self.call_raw(method, {**params, "start": 0})
-        items = _page_items(first.get("result"))
-        total = _as_int(first.get("total"))
-        if total is None or "next" not in first:
-            return items
-        starts = list(range(PAGE_SIZE, total, PAGE_SIZE))
-        commands = {f"p{start}": (method, {**params, "start": start}) for start in starts}
-        result = self.batch(commands, halt=True)
-        if result.errors:
-            key, err = next(iter(result.errors.items()))
-            raise err
-        for start in starts:
-            items.extend(_page_items(result.result.get(f"p{start}")))
-        return items
+    def _batch_request(self, chunk: dict, halt: bool, out: BatchResult, *, retry: bool = True) -> None:
+        """One request of at most 50 commands, then again for the commands refused for a limit.
+
+        A command that refers to another's result (`$result[...]`) is not sent again alone: the
+        reference would find nothing in the new request; its error is reported instead.
+        """
+        pending = chunk
+        retries = settings.B24_REST_MAX_RETRIES if retry else 0
+        for attempt in range(retries + 1):
+            pending = self._hold_back_paused(pending, out)
+            if not pending or (halt and out.errors):
+                return
+            cmd = {key: f"{method}?{build_query(params)}" if params else method
+                   for key, (method, params) in pending.items()}
+            answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
+            if not isinstance(answer, dict):
+                raise TransportError("bad_answer", "batch answer is not an object", method="batch")
+            # PHP encodes an empty associative array as [], hence the _section checks.
+            results, errors = _section(answer, "result"), _section(answer, "result_error")
+            times = _section(answer, "result_time")
+            for key, block in times.items():
+                if key in pending:
+                    limits.note_operating(self.portal.member_id, pending[key][0], block)
+            out.result.update({key: value for key, value in results.items() if key in pending})
+            for name in ("total", "next"):
+                getattr(out, name).update(_section(answer, f"result_{name}"))
+            again = {}
+            for key, err in errors.items():
+                if key not in pending:
+                    continue
+                err = err if isinstance(err, dict) else {}
+                method = pending[key][0]
+                error = RestError(str(err.get("error") or "ERROR")[:64], str(err.get("error_description") or "")[:255],
+                                  method=method)
+                if error.code in _RETRYABLE:
+                    limits.counters.add("limit_answers_nested")
+                    metrics.limit_answer(error.code)
+                if error.code == "OPERATION_TIME_LIMIT":
+                    # limits.md: this method (only) waits for the reset its last good answer gave.
+                    until = limits.last_reset_at(self.portal.member_id, method) or _latest_reset(
+                        times, pending, method) or time.time() + settings.B24_REST_BACKOFF * (2**attempt)
+                    limits.pause_method(self.portal.member_id, method, until)
+                if error.code in _RETRYABLE and attempt < retries and not _refers(cmd[key]):
+                    again[key] = pending[key]
+                else:
+                    out.errors[key] = error
+            if again and halt:
+                # A halted batch ran nothing after the refused command: those go again with it.
+                again.update({k: v for k, v in pending.items()
+                              if k not in results and k not in errors and not _refers(cmd[k])})
+            if not again:
+                return
+            pending = again
+
+    def _hold_back_paused(self, pending: dict, out: BatchResult) -> dict:
+        """Wait for methods held back only briefly; commands of methods held back longer fail, unsent."""
+        now = time.time()
+        waits = {}
+        for method, _params in pending.values():
+            if method not in waits:
+                until = limits.paused_until(self.portal.member_id, method)
+                waits[method] = until - now if until else 0.0
+        longest = max([w for w in waits.values() if w <= self._max_wait()] or [0.0])
+        if longest > 0:
+            limits.counters.add("operating_waits")
+            time.sleep(longest)
+        kept = {}
+        for key, (method, params) in pending.items():
+            if waits[method] > self._max_wait():
+                out.errors[key] = LimitWaitExceeded(
+                    "OPERATION_TIME_LIMIT", f"{method} is held back for its operating time", method=method,
+                    retry_after=waits[method])
+            else:
+                kept[key] = (method, params)
+        return kept
+
+    def list(self, method: str, params: dict | None = None, *, paging=None) -> list:
+        """Every item of a list method, in the order Bitrix24 gives them (portals/paging.py).
+
+        `paging`: a paging.IdPaging (None: the method's entry in paging.ID_PAGING) chains the pages by
+        id inside batch requests, 2,500 items a request and no count; "start" (also for methods not in
+        ID_PAGING) pages by offset after a first page that counts the total.
+        """
+        from . import paging as pages
+
+        return pages.list_items(self, method, dict(params or {}), paging)
 
     # --- transport ----------------------------------------------------------------------------------
     def _token(self) -> str:
@@ -187,7 +252,7 @@ class PortalClient:
 
     def _send(self, method: str, params: dict) -> dict:
         refreshed = moved = False
-        attempt = 0
+        attempt = limited = 0
         while True:
             token = self._token()
             if self._user_token is None and not token:
@@ -206,15 +271,27 @@ class PortalClient:
                     refreshed = True
                     self._refresh(seen=token, method=method)
                     continue
-                retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
                 if exc.code in _NOT_RETRIED:
                     raise
+                if exc.code == "QUERY_LIMIT_EXCEEDED" and not self._oauth_server:
+                    # The portal's counter is full: the shared bucket is taken as full and slowed, and the
+                    # call waits for its next slot like any other (a web request at most its short wait).
+                    limits.note_limited(self.portal.member_id, plan=self._plan())
+                    limited += 1
+                    # A web request tries twice more at most: each try may wait up to B24_REQUEST_MAX_WAIT.
+                    if limited <= (_LIMIT_RETRIES if not self.interactive else 2):
+                        limits.counters.add("limit_retries")
+                        continue
+                    raise
+                retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
+                if exc.code == "OPERATION_TIME_LIMIT":
+                    metrics.limit_answer(exc.code)
                 if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < retries:
                     delay = min(settings.B24_REST_BACKOFF * (2**attempt), self._max_wait())
                     attempt += 1
                     if exc.code == "OPERATION_TIME_LIMIT":
                         # The method's budget is spent for every process: hold it back for all of them.
-                        until = exc.reset_at or time.time() + delay
+                        until = exc.reset_at or limits.last_reset_at(self.portal.member_id, method) or time.time() + delay
                         limits.pause_method(self.portal.member_id, method, until)
                         delay = 0
                     log.info("rest retry", extra={"member_id": self.portal.member_id, "method": method,
@@ -222,6 +299,9 @@ class PortalClient:
                     time.sleep(delay)
                     continue
                 raise
+
+    def _plan(self) -> str:
+        return getattr(self.portal, "rest_plan", "") or limits.STANDARD
 
     def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
         try:
@@ -251,14 +331,20 @@ class PortalClient:
         metrics.rest_call(method)
         base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
         url = f"{base}{method}.json"
-        try:
-            limits.wait_for_method(self.portal.member_id, method, max_wait=self._max_wait())
-        except limits.LimitWaitTooLong as exc:
-            raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method, retry_after=exc.seconds) from None
-        try:
-            limits.pace(self.portal.member_id, max_wait=self._max_wait())
-        except limits.LimitWaitTooLong as exc:
-            raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method, retry_after=exc.seconds) from None
+        # The outer batch is not billed for operating time (limits.md); its commands are, in batch().
+        if method != "batch":
+            try:
+                limits.wait_for_method(self.portal.member_id, method, max_wait=self._max_wait())
+            except limits.LimitWaitTooLong as exc:
+                raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method,
+                                        retry_after=exc.seconds) from None
+        if not self._oauth_server:  # the OAuth server's REST is not the portal's bucket
+            try:
+                limits.pace(self.portal.member_id, max_wait=self._max_wait(), plan=self._plan())
+            except limits.LimitWaitTooLong as exc:
+                raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method,
+                                        retry_after=exc.seconds) from None
+        limits.counters.add("requests")
         # Our id for the call, sent to Bitrix24 (as its SDKs do) and logged, so both sides can find it.
         request_id = uuid.uuid4().hex
         try:
@@ -290,7 +376,8 @@ class PortalClient:
             raise error
         if "result" not in answer or response.status != 200:
             raise TransportError("bad_answer", "answer without result", http_status=response.status, method=method)
-        limits.note_operating(self.portal.member_id, method, answer.get("time"))
+        if method != "batch":
+            limits.note_operating(self.portal.member_id, method, answer.get("time"))
         log.debug("rest call", extra={"member_id": self.portal.member_id, "method": method, "request_id": request_id})
         return answer
 
@@ -307,20 +394,18 @@ def _reset_at(time_block):
     return value if value and value > time.time() else None
 
 
-def _page_items(result) -> list:
-    """A list method's page: a list, or an object holding one list (crm.item.list: {"items": [...]})."""
-    if isinstance(result, list):
-        return list(result)
-    if isinstance(result, dict):
-        lists = [v for v in result.values() if isinstance(v, list)]
-        if len(lists) == 1:
-            return list(lists[0])
-        return list(result.values())
-    return []
+def _refers(command: str) -> bool:
+    """Whether a batch command uses another command's result (batch.md: `$result[key][field]`)."""
+    return "$result" in command or "%24result" in command
 
 
-def _as_int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+def _section(answer: dict, name: str) -> dict:
+    part = answer.get(name)
+    return part if isinstance(part, dict) else {}
+
+
+def _latest_reset(times: dict, pending: dict, method: str) -> float | None:
+    """The latest `operating_reset_at` this batch answered for `method` (from its other commands)."""
+    found = [_reset_at(block) for key, block in times.items() if key in pending and pending[key][0] == method]
+    found = [value for value in found if value]
+    return max(found) if found else None

@@ -44,6 +44,9 @@ class Switches:
         """
         burst, drain = PLANS[plan.lower()]
         with self._standin.lock:
+            # app.info's LICENSE names the plan (api-reference/common/system/app-info.md: de_ent250 ...).
+            if (plan.lower() == "enterprise") != self.license.split("_", 1)[-1].startswith("ent"):
+                self.license = "en_ent250" if plan.lower() == "enterprise" else "en_project"
             self.rate_limit, self.rate_limit_burst, self.rate_limit_drain = True, burst, drain
             self._bucket, self._bucket_at = 0.0, time.monotonic()
 

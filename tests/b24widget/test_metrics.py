@@ -112,3 +112,11 @@ def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkey
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     config.on_starting(server=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_limit_answers_are_counted_by_code():
+    from b24widget import metrics
+    from portals import limits
+    before = metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get()
+    limits.note_limited("m-metrics")
+    assert metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get() == before + 1

@@ -253,7 +253,6 @@ def test_a_new_portal_is_activated_by_its_first_verified_open(client, frame, b24
     ("app.info", "ERROR_METHOD_NOT_FOUND", 404),  # at the OAuth server (fail_next covers it too)
     ("batch", "INTERNAL_SERVER_ERROR", 500),  # the whole request fails
     ("batch", "OPERATION_TIME_LIMIT", 429),
-    ("batch", "QUERY_LIMIT_EXCEEDED", 503),
 ])
 def test_bitrix24_failures_are_a_502_page_and_not_cached(frame_500, installed, settings, method, error, status):
     _, b24 = installed
@@ -266,6 +265,18 @@ def test_bitrix24_failures_are_a_502_page_and_not_cached(frame_500, installed, s
     assert "Bitrix24" in page and "Please try again" in page
     assert DENIED not in page  # the user's authorization was not the problem
     assert is_widget(open_widget(frame_500, fields))  # the failure was not cached as a verdict
+
+
+def test_a_limit_answer_while_verifying_is_retried_within_the_short_wait(frame, installed, settings):
+    """QUERY_LIMIT_EXCEEDED is the client's to absorb: the widget opens, the answer is counted."""
+    from portals import limits
+    _, b24 = installed
+    settings.B24_RATE_LIMIT_PER_SECOND = 50  # the next slot after the answer is well within B24_REQUEST_MAX_WAIT
+    settings.B24_REST_MAX_RETRIES = 0  # not the generic retries: the limit's own
+    b24.fail_next("batch", "QUERY_LIMIT_EXCEEDED", 503)
+    before = limits.counters.snapshot().get("limit_answers", 0)
+    assert is_widget(open_widget(frame, b24.placement_post()))
+    assert limits.counters.snapshot()["limit_answers"] == before + 1
 
 
 def test_payment_required_says_so(frame, installed):

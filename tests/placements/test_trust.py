@@ -131,31 +131,48 @@ def test_a_server_endpoint_off_the_oauth_servers_hosts_is_never_used(settings):
 
 # --- logs ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("formatter_name", ["json", "plain"])
-def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, caplog, settings, formatter_name):
+@pytest.mark.parametrize("log_format", ["json", "plain"])
+def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, settings, log_format):
+    """Through the project's own LOGGING (its handler, filter and formatter), as a deployment logs."""
+    import io
     from logging.config import dictConfig
-    from b24widget.logfilters import NoRequestDetails
     _, b24 = installed
     fields = b24.placement_post(user_id="2")
     query = f"?DOMAIN={fields['DOMAIN']}&AUTH_ID={fields['AUTH_ID']}&APPLICATION_TOKEN={fields['APPLICATION_TOKEN']}"
-    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s %(request)s")
-    if formatter_name == "json":
-        from pythonjsonlogger.json import JsonFormatter
-        formatter = JsonFormatter("%(levelname)s %(name)s %(message)s")
-    with caplog.at_level(logging.DEBUG):
+    config = json.loads(json.dumps(settings.LOGGING))
+    config["handlers"]["console"]["formatter"] = log_format
+    config["root"]["level"] = "DEBUG"
+    stream = io.StringIO()
+    dictConfig(config)
+    handler = logging.getLogger().handlers[0]
+    handler.setStream(stream)
+    try:
         frame.post("/placement/" + query, {"member_id": "bad member!"})  # a 400, logged by Django
         frame.post("/placement/" + query, dict(fields, AUTH_ID="f" * 32))  # a 403
-    lines = []
-    keep = NoRequestDetails()
-    for record in caplog.records:
-        keep.filter(record)
-        if not hasattr(record, "request"):
-            record.request = ""
-        lines.append(formatter.format(record))
-    text_ = "\n".join(lines)
-    assert "Bad Request: /placement/" in text_ or "Forbidden: /placement/" in text_
-    for secret in (fields["AUTH_ID"], fields["APPLICATION_TOKEN"], fields["REFRESH_ID"], "AUTH_ID="):
+    finally:
+        dictConfig(settings.LOGGING)
+    text_ = stream.getvalue()
+    assert "Bad Request: /placement/" in text_ and "Forbidden: /placement/" in text_
+    for secret in (fields["AUTH_ID"], fields["APPLICATION_TOKEN"], fields["REFRESH_ID"], "AUTH_ID=", "?DOMAIN"):
         assert secret not in text_
+
+
+def test_strangers_without_our_application_token_cannot_use_up_the_genuine_budget(frame, installed, standin,
+                                                                                settings):
+    """A stranger does not know the APPLICATION_TOKEN every genuine placement POST carries: his forged
+    opens spend a budget of their own, and a genuine new user is still verified."""
+    settings.B24_VERIFY_UNMATCHED_BURST, settings.B24_VERIFY_UNMATCHED_PER_MINUTE = 3, 1
+    settings.B24_VERIFY_BURST, settings.B24_VERIFY_PER_MINUTE = 3, 1
+    _, b24 = installed
+    asked = len(standin.server_requests)
+    statuses = []
+    for n in range(50):
+        fields = forged_open(b24, n)
+        fields["APPLICATION_TOKEN"] = f"guess{n}"
+        statuses.append(open_widget(frame, fields).status_code)
+    assert statuses.count(403) == 3 and statuses.count(429) == 47
+    assert len(standin.server_requests) - asked == 3
+    assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))  # genuine, uncached: verified
 
 
 # --- a second application installed on the same portal -------------------------------------------------

@@ -304,3 +304,72 @@ def test_an_oversized_oauth_answer_loses_no_token_it_was_not_given(installed, st
         oauth.refresh_portal(portal, force=True)
     assert info.value.code == "too_large"
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
+
+
+@pytest.fixture
+def redis_silent(settings):
+    """A Redis host that accepts connections and never answers (frozen, or behind a broken network)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+                accepted.append(conn)
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    working = settings.CACHES
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": f"redis://127.0.0.1:{listener.getsockname()[1]}/0",
+                                   "OPTIONS": {"socket_connect_timeout": 0.3, "socket_timeout": 0.3}}}
+    yield accepted
+    settings.CACHES = working
+    stop.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+@pytest.mark.django_db
+def test_a_silent_redis_costs_one_timeout_not_one_per_cache_operation(frame, installed, redis_silent):
+    """A widget open makes a dozen cache operations; after the first times out, the breaker sends the rest
+    to this process's memory for a few seconds."""
+    from portals import limits
+    _, b24 = installed
+    attempts_before = len(redis_silent)
+    assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
+    assert time_left_open(limits) > 0  # the breaker is open now
+    assert len(redis_silent) - attempts_before <= 2
+
+
+def time_left_open(limits):
+    import time
+    return limits._cache_down_until[0] - time.monotonic()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_uninstall_during_a_refresh_keeps_the_secrets_wiped(client, installed, standin):
+    """The refresh was on its way (the OAuth server answers late) when the uninstall arrived: the uninstall
+    wins, the answer is not stored on the uninstalled row."""
+    from tests.conftest import do_uninstall
+    portal, b24 = installed
+    standin.oauth_late = 1.0
+    before = len(standin.oauth_requests)
+    refresher = threading.Thread(target=lambda: (oauth.refresh_portal(portal, force=True), connection.close()))
+    refresher.start()
+    while len(standin.oauth_requests) == before:
+        threading.Event().wait(0.01)
+    assert do_uninstall(client, b24).status_code == 200
+    refresher.join(30)
+    stored = Portal.objects.get(pk=portal.pk)
+    assert stored.status == Portal.Status.UNINSTALLED
+    assert (stored.access_token, stored.refresh_token, stored.application_token) == ("", "", "")

@@ -281,3 +281,18 @@ def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(sta
     assert statuses[portals[0].member_id] == 200
     assert [statuses[b.member_id] for b in portals[1:]] == [429, 429]
     assert len(standin.oauth_requests) - before == 1
+
+
+def test_a_throttled_forged_install_writes_nothing(client, installed, settings):
+    """Refused by its budget before anything else: no write transaction, no row (a stranger's flood must
+    not serialize the database)."""
+    from django.test.utils import CaptureQueriesContext
+    settings.B24_UNVERIFIED_OAUTH_BURST, settings.B24_UNVERIFIED_OAUTH_PER_MINUTE = 1, 1
+    _, b24 = installed  # the fixture's install spent the budget
+    post = b24.install_post()
+    post["REFRESH_ID"] = "0" * 40
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post("/install/", post)
+    assert response.status_code == 429
+    writes = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith(("UPDATE", "INSERT"))]
+    assert writes == []

@@ -18,6 +18,7 @@ from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
 
 def test_gcra_allows_the_burst_then_paces(settings):
+    settings.B24_RATE_LIMIT_MARGIN = 0
     settings.B24_RATE_LIMIT_BURST = 3
     settings.B24_RATE_LIMIT_PER_SECOND = 10
     waits = [limits.reserve("m-gcra", now=1000.0) for _ in range(6)]
@@ -157,3 +158,107 @@ def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(setting
     assert b24.calls("server.time") == 200
     assert _limited_answers(b24) == []
     assert delete_prefixed(REDIS_URL, prefix) > 0  # the processes did share their limiter under the prefix
+
+
+# --- the plan's bucket, adapting --------------------------------------------------------------------
+
+@pytest.mark.parametrize("license,plan", [("de_ent250", "enterprise"), ("en_ent10000", "enterprise"),
+                                          ("ru_project", "standard"), ("de_pro100", "standard"), ("", "standard")])
+def test_the_plan_is_read_from_the_licence(license, plan):
+    """api-reference/common/system/app-info.md: LICENSE is "<region>_<plan>", Enterprise plans "ent..."."""
+    assert limits.plan_of(license) == plan
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("plan", ["enterprise", "others"])
+def test_install_stores_the_portals_plan_from_app_info(client, b24, plan):
+    from tests.conftest import do_install
+    b24.set_plan(plan)  # LICENSE follows the plan (en_ent250 / en_project)
+    b24.rate_limit = False  # only the licence matters here
+    portal = do_install(client, b24)
+    assert portal.license == b24.license
+    assert portal.rest_plan == ("enterprise" if plan == "enterprise" else "standard")
+    assert PortalClient(portal)._plan() == portal.rest_plan
+
+
+def test_the_plans_buckets_are_the_documented_ones(settings):
+    settings.B24_RATE_LIMIT_MARGIN = 0
+    for plan, burst, interval in (("standard", 50, 0.5), ("enterprise", 250, 0.2)):
+        waits = [limits.reserve(f"m-plan-{plan}", now=1000.0, plan=plan) for _ in range(burst + 2)]
+        assert waits[:burst] == pytest.approx([0.0] * burst, abs=1e-6)
+        assert waits[burst:] == pytest.approx([interval, 2 * interval])
+
+
+def _share(member_id, now):
+    return limits._state(limits.cache.get(f"b24widget:rl:{member_id}"), now)[1]
+
+
+def test_a_limit_answer_fills_the_bucket_repeated_ones_halve_the_rate_then_it_probes_up(settings):
+    settings.B24_RATE_LIMIT_MARGIN = 0
+    limits.note_limited("m-adapt", now=1000.0)
+    # Full: the next slot is one interval (0.5 s) away; a lone answer keeps the plan's rate.
+    assert limits.reserve("m-adapt", now=1000.0) == pytest.approx(0.5)
+    assert _share("m-adapt", 1000.0) == 1.0
+    limits.note_limited("m-adapt", now=1002.0)  # again, soon: the portal allows less than the plan
+    assert _share("m-adapt", 1002.0) == limits.BACKOFF
+    # Full again, and the slots are now 1 s apart.
+    assert limits.reserve("m-adapt", now=1002.0) == pytest.approx(1.0)
+    assert limits.reserve("m-adapt", now=1002.0) == pytest.approx(2.0)
+    # Quiet for PROBE_SECONDS: the rate steps back up toward the plan's, one step at a time.
+    later = 1002.0 + limits.PROBE_SECONDS + 60
+    limits.reserve("m-adapt", now=later)
+    assert _share("m-adapt", later) == pytest.approx(limits.BACKOFF + limits.PROBE_STEP)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bucket_more_optimistic_than_the_portal_adapts_and_no_limit_error_surfaces(settings, client, b24):
+    """Our numbers say 40 burst, 40/s; the portal allows 10, then 20/s (another app on our address, a wrong
+    plan): Bitrix24 answers QUERY_LIMIT_EXCEEDED, the client slows down and retries; every call succeeds."""
+    from tests.conftest import do_install
+    portal = do_install(client, b24)
+    b24.rate_limit, b24.rate_limit_burst, b24.rate_limit_drain = True, 10, 20.0
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 40, 40
+    settings.B24_REST_MAX_RETRIES = 0
+    before = limits.counters.snapshot().get("limit_answers", 0)
+    errors = []
+
+    def worker():
+        from django.db import connection
+        try:
+            client_ = PortalClient(Portal.objects.get(pk=portal.pk))
+            for _ in range(30):
+                client_.call("server.time")
+        except RestError as exc:
+            errors.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert limits.counters.snapshot()["limit_answers"] > before  # the portal did refuse, and it was absorbed
+    assert b24.calls("server.time") == 90 + len(_limited_answers(b24))
+
+
+# --- operating time: billed per nested method -------------------------------------------------------
+
+def test_a_method_near_its_budget_is_held_back_inside_a_batch_and_the_rest_goes(settings, installed):
+    """settings/performance/limits.md: the outer batch is not billed, its nested methods are, each on its own."""
+    portal, b24 = installed
+    settings.B24_MAX_WAIT = 1
+    b24.crm_items = 10
+    b24.limits.operating_cost = {"crm.item.list": 150.0}  # three calls pass B24_OPERATING_PAUSE_AT (400)
+    client_ = PortalClient(portal)
+    result = client_.batch({f"c{i}": ("crm.item.list", {"entityTypeId": 2}) for i in range(3)})
+    assert not result.errors
+    assert limits.paused_until(portal.member_id, "crm.item.list")  # read from the commands' result_time
+    assert not limits.paused_until(portal.member_id, "batch")
+    calls = b24.calls("crm.item.list")
+    result = client_.batch({"list": ("crm.item.list", {"entityTypeId": 2}), "admin": ("user.admin", {})})
+    assert result.result["admin"] is True  # the other method and the batch itself go on
+    assert result.errors["list"].code == "OPERATION_TIME_LIMIT"  # held back, not sent
+    assert b24.calls("crm.item.list") == calls
+    assert client_.call("server.time")  # the portal is not paused

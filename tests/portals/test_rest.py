@@ -1,6 +1,7 @@
 """The REST client against the stand-in: call, batch, list, refresh, retries, moves."""
 import pytest
 
+from portals import limits, rest
 from portals.models import Portal, PortalEvent
 from portals.rest import PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed, build_query
 from tests.conftest import do_uninstall
@@ -79,12 +80,71 @@ def test_query_limit_is_retried_with_backoff(installed):
 def test_retries_are_bounded(installed, settings):
     portal, b24 = installed
     settings.B24_REST_MAX_RETRIES = 2
-    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=10)
+    b24.fail_next("user.admin", "INTERNAL_SERVER_ERROR", 503, times=10)
+    before = b24.calls("user.admin")
+    with pytest.raises(RestError) as info:
+        client_for(portal).call("user.admin")
+    assert info.value.code == "INTERNAL_SERVER_ERROR"
+    assert b24.calls("user.admin") - before == 3
+
+
+def test_limit_answers_are_retried_apart_from_the_generic_retries(installed, settings):
+    """Each QUERY_LIMIT_EXCEEDED slows the shared bucket and waits for the next slot: never surfaced, counted."""
+    portal, b24 = installed
+    settings.B24_REST_MAX_RETRIES = 0
+    settings.B24_RATE_LIMIT_PER_SECOND = 200  # the slowed slots stay short for the test
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=8)
+    before = limits.counters.snapshot()
+    assert client_for(portal).call("user.admin") is True
+    after = limits.counters.snapshot()
+    assert after["limit_answers"] - before.get("limit_answers", 0) == 8
+    assert after["limit_retries"] - before.get("limit_retries", 0) == 8
+
+
+def test_limit_answers_end_after_many(installed, settings):
+    portal, b24 = installed
+    settings.B24_RATE_LIMIT_PER_SECOND = 1000
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=rest._LIMIT_RETRIES + 5)
     before = b24.calls("user.admin")
     with pytest.raises(RestError) as info:
         client_for(portal).call("user.admin")
     assert info.value.code == "QUERY_LIMIT_EXCEEDED"
+    assert b24.calls("user.admin") - before == rest._LIMIT_RETRIES + 1
+
+
+def test_a_web_request_retries_a_limit_answer_only_briefly(installed, settings):
+    """No web thread sleeps long: at most two more tries, each within B24_REQUEST_MAX_WAIT."""
+    portal, b24 = installed
+    settings.B24_RATE_LIMIT_PER_SECOND = 1000
+    limits.cache.delete(f"b24widget:rl:{portal.member_id}")  # the install's slots were at the plan's 2/s
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=5)
+    before = b24.calls("user.admin")
+    with pytest.raises(RestError) as info:
+        PortalClient(Portal.objects.get(pk=portal.pk), interactive=True).call("user.admin")
+    assert info.value.code == "QUERY_LIMIT_EXCEEDED"
     assert b24.calls("user.admin") - before == 3
+
+
+def test_a_limit_inside_a_batch_is_retried_for_just_that_command(installed):
+    """settings/performance/limits.md: OPERATION_TIME_LIMIT is per nested method; the others ran once."""
+    portal, b24 = installed
+    b24.fail_next("user.admin", "OPERATION_TIME_LIMIT", 429)
+    before_admin, before_time, before_batch = b24.calls("user.admin"), b24.calls("server.time"), b24.calls("batch")
+    result = client_for(portal).batch({"admin": ("user.admin", {}), "time": ("server.time", {})})
+    assert not result.errors and result.result["admin"] is True and result.result["time"]
+    assert b24.calls("user.admin") - before_admin == 2  # refused once, then sent again alone
+    assert b24.calls("server.time") - before_time == 1
+    assert b24.calls("batch") - before_batch == 2
+
+
+def test_overload_limit_is_never_retried(installed):
+    portal, b24 = installed
+    b24.fail_next("user.admin", "OVERLOAD_LIMIT", 503, times=2)
+    before = b24.calls("user.admin")
+    with pytest.raises(RestError) as info:
+        client_for(portal).call("user.admin")
+    assert info.value.code == "OVERLOAD_LIMIT"
+    assert b24.calls("user.admin") - before == 1
 
 
 def test_operation_time_limit_is_retried(installed):
@@ -122,16 +182,48 @@ def test_batch_passes_nested_parameters(installed):
     assert bound and bound[0]["TITLE"] == "T & Co" and bound[0]["LANG_ALL"]["de"]["TITLE"] == "Grüße"
 
 
-@pytest.mark.parametrize("count,requests_made", [(0, 1), (30, 1), (50, 1), (51, 2), (3000, 3), (10000, 5)])
-def test_list_pages_through_batch(installed, count, requests_made):
+@pytest.mark.parametrize("count,requests_made", [(0, 1), (30, 1), (50, 1), (51, 1), (2500, 1), (2501, 2),
+                                                 (3000, 2), (10000, 4), (10001, 5)])
+def test_list_chains_pages_by_id_inside_batches(installed, count, requests_made):
+    """settings/performance/huge-data.md + batch.md: start=-1, >id of the previous command's last item."""
     portal, b24 = installed
     b24.crm_items = count
-    batches_before = b24.calls("batch")
+    before = len(b24.requests)
     items = client_for(portal).list("crm.item.list", {"entityTypeId": 2})
     assert [item["id"] for item in items] == list(range(1, count + 1))
-    # One direct first page, then the other pages 50 per batch request.
-    assert 1 + b24.calls("batch") - batches_before == requests_made
-    assert b24.calls("crm.item.list") == max(1, (count + 49) // 50)
+    sent = b24.requests[before:]
+    assert [r["method"] for r in sent] == ["batch"] * requests_made  # no count query, no page on its own
+    assert all(r["status"] == 200 for r in sent)
+
+
+@pytest.mark.parametrize("params", [{"order": {"title": "ASC"}}, {"order": {"id": "DESC"}}, {"filter": {"<=id": 9}}])
+def test_list_by_id_refuses_another_order_or_id_filter(installed, params):
+    """Paging by id owns the order and the id condition; such a call says paging="start" outright."""
+    portal, b24 = installed
+    before = len(b24.requests)
+    with pytest.raises(ValueError):
+        client_for(portal).list("crm.item.list", {"entityTypeId": 2, **params})
+    assert len(b24.requests) == before
+
+
+@pytest.mark.parametrize("count,requests_made", [(0, 1), (50, 1), (51, 2), (3000, 3), (10000, 5)])
+def test_list_by_start_stays_for_methods_not_filtered_by_id(installed, count, requests_made):
+    portal, b24 = installed
+    b24.crm_items = count
+    before = len(b24.requests)
+    items = client_for(portal).list("crm.item.list", {"entityTypeId": 2}, paging="start")
+    assert [item["id"] for item in items] == list(range(1, count + 1))
+    sent = [r["method"] for r in b24.requests[before:]]
+    assert sent == ["crm.item.list"] + ["batch"] * (requests_made - 1)
+
+
+def test_a_limit_inside_a_list_batch_is_retried_for_those_pages(installed):
+    """OPERATION_TIME_LIMIT is per nested command: the chain goes on from the last id it has."""
+    portal, b24 = installed
+    b24.crm_items = 3000
+    b24.fail_next("crm.item.list", "OPERATION_TIME_LIMIT", 429)
+    items = client_for(portal).list("crm.item.list", {"entityTypeId": 2})
+    assert [item["id"] for item in items] == list(range(1, 3001))
 
 
 def test_build_query_matches_php():
@@ -186,3 +278,34 @@ def test_app_info_can_be_asked_at_the_oauth_server(installed, standin):
     portal.server_endpoint = ""
     PortalClient(portal, oauth_server=True).call("app.info")
     assert b24.calls("app.info") == before_portal + 1
+
+
+def test_an_absurd_total_is_refused_before_anything_is_planned(installed):
+    """The offset form plans its pages from the portal's `total`: a portal answering 10**12 gets an error,
+    not a memory spike (a host answering like a portal, at the HTTP boundary)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Absurd(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.dumps({"result": [{"ID": "1"}], "total": 10**12, "next": 50}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Absurd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        portal, _b24 = installed
+        portal.client_endpoint = f"http://127.0.0.1:{server.server_address[1]}/rest/"
+        with pytest.raises(RestError) as info:
+            PortalClient(portal).list("some.entity.list", paging="start")
+        assert info.value.code == "bad_answer"
+    finally:
+        server.shutdown()
