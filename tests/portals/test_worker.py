@@ -185,7 +185,7 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     settings.B24_FANOUT_CHUNK = 3
     pairs = [(do_install(client, b24), b24) for b24 in [standin.add_portal() for _ in range(18)]]
     Portal.objects.update(refresh_renewed_at=timezone.now() - timedelta(days=160))
-    standin.oauth_delay = 0.05
+    standin.oauth_delay = 0.2  # each chunk takes a while: neither worker can drain the queue alone
     started = timezone.now()
     before = len(standin.oauth_requests)
     first, second = workers("w1"), workers("w2")
@@ -193,8 +193,8 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     tasks.keepalive_pass.delay()  # a pass sent twice (two beats, a manual run) still refreshes each once
     wait_for(lambda: PortalEvent.objects.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count()
              >= len(pairs), what="every due portal refreshed")
-    wait_for(lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None, timeout=20,
-             what="both workers to take chunks")
+    wait_for(lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None, timeout=60,
+             what="both workers to take chunks", detail=lambda: first.log()[-2000:] + "\n---\n" + second.log()[-2000:])
     for worker in (first, second):
         worker.stop()
     assert len(standin.oauth_requests) - before == len(pairs)
@@ -205,6 +205,12 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     assert all(line.get("task_id") for line in log_lines)  # JSON log lines carry the task id
 
 
+def _fresh_connections(app) -> None:
+    """Forget this process's broker connections and producer pool (Celery keeps both once made)."""
+    app.close()
+    app.amqp._producer_pool = None
+
+
 def test_a_broker_that_is_down_loses_no_event(client, b24, standin, monkeypatch, workers):
     """/events/ answers 200 with the row committed while the broker is down; the sweeper sends it later."""
     from b24widget.celery import app
@@ -213,14 +219,14 @@ def test_a_broker_that_is_down_loses_no_event(client, b24, standin, monkeypatch,
     unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
     monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
     app.conf.broker_url = unreachable
-    app.close()  # drop the connection pool: the next send connects to the (unreachable) broker
+    _fresh_connections(app)  # the next send connects to the (unreachable) broker
     try:
         do_install(client, b24, event=False)
         response = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
     finally:
         monkeypatch.undo()
         app.conf.broker_url = previous
-        app.close()
+        _fresh_connections(app)
     assert response.status_code == 200
     item = InboxItem.objects.get(pk=response.json()["id"])
     assert item.state == State.PENDING and item.enqueued_at is None  # stored, marked as never sent

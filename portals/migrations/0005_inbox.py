@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portals', '0003_leases_bindings_rejections'),
+        ('portals', '0004_portal_rest_plan'),
     ]
 
     operations = [
