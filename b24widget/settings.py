@@ -103,6 +103,16 @@ B24_MAX_WAIT = read.float("B24_MAX_WAIT", default=120.0)
 # Lifetime (seconds) of the signed token that lets the widget frame save settings.
 B24_WIDGET_TOKEN_MAX_AGE = read.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600, minimum=60)
 
+# The Open Lines channel (openlines/): inbound body cap, signature window (s), webhook deadline (s) and answer
+# cap, how long a reply is retried (hours) before it is a dead letter, and whether webhooks may go to
+# loopback or private addresses (local systems, the sandbox; never in production: see the deploy check).
+OPENLINES_INBOUND_MAX_BYTES = read.int("OPENLINES_INBOUND_MAX_BYTES", default=256 * 1024, minimum=1024)
+OPENLINES_SIGNATURE_WINDOW = read.int("OPENLINES_SIGNATURE_WINDOW", default=300)
+OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0, minimum=0.1)
+OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
+OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
+OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+
 # The event inbox (portals/inbox.py): attempts per event, back-off (first step, cap; seconds), how long a
 # worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
 # and how many unverified events (ONAPPINSTALL) per portal are stored per minute.
@@ -140,6 +150,7 @@ INSTALLED_APPS = [
     "b24widget",
     "portals",
     "placements",
+    "openlines",
 ]
 if DEBUG or B24_SANDBOX:
     INSTALLED_APPS.append("sandbox")
@@ -332,6 +343,8 @@ CELERY_BEAT_SCHEDULE = {
     # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
     "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
+    # The Open Lines channel: every channel with due messages (either way) is queued again.
+    "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
 }
 
 SETTINGS_PROBLEMS = read.problems

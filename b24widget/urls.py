@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path
 
+from openlines import views as openlines_views
 from placements import views as placement_views
 from portals import views as portal_views
 
@@ -12,6 +13,8 @@ urlpatterns = [
     path("events/", portal_views.events_view, name="events"),
     path("placement/", placement_views.placement_view, name="placement"),
     path("placement/settings/", placement_views.save_settings_view, name="placement-settings"),
+    path("openlines/connector/", openlines_views.connector_action_view, name="openlines-connector"),
+    path("channels/<uuid:channel_id>/messages", openlines_views.channel_messages_view, name="openlines-messages"),
     path("healthz", health.healthz, name="healthz"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),

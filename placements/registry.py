@@ -17,6 +17,9 @@ class Placement:
     # Bound with placement.bind at install. DEFAULT (the app's own page, opened from the portal's menu
     # at the "handler path" of the app's registration) exists without binding.
     bind: bool = True
+    # Dotted path of a view `(request, PlacementRequest) -> response` that renders this placement
+    # instead of `template` (another app's page; placements never import it).
+    view: str = ""
 
 
 CONTACT_CENTER = Placement(
@@ -33,7 +36,12 @@ CONTACT_CENTER = Placement(
 # The app opened from the portal's menu shows the same page: status and settings.
 DEFAULT = Placement(code="DEFAULT", template="placements/contact_center.html", bind=False)
 
-REGISTRY = {p.code: p for p in (CONTACT_CENTER, DEFAULT)}
+# An Open Lines connector's settings page (api-reference/widgets/setting-connector.md). Bitrix24 binds it
+# itself when the connector is registered (imconnector.register's PLACEMENT_HANDLER), never placement.bind.
+SETTING_CONNECTOR = Placement(code="SETTING_CONNECTOR", template="openlines/setting_connector.html", bind=False,
+                              view="openlines.views.setting_connector")
+
+REGISTRY = {p.code: p for p in (CONTACT_CENTER, DEFAULT, SETTING_CONNECTOR)}
 
 
 def get(code: str) -> Placement | None:

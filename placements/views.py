@@ -9,6 +9,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
+from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -105,17 +106,12 @@ def placement_view(request):
                                message=_("The request from Bitrix24 is malformed (%(field)s).") % {"field": exc.field},
                                origin=None)
     post = parsed.post
+    if parsed.placement.view:  # another app's page (e.g. openlines' SETTING_CONNECTOR)
+        return import_string(parsed.placement.view)(request, parsed)
     with translation.override(post.language):
-        try:
-            portal, verdict = auth.verify(post)
-        except auth.Refused as exc:
-            metrics.widget_open(exc.reason)
-            title, message = _refusal(exc.reason)
-            # The stored portal's origin, when one is known; else the posted one, for a page that holds
-            # nothing but this message (so the user sees it instead of a blocked frame).
-            origin = portal_origin(exc.portal) if exc.portal else frame_origin(post.domain, post.protocol)
-            return frame_error(request, status=exc.status, title=title, message=message, origin=origin,
-                               retry_after=exc.retry_after)
+        portal, verdict, refusal = verify_or_refuse(request, post)
+        if refusal is not None:
+            return refusal
         context = {
             "portal": portal,
             "verdict": verdict,
@@ -129,6 +125,21 @@ def placement_view(request):
         response = HttpResponse(page.replace(_TOKEN_SLOT, widget_token.issue(portal, verdict)))
         metrics.widget_open("shown")
     return framed_by(response, portal_origin(portal))
+
+
+def verify_or_refuse(request, post):
+    """(portal, verdict, None) for a genuine open, else (None, None, the refusal page) in the active language."""
+    try:
+        portal, verdict = auth.verify(post)
+    except auth.Refused as exc:
+        metrics.widget_open(exc.reason)
+        title, message = _refusal(exc.reason)
+        # The stored portal's origin, when one is known; else the posted one, for a page that holds
+        # nothing but this message (so the user sees it instead of a blocked frame).
+        origin = portal_origin(exc.portal) if exc.portal else frame_origin(post.domain, post.protocol)
+        return None, None, frame_error(request, status=exc.status, title=title, message=message, origin=origin,
+                                       retry_after=exc.retry_after)
+    return portal, verdict, None
 
 
 # Rendered widget pages, per process, keyed by everything they are rendered from (the portal row, the

@@ -128,6 +128,9 @@ def parse(request) -> AppEvent:
         raise BadEvent("auth is missing")
     if isinstance(data, list) and not data:
         data = {}
+    if isinstance(data, (str, int)) and not isinstance(data, bool) and len(str(data)) <= 64:
+        # A bare value: ONIMCONNECTORLINEDELETE's data is the line id (events/on-im-connector-line-delete.md).
+        data = {"VALUE": str(data)}
     if not isinstance(data, dict):
         raise BadEvent("data is not an object")
     member_id = _str(auth.get("member_id"))

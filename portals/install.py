@@ -11,7 +11,7 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
-from . import lifecycle
+from . import install_steps, lifecycle
 from .frame_post import FramePost
 from .grants import GrantRefused, administrator_grant
 from .models import Portal
@@ -76,7 +76,8 @@ def ensure_writable() -> None:
 
 
 def bind(portal: Portal) -> None:
-    """(Re)bind the registry's placements, then the app's events: unbind first, so it is idempotent.
+    """(Re)bind the registry's placements, then the app's events, then run the apps' install steps
+    (`install_steps`): unbind first, so it is idempotent.
 
     Events are bound only once the placements are: `event.bind` is open to any user, `placement.bind`
     only to administrators, and an install that cannot show its square must not look complete.
@@ -106,8 +107,15 @@ def bind(portal: Portal) -> None:
                 version = str(app.get("VERSION") or "")
                 lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=license,
                                        version=version if version.isascii() and version.isdigit() else "")
+    bound_events = list(APP_EVENTS)
+    for name, step in install_steps.steps():  # e.g. openlines registers its connectors
+        try:
+            bound_events += step(portal, client) or []
+        except RestError as exc:
+            lifecycle.record_binding_failure(portal, exc.code, f"{name}: {exc.description}")
+            raise InstallUnavailable(exc.code) from None
     lifecycle.record_bindings(
-        portal, placements=[b["PLACEMENT"] for b in handlers], events=list(APP_EVENTS)
+        portal, placements=[b["PLACEMENT"] for b in handlers], events=bound_events
     )
 
 

@@ -49,3 +49,11 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # Serve static files straight from the apps (no collectstatic in tests).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# The channel's webhook receivers in the tests listen on 127.0.0.1 (Python-only: subprocesses that run the
+# deploy check do not inherit it).
+OPENLINES_ALLOW_PRIVATE_WEBHOOKS = True
+
+# The channel's delivery tasks run inline in the tests (openlines.tasks.enqueue; Python-only, never from the
+# environment); the inbox's tasks are processed by the tests themselves (tests/conftest.py deliver()).
+OPENLINES_TASKS_INLINE = True

@@ -130,7 +130,10 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
 
     # BX24 inside the frame: the widget's fitWindow resized the iframe to the page's height.
     fits = page.locator('#bx24-log li[data-command="fitWindow"]')
-    expect(fits).to_have_count(3)  # the install page's, the app page's after the reload, the widget's
+    # The Open Lines overview (openlines/) lists the lines, read with BX24.callMethod, then fits again.
+    expect(widget.locator("#open-lines-table tbody tr[data-line]")).to_have_count(2)
+    # the install page's; the app page's after the reload and the widget's, each twice (page, then overview)
+    expect(fits).to_have_count(5)
     frame = page.locator("#app-frame").element_handle().content_frame()
     content_height = frame.evaluate("document.documentElement.offsetHeight")
     assert abs(int(page.get_attribute("#app-frame", "data-height")) - content_height) <= 2
@@ -145,7 +148,7 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     widget.locator("#save").click()
     expect(widget.locator("#save-result")).to_have_attribute("data-state", "saved")
     expect(widget.locator("#save-result")).to_have_text("Settings saved.")
-    expect(fits).to_have_count(4)  # the frame grew to show the message
+    expect(fits).to_have_count(6)  # the frame grew to show the message
     shoot(page, "04-settings-saved")
     assert_accessible(app_frame_content(page), "the widget after saving")
     saved = WidgetSettings.objects.get(portal__member_id=sandbox.portal.member_id)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LANGUAGES = ["ru", "de"]
 # What a portal's users see: every template, the placement pages, the install and error pages. The Django
 # admin (portals/admin.py, model field labels) is for the deployment's staff and stays in English.
-USER_FACING = ["templates", "placements", "portals/views.py", "portals/frame_post.py"]
+USER_FACING = ["templates", "placements", "openlines/views.py", "portals/views.py", "portals/frame_post.py"]
 KEYWORDS = {**DEFAULT_KEYWORDS, "gettext_lazy": None, "gettext_noop": None, "ngettext_lazy": (1, 2),
             "pgettext_lazy": ((1, "c"), 2), "npgettext_lazy": ((1, "c"), 2, 3)}
 

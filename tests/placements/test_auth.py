@@ -267,12 +267,13 @@ def test_bitrix24_failures_are_a_502_page_and_not_cached(frame_500, installed, s
     assert is_widget(open_widget(frame_500, fields))  # the failure was not cached as a verdict
 
 
-def test_a_limit_answer_while_verifying_is_retried_within_the_short_wait(frame, installed, settings):
+def test_a_limit_answer_while_verifying_is_retried_within_the_short_wait(frame, client, b24, settings):
     """QUERY_LIMIT_EXCEEDED is the client's to absorb: the widget opens, the answer is counted."""
     from portals import limits
-    _, b24 = installed
+    # Set before the install, whose requests (placements, events, install steps) fill the bucket at this rate:
     settings.B24_RATE_LIMIT_PER_SECOND = 50  # the next slot after the answer is well within B24_REQUEST_MAX_WAIT
     settings.B24_REST_MAX_RETRIES = 0  # not the generic retries: the limit's own
+    do_install(client, b24)
     b24.fail_next("batch", "QUERY_LIMIT_EXCEEDED", 503)
     before = limits.counters.snapshot().get("limit_answers", 0)
     assert is_widget(open_widget(frame, b24.placement_post()))

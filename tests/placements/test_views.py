@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import get_resolver
 
+from openlines import views as openlines_views
 from placements import views as placement_views
 from portals import views as portal_views
 from tests.conftest import do_install
@@ -170,8 +171,11 @@ def test_only_the_bitrix24_entry_points_are_csrf_exempt():
                 yield pattern.callback
 
     exempt = {view for view in walk(get_resolver()) if getattr(view, "csrf_exempt", False)}
+    # ... and the channel's: the connector page's actions (a widget token, like the settings save) and the
+    # channel API (an HMAC signature, for outside systems).
     assert exempt == {portal_views.install_view, portal_views.events_view,
-                      placement_views.placement_view, placement_views.save_settings_view}
+                      placement_views.placement_view, placement_views.save_settings_view,
+                      openlines_views.connector_action_view, openlines_views.channel_messages_view}
 
 
 def test_a_post_without_a_csrf_token_is_refused_elsewhere(db, django_user_model):

@@ -1,0 +1,92 @@
+"""Staff view of channels and relayed messages: state, counts, failures with replay. Never a secret."""
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .models import Channel, Delivery, InboundMessage, OutboundMessage
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    list_display = ("portal", "line_id", "connector_id", "state", "inbound_count", "outbound_count", "failures",
+                    "last_activity_at")
+    list_filter = ("state", "connector_id")
+    search_fields = ("portal__domain", "portal__member_id", "line_id", "public_id")
+    list_select_related = ("portal",)
+    show_full_result_count = False
+    fields = ("portal", "connector_id", "line_id", "public_id", "state", "name", "webhook_url", "credentials",
+              "secret_rotated_at", "connected_by", "connected_at", "disconnected_at", "last_activity_at",
+              "last_error")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        # The secret is never loaded (nor decrypted) here; the counts come in the same query.
+        return super().get_queryset(request).defer("secret").annotate(
+            _inbound=Count("inbound", distinct=True), _outbound=Count("outbound", distinct=True),
+            _failed_in=Count("inbound", filter=Q(inbound__state__in=[Delivery.FAILED, Delivery.DEAD]), distinct=True),
+            _failed_out=Count("outbound", filter=Q(outbound__state__in=[Delivery.FAILED, Delivery.DEAD]),
+                              distinct=True),
+        )
+
+    def has_add_permission(self, request):
+        return False  # channels are connected from the portal
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # history stays
+
+    @admin.display(description=_("credentials"))
+    def credentials(self, obj):
+        return _("issued") if obj.secret_rotated_at and obj.state == Channel.State.CONNECTED else _("none")
+
+    @admin.display(description=_("in"), ordering="_inbound")
+    def inbound_count(self, obj):
+        return obj._inbound
+
+    @admin.display(description=_("out"), ordering="_outbound")
+    def outbound_count(self, obj):
+        return obj._outbound
+
+    @admin.display(description=_("failures"))
+    def failures(self, obj):
+        return obj._failed_in + obj._failed_out
+
+
+class _MessageAdmin(admin.ModelAdmin):
+    list_filter = ("state", "action")
+    list_select_related = ("channel", "channel__portal")
+    show_full_result_count = False
+    actions = ["replay"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description=_("Replay (deliver again now)"))
+    def replay(self, request, queryset):
+        from . import tasks
+
+        count = queryset.filter(state__in=[Delivery.FAILED, Delivery.DEAD]).update(
+            state=Delivery.PENDING, next_attempt_at=timezone.now(), attempts=0, last_error="")
+        for channel_id in set(queryset.values_list("channel_id", flat=True)):
+            tasks.enqueue_channel(self.model, channel_id)
+        self.message_user(request, _("%(count)d message(s) queued again.") % {"count": count}, messages.SUCCESS)
+
+
+@admin.register(InboundMessage)
+class InboundMessageAdmin(_MessageAdmin):
+    list_display = ("channel", "action", "external_chat_id", "external_message_id", "state", "attempts",
+                    "received_at", "sent_at", "last_error")
+    search_fields = ("external_chat_id", "external_message_id", "im_chat_id")
+
+
+@admin.register(OutboundMessage)
+class OutboundMessageAdmin(_MessageAdmin):
+    list_display = ("channel", "action", "im_chat_id", "im_message_id", "state", "attempts", "created_at",
+                    "sent_at", "last_error")
+    search_fields = ("im_chat_id", "im_message_id", "external_chat_id")

@@ -1,0 +1,123 @@
+"""Handlers of the connector events, registered with the inbox (portals/inbox.py, the seam of issue 14).
+
+Each takes the stored event (`item.portal`, `item.data` as Bitrix24 sent it), is idempotent (an event
+may be handled again), and returns a short outcome. Pages: api-reference/imopenlines/imconnector/events/.
+"""
+import logging
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import lifecycle, registry, tasks
+from .models import Channel, OutboundMessage
+
+log = logging.getLogger(__name__)
+
+
+class NotApplicable(Exception):
+    """The event names no connected channel of ours (turned into the inbox's Reject when it exists)."""
+
+
+def _reject(reason: str):
+    try:
+        from portals.inbox import Reject
+    except ImportError:
+        return NotApplicable(reason)
+    return Reject(reason)
+
+
+def _messages(data) -> list:
+    messages = data.get("MESSAGES") if isinstance(data, dict) else None
+    if isinstance(messages, dict):  # form-encoded MESSAGES[0][...] arrives as a dict keyed "0", "1", ...
+        messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    return [m for m in messages or [] if isinstance(m, dict)]
+
+
+def _channel(item) -> Channel:
+    data = item.data if isinstance(item.data, dict) else {}
+    connector = registry.get(str(data.get("CONNECTOR") or ""))
+    line = str(data.get("LINE") or "")
+    channel = Channel.objects.filter(portal=item.portal, connector_id=getattr(connector, "id", ""), line_id=line,
+                                     state=Channel.State.CONNECTED).first() if connector and item.portal else None
+    if channel is None:
+        raise _reject("no connected channel for this connector and line")
+    return channel
+
+
+def _str(value, limit: int) -> str:
+    return str(value if value is not None else "")[:limit]
+
+
+def _store(channel: Channel, action: str, data) -> int:
+    stored = 0
+    for message in _messages(data):
+        im = message.get("im") if isinstance(message.get("im"), dict) else {}
+        chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
+        body = message.get("message") if isinstance(message.get("message"), dict) else {}
+        im_chat, im_message = _str(im.get("chat_id"), 32), _str(im.get("message_id"), 32)
+        if not im_chat.isdigit() or not im_message.isdigit():
+            continue
+        payload = {"event": f"message.{action}", "chat": {"id": _str(chat.get("id"), 128)},
+                   "message": {"id": im_message, "text": _str(body.get("text"), 20000),
+                               "user_id": _str(body.get("user_id"), 32)},
+                   "im": {"chat_id": im_chat, "message_id": im_message}}
+        if isinstance(body.get("files"), list):
+            payload["message"]["files"] = [{"url": _str(f.get("link") or f.get("url"), 2000),
+                                            "name": _str(f.get("name"), 255)}
+                                           for f in body["files"][:10] if isinstance(f, dict)]
+        try:
+            with transaction.atomic():
+                OutboundMessage.objects.create(channel=channel, action=action, key=f"{action}:{im_message}",
+                                               im_chat_id=im_chat, im_message_id=im_message,
+                                               external_chat_id=payload["chat"]["id"], payload=payload)
+            stored += 1
+        except IntegrityError:
+            pass  # the same event again: stored once
+    if stored:
+        Channel.objects.filter(pk=channel.pk).update(last_activity_at=timezone.now())
+    return stored
+
+
+def _on_message(action: str):
+    def handler(item) -> str:
+        channel = _channel(item)
+        stored = _store(channel, action, item.data)
+        tasks.after_commit(tasks.deliver_outbound, channel.pk)
+        return f"{stored} message(s) queued for the webhook"
+    handler.__name__ = f"on_message_{action}"
+    return handler
+
+
+on_message_add = _on_message(OutboundMessage.Action.ADD)
+on_message_update = _on_message(OutboundMessage.Action.UPDATE)
+on_message_delete = _on_message(OutboundMessage.Action.DELETE)
+
+
+def on_status_delete(item) -> str:
+    """events/on-im-connector-status-delete.md: data {connector, line}: our connector left the line."""
+    data = item.data if isinstance(item.data, dict) else {}
+    connector = registry.get(str(data.get("connector") or ""))
+    if connector is None or item.portal is None:
+        raise _reject("not our connector")
+    count = lifecycle.revoke_line(item.portal, str(data.get("line") or ""), connector_id=connector.id,
+                                  reason="connector removed from the line in Bitrix24")
+    return f"{count} channel(s) revoked"
+
+
+def on_line_delete(item) -> str:
+    """events/on-im-connector-line-delete.md: data is the bare line id."""
+    # /events/ keeps a bare data value as {"VALUE": ...} (portals/events.py).
+    line = item.data if not isinstance(item.data, dict) else item.data.get("VALUE", item.data.get("LINE", ""))
+    if item.portal is None or not str(line).isdigit():
+        raise _reject("no line id")
+    count = lifecycle.revoke_line(item.portal, str(line), reason="Open Line deleted in Bitrix24")
+    return f"{count} channel(s) revoked"
+
+
+HANDLERS = {
+    "ONIMCONNECTORMESSAGEADD": on_message_add,
+    "ONIMCONNECTORMESSAGEUPDATE": on_message_update,
+    "ONIMCONNECTORMESSAGEDELETE": on_message_delete,
+    "ONIMCONNECTORSTATUSDELETE": on_status_delete,
+    "ONIMCONNECTORLINEDELETE": on_line_delete,
+}

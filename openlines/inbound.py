@@ -1,0 +1,165 @@
+"""The channel API in: `POST /channels/<id>/messages` from the outside system, checked, stored, queued.
+
+Checks, cheapest first, each with its own error code and nothing sent to Bitrix24 for any of them:
+unknown channel (404 unknown_channel), disconnected (409 channel_disconnected), body over
+OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside OPENLINES_SIGNATURE_WINDOW
+(401 stale_timestamp), signature (401 bad_signature), shape (400 bad_request), a message id already
+accepted (409 duplicate_message). The signature is HMAC-SHA256 with the channel's secret over
+"<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
+"""
+import hashlib
+import hmac
+import json
+import time
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .models import Channel, InboundMessage
+from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+
+_ID_MAX = 128
+_TEXT_MAX = 20000
+_FILES_MAX = 10
+# imconnector-send-messages.md: name and last_name at most 25 characters.
+_NAME_MAX = 25
+
+
+class Refused(Exception):
+    def __init__(self, code: str, description: str, status: int):
+        self.code, self.description, self.status = code, description, status
+        super().__init__(code)
+
+
+def _header(request, name: str) -> str:
+    return request.headers.get(name, "")
+
+
+def find_channel(public_id) -> Channel:
+    channel = Channel.objects.select_related("portal").filter(public_id=public_id).first()
+    if channel is None:
+        raise Refused("unknown_channel", "no such channel", 404)
+    if not channel.is_connected or not channel.secret or not channel.portal.is_serving:
+        raise Refused("channel_disconnected", "the channel is not connected to an Open Line", 409)
+    return channel
+
+
+def read_body(request) -> bytes:
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if not declared.isdigit() or int(declared) > settings.OPENLINES_INBOUND_MAX_BYTES:
+        raise Refused("body_too_large", f"the body must be at most {settings.OPENLINES_INBOUND_MAX_BYTES} bytes", 413)
+    body = request.read(settings.OPENLINES_INBOUND_MAX_BYTES + 1)
+    if len(body) > settings.OPENLINES_INBOUND_MAX_BYTES:
+        raise Refused("body_too_large", f"the body must be at most {settings.OPENLINES_INBOUND_MAX_BYTES} bytes", 413)
+    return body
+
+
+def check_signature(channel: Channel, request, body: bytes) -> None:
+    timestamp = _header(request, TIMESTAMP_HEADER)
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} must be the Unix time of the request", 401)
+    if abs(time.time() - int(timestamp)) > settings.OPENLINES_SIGNATURE_WINDOW:
+        raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} is outside the {settings.OPENLINES_SIGNATURE_WINDOW}s "
+                                         "window (check the clock)", 401)
+    presented = _header(request, SIGNATURE_HEADER)
+    if not hmac.compare_digest(presented.encode(), sign(channel.secret, timestamp, body).encode()):
+        raise Refused("bad_signature", f"{SIGNATURE_HEADER} does not match the body", 401)
+
+
+def _text(value, name: str, limit: int, *, required: bool = False) -> str:
+    if value is None or value == "":
+        if required:
+            raise Refused("bad_request", f"{name} is required", 400)
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise Refused("bad_request", f"{name} must be a string", 400)
+    value = str(value)
+    if len(value) > limit:
+        raise Refused("bad_request", f"{name} is longer than {limit} characters", 400)
+    return value
+
+
+def _url(value, name: str) -> str:
+    value = _text(value, name, 2000)
+    if value and not value.startswith(("https://", "http://")):
+        raise Refused("bad_request", f"{name} must be an http(s) URL", 400)
+    return value
+
+
+def parse(body: bytes) -> tuple[str, dict]:
+    """(action, the MESSAGES element for Bitrix24) from the JSON body, or Refused."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Refused("bad_request", "the body is not JSON", 400) from None
+    if not isinstance(data, dict):
+        raise Refused("bad_request", "the body must be a JSON object", 400)
+    action = data.get("action", "add")
+    if action not in ("add", "update", "delete"):
+        raise Refused("bad_request", "action must be add, update or delete", 400)
+    chat, user, message = (data.get(k) if isinstance(data.get(k), dict) else None for k in ("chat", "user", "message"))
+    if chat is None or user is None or message is None:
+        raise Refused("bad_request", "chat, user and message must be objects", 400)
+    element = {
+        "chat": {"id": _text(chat.get("id"), "chat.id", _ID_MAX, required=True)},
+        "user": {"id": _text(user.get("id"), "user.id", _ID_MAX, required=True)},
+        "message": {"id": _text(message.get("id"), "message.id", _ID_MAX, required=True)},
+    }
+    if action == "delete":
+        return action, element
+    for key, limit in (("name", 128), ("url", 2000)):
+        if chat.get(key):
+            element["chat"][key] = _url(chat[key], "chat.url") if key == "url" else _text(chat[key], "chat.name", limit)
+    for key in ("name", "last_name"):
+        if user.get(key):
+            element["user"][key] = _text(user[key], f"user.{key}", 200)[:_NAME_MAX]
+    for key in ("email", "phone"):
+        if user.get(key):
+            element["user"][key] = _text(user[key], f"user.{key}", 200)
+    if user.get("picture"):
+        picture = user["picture"]
+        element["user"]["picture"] = {"url": _url(picture.get("url") if isinstance(picture, dict) else picture,
+                                                  "user.picture")}
+    text = _text(message.get("text"), "message.text", _TEXT_MAX)
+    files = message.get("files") or []
+    if not isinstance(files, list) or len(files) > _FILES_MAX:
+        raise Refused("bad_request", f"message.files must be a list of at most {_FILES_MAX}", 400)
+    files = [{"url": _url(f.get("url"), "message.files[].url") or _missing("message.files[].url"),
+              "name": _text(f.get("name"), "message.files[].name", 255)} for f in files if isinstance(f, dict)]
+    if not text and not files:
+        raise Refused("bad_request", "message.text or message.files is required", 400)
+    date = message.get("date")
+    if date is not None and (isinstance(date, bool) or not isinstance(date, int) or date < 0):
+        raise Refused("bad_request", "message.date must be a Unix time in seconds", 400)
+    element["message"].update({"date": date or int(time.time()), "text": text})
+    if files:
+        element["message"]["files"] = files
+    return action, element
+
+
+def _missing(name):
+    raise Refused("bad_request", f"{name} is required", 400)
+
+
+def idempotency_key(action: str, element: dict) -> str:
+    message_id = element["message"]["id"]
+    if action != "update":
+        return f"{action}:{message_id}"
+    # Every distinct edit of a message is accepted once.
+    digest = hashlib.sha256(json.dumps(element["message"], sort_keys=True).encode()).hexdigest()[:16]
+    return f"update:{message_id}:{digest}"
+
+
+def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
+    """Store the message for delivery; Refused(duplicate_message) when its id was accepted before."""
+    try:
+        with transaction.atomic():
+            row = InboundMessage.objects.create(
+                channel=channel, action=action, key=idempotency_key(action, element),
+                external_chat_id=element["chat"]["id"], external_message_id=element["message"]["id"], payload=element,
+            )
+    except IntegrityError:
+        raise Refused("duplicate_message", "this message id was accepted before", 409) from None
+    Channel.objects.filter(pk=channel.pk).update(last_activity_at=timezone.now())
+    return row

@@ -1,0 +1,192 @@
+"""A channel's life: the connector registered on the portal, connected to a line, disconnected, revoked.
+
+Register (install step, see portals/install_steps.py): `imconnector.register` for every connector in
+the registry and `event.bind` of the connector events to <B24_APP_URL>/events/. Connect: one batch of
+`imconnector.activate` + `imconnector.connector.data.set` + `imconnector.status`. Disconnect:
+`imconnector.activate` with ACTIVE=0. Revoke (the line or the connector deleted in Bitrix24, or the app
+uninstalled): relaying stops and the credentials go; the messages stay.
+"""
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portals.install import events_url
+from portals.models import Portal
+from portals.rest import PortalClient, RestError
+
+from . import registry
+from .models import Channel
+
+log = logging.getLogger(__name__)
+
+
+class ConnectFailed(Exception):
+    """Bitrix24 refused or did not answer; `code` is its error code. Nothing was stored as connected."""
+
+    def __init__(self, code: str, description: str = ""):
+        self.code = code
+        self.description = description
+        super().__init__(f"{code}: {description}")
+
+
+# --- registration (install, ONAPPUPDATE, admin re-bind) -------------------------------------------
+def register_connectors(portal: Portal, client: PortalClient) -> list[str]:
+    """Install step: register every connector and bind the connector events; returns the events bound."""
+    commands = {f"register_{c.id}": ("imconnector.register", c.register_params()) for c in registry.REGISTRY.values()}
+    for event in registry.CONNECTOR_EVENTS:
+        commands[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": events_url()})
+        commands[f"bind_{event}"] = ("event.bind", {"event": event, "handler": events_url()})
+    result = client.batch(commands)
+    if any(e.code in _NO_SCOPE for k, e in result.errors.items() if k.startswith("register_")):
+        # A portal that did not grant the Open Lines scopes keeps the widget; it just has no channel.
+        log.warning("connectors not registered: scope not granted", extra={"member_id": portal.member_id})
+        return []
+    for key, error in result.errors.items():
+        if key.startswith("unbind_") or _already_bound(error):
+            continue
+        raise RestError(error.code, f"{key}: {error.description}", method=error.method)
+    for connector in registry.REGISTRY.values():
+        # imconnector-register.md: errors come as HTTP 200 with result.result = false.
+        answer = result.result.get(f"register_{connector.id}")
+        if not (isinstance(answer, dict) and answer.get("result") is True):
+            answer = answer if isinstance(answer, dict) else {}
+            raise RestError(str(answer.get("error") or "APPLICATION_REGISTRATION_ERROR"),
+                            str(answer.get("error_description") or "")[:255], method="imconnector.register")
+    log.info("connectors registered", extra={"member_id": portal.member_id})
+    return list(registry.CONNECTOR_EVENTS)
+
+
+_NO_SCOPE = frozenset({"insufficient_scope", "ACCESS_DENIED", "WRONG_AUTH_TYPE"})
+
+
+def _already_bound(error: RestError) -> bool:
+    return error.code == "ERROR_CORE" and "already binded" in error.description.lower()
+
+
+# --- connect / disconnect (SETTING_CONNECTOR, the Contact Center overview) --------------------------
+def channel_url(channel: Channel) -> str:
+    return f"{settings.B24_APP_URL}/channels/{channel.public_id}/"
+
+
+def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user_id: str, name: str = "",
+            webhook_url: str = "") -> tuple[Channel, str]:
+    """Connect the connector to the line; returns (channel, its new secret, to be shown once).
+
+    Raises ConnectFailed when Bitrix24 refuses; the channel then stays as it was."""
+    with transaction.atomic():
+        # Not connected until Bitrix24 says the connector is active on the line.
+        channel, _created = Channel.objects.select_for_update().get_or_create(
+            portal=portal, connector_id=connector.id, line_id=line_id,
+            defaults={"state": Channel.State.DISCONNECTED},
+        )
+    name = (name or channel.name or f"{connector.name} ({line_id})")[:128]
+    result = _batch(portal, {
+        "activate": ("imconnector.activate", {"CONNECTOR": connector.id, "LINE": line_id, "ACTIVE": 1}),
+        "data": ("imconnector.connector.data.set", {"CONNECTOR": connector.id, "LINE": line_id, "DATA": {
+            "ID": str(channel.public_id), "URL": channel_url(channel), "URL_IM": channel_url(channel), "NAME": name,
+        }}),
+        "status": ("imconnector.status", {"CONNECTOR": connector.id, "LINE": line_id}),
+    })
+    status = result.result.get("status")
+    if not isinstance(status, dict) or status.get("STATUS") is not True:
+        raise ConnectFailed("not_active", "Bitrix24 does not report the connector active on this line")
+    with transaction.atomic():
+        channel = Channel.objects.select_for_update().get(pk=channel.pk)
+        secret = channel.new_secret()
+        channel.state = Channel.State.CONNECTED
+        channel.name = name
+        if webhook_url:
+            channel.webhook_url = webhook_url
+        channel.connected_by = user_id
+        channel.connected_at = timezone.now()
+        channel.disconnected_at = None
+        channel.last_error = ""
+        channel.save()
+    log.info("channel connected", extra={"member_id": portal.member_id, "line": line_id, "user_id": user_id})
+    return channel, secret
+
+
+_LINES_PAGE = 200  # imopenlines-config-list-get.md: PARAMS.limit at most 200; pages by PARAMS.offset, no "next"
+_LINES_MAX = 5000
+
+
+def open_lines(portal: Portal) -> list[dict]:
+    """Every Open Line of the portal ({"id", "name"}), page by page; raises ConnectFailed."""
+    client = PortalClient(portal, interactive=True)
+    out = []
+    while len(out) < _LINES_MAX:
+        try:
+            page = client.call("imopenlines.config.list.get", {
+                "PARAMS": {"select": ["ID", "LINE_NAME"], "order": {"ID": "asc"}, "limit": _LINES_PAGE,
+                           "offset": len(out)}})
+        except RestError as exc:
+            raise ConnectFailed(exc.code, exc.description) from None
+        page = page if isinstance(page, list) else []
+        out += [{"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]}
+                for line in page if isinstance(line, dict) and str(line.get("ID", "")).isdigit()]
+        if len(page) < _LINES_PAGE:
+            return out
+    return out
+
+
+def rotate_secret(channel: Channel) -> str:
+    """A new secret for a connected channel (the old one stops working at once); shown once."""
+    with transaction.atomic():
+        channel = Channel.objects.select_for_update().get(pk=channel.pk)
+        secret = channel.new_secret()
+        channel.save(update_fields=["secret", "secret_rotated_at"])
+    return secret
+
+
+def disconnect(portal: Portal, channel: Channel, *, user_id: str) -> Channel:
+    """Deactivate the connector on the line; the credentials are revoked, the history stays."""
+    _batch(portal, {"activate": ("imconnector.activate", {
+        "CONNECTOR": channel.connector_id, "LINE": channel.line_id, "ACTIVE": 0})})
+    revoke(channel, state=Channel.State.DISCONNECTED)
+    log.info("channel disconnected", extra={"member_id": portal.member_id, "line": channel.line_id,
+                                             "user_id": user_id})
+    return channel
+
+
+def revoke(channel: Channel, *, state: str = Channel.State.REVOKED, reason: str = "") -> None:
+    Channel.objects.filter(pk=channel.pk).update(state=state, secret="", disconnected_at=timezone.now(),
+                                                 last_error=reason[:255])
+    channel.state, channel.secret = state, ""
+
+
+def revoke_line(portal: Portal, line_id: str, *, connector_id: str | None = None, reason: str) -> int:
+    """Teardown for OnImConnectorLineDelete / OnImConnectorStatusDelete: returns the channels revoked."""
+    channels = Channel.objects.filter(portal=portal, line_id=line_id).exclude(state=Channel.State.REVOKED)
+    if connector_id is not None:
+        channels = channels.filter(connector_id=connector_id)
+    count = 0
+    for channel in channels:
+        revoke(channel, reason=reason)
+        count += 1
+    return count
+
+
+def _batch(portal: Portal, commands: dict):
+    try:
+        result = PortalClient(portal, interactive=True).batch(commands, halt=True)
+    except RestError as exc:
+        raise ConnectFailed(exc.code, exc.description) from None
+    if result.errors:
+        key, error = next(iter(result.errors.items()))
+        raise ConnectFailed(error.code, f"{key}: {error.description}")
+    return result
+
+
+# --- the connector events, through the inbox seam (portals/inbox.py, issue 14) ----------------------
+def register_event_handlers() -> None:
+    """Register our event handlers with the durable inbox, when this deployment has it."""
+    try:
+        from portals import inbox
+    except ImportError:  # the inbox lands with issue 14; until then the events are refused at /events/
+        return
+    from . import events
+
+    for code, handler in events.HANDLERS.items():
+        inbox.register(code, handler)

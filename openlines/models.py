@@ -1,0 +1,143 @@
+"""A channel per portal and Open Line, the messages it relayed (with their ids on both sides), deliveries.
+
+History stays when a channel is disconnected or its portal uninstalls: only the credentials go.
+"""
+import secrets
+import uuid
+
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from portals.crypto import EncryptedTextField
+from portals.models import Portal
+
+
+class Channel(models.Model):
+    """Our connector on one Open Line of one portal, and the outside system's credentials for it.
+
+    `public_id` names the channel in the channel API's URLs; `secret` (the HMAC key both ways) is made
+    here, shown once, stored only encrypted (portals.crypto) and replaced on rotation.
+    """
+
+    class State(models.TextChoices):
+        CONNECTED = "connected", _("connected")
+        DISCONNECTED = "disconnected", _("disconnected")
+        REVOKED = "revoked", _("revoked")  # the line, the connector or the app is gone
+
+    portal = models.ForeignKey(Portal, on_delete=models.CASCADE, related_name="channels")
+    connector_id = models.CharField(max_length=64)
+    line_id = models.CharField(max_length=16, help_text="Bitrix24 Open Line id.")
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.CONNECTED, db_index=True)
+    name = models.CharField(max_length=128, blank=True, help_text="Shown in Bitrix24 (connector.data.set NAME).")
+    webhook_url = models.CharField(max_length=500, blank=True, help_text="Where operator replies are POSTed.")
+    secret = EncryptedTextField(blank=True)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True)
+    connected_by = models.CharField(max_length=32, blank=True, help_text="Bitrix24 user id.")
+    created_at = models.DateTimeField(default=timezone.now)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=255, blank=True)
+    # One worker at a time delivers a channel's messages each way (so they keep their order); a lease,
+    # not a lock, so a crashed worker's channel is taken over once it ends.
+    inbound_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    outbound_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["portal_id", "line_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["portal", "connector_id", "line_id"], name="channel_per_line"),
+        ]
+
+    def __str__(self):
+        return f"{self.connector_id} on line {self.line_id} of {self.portal_id}"
+
+    def __repr__(self):
+        return f"<Channel {self.public_id} {self.state}>"  # never the secret
+
+    @property
+    def is_connected(self) -> bool:
+        return self.state == self.State.CONNECTED
+
+    def new_secret(self) -> str:
+        """Make (or rotate) the channel's secret; the caller saves and shows it once."""
+        self.secret = secrets.token_urlsafe(32)
+        self.secret_rotated_at = timezone.now()
+        return self.secret
+
+
+class Delivery(models.TextChoices):
+    PENDING = "pending", _("pending")
+    SENT = "sent", _("sent")
+    FAILED = "failed", _("failed")  # retried later
+    DEAD = "dead", _("dead letter")  # given up; an administrator may replay it
+
+
+class InboundMessage(models.Model):
+    """A message (or its edit or deletion) from the outside system, to be sent to Bitrix24.
+
+    `key` makes the channel API idempotent: the same message id (or the same edit) is accepted once.
+    """
+
+    class Action(models.TextChoices):
+        ADD = "add", "imconnector.send.messages"
+        UPDATE = "update", "imconnector.update.messages"
+        DELETE = "delete", "imconnector.delete.messages"
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="inbound")
+    action = models.CharField(max_length=8, choices=Action.choices, default=Action.ADD)
+    key = models.CharField(max_length=200)
+    external_chat_id = models.CharField(max_length=128)
+    external_message_id = models.CharField(max_length=128)
+    payload = models.JSONField(help_text="The MESSAGES element sent to Bitrix24 (user, message, chat).")
+    state = models.CharField(max_length=8, choices=Delivery.choices, default=Delivery.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=255, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # What Bitrix24 answered (send.messages RESULT[].session): the Open Lines chat and session.
+    im_chat_id = models.CharField(max_length=32, blank=True)
+    session_id = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["channel", "key"], name="inbound_once")]
+        indexes = [models.Index(fields=["channel", "state", "id"], name="inbound_queue")]
+
+    def __str__(self):
+        return f"{self.action} {self.external_message_id}"
+
+
+class OutboundMessage(models.Model):
+    """An operator's message from Bitrix24 (OnImConnectorMessageAdd/Update/Delete) for the outside system."""
+
+    class Action(models.TextChoices):
+        ADD = "add", "OnImConnectorMessageAdd"
+        UPDATE = "update", "OnImConnectorMessageUpdate"
+        DELETE = "delete", "OnImConnectorMessageDelete"
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="outbound")
+    action = models.CharField(max_length=8, choices=Action.choices, default=Action.ADD)
+    key = models.CharField(max_length=200, help_text="action:im.message_id (events may be delivered again).")
+    im_chat_id = models.CharField(max_length=32)
+    im_message_id = models.CharField(max_length=32)
+    external_chat_id = models.CharField(max_length=128)
+    payload = models.JSONField(help_text="The webhook body sent to the outside system.")
+    state = models.CharField(max_length=8, choices=Delivery.choices, default=Delivery.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    status_reported_at = models.DateTimeField(null=True, blank=True, help_text="send.status.delivery done.")
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["channel", "key"], name="outbound_once")]
+        indexes = [models.Index(fields=["channel", "state", "id"], name="outbound_queue")]
+
+    def __str__(self):
+        return f"{self.action} {self.im_message_id}"

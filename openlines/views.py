@@ -1,0 +1,191 @@
+"""SETTING_CONNECTOR (the connector's settings page in the Contact Center), its actions, the channel API.
+
+The settings page opens through placements' one entry point (placements/registry.py names this view);
+the page's actions come back here with the frame's signed widget token, and each change is believed only
+once Bitrix24 confirms, now, that the user administers the portal (placements.auth.recheck_admin).
+"""
+import logging
+import re
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.utils import translation
+from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_POST
+
+from placements import auth, request as placement_request, widget_token
+from placements.views import verify_or_refuse
+from portals.addresses import portal_origin
+from portals.frame_post import BadFramePost
+from portals.framing import frame_origin, framed_by
+from portals.models import Portal
+from portals.views import frame_error
+
+from . import lifecycle, outbound, registry
+from .models import Channel
+
+log = logging.getLogger(__name__)
+_LINE = re.compile(r"^[0-9]{1,10}$")
+
+
+def inbound_url(channel: Channel) -> str:
+    return f"{settings.B24_APP_URL}/channels/{channel.public_id}/messages"
+
+
+def setting_connector(request, parsed):
+    """Bitrix24 opens this for one connector and line: the connect form, or the connected channel's settings."""
+    post = parsed.post
+    options = post.placement_options
+    connector = registry.get(options.get("CONNECTOR", ""))
+    line = str(options.get("LINE", ""))
+    with translation.override(post.language):
+        if connector is None or not _LINE.match(line):
+            return frame_error(request, status=400, title=_("Bad request"),
+                               message=_("Bitrix24 opened the settings of an unknown connector or line."),
+                               origin=frame_origin(post.domain, post.protocol))
+        portal, verdict, refusal = verify_or_refuse(request, post)
+        if refusal is not None:
+            return refusal
+        channel = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id,
+                                                         line_id=line).first()
+        response = render(request, "openlines/setting_connector.html", {
+            "portal": portal, "verdict": verdict, "connector": connector, "line": line, "channel": channel,
+            "inbound_url": inbound_url(channel) if channel else "",
+            "state": {k: options.get(k) is True for k in ("ACTIVE_STATUS", "CONNECTION_STATUS", "REGISTER_STATUS",
+                                                          "ERROR_STATUS")},
+            "widget_token": widget_token.issue(portal, verdict), "language": post.language,
+        })
+    return framed_by(response, portal_origin(portal))
+
+
+def _error(code: str, description: str, status: int, retry_after: float | None = None) -> JsonResponse:
+    response = JsonResponse({"error": code, "error_description": description}, status=status)
+    if retry_after:
+        response["Retry-After"] = str(max(int(retry_after + 0.999), 1))
+    return response
+
+
+def _administrator(form):
+    """(portal, user_id) of a genuine administrator's request from the frame, or a JsonResponse refusal."""
+    try:
+        token = widget_token.read(form.get("widget_token", ""))
+    except widget_token.BadWidgetToken as exc:
+        return None, _error(f"token_{exc.reason}", _("The page was open too long or is not genuine. Close it and "
+                                                      "open it again."), 403)
+    portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
+    if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
+        return None, _error("not_installed", _("The app is not installed on this portal."), 403)
+    if not token.is_admin:
+        return None, _error("not_admin", _("Only portal administrators may change the channel."), 403)
+    try:
+        still_admin = auth.recheck_admin(portal, form.get("AUTH_ID", ""), token.user_id)
+    except auth.Refused as exc:
+        if exc.reason in ("busy", "bitrix24_unreachable", "bitrix24_error"):
+            return None, _error(exc.reason, _("Bitrix24 did not answer. Please try again."), exc.status,
+                                exc.retry_after)
+        return None, _error("reopen", _("Your authorization could not be confirmed. Close the page and open it "
+                                        "again."), 403)
+    if not still_admin:
+        return None, _error("not_admin", _("Only portal administrators may change the channel."), 403)
+    return (portal, token.user_id), None
+
+
+def _channel_json(channel: Channel) -> dict:
+    return {"id": str(channel.public_id), "state": channel.state, "line": channel.line_id, "name": channel.name,
+            "webhook_url": channel.webhook_url, "endpoint": inbound_url(channel)}
+
+
+def _list(form, connector) -> JsonResponse:
+    """The channel's state per line, for the Contact Center overview: read-only, any user of the portal."""
+    try:
+        token = widget_token.read(form.get("widget_token", ""))
+    except widget_token.BadWidgetToken as exc:
+        return _error(f"token_{exc.reason}", _("The page was open too long or is not genuine. Close it and "
+                                                "open it again."), 403)
+    portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
+    if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
+        return _error("not_installed", _("The app is not installed on this portal."), 403)
+    try:
+        lines = lifecycle.open_lines(portal)
+    except lifecycle.ConnectFailed as exc:
+        return _error("bitrix24_unavailable", _("The Open Lines of this portal could not be loaded."), 502
+                      if exc.code not in ("insufficient_scope", "ACCESS_DENIED") else 403)
+    channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
+    return JsonResponse({"connector": connector.id, "lines": lines, "channels": {
+        c.line_id: {"state": c.state, "last_activity_at": c.last_activity_at.isoformat(timespec="seconds")
+                    if c.last_activity_at else None, "name": c.name} for c in channels}})
+
+
+@sensitive_post_parameters("widget_token", "AUTH_ID")
+@csrf_exempt
+@never_cache
+@require_POST
+def connector_action_view(request):
+    """connect / disconnect / rotate / save, from the SETTING_CONNECTOR page or the Contact Center overview."""
+    try:
+        form = placement_request.form(request)
+    except BadFramePost:
+        return _error("bad_request", "malformed form", 400)
+    with translation.override(placement_request.language(request)):
+        action = form.get("action", "")
+        connector = registry.get(form.get("connector", ""))
+        if action == "list" and connector is not None:
+            return _list(form, connector)
+        line = form.get("line", "")
+        if action not in ("connect", "disconnect", "rotate", "save") or connector is None or not _LINE.match(line):
+            return _error("bad_request", _("The request is malformed."), 400)
+        webhook_url = form.get("webhook_url", "").strip()
+        if webhook_url:
+            try:
+                webhook_url = outbound.check_webhook_url(webhook_url)
+            except outbound.BadWebhookUrl as exc:
+                return _error("bad_webhook_url", _("The webhook address is not allowed: %(why)s") % {"why": exc}, 400)
+        who, refusal = _administrator(form)
+        if refusal is not None:
+            return refusal
+        portal, user_id = who
+        channel = Channel.objects.filter(portal=portal, connector_id=connector.id, line_id=line).first()
+        try:
+            if action == "connect":
+                channel, secret = lifecycle.connect(portal, connector, line, user_id=user_id,
+                                                    name=form.get("name", "").strip(), webhook_url=webhook_url)
+                return JsonResponse({"result": "connected", "channel": _channel_json(channel), "secret": secret,
+                                     "message": _("Connected. Copy the secret now: it is shown only once.")})
+            if channel is None or not channel.is_connected:
+                return _error("not_connected", _("This channel is not connected."), 409)
+            if action == "disconnect":
+                lifecycle.disconnect(portal, channel, user_id=user_id)
+                return JsonResponse({"result": "disconnected", "channel": _channel_json(channel),
+                                     "message": _("Disconnected. The channel's credentials no longer work.")})
+            if action == "rotate":
+                secret = lifecycle.rotate_secret(channel)
+                return JsonResponse({"result": "rotated", "channel": _channel_json(channel), "secret": secret,
+                                     "message": _("New secret made. The old one no longer works.")})
+            Channel.objects.filter(pk=channel.pk).update(webhook_url=webhook_url)
+            channel.webhook_url = webhook_url
+            return JsonResponse({"result": "saved", "channel": _channel_json(channel), "message": _("Saved.")})
+        except lifecycle.ConnectFailed as exc:
+            log.info("connector action refused by Bitrix24", extra={"member_id": portal.member_id, "code": exc.code})
+            return _error("bitrix24_refused", _("Bitrix24 refused: %(code)s") % {"code": exc.code}, 502)
+
+
+@csrf_exempt
+@require_POST
+def channel_messages_view(request, channel_id):
+    """The channel API in: checked, stored, 202 at once; delivery to Bitrix24 runs in the background."""
+    from . import inbound, tasks
+
+    try:
+        channel = inbound.find_channel(channel_id)
+        body = inbound.read_body(request)
+        inbound.check_signature(channel, request, body)
+        action, element = inbound.parse(body)
+        row = inbound.accept(channel, action, element)
+    except inbound.Refused as exc:
+        return _error(exc.code, exc.description, exc.status)
+    tasks.after_commit(tasks.deliver_inbound, channel.pk)
+    return JsonResponse({"result": "accepted", "id": row.pk}, status=202)

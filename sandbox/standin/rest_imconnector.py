@@ -1,0 +1,395 @@
+"""REST methods of Open Lines connectors (``imconnector.*``) and the conversations they carry.
+
+Pages (api-reference/imopenlines/imconnector/): imconnector-register.md, -unregister.md, -list.md,
+-activate.md, -status.md, -connector-data-set.md, -send-messages.md, -update-messages.md,
+-delete-messages.md, -send-status-delivery.md, -send-status-reading.md; the events in events/*.md.
+The docs list the methods under the ``imopenlines`` scope and the events under ``imconnector``.
+
+The operator side (what a person does in the Open Lines chat) is ``Portal``-level helpers here:
+``operator_reply`` / ``operator_edit`` / ``operator_delete`` send OnImConnectorMessageAdd/Update/Delete
+to the handlers bound with ``event.bind``, as Bitrix24 does; ``delete_line`` and ``remove_connector``
+send OnImConnectorLineDelete and OnImConnectorStatusDelete.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+from .errors import ApiError
+from .http import flatten, truthy
+from .rest import method
+
+__all__ = ["state", "operator_reply", "operator_edit", "operator_delete", "delete_line", "remove_connector",
+           "conversations", "BUILT_IN_CONNECTORS"]
+
+_DOC = "api-reference/imopenlines/imconnector/"
+# imconnector-list.md's example: connectors every portal has, next to the apps' own.
+BUILT_IN_CONNECTORS = {"livechat": "Live Chat", "telegrambot": "Telegram", "network": "Bitrix24.Network"}
+
+
+class _State:
+    """One portal's connectors, their lines, and the conversations sent through them."""
+
+    def __init__(self):
+        self.connectors = {}  # id -> {"app", "NAME", "ICON", "PLACEMENT_HANDLER", flags...}
+        self.lines = {}  # (connector, line) -> {"active", "data", "error"}
+        self.chats = {}  # Open Lines chat id -> {"connector", "line", "external_chat", "user", "messages"}
+        self.ids = itertools.count(1001)
+
+
+def state(portal) -> _State:
+    """The portal's connector state (made on first use, under the stand-in's lock)."""
+    with portal._standin.lock:
+        if not hasattr(portal, "_imconnector"):
+            portal._imconnector = _State()
+        return portal._imconnector
+
+
+def _arg(params, name):
+    value = params.get(name)
+    if value is None or value == "" or value == [] or value == {}:
+        raise ApiError("ERROR_ARGUMENT", f"Argument '{name}' is null or empty", status=400)
+    return value
+
+
+def _line(portal, params):
+    line = str(_arg(params, "LINE"))
+    return line
+
+
+def _known(portal, st, connector):
+    # Not documented: the answer for a connector the app never registered. The stand-in answers as the
+    # message pages do for a connector without a provider.
+    if connector not in st.connectors:
+        raise ApiError("IMCONNECTOR_NO_CORRECT_PROVIDER",
+                       "Unable to find a suitable provider for the connector", status=400)
+
+
+def _result_false(code, description):
+    # imconnector-register.md / -unregister.md: errors come as HTTP 200 with result.result = false.
+    return {"result": False, "error": code, "error_description": description}
+
+
+@method("imconnector.register", doc=_DOC + "imconnector-register.md", scopes=("imopenlines",))
+def register(portal, params, grant):
+    raw_id = params.get("ID")
+    if not isinstance(raw_id, str) or not raw_id:
+        return _result_false("CONNECTOR_ID_REQUIRED", "Connector ID is not specified")
+    connector = raw_id.lower()  # "The method converts the value to lowercase"
+    if "." in connector:
+        return _result_false("APPLICATION_REGISTRATION_ERROR_POINT",
+                             "Application registration error. Using a dot in the connector identifier is not allowed")
+    if not isinstance(params.get("NAME"), str) or not params["NAME"]:
+        return _result_false("NAME_REQUIRED", "Connector name is not specified")
+    icon = params.get("ICON")
+    if not isinstance(icon, dict) or not isinstance(icon.get("DATA_IMAGE"), str) or not icon["DATA_IMAGE"]:
+        return _result_false("ICON_REQUIRED", "Connector icon is not specified")
+    handler = params.get("PLACEMENT_HANDLER")
+    if not isinstance(handler, str) or not handler:
+        return _result_false("NO_PLACEMENT_HANDLER", "Failed to get embedding handler URL")
+    st = state(portal)
+    with portal._standin.lock:
+        owner = st.connectors.get(connector, {}).get("app", grant.client_id)
+        if owner != grant.client_id:  # not documented: another app's connector id
+            return _result_false("GENERAL_CONNECTOR_REGISTRATION_ERROR", "General connector registration error")
+        flags = {k: truthy(params[k]) for k in ("DEL_EXTERNAL_MESSAGES", "EDIT_INTERNAL_MESSAGES",
+                                                 "DEL_INTERNAL_MESSAGES", "NEWSLETTER", "NEED_SYSTEM_MESSAGES",
+                                                 "NEED_SIGNATURE", "CHAT_GROUP") if k in params}
+        # "If the method is called again with the same ID, the method updates the current connector."
+        st.connectors[connector] = {"app": grant.client_id, "NAME": params["NAME"], "ICON": dict(icon),
+                                    "ICON_DISABLED": dict(params.get("ICON_DISABLED") or {}),
+                                    "PLACEMENT_HANDLER": handler, **flags}
+    return {"result": True}
+
+
+@method("imconnector.unregister", doc=_DOC + "imconnector-unregister.md", scopes=("imopenlines",))
+def unregister(portal, params, grant):
+    connector = str(params.get("ID") or "").lower()
+    st = state(portal)
+    with portal._standin.lock:
+        if st.connectors.get(connector, {}).get("app") != grant.client_id:
+            return _result_false("APPLICATION_UNREGISTRATION_ERROR", "Error unregistering the application")
+        del st.connectors[connector]
+        for key in [k for k in st.lines if k[0] == connector]:
+            del st.lines[key]
+    return {"result": True}
+
+
+@method("imconnector.list", doc=_DOC + "imconnector-list.md", scopes=("imopenlines",))
+def list_connectors(portal, params, grant):
+    st = state(portal)
+    with portal._standin.lock:
+        return {**BUILT_IN_CONNECTORS, **{k: v["NAME"] for k, v in st.connectors.items()}}
+
+
+def _line_exists(portal, line):
+    return any(str(item.get("ID")) == line for item in portal.open_lines)
+
+
+@method("imconnector.activate", doc=_DOC + "imconnector-activate.md", scopes=("imopenlines",))
+def activate(portal, params, grant):
+    connector = str(_arg(params, "CONNECTOR")).lower()
+    line = _line(portal, params)
+    if "ACTIVE" not in params or params["ACTIVE"] is None or params["ACTIVE"] == "":
+        raise ApiError("ERROR_ARGUMENT", "Argument 'ACTIVE' is null or empty", status=400)
+    st = state(portal)
+    _known(portal, st, connector)
+    if not _line_exists(portal, line):
+        raise ApiError("NOT_ACTIVE_LINE", "The line with this ID is inactive or does not exist", status=400)
+    # "Any non-empty value enables the connector, while an empty value or 0 disables it."
+    active = str(params["ACTIVE"]).strip().upper() not in ("", "0", "N")
+    with portal._standin.lock:
+        entry = st.lines.setdefault((connector, line), {"active": False, "data": {}, "error": False})
+        entry["active"] = active
+    return True
+
+
+@method("imconnector.status", doc=_DOC + "imconnector-status.md", scopes=("imopenlines",))
+def status(portal, params, grant):
+    connector = str(_arg(params, "CONNECTOR")).lower()
+    line = str(params.get("LINE") or "0")  # "If the LINE parameter is not provided ... the value 0"
+    st = state(portal)
+    with portal._standin.lock:
+        entry = st.lines.get((connector, line)) or {"active": False, "data": {}, "error": False}
+        configured = bool(entry["active"] and entry["data"])
+        return {"LINE": int(line) if line.isdigit() else line, "CONNECTOR": connector, "ERROR": entry["error"],
+                "CONFIGURED": configured, "STATUS": configured and not entry["error"]}
+
+
+@method("imconnector.connector.data.set", doc=_DOC + "imconnector-connector-data-set.md", scopes=("imopenlines",))
+def data_set(portal, params, grant):
+    connector = str(_arg(params, "CONNECTOR")).lower()
+    line = _line(portal, params)
+    data = _arg(params, "DATA")
+    if not isinstance(data, dict):
+        raise ApiError("ERROR_ARGUMENT", "Argument 'DATA' is null or empty", status=400)
+    st = state(portal)
+    _known(portal, st, connector)
+    with portal._standin.lock:
+        entry = st.lines.setdefault((connector, line), {"active": False, "data": {}, "error": False})
+        # "settings are written and overwritten through this object as a whole"
+        entry["data"] = {k: str(v) for k, v in data.items() if k in ("ID", "URL", "URL_IM", "NAME")}
+    return True
+
+
+def _messages(params):
+    messages = _arg(params, "MESSAGES")
+    if isinstance(messages, dict) and list(messages) == [str(i) for i in range(len(messages))]:
+        messages = list(messages.values())  # form-encoded MESSAGES[0][...]
+    if not isinstance(messages, list):
+        raise ApiError("ERROR_ARGUMENT", "The value of an argument 'MESSAGES' must be of type array", status=400)
+    if not all(isinstance(m, dict) for m in messages):
+        raise ApiError("ERROR_ARGUMENT", "The MESSAGES parameter must be an array of messages (arrays)", status=400)
+    return messages
+
+
+def _active_line(portal, st, params):
+    connector = str(_arg(params, "CONNECTOR")).lower()
+    line = _line(portal, params)
+    _known(portal, st, connector)
+    with portal._standin.lock:
+        entry = st.lines.get((connector, line))
+        if not entry or not entry["active"] or not _line_exists(portal, line):
+            raise ApiError("NOT_ACTIVE_LINE", "The line with this ID is inactive or does not exist", status=400)
+    return connector, line
+
+
+def _chat_of(st, connector, line, chat_id, user_id, group):
+    # CHAT_GROUP (imconnector-register.md): true groups by chat.id, false by user.id.
+    for im_chat_id, chat in st.chats.items():
+        if (chat["connector"], chat["line"], chat["external_chat"]) == (connector, line, chat_id) and (
+                group or chat["external_user"] == user_id):
+            return im_chat_id, chat
+    im_chat_id = next(st.ids)
+    chat = {"connector": connector, "line": line, "external_chat": chat_id, "external_user": user_id,
+            "session": next(st.ids), "user": str(next(st.ids)), "messages": []}
+    st.chats[im_chat_id] = chat
+    return im_chat_id, chat
+
+
+def _find(st, connector, line, chat_id, message_id, *, outside: bool):
+    for im_chat_id, chat in st.chats.items():
+        if (chat["connector"], chat["line"], chat["external_chat"]) != (connector, line, chat_id):
+            continue
+        for message in chat["messages"]:
+            if message["outside"] == outside and message["external_id"] == message_id and not message["deleted"]:
+                return im_chat_id, chat, message
+    return None, None, None
+
+
+@method("imconnector.send.messages", doc=_DOC + "imconnector-send-messages.md", scopes=("imopenlines",))
+def send_messages(portal, params, grant):
+    st = state(portal)
+    connector, line = _active_line(portal, st, params)
+    messages = _messages(params)
+    results = []
+    with portal._standin.lock:
+        group = bool(st.connectors[connector].get("CHAT_GROUP"))
+        for item in messages:
+            user, message, chat = item.get("user"), item.get("message"), item.get("chat")
+            if not all(isinstance(x, dict) for x in (user, message, chat)):
+                raise ApiError("ERROR_ARGUMENT", "The incorrect structure of a message inside MESSAGES parameter",
+                               status=400)
+            if not user.get("id") or not chat.get("id") or not (message.get("text") or message.get("files")):
+                results.append({"SUCCESS": False, "ERRORS": ["user.id, chat.id and text or files are required"]})
+                continue
+            im_chat_id, conversation = _chat_of(st, connector, line, str(chat["id"]), str(user["id"]), group)
+            conversation.update({k: user.get(k, "") for k in ("name", "last_name")})
+            conversation["messages"].append({
+                "im_message_id": next(st.ids), "outside": True, "external_id": str(message.get("id") or ""),
+                "text": str(message.get("text") or ""), "files": list(message.get("files") or []),
+                "date": message.get("date"), "deleted": False, "delivered": None, "read": None,
+                "at": time.time()})
+            results.append({
+                "user": conversation["user"], "message": {**message, "date": {}}, "chat": dict(chat),
+                "SUCCESS": True, "session": {"ID": str(conversation["session"]), "CHAT_ID": str(im_chat_id)}})
+    return {"SUCCESS": all(r["SUCCESS"] for r in results), "DATA": {"RESULT": results}}
+
+
+@method("imconnector.update.messages", doc=_DOC + "imconnector-update-messages.md", scopes=("imopenlines",))
+def update_messages(portal, params, grant):
+    st = state(portal)
+    connector, line = _active_line(portal, st, params)
+    results = []
+    with portal._standin.lock:
+        for item in _messages(params):
+            chat, message = item.get("chat") or {}, item.get("message") or {}
+            _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
+                                             outside=True)
+            if found is None:
+                results.append({"SUCCESS": False, "ERRORS": ["message not found"]})
+                continue
+            found["text"] = str(message.get("text") or found["text"])
+            found["edited"] = True
+            results.append({"user": conversation["user"], "message": {**message, "date": {}}, "chat": dict(chat),
+                            "SUCCESS": True})
+    return {"SUCCESS": all(r["SUCCESS"] for r in results), "DATA": {"RESULT": results}}
+
+
+@method("imconnector.delete.messages", doc=_DOC + "imconnector-delete-messages.md", scopes=("imopenlines",))
+def delete_messages(portal, params, grant):
+    st = state(portal)
+    connector, line = _active_line(portal, st, params)
+    results = []
+    with portal._standin.lock:
+        for item in _messages(params):
+            chat, message = item.get("chat") or {}, item.get("message") or {}
+            _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
+                                             outside=True)
+            if found is None:
+                results.append({"SUCCESS": False, "ERRORS": ["message not found"]})
+                continue
+            found["deleted"] = True
+            results.append({"user": conversation["user"], "message": {"id": found["external_id"]},
+                            "chat": {"id": chat.get("id")}, "SUCCESS": True})
+    return {"SUCCESS": all(r["SUCCESS"] for r in results), "DATA": {"RESULT": results}}
+
+
+def _status(portal, params, field):
+    st = state(portal)
+    connector = str(_arg(params, "CONNECTOR")).lower()
+    _line(portal, params)
+    messages = _messages(params)
+    _known(portal, st, connector)
+    with portal._standin.lock:
+        for item in messages:
+            im = item.get("im") if isinstance(item.get("im"), dict) else {}
+            chat = st.chats.get(int(im.get("chat_id") or 0)) if str(im.get("chat_id") or "").isdigit() else None
+            for message in (chat or {}).get("messages", []):
+                if str(message["im_message_id"]) == str(im.get("message_id")):
+                    message[field] = time.time()
+    # send-status-delivery.md / -reading.md: SUCCESS and an empty DATA, whatever was matched.
+    return {"SUCCESS": True, "DATA": []}
+
+
+@method("imconnector.send.status.delivery", doc=_DOC + "imconnector-send-status-delivery.md", scopes=("imopenlines",))
+def send_status_delivery(portal, params, grant):
+    return _status(portal, params, "delivered")
+
+
+@method("imconnector.send.status.reading", doc=_DOC + "imconnector-send-status-reading.md", scopes=("imopenlines",))
+def send_status_reading(portal, params, grant):
+    return _status(portal, params, "read")
+
+
+# --- the operator's side: what Bitrix24 sends to the app -------------------------------------------
+def conversations(portal) -> list[dict]:
+    """Every Open Lines chat of the portal with its messages (a copy), oldest first."""
+    st = state(portal)
+    with portal._standin.lock:
+        return [{"chat_id": k, **{**v, "messages": [dict(m) for m in v["messages"]]}} for k, v in st.chats.items()]
+
+
+def _connector_event(portal, event, data, *, user_id="1", handlers=None):
+    """events/*.md: form-encoded POST to every handler bound for the event (auth without refresh_token)."""
+    payload = portal.event_payload(event, data={}, with_tokens=False)
+    payload = {k: v for k, v in payload.items() if not k.startswith("data")}
+    tokens = portal.issue_tokens(user_id)
+    payload.update({"auth[access_token]": tokens["access_token"], "auth[expires_in]": str(tokens["expires_in"]),
+                    "auth[scope]": portal.scope, "auth[user_id]": str(user_id)})
+    flatten("data", data, payload)
+    return portal.deliver_event(event, payload=payload, handlers=handlers)
+
+
+def _operator_message(portal, im_chat_id, chat, message, *, text):
+    return {"im": {"chat_id": im_chat_id, "message_id": message["im_message_id"]},
+            "message": {"user_id": 1, "text": text}, "chat": {"id": chat["external_chat"]}}
+
+
+def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=None):
+    """An operator writes in the chat: OnImConnectorMessageAdd (events/on-im-connector-message-add.md)."""
+    st = state(portal)
+    with portal._standin.lock:
+        chat = st.chats[int(im_chat_id)]
+        message = {"im_message_id": next(st.ids), "outside": False, "external_id": "", "text": text, "files": [],
+                   "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time()}
+        chat["messages"].append(message)
+        data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
+                "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text)]}
+    return message["im_message_id"], _connector_event(portal, "ONIMCONNECTORMESSAGEADD", data, user_id=user_id,
+                                                      handlers=handlers)
+
+
+def _operator_change(portal, im_chat_id, im_message_id, event, *, text=None):
+    st = state(portal)
+    with portal._standin.lock:
+        chat = st.chats[int(im_chat_id)]
+        message = next(m for m in chat["messages"] if m["im_message_id"] == int(im_message_id))
+        if text is None:
+            message["deleted"] = True
+        else:
+            message["text"] = text
+        data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
+                "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text or "")]}
+    return _connector_event(portal, event, data)
+
+
+def operator_edit(portal, im_chat_id, im_message_id, text):
+    """events/on-im-connector-message-update.md"""
+    return _operator_change(portal, im_chat_id, im_message_id, "ONIMCONNECTORMESSAGEUPDATE", text=text)
+
+
+def operator_delete(portal, im_chat_id, im_message_id):
+    """events/on-im-connector-message-delete.md"""
+    return _operator_change(portal, im_chat_id, im_message_id, "ONIMCONNECTORMESSAGEDELETE")
+
+
+def remove_connector(portal, connector, line):
+    """The connector is switched off for the line in the portal: events/on-im-connector-status-delete.md."""
+    st = state(portal)
+    with portal._standin.lock:
+        st.lines.pop((connector, str(line)), None)
+    return _connector_event(portal, "ONIMCONNECTORSTATUSDELETE", {"connector": connector, "line": int(line)})
+
+
+def delete_line(portal, line):
+    """The Open Line is deleted: events/on-im-connector-line-delete.md (``data`` is the bare line id)."""
+    st = state(portal)
+    with portal._standin.lock:
+        portal.open_lines[:] = [x for x in portal.open_lines if str(x.get("ID")) != str(line)]
+        for key in [k for k in st.lines if k[1] == str(line)]:
+            del st.lines[key]
+    payload = portal.event_payload("ONIMCONNECTORLINEDELETE", data={}, with_tokens=False)
+    payload = {k: v for k, v in payload.items() if not k.startswith("data")}
+    payload["data"] = str(int(line))
+    return portal.deliver_event("ONIMCONNECTORLINEDELETE", payload=payload)

@@ -1,0 +1,165 @@
+"""Helpers of the channel tests: SETTING_CONNECTOR opened as Bitrix24 opens it, a connected channel, signed
+inbound requests, and a local webhook receiver (a real HTTP server) that can be switched down and up."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from openlines import registry
+from openlines.outbound import sign
+from tests.placements.frames import widget_token_of
+
+CONNECTOR = registry.HTTP.id
+
+
+def setting_connector_post(b24, *, line="1", user_id="1", **state):
+    options = {"CONNECTOR": CONNECTOR, "LINE": line, "STATUS": False, "ACTIVE_STATUS": False,
+               "CONNECTION_STATUS": False, "REGISTER_STATUS": False, "ERROR_STATUS": False,
+               "URI": f"/contact_center/connector/?ID={CONNECTOR}", **state}
+    return b24.placement_post(user_id=user_id, placement="SETTING_CONNECTOR", options=options)
+
+
+def open_settings(frame, b24, **kwargs):
+    fields = setting_connector_post(b24, **kwargs)
+    response = frame.post("/placement/", fields)
+    return response, fields["AUTH_ID"]
+
+
+def act(frame, b24, action, *, line="1", user_id="1", auth_id=None, **fields):
+    """Open the settings page as that user, then post the action with the page's token and AUTH_ID."""
+    response, page_auth = open_settings(frame, b24, line=line, user_id=user_id)
+    assert response.status_code == 200, response.content[:300]
+    data = {"widget_token": widget_token_of(response), "AUTH_ID": page_auth if auth_id is None else auth_id,
+            "action": action, "connector": CONNECTOR, "line": line, "LANG": "en", **fields}
+    return frame.post("/openlines/connector/", data)
+
+
+class Receiver:
+    """The outside system's webhook endpoint: records each POST; `down` answers 503."""
+
+    def __init__(self):
+        self.got, self.down, self.lock = [], False, threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if receiver.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                with receiver.lock:
+                    receiver.got.append({"headers": dict(self.headers), "body": body, "json": json.loads(body)})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"ok":true}')
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def channel(frame, installed, receiver):
+    """(channel row, its secret, stand-in portal) connected on line 1 with the receiver as webhook."""
+    from openlines.models import Channel
+    portal, b24 = installed
+    answer = act(frame, b24, "connect", webhook_url=receiver.url, name="Site chat")
+    assert answer.status_code == 200, answer.content
+    body = answer.json()
+    return Channel.objects.get(public_id=body["channel"]["id"]), body["secret"], b24
+
+
+def signed(client, channel, secret, payload, *, timestamp=None, signature=None):
+    body = json.dumps(payload).encode()
+    timestamp = str(int(time.time()) if timestamp is None else timestamp)
+    headers = {"HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
+               "HTTP_X_B24WIDGET_SIGNATURE": signature or sign(secret, timestamp, body)}
+    return client.post(f"/channels/{channel.public_id}/messages", body, content_type="application/json", **headers)
+
+
+def message(mid="m1", text="Hello", chat="chat-1", user="u-1", **extra):
+    return {"chat": {"id": chat, "name": "Website"}, "user": {"id": user, "name": "Ann", "last_name": "Lee"},
+            "message": {"id": mid, "text": text, "date": int(time.time())}, **extra}
+
+
+class EventSink:
+    """Where the stand-in posts connector events in these tests: it keeps each form body, as the inbox
+    would store it (portals.events parses the PHP-style keys the same way)."""
+
+    def __init__(self):
+        from urllib.parse import parse_qsl
+        sink = self
+        self.got = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                sink.got.append(parse_qsl(body, keep_blank_values=True))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def relay(self, client):
+        """Hand what Bitrix24 sent to our /events/, as it would, and let a worker process the inbox;
+        returns each stored event's outcome (or its state and error when it did not end `done`)."""
+        from urllib.parse import urlencode
+
+        from django.db import connection
+
+        from portals.models import InboxItem
+        from tests.conftest import deliver
+        out = []
+        for pairs in self.got:
+            before = len(connection.run_on_commit)
+            response, item = deliver(client, urlencode(pairs), content_type="application/x-www-form-urlencoded")
+            # No broker in these tests: deliver() processed the inbox here, so the inbox's own send after
+            # commit is dropped (a publish would leave this process's Celery producer pool on the test
+            # broker); the channel's tasks the handler queued stay and run inline (OPENLINES_TASKS_INLINE).
+            connection.run_on_commit[before:] = [entry for entry in connection.run_on_commit[before:]
+                                                 if entry[1].__module__ != "portals.inbox"]
+            assert response.status_code == 200, response.content
+            out.append(item.outcome if item.state == InboxItem.State.DONE else f"{item.state}: {item.last_error}")
+        self.got = []
+        return out
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Item:
+    """The handler's view of an inbox row (portals/inbox.py InboxItem: portal, event, data)."""
+
+    def __init__(self, *, portal, event, data):
+        self.portal, self.event, self.data = portal, event, data
+
+
+@pytest.fixture
+def sink():
+    s = EventSink()
+    yield s
+    s.close()

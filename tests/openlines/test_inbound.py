@@ -1,0 +1,159 @@
+"""POST /channels/<id>/messages: signed, checked, stored once, 202 at once; delivered with
+imconnector.send.messages (several per call) through the per-portal limiter; refusals send nothing."""
+import time
+
+import pytest
+
+from openlines import tasks
+from openlines.models import Delivery, InboundMessage
+from sandbox.standin import rest_imconnector as imc
+from tests.openlines.conftest import act, message, signed
+
+pytestmark = pytest.mark.django_db
+
+
+def sent_calls(b24):
+    return b24.calls("imconnector.send.messages")
+
+
+def test_a_signed_message_is_accepted_and_reaches_the_open_line(client, channel, django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        response = signed(client, row, secret, message("m1", "Hello from the site"))
+    assert response.status_code == 202 and response.json()["result"] == "accepted"
+    [conversation] = imc.conversations(b24)
+    assert [m["text"] for m in conversation["messages"]] == ["Hello from the site"]
+    assert conversation["external_chat"] == "chat-1" and conversation["name"] == "Ann"
+    stored = InboundMessage.objects.get()
+    assert stored.state == Delivery.SENT and stored.im_chat_id == str(conversation["chat_id"])
+
+
+def test_several_waiting_messages_go_in_one_call(client, channel, django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=False):  # the worker is busy: three wait
+        for i in range(3):
+            assert signed(client, row, secret, message(f"m{i}", f"text {i}")).status_code == 202
+    before = sent_calls(b24)
+    assert tasks.deliver_inbound(row.pk).startswith("sent 3")
+    assert sent_calls(b24) - before == 1
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["text 0", "text 1", "text 2"]
+
+
+def test_the_same_message_id_is_accepted_once(client, channel, django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1")).status_code == 202
+        again = signed(client, row, secret, message("m1"))
+    assert again.status_code == 409 and again.json()["error"] == "duplicate_message"
+    assert len(imc.conversations(b24)[0]["messages"]) == 1
+
+
+def test_edits_and_deletes_reach_the_same_message(client, channel, django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        signed(client, row, secret, message("m1", "first"))
+        assert signed(client, row, secret, {**message("m1", "first, edited"), "action": "update"}).status_code == 202
+        signed(client, row, secret, message("m2", "second"))
+        assert signed(client, row, secret, {**message("m2"), "action": "delete"}).status_code == 202
+    [conversation] = imc.conversations(b24)
+    assert [(m["text"], m["deleted"]) for m in conversation["messages"]] == [("first, edited", False),
+                                                                            ("second", True)]
+    assert b24.calls("imconnector.update.messages") == 1 and b24.calls("imconnector.delete.messages") == 1
+
+
+def refused(response, status, code):
+    assert response.status_code == status, response.content
+    assert response.json()["error"] == code
+
+
+@pytest.mark.parametrize("case, status, code", [
+    ("bad_signature", 401, "bad_signature"),
+    ("other_secret", 401, "bad_signature"),
+    ("old", 401, "stale_timestamp"),
+    ("future", 401, "stale_timestamp"),
+    ("no_timestamp", 401, "stale_timestamp"),
+])
+def test_forged_or_stale_requests_are_refused_and_nothing_is_sent(client, channel, case, status, code,
+                                                                  django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    before = sent_calls(b24)
+    kwargs = {"bad_signature": {"signature": "sha256=" + "0" * 64},
+              "other_secret": {}, "old": {"timestamp": int(time.time()) - 301},
+              "future": {"timestamp": int(time.time()) + 301}, "no_timestamp": {"timestamp": ""}}[case]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = signed(client, row, "not-the-secret" if case == "other_secret" else secret, message(), **kwargs)
+    refused(response, status, code)
+    assert not InboundMessage.objects.exists() and sent_calls(b24) == before
+
+
+def test_an_unknown_channel_is_404(client, db):
+    import uuid
+    response = client.post(f"/channels/{uuid.uuid4()}/messages", b"{}", content_type="application/json")
+    refused(response, 404, "unknown_channel")
+
+
+def test_a_disconnected_channel_refuses_with_its_own_code(client, frame, channel):
+    row, secret, b24 = channel
+    act(frame, b24, "disconnect")
+    refused(signed(client, row, secret, message()), 409, "channel_disconnected")
+
+
+def test_an_oversized_body_is_413_before_anything_else(client, channel, settings):
+    row, secret, b24 = channel
+    settings.OPENLINES_INBOUND_MAX_BYTES = 1000
+    refused(signed(client, row, secret, message(text="x" * 2000)), 413, "body_too_large")
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"chat": {}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}}, "chat.id"),
+    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m"}}, "message.text"),
+    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t", "date": "today"}}, "message.date"),
+    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}, "action": "nuke"}, "action"),
+    ([1, 2], "object"),
+])
+def test_a_malformed_body_is_400_and_names_the_field(client, channel, payload, field):
+    row, secret, b24 = channel
+    response = signed(client, row, secret, payload)
+    refused(response, 400, "bad_request")
+    assert field in response.json()["error_description"]
+
+
+def test_query_limit_exceeded_loses_nothing(client, channel, django_capture_on_commit_callbacks):
+    """Bitrix24 answers QUERY_LIMIT_EXCEEDED longer than the client retries: the messages wait, then go, once."""
+    row, secret, b24 = channel
+    b24.fail_next("imconnector.send.messages", "QUERY_LIMIT_EXCEEDED", 503, times=20)
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in range(3):
+            assert signed(client, row, secret, message(f"m{i}", f"t{i}")).status_code == 202
+    assert set(InboundMessage.objects.values_list("state", flat=True)) == {Delivery.FAILED}
+    assert imc.conversations(b24) == []
+    b24._failures.clear()  # Bitrix24 is back
+    InboundMessage.objects.update(next_attempt_at=InboundMessage.objects.first().received_at)  # the wait is over
+    tasks.sweep()
+    assert set(InboundMessage.objects.values_list("state", flat=True)) == {Delivery.SENT}
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1", "t2"]
+
+
+def test_a_message_bitrix24_refuses_is_a_dead_letter_and_replayable(client, channel, admin_client,
+                                                                    django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        signed(client, row, secret, message("m1", "ok"))
+    # The line went inactive in Bitrix24 behind our back: the call fails as a whole (NOT_ACTIVE_LINE),
+    # is retried, and after OPENLINES_RETRY_HOURS becomes a dead letter.
+    imc.state(b24).lines[("b24widget_http", "1")]["active"] = False
+    with django_capture_on_commit_callbacks(execute=True):
+        signed(client, row, secret, message("m2", "later"))
+    pending = InboundMessage.objects.get(external_message_id="m2")
+    assert pending.state == Delivery.FAILED and "NOT_ACTIVE_LINE" in pending.last_error
+    from datetime import timedelta
+    InboundMessage.objects.filter(pk=pending.pk).update(received_at=pending.received_at - timedelta(days=2),
+                                                        next_attempt_at=pending.received_at - timedelta(days=2))
+    tasks.sweep()
+    assert InboundMessage.objects.get(pk=pending.pk).state == Delivery.DEAD
+    imc.state(b24).lines[("b24widget_http", "1")]["active"] = True
+    response = admin_client.post("/admin/openlines/inboundmessage/", {"action": "replay",
+                                                                      "_selected_action": [pending.pk]})
+    assert response.status_code == 302
+    assert InboundMessage.objects.get(pk=pending.pk).state == Delivery.SENT
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["ok", "later"]

@@ -1,0 +1,176 @@
+"""Operator messages (OnImConnectorMessageAdd/Update/Delete) -> the signed webhook -> delivery status in
+Bitrix24; the webhook down for a while -> each reply delivered once, in order; teardown events."""
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from openlines import events, tasks
+from openlines.models import Channel, Delivery, OutboundMessage
+from openlines.outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from sandbox.standin import rest_imconnector as imc
+from tests.openlines.conftest import Item, message, signed
+
+pytestmark = pytest.mark.django_db
+
+
+
+
+@pytest.fixture
+def conversation(client, channel, django_capture_on_commit_callbacks):
+    """A customer wrote: (channel row, secret, stand-in portal, Open Lines chat id)."""
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "Hi, I need help")).status_code == 202
+    return row, secret, b24, imc.conversations(b24)[0]["chat_id"]
+
+
+def test_an_operator_reply_is_posted_signed_and_marked_delivered(client, conversation, receiver, sink,
+                                                                django_capture_on_commit_callbacks):
+    row, secret, b24, chat_id = conversation
+    message_id, _ = imc.operator_reply(b24, chat_id, "Hello, how can I help?", handlers=[sink.url])
+    portal = row.portal
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert outcome == "1 message(s) queued for the webhook"
+    [hook] = receiver.got
+    body = hook["json"]
+    assert body["event"] == "message.add" and body["chat"]["id"] == "chat-1"
+    assert body["message"]["text"] == "Hello, how can I help?" and body["message"]["id"] == str(message_id)
+    # The outside system can check the signature with the channel's secret.
+    assert hook["headers"][SIGNATURE_HEADER] == sign(secret, hook["headers"][TIMESTAMP_HEADER], hook["body"])
+    assert abs(int(hook["headers"][TIMESTAMP_HEADER]) - time.time()) < 300
+    # Bitrix24 shows the operator the message as delivered.
+    reply = [m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id][0]
+    assert reply["delivered"] is not None
+    assert OutboundMessage.objects.get().status_reported_at is not None
+
+
+def test_the_same_event_twice_is_posted_once(client, conversation, receiver, sink,
+                                            django_capture_on_commit_callbacks):
+    """Bitrix24 delivers an event twice (the inbox keeps one), and the inbox runs a handler again after a
+    crash (the handler stores each operator message once)."""
+    from portals.models import InboxItem
+    row, secret, b24, chat_id = conversation
+    imc.operator_reply(b24, chat_id, "once", handlers=[sink.url])
+    sink.got = sink.got * 2
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sink.relay(client) == ["1 message(s) queued for the webhook"] * 2
+        item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
+        assert events.on_message_add(item) == "0 message(s) queued for the webhook"
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["once"]
+
+
+def test_webhook_down_then_back_delivers_each_reply_once_in_order(client, conversation, receiver, sink,
+                                                                 django_capture_on_commit_callbacks):
+    row, secret, b24, chat_id = conversation
+    receiver.down = True
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in range(5):
+            imc.operator_reply(b24, chat_id, f"reply {i}", handlers=[sink.url])
+            sink.relay(client)
+    assert receiver.got == []
+    first = OutboundMessage.objects.order_by("id").first()
+    assert first.state == Delivery.FAILED and first.attempts == 1 and "503" in first.last_error
+    # Time passes, still down: retried with backoff, nothing lost, nothing out of order.
+    for _ in range(3):
+        OutboundMessage.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        tasks.sweep()
+    assert receiver.got == [] and OutboundMessage.objects.order_by("id").first().attempts == 4
+    receiver.down = False
+    OutboundMessage.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    tasks.sweep()
+    assert [h["json"]["message"]["text"] for h in receiver.got] == [f"reply {i}" for i in range(5)]
+    assert set(OutboundMessage.objects.values_list("state", flat=True)) == {Delivery.SENT}
+    tasks.sweep()  # nothing is sent twice
+    assert len(receiver.got) == 5
+
+
+def test_a_webhook_down_for_longer_than_the_retry_window_is_a_dead_letter(client, conversation, receiver, sink, settings,
+                                                                         django_capture_on_commit_callbacks):
+    row, secret, b24, chat_id = conversation
+    receiver.down = True
+    with django_capture_on_commit_callbacks(execute=True):
+        imc.operator_reply(b24, chat_id, "lost?", handlers=[sink.url])
+        sink.relay(client)
+    OutboundMessage.objects.update(created_at=timezone.now() - timedelta(hours=settings.OPENLINES_RETRY_HOURS + 1),
+                                   next_attempt_at=timezone.now() - timedelta(seconds=1))
+    tasks.sweep()
+    assert OutboundMessage.objects.get().state == Delivery.DEAD
+
+
+def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversation, receiver, sink,
+                                                            django_capture_on_commit_callbacks):
+    row, secret, b24, chat_id = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        message_id, _ = imc.operator_reply(b24, chat_id, "typo", handlers=[sink.url])
+        sink.relay(client)
+    b24.bindings["events"][:] = [{"id": 99, "event": e, "handler": sink.url, "auth_type": "0",
+                                  "app": b24._standin.client_id}
+                                 for e in ("ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")]
+    imc.operator_edit(b24, chat_id, message_id, "fixed")
+    imc.operator_delete(b24, chat_id, message_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
+        ("message.add", "typo"), ("message.update", "fixed"), ("message.delete", "")]
+
+
+def test_an_event_for_a_line_we_do_not_serve_is_rejected(conversation, sink):
+    row, secret, b24, chat_id = conversation
+    item = Item(portal=row.portal, event="ONIMCONNECTORMESSAGEADD",
+                data={"CONNECTOR": "b24widget_http", "LINE": "2", "MESSAGES": []})
+    with pytest.raises(Exception) as info:
+        events.on_message_add(item)
+    assert "no connected channel" in str(info.value)
+
+
+def test_status_delete_and_line_delete_revoke_the_channel(client, conversation, sink):
+    row, secret, b24, chat_id = conversation
+    b24.bindings["events"][:] = [{"id": 98, "event": e, "handler": sink.url, "auth_type": "0",
+                                  "app": b24._standin.client_id}
+                                 for e in ("ONIMCONNECTORSTATUSDELETE", "ONIMCONNECTORLINEDELETE")]
+    imc.remove_connector(b24, "b24widget_http", 1)
+    assert sink.relay(client) == ["1 channel(s) revoked"]
+    row.refresh_from_db()
+    assert row.state == Channel.State.REVOKED and row.secret == ""
+    response = signed(client, row, secret, message("m9"))
+    assert response.status_code == 409 and response.json()["error"] == "channel_disconnected"
+    imc.delete_line(b24, 1)
+    assert sink.relay(client) == ["0 channel(s) revoked"]  # already revoked: idempotent
+    assert row.inbound.count() == 1  # the history stays
+
+
+def test_uninstall_revokes_every_channel(client, conversation):
+    from tests.conftest import do_uninstall
+    row, secret, b24, chat_id = conversation
+    assert do_uninstall(client, b24).status_code == 200
+    row.refresh_from_db()
+    assert row.state == Channel.State.REVOKED and row.secret == ""
+    assert signed(client, row, secret, message("m9")).json()["error"] == "channel_disconnected"
+
+
+def test_the_admin_lists_channels_with_counts_and_no_secret(admin_client, conversation):
+    row, secret, b24, chat_id = conversation
+    response = admin_client.get("/admin/openlines/channel/")
+    body = response.content.decode()
+    assert response.status_code == 200 and str(row.portal) in body
+    assert secret not in body
+    page = admin_client.get(f"/admin/openlines/channel/{row.pk}/change/").content.decode()
+    assert secret not in page and "issued" in page
+    assert json.dumps(secret) not in admin_client.get("/admin/openlines/inboundmessage/").content.decode()
+
+
+def test_connector_events_need_the_application_token(client, conversation, sink):
+    """The inbox refuses a connector event whose application_token is not the portal's: nothing stored."""
+    from urllib.parse import urlencode
+    from portals.models import InboxItem
+    row, secret, b24, chat_id = conversation
+    imc.operator_reply(b24, chat_id, "forged?", handlers=[sink.url])
+    pairs = [(k, "not-the-token" if k == "auth[application_token]" else v) for k, v in sink.got[0]]
+    response = client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 403
+    assert not InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD").exists()
+    assert not OutboundMessage.objects.exists()

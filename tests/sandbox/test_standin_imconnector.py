@@ -1,0 +1,196 @@
+"""Contract tests of the stand-in's imconnector.* methods and connector events, each against its page in
+bitrix24/b24restdocs (api-reference/imopenlines/imconnector/...)."""
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+from urllib.parse import parse_qsl
+
+import pytest
+
+from sandbox.standin import rest_imconnector as imc
+
+ICON = {"DATA_IMAGE": "data:image/svg+xml,%3Csvg%20xmlns%3D%22http://www.w3.org/2000/svg%22/%3E"}
+
+
+@pytest.fixture
+def portal(standin):
+    return standin.add_portal()
+
+
+@pytest.fixture
+def token(portal):
+    return portal.issue_tokens("1")["access_token"]
+
+
+def call(http, portal, method, token, **params):
+    answer = http.post(f"{portal.client_endpoint}{method}.json", json={"auth": token, **params}, timeout=5)
+    return answer.status_code, answer.json()
+
+
+def register(http, portal, token, **overrides):
+    params = {"ID": "MyConnector", "NAME": "Mine", "ICON": ICON, "PLACEMENT_HANDLER": "https://app.example.test/p/",
+              **overrides}
+    return call(http, portal, "imconnector.register", token, **params)
+
+
+def connect(http, portal, token, line="1"):
+    register(http, portal, token)
+    assert call(http, portal, "imconnector.activate", token, CONNECTOR="myconnector", LINE=line, ACTIVE="1")[0] == 200
+    call(http, portal, "imconnector.connector.data.set", token, CONNECTOR="myconnector", LINE=line,
+         DATA={"ID": "ch-1", "URL": "https://x.example/1", "NAME": "Chan"})
+
+
+def inbound(text="hi", mid="m1", chat="c1", user="u1"):
+    return {"user": {"id": user, "name": "Ann"}, "message": {"id": mid, "text": text}, "chat": {"id": chat}}
+
+
+def test_register_lowers_the_id_and_answers_result_true(http, portal, token):
+    """imconnector-register.md: ID lower-cased; success {"result": {"result": true}}; list shows it."""
+    status, body = register(http, portal, token)
+    assert status == 200 and body["result"] == {"result": True}
+    assert imc.state(portal).connectors["myconnector"]["PLACEMENT_HANDLER"] == "https://app.example.test/p/"
+    status, body = call(http, portal, "imconnector.list", token)
+    assert body["result"]["myconnector"] == "Mine" and body["result"]["livechat"] == "Live Chat"
+
+
+@pytest.mark.parametrize("overrides, code", [
+    ({"ID": ""}, "CONNECTOR_ID_REQUIRED"),
+    ({"ID": "a.b"}, "APPLICATION_REGISTRATION_ERROR_POINT"),
+    ({"NAME": ""}, "NAME_REQUIRED"),
+    ({"ICON": {}}, "ICON_REQUIRED"),
+    ({"PLACEMENT_HANDLER": ""}, "NO_PLACEMENT_HANDLER"),
+])
+def test_register_errors_come_as_200_with_result_false(http, portal, token, overrides, code):
+    """imconnector-register.md "Error Handling": HTTP 200, result.result = false, result.error = code."""
+    status, body = register(http, portal, token, **overrides)
+    assert status == 200 and body["result"]["result"] is False and body["result"]["error"] == code
+
+
+def test_activate_data_set_and_status(http, portal, token):
+    """imconnector-activate.md, -connector-data-set.md, -status.md: STATUS once active and configured."""
+    register(http, portal, token)
+    status, body = call(http, portal, "imconnector.status", token, CONNECTOR="myconnector", LINE="1")
+    assert body["result"] == {"LINE": 1, "CONNECTOR": "myconnector", "ERROR": False, "CONFIGURED": False,
+                              "STATUS": False}
+    connect(http, portal, token)
+    _status, body = call(http, portal, "imconnector.status", token, CONNECTOR="myconnector", LINE="1")
+    assert body["result"]["STATUS"] is True and body["result"]["CONFIGURED"] is True
+    assert call(http, portal, "imconnector.activate", token, CONNECTOR="myconnector", LINE="1", ACTIVE="0")[1][
+        "result"] is True
+    _status, body = call(http, portal, "imconnector.status", token, CONNECTOR="myconnector", LINE="1")
+    assert body["result"]["STATUS"] is False
+
+
+@pytest.mark.parametrize("method, params, description", [
+    ("imconnector.activate", {"LINE": "1", "ACTIVE": "1"}, "Argument 'CONNECTOR' is null or empty"),
+    ("imconnector.activate", {"CONNECTOR": "myconnector", "ACTIVE": "1"}, "Argument 'LINE' is null or empty"),
+    ("imconnector.activate", {"CONNECTOR": "myconnector", "LINE": "1"}, "Argument 'ACTIVE' is null or empty"),
+    ("imconnector.connector.data.set", {"CONNECTOR": "myconnector", "LINE": "1"},
+     "Argument 'DATA' is null or empty"),
+    ("imconnector.send.messages", {"CONNECTOR": "myconnector", "LINE": "1"},
+     "Argument 'MESSAGES' is null or empty"),
+    ("imconnector.send.messages", {"CONNECTOR": "myconnector", "LINE": "1", "MESSAGES": [{"user": {}}]},
+     "The incorrect structure of a message inside MESSAGES parameter"),
+    ("imconnector.status", {"LINE": "1"}, "Argument 'CONNECTOR' is null or empty"),
+])
+def test_missing_arguments_are_error_argument_400(http, portal, token, method, params, description):
+    """The pages' "Possible Error Codes": ERROR_ARGUMENT with HTTP 400 and the argument named."""
+    connect(http, portal, token)
+    status, body = call(http, portal, method, token, **params)
+    assert status == 400 and body["error"] == "ERROR_ARGUMENT" and body["error_description"] == description
+
+
+def test_send_messages_to_an_inactive_line_is_not_active_line(http, portal, token):
+    """imconnector-send-messages.md: NOT_ACTIVE_LINE (400) for a line the connector is not active on."""
+    register(http, portal, token)
+    status, body = call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1",
+                        MESSAGES=[inbound()])
+    assert status == 400 and body["error"] == "NOT_ACTIVE_LINE"
+
+
+def test_send_update_delete_and_statuses(http, portal, token):
+    """send-messages.md: RESULT[] per element with session {ID, CHAT_ID}; update/delete find the message by
+    its outside id; send.status.delivery marks the operator's message (im.chat_id/im.message_id)."""
+    connect(http, portal, token)
+    status, body = call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1",
+                        MESSAGES=[inbound("one", "m1"), inbound("two", "m2")])
+    assert status == 200 and body["result"]["SUCCESS"] is True
+    first, second = body["result"]["DATA"]["RESULT"]
+    assert first["SUCCESS"] and first["session"]["CHAT_ID"] == second["session"]["CHAT_ID"]
+    chat_id = int(first["session"]["CHAT_ID"])
+    _s, body = call(http, portal, "imconnector.update.messages", token, CONNECTOR="myconnector", LINE="1",
+                    MESSAGES=[inbound("ONE", "m1")])
+    assert body["result"]["DATA"]["RESULT"][0]["SUCCESS"] is True
+    _s, body = call(http, portal, "imconnector.delete.messages", token, CONNECTOR="myconnector", LINE="1",
+                    MESSAGES=[{"user": {"id": "u1"}, "message": {"id": "m2"}, "chat": {"id": "c1"}}])
+    assert body["result"]["DATA"]["RESULT"][0]["SUCCESS"] is True
+    [conversation] = imc.conversations(portal)
+    assert [(m["text"], m["deleted"]) for m in conversation["messages"]] == [("ONE", False), ("two", True)]
+    message_id, _results = imc.operator_reply(portal, chat_id, "hello")  # no handler bound: nothing sent
+    _s, body = call(http, portal, "imconnector.send.status.delivery", token, CONNECTOR="myconnector", LINE="1",
+                    MESSAGES=[{"im": {"chat_id": chat_id, "message_id": message_id}, "message": {"id": "x"},
+                               "chat": {"id": "c1"}}])
+    assert body["result"] == {"SUCCESS": True, "DATA": []}
+    assert imc.conversations(portal)[0]["messages"][-1]["delivered"] is not None
+
+
+def test_unregister_unknown_is_result_false(http, portal, token):
+    """imconnector-unregister.md: APPLICATION_UNREGISTRATION_ERROR as HTTP 200 with result.result = false."""
+    _s, body = call(http, portal, "imconnector.unregister", token, ID="nothing")
+    assert body["result"]["error"] == "APPLICATION_UNREGISTRATION_ERROR"
+    register(http, portal, token)
+    assert call(http, portal, "imconnector.unregister", token, ID="myconnector")[1]["result"] == {"result": True}
+
+
+def test_the_methods_need_the_imopenlines_scope(http, standin):
+    """The pages' "Scope: imopenlines"."""
+    portal = standin.add_portal(scope="placement,user_brief")
+    token = portal.issue_tokens("1")["access_token"]
+    status, body = register(http, portal, token)
+    assert status == 403 and body["error"] == "insufficient_scope"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    got: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).got.append(dict(parse_qsl(body.decode())))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"result":"ok"}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_operator_reply_and_teardown_events_reach_the_bound_handler(http, portal, token):
+    """events/on-im-connector-message-add.md (data[MESSAGES][0][im][chat_id] ...), -status-delete.md
+    (data[connector], data[line]) and -line-delete.md (data is the bare line id), form-encoded."""
+    receiver = type("R", (_Receiver,), {"got": []})
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}/events/"
+        portal.install_post()
+        portal.finish_install()
+        for event in ("ONIMCONNECTORMESSAGEADD", "ONIMCONNECTORSTATUSDELETE", "ONIMCONNECTORLINEDELETE"):
+            assert call(http, portal, "event.bind", token, event=event, handler=url)[0] == 200
+        connect(http, portal, token)
+        _s, body = call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1",
+                        MESSAGES=[inbound()])
+        chat_id = int(body["result"]["DATA"]["RESULT"][0]["session"]["CHAT_ID"])
+        message_id, [result] = imc.operator_reply(portal, chat_id, "Hello there")
+        assert result["status"] == 200
+        imc.remove_connector(portal, "myconnector", 1)
+        imc.delete_line(portal, 1)
+        add, status_delete, line_delete = receiver.got
+        assert add["event"] == "ONIMCONNECTORMESSAGEADD"
+        assert add["data[MESSAGES][0][im][chat_id]"] == str(chat_id)
+        assert add["data[MESSAGES][0][im][message_id]"] == str(message_id)
+        assert add["data[MESSAGES][0][chat][id]"] == "c1" and add["data[MESSAGES][0][message][text]"] == "Hello there"
+        assert add["auth[application_token]"] == portal.application_token and "auth[refresh_token]" not in add
+        assert (status_delete["data[connector]"], status_delete["data[line]"]) == ("myconnector", "1")
+        assert line_delete["data"] == "1"
+    finally:
+        srv.shutdown()
+        srv.server_close()
