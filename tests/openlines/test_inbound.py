@@ -118,8 +118,10 @@ def test_a_malformed_body_is_400_and_names_the_field(client, channel, payload, f
     assert field in response.json()["error_description"]
 
 
-def test_query_limit_exceeded_loses_nothing(client, channel, django_capture_on_commit_callbacks):
+def test_query_limit_exceeded_loses_nothing(client, channel, django_capture_on_commit_callbacks, settings):
     """Bitrix24 answers QUERY_LIMIT_EXCEEDED longer than the client retries: the messages wait, then go, once."""
+    # A fast bucket: each limit answer fills it, and the client's retries wait for it (keeps the test short).
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0
     row, secret, b24 = channel
     b24.fail_next("imconnector.send.messages", "QUERY_LIMIT_EXCEEDED", 503, times=20)
     with django_capture_on_commit_callbacks(execute=True):
