@@ -71,6 +71,31 @@ def refresh_failed(code: str) -> None:
     REFRESH_FAILURES.labels(_label(code)).inc()
 
 
+class _InboxCollector:
+    """The inbox backlog, read from the database at each scrape: the database is its truth, shared by
+    every process, so no process keeps a copy that could drift."""
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from portals import inbox  # imported late: the metrics module is imported by the portals app
+
+        try:
+            figures = inbox.backlog()
+        except Exception:  # the database is down: the other metrics are still served (and /healthz says why)
+            return
+        yield GaugeMetricFamily("b24widget_inbox_unfinished", "Inbox events not processed yet.",
+                                value=figures["unfinished"])
+        yield GaugeMetricFamily("b24widget_inbox_failed", "Inbox events given up on (dead letters; replayable).",
+                                value=figures["failed"])
+        yield GaugeMetricFamily("b24widget_inbox_oldest_unfinished_seconds",
+                                "Age of the oldest unprocessed inbox event.", value=figures["oldest_unfinished_seconds"])
+
+
+_inbox_registry = CollectorRegistry(auto_describe=False)
+_inbox_registry.register(_InboxCollector())
+
+
 def _registry():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
@@ -89,4 +114,5 @@ def metrics_view(request):
     expected = f"Bearer {token}"
     if not hmac.compare_digest(offered.encode(), expected.encode()):
         return HttpResponseForbidden("a valid bearer token is required\n", content_type="text/plain")
-    return HttpResponse(generate_latest(_registry()), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(_registry()) + generate_latest(_inbox_registry),
+                        content_type=CONTENT_TYPE_LATEST)

@@ -120,3 +120,16 @@ def test_limit_answers_are_counted_by_code():
     before = metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get()
     limits.note_limited("m-metrics")
     assert metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get() == before + 1
+
+
+@pytest.mark.django_db
+def test_the_inbox_backlog_is_a_metric(client, settings, installed):
+    from portals.models import InboxItem
+    portal, _b24 = installed
+    InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUPDATE", idempotency_key="a" * 64)
+    InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUPDATE", idempotency_key="b" * 64,
+                             state=InboxItem.State.FAILED)
+    settings.METRICS_TOKEN = TOKEN
+    samples = scrape(client)
+    assert value(samples, "b24widget_inbox_unfinished") == 1 and value(samples, "b24widget_inbox_failed") == 1
+    assert ("b24widget_inbox_oldest_unfinished_seconds", ()) in samples
