@@ -25,6 +25,7 @@ from pathlib import Path
 from string import Template
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from .openlines_pages import OpenLinesPages
 from .standin import NOT_FULLY_INSTALLED, frame_query_and_body
 
 __all__ = ["SandboxPages", "LANGUAGES", "BUILT_IN_SQUARES"]
@@ -77,7 +78,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class SandboxPages:
+class SandboxPages(OpenLinesPages):
     """Attach to a started ``StandIn``: ``SandboxPages(standin, app_url=...).attach()``.
 
     ``app_url`` is where the app runs (its ``B24_APP_URL``); the install URL is ``app_url + install_path``
@@ -94,6 +95,7 @@ class SandboxPages:
         # Where a stale square still points after an uninstall when nothing was ever bound.
         self.default_handler = self.app_url + placement_path
         self._last_handler: dict[str, str] = {}
+        self._openlines_init()
 
     def attach(self) -> "SandboxPages":
         self.standin.web = self
@@ -118,6 +120,9 @@ class SandboxPages:
                 # e.g. localhost:PORT: the portal's origin is what the app lets frame it.
                 return 302, [("Location", self.portal_url(portal))], b""
             return self._contact_center(portal)
+        page = self.handle_openlines(portal, request, read=_read, json_answer=_json)
+        if page is not None:
+            return page
         if method == "GET" and path == "/favicon.ico":
             return 204, [("Cache-Control", "max-age=86400")], b""
         if method == "GET" and path in ("/sandbox/contact-center.js", "/sandbox/sandbox.css"):
@@ -212,9 +217,14 @@ class SandboxPages:
             "boundPlacements": [b["PLACEMENT"] for b in placements],
             "boundEvents": events,
             "deliveries": deliveries,
+            "connectorTiles": self.connector_tiles(portal) if installed and finished and not removed else [],
         }
 
     # --- actions (POST, JSON, same origin) ---------------------------------------------------------
+
+    @staticmethod
+    def _error(status, code, description):
+        return _ApiError(status, code, description)
 
     @staticmethod
     def _user(portal, body):

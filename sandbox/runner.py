@@ -152,6 +152,8 @@ def app_environment(options: Options, standin: StandIn, pages: SandboxPages, fol
         "B24_APP_URL": options.app_url,
         "B24_OAUTH_URL": standin.oauth_url,
         "B24_ALLOW_HTTP_PORTALS": "true",
+        # The customer page's webhook receiver is the sandbox itself (http, loopback); refused without DEBUG.
+        "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",
         "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
         "SECURE_SSL_REDIRECT": "false",
         "PYTHONUNBUFFERED": "1",

@@ -106,6 +106,24 @@
       grid.append(element);
     }
 
+    // The connector's tile per Open Line (imconnector.register): a click opens SETTING_CONNECTOR.
+    for (const tile of state.connectorTiles || []) {
+      const element = square("connector", `${tile.name}: ${tile.lineName}`, tile.name.charAt(0).toUpperCase());
+      element.id = `connector-${tile.connector}-${tile.line}`;
+      element.dataset.active = tile.active ? "yes" : "no";
+      element.tabIndex = 0;
+      element.setAttribute("role", "button");
+      const ribbon = document.createElement("span");
+      ribbon.className = "ribbon";
+      ribbon.textContent = tile.active ? "connected" : "connector";
+      element.append(ribbon);
+      const go = () => open("connector", "open-connector",
+        Object.assign(who(), { connector: tile.connector, line: tile.line }), `${tile.name}: ${tile.lineName}`);
+      element.addEventListener("click", go);
+      element.addEventListener("keydown", (event) => { if (event.key === "Enter") go(); });
+      grid.append(element);
+    }
+
     const events = byId("event-log");
     events.replaceChildren();
     for (const delivery of state.deliveries) {
