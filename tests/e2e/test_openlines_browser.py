@@ -85,6 +85,8 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     reply = desk.locator('.chat .messages li[data-side="operator"]')
     expect(reply).to_have_attribute("data-status", "delivered", timeout=SLOW_MS)
     shoot(desk, "02-desk-delivered")
+    assert_accessible(desk, "the sandbox's Open Lines desk")
+    assert_accessible(customer, "the sandbox's customer page")
     shoot(customer, "03-customer-reply")
 
     # --- disconnect in SETTING_CONNECTOR; the customer's next message is refused with a clear error
