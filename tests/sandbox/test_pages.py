@@ -161,3 +161,42 @@ def test_only_the_page_itself_may_act(http, pages, portal):
     assert act(http, portal, "install", {"user_id": "1"}, Host="attacker.test").status_code == 403
     assert act(http, portal, "no-such-action").status_code == 404
     assert not portal.installed
+
+
+# --- the Open Lines pages (sandbox/openlines_pages.py) ---------------------------------------------------
+def test_openlines_pages_and_script_are_served(http, pages, portal):
+    for path, marker in (("/sandbox/openlines/", 'data-page="desk"'), ("/sandbox/customer/", 'data-page="customer"')):
+        answer = http.get(f"http://{portal.domain}{path}", timeout=5)
+        assert answer.status_code == 200 and marker in answer.text and portal.domain in answer.text
+    assert http.get(f"http://{portal.domain}/sandbox/openlines.js", timeout=5).headers["Content-Type"].startswith(
+        "text/javascript")
+    empty = http.get(f"http://{portal.domain}/sandbox/api/openlines-state", timeout=5).json()
+    assert empty == {"chats": [], "webhooks": [], "webhookUrl": f"http://{portal.domain}/sandbox/webhook/"}
+
+
+def test_the_webhook_receiver_records_what_it_is_sent(http, pages, portal):
+    answer = http.post(f"http://{portal.domain}/sandbox/webhook/", json={"event": "message.add"}, timeout=5,
+                       headers={"X-B24Widget-Signature": "sha256=00"})
+    assert answer.status_code == 200
+    assert http.post(f"http://{portal.domain}/sandbox/webhook/", data=b"{not json", timeout=5,
+                     headers={"Content-Type": "application/json"}).status_code == 400
+    hooks = http.get(f"http://{portal.domain}/sandbox/api/openlines-state", timeout=5).json()["webhooks"]
+    assert [(h["payload"], h["signed"]) for h in hooks] == [({"event": "message.add"}, True)]
+
+
+def test_the_customer_page_posts_only_to_the_apps_channel_endpoint(http, pages, portal):
+    answer = act(http, portal, "customer-send", {"endpoint": "http://169.254.169.254/channels/x/messages",
+                                                 "secret": "s", "text": "hi"})
+    assert answer.status_code == 400 and answer.json()["error"] == "bad_endpoint"
+    # The app at APP_URL does not listen: a clear 502, not a hang or a 500.
+    down = act(http, portal, "customer-send", {"endpoint": f"{APP_URL}/channels/x/messages", "secret": "s",
+                                               "text": "hi"})
+    assert down.status_code == 502 and down.json()["error"] == "app_unreachable"
+
+
+def test_operator_reply_and_connector_tile_refusals(http, pages, portal):
+    assert act(http, portal, "operator-reply", {"chat_id": "999", "text": "hi"}).json()["error"] == "no_such_chat"
+    assert act(http, portal, "operator-reply", {"chat_id": "1", "text": ""}).json()["error"] == "bad_text"
+    refused = act(http, portal, "open-connector", {"connector": "nothing", "line": "1"})
+    assert refused.status_code == 409 and refused.json()["error"] == "no_connector"
+    assert state(http, portal)["connectorTiles"] == []
