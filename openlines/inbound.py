@@ -4,7 +4,8 @@ Checks, cheapest first, each with its own error code and nothing sent to Bitrix2
 unknown channel (404 unknown_channel), disconnected (409 channel_disconnected), body over
 OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside OPENLINES_SIGNATURE_WINDOW
 (401 stale_timestamp), signature (401 bad_signature), shape (400 bad_request), a message id already
-accepted (409 duplicate_message). The signature is HMAC-SHA256 with the channel's secret over
+accepted (409 duplicate_message), a "read" report naming no operator message of the channel
+(404 unknown_message). The signature is HMAC-SHA256 with the channel's secret over
 "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
 """
 import hashlib
@@ -96,8 +97,8 @@ def parse(body: bytes) -> tuple[str, dict]:
     if not isinstance(data, dict):
         raise Refused("bad_request", "the body must be a JSON object", 400)
     action = data.get("action", "add")
-    if action not in ("add", "update", "delete"):
-        raise Refused("bad_request", "action must be add, update or delete", 400)
+    if action not in ("add", "update", "delete", "read"):
+        raise Refused("bad_request", "action must be add, update, delete or read", 400)
     chat, user, message = (data.get(k) if isinstance(data.get(k), dict) else None for k in ("chat", "user", "message"))
     if chat is None or user is None or message is None:
         raise Refused("bad_request", "chat, user and message must be objects", 400)
@@ -106,7 +107,7 @@ def parse(body: bytes) -> tuple[str, dict]:
         "user": {"id": _text(user.get("id"), "user.id", _ID_MAX, required=True)},
         "message": {"id": _text(message.get("id"), "message.id", _ID_MAX, required=True)},
     }
-    if action == "delete":
+    if action in ("delete", "read"):  # read: message.id is the one the webhook carried
         return action, element
     for key, limit in (("name", 128), ("url", 2000)):
         if chat.get(key):
@@ -138,6 +139,20 @@ def parse(body: bytes) -> tuple[str, dict]:
     return action, element
 
 
+def _reading(channel: Channel, element: dict) -> dict:
+    """The MESSAGES element of imconnector.send.status.reading for an operator message the webhook carried."""
+    from .models import OutboundMessage
+
+    sent = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.ADD,
+                                          im_message_id=element["message"]["id"]).first()
+    if sent is None:
+        raise Refused("unknown_message", "message.id names no operator message sent to this channel", 404)
+    # imconnector-send-status-reading.md: im {chat_id, message_id}, message {id: [...]}, chat {id}.
+    return {"im": {"chat_id": sent.im_chat_id, "message_id": sent.im_message_id},
+            "message": {"id": [sent.im_message_id]}, "chat": {"id": sent.external_chat_id},
+            "user": element["user"]}
+
+
 def _missing(name):
     raise Refused("bad_request", f"{name} is required", 400)
 
@@ -153,6 +168,8 @@ def idempotency_key(action: str, element: dict) -> str:
 
 def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
     """Store the message for delivery; Refused(duplicate_message) when its id was accepted before."""
+    if action == "read":
+        element = _reading(channel, element)
     try:
         with transaction.atomic():
             row = InboundMessage.objects.create(

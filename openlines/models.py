@@ -85,6 +85,7 @@ class InboundMessage(models.Model):
         ADD = "add", "imconnector.send.messages"
         UPDATE = "update", "imconnector.update.messages"
         DELETE = "delete", "imconnector.delete.messages"
+        READ = "read", "imconnector.send.status.reading"  # the customer read an operator's message
 
     channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="inbound")
     action = models.CharField(max_length=8, choices=Action.choices, default=Action.ADD)

@@ -11,7 +11,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from portals import http
@@ -116,6 +116,14 @@ def _retry_later(rows, error: str) -> None:
 
 
 def _record_inbound(rows, result) -> None:
+    if rows[0].action == InboundMessage.Action.READ:
+        # send-status-reading.md answers SUCCESS with an empty DATA for the whole call.
+        ok = isinstance(result, dict) and result.get("SUCCESS") is True
+        InboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
+            state=Delivery.SENT if ok else Delivery.DEAD, sent_at=timezone.now() if ok else None,
+            attempts=F("attempts") + 1,
+            last_error="" if ok else "Bitrix24 did not confirm the reading status")
+        return
     items = (((result or {}).get("DATA") or {}).get("RESULT") or []) if isinstance(result, dict) else []
     now = timezone.now()
     for i, row in enumerate(rows):

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from openlines import events, tasks
-from openlines.models import Channel, Delivery, OutboundMessage
+from openlines.models import Channel, Delivery, InboundMessage, OutboundMessage
 from openlines.outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from sandbox.standin import rest_imconnector as imc
 from tests.openlines.conftest import Item, message, signed
@@ -174,3 +174,25 @@ def test_connector_events_need_the_application_token(client, conversation, sink)
     assert response.status_code == 403
     assert not InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD").exists()
     assert not OutboundMessage.objects.exists()
+
+
+def test_a_read_report_from_the_outside_system_reaches_bitrix24_as_reading(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    row, secret, b24, chat_id = conversation
+    message_id, _ = imc.operator_reply(b24, chat_id, "Here is the answer", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    before = b24.calls("imconnector.send.status.reading")
+    report = {"action": "read", "chat": {"id": "chat-1"}, "user": {"id": "u-1"}, "message": {"id": str(message_id)}}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, report).status_code == 202
+    assert b24.calls("imconnector.send.status.reading") - before == 1
+    reply = [m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id][0]
+    assert reply["read"] is not None
+    stored = InboundMessage.objects.get(action=InboundMessage.Action.READ)
+    assert (stored.state, stored.attempts, stored.last_error) == (Delivery.SENT, 1, "")
+    # The same report again is a duplicate; one naming no operator message of the channel is refused.
+    assert signed(client, row, secret, report).json()["error"] == "duplicate_message"
+    unknown = signed(client, row, secret, {**report, "message": {"id": "424242"}})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_message")
+    assert b24.calls("imconnector.send.status.reading") - before == 1
