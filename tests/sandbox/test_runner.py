@@ -202,3 +202,43 @@ def test_two_roles_on_one_port_are_refused(tmp_path):
     port = free_port()
     with pytest.raises(runner.SandboxError, match=f"port {port} is given to both the app and the sandbox portal"):
         runner.check_ports(options(tmp_path, app_port=port, portal_port=port))
+
+
+def test_manage_py_devserver_runs_the_app_with_a_worker(tmp_path):
+    """The README's first command ends in `manage.py devserver`: the app and a worker on the embedded broker;
+    an event the app stored is applied (here: refused, final) without anything else started; SIGTERM stops both."""
+    port = free_port()
+    env = clean_env(DEBUG="true", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+                    CELERY_BROKER_DIR=str(tmp_path / "celery"))
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
+    process = subprocess.Popen([sys.executable, "manage.py", "devserver", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with requests.Session() as http:
+            http.trust_env = False
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if http.get(f"{base}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    time.sleep(0.3)
+            event = {"event": "ONAPPINSTALL", "ts": "1", "auth[member_id]": "nobody0000",
+                     "auth[application_token]": "t" * 32, "data[VERSION]": "1"}
+            assert http.post(f"{base}/events/", data=event, timeout=5).json()["result"] == "accepted"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                health = http.get(f"{base}/healthz", timeout=5).json()
+                if health["inbox"]["unfinished"] == 0:
+                    break
+                time.sleep(0.3)
+            assert health["inbox"]["unfinished"] == 0, health
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert process.returncode == 0
+    time.sleep(1)
+    with requests.Session() as http, pytest.raises(requests.ConnectionError):  # nothing left serving
+        http.trust_env = False
+        http.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
