@@ -168,13 +168,13 @@ def idempotency_key(action: str, element: dict) -> str:
 
 def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
     """Store the message for delivery; Refused(duplicate_message) when its id was accepted before."""
-    if action == "read":
-        element = _reading(channel, element)
+    key, chat_id, message_id = idempotency_key(action, element), element["chat"]["id"], element["message"]["id"]
+    payload = _reading(channel, element) if action == "read" else element
     try:
         with transaction.atomic():
             row = InboundMessage.objects.create(
-                channel=channel, action=action, key=idempotency_key(action, element),
-                external_chat_id=element["chat"]["id"], external_message_id=element["message"]["id"], payload=element,
+                channel=channel, action=action, key=key, external_chat_id=chat_id, external_message_id=message_id,
+                payload=payload,
             )
     except IntegrityError:
         raise Refused("duplicate_message", "this message id was accepted before", 409) from None

@@ -84,10 +84,42 @@
   function renderCustomer(data) {
     byId("webhook-url").textContent = data.webhookUrl;
     byId("replies").replaceChildren(...data.webhooks.map((hook) => {
-      const messages = (hook.payload && hook.payload.messages) || [hook.payload];
-      const text = messages.map((m) => (m && m.message && m.message.text) || JSON.stringify(m)).join(" | ");
-      return item(text, { signed: hook.signed ? "yes" : "no" });
+      const body = hook.payload || {};
+      const text = (body.message && body.message.text) || JSON.stringify(body);
+      const li = item("", { signed: hook.signed ? "yes" : "no", event: body.event || "" });
+      const span = document.createElement("span");
+      span.className = "text";
+      span.textContent = text;
+      li.append(span);
+      if (body.event === "message.add" && body.message && body.chat) {
+        // The outside system reports that the customer read it: the channel's "read" action.
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "mark-read link";
+        button.textContent = readSent[body.message.id] ? "read reported" : "Mark read";
+        button.disabled = Boolean(readSent[body.message.id]);
+        button.addEventListener("click", () => markRead(body.chat.id, body.message.id));
+        li.append(" ", button);
+      }
+      return li;
     }));
+  }
+
+  const readSent = {};
+
+  async function markRead(chatId, messageId) {
+    try {
+      const answer = await api("customer-send", {
+        endpoint: byId("endpoint").value, secret: byId("secret").value, action: "read", chat_id: chatId,
+        message_id: messageId,
+      });
+      byId("send-result").textContent = `read report: HTTP ${answer.status}${answer.answer.error ? " " + answer.answer.error : ""}`;
+      byId("send-result").dataset.status = String(answer.status);
+      if (answer.status < 300) readSent[messageId] = true;
+    } catch (error) {
+      byId("send-result").textContent = error.message;
+    }
+    tick();
   }
 
   if (page === "customer") {

@@ -3,7 +3,8 @@
 Install in the sandbox's Contact Center -> the connector's tile opens SETTING_CONNECTOR -> connect with the
 sandbox's webhook receiver -> the customer page signs and sends -> the operator desk shows it and replies
 (OnImConnectorMessageAdd) -> the customer page shows the webhook -> the desk shows "delivered"
-(imconnector.send.status.delivery); disconnect -> the customer's next message is refused with its error code.
+(imconnector.send.status.delivery) and, once the customer page reports it read, "read"
+(imconnector.send.status.reading); disconnect -> the customer's next message is refused with its error code.
 """
 import pytest
 
@@ -81,10 +82,16 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     expect(desk.locator("#desk-result")).to_have_text("OnImConnectorMessageAdd sent: HTTP 200")
 
     # --- the customer sees the reply (the app's signed webhook), the operator sees "delivered"
-    expect(customer.locator('#replies li[data-signed="yes"]')).to_have_text("Yes, how can I help?", timeout=SLOW_MS)
+    expect(customer.locator('#replies li[data-signed="yes"] .text')).to_have_text("Yes, how can I help?", timeout=SLOW_MS)
     reply = desk.locator('.chat .messages li[data-side="operator"]')
     expect(reply).to_have_attribute("data-status", "delivered", timeout=SLOW_MS)
-    shoot(desk, "02-desk-delivered")
+    # --- the customer reads it: the channel's "read" report -> imconnector.send.status.reading
+    customer.bring_to_front()
+    customer.click("#replies .mark-read")
+    expect(customer.locator("#send-result")).to_have_attribute("data-status", "202")
+    desk.bring_to_front()
+    expect(reply).to_have_attribute("data-status", "read", timeout=SLOW_MS)
+    shoot(desk, "02-desk-delivered-and-read")
     assert_accessible(desk, "the sandbox's Open Lines desk")
     assert_accessible(customer, "the sandbox's customer page")
     shoot(customer, "03-customer-reply")
@@ -103,5 +110,6 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     customer.click("#send")
     expect(customer.locator("#send-result")).to_have_attribute("data-status", "409")
     expect(customer.locator("#send-result")).to_have_attribute("data-error", "channel_disconnected")
-    assert InboundMessage.objects.filter(channel=channel).count() == 1  # the refused one was never stored
+    # The refused message was never stored: the first message and the read report only.
+    assert sorted(InboundMessage.objects.filter(channel=channel).values_list("action", flat=True)) == ["add", "read"]
     shoot(customer, "04-refused-after-disconnect")
