@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from placements import auth, request as placement_request, widget_token
 from placements.views import verify_or_refuse
+from portals.refusals import retry_after_header
 from portals.addresses import portal_origin
 from portals.frame_post import BadFramePost
 from portals.framing import frame_origin, framed_by
@@ -65,7 +66,7 @@ def setting_connector(request, parsed):
 def _error(code: str, description: str, status: int, retry_after: float | None = None) -> JsonResponse:
     response = JsonResponse({"error": code, "error_description": description}, status=status)
     if retry_after:
-        response["Retry-After"] = str(max(int(retry_after + 0.999), 1))
+        response["Retry-After"] = retry_after_header(retry_after)
     return response
 
 

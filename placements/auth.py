@@ -29,6 +29,7 @@ from portals import lifecycle, limits, oauth
 from portals.frame_post import FramePost
 from portals.grants import GrantRefused, administrator_grant
 from portals.models import Portal
+from portals.refusals import Refusal
 from portals.rest import (LimitWaitExceeded, PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed,
                           TransportError)
 
@@ -42,16 +43,13 @@ _DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "W
                            "INVALID_CREDENTIALS", "APPLICATION_NOT_FOUND"})
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """The request is not believed. `reason` is a stable code the view turns into a page."""
 
     def __init__(self, reason: str, status: int = 403, portal: Portal | None = None,
                  retry_after: float | None = None):
-        self.reason = reason
-        self.status = status
+        super().__init__(reason, status, retry_after)
         self.portal = portal  # the stored portal, when one is known: its origin may frame the refusal
-        self.retry_after = retry_after
-        super().__init__(reason)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from b24widget import metrics
 
+from portals.refusals import retry_after_header
 from portals.addresses import portal_origin
 from portals.framing import frame_origin, framed_by
 from portals.frame_post import BadFramePost
@@ -200,7 +201,7 @@ def save_settings_view(request):
             if exc.reason in ("busy", "bitrix24_unreachable", "bitrix24_error"):
                 response = _json_error(exc.reason, _refusal(exc.reason)[1], exc.status)
                 if exc.retry_after:
-                    response["Retry-After"] = str(max(int(exc.retry_after + 0.999), 1))
+                    response["Retry-After"] = retry_after_header(exc.retry_after)
                 return response
             return _json_error("reopen", _("Your authorization could not be confirmed. Close the widget and "
                                            "open it again."), 403)

@@ -20,6 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
+from .refusals import Refusal
 from . import inbox, install as installer, lifecycle, oauth
 from .grants import GrantRefused, administrator_grant
 from .models import PortalEvent, InboxItem, Portal
@@ -57,14 +58,8 @@ class BadEvent(ValueError):
     """A malformed event body (HTTP 400)."""
 
 
-class EventRefused(Exception):
+class EventRefused(Refusal):
     """A well-formed event that is not believed or not applicable; `status` is the HTTP answer."""
-
-    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(reason)
 
 
 @dataclass(frozen=True)

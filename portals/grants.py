@@ -11,6 +11,7 @@ import logging
 
 from django.views.decorators.debug import sensitive_variables
 
+from .refusals import Refusal
 from . import oauth
 from .models import Portal
 from .rest import PortalClient, RestError
@@ -18,15 +19,9 @@ from .rest import PortalClient, RestError
 log = logging.getLogger(__name__)
 
 
-class GrantRefused(Exception):
+class GrantRefused(Refusal):
     """The grant may not change the install. `reason` is a stable code; `status` the HTTP answer;
     `retry_after` seconds for throttled or temporary refusals."""
-
-    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(reason)
 
 
 @sensitive_variables()

@@ -28,6 +28,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .refusals import Refusal
 from .models import InboxItem, Portal
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,8 @@ class Reject(Exception):
         super().__init__(reason)
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """A cheap check failed in the request: nothing stored; `status` is the HTTP answer."""
-
-    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(reason)
 
 
 @dataclass(frozen=True)

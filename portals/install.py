@@ -11,6 +11,7 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
+from .refusals import Refusal
 from . import install_steps, lifecycle
 from .frame_post import FramePost
 from .grants import GrantRefused, administrator_grant
@@ -23,14 +24,8 @@ log = logging.getLogger(__name__)
 APP_EVENTS = ("ONAPPINSTALL", "ONAPPUNINSTALL", "ONAPPUPDATE")
 
 
-class InstallRefused(Exception):
+class InstallRefused(Refusal):
     """The install was not made by a verified administrator; nothing changed. `reason` is a stable code."""
-
-    def __init__(self, reason: str, status: int = 403, retry_after: float | None = None):
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(reason)
 
 
 class InstallUnavailable(Exception):

@@ -10,6 +10,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
+from .refusals import retry_after_header
 from . import events, install as installer
 from .addresses import portal_origin
 from .framing import frame_origin, framed_by
@@ -23,7 +24,7 @@ def frame_error(request, *, status: int, title: str, message: str, origin: str |
     """A readable error page for inside the portal's frame (already localized by the caller)."""
     response = render(request, "errors/frame_error.html", {"title": title, "message": message, "status": status}, status=status)
     if retry_after is not None:
-        response["Retry-After"] = str(max(int(retry_after + 0.999), 1))
+        response["Retry-After"] = retry_after_header(retry_after)
     return framed_by(response, origin)
 
 
@@ -104,6 +105,6 @@ def events_view(request):
     except events.EventRefused as exc:
         response = JsonResponse({"error": "refused", "error_description": exc.reason}, status=exc.status)
         if exc.retry_after is not None:
-            response["Retry-After"] = str(max(int(exc.retry_after + 0.999), 1))
+            response["Retry-After"] = retry_after_header(exc.retry_after)
         return response
     return JsonResponse({"result": "accepted" if created else "duplicate", "id": item.pk})
