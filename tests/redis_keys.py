@@ -1,7 +1,8 @@
 """Redis for tests: a key prefix owned by this run, and clean-up that deletes only keys under it.
 
-The Redis server on a developer's machine or CI is shared; a test must never FLUSHDB it (a Django
-RedisCache's `clear()` is a FLUSHDB too), so tests put every key under RUN_PREFIX and delete by prefix.
+The Redis server on a developer's machine or CI is shared; a test must never empty a whole Redis
+database (a Django RedisCache's `clear()` does exactly that), so tests put every key under RUN_PREFIX
+and delete by prefix.
 """
 import os
 import uuid
