@@ -24,6 +24,10 @@ FAST_INBOX = {
     "B24_INBOX_SWEEP_INTERVAL": "0.5",
     "B24_RATE_LIMIT_PER_SECOND": "0",
     "CELERY_POLLING_INTERVAL": "0.05",
+    # Retries come every second or two here (not minutes): the per-portal budget of unverified OAuth
+    # attempts must not turn an outage's retries into a dead letter before the OAuth server is back.
+    "B24_UNVERIFIED_OAUTH_BURST": "50",
+    "B24_UNVERIFIED_OAUTH_PER_MINUTE": "600",
 }
 
 
