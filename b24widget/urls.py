@@ -12,7 +12,6 @@ urlpatterns = [
     path("install/", portal_views.install_view, name="install"),
     path("events/", portal_views.events_view, name="events"),
     path("placement/", placement_views.placement_view, name="placement"),
-    path("placement/settings/", placement_views.save_settings_view, name="placement-settings"),
     path("openlines/connector/", openlines_views.connector_action_view, name="openlines-connector"),
     path("channels/<uuid:channel_id>/messages", openlines_views.channel_messages_view, name="openlines-messages"),
     path("healthz", health.healthz, name="healthz"),

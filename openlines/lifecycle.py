@@ -7,11 +7,13 @@ the registry and `event.bind` of the connector events to <B24_APP_URL>/events/. 
 uninstalled): relaying stops and the credentials go; the messages stay.
 """
 import logging
+import re
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from portals import limits
 from portals.install import events_url
 from portals.models import Portal
 from portals.rest import PortalClient, RestError
@@ -110,24 +112,36 @@ def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user
 
 _LINES_PAGE = 200  # imopenlines-config-list-get.md: PARAMS.limit at most 200; pages by PARAMS.offset, no "next"
 _LINES_MAX = 5000
+_LINES_FRESH = 60  # seconds a portal's list of lines is reused: the overview's list costs Bitrix24 once a minute
+_LINE_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also admits "²"
 
 
 def open_lines(portal: Portal) -> list[dict]:
-    """Every Open Line of the portal ({"id", "name"}), page by page; raises ConnectFailed."""
+    """Every Open Line of the portal ({"id", "name"}), page by page, reused for a minute; raises ConnectFailed.
+
+    Whoever holds a widget token of the portal (any of its users) can ask for this as often as they like:
+    the cache keeps that to one listing a minute per portal."""
+    key = f"b24widget:openlines:lines:{portal.pk}:{portal.member_id}"
+    cached = limits.cache.get(key)
+    if isinstance(cached, list):
+        return cached
     client = PortalClient(portal, interactive=True)
-    out = []
-    while len(out) < _LINES_MAX:
+    out, offset = [], 0
+    while offset < _LINES_MAX:
         try:
             page = client.call("imopenlines.config.list.get", {
                 "PARAMS": {"select": ["ID", "LINE_NAME"], "order": {"ID": "asc"}, "limit": _LINES_PAGE,
-                           "offset": len(out)}})
+                           "offset": offset}})
         except RestError as exc:
             raise ConnectFailed(exc.code, exc.description) from None
         page = page if isinstance(page, list) else []
         out += [{"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]}
-                for line in page if isinstance(line, dict) and str(line.get("ID", "")).isdigit()]
+                for line in page if isinstance(line, dict) and not isinstance(line.get("ID"), bool)
+                and _LINE_ID.fullmatch(str(line.get("ID", "")))]
+        offset += len(page)  # lines this page held, valid or not
         if len(page) < _LINES_PAGE:
-            return out
+            break
+    limits.cache.set(key, out, _LINES_FRESH)
     return out
 
 
@@ -179,13 +193,11 @@ def _batch(portal: Portal, commands: dict):
     return result
 
 
-# --- the connector events, through the inbox seam (portals/inbox.py, issue 14) ----------------------
+# --- the connector events, through the inbox seam (portals/inbox.py) ------------------------------
 def register_event_handlers() -> None:
-    """Register our event handlers with the durable inbox, when this deployment has it."""
-    try:
-        from portals import inbox
-    except ImportError:  # the inbox lands with issue 14; until then the events are refused at /events/
-        return
+    """Register our event handlers with the durable inbox."""
+    from portals import inbox
+
     from . import events
 
     for code, handler in events.HANDLERS.items():

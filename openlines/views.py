@@ -70,19 +70,36 @@ def _error(code: str, description: str, status: int, retry_after: float | None =
     return response
 
 
-def _administrator(form):
-    """(portal, user_id) of a genuine administrator's request from the frame, or a JsonResponse refusal."""
+def _frame_portal(form):
+    """(portal, token) named by the page's signed widget token, or (None, a JsonResponse refusal)."""
     try:
         token = widget_token.read(form.get("widget_token", ""))
     except widget_token.BadWidgetToken as exc:
-        return None, _error(f"token_{exc.reason}", _("The page was open too long or is not genuine. Close it and "
-                                                      "open it again."), 403)
+        message = {
+            "missing": _("The request carries no widget token."),
+            "expired": _("The widget was open too long. Close it and open it again."),
+        }.get(exc.reason, _("The widget token is not valid."))
+        return None, _error(f"token_{exc.reason}", message, 403)
     portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
+    if portal is not None and portal.status == Portal.Status.BLOCKED:
+        return None, _error("blocked", _("The app lost its connection to this portal. Please ask a portal "
+                                         "administrator to open the app once; that restores it."), 403)
     if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
+        # Uninstalled, or installed again since the page was opened: that token is void.
         return None, _error("not_installed", _("The app is not installed on this portal."), 403)
+    return (portal, token), None
+
+
+def _administrator(form):
+    """(portal, user_id) of a genuine administrator's request from the frame, or a JsonResponse refusal."""
+    found, refusal = _frame_portal(form)
+    if refusal is not None:
+        return None, refusal
+    portal, token = found
     if not token.is_admin:
         return None, _error("not_admin", _("Only portal administrators may change the channel."), 403)
     try:
+        # A change is not believed from the verdict cached at open: Bitrix24 is asked again, now.
         still_admin = auth.recheck_admin(portal, form.get("AUTH_ID", ""), token.user_id)
     except auth.Refused as exc:
         if exc.reason in ("busy", "bitrix24_unreachable", "bitrix24_error"):
@@ -102,14 +119,10 @@ def _channel_json(channel: Channel) -> dict:
 
 def _list(form, connector) -> JsonResponse:
     """The channel's state per line, for the Contact Center overview: read-only, any user of the portal."""
-    try:
-        token = widget_token.read(form.get("widget_token", ""))
-    except widget_token.BadWidgetToken as exc:
-        return _error(f"token_{exc.reason}", _("The page was open too long or is not genuine. Close it and "
-                                                "open it again."), 403)
-    portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
-    if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
-        return _error("not_installed", _("The app is not installed on this portal."), 403)
+    found, refusal = _frame_portal(form)
+    if refusal is not None:
+        return refusal
+    portal, _token = found
     try:
         lines = lifecycle.open_lines(portal)
     except lifecycle.ConnectFailed as exc:
@@ -133,7 +146,9 @@ def connector_action_view(request):
         return _error("bad_request", "malformed form", 400)
     with translation.override(placement_request.language(request)):
         action = form.get("action", "")
-        connector = registry.get(form.get("connector", ""))
+        # The overview's first list names no connector: the answer tells the page which one it shows.
+        connector_id = form.get("connector", "") or (registry.HTTP.id if action == "list" else "")
+        connector = registry.get(connector_id)
         if action == "list" and connector is not None:
             return _list(form, connector)
         line = form.get("line", "")

@@ -1,7 +1,7 @@
 """Prove a placement request genuine: a stored portal, its current address, a verified AUTH_ID.
 
 An AUTH_ID is believed once the OAuth server names its application (ours), portal and user
-(`oauth.token_info`), and the portal answers for that user (`user.current`, `user.admin`, lines).
+(`oauth.token_info`), and the portal answers for that user (`user.current`, `user.admin`, `app.info`).
 The verdict is cached under a hash of the token for at most B24_VERDICT_MAX_AGE (minutes, whatever
 the client-supplied AUTH_EXPIRES says), so a re-opened widget costs one indexed query and no call to
 Bitrix24. Uncached verifications spend a per-portal budget (B24_VERIFY_*) and never wait for a rate
@@ -33,11 +33,9 @@ from portals.refusals import Refusal
 from portals.rest import (LimitWaitExceeded, PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed,
                           TransportError)
 
-from .models import WidgetSettings
-
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"[0-9]{1,10}")  # Bitrix24 user and Open Line ids
+_ID = re.compile(r"[0-9]{1,10}")  # Bitrix24 user ids
 _DAYS = re.compile(r"-?[0-9]{1,6}")
 _DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE", "ACCESS_DENIED",
                            "INVALID_CREDENTIALS", "APPLICATION_NOT_FOUND"})
@@ -59,8 +57,6 @@ class Verdict:
     user_name: str
     is_admin: bool
     app_info: dict = field(default_factory=dict)
-    open_lines: tuple = ()
-    open_lines_error: str = ""
 
 
 # In front of a shared cache (Redis), each process keeps the verdicts it has read: a verdict only ever
@@ -101,30 +97,18 @@ SECRETS = ("access_token", "refresh_token", "application_token")
 
 @lru_cache(maxsize=1)
 def _find_sql() -> str:
-    """The hot path's one query, built from the models' metadata (so it follows migrations).
+    """The hot path's one query, built from the model's metadata (so it follows migrations).
 
     A raw query costs a third of the equivalent ORM query here (no per-call SQL compilation); it
-    leaves the secrets unloaded, and brings the widget's settings along in the same round trip.
+    leaves the secrets unloaded.
     """
-    portal, settings_ = Portal._meta, WidgetSettings._meta
+    portal = Portal._meta
     columns = ", ".join(f"p.{f.column}" for f in portal.concrete_fields if f.name not in SECRETS)
-    return (
-        f"SELECT {columns}, w.id AS ws_id, w.enabled AS ws_enabled, w.open_line_id AS ws_open_line_id "
-        f"FROM {portal.db_table} p LEFT JOIN {settings_.db_table} w "
-        f"ON w.{settings_.get_field('portal').column} = p.{portal.pk.column} "
-        f"WHERE p.{portal.get_field('member_id').column} = %s"
-    )
+    return f"SELECT {columns} FROM {portal.db_table} p WHERE p.{portal.get_field('member_id').column} = %s"
 
 
 def _load_portal(member_id: str) -> Portal | None:
-    for portal in Portal.objects.raw(_find_sql(), [member_id]):
-        widget_settings = None
-        if portal.ws_id is not None:
-            widget_settings = WidgetSettings(id=portal.ws_id, portal_id=portal.pk, enabled=bool(portal.ws_enabled),
-                                             open_line_id=portal.ws_open_line_id)
-        portal._state.fields_cache["widget_settings"] = widget_settings
-        return portal
-    return None
+    return next(iter(Portal.objects.raw(_find_sql(), [member_id])), None)
 
 
 def find_portal(post: FramePost) -> Portal:
@@ -294,14 +278,13 @@ def _token_info(portal: Portal, auth_id: str) -> "oauth.TokenInfo":
 
 
 def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[Portal, Verdict]:
-    """One batch with the user's token at the address the OAuth server confirmed: who, admin?, lines."""
+    """One batch with the user's token at the address the OAuth server confirmed: who, admin?, the app."""
     client = PortalClient(portal, access_token=auth_id, interactive=True)
     try:
         result = client.batch({
             "user": ("user.current", {}),
             "admin": ("user.admin", {}),
             "app": ("app.info", {}),
-            "lines": ("imopenlines.config.list.get", _lines_page(0)),
         })
     except RestError as exc:
         raise _refused_by_bitrix24(exc, client.portal) from None
@@ -315,11 +298,6 @@ def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[
     if info.user_id and str(user["ID"]) != info.user_id:
         raise Refused("bad_token", portal=portal)
     name = " ".join(str(user.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip()
-    lines = result.result.get("lines")
-    lines_error = result.errors["lines"].code if "lines" in result.errors else ""
-    if isinstance(lines, list) and len(lines) >= _LINES_PAGE:
-        lines, more_error = _more_lines(client, lines)
-        lines_error = lines_error or more_error
     verdict = Verdict(
         member_id=portal.member_id,
         user_id=str(user["ID"]),
@@ -327,44 +305,14 @@ def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[
         is_admin=result.result.get("admin") is True,
         # Shown on the page only; what is stored about the licence comes from the OAuth server (sync_portals).
         app_info=_app_info(app if isinstance(app, dict) else {}),
-        open_lines=_open_lines(lines),
-        open_lines_error=lines_error,
     )
     return portal, verdict
-
-
-# imopenlines-config-list-get.md: PARAMS[limit] up to 200, PARAMS[offset]; no total, no next.
-_LINES_PAGE = 200
-_LINES_MAX_PAGES = 5
-
-
-def _lines_page(offset: int) -> dict:
-    return {"PARAMS": {"select": ["ID", "LINE_NAME", "ACTIVE"], "limit": _LINES_PAGE, "offset": offset}}
-
-
-def _more_lines(client: PortalClient, first: list) -> tuple[list, str]:
-    """The Open Lines after the first page, in one more batch (up to _LINES_MAX_PAGES pages in all)."""
-    offsets = range(_LINES_PAGE, _LINES_PAGE * _LINES_MAX_PAGES, _LINES_PAGE)
-    try:
-        more = client.batch({f"lines{o}": ("imopenlines.config.list.get", _lines_page(o)) for o in offsets})
-    except RestError as exc:
-        return first, exc.code
-    lines = list(first)
-    for offset in offsets:
-        page = more.result.get(f"lines{offset}")
-        if not isinstance(page, list) or not page:
-            break
-        lines.extend(page)
-        if len(page) < _LINES_PAGE:
-            break
-    error = next(iter(more.errors.values())).code if more.errors else ""
-    return lines, error
 
 
 def recheck_admin(portal: Portal, auth_id: str, user_id: str) -> bool:
     """Ask Bitrix24 now whether the token's user (who must be `user_id`) administers the portal.
 
-    A settings save is a change: it is not believed from a cached verdict. Raises Refused."""
+    A change (connecting a channel, say) is not believed from a cached verdict. Raises Refused."""
     if not auth_id:
         raise Refused("no_auth", portal=portal)
     _spend_verification(portal)
@@ -395,11 +343,3 @@ def _days(value) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return value if abs(value) < 10**6 else None
     return int(value) if isinstance(value, str) and _DAYS.fullmatch(value) else None
-
-
-def _open_lines(lines) -> tuple:
-    out = []
-    for line in lines if isinstance(lines, list) else []:
-        if isinstance(line, dict) and _is_id(line.get("ID")):
-            out.append({"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]})
-    return tuple(out)

@@ -1,24 +1,19 @@
-"""One entry point for every placement, dispatched by PLACEMENT; and the widget's settings save."""
+"""One entry point for every placement, dispatched by PLACEMENT."""
 import hashlib
 import json
-import logging
-import re
 
-from django.conf import settings
 from django.core.cache.backends.locmem import LocMemCache
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.template.loader import render_to_string
-from django.utils import timezone, translation
+from django.utils import translation
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
-from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods
 
 from b24widget import metrics
 
-from portals.refusals import retry_after_header
 from portals.addresses import portal_origin
 from portals.framing import frame_origin, framed_by
 from portals.frame_post import BadFramePost
@@ -26,10 +21,6 @@ from portals.models import AppStatus, Portal
 from portals.views import frame_error
 
 from . import auth, request as placement_request, widget_token
-from .models import WidgetSettings
-
-log = logging.getLogger(__name__)
-_OPEN_LINE_ID = re.compile(r"^[0-9]{1,10}$")
 
 
 def _refusal(reason: str):
@@ -74,17 +65,6 @@ def _app_status_label(code: str) -> str:
     return AppStatus(code).label if code in AppStatus.values else _("unknown")
 
 
-def _settings_of(portal: Portal) -> WidgetSettings | None:
-    try:
-        return portal.widget_settings  # usually selected together with the portal
-    except WidgetSettings.DoesNotExist:
-        return None
-
-
-def _json_error(error: str, description: str, status: int) -> JsonResponse:
-    return JsonResponse({"error": error, "error_description": description}, status=status)
-
-
 @sensitive_post_parameters("AUTH_ID", "REFRESH_ID", "APPLICATION_TOKEN")
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
@@ -116,7 +96,6 @@ def placement_view(request):
         context = {
             "portal": portal,
             "verdict": verdict,
-            "settings": _settings_of(portal),
             "language": post.language,
             "placement": parsed.placement,
             "app_status_label": _app_status_label(verdict.app_info.get("status", "")),
@@ -144,18 +123,17 @@ def verify_or_refuse(request, post):
 
 
 # Rendered widget pages, per process, keyed by everything they are rendered from (the portal row, the
-# verdict, the settings, the language ...) except the widget token, which is put in fresh each time:
+# verdict, the language ...) except the widget token, which is put in fresh each time:
 # a re-opened widget skips the template, and any change to what it shows makes a new key.
 _pages = LocMemCache("b24widget-pages", {"TIMEOUT": 600, "OPTIONS": {"MAX_ENTRIES": 2000}})  # ~6 KB each
 _TOKEN_SLOT = "@@b24widget-token@@"
 
 
 def _page(request, template: str, context: dict) -> str:
-    portal, widget_settings = context["portal"], context["settings"]
+    portal = context["portal"]
     facts = (
         template, translation.get_language(),
         tuple(getattr(portal, f.attname) for f in Portal._meta.concrete_fields if f.attname not in auth.SECRETS),
-        (widget_settings.enabled, widget_settings.open_line_id) if widget_settings else None,
         repr(context["verdict"]), json.dumps(context["options"], sort_keys=True),
     )
     key = hashlib.sha256(repr(facts).encode()).hexdigest()
@@ -164,57 +142,3 @@ def _page(request, template: str, context: dict) -> str:
         page = render_to_string(template, {**context, "widget_token": _TOKEN_SLOT}, request)
         _pages.set(key, page)
     return page
-
-
-@sensitive_post_parameters("widget_token", "AUTH_ID")
-@csrf_exempt
-@never_cache
-@require_POST
-def save_settings_view(request):
-    """Save the widget settings from inside the frame; the signed widget token names portal and user."""
-    try:
-        form = placement_request.form(request)
-    except BadFramePost:
-        with translation.override(placement_request.language(request)):
-            return _json_error("bad_request", _("The settings are malformed."), 400)
-    with translation.override(placement_request.language(request)):
-        try:
-            token = widget_token.read(form.get("widget_token", ""))
-        except widget_token.BadWidgetToken as exc:
-            message = {
-                "missing": _("The request carries no widget token."),
-                "expired": _("The widget was open too long. Close it and open it again."),
-            }.get(exc.reason, _("The widget token is not valid."))
-            return _json_error(f"token_{exc.reason}", message, 403)
-        portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
-        if portal is not None and portal.status == Portal.Status.BLOCKED:
-            return _json_error("blocked", _refusal("blocked")[1], 403)
-        if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
-            # Uninstalled, or installed again since the widget was opened: that token is void.
-            return _json_error("not_installed", _("The app is not installed on this portal."), 403)
-        if not token.is_admin:
-            return _json_error("not_admin", _("Only portal administrators may change the settings."), 403)
-        try:
-            # A change is not believed from the cached verdict: Bitrix24 is asked again, now.
-            still_admin = auth.recheck_admin(portal, form.get("AUTH_ID", ""), token.user_id)
-        except auth.Refused as exc:
-            if exc.reason in ("busy", "bitrix24_unreachable", "bitrix24_error"):
-                response = _json_error(exc.reason, _refusal(exc.reason)[1], exc.status)
-                if exc.retry_after:
-                    response["Retry-After"] = retry_after_header(exc.retry_after)
-                return response
-            return _json_error("reopen", _("Your authorization could not be confirmed. Close the widget and "
-                                           "open it again."), 403)
-        if not still_admin:
-            return _json_error("not_admin", _("Only portal administrators may change the settings."), 403)
-        enabled = form.get("enabled", "")
-        open_line_id = form.get("open_line_id", "").strip()
-        if enabled not in ("0", "1") or (open_line_id and not _OPEN_LINE_ID.match(open_line_id)):
-            return _json_error("bad_request", _("The settings are malformed."), 400)
-        WidgetSettings.objects.update_or_create(
-            portal=portal,
-            defaults={"enabled": enabled == "1", "open_line_id": open_line_id,
-                      "updated_at": timezone.now(), "updated_by": token.user_id},
-        )
-        log.info("widget settings saved", extra={"member_id": portal.member_id, "user_id": token.user_id})
-        return JsonResponse({"result": "saved", "message": _("Settings saved.")})

@@ -43,7 +43,7 @@ def test_rest_errors_are_logged_with_member_id_and_request_id(installed, caplog)
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("path", ["/placement/", "/install/", "/events/", "/placement/settings/"])
+@pytest.mark.parametrize("path", ["/placement/", "/install/", "/events/", "/openlines/connector/"])
 @pytest.mark.parametrize("body,content_type", [
     (b"DOMAIN=%ff%fe&member_id=%c3%28&LANG=en&PROTOCOL=1", "application/x-www-form-urlencoded"),  # not UTF-8
     (b"\xff\xfe\x00garbage", "application/x-www-form-urlencoded"),

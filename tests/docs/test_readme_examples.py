@@ -35,7 +35,7 @@ def test_placement_example_is_bound_at_install_and_opens(monkeypatch, client, b2
     do_install(client, b24)
     assert "CRM_DEAL_DETAIL_TAB" in {p["PLACEMENT"] for p in b24.bindings["placements"]}
     opened = Client(enforce_csrf_checks=True).post("/placement/", b24.placement_post(placement="CRM_DEAL_DETAIL_TAB"))
-    assert opened.status_code == 200 and b'id="settings-form"' in opened.content
+    assert opened.status_code == 200 and b'id="openlines-overview"' in opened.content
 
 
 class DealNotes:

@@ -15,7 +15,7 @@ try:
 except ImportError:  # the `browser` fixture fails each test with the reason
     expect = None
 
-from placements.models import WidgetSettings
+from openlines.models import Channel
 from portals.models import Portal
 from sandbox.standin import frame_query_and_body
 from tests.conftest import do_install
@@ -79,7 +79,7 @@ def db_portal(sandbox) -> Portal:
     return Portal.objects.get(member_id=sandbox.portal.member_id)
 
 
-def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot, django_user_model):
+def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, shoot, django_user_model):
     page = new_page(browser)
     page.goto(sandbox.url)
     expect(page.locator("#app-state")).to_have_attribute("data-state", "not-installed")
@@ -126,11 +126,10 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     expect(widget.locator("#portal-domain")).to_have_text(sandbox.portal.domain)
     expect(widget.locator("#user-name")).to_have_text("Anna Admin")
     expect(widget.locator("#user-role")).to_have_text("administrator")
-    expect(widget.locator("#open-line option")).to_have_count(3)  # "not selected" + the portal's two lines
 
     # BX24 inside the frame: the widget's fitWindow resized the iframe to the page's height.
     fits = page.locator('#bx24-log li[data-command="fitWindow"]')
-    # The Open Lines overview (openlines/) lists the lines, read with BX24.callMethod, then fits again.
+    # The Open Lines overview (openlines/) lists the portal's two lines, then fits the frame again.
     expect(widget.locator("#open-lines-table tbody tr[data-line]")).to_have_count(2)
     # the install page's; the app page's after the reload and the widget's, each twice (page, then overview)
     expect(fits).to_have_count(5)
@@ -142,20 +141,26 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     shoot(page, "03-widget-as-administrator")
     assert_accessible(app_frame_content(page), "the widget as administrator")
 
-    # --- an administrator saves settings; they persist
-    widget.locator("#enabled").check()
-    widget.locator("#open-line").select_option("2")
-    widget.locator("#save").click()
-    expect(widget.locator("#save-result")).to_have_attribute("data-state", "saved")
-    expect(widget.locator("#save-result")).to_have_text("Settings saved.")
-    expect(fits).to_have_count(6)  # the frame grew to show the message
-    shoot(page, "04-settings-saved")
-    assert_accessible(app_frame_content(page), "the widget after saving")
-    saved = WidgetSettings.objects.get(portal__member_id=sandbox.portal.member_id)
-    assert (saved.enabled, saved.open_line_id, saved.updated_by) == (True, "2", "1")
+    # --- an administrator connects the channel to line 2 from the overview; it stays connected
+    line2 = widget.locator('#open-lines-table tr[data-line="2"]')
+    expect(line2).to_have_attribute("data-state", "off")
+    line2.locator("button").click()
+    expect(widget.locator("#overview-result")).to_have_attribute("data-state", "ok")
+    expect(widget.locator("#overview-result")).to_have_text("Connected. Copy the secret now: it is shown only once.")
+    expect(line2).to_have_attribute("data-state", "connected")
+    expect(widget.locator("#overview-connected")).to_be_visible()
+    secret = widget.locator("#overview-secret").inner_text()
+    endpoint = widget.locator("#overview-endpoint").inner_text()
+    expect(fits).to_have_count(7)  # the frame grew for the message, then for the table listed again
+    shoot(page, "04-line-connected")
+    assert_accessible(app_frame_content(page), "the widget after connecting a line")
+    channel = Channel.objects.get(portal__member_id=sandbox.portal.member_id)
+    assert (channel.line_id, channel.state, channel.connected_by) == ("2", "connected", "1")
+    assert channel.secret == secret and endpoint == f"{sandbox.app_url}/channels/{channel.public_id}/messages"
     open_widget(page, sandbox, user="1", lang="en")
-    expect(widget.locator("#enabled")).to_be_checked()
-    expect(widget.locator("#open-line")).to_have_value("2")
+    expect(widget.locator('#open-lines-table tr[data-line="2"]')).to_have_attribute("data-state", "connected")
+    expect(widget.locator("#overview-connected")).to_be_hidden()  # the secret is shown once, never again
+    assert secret not in widget.locator("body").inner_html()
     # Wide enough to show the Contact Center's squares beside the open widget (docs/screenshots/widget.png).
     page.set_viewport_size({"width": 1600, "height": 1000})
     shoot(page, "04b-widget-beside-the-contact-center")
@@ -178,20 +183,23 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     fresh = frame.evaluate("b24widgetFrame.ready().then(b24 => b24.auth.refreshAuth()).then(a => a.access_token)")
     assert fresh and fresh != body["AUTH_ID"][0]
 
-    # --- an ordinary user sees the settings but cannot save them, even by forcing the form
+    # --- an ordinary user sees the lines but cannot connect one, even by posting the request himself
     open_widget(page, sandbox, user="2", lang="en")
     expect(widget.locator("#user-name")).to_have_text("Oleg User")
     expect(widget.locator("#user-role")).to_have_text("user")
-    expect(widget.locator("#save")).to_be_disabled()
+    expect(widget.locator("#open-lines-table tbody tr[data-line]")).to_have_count(2)
+    expect(widget.locator("#open-lines-table button")).to_have_count(0)
     expect(widget.locator("#admin-only")).to_be_visible()
     assert_accessible(app_frame_content(page), "the widget as an ordinary user")
-    widget.locator("#enabled").evaluate("box => { box.disabled = false; box.checked = false; }")
-    widget.locator("#settings-form").evaluate("form => form.requestSubmit()")
-    expect(widget.locator("#save-result")).to_have_attribute("data-state", "error")
-    expect(widget.locator("#save-result")).to_have_text("Only portal administrators may change the settings.")
-    shoot(page, "05-ordinary-user-cannot-save")
-    saved.refresh_from_db()
-    assert (saved.enabled, saved.open_line_id, saved.updated_by) == (True, "2", "1")
+    frame = page.locator("#app-frame").element_handle().content_frame()
+    forced = frame.evaluate("""() => b24widgetFrame.accessToken().then(auth => {
+        const box = document.getElementById("openlines-overview"), form = new FormData();
+        for (const [k, v] of Object.entries({widget_token: box.dataset.token, AUTH_ID: auth, action: "connect",
+                                             connector: "b24widget_http", line: "1", LANG: "en"})) form.set(k, v);
+        return fetch(box.dataset.action, {method: "POST", body: form}).then(r => r.json()); })""")
+    assert forced["error"] == "not_admin"
+    shoot(page, "05-ordinary-user-cannot-connect")
+    assert list(Channel.objects.values_list("line_id", "state")) == [("2", "connected")]
 
     # --- the widget speaks the portal's language
     for lang, heading, role in (("de", "b24widget für das Kontaktcenter", "Administrator"),
@@ -231,10 +239,13 @@ def test_install_open_save_and_uninstall_in_the_sandbox(browser, sandbox, shoot,
     stored = wait_for(lambda: (row := db_portal(sandbox)).status == Portal.Status.UNINSTALLED and row,
                       what="the worker to apply ONAPPUNINSTALL")
     assert not stored.application_token
+    assert wait_for(lambda: Channel.objects.get(line_id="2").state == Channel.State.REVOKED,
+                    what="the channel to be revoked with the uninstall")
+    assert Channel.objects.get(line_id="2").secret == ""  # the credentials go; the row (history) stays
     refused = open_widget(page, sandbox, user="1", lang="en", stale=True)
     assert refused.status == 403
     expect(widget.locator("h1")).to_have_text("App not installed")
-    expect(widget.locator("#settings-form")).to_have_count(0)
+    expect(widget.locator("#openlines-overview")).to_have_count(0)
     shoot(page, "08-uninstalled-widget-refused")
     assert_accessible(app_frame_content(page), "the refusal after uninstall")
     page.context.close()

@@ -61,8 +61,9 @@ def translated(message) -> bool:
 
 def test_the_extraction_sees_code_and_templates():
     msgids = user_facing_msgids()
-    assert "Settings saved." in msgids                                   # placements/views.py
-    assert "Only portal administrators may change the settings." in msgids  # the widget template
+    assert "App not installed" in msgids                                 # placements/views.py
+    assert "Only portal administrators may connect or disconnect a line." in msgids  # the overview template
+    assert "The request carries no widget token." in msgids               # openlines/views.py
     assert ("%(days)s day left", "%(days)s days left") in msgids          # a blocktranslate plural
 
 

@@ -25,13 +25,14 @@ def text(response) -> str:
 
 
 def widget_token_of(response) -> str:
-    match = re.search(r'name="widget_token" value="([^"]+)"', response.content.decode())
+    # A form's hidden field (SETTING_CONNECTOR) or the Contact Center overview's data attribute.
+    match = re.search(r'(?:name="widget_token" value|data-token)="([^"]+)"', response.content.decode())
     assert match, "the widget page carries no widget_token"
     return match.group(1)
 
 
 def is_widget(response) -> bool:
-    return response.status_code == 200 and 'id="settings-form"' in response.content.decode()
+    return response.status_code == 200 and 'id="openlines-overview"' in response.content.decode()
 
 
 def portal_calls(b24) -> int:

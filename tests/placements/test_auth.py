@@ -347,13 +347,6 @@ def test_an_expired_trial_keeps_its_negative_days(frame, installed):
     assert is_widget(response) and "days left" not in text(response)
 
 
-def test_every_open_line_is_listed_not_only_the_first_page(frame, installed):
-    _, b24 = installed
-    b24.open_lines = [{"ID": str(n), "LINE_NAME": f"Line {n}", "ACTIVE": "Y"} for n in range(1, 451)]
-    page = text(open_widget(frame, b24.placement_post(user_id="1")))
-    assert "Line 1<" in page and "Line 200<" in page and "Line 201<" in page and "Line 450<" in page
-
-
 @pytest.mark.parametrize("posted,stored", [("portal.bitrix24.de:443", "portal.bitrix24.de"),
                                            ("Portal.Bitrix24.DE", "portal.bitrix24.de")])
 def test_a_domain_with_the_https_port_is_the_same_portal(settings, posted, stored):

@@ -49,7 +49,7 @@ def test_malformed_open_is_a_400_that_touches_nothing(frame, installed, stored_s
     assert response.status_code == 400
     page = text(response)
     assert "Bad request" in page and f"malformed ({field})" in page
-    assert 'id="settings-form"' not in page
+    assert 'id="openlines-overview"' not in page
     assert stored_state() == before
     assert portal_calls(b24) == calls and len(standin.oauth_requests) == oauth
 

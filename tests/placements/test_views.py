@@ -10,7 +10,7 @@ from openlines import views as openlines_views
 from placements import views as placement_views
 from portals import views as portal_views
 from tests.conftest import do_install
-from tests.placements.frames import is_widget, open_widget, text
+from tests.placements.frames import is_widget, open_widget, text, widget_token_of
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +30,14 @@ def tag(response, element_id) -> str:
 
 # --- content (rule 7) ------------------------------------------------------------------------------
 
-def test_admin_sees_who_where_status_and_editable_settings(frame, installed):
+def lines_listed(frame, response) -> list:
+    """What the page's overview lists (its first request, with the page's own widget token)."""
+    answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(response), "action": "list"})
+    assert answer.status_code == 200, answer.content
+    return [(line["id"], line["name"]) for line in answer.json()["lines"]]
+
+
+def test_admin_sees_who_where_status_and_the_lines_to_connect(frame, installed):
     _, b24 = installed
     response = open_widget(frame, b24.placement_post(user_id="1"))
     assert is_widget(response)
@@ -39,22 +46,20 @@ def test_admin_sees_who_where_status_and_editable_settings(frame, installed):
     assert element(response, "user-role") == "administrator"
     assert element(response, "app-status") == "free"
     assert 'id="payment-expired"' not in response.content.decode()
-    assert "disabled" not in tag(response, "enabled") and "disabled" not in tag(response, "open-line")
-    assert "disabled" not in tag(response, "save")
+    assert 'data-admin="1"' in tag(response, "openlines-overview")
     assert 'id="admin-only"' not in response.content.decode()
-    options = re.findall(r'<option value="(\d+)"[^>]*>([^<]+)</option>', response.content.decode())
-    assert options == [("1", "Website chat"), ("2", "Telegram")]
+    assert lines_listed(frame, response) == [("1", "Website chat"), ("2", "Telegram")]
 
 
-def test_a_user_may_look_but_not_edit(frame, installed):
+def test_a_user_may_look_but_not_change(frame, installed):
     _, b24 = installed
     response = open_widget(frame, b24.placement_post(user_id="2"))
     assert is_widget(response)
     assert element(response, "user-name") == "Oleg User"
     assert element(response, "user-role") == "user"
-    for control in ("enabled", "open-line", "save"):
-        assert "disabled" in tag(response, control)
-    assert "Only portal administrators may change the settings." in text(response)
+    assert 'data-admin=""' in tag(response, "openlines-overview")
+    assert "Only portal administrators may connect or disconnect a line." in text(response)
+    assert lines_listed(frame, response) == [("1", "Website chat"), ("2", "Telegram")]
 
 
 @pytest.mark.parametrize("code,word", [("F", "free"), ("D", "demo"), ("T", "trial"), ("P", "paid"),
@@ -104,8 +109,8 @@ def test_the_widget_speaks_the_portals_language(frame, installed, lang, html_lan
     assert f'<html lang="{html_lang}">' in response.content.decode()
     assert signed_in in text(response)
     assert element(response, "app-status") == status_word
-    # The save answers come back in the same language.
-    assert re.search(rf'name="LANG" value="{html_lang}"', response.content.decode())
+    # The overview's answers come back in the same language.
+    assert f'data-lang="{html_lang}"' in tag(response, "openlines-overview")
 
 
 def test_names_from_bitrix24_are_escaped(client, frame, standin):
@@ -113,9 +118,12 @@ def test_names_from_bitrix24_are_escaped(client, frame, standin):
     b24 = standin.add_portal(users=users)
     b24.open_lines = [{"ID": "7", "LINE_NAME": '"><img src=x onerror=alert(2)>', "ACTIVE": "Y"}]
     do_install(client, b24)
-    body = open_widget(frame, b24.placement_post()).content.decode()
+    response = open_widget(frame, b24.placement_post())
+    body = response.content.decode()
     assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
-    assert "<img src=x" not in body and "&lt;img src=x onerror=alert(2)&gt;" in body
+    # A line's name reaches the page as JSON data, and the page puts it in as text, never as markup.
+    assert lines_listed(frame, response) == [("7", '"><img src=x onerror=alert(2)>')]
+    assert "innerHTML" not in body and "td.textContent = text" in body
 
 
 def test_a_portal_without_the_open_lines_scope_still_opens(client, frame, standin):
@@ -123,7 +131,9 @@ def test_a_portal_without_the_open_lines_scope_still_opens(client, frame, standi
     do_install(client, b24)
     response = open_widget(frame, b24.placement_post())
     assert is_widget(response)
-    assert "The Open Lines of this portal could not be loaded." in text(response)
+    answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(response), "action": "list"})
+    assert answer.status_code == 403
+    assert answer.json()["error_description"] == "The Open Lines of this portal could not be loaded."
 
 
 # --- headers (rule 6) ------------------------------------------------------------------------------
@@ -171,10 +181,9 @@ def test_only_the_bitrix24_entry_points_are_csrf_exempt():
                 yield pattern.callback
 
     exempt = {view for view in walk(get_resolver()) if getattr(view, "csrf_exempt", False)}
-    # ... and the channel's: the connector page's actions (a widget token, like the settings save) and the
+    # ... and the channel's: the connector pages' actions (the frame's signed widget token) and the
     # channel API (an HMAC signature, for outside systems).
-    assert exempt == {portal_views.install_view, portal_views.events_view,
-                      placement_views.placement_view, placement_views.save_settings_view,
+    assert exempt == {portal_views.install_view, portal_views.events_view, placement_views.placement_view,
                       openlines_views.connector_action_view, openlines_views.channel_messages_view}
 
 
@@ -186,7 +195,7 @@ def test_a_post_without_a_csrf_token_is_refused_elsewhere(db, django_user_model)
     assert "_auth_user_id" not in browser.session
 
 
-@pytest.mark.parametrize("path", ["/placement/", "/placement/settings/", "/install/", "/events/"])
+@pytest.mark.parametrize("path", ["/placement/", "/openlines/connector/", "/install/", "/events/"])
 def test_the_entry_points_take_a_cross_site_post(frame, db, path):
     response = frame.post(path, {"LANG": "en"})
     assert response.status_code in (400, 403)
@@ -203,21 +212,12 @@ def test_odd_app_info_days_never_break_the_page(frame, installed, days, shown):
     assert re.findall(r"([^\s>]+) days? left", text(response)) == ([shown] if shown else [])
 
 
-def test_odd_ids_from_bitrix24_are_not_offered(frame, installed):
-    _, b24 = installed
-    b24.open_lines = [{"ID": "²", "LINE_NAME": "Superscript"}, {"ID": "12", "LINE_NAME": "Fine"},
-                      {"ID": True, "LINE_NAME": "Boolean"}, {"LINE_NAME": "No id"}]
-    response = open_widget(frame, b24.placement_post())
-    options = re.findall(r'<option value="([^"]*)"[^>]*>([^<]+)</option>', response.content.decode())
-    assert options[1:] == [("12", "Fine")]
-
-
 def test_the_apps_own_page_opens_with_placement_default(client, installed):
     """The app's "handler path" (opened from the portal's menu) posts PLACEMENT=DEFAULT to /placement/."""
     _portal, b24 = installed
     response = client.post("/placement/", b24.placement_post(placement="DEFAULT"))
     assert response.status_code == 200
-    assert 'id="settings-form"' in response.content.decode()
+    assert 'id="openlines-overview"' in response.content.decode()
     # DEFAULT is not something placement.bind accepts: the install binds CONTACT_CENTER only.
     assert [p["PLACEMENT"] for p in b24.bindings["placements"]] == ["CONTACT_CENTER"]
 
@@ -225,7 +225,6 @@ def test_the_apps_own_page_opens_with_placement_default(client, installed):
 def test_a_reopened_widget_reuses_its_page_with_a_fresh_token(frame, installed, admin_client):
     from django.test.signals import template_rendered
     from placements import widget_token as tokens
-    from placements.models import WidgetSettings
     _portal, b24 = installed
     fields = b24.placement_post()
     rendered = []
@@ -242,10 +241,9 @@ def test_a_reopened_widget_reuses_its_page_with_a_fresh_token(frame, installed, 
     assert is_widget(first) and is_widget(second)
     assert rendered.count("placements/contact_center.html") == 1
     for response in (first, second):
-        token = re.search(r'name="widget_token" value="([^"]+)"', text(response)).group(1)
-        assert tokens.read(token).user_id == "1"
+        assert tokens.read(widget_token_of(response)).user_id == "1"
     assert "@@b24widget-token@@" not in text(second)
-    # What the page shows is part of its key: new settings show at once.
-    WidgetSettings.objects.create(portal=_portal, enabled=True, open_line_id="2")
-    third = text(open_widget(frame, fields))
-    assert re.search(r'<option value="2"\s+selected', third)
+    # What the page shows is part of its key: a change to it (here the portal's app status) shows at once.
+    b24.app_status, b24.days = "T", 9
+    third = text(open_widget(frame, b24.placement_post()))
+    assert "9 days left" in third

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from placements.models import WidgetSettings
+from openlines.models import Channel
 from portals import inbox
 from portals.models import InboxItem, Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
@@ -52,12 +52,12 @@ def rejected(response, reason: str) -> bool:
 
 
 def snapshot(portal):
-    """Everything an attacker must not change: tokens, application_token, status, settings, history."""
+    """Everything an attacker must not change: tokens, application_token, status, channels, history."""
     row = Portal.objects.get(pk=portal.pk)
-    settings_ = list(WidgetSettings.objects.filter(portal_id=portal.pk).values_list("enabled", "open_line_id"))
+    channels = list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "line_id", "secret"))
     history = list(row.events.order_by("pk").values_list("pk", "kind"))
     return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by,
-            settings_, history)
+            channels, history)
 
 
 def user_event(b24, event, *, application_token, **kwargs):
@@ -108,7 +108,7 @@ def test_onappinstall_with_an_administrators_tokens_installs(client, b24, standi
 def test_an_ordinary_user_cannot_take_over_the_install_with_onappinstall(client, installed):
     """His own genuine tokens, an application_token of his choosing: refused, and nothing changes."""
     portal, b24 = installed
-    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     before = snapshot(portal)
     response = post_event(client, user_event(b24, "ONAPPINSTALL", application_token="attacker-token"))
     assert rejected(response, "not an administrator")
@@ -124,7 +124,7 @@ def test_an_ordinary_user_cannot_take_over_the_install_with_onappinstall(client,
 def test_an_ordinary_users_uninstall_with_the_real_application_token_is_refused(client, installed):
     """Every placement POST tells every user the APPLICATION_TOKEN: it alone cannot uninstall the portal."""
     portal, b24 = installed
-    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     learned = b24.placement_post(user_id="2")["APPLICATION_TOKEN"]
     before = snapshot(portal)
     response = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token=learned,
@@ -192,22 +192,22 @@ def test_a_reinstall_replaces_the_application_token(client, installed):
 @pytest.mark.parametrize("name", ["ONAPPUNINSTALL", "ONAPPSUNINSTALL"])
 def test_a_real_uninstall(client, installed, name):
     portal, b24 = installed
-    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     response = do_uninstall(client, b24, name=name)
     assert response.status_code == 200 and response.inbox_item.outcome == "uninstalled"
     portal.refresh_from_db()
     assert portal.status == Portal.Status.UNINSTALLED and portal.uninstalled_at is not None
     assert (portal.access_token, portal.refresh_token, portal.application_token) == ("", "", "")
-    assert WidgetSettings.objects.filter(portal=portal).exists()  # CLEAN=0: the settings stay
+    assert Channel.objects.filter(portal=portal).exists()  # CLEAN=0: the channels (history) stay
     assert portal.events.filter(kind=K.UNINSTALLED).exists()
 
 
-def test_uninstall_with_clean_deletes_settings_and_keeps_history(client, installed):
+def test_uninstall_with_clean_deletes_the_apps_data_and_keeps_history(client, installed):
     portal, b24 = installed
-    WidgetSettings.objects.create(portal=portal, enabled=True)
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     history = portal.events.count()
     assert do_uninstall(client, b24, clean=True).status_code == 200
-    assert not WidgetSettings.objects.filter(portal=portal).exists()
+    assert not Channel.objects.filter(portal=portal).exists()
     assert Portal.objects.filter(pk=portal.pk).exists()
     assert portal.events.filter(kind=K.DATA_CLEANED).exists()
     assert portal.events.count() >= history + 2
@@ -304,7 +304,7 @@ def test_an_ordinary_user_cannot_uninstall_a_portal_waiting_to_heal(client, inst
     proves nothing now, so the real application_token alone does not uninstall it."""
     from portals import oauth
     portal, b24 = installed
-    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     b24.block("NOT_INSTALLED")
     with pytest.raises(oauth.OAuthRejected):
         oauth.refresh_portal(portal, force=True)
@@ -316,7 +316,7 @@ def test_an_ordinary_user_cannot_uninstall_a_portal_waiting_to_heal(client, inst
                                                         data={"CLEAN": "1"}))
     assert item.state == State.REJECTED and "blocked portal" in item.last_error
     stored = Portal.objects.get(pk=portal.pk)
-    assert stored.status == Portal.Status.BLOCKED and WidgetSettings.objects.filter(portal=portal).exists()
+    assert stored.status == Portal.Status.BLOCKED and Channel.objects.filter(portal=portal).exists()
 
 
 def test_update_with_a_wrong_token(client, installed):

@@ -3,7 +3,7 @@ says its user is an administrator); then stored with its APPLICATION_TOKEN and b
 import pytest
 from django.db import connection
 
-from placements.models import WidgetSettings
+from openlines.models import Channel
 from portals.models import InboxItem, Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
 
@@ -111,8 +111,7 @@ def test_member_id_the_oauth_server_does_not_confirm(client, b24, standin):
 def snapshot(portal):
     row = Portal.objects.get(pk=portal.pk)
     return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by,
-            row.last_error, list(WidgetSettings.objects.filter(portal_id=portal.pk).values_list("enabled")),
-            kinds(row))
+            row.last_error, list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "secret")), kinds(row))
 
 
 def test_forged_install_for_a_known_portal_changes_nothing(client, b24):
@@ -128,7 +127,7 @@ def test_forged_install_for_a_known_portal_changes_nothing(client, b24):
 def test_an_ordinary_users_widget_refresh_id_cannot_replace_the_portals_tokens(client, installed):
     """He POSTs his genuine widget REFRESH_ID (and an APPLICATION_TOKEN of his choosing) to /install/."""
     portal, b24 = installed
-    WidgetSettings.objects.create(portal=portal, enabled=True, open_line_id="1")
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     before = snapshot(portal)
     post = b24.placement_post(user_id="2")
     post.update(PLACEMENT="DEFAULT", APPLICATION_TOKEN="attacker-token")
