@@ -1,29 +1,23 @@
-"""Handlers of the connector events, registered with the inbox (portals/inbox.py, the seam of issue 14).
+"""Handlers of the connector events, registered with the inbox (portals/inbox.py, its event-code seam).
 
 Each takes the stored event (`item.portal`, `item.data` as Bitrix24 sent it), is idempotent (an event
 may be handled again), and returns a short outcome. Pages: api-reference/imopenlines/imconnector/events/.
 """
+import hashlib
+import json
 import logging
+import re
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+
+from portals.inbox import Reject
 
 from . import lifecycle, registry, tasks
 from .models import Channel, OutboundMessage
 
 log = logging.getLogger(__name__)
-
-
-class NotApplicable(Exception):
-    """The event names no connected channel of ours (turned into the inbox's Reject when it exists)."""
-
-
-def _reject(reason: str):
-    try:
-        from portals.inbox import Reject
-    except ImportError:
-        return NotApplicable(reason)
-    return Reject(reason)
+_ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.isdigit() admits "²")
 
 
 def _messages(data) -> list:
@@ -40,12 +34,13 @@ def _channel(item) -> Channel:
     channel = Channel.objects.filter(portal=item.portal, connector_id=getattr(connector, "id", ""), line_id=line,
                                      state=Channel.State.CONNECTED).first() if connector and item.portal else None
     if channel is None:
-        raise _reject("no connected channel for this connector and line")
+        raise Reject("no connected channel for this connector and line")
     return channel
 
 
 def _str(value, limit: int) -> str:
-    return str(value if value is not None else "")[:limit]
+    # No NUL: PostgreSQL keeps none in text or JSON, and the outside system's webhook needs none.
+    return str(value if value is not None else "").replace("\x00", "")[:limit]
 
 
 def _store(channel: Channel, action: str, data) -> int:
@@ -55,7 +50,7 @@ def _store(channel: Channel, action: str, data) -> int:
         chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
         body = message.get("message") if isinstance(message.get("message"), dict) else {}
         im_chat, im_message = _str(im.get("chat_id"), 32), _str(im.get("message_id"), 32)
-        if not im_chat.isdigit() or not im_message.isdigit():
+        if not _ID.fullmatch(im_chat) or not _ID.fullmatch(im_message):
             continue
         payload = {"event": f"message.{action}", "chat": {"id": _str(chat.get("id"), 128)},
                    "message": {"id": im_message, "text": _str(body.get("text"), 20000),
@@ -67,7 +62,7 @@ def _store(channel: Channel, action: str, data) -> int:
                                            for f in body["files"][:10] if isinstance(f, dict)]
         try:
             with transaction.atomic():
-                OutboundMessage.objects.create(channel=channel, action=action, key=f"{action}:{im_message}",
+                OutboundMessage.objects.create(channel=channel, action=action, key=_key(action, payload),
                                                im_chat_id=im_chat, im_message_id=im_message,
                                                external_chat_id=payload["chat"]["id"], payload=payload)
             stored += 1
@@ -76,6 +71,15 @@ def _store(channel: Channel, action: str, data) -> int:
     if stored:
         Channel.objects.filter(pk=channel.pk).update(last_activity_at=timezone.now())
     return stored
+
+
+def _key(action: str, payload: dict) -> str:
+    """The same event handled again is stored once; each distinct edit of a message is stored once."""
+    message_id = payload["message"]["id"]
+    if action != OutboundMessage.Action.UPDATE:
+        return f"{action}:{message_id}"
+    digest = hashlib.sha256(json.dumps(payload["message"], sort_keys=True).encode()).hexdigest()[:16]
+    return f"update:{message_id}:{digest}"
 
 
 def _on_message(action: str):
@@ -98,7 +102,7 @@ def on_status_delete(item) -> str:
     data = item.data if isinstance(item.data, dict) else {}
     connector = registry.get(str(data.get("connector") or ""))
     if connector is None or item.portal is None:
-        raise _reject("not our connector")
+        raise Reject("not our connector")
     count = lifecycle.revoke_line(item.portal, str(data.get("line") or ""), connector_id=connector.id,
                                   reason="connector removed from the line in Bitrix24")
     return f"{count} channel(s) revoked"
@@ -108,8 +112,8 @@ def on_line_delete(item) -> str:
     """events/on-im-connector-line-delete.md: data is the bare line id."""
     # /events/ keeps a bare data value as {"VALUE": ...} (portals/events.py).
     line = item.data if not isinstance(item.data, dict) else item.data.get("VALUE", item.data.get("LINE", ""))
-    if item.portal is None or not str(line).isdigit():
-        raise _reject("no line id")
+    if item.portal is None or not _ID.fullmatch(str(line)):
+        raise Reject("no line id")
     count = lifecycle.revoke_line(item.portal, str(line), reason="Open Line deleted in Bitrix24")
     return f"{count} channel(s) revoked"
 

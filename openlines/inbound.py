@@ -11,6 +11,7 @@ accepted (409 duplicate_message), a "read" report naming no operator message of 
 import hashlib
 import hmac
 import json
+import re
 import time
 
 from django.conf import settings
@@ -23,8 +24,12 @@ from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 _ID_MAX = 128
 _TEXT_MAX = 20000
 _FILES_MAX = 10
-# imconnector-send-messages.md: name and last_name at most 25 characters.
+# imconnector-send-messages.md: name and last_name "can contain letters, spaces, hyphens, and apostrophes",
+# at most 25 characters; other characters are dropped here (a name Bitrix24 refuses would fail the delivery).
 _NAME_MAX = 25
+_NAME_OTHER = re.compile(r"[^\w\s'\u2019-]|[\d_]")
+# C0 controls (NUL above all: PostgreSQL stores no NUL in text or JSON) are refused; tab and line breaks are text.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class Refused(Exception):
@@ -78,7 +83,14 @@ def _text(value, name: str, limit: int, *, required: bool = False) -> str:
     value = str(value)
     if len(value) > limit:
         raise Refused("bad_request", f"{name} is longer than {limit} characters", 400)
+    if _CONTROL.search(value):
+        raise Refused("bad_request", f"{name} holds a control character", 400)
     return value
+
+
+def _person_name(value, name: str) -> str:
+    """Letters, spaces, hyphens and apostrophes only, at most _NAME_MAX characters (see _NAME_OTHER)."""
+    return " ".join(_NAME_OTHER.sub("", _text(value, name, 200)).split())[:_NAME_MAX].strip()
 
 
 def _url(value, name: str) -> str:
@@ -113,8 +125,8 @@ def parse(body: bytes) -> tuple[str, dict]:
         if chat.get(key):
             element["chat"][key] = _url(chat[key], "chat.url") if key == "url" else _text(chat[key], "chat.name", limit)
     for key in ("name", "last_name"):
-        if user.get(key):
-            element["user"][key] = _text(user[key], f"user.{key}", 200)[:_NAME_MAX]
+        if user.get(key) and (person := _person_name(user[key], f"user.{key}")):
+            element["user"][key] = person
     for key in ("email", "phone"):
         if user.get(key):
             element["user"][key] = _text(user[key], f"user.{key}", 200)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from portals import limits
 from portals.install import events_url
 from portals.models import Portal
-from portals.rest import PortalClient, RestError
+from portals.rest import LimitWaitExceeded, PortalClient, RestError
 
 from . import registry
 from .models import Channel
@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 class ConnectFailed(Exception):
     """Bitrix24 refused or did not answer; `code` is its error code. Nothing was stored as connected."""
 
-    def __init__(self, code: str, description: str = ""):
+    def __init__(self, code: str, description: str = "", *, retry_after: float | None = None):
         self.code = code
         self.description = description
+        self.retry_after = retry_after  # a limit's wait: the caller may answer 429 with Retry-After
         super().__init__(f"{code}: {description}")
 
 
@@ -133,7 +134,7 @@ def open_lines(portal: Portal) -> list[dict]:
                 "PARAMS": {"select": ["ID", "LINE_NAME"], "order": {"ID": "asc"}, "limit": _LINES_PAGE,
                            "offset": offset}})
         except RestError as exc:
-            raise ConnectFailed(exc.code, exc.description) from None
+            raise _failed(exc) from None
         page = page if isinstance(page, list) else []
         out += [{"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]}
                 for line in page if isinstance(line, dict) and not isinstance(line.get("ID"), bool)
@@ -154,14 +155,22 @@ def rotate_secret(channel: Channel) -> str:
     return secret
 
 
-def disconnect(portal: Portal, channel: Channel, *, user_id: str) -> Channel:
-    """Deactivate the connector on the line; the credentials are revoked, the history stays."""
-    _batch(portal, {"activate": ("imconnector.activate", {
-        "CONNECTOR": channel.connector_id, "LINE": channel.line_id, "ACTIVE": 0})})
+def disconnect(portal: Portal, channel: Channel, *, user_id: str) -> str:
+    """Revoke the channel's credentials (history stays), then deactivate the connector on the line.
+
+    The credentials go first and whatever Bitrix24 answers: a line Bitrix24 no longer knows (deleted,
+    inactive) must not keep a working secret. Returns Bitrix24's error code when it refused, else ""."""
     revoke(channel, state=Channel.State.DISCONNECTED)
+    refused = ""
+    try:
+        _batch(portal, {"activate": ("imconnector.activate", {
+            "CONNECTOR": channel.connector_id, "LINE": channel.line_id, "ACTIVE": 0})})
+    except ConnectFailed as exc:
+        refused = exc.code
+        Channel.objects.filter(pk=channel.pk).update(last_error=f"deactivate: {exc.code}"[:255])
     log.info("channel disconnected", extra={"member_id": portal.member_id, "line": channel.line_id,
-                                             "user_id": user_id})
-    return channel
+                                             "user_id": user_id, "code": refused})
+    return refused
 
 
 def revoke(channel: Channel, *, state: str = Channel.State.REVOKED, reason: str = "") -> None:
@@ -182,11 +191,16 @@ def revoke_line(portal: Portal, line_id: str, *, connector_id: str | None = None
     return count
 
 
+def _failed(exc: RestError) -> ConnectFailed:
+    return ConnectFailed(exc.code, exc.description,
+                         retry_after=exc.retry_after if isinstance(exc, LimitWaitExceeded) else None)
+
+
 def _batch(portal: Portal, commands: dict):
     try:
         result = PortalClient(portal, interactive=True).batch(commands, halt=True)
     except RestError as exc:
-        raise ConnectFailed(exc.code, exc.description) from None
+        raise _failed(exc) from None
     if result.errors:
         key, error = next(iter(result.errors.items()))
         raise ConnectFailed(error.code, f"{key}: {error.description}")

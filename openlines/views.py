@@ -126,6 +126,9 @@ def _list(form, connector) -> JsonResponse:
     try:
         lines = lifecycle.open_lines(portal)
     except lifecycle.ConnectFailed as exc:
+        if exc.retry_after:  # the portal's REST budget is spent for now
+            return _error("busy", _("Too many requests for this portal are being checked right now. Please try "
+                                    "again in a moment."), 429, exc.retry_after)
         return _error("bitrix24_unavailable", _("The Open Lines of this portal could not be loaded."), 502
                       if exc.code not in ("insufficient_scope", "ACCESS_DENIED") else 403)
     channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
@@ -174,9 +177,13 @@ def connector_action_view(request):
             if channel is None or not channel.is_connected:
                 return _error("not_connected", _("This channel is not connected."), 409)
             if action == "disconnect":
-                lifecycle.disconnect(portal, channel, user_id=user_id)
+                refused = lifecycle.disconnect(portal, channel, user_id=user_id)
+                message = _("Disconnected. The channel's credentials no longer work.")
+                if refused:
+                    message += " " + _("Bitrix24 refused to deactivate the connector on the line (%(code)s); it "
+                                       "may still show there, but relays nothing.") % {"code": refused}
                 return JsonResponse({"result": "disconnected", "channel": _channel_json(channel),
-                                     "message": _("Disconnected. The channel's credentials no longer work.")})
+                                     "bitrix24_error": refused, "message": message})
             if action == "rotate":
                 secret = lifecycle.rotate_secret(channel)
                 return JsonResponse({"result": "rotated", "channel": _channel_json(channel), "secret": secret,
@@ -186,15 +193,24 @@ def connector_action_view(request):
             return JsonResponse({"result": "saved", "channel": _channel_json(channel), "message": _("Saved.")})
         except lifecycle.ConnectFailed as exc:
             log.info("connector action refused by Bitrix24", extra={"member_id": portal.member_id, "code": exc.code})
+            if exc.retry_after:
+                return _error("busy", _("Bitrix24 did not answer. Please try again."), 429, exc.retry_after)
             return _error("bitrix24_refused", _("Bitrix24 refused: %(code)s") % {"code": exc.code}, 502)
 
 
+def _method_not_allowed(allowed: str) -> JsonResponse:
+    response = _error("method_not_allowed", f"use {allowed}", 405)
+    response["Allow"] = allowed
+    return response
+
+
 @csrf_exempt
-@require_POST
 def channel_messages_view(request, channel_id):
     """The channel API in: checked, stored, 202 at once; delivery to Bitrix24 runs in the background."""
     from . import inbound, tasks
 
+    if request.method != "POST":
+        return _method_not_allowed("POST")
     try:
         channel = inbound.find_channel(channel_id)
         body = inbound.read_body(request)
@@ -205,3 +221,20 @@ def channel_messages_view(request, channel_id):
         return _error(exc.code, exc.description, exc.status)
     tasks.after_commit(tasks.deliver_inbound, channel.pk)
     return JsonResponse({"result": "accepted", "id": row.pk}, status=202)
+
+
+def channel_view(request, channel_id):
+    """The channel's link in Bitrix24 (connector.data.set URL): what it is and where messages go; no secret."""
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed("GET")
+    channel = Channel.objects.defer("secret").filter(public_id=channel_id).first()
+    if channel is None:
+        return _error("unknown_channel", "no such channel", 404)
+    return JsonResponse({"channel": str(channel.public_id), "connector": channel.connector_id,
+                         "state": channel.state, "messages": inbound_url(channel)})
+
+
+@csrf_exempt
+def unknown_channel_view(request, rest):
+    """Any other address under /channels/: the channel API's own JSON error, not an HTML page."""
+    return _error("unknown_channel", "no such channel (the address is /channels/<channel id>/messages)", 404)

@@ -110,6 +110,8 @@ def test_an_oversized_body_is_413_before_anything_else(client, channel, settings
     ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t", "date": "today"}}, "message.date"),
     ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}, "action": "nuke"}, "action"),
     ([1, 2], "object"),
+    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "nul \u0000 inside"}}, "message.text"),
+    ({"chat": {"id": "c\u0007"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}}, "chat.id"),
 ])
 def test_a_malformed_body_is_400_and_names_the_field(client, channel, payload, field):
     row, secret, b24 = channel
@@ -159,3 +161,17 @@ def test_a_message_bitrix24_refuses_is_a_dead_letter_and_replayable(client, chan
     assert response.status_code == 302
     assert InboundMessage.objects.get(pk=pending.pk).state == Delivery.SENT
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["ok", "later"]
+
+
+def test_names_bitrix24_would_refuse_are_cleaned_not_sent_as_they_are(client, channel,
+                                                                     django_capture_on_commit_callbacks):
+    """imconnector-send-messages.md: name and last_name hold letters, spaces, hyphens and apostrophes only,
+    at most 25 characters; the rest is dropped before Bitrix24 sees it, and a name of nothing else is left out."""
+    row, secret, b24 = channel
+    payload = message("m1", "Hello")
+    payload["user"].update(name="Ann2 <b>O'Neil-Smith</b> 😀", last_name="12345")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, payload).status_code == 202
+    sent = InboundMessage.objects.get().payload["user"]
+    assert sent["name"] == "Ann bO'Neil-Smithb" and "last_name" not in sent
+    assert imc.conversations(b24)[0]["name"] == "Ann bO'Neil-Smithb"

@@ -118,6 +118,22 @@ def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversatio
         ("message.add", "typo"), ("message.update", "fixed"), ("message.delete", "")]
 
 
+def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(client, conversation, receiver, sink,
+                                                                 django_capture_on_commit_callbacks):
+    row, secret, b24, chat_id = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        message_id, _ = imc.operator_reply(b24, chat_id, "frist", handlers=[sink.url])
+        sink.relay(client)
+    b24.bindings["events"][:] = [{"id": 99, "event": "ONIMCONNECTORMESSAGEUPDATE", "handler": sink.url,
+                                  "auth_type": "0", "app": b24._standin.client_id}]
+    imc.operator_edit(b24, chat_id, message_id, "firts")
+    imc.operator_edit(b24, chat_id, message_id, "first")
+    with django_capture_on_commit_callbacks(execute=True):
+        outcomes = sink.relay(client)
+    assert outcomes == ["1 message(s) queued for the webhook"] * 2
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["frist", "firts", "first"]
+
+
 def test_an_event_for_a_line_we_do_not_serve_is_rejected(conversation, sink):
     row, secret, b24, chat_id = conversation
     item = Item(portal=row.portal, event="ONIMCONNECTORMESSAGEADD",

@@ -130,3 +130,53 @@ def test_the_overview_lists_every_open_line_page_by_page(frame, channel):
     assert [line["id"] for line in answer["lines"]] == [str(i) for i in range(1, 451)]
     assert b24.calls("imopenlines.config.list.get") - before == 3  # 200 + 200 + 50
     assert answer["channels"]["1"]["state"] == "connected" and "2" not in answer["channels"]
+
+
+def test_disconnect_revokes_the_credentials_even_when_bitrix24_refuses(client, frame, channel):
+    """The line is gone in Bitrix24 (imconnector.activate answers NOT_ACTIVE_LINE): the secret stops working
+    all the same, and the answer says what Bitrix24 said."""
+    from tests.openlines.conftest import message, signed
+    row, secret, b24 = channel
+    b24.open_lines[:] = [line for line in b24.open_lines if str(line["ID"]) != "1"]
+    answer = act(frame, b24, "disconnect")
+    assert answer.status_code == 200 and answer.json()["bitrix24_error"] == "NOT_ACTIVE_LINE"
+    assert "NOT_ACTIVE_LINE" in answer.json()["message"]
+    row.refresh_from_db()
+    assert row.state == Channel.State.DISCONNECTED and row.secret == "" and "NOT_ACTIVE_LINE" in row.last_error
+    assert signed(client, row, secret, message()).status_code == 409
+
+
+def test_an_ordinary_user_does_not_see_the_webhook_address(frame, channel):
+    """A webhook address may carry the outside system's own token in its query: administrators only."""
+    row, secret, b24 = channel
+    from openlines.models import Channel as Model
+    Model.objects.filter(pk=row.pk).update(webhook_url="https://hooks.example.com/in?token=outside-secret")
+    assert "outside-secret" in open_settings(frame, b24, ACTIVE_STATUS=True)[0].content.decode()
+    assert "outside-secret" not in open_settings(frame, b24, user_id="2", ACTIVE_STATUS=True)[0].content.decode()
+
+
+def test_the_channels_link_in_bitrix24_answers_without_a_secret(client, channel):
+    """connector.data.set URL / URL_IM point at /channels/<id>/: it answers what the channel is."""
+    row, secret, b24 = channel
+    line = imc.state(b24).lines[(CONNECTOR, "1")]
+    path = line["data"]["URL"].split("//", 1)[1].split("/", 1)[1]
+    answer = client.get("/" + path)
+    assert answer.status_code == 200, answer.content
+    from openlines.views import inbound_url
+    assert answer.json() == {"channel": str(row.public_id), "connector": CONNECTOR, "state": "connected",
+                             "messages": inbound_url(row)}
+    assert secret not in answer.content.decode()
+
+
+@pytest.mark.parametrize("method, path, status, code", [
+    ("get", "/channels/{id}/messages", 405, "method_not_allowed"),
+    ("post", "/channels/not-a-channel/messages", 404, "unknown_channel"),
+    ("post", "/channels/", 404, "unknown_channel"),
+    ("get", "/channels/00000000-0000-4000-8000-000000000000/", 404, "unknown_channel"),
+    ("post", "/channels/{id}/", 405, "method_not_allowed"),
+])
+def test_every_channel_address_answers_json(client, channel, method, path, status, code):
+    row, secret, b24 = channel
+    answer = getattr(client, method)(path.format(id=row.public_id))
+    assert answer.status_code == status and answer["Content-Type"] == "application/json"
+    assert answer.json()["error"] == code
