@@ -80,6 +80,7 @@ def main():
         from django.test import Client
 
         from openlines import events, lifecycle, registry, tasks
+        from portals import limits
         from openlines.models import Delivery, InboundMessage, OutboundMessage
         from openlines.outbound import sign
         from sandbox.standin import rest_imconnector as imc
@@ -95,9 +96,9 @@ def main():
             receiver = Receiver(args.flaky)
             channel, secret = lifecycle.connect(stored, registry.HTTP, "1", user_id="1", webhook_url=receiver.url)
             b24.set_plan("others")
+            burst, rate = limits.bucket(stored.rest_plan)  # our pacing for the portal's plan (or the override)
             print(f"portal limit: burst {b24.rate_limit_burst}, {b24.rate_limit_drain:g}/s; our pacing: burst "
-                  f"{settings.B24_RATE_LIMIT_BURST}, {settings.B24_RATE_LIMIT_PER_SECOND:g}/s; "
-                  f"{tasks.SEND_BATCH} messages per send.messages call")
+                  f"{burst}, {rate:g}/s; {tasks.SEND_BATCH} messages per send.messages call")
 
             # 1. inbound
             with common.Timer() as accepting:
