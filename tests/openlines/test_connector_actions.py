@@ -281,3 +281,17 @@ def test_an_oversized_body_is_a_400_not_a_500(frame_500, installed):
     response = frame_500.post("/openlines/connector/", {f"f{i}": "x" for i in range(1100)})
     assert response.status_code == 400
     assert response.json()["error"] == "bad_request"
+
+
+def test_a_spent_rest_budget_is_a_429_with_retry_after_not_a_wait(frame, installed, settings):
+    """The portal's REST budget is spent (a long export, say): the overview's list is refused at once."""
+    from portals import limits
+    portal, b24 = installed
+    token = opened(frame, b24, user_id="2")
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 2, 0.1
+    for _ in range(2):
+        limits.reserve(portal.member_id)  # the bucket is full now: the next slot is 10 s away
+    before = b24.calls("imopenlines.config.list.get")
+    answer = listed(frame, token)
+    assert answer.status_code == 429 and answer.json()["error"] == "busy" and int(answer["Retry-After"]) >= 1
+    assert b24.calls("imopenlines.config.list.get") == before
