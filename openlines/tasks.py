@@ -63,16 +63,21 @@ def _release(channel_id: int, field: str) -> None:
     Channel.objects.filter(pk=channel_id).update(**{field: None})
 
 
+def _under_lease(channel_id: int, field: str, deliver) -> str:
+    """`deliver(channel)` while this worker holds the channel's lease for one direction; "busy" if another does."""
+    if not _take_lease(channel_id, field):
+        return "busy"
+    try:
+        return deliver(Channel.objects.select_related("portal").get(pk=channel_id))
+    finally:
+        _release(channel_id, field)
+
+
 # --- inbound: the outside system -> Bitrix24 --------------------------------------------------------
 @shared_task(name="openlines.deliver_inbound")
 def deliver_inbound(channel_id: int) -> str:
     """Send the channel's due inbound rows, in order, several per call."""
-    if not _take_lease(channel_id, "inbound_lease_until"):
-        return "busy"
-    try:
-        return _deliver_inbound(Channel.objects.select_related("portal").get(pk=channel_id))
-    finally:
-        _release(channel_id, "inbound_lease_until")
+    return _under_lease(channel_id, "inbound_lease_until", _deliver_inbound)
 
 
 def _deliver_inbound(channel: Channel) -> str:
@@ -144,12 +149,7 @@ def _record_inbound(rows, result) -> None:
 @shared_task(name="openlines.deliver_outbound")
 def deliver_outbound(channel_id: int) -> str:
     """POST the channel's due operator messages to its webhook, in order; report delivery to Bitrix24."""
-    if not _take_lease(channel_id, "outbound_lease_until"):
-        return "busy"
-    try:
-        return _deliver_outbound(Channel.objects.select_related("portal").get(pk=channel_id))
-    finally:
-        _release(channel_id, "outbound_lease_until")
+    return _under_lease(channel_id, "outbound_lease_until", _deliver_outbound)
 
 
 def _deliver_outbound(channel: Channel) -> str:
