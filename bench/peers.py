@@ -29,13 +29,10 @@ every result came back exactly once (and whether in order: ids ascending, calls 
 (requests - burst) / rate. Nothing is asserted about time.
 """
 import argparse
-import datetime
-import ipaddress
 import json
 import math
 import os
 import resource
-import ssl
 import statistics
 import subprocess
 import sys
@@ -164,32 +161,6 @@ def worker(spec) -> None:
 # --- the conductor --------------------------------------------------------------------------------------
 
 
-def _certificate(folder: Path):
-    """A self-signed certificate for 127.0.0.1 (cryptography is already a dependency of the app)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b24 bench stand-in")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "standin.crt", folder / "standin.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    return cert_path, context
-
-
 def _install(client, b24):
     """Install as Bitrix24 does: the install POST into the frame, installFinish, then ONAPPINSTALL."""
     from urllib.parse import urlencode
@@ -315,7 +286,9 @@ def main():
     from bench import _common as common
 
     folder = Path(tempfile.mkdtemp(prefix="b24bench-peers-"))
-    cert, context = _certificate(folder)
+    from tests.tls import self_signed_context
+
+    cert, context = self_signed_context(folder, "b24 bench stand-in")
     os.environ["REQUESTS_CA_BUNDLE"] = str(cert)  # for requests (b24widget, b24pysdk) here and in the workers
     os.environ["NO_PROXY"] = "127.0.0.1"
     from sandbox.standin import StandIn

@@ -63,16 +63,33 @@ def _release(channel_id: int, field: str) -> None:
     Channel.objects.filter(pk=channel_id).update(**{field: None})
 
 
+def _under_lease(channel_id: int, field: str, deliver) -> str:
+    """`deliver(channel)` while this worker holds the channel's lease for one direction; "busy" if another does."""
+    if not _take_lease(channel_id, field):
+        return "busy"
+    try:
+        return deliver(Channel.objects.select_related("portal").get(pk=channel_id))
+    finally:
+        _release(channel_id, field)
+
+
+def _retry_later(rows, error: str, since: str) -> None:
+    """Count a failed attempt on each row and schedule the next (`backoff`); a row whose `since` (when it
+    reached us) is more than OPENLINES_RETRY_HOURS ago becomes a dead letter instead."""
+    now = timezone.now()
+    for row in rows:
+        attempts = row.attempts + 1
+        dead = now - getattr(row, since) > timedelta(hours=settings.OPENLINES_RETRY_HOURS)
+        type(row).objects.filter(pk=row.pk).update(
+            attempts=attempts, last_error=error, next_attempt_at=now + backoff(attempts),
+            state=Delivery.DEAD if dead else Delivery.FAILED)
+
+
 # --- inbound: the outside system -> Bitrix24 --------------------------------------------------------
 @shared_task(name="openlines.deliver_inbound")
 def deliver_inbound(channel_id: int) -> str:
     """Send the channel's due inbound rows, in order, several per call."""
-    if not _take_lease(channel_id, "inbound_lease_until"):
-        return "busy"
-    try:
-        return _deliver_inbound(Channel.objects.select_related("portal").get(pk=channel_id))
-    finally:
-        _release(channel_id, "inbound_lease_until")
+    return _under_lease(channel_id, "inbound_lease_until", _deliver_inbound)
 
 
 def _deliver_inbound(channel: Channel) -> str:
@@ -98,21 +115,11 @@ def _deliver_inbound(channel: Channel) -> str:
             result = client.call(method, {"CONNECTOR": channel.connector_id, "LINE": channel.line_id,
                                           "MESSAGES": [row.payload for row in group]})
         except RestError as exc:
-            _retry_later(group, f"{exc.code}: {exc.description}"[:255])
+            _retry_later(group, f"{exc.code}: {exc.description}"[:255], "received_at")
             log.info("inbound delivery postponed", extra={"member_id": channel.portal.member_id, "code": exc.code})
             return f"sent {sent}; retry ({exc.code})"
         _record_inbound(group, result)
         sent += len(group)
-
-
-def _retry_later(rows, error: str) -> None:
-    now = timezone.now()
-    for row in rows:
-        attempts = row.attempts + 1
-        dead = now - row.received_at > timedelta(hours=settings.OPENLINES_RETRY_HOURS)
-        type(row).objects.filter(pk=row.pk).update(
-            attempts=attempts, last_error=error, next_attempt_at=now + backoff(attempts),
-            state=Delivery.DEAD if dead else Delivery.FAILED)
 
 
 def _record_inbound(rows, result) -> None:
@@ -144,12 +151,7 @@ def _record_inbound(rows, result) -> None:
 @shared_task(name="openlines.deliver_outbound")
 def deliver_outbound(channel_id: int) -> str:
     """POST the channel's due operator messages to its webhook, in order; report delivery to Bitrix24."""
-    if not _take_lease(channel_id, "outbound_lease_until"):
-        return "busy"
-    try:
-        return _deliver_outbound(Channel.objects.select_related("portal").get(pk=channel_id))
-    finally:
-        _release(channel_id, "outbound_lease_until")
+    return _under_lease(channel_id, "outbound_lease_until", _deliver_outbound)
 
 
 def _deliver_outbound(channel: Channel) -> str:
@@ -168,7 +170,7 @@ def _deliver_outbound(channel: Channel) -> str:
         except (http.HttpFailure, outbound.BadWebhookUrl) as exc:
             error = str(exc)[:255]
         if error:
-            _retry_later_outbound(row, error)
+            _retry_later([row], error, "created_at")
             outcome = f"retry ({error})"
             break
         OutboundMessage.objects.filter(pk=row.pk).update(state=Delivery.SENT, sent_at=timezone.now(),
@@ -178,15 +180,6 @@ def _deliver_outbound(channel: Channel) -> str:
     if delivered:
         _report_delivery(channel, delivered)
     return f"delivered {len(delivered)}; {outcome}"
-
-
-def _retry_later_outbound(row, error: str) -> None:
-    now = timezone.now()
-    attempts = row.attempts + 1
-    dead = now - row.created_at > timedelta(hours=settings.OPENLINES_RETRY_HOURS)
-    OutboundMessage.objects.filter(pk=row.pk).update(
-        attempts=attempts, last_error=error, next_attempt_at=now + backoff(attempts),
-        state=Delivery.DEAD if dead else Delivery.FAILED)
 
 
 def _report_delivery(channel: Channel, rows) -> None:

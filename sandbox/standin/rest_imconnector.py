@@ -243,46 +243,53 @@ def send_messages(portal, params, grant):
             results.append({
                 "user": conversation["user"], "message": {**message, "date": {}}, "chat": dict(chat),
                 "SUCCESS": True, "session": {"ID": str(conversation["session"]), "CHAT_ID": str(im_chat_id)}})
+    return _answer(results)
+
+
+def _change_sent(portal, params, change):
+    """update.messages and delete.messages alike: each MESSAGES item names (chat.id, message.id) a message
+    the outside system sent; ``change(found, chat, message)`` alters it and gives its RESULT item's
+    ``message`` and ``chat``; an unknown message fails alone (SUCCESS false), the others go on."""
+    st = state(portal)
+    connector, line = _active_line(portal, st, params)
+    results = []
+    with portal._standin.lock:
+        for item in _messages(params):
+            chat, message = item.get("chat") or {}, item.get("message") or {}
+            _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
+                                             outside=True)
+            if found is None:
+                results.append({"SUCCESS": False, "ERRORS": ["message not found"]})
+                continue
+            results.append({"user": conversation["user"], **change(found, chat, message), "SUCCESS": True})
+    return _answer(results)
+
+
+def _answer(results):
+    # imconnector-send-messages.md, -update-messages.md, -delete-messages.md (api-reference/imopenlines/
+    # imconnector/): SUCCESS for the whole call, DATA.RESULT with one item per message.
     return {"SUCCESS": all(r["SUCCESS"] for r in results), "DATA": {"RESULT": results}}
 
 
 @method("imconnector.update.messages", doc=_DOC + "imconnector-update-messages.md", scopes=("imopenlines",))
 def update_messages(portal, params, grant):
-    st = state(portal)
-    connector, line = _active_line(portal, st, params)
-    results = []
-    with portal._standin.lock:
-        for item in _messages(params):
-            chat, message = item.get("chat") or {}, item.get("message") or {}
-            _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
-                                             outside=True)
-            if found is None:
-                results.append({"SUCCESS": False, "ERRORS": ["message not found"]})
-                continue
-            found["text"] = str(message.get("text") or found["text"])
-            found["edited"] = True
-            results.append({"user": conversation["user"], "message": {**message, "date": {}}, "chat": dict(chat),
-                            "SUCCESS": True})
-    return {"SUCCESS": all(r["SUCCESS"] for r in results), "DATA": {"RESULT": results}}
+    """api-reference/imopenlines/imconnector/imconnector-update-messages.md: new text, the message marked edited."""
+    def edit(found, chat, message):
+        found["text"] = str(message.get("text") or found["text"])
+        found["edited"] = True
+        return {"message": {**message, "date": {}}, "chat": dict(chat)}
+
+    return _change_sent(portal, params, edit)
 
 
 @method("imconnector.delete.messages", doc=_DOC + "imconnector-delete-messages.md", scopes=("imopenlines",))
 def delete_messages(portal, params, grant):
-    st = state(portal)
-    connector, line = _active_line(portal, st, params)
-    results = []
-    with portal._standin.lock:
-        for item in _messages(params):
-            chat, message = item.get("chat") or {}, item.get("message") or {}
-            _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
-                                             outside=True)
-            if found is None:
-                results.append({"SUCCESS": False, "ERRORS": ["message not found"]})
-                continue
-            found["deleted"] = True
-            results.append({"user": conversation["user"], "message": {"id": found["external_id"]},
-                            "chat": {"id": chat.get("id")}, "SUCCESS": True})
-    return {"SUCCESS": all(r["SUCCESS"] for r in results), "DATA": {"RESULT": results}}
+    """api-reference/imopenlines/imconnector/imconnector-delete-messages.md: the message marked deleted."""
+    def delete(found, chat, message):
+        found["deleted"] = True
+        return {"message": {"id": found["external_id"]}, "chat": {"id": chat.get("id")}}
+
+    return _change_sent(portal, params, delete)
 
 
 def _status(portal, params, field):

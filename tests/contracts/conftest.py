@@ -1,50 +1,23 @@
 """A stand-in that speaks HTTPS (b24pysdk only calls https://), and b24pysdk pointed at it.
 
-The certificate is made here for 127.0.0.1 and handed to requests through REQUESTS_CA_BUNDLE, which
-b24pysdk's plain ``requests.get``/``requests.post`` calls honour. b24pysdk's OAuth host is a class
-constant (``https://oauth.bitrix24.tech``): the fixture points it at the stand-in's OAuth server, the
-HTTP boundary and nothing of ours.
+The certificate (tests/tls.py, shared with bench/peers.py) is for 127.0.0.1 and is handed to requests
+through REQUESTS_CA_BUNDLE, which b24pysdk's plain ``requests.get``/``requests.post`` calls honour.
+b24pysdk's OAuth host is a class constant (``https://oauth.bitrix24.tech``): the fixture points it at
+the stand-in's OAuth server, the HTTP boundary and nothing of ours.
 """
-import datetime
-import ipaddress
-import ssl
-
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sandbox.standin import StandIn
+from tests.tls import self_signed_context
 
 CLIENT_ID = "app.5f0c1d2e3a4b56.12345678"
 CLIENT_SECRET = "contract-secret"
 OTHER_ID, OTHER_SECRET = "app.6a1b2c3d4e5f67.87654321", "other-contract-secret"
 
 
-def _self_signed(folder):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b24 stand-in")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "standin.crt", folder / "standin.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="session")
 def tls_standin(tmp_path_factory):
-    cert, key = _self_signed(tmp_path_factory.mktemp("tls"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    cert, context = self_signed_context(tmp_path_factory.mktemp("tls"))
     mp = pytest.MonkeyPatch()
     mp.setenv("REQUESTS_CA_BUNDLE", str(cert))
     mp.setenv("NO_PROXY", "127.0.0.1")
