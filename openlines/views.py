@@ -134,7 +134,9 @@ def _list(form, connector) -> JsonResponse:
     channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
     return JsonResponse({"connector": connector.id, "lines": lines, "channels": {
         c.line_id: {"state": c.state, "last_activity_at": c.last_activity_at.isoformat(timespec="seconds")
-                    if c.last_activity_at else None, "name": c.name} for c in channels}})
+                    if c.last_activity_at else None, "name": c.name,
+                    # Whether replies have somewhere to go; the address itself is for administrators only.
+                    "has_webhook": bool(c.webhook_url)} for c in channels}})
 
 
 @sensitive_post_parameters("widget_token", "AUTH_ID")

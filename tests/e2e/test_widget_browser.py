@@ -152,10 +152,17 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     secret = widget.locator("#overview-secret").inner_text()
     endpoint = widget.locator("#overview-endpoint").inner_text()
     expect(fits).to_have_count(7)  # the frame grew for the message, then for the table listed again
+    expect(line2.locator(".badge.warn")).to_have_text("no webhook yet: replies wait")
     shoot(page, "04-line-connected")
     assert_accessible(app_frame_content(page), "the widget after connecting a line")
+    # ... and gives the line a webhook address right there
+    widget.locator("#overview-webhook-url").fill("https://hooks.example.com/b24")
+    widget.locator("#overview-webhook-save").click()
+    expect(widget.locator("#overview-result")).to_have_text("Saved.")
+    expect(line2.locator(".badge.warn")).to_have_count(0)
     channel = Channel.objects.get(portal__member_id=sandbox.portal.member_id)
     assert (channel.line_id, channel.state, channel.connected_by) == ("2", "connected", "1")
+    assert channel.webhook_url == "https://hooks.example.com/b24"
     assert channel.secret == secret and endpoint == f"{sandbox.app_url}/channels/{channel.public_id}/messages"
     open_widget(page, sandbox, user="1", lang="en")
     expect(widget.locator('#open-lines-table tr[data-line="2"]')).to_have_attribute("data-state", "connected")
