@@ -1,0 +1,414 @@
+"""docs/threat-model.md, the Open Lines rows: what a stranger, an ordinary user and an administrator can make
+the channel API (`POST /channels/<id>/messages`), the SETTING_CONNECTOR page and the outbound webhook do.
+
+Real HTTP against the stand-in, as in test_inbound.py. Each test names the row it proves. The tests marked
+xfail(strict=True) are defects the threat model lists under "Known limits": each passes (and so fails the
+run, as a strict xfail) once the defect is fixed; then drop the mark.
+"""
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.test import Client
+
+from openlines.models import Channel, Delivery, InboundMessage, OutboundMessage
+from openlines.outbound import sign
+from sandbox.standin import rest_imconnector as imc
+from tests.conftest import do_install
+from tests.openlines.conftest import CONNECTOR, act, message, open_settings, setting_connector_post, signed
+
+pytestmark = pytest.mark.django_db
+
+
+def counters(b24, standin):
+    """REST requests that reached the portal, requests that reached the OAuth server (token, app.info)."""
+    return len(b24.requests), len(standin.oauth_requests), len(standin.server_requests)
+
+
+def nothing_reached_bitrix24(b24, standin, before):
+    return counters(b24, standin) == before
+
+
+def error_of(response):
+    return response.status_code, response.json()["error"]
+
+
+# --- the channel API: POST /channels/<id>/messages ---------------------------------------------------------------
+def _refused_request(client, case, row, secret):
+    body = json.dumps(message("m1")).encode()
+    now = str(int(time.time()))
+    if case == "unknown_channel":
+        return client.post(f"/channels/{uuid.uuid4()}/messages", body, content_type="application/json")
+    if case == "body_too_large":  # the declared length alone is refused: the body is never read
+        return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json",
+                           CONTENT_LENGTH="999999999", HTTP_X_B24WIDGET_TIMESTAMP=now)
+    if case == "stale_timestamp":
+        return signed(client, row, secret, message("m1"), timestamp=int(time.time()) - 3600)
+    return signed(client, row, "not-the-secret", message("m1"))  # bad_signature
+
+
+@pytest.mark.parametrize("case, status", [("unknown_channel", 404), ("body_too_large", 413),
+                                          ("stale_timestamp", 401), ("bad_signature", 401)])
+def test_a_refused_request_costs_one_query_and_sends_nothing(client, channel, standin, case, status,
+                                                             django_assert_num_queries,
+                                                             django_capture_on_commit_callbacks):
+    """Stranger row: one indexed SELECT per refused request; no row, no task, no call to Bitrix24."""
+    row, secret, b24 = channel
+    before = counters(b24, standin)
+    with django_capture_on_commit_callbacks(execute=True) as queued:
+        with django_assert_num_queries(1):
+            response = _refused_request(client, case, row, secret)
+    assert error_of(response) == (status, case)
+    assert queued == [] and not InboundMessage.objects.exists()
+    assert Channel.objects.get(pk=row.pk).last_activity_at is None
+    assert nothing_reached_bitrix24(b24, standin, before)
+
+
+def test_a_flood_of_forged_requests_writes_nothing_and_calls_nothing(client, channel, standin):
+    """Stranger row: every forged request is answered 401 at once; no throttle, and none is needed for our
+    database or for Bitrix24, since a refusal writes nothing and calls nothing."""
+    row, secret, b24 = channel
+    before = counters(b24, standin)
+    statuses = {signed(client, row, f"guess-{n}", message(f"m{n}")).status_code for n in range(200)}
+    assert statuses == {401}
+    assert not InboundMessage.objects.exists() and nothing_reached_bitrix24(b24, standin, before)
+
+
+def test_a_captured_request_replayed_verbatim_is_refused(client, channel, settings, django_capture_on_commit_callbacks):
+    """Stranger row (replay): the same bytes and headers again are a duplicate inside the window, and stale
+    after it; Bitrix24 got the message once."""
+    row, secret, b24 = channel
+    body = json.dumps(message("m1", "Pay invoice 7")).encode()
+    timestamp = str(int(time.time()) - 120)
+    headers = {"HTTP_X_B24WIDGET_TIMESTAMP": timestamp, "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body)}
+
+    def send():
+        return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json", **headers)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send().status_code == 202
+        assert error_of(send()) == (409, "duplicate_message")
+    settings.OPENLINES_SIGNATURE_WINDOW = 60  # the window has passed for this request
+    assert error_of(send()) == (401, "stale_timestamp")
+    assert InboundMessage.objects.count() == 1 and b24.calls("imconnector.send.messages") == 1
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["Pay invoice 7"]
+
+
+@pytest.mark.parametrize("body", [
+    b"not json", b"\xff\xfe\xfa not utf-8", b"[" * 100_000 + b"]" * 100_000, b'"a string"', b"null",
+], ids=["not_json", "not_utf8", "deep", "string", "null"])
+def test_a_malformed_body_with_a_good_signature_is_400_and_sends_nothing(client, channel, standin, body,
+                                                                         django_capture_on_commit_callbacks):
+    """Administrator row (the secret's holder): a body that is not a JSON object is a 400, never a 500."""
+    row, secret, b24 = channel
+    timestamp = str(int(time.time()))
+    before = counters(b24, standin)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = Client(raise_request_exception=False).post(
+            f"/channels/{row.public_id}/messages", body, content_type="application/json",
+            HTTP_X_B24WIDGET_TIMESTAMP=timestamp, HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body))
+    assert error_of(response) == (400, "bad_request")
+    assert not InboundMessage.objects.exists() and nothing_reached_bitrix24(b24, standin, before)
+
+
+@pytest.fixture
+def second_channel(client, frame, standin, receiver):
+    """Another portal's channel on the same line number: (row, secret, stand-in portal)."""
+    other = standin.add_portal()
+    do_install(client, other)
+    answer = act(frame, other, "connect", webhook_url=receiver.url)
+    assert answer.status_code == 200, answer.content
+    return Channel.objects.get(public_id=answer.json()["channel"]["id"]), answer.json()["secret"], other
+
+
+def test_a_secret_opens_only_its_own_channel(client, frame, channel, second_channel, standin, sink,
+                                             django_capture_on_commit_callbacks):
+    """Administrator row: a channel's secret is refused on any other channel (another portal's included), a
+    rotated secret is refused at once, and a read report cannot name another channel's operator message."""
+    row, secret, b24 = channel
+    other_row, other_secret, other = second_channel
+    assert error_of(signed(client, other_row, secret, message("m1"))) == (401, "bad_signature")
+    assert error_of(signed(client, row, other_secret, message("m1"))) == (401, "bad_signature")
+    # An operator message of the first channel; the second channel's holder names it in a read report.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1")).status_code == 202
+    message_id, _ = imc.operator_reply(b24, imc.conversations(b24)[0]["chat_id"], "hello", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    report = {"action": "read", "chat": {"id": "chat-1"}, "user": {"id": "u-1"}, "message": {"id": str(message_id)}}
+    assert error_of(signed(client, other_row, other_secret, report)) == (404, "unknown_message")
+    assert other.calls("imconnector.send.status.reading") == b24.calls("imconnector.send.status.reading") == 0
+    # Rotation: the old secret stops working at once, the new one works.
+    rotated = act(frame, b24, "rotate").json()["secret"]
+    assert error_of(signed(client, row, secret, message("m2"))) == (401, "bad_signature")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, rotated, message("m2")).status_code == 202
+    assert not InboundMessage.objects.filter(channel=other_row).exists()
+
+
+@pytest.mark.xfail(strict=True, reason="defect: openlines/inbound.py check_signature uses str.isdigit(), which "
+                                        "admits '²' (latin-1 0xB2 in a header); int() then raises: a 500")
+def test_a_timestamp_of_non_ascii_digits_is_a_401_not_a_500(channel):
+    """Ordinary user row (knows the endpoint): no header makes the channel API answer 5xx."""
+    row, secret, b24 = channel
+    response = Client(raise_request_exception=False).post(
+        f"/channels/{row.public_id}/messages", b"{}", content_type="application/json",
+        HTTP_X_B24WIDGET_TIMESTAMP="\u00b2", HTTP_X_B24WIDGET_SIGNATURE="sha256=00")
+    assert response.status_code == 401
+
+
+# --- SETTING_CONNECTOR, opened through POST /placement/ ----------------------------------------------------------
+@pytest.mark.parametrize("options", [{"CONNECTOR": "telegrambot"}, {"LINE": "1 OR 1=1"}, {"LINE": ""},
+                                     {"LINE": "12345678901"}], ids=["connector", "line_sql", "no_line", "long_line"])
+def test_a_malformed_settings_open_is_400_before_any_verification(frame, installed, standin, options):
+    """Stranger row: an unknown connector or a LINE that is not 1-10 digits costs no OAuth request."""
+    portal, b24 = installed
+    fields = setting_connector_post(b24, **options)
+    fields["AUTH_ID"] = "forged"
+    before = counters(b24, standin)
+    response = frame.post("/placement/", fields)
+    assert response.status_code == 400
+    assert response["Content-Security-Policy"] == f"frame-ancestors http://{b24.domain}"
+    assert nothing_reached_bitrix24(b24, standin, before)
+
+
+def test_a_flood_of_forged_settings_opens_is_refused_within_the_verification_budget(frame, installed, standin,
+                                                                                    settings):
+    """Stranger row: the same per-portal budget as every placement (B24_VERIFY_BURST, then
+    B24_VERIFY_PER_MINUTE); past it a 429 at once, no OAuth request."""
+    settings.B24_VERIFY_BURST, settings.B24_VERIFY_PER_MINUTE = 5, 1
+    portal, b24 = installed
+    before = len(standin.server_requests)
+    statuses = []
+    for n in range(60):
+        fields = setting_connector_post(b24, user_id="2")
+        fields["AUTH_ID"] = f"{n:032x}"
+        statuses.append(frame.post("/placement/", fields).status_code)
+    assert statuses.count(403) == 5 and statuses.count(429) == 55
+    assert len(standin.server_requests) - before == 5
+    assert not Channel.objects.exists()
+
+
+def test_an_ordinary_user_sees_the_channel_but_not_its_secret_and_changes_nothing(frame, channel):
+    """Ordinary user row: the page shows the channel's name, webhook URL and inbound endpoint (read-only, no
+    buttons); never the secret; opening it writes nothing and calls no imconnector method."""
+    row, secret, b24 = channel
+    calls = {m: b24.calls(m) for m in ("imconnector.activate", "imconnector.connector.data.set", "imconnector.status")}
+    state = (Channel.objects.values_list("state", "secret", "webhook_url", "name").get(pk=row.pk))
+    response, _auth = open_settings(frame, b24, user_id="2", ACTIVE_STATUS=True, CONNECTION_STATUS=True)
+    page = response.content.decode()
+    assert response.status_code == 200 and 'id="admin-only"' in page
+    assert f"/channels/{row.public_id}/messages" in page and row.webhook_url in page
+    assert secret not in page
+    for button in ('id="connect"', 'id="save"', 'id="rotate"', 'id="disconnect"'):
+        assert button not in page
+    for field in ("channel-name", "webhook-url"):
+        [tag] = re.findall(rf'<input [^>]*id="{field}"[^>]*>', page)
+        assert " disabled" in tag, tag
+    assert Channel.objects.values_list("state", "secret", "webhook_url", "name").get(pk=row.pk) == state
+    assert {m: b24.calls(m) for m in calls} == calls
+
+
+def test_the_posted_connector_state_does_not_make_a_line_look_connected(frame, installed):
+    """Ordinary user row: PLACEMENT_OPTIONS flags come from the POST; the page's state comes from our rows
+    (only ERROR_STATUS shows, as a badge)."""
+    portal, b24 = installed
+    response, _auth = open_settings(frame, b24, STATUS=True, ACTIVE_STATUS=True, CONNECTION_STATUS=True,
+                                    REGISTER_STATUS=True, ERROR_STATUS=True)
+    page = response.content.decode()
+    assert 'id="channel-state">not connected<' in page and 'id="connect"' in page
+    assert 'id="inbound-url"' not in page and 'id="error-status"' in page
+
+
+def test_an_administrator_sees_only_their_own_portals_channel(frame, channel, second_channel, standin):
+    """Administrator row: the channel shown is the one of the verified portal, never another portal's on the
+    same connector and line number."""
+    row, secret, b24 = channel
+    other_row, other_secret, other = second_channel
+    third = standin.add_portal()
+    do_install(frame, third)
+    response, _auth = open_settings(frame, third)
+    page = response.content.decode()
+    assert 'id="channel-state">not connected<' in page and 'id="connect"' in page
+    assert str(row.public_id) not in page and str(other_row.public_id) not in page
+    mine, _auth = open_settings(frame, other)
+    assert str(other_row.public_id) in mine.content.decode() and str(row.public_id) not in mine.content.decode()
+
+
+# --- the outbound webhook (openlines/outbound.py) ----------------------------------------------------------------
+def _reply(client, b24, sink, django_capture_on_commit_callbacks, text="Here is your answer"):
+    """A customer writes, an operator answers: the reply's OutboundMessage after the delivery attempt."""
+    with django_capture_on_commit_callbacks(execute=True):
+        imc.operator_reply(b24, imc.conversations(b24)[0]["chat_id"], text, handlers=[sink.url])
+        sink.relay(client)
+    return OutboundMessage.objects.get()
+
+
+@pytest.fixture
+def conversation(client, channel, django_capture_on_commit_callbacks):
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "Hi")).status_code == 202
+    return row, secret, b24
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("https://example.com:25/hook?token=x", True),
+    ("https://203.0.113.7/hook", False),  # TEST-NET-3: documentation, not global
+    ("https://8.8.8.8/hook", True),
+    ("http://example.com/hook", False),
+    ("ftp://example.com/hook", False),
+    ("https://localhost/hook", False),
+    ("https://[::1]/hook", False),
+    ("https://[::ffff:127.0.0.1]/hook", False),
+    ("https://169.254.169.254/latest/meta-data/", False),
+    ("https://0.0.0.0/hook", False),
+    ("https://100.64.0.1/hook", False),
+    ("https://192.168.1.1/hook", False),
+    ("https://metadata.google.internal/hook", False),
+    ("https://printer.local/hook", False),
+    ("https://intranet/hook", False),
+    ("https://user:pass@example.com/hook", False),
+    ("https://example.com/hook#part", False),
+    ("https://example.com:99999/hook", False),
+])
+def test_in_production_a_webhook_url_must_be_public_https(frame, installed, settings, url, allowed):
+    """Administrator row: the save-time check (no DNS): https, a host, no credentials, no fragment, a valid
+    port, and an address or name that is not loopback, private, link-local, shared or reserved."""
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
+    portal, b24 = installed
+    answer = act(frame, b24, "connect", webhook_url=url)
+    if allowed:
+        assert answer.status_code == 200 and Channel.objects.get().webhook_url == url
+    else:
+        assert error_of(answer) == (400, "bad_webhook_url") and not Channel.objects.exists()
+
+
+def test_a_stored_webhook_url_is_checked_again_before_each_send(client, conversation, receiver, sink, settings,
+                                                               django_capture_on_commit_callbacks):
+    """Administrator row: a URL stored while private webhooks were allowed (or written by hand) is refused at
+    send time once they are not; nothing is POSTed."""
+    row, secret, b24 = conversation
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
+    reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    assert (reply.state, reply.last_error) == (Delivery.FAILED, "https only")
+    assert receiver.got == []
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_at_send(client, frame, installed, receiver, sink, settings,
+                                                            django_capture_on_commit_callbacks):
+    """Administrator row: "127.1" is not an address literal to the save-time check, so it is stored; before
+    each send the host is resolved (to 127.0.0.1 here) and the POST refused."""
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
+    portal, b24 = installed
+    port = receiver.url.split(":")[2].split("/")[0]
+    answer = act(frame, b24, "connect", webhook_url=f"https://127.1:{port}/hook")
+    assert answer.status_code == 200  # the save does no DNS
+    row, secret = Channel.objects.get(), answer.json()["secret"]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "Hi")).status_code == 202
+    reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
+    assert receiver.got == []
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    target = ""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(307)
+        self.send_header("Location", self.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_from_the_webhook_is_not_followed(client, conversation, receiver, sink,
+                                                     django_capture_on_commit_callbacks):
+    """Administrator row: a webhook that answers 307 to an inside address does not get us there; the
+    message is retried later like any failure."""
+    row, secret, b24 = conversation
+    handler = type("Redirect", (_Redirecting,), {"target": receiver.url})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+        reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (reply.state, reply.last_error) == (Delivery.FAILED, "HTTP 307")
+    assert receiver.got == []
+
+
+@pytest.mark.xfail(strict=True, reason="defect: portals/http.py send() tests the answer's Content-Length with "
+                                        "str.isdigit(); '²' passes and int() raises ValueError, which escapes "
+                                        "openlines.tasks._deliver_outbound: the row stays pending, no backoff")
+def test_a_webhook_answering_a_non_ascii_length_is_an_ordinary_failure(client, conversation, sink,
+                                                                      django_capture_on_commit_callbacks):
+    """Administrator row: nothing the webhook answers escapes the retry schedule."""
+    row, secret, b24 = conversation
+
+    class Odd(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "\u00b2")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+        reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.attempts == 1 and reply.state in (Delivery.SENT, Delivery.FAILED)
+
+
+def _forged_connector_event(b24, event, data):
+    """What an ordinary user can build: the portal's APPLICATION_TOKEN (in every placement POST they get)
+    and their own access token; the event's form fields as Bitrix24 would send them."""
+    users_open = b24.placement_post(user_id="2")
+    payload = b24.event_payload(event, data=data, with_tokens=False, application_token=users_open["APPLICATION_TOKEN"])
+    payload["auth[access_token]"] = users_open["AUTH_ID"]
+    return list(payload.items())
+
+
+@pytest.mark.xfail(strict=True, reason="defect: connector events are believed on application_token alone "
+                                        "(openlines/lifecycle.py register_event_handlers; portals/inbox.py), which "
+                                        "every user of the portal holds")
+def test_an_ordinary_user_cannot_make_us_post_a_forged_operator_message(client, conversation, receiver, sink,
+                                                                       django_capture_on_commit_callbacks):
+    """Ordinary user row: a message the operator never wrote is not signed and POSTed to the outside system."""
+    row, secret, b24 = conversation
+    sink.got = [_forged_connector_event(b24, "ONIMCONNECTORMESSAGEADD", {
+        "CONNECTOR": CONNECTOR, "LINE": "1", "MESSAGES": [{
+            "im": {"chat_id": "1", "message_id": "777777"}, "message": {"user_id": "1", "text": "Pay to IBAN X"},
+            "chat": {"id": "chat-1"}}]})]
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    assert receiver.got == []
+
+
+@pytest.mark.xfail(strict=True, reason="defect: OnImConnectorStatusDelete / LineDelete are believed on "
+                                        "application_token alone; the revocation voids the channel's secret")
+def test_an_ordinary_user_cannot_revoke_a_channel_with_a_forged_teardown_event(client, conversation, sink):
+    """Ordinary user row (channel API): the channel keeps working unless Bitrix24 really removed it."""
+    row, secret, b24 = conversation
+    sink.got = [_forged_connector_event(b24, "ONIMCONNECTORSTATUSDELETE", {"connector": CONNECTOR, "line": "1"})]
+    sink.relay(client)
+    row.refresh_from_db()
+    assert row.is_connected and row.secret == secret
+
