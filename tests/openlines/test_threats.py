@@ -194,16 +194,16 @@ def test_a_flood_of_forged_settings_opens_is_refused_within_the_verification_bud
 
 
 def test_an_ordinary_user_sees_the_channel_but_not_its_secret_and_changes_nothing(frame, channel):
-    """Ordinary user row: the page shows the channel's name, webhook URL and inbound endpoint (read-only, no
-    buttons); never the secret; opening it writes nothing and calls no imconnector method."""
+    """Ordinary user row: the page shows the channel's name and inbound endpoint (read-only, no buttons);
+    never the secret nor the webhook address; opening it writes nothing and calls no imconnector method."""
     row, secret, b24 = channel
     calls = {m: b24.calls(m) for m in ("imconnector.activate", "imconnector.connector.data.set", "imconnector.status")}
     state = (Channel.objects.values_list("state", "secret", "webhook_url", "name").get(pk=row.pk))
     response, _auth = open_settings(frame, b24, user_id="2", ACTIVE_STATUS=True, CONNECTION_STATUS=True)
     page = response.content.decode()
     assert response.status_code == 200 and 'id="admin-only"' in page
-    assert f"/channels/{row.public_id}/messages" in page and row.webhook_url in page
-    assert secret not in page
+    assert f"/channels/{row.public_id}/messages" in page and 'value="Site chat"' in page
+    assert secret not in page and row.webhook_url not in page
     for button in ('id="connect"', 'id="save"', 'id="rotate"', 'id="disconnect"'):
         assert button not in page
     for field in ("channel-name", "webhook-url"):
