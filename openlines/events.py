@@ -11,7 +11,8 @@ import re
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from portals.inbox import Reject
+from portals.inbox import Reject, Retry
+from portals.rest import RestError
 
 from . import lifecycle, registry, tasks
 from .models import Channel, OutboundMessage
@@ -103,8 +104,8 @@ def on_status_delete(item) -> str:
     connector = registry.get(str(data.get("connector") or ""))
     if connector is None or item.portal is None:
         raise Reject("not our connector")
-    count = lifecycle.revoke_line(item.portal, str(data.get("line") or ""), connector_id=connector.id,
-                                  reason="connector removed from the line in Bitrix24")
+    count = _revoke(item.portal, str(data.get("line") or ""), connector_id=connector.id,
+                    reason="connector removed from the line in Bitrix24")
     return f"{count} channel(s) revoked"
 
 
@@ -114,8 +115,17 @@ def on_line_delete(item) -> str:
     line = item.data if not isinstance(item.data, dict) else item.data.get("VALUE", item.data.get("LINE", ""))
     if item.portal is None or not _ID.fullmatch(str(line)):
         raise Reject("no line id")
-    count = lifecycle.revoke_line(item.portal, str(line), reason="Open Line deleted in Bitrix24")
+    count = _revoke(item.portal, str(line), reason="Open Line deleted in Bitrix24")
     return f"{count} channel(s) revoked"
+
+
+def _revoke(portal, line: str, **kwargs) -> int:
+    try:
+        return lifecycle.revoke_line(portal, line, **kwargs)
+    except lifecycle.StillActive as exc:
+        raise Reject(f"not confirmed by the portal: {exc}") from None
+    except RestError as exc:
+        raise Retry(f"the portal could not confirm the teardown: {exc.code}") from None
 
 
 HANDLERS = {

@@ -16,7 +16,7 @@ from django.utils import timezone
 from portals import limits
 from portals.install import events_url
 from portals.models import Portal
-from portals.rest import LimitWaitExceeded, PortalClient, RestError
+from portals.rest import LimitWaitExceeded, PortalClient, RestError, TransportError
 
 from . import registry
 from .models import Channel
@@ -179,16 +179,41 @@ def revoke(channel: Channel, *, state: str = Channel.State.REVOKED, reason: str 
     channel.state, channel.secret = state, ""
 
 
+class StillActive(Exception):
+    """Bitrix24 still reports the connector active on the line: a teardown event it did not send."""
+
+
 def revoke_line(portal: Portal, line_id: str, *, connector_id: str | None = None, reason: str) -> int:
-    """Teardown for OnImConnectorLineDelete / OnImConnectorStatusDelete: returns the channels revoked."""
-    channels = Channel.objects.filter(portal=portal, line_id=line_id).exclude(state=Channel.State.REVOKED)
+    """Teardown for OnImConnectorLineDelete / OnImConnectorStatusDelete: returns the channels revoked.
+
+    The event is believed only once the portal confirms it: its application_token alone is known to every
+    user of the portal (it is in every placement POST), so before a channel's credentials go, Bitrix24 is
+    asked (`imconnector.status` with the app's token) whether the connector is still active on the line.
+    Raises StillActive when it is (nothing revoked), RestError when Bitrix24 could not be asked."""
+    channels = list(Channel.objects.filter(portal=portal, line_id=line_id).exclude(state=Channel.State.REVOKED))
     if connector_id is not None:
-        channels = channels.filter(connector_id=connector_id)
-    count = 0
+        channels = [c for c in channels if c.connector_id == connector_id]
+    for channel in channels:
+        if _connector_active(portal, channel.connector_id, line_id):
+            raise StillActive(f"Bitrix24 still reports {channel.connector_id} active on line {line_id}")
     for channel in channels:
         revoke(channel, reason=reason)
-        count += 1
-    return count
+    return len(channels)
+
+
+# A line Bitrix24 no longer has: imconnector.status may answer so instead of STATUS false.
+_LINE_GONE = frozenset({"NOT_ACTIVE_LINE", "ERROR_ARGUMENT", "NOT_FOUND"})
+
+
+def _connector_active(portal: Portal, connector_id: str, line_id: str) -> bool:
+    """imconnector-status.md: STATUS is true while the connector is active and configured on the line."""
+    try:
+        answer = PortalClient(portal).call("imconnector.status", {"CONNECTOR": connector_id, "LINE": line_id})
+    except RestError as exc:
+        if exc.code in _LINE_GONE and not isinstance(exc, (TransportError, LimitWaitExceeded)):
+            return False
+        raise
+    return isinstance(answer, dict) and answer.get("STATUS") is True
 
 
 def _failed(exc: RestError) -> ConnectFailed:

@@ -57,6 +57,11 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     expect(settings_page.locator("#secret-box")).to_be_visible()
     secret = settings_page.locator("#secret").inner_text()
     endpoint = settings_page.locator("#connector-form").get_attribute("data-endpoint")
+    # The page switches to the connected channel's controls (a second Connect would only make a new secret).
+    expect(settings_page.locator("#connect")).to_be_hidden()
+    expect(settings_page.locator("#disconnect")).to_be_visible()
+    expect(settings_page.locator("#inbound-url")).to_have_text(endpoint)
+    expect(settings_page.locator("#channel-state")).to_have_text("connected")
     assert secret and endpoint.startswith(f"{sandbox.app_url}/channels/")
     shoot(page, "01-connected")
     channel = Channel.objects.get(line_id=line)

@@ -163,3 +163,31 @@ def sink():
     s = EventSink()
     yield s
     s.close()
+
+
+def visible_ids(page: str) -> set:
+    """The ids of the page's elements that show: none inside an element marked `hidden` (as a browser does)."""
+    from html.parser import HTMLParser
+
+    void = {"input", "br", "img", "meta", "link", "hr"}
+
+    class Walk(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack, self.ids = [], set()
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            hidden = "hidden" in attrs or any(self.stack)
+            if attrs.get("id") and not hidden:
+                self.ids.add(attrs["id"])
+            if tag not in void:
+                self.stack.append(hidden)
+
+        def handle_endtag(self, tag):
+            if tag not in void and self.stack:
+                self.stack.pop()
+
+    walk = Walk()
+    walk.feed(page)
+    return walk.ids

@@ -16,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--portal-port", type=int, default=8124,
                             help="the sandbox portal's port (http://127.0.0.1:PORT: its Contact Center and REST)")
         parser.add_argument("--server-port", type=int, default=8125,
-                            help="the sandbox OAuth server's port (also serves the BX24 script stand-in)")
+                            help="the sandbox OAuth server's port")
         parser.add_argument("--dir", default=None,
                             help="folder for the portal state, the app's SQLite database and the admin "
                                  "password (default: .sandbox in the project)")
