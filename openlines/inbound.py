@@ -161,9 +161,11 @@ def _reading(channel: Channel, element: dict) -> dict:
                                           im_message_id=element["message"]["id"]).first()
     if sent is None:
         raise Refused("unknown_message", "message.id names no operator message sent to this channel", 404)
-    # imconnector-send-status-reading.md: im {chat_id, message_id}, message {id: [...]}, chat {id}.
+    # imconnector-send-status-reading.md: im {chat_id, message_id} (Bitrix24's ids, from the event), message
+    # {id: [...]} (the outside system's ids: the one its webhook answer named, else the one it was given),
+    # chat {id}.
     return {"im": {"chat_id": sent.im_chat_id, "message_id": sent.im_message_id},
-            "message": {"id": [sent.im_message_id]}, "chat": {"id": sent.external_chat_id},
+            "message": {"id": [sent.external_message_id or sent.im_message_id]}, "chat": {"id": sent.external_chat_id},
             "user": element["user"]}
 
 
