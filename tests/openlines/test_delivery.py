@@ -344,3 +344,30 @@ def test_a_delivery_status_is_given_up_after_the_retry_window(client, chats, rec
     assert tasks.sweep().startswith("queued 0 inbound, 0 outbound")
     assert status_calls(b24) == 0
 
+
+# --- 6. the channel admin --------------------------------------------------------------------------------
+def test_the_channel_admin_counts_with_a_few_queries_and_no_join_of_the_messages(
+        admin_client, installed, django_assert_max_num_queries):
+    portal, b24 = installed
+    for line in ("1", "2", "3"):
+        channel = Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id=line)
+        n = int(line) * 10
+        InboundMessage.objects.bulk_create(
+            InboundMessage(channel=channel, key=f"add:{i}", external_chat_id="c", external_message_id=str(i),
+                           payload={}, state=Delivery.DEAD if i < 2 else Delivery.SENT) for i in range(n))
+        OutboundMessage.objects.bulk_create(
+            OutboundMessage(channel=channel, key=f"add:{i}", im_chat_id="1", im_message_id=str(i),
+                            external_chat_id="c", payload={}, state=Delivery.FAILED if i < 3 else Delivery.SENT)
+            for i in range(n * 2))
+    with django_assert_max_num_queries(8) as captured:
+        response = admin_client.get("/admin/openlines/channel/?o=-4")  # by the inbound count, most first
+    assert response.status_code == 200
+    body = response.content.decode()
+    for line in ("1", "2", "3"):
+        n = int(line) * 10
+        assert f'<td class="field-inbound_count">{n}</td><td class="field-outbound_count">{2 * n}</td>' \
+               f'<td class="field-failures">5</td>' in body
+    assert body.index('field-inbound_count">30<') < body.index('field-inbound_count">10<')
+    changelist = [q["sql"] for q in captured.captured_queries if "openlines_channel" in q["sql"]]
+    assert changelist and not any(f'JOIN "openlines_{t}message"' in sql for sql in changelist
+                                  for t in ("inbound", "outbound"))
