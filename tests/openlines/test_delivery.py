@@ -1,6 +1,7 @@
 """The channel's background delivery under faults: stuck rows do not starve other channels (dead letters,
 parked replies), leases and run budgets, a 2xx is delivered whatever its body, order per outside chat, a
-4xx refusal is a dead letter, and a delivery status Bitrix24 did not take is reported later, once."""
+4xx refusal is a dead letter, a delivery status Bitrix24 did not take is reported later, once; the channel
+admin's counts."""
 import time
 from datetime import timedelta
 
