@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from openlines import tasks
@@ -162,6 +163,7 @@ def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(c
             # the lease is the other worker's now (its own end, LEASE from now).
             taken["until"] = timezone.now() + tasks.LEASE
             Channel.objects.filter(pk=row.pk).update(outbound_lease_until=taken["until"])
+            connection.close()  # this thread's own connection (the receiver's): none left open at teardown
 
     receiver.during = take_over
     outcome = tasks.deliver_outbound(row.pk)
