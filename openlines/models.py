@@ -161,8 +161,9 @@ class OutboundMessage(models.Model):
         indexes = [
             models.Index(fields=["channel", "state", "id"], name="outbound_queue"),
             models.Index(fields=["next_attempt_at"], name="outbound_due", condition=Q(state__in=UNSENT)),
-            # Sent messages whose delivery status Bitrix24 has not taken yet.
-            models.Index(fields=["next_attempt_at"], name="outbound_status_due",
+            # Sent messages whose delivery status Bitrix24 has not taken yet, by when they were sent: the
+            # sweep asks for the last OPENLINES_RETRY_HOURS only (older ones are given up, and stay here).
+            models.Index(fields=["sent_at"], name="outbound_status_due",
                          condition=Q(state=Delivery.SENT, action="add", status_reported_at__isnull=True)),
         ]
 

@@ -312,7 +312,7 @@ def _deliver_outbound(channel: Channel, run: _Run) -> str:
     counts = {"delivered": 0, "refused": 0, "retry": 0}
     held, behind = {}, set()  # chat -> when its first unsent message is due again; chats with rows behind it
     step, last_id = _webhook_step(), 0
-    while not run.stopped:
+    while run.may_start(0):  # (a long queue behind waiting chats is read page by page within the budget too)
         page = list(OutboundMessage.objects.filter(channel=channel, state__in=UNSENT, id__gt=last_id)
                     .order_by("id")[:_PAGE])
         for row in page:

@@ -35,6 +35,6 @@ class Migration(migrations.Migration):
         ),
         migrations.AddIndex(
             model_name='outboundmessage',
-            index=models.Index(condition=models.Q(('action', 'add'), ('state', 'sent'), ('status_reported_at__isnull', True)), fields=['next_attempt_at'], name='outbound_status_due'),
+            index=models.Index(condition=models.Q(('action', 'add'), ('state', 'sent'), ('status_reported_at__isnull', True)), fields=['sent_at'], name='outbound_status_due'),
         ),
     ]
