@@ -112,6 +112,9 @@ OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10
 OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+# How long one delivery run of a channel may go on starting work (seconds) before it queues the channel again;
+# each run holds a lease (openlines/tasks.py LEASE, five minutes, kept longer than any one step).
+OPENLINES_RUN_SECONDS = read.float("OPENLINES_RUN_SECONDS", default=120.0, minimum=1.0)
 
 # The event inbox (portals/inbox.py): attempts per event, back-off (first step, cap; seconds), how long a
 # worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,

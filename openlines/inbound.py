@@ -25,9 +25,10 @@ _ID_MAX = 128
 _TEXT_MAX = 20000
 _FILES_MAX = 10
 # imconnector-send-messages.md: name and last_name "can contain letters, spaces, hyphens, and apostrophes",
-# at most 25 characters; other characters are dropped here (a name Bitrix24 refuses would fail the delivery).
+# "numbers and other special characters are not allowed", at most 25 characters; anything else is dropped
+# here (a name Bitrix24 refuses would fail the delivery). Letters: str.isalpha (so no "²" or "Ⅻ" either).
 _NAME_MAX = 25
-_NAME_OTHER = re.compile(r"[^\w\s'\u2019-]|[\d_]")
+_NAME_MARKS = frozenset("'\u2019-")
 # C0 controls (NUL above all: PostgreSQL stores no NUL in text or JSON) are refused; tab and line breaks are text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -89,8 +90,9 @@ def _text(value, name: str, limit: int, *, required: bool = False) -> str:
 
 
 def _person_name(value, name: str) -> str:
-    """Letters, spaces, hyphens and apostrophes only, at most _NAME_MAX characters (see _NAME_OTHER)."""
-    return " ".join(_NAME_OTHER.sub("", _text(value, name, 200)).split())[:_NAME_MAX].strip()
+    """Letters, spaces, hyphens and apostrophes only, at most _NAME_MAX characters (see _NAME_MARKS)."""
+    kept = "".join(c for c in _text(value, name, 200) if c.isalpha() or c.isspace() or c in _NAME_MARKS)
+    return " ".join(kept.split())[:_NAME_MAX].strip()
 
 
 def _url(value, name: str) -> str:
@@ -159,9 +161,11 @@ def _reading(channel: Channel, element: dict) -> dict:
                                           im_message_id=element["message"]["id"]).first()
     if sent is None:
         raise Refused("unknown_message", "message.id names no operator message sent to this channel", 404)
-    # imconnector-send-status-reading.md: im {chat_id, message_id}, message {id: [...]}, chat {id}.
+    # imconnector-send-status-reading.md: im {chat_id, message_id} (Bitrix24's ids, from the event), message
+    # {id: [...]} (the outside system's ids: the one its webhook answer named, else the one it was given),
+    # chat {id}.
     return {"im": {"chat_id": sent.im_chat_id, "message_id": sent.im_message_id},
-            "message": {"id": [sent.im_message_id]}, "chat": {"id": sent.external_chat_id},
+            "message": {"id": [sent.external_message_id or sent.im_message_id]}, "chat": {"id": sent.external_chat_id},
             "user": element["user"]}
 
 

@@ -6,6 +6,7 @@ import secrets
 import uuid
 
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -73,6 +74,13 @@ class Delivery(models.TextChoices):
     SENT = "sent", _("sent")
     FAILED = "failed", _("failed")  # retried later
     DEAD = "dead", _("dead letter")  # given up; an administrator may replay it
+    # An operator reply on a connected line that has no webhook URL yet: not due until one is saved
+    # (openlines.tasks.release_parked); a dead letter after OPENLINES_RETRY_HOURS like any other.
+    PARKED = "parked", _("parked (no webhook URL)")
+
+
+# Rows a worker may still send (a PARKED row waits for a webhook URL first).
+UNSENT = (Delivery.PENDING, Delivery.FAILED)
 
 
 class InboundMessage(models.Model):
@@ -106,14 +114,23 @@ class InboundMessage(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["channel", "key"], name="inbound_once")]
-        indexes = [models.Index(fields=["channel", "state", "id"], name="inbound_queue")]
+        indexes = [
+            models.Index(fields=["channel", "state", "id"], name="inbound_queue"),
+            # The sweep's question "which channels have due rows": due rows only, by when they are due.
+            models.Index(fields=["next_attempt_at"], name="inbound_due", condition=Q(state__in=UNSENT)),
+        ]
 
     def __str__(self):
         return f"{self.action} {self.external_message_id}"
 
 
 class OutboundMessage(models.Model):
-    """An operator's message from Bitrix24 (OnImConnectorMessageAdd/Update/Delete) for the outside system."""
+    """An operator's message from Bitrix24 (OnImConnectorMessageAdd/Update/Delete) for the outside system.
+
+    Sent in order per outside chat (`external_chat_id`). Once sent, a message (`add`) still owes Bitrix24
+    its delivery status while `status_reported_at` is empty; `next_attempt_at` then says when that report
+    is tried again (the webhook is never POSTed again for it).
+    """
 
     class Action(models.TextChoices):
         ADD = "add", "OnImConnectorMessageAdd"
@@ -134,11 +151,21 @@ class OutboundMessage(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     status_reported_at = models.DateTimeField(null=True, blank=True, help_text="send.status.delivery done.")
+    external_message_id = models.CharField(
+        max_length=128, blank=True,
+        help_text="The outside system's id of the message (its webhook answer), for send.status.delivery.")
 
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["channel", "key"], name="outbound_once")]
-        indexes = [models.Index(fields=["channel", "state", "id"], name="outbound_queue")]
+        indexes = [
+            models.Index(fields=["channel", "state", "id"], name="outbound_queue"),
+            models.Index(fields=["next_attempt_at"], name="outbound_due", condition=Q(state__in=UNSENT)),
+            # Sent messages whose delivery status Bitrix24 has not taken yet, by when they were sent: the
+            # sweep asks for the last OPENLINES_RETRY_HOURS only (older ones are given up, and stay here).
+            models.Index(fields=["sent_at"], name="outbound_status_due",
+                         condition=Q(state=Delivery.SENT, action="add", status_reported_at__isnull=True)),
+        ]
 
     def __str__(self):
         return f"{self.action} {self.im_message_id}"

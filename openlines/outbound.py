@@ -3,14 +3,19 @@
 Addresses: https and a public host only; OPENLINES_ALLOW_PRIVATE_WEBHOOKS admits http and loopback or
 private hosts (local systems, the sandbox) and is refused by the deploy check. The host's addresses are
 resolved again before each send, so a name that later points inside the network is refused too.
-Each POST has a total deadline and an answer cap (portals.http.send).
+Each POST has a total deadline and an answer cap (portals.http.send). The status line decides
+(`verdict`): a 2xx is delivered whatever its body does (too large, too slow, broken off: only its first
+bytes are read, for the outside system's own id of the message); 408, 429, 5xx and other codes are
+tried again; any other 4xx is the outside system refusing the message, which retrying would not change.
 """
 import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import socket
 import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -21,8 +26,40 @@ SIGNATURE_HEADER = "X-B24Widget-Signature"
 TIMESTAMP_HEADER = "X-B24Widget-Timestamp"
 
 
+DELIVERED, REFUSED, RETRY = "delivered", "refused", "retry"
+_RETRIED_4XX = frozenset({408, 429})  # Request Timeout, Too Many Requests: the request was fine
+_ID_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class BadWebhookUrl(ValueError):
     """An address the channel does not send to."""
+
+
+def verdict(status: int) -> str:
+    """DELIVERED (2xx), REFUSED (4xx but 408 and 429: not retried) or RETRY (the rest) for a webhook answer."""
+    if 200 <= status < 300:
+        return DELIVERED
+    if 400 <= status < 500 and status not in _RETRIED_4XX:
+        return REFUSED
+    return RETRY
+
+
+def outside_message_id(answer: http.Answer) -> str:
+    """The outside system's id for the message, when its answer is JSON `{"message": {"id": ...}}`; else ""."""
+    data = answer.json() if answer.complete else None
+    message = data.get("message") if isinstance(data, dict) else None
+    value = message.get("id") if isinstance(message, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return ""
+    value = str(value)
+    return value if 0 < len(value) <= _ID_MAX and not _CONTROL.search(value) else ""
+
+
+def retry_after(answer: http.Answer) -> timedelta | None:
+    """A Retry-After in seconds (at most an hour), as a 429 or 503 may carry; the date form is not used."""
+    value = str(answer.headers.get("Retry-After") or "").strip()
+    return timedelta(seconds=min(int(value), 3600)) if value.isdigit() and len(value) < 8 else None
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -69,7 +106,10 @@ def _resolves_public(host: str, port: int) -> bool:
 
 
 def post(url: str, secret: str, payload: dict) -> http.Answer:
-    """POST the signed payload; raises http.HttpFailure (unreachable, deadline, too_large) or BadWebhookUrl."""
+    """POST the signed payload; raises http.HttpFailure (unreachable, or no status line in time) or BadWebhookUrl.
+
+    Once the status line is in, the answer is returned: at most OPENLINES_WEBHOOK_MAX_BYTES of its body are
+    read, within the deadline, and a body past either is cut (`Answer.complete` False), never a failure."""
     check_webhook_url(url)
     parts = urlsplit(url)
     if not _private_ok() and not _resolves_public(parts.hostname, parts.port or 443):
@@ -81,5 +121,5 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
         headers={"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
                  SIGNATURE_HEADER: sign(secret, timestamp, body), "User-Agent": "b24widget-openlines"},
         connect_timeout=min(5.0, settings.OPENLINES_WEBHOOK_DEADLINE), read_timeout=settings.OPENLINES_WEBHOOK_DEADLINE,
-        deadline=settings.OPENLINES_WEBHOOK_DEADLINE, max_bytes=settings.OPENLINES_WEBHOOK_MAX_BYTES,
+        deadline=settings.OPENLINES_WEBHOOK_DEADLINE, max_bytes=settings.OPENLINES_WEBHOOK_MAX_BYTES, partial=True,
     )

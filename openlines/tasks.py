@@ -2,30 +2,48 @@
 
 The database is the source of truth (Celery's Django layout): a row is `pending` until delivered, so a
 lost task, a crashed worker or a broker outage loses nothing — `sweep` (run by beat every minute) queues
-every channel with due rows again. One worker at a time holds a channel's lease per direction, and a
-channel's messages go in id order: a message that cannot be delivered yet holds back the ones behind it.
+every channel with due rows again. One worker at a time holds a channel's lease per direction. Inbound
+messages go in id order per channel, operator messages in id order per outside chat: a message that cannot
+be delivered yet holds back the ones behind it (of its channel, of its chat) and nothing else.
+
+A run is bounded: it starts no new step once OPENLINES_RUN_SECONDS are spent and queues its channel again;
+its lease is kept longer than the next step can take, and only the worker that holds it keeps or releases
+it. Rows that can never go stop being due: those of a disconnected or revoked channel become dead letters
+(staff replay them after a reconnect); operator replies on a line without a webhook URL are parked until
+one is saved (`release_parked`), and become dead letters after OPENLINES_RETRY_HOURS like any other.
+
+Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
+sweep that decides what is due, and each of those rules is easier to check with its users beside it.
 """
 import logging
+import time
 from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from portals import http
+from portals.models import Portal
 from portals.rest import PortalClient, RestError
 
 from . import outbound
-from .models import Channel, Delivery, InboundMessage, OutboundMessage
+from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage
 
 log = logging.getLogger(__name__)
 
 # imconnector.send.messages takes an array; the docs set no maximum. 20 keeps one call short.
 SEND_BATCH = 20
+# imconnector.send.status.delivery takes an array too, again without a documented maximum.
+STATUS_BATCH = 50
 LEASE = timedelta(minutes=5)
 _PAGE = 200
+# Channels the sweep queues per direction and minute, those waiting longest first.
+SWEEP_CHANNELS = 1000
+WAITING = (*UNSENT, Delivery.PARKED)
+_SERVING = (Portal.Status.NEW, Portal.Status.ACTIVE)
 
 
 def after_commit(task, *args) -> None:
@@ -53,57 +71,187 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
 
 
-def _take_lease(channel_id: int, field: str) -> bool:
-    now = timezone.now()
-    free = Q(**{f"{field}__isnull": True}) | Q(**{f"{field}__lt": now})
-    return Channel.objects.filter(free, pk=channel_id).update(**{field: now + LEASE}) == 1
+# --- leases and run budgets ------------------------------------------------------------------------
+class _Lease:
+    """This worker's hold on one direction of a channel. The lease's end (`until`) is its token: a worker
+    that took over an expired lease wrote another, so keeping or releasing a lost lease touches nothing."""
+
+    def __init__(self, channel_id: int, field: str):
+        self.channel_id, self.field, self.until = channel_id, field, None
+
+    def take(self) -> bool:
+        now = timezone.now()
+        free = Q(**{f"{self.field}__isnull": True}) | Q(**{f"{self.field}__lt": now})
+        if Channel.objects.filter(free, pk=self.channel_id).update(**{self.field: now + LEASE}) != 1:
+            return False
+        self.until = now + LEASE
+        return True
+
+    def keep(self, seconds: float) -> bool:
+        """Make the lease outlast the next `seconds` (renewed when it would not); False once it is not ours
+        (taken over after this worker stalled past its end, or by a worker whose clock runs ahead)."""
+        now = timezone.now()
+        mine = Channel.objects.filter(pk=self.channel_id, **{self.field: self.until})
+        if self.until - now >= timedelta(seconds=seconds):
+            return mine.exists()
+        renewed = now + LEASE
+        if mine.update(**{self.field: renewed}) != 1:
+            return False
+        self.until = renewed
+        return True
+
+    def release(self) -> bool:
+        return Channel.objects.filter(pk=self.channel_id, **{self.field: self.until}).update(**{self.field: None}) == 1
 
 
-def _release(channel_id: int, field: str) -> None:
-    Channel.objects.filter(pk=channel_id).update(**{field: None})
+class _Run:
+    """One worker's run on a channel: a time budget (OPENLINES_RUN_SECONDS) and the lease it works under."""
+
+    def __init__(self, lease: _Lease):
+        self.lease = lease
+        self.ends = time.monotonic() + settings.OPENLINES_RUN_SECONDS
+        self.stopped = ""  # "budget spent" (queue the channel again) or "lease lost" (its new owner goes on)
+
+    def may_start(self, seconds: float) -> bool:
+        """Whether to start a step that can take up to `seconds`; keeps the lease for it."""
+        if time.monotonic() >= self.ends:
+            self.stopped = "budget spent"
+        elif not self.lease.keep(min(seconds, LEASE.total_seconds())):
+            self.stopped = "lease lost"
+        return not self.stopped
 
 
-def _under_lease(channel_id: int, field: str, deliver) -> str:
-    """`deliver(channel)` while this worker holds the channel's lease for one direction; "busy" if another does."""
-    if not _take_lease(channel_id, field):
+def _webhook_step() -> float:
+    """The longest one webhook POST can take (portals.http.send's worst case with the channel's settings)."""
+    deadline = settings.OPENLINES_WEBHOOK_DEADLINE
+    return http.worst_case(min(5.0, deadline), deadline, deadline)
+
+
+def _rest_step() -> float:
+    """About the longest one background call to Bitrix24 takes: a limit wait, then the request."""
+    return settings.B24_MAX_WAIT + http.worst_case(settings.B24_CONNECT_TIMEOUT, settings.B24_READ_TIMEOUT,
+                                                   settings.B24_REST_DEADLINE)
+
+
+def _under_lease(channel_id: int, field: str, deliver, task) -> str:
+    """`deliver(channel, run)` while this worker holds the channel's lease for one direction; "busy" if
+    another does. A run that spent its budget queues the channel again once its lease is released."""
+    lease = _Lease(channel_id, field)
+    if not lease.take():
         return "busy"
+    run = _Run(lease)
     try:
-        return deliver(Channel.objects.select_related("portal").get(pk=channel_id))
+        outcome = deliver(Channel.objects.select_related("portal").get(pk=channel_id), run)
     finally:
-        _release(channel_id, field)
+        lease.release()
+    if run.stopped == "budget spent":
+        after_commit(task, channel_id)
+    return outcome
 
 
-def _retry_later(rows, error: str, since: str) -> None:
-    """Count a failed attempt on each row and schedule the next (`backoff`); a row whose `since` (when it
-    reached us) is more than OPENLINES_RETRY_HOURS ago becomes a dead letter instead."""
+def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None):
+    """Count a failed attempt on each row and schedule the next (`backoff`, or `at_least` when longer); a
+    row whose `since` (when it reached us) is more than OPENLINES_RETRY_HOURS ago becomes a dead letter
+    instead. Returns when the first row is tried again (None: it is a dead letter now)."""
     now = timezone.now()
-    for row in rows:
+    first = None
+    for i, row in enumerate(rows):
         attempts = row.attempts + 1
         dead = now - getattr(row, since) > timedelta(hours=settings.OPENLINES_RETRY_HOURS)
+        wait = max(backoff(attempts), at_least or timedelta(0))
         type(row).objects.filter(pk=row.pk).update(
-            attempts=attempts, last_error=error, next_attempt_at=now + backoff(attempts),
+            attempts=attempts, last_error=error, next_attempt_at=now + wait,
             state=Delivery.DEAD if dead else Delivery.FAILED)
+        if i == 0 and not dead:
+            first = now + wait
+    return first
+
+
+def _waits(row, now) -> bool:
+    """A row that failed waits for its next attempt. An unsent row that never failed is due whenever it is
+    first in line: a later `next_attempt_at` only kept the sweep from queuing it behind one that waited."""
+    return row.state == Delivery.FAILED and row.next_attempt_at > now
+
+
+def _hold_back(model, channel: Channel, until, **chat) -> None:
+    """The unsent rows behind a waiting one (of the channel, or of one chat) are not due before it is, so
+    the sweep does not queue the channel for them in the meantime."""
+    model.objects.filter(channel=channel, state__in=UNSENT, next_attempt_at__lt=until, **chat).update(
+        next_attempt_at=until)
+
+
+# --- rows that can never go ----------------------------------------------------------------------------
+_GONE = {
+    Channel.State.DISCONNECTED: "not sent: the channel was disconnected (replay after a reconnect)",
+    Channel.State.REVOKED: "not sent: the channel was revoked in Bitrix24 (replay after a reconnect)",
+}
+
+
+def _dead_letter_gone(channel: Channel | None = None) -> int:
+    """Waiting rows of disconnected or revoked channels (or of `channel`) become dead letters, saying why."""
+    count = 0
+    for state, why in _GONE.items():
+        if channel is not None and channel.state != state:
+            continue
+        for model in (InboundMessage, OutboundMessage):
+            rows = model.objects.filter(state__in=WAITING, channel__state=state)
+            if channel is not None:
+                rows = rows.filter(channel=channel)
+            count += rows.update(state=Delivery.DEAD, last_error=why)
+    return count
+
+
+def _park(channel: Channel | None = None) -> int:
+    """Unsent operator replies of connected channels without a webhook URL wait, not due, for one."""
+    rows = OutboundMessage.objects.filter(state__in=UNSENT, channel__state=Channel.State.CONNECTED,
+                                          channel__webhook_url="")
+    if channel is not None:
+        rows = rows.filter(channel=channel)
+    return rows.update(state=Delivery.PARKED, last_error="waiting for the channel's webhook URL")
+
+
+def _parked_expired(now) -> int:
+    return OutboundMessage.objects.filter(
+        state=Delivery.PARKED, created_at__lt=now - timedelta(hours=settings.OPENLINES_RETRY_HOURS)
+    ).update(state=Delivery.DEAD, last_error="not sent: no webhook URL was saved for the channel in time")
+
+
+def _unpark(rows, now) -> int:
+    return rows.filter(state=Delivery.PARKED, channel__state=Channel.State.CONNECTED).exclude(
+        channel__webhook_url="").update(state=Delivery.PENDING, next_attempt_at=now, last_error="")
+
+
+def release_parked(channel_id: int) -> int:
+    """The channel has a webhook URL now: its parked replies are due at once (in order) and queued."""
+    released = _unpark(OutboundMessage.objects.filter(channel_id=channel_id), timezone.now())
+    if released:
+        after_commit(deliver_outbound, channel_id)
+    return released
 
 
 # --- inbound: the outside system -> Bitrix24 --------------------------------------------------------
 @shared_task(name="openlines.deliver_inbound")
 def deliver_inbound(channel_id: int) -> str:
     """Send the channel's due inbound rows, in order, several per call."""
-    return _under_lease(channel_id, "inbound_lease_until", _deliver_inbound)
+    return _under_lease(channel_id, "inbound_lease_until", _deliver_inbound, deliver_inbound)
 
 
-def _deliver_inbound(channel: Channel) -> str:
-    if not channel.is_connected or not channel.portal.is_serving:
-        return "not connected"  # kept pending: a reconnect sends them (history stays)
+def _deliver_inbound(channel: Channel, run: _Run) -> str:
+    if not channel.is_connected:
+        return f"not connected; {_dead_letter_gone(channel)} dead letter(s)"
+    if not channel.portal.is_serving:
+        return "portal not serving"  # blocked: kept pending until the portal heals (the sweep skips it)
     client = PortalClient(channel.portal)
     sent = 0
     while True:
-        rows = list(InboundMessage.objects.filter(channel=channel, state__in=[Delivery.PENDING, Delivery.FAILED])
-                    .order_by("id")[:SEND_BATCH])
+        rows = list(InboundMessage.objects.filter(channel=channel, state__in=UNSENT).order_by("id")[:SEND_BATCH])
         if not rows:
             return f"sent {sent}"
-        if rows[0].next_attempt_at > timezone.now():
+        if _waits(rows[0], timezone.now()):
+            _hold_back(InboundMessage, channel, rows[0].next_attempt_at)
             return f"sent {sent}; waiting"
+        if not run.may_start(_rest_step()):
+            return f"sent {sent}; {run.stopped}"
         # One call carries consecutive rows of the same action (add, update, delete), in order.
         group = [rows[0]]
         for row in rows[1:]:
@@ -115,7 +263,9 @@ def _deliver_inbound(channel: Channel) -> str:
             result = client.call(method, {"CONNECTOR": channel.connector_id, "LINE": channel.line_id,
                                           "MESSAGES": [row.payload for row in group]})
         except RestError as exc:
-            _retry_later(group, f"{exc.code}: {exc.description}"[:255], "received_at")
+            again = _retry_later(group, f"{exc.code}: {exc.description}"[:255], "received_at")
+            if again is not None:
+                _hold_back(InboundMessage, channel, again)
             log.info("inbound delivery postponed", extra={"member_id": channel.portal.member_id, "code": exc.code})
             return f"sent {sent}; retry ({exc.code})"
         _record_inbound(group, result)
@@ -150,62 +300,140 @@ def _record_inbound(rows, result) -> None:
 # --- outbound: Bitrix24's operators -> the outside system --------------------------------------------
 @shared_task(name="openlines.deliver_outbound")
 def deliver_outbound(channel_id: int) -> str:
-    """POST the channel's due operator messages to its webhook, in order; report delivery to Bitrix24."""
-    return _under_lease(channel_id, "outbound_lease_until", _deliver_outbound)
+    """POST the channel's due operator messages to its webhook, in order per chat; report delivery to Bitrix24."""
+    return _under_lease(channel_id, "outbound_lease_until", _deliver_outbound, deliver_outbound)
 
 
-def _deliver_outbound(channel: Channel) -> str:
-    if not channel.is_connected or not channel.webhook_url:
-        return "not connected or no webhook"
-    delivered = []
-    outcome = "done"
-    for row in OutboundMessage.objects.filter(channel=channel, state__in=[Delivery.PENDING, Delivery.FAILED]
-                                              ).order_by("id")[:_PAGE]:
-        if row.next_attempt_at > timezone.now():
-            outcome = "waiting"
+def _deliver_outbound(channel: Channel, run: _Run) -> str:
+    if not channel.is_connected:
+        return f"not connected; {_dead_letter_gone(channel)} dead letter(s)"
+    if not channel.webhook_url:
+        return f"no webhook URL; {_park(channel)} parked"
+    counts = {"delivered": 0, "refused": 0, "retry": 0}
+    held, behind = {}, set()  # chat -> when its first unsent message is due again; chats with rows behind it
+    step, last_id = _webhook_step(), 0
+    while run.may_start(0):  # (a long queue behind waiting chats is read page by page within the budget too)
+        page = list(OutboundMessage.objects.filter(channel=channel, state__in=UNSENT, id__gt=last_id)
+                    .order_by("id")[:_PAGE])
+        for row in page:
+            last_id = row.id
+            chat = row.external_chat_id
+            if chat in held:
+                if row.next_attempt_at < held[chat]:
+                    behind.add(chat)
+                continue
+            if _waits(row, timezone.now()):
+                held[chat] = row.next_attempt_at
+                continue
+            if not run.may_start(step):
+                break
+            outcome, again = _post(channel, row)
+            counts[outcome] += 1
+            if again is not None:
+                held[chat] = again
+        if len(page) < _PAGE:
             break
-        try:
-            answer = outbound.post(channel.webhook_url, channel.secret, row.payload)
-            error = "" if 200 <= answer.status < 300 else f"HTTP {answer.status}"
-        except (http.HttpFailure, outbound.BadWebhookUrl) as exc:
-            error = str(exc)[:255]
-        if error:
-            _retry_later([row], error, "created_at")
-            outcome = f"retry ({error})"
-            break
-        OutboundMessage.objects.filter(pk=row.pk).update(state=Delivery.SENT, sent_at=timezone.now(),
-                                                         attempts=row.attempts + 1, last_error="")
-        if row.action == OutboundMessage.Action.ADD:
-            delivered.append(row)
-    if delivered:
-        _report_delivery(channel, delivered)
-    return f"delivered {len(delivered)}; {outcome}"
+    for chat in behind:
+        _hold_back(OutboundMessage, channel, held[chat], external_chat_id=chat)
+    reported = _report_delivery(channel, run)
+    return (f"delivered {counts['delivered']}, refused {counts['refused']}, retry {counts['retry']}, "
+            f"waiting chats {len(held)}; {reported} status(es) reported" + (f"; {run.stopped}" if run.stopped else ""))
 
 
-def _report_delivery(channel: Channel, rows) -> None:
-    """imconnector.send.status.delivery for the messages the outside system took (one call for all)."""
-    messages = [{"im": {"chat_id": r.im_chat_id, "message_id": r.im_message_id},
-                 "message": {"id": [str(r.im_message_id)]}, "chat": {"id": r.external_chat_id}} for r in rows]
+def _post(channel: Channel, row: OutboundMessage):
+    """One webhook POST of `row`: ("delivered" | "refused" | "retry", when its chat may go on; None: now)."""
     try:
-        PortalClient(channel.portal).call("imconnector.send.status.delivery", {
-            "CONNECTOR": channel.connector_id, "LINE": channel.line_id, "MESSAGES": messages})
-    except RestError as exc:
-        # The message reached the customer; only the tick in Bitrix24 is missing. Not retried.
-        log.info("delivery status not reported", extra={"member_id": channel.portal.member_id, "code": exc.code})
-        return
-    OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(status_reported_at=timezone.now())
+        answer = outbound.post(channel.webhook_url, channel.secret, row.payload)
+    except (http.HttpFailure, outbound.BadWebhookUrl) as exc:
+        return "retry", _retry_later([row], str(exc)[:255], "created_at")
+    verdict = outbound.verdict(answer.status)
+    now = timezone.now()
+    if verdict == outbound.DELIVERED:
+        # The status line decides: the body (capped, maybe cut short) only may name the outside system's id.
+        # next_attempt_at: the delivery status is due now (see _report_delivery).
+        OutboundMessage.objects.filter(pk=row.pk).update(
+            state=Delivery.SENT, sent_at=now, attempts=row.attempts + 1, last_error="", next_attempt_at=now,
+            external_message_id=outbound.outside_message_id(answer))
+        return "delivered", None
+    if verdict == outbound.REFUSED:
+        OutboundMessage.objects.filter(pk=row.pk).update(
+            state=Delivery.DEAD, attempts=row.attempts + 1,
+            last_error=f"HTTP {answer.status}: the webhook refused the message (not retried)")
+        return "refused", None  # a dead letter holds nothing back
+    return "retry", _retry_later([row], f"HTTP {answer.status}", "created_at", at_least=outbound.retry_after(answer))
+
+
+def _status_due(now) -> Q:
+    """Sent operator messages whose delivery status Bitrix24 has not taken yet, and may still take."""
+    return Q(state=Delivery.SENT, action=OutboundMessage.Action.ADD, status_reported_at__isnull=True,
+             next_attempt_at__lte=now, sent_at__gte=now - timedelta(hours=settings.OPENLINES_RETRY_HOURS))
+
+
+def _report_delivery(channel: Channel, run: _Run) -> int:
+    """imconnector.send.status.delivery for the channel's sent messages that still owe it (several per call).
+
+    A failure (a limit, Bitrix24 away) leaves them marked and tries again later, never POSTing the webhook
+    again; after OPENLINES_RETRY_HOURS a status is given up (the message reached the outside system)."""
+    if not channel.portal.is_serving:
+        return 0
+    client, reported = PortalClient(channel.portal), 0
+    while True:
+        now = timezone.now()
+        rows = list(OutboundMessage.objects.filter(_status_due(now), channel=channel).order_by("id")[:STATUS_BATCH])
+        if not rows or not run.may_start(_rest_step()):
+            return reported
+        try:
+            client.call("imconnector.send.status.delivery", {
+                "CONNECTOR": channel.connector_id, "LINE": channel.line_id,
+                "MESSAGES": [_status_message(r) for r in rows]})
+        except RestError as exc:
+            log.info("delivery status not reported yet", extra={"member_id": channel.portal.member_id,
+                                                                  "code": exc.code})
+            for r in rows:
+                # Waits as long as the status is overdue: 30 s, then doubling, at most an hour.
+                wait = min(max(now - (r.sent_at or now), timedelta(seconds=30)), timedelta(hours=1))
+                OutboundMessage.objects.filter(pk=r.pk).update(
+                    next_attempt_at=now + wait, last_error=f"delivery status not reported: {exc.code}"[:255])
+            return reported
+        OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(status_reported_at=timezone.now(),
+                                                                           last_error="")
+        reported += len(rows)
+
+
+def _status_message(row: OutboundMessage) -> dict:
+    """A MESSAGES element of imconnector-send-status-delivery.md: `im` holds Bitrix24's ids (from the event),
+    `message.id` an array of the outside system's ids for the message, `chat.id` the outside chat."""
+    return {"im": {"chat_id": int(row.im_chat_id), "message_id": int(row.im_message_id)},
+            "message": {"id": [row.external_message_id or row.im_message_id],
+                        "date": int((row.sent_at or timezone.now()).timestamp())},
+            "chat": {"id": row.external_chat_id}}
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
+def _due_channels(model, due: Q, **where) -> list[int]:
+    """Up to SWEEP_CHANNELS connected channels with due rows, the one whose row waits longest first."""
+    # An explicit GROUP BY and order: with Meta.ordering (id) a DISTINCT would select rows, not channels.
+    return list(model.objects.filter(due, channel__state=Channel.State.CONNECTED, **where)
+                .values("channel_id").annotate(oldest=Min("next_attempt_at")).order_by("oldest")
+                .values_list("channel_id", flat=True)[:SWEEP_CHANNELS])
+
+
 @shared_task(name="openlines.sweep")
 def sweep() -> str:
-    """Queue every channel with due rows (beat runs this each minute): nothing waits for a lost task."""
+    """Beat runs this each minute: rows that can never go stop being due, and every channel with due rows
+    (or delivery statuses owed to Bitrix24) is queued, so nothing waits for a lost task."""
     now = timezone.now()
-    due = Q(state__in=[Delivery.PENDING, Delivery.FAILED], next_attempt_at__lte=now)
-    inbound = set(InboundMessage.objects.filter(due).values_list("channel_id", flat=True).distinct()[:1000])
-    outbound_ = set(OutboundMessage.objects.filter(due).values_list("channel_id", flat=True).distinct()[:1000])
+    dead = _dead_letter_gone() + _parked_expired(now)
+    parked = _park()
+    released = _unpark(OutboundMessage.objects.all(), now)
+    due = Q(state__in=UNSENT, next_attempt_at__lte=now)
+    inbound = _due_channels(InboundMessage, due, channel__portal__status__in=_SERVING)
+    outbound_ = list(dict.fromkeys(
+        _due_channels(OutboundMessage, due, channel__webhook_url__gt="")
+        + _due_channels(OutboundMessage, _status_due(now), channel__portal__status__in=_SERVING)))
     for channel_id in inbound:
         enqueue(deliver_inbound, channel_id)
     for channel_id in outbound_:
         enqueue(deliver_outbound, channel_id)
-    return f"queued {len(inbound)} inbound, {len(outbound_)} outbound"
+    return (f"queued {len(inbound)} inbound, {len(outbound_)} outbound; {dead} dead letter(s), {parked} parked, "
+            f"{released} released")

@@ -192,6 +192,9 @@ def connector_action_view(request):
                                      "message": _("New secret made. The old one no longer works.")})
             Channel.objects.filter(pk=channel.pk).update(webhook_url=webhook_url)
             channel.webhook_url = webhook_url
+            if webhook_url:
+                from . import tasks
+                tasks.release_parked(channel.pk)  # replies that waited for an address go now
             return JsonResponse({"result": "saved", "channel": _channel_json(channel), "message": _("Saved.")})
         except lifecycle.ConnectFailed as exc:
             log.info("connector action refused by Bitrix24", extra={"member_id": portal.member_id, "code": exc.code})

@@ -31,6 +31,7 @@ class Answer:
     status: int
     headers: dict
     body: bytes
+    complete: bool = True  # False: `send(partial=True)` stopped reading the body (cap, deadline, broken off)
 
     def json(self):
         """The body as JSON, or None when it is not JSON (or absurdly deep)."""
@@ -62,7 +63,7 @@ def session() -> requests.Session:
 
 
 def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, deadline: float, max_bytes: int,
-         **kwargs) -> Answer:
+         partial: bool = False, **kwargs) -> Answer:
     """Send one request; give up once `deadline` seconds have passed or `max_bytes` arrived.
 
     While the body arrives, each read waits at most for the time that remains, so the whole exchange
@@ -70,6 +71,10 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
     `connect_timeout` + `read_timeout` (a server that trickles its *headers* is cut by the read timeout
     per byte only). Worst case: connect_timeout + read_timeout + deadline. Redirects are never followed
     (the caller decides what a 3xx means).
+
+    `partial`: the status line is the answer. The body is read up to `max_bytes` and the deadline, and
+    whatever arrived by then is returned (`complete` False when reading stopped early) instead of a
+    `too_large` or `deadline` failure: for a caller that must not repeat a request the server accepted.
     """
     ends = time.monotonic() + deadline
     read_timeout = max(min(read_timeout, deadline), 0.1)
@@ -82,11 +87,16 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
         raise HttpFailure("deadline", "no answer in time") from None
     except requests.RequestException as exc:
         raise HttpFailure("unreachable", f"server unreachable ({type(exc).__name__})") from None
+    body = bytearray()
+
+    def answer(complete: bool = True) -> Answer:
+        return Answer(status=response.status_code, headers=dict(response.headers), body=bytes(body[:max_bytes]),
+                      complete=complete)
+
     try:
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
+        if declared and declared.isdigit() and int(declared) > max_bytes and not partial:
             raise HttpFailure("too_large", f"answer of {declared} bytes exceeds the cap of {max_bytes}")
-        body = bytearray()
         try:
             while True:
                 _wait_at_most(response, ends - time.monotonic())
@@ -96,13 +106,19 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
                     break
                 body += chunk
                 if len(body) > max_bytes:
+                    if partial:
+                        return answer(complete=False)
                     raise HttpFailure("too_large", f"answer exceeds the cap of {max_bytes} bytes")
                 if time.monotonic() > ends:
+                    if partial:
+                        return answer(complete=False)
                     raise HttpFailure("deadline", f"answer not complete within {deadline:.0f}s")
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if partial:
+                return answer(complete=False)
             if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
                 raise HttpFailure("deadline", "the answer stopped arriving") from None
             raise HttpFailure("unreachable", f"answer interrupted ({type(exc).__name__})") from None
-        return Answer(status=response.status_code, headers=dict(response.headers), body=bytes(body))
+        return answer()
     finally:
         response.close()

@@ -8,7 +8,8 @@ The docs list the methods under the ``imopenlines`` scope and the events under `
 The operator side (what a person does in the Open Lines chat) is ``Portal``-level helpers here:
 ``operator_reply`` / ``operator_edit`` / ``operator_delete`` send OnImConnectorMessageAdd/Update/Delete
 to the handlers bound with ``event.bind``, as Bitrix24 does; ``delete_line`` and ``remove_connector``
-send OnImConnectorLineDelete and OnImConnectorStatusDelete.
+send OnImConnectorLineDelete and OnImConnectorStatusDelete. Past ~400 lines on purpose: the methods of one
+doc folder and the operator's side that feeds them share one state (``_State``) and read best together.
 """
 from __future__ import annotations
 
@@ -217,6 +218,40 @@ def _find(st, connector, line, chat_id, message_id, *, outside: bool):
     return None, None, None
 
 
+def _blocks(item):
+    """(user, message, chat) of a MESSAGES element, each an object, or ERROR_ARGUMENT (400) with the text
+    imconnector-send-messages.md documents for an element without them ("The incorrect structure of a message
+    inside MESSAGES parameter"). -update-messages.md and -delete-messages.md call the same three blocks
+    required and list ERROR_ARGUMENT for malformed arguments, so they answer the same."""
+    blocks = tuple(item.get(k) for k in ("user", "message", "chat"))
+    if not all(isinstance(x, dict) for x in blocks):
+        raise ApiError("ERROR_ARGUMENT", "The incorrect structure of a message inside MESSAGES parameter", status=400)
+    return blocks
+
+
+_NAME_MAX = 25
+_NAME_MARKS = frozenset(" '\u2019-")
+
+
+def _bad_names(user) -> list[str]:
+    """imconnector-send-messages.md (user object): name and last_name "can contain letters, spaces, hyphens,
+    and apostrophes. Numbers and other special characters are not allowed. The maximum length ... is 25
+    characters." The page names no error for a name that breaks the rule; the stand-in refuses that message
+    alone in the shape the page gives a refused element (RESULT[] with SUCCESS false and ERRORS, the call's
+    SUCCESS false), the outcome the official SDKs read (b24phpsdk's SendMessagesResult takes SUCCESS and
+    DATA as Bitrix24 sent them; neither SDK checks names itself)."""
+    errors = []
+    for key in ("name", "last_name"):
+        value = user.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str) or len(value) > _NAME_MAX or not all(
+                c.isalpha() or c in _NAME_MARKS for c in value):
+            errors.append(f"user.{key} may hold only letters, spaces, hyphens and apostrophes, at most "
+                          f"{_NAME_MAX} characters")
+    return errors
+
+
 @method("imconnector.send.messages", doc=_DOC + "imconnector-send-messages.md", scopes=("imopenlines",))
 def send_messages(portal, params, grant):
     st = state(portal)
@@ -226,12 +261,12 @@ def send_messages(portal, params, grant):
     with portal._standin.lock:
         group = bool(st.connectors[connector].get("CHAT_GROUP"))
         for item in messages:
-            user, message, chat = item.get("user"), item.get("message"), item.get("chat")
-            if not all(isinstance(x, dict) for x in (user, message, chat)):
-                raise ApiError("ERROR_ARGUMENT", "The incorrect structure of a message inside MESSAGES parameter",
-                               status=400)
+            user, message, chat = _blocks(item)
             if not user.get("id") or not chat.get("id") or not (message.get("text") or message.get("files")):
                 results.append({"SUCCESS": False, "ERRORS": ["user.id, chat.id and text or files are required"]})
+                continue
+            if errors := _bad_names(user):
+                results.append({"SUCCESS": False, "ERRORS": errors})
                 continue
             im_chat_id, conversation = _chat_of(st, connector, line, str(chat["id"]), str(user["id"]), group)
             conversation.update({k: user.get(k, "") for k in ("name", "last_name")})
@@ -255,7 +290,7 @@ def _change_sent(portal, params, change):
     results = []
     with portal._standin.lock:
         for item in _messages(params):
-            chat, message = item.get("chat") or {}, item.get("message") or {}
+            _user, message, chat = _blocks(item)
             _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
                                              outside=True)
             if found is None:
@@ -293,6 +328,10 @@ def delete_messages(portal, params, grant):
 
 
 def _status(portal, params, field):
+    """imconnector-send-status-delivery.md / -reading.md: each MESSAGES element names the operator's message
+    by ``im`` (Bitrix24's chat_id and message_id, from the event); ``message.id`` is an array of the outside
+    system's ids for it and ``chat.id`` the outside chat ("do not replace im.message_id and im.chat_id"):
+    both are kept on the message as given (``<field>_ids``, ``<field>_chat``) for tests to read."""
     st = state(portal)
     connector = str(_arg(params, "CONNECTOR")).lower()
     _line(portal, params)
@@ -301,10 +340,15 @@ def _status(portal, params, field):
     with portal._standin.lock:
         for item in messages:
             im = item.get("im") if isinstance(item.get("im"), dict) else {}
+            outside = item.get("message") if isinstance(item.get("message"), dict) else {}
+            outside_chat = item.get("chat") if isinstance(item.get("chat"), dict) else {}
             chat = st.chats.get(int(im.get("chat_id") or 0)) if str(im.get("chat_id") or "").isdigit() else None
             for message in (chat or {}).get("messages", []):
                 if str(message["im_message_id"]) == str(im.get("message_id")):
                     message[field] = time.time()
+                    ids = outside.get("id")
+                    message[f"{field}_ids"] = [str(x) for x in ids] if isinstance(ids, list) else ids
+                    message[f"{field}_chat"] = outside_chat.get("id")
     # send-status-delivery.md / -reading.md: SUCCESS and an empty DATA, whatever was matched.
     return {"SUCCESS": True, "DATA": []}
 

@@ -37,32 +37,65 @@ def act(frame, b24, action, *, line="1", user_id="1", auth_id=None, **fields):
 
 
 class Receiver:
-    """The outside system's webhook endpoint: records each POST; `down` answers 503."""
+    """The outside system's webhook endpoint: records each POST it takes (`got`) and each it was sent
+    (`tried`); `down` answers 503. `answer(body)` may script the answer to a POST: None (the usual 200
+    with a small JSON body) or (status, body bytes[, headers[, seconds between bytes]]), a trickle when
+    the last is given; `delay` waits that long before answering; `during(body)` runs while a POST waits."""
 
     def __init__(self):
-        self.got, self.down, self.lock = [], False, threading.Lock()
+        self.got, self.tried, self.down, self.lock = [], [], False, threading.Lock()
+        self.answer, self.delay, self.during = None, 0.0, None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                data = json.loads(body)
+                with receiver.lock:
+                    receiver.tried.append(data)
+                if receiver.during:
+                    receiver.during(data)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 if receiver.down:
                     self.send_response(503)
                     self.end_headers()
                     return
-                with receiver.lock:
-                    receiver.got.append({"headers": dict(self.headers), "body": body, "json": json.loads(body)})
-                self.send_response(200)
+                status, payload, headers, pause = 200, b'{"ok":true}', {}, None
+                scripted = receiver.answer(data) if receiver.answer else None
+                if scripted:
+                    status, payload, headers, pause = (*scripted, {}, None)[:4]
+                if 200 <= status < 300:
+                    with receiver.lock:
+                        receiver.got.append({"headers": dict(self.headers), "body": body, "json": data})
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(b'{"ok":true}')
+                try:
+                    if pause is None:
+                        self.wfile.write(payload)
+                        return
+                    for i in range(len(payload)):
+                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(pause)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the app stopped reading, as it may
 
             def log_message(self, *args):
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self):
+        """The texts of the messages taken, in the order they came."""
+        return [h["json"]["message"]["text"] for h in self.got]
 
     def close(self):
         self.server.shutdown()

@@ -175,3 +175,17 @@ def test_names_bitrix24_would_refuse_are_cleaned_not_sent_as_they_are(client, ch
     sent = InboundMessage.objects.get().payload["user"]
     assert sent["name"] == "Ann bO'Neil-Smithb" and "last_name" not in sent
     assert imc.conversations(b24)[0]["name"] == "Ann bO'Neil-Smithb"
+
+
+def test_numbers_that_are_not_digits_are_dropped_from_names_too(client, channel, django_capture_on_commit_callbacks):
+    """"Numbers ... are not allowed" (imconnector-send-messages.md) covers "²" and "Ⅻ" as well: the stand-in
+    refuses a message whose name holds them, so they are dropped here and the message reaches the line."""
+    row, secret, b24 = channel
+    payload = message("m1", "Hello")
+    payload["user"].update(name="Ann² Ⅻ", last_name="Lee½")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, payload).status_code == 202
+    stored = InboundMessage.objects.get()
+    assert stored.state == Delivery.SENT and (stored.payload["user"]["name"], stored.payload["user"]["last_name"]) \
+        == ("Ann", "Lee")
+    assert imc.conversations(b24)[0]["name"] == "Ann"

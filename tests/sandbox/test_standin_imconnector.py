@@ -133,6 +133,68 @@ def test_send_update_delete_and_statuses(http, portal, token):
     assert imc.conversations(portal)[0]["messages"][-1]["delivered"] is not None
 
 
+@pytest.mark.parametrize("method", ["imconnector.update.messages", "imconnector.delete.messages"])
+@pytest.mark.parametrize("element", [
+    {"user": {"id": "u1"}, "message": {"id": "m1", "text": "x"}, "chat": "c1"},
+    {"user": {"id": "u1"}, "message": "m1", "chat": {"id": "c1"}},
+    {"user": "u1", "message": {"id": "m1", "text": "x"}, "chat": {"id": "c1"}},
+    {"message": {"id": "m1", "text": "x"}, "chat": {"id": "c1"}},
+])
+def test_update_and_delete_refuse_an_element_without_its_three_objects(http, portal, token, method, element):
+    """-update-messages.md and -delete-messages.md: each element holds three required blocks (user, message,
+    chat); send-messages.md names the ERROR_ARGUMENT (400) for an element without them. Not a crash."""
+    connect(http, portal, token)
+    call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1", MESSAGES=[inbound()])
+    status, body = call(http, portal, method, token, CONNECTOR="myconnector", LINE="1", MESSAGES=[element])
+    assert status == 400 and body["error"] == "ERROR_ARGUMENT"
+    assert body["error_description"] == "The incorrect structure of a message inside MESSAGES parameter"
+    assert imc.conversations(portal)[0]["messages"][0]["text"] == "hi"  # nothing changed
+
+
+@pytest.mark.parametrize("user, ok", [
+    ({"name": "Mary-Jane", "last_name": "O'Neil"}, True),
+    ({"name": "Łukasz Żółć", "last_name": "D\u2019Arcy"}, True),
+    ({"name": "x" * 25}, True),
+    ({"name": "", "last_name": ""}, True),
+    ({"name": "x" * 26}, False),
+    ({"name": "Ann2"}, False),
+    ({"last_name": "Lee!"}, False),
+    ({"name": "Ann²"}, False),
+    ({"name": "<b>Ann</b>"}, False),
+])
+def test_send_messages_holds_names_to_the_documented_rule(http, portal, token, user, ok):
+    """imconnector-send-messages.md: name and last_name hold letters, spaces, hyphens and apostrophes only,
+    at most 25 characters. The page names no error for it: a message that breaks the rule is refused alone
+    (RESULT[] SUCCESS false with ERRORS, the call's SUCCESS false) and the others in the call go on."""
+    connect(http, portal, token)
+    bad = {**inbound("named", "m1"), "user": {"id": "u1", **user}}
+    status, body = call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1",
+                        MESSAGES=[bad, inbound("plain", "m2")])
+    named, plain = body["result"]["DATA"]["RESULT"]
+    assert status == 200 and plain["SUCCESS"] is True
+    assert named["SUCCESS"] is ok and body["result"]["SUCCESS"] is ok
+    if not ok:
+        assert named["ERRORS"] and "letters, spaces, hyphens and apostrophes" in named["ERRORS"][0]
+    texts = [m["text"] for m in imc.conversations(portal)[0]["messages"]]
+    assert texts == (["named", "plain"] if ok else ["plain"])
+
+
+def test_send_status_delivery_keeps_the_outside_ids_it_was_given(http, portal, token):
+    """imconnector-send-status-delivery.md: `im` names Bitrix24's message; `message.id` is an array of the
+    outside system's ids and `chat.id` the outside chat (they "do not replace im.message_id and im.chat_id")."""
+    connect(http, portal, token)
+    _s, body = call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1",
+                    MESSAGES=[inbound()])
+    chat_id = int(body["result"]["DATA"]["RESULT"][0]["session"]["CHAT_ID"])
+    message_id, _results = imc.operator_reply(portal, chat_id, "hello")
+    _s, body = call(http, portal, "imconnector.send.status.delivery", token, CONNECTOR="myconnector", LINE="1",
+                    MESSAGES=[{"im": {"chat_id": chat_id, "message_id": message_id},
+                               "message": {"id": ["ext-msg-1007"], "date": 1738065600}, "chat": {"id": "c1"}}])
+    assert body["result"] == {"SUCCESS": True, "DATA": []}
+    sent = imc.conversations(portal)[0]["messages"][-1]
+    assert sent["delivered"] is not None and (sent["delivered_ids"], sent["delivered_chat"]) == (["ext-msg-1007"], "c1")
+
+
 def test_unregister_unknown_is_result_false(http, portal, token):
     """imconnector-unregister.md: APPLICATION_UNREGISTRATION_ERROR as HTTP 200 with result.result = false."""
     _s, body = call(http, portal, "imconnector.unregister", token, ID="nothing")
