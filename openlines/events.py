@@ -24,7 +24,7 @@ _ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.i
 def _messages(data) -> list:
     messages = data.get("MESSAGES") if isinstance(data, dict) else None
     if isinstance(messages, dict):  # form-encoded MESSAGES[0][...] arrives as a dict keyed "0", "1", ...
-        messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isdigit() else 0)]
+        messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)]
     return [m for m in messages or [] if isinstance(m, dict)]
 
 

@@ -4,8 +4,8 @@ Checks, cheapest first, each with its own error code and nothing sent to Bitrix2
 unknown channel (404 unknown_channel), disconnected (409 channel_disconnected), body over
 OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside OPENLINES_SIGNATURE_WINDOW
 (401 stale_timestamp), signature (401 bad_signature), shape (400 bad_request), a message id already
-accepted (409 duplicate_message), a "read" report naming no operator message of the channel
-(404 unknown_message). The signature is HMAC-SHA256 with the channel's secret over
+accepted in the same outside chat (409 duplicate_message), a "read" report naming no operator message of
+the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the channel's secret over
 "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
 """
 import hashlib
@@ -54,7 +54,7 @@ def find_channel(public_id) -> Channel:
 
 def read_body(request) -> bytes:
     declared = request.META.get("CONTENT_LENGTH") or "0"
-    if not declared.isdigit() or int(declared) > settings.OPENLINES_INBOUND_MAX_BYTES:
+    if not (declared.isascii() and declared.isdigit()) or int(declared) > settings.OPENLINES_INBOUND_MAX_BYTES:
         raise Refused("body_too_large", f"the body must be at most {settings.OPENLINES_INBOUND_MAX_BYTES} bytes", 413)
     body = request.read(settings.OPENLINES_INBOUND_MAX_BYTES + 1)
     if len(body) > settings.OPENLINES_INBOUND_MAX_BYTES:
@@ -64,7 +64,7 @@ def read_body(request) -> bytes:
 
 def check_signature(channel: Channel, request, body: bytes) -> None:
     timestamp = _header(request, TIMESTAMP_HEADER)
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} must be the Unix time of the request", 401)
     if abs(time.time() - int(timestamp)) > settings.OPENLINES_SIGNATURE_WINDOW:
         raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} is outside the {settings.OPENLINES_SIGNATURE_WINDOW}s "
@@ -174,12 +174,14 @@ def _missing(name):
 
 
 def idempotency_key(action: str, element: dict) -> str:
+    """A message id is accepted once per outside chat (two chats may each have a message "1")."""
     message_id = element["message"]["id"]
+    chat = hashlib.sha256(element["chat"]["id"].encode()).hexdigest()[:16]  # ids up to 128: the key stays < 200
     if action != "update":
-        return f"{action}:{message_id}"
+        return f"{action}:{chat}:{message_id}"
     # Every distinct edit of a message is accepted once.
     digest = hashlib.sha256(json.dumps(element["message"], sort_keys=True).encode()).hexdigest()[:16]
-    return f"update:{message_id}:{digest}"
+    return f"update:{chat}:{message_id}:{digest}"
 
 
 def accept(channel: Channel, action: str, element: dict) -> InboundMessage:

@@ -59,7 +59,7 @@ def outside_message_id(answer: http.Answer) -> str:
 def retry_after(answer: http.Answer) -> timedelta | None:
     """A Retry-After in seconds (at most an hour), as a 429 or 503 may carry; the date form is not used."""
     value = str(answer.headers.get("Retry-After") or "").strip()
-    return timedelta(seconds=min(int(value), 3600)) if value.isdigit() and len(value) < 8 else None
+    return timedelta(seconds=min(int(value), 3600)) if value.isascii() and value.isdigit() and len(value) < 8 else None
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -95,7 +95,7 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
 
     try:
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > max_bytes and not partial:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes and not partial:
             raise HttpFailure("too_large", f"answer of {declared} bytes exceeds the cap of {max_bytes}")
         try:
             while True:

@@ -1,7 +1,6 @@
 """Entry points Bitrix24 POSTs to: the UI install page and the app events."""
 import logging
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import translation

@@ -48,6 +48,19 @@ def test_the_same_message_id_is_accepted_once(client, channel, django_capture_on
     assert len(imc.conversations(b24)[0]["messages"]) == 1
 
 
+def test_the_same_message_id_in_another_chat_is_another_message(client, channel,
+                                                                django_capture_on_commit_callbacks):
+    """Outside systems number messages per chat: "m1" of chat-2 is not a duplicate of chat-1's "m1"."""
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "first chat", chat="chat-1")).status_code == 202
+        assert signed(client, row, secret, message("m1", "second chat", chat="chat-2", user="u-2")).status_code == 202
+        edit = message("m1", "second chat, edited", chat="chat-2", user="u-2", action="update")
+        assert signed(client, row, secret, edit).status_code == 202
+    texts = {c["external_chat"]: [m["text"] for m in c["messages"]] for c in imc.conversations(b24)}
+    assert texts == {"chat-1": ["first chat"], "chat-2": ["second chat, edited"]}
+
+
 def test_edits_and_deletes_reach_the_same_message(client, channel, django_capture_on_commit_callbacks):
     row, secret, b24 = channel
     with django_capture_on_commit_callbacks(execute=True):
@@ -78,8 +91,8 @@ def test_forged_or_stale_requests_are_refused_and_nothing_is_sent(client, channe
     row, secret, b24 = channel
     before = sent_calls(b24)
     kwargs = {"bad_signature": {"signature": "sha256=" + "0" * 64},
-              "other_secret": {}, "old": {"timestamp": int(time.time()) - 301},
-              "future": {"timestamp": int(time.time()) + 301}, "no_timestamp": {"timestamp": ""}}[case]
+              "other_secret": {}, "old": {"timestamp": int(time.time()) - 600},
+              "future": {"timestamp": int(time.time()) + 600}, "no_timestamp": {"timestamp": ""}}[case]
     with django_capture_on_commit_callbacks(execute=True):
         response = signed(client, row, "not-the-secret" if case == "other_secret" else secret, message(), **kwargs)
     refused(response, status, code)

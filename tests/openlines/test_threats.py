@@ -150,8 +150,6 @@ def test_a_secret_opens_only_its_own_channel(client, frame, channel, second_chan
     assert not InboundMessage.objects.filter(channel=other_row).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: openlines/inbound.py check_signature uses str.isdigit(), which "
-                                        "admits '²' (latin-1 0xB2 in a header); int() then raises: a 500")
 def test_a_timestamp_of_non_ascii_digits_is_a_401_not_a_500(channel):
     """Ordinary user row (knows the endpoint): no header makes the channel API answer 5xx."""
     row, secret, b24 = channel
@@ -348,9 +346,6 @@ def test_a_redirect_from_the_webhook_is_not_followed(client, conversation, recei
     assert receiver.got == []
 
 
-@pytest.mark.xfail(strict=True, reason="defect: portals/http.py send() tests the answer's Content-Length with "
-                                        "str.isdigit(); '²' passes and int() raises ValueError, which escapes "
-                                        "openlines.tasks._deliver_outbound: the row stays pending, no backoff")
 def test_a_webhook_answering_a_non_ascii_length_is_an_ordinary_failure(client, conversation, sink,
                                                                       django_capture_on_commit_callbacks):
     """Administrator row: nothing the webhook answers escapes the retry schedule."""
