@@ -2,7 +2,9 @@
 
 Addresses: https and a public host only; OPENLINES_ALLOW_PRIVATE_WEBHOOKS admits http and loopback or
 private hosts (local systems, the sandbox) and is refused by the deploy check. The host's addresses are
-resolved again before each send, so a name that later points inside the network is refused too.
+resolved again before each send, so a name that later points inside the network is refused too, and the
+connection goes to the address that was checked (`pinned`: TLS still verifies the certificate for the
+name), so a name that answers differently a moment later (DNS rebinding) cannot send it elsewhere.
 Each POST has a total deadline and an answer cap (portals.http.send). The status line decides
 (`verdict`): a 2xx is delivered whatever its body does (too large, too slow, broken off: only its first
 bytes are read, for the outside system's own id of the message); 408, 429, 5xx and other codes are
@@ -16,9 +18,11 @@ import re
 import socket
 import time
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
+import requests
 from django.conf import settings
+from requests.adapters import HTTPAdapter
 
 from portals import http
 
@@ -97,12 +101,37 @@ def _public_name(host: str) -> bool:
         return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain", ".lan"))
 
 
-def _resolves_public(host: str, port: int) -> bool:
+def _public_addresses(host: str, port: int) -> list[str]:
+    """The host's addresses when every one of them is global, else []."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_global for info in infos)
+        return []
+    addresses = [info[4][0] for info in infos]
+    return addresses if addresses and all(ipaddress.ip_address(a).is_global for a in addresses) else []
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Connects to the address in the URL, but speaks TLS (SNI and the certificate check) for `hostname`."""
+
+    def __init__(self, hostname: str):
+        self.hostname = hostname
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs.update(server_hostname=self.hostname, assert_hostname=self.hostname)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def pinned(url: str, address: str) -> tuple[str, dict, requests.Session]:
+    """(the URL with `address` for its host, the Host header, a session that verifies TLS for the name)."""
+    parts = urlsplit(url)
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    session = requests.Session()
+    session.trust_env = False  # an environment proxy would resolve the name again
+    session.mount("https://", _PinnedAdapter(parts.hostname))
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), {"Host": parts.netloc}, session
 
 
 def post(url: str, secret: str, payload: dict) -> http.Answer:
@@ -112,14 +141,22 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
     read, within the deadline, and a body past either is cut (`Answer.complete` False), never a failure."""
     check_webhook_url(url)
     parts = urlsplit(url)
-    if not _private_ok() and not _resolves_public(parts.hostname, parts.port or 443):
-        raise BadWebhookUrl("the host resolves to a non-public address")
+    target, host, via = url, {}, None
+    if not _private_ok():
+        addresses = _public_addresses(parts.hostname, parts.port or 443)
+        if not addresses:
+            raise BadWebhookUrl("the host resolves to a non-public address")
+        target, host, via = pinned(url, addresses[0])
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     timestamp = str(int(time.time()))
-    return http.send(
-        "POST", url, data=body,
-        headers={"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
-                 SIGNATURE_HEADER: sign(secret, timestamp, body), "User-Agent": "b24widget-openlines"},
-        connect_timeout=min(5.0, settings.OPENLINES_WEBHOOK_DEADLINE), read_timeout=settings.OPENLINES_WEBHOOK_DEADLINE,
-        deadline=settings.OPENLINES_WEBHOOK_DEADLINE, max_bytes=settings.OPENLINES_WEBHOOK_MAX_BYTES, partial=True,
-    )
+    try:
+        return http.send(
+            "POST", target, data=body, via=via,
+            headers={"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
+                     SIGNATURE_HEADER: sign(secret, timestamp, body), "User-Agent": "b24widget-openlines", **host},
+            connect_timeout=min(5.0, settings.OPENLINES_WEBHOOK_DEADLINE),
+            read_timeout=settings.OPENLINES_WEBHOOK_DEADLINE, deadline=settings.OPENLINES_WEBHOOK_DEADLINE, max_bytes=settings.OPENLINES_WEBHOOK_MAX_BYTES, partial=True,
+        )
+    finally:
+        if via is not None:
+            via.close()

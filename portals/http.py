@@ -63,7 +63,7 @@ def session() -> requests.Session:
 
 
 def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, deadline: float, max_bytes: int,
-         partial: bool = False, **kwargs) -> Answer:
+         partial: bool = False, via: requests.Session | None = None, **kwargs) -> Answer:
     """Send one request; give up once `deadline` seconds have passed or `max_bytes` arrived.
 
     While the body arrives, each read waits at most for the time that remains, so the whole exchange
@@ -72,6 +72,8 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
     per byte only). Worst case: connect_timeout + read_timeout + deadline. Redirects are never followed
     (the caller decides what a 3xx means).
 
+    `via`: the session to send with, when not this thread's shared one (openlines.outbound pins its own).
+
     `partial`: the status line is the answer. The body is read up to `max_bytes` and the deadline, and
     whatever arrived by then is returned (`complete` False when reading stopped early) instead of a
     `too_large` or `deadline` failure: for a caller that must not repeat a request the server accepted.
@@ -79,7 +81,7 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
     ends = time.monotonic() + deadline
     read_timeout = max(min(read_timeout, deadline), 0.1)
     try:
-        response = session().request(
+        response = (via or session()).request(
             method, url, timeout=(min(connect_timeout, deadline), read_timeout), allow_redirects=False,
             stream=True, **kwargs,
         )

@@ -412,3 +412,48 @@ def test_an_ordinary_user_cannot_revoke_a_channel_with_a_forged_teardown_event(c
         row.refresh_from_db()
         assert row.is_connected and row.secret == secret
 
+
+
+def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_name(tmp_path):
+    """Administrator row, DNS rebinding: the send connects to the address that passed the check (the name is not
+    resolved again: `hooks.b24widget.test` resolves nowhere), with the name in Host, SNI and the certificate
+    check; a certificate for another name is refused."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+
+    from openlines import outbound
+    from tests.tls import self_signed_context
+
+    cert, context = self_signed_context(tmp_path, names=("hooks.b24widget.test",))
+    got = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            got.append((self.headers["Host"], self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        url, host, session = outbound.pinned(f"https://hooks.b24widget.test:{port}/in?x=1", "127.0.0.1")
+        assert url == f"https://127.0.0.1:{port}/in?x=1" and host == {"Host": f"hooks.b24widget.test:{port}"}
+        with session:
+            answer = session.post(url, headers=host, data=b"{}", verify=str(cert), timeout=5)
+        assert answer.status_code == 200
+        assert got == [(f"hooks.b24widget.test:{port}", "/in?x=1", b"{}")]
+        url, host, session = outbound.pinned(f"https://elsewhere.b24widget.test:{port}/in", "127.0.0.1")
+        with session, pytest.raises(requests.exceptions.SSLError):
+            session.post(url, headers=host, data=b"{}", verify=str(cert), timeout=5)
+        assert len(got) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
