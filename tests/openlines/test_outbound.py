@@ -101,15 +101,22 @@ def test_a_webhook_down_for_longer_than_the_retry_window_is_a_dead_letter(client
     assert OutboundMessage.objects.get().state == Delivery.DEAD
 
 
+def _replied(client, conversation, sink, capture, text, *events):
+    """The operator replied `text` (relayed to the webhook); then `events` go to the sink too. The message id."""
+    row, secret, b24, chat_id = conversation
+    with capture(execute=True):
+        message_id, _ = imc.operator_reply(b24, chat_id, text, handlers=[sink.url])
+        sink.relay(client)
+    b24.bindings["events"][:] = [{"id": 99, "event": e, "handler": sink.url, "auth_type": "0",
+                                  "app": b24._standin.client_id} for e in events]
+    return message_id
+
+
 def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversation, receiver, sink,
                                                             django_capture_on_commit_callbacks):
     row, secret, b24, chat_id = conversation
-    with django_capture_on_commit_callbacks(execute=True):
-        message_id, _ = imc.operator_reply(b24, chat_id, "typo", handlers=[sink.url])
-        sink.relay(client)
-    b24.bindings["events"][:] = [{"id": 99, "event": e, "handler": sink.url, "auth_type": "0",
-                                  "app": b24._standin.client_id}
-                                 for e in ("ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")]
+    message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "typo",
+                          "ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")
     imc.operator_edit(b24, chat_id, message_id, "fixed")
     imc.operator_delete(b24, chat_id, message_id)
     with django_capture_on_commit_callbacks(execute=True):
@@ -121,11 +128,8 @@ def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversatio
 def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(client, conversation, receiver, sink,
                                                                  django_capture_on_commit_callbacks):
     row, secret, b24, chat_id = conversation
-    with django_capture_on_commit_callbacks(execute=True):
-        message_id, _ = imc.operator_reply(b24, chat_id, "frist", handlers=[sink.url])
-        sink.relay(client)
-    b24.bindings["events"][:] = [{"id": 99, "event": "ONIMCONNECTORMESSAGEUPDATE", "handler": sink.url,
-                                  "auth_type": "0", "app": b24._standin.client_id}]
+    message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "frist",
+                          "ONIMCONNECTORMESSAGEUPDATE")
     imc.operator_edit(b24, chat_id, message_id, "firts")
     imc.operator_edit(b24, chat_id, message_id, "first")
     with django_capture_on_commit_callbacks(execute=True):

@@ -5,6 +5,7 @@ Real HTTP against the stand-in, as in test_inbound.py. Each test names the row i
 xfail(strict=True) are defects the threat model lists under "Known limits": each passes (and so fails the
 run, as a strict xfail) once the defect is fixed; then drop the mark.
 """
+import contextlib
 import json
 import re
 import threading
@@ -328,20 +329,28 @@ class _Redirecting(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _webhook(handler, *, wrap=None):
+    """A local web server answering with `handler`; yields its port (`wrap` may make its socket TLS)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if wrap is not None:
+        server.socket = wrap(server.socket)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_redirect_from_the_webhook_is_not_followed(client, conversation, receiver, sink,
                                                      django_capture_on_commit_callbacks):
     """Administrator row: a webhook that answers 307 to an inside address does not get us there; the
     message is retried later like any failure."""
     row, secret, b24 = conversation
-    handler = type("Redirect", (_Redirecting,), {"target": receiver.url})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+    with _webhook(type("Redirect", (_Redirecting,), {"target": receiver.url})) as port:
+        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{port}/hook")
         reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "HTTP 307")
     assert receiver.got == []
 
@@ -361,14 +370,9 @@ def test_a_webhook_answering_a_non_ascii_length_is_an_ordinary_failure(client, c
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Odd)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{server.server_address[1]}/hook")
+    with _webhook(Odd) as port:
+        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{port}/hook")
         reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert reply.attempts == 1 and reply.state in (Delivery.SENT, Delivery.FAILED)
 
 
@@ -418,9 +422,6 @@ def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_nam
     """Administrator row, DNS rebinding: the send connects to the address that passed the check (the name is not
     resolved again: `hooks.b24widget.test` resolves nowhere), with the name in Host, SNI and the certificate
     check; a certificate for another name is refused."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     import requests
 
     from openlines import outbound
@@ -439,11 +440,7 @@ def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_nam
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    try:
+    with _webhook(Handler, wrap=lambda sock: context.wrap_socket(sock, server_side=True)) as port:
         url, host, session = outbound.pinned(f"https://hooks.b24widget.test:{port}/in?x=1", "127.0.0.1")
         assert url == f"https://127.0.0.1:{port}/in?x=1" and host == {"Host": f"hooks.b24widget.test:{port}"}
         with session:
@@ -454,6 +451,3 @@ def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_nam
         with session, pytest.raises(requests.exceptions.SSLError):
             session.post(url, headers=host, data=b"{}", verify=str(cert), timeout=5)
         assert len(got) == 1
-    finally:
-        server.shutdown()
-        server.server_close()
