@@ -335,7 +335,7 @@ def _webhook(handler, *, wrap=None):
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     if wrap is not None:
         server.socket = wrap(server.socket)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield server.server_address[1]
     finally:

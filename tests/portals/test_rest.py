@@ -300,7 +300,7 @@ def test_an_absurd_total_is_refused_before_anything_is_planned(installed):
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Absurd)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         portal, _b24 = installed
         portal.client_endpoint = f"http://127.0.0.1:{server.server_address[1]}/rest/"

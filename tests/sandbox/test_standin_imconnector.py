@@ -230,7 +230,7 @@ def test_operator_reply_and_teardown_events_reach_the_bound_handler(http, portal
     (data[connector], data[line]) and -line-delete.md (data is the bare line id), form-encoded."""
     receiver = type("R", (_Receiver,), {"got": []})
     srv = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{srv.server_address[1]}/events/"
         portal.install_post()
