@@ -8,6 +8,24 @@ from portals.models import InboxItem, Portal
 from sandbox.standin import StandIn
 from tests.redis_keys import clear_cache
 
+def pytest_collection_modifyitems(config, items):
+    """On PostgreSQL, skip what would only repeat the SQLite pass: tests that never use the configured database
+    (`own_database`), and, in CI (CI=true, where .ci/run runs the suite on SQLite too), the browser tests, which
+    drive the pages; what the engine changes under them (locks, SKIP LOCKED, constraints) has its own tests here."""
+    import os
+
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        return
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    for item in items:
+        if item.get_closest_marker("own_database"):
+            item.add_marker(pytest.mark.skip(reason="uses its own SQLite, whatever DATABASE_URL says: run on SQLite"))
+        elif in_ci and item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.skip(reason="CI runs the browser tests on its SQLite pass"))
+
+
 CLIENT_ID = "local.test.app"
 CLIENT_SECRET = "test-client-secret"
 # A second application on the same stand-in: genuine tokens on every portal, but not ours.

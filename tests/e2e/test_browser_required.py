@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The check runs the browser tests in a subprocess on SQLite, whatever DATABASE_URL says: once, on SQLite.
+pytestmark = pytest.mark.own_database
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -14,6 +14,9 @@ from sandbox import runner
 from sandbox.management.commands.sandbox import Command
 from sandbox.standin import StandIn
 
+# Every test here runs `manage.py sandbox` / `devserver` with their own SQLite (or none): once, on SQLite.
+pytestmark = pytest.mark.own_database
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
