@@ -43,6 +43,10 @@ def uses_rabbitmq() -> bool:
     return settings.CELERY_BROKER_URL.startswith(("amqp:", "pyamqp:"))
 
 
+# Workers started and not yet stopped: a wait that times out shows the end of their logs.
+LIVE: list["Worker"] = []
+
+
 class Worker:
     """One worker process; its log (JSON lines) goes to a file."""
 
@@ -59,6 +63,7 @@ class Worker:
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+        LIVE.append(self)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -79,6 +84,8 @@ class Worker:
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM: Celery's warm shutdown (the task in flight finishes); returns the exit status."""
+        if self in LIVE:
+            LIVE.remove(self)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -91,13 +98,16 @@ class Worker:
 
 def wait_for(predicate, *, timeout: float = 60, what: str = "the condition", every: float = 0.1, detail=None):
     """Poll until `predicate()` is truthy (a worker works in another process); fail after `timeout`
-    (with `detail()`, e.g. a worker's log, in the message)."""
+    with `detail()` in the message, or else the end of each live worker's log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every)
+    if detail is None and LIVE:
+        detail = lambda: "\n".join(f"--- worker {w.name} (exit {w.process.poll()}), end of its log:\n"
+                                    f"{w.log()[-2000:]}" for w in LIVE)  # noqa: E731
     raise AssertionError(f"timed out waiting for {what}" + (f":\n{detail()}" if detail else ""))
 
 
