@@ -11,8 +11,9 @@ past it the stand-in answers 503 QUERY_LIMIT_EXCEEDED).
      (openlines.tasks.deliver_inbound, as Celery would run it): wall time, REST requests the portal took,
      messages per imconnector.send.messages call, limit errors the portal answered and those that reached
      a caller (rows not delivered), next to what the limit alone would allow.
-  2. outbound: --messages operator replies (the OnImConnectorMessageAdd handler, as the inbox runs it) to a
-     local webhook receiver that answers 503 to every --flaky-th POST once; one worker drains
+  2. outbound: --messages operator replies (the OnImConnectorMessageAdd handler, as the inbox runs it, each
+     confirmed with imopenlines.session.history.get; by default as a backlog written first, --live one by
+     one as they are written) to a local webhook receiver that answers 503 to every --flaky-th POST once; one worker drains
      (deliver_outbound, re-run until nothing is due, the backoff skipped): wall time, webhook POSTs,
      retries, duplicates received (must be 0), delivery-status calls to Bitrix24.
 Asserts only that every message arrived exactly once.
@@ -70,6 +71,9 @@ def main():
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--chats", type=int, default=50)
     parser.add_argument("--flaky", type=int, default=10, help="the receiver refuses every n-th POST once (0: never)")
+    parser.add_argument("--live", action="store_true",
+                        help="handle each reply's event as soon as it is written (one history call each), "
+                             "not as a backlog after all of them")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -129,18 +133,29 @@ def main():
                 ["inbound", "accept s", "ms/POST", "deliver s", "REST requests", "send.messages calls",
                  "msgs/call", "503 limit answers", "not delivered", "limit floor s"]))
 
-            # 2. outbound
+            # 2. outbound: each reply's event is confirmed with the portal (imopenlines.session.history.get)
             chat_ids = [c["chat_id"] for c in imc.conversations(b24)]
+            external_of = {c["chat_id"]: c["external_chat"] for c in imc.conversations(b24)}
+
+            def handle(chat_id, message_id, i):
+                events.on_message_add(Item(stored, "ONIMCONNECTORMESSAGEADD", {
+                    "CONNECTOR": registry.HTTP.id, "LINE": "1",
+                    "MESSAGES": [{"im": {"chat_id": chat_id, "message_id": message_id},
+                                  "message": {"user_id": 1, "text": f"reply {i}"}, "chat": {"id": external_of[chat_id]}}]}))
+
+            history_before = b24.calls("imopenlines.session.history.get")
             with common.Timer() as storing:
+                written = []
                 for i in range(args.messages):
                     chat_id = chat_ids[i % len(chat_ids)]
                     message_id, _ = imc.operator_reply(b24, chat_id, f"reply {i}", handlers=[])
-                    chat = next(c for c in imc.conversations(b24) if c["chat_id"] == chat_id) if i < len(chat_ids) else None
-                    external = chat["external_chat"] if chat else f"chat-{i % args.chats}"
-                    events.on_message_add(Item(stored, "ONIMCONNECTORMESSAGEADD", {
-                        "CONNECTOR": registry.HTTP.id, "LINE": "1",
-                        "MESSAGES": [{"im": {"chat_id": chat_id, "message_id": message_id},
-                                      "message": {"user_id": 1, "text": f"reply {i}"}, "chat": {"id": external}}]}))
+                    if args.live:  # each event handled as soon as its reply is written
+                        handle(chat_id, message_id, i)
+                    else:
+                        written.append((chat_id, message_id, i))
+                for chat_id, message_id, i in written:  # a worker catching up with a backlog of events
+                    handle(chat_id, message_id, i)
+            history_calls = b24.calls("imopenlines.session.history.get") - history_before
             status_before = b24.calls("imconnector.send.status.delivery")
             with common.Timer() as sending:
                 runs = 0
@@ -151,10 +166,11 @@ def main():
             duplicates = sum(n - 1 for n in receiver.seen.values() if n > 1)
             assert len(receiver.seen) == args.messages and duplicates == 0, (len(receiver.seen), duplicates)
             print(common.table([[
-                args.messages, f"{storing.seconds:.2f}", f"{sending.seconds:.2f}", receiver.posts, receiver.refused,
-                duplicates, runs, b24.calls("imconnector.send.status.delivery") - status_before]],
-                ["outbound", "handler s", "deliver s", "webhook POSTs", "retries (503)", "duplicates",
-                 "worker runs", "send.status.delivery calls"]))
+                args.messages, "live" if args.live else "backlog", f"{storing.seconds:.2f}", history_calls,
+                f"{sending.seconds:.2f}", receiver.posts, receiver.refused, duplicates, runs,
+                b24.calls("imconnector.send.status.delivery") - status_before]],
+                ["outbound", "events", "handler s", "history calls", "deliver s", "webhook POSTs", "retries (503)",
+                 "duplicates", "worker runs", "send.status.delivery calls"]))
             receiver.server.shutdown()
 
 

@@ -14,11 +14,12 @@ from django.utils import timezone
 from portals.inbox import Reject, Retry
 from portals.rest import RestError
 
-from . import lifecycle, registry, tasks
+from . import confirm, lifecycle, registry, tasks
 from .models import Channel, OutboundMessage
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.isdigit() admits "²")
+_CLAIMS_MAX = 100  # MESSAGES elements read from one event
 
 
 def _messages(data) -> list:
@@ -44,34 +45,52 @@ def _str(value, limit: int) -> str:
     return str(value if value is not None else "").replace("\x00", "")[:limit]
 
 
-def _store(channel: Channel, action: str, data) -> int:
-    stored = 0
-    for message in _messages(data):
+def _claims(data) -> list[confirm.Claim]:
+    claims = []
+    for message in _messages(data)[:_CLAIMS_MAX]:
         im = message.get("im") if isinstance(message.get("im"), dict) else {}
         chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
-        body = message.get("message") if isinstance(message.get("message"), dict) else {}
         im_chat, im_message = _str(im.get("chat_id"), 32), _str(im.get("message_id"), 32)
-        if not _ID.fullmatch(im_chat) or not _ID.fullmatch(im_message):
-            continue
-        payload = {"event": f"message.{action}", "chat": {"id": _str(chat.get("id"), 128)},
-                   "message": {"id": im_message, "text": _str(body.get("text"), 20000),
-                               "user_id": _str(body.get("user_id"), 32)},
-                   "im": {"chat_id": im_chat, "message_id": im_message}}
-        if isinstance(body.get("files"), list):
-            payload["message"]["files"] = [{"url": _str(f.get("link") or f.get("url"), 2000),
-                                            "name": _str(f.get("name"), 255)}
-                                           for f in body["files"][:10] if isinstance(f, dict)]
+        if _ID.fullmatch(im_chat) and _ID.fullmatch(im_message):
+            claims.append(confirm.Claim(im_chat, im_message, _str(chat.get("id"), 128)))
+    return claims
+
+
+def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) -> int:
+    """Queue the confirmed messages for the webhook: what the portal showed, not what the event said."""
+    stored = 0
+    for item in confirmed:
+        claim = item.claim
+        payload = {"event": f"message.{action}", "chat": {"id": claim.external_chat_id},
+                   "message": {"id": claim.im_message_id, "text": item.text,
+                               "user_id": item.author.get("id", ""), "author": item.author},
+                   "im": {"chat_id": claim.im_chat_id, "message_id": claim.im_message_id}}
+        if action == OutboundMessage.Action.DELETE:
+            payload["message"] = {"id": claim.im_message_id, "text": ""}
+        elif item.files:
+            payload["message"]["files"] = item.files
+        if action == OutboundMessage.Action.UPDATE and _unchanged(channel, payload):
+            continue  # the portal shows what was relayed last (a late or forged edit event)
         try:
             with transaction.atomic():
                 OutboundMessage.objects.create(channel=channel, action=action, key=_key(action, payload),
-                                               im_chat_id=im_chat, im_message_id=im_message,
-                                               external_chat_id=payload["chat"]["id"], payload=payload)
+                                               im_chat_id=claim.im_chat_id, im_message_id=claim.im_message_id,
+                                               external_chat_id=claim.external_chat_id, payload=payload,
+                                               im_session_id=item.session_id)
             stored += 1
         except IntegrityError:
             pass  # the same event again: stored once
     if stored:
         Channel.objects.filter(pk=channel.pk).update(last_activity_at=timezone.now())
     return stored
+
+
+def _unchanged(channel: Channel, payload: dict) -> bool:
+    last = (OutboundMessage.objects.filter(channel=channel, im_message_id=payload["message"]["id"],
+                                           action__in=[OutboundMessage.Action.ADD, OutboundMessage.Action.UPDATE])
+            .order_by("-id").values_list("payload", flat=True).first())
+    return isinstance(last, dict) and all(
+        (last.get("message") or {}).get(k) == payload["message"].get(k) for k in ("text", "files", "author"))
 
 
 def _key(action: str, payload: dict) -> str:
@@ -86,9 +105,16 @@ def _key(action: str, payload: dict) -> str:
 def _on_message(action: str):
     def handler(item) -> str:
         channel = _channel(item)
-        stored = _store(channel, action, item.data)
+        claims = _claims(item.data)
+        try:
+            confirmed, refused = confirm.confirm(channel, action, claims)
+        except RestError as exc:
+            raise Retry(f"the portal could not confirm the message(s): {exc.code}") from None
+        if claims and not confirmed:
+            raise Reject("not confirmed by the portal: " + "; ".join(refused)[:900])
+        stored = _store(channel, action, confirmed)
         tasks.after_commit(tasks.deliver_outbound, channel.pk)
-        return f"{stored} message(s) queued for the webhook"
+        return f"{stored} message(s) queued for the webhook" + (f", {len(refused)} not confirmed" if refused else "")
     handler.__name__ = f"on_message_{action}"
     return handler
 

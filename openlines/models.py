@@ -154,6 +154,9 @@ class OutboundMessage(models.Model):
     external_message_id = models.CharField(
         max_length=128, blank=True,
         help_text="The outside system's id of the message (its webhook answer), for send.status.delivery.")
+    im_session_id = models.CharField(
+        max_length=32, blank=True,
+        help_text="The Open Lines session the portal showed the message in (openlines.confirm).")
 
     class Meta:
         ordering = ["id"]

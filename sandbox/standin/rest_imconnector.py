@@ -382,9 +382,21 @@ def _connector_event(portal, event, data, *, user_id="1", handlers=None):
     return portal.deliver_event(event, payload=payload, handlers=handlers)
 
 
-def _operator_message(portal, im_chat_id, chat, message, *, text):
+def _operator_message(portal, im_chat_id, chat, message, *, text, event="add"):
+    """A MESSAGES element of the events' pages. The text comes "in the format provided in the event": the
+    examples put the operator's name first (``[b]Klaus Weber:[/b] [br]Guten Tag!``); the history
+    (imopenlines.session.history.get) holds the bare text. Update and delete name the message by the outside
+    system's ids too (``message.id``, from its delivery status), as their pages' examples do."""
+    author = next((u for u in portal.users if str(u["ID"]) == str(message.get("author") or "1")), None)
+    name = f"{author['NAME']} {author['LAST_NAME']}".strip() if author else ""
+    body = {"user_id": int(message.get("author") or 1)}
+    if event != "delete":
+        body["text"] = f"[b]{name}:[/b] [br]{text}" if name else text
+    if event != "add" and message.get("delivered_ids"):
+        ids = list(message["delivered_ids"])
+        body["id"] = ids if event == "update" else ids[0]
     return {"im": {"chat_id": im_chat_id, "message_id": message["im_message_id"]},
-            "message": {"user_id": 1, "text": text}, "chat": {"id": chat["external_chat"]}}
+            "message": body, "chat": {"id": chat["external_chat"]}}
 
 
 def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=None):
@@ -393,7 +405,8 @@ def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=
     with portal._standin.lock:
         chat = st.chats[int(im_chat_id)]
         message = {"im_message_id": next(st.ids), "outside": False, "external_id": "", "text": text, "files": [],
-                   "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time()}
+                   "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time(),
+                   "author": str(user_id)}
         chat["messages"].append(message)
         data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
                 "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text)]}
@@ -411,7 +424,8 @@ def _operator_change(portal, im_chat_id, im_message_id, event, *, text=None):
         else:
             message["text"] = text
         data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
-                "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text or "")]}
+                "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text or "",
+                                               event="delete" if text is None else "update")]}
     return _connector_event(portal, event, data)
 
 

@@ -1,9 +1,14 @@
-"""REST methods of the ``imopenlines`` scope: ``imopenlines.config.list.get``."""
+"""REST methods of the ``imopenlines`` scope: ``imopenlines.config.list.get`` and
+``imopenlines.session.history.get`` (the Open Lines chats the connector carries, rest_imconnector.py)."""
 from __future__ import annotations
 
+import datetime
+
+from .errors import ApiError
 from .rest import method
 
 _LIMIT_DEFAULT, _LIMIT_MAX = 50, 200  # imopenlines-config-list-get.md: PARAMS[limit] default 50, max 200
+_HISTORY_DOC = "api-reference/imopenlines/openlines/sessions/imopenlines-session-history-get.md"
 
 
 def _int(value, default):
@@ -22,3 +27,70 @@ def config_list_get(portal, params, grant):
     offset = max(_int(selection.get("offset"), 0), 0)
     with portal._standin.lock:
         return [dict(line) for line in portal.open_lines[offset:offset + limit]]
+
+
+def _iso(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _operator(portal, user_id: str) -> dict:
+    user = next((u for u in portal.users if str(u["ID"]) == str(user_id)), {"NAME": "", "LAST_NAME": ""})
+    return {"id": str(user_id), "name": f"{user['NAME']} {user['LAST_NAME']}".strip(), "firstName": user["NAME"],
+            "lastName": user["LAST_NAME"], "connector": False, "bot": False, "extranet": False, "type": "user"}
+
+
+@method("imopenlines.session.history.get", doc=_HISTORY_DOC, scopes=("imopenlines",))
+def session_history_get(portal, params, grant):
+    """The page's answer for one session of one Open Lines chat: ``message`` (by id: id, chatid, senderid,
+    recipientid, date, text, textlegacy, params), ``usersMessage``, ``users`` (``connector`` true for the
+    outside customer), ``chat`` (entityType LINES, entityId ``connector|line|outside chat|user``). Each chat of
+    the stand-in has one session. Errors as the page lists them: neither id -> MISSING_REQUIRED_PARAM; a
+    CHAT_ID with no session -> INVALID_SESSION_ID; a SESSION_ID not found, or one of another chat ->
+    ACCESS_DENIED. The page does not say how a deleted message shows; the stand-in leaves it out."""
+    from .rest_imconnector import state
+
+    session_id, chat_id = _int(params.get("SESSION_ID"), 0), _int(params.get("CHAT_ID"), 0)
+    if not session_id and not chat_id:
+        raise ApiError("MISSING_REQUIRED_PARAM", "Session ID or Chat ID must be provided", status=400)
+    st = state(portal)
+    with portal._standin.lock:
+        if session_id:
+            found = [(k, c) for k, c in st.chats.items() if c["session"] == session_id and (not chat_id or k == chat_id)]
+            if not found:
+                raise ApiError("ACCESS_DENIED", "You cannot open this conversation as you do not have sufficient "
+                                                "rights", status=400)
+        else:
+            found = [(chat_id, st.chats[chat_id])] if chat_id in st.chats else []
+            if not found:
+                raise ApiError("INVALID_SESSION_ID", "Unable to determine session ID from provided parameters",
+                               status=400)
+        im_chat_id, chat = found[0]
+        customer = {"id": chat["user"], "name": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip(),
+                    "firstName": chat.get("name", ""), "lastName": chat.get("last_name", ""), "connector": True,
+                    "bot": False, "extranet": True, "type": "user"}
+        users, messages = {chat["user"]: customer}, {}
+        for m in chat["messages"]:
+            if m["deleted"]:
+                continue
+            sender = chat["user"] if m["outside"] else str(m.get("author") or "1")
+            if sender not in users:
+                users[sender] = _operator(portal, sender)
+            extra = {"connectorMid": [m["external_id"]]} if m["outside"] and m["external_id"] else {}
+            if not m["outside"] and m.get("delivered_ids"):
+                extra = {"connectorMid": list(m["delivered_ids"])}
+            messages[str(m["im_message_id"])] = {
+                "id": str(m["im_message_id"]), "chatid": str(im_chat_id), "senderid": sender,
+                "recipientid": f"chat{im_chat_id}", "date": _iso(m["at"]), "text": m["text"],
+                "textlegacy": m["text"], "params": extra}
+        entity = f"{chat['connector']}|{chat['line']}|{chat['external_chat']}|{chat['user']}"
+        return {
+            "chatId": im_chat_id, "canJoin": "Y", "canVoteHead": "N", "sessionId": chat["session"],
+            "sessionVoteHead": 0, "sessionCommentHead": None, "userId": f"chat{im_chat_id}",
+            "message": messages, "usersMessage": {f"chat{im_chat_id}": list(messages)}, "users": users,
+            "openlines": {}, "userInGroup": [], "woUserInGroup": [],
+            "chat": {str(im_chat_id): {"id": str(im_chat_id), "name": customer["name"], "entityType": "LINES",
+                                       "entityId": entity, "type": "lines", "messageType": "L",
+                                       "entityLink": {"type": "LINES", "url": "", "id": entity}}},
+            "userBlockChat": {}, "userInChat": {str(im_chat_id): [int(u) for u in users if u.isdigit()]},
+            "files": {},
+        }

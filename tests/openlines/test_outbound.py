@@ -117,12 +117,35 @@ def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversatio
     row, secret, b24, chat_id = conversation
     message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "typo",
                           "ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")
-    imc.operator_edit(b24, chat_id, message_id, "fixed")
-    imc.operator_delete(b24, chat_id, message_id)
-    with django_capture_on_commit_callbacks(execute=True):
-        sink.relay(client)
+    for change in (lambda: imc.operator_edit(b24, chat_id, message_id, "fixed"),
+                   lambda: imc.operator_delete(b24, chat_id, message_id)):
+        change()
+        with django_capture_on_commit_callbacks(execute=True):
+            sink.relay(client)
     assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
         ("message.add", "typo"), ("message.update", "fixed"), ("message.delete", "")]
+
+
+def test_events_handled_late_relay_what_the_portal_shows_now(client, conversation, receiver, sink,
+                                                            django_capture_on_commit_callbacks):
+    """The text comes from the portal's history, not from the event: an edit handled after a second edit
+    relays the latest text once; an edit handled after the message was deleted relays nothing."""
+    row, secret, b24, chat_id = conversation
+    message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "frist",
+                          "ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")
+    imc.operator_edit(b24, chat_id, message_id, "firts")
+    imc.operator_edit(b24, chat_id, message_id, "first")
+    with django_capture_on_commit_callbacks(execute=True):
+        outcomes = sink.relay(client)
+    assert outcomes == ["1 message(s) queued for the webhook", "0 message(s) queued for the webhook"]
+    imc.operator_edit(b24, chat_id, message_id, "last")
+    imc.operator_delete(b24, chat_id, message_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        outcomes = sink.relay(client)
+    assert outcomes[0].startswith("rejected: not confirmed by the portal") and "not in the conversation" in outcomes[0]
+    assert outcomes[1] == "1 message(s) queued for the webhook"
+    assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
+        ("message.add", "frist"), ("message.update", "first"), ("message.delete", "")]
 
 
 def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(client, conversation, receiver, sink,
@@ -130,10 +153,11 @@ def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(client, conve
     row, secret, b24, chat_id = conversation
     message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "frist",
                           "ONIMCONNECTORMESSAGEUPDATE")
-    imc.operator_edit(b24, chat_id, message_id, "firts")
-    imc.operator_edit(b24, chat_id, message_id, "first")
-    with django_capture_on_commit_callbacks(execute=True):
-        outcomes = sink.relay(client)
+    outcomes = []
+    for text in ("firts", "first"):
+        imc.operator_edit(b24, chat_id, message_id, text)
+        with django_capture_on_commit_callbacks(execute=True):
+            outcomes += sink.relay(client)
     assert outcomes == ["1 message(s) queued for the webhook"] * 2
     assert [h["json"]["message"]["text"] for h in receiver.got] == ["frist", "firts", "first"]
 

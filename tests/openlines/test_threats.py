@@ -385,19 +385,116 @@ def _forged_connector_event(b24, event, data):
     return list(payload.items())
 
 
-@pytest.mark.xfail(strict=True, reason="defect: connector events are believed on application_token alone "
-                                        "(openlines/lifecycle.py register_event_handlers; portals/inbox.py), which "
-                                        "every user of the portal holds")
+def _genuine_reply(client, b24, sink, capture, text, chat_index=0):
+    """An operator's real reply, relayed as Bitrix24 sends it; (im chat id, im message id)."""
+    chat_id = imc.conversations(b24)[chat_index]["chat_id"]
+    message_id, _ = imc.operator_reply(b24, chat_id, text, handlers=[sink.url])
+    with capture(execute=True):
+        [outcome] = sink.relay(client)
+    assert outcome == "1 message(s) queued for the webhook"
+    return chat_id, message_id
+
+
+def _forged(b24, event, chat_id, message_id, chat="chat-1", text="Pay to IBAN X"):
+    return _forged_connector_event(b24, event, {"CONNECTOR": CONNECTOR, "LINE": "1", "MESSAGES": [{
+        "im": {"chat_id": str(chat_id), "message_id": str(message_id)}, "message": {"user_id": "1", "text": text},
+        "chat": {"id": chat}}]})
+
+
 def test_an_ordinary_user_cannot_make_us_post_a_forged_operator_message(client, conversation, receiver, sink,
                                                                        django_capture_on_commit_callbacks):
-    """Ordinary user row: a message the operator never wrote is not signed and POSTed to the outside system."""
+    """Ordinary user row: a message the operator never wrote is not signed and POSTed to the outside system.
+    The portal is asked (imopenlines.session.history.get) and shows no such message in the chat; and a chat id
+    that is not one of this channel's conversations is refused before the portal is asked."""
     row, secret, b24 = conversation
-    sink.got = [_forged_connector_event(b24, "ONIMCONNECTORMESSAGEADD", {
-        "CONNECTOR": CONNECTOR, "LINE": "1", "MESSAGES": [{
-            "im": {"chat_id": "1", "message_id": "777777"}, "message": {"user_id": "1", "text": "Pay to IBAN X"},
-            "chat": {"id": "chat-1"}}]})]
+    chat_id = imc.conversations(b24)[0]["chat_id"]
+    history_calls = b24.calls("imopenlines.session.history.get")
+    sink.got = [_forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, 777777),
+                _forged(b24, "ONIMCONNECTORMESSAGEADD", 1, 777777)]
     with django_capture_on_commit_callbacks(execute=True):
-        sink.relay(client)
+        in_chat, unknown_chat = sink.relay(client)
+    assert in_chat.startswith("rejected: not confirmed by the portal") and "not in the conversation" in in_chat
+    assert "not a conversation of this channel" in unknown_chat
+    assert b24.calls("imopenlines.session.history.get") == history_calls + 1
+    assert receiver.got == [] and not OutboundMessage.objects.exists()
+
+
+def test_a_forged_event_about_a_genuine_message_relays_only_what_the_operator_wrote(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    """Ordinary user row: with a genuine message id, a forged add or edit cannot change its text (the text
+    comes from the portal), cannot send it to another customer's chat, and a forged delete of a message still
+    in the chat is refused."""
+    row, secret, b24 = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m2", "Hello too", chat="chat-2", user="u-2")).status_code == 202
+    chat_id, message_id = _genuine_reply(client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today")
+    other_chat = imc.conversations(b24)[1]["chat_id"]
+    sink.got = [
+        _forged(b24, "ONIMCONNECTORMESSAGEUPDATE", chat_id, message_id),  # the text is the portal's
+        _forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, message_id, chat="chat-2"),  # to another customer
+        _forged(b24, "ONIMCONNECTORMESSAGEADD", other_chat, message_id, chat="chat-2"),  # claimed in their chat
+        _forged(b24, "ONIMCONNECTORMESSAGEDELETE", chat_id, message_id),  # still in the chat
+    ]
+    with django_capture_on_commit_callbacks(execute=True):
+        update, misdirected, other, delete = sink.relay(client)
+    assert update == "0 message(s) queued for the webhook"  # the portal's text: the add relayed already
+    assert "not a conversation of this channel" in misdirected
+    assert "not in the conversation" in other
+    assert "still in the conversation" in delete
+    assert [(h["json"]["event"], h["json"]["chat"]["id"], h["json"]["message"]["text"]) for h in receiver.got] == [
+        ("message.add", "chat-1", "Your order ships today")]
+
+
+def test_the_customers_own_message_is_not_relayed_as_an_operators(client, conversation, receiver, sink,
+                                                                  django_capture_on_commit_callbacks):
+    """Ordinary user row: the customer's message (written by the connector's user) is in the chat's history,
+    but it is not an operator's reply."""
+    row, secret, b24 = conversation
+    [chat] = imc.conversations(b24)
+    customers = chat["messages"][0]["im_message_id"]
+    sink.got = [_forged(b24, "ONIMCONNECTORMESSAGEADD", chat["chat_id"], customers)]
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert "written by the customer" in outcome and receiver.got == []
+
+
+def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dropped(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings):
+    """Nothing lost: Bitrix24 refusing the history call longer than the client retries (QUERY_LIMIT_EXCEEDED)
+    leaves the event pending; the reply is relayed once the portal answers."""
+    from django.utils import timezone
+
+    from portals import inbox
+    from portals.models import InboxItem
+
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # short client retries
+    row, secret, b24 = conversation
+    chat_id = imc.conversations(b24)[0]["chat_id"]
+    imc.operator_reply(b24, chat_id, "After the limit", handlers=[sink.url])
+    b24.fail_next("imopenlines.session.history.get", "QUERY_LIMIT_EXCEEDED", 503, times=20)
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert outcome.startswith("pending: the portal could not confirm the message(s): QUERY_LIMIT_EXCEEDED"), outcome
+    assert receiver.got == []
+    b24._failures.clear()  # Bitrix24 is back
+    InboxItem.objects.update(next_attempt_at=timezone.now())  # the back-off is over
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    assert InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD").state == InboxItem.State.DONE
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["After the limit"]
+
+
+def test_a_line_whose_history_the_app_may_not_read_is_refused_with_the_reason(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    """The page's ACCESS_DENIED (the app's user lacks rights to the line): the reply is not relayed, and the
+    inbox row says why, for the portal's administrator to fix the rights and staff to replay."""
+    row, secret, b24 = conversation
+    chat_id = imc.conversations(b24)[0]["chat_id"]
+    imc.operator_reply(b24, chat_id, "Hello", handlers=[sink.url])
+    b24.fail_next("imopenlines.session.history.get", "ACCESS_DENIED", 400)
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert outcome.startswith("rejected: not confirmed by the portal") and "(ACCESS_DENIED)" in outcome
     assert receiver.got == []
 
 

@@ -249,10 +249,44 @@ def test_operator_reply_and_teardown_events_reach_the_bound_handler(http, portal
         assert add["event"] == "ONIMCONNECTORMESSAGEADD"
         assert add["data[MESSAGES][0][im][chat_id]"] == str(chat_id)
         assert add["data[MESSAGES][0][im][message_id]"] == str(message_id)
-        assert add["data[MESSAGES][0][chat][id]"] == "c1" and add["data[MESSAGES][0][message][text]"] == "Hello there"
+        assert add["data[MESSAGES][0][chat][id]"] == "c1" and add["data[MESSAGES][0][message][text]"] == (
+            "[b]Anna Admin:[/b] [br]Hello there")  # on-im-connector-message-add.md: the author's name first
         assert add["auth[application_token]"] == portal.application_token and "auth[refresh_token]" not in add
         assert (status_delete["data[connector]"], status_delete["data[line]"]) == ("myconnector", "1")
         assert line_delete["data"] == "1"
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_session_history_shows_the_chat_as_the_page_does(http, portal, token):
+    """imopenlines-session-history-get.md: message (by id), users (the customer a connector user), chat
+    (entityType LINES, entityId connector|line|...), sessionId; a deleted message leaves the history; the
+    page's errors for no id, a chat without a session and a session not found."""
+    connect(http, portal, token)
+    _s, body = call(http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1",
+                    MESSAGES=[inbound("Hi")])
+    session = body["result"]["DATA"]["RESULT"][0]["session"]
+    chat_id = int(session["CHAT_ID"])
+    reply, _ = imc.operator_reply(portal, chat_id, "Hello there")
+    gone, _ = imc.operator_reply(portal, chat_id, "oops")
+    imc.operator_delete(portal, chat_id, gone)
+    status, answer = call(http, portal, "imopenlines.session.history.get", token, CHAT_ID=chat_id)
+    assert status == 200
+    result = answer["result"]
+    assert result["chatId"] == chat_id and str(result["sessionId"]) == session["ID"]
+    messages = result["message"]
+    assert [m["text"] for m in messages.values()] == ["Hi", "Hello there"] and str(gone) not in messages
+    operator = messages[str(reply)]
+    assert operator["chatid"] == str(chat_id) and operator["recipientid"] == f"chat{chat_id}"
+    assert operator["senderid"] == "1"
+    assert result["users"]["1"]["name"] == "Anna Admin" and result["users"]["1"]["connector"] is False
+    customer = next(m for m in messages.values() if m["text"] == "Hi")["senderid"]
+    assert result["users"][customer]["connector"] is True
+    chat = result["chat"][str(chat_id)]
+    assert chat["entityType"] == "LINES" and chat["entityId"].split("|")[:3] == ["myconnector", "1", "c1"]
+    assert call(http, portal, "imopenlines.session.history.get", token, SESSION_ID=session["ID"])[1]["result"][
+        "chatId"] == chat_id
+    assert call(http, portal, "imopenlines.session.history.get", token)[1]["error"] == "MISSING_REQUIRED_PARAM"
+    assert call(http, portal, "imopenlines.session.history.get", token, CHAT_ID=99999)[1]["error"] == "INVALID_SESSION_ID"
+    assert call(http, portal, "imopenlines.session.history.get", token, SESSION_ID=99999)[1]["error"] == "ACCESS_DENIED"

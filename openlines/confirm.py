@@ -1,0 +1,170 @@
+"""What the portal itself shows of an operator's message, before anything is relayed.
+
+Connector events are believed on `application_token` (api-reference/events/safe-event-handlers.md), and
+every user of the portal holds that token: it is in each placement POST. So an event only says *which*
+message of *which* chat changed. What goes to the outside system is what the portal shows us, asked with
+the app's own tokens (imopenlines.session.history.get,
+api-reference/imopenlines/openlines/sessions/imopenlines-session-history-get.md):
+
+- the chat must be one of this channel's conversations (a message we sent into it came back with that
+  chat id and that outside chat id), and the portal's chat must be this connector's on this line
+  (entityType LINES, entityId `connector|line|...`);
+- a new or edited message must be in the chat's history, not written by the customer (a connector
+  user); its text, author and files are the history's, never the event's;
+- a deletion is believed once the message is gone from the history (or flagged IS_DELETED: the docs are
+  silent on how a deleted message shows) and only for a message we relayed.
+
+One history call covers every message of a chat in one event. A fresh answer (HISTORY_FRESH, 2 min) is
+reused for new messages it already holds, so a backlog of replies in one chat costs one call, not one
+per reply; edits and deletions always ask again.
+"""
+import logging
+import re
+from dataclasses import dataclass, field
+
+from portals import limits
+from portals.rest import PortalClient, RestError
+
+from .models import Channel, Delivery, InboundMessage, OutboundMessage
+
+log = logging.getLogger(__name__)
+
+# Seconds a history answer confirms new messages it holds. Safe for adds only: a message edited or deleted
+# since is followed by its own update or delete event, which always asks again.
+HISTORY_FRESH = 120
+_FINAL = frozenset({"ACCESS_DENIED", "INVALID_SESSION_ID", "MISSING_REQUIRED_PARAM"})  # the page's errors
+_ID = re.compile(r"[0-9]{1,32}")
+_TEXT_MAX, _FILES_MAX = 20000, 10
+_CACHE_MAX_MESSAGES, _CACHE_MAX_TEXT = 500, 1_000_000  # a bigger session is asked again each time
+
+
+@dataclass
+class Claim:
+    """One MESSAGES element of an event, as claimed (ids already checked to be ASCII digits)."""
+    im_chat_id: str
+    im_message_id: str
+    external_chat_id: str
+
+
+@dataclass
+class Confirmed:
+    claim: Claim
+    session_id: str = ""
+    text: str = ""
+    author: dict = field(default_factory=dict)  # {"id", "name"}
+    files: list = field(default_factory=list)  # [{"url", "name"}]
+
+
+def _s(value, limit: int) -> str:
+    return str(value if value is not None else "").replace("\x00", "")[:limit]
+
+
+def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Confirmed], list[str]]:
+    """(what the portal confirms, why each other claim was not). Raises RestError when the portal could not
+    be asked (the caller retries); a refusal the history page documents only fails that chat's claims."""
+    confirmed, refused = [], []
+    ours = _our_conversations(channel, claims)
+    relayed = _relayed(channel, claims) if action != OutboundMessage.Action.ADD else {}
+    by_chat: dict[tuple[str, str], list[Claim]] = {}
+    for claim in claims:
+        if (claim.im_chat_id, claim.external_chat_id) not in ours:
+            refused.append(f"{claim.im_message_id}: not a conversation of this channel")
+        elif action != OutboundMessage.Action.ADD and claim.im_message_id not in relayed:
+            refused.append(f"{claim.im_message_id}: never relayed, so not ours to change")
+        else:
+            session = relayed.get(claim.im_message_id, "")
+            by_chat.setdefault((claim.im_chat_id, session), []).append(claim)
+    for (chat_id, session), chat_claims in by_chat.items():
+        history = _history(channel, chat_id, session, fresh_ok=action == OutboundMessage.Action.ADD,
+                           wanted=[c.im_message_id for c in chat_claims])
+        if isinstance(history, str):
+            refused += [f"{c.im_message_id}: {history}" for c in chat_claims]
+            continue
+        for claim in chat_claims:
+            verdict = _judge(action, claim, history)
+            (confirmed if isinstance(verdict, Confirmed) else refused).append(verdict)
+    if refused:
+        log.warning("operator message not confirmed by the portal",
+                    extra={"member_id": channel.portal.member_id, "line": channel.line_id, "action": action,
+                           "count": len(refused)})
+    return confirmed, refused
+
+
+def _our_conversations(channel: Channel, claims: list[Claim]) -> set[tuple[str, str]]:
+    chats = {c.im_chat_id for c in claims}
+    return set(InboundMessage.objects.filter(channel=channel, im_chat_id__in=chats, state=Delivery.SENT)
+               .values_list("im_chat_id", "external_chat_id").distinct())
+
+
+def _relayed(channel: Channel, claims: list[Claim]) -> dict[str, str]:
+    """im message id -> the session its relayed add was confirmed in, for the messages we relayed."""
+    rows = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.ADD,
+                                          im_message_id__in={c.im_message_id for c in claims})
+    by_id = {c.im_message_id: c.im_chat_id for c in claims}
+    return {m: s or "" for m, chat, s in rows.values_list("im_message_id", "im_chat_id", "im_session_id")
+            if by_id.get(m) == chat}
+
+
+def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wanted: list[str]):
+    """The chat's history as {"session", "messages": {id: {...}}, "users": {id: {...}}, "files": {...}},
+    checked to be this channel's chat; or a reason (str) the portal gave for not showing it."""
+    key = f"b24widget:openlines:history:{channel.portal_id}:{channel.pk}:{chat_id}:{session}"
+    if fresh_ok:
+        cached = limits.cache.get(key)
+        if isinstance(cached, dict) and all(m in cached["messages"] for m in wanted):
+            return cached
+    params = {"SESSION_ID": int(session)} if session else {}
+    params["CHAT_ID"] = int(chat_id)
+    try:
+        answer = PortalClient(channel.portal).call("imopenlines.session.history.get", params)
+    except RestError as exc:
+        if exc.code in _FINAL:
+            return f"the portal did not show the conversation ({exc.code})"
+        raise
+    history = _parse(channel, chat_id, answer)
+    if isinstance(history, dict) and len(history["messages"]) <= _CACHE_MAX_MESSAGES and sum(
+            len(m["text"]) for m in history["messages"].values()) <= _CACHE_MAX_TEXT:
+        limits.cache.set(key, history, HISTORY_FRESH)
+    return history
+
+
+def _parse(channel: Channel, chat_id: str, answer):
+    if not isinstance(answer, dict):
+        return "the portal's history answer is not an object"
+    chats = answer.get("chat") if isinstance(answer.get("chat"), dict) else {}
+    chat = chats.get(chat_id) if isinstance(chats.get(chat_id), dict) else {}
+    entity = _s(chat.get("entityId"), 300).split("|")
+    if _s(answer.get("chatId"), 32) != chat_id or chat.get("entityType") != "LINES" or len(entity) < 2 or (
+            entity[0].lower(), entity[1]) != (channel.connector_id.lower(), channel.line_id):
+        return "the portal's chat is not this connector's on this line"
+    messages = answer.get("message") if isinstance(answer.get("message"), dict) else {}
+    users = answer.get("users") if isinstance(answer.get("users"), dict) else {}
+    files = answer.get("files") if isinstance(answer.get("files"), dict) else {}
+    keep = {}
+    for message_id, m in messages.items():
+        if not isinstance(m, dict) or not _ID.fullmatch(_s(m.get("id"), 32)) or _s(m.get("chatid"), 32) != chat_id:
+            continue
+        params = m.get("params") if isinstance(m.get("params"), dict) else {}
+        sender = _s(m.get("senderid"), 32)
+        user = users.get(sender) if isinstance(users.get(sender), dict) else {}
+        file_ids = params.get("fileId") if isinstance(params.get("fileId"), list) else []
+        keep[_s(m["id"], 32)] = {
+            "text": _s(m.get("text"), _TEXT_MAX), "sender": sender, "customer": user.get("connector") is True,
+            "name": _s(user.get("name"), 200), "deleted": params.get("IS_DELETED") == "Y",
+            "files": [{"url": _s(f.get("urldownload"), 2000), "name": _s(f.get("name"), 255)}
+                      for f in (files.get(str(i)) for i in file_ids[:_FILES_MAX]) if isinstance(f, dict)]}
+    return {"session": _s(answer.get("sessionId"), 32), "messages": keep}
+
+
+def _judge(action: str, claim: Claim, history: dict):
+    message = history["messages"].get(claim.im_message_id)
+    if action == OutboundMessage.Action.DELETE:
+        if message is None or message["deleted"]:
+            return Confirmed(claim, session_id=history["session"])
+        return f"{claim.im_message_id}: still in the conversation"
+    if message is None or message["deleted"]:
+        return f"{claim.im_message_id}: not in the conversation"
+    if message["customer"]:
+        return f"{claim.im_message_id}: written by the customer, not an operator"
+    return Confirmed(claim, session_id=history["session"], text=message["text"],
+                     author={"id": message["sender"], "name": message["name"]}, files=message["files"])
