@@ -108,6 +108,11 @@ B24_WIDGET_TOKEN_MAX_AGE = read.int("B24_WIDGET_TOKEN_MAX_AGE", default=3600, mi
 # loopback or private addresses (local systems, the sandbox; never in production: see the deploy check).
 OPENLINES_INBOUND_MAX_BYTES = read.int("OPENLINES_INBOUND_MAX_BYTES", default=256 * 1024, minimum=1024)
 OPENLINES_SIGNATURE_WINDOW = read.int("OPENLINES_SIGNATURE_WINDOW", default=300)
+# The channel API's budget per channel, for signed requests (429 rate_limited past it; 0 turns it off). The
+# default is a quarter of what one portal on the standard plan takes in (2 calls/s of 20 messages each),
+# far above a human conversation, so one line's outside system cannot eat the whole portal's REST budget.
+OPENLINES_INBOUND_PER_MINUTE = read.float("OPENLINES_INBOUND_PER_MINUTE", default=600.0, minimum=0.0)
+OPENLINES_INBOUND_BURST = read.int("OPENLINES_INBOUND_BURST", default=120, minimum=1)
 OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0, minimum=0.1)
 OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)

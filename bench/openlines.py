@@ -92,6 +92,8 @@ def main():
         # The tasks are queued to a broker nobody reads: this process is the one worker, drained below.
         current_app.conf.broker_url = "memory://"
         settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = True
+        # The channel's own budget (OPENLINES_INBOUND_PER_MINUTE) is off: this measures the pipeline behind it.
+        settings.OPENLINES_INBOUND_PER_MINUTE = 0
         with common.bench_database(keep=args.keep_db), common.bench_cache():
             common.print_header(f"openlines: {args.messages:,} messages in, {args.messages:,} replies out")
             client = Client()

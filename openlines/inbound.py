@@ -3,7 +3,8 @@
 Checks, cheapest first, each with its own error code and nothing sent to Bitrix24 for any of them:
 unknown channel (404 unknown_channel), disconnected (409 channel_disconnected), body over
 OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside OPENLINES_SIGNATURE_WINDOW
-(401 stale_timestamp), signature (401 bad_signature), shape (400 bad_request), a message id already
+(401 stale_timestamp), signature (401 bad_signature), the channel's budget of signed requests (429
+rate_limited, with Retry-After), shape (400 bad_request), a message id already
 accepted in the same outside chat (409 duplicate_message), a "read" report naming no operator message of
 the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the channel's secret over
 "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
@@ -17,6 +18,8 @@ import time
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+
+from portals import limits
 
 from .models import Channel, InboundMessage
 from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -34,8 +37,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class Refused(Exception):
-    def __init__(self, code: str, description: str, status: int):
-        self.code, self.description, self.status = code, description, status
+    def __init__(self, code: str, description: str, status: int, *, retry_after: float | None = None):
+        self.code, self.description, self.status, self.retry_after = code, description, status, retry_after
         super().__init__(code)
 
 
@@ -72,6 +75,16 @@ def check_signature(channel: Channel, request, body: bytes) -> None:
     presented = _header(request, SIGNATURE_HEADER)
     if not hmac.compare_digest(presented.encode(), sign(channel.secret, timestamp, body).encode()):
         raise Refused("bad_signature", f"{SIGNATURE_HEADER} does not match the body", 401)
+
+
+def take_quota(channel: Channel) -> None:
+    """One unit of the channel's budget (OPENLINES_INBOUND_PER_MINUTE, bursts of OPENLINES_INBOUND_BURST), taken
+    only by signed requests: a stranger's unsigned ones never spend the holder's budget."""
+    wait = limits.refused_for(f"openlines:inbound:{channel.public_id}", per_minute=settings.OPENLINES_INBOUND_PER_MINUTE,
+                              burst=settings.OPENLINES_INBOUND_BURST)
+    if wait is not None:
+        raise Refused("rate_limited", f"the channel takes at most {settings.OPENLINES_INBOUND_PER_MINUTE:g} requests "
+                                      "a minute; retry after the Retry-After seconds", 429, retry_after=wait)
 
 
 def _text(value, name: str, limit: int, *, required: bool = False) -> str:

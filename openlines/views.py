@@ -220,10 +220,11 @@ def channel_messages_view(request, channel_id):
         channel = inbound.find_channel(channel_id)
         body = inbound.read_body(request)
         inbound.check_signature(channel, request, body)
+        inbound.take_quota(channel)
         action, element = inbound.parse(body)
         row = inbound.accept(channel, action, element)
     except inbound.Refused as exc:
-        return _error(exc.code, exc.description, exc.status)
+        return _error(exc.code, exc.description, exc.status, exc.retry_after)
     tasks.after_commit(tasks.deliver_inbound, channel.pk)
     return JsonResponse({"result": "accepted", "id": row.pk}, status=202)
 

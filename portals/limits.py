@@ -276,13 +276,19 @@ def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD)
 
 def admit(key: str, *, per_minute: float, burst: int) -> bool:
     """Take one unit of a budget without waiting; False when the budget is spent (nothing taken)."""
+    return refused_for(key, per_minute=per_minute, burst=burst) is None
+
+
+def refused_for(key: str, *, per_minute: float, burst: int) -> float | None:
+    """Take one unit of a budget without waiting: None when taken, else the seconds until the next unit
+    (for a Retry-After; nothing taken)."""
     if per_minute <= 0:
-        return True
+        return None
     try:
         _gcra(f"b24widget:budget:{key}", rate=per_minute / 60.0, burst=burst, max_wait=0.0)
-    except LimitWaitTooLong:
-        return False
-    return True
+    except LimitWaitTooLong as exc:
+        return max(exc.seconds, 0.001)
+    return None
 
 
 @contextlib.contextmanager

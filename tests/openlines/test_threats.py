@@ -548,3 +548,20 @@ def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_nam
         with session, pytest.raises(requests.exceptions.SSLError):
             session.post(url, headers=host, data=b"{}", verify=str(cert), timeout=5)
         assert len(got) == 1
+
+
+def test_a_channels_signed_requests_have_a_budget_and_a_strangers_do_not_spend_it(client, channel, settings,
+                                                                                django_capture_on_commit_callbacks):
+    """Administrator row (the secret's holder): past OPENLINES_INBOUND_BURST signed requests (then
+    OPENLINES_INBOUND_PER_MINUTE) the channel answers 429 rate_limited with Retry-After, nothing stored; a
+    stranger's badly signed requests are refused before the budget and never spend it."""
+    settings.OPENLINES_INBOUND_PER_MINUTE, settings.OPENLINES_INBOUND_BURST = 6, 3
+    row, secret, b24 = channel
+    for i in range(10):
+        assert signed(client, row, secret, message(f"x{i}"), signature="sha256=" + "0" * 64).status_code == 401
+    with django_capture_on_commit_callbacks(execute=True):
+        answers = [signed(client, row, secret, message(f"m{i}")) for i in range(4)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
+    refused = answers[-1]
+    assert refused.json()["error"] == "rate_limited" and 1 <= int(refused["Retry-After"]) <= 10
+    assert InboundMessage.objects.count() == 3
