@@ -70,7 +70,13 @@ def _already_bound(error: RestError) -> bool:
 
 # --- connect / disconnect (SETTING_CONNECTOR, the Contact Center overview) --------------------------
 def channel_url(channel: Channel) -> str:
+    """The channel's own address (connector.data.set URL): what the channel is, no secret."""
     return f"{settings.B24_APP_URL}/channels/{channel.public_id}/"
+
+
+def inbound_url(channel: Channel) -> str:
+    """Where the outside system POSTs its messages (the channel API)."""
+    return channel_url(channel) + "messages"
 
 
 def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user_id: str, name: str = "",

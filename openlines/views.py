@@ -7,7 +7,6 @@ once Bitrix24 confirms, now, that the user administers the portal (placements.au
 import logging
 import re
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import translation
@@ -18,7 +17,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from placements import auth, request as placement_request, widget_token
-from placements.views import verify_or_refuse
+from placements.views import refusal_text, verify_or_refuse
 from portals.refusals import retry_after_header
 from portals.addresses import portal_origin
 from portals.frame_post import BadFramePost
@@ -31,10 +30,6 @@ from .models import Channel
 
 log = logging.getLogger(__name__)
 _LINE = re.compile(r"^[0-9]{1,10}$")
-
-
-def inbound_url(channel: Channel) -> str:
-    return f"{settings.B24_APP_URL}/channels/{channel.public_id}/messages"
 
 
 def setting_connector(request, parsed):
@@ -55,7 +50,7 @@ def setting_connector(request, parsed):
                                                          line_id=line).first()
         response = render(request, "openlines/setting_connector.html", {
             "portal": portal, "verdict": verdict, "connector": connector, "line": line, "channel": channel,
-            "inbound_url": inbound_url(channel) if channel else "",
+            "inbound_url": lifecycle.inbound_url(channel) if channel else "",
             "state": {k: options.get(k) is True for k in ("ACTIVE_STATUS", "CONNECTION_STATUS", "REGISTER_STATUS",
                                                           "ERROR_STATUS")},
             "widget_token": widget_token.issue(portal, verdict), "language": post.language,
@@ -82,8 +77,7 @@ def _frame_portal(form):
         return None, _error(f"token_{exc.reason}", message, 403)
     portal = Portal.objects.filter(pk=token.portal_id, member_id=token.member_id).first()
     if portal is not None and portal.status == Portal.Status.BLOCKED:
-        return None, _error("blocked", _("The app lost its connection to this portal. Please ask a portal "
-                                         "administrator to open the app once; that restores it."), 403)
+        return None, _error("blocked", refusal_text("blocked")[1], 403)
     if portal is None or not portal.is_serving or widget_token.install_epoch(portal) != token.installed:
         # Uninstalled, or installed again since the page was opened: that token is void.
         return None, _error("not_installed", _("The app is not installed on this portal."), 403)
@@ -114,7 +108,7 @@ def _administrator(form):
 
 def _channel_json(channel: Channel) -> dict:
     return {"id": str(channel.public_id), "state": channel.state, "line": channel.line_id, "name": channel.name,
-            "webhook_url": channel.webhook_url, "endpoint": inbound_url(channel)}
+            "webhook_url": channel.webhook_url, "endpoint": lifecycle.inbound_url(channel)}
 
 
 def _list(form, connector) -> JsonResponse:
@@ -237,7 +231,7 @@ def channel_view(request, channel_id):
     if channel is None:
         return _error("unknown_channel", "no such channel", 404)
     return JsonResponse({"channel": str(channel.public_id), "connector": channel.connector_id,
-                         "state": channel.state, "messages": inbound_url(channel)})
+                         "state": channel.state, "messages": lifecycle.inbound_url(channel)})
 
 
 @csrf_exempt

@@ -23,7 +23,7 @@ from portals.views import frame_error
 from . import auth, request as placement_request, widget_token
 
 
-def _refusal(reason: str):
+def refusal_text(reason: str):
     """(title, message) for a refused open, in the active language."""
     return {
         "not_installed": (_("App not installed"), _("The app is not installed on this portal.")),
@@ -113,7 +113,7 @@ def verify_or_refuse(request, post):
         portal, verdict = auth.verify(post)
     except auth.Refused as exc:
         metrics.widget_open(exc.reason)
-        title, message = _refusal(exc.reason)
+        title, message = refusal_text(exc.reason)
         # The stored portal's origin, when one is known; else the posted one, for a page that holds
         # nothing but this message (so the user sees it instead of a blocked frame).
         origin = portal_origin(exc.portal) if exc.portal else frame_origin(post.domain, post.protocol)

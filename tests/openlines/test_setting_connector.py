@@ -163,7 +163,7 @@ def test_the_channels_link_in_bitrix24_answers_without_a_secret(client, channel)
     path = line["data"]["URL"].split("//", 1)[1].split("/", 1)[1]
     answer = client.get("/" + path)
     assert answer.status_code == 200, answer.content
-    from openlines.views import inbound_url
+    from openlines.lifecycle import inbound_url
     assert answer.json() == {"channel": str(row.public_id), "connector": CONNECTOR, "state": "connected",
                              "messages": inbound_url(row)}
     assert secret not in answer.content.decode()
