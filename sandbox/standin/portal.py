@@ -278,6 +278,10 @@ class Portal(Switches):
         saved = {name: getattr(self, name) for name in self._SNAPSHOT_FIELDS}
         saved.update({"address": self._domain, "removed": self._removed, "blocked": self._blocked,
                       "next_id": self._next_id})
+        from . import rest_imconnector
+
+        if (open_lines_state := rest_imconnector.dump_state(self)) is not None:
+            saved["imconnector"] = open_lines_state  # connectors, active lines, chats and their messages
         return json.loads(json.dumps(saved))  # a deep copy, so later changes do not leak in
 
     def _restore(self, saved: dict) -> None:
@@ -290,6 +294,10 @@ class Portal(Switches):
             self._removed = bool(saved.get("removed"))
             self._blocked = saved.get("blocked")
             self._next_id = int(saved.get("next_id") or 1)
+            if isinstance(saved.get("imconnector"), dict):
+                from . import rest_imconnector
+
+                rest_imconnector.load_state(self, saved["imconnector"])
 
     def calls(self, method: str) -> int:
         """How many requests named ``method`` reached this portal (batch sub-commands included)."""

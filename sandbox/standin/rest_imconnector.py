@@ -13,7 +13,6 @@ doc folder and the operator's side that feeds them share one state (``_State``) 
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 from .errors import ApiError
@@ -28,6 +27,20 @@ _DOC = "api-reference/imopenlines/imconnector/"
 BUILT_IN_CONNECTORS = {"livechat": "Live Chat", "telegrambot": "Telegram", "network": "Bitrix24.Network"}
 
 
+class _Ids:
+    """The portal's next chat, session and message id (``next(ids)``), readable without taking one."""
+
+    def __init__(self, start: int = 1001):
+        self.next_id = start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
 class _State:
     """One portal's connectors, their lines, and the conversations sent through them."""
 
@@ -35,7 +48,26 @@ class _State:
         self.connectors = {}  # id -> {"app", "NAME", "ICON", "PLACEMENT_HANDLER", flags...}
         self.lines = {}  # (connector, line) -> {"active", "data", "error"}
         self.chats = {}  # Open Lines chat id -> {"connector", "line", "external_chat", "user", "messages"}
-        self.ids = itertools.count(1001)
+        self.ids = _Ids()
+
+
+def dump_state(portal) -> dict | None:
+    """The portal's connector state as JSON data, for the sandbox's state file (the lock is held)."""
+    st = getattr(portal, "_imconnector", None)
+    if st is None:
+        return None
+    return {"connectors": st.connectors, "lines": [[c, line, entry] for (c, line), entry in st.lines.items()],
+            "chats": {str(k): v for k, v in st.chats.items()}, "next_id": st.ids.next_id}
+
+
+def load_state(portal, saved: dict) -> None:
+    """Put back what ``dump_state`` kept (the lock is held)."""
+    st = _State()
+    st.connectors = dict(saved.get("connectors") or {})
+    st.lines = {(c, str(line)): entry for c, line, entry in saved.get("lines") or []}
+    st.chats = {int(k): v for k, v in (saved.get("chats") or {}).items()}
+    st.ids = _Ids(int(saved.get("next_id") or 1001))
+    portal._imconnector = st
 
 
 def state(portal) -> _State:

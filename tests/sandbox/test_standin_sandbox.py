@@ -1,4 +1,5 @@
 """What the stand-in adds for the human sandbox: fixed ports, event delivery, a saved state, a web hook."""
+import json
 import os
 import stat
 from urllib.parse import parse_qs
@@ -118,6 +119,40 @@ def test_state_file_keeps_portal_bindings_and_tokens_across_a_restart(http, tmp_
         assert len(set(ids)) == 2
     finally:
         second.stop()
+
+
+def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp_path):
+    """A sandbox restart keeps what the portal's Open Lines hold: the registered connector, the active
+    line, each chat with its messages (and delivery marks); new ids follow the restored ones."""
+    from sandbox.standin import rest_imconnector as imc
+
+    with StandIn(CLIENT_ID, CLIENT_SECRET) as first:
+        portal = first.add_portal()
+        token = portal.issue_tokens("1")["access_token"]
+        rest = lambda method, **params: http.post(f"{portal.client_endpoint}{method}.json",  # noqa: E731
+                                                  json={"auth": token, **params}, timeout=5).json()
+        assert rest("imconnector.register", ID="myconnector", NAME="Mine", ICON={"DATA_IMAGE": "data:x"},
+                    PLACEMENT_HANDLER="https://app.test/placement/")["result"]["result"] is True
+        assert rest("imconnector.activate", CONNECTOR="myconnector", LINE="1", ACTIVE="1")["result"] is True
+        assert rest("imconnector.connector.data.set", CONNECTOR="myconnector", LINE="1",
+                    DATA={"ID": "ch1", "URL": "https://app.test/channels/ch1/", "NAME": "Site"})["result"] is True
+        sent = rest("imconnector.send.messages", CONNECTOR="myconnector", LINE="1", MESSAGES=[
+            {"user": {"id": "u1", "name": "Ann"}, "message": {"id": "m1", "text": "Hi"}, "chat": {"id": "c1"}}])
+        chat_id = int(sent["result"]["DATA"]["RESULT"][0]["session"]["CHAT_ID"])
+        reply, _ = imc.operator_reply(portal, chat_id, "Hello")
+        state = json.loads(json.dumps(first.state_snapshot()))  # what the state file holds
+        before = imc.conversations(portal)
+    with StandIn(CLIENT_ID, CLIENT_SECRET) as second:
+        [restored] = second.restore_state(state, ports={portal.member_id: 0})
+        assert imc.conversations(restored) == before
+        token = restored.issue_tokens("1")["access_token"]
+        rest = lambda method, **params: http.post(f"{restored.client_endpoint}{method}.json",  # noqa: E731
+                                                  json={"auth": token, **params}, timeout=5).json()
+        assert rest("imconnector.status", CONNECTOR="myconnector", LINE="1")["result"]["STATUS"] is True
+        history = rest("imopenlines.session.history.get", CHAT_ID=chat_id)["result"]
+        assert [m["text"] for m in history["message"].values()] == ["Hi", "Hello"]
+        newer, _ = imc.operator_reply(restored, chat_id, "Still here")
+        assert newer > reply
 
 
 def test_restore_on_another_port_is_a_rename_the_oauth_server_reports(http, tmp_path):
