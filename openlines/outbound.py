@@ -25,6 +25,7 @@ from django.conf import settings
 from requests.adapters import HTTPAdapter
 
 from portals import http
+from portals.addresses import is_public
 
 SIGNATURE_HEADER = "X-B24Widget-Signature"
 TIMESTAMP_HEADER = "X-B24Widget-Timestamp"
@@ -96,19 +97,19 @@ def check_webhook_url(url: str) -> str:
 
 def _public_name(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_global
+        return is_public(ipaddress.ip_address(host))
     except ValueError:
         return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain", ".lan"))
 
 
 def _public_addresses(host: str, port: int) -> list[str]:
-    """The host's addresses when every one of them is global, else []."""
+    """The host's addresses when every one of them is public (portals.addresses.is_public), else []."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError:
         return []
     addresses = [info[4][0] for info in infos]
-    return addresses if addresses and all(ipaddress.ip_address(a).is_global for a in addresses) else []
+    return addresses if addresses and all(is_public(ipaddress.ip_address(a)) for a in addresses) else []
 
 
 class _PinnedAdapter(HTTPAdapter):

@@ -11,6 +11,9 @@ from django.conf import settings
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _PORT = re.compile(r"^[0-9]{1,5}$")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address in the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local use: each network places the IPv4 address
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291); also holds :: and ::1
 
 
 class BadAddress(ValueError):
@@ -39,13 +42,31 @@ def scheme_allowed(scheme: str) -> bool:
     return scheme == "https" or (scheme == "http" and settings.B24_ALLOW_HTTP_PORTALS)
 
 
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether the public internet routes to `address`.
+
+    An IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, NAT64, IPv4-compatible) is judged by the
+    IPv4 address inside: Python 3.11's `is_global` counts 64:ff9b::7f00:1 (127.0.0.1) and the like as
+    global. Where the IPv4 address cannot be read reliably (the NAT64 local-use prefix, Teredo) it is refused.
+    """
+    if address.version == 6:
+        if address.teredo or address in _NAT64_LOCAL:
+            return False
+        inner = address.ipv4_mapped or address.sixtofour
+        if inner is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None:
+            return inner.is_global
+    return address.is_global
+
+
 def _public_host(host: str) -> bool:
     """A name or address the public internet routes to: no loopback, private, link-local or bare names."""
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain"))
-    return address.is_global
+    return is_public(address)
 
 
 def parse_endpoint(url: str) -> tuple[str, str]:

@@ -8,6 +8,7 @@ run, as a strict xfail) once the defect is fixed; then drop the mark.
 import contextlib
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -264,6 +265,13 @@ def conversation(client, channel, django_capture_on_commit_callbacks):
     ("https://localhost/hook", False),
     ("https://[::1]/hook", False),
     ("https://[::ffff:127.0.0.1]/hook", False),
+    ("https://[64:ff9b::7f00:1]/hook", False),  # NAT64 of 127.0.0.1: the IPv4 address inside decides
+    ("https://[64:ff9b::808:808]/hook", True),  # NAT64 of 8.8.8.8
+    ("https://[64:ff9b:1::1]/hook", False),  # NAT64 local use: refused outright
+    ("https://[2002:c0a8:101::]/hook", False),  # 6to4 of 192.168.1.1
+    ("https://[2002:808:808::]/hook", True),  # 6to4 of 8.8.8.8
+    ("https://[::7f00:1]/hook", False),  # IPv4-compatible 127.0.0.1
+    ("https://[2001:0::1]/hook", False),  # Teredo
     ("https://169.254.169.254/latest/meta-data/", False),
     ("https://0.0.0.0/hook", False),
     ("https://100.64.0.1/hook", False),
@@ -313,6 +321,29 @@ def test_a_name_that_resolves_to_loopback_is_refused_at_send(client, frame, inst
     reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
     assert receiver.got == []
+
+
+def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(client, frame, installed, sink, settings,
+                                                                  monkeypatch, django_capture_on_commit_callbacks):
+    """Administrator row: a public name that resolves (a stubbed getaddrinfo here) to 64:ff9b::7f00:1, NAT64 of
+    127.0.0.1 and global to Python 3.11's `is_global`, is refused before each send as 127.0.0.1 is."""
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
+    portal, b24 = installed
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if host == "hook.example.com":
+            return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("64:ff9b::7f00:1", port, 0, 0))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    answer = act(frame, b24, "connect", webhook_url="https://hook.example.com/hook")
+    assert answer.status_code == 200  # the save does no DNS
+    row, secret = Channel.objects.get(), answer.json()["secret"]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "Hi")).status_code == 202
+    reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
 
 
 class _Redirecting(BaseHTTPRequestHandler):

@@ -1,6 +1,7 @@
 """What a stranger and an ordinary user can make a widget open do (issue 12): floods are refused at once
 within a bounded budget while verified opens go on; APPLICATION_TOKEN is checked; addresses the OAuth
 server reports must be public; nothing logged carries a query string or a token."""
+import ipaddress
 import json
 import logging
 
@@ -8,7 +9,7 @@ import pytest
 from django.core.cache import cache
 
 from portals import oauth
-from portals.addresses import BadAddress, parse_endpoint
+from portals.addresses import BadAddress, is_public, parse_endpoint
 from portals.models import InboxItem, Portal, PortalEvent
 from tests.conftest import deliver
 from tests.placements.frames import is_widget, open_widget, portal_calls, text
@@ -108,6 +109,21 @@ def test_a_client_endpoint_must_be_a_public_https_host(settings, endpoint):
               "client_endpoint": endpoint}
     with pytest.raises(oauth.OAuthUnavailable):
         oauth.parse_grant(answer)
+
+
+@pytest.mark.parametrize("address, public", [
+    ("8.8.8.8", True), ("127.0.0.1", False), ("2606:4700::1111", True), ("::1", False), ("::", False),
+    ("::ffff:127.0.0.1", False), ("::ffff:8.8.8.8", True),  # IPv4-mapped
+    ("64:ff9b::7f00:1", False), ("64:ff9b::a00:5", False), ("64:ff9b::808:808", True),  # NAT64 (RFC 6052)
+    ("64:ff9b:1::1", False), ("64:ff9b:1::808:808", False),  # NAT64 local use (RFC 8215): refused outright
+    ("2002:7f00:1::", False), ("2002:c0a8:101::", False), ("2002:808:808::", True),  # 6to4
+    ("::7f00:1", False), ("::a9fe:a9fe", False), ("::808:808", True),  # IPv4-compatible (deprecated)
+    ("2001:0::1", False), ("2001::808:808", False),  # Teredo: refused outright
+])
+def test_an_ipv6_address_that_carries_an_ipv4_one_is_judged_by_it(address, public):
+    """Python 3.11's `is_global` counts 64:ff9b::7f00:1, 2002:7f00:1:: and ::7f00:1 (all 127.0.0.1) as
+    global; the address check (portal hosts and webhooks alike) reads the IPv4 address inside."""
+    assert is_public(ipaddress.ip_address(address)) is public
 
 
 def test_a_public_client_endpoint_is_accepted(settings):
