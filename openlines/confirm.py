@@ -16,7 +16,8 @@ api-reference/imopenlines/openlines/sessions/imopenlines-session-history-get.md)
 
 One history call covers every message of a chat in one event. A fresh answer (HISTORY_FRESH, 2 min) is
 reused for new messages it already holds, so a backlog of replies in one chat costs one call, not one
-per reply; edits and deletions always ask again.
+per reply; a miss asks, in one batch request, for up to 49 other chats whose events wait in the inbox too.
+Edits and deletions always ask again.
 """
 import logging
 import re
@@ -35,6 +36,9 @@ HISTORY_FRESH = 120
 _FINAL = frozenset({"ACCESS_DENIED", "INVALID_SESSION_ID", "MISSING_REQUIRED_PARAM"})  # the page's errors
 _ID = re.compile(r"[0-9]{1,32}")
 _TEXT_MAX, _FILES_MAX = 20000, 10
+_CLAIMS_MAX = 100  # MESSAGES elements read from one event
+_HISTORY = "imopenlines.session.history.get"
+_BATCH, _PREFETCH_SCAN = 50, 500  # commands per batch request (batch.md); waiting events looked at
 _CACHE_MAX_MESSAGES, _CACHE_MAX_TEXT = 500, 1_000_000  # a bigger session is asked again each time
 
 
@@ -57,6 +61,25 @@ class Confirmed:
 
 def _s(value, limit: int) -> str:
     return str(value if value is not None else "").replace("\x00", "")[:limit]
+
+
+def _messages(data) -> list:
+    messages = data.get("MESSAGES") if isinstance(data, dict) else None
+    if isinstance(messages, dict):  # form-encoded MESSAGES[0][...] arrives as a dict keyed "0", "1", ...
+        messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)]
+    return [m for m in messages or [] if isinstance(m, dict)]
+
+
+def claims_of(data) -> list[Claim]:
+    """The claims of an event's MESSAGES (at most _CLAIMS_MAX), each with ASCII-digit im ids."""
+    found = []
+    for message in _messages(data)[:_CLAIMS_MAX]:
+        im = message.get("im") if isinstance(message.get("im"), dict) else {}
+        chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
+        im_chat, im_message = _s(im.get("chat_id"), 32), _s(im.get("message_id"), 32)
+        if _ID.fullmatch(im_chat) and _ID.fullmatch(im_message):
+            found.append(Claim(im_chat, im_message, _s(chat.get("id"), 128)))
+    return found
 
 
 def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Confirmed], list[str]]:
@@ -105,27 +128,77 @@ def _relayed(channel: Channel, claims: list[Claim]) -> dict[str, str]:
             if by_id.get(m) == chat}
 
 
+def _history_key(channel: Channel, chat_id: str, session: str) -> str:
+    return f"b24widget:openlines:history:{channel.portal_id}:{channel.pk}:{chat_id}:{session}"
+
+
 def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wanted: list[str]):
-    """The chat's history as {"session", "messages": {id: {...}}, "users": {id: {...}}, "files": {...}},
-    checked to be this channel's chat; or a reason (str) the portal gave for not showing it."""
-    key = f"b24widget:openlines:history:{channel.portal_id}:{channel.pk}:{chat_id}:{session}"
+    """The chat's history as {"session", "messages": {id: {...}}}, checked to be this channel's chat; or a
+    reason (str) the portal gave for not showing it. Raises RestError when the portal could not be asked.
+
+    For new messages (`fresh_ok`) a fresh answer is reused, and a miss also asks, in the same batch request,
+    for the other chats of this channel whose new-message events wait in the inbox: under a backlog one
+    request confirms up to 50 chats, and their events then find their answers here."""
+    key = _history_key(channel, chat_id, session)
     if fresh_ok:
         cached = limits.cache.get(key)
         if isinstance(cached, dict) and all(m in cached["messages"] for m in wanted):
             return cached
     params = {"SESSION_ID": int(session)} if session else {}
     params["CHAT_ID"] = int(chat_id)
-    try:
-        answer = PortalClient(channel.portal).call("imopenlines.session.history.get", params)
-    except RestError as exc:
-        if exc.code in _FINAL:
-            return f"the portal did not show the conversation ({exc.code})"
-        raise
-    history = _parse(channel, chat_id, answer)
+    others = _waiting_chats(channel, exclude=chat_id) if fresh_ok and not session else []
+    if not others:
+        try:
+            answer = PortalClient(channel.portal).call(_HISTORY, params)
+        except RestError as exc:
+            return _refusal(exc)
+        return _keep(channel, chat_id, session, _parse(channel, chat_id, answer))
+    result = PortalClient(channel.portal).batch(
+        {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]})
+    for chat in others:
+        if f"c{chat}" in result.result:
+            _keep(channel, chat, "", _parse(channel, chat, result.result[f"c{chat}"]))
+    if f"c{chat_id}" in result.errors:
+        return _refusal(result.errors[f"c{chat_id}"])
+    return _keep(channel, chat_id, session, _parse(channel, chat_id, result.result.get(f"c{chat_id}")))
+
+
+def _refusal(exc: RestError) -> str:
+    """The reason for a refusal the history page documents; any other error is raised (the event is retried)."""
+    if exc.code in _FINAL:
+        return f"the portal did not show the conversation ({exc.code})"
+    raise exc
+
+
+def _keep(channel: Channel, chat_id: str, session: str, history):
     if isinstance(history, dict) and len(history["messages"]) <= _CACHE_MAX_MESSAGES and sum(
             len(m["text"]) for m in history["messages"].values()) <= _CACHE_MAX_TEXT:
-        limits.cache.set(key, history, HISTORY_FRESH)
+        limits.cache.set(_history_key(channel, chat_id, session), history, HISTORY_FRESH)
     return history
+
+
+def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
+    """Up to 49 other conversations of this channel with a new-message event waiting in the inbox and no
+    fresh history answer (chats named by events that are not the channel's conversations are left out)."""
+    from portals.models import InboxItem
+
+    waiting = (InboxItem.objects.filter(portal_id=channel.portal_id, event="ONIMCONNECTORMESSAGEADD",
+                                        state=InboxItem.State.PENDING)
+               .order_by("id").values_list("data", flat=True)[:_PREFETCH_SCAN])
+    chats = []
+    for data in waiting:
+        if not isinstance(data, dict) or str(data.get("LINE") or "") != channel.line_id or str(
+                data.get("CONNECTOR") or "").lower() != channel.connector_id.lower():
+            continue
+        for claim in claims_of(data):
+            if claim.im_chat_id != exclude and claim.im_chat_id not in chats:
+                chats.append(claim.im_chat_id)
+    if not chats:
+        return []
+    ours = set(InboundMessage.objects.filter(channel=channel, im_chat_id__in=chats, state=Delivery.SENT)
+               .values_list("im_chat_id", flat=True))
+    fresh = limits.cache.get_many([_history_key(channel, chat, "") for chat in chats])
+    return [chat for chat in chats if chat in ours and _history_key(channel, chat, "") not in fresh][:_BATCH - 1]
 
 
 def _parse(channel: Channel, chat_id: str, answer):

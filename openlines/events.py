@@ -19,14 +19,6 @@ from .models import Channel, OutboundMessage
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.isdigit() admits "²")
-_CLAIMS_MAX = 100  # MESSAGES elements read from one event
-
-
-def _messages(data) -> list:
-    messages = data.get("MESSAGES") if isinstance(data, dict) else None
-    if isinstance(messages, dict):  # form-encoded MESSAGES[0][...] arrives as a dict keyed "0", "1", ...
-        messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)]
-    return [m for m in messages or [] if isinstance(m, dict)]
 
 
 def _channel(item) -> Channel:
@@ -43,17 +35,6 @@ def _channel(item) -> Channel:
 def _str(value, limit: int) -> str:
     # No NUL: PostgreSQL keeps none in text or JSON, and the outside system's webhook needs none.
     return str(value if value is not None else "").replace("\x00", "")[:limit]
-
-
-def _claims(data) -> list[confirm.Claim]:
-    claims = []
-    for message in _messages(data)[:_CLAIMS_MAX]:
-        im = message.get("im") if isinstance(message.get("im"), dict) else {}
-        chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
-        im_chat, im_message = _str(im.get("chat_id"), 32), _str(im.get("message_id"), 32)
-        if _ID.fullmatch(im_chat) and _ID.fullmatch(im_message):
-            claims.append(confirm.Claim(im_chat, im_message, _str(chat.get("id"), 128)))
-    return claims
 
 
 def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) -> int:
@@ -105,7 +86,7 @@ def _key(action: str, payload: dict) -> str:
 def _on_message(action: str):
     def handler(item) -> str:
         channel = _channel(item)
-        claims = _claims(item.data)
+        claims = confirm.claims_of(item.data)
         try:
             confirmed, refused = confirm.confirm(channel, action, claims)
         except RestError as exc:

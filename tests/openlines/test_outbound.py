@@ -242,3 +242,28 @@ def test_a_read_report_from_the_outside_system_reaches_bitrix24_as_reading(
     unknown = signed(client, row, secret, {**report, "message": {"id": "424242"}})
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_message")
     assert b24.calls("imconnector.send.status.reading") - before == 1
+
+
+def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(client, conversation, receiver, sink,
+                                                                              django_capture_on_commit_callbacks):
+    """Each reply is confirmed with the portal's history; when events wait in the inbox, the first one's miss
+    asks for the other waiting chats in the same batch request, and their events find the answer cached."""
+    from urllib.parse import urlencode
+
+    from portals import inbox
+
+    row, secret, b24, chat_id = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in (2, 3):
+            assert signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    assert len(chats) == 3
+    for n, chat in enumerate(chats):
+        imc.operator_reply(b24, chat, f"reply {n}", handlers=[sink.url])
+    for pairs in sink.got:  # Bitrix24 delivers the three events; a worker gets to them later
+        assert client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code == 200
+    batches, history = b24.calls("batch"), b24.calls("imopenlines.session.history.get")
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    assert b24.calls("batch") - batches == 1 and b24.calls("imopenlines.session.history.get") - history == 3
+    assert sorted(h["json"]["message"]["text"] for h in receiver.got) == ["reply 0", "reply 1", "reply 2"]
