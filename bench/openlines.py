@@ -12,8 +12,9 @@ past it the stand-in answers 503 QUERY_LIMIT_EXCEEDED).
      messages per imconnector.send.messages call, limit errors the portal answered and those that reached
      a caller (rows not delivered), next to what the limit alone would allow.
   2. outbound: --messages operator replies (the OnImConnectorMessageAdd handler, as the inbox runs it, each
-     confirmed with imopenlines.session.history.get; by default as a backlog written first, --live one by
-     one as they are written) to a local webhook receiver that answers 503 to every --flaky-th POST once; one worker drains
+     confirmed with imopenlines.session.history.get; by default as a backlog: every event stored through
+     /events/ first, then the inbox processed as a worker would (a history miss asks for up to 50 waiting
+     chats in one batch request); --live: each event handled as soon as its reply is written) to a local webhook receiver that answers 503 to every --flaky-th POST once; one worker drains
      (deliver_outbound, re-run until nothing is due, the backoff skipped): wall time, webhook POSTs,
      retries, duplicates received (must be 0), delivery-status calls to Bitrix24.
 Asserts only that every message arrived exactly once.
@@ -84,7 +85,7 @@ def main():
         from django.test import Client
 
         from openlines import events, lifecycle, registry, tasks
-        from portals import limits
+        from portals import inbox, limits
         from openlines.models import Delivery, InboundMessage, OutboundMessage
         from openlines.outbound import sign
         from sandbox.standin import rest_imconnector as imc
@@ -145,19 +146,24 @@ def main():
                     "MESSAGES": [{"im": {"chat_id": chat_id, "message_id": message_id},
                                   "message": {"user_id": 1, "text": f"reply {i}"}, "chat": {"id": external_of[chat_id]}}]}))
 
-            history_before = b24.calls("imopenlines.session.history.get")
+            history_before, batches_before = b24.calls("imopenlines.session.history.get"), b24.calls("batch")
             with common.Timer() as storing:
-                written = []
                 for i in range(args.messages):
                     chat_id = chat_ids[i % len(chat_ids)]
                     message_id, _ = imc.operator_reply(b24, chat_id, f"reply {i}", handlers=[])
                     if args.live:  # each event handled as soon as its reply is written
                         handle(chat_id, message_id, i)
-                    else:
-                        written.append((chat_id, message_id, i))
-                for chat_id, message_id, i in written:  # a worker catching up with a backlog of events
-                    handle(chat_id, message_id, i)
+                    else:  # Bitrix24 delivers the event to /events/; the inbox stores it for a worker
+                        answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data={
+                            "CONNECTOR": registry.HTTP.id, "LINE": "1",
+                            "MESSAGES": [{"im": {"chat_id": chat_id, "message_id": message_id},
+                                          "message": {"user_id": 1, "text": f"reply {i}"},
+                                          "chat": {"id": external_of[chat_id]}}]}, with_tokens=False))
+                        assert answer.status_code == 200, answer.content
+                if not args.live:  # a worker catching up with the backlog of events
+                    inbox.process_pending(limit=args.messages * 2)
             history_calls = b24.calls("imopenlines.session.history.get") - history_before
+            history_batches = b24.calls("batch") - batches_before
             status_before = b24.calls("imconnector.send.status.delivery")
             with common.Timer() as sending:
                 runs = 0
@@ -169,9 +175,10 @@ def main():
             assert len(receiver.seen) == args.messages and duplicates == 0, (len(receiver.seen), duplicates)
             print(common.table([[
                 args.messages, "live" if args.live else "backlog", f"{storing.seconds:.2f}", history_calls,
+                history_batches,
                 f"{sending.seconds:.2f}", receiver.posts, receiver.refused, duplicates, runs,
                 b24.calls("imconnector.send.status.delivery") - status_before]],
-                ["outbound", "events", "handler s", "history calls", "deliver s", "webhook POSTs", "retries (503)",
+                ["outbound", "events", "handler s", "history calls", "in batch requests", "deliver s", "webhook POSTs", "retries (503)",
                  "duplicates", "worker runs", "send.status.delivery calls"]))
             receiver.server.shutdown()
 
