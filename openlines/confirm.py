@@ -38,7 +38,9 @@ _ID = re.compile(r"[0-9]{1,32}")
 _TEXT_MAX, _FILES_MAX = 20000, 10
 _CLAIMS_MAX = 100  # MESSAGES elements read from one event
 _HISTORY = "imopenlines.session.history.get"
-_BATCH, _PREFETCH_SCAN = 50, 500  # commands per batch request (batch.md); waiting events looked at
+_BATCH, _PREFETCH_SCAN = 50, 200  # commands per batch request (batch.md); waiting events looked at
+_CHATS_PER_EVENT = 5  # Bitrix24 sends one operator message per event; a forged one may name many chats
+_EARLIER_SESSIONS = 2  # earlier sessions of a chat asked for a reply missing from its last one
 _CACHE_MAX_MESSAGES, _CACHE_MAX_TEXT = 500, 1_000_000  # a bigger session is asked again each time
 
 
@@ -94,6 +96,12 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
             refused.append(f"{claim.im_message_id}: not a conversation of this channel")
         elif action != OutboundMessage.Action.ADD and claim.im_message_id not in relayed:
             refused.append(f"{claim.im_message_id}: never relayed, so not ours to change")
+        elif action == OutboundMessage.Action.DELETE and not relayed[claim.im_message_id]:
+            # Only a message missing from the session it was seen in is believed deleted: without that
+            # session (a message relayed before sessions were recorded), absence proves nothing.
+            refused.append(f"{claim.im_message_id}: no session recorded for it, so its deletion cannot be confirmed")
+        elif len({chat for chat, _ in by_chat} | {claim.im_chat_id}) > _CHATS_PER_EVENT:
+            refused.append(f"{claim.im_message_id}: more than {_CHATS_PER_EVENT} chats in one event")
         else:
             session = relayed.get(claim.im_message_id, "")
             by_chat.setdefault((claim.im_chat_id, session), []).append(claim)
@@ -103,14 +111,47 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
         if isinstance(history, str):
             refused += [f"{c.im_message_id}: {history}" for c in chat_claims]
             continue
-        for claim in chat_claims:
-            verdict = _judge(action, claim, history)
+        verdicts = [(claim, _judge(action, claim, history)) for claim in chat_claims]
+        missing = [claim for claim, verdict in verdicts if verdict == _missing(claim)]
+        if missing and action != OutboundMessage.Action.DELETE and not session:
+            # By CHAT_ID alone the portal shows the chat's last session: a reply written before the customer
+            # opened a new one is in an earlier session the channel saw (its inbound messages name them).
+            found = _in_earlier_sessions(channel, chat_id, history["session"], action, missing)
+            verdicts = [(claim, found.get(claim.im_message_id, verdict)) for claim, verdict in verdicts]
+        for _claim, verdict in verdicts:
             (confirmed if isinstance(verdict, Confirmed) else refused).append(verdict)
     if refused:
         log.warning("operator message not confirmed by the portal",
                     extra={"member_id": channel.portal.member_id, "line": channel.line_id, "action": action,
                            "count": len(refused)})
     return confirmed, refused
+
+
+def _missing(claim: Claim) -> str:
+    return f"{claim.im_message_id}: not in the conversation"
+
+
+def _in_earlier_sessions(channel: Channel, chat_id: str, seen: str, action: str, claims: list[Claim]) -> dict:
+    """{im message id: Confirmed} for the claims found in the chat's earlier sessions (at most
+    _EARLIER_SESSIONS of them, newest first, as this channel's inbound messages recorded them)."""
+    sessions = []
+    for session in (InboundMessage.objects.filter(channel=channel, im_chat_id=chat_id, state=Delivery.SENT)
+                    .exclude(session_id__in=["", seen]).order_by("-id").values_list("session_id", flat=True)[:200]):
+        if _ID.fullmatch(session) and session not in sessions:
+            sessions.append(session)
+    found, left = {}, list(claims)
+    for session in sessions[:_EARLIER_SESSIONS]:
+        history = _history(channel, chat_id, session, fresh_ok=False, wanted=[])
+        if isinstance(history, str):
+            continue
+        for claim in list(left):
+            verdict = _judge(action, claim, history)
+            if isinstance(verdict, Confirmed) or verdict != _missing(claim):
+                found[claim.im_message_id] = verdict
+                left.remove(claim)
+        if not left:
+            break
+    return found
 
 
 def _our_conversations(channel: Channel, claims: list[Claim]) -> set[tuple[str, str]]:
@@ -153,8 +194,11 @@ def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wa
         except RestError as exc:
             return _refusal(exc)
         return _keep(channel, chat_id, session, _parse(channel, chat_id, answer))
-    result = PortalClient(channel.portal).batch(
-        {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]})
+    try:
+        result = PortalClient(channel.portal).batch(
+            {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]})
+    except RestError:
+        return _history(channel, chat_id, session, fresh_ok=False, wanted=wanted)  # the others are extra
     for chat in others:
         if f"c{chat}" in result.result:
             _keep(channel, chat, "", _parse(channel, chat, result.result[f"c{chat}"]))
@@ -182,20 +226,22 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
     fresh history answer (chats named by events that are not the channel's conversations are left out)."""
     from portals.models import InboxItem
 
-    waiting = (InboxItem.objects.filter(portal_id=channel.portal_id, event="ONIMCONNECTORMESSAGEADD",
+    waiting = (InboxItem.objects.filter(member_id=channel.portal.member_id, event="ONIMCONNECTORMESSAGEADD",
                                         state=InboxItem.State.PENDING)
                .order_by("id").values_list("data", flat=True)[:_PREFETCH_SCAN])
-    chats = []
+    chats: dict[str, None] = {}  # in the order the events wait
     for data in waiting:
         if not isinstance(data, dict) or str(data.get("LINE") or "") != channel.line_id or str(
                 data.get("CONNECTOR") or "").lower() != channel.connector_id.lower():
             continue
-        for claim in claims_of(data):
-            if claim.im_chat_id != exclude and claim.im_chat_id not in chats:
-                chats.append(claim.im_chat_id)
+        for claim in claims_of(data)[:_CHATS_PER_EVENT]:
+            if claim.im_chat_id != exclude:
+                chats[claim.im_chat_id] = None
+        if len(chats) >= 2 * _BATCH:
+            break
     if not chats:
         return []
-    ours = set(InboundMessage.objects.filter(channel=channel, im_chat_id__in=chats, state=Delivery.SENT)
+    ours = set(InboundMessage.objects.filter(channel=channel, im_chat_id__in=list(chats), state=Delivery.SENT)
                .values_list("im_chat_id", flat=True))
     fresh = limits.cache.get_many([_history_key(channel, chat, "") for chat in chats])
     return [chat for chat in chats if chat in ours and _history_key(channel, chat, "") not in fresh][:_BATCH - 1]
@@ -221,23 +267,31 @@ def _parse(channel: Channel, chat_id: str, answer):
         sender = _s(m.get("senderid"), 32)
         user = users.get(sender) if isinstance(users.get(sender), dict) else {}
         file_ids = params.get("fileId") if isinstance(params.get("fileId"), list) else []
+        # Only a user the answer lists and marks as no connector user (the customer is one) is an operator;
+        # senderid 0 is the system (the page's example: "A new lead has been created"), never relayed.
+        kind = ("system" if sender == "0" or not _ID.fullmatch(sender) else
+                "customer" if user.get("connector") is not False else "operator")
         keep[_s(m["id"], 32)] = {
-            "text": _s(m.get("text"), _TEXT_MAX), "sender": sender, "customer": user.get("connector") is True,
+            "text": _s(m.get("text"), _TEXT_MAX), "sender": sender, "kind": kind,
             "name": _s(user.get("name"), 200), "deleted": params.get("IS_DELETED") == "Y",
             "files": [{"url": _s(f.get("urldownload"), 2000), "name": _s(f.get("name"), 255)}
                       for f in (files.get(str(i)) for i in file_ids[:_FILES_MAX]) if isinstance(f, dict)]}
-    return {"session": _s(answer.get("sessionId"), 32), "messages": keep}
+    session = _s(answer.get("sessionId"), 32)
+    return {"session": session if _ID.fullmatch(session) else "", "messages": keep}
 
 
 def _judge(action: str, claim: Claim, history: dict):
     message = history["messages"].get(claim.im_message_id)
     if action == OutboundMessage.Action.DELETE:
+        # Asked by the session the message was seen in (confirm() insists on one): gone from it, or flagged.
         if message is None or message["deleted"]:
             return Confirmed(claim, session_id=history["session"])
         return f"{claim.im_message_id}: still in the conversation"
     if message is None or message["deleted"]:
-        return f"{claim.im_message_id}: not in the conversation"
-    if message["customer"]:
+        return _missing(claim)
+    if message["sender"] == "0" or message["kind"] == "system":
+        return f"{claim.im_message_id}: a system message, not an operator's"
+    if message["kind"] != "operator":
         return f"{claim.im_message_id}: written by the customer, not an operator"
     return Confirmed(claim, session_id=history["session"], text=message["text"],
                      author={"id": message["sender"], "name": message["name"]}, files=message["files"])

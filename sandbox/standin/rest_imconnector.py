@@ -20,7 +20,7 @@ from .http import flatten, truthy
 from .rest import method
 
 __all__ = ["state", "operator_reply", "operator_edit", "operator_delete", "delete_line", "remove_connector",
-           "conversations", "BUILT_IN_CONNECTORS"]
+           "finish_dialog", "system_message", "conversations", "BUILT_IN_CONNECTORS"]
 
 _DOC = "api-reference/imopenlines/imconnector/"
 # imconnector-list.md's example: connectors every portal has, next to the apps' own.
@@ -302,7 +302,11 @@ def send_messages(portal, params, grant):
                 continue
             im_chat_id, conversation = _chat_of(st, connector, line, str(chat["id"]), str(user["id"]), group)
             conversation.update({k: user.get(k, "") for k in ("name", "last_name")})
+            if conversation.pop("finished", False):  # the customer writes after the dialog was finished
+                conversation["sessions"] = [*conversation.get("sessions", []), conversation["session"]]
+                conversation["session"] = next(st.ids)
             conversation["messages"].append({
+                "session": conversation["session"],
                 "im_message_id": next(st.ids), "outside": True, "external_id": str(message.get("id") or ""),
                 "text": str(message.get("text") or ""), "files": list(message.get("files") or []),
                 "date": message.get("date"), "deleted": False, "delivered": None, "read": None,
@@ -421,9 +425,9 @@ def _operator_message(portal, im_chat_id, chat, message, *, text, event="add"):
     system's ids too (``message.id``, from its delivery status), as their pages' examples do."""
     author = next((u for u in portal.users if str(u["ID"]) == str(message.get("author") or "1")), None)
     name = f"{author['NAME']} {author['LAST_NAME']}".strip() if author else ""
-    body = {"user_id": int(message.get("author") or 1)}
-    if event != "delete":
-        body["text"] = f"[b]{name}:[/b] [br]{text}" if name else text
+    body = {"user_id": int(message.get("author") or 1)} if event == "add" else {}
+    if event != "delete":  # the add page's example: "[b]Klaus Weber:[/b] [br]Guten Tag!"; update's: "[/b][br] "
+        body["text"] = (f"[b]{name}:[/b] [br]{text}" if event == "add" else f"[b]{name}:[/b][br] {text}") if name else text
     if event != "add" and message.get("delivered_ids"):
         ids = list(message["delivered_ids"])
         body["id"] = ids if event == "update" else ids[0]
@@ -438,7 +442,7 @@ def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=
         chat = st.chats[int(im_chat_id)]
         message = {"im_message_id": next(st.ids), "outside": False, "external_id": "", "text": text, "files": [],
                    "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time(),
-                   "author": str(user_id)}
+                   "author": str(user_id), "session": chat["session"]}
         chat["messages"].append(message)
         data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
                 "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text)]}
@@ -469,6 +473,27 @@ def operator_edit(portal, im_chat_id, im_message_id, text):
 def operator_delete(portal, im_chat_id, im_message_id):
     """events/on-im-connector-message-delete.md"""
     return _operator_change(portal, im_chat_id, im_message_id, "ONIMCONNECTORMESSAGEDELETE")
+
+
+def finish_dialog(portal, im_chat_id):
+    """The operator finishes the dialog: the customer's next message opens a new session of the same chat
+    (imopenlines-session-history-get.md: by CHAT_ID alone the method answers the last session)."""
+    st = state(portal)
+    with portal._standin.lock:
+        st.chats[int(im_chat_id)]["finished"] = True
+
+
+def system_message(portal, im_chat_id, text):
+    """Bitrix24 itself writes in the chat (senderid 0, as the history page's "A new lead has been created"
+    example); no connector event: the connector registers NEED_SYSTEM_MESSAGES false. The message id."""
+    st = state(portal)
+    with portal._standin.lock:
+        chat = st.chats[int(im_chat_id)]
+        message = {"im_message_id": next(st.ids), "outside": False, "external_id": "", "text": text, "files": [],
+                   "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time(),
+                   "author": "0", "session": chat["session"]}
+        chat["messages"].append(message)
+    return message["im_message_id"]
 
 
 def remove_connector(portal, connector, line):

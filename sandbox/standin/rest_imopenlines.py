@@ -43,10 +43,11 @@ def _operator(portal, user_id: str) -> dict:
 def session_history_get(portal, params, grant):
     """The page's answer for one session of one Open Lines chat: ``message`` (by id: id, chatid, senderid,
     recipientid, date, text, textlegacy, params), ``usersMessage``, ``users`` (``connector`` true for the
-    outside customer), ``chat`` (entityType LINES, entityId ``connector|line|outside chat|user``). Each chat of
-    the stand-in has one session. Errors as the page lists them: neither id -> MISSING_REQUIRED_PARAM; a
-    CHAT_ID with no session -> INVALID_SESSION_ID; a SESSION_ID not found, or one of another chat ->
-    ACCESS_DENIED. The page does not say how a deleted message shows; the stand-in leaves it out."""
+    outside customer), ``chat`` (entityType LINES, entityId ``connector|line|outside chat|user``), for one
+    session: SESSION_ID's when given, else the chat's last. A chat gets a new session when the customer writes
+    after ``finish_dialog``. Errors as the page lists them: neither id -> MISSING_REQUIRED_PARAM; a CHAT_ID
+    with no session -> INVALID_SESSION_ID; a SESSION_ID not found -> ACCESS_DENIED. The page does not say
+    how a deleted message shows; the stand-in leaves it out."""
     from .rest_imconnector import state
 
     session_id, chat_id = _int(params.get("SESSION_ID"), 0), _int(params.get("CHAT_ID"), 0)
@@ -54,26 +55,27 @@ def session_history_get(portal, params, grant):
         raise ApiError("MISSING_REQUIRED_PARAM", "Session ID or Chat ID must be provided", status=400)
     st = state(portal)
     with portal._standin.lock:
-        if session_id:
-            found = [(k, c) for k, c in st.chats.items() if c["session"] == session_id and (not chat_id or k == chat_id)]
+        if session_id:  # "If SESSION_ID is provided, the method operates based on it" (CHAT_ID is not needed)
+            found = [(k, c) for k, c in st.chats.items() if session_id in (c["session"], *c.get("sessions", []))]
             if not found:
                 raise ApiError("ACCESS_DENIED", "You cannot open this conversation as you do not have sufficient "
                                                 "rights", status=400)
-        else:
+        else:  # "the method attempts to determine the last session by CHAT_ID"
             found = [(chat_id, st.chats[chat_id])] if chat_id in st.chats else []
             if not found:
                 raise ApiError("INVALID_SESSION_ID", "Unable to determine session ID from provided parameters",
                                status=400)
         im_chat_id, chat = found[0]
+        session_id = session_id or chat["session"]
         customer = {"id": chat["user"], "name": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip(),
                     "firstName": chat.get("name", ""), "lastName": chat.get("last_name", ""), "connector": True,
                     "bot": False, "extranet": True, "type": "user"}
         users, messages = {chat["user"]: customer}, {}
         for m in chat["messages"]:
-            if m["deleted"]:
+            if m["deleted"] or m.get("session", chat["session"]) != session_id:
                 continue
             sender = chat["user"] if m["outside"] else str(m.get("author") or "1")
-            if sender not in users:
+            if sender not in users and sender != "0":  # the system (senderid 0) is no user of the answer
                 users[sender] = _operator(portal, sender)
             extra = {"connectorMid": [m["external_id"]]} if m["outside"] and m["external_id"] else {}
             if not m["outside"] and m.get("delivered_ids"):
@@ -84,7 +86,7 @@ def session_history_get(portal, params, grant):
                 "textlegacy": m["text"], "params": extra}
         entity = f"{chat['connector']}|{chat['line']}|{chat['external_chat']}|{chat['user']}"
         return {
-            "chatId": im_chat_id, "canJoin": "Y", "canVoteHead": "N", "sessionId": chat["session"],
+            "chatId": im_chat_id, "canJoin": "Y", "canVoteHead": "N", "sessionId": session_id,
             "sessionVoteHead": 0, "sessionCommentHead": None, "userId": f"chat{im_chat_id}",
             "message": messages, "usersMessage": {f"chat{im_chat_id}": list(messages)}, "users": users,
             "openlines": {}, "userInGroup": [], "woUserInGroup": [],

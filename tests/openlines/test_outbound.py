@@ -267,3 +267,28 @@ def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(cl
         inbox.process_pending()
     assert b24.calls("batch") - batches == 1 and b24.calls("imopenlines.session.history.get") - history == 3
     assert sorted(h["json"]["message"]["text"] for h in receiver.got) == ["reply 0", "reply 1", "reply 2"]
+
+
+def test_a_reply_handled_after_the_customer_opened_a_new_session_is_still_relayed(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    """The operator wrote "Bye" and finished the dialog; the customer wrote again (a new session) before the
+    reply's event was handled: the chat's last session lacks it, so the earlier session the channel saw is
+    asked, and the reply goes out once. Its deletion later is confirmed in that session."""
+    row, secret, b24, chat_id = conversation
+    message_id, _ = imc.operator_reply(b24, chat_id, "Bye", handlers=[sink.url])
+    held = sink.got
+    sink.got = []
+    imc.finish_dialog(b24, chat_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m2", "Wait, one more thing")).status_code == 202
+    assert len({r.session_id for r in InboundMessage.objects.all()}) == 2
+    sink.got = held
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sink.relay(client) == ["1 message(s) queued for the webhook"]
+    b24.bindings["events"][:] = [{"id": 99, "event": "ONIMCONNECTORMESSAGEDELETE", "handler": sink.url,
+                                  "auth_type": "0", "app": b24._standin.client_id}]
+    imc.operator_delete(b24, chat_id, message_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sink.relay(client) == ["1 message(s) queued for the webhook"]
+    assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
+        ("message.add", "Bye"), ("message.delete", "")]

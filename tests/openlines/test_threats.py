@@ -489,6 +489,38 @@ def test_the_customers_own_message_is_not_relayed_as_an_operators(client, conver
     assert "written by the customer" in outcome and receiver.got == []
 
 
+def test_a_system_message_of_the_chat_is_not_relayed_as_an_operators(client, conversation, receiver, sink,
+                                                                    django_capture_on_commit_callbacks):
+    """Ordinary user row: Bitrix24's own messages in the chat (senderid 0, e.g. the CRM's "A new lead has been
+    created" with the customer's data) are in the history but no operator wrote them; the connector asks for
+    no system messages, so Bitrix24 never sends them to us."""
+    row, secret, b24 = conversation
+    chat_id = imc.conversations(b24)[0]["chat_id"]
+    system = imc.system_message(b24, chat_id, "[b]A new lead has been created[/b] Phone: +11234567890")
+    sink.got = [_forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, system)]
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert "a system message, not an operator's" in outcome and receiver.got == []
+
+
+def test_a_forged_delete_of_a_message_without_a_recorded_session_is_refused(client, conversation, receiver, sink,
+                                                                           django_capture_on_commit_callbacks):
+    """Ordinary user row: a deletion is believed only when the message is gone from the session it was seen
+    in; for a message relayed before sessions were recorded (im_session_id empty), the chat's last session
+    proves nothing, so the delete is refused."""
+    row, secret, b24 = conversation
+    chat_id, message_id = _genuine_reply(client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today")
+    OutboundMessage.objects.update(im_session_id="")
+    imc.finish_dialog(b24, chat_id)
+    with django_capture_on_commit_callbacks(execute=True):  # the customer writes again: a new session
+        assert signed(client, row, secret, message("m9", "One more thing")).status_code == 202
+    sink.got = [_forged(b24, "ONIMCONNECTORMESSAGEDELETE", chat_id, message_id)]
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert "no session recorded" in outcome
+    assert [h["json"]["event"] for h in receiver.got] == ["message.add"]
+
+
 def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dropped(
         client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings):
     """Nothing lost: Bitrix24 refusing the history call longer than the client retries (QUERY_LIMIT_EXCEEDED)
