@@ -3,8 +3,6 @@
 Each takes the stored event (`item.portal`, `item.data` as Bitrix24 sent it), is idempotent (an event
 may be handled again), and returns a short outcome. Pages: api-reference/imopenlines/imconnector/events/.
 """
-import hashlib
-import json
 import logging
 import re
 
@@ -54,7 +52,7 @@ def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) ->
             continue  # the portal shows what was relayed last (a late or forged edit event)
         try:
             with transaction.atomic():
-                OutboundMessage.objects.create(channel=channel, action=action, key=_key(action, payload),
+                OutboundMessage.objects.create(channel=channel, action=action, key=_key(channel, action, payload),
                                                im_chat_id=claim.im_chat_id, im_message_id=claim.im_message_id,
                                                external_chat_id=claim.external_chat_id, payload=payload,
                                                im_session_id=item.session_id)
@@ -67,20 +65,31 @@ def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) ->
 
 
 def _unchanged(channel: Channel, payload: dict) -> bool:
+    """The portal shows what was relayed last for this message: its text and its files' names (the author's
+    display name may change, and a file's link may carry a fresh token on each answer)."""
     last = (OutboundMessage.objects.filter(channel=channel, im_message_id=payload["message"]["id"],
                                            action__in=[OutboundMessage.Action.ADD, OutboundMessage.Action.UPDATE])
             .order_by("-id").values_list("payload", flat=True).first())
-    return isinstance(last, dict) and all(
-        (last.get("message") or {}).get(k) == payload["message"].get(k) for k in ("text", "files", "author"))
+    if not isinstance(last, dict):
+        return False
+    before, now = last.get("message") or {}, payload["message"]
+    return before.get("text") == now.get("text") and _file_names(before) == _file_names(now)
 
 
-def _key(action: str, payload: dict) -> str:
-    """The same event handled again is stored once; each distinct edit of a message is stored once."""
+def _file_names(message: dict) -> list:
+    return [f.get("name") for f in message.get("files") or [] if isinstance(f, dict)]
+
+
+def _key(channel: Channel, action: str, payload: dict) -> str:
+    """An add or delete is stored once per message; the n-th relayed edit of a message is `update:<id>:<n>`, so
+    the same event handled twice stores one row (and `_unchanged` drops a repeat of the last edit), while
+    an edit back to an earlier text (A, B, A, B) is still relayed."""
     message_id = payload["message"]["id"]
     if action != OutboundMessage.Action.UPDATE:
         return f"{action}:{message_id}"
-    digest = hashlib.sha256(json.dumps(payload["message"], sort_keys=True).encode()).hexdigest()[:16]
-    return f"update:{message_id}:{digest}"
+    edits = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.UPDATE,
+                                           im_message_id=message_id).count()
+    return f"update:{message_id}:{edits + 1}"
 
 
 def _on_message(action: str):
@@ -95,7 +104,8 @@ def _on_message(action: str):
             raise Reject("not confirmed by the portal: " + "; ".join(refused)[:900])
         stored = _store(channel, action, confirmed)
         tasks.after_commit(tasks.deliver_outbound, channel.pk)
-        return f"{stored} message(s) queued for the webhook" + (f", {len(refused)} not confirmed" if refused else "")
+        return f"{stored} message(s) queued for the webhook" + (
+            f"; not confirmed: {'; '.join(refused)}" if refused else "")
     handler.__name__ = f"on_message_{action}"
     return handler
 

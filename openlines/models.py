@@ -116,6 +116,8 @@ class InboundMessage(models.Model):
         constraints = [models.UniqueConstraint(fields=["channel", "key"], name="inbound_once")]
         indexes = [
             models.Index(fields=["channel", "state", "id"], name="inbound_queue"),
+            # openlines.confirm: is this Open Lines chat one of the channel's conversations, and its sessions.
+            models.Index(fields=["channel", "im_chat_id"], name="inbound_chat"),
             # The sweep's question "which channels have due rows": due rows only, by when they are due.
             models.Index(fields=["next_attempt_at"], name="inbound_due", condition=Q(state__in=UNSENT)),
         ]
@@ -163,6 +165,8 @@ class OutboundMessage(models.Model):
         constraints = [models.UniqueConstraint(fields=["channel", "key"], name="outbound_once")]
         indexes = [
             models.Index(fields=["channel", "state", "id"], name="outbound_queue"),
+            # openlines.confirm and events: what was relayed of one Bitrix24 message.
+            models.Index(fields=["channel", "im_message_id"], name="outbound_message"),
             models.Index(fields=["next_attempt_at"], name="outbound_due", condition=Q(state__in=UNSENT)),
             # Sent messages whose delivery status Bitrix24 has not taken yet, by when they were sent: the
             # sweep asks for the last OPENLINES_RETRY_HOURS only (older ones are given up, and stay here).

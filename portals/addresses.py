@@ -14,6 +14,8 @@ _PORT = re.compile(r"^[0-9]{1,5}$")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the IPv4 address in the last 32 bits
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local use: each network places the IPv4 address
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291); also holds :: and ::1
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765): the IPv4 address in the last 32 bits
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated (RFC 3879), a private range in practice
 
 
 class BadAddress(ValueError):
@@ -45,15 +47,16 @@ def scheme_allowed(scheme: str) -> bool:
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether the public internet routes to `address`.
 
-    An IPv6 address that carries an IPv4 one (IPv4-mapped, 6to4, NAT64, IPv4-compatible) is judged by the
-    IPv4 address inside: Python 3.11's `is_global` counts 64:ff9b::7f00:1 (127.0.0.1) and the like as
-    global. Where the IPv4 address cannot be read reliably (the NAT64 local-use prefix, Teredo) it is refused.
+    An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-translated, 6to4, NAT64, IPv4-compatible) is
+    judged by the IPv4 address inside: Python 3.11's `is_global` counts 64:ff9b::7f00:1 (127.0.0.1) and the
+    like as global. Where the IPv4 address cannot be read reliably (the NAT64 local-use prefix, Teredo) it
+    is refused, and so is the deprecated site-local range fec0::/10.
     """
     if address.version == 6:
-        if address.teredo or address in _NAT64_LOCAL:
+        if address.teredo or address in _NAT64_LOCAL or address in _SITE_LOCAL:
             return False
         inner = address.ipv4_mapped or address.sixtofour
-        if inner is None and (address in _NAT64 or address in _IPV4_COMPATIBLE):
+        if inner is None and (address in _NAT64 or address in _IPV4_COMPATIBLE or address in _IPV4_TRANSLATED):
             inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if inner is not None:
             return inner.is_global

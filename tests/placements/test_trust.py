@@ -119,6 +119,8 @@ def test_a_client_endpoint_must_be_a_public_https_host(settings, endpoint):
     ("2002:7f00:1::", False), ("2002:c0a8:101::", False), ("2002:808:808::", True),  # 6to4
     ("::7f00:1", False), ("::a9fe:a9fe", False), ("::808:808", True),  # IPv4-compatible (deprecated)
     ("2001:0::1", False), ("2001::808:808", False),  # Teredo: refused outright
+    ("::ffff:0:7f00:1", False), ("::ffff:0:808:808", True),  # IPv4-translated (SIIT, RFC 2765)
+    ("fec0::1", False),  # site-local (deprecated, RFC 3879)
 ])
 def test_an_ipv6_address_that_carries_an_ipv4_one_is_judged_by_it(address, public):
     """Python 3.11's `is_global` counts 64:ff9b::7f00:1, 2002:7f00:1:: and ::7f00:1 (all 127.0.0.1) as
