@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from portals import limits
-from portals.rest import PortalClient, RestError
+from portals.rest import PortalClient, RestError, TransportError
 
 from .models import Channel, Delivery, InboundMessage, OutboundMessage
 
@@ -39,7 +39,8 @@ _TEXT_MAX, _FILES_MAX = 20000, 10
 _CLAIMS_MAX = 100  # MESSAGES elements read from one event
 _HISTORY = "imopenlines.session.history.get"
 _BATCH, _PREFETCH_SCAN = 50, 200  # commands per batch request (batch.md); waiting events looked at
-_CHATS_PER_EVENT = 5  # Bitrix24 sends one operator message per event; a forged one may name many chats
+_GROUPS_PER_EVENT = 3  # (chat, session) pairs asked for per event: Bitrix24 sends one message per event
+_CHATS_PER_EVENT = 5  # chats of one waiting event the prefetch looks at
 _EARLIER_SESSIONS = 2  # earlier sessions of a chat asked for a reply missing from its last one
 _CACHE_MAX_MESSAGES, _CACHE_MAX_TEXT = 500, 1_000_000  # a bigger session is asked again each time
 
@@ -69,7 +70,7 @@ def _messages(data) -> list:
     messages = data.get("MESSAGES") if isinstance(data, dict) else None
     if isinstance(messages, dict):  # form-encoded MESSAGES[0][...] arrives as a dict keyed "0", "1", ...
         messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)]
-    return [m for m in messages or [] if isinstance(m, dict)]
+    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
 def claims_of(data) -> list[Claim]:
@@ -94,17 +95,18 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
     for claim in claims:
         if (claim.im_chat_id, claim.external_chat_id) not in ours:
             refused.append(f"{claim.im_message_id}: not a conversation of this channel")
-        elif action != OutboundMessage.Action.ADD and claim.im_message_id not in relayed:
-            refused.append(f"{claim.im_message_id}: never relayed, so not ours to change")
-        elif action == OutboundMessage.Action.DELETE and not relayed[claim.im_message_id]:
+        elif action != OutboundMessage.Action.ADD and (claim.im_chat_id, claim.im_message_id) not in relayed:
+            refused.append(f"{claim.im_message_id}: never relayed in this chat, so not ours to change")
+        elif action == OutboundMessage.Action.DELETE and not relayed[(claim.im_chat_id, claim.im_message_id)]:
             # Only a message missing from the session it was seen in is believed deleted: without that
             # session (a message relayed before sessions were recorded), absence proves nothing.
             refused.append(f"{claim.im_message_id}: no session recorded for it, so its deletion cannot be confirmed")
-        elif len({chat for chat, _ in by_chat} | {claim.im_chat_id}) > _CHATS_PER_EVENT:
-            refused.append(f"{claim.im_message_id}: more than {_CHATS_PER_EVENT} chats in one event")
         else:
-            session = relayed.get(claim.im_message_id, "")
-            by_chat.setdefault((claim.im_chat_id, session), []).append(claim)
+            group = (claim.im_chat_id, relayed.get((claim.im_chat_id, claim.im_message_id), ""))
+            if group not in by_chat and len(by_chat) >= _GROUPS_PER_EVENT:
+                refused.append(f"{claim.im_message_id}: more than {_GROUPS_PER_EVENT} chats or sessions in one event")
+                continue
+            by_chat.setdefault(group, []).append(claim)
     for (chat_id, session), chat_claims in by_chat.items():
         history = _history(channel, chat_id, session, fresh_ok=action == OutboundMessage.Action.ADD,
                            wanted=[c.im_message_id for c in chat_claims])
@@ -160,13 +162,14 @@ def _our_conversations(channel: Channel, claims: list[Claim]) -> set[tuple[str, 
                .values_list("im_chat_id", "external_chat_id").distinct())
 
 
-def _relayed(channel: Channel, claims: list[Claim]) -> dict[str, str]:
-    """im message id -> the session its relayed add was confirmed in, for the messages we relayed."""
+def _relayed(channel: Channel, claims: list[Claim]) -> dict[tuple[str, str], str]:
+    """(im chat id, im message id) -> the session its relayed add was seen in, for each claim whose message
+    we relayed in that same chat."""
+    pairs = {(c.im_chat_id, c.im_message_id) for c in claims}
     rows = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.ADD,
-                                          im_message_id__in={c.im_message_id for c in claims})
-    by_id = {c.im_message_id: c.im_chat_id for c in claims}
-    return {m: s or "" for m, chat, s in rows.values_list("im_message_id", "im_chat_id", "im_session_id")
-            if by_id.get(m) == chat}
+                                          im_message_id__in={m for _, m in pairs})
+    return {(chat, m): s or "" for chat, m, s in rows.values_list("im_chat_id", "im_message_id", "im_session_id")
+            if (chat, m) in pairs}
 
 
 def _history_key(channel: Channel, chat_id: str, session: str) -> str:
@@ -193,18 +196,27 @@ def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wa
             answer = PortalClient(channel.portal).call(_HISTORY, params)
         except RestError as exc:
             return _refusal(exc)
-        return _keep(channel, chat_id, session, _parse(channel, chat_id, answer))
+        return _answer(channel, chat_id, session, answer)
     try:
         result = PortalClient(channel.portal).batch(
             {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]})
     except RestError:
         return _history(channel, chat_id, session, fresh_ok=False, wanted=wanted)  # the others are extra
     for chat in others:
-        if f"c{chat}" in result.result:
-            _keep(channel, chat, "", _parse(channel, chat, result.result[f"c{chat}"]))
+        if isinstance(result.result.get(f"c{chat}"), dict):
+            _keep(channel, chat, _parse(channel, chat, result.result[f"c{chat}"]))
     if f"c{chat_id}" in result.errors:
         return _refusal(result.errors[f"c{chat_id}"])
-    return _keep(channel, chat_id, session, _parse(channel, chat_id, result.result.get(f"c{chat_id}")))
+    return _answer(channel, chat_id, session, result.result.get(f"c{chat_id}"))
+
+
+def _answer(channel: Channel, chat_id: str, session: str, answer):
+    """The parsed history, kept in the cache when it is the chat's last session (only adds read it); an
+    answer that is not an object is the portal failing, not a refusal: raised, so the event is retried."""
+    if not isinstance(answer, dict):
+        raise TransportError("bad_answer", "the history answer is not an object", method=_HISTORY)
+    history = _parse(channel, chat_id, answer)
+    return _keep(channel, chat_id, history) if not session else history
 
 
 def _refusal(exc: RestError) -> str:
@@ -214,10 +226,11 @@ def _refusal(exc: RestError) -> str:
     raise exc
 
 
-def _keep(channel: Channel, chat_id: str, session: str, history):
+def _keep(channel: Channel, chat_id: str, history):
     if isinstance(history, dict) and len(history["messages"]) <= _CACHE_MAX_MESSAGES and sum(
-            len(m["text"]) for m in history["messages"].values()) <= _CACHE_MAX_TEXT:
-        limits.cache.set(_history_key(channel, chat_id, session), history, HISTORY_FRESH)
+            len(m["text"]) + sum(len(f["url"]) for f in m["files"]) for m in history["messages"].values()
+    ) <= _CACHE_MAX_TEXT:
+        limits.cache.set(_history_key(channel, chat_id, ""), history, HISTORY_FRESH)
     return history
 
 
@@ -248,8 +261,6 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
 
 
 def _parse(channel: Channel, chat_id: str, answer):
-    if not isinstance(answer, dict):
-        return "the portal's history answer is not an object"
     chats = answer.get("chat") if isinstance(answer.get("chat"), dict) else {}
     chat = chats.get(chat_id) if isinstance(chats.get(chat_id), dict) else {}
     entity = _s(chat.get("entityId"), 300).split("|")

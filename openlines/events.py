@@ -96,6 +96,8 @@ def _on_message(action: str):
     def handler(item) -> str:
         channel = _channel(item)
         claims = confirm.claims_of(item.data)
+        if not claims:
+            raise Reject("the event names no message (MESSAGES with im.chat_id and im.message_id)")
         try:
             confirmed, refused = confirm.confirm(channel, action, claims)
         except RestError as exc:

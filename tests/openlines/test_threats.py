@@ -521,6 +521,82 @@ def test_a_forged_delete_of_a_message_without_a_recorded_session_is_refused(clie
     assert [h["json"]["event"] for h in receiver.got] == ["message.add"]
 
 
+def test_a_forged_delete_after_a_new_session_is_checked_in_the_messages_own_session(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    """Ordinary user row: the customer opened a new session, so the chat's last session lacks the reply; the
+    deletion is checked in the session the reply was seen in, where it still is; nor does naming the
+    message in another chat (one where it was never relayed) get a delete through."""
+    row, secret, b24 = conversation
+    chat_id, message_id = _genuine_reply(client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today")
+    imc.finish_dialog(b24, chat_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m9", "One more thing")).status_code == 202
+        assert signed(client, row, secret, message("m10", "Me too", chat="chat-2", user="u-2")).status_code == 202
+    other_chat = next(c["chat_id"] for c in imc.conversations(b24) if c["chat_id"] != chat_id)
+    pairs = _forged(b24, "ONIMCONNECTORMESSAGEDELETE", chat_id, message_id)
+    pairs += [(k.replace("[MESSAGES][0]", "[MESSAGES][1]"), v.replace("chat-1", "chat-2") if k.endswith("[chat][id]") else v)
+              for k, v in _forged(b24, "ONIMCONNECTORMESSAGEDELETE", other_chat, message_id) if "[MESSAGES][0]" in k]
+    sink.got = [pairs]
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert "still in the conversation" in outcome and "never relayed in this chat" in outcome, outcome
+    assert [h["json"]["event"] for h in receiver.got] == ["message.add"]
+
+
+def test_a_forged_event_with_malformed_messages_is_rejected_and_holds_up_no_genuine_reply(
+        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    """Ordinary user row: MESSAGES that is a number (a JSON body) is refused as carrying no message; a genuine
+    reply waiting in the inbox before it, whose confirmation looks at the waiting events, still goes out."""
+    from urllib.parse import urlencode
+
+    from portals import inbox
+    from portals.models import InboxItem
+
+    row, secret, b24 = conversation
+    chat_id = imc.conversations(b24)[0]["chat_id"]
+    imc.operator_reply(b24, chat_id, "Genuine", handlers=[sink.url])
+    [genuine] = sink.got
+    assert client.post("/events/", urlencode(genuine), content_type="application/x-www-form-urlencoded").status_code == 200
+    forged = {}
+    for key, value in _forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, 1):
+        if "[" in key:
+            outer, inner = key.rstrip("]").split("[", 1)
+            forged.setdefault(outer, {})[inner.split("]")[0]] = value
+        else:
+            forged[key] = value
+    forged["data"] = {"CONNECTOR": CONNECTOR, "LINE": "1", "MESSAGES": 5}
+    assert client.post("/events/", json.dumps(forged), content_type="application/json").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    states = dict(InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD").values_list("id", "state"))
+    assert sorted(states.values()) == sorted([InboxItem.State.DONE, InboxItem.State.REJECTED]), states
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["Genuine"]
+
+
+def test_a_forged_event_asks_the_portal_about_at_most_three_chats(client, conversation, receiver, sink, settings,
+                                                                 django_capture_on_commit_callbacks):
+    """Ordinary user row (the REST budget): an event naming messages in five of the channel's conversations
+    makes us ask about three of them (each its last session; none has earlier ones); the rest are refused
+    unasked."""
+    row, secret, b24 = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in range(2, 6):
+            assert signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+    chats = imc.conversations(b24)
+    pairs = []
+    for n, chat in enumerate(chats):
+        pairs += [(k.replace("[MESSAGES][0]", f"[MESSAGES][{n}]"), chat["external_chat"] if k.endswith("[chat][id]") else v)
+                  for k, v in _forged(b24, "ONIMCONNECTORMESSAGEADD", chat["chat_id"], 900000 + n)
+                  if "[MESSAGES][0]" in k or n == 0]
+    before = b24.calls("imopenlines.session.history.get")
+    sink.got = [pairs]
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    assert b24.calls("imopenlines.session.history.get") - before == 3
+    assert outcome.count("more than 3 chats or sessions in one event") == 2, outcome
+    assert receiver.got == []
+
+
 def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dropped(
         client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings):
     """Nothing lost: Bitrix24 refusing the history call longer than the client retries (QUERY_LIMIT_EXCEEDED)
