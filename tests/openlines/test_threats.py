@@ -313,14 +313,21 @@ def test_a_name_that_resolves_to_loopback_is_refused_at_send(client, frame, inst
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
     portal, b24 = installed
     port = receiver.url.split(":")[2].split("/")[0]
-    answer = act(frame, b24, "connect", webhook_url=f"https://127.1:{port}/hook")
-    assert answer.status_code == 200  # the save does no DNS
-    row, secret = Channel.objects.get(), answer.json()["secret"]
-    with django_capture_on_commit_callbacks(execute=True):
-        assert signed(client, row, secret, message("m1", "Hi")).status_code == 202
-    reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    reply = _connected_and_replied(client, frame, b24, sink, django_capture_on_commit_callbacks,
+                                   f"https://127.1:{port}/hook")
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
     assert receiver.got == []
+
+
+def _connected_and_replied(client, frame, b24, sink, capture, webhook_url):
+    """Connect line 1 with `webhook_url` (the save does no DNS), a customer writes, the operator replies:
+    the reply's outbound row after the send was tried."""
+    answer = act(frame, b24, "connect", webhook_url=webhook_url)
+    assert answer.status_code == 200
+    row, secret = Channel.objects.get(), answer.json()["secret"]
+    with capture(execute=True):
+        assert signed(client, row, secret, message("m1", "Hi")).status_code == 202
+    return _reply(client, b24, sink, capture)
 
 
 def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(client, frame, installed, sink, settings,
@@ -337,12 +344,8 @@ def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(client, frame
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    answer = act(frame, b24, "connect", webhook_url="https://hook.example.com/hook")
-    assert answer.status_code == 200  # the save does no DNS
-    row, secret = Channel.objects.get(), answer.json()["secret"]
-    with django_capture_on_commit_callbacks(execute=True):
-        assert signed(client, row, secret, message("m1", "Hi")).status_code == 202
-    reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    reply = _connected_and_replied(client, frame, b24, sink, django_capture_on_commit_callbacks,
+                                   "https://hook.example.com/hook")
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
 
 
