@@ -13,9 +13,9 @@ from django.http import HttpResponse
 from django.utils import translation
 from django.utils.translation import gettext as _
 
-from portals.addresses import BadAddress, normalize_domain
-from portals.frame_post import language_of
-from portals.framing import frame_origin, framed_by
+from bitrix24.addresses import BadAddress, normalize_domain
+from bitrix24.frames import language_of
+from bitrix24.frames import frame_origin, framed_by
 
 log = logging.getLogger(__name__)
 

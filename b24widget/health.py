@@ -8,7 +8,8 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from portals import inbox, oauth
+from bitrix24 import oauth
+from portals import inbox
 
 
 def _broker() -> str:

@@ -146,6 +146,8 @@ if not TOKEN_ENCRYPTION_KEYS:
 
 # /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
 METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
+# Read at each scrape of /metrics (b24widget/metrics.py): each app's figures that live in shared state.
+METRICS_COLLECTORS = ["portals.inbox.BacklogCollector"]
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [

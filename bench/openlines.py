@@ -85,7 +85,8 @@ def main():
         from django.test import Client
 
         from openlines import events, lifecycle, registry, tasks
-        from portals import inbox, limits
+        from bitrix24 import limits
+from portals import inbox
         from openlines.models import Delivery, InboundMessage, OutboundMessage
         from openlines.outbound import sign
         from sandbox.standin import rest_imconnector as imc

@@ -60,9 +60,9 @@ def _run_b24widget(spec):
     import django
 
     django.setup()
-    from portals import limits
+    from bitrix24 import limits
     from portals.models import Portal
-    from portals.rest import PortalClient
+    from portals.tokens import PortalClient
 
     portal = Portal(member_id=spec["member_id"], domain=spec["domain"], client_endpoint=spec["client_endpoint"],
                     access_token=spec["access_token"], status="active", rest_plan=spec["rest_plan"])

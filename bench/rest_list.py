@@ -81,11 +81,11 @@ def main():
         from django.conf import settings
         from django.test import Client, override_settings
 
-        from portals.rest import PortalClient
+        from portals.tokens import PortalClient
 
         with common.bench_database(keep=args.keep_db), common.bench_cache():
             common.print_header(f"rest_list: crm.item.list of {args.items:,} items against the stand-in")
-            from portals import limits
+            from bitrix24 import limits
 
             burst, rate = limits.bucket(limits.STANDARD)
             print(f"rate limiter (per portal, shared through the cache): burst {burst}, "

@@ -23,8 +23,9 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from portals import limits
-from portals.rest import PortalClient, RestError, TransportError
+from bitrix24 import limits
+from portals.tokens import PortalClient
+from bitrix24.errors import RestError, TransportError
 
 from .models import Channel, Delivery, InboundMessage, OutboundMessage
 

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portals.inbox import Reject, Retry
-from portals.rest import RestError
+from bitrix24.errors import RestError
 
 from . import confirm, lifecycle, registry, tasks
 from .models import Channel, OutboundMessage

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from portals import limits
+from bitrix24 import limits
 
 from .models import Channel, InboundMessage
 from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign

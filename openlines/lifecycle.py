@@ -13,10 +13,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from portals import limits
+from bitrix24 import limits
 from portals.install import events_url
 from portals.models import Portal
-from portals.rest import LimitWaitExceeded, PortalClient, RestError, TransportError
+from portals.tokens import PortalClient
+from bitrix24.errors import LimitWaitExceeded, RestError, TransportError
 
 from . import registry
 from .models import Channel

@@ -24,8 +24,8 @@ import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from portals import http
-from portals.addresses import is_public
+from bitrix24 import http
+from bitrix24.addresses import is_public
 
 SIGNATURE_HEADER = "X-B24Widget-Signature"
 TIMESTAMP_HEADER = "X-B24Widget-Timestamp"

@@ -25,9 +25,10 @@ from django.db import transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 
-from portals import http
+from bitrix24 import http
 from portals.models import Portal
-from portals.rest import PortalClient, RestError
+from portals.tokens import PortalClient
+from bitrix24.errors import RestError
 
 from . import outbound
 from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage

@@ -18,10 +18,10 @@ from django.views.decorators.http import require_POST
 
 from placements import auth, request as placement_request, widget_token
 from placements.views import refusal_text, verify_or_refuse
-from portals.refusals import retry_after_header
-from portals.addresses import portal_origin
-from portals.frame_post import BadFramePost
-from portals.framing import frame_origin, framed_by
+from bitrix24.wire import retry_after_header
+from bitrix24.addresses import portal_origin
+from bitrix24.frames import BadFramePost
+from bitrix24.frames import frame_origin, framed_by
 from portals.models import Portal
 from portals.views import frame_error
 

@@ -23,15 +23,16 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from b24widget import metrics
+from . import metrics
 
-from portals import lifecycle, limits, oauth
-from portals.frame_post import FramePost
+from bitrix24 import limits, oauth
+from portals import lifecycle
+from bitrix24.frames import FramePost
 from portals.grants import GrantRefused, administrator_grant
 from portals.models import Portal
-from portals.refusals import Refusal
-from portals.rest import (LimitWaitExceeded, PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed,
-                          TransportError)
+from bitrix24.errors import Refusal
+from portals.tokens import PortalClient
+from bitrix24.errors import LimitWaitExceeded, PortalMovedUnexplained, RestError, TokenRefreshFailed, TransportError
 
 log = logging.getLogger(__name__)
 

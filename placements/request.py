@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from django.core.exceptions import SuspiciousOperation
 from django.http.multipartparser import MultiPartParserError
 
-from portals.frame_post import BadFramePost, FramePost, django_language, language_of, parse_frame_post
+from bitrix24.frames import BadFramePost, FramePost, django_language, language_of, parse_frame_post
 
 from . import registry
 

@@ -12,11 +12,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from b24widget import metrics
+from . import metrics
 
-from portals.addresses import portal_origin
-from portals.framing import frame_origin, framed_by
-from portals.frame_post import BadFramePost
+from bitrix24.addresses import portal_origin
+from bitrix24.frames import frame_origin, framed_by
+from bitrix24.frames import BadFramePost
 from portals.models import AppStatus, Portal
 from portals.views import frame_error
 

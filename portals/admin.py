@@ -3,7 +3,9 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
-from . import inbox, install, oauth
+from bitrix24 import oauth
+
+from . import inbox, install, tokens
 from .models import InboxItem, Portal, PortalEvent, Rejection
 
 HISTORY_ROWS = 100
@@ -100,7 +102,7 @@ class PortalAdmin(admin.ModelAdmin):
         done = failed = 0
         for portal in queryset:
             try:
-                oauth.refresh_portal(portal, force=True, allow_blocked=True)
+                tokens.refresh_portal(portal, force=True, allow_blocked=True)
                 done += 1
             except oauth.OAuthError as exc:
                 failed += 1

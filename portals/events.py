@@ -20,11 +20,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from .refusals import Refusal
-from . import inbox, install as installer, lifecycle, oauth
+from bitrix24.errors import Refusal
+from bitrix24 import oauth
+
+from . import inbox, install as installer, lifecycle
 from .grants import GrantRefused, administrator_grant
 from .models import PortalEvent, InboxItem, Portal
-from .rest import PortalClient, RestError, TokenRefreshFailed
+from .tokens import PortalClient
+from bitrix24.errors import RestError, TokenRefreshFailed
 
 log = logging.getLogger(__name__)
 

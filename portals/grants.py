@@ -11,10 +11,12 @@ import logging
 
 from django.views.decorators.debug import sensitive_variables
 
-from .refusals import Refusal
-from . import oauth
+from bitrix24.errors import Refusal
+from bitrix24 import oauth
+
 from .models import Portal
-from .rest import PortalClient, RestError
+from .tokens import PortalClient
+from bitrix24.errors import RestError
 
 log = logging.getLogger(__name__)
 

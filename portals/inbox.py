@@ -27,8 +27,9 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily
 
-from .refusals import Refusal
+from bitrix24.errors import Refusal
 from .models import InboxItem, Portal
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
         if not portal.application_token_is(application_token):
             raise Refused("application_token does not match")
     elif portal is None or not portal.application_token_is(application_token):
-        from . import limits
+        from bitrix24 import limits
 
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
         if not limits.admit(f"inbox:{member_id}", per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
@@ -352,3 +353,20 @@ def backlog() -> dict:
         "failed": InboxItem.objects.filter(state=State.FAILED).count(),
         "oldest_unfinished_seconds": int((timezone.now() - oldest).total_seconds()) if oldest else 0,
     }
+
+
+class BacklogCollector:
+    """The inbox backlog for /metrics, read from the database at each scrape: the database is its truth,
+    shared by every process, so no process keeps a copy that could drift."""
+
+    def collect(self):
+        try:
+            figures = backlog()
+        except Exception:  # the database is down: the other metrics are still served (and /healthz says why)
+            return
+        yield GaugeMetricFamily("b24widget_inbox_unfinished", "Inbox events not processed yet.",
+                                value=figures["unfinished"])
+        yield GaugeMetricFamily("b24widget_inbox_failed", "Inbox events given up on (dead letters; replayable).",
+                                value=figures["failed"])
+        yield GaugeMetricFamily("b24widget_inbox_oldest_unfinished_seconds",
+                                "Age of the oldest unprocessed inbox event.", value=figures["oldest_unfinished_seconds"])

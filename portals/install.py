@@ -11,12 +11,13 @@ import logging
 from django.conf import settings
 from django.db import DatabaseError, transaction
 
-from .refusals import Refusal
+from bitrix24.errors import Refusal
 from . import install_steps, lifecycle
-from .frame_post import FramePost
+from bitrix24.frames import FramePost
 from .grants import GrantRefused, administrator_grant
 from .models import Portal
-from .rest import PortalClient, RestError
+from .tokens import PortalClient
+from bitrix24.errors import RestError
 
 log = logging.getLogger(__name__)
 

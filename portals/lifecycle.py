@@ -10,7 +10,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import limits
+from bitrix24 import limits
 from .models import Portal, PortalEvent, Rejection
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def activate(portal: Portal, *, via: str) -> Portal:
 
 
 def apply_grant(portal: Portal, grant, *, reason: str) -> None:
-    """Store refreshed tokens (called by oauth.refresh_portal inside its row lock).
+    """Store refreshed tokens (called by tokens.refresh_portal inside its row lock).
 
     An uninstall that landed while the refresh was on its way wins: its wiped secrets stay wiped."""
     if portal.status == Status.UNINSTALLED:

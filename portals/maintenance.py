@@ -19,9 +19,12 @@ from django.db import connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import lifecycle, oauth
+from bitrix24 import oauth
+
+from . import lifecycle, tokens
 from .models import AppStatus, Portal
-from .rest import PortalClient, RestError, TokenRefreshFailed
+from .tokens import PortalClient
+from bitrix24.errors import RestError, TokenRefreshFailed
 
 log = logging.getLogger("portals.commands")
 
@@ -73,7 +76,7 @@ def refresh_if_due(pk: int, due_now: Q, *, budget=None) -> Outcome:
         return Outcome(OVER_LIMIT)
     label = f"{portal.member_id} ({portal.domain})"
     try:
-        after = oauth.refresh_portal(portal, force=True, wait=0, still_due=due_now)
+        after = tokens.refresh_portal(portal, force=True, wait=0, still_due=due_now)
     except (oauth.PortalNotServing, oauth.RefreshInProgress):
         return Outcome(SKIPPED, label)  # gone, or another worker holds the lease right now
     except oauth.ClientMisconfigured as exc:
@@ -133,7 +136,7 @@ def sync_portal(pk: int, *, budget=None) -> Outcome:
     try:
         answer = client.call("app.info")
     except TokenRefreshFailed as exc:
-        # PortalClient refreshed on expired_token through oauth.refresh_portal, which blocks
+        # PortalClient refreshed on expired_token through tokens.refresh_portal, which blocks
         # the portal when the OAuth server refuses.
         status = Portal.objects.filter(pk=pk).values_list("status", flat=True).first()
         if status == Portal.Status.BLOCKED:

@@ -60,7 +60,7 @@ class Portal(models.Model):
     # A keyed digest of application_token (HMAC with SECRET_KEY), kept beside it so a placement POST's
     # APPLICATION_TOKEN is checked from the hot path's one query, without loading the secret.
     application_token_digest = models.CharField(max_length=64, blank=True, editable=False)
-    # The single-flight refresh's lease (oauth.refresh_portal): who refreshes, and until when at most.
+    # The single-flight refresh's lease (tokens.refresh_portal): who refreshes, and until when at most.
     refresh_lease_owner = models.CharField(max_length=32, blank=True, editable=False)
     refresh_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     # When the placements and events were last bound: an install is complete only once they are.

@@ -3,7 +3,7 @@
 - process_inbox_item: one stored event (portals/inbox.py claims it once, whatever re-delivers it);
 - sweep_inbox: re-send tasks that look lost (beat, every B24_INBOX_SWEEP_INTERVAL);
 - keepalive_pass / sync_pass (beat): read the due portal ids and fan out one task per chunk, so
-  every worker machine takes a share; each portal is claimed once (oauth.refresh_portal's lease,
+  every worker machine takes a share; each portal is claimed once (tokens.refresh_portal's lease,
   judged again under the row lock), so a chunk that runs twice refreshes nothing twice.
 """
 import logging

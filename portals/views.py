@@ -9,11 +9,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from .refusals import retry_after_header
+from bitrix24.wire import retry_after_header
 from . import events, install as installer
-from .addresses import portal_origin
-from .framing import frame_origin, framed_by
-from .frame_post import BadFramePost, language_of, parse_frame_post
+from bitrix24.addresses import portal_origin
+from bitrix24.frames import frame_origin, framed_by
+from bitrix24.frames import BadFramePost, language_of, parse_frame_post
 
 log = logging.getLogger(__name__)
 

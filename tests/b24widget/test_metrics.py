@@ -65,24 +65,25 @@ def test_widget_opens_refusals_verifications_and_rest_calls_are_counted(client, 
 
 
 def test_refresh_failures_and_limit_waits_are_counted_by_code_and_method():
-    from b24widget import metrics
+    from bitrix24 import metrics
+    from portals import tokens
     metrics.rest_call("crm.item.list")
     before = metrics.LIMIT_WAITS.labels("rate", "crm.item.list")._value.get()
     metrics.limit_wait("rate", 0.25)
     metrics.limit_wait("rate", 0)  # no wait, nothing counted
     assert metrics.LIMIT_WAITS.labels("rate", "crm.item.list")._value.get() == before + 1
-    failures = metrics.REFRESH_FAILURES.labels("invalid_grant")._value.get()
-    metrics.refresh_failed("invalid_grant")
-    assert metrics.REFRESH_FAILURES.labels("invalid_grant")._value.get() == failures + 1
-    metrics.refresh_failed("weird code {with} \"quotes\" and a very long tail " * 3)
-    codes = [sample.labels["code"] for family in metrics.REFRESH_FAILURES.collect() for sample in family.samples]
+    failures = tokens.REFRESH_FAILURES.labels("invalid_grant")._value.get()
+    tokens.refresh_failed("invalid_grant")
+    assert tokens.REFRESH_FAILURES.labels("invalid_grant")._value.get() == failures + 1
+    tokens.refresh_failed("weird code {with} \"quotes\" and a very long tail " * 3)
+    codes = [sample.labels["code"] for family in tokens.REFRESH_FAILURES.collect() for sample in family.samples]
     assert codes and all(len(code) <= 48 and '"' not in code and " " not in code for code in codes)
 
 
 INCREMENT = """
 import django, sys
 django.setup()
-from b24widget import metrics
+from bitrix24 import metrics
 for _ in range(int(sys.argv[1])):
     metrics.rest_call("server.time")
 """
@@ -115,8 +116,8 @@ def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkey
 
 
 def test_limit_answers_are_counted_by_code():
-    from b24widget import metrics
-    from portals import limits
+    from bitrix24 import metrics
+    from bitrix24 import limits
     before = metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get()
     limits.note_limited("m-metrics")
     assert metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get() == before + 1

@@ -285,7 +285,7 @@ def test_an_oversized_body_is_a_400_not_a_500(frame_500, installed):
 
 def test_a_spent_rest_budget_is_a_429_with_retry_after_not_a_wait(frame, installed, settings):
     """The portal's REST budget is spent (a long export, say): the overview's list is refused at once."""
-    from portals import limits
+    from bitrix24 import limits
     portal, b24 = installed
     token = opened(frame, b24, user_id="2")
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 2, 0.1

@@ -5,7 +5,7 @@ import pytest
 from openlines import registry
 from portals import install_steps
 from portals.models import PortalEvent
-from portals.rest import RestError
+from bitrix24.errors import RestError
 from sandbox.standin import rest_imconnector as imc
 from tests.conftest import do_install
 

@@ -6,7 +6,8 @@ import time
 import pytest
 from django.core.cache import cache
 
-from portals import oauth
+from bitrix24 import oauth
+from portals import tokens
 from portals.models import Portal, PortalEvent
 from tests.conftest import do_install, do_uninstall
 from tests.placements.frames import is_widget, open_widget, portal_calls, text
@@ -53,7 +54,7 @@ def block_portal(portal, b24):
     """The portal's refresh token is refused (here: NOT_INSTALLED for a while), so it is blocked."""
     b24.block("NOT_INSTALLED")
     with pytest.raises(oauth.OAuthRejected):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     b24.unblock()
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
 
@@ -81,7 +82,7 @@ def test_a_blocked_portal_heals_at_an_administrators_open(frame, installed, stan
     assert healed.refresh_token != fields["REFRESH_ID"]  # spent at the OAuth server, its answer stored
     assert healed.events.filter(kind=K.RECOVERED, detail__via="administrator_open").exists()
     # The stored grant works for background calls again.
-    from portals.rest import PortalClient
+    from portals.tokens import PortalClient
     assert PortalClient(healed).call("user.admin") is True
     # And ordinary users are served again.
     assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
@@ -108,7 +109,7 @@ def test_a_foreign_domain_is_refused_and_never_contacted(frame, installed, stand
 
 def test_domain_comparison_ignores_case(settings):
     """The posted DOMAIN is normalized before it is compared with the stored (OAuth-confirmed) address."""
-    from portals.addresses import normalize_domain
+    from bitrix24.addresses import normalize_domain
     settings.B24_ALLOW_HTTP_PORTALS = True
     assert normalize_domain("Portal.Bitrix24.DE.") == "portal.bitrix24.de"
     assert normalize_domain("LocalHost:8000") == "localhost:8000"
@@ -269,7 +270,7 @@ def test_bitrix24_failures_are_a_502_page_and_not_cached(frame_500, installed, s
 
 def test_a_limit_answer_while_verifying_is_retried_within_the_short_wait(frame, client, b24, settings):
     """QUERY_LIMIT_EXCEEDED is the client's to absorb: the widget opens, the answer is counted."""
-    from portals import limits
+    from bitrix24 import limits
     # Set before the install, whose requests (placements, events, install steps) fill the bucket at this rate:
     settings.B24_RATE_LIMIT_PER_SECOND = 50  # the next slot after the answer is well within B24_REQUEST_MAX_WAIT
     settings.B24_REST_MAX_RETRIES = 0  # not the generic retries: the limit's own
@@ -350,6 +351,6 @@ def test_an_expired_trial_keeps_its_negative_days(frame, installed):
 @pytest.mark.parametrize("posted,stored", [("portal.bitrix24.de:443", "portal.bitrix24.de"),
                                            ("Portal.Bitrix24.DE", "portal.bitrix24.de")])
 def test_a_domain_with_the_https_port_is_the_same_portal(settings, posted, stored):
-    from portals.addresses import normalize_domain
+    from bitrix24.addresses import normalize_domain
     settings.B24_ALLOW_HTTP_PORTALS = False
     assert normalize_domain(posted) == stored

@@ -8,8 +8,8 @@ import logging
 import pytest
 from django.core.cache import cache
 
-from portals import oauth
-from portals.addresses import BadAddress, is_public, parse_endpoint
+from bitrix24 import oauth
+from bitrix24.addresses import BadAddress, is_public, parse_endpoint
 from portals.models import InboxItem, Portal, PortalEvent
 from tests.conftest import deliver
 from tests.placements.frames import is_widget, open_widget, portal_calls, text
@@ -52,7 +52,7 @@ def test_a_flood_of_forged_opens_is_refused_at_once_within_a_bounded_budget(fram
 def test_a_request_never_waits_long_for_a_rate_limit_slot(frame, installed, standin, settings):
     """The portal's REST budget is spent (by a long export, say): an uncached open is refused at once with
     Retry-After instead of sleeping in the request thread."""
-    from portals import limits
+    from bitrix24 import limits
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 2, 0.1
     portal, b24 = installed
     for _ in range(2):

@@ -4,6 +4,7 @@ from django.test.utils import CaptureQueriesContext
 from django.db import connection
 from django.urls import reverse
 
+from portals import tokens
 from portals.models import Portal, PortalEvent
 
 pytestmark = pytest.mark.django_db
@@ -102,11 +103,11 @@ def test_refusals_are_counted_on_the_change_page_and_the_history_stays_genuine(a
 
 
 def test_the_admin_says_when_our_credentials_are_refused(admin_client, installed, settings):
-    from portals import oauth
+    from bitrix24 import oauth
     portal, _b24 = installed
     settings.B24_CLIENT_SECRET = "wrong-secret"
     with pytest.raises(oauth.ClientMisconfigured):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     body = admin_client.get("/admin/portals/portal/").content.decode()
     assert "check B24_CLIENT_ID and B24_CLIENT_SECRET" in body and "wrong-secret" not in body
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE

@@ -15,7 +15,8 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
-from portals import oauth
+from bitrix24 import oauth
+from portals import tokens
 from portals.management.commands.refresh_tokens import due as due_now, refresh_if_due
 from portals.models import Portal, PortalEvent
 from tests.conftest import do_install
@@ -128,7 +129,7 @@ def test_refused_refresh_blocks_the_portal_and_is_not_a_failure(client, standin,
     assert f"blocked {refused.member_id}" in out
     after = Portal.objects.get(pk=refused.pk)
     assert after.status == S.BLOCKED
-    assert after.last_error.startswith(f"{error}:")  # as oauth.refresh_portal writes it
+    assert after.last_error.startswith(f"{error}:")  # as tokens.refresh_portal writes it
     assert after.events.filter(kind=K.BLOCKED, detail__reason=error).exists()
     assert after.events.filter(kind=K.REFRESH_FAILED, detail__reason=error).exists()
     assert Portal.objects.get(pk=ok.pk).refresh_token != ok.refresh_token
@@ -234,7 +235,7 @@ def test_claim_judges_due_again_under_the_lock(client, standin):
     age([(portal, None)], days=160)
     listed = list(Portal.objects.filter(due_now(older_than_days=150, within_minutes=None)).values_list("pk", flat=True))
     assert listed == [portal.pk]
-    oauth.refresh_portal(portal, force=True)  # what the other copy did
+    tokens.refresh_portal(portal, force=True)  # what the other copy did
     before = len(standin.oauth_requests)
     assert refresh_if_due(portal.pk, due_now(older_than_days=150, within_minutes=None)).kind == "skipped"
     assert len(standin.oauth_requests) == before

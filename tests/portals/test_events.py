@@ -11,7 +11,7 @@ import json
 import pytest
 
 from openlines.models import Channel
-from portals import inbox
+from portals import inbox, tokens
 from portals.models import InboxItem, Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
 from tests.placements.frames import is_widget, open_widget
@@ -302,12 +302,12 @@ def test_a_known_token_onappinstall_takes_no_version(client, installed):
 def test_an_ordinary_user_cannot_uninstall_a_portal_waiting_to_heal(client, installed):
     """The portal is blocked (its refresh token was lost) and its access token expired: our own refresh
     proves nothing now, so the real application_token alone does not uninstall it."""
-    from portals import oauth
+    from bitrix24 import oauth
     portal, b24 = installed
     Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     b24.block("NOT_INSTALLED")
     with pytest.raises(oauth.OAuthRejected):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     b24.unblock()
     Portal.objects.filter(pk=portal.pk).update(access_expires_at=None)
     b24.expire_access_tokens()

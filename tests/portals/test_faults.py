@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 from django.db import connection, connections
 from django.test import RequestFactory
 
-from portals import http, oauth
+from bitrix24 import cache as shared_cache
+from bitrix24 import http, oauth
+from portals import tokens
 from portals.models import Portal, PortalEvent
 from tests.placements.frames import is_widget, open_widget
 
@@ -39,7 +42,7 @@ def test_a_late_oauth_answer_is_received_and_stored(installed, standin, settings
     settings.B24_READ_TIMEOUT = 0.3
     settings.B24_OAUTH_DEADLINE = 10
     standin.oauth_late = 1.0
-    fresh = oauth.refresh_portal(portal, force=True)
+    fresh = tokens.refresh_portal(portal, force=True)
     assert fresh.refresh_token != portal.refresh_token
     assert fresh.refresh_token in live_refresh_tokens(standin)
     assert fresh.status == Portal.Status.ACTIVE
@@ -53,7 +56,7 @@ def test_no_row_lock_is_held_while_the_oauth_server_thinks(installed, standin):
 
     def slow_refresh():
         try:
-            oauth.refresh_portal(portal, force=True)
+            tokens.refresh_portal(portal, force=True)
         finally:
             connection.close()
             done.set()
@@ -90,7 +93,7 @@ def test_callers_waiting_for_a_slow_refresh_do_not_pile_up(installed, standin):
 
     def caller():
         try:
-            oauth.refresh_portal(portal, seen_access_token=portal.access_token, wait=0.3)
+            tokens.refresh_portal(portal, seen_access_token=portal.access_token, wait=0.3)
             outcomes.append("fresh")
         except oauth.RefreshInProgress:
             outcomes.append("busy")
@@ -116,11 +119,11 @@ def test_a_refresh_token_lost_to_an_early_give_up_heals_at_an_administrators_ope
     settings.B24_OAUTH_DEADLINE = 0.3
     standin.oauth_late = 1.0
     with pytest.raises(oauth.OAuthUnavailable):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     standin.oauth_late = 0
     settings.B24_OAUTH_DEADLINE = 10
     with pytest.raises(oauth.OAuthRejected) as info:
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     assert info.value.code == "invalid_grant"
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
     # An ordinary user is asked for an administrator; the administrator's open restores the portal.
@@ -272,7 +275,8 @@ def test_a_500_page_is_framed_by_the_portal_and_localized():
 
 @pytest.mark.django_db
 def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, settings):
-    from portals.rest import PortalClient, TransportError
+    from portals.tokens import PortalClient
+    from bitrix24.errors import TransportError
     portal, b24 = installed
     settings.B24_REST_DEADLINE = 1
     settings.B24_READ_TIMEOUT = 5  # each byte arrives well within the read timeout: only the deadline ends it
@@ -285,7 +289,8 @@ def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, setting
 
 @pytest.mark.django_db
 def test_an_oversized_portal_answer_is_cut_at_the_cap(installed, settings):
-    from portals.rest import PortalClient, TransportError
+    from portals.tokens import PortalClient
+    from bitrix24.errors import TransportError
     portal, b24 = installed
     settings.B24_REST_MAX_BYTES = 1024 * 1024
     b24.oversized_answer("user.admin", megabytes=8)
@@ -301,7 +306,7 @@ def test_an_oversized_oauth_answer_loses_no_token_it_was_not_given(installed, st
     portal, _b24 = installed
     standin.oversized_answer("oauth.token", megabytes=1)
     with pytest.raises(oauth.OAuthUnavailable) as info:
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     assert info.value.code == "too_large"
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
 
@@ -343,17 +348,15 @@ def redis_silent(settings):
 def test_a_silent_redis_costs_one_timeout_not_one_per_cache_operation(frame, installed, redis_silent):
     """A widget open makes a dozen cache operations; after the first times out, the breaker sends the rest
     to this process's memory for a few seconds."""
-    from portals import limits
     _, b24 = installed
     attempts_before = len(redis_silent)
     assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
-    assert time_left_open(limits) > 0  # the breaker is open now
+    assert time_left_open() > 0  # the breaker is open now
     assert len(redis_silent) - attempts_before <= 2
 
 
-def time_left_open(limits):
-    import time
-    return limits._cache_down_until[0] - time.monotonic()
+def time_left_open():
+    return shared_cache._cache_down_until[0] - time.monotonic()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -364,7 +367,7 @@ def test_an_uninstall_during_a_refresh_keeps_the_secrets_wiped(client, installed
     portal, b24 = installed
     standin.oauth_late = 1.0
     before = len(standin.oauth_requests)
-    refresher = threading.Thread(target=lambda: (oauth.refresh_portal(portal, force=True), connection.close()))
+    refresher = threading.Thread(target=lambda: (tokens.refresh_portal(portal, force=True), connection.close()))
     refresher.start()
     while len(standin.oauth_requests) == before:
         threading.Event().wait(0.01)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from portals import limits
+from bitrix24 import limits
 from portals.models import Portal
-from portals.rest import PortalClient, RestError
+from portals.tokens import PortalClient
+from bitrix24.errors import RestError
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
@@ -117,7 +118,8 @@ import json, os, sys, django
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
 django.setup()
 from portals.models import Portal
-from portals.rest import PortalClient, RestError
+from portals.tokens import PortalClient
+from bitrix24.errors import RestError
 spec = json.loads(sys.argv[1])
 portal = Portal(member_id=spec["member_id"], domain=spec["domain"], client_endpoint=spec["endpoint"],
                 access_token=spec["token"], status="active")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from portals import oauth
+from bitrix24 import oauth
+from portals import tokens
 from portals.models import Portal, PortalEvent
-from portals.rest import PortalClient
+from portals.tokens import PortalClient
 
 K = PortalEvent.Kind
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_refresh_rotates_and_records(installed, standin):
     portal, b24 = installed
     old_refresh = portal.refresh_token
-    portal = oauth.refresh_portal(portal, force=True)
+    portal = tokens.refresh_portal(portal, force=True)
     assert portal.refresh_token != old_refresh
     assert Portal.objects.get(pk=portal.pk).refresh_token == portal.refresh_token
     assert portal.events.filter(kind=K.TOKEN_REFRESHED).exists()
@@ -30,7 +31,7 @@ def test_refresh_rotates_and_records(installed, standin):
 def test_valid_token_is_not_refreshed_just_in_case(installed, standin):
     portal, _b24 = installed
     before = len(standin.oauth_requests)
-    oauth.refresh_portal(portal)
+    tokens.refresh_portal(portal)
     assert len(standin.oauth_requests) == before
 
 
@@ -40,7 +41,7 @@ def test_blocking_errors_block_the_portal(installed, error):
     portal, b24 = installed
     b24.block(error)
     with pytest.raises(oauth.OAuthRejected) as info:
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     assert info.value.code == error
     portal.refresh_from_db()
     assert portal.status == Portal.Status.BLOCKED
@@ -54,7 +55,7 @@ def test_a_wrong_client_secret_blocks_no_portal(installed, settings, client):
     portal, _b24 = installed
     settings.B24_CLIENT_SECRET = "not-the-secret"
     with pytest.raises(oauth.ClientMisconfigured) as info:
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     assert info.value.code == "invalid_client"
     assert "not-the-secret" not in str(info.value)
     stored = Portal.objects.get(pk=portal.pk)
@@ -64,7 +65,7 @@ def test_a_wrong_client_secret_blocks_no_portal(installed, settings, client):
     assert health["checks"]["oauth_client"].startswith("error: invalid_client")
     # Fixed: the next refresh works, and the warning goes away.
     settings.B24_CLIENT_SECRET = "test-client-secret"
-    oauth.refresh_portal(portal, force=True)
+    tokens.refresh_portal(portal, force=True)
     assert client.get("/healthz").json()["checks"]["oauth_client"] == "ok"
 
 
@@ -73,7 +74,7 @@ def test_outage_does_not_block(installed, standin):
     portal, _b24 = installed
     standin.oauth_down = True
     with pytest.raises(oauth.OAuthUnavailable):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     after = Portal.objects.get(pk=portal.pk)
     assert after.status == Portal.Status.ACTIVE
     assert after.refresh_token == portal.refresh_token
@@ -85,7 +86,7 @@ def test_unreachable_oauth_server(installed, settings):
     portal, _b24 = installed
     settings.B24_OAUTH_URL = "http://127.0.0.1:9/oauth/token/"  # discard port: nothing listens
     with pytest.raises(oauth.OAuthUnavailable):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
 
 
@@ -94,11 +95,11 @@ def test_blocked_portal_is_not_refreshed_unless_asked(installed, standin):
     portal, b24 = installed
     b24.block("PAYMENT_REQUIRED")
     with pytest.raises(oauth.OAuthRejected):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     with pytest.raises(oauth.PortalNotServing):
-        oauth.refresh_portal(portal, force=True)
+        tokens.refresh_portal(portal, force=True)
     b24.block(None)
-    portal = oauth.refresh_portal(portal, force=True, allow_blocked=True)
+    portal = tokens.refresh_portal(portal, force=True, allow_blocked=True)
     assert portal.status == Portal.Status.ACTIVE
     assert portal.events.filter(kind=K.UNBLOCKED).exists()
 
@@ -169,7 +170,7 @@ django.setup()
 from django.conf import settings
 settings.B24_OAUTH_URL = sys.argv[2]
 from portals.models import Portal
-from portals.rest import PortalClient
+from portals.tokens import PortalClient
 portal = Portal.objects.get(pk=int(sys.argv[1]))
 sys.stdin.readline()  # start together
 PortalClient(portal).call("server.time")

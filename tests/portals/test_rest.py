@@ -1,9 +1,12 @@
 """The REST client against the stand-in: call, batch, list, refresh, retries, moves."""
 import pytest
 
-from portals import limits, rest
+from bitrix24 import client as rest
+from bitrix24 import limits
 from portals.models import Portal, PortalEvent
-from portals.rest import PortalClient, PortalMovedUnexplained, RestError, TokenRefreshFailed, build_query
+from portals.tokens import PortalClient
+from bitrix24.errors import PortalMovedUnexplained, RestError, TokenRefreshFailed
+from bitrix24.client import build_query
 from tests.conftest import do_uninstall
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ refreshed only when it is due: its refresh token was renewed more than --older-t
 (with --expiring-access-tokens) its access token expires within --within-minutes.
 
 The same service runs on Celery beat (portals.tasks.keepalive_pass, fanned out over workers); this
-command is for cron users. Several copies may run at once: each refresh takes the portal's lease (oauth.refresh_portal) and
+command is for cron users. Several copies may run at once: each refresh takes the portal's lease (tokens.refresh_portal) and
 checks again under the row lock that the portal is still due, so no portal is refreshed twice; no
 database lock is held while the OAuth server answers. SIGTERM stops the run gracefully (in-flight
 refreshes finish and are stored; nothing new is claimed). An OAuth answer that our own client
@@ -14,7 +14,8 @@ credentials are wrong stops the run at once with exit status 2: no portal is blo
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
-from portals import maintenance, oauth
+from bitrix24 import oauth
+from portals import maintenance
 from portals.maintenance import BLOCKED, FAILED, REFRESHED, SKIPPED, due, refresh_if_due  # noqa: F401 (re-exported)
 from portals.models import Portal
 

@@ -1,23 +1,26 @@
-"""The form Bitrix24 POSTs into an app frame (install page, placements), parsed and validated.
+"""The form Bitrix24 POSTs into an app frame (install page, placements), parsed and validated; and who
+may frame our answer.
 
 A real portal puts DOMAIN, PROTOCOL, LANG and APP_SID in the handler URL's query string and the rest
 in the body; the docs show them all in the body. Each field is read from the body first, then from
 the query. Nothing here is trusted yet: it is only well-formed.
+
+Responses shown inside a portal's frame are framable by that portal's origin only and never cached
+(`framed_by`).
 """
 import json
 import re
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.utils.cache import add_never_cache_headers
 
+from . import wire
 from .addresses import BadAddress, normalize_domain
-from .models import AppStatus
 
-MAX_TOKEN = 1024
+MAX_TOKEN = wire.MAX_TOKEN
 MAX_OPTIONS = 16 * 1024
 
-_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_.\-]{1,%d}$" % MAX_TOKEN)
 _LANG = re.compile(r"^[A-Za-z]{2}(?:[_-][A-Za-z]{2,4})?$")
 _APP_SID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 _PLACEMENT = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -112,7 +115,7 @@ def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
         raise BadFramePost("LANG", "is not a language code")
 
     member_id = _required(request, "member_id", limit=64)
-    if not _MEMBER_ID.match(member_id):
+    if not wire.is_member_id(member_id):
         raise BadFramePost("member_id", "has characters a member_id never has")
 
     placement = _value(request, "PLACEMENT", limit=64)
@@ -128,22 +131,22 @@ def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
     auth_id = _value(request, "AUTH_ID", limit=MAX_TOKEN)
     refresh_id = _value(request, "REFRESH_ID", limit=MAX_TOKEN)
     for name, token in (("AUTH_ID", auth_id), ("REFRESH_ID", refresh_id)):
-        if token and not _TOKEN.match(token):
+        if token and not wire.is_token(token):
             raise BadFramePost(name, "is not a token")
 
     application_token = _value(request, "APPLICATION_TOKEN", limit=255)
-    if application_token and not _TOKEN.match(application_token):
+    if application_token and not wire.is_token(application_token):
         raise BadFramePost("APPLICATION_TOKEN", "is not a token")
 
     auth_expires = None
     raw_expires = _value(request, "AUTH_EXPIRES", limit=10)
     if raw_expires:
-        if not (raw_expires.isascii() and raw_expires.isdigit()):
+        if not wire.is_digits(raw_expires, max_length=10):
             raise BadFramePost("AUTH_EXPIRES", "must be a whole number of seconds")
         auth_expires = int(raw_expires)
 
     status = _value(request, "status", limit=1)
-    if status and status not in AppStatus.values:
+    if status and status not in wire.APP_STATUSES:
         raise BadFramePost("status", "must be one of F, D, T, P, L, S")
 
     return FramePost(
@@ -160,3 +163,20 @@ def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
         status=status,
         placement_options=_options(_value(request, "PLACEMENT_OPTIONS", limit=MAX_OPTIONS)),
     )
+
+
+def frame_origin(domain: str, protocol: int | None = None) -> str:
+    """The origin allowed to frame a page for `domain`; plain HTTP only where the deployment allows it."""
+    scheme = "http" if protocol == 0 and settings.B24_ALLOW_HTTP_PORTALS else "https"
+    return f"{scheme}://{domain}"
+
+
+def framed_by(response, origin: str | None):
+    """Allow `origin` (and nobody else) to frame the response; without an origin, nobody."""
+    if origin:
+        response["Content-Security-Policy"] = f"frame-ancestors {origin}"
+        response.xframe_options_exempt = True
+    else:
+        response["Content-Security-Policy"] = "frame-ancestors 'none'"
+    add_never_cache_headers(response)
+    return response

@@ -1,36 +1,32 @@
-"""The Bitrix24 OAuth server: token refresh, token facts (its `app.info`), and the single-flight,
-never-abandoned refresh of a stored portal.
+"""The Bitrix24 OAuth server (settings/oauth/index.md): token refresh and token facts (its `app.info`).
 
-Refresh tokens rotate: a successful refresh spends the old one, so its answer must be stored
-whatever happens. `refresh_portal` therefore
-- takes a *lease* on the portal row in a short transaction (no database lock is held while the
-  OAuth server thinks), so one caller refreshes and the others wait briefly or answer at once;
-- gives the OAuth request its own deadline (`B24_OAUTH_DEADLINE`), long enough to receive an answer
-  the server sends late, separate from the REST timeouts;
-- commits the new tokens first, in their own short transaction, retrying the write for a while,
-  before anything else happens.
-A lease outlives the OAuth deadline, so a crashed holder's lease simply expires.
+`request_refresh` exchanges a refresh token and returns the validated grant; it stores nothing. Refresh
+tokens rotate (a successful refresh spends the old one), so the caller must store the grant whatever
+happens: portals/tokens.py does that, single-flight, for a stored portal. The OAuth request has its own
+deadline (`B24_OAUTH_DEADLINE`), long enough to receive an answer the server sends late.
 """
 import logging
-import re
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from b24widget import metrics
-
-from . import http
+from . import http, limits, wire
 from .addresses import BadAddress, is_oauth_server_endpoint, parse_endpoint
-from .models import AppStatus, Portal
+from .errors import (
+    ClientMisconfigured, HttpFailure, OAuthError, OAuthRejected, OAuthThrottled, OAuthUnavailable, PortalNotServing,
+    RefreshInProgress,
+)
+
+__all__ = [
+    "BLOCKING_ERRORS", "CLIENT_ERRORS", "ClientMisconfigured", "OAuthError", "OAuthRejected", "OAuthThrottled",
+    "OAuthUnavailable", "PortalNotServing", "RefreshInProgress", "TokenGrant", "TokenInfo", "client_rejected",
+    "exchange_unverified", "lease_seconds", "parse_grant", "request_refresh", "token_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +37,7 @@ BLOCKING_ERRORS = frozenset({"invalid_grant", "NOT_INSTALLED", "PAYMENT_REQUIRED
 # no portal is to blame for it.
 CLIENT_ERRORS = frozenset({"invalid_client", "wrong_client"})
 _CLIENT_REJECTED_KEY = "b24widget:oauth-client-rejected"
-_MAX_TOKEN_LENGTH = 1024
-_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-
-class OAuthError(Exception):
-    """Base of OAuth failures. `code` is Bitrix24's error code; the text never holds a secret."""
-
-    def __init__(self, code: str, description: str = ""):
-        self.code = code
-        self.description = description
-        super().__init__(f"{code}: {description}" if description else code)
-
-
-class OAuthRejected(OAuthError):
-    """The OAuth server answered with an error (or with a grant for another portal)."""
-
-
-class OAuthUnavailable(OAuthError):
-    """The OAuth server could not be reached or gave no usable answer; nothing is known."""
-
-
-class PortalNotServing(OAuthError):
-    """The portal is blocked or uninstalled: no refresh is attempted."""
-
-
-class ClientMisconfigured(OAuthError):
-    """The OAuth server refused our client_id / client_secret: the deployment's fault, not a portal's."""
-
-
-class OAuthThrottled(OAuthError):
-    """Too many unverified OAuth attempts for this portal (or overall), or one is in flight: refused at once."""
-
-    def __init__(self, retry_after: float = 5.0):
-        self.retry_after = retry_after
-        super().__init__("throttled", "too many unverified attempts; try again later")
-
-
-class RefreshInProgress(OAuthUnavailable):
-    """Another caller is refreshing this portal right now; try again in a moment."""
-
-    def __init__(self):
-        super().__init__("refresh_in_progress", "another refresh of this portal is under way")
+_MAX_TOKEN_LENGTH = wire.MAX_TOKEN
 
 
 @dataclass(frozen=True)
@@ -138,7 +93,7 @@ def parse_grant(answer) -> TokenGrant:
             log.warning("OAuth answer names a server_endpoint outside B24_OAUTH_SERVER_HOSTS; ignored")
             server_endpoint = ""
     member_id = _text(answer, "member_id", limit=64)
-    if not _MEMBER_ID.match(member_id):
+    if not wire.is_member_id(member_id):
         raise OAuthUnavailable("bad_answer", "OAuth answer has a malformed member_id")
     status = _text(answer, "status", required=False, limit=1)
     user_id = _text(answer, "user_id", required=False, limit=32)
@@ -151,8 +106,8 @@ def parse_grant(answer) -> TokenGrant:
         domain=domain,
         server_endpoint=server_endpoint,
         scope=_text(answer, "scope", required=False, limit=4000),
-        status=status if status in AppStatus.values else "",
-        user_id=user_id if user_id.isascii() and user_id.isdigit() else "",
+        status=status if status in wire.APP_STATUSES else "",
+        user_id=wire.digits_or_empty(user_id),
     )
 
 
@@ -187,16 +142,16 @@ def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwa
         answer = http.send(method, url, connect_timeout=settings.B24_CONNECT_TIMEOUT,
                            read_timeout=deadline, deadline=deadline,
                            max_bytes=settings.B24_OAUTH_MAX_BYTES, **kwargs)
-    except http.HttpFailure as exc:
+    except HttpFailure as exc:
         raise OAuthUnavailable(exc.code if exc.code != "unreachable" else "unreachable",
                                f"OAuth server: {exc.description}") from None
     return answer.status, answer.json()
 
 
 def _raise_for_error(status: int, answer) -> None:
-    if isinstance(answer, dict) and answer.get("error"):
-        code = str(answer["error"])[:64]
-        description = str(answer.get("error_description") or "")[:255]
+    error = wire.error_of(answer)
+    if error is not None:
+        code, description = error
         if code in CLIENT_ERRORS:
             _note_client(code)
             raise ClientMisconfigured(code, "the OAuth server refused this deployment's B24_CLIENT_ID / "
@@ -237,8 +192,6 @@ def exchange_unverified(member_id: str, refresh_token: str, *, before_spending=N
     Budgeted per member_id and for the whole deployment (B24_UNVERIFIED_OAUTH_*), with at most one
     attempt in flight per member_id: a flood of forged installs costs a handful of OAuth requests.
     """
-    from . import limits
-
     if not limits.admit(f"oauth:{member_id}", per_minute=settings.B24_UNVERIFIED_OAUTH_PER_MINUTE,
                         burst=settings.B24_UNVERIFIED_OAUTH_BURST):
         raise OAuthThrottled(60.0 / max(settings.B24_UNVERIFIED_OAUTH_PER_MINUTE, 1))
@@ -318,9 +271,9 @@ def token_info(access_token: str) -> TokenInfo:
     # Asked from web requests only: their deadline, not the refresh's (nothing is lost by giving up here).
     status, answer = _oauth_answer("POST", f"{oauth_server_rest()}app.info", data={"auth": access_token},
                                    deadline=min(settings.B24_REQUEST_DEADLINE, settings.B24_OAUTH_DEADLINE))
-    if isinstance(answer, dict) and answer.get("error"):
-        code = str(answer["error"])[:64]
-        description = str(answer.get("error_description") or "")[:255]
+    error = wire.error_of(answer)
+    if error is not None:
+        code, description = error
         if code in _TOKEN_REFUSED:
             raise OAuthRejected(code, description)
         raise OAuthUnavailable(code, description)  # the server's trouble, not the token's
@@ -331,7 +284,7 @@ def token_info(access_token: str) -> TokenInfo:
     if not isinstance(install, dict):
         raise OAuthUnavailable("bad_answer", "OAuth app.info has no install block")
     member_id = _text(install, "member_id", limit=64)
-    if not _MEMBER_ID.match(member_id):
+    if not wire.is_member_id(member_id):
         raise OAuthUnavailable("bad_answer", "OAuth app.info has a malformed member_id")
     try:
         client_endpoint, domain = parse_endpoint(_text(install, "client_endpoint"))
@@ -343,148 +296,15 @@ def token_info(access_token: str) -> TokenInfo:
     return TokenInfo(
         client_id=_text(result, "client_id", limit=128),
         member_id=member_id,
-        user_id=user_id if user_id.isascii() and user_id.isdigit() else "",
+        user_id=wire.digits_or_empty(user_id),
         domain=domain,
         client_endpoint=client_endpoint,
-        status=status_code if status_code in AppStatus.values else "",
+        status=status_code if status_code in wire.APP_STATUSES else "",
         installed=installed if isinstance(installed, bool) else None,
     )
 
 
-# --- the single-flight refresh of a stored portal ------------------------------------------------------
-
-def _lease_seconds() -> float:
-    # Longer than the refresh can take at worst (http.worst_case): a holder still waiting for its answer
-    # keeps the lease, so nobody else sends the same (maybe already spent) refresh token.
+def lease_seconds() -> float:
+    """How long a refresh may take at worst (http.worst_case) and a little more: what a lease on its
+    outcome must outlast, so nobody else sends the same (maybe already spent) refresh token meanwhile."""
     return http.worst_case(settings.B24_CONNECT_TIMEOUT, settings.B24_OAUTH_DEADLINE, settings.B24_OAUTH_DEADLINE) + 5
-
-
-def refresh_portal(
-    portal: Portal, *, seen_access_token: str | None = None, force: bool = False, allow_blocked: bool = False,
-    wait: float | None = None, still_due=None,
-) -> Portal:
-    """Refresh the portal's tokens once, however many callers ask at the same time.
-
-    `seen_access_token` is the token the caller found expired: if the stored one differs, another
-    caller refreshed meanwhile and the fresh row is returned. `force` refreshes a still-valid token
-    (keep-alive, a portal that may have moved) unless someone refreshed it since this call began.
-    `still_due` (a Q) is re-checked under the lock: when the row no longer matches, nothing is done.
-    While another caller holds the lease this one waits up to `wait` seconds (default
-    B24_REFRESH_WAIT) for its result, then raises RefreshInProgress. Blocking OAuth errors mark the
-    portal `blocked`; an unreachable OAuth server only records the failure. Both raise.
-    """
-    from . import lifecycle  # lifecycle is the only writer of portal state; imported late (cycle)
-
-    began = timezone.now()
-    wait_until = time.monotonic() + (settings.B24_REFRESH_WAIT if wait is None else wait)
-    while True:
-        claim = _claim(portal.pk, seen_access_token=seen_access_token, force=force, allow_blocked=allow_blocked,
-                       began=began, still_due=still_due)
-        if isinstance(claim, Portal):
-            return claim
-        if claim is not None:
-            break
-        if time.monotonic() >= wait_until:
-            raise RefreshInProgress()
-        time.sleep(0.05)
-    current, owner = claim
-    try:
-        grant = request_refresh(current.refresh_token)
-        if grant.member_id != current.member_id:
-            raise OAuthRejected("wrong_member", "OAuth server answered for another portal")
-    except ClientMisconfigured:
-        metrics.refresh_failed("client_misconfigured")
-        _release(current, owner)
-        log.error("OAuth server refused our client credentials; no portal is blocked",
-                  extra={"member_id": current.member_id})
-        raise
-    except OAuthRejected as exc:
-        metrics.refresh_failed(exc.code)
-        with transaction.atomic():
-            row = _locked(current.pk, owner)
-            if exc.code in BLOCKING_ERRORS:
-                lifecycle.block(row, reason=exc.code, description=exc.description)
-            else:
-                lifecycle.record_refresh_failure(row, exc)
-        raise
-    except OAuthUnavailable as exc:
-        metrics.refresh_failed(exc.code)
-        with transaction.atomic():
-            lifecycle.record_refresh_failure(_locked(current.pk, owner), exc)
-        raise
-    except BaseException:
-        _release(current, owner)
-        raise
-    return _store(current.pk, owner, grant)
-
-
-def _claim(pk: int, *, seen_access_token, force, allow_blocked, began, still_due):
-    """In one short transaction: the fresh row (nothing to do), None (leased by another), or (row, lease)."""
-    now = timezone.now()
-    with transaction.atomic():
-        rows = Portal.objects.select_for_update().filter(pk=pk)
-        current = rows.first()
-        if current is None:
-            raise PortalNotServing("portal_not_serving", "portal is gone")
-        serving = current.is_serving or (allow_blocked and current.status == Portal.Status.BLOCKED)
-        if not serving or not current.refresh_token:
-            raise PortalNotServing("portal_not_serving", f"portal is {current.status}")
-        if still_due is not None and not rows.filter(still_due).exists():
-            return current
-        if current.access_token and not current.access_token_expired():
-            if seen_access_token is not None and current.access_token != seen_access_token:
-                return current  # refreshed by someone else meanwhile
-            if seen_access_token is None and not force:
-                return current
-            if force and current.refresh_renewed_at and current.refresh_renewed_at >= began:
-                return current  # a forced refresh that someone else did since we asked
-        if current.refresh_lease_until and current.refresh_lease_until > now:
-            return None
-        owner = uuid.uuid4().hex
-        current.refresh_lease_owner = owner
-        current.refresh_lease_until = now + timedelta(seconds=_lease_seconds())
-        current.save(update_fields=["refresh_lease_owner", "refresh_lease_until"])
-    return current, owner
-
-
-def _locked(pk: int, owner: str) -> Portal:
-    """The row under its lock, with our lease (if still ours) dropped."""
-    row = Portal.objects.select_for_update().get(pk=pk)
-    if row.refresh_lease_owner == owner:
-        row.refresh_lease_owner = ""
-        row.refresh_lease_until = None
-        row.save(update_fields=["refresh_lease_owner", "refresh_lease_until"])
-    return row
-
-
-def _release(current: Portal, owner: str) -> None:
-    try:
-        Portal.objects.filter(pk=current.pk, refresh_lease_owner=owner).update(
-            refresh_lease_owner="", refresh_lease_until=None)
-    except DatabaseError:
-        log.warning("could not release a refresh lease (it expires by itself)", extra={"member_id": current.member_id})
-
-
-def _store(pk: int, owner: str, grant: TokenGrant) -> Portal:
-    """Commit the rotated tokens before anything else, retrying the write: the old token is spent."""
-    from . import lifecycle
-
-    delay = 0.2
-    for attempt in range(settings.B24_TOKEN_STORE_ATTEMPTS):
-        try:
-            with transaction.atomic():
-                row = _locked(pk, owner)
-                lifecycle.apply_grant(row, grant, reason="refresh")
-            row.refreshed_now = True  # this call refreshed (others return the row someone else refreshed)
-            return row
-        except DatabaseError:
-            if transaction.get_connection().in_atomic_block or attempt + 1 == settings.B24_TOKEN_STORE_ATTEMPTS:
-                log.critical("a rotated token could not be stored; the portal heals at the next administrator "
-                             "open", extra={"member_id": grant.member_id})
-                raise
-            log.warning("storing a rotated token failed; retrying", extra={"member_id": grant.member_id,
-                                                                           "attempt": attempt + 1})
-            close_old_connections()
-            time.sleep(delay)
-            delay = min(delay * 2, 5)
-    raise AssertionError("unreachable")

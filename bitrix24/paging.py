@@ -1,4 +1,4 @@
-"""How PortalClient.list pages: chained by id inside batch requests, or by offset.
+"""How Client.list pages: chained by id inside batch requests, or by offset.
 
 By id (settings/performance/huge-data.md with settings/how-to-call-rest-api/batch.md): `start=-1` skips
 the count, and each command filters `>ID` on the last id of the command before it through a
@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from .rest import (
-    _RETRYABLE, BATCH_LIMIT, PAGE_SIZE, BatchResult, LimitWaitExceeded, TransportError,
-)
+from .errors import RETRYABLE, LimitWaitExceeded, TransportError
+from .wire import BATCH_LIMIT, PAGE_SIZE
 
 
 # The most items an offset-paged list fetches (its plan is built from the portal's `total` up front).
@@ -109,9 +108,8 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
             if below is not None:
                 page_filter[f"<{field}"] = below
             commands[f"p{i}"] = (method, {**params, "order": {field: "ASC"}, "filter": page_filter, "start": -1})
-        result = BatchResult()
         # Not retried inside: a refused page is asked again from the last id, with its chain behind it.
-        client._batch_request(commands, True, result, retry=False)
+        result = client.batch_request(commands, halt=True, retry=False)
         if top is None:
             if "top" not in result.result:
                 stalled = _stalled(result, "top", stalled)
@@ -141,10 +139,10 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
                 return items
 
 
-def _stalled(result: BatchResult, key: str, stalled: int) -> int:
+def _stalled(result, key: str, stalled: int) -> int:
     """A chain made no progress: a limit is retried (from the same id) a few times, anything else raised."""
     error = result.errors.get(key) or TransportError("bad_answer", "batch answered without the page")
-    if isinstance(error, LimitWaitExceeded) or error.code not in _RETRYABLE or stalled >= settings.B24_REST_MAX_RETRIES:
+    if isinstance(error, LimitWaitExceeded) or error.code not in RETRYABLE or stalled >= settings.B24_REST_MAX_RETRIES:
         raise error
     return stalled + 1
 
@@ -159,7 +157,6 @@ def _page_items(result) -> list:
             return list(lists[0])
         return list(result.values())
     return []
-
 
 
 def _as_int(value):

@@ -13,17 +13,10 @@ from dataclasses import dataclass
 import requests
 import urllib3
 
+from .errors import HttpFailure
+
 _local = threading.local()
 _CHUNK = 16 * 1024
-
-
-class HttpFailure(Exception):
-    """Nothing usable came back: `code` is `unreachable`, `deadline` or `too_large`; no secret in the text."""
-
-    def __init__(self, code: str, description: str):
-        self.code = code
-        self.description = description
-        super().__init__(f"{code}: {description}")
 
 
 @dataclass(frozen=True)

@@ -1,74 +1,47 @@
-"""The REST client for one portal: call, batch, list; token refresh, retries, limits, moves.
+"""The REST client for one portal: call, batch, list; retries, limits, moves.
 
-Limits (settings/performance/limits.md; pacing in portals/limits.py): every request waits for the
+Limits (settings/performance/limits.md; pacing in bitrix24/limits.py): every request waits for the
 portal's bucket, the one of its plan; a QUERY_LIMIT_EXCEEDED answer slows that shared bucket and the
 call is sent again at its next slot, never surfaced while the slot is within the caller's wait.
 Operating time is billed per method: the outer `batch` is not, its commands are, each on its own
 (`result_time`), so a method near its budget holds back only its own calls. OVERLOAD_LIMIT (a block
-by Bitrix24's staff) is never retried. How `list` pages is in portals/paging.py.
+by Bitrix24's staff) is never retried. How `list` pages is in bitrix24/paging.py.
 
-Every request goes to the portal's stored `client_endpoint` (which only the OAuth server sets) with
+Every request goes to the portal's `client_endpoint` (which only the OAuth server sets) with
 redirects off: `requests` would turn a redirected POST into a GET and drop its parameters. A 3xx
-means the portal may have moved; the OAuth server is asked where it lives now and the call is
-repeated once there. The `Location` header is never used as a destination.
+means the portal may have moved; the credentials are refreshed (the OAuth server names the address)
+and the call is repeated once there. The `Location` header is never used as a destination.
+
+The client knows a portal only through `Credentials`. Refreshing them is a step the caller provides
+(`refresh`): it exchanges the refresh token and stores what the OAuth server returned, then hands back
+the new credentials. Nothing in this package writes to a database.
 """
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from django.conf import settings
 
-from b24widget import metrics
-
-from . import http, limits, oauth
-from .models import Portal
+from . import http, limits, metrics, wire
+from . import paging as paging_
+from .wire import BATCH_LIMIT, PAGE_SIZE
+from .errors import (
+    RETRYABLE, HttpFailure, LimitWaitExceeded, OAuthError, PortalMovedUnexplained, RestError, TokenRefreshFailed,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
-BATCH_LIMIT = 50
-PAGE_SIZE = 50
-_RETRYABLE = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
+_RETRYABLE = RETRYABLE
 # A manual block by Bitrix24 (settings/performance/limits.md): retrying makes it worse.
 _NOT_RETRIED = frozenset({"OVERLOAD_LIMIT"})
 # QUERY_LIMIT_EXCEEDED answers one call sends again (each after its next paced slot) before giving up:
 # with the bucket halved at each answer, Bitrix24 would have to refuse for minutes to exhaust them.
 _LIMIT_RETRIES = 12
-
-
-class RestError(Exception):
-    """A Bitrix24 REST failure. `code` is Bitrix24's error code; the text never holds a secret."""
-
-    def __init__(self, code: str, description: str = "", *, http_status: int | None = None, method: str = ""):
-        self.code = code
-        self.description = description
-        self.http_status = http_status
-        self.method = method
-        self.reset_at = None  # for OPERATION_TIME_LIMIT: when Bitrix24 resets the method's budget
-        super().__init__(f"{method}: {code}: {description}" if description else f"{method}: {code}")
-
-
-class TransportError(RestError):
-    """The portal could not be reached or did not answer with Bitrix24 JSON."""
-
-
-class PortalMovedUnexplained(RestError):
-    """The portal answered with a redirect that the OAuth server does not confirm."""
-
-
-class LimitWaitExceeded(RestError):
-    """A Bitrix24 limit would make the call wait longer than the caller may; nothing was sent.
-
-    `retry_after`: seconds until a slot is free (for a Retry-After header)."""
-
-    def __init__(self, code: str, description: str = "", *, method: str = "", retry_after: float = 1.0):
-        super().__init__(code, description, method=method)
-        self.retry_after = retry_after
-
-
-class TokenRefreshFailed(RestError):
-    """The access token expired and could not be renewed (the portal may now be blocked)."""
 
 
 @dataclass
@@ -79,6 +52,27 @@ class BatchResult:
     errors: dict = field(default_factory=dict)
     total: dict = field(default_factory=dict)
     next: dict = field(default_factory=dict)
+
+
+class Credentials(Protocol):
+    """What the client needs to know of a portal (a `portals.models.Portal` row is one)."""
+
+    member_id: str
+    domain: str
+    client_endpoint: str  # the portal's REST base, as the OAuth server named it
+    server_endpoint: str  # the OAuth server's REST for this portal ('' when unknown)
+    access_token: str
+    rest_plan: str  # limits.STANDARD or limits.ENTERPRISE ('' for the standard plan)
+
+
+class Refresh(Protocol):
+    """The caller's refresh step: exchange the credentials' refresh token, store the answer, return the new
+    credentials. `seen_access_token`: the token the client found expired (another caller may have refreshed
+    meanwhile); `force`: refresh a still-valid token (the portal may have moved); `wait`: how long to wait
+    for another caller's refresh. Raises an OAuthError when it cannot."""
+
+    def __call__(self, credentials: Any, *, seen_access_token: str | None, force: bool,
+                 wait: float | None) -> Any: ...
 
 
 def build_query(params, prefix: str = "") -> str:
@@ -101,15 +95,15 @@ def build_query(params, prefix: str = "") -> str:
     return "&".join(pairs)
 
 
-class PortalClient:
-    """REST access to one stored portal, with the app's tokens (or a user's `access_token`).
+class Client:
+    """REST access to one portal, with the app's tokens (or a user's `access_token`).
 
-    With the app's tokens an `expired_token` answer refreshes them (single-flight) and retries once.
+    With the app's tokens an `expired_token` answer refreshes them (through `refresh`) and retries once.
     A user's token is never refreshed: its expiry is the caller's verdict.
     """
 
-    def __init__(self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False,
-                 interactive: bool = False):
+    def __init__(self, credentials: Credentials, *, refresh: Refresh | None = None, access_token: str | None = None,
+                 oauth_server: bool = False, interactive: bool = False):
         """`oauth_server`: send to the OAuth server's REST (`server_endpoint`), Bitrix24's trusted source of
         the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown.
 
@@ -117,9 +111,10 @@ class PortalClient:
         limit slot (LimitWaitExceeded instead, nothing sent) and all its calls together end within
         B24_REQUEST_DEADLINE; background callers wait up to B24_MAX_WAIT and have B24_REST_DEADLINE per call.
         """
-        self.portal = portal
+        self.credentials = credentials
+        self._refresher = refresh
         self._user_token = access_token
-        self._oauth_server = oauth_server and bool(portal.server_endpoint)
+        self._oauth_server = oauth_server and bool(credentials.server_endpoint)
         self.interactive = interactive
         self._ends = time.monotonic() + settings.B24_REQUEST_DEADLINE if interactive else None
 
@@ -154,23 +149,26 @@ class PortalClient:
         out = BatchResult()
         items = list(commands.items())
         for start in range(0, len(items), BATCH_LIMIT):
-            self._batch_request(dict(items[start : start + BATCH_LIMIT]), halt, out)
+            self.batch_request(dict(items[start : start + BATCH_LIMIT]), out, halt=halt)
             if halt and out.errors:
                 break
         return out
 
-    def _batch_request(self, chunk: dict, halt: bool, out: BatchResult, *, retry: bool = True) -> None:
-        """One request of at most 50 commands, then again for the commands refused for a limit.
+    def batch_request(self, chunk: dict, out: "BatchResult | None" = None, *, halt: bool,
+                      retry: bool = True) -> "BatchResult":
+        """One request of at most 50 commands into `out`, then again for the commands refused for a limit
+        (`retry` False: not again; a list chain asks again from its last id itself).
 
         A command that refers to another's result (`$result[...]`) is not sent again alone: the
         reference would find nothing in the new request; its error is reported instead.
         """
+        out = BatchResult() if out is None else out
         pending = chunk
         retries = settings.B24_REST_MAX_RETRIES if retry else 0
         for attempt in range(retries + 1):
             pending = self._hold_back_paused(pending, out)
             if not pending or (halt and out.errors):
-                return
+                return out
             cmd = {key: f"{method}?{build_query(params)}" if params else method
                    for key, (method, params) in pending.items()}
             answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
@@ -181,7 +179,7 @@ class PortalClient:
             times = _section(answer, "result_time")
             for key, block in times.items():
                 if key in pending:
-                    limits.note_operating(self.portal.member_id, pending[key][0], block)
+                    limits.note_operating(self.credentials.member_id, pending[key][0], block)
             out.result.update({key: value for key, value in results.items() if key in pending})
             for name in ("total", "next"):
                 getattr(out, name).update(_section(answer, f"result_{name}"))
@@ -191,16 +189,16 @@ class PortalClient:
                     continue
                 err = err if isinstance(err, dict) else {}
                 method = pending[key][0]
-                error = RestError(str(err.get("error") or "ERROR")[:64], str(err.get("error_description") or "")[:255],
-                                  method=method)
+                error = RestError(wire.clip(err.get("error") or "ERROR", wire.CODE_LIMIT),
+                                  wire.clip(err.get("error_description") or ""), method=method)
                 if error.code in _RETRYABLE:
                     limits.counters.add("limit_answers_nested")
                     metrics.limit_answer(error.code)
                 if error.code == "OPERATION_TIME_LIMIT":
                     # limits.md: this method (only) waits for the reset its last good answer gave.
-                    until = limits.last_reset_at(self.portal.member_id, method) or _latest_reset(
+                    until = limits.last_reset_at(self.credentials.member_id, method) or _latest_reset(
                         times, pending, method) or time.time() + settings.B24_REST_BACKOFF * (2**attempt)
-                    limits.pause_method(self.portal.member_id, method, until)
+                    limits.pause_method(self.credentials.member_id, method, until)
                 if error.code in _RETRYABLE and attempt < retries and not _refers(cmd[key]):
                     again[key] = pending[key]
                 else:
@@ -210,8 +208,9 @@ class PortalClient:
                 again.update({k: v for k, v in pending.items()
                               if k not in results and k not in errors and not _refers(cmd[k])})
             if not again:
-                return
+                return out
             pending = again
+        return out
 
     def _hold_back_paused(self, pending: dict, out: BatchResult) -> dict:
         """Wait for methods held back only briefly; commands of methods held back longer fail, unsent."""
@@ -219,7 +218,7 @@ class PortalClient:
         waits = {}
         for method, _params in pending.values():
             if method not in waits:
-                until = limits.paused_until(self.portal.member_id, method)
+                until = limits.paused_until(self.credentials.member_id, method)
                 waits[method] = until - now if until else 0.0
         longest = max([w for w in waits.values() if w <= self._max_wait()] or [0.0])
         if longest > 0:
@@ -236,19 +235,17 @@ class PortalClient:
         return kept
 
     def list(self, method: str, params: dict | None = None, *, paging=None) -> list:
-        """Every item of a list method, in the order Bitrix24 gives them (portals/paging.py).
+        """Every item of a list method, in the order Bitrix24 gives them (bitrix24/paging.py).
 
         `paging`: a paging.IdPaging (None: the method's entry in paging.ID_PAGING) chains the pages by
         id inside batch requests, 2,500 items a request and no count; "start" (also for methods not in
         ID_PAGING) pages by offset after a first page that counts the total.
         """
-        from . import paging as pages
-
-        return pages.list_items(self, method, dict(params or {}), paging)
+        return paging_.list_items(self, method, dict(params or {}), paging)
 
     # --- transport ----------------------------------------------------------------------------------
     def _token(self) -> str:
-        return self._user_token if self._user_token is not None else self.portal.access_token
+        return self._user_token if self._user_token is not None else self.credentials.access_token
 
     def _send(self, method: str, params: dict) -> dict:
         refreshed = moved = False
@@ -260,7 +257,7 @@ class PortalClient:
             try:
                 return self._post(method, params, token)
             except _Redirected:
-                if moved or self._oauth_server or self.portal.pk is None:
+                if moved or self._oauth_server or self._refresher is None:
                     raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
                 moved = True
                 self._follow_move(method)
@@ -276,7 +273,7 @@ class PortalClient:
                 if exc.code == "QUERY_LIMIT_EXCEEDED" and not self._oauth_server:
                     # The portal's counter is full: the shared bucket is taken as full and slowed, and the
                     # call waits for its next slot like any other (a web request at most its short wait).
-                    limits.note_limited(self.portal.member_id, plan=self._plan())
+                    limits.note_limited(self.credentials.member_id, plan=self._plan())
                     limited += 1
                     # A web request tries twice more at most: each try may wait up to B24_REQUEST_MAX_WAIT.
                     if limited <= (_LIMIT_RETRIES if not self.interactive else 2):
@@ -291,10 +288,10 @@ class PortalClient:
                     attempt += 1
                     if exc.code == "OPERATION_TIME_LIMIT":
                         # The method's budget is spent for every process: hold it back for all of them.
-                        until = exc.reset_at or limits.last_reset_at(self.portal.member_id, method) or time.time() + delay
-                        limits.pause_method(self.portal.member_id, method, until)
+                        until = exc.reset_at or limits.last_reset_at(self.credentials.member_id, method) or time.time() + delay
+                        limits.pause_method(self.credentials.member_id, method, until)
                         delay = 0
-                    log.info("rest retry", extra={"member_id": self.portal.member_id, "method": method,
+                    log.info("rest retry", extra={"member_id": self.credentials.member_id, "method": method,
                                                   "code": exc.code, "attempt": attempt, "delay": delay})
                     time.sleep(delay)
                     continue
@@ -304,10 +301,12 @@ class PortalClient:
         return getattr(self.portal, "rest_plan", "") or limits.STANDARD
 
     def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
+        if self._refresher is None:
+            raise TokenRefreshFailed("expired_token", "these credentials cannot be refreshed", method=method)
         try:
-            self.portal = oauth.refresh_portal(self.portal, seen_access_token=seen, force=force,
+            self.credentials = self._refresher(self.credentials, seen_access_token=seen, force=force,
                                                wait=settings.B24_REFRESH_WAIT if self.interactive else None)
-        except oauth.OAuthError as exc:
+        except OAuthError as exc:
             raise TokenRefreshFailed(exc.code, exc.description, method=method) from None
 
     def _follow_move(self, method: str) -> None:
@@ -318,29 +317,29 @@ class PortalClient:
         """
         if self._user_token is not None:
             raise PortalMovedUnexplained("REDIRECT", "the portal redirected a user's call", method=method)
-        before = self.portal.client_endpoint
+        before = self.credentials.client_endpoint
         self._refresh(seen=None, method=method, force=True)
-        if self.portal.client_endpoint == before:
+        if self.credentials.client_endpoint == before:
             raise PortalMovedUnexplained(
                 "REDIRECT", "the portal redirected but the OAuth server reports the same address", method=method
             )
         log.info("portal moved; repeating the call",
-                 extra={"member_id": self.portal.member_id, "domain": self.portal.domain, "method": method})
+                 extra={"member_id": self.credentials.member_id, "domain": self.credentials.domain, "method": method})
 
     def _post(self, method: str, params: dict, token: str) -> dict:
         metrics.rest_call(method)
-        base = self.portal.server_endpoint if self._oauth_server else self.portal.client_endpoint
+        base = self.credentials.server_endpoint if self._oauth_server else self.credentials.client_endpoint
         url = f"{base}{method}.json"
         # The outer batch is not billed for operating time (limits.md); its commands are, in batch().
         if method != "batch":
             try:
-                limits.wait_for_method(self.portal.member_id, method, max_wait=self._max_wait())
+                limits.wait_for_method(self.credentials.member_id, method, max_wait=self._max_wait())
             except limits.LimitWaitTooLong as exc:
                 raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method,
                                         retry_after=exc.seconds) from None
         if not self._oauth_server:  # the OAuth server's REST is not the portal's bucket
             try:
-                limits.pace(self.portal.member_id, max_wait=self._max_wait(), plan=self._plan())
+                limits.pace(self.credentials.member_id, max_wait=self._max_wait(), plan=self._plan())
             except limits.LimitWaitTooLong as exc:
                 raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method,
                                         retry_after=exc.seconds) from None
@@ -353,11 +352,11 @@ class PortalClient:
                 connect_timeout=settings.B24_CONNECT_TIMEOUT, read_timeout=settings.B24_READ_TIMEOUT,
                 deadline=self._deadline(method), max_bytes=settings.B24_REST_MAX_BYTES,
             )
-        except http.HttpFailure as exc:
+        except HttpFailure as exc:
             raise TransportError(exc.code, f"portal: {exc.description}", method=method) from None
         request_id = response.headers.get("X-Request-ID") or request_id
         if 300 <= response.status < 400:
-            log.warning("rest redirect", extra={"member_id": self.portal.member_id, "method": method,
+            log.warning("rest redirect", extra={"member_id": self.credentials.member_id, "method": method,
                                                 "http_status": response.status, "request_id": request_id})
             raise _Redirected()
         answer = response.json()
@@ -367,9 +366,8 @@ class PortalClient:
                 http_status=response.status, method=method,
             )
         if "error" in answer:
-            code = str(answer.get("error"))[:64]
-            description = str(answer.get("error_description") or "")[:255]
-            log.info("rest error", extra={"member_id": self.portal.member_id, "method": method, "code": code,
+            code, description = wire.clip(answer.get("error"), wire.CODE_LIMIT), wire.clip(answer.get("error_description") or "")
+            log.info("rest error", extra={"member_id": self.credentials.member_id, "method": method, "code": code,
                                           "http_status": response.status, "request_id": request_id})
             error = RestError(code, description, http_status=response.status, method=method)
             error.reset_at = _reset_at(answer.get("time"))
@@ -377,8 +375,8 @@ class PortalClient:
         if "result" not in answer or response.status != 200:
             raise TransportError("bad_answer", "answer without result", http_status=response.status, method=method)
         if method != "batch":
-            limits.note_operating(self.portal.member_id, method, answer.get("time"))
-        log.debug("rest call", extra={"member_id": self.portal.member_id, "method": method, "request_id": request_id})
+            limits.note_operating(self.credentials.member_id, method, answer.get("time"))
+        log.debug("rest call", extra={"member_id": self.credentials.member_id, "method": method, "request_id": request_id})
         return answer
 
 

@@ -24,7 +24,7 @@ tokens, OAuth attempts for forged installs): over budget means "refuse now". `si
 one such attempt in flight per key.
 
 When the cache (Redis) fails, each process falls back to its own memory for this state and says so
-in the log: pacing gets per-process instead of shared, but no request fails because of it.
+in the log (bitrix24/cache.py): pacing gets per-process instead of shared, but no request fails because of it.
 """
 import contextlib
 import logging
@@ -34,11 +34,9 @@ import uuid
 from collections import Counter
 
 from django.conf import settings
-from django.core.cache import cache as shared_cache
-from django.core.cache.backends.locmem import LocMemCache
-from django.core.signals import setting_changed
 
-from b24widget import metrics
+from . import metrics
+from .cache import cache
 
 log = logging.getLogger(__name__)
 
@@ -50,51 +48,6 @@ BACKOFF = 0.5  # the rate is multiplied by this on a QUERY_LIMIT_EXCEEDED answer
 FLOOR = 0.125  # ... but never below this share of the plan's rate
 PROBE_SECONDS = 5.0  # quiet seconds after which the rate steps up again ...
 PROBE_STEP = 0.125  # ... by this share of the plan's rate
-_fallback = LocMemCache("b24widget-limits-fallback", {"OPTIONS": {"MAX_ENTRIES": 50000}})
-_last_warning = [0.0]
-_CACHE_RETRY_AFTER = 5.0  # seconds a failed shared cache is left alone before it is tried again
-_cache_down_until = [0.0]
-
-
-class _SafeCache:
-    """The shared cache, or this process's memory while the shared one fails.
-
-    After a failure the shared cache is not tried again for _CACHE_RETRY_AFTER seconds (a breaker):
-    a Redis host that stops answering costs one socket timeout per process every few seconds, not
-    one per cache operation."""
-
-    def __getattr__(self, name):
-        operation = getattr(shared_cache, name)
-
-        def call(*args, **kwargs):
-            if time.monotonic() < _cache_down_until[0]:
-                return getattr(_fallback, name)(*args, **kwargs)
-            try:
-                return operation(*args, **kwargs)
-            except Exception as exc:  # redis.ConnectionError, TimeoutError, ...: any cache failure
-                _cache_down_until[0] = time.monotonic() + _CACHE_RETRY_AFTER
-                if time.monotonic() - _last_warning[0] > 10:
-                    _last_warning[0] = time.monotonic()
-                    log.warning("shared cache failed; limits use this process's memory",
-                                extra={"error": type(exc).__name__})
-                return getattr(_fallback, name)(*args, **kwargs)
-
-        return call
-
-
-cache = _SafeCache()
-
-
-def _reset_breaker(*, setting, **kwargs):
-    # A new cache configuration (tests, a reconfigured process) starts with a closed breaker.
-    if setting == "CACHES":
-        _cache_down_until[0] = 0.0
-        _fallback.clear()
-
-
-setting_changed.connect(_reset_breaker)
-
-
 class _Counters:
     """What the limits did in this process (limit answers seen, retries, pauses): read by tests and bench."""
 

@@ -1,0 +1,59 @@
+"""The shared cache (Django's, Redis in production) for the client's state, or this process's memory
+while the shared one fails.
+
+Pacing, budgets and single-flight markers must outlive no outage: when Redis stops answering, each process
+keeps them in its own memory for a while (pacing per process instead of shared), logs that once in a
+while, and tries the shared cache again a few seconds later. No request fails because the cache did.
+"""
+import logging
+import time
+
+from django.core.cache import cache as shared_cache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.signals import setting_changed
+
+log = logging.getLogger(__name__)
+
+_fallback = LocMemCache("b24widget-limits-fallback", {"OPTIONS": {"MAX_ENTRIES": 50000}})
+_last_warning = [0.0]
+_CACHE_RETRY_AFTER = 5.0  # seconds a failed shared cache is left alone before it is tried again
+_cache_down_until = [0.0]
+
+
+class _SafeCache:
+    """The shared cache, or this process's memory while the shared one fails.
+
+    After a failure the shared cache is not tried again for _CACHE_RETRY_AFTER seconds (a breaker):
+    a Redis host that stops answering costs one socket timeout per process every few seconds, not
+    one per cache operation."""
+
+    def __getattr__(self, name):
+        operation = getattr(shared_cache, name)
+
+        def call(*args, **kwargs):
+            if time.monotonic() < _cache_down_until[0]:
+                return getattr(_fallback, name)(*args, **kwargs)
+            try:
+                return operation(*args, **kwargs)
+            except Exception as exc:  # redis.ConnectionError, TimeoutError, ...: any cache failure
+                _cache_down_until[0] = time.monotonic() + _CACHE_RETRY_AFTER
+                if time.monotonic() - _last_warning[0] > 10:
+                    _last_warning[0] = time.monotonic()
+                    log.warning("shared cache failed; limits use this process's memory",
+                                extra={"error": type(exc).__name__})
+                return getattr(_fallback, name)(*args, **kwargs)
+
+        return call
+
+
+cache = _SafeCache()
+
+
+def _reset_breaker(*, setting, **kwargs):
+    # A new cache configuration (tests, a reconfigured process) starts with a closed breaker.
+    if setting == "CACHES":
+        _cache_down_until[0] = 0.0
+        _fallback.clear()
+
+
+setting_changed.connect(_reset_breaker)

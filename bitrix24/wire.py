@@ -1,0 +1,81 @@
+"""The wire vocabulary: what Bitrix24's identifiers, tokens and answers look like, in one place.
+
+Every check of a value that comes from Bitrix24 (or claims to) uses these, so one rule is never spelled
+two ways: ASCII digits only (`str.isdigit()` also admits "²", which `int()` and Bitrix24 reject).
+"""
+import re
+from typing import Any
+
+# settings/oauth/index.md: member_id is a 32-character hex string on cloud portals; on-premise and test
+# portals use other ASCII identifiers, so the check is on characters and length, not the exact shape.
+MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_TOKEN = 1024
+TOKEN = re.compile(r"^[A-Za-z0-9_.\-]{1,%d}$" % MAX_TOKEN)
+
+# The app's licence status on a portal (settings/oauth/index.md, `status` of a token answer and of the
+# frame POST): F free, D demo, T trial, P paid, L local, S subscription.
+APP_STATUSES = ("F", "D", "T", "P", "L", "S")
+
+# settings/how-to-call-rest-api/batch.md: at most 50 commands in one batch; list methods answer 50 items a page.
+BATCH_LIMIT = 50
+PAGE_SIZE = 50
+
+# Bitrix24's error codes are short identifiers; descriptions are text. Both are clipped before they are
+# stored or logged, so an absurd answer never becomes an absurd row or log line.
+CODE_LIMIT = 64
+DESCRIPTION_LIMIT = 255
+
+
+def is_member_id(value: object) -> bool:
+    return isinstance(value, str) and MEMBER_ID.match(value) is not None
+
+
+def is_token(value: object) -> bool:
+    return isinstance(value, str) and TOKEN.match(value) is not None
+
+
+def is_digits(value: object, *, max_length: int = 20) -> bool:
+    """Whether `value` is a string of 1..max_length ASCII digits (ids, counts, timestamps, lengths)."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and value.isascii() and value.isdigit()
+
+
+def digits_or_empty(value: object, *, max_length: int = 20) -> str:
+    """`value` (a str or int) as ASCII digits, or '' for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value if is_digits(value, max_length=max_length) else ""  # type: ignore[return-value]
+
+
+def clip(value: object, limit: int = DESCRIPTION_LIMIT) -> str:
+    """A value from outside as text of at most `limit` characters ('' for None)."""
+    return "" if value is None else str(value)[:limit]
+
+
+def error_of(answer: object) -> tuple[str, str] | None:
+    """(code, description) of a Bitrix24 error answer (`{"error": ..., "error_description": ...}`), clipped;
+    None when `answer` is not an error."""
+    if not isinstance(answer, dict) or not answer.get("error"):
+        return None
+    return clip(answer["error"], CODE_LIMIT), clip(answer.get("error_description") or "")
+
+
+def retry_after_header(seconds: float | None) -> str | None:
+    """The Retry-After value (whole seconds, at least 1) for `seconds`, or None."""
+    return None if seconds is None else str(max(int(seconds + 0.999), 1))
+
+
+def rebind_commands(events: list[str] | tuple[str, ...], handler: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Batch commands that bind `events` to `handler` afresh: an `event.unbind` before each `event.bind`
+    (api-reference/events/event-bind.md: a repeated bind is refused, not ignored)."""
+    commands: dict[str, tuple[str, dict[str, Any]]] = {}
+    for event in events:
+        commands[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": handler})
+        commands[f"bind_{event}"] = ("event.bind", {"event": event, "handler": handler})
+    return commands
+
+
+def already_bound(code: str, description: str) -> bool:
+    """Whether a refused bind means "already there" (placement.bind and event.bind answer these)."""
+    if code == "ERROR_PLACEMENT_HANDLER_ALREADY_BINDED":
+        return True
+    return code == "ERROR_CORE" and "already binded" in description.lower()
