@@ -8,13 +8,12 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from b24widget.celery import app
 from bitrix24 import oauth
-from portals import inbox
+from inbox import queue as inbox
 
 
 def _broker() -> str:
-    from b24widget.celery import app
-
     try:
         with app.connection_for_write() as conn:
             conn.connect()  # bounded by CELERY_BROKER_CONNECTION_TIMEOUT

@@ -121,7 +121,7 @@ OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS",
 # each run holds a lease (openlines/tasks.py LEASE, five minutes, kept longer than any one step).
 OPENLINES_RUN_SECONDS = read.float("OPENLINES_RUN_SECONDS", default=120.0, minimum=1.0)
 
-# The event inbox (portals/inbox.py): attempts per event, back-off (first step, cap; seconds), how long a
+# The event inbox (inbox/queue.py): attempts per event, back-off (first step, cap; seconds), how long a
 # worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
 # and how many unverified events (ONAPPINSTALL) per portal are stored per minute.
 B24_INBOX_MAX_ATTEMPTS = read.int("B24_INBOX_MAX_ATTEMPTS", default=8, minimum=1)
@@ -147,7 +147,7 @@ if not TOKEN_ENCRYPTION_KEYS:
 # /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
 METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 # Read at each scrape of /metrics (b24widget/metrics.py): each app's figures that live in shared state.
-METRICS_COLLECTORS = ["portals.inbox.BacklogCollector"]
+METRICS_COLLECTORS = ["inbox.queue.BacklogCollector"]
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -158,6 +158,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "b24widget",
+    "vault",
+    "inbox",
     "portals",
     "placements",
     "openlines",

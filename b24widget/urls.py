@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import path, re_path
 
+from inbox import views as inbox_views
 from openlines import views as openlines_views
 from placements import views as placement_views
 from portals import views as portal_views
@@ -10,7 +11,7 @@ from . import health, landing, metrics
 urlpatterns = [
     path("", landing.landing, name="landing"),
     path("install/", portal_views.install_view, name="install"),
-    path("events/", portal_views.events_view, name="events"),
+    path("events/", inbox_views.events_view, name="events"),
     path("placement/", placement_views.placement_view, name="placement"),
     path("openlines/connector/", openlines_views.connector_action_view, name="openlines-connector"),
     path("channels/<uuid:channel_id>/messages", openlines_views.channel_messages_view, name="openlines-messages"),

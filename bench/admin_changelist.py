@@ -80,10 +80,10 @@ class QueryTimer:
 
 
 class DecryptCounter:
-    """Counts portals.crypto.decrypt calls (each stored secret read from the database is one)."""
+    """Counts vault.fields.decrypt calls (each stored secret read from the database is one)."""
 
     def __enter__(self):
-        from portals import crypto
+        from vault import fields as crypto
 
         self.crypto, self.original, self.calls = crypto, crypto.decrypt, 0
 
@@ -99,8 +99,8 @@ class DecryptCounter:
 
 
 def decrypt_cost(n: int = 2000) -> float:
-    """Seconds per portals.crypto.decrypt of a 64-character token."""
-    from portals import crypto
+    """Seconds per vault.fields.decrypt of a 64-character token."""
+    from vault import fields as crypto
 
     value = crypto.encrypt(secrets.token_hex(32))
     with common.Timer() as timer:

@@ -115,7 +115,7 @@ def ingest(standin, args) -> None:
     # The stored events are not this bench's subject any further: drop them and their queued tasks,
     # so the keep-alive's workers do nothing else.
     from b24widget.celery import app
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
 
     InboxItem.objects.all().delete()
     with app.connection_for_write() as conn:

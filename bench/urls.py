@@ -16,7 +16,7 @@ def bare(request):
 @csrf_exempt
 def insert(request):
     """One INSERT of an inbox row, nothing else: what storing an event costs at the least."""
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
 
     InboxItem.objects.create(member_id="bench", event="BENCH", idempotency_key=secrets.token_hex(32))
     return HttpResponse("ok")

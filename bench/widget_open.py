@@ -331,7 +331,7 @@ class WsgiClient:
 
 @contextlib.contextmanager
 def decrypt_counter():
-    from portals import crypto
+    from vault import fields as crypto
 
     original, counter = crypto.decrypt, Counter()
 

@@ -14,6 +14,7 @@ One module per concern, each citing the Bitrix24 doc page it follows:
 - `limits`     pacing and budgets (leaky bucket, operating time, admission); `cache` the shared cache
                that falls back to process memory when it fails
 - `frames`     the frame POST Bitrix24 sends into an app's iframe, and who may frame our answer
+- `responses`  how a refusal is answered: one renderer for JSON callers, one for pages in a frame
 - `metrics`    the client's Prometheus series (REST calls, limit waits and answers)
 
 Django's settings and cache are used (they are configuration, not apps); nothing here writes to the

@@ -5,6 +5,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from . import tasks
 from .models import Channel, Delivery, InboundMessage, OutboundMessage
 
 
@@ -78,8 +79,6 @@ class _MessageAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Replay (deliver again now)"))
     def replay(self, request, queryset):
-        from . import tasks
-
         count = queryset.filter(state__in=[Delivery.FAILED, Delivery.DEAD]).update(
             state=Delivery.PENDING, next_attempt_at=timezone.now(), attempts=0, last_error="")
         for channel_id in set(queryset.values_list("channel_id", flat=True)):

@@ -6,9 +6,16 @@ class OpenlinesConfig(AppConfig):
     verbose_name = "Open Lines channels"
 
     def ready(self):
+        from inbox import registry as inbox
+        from placements import registry as placements
         from portals import install_steps
 
-        from . import checks, lifecycle, signals  # noqa: F401  (checks and signals register themselves)
+        from . import checks, events, lifecycle, signals, views  # noqa: F401  (checks and signals register themselves)
 
-        install_steps.register("openlines.connectors", lifecycle.register_connectors)
-        lifecycle.register_event_handlers()
+        install_steps.register("openlines.connectors", lifecycle.register_connectors, order=30)
+        for code, handler in events.HANDLERS.items():
+            inbox.register(code, handler)
+        # An Open Lines connector's settings page (api-reference/widgets/setting-connector.md). Bitrix24 binds it
+        # itself when the connector is registered (imconnector.register's PLACEMENT_HANDLER), never placement.bind.
+        placements.register(placements.Placement(code="SETTING_CONNECTOR", template="openlines/setting_connector.html",
+                                                 bind=False, view=views.setting_connector))

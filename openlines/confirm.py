@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from bitrix24 import limits
+from inbox import queue
 from portals.tokens import PortalClient
 from bitrix24.errors import RestError, TransportError
 
@@ -238,14 +239,10 @@ def _keep(channel: Channel, chat_id: str, history):
 def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
     """Up to 49 other conversations of this channel with a new-message event waiting in the inbox and no
     fresh history answer (chats named by events that are not the channel's conversations are left out)."""
-    from portals.models import InboxItem
-
-    waiting = (InboxItem.objects.filter(member_id=channel.portal.member_id, event="ONIMCONNECTORMESSAGEADD",
-                                        state=InboxItem.State.PENDING)
-               .order_by("id").values_list("data", flat=True)[:_PREFETCH_SCAN])
+    waiting = queue.waiting(channel.portal.member_id, "ONIMCONNECTORMESSAGEADD", limit=_PREFETCH_SCAN)
     chats: dict[str, None] = {}  # in the order the events wait
     for data in waiting:
-        if not isinstance(data, dict) or str(data.get("LINE") or "") != channel.line_id or str(
+        if str(data.get("LINE") or "") != channel.line_id or str(
                 data.get("CONNECTOR") or "").lower() != channel.connector_id.lower():
             continue
         for claim in claims_of(data)[:_CHATS_PER_EVENT]:

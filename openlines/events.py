@@ -1,4 +1,4 @@
-"""Handlers of the connector events, registered with the inbox (portals/inbox.py, its event-code seam).
+"""Handlers of the connector events, registered with the inbox (inbox/queue.py, its event-code seam).
 
 Each takes the stored event (`item.portal`, `item.data` as Bitrix24 sent it), is idempotent (an event
 may be handled again), and returns a short outcome. Pages: api-reference/imopenlines/imconnector/events/.
@@ -9,7 +9,7 @@ import re
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from portals.inbox import Reject, Retry
+from inbox.registry import Reject, Retry
 from bitrix24.errors import RestError
 
 from . import confirm, lifecycle, registry, tasks
@@ -130,7 +130,7 @@ def on_status_delete(item) -> str:
 
 def on_line_delete(item) -> str:
     """events/on-im-connector-line-delete.md: data is the bare line id."""
-    # /events/ keeps a bare data value as {"VALUE": ...} (portals/events.py).
+    # /events/ keeps a bare data value as {"VALUE": ...} (inbox/parsing.py).
     line = item.data if not isinstance(item.data, dict) else item.data.get("VALUE", item.data.get("LINE", ""))
     if item.portal is None or not _ID.fullmatch(str(line)):
         raise Reject("no line id")

@@ -20,8 +20,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bitrix24 import limits
+from bitrix24.errors import Refusal
 
-from .models import Channel, InboundMessage
+from .models import Channel, InboundMessage, OutboundMessage
 from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 _ID_MAX = 128
@@ -36,10 +37,16 @@ _NAME_MARKS = frozenset("'\u2019-")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class Refused(Exception):
+class Refused(Refusal):
+    """A refused channel API request: `reason` (the JSON `error` code), a `description` for the integrator."""
+
     def __init__(self, code: str, description: str, status: int, *, retry_after: float | None = None):
-        self.code, self.description, self.status, self.retry_after = code, description, status, retry_after
-        super().__init__(code)
+        super().__init__(code, status, retry_after)
+        self.description = description
+
+    @property
+    def code(self) -> str:
+        return self.reason
 
 
 def _header(request, name: str) -> str:
@@ -168,7 +175,6 @@ def parse(body: bytes) -> tuple[str, dict]:
 
 def _reading(channel: Channel, element: dict) -> dict:
     """The MESSAGES element of imconnector.send.status.reading for an operator message the webhook carried."""
-    from .models import OutboundMessage
 
     sent = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.ADD,
                                           im_message_id=element["message"]["id"]).first()

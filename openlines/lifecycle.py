@@ -13,8 +13,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from bitrix24 import limits
-from portals.install import events_url
+from bitrix24 import limits, wire
+from portals.install import app_url, events_url
 from portals.models import Portal
 from portals.tokens import PortalClient
 from bitrix24.errors import LimitWaitExceeded, RestError, TransportError
@@ -39,16 +39,14 @@ class ConnectFailed(Exception):
 def register_connectors(portal: Portal, client: PortalClient) -> list[str]:
     """Install step: register every connector and bind the connector events; returns the events bound."""
     commands = {f"register_{c.id}": ("imconnector.register", c.register_params()) for c in registry.REGISTRY.values()}
-    for event in registry.CONNECTOR_EVENTS:
-        commands[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": events_url()})
-        commands[f"bind_{event}"] = ("event.bind", {"event": event, "handler": events_url()})
+    commands.update(wire.rebind_commands(registry.CONNECTOR_EVENTS, events_url()))
     result = client.batch(commands)
     if any(e.code in _NO_SCOPE for k, e in result.errors.items() if k.startswith("register_")):
         # A portal that did not grant the Open Lines scopes keeps the widget; it just has no channel.
         log.warning("connectors not registered: scope not granted", extra={"member_id": portal.member_id})
         return []
     for key, error in result.errors.items():
-        if key.startswith("unbind_") or _already_bound(error):
+        if key.startswith("unbind_") or wire.already_bound(error.code, error.description):
             continue
         raise RestError(error.code, f"{key}: {error.description}", method=error.method)
     for connector in registry.REGISTRY.values():
@@ -65,19 +63,15 @@ def register_connectors(portal: Portal, client: PortalClient) -> list[str]:
 _NO_SCOPE = frozenset({"insufficient_scope", "ACCESS_DENIED", "WRONG_AUTH_TYPE"})
 
 
-def _already_bound(error: RestError) -> bool:
-    return error.code == "ERROR_CORE" and "already binded" in error.description.lower()
-
-
 # --- connect / disconnect (SETTING_CONNECTOR, the Contact Center overview) --------------------------
 def channel_url(channel: Channel) -> str:
     """The channel's own address (connector.data.set URL): what the channel is, no secret."""
-    return f"{settings.B24_APP_URL}/channels/{channel.public_id}/"
+    return app_url("openlines-channel", channel_id=channel.public_id)
 
 
 def inbound_url(channel: Channel) -> str:
     """Where the outside system POSTs its messages (the channel API)."""
-    return channel_url(channel) + "messages"
+    return app_url("openlines-messages", channel_id=channel.public_id)
 
 
 def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user_id: str, name: str = "",
@@ -237,14 +231,3 @@ def _batch(portal: Portal, commands: dict):
         key, error = next(iter(result.errors.items()))
         raise ConnectFailed(error.code, f"{key}: {error.description}")
     return result
-
-
-# --- the connector events, through the inbox seam (portals/inbox.py) ------------------------------
-def register_event_handlers() -> None:
-    """Register our event handlers with the durable inbox."""
-    from portals import inbox
-
-    from . import events
-
-    for code, handler in events.HANDLERS.items():
-        inbox.register(code, handler)

@@ -10,7 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from portals.crypto import EncryptedTextField
+from vault.fields import EncryptedTextField
 from portals.models import Portal
 
 
@@ -18,8 +18,10 @@ class Channel(models.Model):
     """Our connector on one Open Line of one portal, and the outside system's credentials for it.
 
     `public_id` names the channel in the channel API's URLs; `secret` (the HMAC key both ways) is made
-    here, shown once, stored only encrypted (portals.crypto) and replaced on rotation.
+    here, shown once, stored only encrypted (vault.fields) and replaced on rotation.
     """
+
+    VAULT_LABEL_FIELDS = ("public_id", "connector_id", "line_id")  # how key rotation names a row
 
     class State(models.TextChoices):
         CONNECTED = "connected", _("connected")

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from django.conf import settings
+from placements import registry as placements
 
 # The events a connector app receives (api-reference/imopenlines/imconnector/events/), bound to /events/.
 CONNECTOR_EVENTS = (
@@ -88,4 +88,4 @@ def get(connector_id: str) -> Connector | None:
 
 def handler_url() -> str:
     """SETTING_CONNECTOR opens at the one placement entry point (placements dispatch by PLACEMENT)."""
-    return f"{settings.B24_APP_URL}/placement/"
+    return placements.handler_url()

@@ -16,16 +16,15 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from placements import auth, request as placement_request, widget_token
-from placements.views import refusal_text, verify_or_refuse
-from bitrix24.wire import retry_after_header
 from bitrix24.addresses import portal_origin
-from bitrix24.frames import BadFramePost
-from bitrix24.frames import frame_origin, framed_by
+from bitrix24.frames import BadFramePost, frame_origin, framed_by
+from bitrix24.responses import frame_error, json_error, json_refusal
+from placements import auth, widget_token
+from placements import request as placement_request
+from placements.pages import refusal_text, verify_or_refuse
 from portals.models import Portal
-from portals.views import frame_error
 
-from . import lifecycle, outbound, registry
+from . import inbound, lifecycle, outbound, registry, tasks
 from .models import Channel
 
 log = logging.getLogger(__name__)
@@ -58,11 +57,7 @@ def setting_connector(request, parsed):
     return framed_by(response, portal_origin(portal))
 
 
-def _error(code: str, description: str, status: int, retry_after: float | None = None) -> JsonResponse:
-    response = JsonResponse({"error": code, "error_description": description}, status=status)
-    if retry_after:
-        response["Retry-After"] = retry_after_header(retry_after)
-    return response
+_error = json_error
 
 
 def _frame_portal(form):
@@ -187,7 +182,6 @@ def connector_action_view(request):
             Channel.objects.filter(pk=channel.pk).update(webhook_url=webhook_url)
             channel.webhook_url = webhook_url
             if webhook_url:
-                from . import tasks
                 tasks.release_parked(channel.pk)  # replies that waited for an address go now
             return JsonResponse({"result": "saved", "channel": _channel_json(channel), "message": _("Saved.")})
         except lifecycle.ConnectFailed as exc:
@@ -206,8 +200,6 @@ def _method_not_allowed(allowed: str) -> JsonResponse:
 @csrf_exempt
 def channel_messages_view(request, channel_id):
     """The channel API in: checked, stored, 202 at once; delivery to Bitrix24 runs in the background."""
-    from . import inbound, tasks
-
     if request.method != "POST":
         return _method_not_allowed("POST")
     try:
@@ -218,7 +210,7 @@ def channel_messages_view(request, channel_id):
         action, element = inbound.parse(body)
         row = inbound.accept(channel, action, element)
     except inbound.Refused as exc:
-        return _error(exc.code, exc.description, exc.status, exc.retry_after)
+        return json_refusal(exc, description=exc.description)
     tasks.after_commit(tasks.deliver_inbound, channel.pk)
     return JsonResponse({"result": "accepted", "id": row.pk}, status=202)
 

@@ -1,10 +1,18 @@
-"""Placement code -> handler. The install step binds every entry (portals.install.bind reads `bindings`).
+"""Placement code -> page. Every app that shows a page inside a portal registers it here.
 
-Adding a placement is one entry here and one template.
+    registry.register(Placement(code="CONTACT_CENTER", template=..., titles=..., descriptions=...))
+
+Placements with `bind=True` are bound with `placement.bind` by this app's install step (`bind_placements`,
+registered with portals' install steps in PlacementsConfig.ready()). Another app's page is registered with
+its `view` (a callable `(request, PlacementRequest) -> response`), e.g. openlines' SETTING_CONNECTOR.
+Adding a placement is one `register` call and one template.
 """
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from django.conf import settings
+from bitrix24 import wire
+from portals import install, install_steps
 
 
 @dataclass(frozen=True)
@@ -12,14 +20,29 @@ class Placement:
     code: str
     template: str
     # Titles and descriptions shown in the portal, per Bitrix24 interface language.
-    titles: dict = field(default_factory=dict)
-    descriptions: dict = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
     # Bound with placement.bind at install. DEFAULT (the app's own page, opened from the portal's menu
     # at the "handler path" of the app's registration) exists without binding.
     bind: bool = True
-    # Dotted path of a view `(request, PlacementRequest) -> response` that renders this placement
-    # instead of `template` (another app's page; placements never import it).
-    view: str = ""
+    # Renders this placement instead of `template` (another app's page; placements never import it).
+    view: Callable[..., Any] | None = None
+
+
+_registry: dict[str, Placement] = {}
+
+
+def register(placement: Placement) -> None:
+    """Add (or replace, by code: ready() may run twice) a placement."""
+    _registry[placement.code] = placement
+
+
+def get(code: str) -> Placement | None:
+    return _registry.get(code)
+
+
+def registered() -> list[Placement]:
+    return list(_registry.values())
 
 
 CONTACT_CENTER = Placement(
@@ -36,26 +59,19 @@ CONTACT_CENTER = Placement(
 # The app opened from the portal's menu shows the same page: status and settings.
 DEFAULT = Placement(code="DEFAULT", template="placements/contact_center.html", bind=False)
 
-# An Open Lines connector's settings page (api-reference/widgets/setting-connector.md). Bitrix24 binds it
-# itself when the connector is registered (imconnector.register's PLACEMENT_HANDLER), never placement.bind.
-SETTING_CONNECTOR = Placement(code="SETTING_CONNECTOR", template="openlines/setting_connector.html", bind=False,
-                              view="openlines.views.setting_connector")
-
-REGISTRY = {p.code: p for p in (CONTACT_CENTER, DEFAULT, SETTING_CONNECTOR)}
-
-
-def get(code: str) -> Placement | None:
-    return REGISTRY.get(code)
+register(CONTACT_CENTER)
+register(DEFAULT)
 
 
 def handler_url() -> str:
-    return f"{settings.B24_APP_URL}/placement/"
+    """Where Bitrix24 opens every placement of ours."""
+    return install.app_url("placement")
 
 
-def bindings() -> list[dict]:
-    """The `placement.bind` parameters for every registered placement."""
+def bindings() -> list[dict[str, Any]]:
+    """The `placement.bind` parameters for every registered placement that is bound."""
     out = []
-    for placement in REGISTRY.values():
+    for placement in _registry.values():
         if not placement.bind:
             continue
         out.append({
@@ -69,3 +85,16 @@ def bindings() -> list[dict]:
             },
         })
     return out
+
+
+def bind_placements(portal: Any, client: Any) -> install_steps.Bound:
+    """Install step (order 10): unbind and bind every bound placement (api-reference/widgets/placement-bind.md)."""
+    handlers = bindings()
+    commands: dict[str, tuple[str, dict[str, Any]]] = {}
+    for i, binding in enumerate(handlers):
+        commands[f"unbind_placement_{i}"] = ("placement.unbind", {"PLACEMENT": binding["PLACEMENT"],
+                                                                   "HANDLER": binding["HANDLER"]})
+        commands[f"bind_placement_{i}"] = ("placement.bind", binding)
+    if commands:
+        install.run_bindings(client, commands)
+    return install_steps.Bound(placements=[b["PLACEMENT"] for b in handlers])

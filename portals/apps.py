@@ -6,6 +6,7 @@ class PortalsConfig(AppConfig):
     verbose_name = "Bitrix24 portals"
 
     def ready(self):
-        from . import events
+        from . import app_events, install, install_steps
 
-        events.register()  # the app events go through the inbox like every other bound event
+        app_events.register()  # the app events go through the inbox like every other bound event
+        install_steps.register("portals.app_events", install.bind_app_events, order=20)

@@ -10,6 +10,10 @@ import logging
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.urls import reverse
+
+from bitrix24 import wire
+from bitrix24.client import BatchResult
 
 from bitrix24.errors import Refusal
 from . import install_steps, lifecycle
@@ -37,8 +41,14 @@ class InstallUnavailable(Exception):
         super().__init__(code)
 
 
+def app_url(view_name: str, **kwargs) -> str:
+    """The absolute address of one of our views (B24_APP_URL + its reversed path): what we hand Bitrix24."""
+    return settings.B24_APP_URL + reverse(view_name, kwargs=kwargs or None)
+
+
 def events_url() -> str:
-    return f"{settings.B24_APP_URL}/events/"
+    """Where Bitrix24 sends every event we bind."""
+    return app_url("events")
 
 
 def install(post: FramePost) -> Portal:
@@ -72,68 +82,45 @@ def ensure_writable() -> None:
 
 
 def bind(portal: Portal) -> None:
-    """(Re)bind the registry's placements, then the app's events, then run the apps' install steps
-    (`install_steps`): unbind first, so it is idempotent.
-
-    Events are bound only once the placements are: `event.bind` is open to any user, `placement.bind`
-    only to administrators, and an install that cannot show its square must not look complete.
-    """
-    from placements.registry import bindings  # the one seam from portals into placements
-
-    handlers = bindings()
-    placements = {}
-    for i, binding in enumerate(handlers):
-        target = {"PLACEMENT": binding["PLACEMENT"], "HANDLER": binding["HANDLER"]}
-        placements[f"unbind_placement_{i}"] = ("placement.unbind", target)
-        placements[f"bind_placement_{i}"] = ("placement.bind", binding)
-    events = {}
-    for event in APP_EVENTS:
-        events[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": events_url()})
-        events[f"bind_{event}"] = ("event.bind", {"event": event, "handler": events_url()})
-    # The portal's app.info rides along (no request of its own): its LICENSE names the plan, and with it
-    # the request-rate bucket the client paces this portal by (portals.limits.plan_of).
-    placements["app_info"] = ("app.info", {})
+    """Run every install step in order (placements, the app's events and app.info, the apps' own), then
+    record what was bound. Each step unbinds before it binds, so this is idempotent."""
     client = PortalClient(portal)
-    for commands in (placements, events):
-        if commands:
-            result = _run_bindings(client, portal, commands)
-            app = result.result.get("app_info")
-            if isinstance(app, dict):
-                license = app.get("LICENSE") if isinstance(app.get("LICENSE"), str) else ""
-                version = str(app.get("VERSION") or "")
-                lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=license,
-                                       version=version if version.isascii() and version.isdigit() else "")
-    bound_events = list(APP_EVENTS)
-    for name, step in install_steps.steps():  # e.g. openlines registers its connectors
+    placements: list[str] = []
+    events: list[str] = []
+    for name, step in install_steps.steps():
         try:
-            bound_events += step(portal, client) or []
+            done = install_steps.bound(step(portal, client))
         except RestError as exc:
             lifecycle.record_binding_failure(portal, exc.code, f"{name}: {exc.description}")
             raise InstallUnavailable(exc.code) from None
-    lifecycle.record_bindings(
-        portal, placements=[b["PLACEMENT"] for b in handlers], events=bound_events
-    )
+        except Exception as exc:  # e.g. the cache or database failing mid-way: recorded, never "complete"
+            lifecycle.record_binding_failure(portal, type(exc).__name__, f"{name}: binding interrupted")
+            raise InstallUnavailable(type(exc).__name__) from None
+        placements += done.placements
+        events += done.events
+    lifecycle.record_bindings(portal, placements=placements, events=events)
 
 
-def _run_bindings(client: PortalClient, portal: Portal, commands: dict):
-    try:
-        result = client.batch(commands)
-    except RestError as exc:
-        lifecycle.record_binding_failure(portal, exc.code, exc.description)
-        raise InstallUnavailable(exc.code) from None
-    except Exception as exc:  # e.g. the cache or database failing mid-way: recorded, never "complete"
-        lifecycle.record_binding_failure(portal, type(exc).__name__, "binding interrupted")
-        raise InstallUnavailable(type(exc).__name__) from None
+def run_bindings(client: PortalClient, commands: dict) -> BatchResult:
+    """Run bind commands in one batch; raise RestError for the first that Bitrix24 refused (an unbind's
+    refusal and "already bound" are not failures)."""
+    result = client.batch(commands)
     for key, error in result.errors.items():
-        if key.startswith("unbind_") or key == "app_info" or _already_bound(error):
+        if key.startswith("unbind_") or key == "app_info" or wire.already_bound(error.code, error.description):
             continue
-        lifecycle.record_binding_failure(portal, error.code, f"{key}: {error.description}")
-        raise InstallUnavailable(error.code)
+        raise RestError(error.code, f"{key}: {error.description}", method=error.method)
     return result
 
 
-def _already_bound(error: RestError) -> bool:
-    # A repeated bind is refused, not ignored; these exact answers mean "already there".
-    if error.code == "ERROR_PLACEMENT_HANDLER_ALREADY_BINDED":
-        return True
-    return error.code == "ERROR_CORE" and "already binded" in error.description.lower()
+def bind_app_events(portal: Portal, client: PortalClient) -> install_steps.Bound:
+    """Install step (order 20): the app's own events, with the portal's app.info riding along (no request
+    of its own): its LICENSE names the plan, and with it the request-rate bucket the client paces this
+    portal by (bitrix24.limits.plan_of)."""
+    commands = {"app_info": ("app.info", {}), **wire.rebind_commands(APP_EVENTS, events_url())}
+    result = run_bindings(client, commands)
+    app = result.result.get("app_info")
+    if isinstance(app, dict):
+        license = app.get("LICENSE") if isinstance(app.get("LICENSE"), str) else ""
+        lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=license,
+                               version=wire.digits_or_empty(str(app.get("VERSION") or "")))
+    return install_steps.Bound(events=list(APP_EVENTS))

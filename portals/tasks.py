@@ -1,7 +1,5 @@
 """Celery tasks: small, idempotent, acknowledged late. They call the same services as the commands.
 
-- process_inbox_item: one stored event (portals/inbox.py claims it once, whatever re-delivers it);
-- sweep_inbox: re-send tasks that look lost (beat, every B24_INBOX_SWEEP_INTERVAL);
 - keepalive_pass / sync_pass (beat): read the due portal ids and fan out one task per chunk, so
   every worker machine takes a share; each portal is claimed once (tokens.refresh_portal's lease,
   judged again under the row lock), so a chunk that runs twice refreshes nothing twice.
@@ -11,20 +9,9 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from . import inbox, maintenance
+from . import maintenance
 
 log = logging.getLogger(__name__)
-
-
-@shared_task(name="portals.process_inbox_item", bind=True, acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True)
-def process_inbox_item(self, item_id: int) -> str:
-    return inbox.process(item_id, task_id=self.request.id or "")
-
-
-@shared_task(name="portals.sweep_inbox", acks_late=True, ignore_result=True)
-def sweep_inbox() -> int:
-    return inbox.sweep()
 
 
 def _fan_out(task, ids, *args) -> int:

@@ -1,7 +1,6 @@
-"""Entry points Bitrix24 POSTs to: the UI install page and the app events."""
+"""The app's install page: Bitrix24 POSTs it into a frame when an administrator installs the app."""
 import logging
 
-from django.http import JsonResponse
 from django.shortcuts import render
 from django.utils import translation
 from django.utils.translation import gettext as _
@@ -9,22 +8,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from bitrix24.wire import retry_after_header
-from . import events, install as installer
 from bitrix24.addresses import portal_origin
-from bitrix24.frames import frame_origin, framed_by
-from bitrix24.frames import BadFramePost, language_of, parse_frame_post
+from bitrix24.frames import BadFramePost, frame_origin, framed_by, language_of, parse_frame_post
+from bitrix24.responses import frame_error
+
+from . import install as installer
 
 log = logging.getLogger(__name__)
-
-
-def frame_error(request, *, status: int, title: str, message: str, origin: str | None,
-                retry_after: float | None = None):
-    """A readable error page for inside the portal's frame (already localized by the caller)."""
-    response = render(request, "errors/frame_error.html", {"title": title, "message": message, "status": status}, status=status)
-    if retry_after is not None:
-        response["Retry-After"] = retry_after_header(retry_after)
-    return framed_by(response, origin)
 
 
 @sensitive_post_parameters("AUTH_ID", "REFRESH_ID", "APPLICATION_TOKEN")
@@ -86,24 +76,3 @@ def _install_refusal(reason: str):
     return (_("Installation not confirmed"),
             _("Bitrix24 did not confirm this installation. Please start the installation again from your "
               "Bitrix24."))
-
-
-@sensitive_post_parameters()
-@csrf_exempt
-@require_http_methods(["POST"])
-def events_view(request):
-    """Every bound Bitrix24 event: cheap checks, stored in the inbox, answered at once (no outbound call).
-
-    A refused event changes nothing and gets a 4xx; a repeated delivery is answered 200 and changes nothing.
-    """
-    try:
-        event = events.parse(request)
-        item, created = events.accept(event)
-    except events.BadEvent as exc:
-        return JsonResponse({"error": "bad_request", "error_description": str(exc)}, status=400)
-    except events.EventRefused as exc:
-        response = JsonResponse({"error": "refused", "error_description": exc.reason}, status=exc.status)
-        if exc.retry_after is not None:
-            response["Retry-After"] = retry_after_header(exc.retry_after)
-        return response
-    return JsonResponse({"result": "accepted" if created else "duplicate", "id": item.pk})

@@ -3,8 +3,9 @@ import pytest
 from django.core.cache import caches
 from django.test import Client
 
-from portals import inbox
-from portals.models import InboxItem, Portal
+from inbox import queue as inbox
+from inbox.models import InboxItem
+from portals.models import Portal
 from sandbox.standin import StandIn
 from tests.redis_keys import clear_cache
 

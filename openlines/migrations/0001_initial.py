@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import portals.crypto
+import vault.fields
 import uuid
 from django.db import migrations, models
 
@@ -26,7 +26,7 @@ class Migration(migrations.Migration):
                 ('state', models.CharField(choices=[('connected', 'connected'), ('disconnected', 'disconnected'), ('revoked', 'revoked')], db_index=True, default='connected', max_length=16)),
                 ('name', models.CharField(blank=True, help_text='Shown in Bitrix24 (connector.data.set NAME).', max_length=128)),
                 ('webhook_url', models.CharField(blank=True, help_text='Where operator replies are POSTed.', max_length=500)),
-                ('secret', portals.crypto.EncryptedTextField(blank=True)),
+                ('secret', vault.fields.EncryptedTextField(blank=True)),
                 ('secret_rotated_at', models.DateTimeField(blank=True, null=True)),
                 ('connected_by', models.CharField(blank=True, help_text='Bitrix24 user id.', max_length=32)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),

@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import portals.crypto
+import vault.fields
 from django.db import migrations, models
 
 
@@ -30,11 +30,11 @@ class Migration(migrations.Migration):
                 ('scope', models.TextField(blank=True)),
                 ('app_version', models.CharField(blank=True, max_length=32)),
                 ('installed_by', models.CharField(blank=True, help_text='Bitrix24 user id of the installer.', max_length=32)),
-                ('access_token', portals.crypto.EncryptedTextField(blank=True)),
-                ('refresh_token', portals.crypto.EncryptedTextField(blank=True)),
+                ('access_token', vault.fields.EncryptedTextField(blank=True)),
+                ('refresh_token', vault.fields.EncryptedTextField(blank=True)),
                 ('access_expires_at', models.DateTimeField(blank=True, null=True)),
                 ('refresh_renewed_at', models.DateTimeField(blank=True, null=True)),
-                ('application_token', portals.crypto.EncryptedTextField(blank=True)),
+                ('application_token', vault.fields.EncryptedTextField(blank=True)),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('installed_at', models.DateTimeField(blank=True, null=True)),
                 ('uninstalled_at', models.DateTimeField(blank=True, null=True)),

@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import portals.crypto
+import vault.fields
 from django.db import migrations, models
 
 
@@ -21,7 +21,7 @@ class Migration(migrations.Migration):
                 ('event', models.CharField(help_text="Bitrix24's event code, upper-cased.", max_length=64)),
                 ('event_handler_id', models.CharField(blank=True, max_length=32)),
                 ('data', models.JSONField(blank=True, default=dict)),
-                ('sealed_auth', portals.crypto.EncryptedTextField(blank=True, editable=False)),
+                ('sealed_auth', vault.fields.EncryptedTextField(blank=True, editable=False)),
                 ('ts', models.CharField(blank=True, help_text="The event's `ts` as Bitrix24 sent it.", max_length=32)),
                 ('idempotency_key', models.CharField(editable=False, max_length=64, unique=True)),
                 ('state', models.CharField(choices=[('pending', 'pending'), ('processing', 'processing'), ('done', 'done'), ('rejected', 'rejected'), ('failed', 'failed')], default='pending', max_length=16)),

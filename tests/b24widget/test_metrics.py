@@ -125,7 +125,7 @@ def test_limit_answers_are_counted_by_code():
 
 @pytest.mark.django_db
 def test_the_inbox_backlog_is_a_metric(client, settings, installed):
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
     portal, _b24 = installed
     InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUPDATE", idempotency_key="a" * 64)
     InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUPDATE", idempotency_key="b" * 64,

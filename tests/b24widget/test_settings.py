@@ -61,7 +61,7 @@ def test_healthz(client, db):
 
 
 def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db, settings, monkeypatch):
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
 
     InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="a" * 64)
     InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="b" * 64,

@@ -29,7 +29,7 @@ def test_the_readme_has_the_four_examples():
 
 
 def test_placement_example_is_bound_at_install_and_opens(monkeypatch, client, b24):
-    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))  # the example adds to it
+    monkeypatch.setattr(registry, "_registry", dict(registry._registry))  # the example adds to it
     run("placement")
     assert "CRM_DEAL_DETAIL_TAB" in [b["PLACEMENT"] for b in registry.bindings()]
     do_install(client, b24)

@@ -135,7 +135,7 @@ def message(mid="m1", text="Hello", chat="chat-1", user="u-1", **extra):
 
 class EventSink:
     """Where the stand-in posts connector events in these tests: it keeps each form body, as the inbox
-    would store it (portals.events parses the PHP-style keys the same way)."""
+    would store it (inbox.parsing parses the PHP-style keys the same way)."""
 
     def __init__(self):
         from urllib.parse import parse_qsl
@@ -163,7 +163,7 @@ class EventSink:
 
         from django.db import connection
 
-        from portals.models import InboxItem
+        from inbox.models import InboxItem
         from tests.conftest import deliver
         out = []
         for pairs in self.got:
@@ -173,7 +173,7 @@ class EventSink:
             # commit is dropped (a publish would leave this process's Celery producer pool on the test
             # broker); the channel's tasks the handler queued stay and run inline (OPENLINES_TASKS_INLINE).
             connection.run_on_commit[before:] = [entry for entry in connection.run_on_commit[before:]
-                                                 if entry[1].__module__ != "portals.inbox"]
+                                                 if entry[1].__module__ != "inbox.queue"]
             assert response.status_code == 200, response.content
             out.append(item.outcome if item.state == InboxItem.State.DONE else f"{item.state}: {item.last_error}")
         self.got = []
@@ -185,7 +185,7 @@ class EventSink:
 
 
 class Item:
-    """The handler's view of an inbox row (portals/inbox.py InboxItem: portal, event, data)."""
+    """The handler's view of an inbox row (inbox/queue.py InboxItem: portal, event, data)."""
 
     def __init__(self, *, portal, event, data):
         self.portal, self.event, self.data = portal, event, data

@@ -52,7 +52,7 @@ def test_the_same_event_twice_is_posted_once(client, conversation, receiver, sin
                                             django_capture_on_commit_callbacks):
     """Bitrix24 delivers an event twice (the inbox keeps one), and the inbox runs a handler again after a
     crash (the handler stores each operator message once)."""
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
     row, secret, b24, chat_id = conversation
     imc.operator_reply(b24, chat_id, "once", handlers=[sink.url])
     sink.got = sink.got * 2
@@ -212,7 +212,7 @@ def test_the_admin_lists_channels_with_counts_and_no_secret(admin_client, conver
 def test_connector_events_need_the_application_token(client, conversation, sink):
     """The inbox refuses a connector event whose application_token is not the portal's: nothing stored."""
     from urllib.parse import urlencode
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
     row, secret, b24, chat_id = conversation
     imc.operator_reply(b24, chat_id, "forged?", handlers=[sink.url])
     pairs = [(k, "not-the-token" if k == "auth[application_token]" else v) for k, v in sink.got[0]]
@@ -252,7 +252,7 @@ def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(cl
     asks for the other waiting chats in the same batch request, and their events find the answer cached."""
     from urllib.parse import urlencode
 
-    from portals import inbox
+    from inbox import queue as inbox
 
     row, secret, b24, chat_id = conversation
     with django_capture_on_commit_callbacks(execute=True):

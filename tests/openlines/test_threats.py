@@ -552,8 +552,8 @@ def test_a_forged_event_with_malformed_messages_is_rejected_and_holds_up_no_genu
     reply waiting in the inbox before it, whose confirmation looks at the waiting events, still goes out."""
     from urllib.parse import urlencode
 
-    from portals import inbox
-    from portals.models import InboxItem
+    from inbox import queue as inbox
+    from inbox.models import InboxItem
 
     row, secret, b24 = conversation
     chat_id = imc.conversations(b24)[0]["chat_id"]
@@ -606,8 +606,8 @@ def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dr
     leaves the event pending; the reply is relayed once the portal answers."""
     from django.utils import timezone
 
-    from portals import inbox
-    from portals.models import InboxItem
+    from inbox import queue as inbox
+    from inbox.models import InboxItem
 
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # short client retries
     row, secret, b24 = conversation

@@ -10,7 +10,8 @@ from django.core.cache import cache
 
 from bitrix24 import oauth
 from bitrix24.addresses import BadAddress, is_public, parse_endpoint
-from portals.models import InboxItem, Portal, PortalEvent
+from inbox.models import InboxItem
+from portals.models import Portal, PortalEvent
 from tests.conftest import deliver
 from tests.placements.frames import is_widget, open_widget, portal_calls, text
 

@@ -8,6 +8,7 @@ from django.urls import get_resolver
 
 from openlines import views as openlines_views
 from placements import views as placement_views
+from inbox import views as inbox_views
 from portals import views as portal_views
 from tests.conftest import do_install
 from tests.placements.frames import is_widget, open_widget, text, widget_token_of
@@ -183,7 +184,7 @@ def test_only_the_bitrix24_entry_points_are_csrf_exempt():
     exempt = {view for view in walk(get_resolver()) if getattr(view, "csrf_exempt", False)}
     # ... and the channel's: the connector pages' actions (the frame's signed widget token) and the
     # channel API (an HMAC signature, for outside systems).
-    assert exempt == {portal_views.install_view, portal_views.events_view, placement_views.placement_view,
+    assert exempt == {portal_views.install_view, inbox_views.events_view, placement_views.placement_view,
                       openlines_views.connector_action_view, openlines_views.channel_messages_view,
                       openlines_views.unknown_channel_view}
 

@@ -114,7 +114,7 @@ def test_the_admin_says_when_our_credentials_are_refused(admin_client, installed
 
 
 def test_inbox_lists_events_with_their_state_and_never_a_secret(admin_client, client, installed, standin):
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
     from tests.conftest import deliver
 
     portal, b24 = installed
@@ -124,18 +124,18 @@ def test_inbox_lists_events_with_their_state_and_never_a_secret(admin_client, cl
     failed = InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUNINSTALL",
                                       idempotency_key="f" * 64, state=InboxItem.State.FAILED, attempts=8,
                                       last_error="gave up after 8 attempts: Bitrix24 unavailable (unreachable)")
-    body = admin_client.get("/admin/portals/inboxitem/").content.decode()
+    body = admin_client.get("/admin/inbox/inboxitem/").content.decode()
     assert "ONAPPUPDATE" in body and "gave up after 8 attempts" in body and portal.member_id in body
-    filtered = admin_client.get("/admin/portals/inboxitem/", {"state__exact": "failed"}).content.decode()
+    filtered = admin_client.get("/admin/inbox/inboxitem/", {"state__exact": "failed"}).content.decode()
     assert 'field-event">ONAPPUNINSTALL<' in filtered and 'field-event">ONAPPUPDATE<' not in filtered
     item = InboxItem.objects.get(event="ONAPPUPDATE")
-    detail = admin_client.get(reverse("admin:portals_inboxitem_change", args=[item.pk])).content.decode()
+    detail = admin_client.get(reverse("admin:inbox_inboxitem_change", args=[item.pk])).content.decode()
     for secret in (payload["auth[access_token]"], payload["auth[refresh_token]"], b24.application_token,
                    item.idempotency_key):
         assert secret not in body and secret not in detail
     assert "updated" in detail  # the outcome
 
-    response = admin_client.post("/admin/portals/inboxitem/", {"action": "replay", "_selected_action": [failed.pk]})
+    response = admin_client.post("/admin/inbox/inboxitem/", {"action": "replay", "_selected_action": [failed.pk]})
     assert response.status_code == 302
     failed.refresh_from_db()
     assert (failed.state, failed.attempts) == (InboxItem.State.PENDING, 0)

@@ -4,7 +4,8 @@ import pytest
 from django.db import connection
 
 from openlines.models import Channel
-from portals.models import InboxItem, Portal, PortalEvent, Rejection
+from inbox.models import InboxItem
+from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
 
 pytestmark = pytest.mark.django_db

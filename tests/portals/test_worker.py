@@ -15,7 +15,8 @@ from django.utils import timezone
 from openlines.registry import CONNECTOR_EVENTS
 
 from portals import tasks
-from portals.models import InboxItem, Portal, PortalEvent
+from inbox.models import InboxItem
+from portals.models import Portal, PortalEvent
 from tests.conftest import do_install
 from tests.workers import Worker, lose_the_queue, uses_rabbitmq, wait_for
 

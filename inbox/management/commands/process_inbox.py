@@ -2,12 +2,12 @@
 
 For deployments that run no Celery worker yet (cron every minute) and for a one-off drain after an
 outage; with workers running it is safe too (each event is claimed once). Same service as the
-worker's task: portals.inbox.
+worker's task: inbox.queue.
 """
 from django.core.management.base import BaseCommand, CommandError
 
-from portals import inbox
-from portals.models import InboxItem
+from inbox import queue
+from inbox.models import InboxItem
 
 
 class Command(BaseCommand):
@@ -22,8 +22,8 @@ class Command(BaseCommand):
         if limit < 1:
             raise CommandError("--limit must be at least 1")
         before = set(InboxItem.objects.filter(state=InboxItem.State.FAILED).values_list("pk", flat=True))
-        runs = inbox.process_pending(limit=limit)
-        backlog = inbox.backlog()
+        runs = queue.process_pending(limit=limit)
+        backlog = queue.backlog()
         self.stdout.write(f"processed={runs} unfinished={backlog['unfinished']} failed={backlog['failed']}")
         new_failures = InboxItem.objects.filter(state=InboxItem.State.FAILED).exclude(pk__in=before).count()
         if new_failures:

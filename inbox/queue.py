@@ -6,12 +6,8 @@ the request's transaction and answers at once; everything that calls out runs in
 the handler registered for the event code. The database, not the broker, is the source of truth:
 a task that got lost (broker restarted, worker killed) is sent again by `sweep`.
 
-The seam apps use (see their AppConfig.ready()):
-    register(event_code, handler, *, needs_application_token=True, ordered=True, precheck=None)
-    handler(item: InboxItem) -> str        # idempotent; raise Retry(reason) or Reject(reason)
-Per portal, an `ordered` event is not processed while an older ordered one is unfinished
-(install before uninstall). Attempts are bounded; the last failure leaves the row `failed`
-(a dead letter) until `replay`.
+Handlers and the portal directory are registered (inbox/registry.py). Attempts are bounded; the last
+failure leaves the row `failed` (a dead letter) until `replay`.
 """
 import contextlib
 import hashlib
@@ -20,76 +16,24 @@ import json
 import logging
 import random
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
-from bitrix24.errors import Refusal
-from .models import InboxItem, Portal
+from bitrix24 import limits
+
+from .models import InboxItem
+from .registry import Refused, Reject, Retry, directory, ordered_codes, registration
 
 log = logging.getLogger(__name__)
 State = InboxItem.State
-
-
-class Retry(Exception):
-    """Transient trouble (Bitrix24 or the OAuth server unreachable, limits): try again later.
-
-    `after` (seconds) is a lower bound for the next attempt, e.g. a Retry-After the platform gave.
-    """
-
-    def __init__(self, reason: str, after: float | None = None):
-        self.reason = reason
-        self.after = after
-        super().__init__(reason)
-
-
-class Reject(Exception):
-    """The event is not believable or not applicable: final, recorded on the row."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
-
-
-class Refused(Refusal):
-    """A cheap check failed in the request: nothing stored; `status` is the HTTP answer."""
-
-
-@dataclass(frozen=True)
-class Registration:
-    event_code: str
-    handler: object
-    needs_application_token: bool = True
-    ordered: bool = True
-    precheck: object = None  # precheck(portal | None, auth: dict, data: dict) -> None, raises Refused
-
-
-_registry: dict[str, Registration] = {}
-
-
-def register(event_code: str, handler, *, needs_application_token: bool = True, ordered: bool = True,
-             precheck=None) -> None:
-    """Route events `event_code` (Bitrix24's name, any case) to `handler(item) -> str` in a worker.
-
-    `needs_application_token`: the request is refused unless the portal is known and the event's
-    `application_token` matches (constant time). `ordered`: wait for the portal's older ordered
-    events. `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused).
-    """
-    code = event_code.upper()
-    _registry[code] = Registration(code, handler, needs_application_token, ordered, precheck)
-
-
-def registration(event_code: str) -> Registration | None:
-    return _registry.get(event_code.upper())
-
-
-def registered_codes() -> list[str]:
-    return list(_registry)
+# The task's name since the inbox lived in portals: kept, so tasks queued by an older release still run.
+PROCESS_TASK = "portals.process_inbox_item"
 
 
 # --- in the request ------------------------------------------------------------------------------
@@ -116,8 +60,7 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
     entry = registration(event_code)
     if entry is None:
         raise Refused(f"unknown event {event_code[:40]}", status=400)
-    portal = Portal.objects.filter(member_id=member_id).only(
-        "pk", "member_id", "status", "application_token_digest").first()
+    portal = directory().find(member_id)
     application_token = auth.get("application_token") if isinstance(auth.get("application_token"), str) else ""
     if entry.needs_application_token:
         if portal is None:
@@ -125,8 +68,6 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
         if not portal.application_token_is(application_token):
             raise Refused("application_token does not match")
     elif portal is None or not portal.application_token_is(application_token):
-        from bitrix24 import limits
-
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
         if not limits.admit(f"inbox:{member_id}", per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
                             burst=settings.B24_INBOX_UNVERIFIED_BURST):
@@ -157,10 +98,8 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
 
 def enqueue(item_id: int, *, countdown: float | None = None) -> bool:
     """Send the item's task to the broker; False (logged) when the broker is unavailable: the sweeper re-sends."""
-    from .tasks import process_inbox_item
-
     try:
-        process_inbox_item.apply_async((item_id,), countdown=countdown)
+        current_app.send_task(PROCESS_TASK, (item_id,), countdown=countdown)
     except Exception as exc:  # the broker is down: the row is safe, the sweeper re-sends it
         log.warning("could not send an inbox task; the sweeper will", extra={"inbox_id": item_id,
                                                                               "error": type(exc).__name__})
@@ -181,7 +120,7 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
 
 
 def _older_unfinished(item: InboxItem) -> bool:
-    ordered = [code for code, entry in _registry.items() if entry.ordered]
+    ordered = ordered_codes()
     return InboxItem.objects.filter(member_id=item.member_id, id__lt=item.pk, state__in=InboxItem.UNFINISHED,
                                     event__in=ordered).exists()
 
@@ -286,7 +225,7 @@ def _release_next(item: InboxItem) -> None:
     entry = registration(item.event)
     if entry is None or not entry.ordered:
         return
-    ordered = [code for code, e in _registry.items() if e.ordered]
+    ordered = ordered_codes()
     following = InboxItem.objects.filter(member_id=item.member_id, id__gt=item.pk, state=State.PENDING,
                                          event__in=ordered).order_by("id").values_list("pk", flat=True).first()
     if following is not None:
@@ -370,3 +309,11 @@ class BacklogCollector:
                                 value=figures["failed"])
         yield GaugeMetricFamily("b24widget_inbox_oldest_unfinished_seconds",
                                 "Age of the oldest unprocessed inbox event.", value=figures["oldest_unfinished_seconds"])
+
+
+def waiting(member_id: str, event_code: str, *, limit: int) -> list[dict]:
+    """The `data` of the portal's pending events of one code, oldest first (at most `limit`): for a handler
+    that answers several waiting events with one request to Bitrix24."""
+    rows = (InboxItem.objects.filter(member_id=member_id, event=event_code.upper(), state=State.PENDING)
+            .order_by("id").values_list("data", flat=True)[:limit])
+    return [data for data in rows if isinstance(data, dict)]

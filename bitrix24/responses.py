@@ -8,9 +8,9 @@ again. No other module renders a refusal or a Retry-After header.
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from bitrix24.errors import Refusal
-from bitrix24.frames import framed_by
-from bitrix24.wire import retry_after_header
+from .errors import Refusal
+from .frames import framed_by
+from .wire import retry_after_header
 
 
 def _retry_after(response: HttpResponse, seconds: float | None) -> HttpResponse:

@@ -1,9 +1,9 @@
-"""Bitrix24 app events (ONAPPINSTALL, ONAPPUNINSTALL, ONAPPUPDATE): parse, accept into the inbox, verify
-and apply in a worker.
+"""Bitrix24 app events (ONAPPINSTALL, ONAPPUNINSTALL, ONAPPUPDATE), verified and applied in a worker; and the
+portal directory the inbox asks about stored portals.
 
-`/events/` only parses, runs the inbox's cheap checks and stores the event (portals/inbox.py); the
-handlers below run in a Celery worker, registered for their event codes in PortalsConfig.ready().
-Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`) or as JSON. What each proves:
+`/events/` only parses, runs the inbox's cheap checks (with `_check_install` / `_check_update` below) and
+stores the event (inbox/); the handlers below run in a Celery worker, registered for their event codes in
+PortalsConfig.ready(). What each proves:
 - Only an administrator's grant changes an install: an ONAPPINSTALL (or an ONAPPUPDATE with a new
   `application_token`) is applied when its `auth[refresh_token]` passes `grants.administrator_grant`.
   A token-less ONAPPINSTALL only confirms an install whose `application_token` we already hold.
@@ -12,38 +12,30 @@ Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`) or as JSON.
   Bitrix24 confirms the app is gone from the portal ("after uninstall the app's API access is gone",
   docs/bitrix24.md); ONAPPUPDATE with the known token records a version and re-binds, nothing more.
 Refusals from unverified senders are counted (lifecycle.count_rejection), not stored one row each;
-in the worker a refusal becomes inbox.Reject, and unavailability (OAuth, REST, limits) inbox.Retry.
+in the worker a refusal becomes Reject, and unavailability (OAuth, REST, limits) Retry.
 """
 import hmac
-import json
 import logging
 import re
-from dataclasses import dataclass, field
 
-from bitrix24.errors import Refusal
 from bitrix24 import oauth
+from bitrix24.errors import Refusal, RestError, TokenRefreshFailed
+from inbox import registry as inbox
+from inbox.parsing import Event
 
-from . import inbox, install as installer, lifecycle
+from . import install as installer
+from . import lifecycle
 from .grants import GrantRefused, administrator_grant
-from .models import PortalEvent, InboxItem, Portal
+from .models import Portal, PortalEvent
 from .tokens import PortalClient
-from bitrix24.errors import RestError, TokenRefreshFailed
 
 log = logging.getLogger(__name__)
 
 INSTALL = "ONAPPINSTALL"
 UNINSTALL = "ONAPPUNINSTALL"
 UPDATE = "ONAPPUPDATE"
-# The docs' example spells the uninstall event ONAPPSUNINSTALL.
-EVENT_NAMES = {INSTALL: INSTALL, UNINSTALL: UNINSTALL, "ONAPPSUNINSTALL": UNINSTALL, UPDATE: UPDATE}
-
-_BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
-_SECRET_MAX = 1024
-_MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
-_TS = re.compile(r"^[0-9]{1,20}$")
-_HANDLER_ID = re.compile(r"^[0-9]{1,20}$")
 
 
 def _version(value) -> str:
@@ -57,106 +49,12 @@ def _language(value) -> str:
     return value if _LANGUAGE.match(value) else ""
 
 
-class BadEvent(ValueError):
-    """A malformed event body (HTTP 400)."""
-
-
 class EventRefused(Refusal):
     """A well-formed event that is not believed or not applicable; `status` is the HTTP answer."""
 
 
-@dataclass(frozen=True)
-class AppEvent:
-    name: str
-    member_id: str
-    data: dict
-    auth: dict = field(repr=False)
-    ts: str = ""
-    event_handler_id: str = ""
-
-    @property
-    def application_token(self) -> str:
-        return _str(self.auth.get("application_token"))
-
-
 def _str(value) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _nest(pairs) -> dict:
-    """Turn PHP-style keys (`auth[member_id]`, `data[A][B]`) into nested dicts."""
-    out: dict = {}
-    for key, value in pairs:
-        match = _BRACKETS.match(key)
-        if not match:
-            raise BadEvent(f"malformed field name {key[:40]!r}")
-        path = [match.group(1)] + re.findall(r"\[([^\[\]]*)\]", match.group(2))
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise BadEvent(f"conflicting field {key[:40]!r}")
-            node = child
-        if isinstance(node.get(path[-1]), dict):
-            raise BadEvent(f"conflicting field {key[:40]!r}")
-        node[path[-1]] = value
-    return out
-
-
-def parse(request) -> AppEvent:
-    """Parse an event POST (form-encoded or JSON) into an AppEvent, or raise BadEvent."""
-    if request.content_type == "application/json":
-        try:
-            body = json.loads(request.body or b"null")
-        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-            raise BadEvent("body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadEvent("body is not a JSON object")
-    else:
-        body = _nest(request.POST.items())
-    name = body.get("event")
-    if not isinstance(name, str) or not name:
-        raise BadEvent("event is missing")
-    code = EVENT_NAMES.get(name.upper(), name.upper())
-    if inbox.registration(code) is None:
-        raise EventRefused(f"unknown event {name[:40]}", status=400)
-    auth = body.get("auth")
-    data = body.get("data", {})
-    if not isinstance(auth, dict):
-        raise BadEvent("auth is missing")
-    if isinstance(data, list) and not data:
-        data = {}
-    if isinstance(data, (str, int)) and not isinstance(data, bool) and len(str(data)) <= 64:
-        # A bare value: ONIMCONNECTORLINEDELETE's data is the line id (events/on-im-connector-line-delete.md).
-        data = {"VALUE": str(data)}
-    if not isinstance(data, dict):
-        raise BadEvent("data is not an object")
-    member_id = _str(auth.get("member_id"))
-    if not _MEMBER_ID.match(member_id):
-        raise BadEvent("auth[member_id] is missing or malformed")
-    for key, value in auth.items():
-        if not isinstance(value, (str, int)) or len(str(value)) > _SECRET_MAX:
-            raise BadEvent(f"auth[{str(key)[:40]}] is malformed")
-    ts = body.get("ts", "")
-    ts = str(ts) if isinstance(ts, (str, int)) and not isinstance(ts, bool) else None
-    if ts is None or (ts and not _TS.match(ts)):
-        raise BadEvent("ts is malformed")
-    handler_id = body.get("event_handler_id", "")
-    handler_id = str(handler_id) if isinstance(handler_id, (str, int)) and not isinstance(handler_id, bool) else None
-    if handler_id is None or (handler_id and not _HANDLER_ID.match(handler_id)):
-        raise BadEvent("event_handler_id is malformed")
-    return AppEvent(name=code, member_id=member_id, data=data, auth=auth, ts=ts, event_handler_id=handler_id)
-
-
-def accept(event: AppEvent) -> tuple[InboxItem, bool]:
-    """Run the cheap checks and store the event in the inbox; returns (item, created). Raises EventRefused."""
-    try:
-        return inbox.accept(event.name, member_id=event.member_id, data=event.data, auth=event.auth, ts=event.ts,
-                            event_handler_id=event.event_handler_id)
-    except inbox.Refused as exc:
-        if exc.status in (400, 403, 404, 409):
-            lifecycle.count_rejection(event.member_id, source=event.name, reason=exc.reason)
-        raise EventRefused(exc.reason, status=exc.status, retry_after=exc.retry_after) from None
 
 
 def _token_matches(portal: Portal, presented: str) -> bool:
@@ -166,15 +64,21 @@ def _token_matches(portal: Portal, presented: str) -> bool:
     return hmac.compare_digest(stored.encode(), presented.encode())
 
 
-def _event_of(item: InboxItem) -> AppEvent:
-    return AppEvent(name=item.event, member_id=item.member_id, data=item.data, auth=item.auth, ts=item.ts,
-                    event_handler_id=item.event_handler_id)
+class PortalDirectory:
+    """The stored portals as the inbox sees them (inbox.registry.Directory), registered in ready()."""
+
+    def find(self, member_id: str) -> Portal | None:
+        return Portal.objects.filter(member_id=member_id).only(
+            "pk", "member_id", "status", "application_token_digest").first()
+
+    def refused(self, member_id: str, *, source: str, reason: str) -> None:
+        lifecycle.count_rejection(member_id, source=source, reason=reason)
 
 
 def _in_worker(apply):
     """An inbox handler around `apply(portal, event)`: refusals become Reject, unavailability Retry."""
-    def handler(item: InboxItem) -> str:
-        event = _event_of(item)
+    def handler(item) -> str:
+        event = Event.of(item)
         portal = Portal.objects.filter(member_id=event.member_id).first()
         try:
             return apply(portal, event)
@@ -215,20 +119,22 @@ def _check_update(portal, auth: dict, data: dict) -> None:
 
 
 def register() -> None:
-    """Route the app events through the inbox (called from PortalsConfig.ready())."""
+    """Route the app events through the inbox and tell it about stored portals (PortalsConfig.ready())."""
+    inbox.set_directory(PortalDirectory())
     inbox.register(INSTALL, _in_worker(_on_install), needs_application_token=False, precheck=_check_install)
-    inbox.register(UNINSTALL, _in_worker(_on_uninstall))
+    # The docs' example spells the uninstall event ONAPPSUNINSTALL.
+    inbox.register(UNINSTALL, _in_worker(_on_uninstall), aliases=("ONAPPSUNINSTALL",))
     inbox.register(UPDATE, _in_worker(_on_update), needs_application_token=False, precheck=_check_update)
 
 
-def _usable_token(event: AppEvent) -> str:
+def _usable_token(event: Event) -> str:
     token = event.application_token
     if not token or len(token) > 255:
         raise EventRefused(f"{event.name} without a usable application_token", status=400)
     return token
 
 
-def _grant_of(event: AppEvent):
+def _grant_of(event: Event):
     """The event's tokens as an administrator's grant, or EventRefused."""
     try:
         return administrator_grant(event.member_id, _str(event.auth.get("refresh_token")))
@@ -237,7 +143,7 @@ def _grant_of(event: AppEvent):
                            retry_after=exc.retry_after) from None
 
 
-def _on_install(portal: Portal | None, event: AppEvent) -> str:
+def _on_install(portal: Portal | None, event: Event) -> str:
     token = _usable_token(event)
     version = _version(event.data.get("VERSION"))
     known = portal is not None and portal.status != Portal.Status.UNINSTALLED and _token_matches(portal, token)
@@ -264,7 +170,7 @@ def _on_install(portal: Portal | None, event: AppEvent) -> str:
     return "application_token saved"
 
 
-def _on_uninstall(portal: Portal | None, event: AppEvent) -> str:
+def _on_uninstall(portal: Portal | None, event: Event) -> str:
     if portal is None:
         raise EventRefused("unknown portal", status=404)
     if portal.status == Portal.Status.UNINSTALLED:
@@ -306,7 +212,7 @@ def _confirm_gone(portal: Portal) -> None:
     raise EventRefused("the app is still installed on the portal")
 
 
-def _on_update(portal: Portal | None, event: AppEvent) -> str:
+def _on_update(portal: Portal | None, event: Event) -> str:
     if portal is None:
         raise EventRefused("unknown portal", status=404)
     if portal.status == Portal.Status.UNINSTALLED:

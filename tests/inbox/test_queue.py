@@ -1,4 +1,4 @@
-"""The inbox itself (portals/inbox.py): idempotency key, duplicates, retries, dead letters, replay, order.
+"""The inbox itself (inbox/queue.py): idempotency key, duplicates, retries, dead letters, replay, order.
 
 These are unit tests: they call inbox.process / inbox.process_pending in the test process, as a
 worker would (no broker involved). tests/portals/test_worker.py runs the real Celery worker.
@@ -9,8 +9,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from portals import inbox
-from portals.models import InboxItem, Portal
+from inbox import queue as inbox
+from inbox import registry
+from inbox.models import InboxItem
+from portals.models import Portal
 
 pytestmark = pytest.mark.django_db
 State = InboxItem.State
@@ -31,11 +33,11 @@ def handler():
             raise step
         return step
 
-    inbox.register(CODE, run)
-    inbox.register(OTHER, run, ordered=False)
+    registry.register(CODE, run)
+    registry.register(OTHER, run, ordered=False)
     yield calls, script
-    inbox._registry.pop(CODE, None)
-    inbox._registry.pop(OTHER, None)
+    registry._registry.pop(CODE, None)
+    registry._registry.pop(OTHER, None)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
 
-from portals import crypto
+from vault import fields as crypto
 from portals.models import Portal
 
 pytestmark = pytest.mark.django_db
@@ -44,7 +44,7 @@ def test_key_rotation_old_key_still_decrypts_and_the_command_retires_it(settings
     from django.core.management import call_command
     old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
     portal = make_portal(access_token="rotating", refresh_token="r", application_token="a")
-    from portals.models import InboxItem
+    from inbox.models import InboxItem
     event = InboxItem.objects.create(member_id=portal.member_id, event="ONAPPINSTALL", idempotency_key="k" * 64,
                                      sealed_auth='{"refresh_token": "event-secret"}')
     new_key = Fernet.generate_key().decode()

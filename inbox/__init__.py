@@ -1,0 +1,5 @@
+"""Bitrix24 events, durable: what reaches `/events/` is stored before we answer, then applied by workers.
+
+The API other apps use: `inbox.registry` (register handlers, Retry / Reject, the portal directory),
+`inbox.queue` (accept, process, sweep, replay, backlog, waiting), `inbox.parsing` (the event POST).
+"""

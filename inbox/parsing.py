@@ -1,0 +1,117 @@
+"""An event POST as Bitrix24 sends it to `/events/` (api-reference/events/index.md), parsed and validated.
+
+Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`, `event_handler_id`) or as JSON.
+Nothing here is believed yet: it is only well-formed. Which events exist is the registry's business.
+"""
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bitrix24 import wire
+
+from .registry import Refused, registration
+
+_BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_SECRET_MAX = wire.MAX_TOKEN
+
+
+class BadEvent(ValueError):
+    """A malformed event body (HTTP 400)."""
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event delivery: its code (upper-cased, aliases resolved), whose portal, and what it carried."""
+
+    name: str
+    member_id: str
+    data: dict[str, Any]
+    auth: dict[str, Any] = field(repr=False)
+    ts: str = ""
+    event_handler_id: str = ""
+
+    @property
+    def application_token(self) -> str:
+        return _str(self.auth.get("application_token"))
+
+    @classmethod
+    def of(cls, item: Any) -> "Event":
+        """The event an inbox row stored."""
+        return cls(name=item.event, member_id=item.member_id, data=item.data, auth=item.auth, ts=item.ts,
+                   event_handler_id=item.event_handler_id)
+
+
+def _nest(pairs) -> dict:
+    """Turn PHP-style keys (`auth[member_id]`, `data[A][B]`) into nested dicts."""
+    out: dict = {}
+    for key, value in pairs:
+        match = _BRACKETS.match(key)
+        if not match:
+            raise BadEvent(f"malformed field name {key[:40]!r}")
+        path = [match.group(1)] + re.findall(r"\[([^\[\]]*)\]", match.group(2))
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BadEvent(f"conflicting field {key[:40]!r}")
+            node = child
+        if isinstance(node.get(path[-1]), dict):
+            raise BadEvent(f"conflicting field {key[:40]!r}")
+        node[path[-1]] = value
+    return out
+
+
+def _digits(value: object, max_length: int) -> str | None:
+    """`value` as ASCII digits ('' when absent), or None when it is anything else."""
+    if value == "":
+        return ""
+    text = wire.digits_or_empty(value, max_length=max_length)
+    return text or None
+
+
+def parse(request) -> Event:
+    """Parse an event POST (form-encoded or JSON) into an Event; BadEvent, or Refused for an unknown event."""
+    if request.content_type == "application/json":
+        try:
+            body = json.loads(request.body or b"null")
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            raise BadEvent("body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadEvent("body is not a JSON object")
+    else:
+        body = _nest(request.POST.items())
+    name = body.get("event")
+    if not isinstance(name, str) or not name:
+        raise BadEvent("event is missing")
+    entry = registration(name)
+    if entry is None:
+        raise Refused(f"unknown event {name[:40]}", status=400)
+    auth = body.get("auth")
+    data = body.get("data", {})
+    if not isinstance(auth, dict):
+        raise BadEvent("auth is missing")
+    if isinstance(data, list) and not data:
+        data = {}
+    if isinstance(data, (str, int)) and not isinstance(data, bool) and len(str(data)) <= 64:
+        # A bare value: ONIMCONNECTORLINEDELETE's data is the line id (events/on-im-connector-line-delete.md).
+        data = {"VALUE": str(data)}
+    if not isinstance(data, dict):
+        raise BadEvent("data is not an object")
+    member_id = _str(auth.get("member_id"))
+    if not wire.is_member_id(member_id):
+        raise BadEvent("auth[member_id] is missing or malformed")
+    for key, value in auth.items():
+        if not isinstance(value, (str, int)) or len(str(value)) > _SECRET_MAX:
+            raise BadEvent(f"auth[{str(key)[:40]}] is malformed")
+    ts = _digits(body.get("ts", ""), 20)
+    if ts is None:
+        raise BadEvent("ts is malformed")
+    handler_id = _digits(body.get("event_handler_id", ""), 20)
+    if handler_id is None:
+        raise BadEvent("event_handler_id is malformed")
+    return Event(name=entry.event_code, member_id=member_id, data=data, auth=auth, ts=ts, event_handler_id=handler_id)

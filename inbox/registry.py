@@ -1,0 +1,120 @@
+"""What the inbox knows of the apps above it, all of it registered: event handlers, and the portal directory.
+
+Apps call these from their AppConfig.ready():
+
+    register(event_code, handler, *, needs_application_token=True, ordered=True, precheck=None)
+    handler(item: InboxItem) -> str        # idempotent; raise Retry(reason) or Reject(reason)
+    set_directory(directory)               # portals: which stored portal an event names (see Directory)
+
+Per portal, an `ordered` event is not processed while an older ordered one is unfinished (install
+before uninstall). `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused).
+"""
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bitrix24.errors import Refusal
+
+
+class Retry(Exception):
+    """Transient trouble (Bitrix24 or the OAuth server unreachable, limits): try again later.
+
+    `after` (seconds) is a lower bound for the next attempt, e.g. a Retry-After the platform gave.
+    """
+
+    def __init__(self, reason: str, after: float | None = None):
+        self.reason = reason
+        self.after = after
+        super().__init__(reason)
+
+
+class Reject(Exception):
+    """The event is not believable or not applicable: final, recorded on the row."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Refused(Refusal):
+    """A cheap check failed in the request: nothing stored; `status` is the HTTP answer."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    event_code: str
+    handler: Callable[[Any], str]
+    needs_application_token: bool = True
+    ordered: bool = True
+    precheck: Callable[..., None] | None = None  # precheck(portal | None, auth, data) -> None, raises Refused
+
+
+_registry: dict[str, Registration] = {}
+_aliases: dict[str, str] = {}  # another spelling Bitrix24 uses -> the registered code
+
+
+def register(event_code: str, handler: Callable[[Any], str], *, needs_application_token: bool = True,
+             ordered: bool = True, precheck: Callable[..., None] | None = None, aliases: tuple[str, ...] = ()) -> None:
+    """Route events `event_code` (Bitrix24's name, any case) to `handler(item) -> str` in a worker.
+
+    `needs_application_token`: the request is refused unless the portal is known and the event's
+    `application_token` matches (constant time). `ordered`: wait for the portal's older ordered
+    events. `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused). `aliases`: other
+    spellings of the code that Bitrix24 (or its docs) use.
+    """
+    code = event_code.upper()
+    _registry[code] = Registration(code, handler, needs_application_token, ordered, precheck)
+    for alias in aliases:
+        _aliases[alias.upper()] = code
+
+
+def registration(event_code: str) -> Registration | None:
+    """The registration for `event_code` (any case, or a registered alias), or None."""
+    code = event_code.upper()
+    return _registry.get(_aliases.get(code, code))
+
+
+def ordered_codes() -> list[str]:
+    """The codes whose events wait for their portal's older ones."""
+    return [code for code, entry in _registry.items() if entry.ordered]
+
+
+def registered_codes() -> list[str]:
+    return list(_registry)
+
+
+class StoredPortal(Protocol):
+    """What the inbox needs of a stored portal (portals.models.Portal is one)."""
+
+    pk: Any
+
+    def application_token_is(self, presented: str) -> bool: ...
+
+
+class Directory(Protocol):
+    """The stored portals, as the inbox may see them (portals registers one)."""
+
+    def find(self, member_id: str) -> StoredPortal | None:
+        """The stored portal with this member_id, or None."""
+
+    def refused(self, member_id: str, *, source: str, reason: str) -> None:
+        """Count a refused event of a sender nobody verified (never one row per refusal)."""
+
+
+class _NoPortals:
+    def find(self, member_id: str) -> None:
+        return None
+
+    def refused(self, member_id: str, *, source: str, reason: str) -> None:
+        return None
+
+
+_directory: list[Directory] = [_NoPortals()]
+
+
+def set_directory(directory: Directory) -> None:
+    _directory[0] = directory
+
+
+def directory() -> Directory:
+    return _directory[0]
