@@ -19,14 +19,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, dry_run=False, **options):
         self.stdout.write("checking every stored secret" if dry_run else "re-encrypting every stored secret")
-        verb = "checked" if dry_run else "re-encrypted"
         unreadable = []
         counts = []
         for outcome in rotation.rotate(dry_run=dry_run, progress=self.stdout.write):
-            counts.append(f"{outcome.done} {outcome.name}")
+            counts.append(f"{outcome.name} {outcome.done}")
             unreadable += outcome.unreadable
-        summary = f"{verb} {', '.join(counts)}" + (" (dry run: nothing written)" if dry_run else " with the first key")
-        self.stdout.write(summary)
+        verb = "checked (dry run: nothing written)" if dry_run else "re-encrypted with the first key"
+        self.stdout.write(f"{verb}: {', '.join(counts)}")
         if unreadable:
             names = "\n".join(f"  - {label}" for label in unreadable)
             raise CommandError(
