@@ -106,6 +106,16 @@ class ChannelClient:
             self._wait(retry_after, attempt)
         raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        """Close the kept-alive connections (or use the client as a context manager)."""
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
     def _wait(self, retry_after: float | None, attempt: int) -> None:
         seconds = min(retry_after if retry_after is not None else 2.0 ** (attempt - 1), self.max_wait)
         self.waits.append(seconds)
@@ -221,13 +231,13 @@ def main(argv=None) -> int:
     if not secret:
         parser.error(f"set {args.secret_env} to the channel's secret")
     if args.command == "send":
-        client = ChannelClient(args.endpoint, secret)
         user = {"id": args.user, **({"name": args.name} if args.name else {})}
-        try:
-            print(json.dumps(client.add(args.chat, user, args.id or uuid.uuid4().hex, args.text)))
-        except ChannelError as exc:
-            print(f"refused: {exc}", file=sys.stderr)
-            return 1
+        with ChannelClient(args.endpoint, secret) as client:
+            try:
+                print(json.dumps(client.add(args.chat, user, args.id or uuid.uuid4().hex, args.text)))
+            except ChannelError as exc:
+                print(f"refused: {exc}", file=sys.stderr)
+                return 1
         return 0
 
     def show(event):

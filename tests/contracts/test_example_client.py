@@ -2,6 +2,7 @@
 sends, retries a 429 after Retry-After, and its webhook receiver verifies what the app really sends and
 refuses what it did not sign. It must stay an outsider: standard library and requests only."""
 import ast
+import gc
 import hashlib
 import hmac
 import importlib.util
@@ -69,6 +70,25 @@ def example_webhook():
 
 
 @pytest.fixture
+def clients():
+    """Closes each ChannelClient given to it after the test: a kept-alive connection to the live server keeps
+    a server thread, and its database connection, open past the test (PostgreSQL then cannot drop the test
+    database). A response still referenced (by the traceback of a ChannelError the test caught) keeps its
+    socket open even after the session's close, so the garbage is collected too."""
+    made = []
+
+    def keep(client):
+        made.append(client)
+        return client
+
+    yield keep
+    for client in made:
+        client.close()
+    made.clear()
+    gc.collect()
+
+
+@pytest.fixture
 def live(live_server, settings, monkeypatch, standin, client, frame, example_webhook):
     channel = connect_live(live_server, settings, monkeypatch, standin, client, frame, example_webhook.url)
     example_webhook.secret = channel.secret
@@ -95,10 +115,10 @@ def test_sign_and_verify_follow_the_documented_scheme():
     assert cc.verify(secret, "²", expected, body, now=now) == "stale_timestamp"
 
 
-def test_send_receive_and_read_through_the_live_app(live, example_webhook):
+def test_send_receive_and_read_through_the_live_app(live, example_webhook, clients):
     from openlines.models import OutboundMessage
 
-    client = cc.ChannelClient(live.endpoint, live.secret)
+    client = clients(cc.ChannelClient(live.endpoint, live.secret))
     answer = client.add("chat-9", {"id": "v-1", "name": "Ann"}, "m-1", "Where is my parcel?",
                         files=[{"url": "https://shop.example.com/p.png", "name": "p.png"}])
     assert answer["result"] == "accepted" and client.waits == []
@@ -119,10 +139,10 @@ def test_send_receive_and_read_through_the_live_app(live, example_webhook):
     assert client.delete("chat-9", "v-1", "m-1")["result"] == "accepted"
 
 
-def test_a_429_is_retried_after_retry_after(live, settings):
+def test_a_429_is_retried_after_retry_after(live, settings, clients):
     settings.OPENLINES_INBOUND_BURST = 1
     settings.OPENLINES_INBOUND_PER_MINUTE = 60  # one a second: the second message waits about a second
-    client = cc.ChannelClient(live.endpoint, live.secret)
+    client = clients(cc.ChannelClient(live.endpoint, live.secret))
     assert client.add("chat-1", {"id": "u"}, "m-1", "one")["result"] == "accepted"
     started = time.monotonic()
     assert client.add("chat-1", {"id": "u"}, "m-2", "two")["result"] == "accepted"
@@ -131,8 +151,8 @@ def test_a_429_is_retried_after_retry_after(live, settings):
     assert texts == ["one", "two"]
 
 
-def test_a_refusal_that_retrying_cannot_fix_raises_at_once(live):
-    client = cc.ChannelClient(live.endpoint, "not-the-secret", sleep=lambda s: pytest.fail("no retry expected"))
+def test_a_refusal_that_retrying_cannot_fix_raises_at_once(live, clients):
+    client = clients(cc.ChannelClient(live.endpoint, "not-the-secret", sleep=lambda s: pytest.fail("no retry")))
     with pytest.raises(cc.ChannelError) as refused:
         client.add("chat-1", {"id": "u"}, "m-1", "hi")
     assert (refused.value.status, refused.value.error) == (401, "bad_signature")
@@ -150,7 +170,8 @@ def test_the_receiver_refuses_what_the_channel_did_not_sign(example_webhook):
                    "X-B24Widget-Timestamp": str(timestamp),
                    "X-B24Widget-Signature": cc.sign(secret, str(timestamp), body)}
         sent = requests.Request("POST", example_webhook.url, headers=headers, data=body).prepare()
-        answer = requests.Session().send(sent, timeout=10)
+        with requests.Session() as session:
+            answer = session.send(sent, timeout=10)
         # The example's answers are ones the document describes for the webhook.
         api.validate_response(RequestsOpenAPIWebhookRequest(sent, "channelMessage"), RequestsOpenAPIResponse(answer))
         return answer
