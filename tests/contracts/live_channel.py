@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import requests
 
-from portals import inbox
+from inbox import queue as inbox
 from sandbox.standin import rest_imconnector as imc
 from tests.conftest import do_install
 from tests.openlines.conftest import act

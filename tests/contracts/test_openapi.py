@@ -179,12 +179,10 @@ def test_wrong_methods_on_the_messages_address_answer_405(api, live, method):
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 def test_wrong_methods_on_the_channels_address_answer_as_documented(api, live, method):
-    """OPTIONS is a JSON 405; POST, PUT, PATCH and DELETE meet Django's CSRF check first (an HTML 403 today,
-    which the document states as a known defect): whichever it is, the document must describe it."""
+    """Every other method is the channel API's JSON 405 (the address changes nothing, so no CSRF page either)."""
     answer = conforms(api, requests.request(method, live.channel_url, timeout=30))
-    assert answer.status_code in (403, 405)
-    if answer.status_code == 405:
-        assert answer.headers["Allow"] == "GET" and answer.json()["error"] == "method_not_allowed"
+    assert answer.status_code == 405
+    assert answer.headers["Allow"] == "GET" and answer.json()["error"] == "method_not_allowed"
 
 
 def test_other_addresses_under_channels_are_json_404(live):
