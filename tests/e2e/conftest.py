@@ -42,7 +42,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        yield MissingBrowser("Playwright is not installed: .venv/bin/pip install -r requirements.txt")
+        yield MissingBrowser("Playwright is not installed: .venv/bin/pip install -r requirements-dev.txt")
         return
     # Playwright's sync API keeps an asyncio loop on this thread, which Django's ORM guard takes for
     # async code; the test code here is plain synchronous code, so lift the guard while the browser lives.
