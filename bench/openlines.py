@@ -86,7 +86,7 @@ def main():
 
         from openlines import events, lifecycle, registry, tasks
         from bitrix24 import limits
-from inbox import queue as inbox
+        from inbox import queue as inbox
         from openlines.models import Delivery, InboundMessage, OutboundMessage
         from openlines.outbound import sign
         from sandbox.standin import rest_imconnector as imc
