@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Django's command-line utility for b24widget."""
+
 import os
 import sys
 

@@ -3,6 +3,7 @@
 Its settings are the CELERY_* names in b24widget/settings.py (read from the environment there);
 tasks live in each app's tasks.py and are found by autodiscover_tasks.
 """
+
 import os
 
 from celery import Celery

@@ -4,6 +4,7 @@ They run with every management command that runs checks (`check`, `check --deplo
 `runserver`) and when the WSGI app loads (b24widget/wsgi.py: `refuse_to_start`), so gunicorn does not
 start on settings that would fail later (a bad Fernet key at the first decryption, say).
 """
+
 import sys
 
 from cryptography.fernet import Fernet
@@ -29,22 +30,35 @@ def check_settings(app_configs=None, **kwargs):
         try:
             Fernet(key.strip().encode())
         except (ValueError, TypeError):
-            errors.append(_error(
-                2, f"TOKEN_ENCRYPTION_KEYS: key {position} of {len(settings.TOKEN_ENCRYPTION_KEYS)} is not a "
-                   "Fernet key (32 url-safe base64-encoded bytes).",
-                "Generate one with `python -c 'from cryptography.fernet import Fernet; "
-                "print(Fernet.generate_key().decode())'`; keep the old keys after it while tokens use them."))
+            errors.append(
+                _error(
+                    2,
+                    f"TOKEN_ENCRYPTION_KEYS: key {position} of {len(settings.TOKEN_ENCRYPTION_KEYS)} is not a "
+                    "Fernet key (32 url-safe base64-encoded bytes).",
+                    "Generate one with `python -c 'from cryptography.fernet import Fernet; "
+                    "print(Fernet.generate_key().decode())'`; keep the old keys after it while tokens use them.",
+                )
+            )
     if not settings.DEBUG:
         if not getattr(settings, "B24_TESTING", False):
             for name, what in _LOCAL_ONLY.items():
                 if getattr(settings, name, False):
-                    errors.append(_error(3, f"{name}=true is refused when DEBUG is off: it admits {what}, "
-                                            "which production must not.",
-                                         f"Remove {name}, or set DEBUG=true on a development machine."))
+                    errors.append(
+                        _error(
+                            3,
+                            f"{name}=true is refused when DEBUG is off: it admits {what}, which production must not.",
+                            f"Remove {name}, or set DEBUG=true on a development machine.",
+                        )
+                    )
         if not settings.ALLOWED_HOSTS:
-            errors.append(_error(4, "ALLOWED_HOSTS must be set when DEBUG is off.",
-                                 "Name the host of B24_APP_URL, e.g. ALLOWED_HOSTS=widget.example.com "
-                                 "(add a load balancer's probe Host too, see README /healthz)."))
+            errors.append(
+                _error(
+                    4,
+                    "ALLOWED_HOSTS must be set when DEBUG is off.",
+                    "Name the host of B24_APP_URL, e.g. ALLOWED_HOSTS=widget.example.com "
+                    "(add a load balancer's probe Host too, see README /healthz).",
+                )
+            )
     return errors
 
 

@@ -5,6 +5,7 @@ as a problem (variable name, what is wrong, how to fix it) and replaced by a har
 Django can start far enough for the system checks (b24widget/checks.py) to report *every* problem in
 one message instead of a traceback about the first one. Values of secrets are never quoted back.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,15 @@ from django.core.exceptions import ImproperlyConfigured
 _TRUE = {"true", "1", "yes", "on", "y", "t"}
 _FALSE = {"false", "0", "no", "off", "n", "f", ""}
 # Variables whose value must never appear in a message (it may be or hold a secret).
-SECRET_VARIABLES = {"SECRET_KEY", "B24_CLIENT_SECRET", "TOKEN_ENCRYPTION_KEYS", "DATABASE_URL", "CACHE_URL",
-                    "REDIS_URL", "METRICS_TOKEN"}
+SECRET_VARIABLES = {
+    "SECRET_KEY",
+    "B24_CLIENT_SECRET",
+    "TOKEN_ENCRYPTION_KEYS",
+    "DATABASE_URL",
+    "CACHE_URL",
+    "REDIS_URL",
+    "METRICS_TOKEN",
+}
 SEE = "see README, Configuration"
 
 
@@ -81,8 +89,11 @@ class Reader:
         try:
             value = kind(raw)
         except ValueError:
-            self.problem(name, f"{name}={self._shown(name, raw)} is not {what}.",
-                         f"Use {what}, e.g. {name}={default} (the default).")
+            self.problem(
+                name,
+                f"{name}={self._shown(name, raw)} is not {what}.",
+                f"Use {what}, e.g. {name}={default} (the default).",
+            )
             return default
         if minimum is not None and value < minimum:
             self.problem(name, f"{name}={raw} is below {minimum}.", f"Use a value of at least {minimum}.")
@@ -105,11 +116,17 @@ class Reader:
             return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            self.problem(name, f"{name}={self._shown(name, value)} is not an absolute URL.",
-                         f"Write it with scheme and host, e.g. {name}=https://widget.example.com.")
+            self.problem(
+                name,
+                f"{name}={self._shown(name, value)} is not an absolute URL.",
+                f"Write it with scheme and host, e.g. {name}=https://widget.example.com.",
+            )
         elif https and parts.scheme != "https":
-            self.problem(name, f"{name}={self._shown(name, value)} must use https when DEBUG is off.",
-                         "Bitrix24 talks to the app over HTTPS only; put a TLS proxy in front and use https://.")
+            self.problem(
+                name,
+                f"{name}={self._shown(name, value)} must use https when DEBUG is off.",
+                "Bitrix24 talks to the app over HTTPS only; put a TLS proxy in front and use https://.",
+            )
         return value
 
     def database(self, name: str, default: str) -> dict:
@@ -123,8 +140,11 @@ class Reader:
         if config.get("ENGINE") and not _importable(config["ENGINE"] + ".base"):
             config = {}  # an unknown scheme becomes an ENGINE named after it
         if not config.get("ENGINE"):
-            self.problem(name, f"{name} is not a database URL.",
-                         "Use e.g. postgres://user:password@host:5432/b24widget or sqlite:////path/db.sqlite3.")
+            self.problem(
+                name,
+                f"{name} is not a database URL.",
+                "Use e.g. postgres://user:password@host:5432/b24widget or sqlite:////path/db.sqlite3.",
+            )
             # Django starts far enough to report this; any query fails with ImproperlyConfigured.
             return {"ENGINE": "django.db.backends.dummy"}
         return config

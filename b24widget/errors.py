@@ -4,6 +4,7 @@ Inside Bitrix24 the user sees these in the portal's frame, so they are framed li
 page (by the posted portal's origin: they hold nothing but the message), localized, and say what to
 do next. `/events/` and other JSON callers get JSON.
 """
+
 import logging
 
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -43,8 +44,9 @@ def _language(request) -> str:
 
 def error_page(request, *, status: int, title: str, message: str, retry_after: int | None = None):
     if request.path.startswith("/events/") or "application/json" in request.headers.get("Accept", ""):
-        response = JsonResponse({"error": "unavailable" if status == 503 else "server_error",
-                                 "error_description": message}, status=status)
+        response = JsonResponse(
+            {"error": "unavailable" if status == 503 else "server_error", "error_description": message}, status=status
+        )
     else:
         html = render_to_string("errors/frame_error.html", {"title": title, "message": message})
         response = HttpResponse(html, status=status)
@@ -56,9 +58,15 @@ def error_page(request, *, status: int, title: str, message: str, retry_after: i
 def server_error(request):
     """handler500."""
     with translation.override(_language(request)):
-        return error_page(request, status=500, title=_("Something went wrong"),
-                          message=_("The app could not complete this request. Please try again in a few minutes; "
-                                    "if it keeps happening, tell the app's vendor."))
+        return error_page(
+            request,
+            status=500,
+            title=_("Something went wrong"),
+            message=_(
+                "The app could not complete this request. Please try again in a few minutes; "
+                "if it keeps happening, tell the app's vendor."
+            ),
+        )
 
 
 class DatabaseUnavailableMiddleware:
@@ -75,6 +83,10 @@ class DatabaseUnavailableMiddleware:
             return None
         log.error("database unavailable", extra={"error": type(exception).__name__, "path": request.path})
         with translation.override(_language(request)):
-            return error_page(request, status=503, title=_("Temporarily unavailable"),
-                              message=_("The app cannot reach its database right now. Please try again in a "
-                                        "minute."), retry_after=10)
+            return error_page(
+                request,
+                status=503,
+                title=_("Temporarily unavailable"),
+                message=_("The app cannot reach its database right now. Please try again in a minute."),
+                retry_after=10,
+            )

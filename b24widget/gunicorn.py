@@ -7,6 +7,7 @@ web replica may use. Worked example (README, "Capacity"): max_connections 100, 1
 superusers and maintenance, 2 web replicas and 1 Celery worker host of 8 processes -> (100 - 10 - 8) / 2
 = 41 per web replica; with 4 threads that allows 10 workers, whatever the core count says.
 """
+
 import multiprocessing
 import os
 
@@ -25,9 +26,11 @@ connection_budget = max(_int("DB_CONNECTION_BUDGET", 80), 1)
 _by_cores = multiprocessing.cpu_count() * 2 + 1
 workers = _int("GUNICORN_WORKERS", max(min(_by_cores, connection_budget // threads), 1))
 if workers * threads > connection_budget:
-    raise SystemExit(f"GUNICORN_WORKERS x GUNICORN_THREADS = {workers * threads} exceeds DB_CONNECTION_BUDGET = "
-                     f"{connection_budget} (each thread may hold a database connection); lower one of them or "
-                     "raise the budget")
+    raise SystemExit(
+        f"GUNICORN_WORKERS x GUNICORN_THREADS = {workers * threads} exceeds DB_CONNECTION_BUDGET = "
+        f"{connection_budget} (each thread may hold a database connection); lower one of them or "
+        "raise the budget"
+    )
 worker_class = "gthread"  # widget opens wait on Bitrix24 on a cache miss: threads keep workers responsive
 timeout = _int("GUNICORN_TIMEOUT", 60)
 graceful_timeout = 30

@@ -2,6 +2,7 @@
 accepted, is the Celery broker reachable, how big is the event inbox's backlog? The last three are
 reported, not failed on: the widget keeps serving and events are still stored (the database is the
 inbox's source of truth; the sweeper re-sends what the broker missed)."""
+
 from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse

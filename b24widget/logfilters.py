@@ -4,6 +4,7 @@ Django's request loggers attach the request to 4xx/5xx records (its repr holds t
 string included) and runserver logs the request line; a portal's fields or a token may travel in a
 query string. This filter keeps method and path only, in JSON and plain format alike.
 """
+
 import logging
 import re
 

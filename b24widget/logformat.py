@@ -4,6 +4,7 @@
 `... INFO portals.lifecycle portal event member_id=abc123 event=installed`; the JSON format carries the
 same fields as keys. Which attributes are "extra" is python-json-logger's list of LogRecord's own.
 """
+
 import json
 import logging
 
@@ -24,8 +25,11 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = [f"{key}={_value(value)}" for key, value in record.__dict__.items()
-                  if key not in _OWN and not key.startswith("_")]
+        fields = [
+            f"{key}={_value(value)}"
+            for key, value in record.__dict__.items()
+            if key not in _OWN and not key.startswith("_")
+        ]
         if not fields:
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the fields' line

@@ -9,6 +9,7 @@ b24widget/gunicorn.py): each process then writes its counters there and `/metric
 (prometheus_client's multiprocess mode). `/metrics` is not public: without METRICS_TOKEN it does not
 exist (404); with it, it answers only to `Authorization: Bearer <METRICS_TOKEN>` (403 otherwise).
 """
+
 import hmac
 import os
 from functools import lru_cache
@@ -20,7 +21,6 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY
-
 
 
 @lru_cache(maxsize=1)
@@ -52,5 +52,4 @@ def metrics_view(request):
     expected = f"Bearer {token}"
     if not hmac.compare_digest(offered.encode(), expected.encode()):
         return HttpResponseForbidden("a valid bearer token is required\n", content_type="text/plain")
-    return HttpResponse(generate_latest(_registry()) + generate_latest(_collectors()),
-                        content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(_registry()) + generate_latest(_collectors()), content_type=CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ Every variable is documented in README.md ("Configuration"). Local defaults work
 Values are read through b24widget/config.py's Reader, which records every missing or malformed one;
 b24widget/checks.py reports them all at once (system checks, and the WSGI/ASGI start).
 """
+
 from pathlib import Path
 
 import environ
@@ -27,23 +28,40 @@ B24_TESTING = False
 _DEV_SECRET_KEY = "dev-only-insecure-secret-key-b24widget-change-me-0123456789"
 # A fixed development Fernet key; production must set TOKEN_ENCRYPTION_KEYS.
 _DEV_TOKEN_KEY = "ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA="
-_GENERATE_FERNET = ("Generate a key with `python -c 'from cryptography.fernet import Fernet; "
-                    "print(Fernet.generate_key().decode())'` and keep it safe: losing it makes every stored "
-                    "token unreadable.")
+_GENERATE_FERNET = (
+    "Generate a key with `python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'` and keep it safe: losing it makes every stored "
+    "token unreadable."
+)
 
-SECRET_KEY = read.required("SECRET_KEY", debug=DEBUG, dev_default=_DEV_SECRET_KEY,
-                           hint="Set a long random value, e.g. `python -c 'import secrets; "
-                                "print(secrets.token_urlsafe(50))'`.")
+SECRET_KEY = read.required(
+    "SECRET_KEY",
+    debug=DEBUG,
+    dev_default=_DEV_SECRET_KEY,
+    hint="Set a long random value, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(50))'`.",
+)
 ALLOWED_HOSTS = read.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = read.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- Bitrix24 application ---------------------------------------------------------------------
-B24_CLIENT_ID = read.required("B24_CLIENT_ID", debug=DEBUG, dev_default="local.dev-client-id",
-                              hint="The Application ID (client_id) from Bitrix24 (README, Register the app).")
-B24_CLIENT_SECRET = read.required("B24_CLIENT_SECRET", debug=DEBUG, dev_default="dev-client-secret",
-                                  hint="The Application key (client_secret) from Bitrix24.")
-B24_APP_URL = read.required("B24_APP_URL", debug=DEBUG, dev_default="http://127.0.0.1:8000",
-                            hint="The public https address of this deployment, e.g. https://widget.example.com.")
+B24_CLIENT_ID = read.required(
+    "B24_CLIENT_ID",
+    debug=DEBUG,
+    dev_default="local.dev-client-id",
+    hint="The Application ID (client_id) from Bitrix24 (README, Register the app).",
+)
+B24_CLIENT_SECRET = read.required(
+    "B24_CLIENT_SECRET",
+    debug=DEBUG,
+    dev_default="dev-client-secret",
+    hint="The Application key (client_secret) from Bitrix24.",
+)
+B24_APP_URL = read.required(
+    "B24_APP_URL",
+    debug=DEBUG,
+    dev_default="http://127.0.0.1:8000",
+    hint="The public https address of this deployment, e.g. https://widget.example.com.",
+)
 B24_APP_URL = read.url("B24_APP_URL", B24_APP_URL, https=not DEBUG).rstrip("/")
 B24_OAUTH_URL = read.url("B24_OAUTH_URL", "https://oauth.bitrix.info/oauth/token/", https=False)
 # Admit plain-HTTP portals and host:port addresses (on-premise test portals, the local stand-in).
@@ -216,9 +234,13 @@ elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
     )
     # The statement timeout is the server's: a server host that stops answering (a partition, a frozen
     # VM) is noticed by the client's TCP settings instead (libpq keepalives and tcp_user_timeout).
-    for _name, _value in (("keepalives", 1), ("keepalives_idle", 10), ("keepalives_interval", 3),
-                          ("keepalives_count", 3), ("tcp_user_timeout", read.int("DB_TCP_USER_TIMEOUT_MS",
-                                                                                   default=10000))):
+    for _name, _value in (
+        ("keepalives", 1),
+        ("keepalives_idle", 10),
+        ("keepalives_interval", 3),
+        ("keepalives_count", 3),
+        ("tcp_user_timeout", read.int("DB_TCP_USER_TIMEOUT_MS", default=10000)),
+    ):
         _db["OPTIONS"].setdefault(_name, _value)
 
 # Local memory by default; CACHE_URL (or REDIS_URL) pointing at Redis shares the verdict cache and the
@@ -226,10 +248,12 @@ elif _db["ENGINE"].startswith("django.db.backends.postgresql"):
 CACHES = {"default": read.cache("CACHE_URL", default=read.str("REDIS_URL", default="") or "locmemcache://b24widget")}
 if "redis" in CACHES["default"]["BACKEND"].lower():
     # A Redis that does not answer fails fast; the callers degrade (see portals/limits.py, placements/auth.py).
-    CACHES["default"].setdefault("OPTIONS", {}).update({
-        "socket_connect_timeout": read.float("CACHE_CONNECT_TIMEOUT", default=1.0),
-        "socket_timeout": read.float("CACHE_TIMEOUT", default=1.0),
-    })
+    CACHES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "socket_connect_timeout": read.float("CACHE_CONNECT_TIMEOUT", default=1.0),
+            "socket_timeout": read.float("CACHE_TIMEOUT", default=1.0),
+        }
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -286,18 +310,28 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         # The structured fields (member_id, event, method, request_id ...) follow the message as key=value.
-        "plain": {"()": "b24widget.logformat.PlainFormatter", "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "b24widget.logformat.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
-                             "filters": ["no_request_details", "celery_task"]}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["no_request_details", "celery_task"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "filters": {"no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"},
-                "celery_task": {"()": "b24widget.logfilters.CeleryTask"}},
+    "filters": {
+        "no_request_details": {"()": "b24widget.logfilters.NoRequestDetails"},
+        "celery_task": {"()": "b24widget.logfilters.CeleryTask"},
+    },
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # urllib3 logs every outward URL at DEBUG (the OAuth refresh carries its secret in the query).
@@ -323,7 +357,8 @@ if CELERY_BROKER_URL.startswith("filesystem:"):
     # file system the move is a copy, and two workers may both take one message: harmless, the tasks
     # are idempotent (the inbox claims each event once, a refresh is judged again under its lease).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue_dir), "data_folder_out": str(_queue_dir),
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
         "control_folder": str(B24_CELERY_DIR / "control"),
         "polling_interval": read.float("CELERY_POLLING_INTERVAL", default=0.2),
     }

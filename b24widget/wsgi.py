@@ -1,4 +1,5 @@
 """WSGI entry point (gunicorn b24widget.wsgi). Refuses to start, with one message, on bad settings."""
+
 import os
 
 from django.core.wsgi import get_wsgi_application

@@ -4,6 +4,7 @@ Each bench script puts the repository root on sys.path and imports `bench._commo
 always: start the stand-in (if any), then `setup_django()` (settings are read once, with the
 stand-in's address), then `bench_database()`. Nothing here asserts anything about time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,15 +65,22 @@ def _database_name(db: dict) -> str:
 def _check_bench_database(db: dict) -> None:
     name = _database_name(db)
     if "bench" not in Path(name).name:
-        raise SystemExit(f"refusing to use database {name!r}: the bench drops and re-creates its database, "
-                         "so its name must contain 'bench' (e.g. postgres://postgres@127.0.0.1:5432/b24bench)")
+        raise SystemExit(
+            f"refusing to use database {name!r}: the bench drops and re-creates its database, "
+            "so its name must contain 'bench' (e.g. postgres://postgres@127.0.0.1:5432/b24bench)"
+        )
 
 
 def _maintenance_connection(db: dict):
     import psycopg2
 
-    connection = psycopg2.connect(dbname="postgres", user=db.get("USER") or None, password=db.get("PASSWORD") or None,
-                                  host=db.get("HOST") or None, port=db.get("PORT") or None)
+    connection = psycopg2.connect(
+        dbname="postgres",
+        user=db.get("USER") or None,
+        password=db.get("PASSWORD") or None,
+        host=db.get("HOST") or None,
+        port=db.get("PORT") or None,
+    )
     connection.autocommit = True
     return connection
 
@@ -256,8 +264,12 @@ class CpuClock:
         with open("/proc/stat") as handle:
             ticks = [int(v) for v in handle.readline().split()[1:]]
         tick = os.sysconf("SC_CLK_TCK")
-        return {"self": me.ru_utime + me.ru_stime, "children": children.ru_utime + children.ru_stime,
-                "busy": (sum(ticks) - ticks[3] - ticks[4]) / tick, "wall": time.monotonic()}
+        return {
+            "self": me.ru_utime + me.ru_stime,
+            "children": children.ru_utime + children.ru_stime,
+            "busy": (sum(ticks) - ticks[3] - ticks[4]) / tick,
+            "wall": time.monotonic(),
+        }
 
     def __enter__(self):
         self._start = self._now()
@@ -277,8 +289,10 @@ class CpuClock:
             parts.append(f"rest of the machine (other work) {rest:.1f} s")
         else:
             parts.append(f"rest of the machine (PostgreSQL, other work) {rest:.1f} s")
-        return (f"CPU: {', '.join(parts)}; machine {self.busy / self.wall / (os.cpu_count() or 1) * 100:.0f}% "
-                f"busy over {self.wall:.1f} s")
+        return (
+            f"CPU: {', '.join(parts)}; machine {self.busy / self.wall / (os.cpu_count() or 1) * 100:.0f}% "
+            f"busy over {self.wall:.1f} s"
+        )
 
 
 class PostgresBackendCpu:
@@ -294,13 +308,15 @@ class PostgresBackendCpu:
         self.seconds = 0.0
 
     def _sample(self, cursor) -> dict:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
         tick = os.sysconf("SC_CLK_TCK")
         out = {}
         for (pid,) in cursor.fetchall():
             with contextlib.suppress(OSError, ValueError, IndexError):
                 text = Path(f"/proc/{pid}/stat").read_text()
-                fields = text[text.rindex(")") + 2:].split()
+                fields = text[text.rindex(")") + 2 :].split()
                 out[pid] = (int(fields[11]) + int(fields[12])) / tick
         return out
 
@@ -321,9 +337,13 @@ class PostgresBackendCpu:
             return self
         import psycopg2
 
-        self._connection = psycopg2.connect(dbname=db["NAME"], user=db.get("USER") or None,
-                                            password=db.get("PASSWORD") or None, host=db.get("HOST") or None,
-                                            port=db.get("PORT") or None)
+        self._connection = psycopg2.connect(
+            dbname=db["NAME"],
+            user=db.get("USER") or None,
+            password=db.get("PASSWORD") or None,
+            host=db.get("HOST") or None,
+            port=db.get("PORT") or None,
+        )
         self._connection.autocommit = True
         self._cursor = self._connection.cursor()
         self._start = self._sample(self._cursor)
@@ -369,6 +389,7 @@ def machine() -> dict:
 
 def cpu_busy(seconds: float = 2.0) -> float:
     """The fraction of all CPUs busy over the next `seconds` (from /proc/stat)."""
+
     def sample():
         with open("/proc/stat") as handle:
             ticks = [int(v) for v in handle.readline().split()[1:]]
@@ -403,8 +424,10 @@ def print_header(title: str) -> None:
     m = machine()
     quiet = wait_for_quiet(float(os.environ.get("BENCH_WAIT_QUIET") or 0))
     print(f"== {title}")
-    print(f"machine: {m['nproc']} cores ({m['cpu']}), {m['ram']} RAM; Python {m['python']}, Django {m['django']}, "
-          f"{database_label()}; cache {cache_label()}; {m['date']}")
+    print(
+        f"machine: {m['nproc']} cores ({m['cpu']}), {m['ram']} RAM; Python {m['python']}, Django {m['django']}, "
+        f"{database_label()}; cache {cache_label()}; {m['date']}"
+    )
     print(f"machine load: {quiet}")
     sys.stdout.flush()
 

@@ -1,5 +1,6 @@
 """The bench's environment defaults (as tests/settings.py feeds the test values): no Django import here,
 so the scripts can apply them, start the stand-in and only then let Django read its settings."""
+
 import os
 
 BENCH_ENV = {

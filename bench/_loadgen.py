@@ -5,6 +5,7 @@ connections (http.client), spread over PROCESSES processes with one thread per c
 same `BENCH_JSON {...}` line as bench/wrk_post.lua. Python is a far heavier client than wrk: on a small
 machine it takes CPU from the server, so its figures are lower than wrk's.
 """
+
 import http.client
 import json
 import multiprocessing
@@ -74,11 +75,23 @@ def main():
     def pct(q):
         return int(latencies[min(len(latencies) - 1, int(q / 100 * len(latencies)))]) if latencies else 0
 
-    print("BENCH_JSON " + json.dumps({
-        "requests": len(latencies), "duration_us": int(duration * 1e6), "errors": errors,
-        "latency_us": {"mean": sum(latencies) / len(latencies) if latencies else 0, "p50": pct(50), "p90": pct(90),
-                       "p99": pct(99), "max": int(latencies[-1]) if latencies else 0},
-    }))
+    print(
+        "BENCH_JSON "
+        + json.dumps(
+            {
+                "requests": len(latencies),
+                "duration_us": int(duration * 1e6),
+                "errors": errors,
+                "latency_us": {
+                    "mean": sum(latencies) / len(latencies) if latencies else 0,
+                    "p50": pct(50),
+                    "p90": pct(90),
+                    "p99": pct(99),
+                    "max": int(latencies[-1]) if latencies else 0,
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

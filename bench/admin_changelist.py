@@ -8,6 +8,7 @@ per page (CaptureQueriesContext, each with its time), the time per page (median 
 --repeat requests, measured without query capture), and how many stored secrets were decrypted to
 render it. Asserts only that each page answered 200 with the rows expected.
 """
+
 import argparse
 import random
 import re
@@ -39,20 +40,31 @@ def make_portals(count: int) -> list:
         serving = status in ("new", "active")
         installed = now - timedelta(minutes=rng.randrange(1, 2 * 365 * 24 * 60))
         domain = f"portal{n:05d}.bitrix24.example"
-        rows.append(Portal(
-            member_id=secrets.token_hex(16), domain=domain, client_endpoint=f"https://{domain}/rest/",
-            server_endpoint="https://oauth.bitrix.info/rest/", status=status, app_status=rng.choice("FDTPS"),
-            payment_expired=False, license="en_project", language="en", scope=SCOPE, app_version="1",
-            installed_by="1",
-            access_token=secrets.token_hex(32) if serving else "",
-            refresh_token=secrets.token_hex(32) if serving else "",
-            application_token=secrets.token_hex(16) if status != "uninstalled" else "",
-            access_expires_at=now + timedelta(minutes=rng.randrange(-600, 60)) if serving else None,
-            refresh_renewed_at=installed + timedelta(days=rng.randrange(0, 170)),
-            created_at=installed, installed_at=installed,
-            uninstalled_at=now if status == "uninstalled" else None,
-            last_seen_at=now - timedelta(minutes=rng.randrange(0, 60 * 24 * 30)),
-        ))
+        rows.append(
+            Portal(
+                member_id=secrets.token_hex(16),
+                domain=domain,
+                client_endpoint=f"https://{domain}/rest/",
+                server_endpoint="https://oauth.bitrix.info/rest/",
+                status=status,
+                app_status=rng.choice("FDTPS"),
+                payment_expired=False,
+                license="en_project",
+                language="en",
+                scope=SCOPE,
+                app_version="1",
+                installed_by="1",
+                access_token=secrets.token_hex(32) if serving else "",
+                refresh_token=secrets.token_hex(32) if serving else "",
+                application_token=secrets.token_hex(16) if status != "uninstalled" else "",
+                access_expires_at=now + timedelta(minutes=rng.randrange(-600, 60)) if serving else None,
+                refresh_renewed_at=installed + timedelta(days=rng.randrange(0, 170)),
+                created_at=installed,
+                installed_at=installed,
+                uninstalled_at=now if status == "uninstalled" else None,
+                last_seen_at=now - timedelta(minutes=rng.randrange(0, 60 * 24 * 30)),
+            )
+        )
     Portal.objects.bulk_create(rows, batch_size=1000)
     return rows
 
@@ -157,8 +169,11 @@ def main():
             shown = len(re.findall(rb'class="action-select"', response.content))
             assert shown == expected_rows, (url, shown, expected_rows)
 
-            with CaptureQueriesContext(connection) as queries, QueryTimer(connection) as timer, \
-                    DecryptCounter() as decrypts:
+            with (
+                CaptureQueriesContext(connection) as queries,
+                QueryTimer(connection) as timer,
+                DecryptCounter() as decrypts,
+            ):
                 client.get(url)
             captured = list(queries.captured_queries)  # the next request resets connection.queries
             for query, seconds in zip(captured, timer.times):
@@ -170,21 +185,32 @@ def main():
                 with common.Timer() as timer:
                     client.get(url)
                 times.append(timer.seconds)
-            results.append([label, shown, len(captured), f"{sql_ms:.2f}", decrypts.calls,
-                            common.ms(common.median(times)), common.ms(common.percentile(times, 90))])
+            results.append(
+                [
+                    label,
+                    shown,
+                    len(captured),
+                    f"{sql_ms:.2f}",
+                    decrypts.calls,
+                    common.ms(common.median(times)),
+                    common.ms(common.percentile(times, 90)),
+                ]
+            )
             details.append((label, captured))
 
         decrypt_us = decrypt_cost() * 1e6
         print(f"\n{args.repeat} timed requests per page (Django test Client, in-process; logged-in superuser)")
         print(common.table(results, ["page", "rows", "queries", "SQL ms", "decrypts", "median ms", "p90 ms"]))
-        print(f"decrypts: stored secrets decrypted while loading the page's rows (Fernet, ~{decrypt_us:.0f} us each "
-              "here); the changelist shows none of them")
+        print(
+            f"decrypts: stored secrets decrypted while loading the page's rows (Fernet, ~{decrypt_us:.0f} us each "
+            "here); the changelist shows none of them"
+        )
         print("\nqueries per page (time ms, SQL abbreviated):")
         for label, captured in details:
             print(f"  {label}:")
             for q in captured:
                 sql = re.sub(r"\s+", " ", q["sql"])
-                sql = re.sub(r'SELECT "portals_portal"\."id", .*? FROM', 'SELECT <all portal columns> FROM', sql)
+                sql = re.sub(r'SELECT "portals_portal"\."id", .*? FROM', "SELECT <all portal columns> FROM", sql)
                 print(f"    {q['seconds'] * 1000:7.2f}  {sql[:150]}{'...' if len(sql) > 150 else ''}")
 
 

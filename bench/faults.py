@@ -14,6 +14,7 @@ production; bench.settings):
 Printed per scenario: portals blocked, tokens lost (stored refresh tokens the OAuth server no longer
 knows), OAuth requests, requests answered and their p99, exit status, wall time. Nothing asserts a time.
 """
+
 import argparse
 import http.client
 import os
@@ -66,8 +67,14 @@ def _install_portals(standin, count):
 
 def _command(extra_env, *args):
     env = {**os.environ, **extra_env}
-    return subprocess.Popen([common.PYTHON, "manage.py", "refresh_tokens", "--workers", "4", *args],
-                            cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [common.PYTHON, "manage.py", "refresh_tokens", "--workers", "4", *args],
+        cwd=common.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_command_scenario(standin, name, members, *, env=None, late=0.0, delay=0.0, stop=None):
@@ -82,14 +89,24 @@ def run_command_scenario(standin, name, members, *, env=None, late=0.0, delay=0.
     elapsed = time.monotonic() - started
     standin.oauth_late = standin.oauth_delay = 0.0
     summary = next((line for line in reversed(out.splitlines()) if "failed=" in line), "")
-    return [name, len(members), _blocked(members), _lost(standin, members), len(standin.oauth_requests) - before,
-            proc.returncode, f"{elapsed:.1f}", summary or (err.strip().splitlines() or ["(killed)"])[-1][:90]]
+    return [
+        name,
+        len(members),
+        _blocked(members),
+        _lost(standin, members),
+        len(standin.oauth_requests) - before,
+        proc.returncode,
+        f"{elapsed:.1f}",
+        summary or (err.strip().splitlines() or ["(killed)"])[-1][:90],
+    ]
 
 
 def _post(port, path, fields, timeout=60.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", path, body=urlencode(fields), headers={"Content-Type": "application/x-www-form-urlencoded"})
+        conn.request(
+            "POST", path, body=urlencode(fields), headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
         response = conn.getresponse()
         response.read()
         return response.status
@@ -112,7 +129,10 @@ def slow_oauth(standin):
 
         def probe():
             while not stop.is_set():
-                for kind, call in (("healthz", lambda: _get(port)), ("verified open", lambda: _post(port, "/placement/", verified))):
+                for kind, call in (
+                    ("healthz", lambda: _get(port)),
+                    ("verified open", lambda: _post(port, "/placement/", verified)),
+                ):
                     t0 = time.monotonic()
                     try:
                         status = call()
@@ -145,7 +165,9 @@ def slow_oauth(standin):
     for kind in ("healthz", "verified open"):
         times = [t for k, _s, t in probes if k == kind]
         bad = sum(1 for k, s, _t in probes if k == kind and s != 200)
-        rows.append([kind, len(times), bad, common.ms(common.percentile(times, 50)), common.ms(common.percentile(times, 99))])
+        rows.append(
+            [kind, len(times), bad, common.ms(common.percentile(times, 50)), common.ms(common.percentile(times, 99))]
+        )
     return statuses, elapsed, rows
 
 
@@ -175,28 +197,55 @@ def main():
             rows = []
             if "late" in wanted:
                 members = _install_portals(standin, args.portals)
-                rows.append(run_command_scenario(standin, "late answer (2 s > read timeout 1 s)", members,
-                                                 env={"B24_READ_TIMEOUT": "1"}, late=2.0))
+                rows.append(
+                    run_command_scenario(
+                        standin,
+                        "late answer (2 s > read timeout 1 s)",
+                        members,
+                        env={"B24_READ_TIMEOUT": "1"},
+                        late=2.0,
+                    )
+                )
             if "sigterm" in wanted:
                 members = _install_portals(standin, args.portals)
-                rows.append(run_command_scenario(standin, "SIGTERM after 1 s", members, delay=0.3,
-                                                 stop=signal.SIGTERM))
+                rows.append(run_command_scenario(standin, "SIGTERM after 1 s", members, delay=0.3, stop=signal.SIGTERM))
             if "sigkill" in wanted:
                 members = _install_portals(standin, args.portals)
-                rows.append(run_command_scenario(standin, "SIGKILL after 1 s (answers late)", members, late=0.3,
-                                                 stop=signal.SIGKILL))
+                rows.append(
+                    run_command_scenario(
+                        standin, "SIGKILL after 1 s (answers late)", members, late=0.3, stop=signal.SIGKILL
+                    )
+                )
             if "secret" in wanted:
                 members = _install_portals(standin, args.portals)
-                rows.append(run_command_scenario(standin, "wrong client secret", members,
-                                                 env={"B24_CLIENT_SECRET": "not-the-secret"}))
+                rows.append(
+                    run_command_scenario(
+                        standin, "wrong client secret", members, env={"B24_CLIENT_SECRET": "not-the-secret"}
+                    )
+                )
             if rows:
-                print(common.table(rows, ["scenario", "portals", "blocked", "tokens lost", "OAuth requests",
-                                          "exit", "seconds", "summary / last line"]))
+                print(
+                    common.table(
+                        rows,
+                        [
+                            "scenario",
+                            "portals",
+                            "blocked",
+                            "tokens lost",
+                            "OAuth requests",
+                            "exit",
+                            "seconds",
+                            "summary / last line",
+                        ],
+                    )
+                )
             if "slow_oauth" in wanted:
                 statuses, elapsed, probe_rows = slow_oauth(standin)
-                print(f"\nslow OAuth server (20 s per refresh): 40 install POSTs for one portal at once -> "
-                      f"{dict(statuses)} in {elapsed:.1f} s (unverified OAuth: one in flight per portal, "
-                      f"B24_UNVERIFIED_OAUTH_CONCURRENCY per process, B24_UNVERIFIED_OAUTH_DEADLINE each)")
+                print(
+                    f"\nslow OAuth server (20 s per refresh): 40 install POSTs for one portal at once -> "
+                    f"{dict(statuses)} in {elapsed:.1f} s (unverified OAuth: one in flight per portal, "
+                    f"B24_UNVERIFIED_OAUTH_CONCURRENCY per process, B24_UNVERIFIED_OAUTH_DEADLINE each)"
+                )
                 print(common.table(probe_rows, ["probe during it", "answered", "not 200", "p50 ms", "p99 ms"]))
 
 

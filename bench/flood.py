@@ -10,6 +10,7 @@ probes that failed, calls the forged opens caused at the stand-in (OAuth server 
 request, and database rows written (history + refusal counters). PostgreSQL and Redis as in
 bench/widget_open.py (bench.settings; DATABASE_URL, CACHE_URL). Nothing here asserts a time.
 """
+
 import argparse
 import http.client
 import multiprocessing
@@ -50,8 +51,9 @@ def _flood_process(port, fields, connections, seconds, tag, queue):
             n += 1
             body = urlencode(dict(fields, AUTH_ID=f"{tag:04x}{thread_no:06x}{n:022x}"))
             try:
-                conn.request("POST", "/placement/", body=body,
-                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+                conn.request(
+                    "POST", "/placement/", body=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+                )
                 response = conn.getresponse()
                 response.read()
                 mine[response.status] += 1
@@ -115,17 +117,28 @@ def main():
                 assert _post(port, urlencode(verified)) == 200  # verified once: cached in Redis for every worker
                 rows = []
                 for level in levels:
-                    before = (len(standin.server_requests), len(b24.requests), len(standin.oauth_requests),
-                              PortalEvent.objects.count(), Rejection.objects.count())
+                    before = (
+                        len(standin.server_requests),
+                        len(b24.requests),
+                        len(standin.oauth_requests),
+                        PortalEvent.objects.count(),
+                        Rejection.objects.count(),
+                    )
                     probes, stop = [], threading.Event()
                     prober = threading.Thread(target=_probe, args=(port, urlencode(verified), stop, probes))
                     prober.start()
                     queue = multiprocessing.Queue()
-                    shares = [level // args.processes + (1 if i < level % args.processes else 0)
-                              for i in range(args.processes)]
-                    procs = [multiprocessing.Process(target=_flood_process,
-                                                     args=(port, verified, n, args.duration, i + level, queue))
-                             for i, n in enumerate(shares) if n]
+                    shares = [
+                        level // args.processes + (1 if i < level % args.processes else 0)
+                        for i in range(args.processes)
+                    ]
+                    procs = [
+                        multiprocessing.Process(
+                            target=_flood_process, args=(port, verified, n, args.duration, i + level, queue)
+                        )
+                        for i, n in enumerate(shares)
+                        if n
+                    ]
                     for p in procs:
                         p.start()
                     statuses = Counter()
@@ -136,22 +149,50 @@ def main():
                     stop.set()
                     prober.join()
                     forged = sum(statuses.values())
-                    outbound = (len(standin.server_requests) - before[0]) + (len(b24.requests) - before[1]) + \
-                        (len(standin.oauth_requests) - before[2])
+                    outbound = (
+                        (len(standin.server_requests) - before[0])
+                        + (len(b24.requests) - before[1])
+                        + (len(standin.oauth_requests) - before[2])
+                    )
                     written = (PortalEvent.objects.count() - before[3]) + (Rejection.objects.count() - before[4])
                     health = [t for k, s, t in probes if k == "healthz"]
                     open_ = [t for k, s, t in probes if k == "verified"]
                     failed = [(k, s) for k, s, _t in probes if s != 200]
-                    rows.append([level, forged, ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str)),
-                                 common.ms(common.percentile(health, 50)), common.ms(common.percentile(health, 99)),
-                                 common.ms(common.percentile(open_, 50)), common.ms(common.percentile(open_, 99)),
-                                 len(failed), outbound, f"{outbound / max(forged, 1):.4f}", written])
+                    rows.append(
+                        [
+                            level,
+                            forged,
+                            ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=str)),
+                            common.ms(common.percentile(health, 50)),
+                            common.ms(common.percentile(health, 99)),
+                            common.ms(common.percentile(open_, 50)),
+                            common.ms(common.percentile(open_, 99)),
+                            len(failed),
+                            outbound,
+                            f"{outbound / max(forged, 1):.4f}",
+                            written,
+                        ]
+                    )
                     print(f"  {level} connections done", flush=True)
             print()
-            print(common.table(rows, ["connections", "forged requests", "statuses", "/healthz p50 ms",
-                                      "/healthz p99 ms", "verified open p50 ms", "verified open p99 ms",
-                                      "probes failed", "calls to Bitrix24", "calls per forged request",
-                                      "rows written"]))
+            print(
+                common.table(
+                    rows,
+                    [
+                        "connections",
+                        "forged requests",
+                        "statuses",
+                        "/healthz p50 ms",
+                        "/healthz p99 ms",
+                        "verified open p50 ms",
+                        "verified open p99 ms",
+                        "probes failed",
+                        "calls to Bitrix24",
+                        "calls per forged request",
+                        "rows written",
+                    ],
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ The broker is the embedded one in test-artifacts/bench/broker-<pid>/ unless CELE
 (e.g. amqp://guest:guest@127.0.0.1:5672//); the queue is this run's own (b24bench-<pid>), deleted at
 the end. Logs: test-artifacts/bench/inbox/.
 """
+
 import argparse
 import os
 import secrets
@@ -68,8 +69,13 @@ def load(url: str, bodies, *, seconds: float, connections: int) -> dict:
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    return {"requests": len(latencies), "rps": len(latencies) / wall, "p50": common.percentile(latencies, 50),
-            "p99": common.percentile(latencies, 99), "statuses": dict(statuses)}
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / wall,
+        "p50": common.percentile(latencies, 50),
+        "p99": common.percentile(latencies, 99),
+        "statuses": dict(statuses),
+    }
 
 
 def ingest(standin, args) -> None:
@@ -91,8 +97,11 @@ def ingest(standin, args) -> None:
             yield {"n": str(next(counter))}
 
     port = common.free_port()
-    env = {"B24_INBOX_UNVERIFIED_BURST": "100000000", "B24_INBOX_UNVERIFIED_PER_MINUTE": "100000000",
-           "GUNICORN_WORKERS": os.environ.get("GUNICORN_WORKERS", "2")}
+    env = {
+        "B24_INBOX_UNVERIFIED_BURST": "100000000",
+        "B24_INBOX_UNVERIFIED_PER_MINUTE": "100000000",
+        "GUNICORN_WORKERS": os.environ.get("GUNICORN_WORKERS", "2"),
+    }
     with Gunicorn(port, env) as server:
         standin.oauth_delay = OAUTH_DELAY
         base = f"http://127.0.0.1:{port}"
@@ -102,16 +111,37 @@ def ingest(standin, args) -> None:
         oauth_during = len(standin.oauth_requests) - before
         bare = load(f"{base}/bench/insert/", inserts(), seconds=args.seconds, connections=args.connections)
         standin.oauth_delay = 0
-    print(f"\n1. ingest through gunicorn ({env['GUNICORN_WORKERS']} workers), OAuth server slowed to "
-          f"{OAUTH_DELAY:.0f} s, {args.connections} connections, {args.seconds} s each")
-    print(common.table([
-        ["POST /events/ (ONAPPINSTALL with tokens)", events_figures["requests"], f"{events_figures['rps']:.0f}",
-         common.ms(events_figures["p50"]), common.ms(events_figures["p99"]), events_figures["statuses"]],
-        ["POST /bench/insert/ (bare view, one INSERT)", bare["requests"], f"{bare['rps']:.0f}",
-         common.ms(bare["p50"]), common.ms(bare["p99"]), bare["statuses"]],
-    ], ["endpoint", "requests", "per s", "p50", "p99", "answers"]))
-    print(f"  ratio events/bare: {events_figures['rps'] / max(bare['rps'], 1e-9):.2f}; OAuth requests during "
-          f"the ingest: {oauth_during}")
+    print(
+        f"\n1. ingest through gunicorn ({env['GUNICORN_WORKERS']} workers), OAuth server slowed to "
+        f"{OAUTH_DELAY:.0f} s, {args.connections} connections, {args.seconds} s each"
+    )
+    print(
+        common.table(
+            [
+                [
+                    "POST /events/ (ONAPPINSTALL with tokens)",
+                    events_figures["requests"],
+                    f"{events_figures['rps']:.0f}",
+                    common.ms(events_figures["p50"]),
+                    common.ms(events_figures["p99"]),
+                    events_figures["statuses"],
+                ],
+                [
+                    "POST /bench/insert/ (bare view, one INSERT)",
+                    bare["requests"],
+                    f"{bare['rps']:.0f}",
+                    common.ms(bare["p50"]),
+                    common.ms(bare["p99"]),
+                    bare["statuses"],
+                ],
+            ],
+            ["endpoint", "requests", "per s", "p50", "p99", "answers"],
+        )
+    )
+    print(
+        f"  ratio events/bare: {events_figures['rps'] / max(bare['rps'], 1e-9):.2f}; OAuth requests during "
+        f"the ingest: {oauth_during}"
+    )
     # The stored events are not this bench's subject any further: drop them and their queued tasks,
     # so the keep-alive's workers do nothing else.
     from b24widget.celery import app
@@ -127,10 +157,30 @@ def start_workers(count: int, name: str) -> list:
     workers = []
     for n in range(1, count + 1):
         log = open(LOGS / f"{name}-w{n}.log", "wb")
-        command = [common.PYTHON, "-m", "celery", "-A", "b24widget", "worker", "--concurrency", "2",
-                   "-n", f"bench{n}@%h", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"]
-        process = subprocess.Popen(command, cwd=common.ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        command = [
+            common.PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "b24widget",
+            "worker",
+            "--concurrency",
+            "2",
+            "-n",
+            f"bench{n}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "WARNING",
+        ]
+        process = subprocess.Popen(
+            command,
+            cwd=common.ROOT,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         workers.append((process, log))
     return workers
 
@@ -160,8 +210,10 @@ def keepalive(standin, args) -> None:
     virtual = common.add_virtual_portals(standin, args.portals, address=anchor.domain)
     pks = store_portals(virtual, renewed_days_ago=160)
     members = {b24.member_id for b24, _ in virtual}
-    print(f"\n2. keep-alive pass over {args.portals:,} due portals (fan-out chunks of "
-          f"{os.environ.get('B24_FANOUT_CHUNK', '50')}), each worker process --concurrency 2")
+    print(
+        f"\n2. keep-alive pass over {args.portals:,} due portals (fan-out chunks of "
+        f"{os.environ.get('B24_FANOUT_CHUNK', '50')}), each worker process --concurrency 2"
+    )
     rows = []
     for count in (1, 2):
         Portal.objects.filter(pk__in=pks).update(refresh_renewed_at=timezone.now() - timedelta(days=160))
@@ -179,13 +231,37 @@ def keepalive(standin, args) -> None:
         stop_workers(workers)
         requests_made = standin.oauth_requests[before:]
         per_token = Counter(r.get("refresh_token") for r in requests_made)
-        events = Counter(PortalEvent.objects.filter(kind=PortalEvent.Kind.TOKEN_REFRESHED, created_at__gte=started_at,
-                                                    portal_id__in=pks).values_list("portal_id", flat=True))
+        events = Counter(
+            PortalEvent.objects.filter(
+                kind=PortalEvent.Kind.TOKEN_REFRESHED, created_at__gte=started_at, portal_id__in=pks
+            ).values_list("portal_id", flat=True)
+        )
         missed = len(pks) - len(events)
-        rows.append([count, f"{wall:.1f} s", f"{args.portals / wall:.0f}", len(requests_made),
-                     sum(1 for n in per_token.values() if n > 1), sum(1 for n in events.values() if n > 1), missed])
-    print(common.table(rows, ["workers", "wall", "portals/s", "OAuth requests", "tokens sent twice",
-                              "portals refreshed twice", "portals missed"]))
+        rows.append(
+            [
+                count,
+                f"{wall:.1f} s",
+                f"{args.portals / wall:.0f}",
+                len(requests_made),
+                sum(1 for n in per_token.values() if n > 1),
+                sum(1 for n in events.values() if n > 1),
+                missed,
+            ]
+        )
+    print(
+        common.table(
+            rows,
+            [
+                "workers",
+                "wall",
+                "portals/s",
+                "OAuth requests",
+                "tokens sent twice",
+                "portals refreshed twice",
+                "portals missed",
+            ],
+        )
+    )
     print(f"  ({len(members):,} portals due each time)")
 
 

@@ -19,6 +19,7 @@ past it the stand-in answers 503 QUERY_LIMIT_EXCEEDED).
      retries, duplicates received (must be 0), delivery-status calls to Bitrix24.
 Asserts only that every message arrived exactly once.
 """
+
 import argparse
 import json
 import os
@@ -72,9 +73,12 @@ def main():
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--chats", type=int, default=50)
     parser.add_argument("--flaky", type=int, default=10, help="the receiver refuses every n-th POST once (0: never)")
-    parser.add_argument("--live", action="store_true",
-                        help="handle each reply's event as soon as it is written (one history call each), "
-                             "not as a backlog after all of them")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="handle each reply's event as soon as it is written (one history call each), "
+        "not as a backlog after all of them",
+    )
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -105,17 +109,29 @@ def main():
             channel, secret = lifecycle.connect(stored, registry.HTTP, "1", user_id="1", webhook_url=receiver.url)
             b24.set_plan("others")
             burst, rate = limits.bucket(stored.rest_plan)  # our pacing for the portal's plan (or the override)
-            print(f"portal limit: burst {b24.rate_limit_burst}, {b24.rate_limit_drain:g}/s; our pacing: burst "
-                  f"{burst}, {rate:g}/s; {tasks.SEND_BATCH} messages per send.messages call")
+            print(
+                f"portal limit: burst {b24.rate_limit_burst}, {b24.rate_limit_drain:g}/s; our pacing: burst "
+                f"{burst}, {rate:g}/s; {tasks.SEND_BATCH} messages per send.messages call"
+            )
 
             # 1. inbound
             with common.Timer() as accepting:
                 for i in range(args.messages):
-                    body = json.dumps({"chat": {"id": f"chat-{i % args.chats}"}, "user": {"id": f"u-{i % args.chats}"},
-                                       "message": {"id": f"m-{i}", "text": f"message {i}"}}).encode()
+                    body = json.dumps(
+                        {
+                            "chat": {"id": f"chat-{i % args.chats}"},
+                            "user": {"id": f"u-{i % args.chats}"},
+                            "message": {"id": f"m-{i}", "text": f"message {i}"},
+                        }
+                    ).encode()
                     ts = str(int(time.time()))
-                    answer = client.post(f"/channels/{channel.public_id}/messages", body, content_type="application/json",
-                                         HTTP_X_B24WIDGET_TIMESTAMP=ts, HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body))
+                    answer = client.post(
+                        f"/channels/{channel.public_id}/messages",
+                        body,
+                        content_type="application/json",
+                        HTTP_X_B24WIDGET_TIMESTAMP=ts,
+                        HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body),
+                    )
                     assert answer.status_code == 202, answer.content
             before = len(b24.requests)
             with common.Timer() as draining:
@@ -130,22 +146,59 @@ def main():
             assert len(texts) == len(set(texts)) == args.messages, (len(texts), len(set(texts)))
             burst = b24.rate_limit_burst
             floor = max(calls - burst, 0) / b24.rate_limit_drain
-            print(common.table([[
-                args.messages, f"{accepting.seconds:.2f}", f"{1000 * accepting.seconds / args.messages:.1f}",
-                f"{draining.seconds:.2f}", len(requests), calls, f"{args.messages / max(calls, 1):.1f}", limit_errors,
-                lost, f"{floor:.1f}"]],
-                ["inbound", "accept s", "ms/POST", "deliver s", "REST requests", "send.messages calls",
-                 "msgs/call", "503 limit answers", "not delivered", "limit floor s"]))
+            print(
+                common.table(
+                    [
+                        [
+                            args.messages,
+                            f"{accepting.seconds:.2f}",
+                            f"{1000 * accepting.seconds / args.messages:.1f}",
+                            f"{draining.seconds:.2f}",
+                            len(requests),
+                            calls,
+                            f"{args.messages / max(calls, 1):.1f}",
+                            limit_errors,
+                            lost,
+                            f"{floor:.1f}",
+                        ]
+                    ],
+                    [
+                        "inbound",
+                        "accept s",
+                        "ms/POST",
+                        "deliver s",
+                        "REST requests",
+                        "send.messages calls",
+                        "msgs/call",
+                        "503 limit answers",
+                        "not delivered",
+                        "limit floor s",
+                    ],
+                )
+            )
 
             # 2. outbound: each reply's event is confirmed with the portal (imopenlines.session.history.get)
             chat_ids = [c["chat_id"] for c in imc.conversations(b24)]
             external_of = {c["chat_id"]: c["external_chat"] for c in imc.conversations(b24)}
 
             def handle(chat_id, message_id, i):
-                events.on_message_add(Item(stored, "ONIMCONNECTORMESSAGEADD", {
-                    "CONNECTOR": registry.HTTP.id, "LINE": "1",
-                    "MESSAGES": [{"im": {"chat_id": chat_id, "message_id": message_id},
-                                  "message": {"user_id": 1, "text": f"reply {i}"}, "chat": {"id": external_of[chat_id]}}]}))
+                events.on_message_add(
+                    Item(
+                        stored,
+                        "ONIMCONNECTORMESSAGEADD",
+                        {
+                            "CONNECTOR": registry.HTTP.id,
+                            "LINE": "1",
+                            "MESSAGES": [
+                                {
+                                    "im": {"chat_id": chat_id, "message_id": message_id},
+                                    "message": {"user_id": 1, "text": f"reply {i}"},
+                                    "chat": {"id": external_of[chat_id]},
+                                }
+                            ],
+                        },
+                    )
+                )
 
             history_before, batches_before = b24.calls("imopenlines.session.history.get"), b24.calls("batch")
             with common.Timer() as storing:
@@ -155,11 +208,24 @@ def main():
                     if args.live:  # each event handled as soon as its reply is written
                         handle(chat_id, message_id, i)
                     else:  # Bitrix24 delivers the event to /events/; the inbox stores it for a worker
-                        answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data={
-                            "CONNECTOR": registry.HTTP.id, "LINE": "1",
-                            "MESSAGES": [{"im": {"chat_id": chat_id, "message_id": message_id},
-                                          "message": {"user_id": 1, "text": f"reply {i}"},
-                                          "chat": {"id": external_of[chat_id]}}]}, with_tokens=False))
+                        answer = client.post(
+                            "/events/",
+                            b24.event_payload(
+                                "ONIMCONNECTORMESSAGEADD",
+                                data={
+                                    "CONNECTOR": registry.HTTP.id,
+                                    "LINE": "1",
+                                    "MESSAGES": [
+                                        {
+                                            "im": {"chat_id": chat_id, "message_id": message_id},
+                                            "message": {"user_id": 1, "text": f"reply {i}"},
+                                            "chat": {"id": external_of[chat_id]},
+                                        }
+                                    ],
+                                },
+                                with_tokens=False,
+                            ),
+                        )
                         assert answer.status_code == 200, answer.content
                 if not args.live:  # a worker catching up with the backlog of events
                     inbox.process_pending(limit=args.messages * 2)
@@ -174,13 +240,38 @@ def main():
                     runs += 1
             duplicates = sum(n - 1 for n in receiver.seen.values() if n > 1)
             assert len(receiver.seen) == args.messages and duplicates == 0, (len(receiver.seen), duplicates)
-            print(common.table([[
-                args.messages, "live" if args.live else "backlog", f"{storing.seconds:.2f}", history_calls,
-                history_batches,
-                f"{sending.seconds:.2f}", receiver.posts, receiver.refused, duplicates, runs,
-                b24.calls("imconnector.send.status.delivery") - status_before]],
-                ["outbound", "events", "handler s", "history calls", "in batch requests", "deliver s", "webhook POSTs", "retries (503)",
-                 "duplicates", "worker runs", "send.status.delivery calls"]))
+            print(
+                common.table(
+                    [
+                        [
+                            args.messages,
+                            "live" if args.live else "backlog",
+                            f"{storing.seconds:.2f}",
+                            history_calls,
+                            history_batches,
+                            f"{sending.seconds:.2f}",
+                            receiver.posts,
+                            receiver.refused,
+                            duplicates,
+                            runs,
+                            b24.calls("imconnector.send.status.delivery") - status_before,
+                        ]
+                    ],
+                    [
+                        "outbound",
+                        "events",
+                        "handler s",
+                        "history calls",
+                        "in batch requests",
+                        "deliver s",
+                        "webhook POSTs",
+                        "retries (503)",
+                        "duplicates",
+                        "worker runs",
+                        "send.status.delivery calls",
+                    ],
+                )
+            )
             receiver.server.shutdown()
 
 

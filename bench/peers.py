@@ -28,6 +28,7 @@ every result came back exactly once (and whether in order: ids ascending, calls 
 (ceil(items / 2,500) for a list, ceil(calls / 50) per process) and the time the bucket needs for them,
 (requests - burst) / rate. Nothing is asserted about time.
 """
+
 import argparse
 import json
 import math
@@ -64,8 +65,14 @@ def _run_b24widget(spec):
     from portals.models import Portal
     from portals.tokens import PortalClient
 
-    portal = Portal(member_id=spec["member_id"], domain=spec["domain"], client_endpoint=spec["client_endpoint"],
-                    access_token=spec["access_token"], status="active", rest_plan=spec["rest_plan"])
+    portal = Portal(
+        member_id=spec["member_id"],
+        domain=spec["domain"],
+        client_endpoint=spec["client_endpoint"],
+        access_token=spec["access_token"],
+        status="active",
+        rest_plan=spec["rest_plan"],
+    )
     client = PortalClient(portal)
 
     def run():
@@ -87,17 +94,20 @@ def _run_b24pysdk(spec):
     # b24pysdk's OAuth host is a class constant: pointed at the stand-in (refreshes are not expected).
     BitrixOAuthRequester._OAUTH_TOKEN_URL = f"{spec['oauth_base']}/oauth/token/"
     BitrixOAuthRequester._APP_INFO_URL = f"{spec['oauth_base']}/rest/app.info/"
-    token = BitrixToken(domain=spec["domain"], auth_token=spec["access_token"], refresh_token=spec["refresh_token"],
-                        expires_in=3600, bitrix_app=BitrixApp(client_id=spec["client_id"],
-                                                              client_secret=spec["client_secret"]))
+    token = BitrixToken(
+        domain=spec["domain"],
+        auth_token=spec["access_token"],
+        refresh_token=spec["refresh_token"],
+        expires_in=3600,
+        bitrix_app=BitrixApp(client_id=spec["client_id"], client_secret=spec["client_secret"]),
+    )
 
     def run():
         if spec["workload"] == "list":
             answer = token.call_list_fast("crm.item.list", {"entityTypeId": ENTITY_TYPE_ID})
             return [item["id"] for item in answer["result"]]
         ids = _expected_calls(spec)
-        answer = token.call_batches({f"i{n}": ("crm.item.get", {"entityTypeId": ENTITY_TYPE_ID, "id": n})
-                                     for n in ids})
+        answer = token.call_batches({f"i{n}": ("crm.item.get", {"entityTypeId": ENTITY_TYPE_ID, "id": n}) for n in ids})
         result = answer["result"]
         if result.get("result_error"):
             raise RuntimeError(f"{len(result['result_error'])} command errors")
@@ -118,8 +128,14 @@ def _run_fast_bitrix24(spec):
 
     # ssl=False: the stand-in's certificate is its own (aiohttp does not read REQUESTS_CA_BUNDLE). Its
     # bucket is told the plan's documented numbers (its defaults are the standard plan's, 50 and 2/s).
-    bitrix = Bitrix(spec["client_endpoint"], token_func=token, verbose=False, ssl=False,
-                    request_pool_size=spec["burst"], requests_per_second=spec["rate"])
+    bitrix = Bitrix(
+        spec["client_endpoint"],
+        token_func=token,
+        verbose=False,
+        ssl=False,
+        request_pool_size=spec["burst"],
+        requests_per_second=spec["rate"],
+    )
 
     def run():
         if spec["workload"] == "list":
@@ -133,8 +149,9 @@ def _run_fast_bitrix24(spec):
 
 def worker(spec) -> None:
     """Set up, say "ready", wait for "go" on stdin, run, print one JSON line."""
-    run, counters = {"b24widget": _run_b24widget, "b24pysdk": _run_b24pysdk,
-                     "fast-bitrix24": _run_fast_bitrix24}[spec["client"]](spec)
+    run, counters = {"b24widget": _run_b24widget, "b24pysdk": _run_b24pysdk, "fast-bitrix24": _run_fast_bitrix24}[
+        spec["client"]
+    ](spec)
     print("ready", flush=True)
     sys.stdin.readline()
     before = counters()
@@ -149,13 +166,21 @@ def worker(spec) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     expected = list(range(1, spec["items"] + 1)) if spec["workload"] == "list" else list(_expected_calls(spec))
     counted = counters()
-    print(json.dumps({
-        "started": started, "finished": finished, "error": error,
-        "correct": got == expected, "same_items": got is not None and sorted(got) == expected,
-        "sample": None if got == expected else repr(got[:3] if isinstance(got, list) else got)[:200],
-        "cpu": (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime),
-        "counters": {k: v - before.get(k, 0) for k, v in counted.items()},
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "started": started,
+                "finished": finished,
+                "error": error,
+                "correct": got == expected,
+                "same_items": got is not None and sorted(got) == expected,
+                "sample": None if got == expected else repr(got[:3] if isinstance(got, list) else got)[:200],
+                "cpu": (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime),
+                "counters": {k: v - before.get(k, 0) for k, v in counted.items()},
+            }
+        ),
+        flush=True,
+    )
 
 
 # --- the conductor --------------------------------------------------------------------------------------
@@ -210,14 +235,33 @@ def _measure(args, standin, django_client, client_name, plan, workload):
     python = sys.executable if client_name == "b24widget" else args.peers_python
     procs = []
     for i in range(processes):
-        spec = {"client": client_name, "workload": "list" if workload == "list" else "calls",
-                "items": items, "calls": calls, "first_id": 1 + i * calls if workload == "procs" else 1,
-                "member_id": b24.member_id, "domain": b24.domain, "client_endpoint": b24.client_endpoint,
-                "oauth_base": f"https://{standin.address}", "client_id": standin.client_id,
-                "client_secret": standin.client_secret, "rest_plan": rest_plan,
-                "burst": PLANS[plan][1], "rate": PLANS[plan][2], **tokens}
-        procs.append(subprocess.Popen([python, __file__, "--worker", json.dumps(spec)], cwd=ROOT, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        spec = {
+            "client": client_name,
+            "workload": "list" if workload == "list" else "calls",
+            "items": items,
+            "calls": calls,
+            "first_id": 1 + i * calls if workload == "procs" else 1,
+            "member_id": b24.member_id,
+            "domain": b24.domain,
+            "client_endpoint": b24.client_endpoint,
+            "oauth_base": f"https://{standin.address}",
+            "client_id": standin.client_id,
+            "client_secret": standin.client_secret,
+            "rest_plan": rest_plan,
+            "burst": PLANS[plan][1],
+            "rate": PLANS[plan][2],
+            **tokens,
+        }
+        procs.append(
+            subprocess.Popen(
+                [python, __file__, "--worker", json.dumps(spec)],
+                cwd=ROOT,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
     for p in procs:
         line = p.stdout.readline()
         if line.strip() != "ready":
@@ -231,8 +275,11 @@ def _measure(args, standin, django_client, client_name, plan, workload):
     for p in procs:
         out, err = p.communicate(timeout=args.timeout)
         lines = [line for line in out.splitlines() if line.startswith("{")]
-        reports.append(json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}: {err[-300:]}",
-                                                             "correct": False, "cpu": 0.0, "counters": {}})
+        reports.append(
+            json.loads(lines[-1])
+            if lines
+            else {"error": f"exit {p.returncode}: {err[-300:]}", "correct": False, "cpu": 0.0, "counters": {}}
+        )
     sent = b24.requests[before:]
     started = min(r.get("started", time.time()) for r in reports)
     finished = max(r.get("finished", started) for r in reports)
@@ -245,8 +292,8 @@ def _measure(args, standin, django_client, client_name, plan, workload):
         "correct": sum(1 for r in reports if r.get("correct")),
         "same_items": sum(1 for r in reports if r.get("same_items")),
         "cpu": sum(r.get("cpu", 0.0) for r in reports),
-        "errors": [r["error"] for r in reports if r.get("error")] + [
-            f"wrong: {r['sample']}" for r in reports if not r.get("error") and not r.get("same_items")],
+        "errors": [r["error"] for r in reports if r.get("error")]
+        + [f"wrong: {r['sample']}" for r in reports if not r.get("error") and not r.get("same_items")],
         "counters": reports[0].get("counters", {}),
     }
 
@@ -275,8 +322,11 @@ def main():
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--proc-calls", type=int, default=1_000)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one client run may take")
-    parser.add_argument("--peers-python", default=sys.executable,
-                        help="a Python with bench/requirements.txt installed (default: this one)")
+    parser.add_argument(
+        "--peers-python",
+        default=sys.executable,
+        help="a Python with bench/requirements.txt installed (default: this one)",
+    )
     args = parser.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
@@ -303,23 +353,28 @@ def main():
             clients = args.clients.split(",")
             plans, workloads = args.plans.split(","), args.workloads.split(",")
             common.print_header("peers: b24widget, b24pysdk, fast-bitrix24 on the stand-in with the documented limit")
-            print(f"rounds {args.rounds}; list {args.items:,} items; calls {args.calls:,}; "
-                  f"{args.procs} processes x {args.proc_calls:,} calls; cache {common.cache_label()}")
+            print(
+                f"rounds {args.rounds}; list {args.items:,} items; calls {args.calls:,}; "
+                f"{args.procs} processes x {args.proc_calls:,} calls; cache {common.cache_label()}"
+            )
             django_client = Client()
             runs = {}
             for round_no in range(args.rounds):
                 for plan in plans:
                     for workload in workloads:
-                        order = clients[round_no % len(clients):] + clients[:round_no % len(clients)]
+                        order = clients[round_no % len(clients) :] + clients[: round_no % len(clients)]
                         for name in order:
                             result = _measure(args, standin, django_client, name, plan, workload)
                             runs.setdefault((plan, workload, name), []).append(result)
-                            print(f"  round {round_no + 1} {plan:10} {workload:5} {name:13} "
-                                  f"{result['wall']:7.2f} s  {result['requests']:4} requests  "
-                                  f"{result['limit_errors']:3} x 503  {result['surfaced']} surfaced  "
-                                  f"{result['same_items']}/{result['processes']} correct "
-                                  f"({result['correct']} in order)"
-                                  + (f"  ({result['errors'][0][:90]})" if result["errors"] else ""), flush=True)
+                            print(
+                                f"  round {round_no + 1} {plan:10} {workload:5} {name:13} "
+                                f"{result['wall']:7.2f} s  {result['requests']:4} requests  "
+                                f"{result['limit_errors']:3} x 503  {result['surfaced']} surfaced  "
+                                f"{result['same_items']}/{result['processes']} correct "
+                                f"({result['correct']} in order)"
+                                + (f"  ({result['errors'][0][:90]})" if result["errors"] else ""),
+                                flush=True,
+                            )
             print()
             print(report(args, runs, plans, workloads, clients))
     finally:
@@ -330,8 +385,11 @@ def report(args, runs, plans, workloads, clients) -> str:
     from bench import _common as common
 
     rows = []
-    labels = {"list": f"list {args.items:,} items", "calls": f"{args.calls:,} calls",
-              "procs": f"{args.procs} processes x {args.proc_calls:,} calls"}
+    labels = {
+        "list": f"list {args.items:,} items",
+        "calls": f"{args.calls:,} calls",
+        "procs": f"{args.procs} processes x {args.proc_calls:,} calls",
+    }
     for plan in plans:
         for workload in workloads:
             min_requests, min_seconds = physical_minimum(args, plan, workload)
@@ -340,20 +398,36 @@ def report(args, runs, plans, workloads, clients) -> str:
                 walls = [r["wall"] for r in results]
                 median = statistics.median(walls)
                 requests = statistics.median(r["requests"] for r in results)
-                rows.append([
-                    f"{plan} / {labels[workload]}", name,
-                    f"{median:.2f} ({min(walls):.2f}-{max(walls):.2f})",
-                    f"{requests:g}", sum(r["limit_errors"] for r in results),
-                    sum(r["surfaced"] for r in results),
-                    f"{sum(r['same_items'] for r in results)}/{sum(r['processes'] for r in results)}"
-                    f" ({sum(r['correct'] for r in results)} in order)",
-                    f"{statistics.median(r['cpu'] for r in results):.2f}",
-                    f"{requests / min_requests:.2f} x {min_requests}",
-                    f"{median / min_seconds:.2f} x {min_seconds:.1f} s" if min_seconds else f"- (0 s)",
-                ])
-    return common.table(rows, ["plan / workload", "client", "wall s median (range)", "requests",
-                               "503 seen", "errors surfaced", "correct (in order)", "client CPU s",
-                               "requests / minimum", "time / minimum"])
+                rows.append(
+                    [
+                        f"{plan} / {labels[workload]}",
+                        name,
+                        f"{median:.2f} ({min(walls):.2f}-{max(walls):.2f})",
+                        f"{requests:g}",
+                        sum(r["limit_errors"] for r in results),
+                        sum(r["surfaced"] for r in results),
+                        f"{sum(r['same_items'] for r in results)}/{sum(r['processes'] for r in results)}"
+                        f" ({sum(r['correct'] for r in results)} in order)",
+                        f"{statistics.median(r['cpu'] for r in results):.2f}",
+                        f"{requests / min_requests:.2f} x {min_requests}",
+                        f"{median / min_seconds:.2f} x {min_seconds:.1f} s" if min_seconds else f"- (0 s)",
+                    ]
+                )
+    return common.table(
+        rows,
+        [
+            "plan / workload",
+            "client",
+            "wall s median (range)",
+            "requests",
+            "503 seen",
+            "errors surfaced",
+            "correct (in order)",
+            "client CPU s",
+            "requests / minimum",
+            "time / minimum",
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ portal's address and are complete at its OAuth server, which is all a refresh ta
 Options after `--` go to every copy (e.g. `-- --workers 8 --batch-size 200`). Command output:
 test-artifacts/bench/refresh_tokens/.
 """
+
 import argparse
 import os
 import re
@@ -43,16 +44,27 @@ def store_portals(virtual: list, *, renewed_days_ago: int) -> list[int]:
     now = timezone.now()
     rows = []
     for b24, tokens in virtual:
-        rows.append(Portal(
-            member_id=b24.member_id, domain=b24.domain, client_endpoint=b24.client_endpoint,
-            server_endpoint=b24._standin.server_endpoint, status=Portal.Status.ACTIVE, app_status=b24.app_status,
-            scope=b24.scope, language="en", installed_by="1", app_version="1",
-            access_token=tokens["access_token"], refresh_token=tokens["refresh_token"],
-            application_token=secrets.token_hex(16),
-            access_expires_at=now + timedelta(seconds=tokens["expires_in"]),
-            refresh_renewed_at=now - timedelta(days=renewed_days_ago),
-            created_at=now - timedelta(days=renewed_days_ago), installed_at=now - timedelta(days=renewed_days_ago),
-        ))
+        rows.append(
+            Portal(
+                member_id=b24.member_id,
+                domain=b24.domain,
+                client_endpoint=b24.client_endpoint,
+                server_endpoint=b24._standin.server_endpoint,
+                status=Portal.Status.ACTIVE,
+                app_status=b24.app_status,
+                scope=b24.scope,
+                language="en",
+                installed_by="1",
+                app_version="1",
+                access_token=tokens["access_token"],
+                refresh_token=tokens["refresh_token"],
+                application_token=secrets.token_hex(16),
+                access_expires_at=now + timedelta(seconds=tokens["expires_in"]),
+                refresh_renewed_at=now - timedelta(days=renewed_days_ago),
+                created_at=now - timedelta(days=renewed_days_ago),
+                installed_at=now - timedelta(days=renewed_days_ago),
+            )
+        )
     return [p.pk for p in Portal.objects.bulk_create(rows, batch_size=1000)]
 
 
@@ -60,8 +72,10 @@ def stored_refresh_tokens(pks) -> dict:
     """refresh token -> member_id, as stored now (decrypted)."""
     from portals.models import Portal
 
-    return {p.refresh_token: p.member_id
-            for p in Portal.objects.filter(pk__in=pks).only("member_id", "refresh_token").iterator(chunk_size=2000)}
+    return {
+        p.refresh_token: p.member_id
+        for p in Portal.objects.filter(pk__in=pks).only("member_id", "refresh_token").iterator(chunk_size=2000)
+    }
 
 
 def start_copy(name: str, extra_args: list[str]) -> tuple:
@@ -69,8 +83,9 @@ def start_copy(name: str, extra_args: list[str]) -> tuple:
     out = open(LOGS / f"{name}.out", "w")
     err = open(LOGS / f"{name}.err", "w")
     command = [common.PYTHON, "manage.py", "refresh_tokens", *extra_args]
-    process = subprocess.Popen(command, cwd=common.ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
-                               stdout=out, stderr=err)
+    process = subprocess.Popen(
+        command, cwd=common.ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"}, stdout=out, stderr=err
+    )
     return name, process, out, err, common.time.perf_counter()
 
 
@@ -100,8 +115,10 @@ def analyze(requests: list[dict], tokens: dict, due_members: set, phase_start) -
     per_member = Counter(tokens.get(r.get("refresh_token"), "?") for r in requests)
     unknown = per_member.pop("?", 0)  # a token not stored at the start: a portal's second refresh
     events = Counter(
-        row["n"] for row in PortalEvent.objects.filter(kind=PortalEvent.Kind.TOKEN_REFRESHED, created_at__gte=phase_start)
-        .values("portal_id").annotate(n=Count("id"))
+        row["n"]
+        for row in PortalEvent.objects.filter(kind=PortalEvent.Kind.TOKEN_REFRESHED, created_at__gte=phase_start)
+        .values("portal_id")
+        .annotate(n=Count("id"))
     )
     return {
         "requests": len(requests),
@@ -119,16 +136,20 @@ def report(facts: dict, due: int) -> None:
     by_requests = ", ".join(f"{n} portal(s) x{k}" for k, n in sorted(facts["portals_by_requests"].items()))
     by_events = ", ".join(f"{n} portal(s) x{k}" for k, n in sorted(facts["portals_by_events"].items()))
     print(f"  OAuth refresh requests made: {facts['requests']}   portals due: {due}")
-    print(f"  stand-in side: requests per portal: {by_requests or 'none'}; refresh tokens presented more than once: "
-          f"{facts['tokens_used_twice']}; tokens not stored at the start (a second refresh): {facts['unknown_tokens']}; "
-          f"not-due portals refreshed: {facts['not_due_touched']}; due portals missed: {facts['due_missed']}")
-    print(f"  database side: TOKEN_REFRESHED events per portal: {by_events or 'none'}; portals blocked: {facts['blocked']}")
+    print(
+        f"  stand-in side: requests per portal: {by_requests or 'none'}; refresh tokens presented more than once: "
+        f"{facts['tokens_used_twice']}; tokens not stored at the start (a second refresh): {facts['unknown_tokens']}; "
+        f"not-due portals refreshed: {facts['not_due_touched']}; due portals missed: {facts['due_missed']}"
+    )
+    print(
+        f"  database side: TOKEN_REFRESHED events per portal: {by_events or 'none'}; portals blocked: {facts['blocked']}"
+    )
 
 
 def main():
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--portals", type=int, default=10_000, help="due portals (default 10,000)")
     parser.add_argument("--fresh", type=int, default=1_000, help="portals not due, left alone (default 1,000)")
@@ -149,8 +170,9 @@ def main():
             raise SystemExit("portals/management/commands/refresh_tokens.py does not exist (yet)")
 
         with common.bench_database(keep=args.keep_db), common.bench_cache():
-            common.print_header(f"refresh_tokens: manage.py refresh_tokens over {args.portals:,} due portals "
-                                "against the stand-in")
+            common.print_header(
+                f"refresh_tokens: manage.py refresh_tokens over {args.portals:,} due portals against the stand-in"
+            )
             os.environ["LOG_LEVEL"] = os.environ.get("BENCH_COMMAND_LOG_LEVEL", "INFO")  # the copies' log level
             anchor = standin.add_portal()  # a real portal server: the address the virtual portals share
             with common.Timer() as made:
@@ -159,10 +181,14 @@ def main():
                 due_pks = store_portals(due_virtual, renewed_days_ago=160)
                 fresh_pks = store_portals(fresh_virtual, renewed_days_ago=10)
             due_members = {b24.member_id for b24, _ in due_virtual}
-            print(f"setup: {args.portals:,} due + {args.fresh:,} fresh portals (stand-in tokens minted, rows "
-                  f"bulk-created) in {made.seconds:.1f} s")
-            print(f"command: manage.py refresh_tokens {' '.join(command_args)}  (its defaults otherwise: "
-                  "--older-than-days 150, --workers 4, --batch-size 100)")
+            print(
+                f"setup: {args.portals:,} due + {args.fresh:,} fresh portals (stand-in tokens minted, rows "
+                f"bulk-created) in {made.seconds:.1f} s"
+            )
+            print(
+                f"command: manage.py refresh_tokens {' '.join(command_args)}  (its defaults otherwise: "
+                "--older-than-days 150, --workers 4, --batch-size 100)"
+            )
             sys.stdout.flush()
 
             # 1. one copy
@@ -171,14 +197,18 @@ def main():
             with common.CpuClock() as clock, common.PostgresBackendCpu() as postgres:
                 one = finish_copy(start_copy("single", command_args))
             facts = analyze(standin.oauth_requests[before:], tokens, due_members, phase_start)
-            print(f"\n1. one copy: wall {one['seconds']:.1f} s ({args.portals / one['seconds']:.0f} portals/s), "
-                  f"process start to exit")
+            print(
+                f"\n1. one copy: wall {one['seconds']:.1f} s ({args.portals / one['seconds']:.0f} portals/s), "
+                f"process start to exit"
+            )
             print(f"  {one['due_line']}")
             print(f"  summary: {' '.join(f'{k}={v}' for k, v in one['summary'].items())}")
             report(facts, args.portals)
             print(f"  {clock.describe('the command', postgres.seconds)}")
-            print(f"  per portal: command {clock.children / args.portals * 1000:.1f} ms CPU, PostgreSQL "
-                  f"{postgres.seconds / args.portals * 1000:.1f} ms, stand-in {clock.self / args.portals * 1000:.1f} ms")
+            print(
+                f"  per portal: command {clock.children / args.portals * 1000:.1f} ms CPU, PostgreSQL "
+                f"{postgres.seconds / args.portals * 1000:.1f} ms, stand-in {clock.self / args.portals * 1000:.1f} ms"
+            )
             sys.stdout.flush()
 
             # 2. copies at once, over the same portals made due again
@@ -189,16 +219,22 @@ def main():
                 copies = [start_copy(f"copy{n}", command_args) for n in range(1, args.copies + 1)]
                 results = [finish_copy(copy) for copy in copies]
             facts = analyze(standin.oauth_requests[before:], tokens, due_members, phase_start)
-            print(f"\n2. {args.copies} copies at once: wall {together.seconds:.1f} s "
-                  f"({args.portals / together.seconds:.0f} portals/s)")
+            print(
+                f"\n2. {args.copies} copies at once: wall {together.seconds:.1f} s "
+                f"({args.portals / together.seconds:.0f} portals/s)"
+            )
             for result in results:
-                print(f"  {result['name']}: {result['seconds']:.1f} s; "
-                      f"{' '.join(f'{k}={v}' for k, v in result['summary'].items())}")
+                print(
+                    f"  {result['name']}: {result['seconds']:.1f} s; "
+                    f"{' '.join(f'{k}={v}' for k, v in result['summary'].items())}"
+                )
             total = Counter()
             for result in results:
                 total.update(result["summary"])
-            print(f"  together: refreshed={total['refreshed']} skipped={total['skipped']} blocked={total['blocked']} "
-                  f"failed={total['failed']}")
+            print(
+                f"  together: refreshed={total['refreshed']} skipped={total['skipped']} blocked={total['blocked']} "
+                f"failed={total['failed']}"
+            )
             report(facts, args.portals)
             print(f"  {clock.describe('the copies', postgres.seconds)}")
             if standin.errors:

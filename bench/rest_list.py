@@ -15,6 +15,7 @@ measurement starts with its own rate-limiter bucket:
 For each it prints the HTTP requests the portal received (by method), the crm.item.list calls it
 served (batch sub-commands included) and the wall time. Asserts only that every item came back once.
 """
+
 import argparse
 import os
 import sys
@@ -64,8 +65,14 @@ def measure(label: str, b24, fetch) -> list:
     assert len(ids) == b24.crm_items and set(ids) == set(range(1, b24.crm_items + 1)), (label, len(ids))
     by_method = Counter(r["method"] for r in requests)
     assert all(r["status"] == 200 for r in requests), Counter(r["status"] for r in requests)
-    return [label, len(requests), ", ".join(f"{m} x{n}" for m, n in by_method.items()),
-            b24.calls("crm.item.list") - before_calls, len(items), f"{timer.seconds:.2f}"]
+    return [
+        label,
+        len(requests),
+        ", ".join(f"{m} x{n}" for m, n in by_method.items()),
+        b24.calls("crm.item.list") - before_calls,
+        len(items),
+        f"{timer.seconds:.2f}",
+    ]
 
 
 def main():
@@ -88,8 +95,10 @@ def main():
             from bitrix24 import limits
 
             burst, rate = limits.bucket(limits.STANDARD)
-            print(f"rate limiter (per portal, shared through the cache): burst {burst}, "
-                  f"{rate:g} requests/s; page size 50, batch size 50")
+            print(
+                f"rate limiter (per portal, shared through the cache): burst {burst}, "
+                f"{rate:g} requests/s; page size 50, batch size 50"
+            )
             client = Client()
             portals = []
             for _ in range(3):
@@ -99,28 +108,48 @@ def main():
             params = {"entityTypeId": ENTITY_TYPE_ID}
             rows = []
             (stored, b24) = portals[0]
-            rows.append(measure("PortalClient.list (pages chained by id in batches)", b24,
-                                lambda: PortalClient(stored).list("crm.item.list", params)))
+            rows.append(
+                measure(
+                    "PortalClient.list (pages chained by id in batches)",
+                    b24,
+                    lambda: PortalClient(stored).list("crm.item.list", params),
+                )
+            )
             sys.stdout.flush()
             (stored, b24) = portals[1]
             with override_settings(B24_RATE_LIMIT_PER_SECOND=0):
-                rows.append(measure("page by page, call_raw loop, limiter off", b24,
-                                    lambda: page_by_page(PortalClient(stored), params)))
+                rows.append(
+                    measure(
+                        "page by page, call_raw loop, limiter off",
+                        b24,
+                        lambda: page_by_page(PortalClient(stored), params),
+                    )
+                )
             sys.stdout.flush()
             if not args.no_paced:
                 (stored, b24) = portals[2]
-                rows.append(measure("page by page, call_raw loop, limiter on", b24,
-                                    lambda: page_by_page(PortalClient(stored), params)))
+                rows.append(
+                    measure(
+                        "page by page, call_raw loop, limiter on",
+                        b24,
+                        lambda: page_by_page(PortalClient(stored), params),
+                    )
+                )
             print()
-            print(common.table(rows, ["method", "HTTP requests", "by method", "crm.item.list calls", "items",
-                                      "wall s"]))
+            print(
+                common.table(rows, ["method", "HTTP requests", "by method", "crm.item.list calls", "items", "wall s"])
+            )
             pages = -(-args.items // 50)
-            print(f"\n{args.items:,} items = {pages} pages of 50: chained in batches, ceil({args.items:,} / 2,500) = "
-                  f"{-(-args.items // 2500)} requests; page by page, {pages}.")
+            print(
+                f"\n{args.items:,} items = {pages} pages of 50: chained in batches, ceil({args.items:,} / 2,500) = "
+                f"{-(-args.items // 2500)} requests; page by page, {pages}."
+            )
             if not args.no_paced:
-                print(f"limiter on: after the {burst}-request burst (one already spent by the install) the rest "
-                      f"goes at {rate:g}/s: about ({pages} - {burst - 1}) / {rate:g} = "
-                      f"{(pages - burst + 1) / rate:.0f} s, which is what Bitrix24 itself would enforce.")
+                print(
+                    f"limiter on: after the {burst}-request burst (one already spent by the install) the rest "
+                    f"goes at {rate:g}/s: about ({pages} - {burst - 1}) / {rate:g} = "
+                    f"{(pages - burst + 1) / rate:.0f} s, which is what Bitrix24 itself would enforce."
+                )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 Every value is a default: a variable already in the environment wins (DATABASE_URL, CACHE_URL, and
 B24_OAUTH_URL, which the bench scripts point at the stand-in they start).
 """
+
 import os
 import warnings
 

@@ -1,4 +1,5 @@
 """The project's URLs plus bare views: the ceilings the widget open and the event ingest are compared with."""
+
 import secrets
 
 from django.http import HttpResponse
@@ -22,5 +23,8 @@ def insert(request):
     return HttpResponse("ok")
 
 
-urlpatterns = [path("bench/bare/", bare, name="bench-bare"), path("bench/insert/", insert, name="bench-insert"),
-               *project_urlpatterns]
+urlpatterns = [
+    path("bench/bare/", bare, name="bench-bare"),
+    path("bench/insert/", insert, name="bench-insert"),
+    *project_urlpatterns,
+]

@@ -19,6 +19,7 @@ Sanity checks (not timing): every widget response logged during the load is 200,
 no user.current call, no other REST call and no OAuth request during the load.
 Logs: test-artifacts/bench/widget_open/ (gunicorn's access and error logs).
 """
+
 import argparse
 import contextlib
 import importlib
@@ -49,8 +50,12 @@ class Gunicorn:
     def __init__(self, port: int, extra_env: dict):
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "GUNICORN_BIND": f"127.0.0.1:{port}",
-                    **extra_env}
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bench.settings",
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            **extra_env,
+        }
         self.access_path = LOGS / "gunicorn-access.log"
         self.error_path = LOGS / "gunicorn-error.log"
 
@@ -61,11 +66,17 @@ class Gunicorn:
         gunicorn = common.VENV_BIN / "gunicorn"
         # --no-control-socket: gunicorn 27 otherwise binds ~/.gunicorn/gunicorn.ctl, one path for every
         # gunicorn of the user, and would take it from (or lose it to) another server on this machine.
-        command = [str(gunicorn) if gunicorn.exists() else "gunicorn", "-c", "python:b24widget.gunicorn",
-                   "--no-control-socket", "b24widget.wsgi"]
+        command = [
+            str(gunicorn) if gunicorn.exists() else "gunicorn",
+            "-c",
+            "python:b24widget.gunicorn",
+            "--no-control-socket",
+            "b24widget.wsgi",
+        ]
         # accesslog and errorlog are "-": stdout is the access log, stderr the error log (and the app's log).
-        self.process = subprocess.Popen(command, cwd=common.ROOT, env=self.env, stdout=self._access,
-                                        stderr=self._error, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=common.ROOT, env=self.env, stdout=self._access, stderr=self._error, start_new_session=True
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -123,9 +134,13 @@ def _proc_stat(pid: int):
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
-    return (text[text.index("(") + 1:text.rindex(")")], int(fields[1]), int(fields[11]) + int(fields[12]),
-            int(fields[13]) + int(fields[14]))
+    fields = text[text.rindex(")") + 2 :].split()
+    return (
+        text[text.index("(") + 1 : text.rindex(")")],
+        int(fields[1]),
+        int(fields[11]) + int(fields[12]),
+        int(fields[13]) + int(fields[14]),
+    )
 
 
 class CpuMeter:
@@ -142,8 +157,9 @@ class CpuMeter:
         if connection.vendor != "postgresql":
             return []
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                           "AND pid <> pg_backend_pid()")
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
             return [row[0] for row in cursor.fetchall()]
 
     def snapshot(self) -> dict:
@@ -165,7 +181,10 @@ class CpuMeter:
         app = sum(procs[pid][2] for pid in tree if pid in procs) + procs.get(self.master_pid, ("", 0, 0, 0))[3]
         with open("/proc/stat") as handle:
             ticks = [int(v) for v in handle.readline().split()[1:]]
-        self_usage, children_usage = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        self_usage, children_usage = (
+            resource.getrusage(resource.RUSAGE_SELF),
+            resource.getrusage(resource.RUSAGE_CHILDREN),
+        )
         return {
             "app": app / _TICK,
             "postgres": {pid: procs[pid][2] / _TICK for pid in self._db_backends() if pid in procs},
@@ -190,8 +209,10 @@ def gunicorn_config() -> dict:
     """The values b24widget/gunicorn.py computes in this environment (it reads the same variables)."""
     os.environ.setdefault("GUNICORN_BIND", "127.0.0.1:0")
     config = importlib.import_module("b24widget.gunicorn")
-    return {name: getattr(config, name) for name in ("workers", "threads", "worker_class", "max_requests",
-                                                     "max_requests_jitter", "keepalive")}
+    return {
+        name: getattr(config, name)
+        for name in ("workers", "threads", "worker_class", "max_requests", "max_requests_jitter", "keepalive")
+    }
 
 
 def install_through_the_server(base: str, b24) -> None:
@@ -209,17 +230,41 @@ def install_through_the_server(base: str, b24) -> None:
 
 def run_load(url: str, body_file: Path, args) -> dict:
     if args.loadgen == "wrk":
-        command = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
-                   "--timeout", "10s", "-s", str(HERE / "wrk_post.lua"), url]
+        command = [
+            "wrk",
+            "-t",
+            str(args.threads),
+            "-c",
+            str(args.connections),
+            "-d",
+            f"{args.duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "wrk_post.lua"),
+            url,
+        ]
     else:
-        command = [common.PYTHON, str(HERE / "_loadgen.py"), url, str(body_file), str(args.connections),
-                   str(args.duration), str(args.threads)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
-                            timeout=args.duration + 120)
+        command = [
+            common.PYTHON,
+            str(HERE / "_loadgen.py"),
+            url,
+            str(body_file),
+            str(args.connections),
+            str(args.duration),
+            str(args.threads),
+        ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
+        timeout=args.duration + 120,
+    )
     line = next((l for l in result.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise SystemExit(f"load generator failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    figures = json.loads(line[len("BENCH_JSON "):])
+    figures = json.loads(line[len("BENCH_JSON ") :])
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
     return figures
 
@@ -235,8 +280,20 @@ def logged_statuses(access_text: str, path: str) -> Counter:
 class CacheCallCounter:
     """Counts calls on the default cache backend (each is one round trip to Redis)."""
 
-    METHODS = ("get", "set", "add", "delete", "get_many", "set_many", "delete_many", "incr", "decr", "has_key", "touch",
-               "get_or_set")
+    METHODS = (
+        "get",
+        "set",
+        "add",
+        "delete",
+        "get_many",
+        "set_many",
+        "delete_many",
+        "incr",
+        "decr",
+        "has_key",
+        "touch",
+        "get_or_set",
+    )
 
     def __enter__(self):
         from django.core.cache import caches
@@ -282,7 +339,9 @@ class Stages:
                     return original(*a, **k)
                 finally:
                     self.seconds[label] += time.perf_counter() - started
+
             return wrapper
+
         return factory
 
     @contextlib.contextmanager
@@ -320,8 +379,9 @@ class WsgiClient:
         self.body = urlencode(body)
 
     def post(self, path: str):
-        environ = self.factory.post(f"{path}?{self.query}", self.body,
-                                    content_type="application/x-www-form-urlencoded").environ
+        environ = self.factory.post(
+            f"{path}?{self.query}", self.body, content_type="application/x-www-form-urlencoded"
+        ).environ
         status = []
         response = self.handler(environ, lambda s, h, *a: status.append(s))
         b"".join(response)
@@ -359,8 +419,11 @@ def in_process_profile(query: dict, body: dict, b24, repeat: int) -> None:
     health_checks = Counter()
     with patched(connection, "is_usable", lambda original: lambda: health_checks.update(["SELECT 1"]) or original()):
         reset_queries()
-        with CaptureQueriesContext(connection) as queries, CacheCallCounter() as cache_calls, \
-                decrypt_counter() as decrypts:
+        with (
+            CaptureQueriesContext(connection) as queries,
+            CacheCallCounter() as cache_calls,
+            decrypt_counter() as decrypts,
+        ):
             status = client.post("/placement/")
         captured = list(queries.captured_queries)
     assert status == 200
@@ -379,17 +442,27 @@ def in_process_profile(query: dict, body: dict, b24, repeat: int) -> None:
                 client.post("/placement/")
     assert b24.calls("user.current") == calls_before, "an in-process open asked the stand-in again"
 
-    print("\nin-process, cached opens through Django's WSGIHandler (same settings, database and cache; no HTTP server):")
-    print(f"  SQL queries per open: {len(captured)}, plus {health_checks['SELECT 1']} connection health check "
-          f"(SELECT 1, CONN_HEALTH_CHECKS) = {len(captured) + health_checks['SELECT 1']} database round trips")
+    print(
+        "\nin-process, cached opens through Django's WSGIHandler (same settings, database and cache; no HTTP server):"
+    )
+    print(
+        f"  SQL queries per open: {len(captured)}, plus {health_checks['SELECT 1']} connection health check "
+        f"(SELECT 1, CONN_HEALTH_CHECKS) = {len(captured) + health_checks['SELECT 1']} database round trips"
+    )
     for q in captured:
         sql = re.sub(r"\s+", " ", q["sql"])
-        sql = re.sub(r'SELECT "portals_portal"\."id", .*? FROM', 'SELECT <every portal column> FROM', sql)
+        sql = re.sub(r'SELECT "portals_portal"\."id", .*? FROM', "SELECT <every portal column> FROM", sql)
         print(f"    {sql[:170]}{'...' if len(sql) > 170 else ''}")
-    print(f"  cache calls per open: {sum(cache_calls.calls.values())} "
-          f"({', '.join(f'{k} x{v}' for k, v in cache_calls.calls.items())})")
-    print(f"  stored secrets decrypted per open: {decrypts['decrypt']} (the portal row's tokens; a cached open uses none)")
-    print(f"  median of {repeat}: widget open {common.ms(timings['widget'])} ms, bare view {common.ms(timings['bare'])} ms")
+    print(
+        f"  cache calls per open: {sum(cache_calls.calls.values())} "
+        f"({', '.join(f'{k} x{v}' for k, v in cache_calls.calls.items())})"
+    )
+    print(
+        f"  stored secrets decrypted per open: {decrypts['decrypt']} (the portal row's tokens; a cached open uses none)"
+    )
+    print(
+        f"  median of {repeat}: widget open {common.ms(timings['widget'])} ms, bare view {common.ms(timings['bare'])} ms"
+    )
     total = staged.seconds / repeat
     print(f"  where a widget open's time goes (mean of {repeat}, {common.ms(total)} ms each):")
     for label, seconds in stages.seconds.most_common():
@@ -401,14 +474,21 @@ def in_process_profile(query: dict, body: dict, b24, repeat: int) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="wrk threads (or load-generator processes); default 1, to leave the CPUs to the server")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="wrk threads (or load-generator processes); default 1, to leave the CPUs to the server",
+    )
     parser.add_argument("--duration", type=int, default=15, help="seconds per measured run (default 15)")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load per endpoint first (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="seconds of unmeasured load per endpoint first (default 3)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="measured runs per endpoint, alternating (default 2)")
     parser.add_argument("--loadgen", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
-    parser.add_argument("--max-requests", type=int, default=None,
-                        help="override GUNICORN_MAX_REQUESTS (default: the project's config)")
+    parser.add_argument(
+        "--max-requests", type=int, default=None, help="override GUNICORN_MAX_REQUESTS (default: the project's config)"
+    )
     parser.add_argument("--profile-repeat", type=int, default=300, help="in-process opens timed (default 300)")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the bench database afterwards")
     args = parser.parse_args()
@@ -423,11 +503,15 @@ def main():
             common.print_header("widget_open: POST /placement/ (cached verdict) vs a bare view, through gunicorn")
             os.environ.update(extra_env)
             config = gunicorn_config()
-            print(f"gunicorn (b24widget/gunicorn.py): {config['workers']} workers x {config['threads']} threads "
-                  f"({config['worker_class']}), max_requests {config['max_requests']}+-{config['max_requests_jitter']}, "
-                  f"keepalive {config['keepalive']} s; access log on; --no-control-socket")
-            print(f"load: {args.loadgen}, {args.threads} thread(s), {args.connections} connections, {args.duration} s per "
-                  f"run, {args.rounds} round(s) per endpoint alternating, after {args.warmup} s warm-up each")
+            print(
+                f"gunicorn (b24widget/gunicorn.py): {config['workers']} workers x {config['threads']} threads "
+                f"({config['worker_class']}), max_requests {config['max_requests']}+-{config['max_requests_jitter']}, "
+                f"keepalive {config['keepalive']} s; access log on; --no-control-socket"
+            )
+            print(
+                f"load: {args.loadgen}, {args.threads} thread(s), {args.connections} connections, {args.duration} s per "
+                f"run, {args.rounds} round(s) per endpoint alternating, after {args.warmup} s warm-up each"
+            )
             sys.stdout.flush()
 
             b24 = standin.add_portal()
@@ -477,9 +561,19 @@ def main():
                         totals[label][0] += figures["requests"]
                         totals[label][1] += figures["duration_us"] / 1e6
                         lat = figures["latency_us"]
-                        rows.append([f"{round_no}", label, figures["requests"], f"{figures['rps']:.0f}",
-                                     f"{lat['p50'] / 1000:.2f}", f"{lat['p99'] / 1000:.2f}",
-                                     sum(v for k, v in statuses.items() if k != "200"), socket_errors, restarts])
+                        rows.append(
+                            [
+                                f"{round_no}",
+                                label,
+                                figures["requests"],
+                                f"{figures['rps']:.0f}",
+                                f"{lat['p50'] / 1000:.2f}",
+                                f"{lat['p99'] / 1000:.2f}",
+                                sum(v for k, v in statuses.items() if k != "200"),
+                                socket_errors,
+                                restarts,
+                            ]
+                        )
                         sys.stdout.flush()
 
                 # Sanity (not timing): every widget answer was 200, and the cache spared the stand-in.
@@ -489,32 +583,78 @@ def main():
                 warm_access, _ = server.since(start_mark)
 
             print()
-            print(common.table(rows, ["round", "endpoint", "requests", "req/s", "p50 ms", "p99 ms", "non-200",
-                                      "socket errors", "worker restarts"]))
+            print(
+                common.table(
+                    rows,
+                    [
+                        "round",
+                        "endpoint",
+                        "requests",
+                        "req/s",
+                        "p50 ms",
+                        "p99 ms",
+                        "non-200",
+                        "socket errors",
+                        "worker restarts",
+                    ],
+                )
+            )
             rps = {k: v[0] / v[1] for k, v in totals.items()}
-            print(f"\nwidget open: {rps['widget']:.0f} req/s; bare view: {rps['bare']:.0f} req/s "
-                  f"(all measured runs)")
+            print(f"\nwidget open: {rps['widget']:.0f} req/s; bare view: {rps['bare']:.0f} req/s (all measured runs)")
             print(f"ratio widget/bare: {rps['widget'] / rps['bare']:.2f} (goal >= 0.8)")
-            print(f"sanity: {sum(widget_statuses.values())} widget answers logged during the measured runs, all 200; "
-                  f"{sum(logged_statuses(warm_access, '/placement/').values())} in all including warm-up. Stand-in "
-                  f"during the load: user.current +{b24.calls('user.current') - user_current}, REST requests "
-                  f"+{len(b24.requests) - rest_requests}, OAuth requests +{len(standin.oauth_requests) - oauth_requests}")
+            print(
+                f"sanity: {sum(widget_statuses.values())} widget answers logged during the measured runs, all 200; "
+                f"{sum(logged_statuses(warm_access, '/placement/').values())} in all including warm-up. Stand-in "
+                f"during the load: user.current +{b24.calls('user.current') - user_current}, REST requests "
+                f"+{len(b24.requests) - rest_requests}, OAuth requests +{len(standin.oauth_requests) - oauth_requests}"
+            )
             print(f"gunicorn worker restarts (max_requests) during the measured runs: {restarts_total}")
             cpu_rows = []
             for label in ("bare", "widget"):
                 used, requests_made = cpu[label], totals[label][0]
                 per = lambda key: f"{used[key] / requests_made * 1000:.2f}"  # noqa: E731
-                cpu_rows.append([label, per("app"), per("postgres"), per("redis"), per("loadgen"), per("bench"),
-                                 per("irq"), f"{used['other'] / used['wall']:.2f}",
-                                 f"{used['busy'] / used['wall'] / (os.cpu_count() or 1) * 100:.0f}%"])
-            print("\nCPU during the measured runs (/proc), in ms per request; 'other processes' is not per request "
-                  "but the cores the rest of the machine kept busy meanwhile (other work, daemons):")
-            print(common.table(cpu_rows, ["endpoint", "gunicorn", "PostgreSQL", "Redis", "load gen", "stand-in",
-                                          "kernel irq", "other processes (cores)", "machine busy"]))
-            own = {label: sum(cpu[label][k] for k in ("app", "postgres", "redis", "loadgen", "bench", "irq"))
-                   / totals[label][0] for label in cpu}
-            print(f"ratio from CPU per request (everything but other processes: the throughput ratio this bench "
-                  f"would see with the machine to itself): {own['bare'] / own['widget']:.2f}")
+                cpu_rows.append(
+                    [
+                        label,
+                        per("app"),
+                        per("postgres"),
+                        per("redis"),
+                        per("loadgen"),
+                        per("bench"),
+                        per("irq"),
+                        f"{used['other'] / used['wall']:.2f}",
+                        f"{used['busy'] / used['wall'] / (os.cpu_count() or 1) * 100:.0f}%",
+                    ]
+                )
+            print(
+                "\nCPU during the measured runs (/proc), in ms per request; 'other processes' is not per request "
+                "but the cores the rest of the machine kept busy meanwhile (other work, daemons):"
+            )
+            print(
+                common.table(
+                    cpu_rows,
+                    [
+                        "endpoint",
+                        "gunicorn",
+                        "PostgreSQL",
+                        "Redis",
+                        "load gen",
+                        "stand-in",
+                        "kernel irq",
+                        "other processes (cores)",
+                        "machine busy",
+                    ],
+                )
+            )
+            own = {
+                label: sum(cpu[label][k] for k in ("app", "postgres", "redis", "loadgen", "bench", "irq"))
+                / totals[label][0]
+                for label in cpu
+            }
+            print(
+                f"ratio from CPU per request (everything but other processes: the throughput ratio this bench "
+                f"would see with the machine to itself): {own['bare'] / own['widget']:.2f}"
+            )
             in_process_profile(query, body, b24, args.profile_repeat)
 
 

@@ -3,6 +3,7 @@
 Cloud portals are `name.bitrix24.<zone>` over HTTPS. With B24_ALLOW_HTTP_PORTALS on, plain-HTTP
 addresses with a port (`127.0.0.1:8123`, on-premise test portals, the local stand-in) are admitted too.
 """
+
 import ipaddress
 import re
 from urllib.parse import urlsplit

@@ -5,6 +5,7 @@ Pacing, budgets and single-flight markers must outlive no outage: when Redis sto
 keeps them in its own memory for a while (pacing per process instead of shared), logs that once in a
 while, and tries the shared cache again a few seconds later. No request fails because the cache did.
 """
+
 import logging
 import time
 
@@ -39,8 +40,9 @@ class _SafeCache:
                 _cache_down_until[0] = time.monotonic() + _CACHE_RETRY_AFTER
                 if time.monotonic() - _last_warning[0] > 10:
                     _last_warning[0] = time.monotonic()
-                    log.warning("shared cache failed; limits use this process's memory",
-                                extra={"error": type(exc).__name__})
+                    log.warning(
+                        "shared cache failed; limits use this process's memory", extra={"error": type(exc).__name__}
+                    )
                 return getattr(_fallback, name)(*args, **kwargs)
 
         return call

@@ -16,6 +16,7 @@ The client knows a portal only through `Credentials`. Refreshing them is a step 
 (`refresh`): it exchanges the refresh token and stores what the OAuth server returned, then hands back
 the new credentials. Nothing in this package writes to a database.
 """
+
 import logging
 import time
 import uuid
@@ -30,7 +31,13 @@ from . import http, limits, metrics, wire
 from . import paging as paging_
 from .wire import BATCH_LIMIT, PAGE_SIZE
 from .errors import (
-    RETRYABLE, HttpFailure, LimitWaitExceeded, OAuthError, PortalMovedUnexplained, RestError, TokenRefreshFailed,
+    RETRYABLE,
+    HttpFailure,
+    LimitWaitExceeded,
+    OAuthError,
+    PortalMovedUnexplained,
+    RestError,
+    TokenRefreshFailed,
     TransportError,
 )
 
@@ -71,8 +78,7 @@ class Refresh(Protocol):
     meanwhile); `force`: refresh a still-valid token (the portal may have moved); `wait`: how long to wait
     for another caller's refresh. Raises an OAuthError when it cannot."""
 
-    def __call__(self, credentials: Any, *, seen_access_token: str | None, force: bool,
-                 wait: float | None) -> Any: ...
+    def __call__(self, credentials: Any, *, seen_access_token: str | None, force: bool, wait: float | None) -> Any: ...
 
 
 def build_query(params, prefix: str = "") -> str:
@@ -102,8 +108,15 @@ class Client:
     A user's token is never refreshed: its expiry is the caller's verdict.
     """
 
-    def __init__(self, credentials: Credentials, *, refresh: Refresh | None = None, access_token: str | None = None,
-                 oauth_server: bool = False, interactive: bool = False):
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        refresh: Refresh | None = None,
+        access_token: str | None = None,
+        oauth_server: bool = False,
+        interactive: bool = False,
+    ):
         """`oauth_server`: send to the OAuth server's REST (`server_endpoint`), Bitrix24's trusted source of
         the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown.
 
@@ -154,8 +167,9 @@ class Client:
                 break
         return out
 
-    def batch_request(self, chunk: dict, out: "BatchResult | None" = None, *, halt: bool,
-                      retry: bool = True) -> "BatchResult":
+    def batch_request(
+        self, chunk: dict, out: "BatchResult | None" = None, *, halt: bool, retry: bool = True
+    ) -> "BatchResult":
         """One request of at most 50 commands into `out`, then again for the commands refused for a limit
         (`retry` False: not again; a list chain asks again from its last id itself).
 
@@ -169,8 +183,10 @@ class Client:
             pending = self._hold_back_paused(pending, out)
             if not pending or (halt and out.errors):
                 return out
-            cmd = {key: f"{method}?{build_query(params)}" if params else method
-                   for key, (method, params) in pending.items()}
+            cmd = {
+                key: f"{method}?{build_query(params)}" if params else method
+                for key, (method, params) in pending.items()
+            }
             answer = self.call("batch", {"halt": 1 if halt else 0, "cmd": cmd})
             if not isinstance(answer, dict):
                 raise TransportError("bad_answer", "batch answer is not an object", method="batch")
@@ -189,15 +205,21 @@ class Client:
                     continue
                 err = err if isinstance(err, dict) else {}
                 method = pending[key][0]
-                error = RestError(wire.clip(err.get("error") or "ERROR", wire.CODE_LIMIT),
-                                  wire.clip(err.get("error_description") or ""), method=method)
+                error = RestError(
+                    wire.clip(err.get("error") or "ERROR", wire.CODE_LIMIT),
+                    wire.clip(err.get("error_description") or ""),
+                    method=method,
+                )
                 if error.code in _RETRYABLE:
                     limits.counters.add("limit_answers_nested")
                     metrics.limit_answer(error.code)
                 if error.code == "OPERATION_TIME_LIMIT":
                     # limits.md: this method (only) waits for the reset its last good answer gave.
-                    until = limits.last_reset_at(self.credentials.member_id, method) or _latest_reset(
-                        times, pending, method) or time.time() + settings.B24_REST_BACKOFF * (2**attempt)
+                    until = (
+                        limits.last_reset_at(self.credentials.member_id, method)
+                        or _latest_reset(times, pending, method)
+                        or time.time() + settings.B24_REST_BACKOFF * (2**attempt)
+                    )
                     limits.pause_method(self.credentials.member_id, method, until)
                 if error.code in _RETRYABLE and attempt < retries and not _refers(cmd[key]):
                     again[key] = pending[key]
@@ -205,8 +227,9 @@ class Client:
                     out.errors[key] = error
             if again and halt:
                 # A halted batch ran nothing after the refused command: those go again with it.
-                again.update({k: v for k, v in pending.items()
-                              if k not in results and k not in errors and not _refers(cmd[k])})
+                again.update(
+                    {k: v for k, v in pending.items() if k not in results and k not in errors and not _refers(cmd[k])}
+                )
             if not again:
                 return out
             pending = again
@@ -228,8 +251,11 @@ class Client:
         for key, (method, params) in pending.items():
             if waits[method] > self._max_wait():
                 out.errors[key] = LimitWaitExceeded(
-                    "OPERATION_TIME_LIMIT", f"{method} is held back for its operating time", method=method,
-                    retry_after=waits[method])
+                    "OPERATION_TIME_LIMIT",
+                    f"{method} is held back for its operating time",
+                    method=method,
+                    retry_after=waits[method],
+                )
             else:
                 kept[key] = (method, params)
         return kept
@@ -280,7 +306,9 @@ class Client:
                         limits.counters.add("limit_retries")
                         continue
                     raise
-                retries = settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
+                retries = (
+                    settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
+                )
                 if exc.code == "OPERATION_TIME_LIMIT":
                     metrics.limit_answer(exc.code)
                 if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < retries:
@@ -288,11 +316,23 @@ class Client:
                     attempt += 1
                     if exc.code == "OPERATION_TIME_LIMIT":
                         # The method's budget is spent for every process: hold it back for all of them.
-                        until = exc.reset_at or limits.last_reset_at(self.credentials.member_id, method) or time.time() + delay
+                        until = (
+                            exc.reset_at
+                            or limits.last_reset_at(self.credentials.member_id, method)
+                            or time.time() + delay
+                        )
                         limits.pause_method(self.credentials.member_id, method, until)
                         delay = 0
-                    log.info("rest retry", extra={"member_id": self.credentials.member_id, "method": method,
-                                                  "code": exc.code, "attempt": attempt, "delay": delay})
+                    log.info(
+                        "rest retry",
+                        extra={
+                            "member_id": self.credentials.member_id,
+                            "method": method,
+                            "code": exc.code,
+                            "attempt": attempt,
+                            "delay": delay,
+                        },
+                    )
                     time.sleep(delay)
                     continue
                 raise
@@ -304,8 +344,12 @@ class Client:
         if self._refresher is None:
             raise TokenRefreshFailed("expired_token", "these credentials cannot be refreshed", method=method)
         try:
-            self.credentials = self._refresher(self.credentials, seen_access_token=seen, force=force,
-                                               wait=settings.B24_REFRESH_WAIT if self.interactive else None)
+            self.credentials = self._refresher(
+                self.credentials,
+                seen_access_token=seen,
+                force=force,
+                wait=settings.B24_REFRESH_WAIT if self.interactive else None,
+            )
         except OAuthError as exc:
             raise TokenRefreshFailed(exc.code, exc.description, method=method) from None
 
@@ -323,8 +367,10 @@ class Client:
             raise PortalMovedUnexplained(
                 "REDIRECT", "the portal redirected but the OAuth server reports the same address", method=method
             )
-        log.info("portal moved; repeating the call",
-                 extra={"member_id": self.credentials.member_id, "domain": self.credentials.domain, "method": method})
+        log.info(
+            "portal moved; repeating the call",
+            extra={"member_id": self.credentials.member_id, "domain": self.credentials.domain, "method": method},
+        )
 
     def _post(self, method: str, params: dict, token: str) -> dict:
         metrics.rest_call(method)
@@ -335,40 +381,67 @@ class Client:
             try:
                 limits.wait_for_method(self.credentials.member_id, method, max_wait=self._max_wait())
             except limits.LimitWaitTooLong as exc:
-                raise LimitWaitExceeded("OPERATION_TIME_LIMIT", str(exc), method=method,
-                                        retry_after=exc.seconds) from None
+                raise LimitWaitExceeded(
+                    "OPERATION_TIME_LIMIT", str(exc), method=method, retry_after=exc.seconds
+                ) from None
         if not self._oauth_server:  # the OAuth server's REST is not the portal's bucket
             try:
                 limits.pace(self.credentials.member_id, max_wait=self._max_wait(), plan=self._plan())
             except limits.LimitWaitTooLong as exc:
-                raise LimitWaitExceeded("QUERY_LIMIT_EXCEEDED", str(exc), method=method,
-                                        retry_after=exc.seconds) from None
+                raise LimitWaitExceeded(
+                    "QUERY_LIMIT_EXCEEDED", str(exc), method=method, retry_after=exc.seconds
+                ) from None
         limits.counters.add("requests")
         # Our id for the call, sent to Bitrix24 (as its SDKs do) and logged, so both sides can find it.
         request_id = uuid.uuid4().hex
         try:
             response = http.send(
-                "POST", url, json={**params, "auth": token}, headers={"X-Request-ID": request_id},
-                connect_timeout=settings.B24_CONNECT_TIMEOUT, read_timeout=settings.B24_READ_TIMEOUT,
-                deadline=self._deadline(method), max_bytes=settings.B24_REST_MAX_BYTES,
+                "POST",
+                url,
+                json={**params, "auth": token},
+                headers={"X-Request-ID": request_id},
+                connect_timeout=settings.B24_CONNECT_TIMEOUT,
+                read_timeout=settings.B24_READ_TIMEOUT,
+                deadline=self._deadline(method),
+                max_bytes=settings.B24_REST_MAX_BYTES,
             )
         except HttpFailure as exc:
             raise TransportError(exc.code, f"portal: {exc.description}", method=method) from None
         request_id = response.headers.get("X-Request-ID") or request_id
         if 300 <= response.status < 400:
-            log.warning("rest redirect", extra={"member_id": self.credentials.member_id, "method": method,
-                                                "http_status": response.status, "request_id": request_id})
+            log.warning(
+                "rest redirect",
+                extra={
+                    "member_id": self.credentials.member_id,
+                    "method": method,
+                    "http_status": response.status,
+                    "request_id": request_id,
+                },
+            )
             raise _Redirected()
         answer = response.json()
         if not isinstance(answer, dict):
             raise TransportError(
-                "bad_answer", f"HTTP {response.status} without a JSON object",
-                http_status=response.status, method=method,
+                "bad_answer",
+                f"HTTP {response.status} without a JSON object",
+                http_status=response.status,
+                method=method,
             )
         if "error" in answer:
-            code, description = wire.clip(answer.get("error"), wire.CODE_LIMIT), wire.clip(answer.get("error_description") or "")
-            log.info("rest error", extra={"member_id": self.credentials.member_id, "method": method, "code": code,
-                                          "http_status": response.status, "request_id": request_id})
+            code, description = (
+                wire.clip(answer.get("error"), wire.CODE_LIMIT),
+                wire.clip(answer.get("error_description") or ""),
+            )
+            log.info(
+                "rest error",
+                extra={
+                    "member_id": self.credentials.member_id,
+                    "method": method,
+                    "code": code,
+                    "http_status": response.status,
+                    "request_id": request_id,
+                },
+            )
             error = RestError(code, description, http_status=response.status, method=method)
             error.reset_at = _reset_at(answer.get("time"))
             raise error
@@ -376,7 +449,9 @@ class Client:
             raise TransportError("bad_answer", "answer without result", http_status=response.status, method=method)
         if method != "batch":
             limits.note_operating(self.credentials.member_id, method, answer.get("time"))
-        log.debug("rest call", extra={"member_id": self.credentials.member_id, "method": method, "request_id": request_id})
+        log.debug(
+            "rest call", extra={"member_id": self.credentials.member_id, "method": method, "request_id": request_id}
+        )
         return answer
 
 

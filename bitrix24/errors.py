@@ -31,6 +31,7 @@ class Refusal(Exception):
 
 # --- the transport (bitrix24/http.py) -----------------------------------------------------------
 
+
 class HttpFailure(Bitrix24Error):
     """Nothing usable came back: `code` is `unreachable`, `deadline` or `too_large`; no secret in the text."""
 
@@ -40,6 +41,7 @@ RETRYABLE = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
 
 
 # --- REST ------------------------------------------------------------------------------------------
+
 
 class RestError(Bitrix24Error):
     """A Bitrix24 REST failure. `code` is Bitrix24's error code; the text never holds a secret."""
@@ -75,6 +77,7 @@ class TokenRefreshFailed(RestError):
 
 
 # --- the OAuth server -----------------------------------------------------------------------------
+
 
 class OAuthError(Bitrix24Error):
     """Base of OAuth failures. `code` is Bitrix24's error code; the text never holds a secret."""

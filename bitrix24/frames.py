@@ -8,6 +8,7 @@ the query. Nothing here is trusted yet: it is only well-formed.
 Responses shown inside a portal's frame are framable by that portal's origin only and never cached
 (`framed_by`).
 """
+
 import json
 import re
 from dataclasses import dataclass, field

@@ -5,6 +5,7 @@ answers with hundreds of megabytes, would hold a thread (and its memory) for as 
 `send` streams the body and stops at the deadline or the cap, whichever comes first. One
 `requests.Session` per thread reuses connections without sharing a Session across threads.
 """
+
 import json
 import threading
 import time
@@ -55,8 +56,18 @@ def session() -> requests.Session:
     return _local.session
 
 
-def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, deadline: float, max_bytes: int,
-         partial: bool = False, via: requests.Session | None = None, **kwargs) -> Answer:
+def send(
+    method: str,
+    url: str,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: float,
+    max_bytes: int,
+    partial: bool = False,
+    via: requests.Session | None = None,
+    **kwargs,
+) -> Answer:
     """Send one request; give up once `deadline` seconds have passed or `max_bytes` arrived.
 
     While the body arrives, each read waits at most for the time that remains, so the whole exchange
@@ -75,8 +86,12 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
     read_timeout = max(min(read_timeout, deadline), 0.1)
     try:
         response = (via or session()).request(
-            method, url, timeout=(min(connect_timeout, deadline), read_timeout), allow_redirects=False,
-            stream=True, **kwargs,
+            method,
+            url,
+            timeout=(min(connect_timeout, deadline), read_timeout),
+            allow_redirects=False,
+            stream=True,
+            **kwargs,
         )
     except requests.Timeout:
         raise HttpFailure("deadline", "no answer in time") from None
@@ -85,8 +100,9 @@ def send(method: str, url: str, *, connect_timeout: float, read_timeout: float, 
     body = bytearray()
 
     def answer(complete: bool = True) -> Answer:
-        return Answer(status=response.status_code, headers=dict(response.headers), body=bytes(body[:max_bytes]),
-                      complete=complete)
+        return Answer(
+            status=response.status_code, headers=dict(response.headers), body=bytes(body[:max_bytes]), complete=complete
+        )
 
     try:
         declared = response.headers.get("Content-Length")

@@ -26,6 +26,7 @@ one such attempt in flight per key.
 When the cache (Redis) fails, each process falls back to its own memory for this state and says so
 in the log (bitrix24/cache.py): pacing gets per-process instead of shared, but no request fails because of it.
 """
+
 import contextlib
 import logging
 import threading
@@ -48,6 +49,8 @@ BACKOFF = 0.5  # the rate is multiplied by this on a QUERY_LIMIT_EXCEEDED answer
 FLOOR = 0.125  # ... but never below this share of the plan's rate
 PROBE_SECONDS = 5.0  # quiet seconds after which the rate steps up again ...
 PROBE_STEP = 0.125  # ... by this share of the plan's rate
+
+
 class _Counters:
     """What the limits did in this process (limit answers seen, retries, pauses): read by tests and bench."""
 
@@ -158,8 +161,7 @@ def _shape(burst: int, rate: float) -> tuple[float, float]:
     return interval, max((burst - 1) * interval - settings.B24_RATE_LIMIT_MARGIN, 0.0)
 
 
-def reserve(member_id: str, now: float | None = None, *, max_wait: float | None = None,
-            plan: str = STANDARD) -> float:
+def reserve(member_id: str, now: float | None = None, *, max_wait: float | None = None, plan: str = STANDARD) -> float:
     """Reserve a request slot for the portal; returns the seconds to wait before sending.
 
     Raises LimitWaitTooLong (nothing reserved) when the slot is further away than `max_wait`.
@@ -215,8 +217,7 @@ def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = No
         cache.set(key, [tat, share, changed, now], int(tat - now) + 60)
     finally:
         _unlock(key + ":lock", token)
-    log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed",
-             extra={"member_id": member_id, "share": share})
+    log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed", extra={"member_id": member_id, "share": share})
 
 
 def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD) -> None:
@@ -276,8 +277,10 @@ def wait_for_method(member_id: str, method: str, *, max_wait: float | None = Non
     if wait > (settings.B24_MAX_WAIT if max_wait is None else max_wait):
         raise LimitWaitTooLong(wait)
     counters.add("operating_waits")
-    log.info("method paused for its operating-time budget",
-             extra={"member_id": member_id, "method": method, "wait": round(wait, 1)})
+    log.info(
+        "method paused for its operating-time budget",
+        extra={"member_id": member_id, "method": method, "wait": round(wait, 1)},
+    )
     metrics.limit_wait("operating", wait)
     time.sleep(max(wait, 0.0))
 

@@ -3,18 +3,24 @@
 They live on prometheus_client's default registry, like every series of the app; `/metrics`
 (b24widget/metrics.py) serves that registry, added up over processes in multiprocess mode.
 """
+
 import re
 import threading
 
 from prometheus_client import Counter
 
 REST_CALLS = Counter("b24widget_rest_calls", "REST requests sent to portals, by method.", ["method"])
-LIMIT_WAITS = Counter("b24widget_limit_waits", "REST calls that waited for a Bitrix24 limit, by limit and method.",
-                      ["limit", "method"])
-LIMIT_WAIT_SECONDS = Counter("b24widget_limit_wait_seconds", "Seconds REST calls waited for limits, by method.",
-                             ["method"])
-LIMIT_ANSWERS = Counter("b24widget_limit_answers", "Limit errors Bitrix24 answered (the client slows down and "
-                        "retries them), by code.", ["code"])
+LIMIT_WAITS = Counter(
+    "b24widget_limit_waits", "REST calls that waited for a Bitrix24 limit, by limit and method.", ["limit", "method"]
+)
+LIMIT_WAIT_SECONDS = Counter(
+    "b24widget_limit_wait_seconds", "Seconds REST calls waited for limits, by method.", ["method"]
+)
+LIMIT_ANSWERS = Counter(
+    "b24widget_limit_answers",
+    "Limit errors Bitrix24 answered (the client slows down and retries them), by code.",
+    ["code"],
+)
 
 _LABEL = re.compile(r"[^A-Za-z0-9_.:-]")
 _current = threading.local()  # the REST method being sent on this thread (for the limiter's waits)

@@ -5,6 +5,7 @@ tokens rotate (a successful refresh spends the old one), so the caller must stor
 happens: portals/tokens.py does that, single-flight, for a stored portal. The OAuth request has its own
 deadline (`B24_OAUTH_DEADLINE`), long enough to receive an answer the server sends late.
 """
+
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -18,14 +19,34 @@ from django.views.decorators.debug import sensitive_variables
 from . import http, limits, wire
 from .addresses import BadAddress, is_oauth_server_endpoint, parse_endpoint
 from .errors import (
-    ClientMisconfigured, HttpFailure, OAuthError, OAuthRejected, OAuthThrottled, OAuthUnavailable, PortalNotServing,
+    ClientMisconfigured,
+    HttpFailure,
+    OAuthError,
+    OAuthRejected,
+    OAuthThrottled,
+    OAuthUnavailable,
+    PortalNotServing,
     RefreshInProgress,
 )
 
 __all__ = [
-    "BLOCKING_ERRORS", "CLIENT_ERRORS", "ClientMisconfigured", "OAuthError", "OAuthRejected", "OAuthThrottled",
-    "OAuthUnavailable", "PortalNotServing", "RefreshInProgress", "TokenGrant", "TokenInfo", "client_rejected",
-    "exchange_unverified", "lease_seconds", "parse_grant", "request_refresh", "token_info",
+    "BLOCKING_ERRORS",
+    "CLIENT_ERRORS",
+    "ClientMisconfigured",
+    "OAuthError",
+    "OAuthRejected",
+    "OAuthThrottled",
+    "OAuthUnavailable",
+    "PortalNotServing",
+    "RefreshInProgress",
+    "TokenGrant",
+    "TokenInfo",
+    "client_rejected",
+    "exchange_unverified",
+    "lease_seconds",
+    "parse_grant",
+    "request_refresh",
+    "token_info",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,12 +160,19 @@ def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwa
     """One request to the OAuth server with its own deadline and cap; returns (status, JSON or None)."""
     deadline = settings.B24_OAUTH_DEADLINE if deadline is None else deadline
     try:
-        answer = http.send(method, url, connect_timeout=settings.B24_CONNECT_TIMEOUT,
-                           read_timeout=deadline, deadline=deadline,
-                           max_bytes=settings.B24_OAUTH_MAX_BYTES, **kwargs)
+        answer = http.send(
+            method,
+            url,
+            connect_timeout=settings.B24_CONNECT_TIMEOUT,
+            read_timeout=deadline,
+            deadline=deadline,
+            max_bytes=settings.B24_OAUTH_MAX_BYTES,
+            **kwargs,
+        )
     except HttpFailure as exc:
-        raise OAuthUnavailable(exc.code if exc.code != "unreachable" else "unreachable",
-                               f"OAuth server: {exc.description}") from None
+        raise OAuthUnavailable(
+            exc.code if exc.code != "unreachable" else "unreachable", f"OAuth server: {exc.description}"
+        ) from None
     return answer.status, answer.json()
 
 
@@ -154,8 +182,9 @@ def _raise_for_error(status: int, answer) -> None:
         code, description = error
         if code in CLIENT_ERRORS:
             _note_client(code)
-            raise ClientMisconfigured(code, "the OAuth server refused this deployment's B24_CLIENT_ID / "
-                                            "B24_CLIENT_SECRET")
+            raise ClientMisconfigured(
+                code, "the OAuth server refused this deployment's B24_CLIENT_ID / B24_CLIENT_SECRET"
+            )
         if status >= 500 and code not in BLOCKING_ERRORS:
             raise OAuthUnavailable(code, description)
         raise OAuthRejected(code, description)
@@ -192,19 +221,31 @@ def exchange_unverified(member_id: str, refresh_token: str, *, before_spending=N
     Budgeted per member_id and for the whole deployment (B24_UNVERIFIED_OAUTH_*), with at most one
     attempt in flight per member_id: a flood of forged installs costs a handful of OAuth requests.
     """
-    if not limits.admit(f"oauth:{member_id}", per_minute=settings.B24_UNVERIFIED_OAUTH_PER_MINUTE,
-                        burst=settings.B24_UNVERIFIED_OAUTH_BURST):
+    if not limits.admit(
+        f"oauth:{member_id}",
+        per_minute=settings.B24_UNVERIFIED_OAUTH_PER_MINUTE,
+        burst=settings.B24_UNVERIFIED_OAUTH_BURST,
+    ):
         raise OAuthThrottled(60.0 / max(settings.B24_UNVERIFIED_OAUTH_PER_MINUTE, 1))
-    if not limits.admit("oauth:all", per_minute=settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE,
-                        burst=max(int(settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE // 6), 1)):
+    if not limits.admit(
+        "oauth:all",
+        per_minute=settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE,
+        burst=max(int(settings.B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE // 6), 1),
+    ):
         raise OAuthThrottled(5.0)
     # Web request threads waiting on the OAuth server for unverified senders: a few per process at most,
     # each for a short deadline (the sender's own refresh token is what a timeout may cost).
     if not _unverified_slots.acquire(blocking=False):
         raise OAuthThrottled(2.0)
     try:
-        flight = http.worst_case(settings.B24_CONNECT_TIMEOUT, settings.B24_UNVERIFIED_OAUTH_DEADLINE,
-                                 settings.B24_UNVERIFIED_OAUTH_DEADLINE) + 1
+        flight = (
+            http.worst_case(
+                settings.B24_CONNECT_TIMEOUT,
+                settings.B24_UNVERIFIED_OAUTH_DEADLINE,
+                settings.B24_UNVERIFIED_OAUTH_DEADLINE,
+            )
+            + 1
+        )
         with limits.single_flight(f"oauth:{member_id}", flight) as held:
             if not held:
                 raise OAuthThrottled(2.0)
@@ -239,9 +280,21 @@ _unverified_slots = _Slots()
 
 # What the OAuth server's app.info answers for a token it does not accept (settings/oauth/index.md,
 # api-reference errors); anything else is its own trouble.
-_TOKEN_REFUSED = frozenset({"invalid_token", "expired_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE",
-                            "INVALID_CREDENTIALS", "PAYMENT_REQUIRED", "NOT_INSTALLED", "PORTAL_DELETED",
-                            "APPLICATION_NOT_FOUND", "user_access_error", "ACCESS_DENIED"})
+_TOKEN_REFUSED = frozenset(
+    {
+        "invalid_token",
+        "expired_token",
+        "NO_AUTH_FOUND",
+        "WRONG_AUTH_TYPE",
+        "INVALID_CREDENTIALS",
+        "PAYMENT_REQUIRED",
+        "NOT_INSTALLED",
+        "PORTAL_DELETED",
+        "APPLICATION_NOT_FOUND",
+        "user_access_error",
+        "ACCESS_DENIED",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -269,8 +322,12 @@ def token_info(access_token: str) -> TokenInfo:
     if not access_token or len(access_token) > _MAX_TOKEN_LENGTH:
         raise OAuthRejected("invalid_token", "no usable access token")
     # Asked from web requests only: their deadline, not the refresh's (nothing is lost by giving up here).
-    status, answer = _oauth_answer("POST", f"{oauth_server_rest()}app.info", data={"auth": access_token},
-                                   deadline=min(settings.B24_REQUEST_DEADLINE, settings.B24_OAUTH_DEADLINE))
+    status, answer = _oauth_answer(
+        "POST",
+        f"{oauth_server_rest()}app.info",
+        data={"auth": access_token},
+        deadline=min(settings.B24_REQUEST_DEADLINE, settings.B24_OAUTH_DEADLINE),
+    )
     error = wire.error_of(answer)
     if error is not None:
         code, description = error

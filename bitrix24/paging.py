@@ -6,6 +6,7 @@ the count, and each command filters `>ID` on the last id of the command before i
 are named in ID_PAGING (or the caller passes an IdPaging); the others page by offset (`start=0, 50, ...`
 after a first page that counts the total), as Bitrix24's list methods all allow.
 """
+
 from dataclasses import dataclass
 
 from django.conf import settings

@@ -5,6 +5,7 @@ A refusal is a `bitrix24.errors.Refusal` (reason, status, retry_after): JSON cal
 page that only the given origin may frame. Both carry `Retry-After` when the refusal says when to try
 again. No other module renders a refusal or a Retry-After header.
 """
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
@@ -29,22 +30,30 @@ def json_error(code: str, description: str, status: int, retry_after: float | No
 
 def json_refusal(refusal: Refusal, *, code: str | None = None, description: str | None = None) -> JsonResponse:
     """`json_error` for a Refusal: its reason is the code unless `code` names the family (e.g. "refused")."""
-    return json_error(code or refusal.reason, refusal.reason if description is None else description,
-                      refusal.status, refusal.retry_after)
+    return json_error(
+        code or refusal.reason,
+        refusal.reason if description is None else description,
+        refusal.status,
+        refusal.retry_after,
+    )
 
 
-def frame_error(request: HttpRequest, *, status: int, title: str, message: str, origin: str | None,
-                retry_after: float | None = None) -> HttpResponse:
+def frame_error(
+    request: HttpRequest, *, status: int, title: str, message: str, origin: str | None, retry_after: float | None = None
+) -> HttpResponse:
     """A readable error page for inside the portal's frame (already localized by the caller); framable by
     `origin` only (nobody when None)."""
-    response = render(request, "errors/frame_error.html", {"title": title, "message": message, "status": status},
-                      status=status)
+    response = render(
+        request, "errors/frame_error.html", {"title": title, "message": message, "status": status}, status=status
+    )
     _retry_after(response, retry_after)
     return framed_by(response, origin)
 
 
-def frame_refusal(request: HttpRequest, refusal: Refusal, *, title: str, message: str,
-                  origin: str | None) -> HttpResponse:
+def frame_refusal(
+    request: HttpRequest, refusal: Refusal, *, title: str, message: str, origin: str | None
+) -> HttpResponse:
     """`frame_error` for a Refusal (its status and Retry-After)."""
-    return frame_error(request, status=refusal.status, title=title, message=message, origin=origin,
-                       retry_after=refusal.retry_after)
+    return frame_error(
+        request, status=refusal.status, title=title, message=message, origin=origin, retry_after=refusal.retry_after
+    )

@@ -3,6 +3,7 @@
 Every check of a value that comes from Bitrix24 (or claims to) uses these, so one rule is never spelled
 two ways: ASCII digits only (`str.isdigit()` also admits "²", which `int()` and Bitrix24 reject).
 """
+
 import re
 from typing import Any
 

@@ -16,6 +16,7 @@ Command line (the secret is read from the environment, never from the arguments)
         --chat chat-42 --user visitor-7 --id m-1001 --text "Hello"
     python channel_client.py serve --port 8080   # prints each verified operator message
 """
+
 import argparse
 import hashlib
 import hmac
@@ -40,8 +41,9 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + digest.hexdigest()
 
 
-def verify(secret: str, timestamp: str, signature: str, body: bytes, *, window: int = WINDOW,
-           now: float | None = None) -> str | None:
+def verify(
+    secret: str, timestamp: str, signature: str, body: bytes, *, window: int = WINDOW, now: float | None = None
+) -> str | None:
     """None when the request is genuine and fresh, else why not ("stale_timestamp" or "bad_signature")."""
     timestamp, signature = timestamp or "", signature or ""
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
@@ -69,8 +71,17 @@ class ChannelClient:
 
     RETRIED = frozenset({429, 500, 502, 503, 504})
 
-    def __init__(self, endpoint: str, secret: str, *, timeout: float = 10.0, max_attempts: int = 5,
-                 max_wait: float = 120.0, session: requests.Session | None = None, sleep=time.sleep):
+    def __init__(
+        self,
+        endpoint: str,
+        secret: str,
+        *,
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        max_wait: float = 120.0,
+        session: requests.Session | None = None,
+        sleep=time.sleep,
+    ):
         self.endpoint, self.secret, self.timeout = endpoint, secret, timeout
         self.max_attempts, self.max_wait = max_attempts, max_wait
         self.session = session or requests.Session()
@@ -85,11 +96,16 @@ class ChannelClient:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         for attempt in range(1, self.max_attempts + 1):
             timestamp = str(int(time.time()))  # signed afresh on every attempt: a retry must not go stale
-            headers = {"Content-Type": "application/json", "Accept": "application/json",
-                       TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign(self.secret, timestamp, body)}
+            headers = {
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(self.secret, timestamp, body),
+            }
             try:
-                answer = self.session.post(self.endpoint, data=body, headers=headers, timeout=self.timeout,
-                                           allow_redirects=False)
+                answer = self.session.post(
+                    self.endpoint, data=body, headers=headers, timeout=self.timeout, allow_redirects=False
+                )
             except requests.RequestException as exc:
                 if attempt == self.max_attempts:
                     raise ChannelError(0, "no_answer", str(exc)) from exc
@@ -122,8 +138,17 @@ class ChannelClient:
         self.sleep(seconds)
 
     # The four actions of the channel API.
-    def add(self, chat_id: str, user: dict, message_id: str, text: str = "", *, files=(), chat: dict | None = None,
-            date: int | None = None) -> dict:
+    def add(
+        self,
+        chat_id: str,
+        user: dict,
+        message_id: str,
+        text: str = "",
+        *,
+        files=(),
+        chat: dict | None = None,
+        date: int | None = None,
+    ) -> dict:
         """A new message of the customer `user` ({"id", "name", "last_name", "email", "phone", "picture"})."""
         message = {"id": message_id, "text": text, "date": int(time.time()) if date is None else date}
         if files:
@@ -131,17 +156,25 @@ class ChannelClient:
         return self.send({"action": "add", "chat": {"id": chat_id, **(chat or {})}, "user": user, "message": message})
 
     def update(self, chat_id: str, user_id: str, message_id: str, text: str) -> dict:
-        return self.send({"action": "update", "chat": {"id": chat_id}, "user": {"id": user_id},
-                          "message": {"id": message_id, "text": text}})
+        return self.send(
+            {
+                "action": "update",
+                "chat": {"id": chat_id},
+                "user": {"id": user_id},
+                "message": {"id": message_id, "text": text},
+            }
+        )
 
     def delete(self, chat_id: str, user_id: str, message_id: str) -> dict:
-        return self.send({"action": "delete", "chat": {"id": chat_id}, "user": {"id": user_id},
-                          "message": {"id": message_id}})
+        return self.send(
+            {"action": "delete", "chat": {"id": chat_id}, "user": {"id": user_id}, "message": {"id": message_id}}
+        )
 
     def read(self, chat_id: str, user_id: str, webhook_message_id: str) -> dict:
         """The customer read the operator's message whose webhook carried `message.id` = webhook_message_id."""
-        return self.send({"action": "read", "chat": {"id": chat_id}, "user": {"id": user_id},
-                          "message": {"id": webhook_message_id}})
+        return self.send(
+            {"action": "read", "chat": {"id": chat_id}, "user": {"id": user_id}, "message": {"id": webhook_message_id}}
+        )
 
 
 def _error_of(answer: requests.Response) -> tuple[str, str]:
@@ -187,8 +220,13 @@ def webhook_app(secret: str, on_message, *, window: int = WINDOW):
         if not 0 <= length <= MAX_BODY:
             return answer("413 Content Too Large", {"error": "body_too_large"})
         body = environ["wsgi.input"].read(length)
-        why = verify(secret, environ.get("HTTP_X_B24WIDGET_TIMESTAMP", ""),
-                     environ.get("HTTP_X_B24WIDGET_SIGNATURE", ""), body, window=window)
+        why = verify(
+            secret,
+            environ.get("HTTP_X_B24WIDGET_TIMESTAMP", ""),
+            environ.get("HTTP_X_B24WIDGET_SIGNATURE", ""),
+            body,
+            window=window,
+        )
         if why:
             return answer("401 Unauthorized", {"error": why})
         try:

@@ -1,4 +1,5 @@
 """Staff view of the event inbox. Never shows a secret."""
+
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 
@@ -12,16 +13,40 @@ class InboxItemAdmin(admin.ModelAdmin):
 
     `auth` (tokens, application_token) is never shown; the idempotency key is left out too."""
 
-    list_display = ("id", "received_at", "member_id", "portal", "event", "state", "attempts", "next_attempt_at",
-                    "short_error")
+    list_display = (
+        "id",
+        "received_at",
+        "member_id",
+        "portal",
+        "event",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "short_error",
+    )
     list_filter = ("state", "event")
     search_fields = ("member_id", "portal__domain")
     list_select_related = ("portal",)
     show_full_result_count = False
     list_per_page = 50
     actions = ["replay"]
-    fields = ("portal", "member_id", "event", "event_handler_id", "ts", "data", "state", "attempts", "received_at",
-              "next_attempt_at", "enqueued_at", "lease_until", "finished_at", "outcome", "last_error")
+    fields = (
+        "portal",
+        "member_id",
+        "event",
+        "event_handler_id",
+        "ts",
+        "data",
+        "state",
+        "attempts",
+        "received_at",
+        "next_attempt_at",
+        "enqueued_at",
+        "lease_until",
+        "finished_at",
+        "outcome",
+        "last_error",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -43,5 +68,6 @@ class InboxItemAdmin(admin.ModelAdmin):
     @admin.action(description=_("Replay (failed or rejected events)"), permissions=["replay"])
     def replay(self, request, queryset):
         count = queue.replay(queryset)
-        self.message_user(request, _("Sent again: %(count)d") % {"count": count},
-                          messages.SUCCESS if count else messages.WARNING)
+        self.message_user(
+            request, _("Sent again: %(count)d") % {"count": count}, messages.SUCCESS if count else messages.WARNING
+        )

@@ -1,4 +1,5 @@
 """The inbox's one table: every Bitrix24 event we accepted, until it is applied (and for a while after)."""
+
 import json
 
 from django.db import models

@@ -3,6 +3,7 @@
 Events arrive form-encoded (`event`, `data[...]`, `ts`, `auth[...]`, `event_handler_id`) or as JSON.
 Nothing here is believed yet: it is only well-formed. Which events exist is the registry's business.
 """
+
 import json
 import re
 from dataclasses import dataclass, field
@@ -42,8 +43,14 @@ class Event:
     @classmethod
     def of(cls, item: Any) -> "Event":
         """The event an inbox row stored."""
-        return cls(name=item.event, member_id=item.member_id, data=item.data, auth=item.auth, ts=item.ts,
-                   event_handler_id=item.event_handler_id)
+        return cls(
+            name=item.event,
+            member_id=item.member_id,
+            data=item.data,
+            auth=item.auth,
+            ts=item.ts,
+            event_handler_id=item.event_handler_id,
+        )
 
 
 def _nest(pairs) -> dict:

@@ -9,6 +9,7 @@ a task that got lost (broker restarted, worker killed) is sent again by `sweep`.
 Handlers and the portal directory are registered (inbox/registry.py). Attempts are bounded; the last
 failure leaves the row `failed` (a dead letter) until `replay`.
 """
+
 import contextlib
 import hashlib
 import hmac
@@ -38,21 +39,28 @@ PROCESS_TASK = "portals.process_inbox_item"
 
 # --- in the request ------------------------------------------------------------------------------
 
-def idempotency_key(event_code: str, *, member_id: str, ts: str, data, event_handler_id: str = "",
-                    application_token: str = "") -> str:
+
+def idempotency_key(
+    event_code: str, *, member_id: str, ts: str, data, event_handler_id: str = "", application_token: str = ""
+) -> str:
     """A keyed digest (HMAC under SECRET_KEY) of what a repeated delivery of one event repeats.
 
     Event code, handler id, member_id, `ts` and the whole `data` block identify the event; the
     `application_token` keeps an unverified sender from taking a genuine event's key in advance. The
     access and refresh tokens are left out: they are credentials of the delivery, not the event.
     """
-    material = json.dumps([event_code.upper(), str(event_handler_id), member_id, str(ts), data,
-                           application_token], sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    material = json.dumps(
+        [event_code.upper(), str(event_handler_id), member_id, str(ts), data, application_token],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
     return hmac.new(settings.SECRET_KEY.encode(), material.encode(), hashlib.sha256).hexdigest()
 
 
-def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str = "",
-           event_handler_id: str = "") -> tuple[InboxItem, bool]:
+def accept(
+    event_code: str, *, member_id: str, data: dict, auth: dict, ts: str = "", event_handler_id: str = ""
+) -> tuple[InboxItem, bool]:
     """Run the cheap checks and store the event; returns (item, created). A duplicate changes nothing.
 
     Raises Refused (nothing stored). The task is sent once the surrounding transaction commits.
@@ -69,26 +77,46 @@ def accept(event_code: str, *, member_id: str, data: dict, auth: dict, ts: str =
             raise Refused("application_token does not match")
     elif portal is None or not portal.application_token_is(application_token):
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
-        if not limits.admit(f"inbox:{member_id}", per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
-                            burst=settings.B24_INBOX_UNVERIFIED_BURST):
+        if not limits.admit(
+            f"inbox:{member_id}",
+            per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
+            burst=settings.B24_INBOX_UNVERIFIED_BURST,
+        ):
             raise Refused("too many unverified events for this portal", status=429, retry_after=30)
     if entry.precheck is not None:
         entry.precheck(portal, auth, data)
-    key = idempotency_key(entry.event_code, member_id=member_id, ts=ts, data=data,
-                          event_handler_id=event_handler_id, application_token=application_token)
+    key = idempotency_key(
+        entry.event_code,
+        member_id=member_id,
+        ts=ts,
+        data=data,
+        event_handler_id=event_handler_id,
+        application_token=application_token,
+    )
     now = timezone.now()
     try:
         with transaction.atomic():
             item = InboxItem.objects.create(
-                portal=portal, member_id=member_id, event=entry.event_code, event_handler_id=event_handler_id[:32],
-                data=data, sealed_auth=json.dumps(auth), ts=str(ts)[:32], idempotency_key=key,
-                received_at=now, next_attempt_at=now, enqueued_at=now)
+                portal=portal,
+                member_id=member_id,
+                event=entry.event_code,
+                event_handler_id=event_handler_id[:32],
+                data=data,
+                sealed_auth=json.dumps(auth),
+                ts=str(ts)[:32],
+                idempotency_key=key,
+                received_at=now,
+                next_attempt_at=now,
+                enqueued_at=now,
+            )
     except IntegrityError:
         existing = InboxItem.objects.filter(idempotency_key=key).first()
         if existing is None:
             raise
-        log.info("duplicate event delivery", extra={"member_id": member_id, "event": entry.event_code,
-                                                     "inbox_id": existing.pk})
+        log.info(
+            "duplicate event delivery",
+            extra={"member_id": member_id, "event": entry.event_code, "inbox_id": existing.pk},
+        )
         return existing, False
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
     transaction.on_commit(lambda: enqueue(item.pk), robust=True)
@@ -101,8 +129,9 @@ def enqueue(item_id: int, *, countdown: float | None = None) -> bool:
     try:
         current_app.send_task(PROCESS_TASK, (item_id,), countdown=countdown)
     except Exception as exc:  # the broker is down: the row is safe, the sweeper re-sends it
-        log.warning("could not send an inbox task; the sweeper will", extra={"inbox_id": item_id,
-                                                                              "error": type(exc).__name__})
+        log.warning(
+            "could not send an inbox task; the sweeper will", extra={"inbox_id": item_id, "error": type(exc).__name__}
+        )
         with contextlib.suppress(DatabaseError):  # the sweeper finds it anyway, a little later
             InboxItem.objects.filter(pk=item_id).update(enqueued_at=None)
         return False
@@ -110,6 +139,7 @@ def enqueue(item_id: int, *, countdown: float | None = None) -> bool:
 
 
 # --- in the worker -------------------------------------------------------------------------------
+
 
 def backoff(attempts: int, *, after: float | None = None) -> float:
     """Seconds before attempt `attempts + 1`: exponential from B24_INBOX_BACKOFF, capped, with jitter."""
@@ -121,8 +151,9 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
 
 def _older_unfinished(item: InboxItem) -> bool:
     ordered = ordered_codes()
-    return InboxItem.objects.filter(member_id=item.member_id, id__lt=item.pk, state__in=InboxItem.UNFINISHED,
-                                    event__in=ordered).exists()
+    return InboxItem.objects.filter(
+        member_id=item.member_id, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
+    ).exists()
 
 
 def _claim(item_id: int, owner: str):
@@ -160,7 +191,8 @@ def _claim(item_id: int, owner: str):
 def _finish(item: InboxItem, owner: str, **fields) -> bool:
     """Record the outcome if the claim is still ours (a lost lease means another worker took over)."""
     updated = InboxItem.objects.filter(pk=item.pk, state=State.PROCESSING, lease_owner=owner).update(
-        lease_owner="", lease_until=None, **fields)
+        lease_owner="", lease_until=None, **fields
+    )
     return bool(updated)
 
 
@@ -179,8 +211,13 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
             # Maybe its worker died (the broker re-delivered this task): look again once the claim ran out.
             enqueue(item_id, countdown=lease_left + 1)
         return False, why_not
-    context = {"member_id": item.member_id, "event": item.event, "inbox_id": item.pk, "task_id": task_id,
-               "attempt": item.attempts}
+    context = {
+        "member_id": item.member_id,
+        "event": item.event,
+        "inbox_id": item.pk,
+        "task_id": task_id,
+        "attempt": item.attempts,
+    }
     entry = registration(item.event)
     now = timezone.now()
     try:
@@ -196,14 +233,25 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
         if not isinstance(exc, Retry):
             log.exception("event handler failed", extra=context)
         if item.attempts >= settings.B24_INBOX_MAX_ATTEMPTS:
-            _finish(item, owner, state=State.FAILED, last_error=f"gave up after {item.attempts} attempts: "
-                                                                f"{reason}"[:1000], finished_at=timezone.now())
+            _finish(
+                item,
+                owner,
+                state=State.FAILED,
+                last_error=f"gave up after {item.attempts} attempts: {reason}"[:1000],
+                finished_at=timezone.now(),
+            )
             log.warning("event failed for good (dead letter)", extra={**context, "reason": reason})
             result = f"failed: {reason}"
         else:
             delay = backoff(item.attempts, after=after)
-            _finish(item, owner, state=State.PENDING, last_error=reason[:1000],
-                    next_attempt_at=now + timedelta(seconds=delay), enqueued_at=timezone.now())
+            _finish(
+                item,
+                owner,
+                state=State.PENDING,
+                last_error=reason[:1000],
+                next_attempt_at=now + timedelta(seconds=delay),
+                enqueued_at=timezone.now(),
+            )
             log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
             # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks).
             if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
@@ -211,8 +259,9 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
             return True, f"retry in {delay:.0f} s: {reason}"
     else:
         # A done event is never replayed: its auth (tokens) is no longer needed at rest.
-        _finish(item, owner, state=State.DONE, outcome=outcome, last_error="", finished_at=timezone.now(),
-                sealed_auth="")
+        _finish(
+            item, owner, state=State.DONE, outcome=outcome, last_error="", finished_at=timezone.now(), sealed_auth=""
+        )
         log.info("event processed", extra={**context, "outcome": outcome})
         result = outcome
     if send:
@@ -226,8 +275,12 @@ def _release_next(item: InboxItem) -> None:
     if entry is None or not entry.ordered:
         return
     ordered = ordered_codes()
-    following = InboxItem.objects.filter(member_id=item.member_id, id__gt=item.pk, state=State.PENDING,
-                                         event__in=ordered).order_by("id").values_list("pk", flat=True).first()
+    following = (
+        InboxItem.objects.filter(member_id=item.member_id, id__gt=item.pk, state=State.PENDING, event__in=ordered)
+        .order_by("id")
+        .values_list("pk", flat=True)
+        .first()
+    )
     if following is not None:
         enqueue(following)
 
@@ -242,7 +295,9 @@ def sweep(now=None) -> int:
     stale = now - timedelta(seconds=settings.B24_INBOX_REQUEUE_AFTER)
     lost = Q(state=State.PENDING, next_attempt_at__lte=now) & (Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale))
     lost |= Q(state=State.PROCESSING, lease_until__lt=now)
-    ids = list(InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[:settings.B24_INBOX_SWEEP_BATCH])
+    ids = list(
+        InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[: settings.B24_INBOX_SWEEP_BATCH]
+    )
     if not ids:
         return 0
     InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
@@ -256,8 +311,13 @@ def replay(items) -> int:
     count = 0
     for pk in items.values_list("pk", flat=True):
         updated = InboxItem.objects.filter(pk=pk, state__in=(State.FAILED, State.REJECTED)).update(
-            state=State.PENDING, attempts=0, next_attempt_at=timezone.now(), enqueued_at=timezone.now(),
-            finished_at=None, outcome="")
+            state=State.PENDING,
+            attempts=0,
+            next_attempt_at=timezone.now(),
+            enqueued_at=timezone.now(),
+            finished_at=None,
+            outcome="",
+        )
         if updated:
             count += 1
             transaction.on_commit(lambda pk=pk: enqueue(pk), robust=True)
@@ -270,9 +330,13 @@ def process_pending(*, limit: int = 1000) -> int:
     runs = 0
     while runs < limit:
         now = timezone.now()
-        due = list(InboxItem.objects.filter(Q(state=State.PENDING, next_attempt_at__lte=now)
-                                            | Q(state=State.PROCESSING, lease_until__lt=now))
-                   .order_by("id").values_list("pk", flat=True)[:100])
+        due = list(
+            InboxItem.objects.filter(
+                Q(state=State.PENDING, next_attempt_at__lte=now) | Q(state=State.PROCESSING, lease_until__lt=now)
+            )
+            .order_by("id")
+            .values_list("pk", flat=True)[:100]
+        )
         progressed = False
         for pk in due:
             claimed, _result = _process(pk, task_id="", send=False)
@@ -303,17 +367,25 @@ class BacklogCollector:
             figures = backlog()
         except Exception:  # the database is down: the other metrics are still served (and /healthz says why)
             return
-        yield GaugeMetricFamily("b24widget_inbox_unfinished", "Inbox events not processed yet.",
-                                value=figures["unfinished"])
-        yield GaugeMetricFamily("b24widget_inbox_failed", "Inbox events given up on (dead letters; replayable).",
-                                value=figures["failed"])
-        yield GaugeMetricFamily("b24widget_inbox_oldest_unfinished_seconds",
-                                "Age of the oldest unprocessed inbox event.", value=figures["oldest_unfinished_seconds"])
+        yield GaugeMetricFamily(
+            "b24widget_inbox_unfinished", "Inbox events not processed yet.", value=figures["unfinished"]
+        )
+        yield GaugeMetricFamily(
+            "b24widget_inbox_failed", "Inbox events given up on (dead letters; replayable).", value=figures["failed"]
+        )
+        yield GaugeMetricFamily(
+            "b24widget_inbox_oldest_unfinished_seconds",
+            "Age of the oldest unprocessed inbox event.",
+            value=figures["oldest_unfinished_seconds"],
+        )
 
 
 def waiting(member_id: str, event_code: str, *, limit: int) -> list[dict]:
     """The `data` of the portal's pending events of one code, oldest first (at most `limit`): for a handler
     that answers several waiting events with one request to Bitrix24."""
-    rows = (InboxItem.objects.filter(member_id=member_id, event=event_code.upper(), state=State.PENDING)
-            .order_by("id").values_list("data", flat=True)[:limit])
+    rows = (
+        InboxItem.objects.filter(member_id=member_id, event=event_code.upper(), state=State.PENDING)
+        .order_by("id")
+        .values_list("data", flat=True)[:limit]
+    )
     return [data for data in rows if isinstance(data, dict)]

@@ -9,6 +9,7 @@ Apps call these from their AppConfig.ready():
 Per portal, an `ordered` event is not processed while an older ordered one is unfinished (install
 before uninstall). `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused).
 """
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,8 +54,15 @@ _registry: dict[str, Registration] = {}
 _aliases: dict[str, str] = {}  # another spelling Bitrix24 uses -> the registered code
 
 
-def register(event_code: str, handler: Callable[[Any], str], *, needs_application_token: bool = True,
-             ordered: bool = True, precheck: Callable[..., None] | None = None, aliases: tuple[str, ...] = ()) -> None:
+def register(
+    event_code: str,
+    handler: Callable[[Any], str],
+    *,
+    needs_application_token: bool = True,
+    ordered: bool = True,
+    precheck: Callable[..., None] | None = None,
+    aliases: tuple[str, ...] = (),
+) -> None:
     """Route events `event_code` (Bitrix24's name, any case) to `handler(item) -> str` in a worker.
 
     `needs_application_token`: the request is refused unless the portal is known and the event's

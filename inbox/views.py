@@ -1,4 +1,5 @@
 """`/events/`: every event Bitrix24 delivers, stored before we answer (no outbound call in the request)."""
+
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
@@ -25,8 +26,14 @@ def events_view(request):
     except Refused as exc:
         return json_refusal(exc, code="refused")
     try:
-        item, created = queue.accept(event.name, member_id=event.member_id, data=event.data, auth=event.auth,
-                                     ts=event.ts, event_handler_id=event.event_handler_id)
+        item, created = queue.accept(
+            event.name,
+            member_id=event.member_id,
+            data=event.data,
+            auth=event.auth,
+            ts=event.ts,
+            event_handler_id=event.event_handler_id,
+        )
     except Refused as exc:
         if exc.status in (400, 403, 404, 409):
             directory().refused(event.member_id, source=event.name, reason=exc.reason)

@@ -1,4 +1,5 @@
 """Staff view of channels and relayed messages: state, counts, failures with replay. Never a secret."""
+
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
@@ -19,24 +20,52 @@ def _count(model, states=None):
 
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
-    list_display = ("portal", "line_id", "connector_id", "state", "inbound_count", "outbound_count", "failures",
-                    "last_activity_at")
+    list_display = (
+        "portal",
+        "line_id",
+        "connector_id",
+        "state",
+        "inbound_count",
+        "outbound_count",
+        "failures",
+        "last_activity_at",
+    )
     list_filter = ("state", "connector_id")
     search_fields = ("portal__domain", "portal__member_id", "line_id", "public_id")
     list_select_related = ("portal",)
     show_full_result_count = False
-    fields = ("portal", "connector_id", "line_id", "public_id", "state", "name", "webhook_url", "credentials",
-              "secret_rotated_at", "connected_by", "connected_at", "disconnected_at", "last_activity_at",
-              "last_error")
+    fields = (
+        "portal",
+        "connector_id",
+        "line_id",
+        "public_id",
+        "state",
+        "name",
+        "webhook_url",
+        "credentials",
+        "secret_rotated_at",
+        "connected_by",
+        "connected_at",
+        "disconnected_at",
+        "last_activity_at",
+        "last_error",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request):
         # The secret is never loaded (nor decrypted) here. Each count is its own subquery per channel (an
         # index range of that channel's rows): joining both message tables would multiply their rows.
         failed = (Delivery.FAILED, Delivery.DEAD)
-        return super().get_queryset(request).defer("secret").annotate(
-            _inbound=_count(InboundMessage), _outbound=_count(OutboundMessage),
-            _failed_in=_count(InboundMessage, failed), _failed_out=_count(OutboundMessage, failed),
+        return (
+            super()
+            .get_queryset(request)
+            .defer("secret")
+            .annotate(
+                _inbound=_count(InboundMessage),
+                _outbound=_count(OutboundMessage),
+                _failed_in=_count(InboundMessage, failed),
+                _failed_out=_count(OutboundMessage, failed),
+            )
         )
 
     def has_add_permission(self, request):
@@ -80,7 +109,8 @@ class _MessageAdmin(admin.ModelAdmin):
     @admin.action(description=_("Replay (deliver again now)"))
     def replay(self, request, queryset):
         count = queryset.filter(state__in=[Delivery.FAILED, Delivery.DEAD]).update(
-            state=Delivery.PENDING, next_attempt_at=timezone.now(), attempts=0, last_error="")
+            state=Delivery.PENDING, next_attempt_at=timezone.now(), attempts=0, last_error=""
+        )
         for channel_id in set(queryset.values_list("channel_id", flat=True)):
             tasks.enqueue_channel(self.model, channel_id)
         self.message_user(request, _("%(count)d message(s) queued again.") % {"count": count}, messages.SUCCESS)
@@ -88,13 +118,31 @@ class _MessageAdmin(admin.ModelAdmin):
 
 @admin.register(InboundMessage)
 class InboundMessageAdmin(_MessageAdmin):
-    list_display = ("channel", "action", "external_chat_id", "external_message_id", "state", "attempts",
-                    "received_at", "sent_at", "last_error")
+    list_display = (
+        "channel",
+        "action",
+        "external_chat_id",
+        "external_message_id",
+        "state",
+        "attempts",
+        "received_at",
+        "sent_at",
+        "last_error",
+    )
     search_fields = ("external_chat_id", "external_message_id", "im_chat_id")
 
 
 @admin.register(OutboundMessage)
 class OutboundMessageAdmin(_MessageAdmin):
-    list_display = ("channel", "action", "im_chat_id", "im_message_id", "state", "attempts", "created_at",
-                    "sent_at", "last_error")
+    list_display = (
+        "channel",
+        "action",
+        "im_chat_id",
+        "im_message_id",
+        "state",
+        "attempts",
+        "created_at",
+        "sent_at",
+        "last_error",
+    )
     search_fields = ("im_chat_id", "im_message_id", "external_chat_id")

@@ -17,5 +17,11 @@ class OpenlinesConfig(AppConfig):
             inbox.register(code, handler)
         # An Open Lines connector's settings page (api-reference/widgets/setting-connector.md). Bitrix24 binds it
         # itself when the connector is registered (imconnector.register's PLACEMENT_HANDLER), never placement.bind.
-        placements.register(placements.Placement(code="SETTING_CONNECTOR", template="openlines/setting_connector.html",
-                                                 bind=False, view=views.setting_connector))
+        placements.register(
+            placements.Placement(
+                code="SETTING_CONNECTOR",
+                template="openlines/setting_connector.html",
+                bind=False,
+                view=views.setting_connector,
+            )
+        )

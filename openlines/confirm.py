@@ -19,6 +19,7 @@ reused for new messages it already holds, so a backlog of replies in one chat co
 per reply; a miss asks, in one batch request, for up to 49 other chats whose events wait in the inbox too.
 Edits and deletions always ask again.
 """
+
 import logging
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ _CACHE_MAX_MESSAGES, _CACHE_MAX_TEXT = 500, 1_000_000  # a bigger session is ask
 @dataclass
 class Claim:
     """One MESSAGES element of an event, as claimed (ids already checked to be ASCII digits)."""
+
     im_chat_id: str
     im_message_id: str
     external_chat_id: str
@@ -71,7 +73,9 @@ def _s(value, limit: int) -> str:
 def _messages(data) -> list:
     messages = data.get("MESSAGES") if isinstance(data, dict) else None
     if isinstance(messages, dict):  # form-encoded MESSAGES[0][...] arrives as a dict keyed "0", "1", ...
-        messages = [messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)]
+        messages = [
+            messages[k] for k in sorted(messages, key=lambda k: int(k) if str(k).isascii() and str(k).isdigit() else 0)
+        ]
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
@@ -110,8 +114,13 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
                 continue
             by_chat.setdefault(group, []).append(claim)
     for (chat_id, session), chat_claims in by_chat.items():
-        history = _history(channel, chat_id, session, fresh_ok=action == OutboundMessage.Action.ADD,
-                           wanted=[c.im_message_id for c in chat_claims])
+        history = _history(
+            channel,
+            chat_id,
+            session,
+            fresh_ok=action == OutboundMessage.Action.ADD,
+            wanted=[c.im_message_id for c in chat_claims],
+        )
         if isinstance(history, str):
             refused += [f"{c.im_message_id}: {history}" for c in chat_claims]
             continue
@@ -125,9 +134,15 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
         for _claim, verdict in verdicts:
             (confirmed if isinstance(verdict, Confirmed) else refused).append(verdict)
     if refused:
-        log.warning("operator message not confirmed by the portal",
-                    extra={"member_id": channel.portal.member_id, "line": channel.line_id, "action": action,
-                           "count": len(refused)})
+        log.warning(
+            "operator message not confirmed by the portal",
+            extra={
+                "member_id": channel.portal.member_id,
+                "line": channel.line_id,
+                "action": action,
+                "count": len(refused),
+            },
+        )
     return confirmed, refused
 
 
@@ -139,8 +154,12 @@ def _in_earlier_sessions(channel: Channel, chat_id: str, seen: str, action: str,
     """{im message id: Confirmed} for the claims found in the chat's earlier sessions (at most
     _EARLIER_SESSIONS of them, newest first, as this channel's inbound messages recorded them)."""
     sessions = []
-    for session in (InboundMessage.objects.filter(channel=channel, im_chat_id=chat_id, state=Delivery.SENT)
-                    .exclude(session_id__in=["", seen]).order_by("-id").values_list("session_id", flat=True)[:200]):
+    for session in (
+        InboundMessage.objects.filter(channel=channel, im_chat_id=chat_id, state=Delivery.SENT)
+        .exclude(session_id__in=["", seen])
+        .order_by("-id")
+        .values_list("session_id", flat=True)[:200]
+    ):
         if _ID.fullmatch(session) and session not in sessions:
             sessions.append(session)
     found, left = {}, list(claims)
@@ -160,18 +179,25 @@ def _in_earlier_sessions(channel: Channel, chat_id: str, seen: str, action: str,
 
 def _our_conversations(channel: Channel, claims: list[Claim]) -> set[tuple[str, str]]:
     chats = {c.im_chat_id for c in claims}
-    return set(InboundMessage.objects.filter(channel=channel, im_chat_id__in=chats, state=Delivery.SENT)
-               .values_list("im_chat_id", "external_chat_id").distinct())
+    return set(
+        InboundMessage.objects.filter(channel=channel, im_chat_id__in=chats, state=Delivery.SENT)
+        .values_list("im_chat_id", "external_chat_id")
+        .distinct()
+    )
 
 
 def _relayed(channel: Channel, claims: list[Claim]) -> dict[tuple[str, str], str]:
     """(im chat id, im message id) -> the session its relayed add was seen in, for each claim whose message
     we relayed in that same chat."""
     pairs = {(c.im_chat_id, c.im_message_id) for c in claims}
-    rows = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.ADD,
-                                          im_message_id__in={m for _, m in pairs})
-    return {(chat, m): s or "" for chat, m, s in rows.values_list("im_chat_id", "im_message_id", "im_session_id")
-            if (chat, m) in pairs}
+    rows = OutboundMessage.objects.filter(
+        channel=channel, action=OutboundMessage.Action.ADD, im_message_id__in={m for _, m in pairs}
+    )
+    return {
+        (chat, m): s or ""
+        for chat, m, s in rows.values_list("im_chat_id", "im_message_id", "im_session_id")
+        if (chat, m) in pairs
+    }
 
 
 def _history_key(channel: Channel, chat_id: str, session: str) -> str:
@@ -201,7 +227,8 @@ def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wa
         return _answer(channel, chat_id, session, answer)
     try:
         result = PortalClient(channel.portal).batch(
-            {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]})
+            {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]}
+        )
     except RestError:
         return _history(channel, chat_id, session, fresh_ok=False, wanted=wanted)  # the others are extra
     for chat in others:
@@ -229,9 +256,12 @@ def _refusal(exc: RestError) -> str:
 
 
 def _keep(channel: Channel, chat_id: str, history):
-    if isinstance(history, dict) and len(history["messages"]) <= _CACHE_MAX_MESSAGES and sum(
-            len(m["text"]) + sum(len(f["url"]) for f in m["files"]) for m in history["messages"].values()
-    ) <= _CACHE_MAX_TEXT:
+    if (
+        isinstance(history, dict)
+        and len(history["messages"]) <= _CACHE_MAX_MESSAGES
+        and sum(len(m["text"]) + sum(len(f["url"]) for f in m["files"]) for m in history["messages"].values())
+        <= _CACHE_MAX_TEXT
+    ):
         limits.cache.set(_history_key(channel, chat_id, ""), history, HISTORY_FRESH)
     return history
 
@@ -242,8 +272,10 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
     waiting = queue.waiting(channel.portal.member_id, "ONIMCONNECTORMESSAGEADD", limit=_PREFETCH_SCAN)
     chats: dict[str, None] = {}  # in the order the events wait
     for data in waiting:
-        if str(data.get("LINE") or "") != channel.line_id or str(
-                data.get("CONNECTOR") or "").lower() != channel.connector_id.lower():
+        if (
+            str(data.get("LINE") or "") != channel.line_id
+            or str(data.get("CONNECTOR") or "").lower() != channel.connector_id.lower()
+        ):
             continue
         for claim in claims_of(data)[:_CHATS_PER_EVENT]:
             if claim.im_chat_id != exclude:
@@ -252,18 +284,25 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
             break
     if not chats:
         return []
-    ours = set(InboundMessage.objects.filter(channel=channel, im_chat_id__in=list(chats), state=Delivery.SENT)
-               .values_list("im_chat_id", flat=True))
+    ours = set(
+        InboundMessage.objects.filter(channel=channel, im_chat_id__in=list(chats), state=Delivery.SENT).values_list(
+            "im_chat_id", flat=True
+        )
+    )
     fresh = limits.cache.get_many([_history_key(channel, chat, "") for chat in chats])
-    return [chat for chat in chats if chat in ours and _history_key(channel, chat, "") not in fresh][:_BATCH - 1]
+    return [chat for chat in chats if chat in ours and _history_key(channel, chat, "") not in fresh][: _BATCH - 1]
 
 
 def _parse(channel: Channel, chat_id: str, answer):
     chats = answer.get("chat") if isinstance(answer.get("chat"), dict) else {}
     chat = chats.get(chat_id) if isinstance(chats.get(chat_id), dict) else {}
     entity = _s(chat.get("entityId"), 300).split("|")
-    if _s(answer.get("chatId"), 32) != chat_id or chat.get("entityType") != "LINES" or len(entity) < 2 or (
-            entity[0].lower(), entity[1]) != (channel.connector_id.lower(), channel.line_id):
+    if (
+        _s(answer.get("chatId"), 32) != chat_id
+        or chat.get("entityType") != "LINES"
+        or len(entity) < 2
+        or (entity[0].lower(), entity[1]) != (channel.connector_id.lower(), channel.line_id)
+    ):
         return "the portal's chat is not this connector's on this line"
     messages = answer.get("message") if isinstance(answer.get("message"), dict) else {}
     users = answer.get("users") if isinstance(answer.get("users"), dict) else {}
@@ -278,13 +317,25 @@ def _parse(channel: Channel, chat_id: str, answer):
         file_ids = params.get("fileId") if isinstance(params.get("fileId"), list) else []
         # Only a user the answer lists and marks as no connector user (the customer is one) is an operator;
         # senderid 0 is the system (the page's example: "A new lead has been created"), never relayed.
-        kind = ("system" if sender == "0" or not _ID.fullmatch(sender) else
-                "customer" if user.get("connector") is not False else "operator")
+        kind = (
+            "system"
+            if sender == "0" or not _ID.fullmatch(sender)
+            else "customer"
+            if user.get("connector") is not False
+            else "operator"
+        )
         keep[_s(m["id"], 32)] = {
-            "text": _s(m.get("text"), _TEXT_MAX), "sender": sender, "kind": kind,
-            "name": _s(user.get("name"), 200), "deleted": params.get("IS_DELETED") == "Y",
-            "files": [{"url": _s(f.get("urldownload"), 2000), "name": _s(f.get("name"), 255)}
-                      for f in (files.get(str(i)) for i in file_ids[:_FILES_MAX]) if isinstance(f, dict)]}
+            "text": _s(m.get("text"), _TEXT_MAX),
+            "sender": sender,
+            "kind": kind,
+            "name": _s(user.get("name"), 200),
+            "deleted": params.get("IS_DELETED") == "Y",
+            "files": [
+                {"url": _s(f.get("urldownload"), 2000), "name": _s(f.get("name"), 255)}
+                for f in (files.get(str(i)) for i in file_ids[:_FILES_MAX])
+                if isinstance(f, dict)
+            ],
+        }
     session = _s(answer.get("sessionId"), 32)
     return {"session": session if _ID.fullmatch(session) else "", "messages": keep}
 
@@ -302,5 +353,10 @@ def _judge(action: str, claim: Claim, history: dict):
         return f"{claim.im_message_id}: a system message, not an operator's"
     if message["kind"] != "operator":
         return f"{claim.im_message_id}: written by the customer, not an operator"
-    return Confirmed(claim, session_id=history["session"], text=message["text"],
-                     author={"id": message["sender"], "name": message["name"]}, files=message["files"])
+    return Confirmed(
+        claim,
+        session_id=history["session"],
+        text=message["text"],
+        author={"id": message["sender"], "name": message["name"]},
+        files=message["files"],
+    )

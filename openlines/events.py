@@ -3,6 +3,7 @@
 Each takes the stored event (`item.portal`, `item.data` as Bitrix24 sent it), is idempotent (an event
 may be handled again), and returns a short outcome. Pages: api-reference/imopenlines/imconnector/events/.
 """
+
 import logging
 import re
 
@@ -23,8 +24,13 @@ def _channel(item) -> Channel:
     data = item.data if isinstance(item.data, dict) else {}
     connector = registry.get(str(data.get("CONNECTOR") or ""))
     line = str(data.get("LINE") or "")
-    channel = Channel.objects.filter(portal=item.portal, connector_id=getattr(connector, "id", ""), line_id=line,
-                                     state=Channel.State.CONNECTED).first() if connector and item.portal else None
+    channel = (
+        Channel.objects.filter(
+            portal=item.portal, connector_id=getattr(connector, "id", ""), line_id=line, state=Channel.State.CONNECTED
+        ).first()
+        if connector and item.portal
+        else None
+    )
     if channel is None:
         raise Reject("no connected channel for this connector and line")
     return channel
@@ -40,10 +46,17 @@ def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) ->
     stored = 0
     for item in confirmed:
         claim = item.claim
-        payload = {"event": f"message.{action}", "chat": {"id": claim.external_chat_id},
-                   "message": {"id": claim.im_message_id, "text": item.text,
-                               "user_id": item.author.get("id", ""), "author": item.author},
-                   "im": {"chat_id": claim.im_chat_id, "message_id": claim.im_message_id}}
+        payload = {
+            "event": f"message.{action}",
+            "chat": {"id": claim.external_chat_id},
+            "message": {
+                "id": claim.im_message_id,
+                "text": item.text,
+                "user_id": item.author.get("id", ""),
+                "author": item.author,
+            },
+            "im": {"chat_id": claim.im_chat_id, "message_id": claim.im_message_id},
+        }
         if action == OutboundMessage.Action.DELETE:
             payload["message"] = {"id": claim.im_message_id, "text": ""}
         elif item.files:
@@ -52,10 +65,16 @@ def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) ->
             continue  # the portal shows what was relayed last (a late or forged edit event)
         try:
             with transaction.atomic():
-                OutboundMessage.objects.create(channel=channel, action=action, key=_key(channel, action, payload),
-                                               im_chat_id=claim.im_chat_id, im_message_id=claim.im_message_id,
-                                               external_chat_id=claim.external_chat_id, payload=payload,
-                                               im_session_id=item.session_id)
+                OutboundMessage.objects.create(
+                    channel=channel,
+                    action=action,
+                    key=_key(channel, action, payload),
+                    im_chat_id=claim.im_chat_id,
+                    im_message_id=claim.im_message_id,
+                    external_chat_id=claim.external_chat_id,
+                    payload=payload,
+                    im_session_id=item.session_id,
+                )
             stored += 1
         except IntegrityError:
             pass  # the same event again: stored once
@@ -67,9 +86,16 @@ def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) ->
 def _unchanged(channel: Channel, payload: dict) -> bool:
     """The portal shows what was relayed last for this message: its text and its files' names (the author's
     display name may change, and a file's link may carry a fresh token on each answer)."""
-    last = (OutboundMessage.objects.filter(channel=channel, im_message_id=payload["message"]["id"],
-                                           action__in=[OutboundMessage.Action.ADD, OutboundMessage.Action.UPDATE])
-            .order_by("-id").values_list("payload", flat=True).first())
+    last = (
+        OutboundMessage.objects.filter(
+            channel=channel,
+            im_message_id=payload["message"]["id"],
+            action__in=[OutboundMessage.Action.ADD, OutboundMessage.Action.UPDATE],
+        )
+        .order_by("-id")
+        .values_list("payload", flat=True)
+        .first()
+    )
     if not isinstance(last, dict):
         return False
     before, now = last.get("message") or {}, payload["message"]
@@ -87,8 +113,9 @@ def _key(channel: Channel, action: str, payload: dict) -> str:
     message_id = payload["message"]["id"]
     if action != OutboundMessage.Action.UPDATE:
         return f"{action}:{message_id}"
-    edits = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.UPDATE,
-                                           im_message_id=message_id).count()
+    edits = OutboundMessage.objects.filter(
+        channel=channel, action=OutboundMessage.Action.UPDATE, im_message_id=message_id
+    ).count()
     return f"update:{message_id}:{edits + 1}"
 
 
@@ -107,7 +134,9 @@ def _on_message(action: str):
         stored = _store(channel, action, confirmed)
         tasks.after_commit(tasks.deliver_outbound, channel.pk)
         return f"{stored} message(s) queued for the webhook" + (
-            f"; not confirmed: {'; '.join(refused)}" if refused else "")
+            f"; not confirmed: {'; '.join(refused)}" if refused else ""
+        )
+
     handler.__name__ = f"on_message_{action}"
     return handler
 
@@ -123,8 +152,12 @@ def on_status_delete(item) -> str:
     connector = registry.get(str(data.get("connector") or ""))
     if connector is None or item.portal is None:
         raise Reject("not our connector")
-    count = _revoke(item.portal, str(data.get("line") or ""), connector_id=connector.id,
-                    reason="connector removed from the line in Bitrix24")
+    count = _revoke(
+        item.portal,
+        str(data.get("line") or ""),
+        connector_id=connector.id,
+        reason="connector removed from the line in Bitrix24",
+    )
     return f"{count} channel(s) revoked"
 
 

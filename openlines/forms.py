@@ -1,5 +1,6 @@
 """The connector actions' form (SETTING_CONNECTOR and the Contact Center overview post it): validated here,
 before anything is looked up, written or asked of Bitrix24."""
+
 from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
@@ -39,8 +40,12 @@ class ConnectorActionForm(forms.Form):
             try:
                 data["webhook_url"] = outbound.check_webhook_url(url)
             except outbound.BadWebhookUrl as exc:
-                self.add_error("webhook_url", ValidationError(
-                    _("The webhook address is not allowed: %(why)s") % {"why": exc}, code="bad_webhook_url"))
+                self.add_error(
+                    "webhook_url",
+                    ValidationError(
+                        _("The webhook address is not allowed: %(why)s") % {"why": exc}, code="bad_webhook_url"
+                    ),
+                )
         return data
 
     def refusal(self) -> tuple[str, str]:

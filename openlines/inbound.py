@@ -9,6 +9,7 @@ accepted in the same outside chat (409 duplicate_message), a "read" report namin
 the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the channel's secret over
 "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
 """
+
 import hashlib
 import hmac
 import json
@@ -77,8 +78,11 @@ def check_signature(channel: Channel, request, body: bytes) -> None:
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} must be the Unix time of the request", 401)
     if abs(time.time() - int(timestamp)) > settings.OPENLINES_SIGNATURE_WINDOW:
-        raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} is outside the {settings.OPENLINES_SIGNATURE_WINDOW}s "
-                                         "window (check the clock)", 401)
+        raise Refused(
+            "stale_timestamp",
+            f"{TIMESTAMP_HEADER} is outside the {settings.OPENLINES_SIGNATURE_WINDOW}s window (check the clock)",
+            401,
+        )
     presented = _header(request, SIGNATURE_HEADER)
     if not hmac.compare_digest(presented.encode(), sign(channel.secret, timestamp, body).encode()):
         raise Refused("bad_signature", f"{SIGNATURE_HEADER} does not match the body", 401)
@@ -87,11 +91,19 @@ def check_signature(channel: Channel, request, body: bytes) -> None:
 def take_quota(channel: Channel) -> None:
     """One unit of the channel's budget (OPENLINES_INBOUND_PER_MINUTE, bursts of OPENLINES_INBOUND_BURST), taken
     only by signed requests: a stranger's unsigned ones never spend the holder's budget."""
-    wait = limits.refused_for(f"openlines:inbound:{channel.public_id}", per_minute=settings.OPENLINES_INBOUND_PER_MINUTE,
-                              burst=settings.OPENLINES_INBOUND_BURST)
+    wait = limits.refused_for(
+        f"openlines:inbound:{channel.public_id}",
+        per_minute=settings.OPENLINES_INBOUND_PER_MINUTE,
+        burst=settings.OPENLINES_INBOUND_BURST,
+    )
     if wait is not None:
-        raise Refused("rate_limited", f"the channel takes at most {settings.OPENLINES_INBOUND_PER_MINUTE:g} requests "
-                                      "a minute; retry after the Retry-After seconds", 429, retry_after=wait)
+        raise Refused(
+            "rate_limited",
+            f"the channel takes at most {settings.OPENLINES_INBOUND_PER_MINUTE:g} requests "
+            "a minute; retry after the Retry-After seconds",
+            429,
+            retry_after=wait,
+        )
 
 
 def _text(value, name: str, limit: int, *, required: bool = False) -> str:
@@ -154,14 +166,21 @@ def parse(body: bytes) -> tuple[str, dict]:
             element["user"][key] = _text(user[key], f"user.{key}", 200)
     if user.get("picture"):
         picture = user["picture"]
-        element["user"]["picture"] = {"url": _url(picture.get("url") if isinstance(picture, dict) else picture,
-                                                  "user.picture")}
+        element["user"]["picture"] = {
+            "url": _url(picture.get("url") if isinstance(picture, dict) else picture, "user.picture")
+        }
     text = _text(message.get("text"), "message.text", _TEXT_MAX)
     files = message.get("files") or []
     if not isinstance(files, list) or len(files) > _FILES_MAX:
         raise Refused("bad_request", f"message.files must be a list of at most {_FILES_MAX}", 400)
-    files = [{"url": _url(f.get("url"), "message.files[].url") or _missing("message.files[].url"),
-              "name": _text(f.get("name"), "message.files[].name", 255)} for f in files if isinstance(f, dict)]
+    files = [
+        {
+            "url": _url(f.get("url"), "message.files[].url") or _missing("message.files[].url"),
+            "name": _text(f.get("name"), "message.files[].name", 255),
+        }
+        for f in files
+        if isinstance(f, dict)
+    ]
     if not text and not files:
         raise Refused("bad_request", "message.text or message.files is required", 400)
     date = message.get("date")
@@ -176,16 +195,20 @@ def parse(body: bytes) -> tuple[str, dict]:
 def _reading(channel: Channel, element: dict) -> dict:
     """The MESSAGES element of imconnector.send.status.reading for an operator message the webhook carried."""
 
-    sent = OutboundMessage.objects.filter(channel=channel, action=OutboundMessage.Action.ADD,
-                                          im_message_id=element["message"]["id"]).first()
+    sent = OutboundMessage.objects.filter(
+        channel=channel, action=OutboundMessage.Action.ADD, im_message_id=element["message"]["id"]
+    ).first()
     if sent is None:
         raise Refused("unknown_message", "message.id names no operator message sent to this channel", 404)
     # imconnector-send-status-reading.md: im {chat_id, message_id} (Bitrix24's ids, from the event), message
     # {id: [...]} (the outside system's ids: the one its webhook answer named, else the one it was given),
     # chat {id}.
-    return {"im": {"chat_id": sent.im_chat_id, "message_id": sent.im_message_id},
-            "message": {"id": [sent.external_message_id or sent.im_message_id]}, "chat": {"id": sent.external_chat_id},
-            "user": element["user"]}
+    return {
+        "im": {"chat_id": sent.im_chat_id, "message_id": sent.im_message_id},
+        "message": {"id": [sent.external_message_id or sent.im_message_id]},
+        "chat": {"id": sent.external_chat_id},
+        "user": element["user"],
+    }
 
 
 def _missing(name):
@@ -210,7 +233,11 @@ def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
     try:
         with transaction.atomic():
             row = InboundMessage.objects.create(
-                channel=channel, action=action, key=key, external_chat_id=chat_id, external_message_id=message_id,
+                channel=channel,
+                action=action,
+                key=key,
+                external_chat_id=chat_id,
+                external_message_id=message_id,
                 payload=payload,
             )
     except IntegrityError:

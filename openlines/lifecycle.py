@@ -6,6 +6,7 @@ the registry and `event.bind` of the connector events to <B24_APP_URL>/events/. 
 `imconnector.activate` with ACTIVE=0. Revoke (the line or the connector deleted in Bitrix24, or the app
 uninstalled): relaying stops and the credentials go; the messages stay.
 """
+
 import logging
 import re
 
@@ -54,8 +55,11 @@ def register_connectors(portal: Portal, client: PortalClient) -> list[str]:
         answer = result.result.get(f"register_{connector.id}")
         if not (isinstance(answer, dict) and answer.get("result") is True):
             answer = answer if isinstance(answer, dict) else {}
-            raise RestError(str(answer.get("error") or "APPLICATION_REGISTRATION_ERROR"),
-                            str(answer.get("error_description") or "")[:255], method="imconnector.register")
+            raise RestError(
+                str(answer.get("error") or "APPLICATION_REGISTRATION_ERROR"),
+                str(answer.get("error_description") or "")[:255],
+                method="imconnector.register",
+            )
     log.info("connectors registered", extra={"member_id": portal.member_id})
     return list(registry.CONNECTOR_EVENTS)
 
@@ -74,25 +78,41 @@ def inbound_url(channel: Channel) -> str:
     return app_url("openlines-messages", channel_id=channel.public_id)
 
 
-def connect(portal: Portal, connector: registry.Connector, line_id: str, *, user_id: str, name: str = "",
-            webhook_url: str = "") -> tuple[Channel, str]:
+def connect(
+    portal: Portal, connector: registry.Connector, line_id: str, *, user_id: str, name: str = "", webhook_url: str = ""
+) -> tuple[Channel, str]:
     """Connect the connector to the line; returns (channel, its new secret, to be shown once).
 
     Raises ConnectFailed when Bitrix24 refuses; the channel then stays as it was."""
     with transaction.atomic():
         # Not connected until Bitrix24 says the connector is active on the line.
         channel, _created = Channel.objects.select_for_update().get_or_create(
-            portal=portal, connector_id=connector.id, line_id=line_id,
+            portal=portal,
+            connector_id=connector.id,
+            line_id=line_id,
             defaults={"state": Channel.State.DISCONNECTED},
         )
     name = (name or channel.name or f"{connector.name} ({line_id})")[:128]
-    result = _batch(portal, {
-        "activate": ("imconnector.activate", {"CONNECTOR": connector.id, "LINE": line_id, "ACTIVE": 1}),
-        "data": ("imconnector.connector.data.set", {"CONNECTOR": connector.id, "LINE": line_id, "DATA": {
-            "ID": str(channel.public_id), "URL": channel_url(channel), "URL_IM": channel_url(channel), "NAME": name,
-        }}),
-        "status": ("imconnector.status", {"CONNECTOR": connector.id, "LINE": line_id}),
-    })
+    result = _batch(
+        portal,
+        {
+            "activate": ("imconnector.activate", {"CONNECTOR": connector.id, "LINE": line_id, "ACTIVE": 1}),
+            "data": (
+                "imconnector.connector.data.set",
+                {
+                    "CONNECTOR": connector.id,
+                    "LINE": line_id,
+                    "DATA": {
+                        "ID": str(channel.public_id),
+                        "URL": channel_url(channel),
+                        "URL_IM": channel_url(channel),
+                        "NAME": name,
+                    },
+                },
+            ),
+            "status": ("imconnector.status", {"CONNECTOR": connector.id, "LINE": line_id}),
+        },
+    )
     status = result.result.get("status")
     if not isinstance(status, dict) or status.get("STATUS") is not True:
         raise ConnectFailed("not_active", "Bitrix24 does not report the connector active on this line")
@@ -131,15 +151,27 @@ def open_lines(portal: Portal) -> list[dict]:
     out, offset = [], 0
     while offset < _LINES_MAX:
         try:
-            page = client.call("imopenlines.config.list.get", {
-                "PARAMS": {"select": ["ID", "LINE_NAME"], "order": {"ID": "asc"}, "limit": _LINES_PAGE,
-                           "offset": offset}})
+            page = client.call(
+                "imopenlines.config.list.get",
+                {
+                    "PARAMS": {
+                        "select": ["ID", "LINE_NAME"],
+                        "order": {"ID": "asc"},
+                        "limit": _LINES_PAGE,
+                        "offset": offset,
+                    }
+                },
+            )
         except RestError as exc:
             raise _failed(exc) from None
         page = page if isinstance(page, list) else []
-        out += [{"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]}
-                for line in page if isinstance(line, dict) and not isinstance(line.get("ID"), bool)
-                and _LINE_ID.fullmatch(str(line.get("ID", "")))]
+        out += [
+            {"id": str(line["ID"]), "name": str(line.get("LINE_NAME") or line["ID"])[:128]}
+            for line in page
+            if isinstance(line, dict)
+            and not isinstance(line.get("ID"), bool)
+            and _LINE_ID.fullmatch(str(line.get("ID", "")))
+        ]
         offset += len(page)  # lines this page held, valid or not
         if len(page) < _LINES_PAGE:
             break
@@ -164,19 +196,29 @@ def disconnect(portal: Portal, channel: Channel, *, user_id: str) -> str:
     revoke(channel, state=Channel.State.DISCONNECTED)
     refused = ""
     try:
-        _batch(portal, {"activate": ("imconnector.activate", {
-            "CONNECTOR": channel.connector_id, "LINE": channel.line_id, "ACTIVE": 0})})
+        _batch(
+            portal,
+            {
+                "activate": (
+                    "imconnector.activate",
+                    {"CONNECTOR": channel.connector_id, "LINE": channel.line_id, "ACTIVE": 0},
+                )
+            },
+        )
     except ConnectFailed as exc:
         refused = exc.code
         Channel.objects.filter(pk=channel.pk).update(last_error=f"deactivate: {exc.code}"[:255])
-    log.info("channel disconnected", extra={"member_id": portal.member_id, "line": channel.line_id,
-                                             "user_id": user_id, "code": refused})
+    log.info(
+        "channel disconnected",
+        extra={"member_id": portal.member_id, "line": channel.line_id, "user_id": user_id, "code": refused},
+    )
     return refused
 
 
 def revoke(channel: Channel, *, state: str = Channel.State.REVOKED, reason: str = "") -> None:
-    Channel.objects.filter(pk=channel.pk).update(state=state, secret="", disconnected_at=timezone.now(),
-                                                 last_error=reason[:255])
+    Channel.objects.filter(pk=channel.pk).update(
+        state=state, secret="", disconnected_at=timezone.now(), last_error=reason[:255]
+    )
     channel.state, channel.secret = state, ""
 
 
@@ -218,8 +260,9 @@ def _connector_active(portal: Portal, connector_id: str, line_id: str) -> bool:
 
 
 def _failed(exc: RestError) -> ConnectFailed:
-    return ConnectFailed(exc.code, exc.description,
-                         retry_after=exc.retry_after if isinstance(exc, LimitWaitExceeded) else None)
+    return ConnectFailed(
+        exc.code, exc.description, retry_after=exc.retry_after if isinstance(exc, LimitWaitExceeded) else None
+    )
 
 
 def _batch(portal: Portal, commands: dict):

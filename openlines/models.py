@@ -2,6 +2,7 @@
 
 History stays when a channel is disconnected or its portal uninstalls: only the credentials go.
 """
+
 import secrets
 import uuid
 
@@ -156,11 +157,15 @@ class OutboundMessage(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     status_reported_at = models.DateTimeField(null=True, blank=True, help_text="send.status.delivery done.")
     external_message_id = models.CharField(
-        max_length=128, blank=True,
-        help_text="The outside system's id of the message (its webhook answer), for send.status.delivery.")
+        max_length=128,
+        blank=True,
+        help_text="The outside system's id of the message (its webhook answer), for send.status.delivery.",
+    )
     im_session_id = models.CharField(
-        max_length=32, blank=True,
-        help_text="The Open Lines session the portal showed the message in (openlines.confirm).")
+        max_length=32,
+        blank=True,
+        help_text="The Open Lines session the portal showed the message in (openlines.confirm).",
+    )
 
     class Meta:
         ordering = ["id"]
@@ -172,8 +177,11 @@ class OutboundMessage(models.Model):
             models.Index(fields=["next_attempt_at"], name="outbound_due", condition=Q(state__in=UNSENT)),
             # Sent messages whose delivery status Bitrix24 has not taken yet, by when they were sent: the
             # sweep asks for the last OPENLINES_RETRY_HOURS only (older ones are given up, and stay here).
-            models.Index(fields=["sent_at"], name="outbound_status_due",
-                         condition=Q(state=Delivery.SENT, action="add", status_reported_at__isnull=True)),
+            models.Index(
+                fields=["sent_at"],
+                name="outbound_status_due",
+                condition=Q(state=Delivery.SENT, action="add", status_reported_at__isnull=True),
+            ),
         ]
 
     def __str__(self):

@@ -10,6 +10,7 @@ Each POST has a total deadline and an answer cap (portals.http.send). The status
 bytes are read, for the outside system's own id of the message); 408, 429, 5xx and other codes are
 tried again; any other 4xx is the outside system refusing the message, which retrying would not change.
 """
+
 import hashlib
 import hmac
 import ipaddress
@@ -152,11 +153,22 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
     timestamp = str(int(time.time()))
     try:
         return http.send(
-            "POST", target, data=body, via=via,
-            headers={"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
-                     SIGNATURE_HEADER: sign(secret, timestamp, body), "User-Agent": "b24widget-openlines", **host},
+            "POST",
+            target,
+            data=body,
+            via=via,
+            headers={
+                "Content-Type": "application/json",
+                TIMESTAMP_HEADER: timestamp,
+                SIGNATURE_HEADER: sign(secret, timestamp, body),
+                "User-Agent": "b24widget-openlines",
+                **host,
+            },
             connect_timeout=min(5.0, settings.OPENLINES_WEBHOOK_DEADLINE),
-            read_timeout=settings.OPENLINES_WEBHOOK_DEADLINE, deadline=settings.OPENLINES_WEBHOOK_DEADLINE, max_bytes=settings.OPENLINES_WEBHOOK_MAX_BYTES, partial=True,
+            read_timeout=settings.OPENLINES_WEBHOOK_DEADLINE,
+            deadline=settings.OPENLINES_WEBHOOK_DEADLINE,
+            max_bytes=settings.OPENLINES_WEBHOOK_MAX_BYTES,
+            partial=True,
         )
     finally:
         if via is not None:

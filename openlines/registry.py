@@ -5,6 +5,7 @@ Facts: api-reference/imopenlines/imconnector/imconnector-register.md (ID: digits
 `_`, no `.`; ICON.DATA_IMAGE an SVG data URI; the flags and their defaults), widgets/setting-connector.md
 (PLACEMENT_HANDLER opens SETTING_CONNECTOR; no placement.bind for it).
 """
+
 import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -65,9 +66,11 @@ class Connector:
         }
 
 
-_BUBBLE = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><path fill="{fill}" '
-           'd="M12 10h40a6 6 0 0 1 6 6v24a6 6 0 0 1-6 6H28l-12 10v-10h-4a6 6 0 0 1-6-6V16a6 6 0 0 1 6-6z"/>'
-           '<path fill="#fff" d="M18 24h28v4H18zm0 8h20v4H18z"/></svg>')
+_BUBBLE = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><path fill="{fill}" '
+    'd="M12 10h40a6 6 0 0 1 6 6v24a6 6 0 0 1-6 6H28l-12 10v-10h-4a6 6 0 0 1-6-6V16a6 6 0 0 1 6-6z"/>'
+    '<path fill="#fff" d="M18 24h28v4H18zm0 8h20v4H18z"/></svg>'
+)
 
 # The built-in channel: any outside system over HTTP (inbound API + signed webhook).
 HTTP = Connector(

@@ -1,6 +1,7 @@
 """Openlines' reactions to the portal lifecycle: an uninstalled portal's channels stop relaying; a portal
 whose user asked Bitrix24 to delete the app's data (ONAPPUNINSTALL CLEAN=1) loses its channels and their
 messages."""
+
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
@@ -14,7 +15,8 @@ from .models import Channel
 def revoke_on_uninstall(sender, instance, **kwargs):
     if instance.status == Portal.Status.UNINSTALLED:
         Channel.objects.filter(portal=instance).exclude(state=Channel.State.REVOKED).update(
-            state=Channel.State.REVOKED, secret="", last_error="app uninstalled")
+            state=Channel.State.REVOKED, secret="", last_error="app uninstalled"
+        )
 
 
 @receiver(portal_data_cleaned)

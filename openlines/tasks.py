@@ -15,6 +15,7 @@ one is saved (`release_parked`), and become dead letters after OPENLINES_RETRY_H
 Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
 sweep that decides what is due, and each of those rules is easier to check with its users beside it.
 """
+
 import logging
 import time
 from datetime import timedelta
@@ -130,8 +131,9 @@ def _webhook_step() -> float:
 
 def _rest_step() -> float:
     """About the longest one background call to Bitrix24 takes: a limit wait, then the request."""
-    return settings.B24_MAX_WAIT + http.worst_case(settings.B24_CONNECT_TIMEOUT, settings.B24_READ_TIMEOUT,
-                                                   settings.B24_REST_DEADLINE)
+    return settings.B24_MAX_WAIT + http.worst_case(
+        settings.B24_CONNECT_TIMEOUT, settings.B24_READ_TIMEOUT, settings.B24_REST_DEADLINE
+    )
 
 
 def _under_lease(channel_id: int, field: str, deliver, task) -> str:
@@ -161,8 +163,11 @@ def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = N
         dead = now - getattr(row, since) > timedelta(hours=settings.OPENLINES_RETRY_HOURS)
         wait = max(backoff(attempts), at_least or timedelta(0))
         type(row).objects.filter(pk=row.pk).update(
-            attempts=attempts, last_error=error, next_attempt_at=now + wait,
-            state=Delivery.DEAD if dead else Delivery.FAILED)
+            attempts=attempts,
+            last_error=error,
+            next_attempt_at=now + wait,
+            state=Delivery.DEAD if dead else Delivery.FAILED,
+        )
         if i == 0 and not dead:
             first = now + wait
     return first
@@ -178,7 +183,8 @@ def _hold_back(model, channel: Channel, until, **chat) -> None:
     """The unsent rows behind a waiting one (of the channel, or of one chat) are not due before it is, so
     the sweep does not queue the channel for them in the meantime."""
     model.objects.filter(channel=channel, state__in=UNSENT, next_attempt_at__lt=until, **chat).update(
-        next_attempt_at=until)
+        next_attempt_at=until
+    )
 
 
 # --- rows that can never go ----------------------------------------------------------------------------
@@ -204,8 +210,9 @@ def _dead_letter_gone(channel: Channel | None = None) -> int:
 
 def _park(channel: Channel | None = None) -> int:
     """Unsent operator replies of connected channels without a webhook URL wait, not due, for one."""
-    rows = OutboundMessage.objects.filter(state__in=UNSENT, channel__state=Channel.State.CONNECTED,
-                                          channel__webhook_url="")
+    rows = OutboundMessage.objects.filter(
+        state__in=UNSENT, channel__state=Channel.State.CONNECTED, channel__webhook_url=""
+    )
     if channel is not None:
         rows = rows.filter(channel=channel)
     return rows.update(state=Delivery.PARKED, last_error="waiting for the channel's webhook URL")
@@ -218,8 +225,11 @@ def _parked_expired(now) -> int:
 
 
 def _unpark(rows, now) -> int:
-    return rows.filter(state=Delivery.PARKED, channel__state=Channel.State.CONNECTED).exclude(
-        channel__webhook_url="").update(state=Delivery.PENDING, next_attempt_at=now, last_error="")
+    return (
+        rows.filter(state=Delivery.PARKED, channel__state=Channel.State.CONNECTED)
+        .exclude(channel__webhook_url="")
+        .update(state=Delivery.PENDING, next_attempt_at=now, last_error="")
+    )
 
 
 def release_parked(channel_id: int) -> int:
@@ -261,8 +271,14 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
             group.append(row)
         method = InboundMessage.Action(group[0].action).label
         try:
-            result = client.call(method, {"CONNECTOR": channel.connector_id, "LINE": channel.line_id,
-                                          "MESSAGES": [row.payload for row in group]})
+            result = client.call(
+                method,
+                {
+                    "CONNECTOR": channel.connector_id,
+                    "LINE": channel.line_id,
+                    "MESSAGES": [row.payload for row in group],
+                },
+            )
         except RestError as exc:
             again = _retry_later(group, f"{exc.code}: {exc.description}"[:255], "received_at")
             if again is not None:
@@ -278,9 +294,11 @@ def _record_inbound(rows, result) -> None:
         # send-status-reading.md answers SUCCESS with an empty DATA for the whole call.
         ok = isinstance(result, dict) and result.get("SUCCESS") is True
         InboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
-            state=Delivery.SENT if ok else Delivery.DEAD, sent_at=timezone.now() if ok else None,
+            state=Delivery.SENT if ok else Delivery.DEAD,
+            sent_at=timezone.now() if ok else None,
             attempts=F("attempts") + 1,
-            last_error="" if ok else "Bitrix24 did not confirm the reading status")
+            last_error="" if ok else "Bitrix24 did not confirm the reading status",
+        )
         return
     items = (((result or {}).get("DATA") or {}).get("RESULT") or []) if isinstance(result, dict) else []
     now = timezone.now()
@@ -289,13 +307,19 @@ def _record_inbound(rows, result) -> None:
         if item.get("SUCCESS") is True:
             session = item.get("session") if isinstance(item.get("session"), dict) else {}
             InboundMessage.objects.filter(pk=row.pk).update(
-                state=Delivery.SENT, sent_at=now, attempts=row.attempts + 1, last_error="",
-                im_chat_id=str(session.get("CHAT_ID") or "")[:32], session_id=str(session.get("ID") or "")[:32])
+                state=Delivery.SENT,
+                sent_at=now,
+                attempts=row.attempts + 1,
+                last_error="",
+                im_chat_id=str(session.get("CHAT_ID") or "")[:32],
+                session_id=str(session.get("ID") or "")[:32],
+            )
         else:
             # Bitrix24 refused this message itself (its content): retrying will not help; replay after a fix.
             errors = item.get("ERRORS") or ["no result for this message"]
             InboundMessage.objects.filter(pk=row.pk).update(
-                state=Delivery.DEAD, attempts=row.attempts + 1, last_error="; ".join(map(str, errors))[:255])
+                state=Delivery.DEAD, attempts=row.attempts + 1, last_error="; ".join(map(str, errors))[:255]
+            )
 
 
 # --- outbound: Bitrix24's operators -> the outside system --------------------------------------------
@@ -314,8 +338,9 @@ def _deliver_outbound(channel: Channel, run: _Run) -> str:
     held, behind = {}, set()  # chat -> when its first unsent message is due again; chats with rows behind it
     step, last_id = _webhook_step(), 0
     while run.may_start(0):  # (a long queue behind waiting chats is read page by page within the budget too)
-        page = list(OutboundMessage.objects.filter(channel=channel, state__in=UNSENT, id__gt=last_id)
-                    .order_by("id")[:_PAGE])
+        page = list(
+            OutboundMessage.objects.filter(channel=channel, state__in=UNSENT, id__gt=last_id).order_by("id")[:_PAGE]
+        )
         for row in page:
             last_id = row.id
             chat = row.external_chat_id
@@ -337,8 +362,10 @@ def _deliver_outbound(channel: Channel, run: _Run) -> str:
     for chat in behind:
         _hold_back(OutboundMessage, channel, held[chat], external_chat_id=chat)
     reported = _report_delivery(channel, run)
-    return (f"delivered {counts['delivered']}, refused {counts['refused']}, retry {counts['retry']}, "
-            f"waiting chats {len(held)}; {reported} status(es) reported" + (f"; {run.stopped}" if run.stopped else ""))
+    return (
+        f"delivered {counts['delivered']}, refused {counts['refused']}, retry {counts['retry']}, "
+        f"waiting chats {len(held)}; {reported} status(es) reported" + (f"; {run.stopped}" if run.stopped else "")
+    )
 
 
 def _post(channel: Channel, row: OutboundMessage):
@@ -353,21 +380,33 @@ def _post(channel: Channel, row: OutboundMessage):
         # The status line decides: the body (capped, maybe cut short) only may name the outside system's id.
         # next_attempt_at: the delivery status is due now (see _report_delivery).
         OutboundMessage.objects.filter(pk=row.pk).update(
-            state=Delivery.SENT, sent_at=now, attempts=row.attempts + 1, last_error="", next_attempt_at=now,
-            external_message_id=outbound.outside_message_id(answer))
+            state=Delivery.SENT,
+            sent_at=now,
+            attempts=row.attempts + 1,
+            last_error="",
+            next_attempt_at=now,
+            external_message_id=outbound.outside_message_id(answer),
+        )
         return "delivered", None
     if verdict == outbound.REFUSED:
         OutboundMessage.objects.filter(pk=row.pk).update(
-            state=Delivery.DEAD, attempts=row.attempts + 1,
-            last_error=f"HTTP {answer.status}: the webhook refused the message (not retried)")
+            state=Delivery.DEAD,
+            attempts=row.attempts + 1,
+            last_error=f"HTTP {answer.status}: the webhook refused the message (not retried)",
+        )
         return "refused", None  # a dead letter holds nothing back
     return "retry", _retry_later([row], f"HTTP {answer.status}", "created_at", at_least=outbound.retry_after(answer))
 
 
 def _status_due(now) -> Q:
     """Sent operator messages whose delivery status Bitrix24 has not taken yet, and may still take."""
-    return Q(state=Delivery.SENT, action=OutboundMessage.Action.ADD, status_reported_at__isnull=True,
-             next_attempt_at__lte=now, sent_at__gte=now - timedelta(hours=settings.OPENLINES_RETRY_HOURS))
+    return Q(
+        state=Delivery.SENT,
+        action=OutboundMessage.Action.ADD,
+        status_reported_at__isnull=True,
+        next_attempt_at__lte=now,
+        sent_at__gte=now - timedelta(hours=settings.OPENLINES_RETRY_HOURS),
+    )
 
 
 def _report_delivery(channel: Channel, run: _Run) -> int:
@@ -384,39 +423,55 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
         if not rows or not run.may_start(_rest_step()):
             return reported
         try:
-            client.call("imconnector.send.status.delivery", {
-                "CONNECTOR": channel.connector_id, "LINE": channel.line_id,
-                "MESSAGES": [_status_message(r) for r in rows]})
+            client.call(
+                "imconnector.send.status.delivery",
+                {
+                    "CONNECTOR": channel.connector_id,
+                    "LINE": channel.line_id,
+                    "MESSAGES": [_status_message(r) for r in rows],
+                },
+            )
         except RestError as exc:
-            log.info("delivery status not reported yet", extra={"member_id": channel.portal.member_id,
-                                                                  "code": exc.code})
+            log.info(
+                "delivery status not reported yet", extra={"member_id": channel.portal.member_id, "code": exc.code}
+            )
             for r in rows:
                 # Waits as long as the status is overdue: 30 s, then doubling, at most an hour.
                 wait = min(max(now - (r.sent_at or now), timedelta(seconds=30)), timedelta(hours=1))
                 OutboundMessage.objects.filter(pk=r.pk).update(
-                    next_attempt_at=now + wait, last_error=f"delivery status not reported: {exc.code}"[:255])
+                    next_attempt_at=now + wait, last_error=f"delivery status not reported: {exc.code}"[:255]
+                )
             return reported
-        OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(status_reported_at=timezone.now(),
-                                                                           last_error="")
+        OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
+            status_reported_at=timezone.now(), last_error=""
+        )
         reported += len(rows)
 
 
 def _status_message(row: OutboundMessage) -> dict:
     """A MESSAGES element of imconnector-send-status-delivery.md: `im` holds Bitrix24's ids (from the event),
     `message.id` an array of the outside system's ids for the message, `chat.id` the outside chat."""
-    return {"im": {"chat_id": int(row.im_chat_id), "message_id": int(row.im_message_id)},
-            "message": {"id": [row.external_message_id or row.im_message_id],
-                        "date": int((row.sent_at or timezone.now()).timestamp())},
-            "chat": {"id": row.external_chat_id}}
+    return {
+        "im": {"chat_id": int(row.im_chat_id), "message_id": int(row.im_message_id)},
+        "message": {
+            "id": [row.external_message_id or row.im_message_id],
+            "date": int((row.sent_at or timezone.now()).timestamp()),
+        },
+        "chat": {"id": row.external_chat_id},
+    }
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
 def _due_channels(model, due: Q, **where) -> list[int]:
     """Up to SWEEP_CHANNELS connected channels with due rows, the one whose row waits longest first."""
     # An explicit GROUP BY and order: with Meta.ordering (id) a DISTINCT would select rows, not channels.
-    return list(model.objects.filter(due, channel__state=Channel.State.CONNECTED, **where)
-                .values("channel_id").annotate(oldest=Min("next_attempt_at")).order_by("oldest")
-                .values_list("channel_id", flat=True)[:SWEEP_CHANNELS])
+    return list(
+        model.objects.filter(due, channel__state=Channel.State.CONNECTED, **where)
+        .values("channel_id")
+        .annotate(oldest=Min("next_attempt_at"))
+        .order_by("oldest")
+        .values_list("channel_id", flat=True)[:SWEEP_CHANNELS]
+    )
 
 
 @shared_task(name="openlines.sweep")
@@ -429,12 +484,17 @@ def sweep() -> str:
     released = _unpark(OutboundMessage.objects.all(), now)
     due = Q(state__in=UNSENT, next_attempt_at__lte=now)
     inbound = _due_channels(InboundMessage, due, channel__portal__status__in=_SERVING)
-    outbound_ = list(dict.fromkeys(
-        _due_channels(OutboundMessage, due, channel__webhook_url__gt="")
-        + _due_channels(OutboundMessage, _status_due(now), channel__portal__status__in=_SERVING)))
+    outbound_ = list(
+        dict.fromkeys(
+            _due_channels(OutboundMessage, due, channel__webhook_url__gt="")
+            + _due_channels(OutboundMessage, _status_due(now), channel__portal__status__in=_SERVING)
+        )
+    )
     for channel_id in inbound:
         enqueue(deliver_inbound, channel_id)
     for channel_id in outbound_:
         enqueue(deliver_outbound, channel_id)
-    return (f"queued {len(inbound)} inbound, {len(outbound_)} outbound; {dead} dead letter(s), {parked} parked, "
-            f"{released} released")
+    return (
+        f"queued {len(inbound)} inbound, {len(outbound_)} outbound; {dead} dead letter(s), {parked} parked, "
+        f"{released} released"
+    )

@@ -4,6 +4,7 @@ The settings page opens through placements' one entry point (placements/registry
 the page's actions come back here with the frame's signed widget token, and each change is believed only
 once Bitrix24 confirms, now, that the user administers the portal (placements.auth.recheck_admin).
 """
+
 import logging
 import re
 
@@ -40,24 +41,36 @@ def setting_connector(request, parsed):
     line = str(options.get("LINE", ""))
     with translation.override(post.language):
         if connector is None or not _LINE.match(line):
-            return frame_error(request, status=400, title=_("Bad request"),
-                               message=_("Bitrix24 opened the settings of an unknown connector or line."),
-                               origin=frame_origin(post.domain, post.protocol))
+            return frame_error(
+                request,
+                status=400,
+                title=_("Bad request"),
+                message=_("Bitrix24 opened the settings of an unknown connector or line."),
+                origin=frame_origin(post.domain, post.protocol),
+            )
         portal, verdict, refusal = verify_or_refuse(request, post)
         if refusal is not None:
             return refusal
-        channel = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id,
-                                                         line_id=line).first()
-        response = render(request, "openlines/setting_connector.html", {
-            "portal": portal, "verdict": verdict, "connector": connector, "line": line, "channel": channel,
-            "inbound_url": lifecycle.inbound_url(channel) if channel else "",
-            "state": {k: options.get(k) is True for k in ("ACTIVE_STATUS", "CONNECTION_STATUS", "REGISTER_STATUS",
-                                                          "ERROR_STATUS")},
-            "widget_token": widget_token.issue(portal, verdict), "language": post.language,
-        })
+        channel = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id, line_id=line).first()
+        response = render(
+            request,
+            "openlines/setting_connector.html",
+            {
+                "portal": portal,
+                "verdict": verdict,
+                "connector": connector,
+                "line": line,
+                "channel": channel,
+                "inbound_url": lifecycle.inbound_url(channel) if channel else "",
+                "state": {
+                    k: options.get(k) is True
+                    for k in ("ACTIVE_STATUS", "CONNECTION_STATUS", "REGISTER_STATUS", "ERROR_STATUS")
+                },
+                "widget_token": widget_token.issue(portal, verdict),
+                "language": post.language,
+            },
+        )
     return framed_by(response, portal_origin(portal))
-
-
 
 
 def _frame_portal(form):
@@ -92,10 +105,12 @@ def _administrator(form):
         still_admin = auth.recheck_admin(portal, form.get("AUTH_ID", ""), token.user_id)
     except auth.Refused as exc:
         if exc.reason in ("busy", "bitrix24_unreachable", "bitrix24_error"):
-            return None, json_error(exc.reason, _("Bitrix24 did not answer. Please try again."), exc.status,
-                                exc.retry_after)
-        return None, json_error("reopen", _("Your authorization could not be confirmed. Close the page and open it "
-                                        "again."), 403)
+            return None, json_error(
+                exc.reason, _("Bitrix24 did not answer. Please try again."), exc.status, exc.retry_after
+            )
+        return None, json_error(
+            "reopen", _("Your authorization could not be confirmed. Close the page and open it again."), 403
+        )
     if not still_admin:
         return None, json_error("not_admin", _("Only portal administrators may change the channel."), 403)
     return (portal, token.user_id), None
@@ -111,16 +126,36 @@ def _list(form, connector) -> JsonResponse:
         lines = lifecycle.open_lines(portal)
     except lifecycle.ConnectFailed as exc:
         if exc.retry_after:  # the portal's REST budget is spent for now
-            return json_error("busy", _("Too many requests for this portal are being checked right now. Please try "
-                                    "again in a moment."), 429, exc.retry_after)
-        return json_error("bitrix24_unavailable", _("The Open Lines of this portal could not be loaded."), 502
-                      if exc.code not in ("insufficient_scope", "ACCESS_DENIED") else 403)
+            return json_error(
+                "busy",
+                _("Too many requests for this portal are being checked right now. Please try again in a moment."),
+                429,
+                exc.retry_after,
+            )
+        return json_error(
+            "bitrix24_unavailable",
+            _("The Open Lines of this portal could not be loaded."),
+            502 if exc.code not in ("insufficient_scope", "ACCESS_DENIED") else 403,
+        )
     channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
-    return JsonResponse({"connector": connector.id, "lines": lines, "channels": {
-        c.line_id: {"state": c.state, "last_activity_at": c.last_activity_at.isoformat(timespec="seconds")
-                    if c.last_activity_at else None, "name": c.name,
+    return JsonResponse(
+        {
+            "connector": connector.id,
+            "lines": lines,
+            "channels": {
+                c.line_id: {
+                    "state": c.state,
+                    "last_activity_at": c.last_activity_at.isoformat(timespec="seconds")
+                    if c.last_activity_at
+                    else None,
+                    "name": c.name,
                     # Whether replies have somewhere to go; the address itself is for administrators only.
-                    "has_webhook": bool(c.webhook_url)} for c in channels}})
+                    "has_webhook": bool(c.webhook_url),
+                }
+                for c in channels
+            },
+        }
+    )
 
 
 @sensitive_post_parameters("widget_token", "AUTH_ID")
@@ -145,12 +180,20 @@ def connector_action_view(request):
             return refusal
         portal, user_id = who
         try:
-            answer = channels.act(action, portal, connector, form.cleaned_data["line"], user_id=user_id,
-                                  name=form.cleaned_data["name"], webhook_url=form.cleaned_data["webhook_url"])
+            answer = channels.act(
+                action,
+                portal,
+                connector,
+                form.cleaned_data["line"],
+                user_id=user_id,
+                name=form.cleaned_data["name"],
+                webhook_url=form.cleaned_data["webhook_url"],
+            )
         except channels.ActionRefused as exc:
             if exc.reason in ("busy", "bitrix24_refused"):
-                log.info("connector action refused by Bitrix24", extra={"member_id": portal.member_id,
-                                                                         "code": exc.reason})
+                log.info(
+                    "connector action refused by Bitrix24", extra={"member_id": portal.member_id, "code": exc.reason}
+                )
             return json_refusal(exc, description=exc.description)
         return JsonResponse(answer)
 
@@ -187,8 +230,14 @@ def channel_view(request, channel_id):
     channel = Channel.objects.defer("secret").filter(public_id=channel_id).first()
     if channel is None:
         return json_error("unknown_channel", "no such channel", 404)
-    return JsonResponse({"channel": str(channel.public_id), "connector": channel.connector_id,
-                         "state": channel.state, "messages": lifecycle.inbound_url(channel)})
+    return JsonResponse(
+        {
+            "channel": str(channel.public_id),
+            "connector": channel.connector_id,
+            "state": channel.state,
+            "messages": lifecycle.inbound_url(channel),
+        }
+    )
 
 
 @csrf_exempt

@@ -12,6 +12,7 @@ A portal that moved (renamed) is followed through the OAuth server's app.info fo
 A blocked portal (its refresh token lost or refused) heals here: an administrator's verified open
 whose REFRESH_ID passes `grants.administrator_grant` becomes the portal's new grant.
 """
+
 import hashlib
 import logging
 import re
@@ -38,15 +39,23 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"[0-9]{1,10}")  # Bitrix24 user ids
 _DAYS = re.compile(r"-?[0-9]{1,6}")
-_DENIED_TOKEN = frozenset({"expired_token", "invalid_token", "NO_AUTH_FOUND", "WRONG_AUTH_TYPE", "ACCESS_DENIED",
-                           "INVALID_CREDENTIALS", "APPLICATION_NOT_FOUND"})
+_DENIED_TOKEN = frozenset(
+    {
+        "expired_token",
+        "invalid_token",
+        "NO_AUTH_FOUND",
+        "WRONG_AUTH_TYPE",
+        "ACCESS_DENIED",
+        "INVALID_CREDENTIALS",
+        "APPLICATION_NOT_FOUND",
+    }
+)
 
 
 class Refused(Refusal):
     """The request is not believed. `reason` is a stable code the view turns into a page."""
 
-    def __init__(self, reason: str, status: int = 403, portal: Portal | None = None,
-                 retry_after: float | None = None):
+    def __init__(self, reason: str, status: int = 403, portal: Portal | None = None, retry_after: float | None = None):
         super().__init__(reason, status, retry_after)
         self.portal = portal  # the stored portal, when one is known: its origin may frame the refusal
 
@@ -138,8 +147,9 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
         _spend_verification(portal, matched=_presents_our_token(portal, post))
         info = _token_info(portal, post.auth_id)
         if (info.domain, info.client_endpoint) != (portal.domain, portal.client_endpoint):
-            portal = lifecycle.follow_move(portal, client_endpoint=info.client_endpoint, domain=info.domain,
-                                           via="oauth_app_info")
+            portal = lifecycle.follow_move(
+                portal, client_endpoint=info.client_endpoint, domain=info.domain, via="oauth_app_info"
+            )
         if verdict is None:
             portal, verdict = _ask_portal(portal, post.auth_id, info)
             # AUTH_EXPIRES is what is left of the token's life (0: it is ending, nothing to cache); it is
@@ -175,11 +185,17 @@ def _spend_verification(portal: Portal, *, matched: bool = True) -> None:
     Opens without our APPLICATION_TOKEN (strangers; or a token we missed, which an administrator's
     open repairs) have a budget of their own, so they cannot use up the one genuine opens need."""
     if matched:
-        key, per_minute, burst = (f"verify:{portal.member_id}", settings.B24_VERIFY_PER_MINUTE,
-                                  settings.B24_VERIFY_BURST)
+        key, per_minute, burst = (
+            f"verify:{portal.member_id}",
+            settings.B24_VERIFY_PER_MINUTE,
+            settings.B24_VERIFY_BURST,
+        )
     else:
-        key, per_minute, burst = (f"verify-unmatched:{portal.member_id}", settings.B24_VERIFY_UNMATCHED_PER_MINUTE,
-                                  settings.B24_VERIFY_UNMATCHED_BURST)
+        key, per_minute, burst = (
+            f"verify-unmatched:{portal.member_id}",
+            settings.B24_VERIFY_UNMATCHED_PER_MINUTE,
+            settings.B24_VERIFY_UNMATCHED_BURST,
+        )
     if not limits.admit(key, per_minute=per_minute, burst=burst):
         log.info("verification budget spent; open refused", extra={"member_id": portal.member_id})
         raise Refused("busy", status=429, portal=portal, retry_after=60.0 / max(settings.B24_VERIFY_PER_MINUTE, 1))
@@ -282,11 +298,13 @@ def _ask_portal(portal: Portal, auth_id: str, info: "oauth.TokenInfo") -> tuple[
     """One batch with the user's token at the address the OAuth server confirmed: who, admin?, the app."""
     client = PortalClient(portal, access_token=auth_id, interactive=True)
     try:
-        result = client.batch({
-            "user": ("user.current", {}),
-            "admin": ("user.admin", {}),
-            "app": ("app.info", {}),
-        })
+        result = client.batch(
+            {
+                "user": ("user.current", {}),
+                "admin": ("user.admin", {}),
+                "app": ("app.info", {}),
+            }
+        )
     except RestError as exc:
         raise _refused_by_bitrix24(exc, client.portal) from None
     portal = client.portal  # the client may have followed a move

@@ -2,6 +2,7 @@
 
 Used by every app whose page opens as a placement (placements' own views, openlines' SETTING_CONNECTOR).
 """
+
 import hashlib
 import json
 
@@ -23,36 +24,66 @@ def refusal_text(reason: str):
     return {
         "not_installed": (_("App not installed"), _("The app is not installed on this portal.")),
         "uninstalled": (_("App not installed"), _("The app is not installed on this portal.")),
-        "blocked": (_("An administrator is needed"),
-                    _("The app lost its connection to this portal. Please ask a portal administrator to "
-                      "open the app once; that restores it.")),
-        "needs_admin": (_("An administrator is needed"),
-                        _("The app needs a portal administrator to open it once (its connection to this portal "
-                          "was lost or its installation changed). Please ask an administrator, then try again.")),
-        "busy": (_("Please try again in a moment"),
-                 _("Too many requests for this portal are being checked right now. Please try again in a "
-                   "moment.")),
-        "domain_mismatch": (_("Unknown portal address"),
-                            _("This portal's address does not match the one Bitrix24 confirmed for it. If the "
-                              "portal's address was changed, reload Bitrix24 and open the widget again.")),
+        "blocked": (
+            _("An administrator is needed"),
+            _(
+                "The app lost its connection to this portal. Please ask a portal administrator to "
+                "open the app once; that restores it."
+            ),
+        ),
+        "needs_admin": (
+            _("An administrator is needed"),
+            _(
+                "The app needs a portal administrator to open it once (its connection to this portal "
+                "was lost or its installation changed). Please ask an administrator, then try again."
+            ),
+        ),
+        "busy": (
+            _("Please try again in a moment"),
+            _("Too many requests for this portal are being checked right now. Please try again in a moment."),
+        ),
+        "domain_mismatch": (
+            _("Unknown portal address"),
+            _(
+                "This portal's address does not match the one Bitrix24 confirmed for it. If the "
+                "portal's address was changed, reload Bitrix24 and open the widget again."
+            ),
+        ),
         "no_auth": (_("Not signed in"), _("Bitrix24 did not send the user's authorization. Open the widget again.")),
-        "no_access": (_("No access to this app"),
-                      _("Your Bitrix24 administrator has given access to this app to some users only. Ask an "
-                        "administrator to give you access.")),
-        "plan_required": (_("Not available on this plan"),
-                          _("Bitrix24 offers apps like this one on its commercial plans only. A portal "
-                            "administrator can change the plan in Bitrix24.")),
-        "bitrix24_blocked": (_("Bitrix24 has paused this portal's apps"),
-                             _("Bitrix24 has paused apps' access to this portal for overload. A portal "
-                               "administrator can ask Bitrix24 support to lift it.")),
-        "bad_token": (_("Access denied"),
-                      _("Bitrix24 did not confirm your authorization. Close the widget and open it again.")),
-        "bitrix24_unreachable": (_("Bitrix24 is not reachable"),
-                                 _("Bitrix24 did not answer. Please try again in a few minutes.")),
+        "no_access": (
+            _("No access to this app"),
+            _(
+                "Your Bitrix24 administrator has given access to this app to some users only. Ask an "
+                "administrator to give you access."
+            ),
+        ),
+        "plan_required": (
+            _("Not available on this plan"),
+            _(
+                "Bitrix24 offers apps like this one on its commercial plans only. A portal "
+                "administrator can change the plan in Bitrix24."
+            ),
+        ),
+        "bitrix24_blocked": (
+            _("Bitrix24 has paused this portal's apps"),
+            _(
+                "Bitrix24 has paused apps' access to this portal for overload. A portal "
+                "administrator can ask Bitrix24 support to lift it."
+            ),
+        ),
+        "bad_token": (
+            _("Access denied"),
+            _("Bitrix24 did not confirm your authorization. Close the widget and open it again."),
+        ),
+        "bitrix24_unreachable": (
+            _("Bitrix24 is not reachable"),
+            _("Bitrix24 did not answer. Please try again in a few minutes."),
+        ),
         "bitrix24_error": (_("Bitrix24 error"), _("Bitrix24 gave an answer we could not use. Please try again.")),
-        "payment_required": (_("Payment required"),
-                             _("The app's paid period has expired. Please renew the subscription in Bitrix24 "
-                               "Market to keep using it.")),
+        "payment_required": (
+            _("Payment required"),
+            _("The app's paid period has expired. Please renew the subscription in Bitrix24 Market to keep using it."),
+        ),
     }.get(reason, (_("Access denied"), _("The request was refused.")))
 
 
@@ -81,9 +112,11 @@ def render_page(request, template: str, context: dict) -> str:
     """The page for `context`, rendered once per distinct content (the widget token goes in at TOKEN_SLOT)."""
     portal = context["portal"]
     facts = (
-        template, translation.get_language(),
+        template,
+        translation.get_language(),
         tuple(getattr(portal, f.attname) for f in Portal._meta.concrete_fields if f.attname not in auth.SECRETS),
-        repr(context["verdict"]), json.dumps(context["options"], sort_keys=True),
+        repr(context["verdict"]),
+        json.dumps(context["options"], sort_keys=True),
     )
     key = hashlib.sha256(repr(facts).encode()).hexdigest()
     html = _pages.get(key)

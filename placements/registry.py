@@ -7,6 +7,7 @@ registered with portals' install steps in PlacementsConfig.ready()). Another app
 its `view` (a callable `(request, PlacementRequest) -> response`), e.g. openlines' SETTING_CONNECTOR.
 Adding a placement is one `register` call and one template.
 """
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,16 +75,18 @@ def bindings() -> list[dict[str, Any]]:
     for placement in _registry.values():
         if not placement.bind:
             continue
-        out.append({
-            "PLACEMENT": placement.code,
-            "HANDLER": handler_url(),
-            "TITLE": placement.titles["en"],
-            "DESCRIPTION": placement.descriptions["en"],
-            "LANG_ALL": {
-                lang: {"TITLE": placement.titles[lang], "DESCRIPTION": placement.descriptions[lang]}
-                for lang in placement.titles
-            },
-        })
+        out.append(
+            {
+                "PLACEMENT": placement.code,
+                "HANDLER": handler_url(),
+                "TITLE": placement.titles["en"],
+                "DESCRIPTION": placement.descriptions["en"],
+                "LANG_ALL": {
+                    lang: {"TITLE": placement.titles[lang], "DESCRIPTION": placement.descriptions[lang]}
+                    for lang in placement.titles
+                },
+            }
+        )
     return out
 
 
@@ -92,8 +95,10 @@ def bind_placements(portal: Any, client: Any) -> install_steps.Bound:
     handlers = bindings()
     commands: dict[str, tuple[str, dict[str, Any]]] = {}
     for i, binding in enumerate(handlers):
-        commands[f"unbind_placement_{i}"] = ("placement.unbind", {"PLACEMENT": binding["PLACEMENT"],
-                                                                   "HANDLER": binding["HANDLER"]})
+        commands[f"unbind_placement_{i}"] = (
+            "placement.unbind",
+            {"PLACEMENT": binding["PLACEMENT"], "HANDLER": binding["HANDLER"]},
+        )
         commands[f"bind_placement_{i}"] = ("placement.bind", binding)
     if commands:
         install.run_bindings(client, commands)

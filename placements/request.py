@@ -1,4 +1,5 @@
 """PlacementRequest: the POST Bitrix24 sends when a user opens a placement, validated."""
+
 from dataclasses import dataclass
 
 from django.core.exceptions import SuspiciousOperation

@@ -1,4 +1,5 @@
 """One entry point for every placement, dispatched by PLACEMENT."""
+
 from django.http import HttpResponse
 from django.utils import translation
 from django.utils.translation import gettext as _
@@ -26,20 +27,33 @@ def placement_view(request):
     """Bitrix24 opens every placement here with a cross-site POST into an iframe."""
     if request.method == "GET":
         with translation.override(placement_request.language(request)):
-            return frame_error(request, status=200, title=_("Open from Bitrix24"),
-                               message=_("This widget opens from inside Bitrix24, in the Contact Center."),
-                               origin=None)
+            return frame_error(
+                request,
+                status=200,
+                title=_("Open from Bitrix24"),
+                message=_("This widget opens from inside Bitrix24, in the Contact Center."),
+                origin=None,
+            )
     try:
         parsed = placement_request.parse(request)
     except placement_request.UnknownPlacement:
         with translation.override(placement_request.language(request)):
-            return frame_error(request, status=400, title=_("Unknown placement"),
-                               message=_("This app has no handler for that placement."), origin=None)
+            return frame_error(
+                request,
+                status=400,
+                title=_("Unknown placement"),
+                message=_("This app has no handler for that placement."),
+                origin=None,
+            )
     except BadFramePost as exc:
         with translation.override(placement_request.language(request)):
-            return frame_error(request, status=400, title=_("Bad request"),
-                               message=_("The request from Bitrix24 is malformed (%(field)s).") % {"field": exc.field},
-                               origin=None)
+            return frame_error(
+                request,
+                status=400,
+                title=_("Bad request"),
+                message=_("The request from Bitrix24 is malformed (%(field)s).") % {"field": exc.field},
+                origin=None,
+            )
     post = parsed.post
     if parsed.placement.view is not None:  # another app's page (e.g. openlines' SETTING_CONNECTOR)
         return parsed.placement.view(request, parsed)
@@ -59,5 +73,3 @@ def placement_view(request):
         response = HttpResponse(page.replace(pages.TOKEN_SLOT, widget_token.issue(portal, verdict)))
         metrics.widget_open("shown")
     return framed_by(response, portal_origin(portal))
-
-

@@ -1,4 +1,5 @@
 """The short-lived signed token a widget frame carries to save settings (no third-party cookies)."""
+
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -30,9 +31,15 @@ def install_epoch(portal) -> int:
 
 def issue(portal, verdict) -> str:
     return signing.dumps(
-        {"p": portal.pk, "m": portal.member_id, "i": install_epoch(portal), "u": verdict.user_id,
-         "a": verdict.is_admin},
-        salt=_SALT, compress=True,
+        {
+            "p": portal.pk,
+            "m": portal.member_id,
+            "i": install_epoch(portal),
+            "u": verdict.user_id,
+            "a": verdict.is_admin,
+        },
+        salt=_SALT,
+        compress=True,
     )
 
 
@@ -46,8 +53,12 @@ def read(value: str) -> WidgetToken:
     except signing.BadSignature:
         raise BadWidgetToken("tampered") from None
     try:
-        return WidgetToken(portal_id=int(data["p"]), installed=int(data["i"]), member_id=str(data["m"]),
-                           user_id=str(data["u"]),
-                           is_admin=data["a"] is True)
+        return WidgetToken(
+            portal_id=int(data["p"]),
+            installed=int(data["i"]),
+            member_id=str(data["m"]),
+            user_id=str(data["u"]),
+            is_admin=data["a"] is True,
+        )
     except (KeyError, TypeError, ValueError):
         raise BadWidgetToken("tampered") from None

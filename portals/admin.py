@@ -1,4 +1,5 @@
 """Staff view of every install: status, history, actions. Never shows a secret."""
+
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
@@ -21,18 +22,62 @@ class PortalAdmin(admin.ModelAdmin):
     actions = ["refresh_tokens_now", "bind_placements_again"]
     fieldsets = (
         (None, {"fields": ("member_id", "domain", "client_endpoint", "server_endpoint", "status", "last_error")}),
-        (_("App on the portal"), {"fields": ("app_status", "payment_expired", "license", "rest_plan", "app_version",
-                                             "language", "scope", "installed_by")}),
-        (_("Tokens"), {"fields": ("token_state", "refresh_renewed_at", "refresh_lease_until", "bound_at",
-                                  "application_token_state")}),
+        (
+            _("App on the portal"),
+            {
+                "fields": (
+                    "app_status",
+                    "payment_expired",
+                    "license",
+                    "rest_plan",
+                    "app_version",
+                    "language",
+                    "scope",
+                    "installed_by",
+                )
+            },
+        ),
+        (
+            _("Tokens"),
+            {
+                "fields": (
+                    "token_state",
+                    "refresh_renewed_at",
+                    "refresh_lease_until",
+                    "bound_at",
+                    "application_token_state",
+                )
+            },
+        ),
         (_("Dates"), {"fields": ("created_at", "installed_at", "uninstalled_at", "last_seen_at")}),
         (_("History"), {"fields": ("history", "refusals")}),
     )
     readonly_fields = (
-        "member_id", "domain", "client_endpoint", "server_endpoint", "status", "last_error", "app_status",
-        "payment_expired", "license", "rest_plan", "app_version", "language", "scope", "installed_by", "token_state",
-        "refresh_renewed_at", "refresh_lease_until", "bound_at", "application_token_state", "created_at",
-        "installed_at", "uninstalled_at", "last_seen_at", "history", "refusals",
+        "member_id",
+        "domain",
+        "client_endpoint",
+        "server_endpoint",
+        "status",
+        "last_error",
+        "app_status",
+        "payment_expired",
+        "license",
+        "rest_plan",
+        "app_version",
+        "language",
+        "scope",
+        "installed_by",
+        "token_state",
+        "refresh_renewed_at",
+        "refresh_lease_until",
+        "bound_at",
+        "application_token_state",
+        "created_at",
+        "installed_at",
+        "uninstalled_at",
+        "last_seen_at",
+        "history",
+        "refusals",
     )
 
     def changelist_view(self, request, extra_context=None):
@@ -46,9 +91,16 @@ class PortalAdmin(admin.ModelAdmin):
     def _warn_about_credentials(self, request):
         rejected = oauth.client_rejected()
         if rejected:
-            self.message_user(request, _("The Bitrix24 OAuth server refused this deployment's credentials "
-                                         "(%(what)s): check B24_CLIENT_ID and B24_CLIENT_SECRET. No portal is "
-                                         "blocked for it.") % {"what": rejected}, messages.ERROR)
+            self.message_user(
+                request,
+                _(
+                    "The Bitrix24 OAuth server refused this deployment's credentials "
+                    "(%(what)s): check B24_CLIENT_ID and B24_CLIENT_SECRET. No portal is "
+                    "blocked for it."
+                )
+                % {"what": rejected},
+                messages.ERROR,
+            )
 
     def get_queryset(self, request):
         # The list never shows a secret: leave them unloaded (and undecrypted). The change page's
@@ -78,24 +130,47 @@ class PortalAdmin(admin.ModelAdmin):
     def history(self, obj):
         rows = obj.events.all()[:HISTORY_ROWS]
         body = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((e.created_at.strftime("%Y-%m-%d %H:%M:%S"), e.get_kind_display(),
-              ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))) for e in rows),
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    e.get_kind_display(),
+                    ", ".join(f"{k}={v}" for k, v in sorted(e.detail.items())),
+                )
+                for e in rows
+            ),
         )
-        return format_html('<table id="portal-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead>'
-                           "<tbody>{}</tbody></table>", _("when"), _("what"), _("detail"), body)
+        return format_html(
+            '<table id="portal-history"><thead><tr><th>{}</th><th>{}</th><th>{}</th></tr></thead>'
+            "<tbody>{}</tbody></table>",
+            _("when"),
+            _("what"),
+            _("detail"),
+            body,
+        )
 
     @admin.display(description=_("refused requests (unverified senders, per hour)"))
     def refusals(self, obj):
         rows = obj.rejections.all()[:HISTORY_ROWS]
         body = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((r.window_start.strftime("%Y-%m-%d %H:00"), r.source, r.reason, r.count,
-              r.last_at.strftime("%H:%M:%S")) for r in rows),
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (r.window_start.strftime("%Y-%m-%d %H:00"), r.source, r.reason, r.count, r.last_at.strftime("%H:%M:%S"))
+                for r in rows
+            ),
         )
-        return format_html('<table id="portal-refusals"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>'
-                           "<th>{}</th></tr></thead><tbody>{}</tbody></table>", _("hour"), _("where"), _("reason"),
-                           _("count"), _("last"), body)
+        return format_html(
+            '<table id="portal-refusals"><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th>'
+            "<th>{}</th></tr></thead><tbody>{}</tbody></table>",
+            _("hour"),
+            _("where"),
+            _("reason"),
+            _("count"),
+            _("last"),
+            body,
+        )
 
     @admin.action(description=_("Refresh tokens now"))
     def refresh_tokens_now(self, request, queryset):
@@ -107,8 +182,11 @@ class PortalAdmin(admin.ModelAdmin):
             except oauth.OAuthError as exc:
                 failed += 1
                 self.message_user(request, f"{portal.domain}: {exc.code}", messages.ERROR)
-        self.message_user(request, _("Tokens refreshed: %(done)d, failed: %(failed)d") % {"done": done, "failed": failed},
-                          messages.SUCCESS if not failed else messages.WARNING)
+        self.message_user(
+            request,
+            _("Tokens refreshed: %(done)d, failed: %(failed)d") % {"done": done, "failed": failed},
+            messages.SUCCESS if not failed else messages.WARNING,
+        )
 
     @admin.action(description=_("Bind placements again"))
     def bind_placements_again(self, request, queryset):
@@ -124,8 +202,11 @@ class PortalAdmin(admin.ModelAdmin):
             except install.InstallUnavailable as exc:
                 failed += 1
                 self.message_user(request, f"{portal.domain}: {exc.code}", messages.ERROR)
-        self.message_user(request, _("Bound: %(done)d, failed: %(failed)d") % {"done": done, "failed": failed},
-                          messages.SUCCESS if not failed else messages.WARNING)
+        self.message_user(
+            request,
+            _("Bound: %(done)d, failed: %(failed)d") % {"done": done, "failed": failed},
+            messages.SUCCESS if not failed else messages.WARNING,
+        )
 
 
 @admin.register(Rejection)

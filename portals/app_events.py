@@ -14,6 +14,7 @@ PortalsConfig.ready(). What each proves:
 Refusals from unverified senders are counted (lifecycle.count_rejection), not stored one row each;
 in the worker a refusal becomes Reject, and unavailability (OAuth, REST, limits) Retry.
 """
+
 import hmac
 import logging
 import re
@@ -68,8 +69,11 @@ class PortalDirectory:
     """The stored portals as the inbox sees them (inbox.registry.Directory), registered in ready()."""
 
     def find(self, member_id: str) -> Portal | None:
-        return Portal.objects.filter(member_id=member_id).only(
-            "pk", "member_id", "status", "application_token_digest").first()
+        return (
+            Portal.objects.filter(member_id=member_id)
+            .only("pk", "member_id", "status", "application_token_digest")
+            .first()
+        )
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         lifecycle.count_rejection(member_id, source=source, reason=reason)
@@ -77,6 +81,7 @@ class PortalDirectory:
 
 def _in_worker(apply):
     """An inbox handler around `apply(portal, event)`: refusals become Reject, unavailability Retry."""
+
     def handler(item) -> str:
         event = Event.of(item)
         portal = Portal.objects.filter(member_id=event.member_id).first()
@@ -92,6 +97,7 @@ def _in_worker(apply):
             raise inbox.Retry(f"Bitrix24 unavailable ({getattr(exc, 'code', type(exc).__name__)})") from None
         except lifecycle.TransitionError as exc:
             raise inbox.Reject(str(exc)) from None
+
     handler.__name__ = f"on_{apply.__name__.strip('_')}"
     return handler
 
@@ -139,8 +145,11 @@ def _grant_of(event: Event):
     try:
         return administrator_grant(event.member_id, _str(event.auth.get("refresh_token")))
     except GrantRefused as exc:
-        raise EventRefused(f"the event's tokens are not an administrator's ({exc.reason})", status=exc.status,
-                           retry_after=exc.retry_after) from None
+        raise EventRefused(
+            f"the event's tokens are not an administrator's ({exc.reason})",
+            status=exc.status,
+            retry_after=exc.retry_after,
+        ) from None
 
 
 def _on_install(portal: Portal | None, event: Event) -> str:
@@ -156,8 +165,9 @@ def _on_install(portal: Portal | None, event: Event) -> str:
     if not _str(event.auth.get("refresh_token")):
         raise EventRefused("ONAPPINSTALL without an administrator's tokens for an install we do not know")
     grant = _grant_of(event)
-    stored, _created = lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")),
-                                         application_token=token)
+    stored, _created = lifecycle.install(
+        grant, language=_language(event.data.get("LANGUAGE_ID")), application_token=token
+    )
     if not stored.bound_at:
         # Installed without our install page (handler set in the version card): bind here instead.
         # A binding failure is recorded on the portal, which then stays `new`.
@@ -165,8 +175,7 @@ def _on_install(portal: Portal | None, event: Event) -> str:
             installer.bind(stored)
         except installer.InstallUnavailable:
             pass
-    lifecycle.accept_application_token(Portal.objects.get(pk=stored.pk), token, via="oauth_refresh",
-                                       version=version)
+    lifecycle.accept_application_token(Portal.objects.get(pk=stored.pk), token, via="oauth_refresh", version=version)
     return "application_token saved"
 
 
@@ -182,8 +191,18 @@ def _on_uninstall(portal: Portal | None, event: Event) -> str:
 
 
 # Answers that mean our app has no access to the portal any more.
-_GONE = frozenset({"invalid_token", "NO_AUTH_FOUND", "APPLICATION_NOT_FOUND", "WRONG_AUTH_TYPE", "NOT_INSTALLED",
-                   "invalid_grant", "PORTAL_DELETED", "portal_not_serving"})
+_GONE = frozenset(
+    {
+        "invalid_token",
+        "NO_AUTH_FOUND",
+        "APPLICATION_NOT_FOUND",
+        "WRONG_AUTH_TYPE",
+        "NOT_INSTALLED",
+        "invalid_grant",
+        "PORTAL_DELETED",
+        "portal_not_serving",
+    }
+)
 
 
 def _confirm_gone(portal: Portal) -> None:
@@ -198,17 +217,22 @@ def _confirm_gone(portal: Portal) -> None:
         PortalClient(portal).call("app.info")
     except TokenRefreshFailed as exc:
         if blocked:
-            raise EventRefused("cannot confirm the uninstall of a blocked portal (its tokens were lost "
-                               "before); an administrator's open heals it", status=409) from None
+            raise EventRefused(
+                "cannot confirm the uninstall of a blocked portal (its tokens were lost "
+                "before); an administrator's open heals it",
+                status=409,
+            ) from None
         if exc.code in _GONE or exc.code in oauth.BLOCKING_ERRORS:
             return
-        raise EventRefused(f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503,
-                           retry_after=30) from None
+        raise EventRefused(
+            f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503, retry_after=30
+        ) from None
     except RestError as exc:
         if exc.code in _GONE:
             return
-        raise EventRefused(f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503,
-                           retry_after=30) from None
+        raise EventRefused(
+            f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503, retry_after=30
+        ) from None
     raise EventRefused("the app is still installed on the portal")
 
 
@@ -237,9 +261,11 @@ def _on_update(portal: Portal | None, event: Event) -> str:
             return "no change"
         # Recorded by an earlier run of this item that died before its bindings were done: finish them.
     else:
-        portal = lifecycle.record_update(portal, version=installed,
-                                         previous_version=portal.app_version
-                                         or _version(event.data.get("PREVIOUS_VERSION")))
+        portal = lifecycle.record_update(
+            portal,
+            version=installed,
+            previous_version=portal.app_version or _version(event.data.get("PREVIOUS_VERSION")),
+        )
     # "When an application is deleted or updated, its event handlers will be removed" (event-bind.md).
     try:
         installer.bind(portal)
@@ -249,8 +275,12 @@ def _on_update(portal: Portal | None, event: Event) -> str:
 
 
 def _bindings_older_than_the_last_update(portal: Portal) -> bool:
-    last = portal.events.filter(kind=PortalEvent.Kind.UPDATED).order_by("-created_at").values_list(
-        "created_at", flat=True).first()
+    last = (
+        portal.events.filter(kind=PortalEvent.Kind.UPDATED)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
     return last is not None and (portal.bound_at is None or portal.bound_at < last)
 
 
@@ -259,11 +289,13 @@ def _installed_version(portal: Portal) -> str:
     try:
         info = PortalClient(portal).call("app.info")
     except TokenRefreshFailed as exc:
-        raise EventRefused(f"could not ask the portal for the installed version ({exc.code})", status=503,
-                           retry_after=60) from None
+        raise EventRefused(
+            f"could not ask the portal for the installed version ({exc.code})", status=503, retry_after=60
+        ) from None
     except RestError as exc:
-        raise EventRefused(f"could not ask the portal for the installed version ({exc.code})", status=503,
-                           retry_after=30) from None
+        raise EventRefused(
+            f"could not ask the portal for the installed version ({exc.code})", status=503, retry_after=30
+        ) from None
     version = _version(info.get("VERSION")) if isinstance(info, dict) else ""
     if not version:
         raise EventRefused("the portal's app.info has no usable VERSION", status=503, retry_after=60)

@@ -7,6 +7,7 @@ portal. A grant changes an install only when, in addition, the OAuth server name
 portal and that portal says the grant's own user is an administrator (`user.admin`, asked with the
 grant's access token at the address the OAuth server confirmed).
 """
+
 import logging
 
 from django.views.decorators.debug import sensitive_variables

@@ -6,6 +6,7 @@ portal's `user.admin` with the grant's own token). The POST's `APPLICATION_TOKEN
 (settings/oauth/simple-way.md) is stored with it: the app does not depend on one ONAPPINSTALL
 delivery, which Bitrix24 never resends.
 """
+
 import logging
 
 from django.conf import settings
@@ -62,7 +63,10 @@ def install(post: FramePost) -> Portal:
             lifecycle.count_rejection(post.member_id, source="install", reason=exc.reason)
         raise InstallRefused(exc.reason, exc.status, exc.retry_after) from None
     portal, _created = lifecycle.install(
-        grant, language=post.lang, user_id=grant.user_id, application_token=post.application_token,
+        grant,
+        language=post.lang,
+        user_id=grant.user_id,
+        application_token=post.application_token,
     )
     bind(portal)
     return portal
@@ -121,6 +125,11 @@ def bind_app_events(portal: Portal, client: PortalClient) -> install_steps.Bound
     app = result.result.get("app_info")
     if isinstance(app, dict):
         license = app.get("LICENSE") if isinstance(app.get("LICENSE"), str) else ""
-        lifecycle.set_app_info(portal, app_status="", payment_expired=None, license=license,
-                               version=wire.digits_or_empty(str(app.get("VERSION") or "")))
+        lifecycle.set_app_info(
+            portal,
+            app_status="",
+            payment_expired=None,
+            license=license,
+            version=wire.digits_or_empty(str(app.get("VERSION") or "")),
+        )
     return install_steps.Bound(events=list(APP_EVENTS))

@@ -10,6 +10,7 @@ Bitrix24 refuses (the failure is recorded with the step's name and the install i
 must be idempotent. The order: placements (10; `placement.bind` is for administrators only, so an install
 that cannot show its square must not look complete), the app's own events (20), the rest (50 by default).
 """
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any

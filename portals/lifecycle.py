@@ -3,6 +3,7 @@
 Every change of a portal's state goes through a function here; each checks the current state and
 writes a PortalEvent. Event details hold only non-secret facts (codes, addresses, versions).
 """
+
 import logging
 from datetime import timedelta
 
@@ -135,16 +136,19 @@ def count_rejection(member_id: str, *, source: str, reason: str) -> None:
     reason = reason[:128]
     try:
         with transaction.atomic():
-            updated = Rejection.objects.filter(portal_id=portal_id, source=source, reason=reason,
-                                               window_start=window).update(count=F("count") + 1, last_at=now)
+            updated = Rejection.objects.filter(
+                portal_id=portal_id, source=source, reason=reason, window_start=window
+            ).update(count=F("count") + 1, last_at=now)
             if not updated:
                 try:
                     with transaction.atomic():
-                        Rejection.objects.create(portal_id=portal_id, source=source, reason=reason,
-                                                 window_start=window, count=1, last_at=now)
+                        Rejection.objects.create(
+                            portal_id=portal_id, source=source, reason=reason, window_start=window, count=1, last_at=now
+                        )
                 except IntegrityError:  # created by a concurrent refusal meanwhile
-                    Rejection.objects.filter(portal_id=portal_id, source=source, reason=reason,
-                                             window_start=window).update(count=F("count") + 1, last_at=now)
+                    Rejection.objects.filter(
+                        portal_id=portal_id, source=source, reason=reason, window_start=window
+                    ).update(count=F("count") + 1, last_at=now)
     except DatabaseError:
         log.warning("could not count a refusal", extra={"member_id": member_id, "source": source})
 
@@ -303,8 +307,6 @@ def record_update(portal: Portal, *, version: str, previous_version: str = "") -
     return portal
 
 
-
-
 def touch(portal: Portal) -> None:
     """Note that the portal was seen; writes at most once per LAST_SEEN_RESOLUTION."""
     now = timezone.now()
@@ -314,8 +316,9 @@ def touch(portal: Portal) -> None:
     portal.last_seen_at = now
 
 
-def set_app_info(portal: Portal, *, app_status: str, payment_expired: bool | None, license: str = "",
-                 version: str = "") -> None:
+def set_app_info(
+    portal: Portal, *, app_status: str, payment_expired: bool | None, license: str = "", version: str = ""
+) -> None:
     """Store what app.info said about the app's licence on the portal; each change is recorded once.
 
     `version` (the portal's app.info VERSION) is taken only when none is known yet: a change of version

@@ -5,6 +5,7 @@ and the cron commands (refresh_tokens, sync_portals) call. For the commands this
 what they share: the --limit budget, SIGTERM handling, the tally that prints progress and the summary,
 and a bounded thread pool (concurrent.futures) in which each thread closes its database connection.
 """
+
 import contextlib
 import logging
 import signal
@@ -51,15 +52,14 @@ class Outcome:
 
 # --- the services ----------------------------------------------------------------------------------
 
+
 def due(*, older_than_days: int, within_minutes: int | None, now=None) -> Q:
     """Serving portals with a refresh token that is old (or of unknown age), or, when
     `within_minutes` is given, whose access token expires within that time (or at an unknown time)."""
     now = now or timezone.now()
     lapsing = Q(refresh_renewed_at__isnull=True) | Q(refresh_renewed_at__lte=now - timedelta(days=older_than_days))
     if within_minutes is not None:
-        lapsing |= Q(access_expires_at__isnull=True) | Q(
-            access_expires_at__lte=now + timedelta(minutes=within_minutes)
-        )
+        lapsing |= Q(access_expires_at__isnull=True) | Q(access_expires_at__lte=now + timedelta(minutes=within_minutes))
     return Q(status__in=(Portal.Status.NEW, Portal.Status.ACTIVE)) & ~Q(refresh_token="") & lapsing
 
 
@@ -177,6 +177,7 @@ def ids_in_pages(queryset, batch_size: int):
 
 # --- what the cron commands share ------------------------------------------------------------------
 
+
 class Budget:
     """At most `limit` portals are worked on (None: no limit); taken while the portal is claimed.
 
@@ -254,6 +255,7 @@ def run(ids, work, *, workers: int, tally: Tally, budget: Budget) -> None:
     At most 2 x `workers` ids are in flight, so a stop (SIGTERM, --limit) claims nothing new while
     portals already being worked on finish (a refresh token spent at the OAuth server must be stored).
     """
+
     def one(pk):
         try:
             if budget.stopped:
@@ -297,13 +299,28 @@ def stop_on_sigterm(budget: Budget):
 
 def add_arguments(parser, *, verb: str) -> None:
     """The options every portal-walking command shares (--workers, --batch-size, --limit, --progress-every)."""
-    parser.add_argument("--workers", type=int, default=4, metavar="N",
-                        help=f"portals {verb} at once, each thread with its own database connection (default 4)")
-    parser.add_argument("--batch-size", type=int, default=100, metavar="N",
-                        help="portal ids read from the database per query (default 100)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help=f"portals {verb} at once, each thread with its own database connection (default 4)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=100,
+        metavar="N",
+        help="portal ids read from the database per query (default 100)",
+    )
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="handle at most N portals in this run")
-    parser.add_argument("--progress-every", type=int, default=100, metavar="N",
-                        help="print a progress line every N portals (default 100; 0: none)")
+    parser.add_argument(
+        "--progress-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="print a progress line every N portals (default 100; 0: none)",
+    )
 
 
 def check_options(options) -> None:

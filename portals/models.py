@@ -1,4 +1,5 @@
 """A portal that installed the app (one row per member_id) and its audit trail."""
+
 import hashlib
 import hmac
 
@@ -38,7 +39,9 @@ class Portal(models.Model):
         UNINSTALLED = "uninstalled", _("uninstalled")
 
     member_id = models.CharField(max_length=64, unique=True)
-    domain = models.CharField(max_length=255, db_index=True, help_text="Current address, as the OAuth server reports it.")
+    domain = models.CharField(
+        max_length=255, db_index=True, help_text="Current address, as the OAuth server reports it."
+    )
     client_endpoint = models.CharField(max_length=255, help_text="The portal's REST base, from the OAuth server.")
     server_endpoint = models.CharField(max_length=255, blank=True, help_text="The OAuth server's REST base.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.NEW, db_index=True)
@@ -46,9 +49,11 @@ class Portal(models.Model):
     payment_expired = models.BooleanField(null=True, blank=True)
     license = models.CharField(max_length=64, blank=True)
     # The request-rate bucket Bitrix24 gives the portal, from its LICENSE (portals.limits.plan_of).
-    rest_plan = models.CharField(max_length=16, choices=[("standard", _("standard (50, then 2/s)")),
-                                                         ("enterprise", _("Enterprise (250, then 5/s)"))],
-                                 default="standard")
+    rest_plan = models.CharField(
+        max_length=16,
+        choices=[("standard", _("standard (50, then 2/s)")), ("enterprise", _("Enterprise (250, then 5/s)"))],
+        default="standard",
+    )
     language = models.CharField(max_length=16, blank=True)
     scope = models.TextField(blank=True)
     app_version = models.CharField(max_length=32, blank=True)

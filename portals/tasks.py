@@ -4,6 +4,7 @@
   every worker machine takes a share; each portal is claimed once (tokens.refresh_portal's lease,
   judged again under the row lock), so a chunk that runs twice refreshes nothing twice.
 """
+
 import logging
 
 from celery import shared_task
@@ -37,8 +38,7 @@ def keepalive_pass(older_than_days: int = 150, within_minutes: int | None = None
     return sent
 
 
-@shared_task(name="portals.refresh_chunk", bind=True, acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True)
+@shared_task(name="portals.refresh_chunk", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def refresh_chunk(self, ids: list[int], older_than_days: int = 150, within_minutes: int | None = None) -> dict:
     """Refresh each portal of the chunk that is still due (skipped when another worker has it)."""
     counts: dict = {}
@@ -47,8 +47,9 @@ def refresh_chunk(self, ids: list[int], older_than_days: int = 150, within_minut
         outcome = maintenance.refresh_if_due(pk, due)
         counts[outcome.kind] = counts.get(outcome.kind, 0) + 1
         if outcome.kind in (maintenance.FAILED, maintenance.MISCONFIGURED):
-            log.warning("keep-alive refresh failed", extra={"portal_id": pk, "code": outcome.code,
-                                                            "task_id": self.request.id})
+            log.warning(
+                "keep-alive refresh failed", extra={"portal_id": pk, "code": outcome.code, "task_id": self.request.id}
+            )
         if outcome.kind == maintenance.MISCONFIGURED:
             break  # our credentials are refused: nothing in this chunk can succeed
     log.info("keep-alive chunk done", extra={"task_id": self.request.id, **counts})

@@ -12,6 +12,7 @@ A lease outlives the OAuth deadline, so a crashed holder's lease simply expires.
 
 `PortalClient(portal)` is `bitrix24.client.Client` with this refresh as its credentials' refresh step.
 """
+
 import logging
 import time
 import uuid
@@ -31,8 +32,7 @@ from .models import Portal
 
 log = logging.getLogger(__name__)
 
-REFRESH_FAILURES = Counter("b24widget_token_refresh_failures", "Failed token refreshes, by OAuth error code.",
-                           ["code"])
+REFRESH_FAILURES = Counter("b24widget_token_refresh_failures", "Failed token refreshes, by OAuth error code.", ["code"])
 
 
 def refresh_failed(code: str) -> None:
@@ -42,11 +42,17 @@ def refresh_failed(code: str) -> None:
 class PortalClient(Client):
     """REST access to one stored portal: the app's tokens are refreshed through `refresh_portal`."""
 
-    def __init__(self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False,
-                 interactive: bool = False):
+    def __init__(
+        self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False, interactive: bool = False
+    ):
         # A row never stored (a grant's probe) has no tokens of ours to refresh.
-        super().__init__(portal, refresh=_refresh if portal.pk is not None else None, access_token=access_token,
-                         oauth_server=oauth_server, interactive=interactive)
+        super().__init__(
+            portal,
+            refresh=_refresh if portal.pk is not None else None,
+            access_token=access_token,
+            oauth_server=oauth_server,
+            interactive=interactive,
+        )
 
     @property
     def portal(self) -> Portal:
@@ -59,8 +65,13 @@ def _refresh(portal: Portal, *, seen_access_token: str | None, force: bool, wait
 
 
 def refresh_portal(
-    portal: Portal, *, seen_access_token: str | None = None, force: bool = False, allow_blocked: bool = False,
-    wait: float | None = None, still_due=None,
+    portal: Portal,
+    *,
+    seen_access_token: str | None = None,
+    force: bool = False,
+    allow_blocked: bool = False,
+    wait: float | None = None,
+    still_due=None,
 ) -> Portal:
     """Refresh the portal's tokens once, however many callers ask at the same time.
 
@@ -75,8 +86,14 @@ def refresh_portal(
     began = timezone.now()
     wait_until = time.monotonic() + (settings.B24_REFRESH_WAIT if wait is None else wait)
     while True:
-        claim = _claim(portal.pk, seen_access_token=seen_access_token, force=force, allow_blocked=allow_blocked,
-                       began=began, still_due=still_due)
+        claim = _claim(
+            portal.pk,
+            seen_access_token=seen_access_token,
+            force=force,
+            allow_blocked=allow_blocked,
+            began=began,
+            still_due=still_due,
+        )
         if isinstance(claim, Portal):
             return claim
         if claim is not None:
@@ -92,8 +109,9 @@ def refresh_portal(
     except errors.ClientMisconfigured:
         refresh_failed("client_misconfigured")
         _release(current, owner)
-        log.error("OAuth server refused our client credentials; no portal is blocked",
-                  extra={"member_id": current.member_id})
+        log.error(
+            "OAuth server refused our client credentials; no portal is blocked", extra={"member_id": current.member_id}
+        )
         raise
     except errors.OAuthRejected as exc:
         refresh_failed(exc.code)
@@ -157,7 +175,8 @@ def _locked(pk: int, owner: str) -> Portal:
 def _release(current: Portal, owner: str) -> None:
     try:
         Portal.objects.filter(pk=current.pk, refresh_lease_owner=owner).update(
-            refresh_lease_owner="", refresh_lease_until=None)
+            refresh_lease_owner="", refresh_lease_until=None
+        )
     except DatabaseError:
         log.warning("could not release a refresh lease (it expires by itself)", extra={"member_id": current.member_id})
 
@@ -174,11 +193,14 @@ def _store(pk: int, owner: str, grant: oauth.TokenGrant) -> Portal:
             return row
         except DatabaseError:
             if transaction.get_connection().in_atomic_block or attempt + 1 == settings.B24_TOKEN_STORE_ATTEMPTS:
-                log.critical("a rotated token could not be stored; the portal heals at the next administrator "
-                             "open", extra={"member_id": grant.member_id})
+                log.critical(
+                    "a rotated token could not be stored; the portal heals at the next administrator open",
+                    extra={"member_id": grant.member_id},
+                )
                 raise
-            log.warning("storing a rotated token failed; retrying", extra={"member_id": grant.member_id,
-                                                                           "attempt": attempt + 1})
+            log.warning(
+                "storing a rotated token failed; retrying", extra={"member_id": grant.member_id, "attempt": attempt + 1}
+            )
             close_old_connections()
             time.sleep(delay)
             delay = min(delay * 2, 5)

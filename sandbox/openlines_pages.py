@@ -12,6 +12,7 @@ Served at the portal's address beside the Contact Center page (``SandboxPages`` 
   lists them. The app accepts this http, local webhook address only with OPENLINES_ALLOW_PRIVATE_WEBHOOKS
   (which `manage.py sandbox` turns on beside DEBUG; the deploy check refuses it without DEBUG).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,11 @@ class OpenLinesPages:
             page = read(_PAGES[path]).decode("utf-8").replace("$domain", portal.domain)
             return 200, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")], page.encode()
         if method == "GET" and path == "/sandbox/openlines.js":
-            return 200, [("Content-Type", "text/javascript; charset=utf-8"), ("Cache-Control", "no-store")], read(
-                "openlines.js")
+            return (
+                200,
+                [("Content-Type", "text/javascript; charset=utf-8"), ("Cache-Control", "no-store")],
+                read("openlines.js"),
+            )
         if path == "/sandbox/webhook/" and method == "POST":
             # The outside system's endpoint: the app signs, the sandbox only records (no secret here to check).
             try:
@@ -62,8 +66,13 @@ class OpenLinesPages:
             except ValueError:
                 return json_answer(400, {"error": "not_json"})
             with self._webhooks_lock:
-                self.webhooks.append({"at": time.time(), "payload": payload,
-                                      "signed": bool(request.headers.get("X-B24Widget-Signature"))})
+                self.webhooks.append(
+                    {
+                        "at": time.time(),
+                        "payload": payload,
+                        "signed": bool(request.headers.get("X-B24Widget-Signature")),
+                    }
+                )
                 del self.webhooks[:-_WEBHOOKS_KEPT]
             return json_answer(200, {"ok": True})
         if method == "GET" and path == "/sandbox/api/openlines-state":
@@ -76,14 +85,26 @@ class OpenLinesPages:
     def openlines_state(self, portal):
         chats = []
         for chat in rest_imconnector.conversations(portal):
-            chats.append({
-                "chat_id": chat["chat_id"], "line": chat["line"], "connector": chat["connector"],
-                "external_chat": chat["external_chat"],
-                "customer": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip() or chat["external_user"],
-                "messages": [{"id": m["im_message_id"], "outside": m["outside"], "text": m["text"],
-                              "deleted": m["deleted"], "delivered": bool(m["delivered"]), "read": bool(m["read"])}
-                             for m in chat["messages"]],
-            })
+            chats.append(
+                {
+                    "chat_id": chat["chat_id"],
+                    "line": chat["line"],
+                    "connector": chat["connector"],
+                    "external_chat": chat["external_chat"],
+                    "customer": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip() or chat["external_user"],
+                    "messages": [
+                        {
+                            "id": m["im_message_id"],
+                            "outside": m["outside"],
+                            "text": m["text"],
+                            "deleted": m["deleted"],
+                            "delivered": bool(m["delivered"]),
+                            "read": bool(m["read"]),
+                        }
+                        for m in chat["messages"]
+                    ],
+                }
+            )
         with self._webhooks_lock:
             hooks = [dict(h) for h in self.webhooks]
         return {"chats": chats, "webhooks": hooks, "webhookUrl": self.webhook_url(portal)}
@@ -95,8 +116,17 @@ class OpenLinesPages:
             connectors = {k: dict(v) for k, v in st.connectors.items() if v.get("app") == self.standin.client_id}
             lines = [dict(x) for x in portal.open_lines]
             active = {key: entry["active"] for key, entry in st.lines.items()}
-        return [{"connector": cid, "name": c["NAME"], "line": str(line["ID"]), "lineName": line.get("LINE_NAME", ""),
-                 "active": bool(active.get((cid, str(line["ID"]))))} for cid, c in connectors.items() for line in lines]
+        return [
+            {
+                "connector": cid,
+                "name": c["NAME"],
+                "line": str(line["ID"]),
+                "lineName": line.get("LINE_NAME", ""),
+                "active": bool(active.get((cid, str(line["ID"])))),
+            }
+            for cid, c in connectors.items()
+            for line in lines
+        ]
 
     # --- actions (POST, JSON, same origin: SandboxPages checks) -----------------------------------
 
@@ -104,8 +134,7 @@ class OpenLinesPages:
         """A click on the connector's tile for a line: SETTING_CONNECTOR (widgets/setting-connector.md)."""
         user, lang = self._user(portal, body), self._lang(body)
         connector, line = str(body.get("connector") or ""), str(body.get("line") or "")
-        tile = next((t for t in self.connector_tiles(portal) if (t["connector"], t["line"]) == (connector, line)),
-                    None)
+        tile = next((t for t in self.connector_tiles(portal) if (t["connector"], t["line"]) == (connector, line)), None)
         if tile is None:
             raise self._error(409, "no_connector", "The app registered no such connector, or no such line")
         st = rest_imconnector.state(portal)
@@ -113,12 +142,20 @@ class OpenLinesPages:
             handler = st.connectors[connector]["PLACEMENT_HANDLER"]
             entry = st.lines.get((connector, line)) or {"active": False, "data": {}, "error": False}
             configured = bool(entry["active"] and entry["data"])
-        options = {"CONNECTOR": connector, "LINE": line, "STATUS": configured, "ACTIVE_STATUS": entry["active"],
-                   "CONNECTION_STATUS": configured, "REGISTER_STATUS": True, "ERROR_STATUS": bool(entry["error"]),
-                   "URI": f"/contact_center/connector/?ID={connector}&LINE={line}"}
+        options = {
+            "CONNECTOR": connector,
+            "LINE": line,
+            "STATUS": configured,
+            "ACTIVE_STATUS": entry["active"],
+            "CONNECTION_STATUS": configured,
+            "REGISTER_STATUS": True,
+            "ERROR_STATUS": bool(entry["error"]),
+            "URI": f"/contact_center/connector/?ID={connector}&LINE={line}",
+        }
         fields = portal.placement_post(user_id=user, lang=lang, placement="SETTING_CONNECTOR", options=options)
-        return self._frame(handler, fields, user=user, is_admin=portal.is_admin(user), lang=lang,
-                           placement="SETTING_CONNECTOR")
+        return self._frame(
+            handler, fields, user=user, is_admin=portal.is_admin(user), lang=lang, placement="SETTING_CONNECTOR"
+        )
 
     def _api_operator_reply(self, portal, body):
         text = str(body.get("text") or "").strip()
@@ -127,10 +164,13 @@ class OpenLinesPages:
             raise self._error(400, "bad_text", f"Write 1 to {_TEXT_MAX} characters")
         if not chat_id.isdigit() or int(chat_id) not in rest_imconnector.state(portal).chats:
             raise self._error(404, "no_such_chat", "No such Open Lines chat")
-        message_id, deliveries = rest_imconnector.operator_reply(portal, int(chat_id), text,
-                                                                 user_id=self._user(portal, body))
-        return {"message_id": message_id, "deliveries": [{"status": d.get("status"), "error": d.get("error")}
-                                                         for d in deliveries]}
+        message_id, deliveries = rest_imconnector.operator_reply(
+            portal, int(chat_id), text, user_id=self._user(portal, body)
+        )
+        return {
+            "message_id": message_id,
+            "deliveries": [{"status": d.get("status"), "error": d.get("error")} for d in deliveries],
+        }
 
     def _api_customer_send(self, portal, body):
         """Sign and POST one message to the channel's inbound URL; the app's answer, as it came."""
@@ -143,14 +183,24 @@ class OpenLinesPages:
         message = {"id": str(body.get("message_id") or f"m{time.time_ns()}")}
         if action != "read":
             message.update({"text": str(body.get("text") or "")[:_TEXT_MAX], "date": int(time.time())})
-        payload = {"action": action, "chat": {"id": str(body.get("chat_id") or "c1"), "name": "Sandbox customer"},
-                   "user": {"id": str(body.get("customer_id") or "u1"), "name": str(body.get("name") or "Casey")},
-                   "message": message}
+        payload = {
+            "action": action,
+            "chat": {"id": str(body.get("chat_id") or "c1"), "name": "Sandbox customer"},
+            "user": {"id": str(body.get("customer_id") or "u1"), "name": str(body.get("name") or "Casey")},
+            "message": message,
+        }
         raw = json.dumps(payload).encode()
         timestamp = str(int(time.time()))
-        request = urllib.request.Request(endpoint, data=raw, method="POST", headers={
-            "Content-Type": "application/json", "X-B24Widget-Timestamp": timestamp,
-            "X-B24Widget-Signature": _sign(secret, timestamp, raw)})
+        request = urllib.request.Request(
+            endpoint,
+            data=raw,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "X-B24Widget-Timestamp": timestamp,
+                "X-B24Widget-Signature": _sign(secret, timestamp, raw),
+            },
+        )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(request, timeout=_SEND_DEADLINE) as answer:

@@ -17,6 +17,7 @@ fields, ``setInstallFinish``, ``resizeWindow``, ``refreshAuth``, ``reloadWindow`
 Standard library only, like the stand-in: the app under test (Django) runs in another process or
 thread and is reached only over HTTP.
 """
+
 from __future__ import annotations
 
 import html
@@ -85,8 +86,7 @@ class SandboxPages(OpenLinesPages):
     as a real app's card holds it. Placement handlers come from what the app bound.
     """
 
-    def __init__(self, standin, *, app_url: str, install_path: str = "/install/",
-                 placement_path: str = "/placement/"):
+    def __init__(self, standin, *, app_url: str, install_path: str = "/install/", placement_path: str = "/placement/"):
         self.standin = standin
         self.app_url = app_url.rstrip("/")
         self.install_url = self.app_url + install_path
@@ -129,7 +129,7 @@ class SandboxPages(OpenLinesPages):
             name = path.rsplit("/", 1)[-1]
             return 200, [("Content-Type", _TYPES[Path(name).suffix]), ("Cache-Control", "no-store")], _read(name)
         if path.startswith("/sandbox/api/"):
-            action = path[len("/sandbox/api/"):].strip("/")
+            action = path[len("/sandbox/api/") :].strip("/")
             if method == "GET" and action == "state":
                 return _json(200, self._state(portal, request.flat.get("lang", "en")))
             handler = getattr(self, f"_api_{action.replace('-', '_')}", None)
@@ -165,19 +165,25 @@ class SandboxPages(OpenLinesPages):
             "installUrl": self.install_url,
             "domain": portal.domain,
             "memberId": portal.member_id,
-            "users": [{"id": str(u["ID"]), "name": f"{u.get('NAME', '')} {u.get('LAST_NAME', '')}".strip(),
-                       "admin": bool(u.get("ADMIN"))} for u in portal.users],
+            "users": [
+                {
+                    "id": str(u["ID"]),
+                    "name": f"{u.get('NAME', '')} {u.get('LAST_NAME', '')}".strip(),
+                    "admin": bool(u.get("ADMIN")),
+                }
+                for u in portal.users
+            ],
             "languages": list(LANGUAGES),
             "builtIn": [{"code": c, "title": t, "color": color} for c, t, color in BUILT_IN_SQUARES],
         }
         # JSON inside <script type="application/json">: "<" escaped so nothing can close the element.
         page = Template(_read("contact-center.html").decode("utf-8")).substitute(
-            domain=html.escape(portal.domain), member_id=html.escape(portal.member_id),
+            domain=html.escape(portal.domain),
+            member_id=html.escape(portal.member_id),
             app_url=html.escape(self.app_url),
             config=json.dumps(config).replace("<", "\\u003c"),
         )
-        return 200, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")], page.encode(
-            "utf-8")
+        return 200, [("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")], page.encode("utf-8")
 
     # --- state -----------------------------------------------------------------------------------
 
@@ -187,8 +193,9 @@ class SandboxPages(OpenLinesPages):
             installed, finished, removed = portal.installed, portal.install_finished, portal._removed
             placements = [dict(b) for b in portal.bindings["placements"]]
             events = sorted({b["event"] for b in portal.bindings["events"]})
-            deliveries = [dict(d) for d in self.standin.event_deliveries
-                          if d.get("member_id") == portal.member_id][-_EVENT_LOG_KEPT:]
+            deliveries = [dict(d) for d in self.standin.event_deliveries if d.get("member_id") == portal.member_id][
+                -_EVENT_LOG_KEPT:
+            ]
         squares = []
         if installed and finished:
             for binding in placements:
@@ -197,11 +204,13 @@ class SandboxPages(OpenLinesPages):
                 titles = binding.get("LANG_ALL") or {}
                 localized = titles.get(lang) if isinstance(titles, dict) else None
                 localized = localized if isinstance(localized, dict) else {}
-                squares.append({
-                    "id": binding["ID"],
-                    "title": localized.get("TITLE") or binding.get("TITLE") or "App",
-                    "description": localized.get("DESCRIPTION") or binding.get("DESCRIPTION") or "",
-                })
+                squares.append(
+                    {
+                        "id": binding["ID"],
+                        "title": localized.get("TITLE") or binding.get("TITLE") or "App",
+                        "description": localized.get("DESCRIPTION") or binding.get("DESCRIPTION") or "",
+                    }
+                )
         if removed:
             app_state = "uninstalled"
         elif installed and finished:
@@ -285,8 +294,9 @@ class SandboxPages(OpenLinesPages):
             portal.language_id = lang
         fields = portal.install_post(user_id=user, lang=lang)
         admin = bool((portal._user(user) or {}).get("ADMIN"))
-        return self._frame(self.install_url, fields, user=user, is_admin=admin, lang=lang, placement="DEFAULT",
-                           install=True)
+        return self._frame(
+            self.install_url, fields, user=user, is_admin=admin, lang=lang, placement="DEFAULT", install=True
+        )
 
     def _api_install_event(self, portal, body):
         """After the install page loaded: events wait for installFinish, so nothing is sent yet."""
@@ -308,8 +318,9 @@ class SandboxPages(OpenLinesPages):
         portal.finish_install()
         deliveries = self._deliver(portal, "ONAPPINSTALL", user_id=user)
         fields = portal.app_post(user_id=user, lang=lang)
-        reload = self._frame(self.app_page_url, fields, user=user, is_admin=portal.is_admin(user), lang=lang,
-                             placement="DEFAULT")
+        reload = self._frame(
+            self.app_page_url, fields, user=user, is_admin=portal.is_admin(user), lang=lang, placement="DEFAULT"
+        )
         return {"installFinished": True, "deliveries": deliveries, "reload": reload}
 
     def _api_open(self, portal, body):
@@ -350,13 +361,17 @@ class SandboxPages(OpenLinesPages):
         """The frame library's refreshAuth: the portal hands the frame a fresh token pair of its user."""
         user = self._user(portal, body)
         tokens = portal.issue_tokens(user)
-        return {"AUTH_ID": tokens["access_token"], "REFRESH_ID": tokens["refresh_token"],
-                "AUTH_EXPIRES": tokens["expires_in"]}
+        return {
+            "AUTH_ID": tokens["access_token"],
+            "REFRESH_ID": tokens["refresh_token"],
+            "AUTH_EXPIRES": tokens["expires_in"],
+        }
 
     def _api_reset_log(self, portal, body):
         with self.standin.lock:
-            self.standin.event_deliveries[:] = [d for d in self.standin.event_deliveries
-                                                if d.get("member_id") != portal.member_id]
+            self.standin.event_deliveries[:] = [
+                d for d in self.standin.event_deliveries if d.get("member_id") != portal.member_id
+            ]
         return {"ok": True}
 
     @staticmethod

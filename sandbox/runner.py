@@ -11,6 +11,7 @@ sandbox is the same portal with the same member_id, and the app's stored tokens 
 
 Standard library only (no Django import): the management command is a thin wrapper around `run`.
 """
+
 from __future__ import annotations
 
 import os
@@ -93,9 +94,11 @@ def _prepare_folder(options: Options) -> Path:
 
 def check_ports(options: Options) -> None:
     """Every port the sandbox needs is free (and they differ), before anything starts; else one clear line."""
-    wanted = [(options.app_port, "--app-port", "the app"),
-              (options.portal_port, "--portal-port", "the sandbox portal"),
-              (options.server_port, "--server-port", "the sandbox's OAuth server")]
+    wanted = [
+        (options.app_port, "--app-port", "the app"),
+        (options.portal_port, "--portal-port", "the sandbox portal"),
+        (options.server_port, "--server-port", "the sandbox's OAuth server"),
+    ]
     seen = {}
     for port, flag, what in wanted:
         if port in seen:
@@ -107,8 +110,9 @@ def check_ports(options: Options) -> None:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError as exc:
-                raise SandboxError(f"port {port} ({what}) is already in use ({exc.strerror}); "
-                                   f"choose another with {flag}") from None
+                raise SandboxError(
+                    f"port {port} ({what}) is already in use ({exc.strerror}); choose another with {flag}"
+                ) from None
 
 
 def start_bitrix24(options: Options, folder: Path) -> tuple[StandIn, SandboxPages, object]:
@@ -117,8 +121,10 @@ def start_bitrix24(options: Options, folder: Path) -> tuple[StandIn, SandboxPage
     try:
         standin.start()
     except OSError as exc:
-        raise SandboxError(f"port {options.server_port} (the sandbox's OAuth server) is not free ({exc}); "
-                           "choose another with --server-port") from None
+        raise SandboxError(
+            f"port {options.server_port} (the sandbox's OAuth server) is not free ({exc}); "
+            "choose another with --server-port"
+        ) from None
     state_file = folder / "state.json"
     try:
         state = StandIn.read_state_file(state_file)
@@ -129,8 +135,9 @@ def start_bitrix24(options: Options, folder: Path) -> tuple[StandIn, SandboxPage
         portal = portals[0] if portals else standin.add_portal(port=options.portal_port)
     except OSError as exc:
         standin.stop()
-        raise SandboxError(f"port {options.portal_port} (the sandbox portal) is not free ({exc}); "
-                           "choose another with --portal-port") from None
+        raise SandboxError(
+            f"port {options.portal_port} (the sandbox portal) is not free ({exc}); choose another with --portal-port"
+        ) from None
     except (ValueError, KeyError, TypeError) as exc:
         standin.stop()
         raise SandboxError(f"{state_file} is not a sandbox state ({exc}); start over with --reset") from None
@@ -143,38 +150,53 @@ def start_bitrix24(options: Options, folder: Path) -> tuple[StandIn, SandboxPage
 def app_environment(options: Options, standin: StandIn, pages: SandboxPages, folder: Path) -> dict:
     """The app's environment: development settings pointed at the sandbox."""
     env = dict(os.environ)
-    env.update({
-        "DEBUG": "true",
-        "B24_SANDBOX": "true",
-        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "B24_CLIENT_ID": options.client_id,
-        "B24_CLIENT_SECRET": options.client_secret,
-        "B24_APP_URL": options.app_url,
-        "B24_OAUTH_URL": standin.oauth_url,
-        "B24_ALLOW_HTTP_PORTALS": "true",
-        # The customer page's webhook receiver is the sandbox itself (http, loopback); refused without DEBUG.
-        "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",
-        "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
-        "SECURE_SSL_REDIRECT": "false",
-        "PYTHONUNBUFFERED": "1",
-        # The embedded broker in the sandbox's folder, whatever the shell says: no server needed.
-        "CELERY_BROKER_URL": "filesystem://",
-        "CELERY_BROKER_DIR": str(folder / "broker"),
-    })
+    env.update(
+        {
+            "DEBUG": "true",
+            "B24_SANDBOX": "true",
+            "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+            "B24_CLIENT_ID": options.client_id,
+            "B24_CLIENT_SECRET": options.client_secret,
+            "B24_APP_URL": options.app_url,
+            "B24_OAUTH_URL": standin.oauth_url,
+            "B24_ALLOW_HTTP_PORTALS": "true",
+            # The customer page's webhook receiver is the sandbox itself (http, loopback); refused without DEBUG.
+            "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",
+            "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
+            "SECURE_SSL_REDIRECT": "false",
+            "PYTHONUNBUFFERED": "1",
+            # The embedded broker in the sandbox's folder, whatever the shell says: no server needed.
+            "CELERY_BROKER_URL": "filesystem://",
+            "CELERY_BROKER_DIR": str(folder / "broker"),
+        }
+    )
     return env
 
 
 def worker_command(options: Options, folder: Path) -> list[str]:
     """The Celery worker beside the app: one process (solo pool), beat embedded (one worker only)."""
-    return [options.python, "-m", "celery", "-A", "b24widget", "worker", "--pool", "solo", "--beat",
-            "--schedule", str(folder / "broker" / "beat-schedule"), "--loglevel", "INFO",
-            "--without-mingle", "--without-gossip"]
+    return [
+        options.python,
+        "-m",
+        "celery",
+        "-A",
+        "b24widget",
+        "worker",
+        "--pool",
+        "solo",
+        "--beat",
+        "--schedule",
+        str(folder / "broker" / "beat-schedule"),
+        "--loglevel",
+        "INFO",
+        "--without-mingle",
+        "--without-gossip",
+    ]
 
 
 def _manage(options: Options, env: dict, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
     command = [options.python, str(Path(options.base_dir) / "manage.py"), *args]
-    return subprocess.run(command, env=env, cwd=options.base_dir, text=True,
-                          capture_output=capture, check=False)
+    return subprocess.run(command, env=env, cwd=options.base_dir, text=True, capture_output=capture, check=False)
 
 
 def _ensure_admin(options: Options, env: dict, folder: Path) -> tuple[str, str | None]:
@@ -187,13 +209,19 @@ def _ensure_admin(options: Options, env: dict, folder: Path) -> tuple[str, str |
         descriptor = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(password + "\n")
-    answer = _manage(options, {**env, "SANDBOX_ADMIN_USERNAME": ADMIN_USERNAME, "SANDBOX_ADMIN_PASSWORD": password},
-                     "shell", "-c", _ENSURE_ADMIN, capture=True)
+    answer = _manage(
+        options,
+        {**env, "SANDBOX_ADMIN_USERNAME": ADMIN_USERNAME, "SANDBOX_ADMIN_PASSWORD": password},
+        "shell",
+        "-c",
+        _ENSURE_ADMIN,
+        capture=True,
+    )
     if answer.returncode != 0:
         raise SandboxError(f"could not prepare the admin login:\n{answer.stderr[-2000:]}")
     last = (answer.stdout.strip().splitlines() or [""])[-1]
     if last.startswith("other:"):
-        return last[len("other:"):], None
+        return last[len("other:") :], None
     return ADMIN_USERNAME, password
 
 
@@ -203,8 +231,9 @@ def _wait_until_ready(process: subprocess.Popen | None, url: str) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise SandboxError(f"the app stopped while starting (exit code {process.returncode}); "
-                               "its output above says why")
+            raise SandboxError(
+                f"the app stopped while starting (exit code {process.returncode}); its output above says why"
+            )
         try:
             with opener.open(url, timeout=2):
                 return
@@ -235,8 +264,9 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def banner(options: Options, standin: StandIn, pages: SandboxPages, portal, folder: Path,
-           admin: tuple[str, str | None]) -> str:
+def banner(
+    options: Options, standin: StandIn, pages: SandboxPages, portal, folder: Path, admin: tuple[str, str | None]
+) -> str:
     user, password = admin
     login = f"user {user}, password {password}" if password else f"log in as {user}"
     rows = [
@@ -270,17 +300,21 @@ def run(options: Options, out=sys.stdout) -> None:
         if migrated.returncode != 0:
             raise SandboxError(f"migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
         admin = _ensure_admin(options, env, folder)
-        command = [options.python, str(Path(options.base_dir) / "manage.py"), "runserver",
-                   f"127.0.0.1:{options.app_port}"]
+        command = [
+            options.python,
+            str(Path(options.base_dir) / "manage.py"),
+            "runserver",
+            f"127.0.0.1:{options.app_port}",
+        ]
         if not options.reload:
             command.append("--noreload")
         # Its own process group: the autoreloader's child is stopped with it.
         process = subprocess.Popen(command, env=env, cwd=options.base_dir, start_new_session=True)
-        worker = subprocess.Popen(worker_command(options, folder), env=env, cwd=options.base_dir,
-                                  start_new_session=True)
+        worker = subprocess.Popen(
+            worker_command(options, folder), env=env, cwd=options.base_dir, start_new_session=True
+        )
         # The banner only once everything answers: the app, the portal's page, the OAuth server.
-        for url in (f"http://127.0.0.1:{options.app_port}/healthz", SandboxPages.portal_url(portal),
-                    standin.oauth_url):
+        for url in (f"http://127.0.0.1:{options.app_port}/healthz", SandboxPages.portal_url(portal), standin.oauth_url):
             _wait_until_ready(process, url)
         out.write(banner(options, standin, pages, portal, folder, admin) + "\n")
         out.flush()

@@ -1,4 +1,5 @@
 """Fixtures: a local Bitrix24 stand-in over real HTTP, and portals installed through it."""
+
 import pytest
 from django.core.cache import caches
 from django.test import Client
@@ -8,6 +9,7 @@ from inbox.models import InboxItem
 from portals.models import Portal
 from sandbox.standin import StandIn
 from tests.redis_keys import clear_cache
+
 
 def pytest_collection_modifyitems(config, items):
     """On PostgreSQL, skip what would only repeat the SQLite pass: tests that never use the configured database
@@ -100,8 +102,10 @@ def deliver(client, payload, **post):
         if item.state == InboxItem.State.PROCESSING:  # a real worker runs beside (e2e): it has the item
             from tests.workers import wait_for
 
-            wait_for(lambda: not InboxItem.objects.filter(pk=item.pk, state=InboxItem.State.PROCESSING).exists(),
-                     what="the worker to finish the event")
+            wait_for(
+                lambda: not InboxItem.objects.filter(pk=item.pk, state=InboxItem.State.PROCESSING).exists(),
+                what="the worker to finish the event",
+            )
             item.refresh_from_db()
     return response, item
 

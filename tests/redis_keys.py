@@ -4,6 +4,7 @@ The Redis server on a developer's machine or CI is shared; a test must never emp
 database (a Django RedisCache's `clear()` does exactly that), so tests put every key under RUN_PREFIX
 and delete by prefix.
 """
+
 import os
 import uuid
 

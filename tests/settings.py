@@ -1,4 +1,5 @@
 """Test settings: the project's settings, fed test values through the same environment variables."""
+
 import os
 import tempfile
 import uuid

@@ -4,6 +4,7 @@ docs/architecture.md describes it; CI also runs import-linter over the same cont
 This test reads imports inside functions too, which import-linter counts as well but a reader does not
 see: an import inside a function is allowed only in `AppConfig.ready()` (Django's place for wiring).
 """
+
 import ast
 from pathlib import Path
 
@@ -71,8 +72,7 @@ def _imports(module: str) -> list[tuple[str, int, bool]]:
     path = MODULES[module]
     visitor = _Imports(module, path.name == "__init__.py")
     visitor.visit(ast.parse(path.read_text(), str(path)))
-    return [(target, line, hidden) for target, line, hidden in visitor.found
-            if target.split(".")[0] in RANK]
+    return [(target, line, hidden) for target, line, hidden in visitor.found if target.split(".")[0] in RANK]
 
 
 GRAPH = {module: _imports(module) for module in MODULES}
@@ -94,21 +94,34 @@ def test_layers_only_import_downwards():
 
 
 def test_the_platform_client_imports_no_app():
-    wrong = [f"{module}:{line} imports {target}" for module, imports in GRAPH.items() if module.startswith("bitrix24")
-             for target, line, _hidden in imports if target.split(".")[0] in APPS]
+    wrong = [
+        f"{module}:{line} imports {target}"
+        for module, imports in GRAPH.items()
+        if module.startswith("bitrix24")
+        for target, line, _hidden in imports
+        if target.split(".")[0] in APPS
+    ]
     assert wrong == []
 
 
 def test_no_module_imports_another_apps_views():
-    wrong = [f"{module}:{line} imports {target}" for module, imports in GRAPH.items() if module != "b24widget.urls"
-             for target, line, _hidden in imports
-             if target.endswith(".views") and target.split(".")[0] != module.split(".")[0]]
+    wrong = [
+        f"{module}:{line} imports {target}"
+        for module, imports in GRAPH.items()
+        if module != "b24widget.urls"
+        for target, line, _hidden in imports
+        if target.endswith(".views") and target.split(".")[0] != module.split(".")[0]
+    ]
     assert wrong == []
 
 
 def test_no_import_hides_inside_a_function():
-    hidden = [f"{module}:{line} imports {target}" for module, imports in GRAPH.items()
-              for target, line, inside in imports if inside]
+    hidden = [
+        f"{module}:{line} imports {target}"
+        for module, imports in GRAPH.items()
+        for target, line, inside in imports
+        if inside
+    ]
     assert hidden == []
 
 

@@ -4,6 +4,7 @@ The broker is the suite's own (tests/settings.py): the embedded filesystem broke
 or the RabbitMQ named by CELERY_BROKER_URL, always on this run's own queue. Workers use the solo pool
 (one process: a SIGKILL hits the process that runs the task) and short inbox timings.
 """
+
 import os
 import signal
 import subprocess
@@ -53,16 +54,38 @@ class Worker:
     def __init__(self, standin, folder: Path, name: str, *, beat: bool = False, env: dict | None = None):
         self.name = name
         self.log_path = Path(folder) / f"{name}.log"
-        command = [sys.executable, "-m", "celery", "-A", "b24widget", "worker", "--pool", "solo",
-                   "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "b24widget",
+            "worker",
+            "--pool",
+            "solo",
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ]
         if beat:
             command += ["--beat", "--schedule", str(Path(folder) / f"{name}-beat-schedule")]
-        environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": database_url(),
-                       "B24_OAUTH_URL": standin.oauth_url, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json",
-                       **FAST_INBOX, **(env or {})}
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": database_url(),
+            "B24_OAUTH_URL": standin.oauth_url,
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+            **FAST_INBOX,
+            **(env or {}),
+        }
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         LIVE.append(self)
 
     def log(self) -> str:
@@ -106,8 +129,9 @@ def wait_for(predicate, *, timeout: float = 60, what: str = "the condition", eve
             return value
         time.sleep(every)
     if detail is None and LIVE:
-        detail = lambda: "\n".join(f"--- worker {w.name} (exit {w.process.poll()}), end of its log:\n"
-                                    f"{w.log()[-2000:]}" for w in LIVE)  # noqa: E731
+        detail = lambda: "\n".join(
+            f"--- worker {w.name} (exit {w.process.poll()}), end of its log:\n{w.log()[-2000:]}" for w in LIVE
+        )  # noqa: E731
     raise AssertionError(f"timed out waiting for {what}" + (f":\n{detail()}" if detail else ""))
 
 

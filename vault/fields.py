@@ -1,4 +1,5 @@
 """Encryption of secrets at rest: Fernet keys from TOKEN_ENCRYPTION_KEYS, the first encrypts, all decrypt."""
+
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet

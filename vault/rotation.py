@@ -5,6 +5,7 @@ later is rotated without anyone remembering to list it. Rows are rewritten one a
 lock, so a token refresh running meanwhile is never overwritten; a row no key decrypts is named (by the
 fields its model lists in `VAULT_LABEL_FIELDS`, never a secret) and the others go on.
 """
+
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 

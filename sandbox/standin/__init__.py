@@ -30,11 +30,19 @@ object (``sandbox.pages``) that serves the pages a person clicks through.
 Facts follow the public REST documentation (repository ``bitrix24/b24restdocs``); each choice that
 the documentation does not settle is marked "not documented" next to it.
 """
+
 from __future__ import annotations
 
 # The REST methods register themselves in rest.METHODS when their modules are imported.
-from . import (rest_app, rest_batch, rest_crm, rest_event, rest_imconnector, rest_imopenlines,  # noqa: F401
-               rest_placement)
+from . import (
+    rest_app,
+    rest_batch,
+    rest_crm,
+    rest_event,
+    rest_imconnector,
+    rest_imopenlines,  # noqa: F401
+    rest_placement,
+)
 from .core import StandIn
 from .errors import OAUTH_ERROR_STATUS, REST_ERROR_STATUS
 from .frames import FRAME_QUERY_FIELDS, frame_query_and_body

@@ -3,6 +3,7 @@
 Also the persistence of the human sandbox (``state_snapshot``/``restore_state``): portals and live tokens
 in a JSON file, so a restarted sandbox is the same portal with the same tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ class StandIn:
     ``(status, headers, body)`` or None to serve pages on the paths that are not APIs.
     """
 
-    def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600, port: int = 0,
-                 tls=None):
+    def __init__(self, client_id: str, client_secret: str, *, access_ttl: int = 3600, port: int = 0, tls=None):
         # An ssl.SSLContext (server side) makes every server speak HTTPS, as real portals and the OAuth
         # server do (clients that insist on https://, such as b24pysdk, need it); None: plain HTTP.
         self.tls = tls
@@ -116,14 +116,25 @@ class StandIn:
 
     # factories
 
-    def add_portal(self, *, member_id: str | None = None, app_status: str = "F",
-                   scope: str = DEFAULT_SCOPE, users: list[dict] | None = None,
-                   port: int = 0) -> Portal:
+    def add_portal(
+        self,
+        *,
+        member_id: str | None = None,
+        app_status: str = "F",
+        scope: str = DEFAULT_SCOPE,
+        users: list[dict] | None = None,
+        port: int = 0,
+    ) -> Portal:
         """A new portal serving its REST on 127.0.0.1:``port`` (0: any free port)."""
         if not self._started or self._stopped:
             raise RuntimeError("start() the StandIn before adding portals")
-        portal = Portal(self, member_id=member_id, app_status=app_status, scope=scope,
-                        users=DEFAULT_USERS if users is None else users)
+        portal = Portal(
+            self,
+            member_id=member_id,
+            app_status=app_status,
+            scope=scope,
+            users=DEFAULT_USERS if users is None else users,
+        )
         with self.lock:
             if any(p.member_id == portal.member_id for p in self.portals):
                 raise ValueError("a portal with this member_id exists")
@@ -167,8 +178,7 @@ class StandIn:
 
     # faults of the OAuth server's answers ("oauth.token": the token endpoint; "app.info": its REST)
 
-    def slow_answer(self, target: str = "oauth.token", *, chunk: int = 1, pause: float = 0.5,
-                    times: int = 1) -> None:
+    def slow_answer(self, target: str = "oauth.token", *, chunk: int = 1, pause: float = 0.5, times: int = 1) -> None:
         """The next ``times`` answers of ``target`` trickle out ``chunk`` bytes every ``pause`` seconds."""
         self._faults.add(target, slow_shape(chunk, pause), times)
 
@@ -213,8 +223,12 @@ class StandIn:
         with self.lock:
             self._access[access] = Grant(portal, str(user_id), expires, client_id)
             self._refresh[refresh] = Grant(portal, str(user_id), None, client_id)
-        return {"access_token": access, "refresh_token": refresh,
-                "expires_in": self.access_ttl, "expires": int(expires)}
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "expires_in": self.access_ttl,
+            "expires": int(expires),
+        }
 
     def _revoke(self, portal):
         with self.lock:
@@ -250,16 +264,27 @@ class StandIn:
         with self.lock:
             portals = [portal._snapshot() for portal in self.portals]
             access = {
-                token: {"member_id": g.portal.member_id, "user_id": g.user_id, "expires": g.expires,
-                        "client_id": g.client_id}
+                token: {
+                    "member_id": g.portal.member_id,
+                    "user_id": g.user_id,
+                    "expires": g.expires,
+                    "client_id": g.client_id,
+                }
                 for token, g in self._access.items()
                 # Long-expired access tokens are of no use to anyone: not worth keeping.
                 if g.expires > now - _KEEP_EXPIRED_ACCESS
             }
-            refresh = {token: {"member_id": g.portal.member_id, "user_id": g.user_id, "client_id": g.client_id}
-                       for token, g in self._refresh.items()}
-        return {"version": _STATE_VERSION, "client_id": self.client_id, "portals": portals,
-                "access_tokens": access, "refresh_tokens": refresh}
+            refresh = {
+                token: {"member_id": g.portal.member_id, "user_id": g.user_id, "client_id": g.client_id}
+                for token, g in self._refresh.items()
+            }
+        return {
+            "version": _STATE_VERSION,
+            "client_id": self.client_id,
+            "portals": portals,
+            "access_tokens": access,
+            "refresh_tokens": refresh,
+        }
 
     def restore_state(self, state: dict, *, ports: dict | None = None) -> list[Portal]:
         """Re-create the portals and tokens of a ``state_snapshot()``, each portal on its saved port.
@@ -273,8 +298,13 @@ class StandIn:
         restored = []
         for saved in state.get("portals") or []:
             port = ports.get(saved["member_id"], port_of(saved.get("address")))
-            portal = self.add_portal(member_id=saved["member_id"], app_status=saved["app_status"],
-                                     scope=saved["scope"], users=saved["users"], port=port)
+            portal = self.add_portal(
+                member_id=saved["member_id"],
+                app_status=saved["app_status"],
+                scope=saved["scope"],
+                users=saved["users"],
+                port=port,
+            )
             portal._restore(saved)
             restored.append(portal)
         by_member = {portal.member_id: portal for portal in restored}
@@ -282,8 +312,9 @@ class StandIn:
             for token, saved in (state.get("access_tokens") or {}).items():
                 portal = by_member.get(saved.get("member_id"))
                 if portal is not None and saved.get("client_id", self.client_id) in self.apps:
-                    self._access[token] = Grant(portal, str(saved["user_id"]), float(saved["expires"]),
-                                                saved.get("client_id"))
+                    self._access[token] = Grant(
+                        portal, str(saved["user_id"]), float(saved["expires"]), saved.get("client_id")
+                    )
             for token, saved in (state.get("refresh_tokens") or {}).items():
                 portal = by_member.get(saved.get("member_id"))
                 if portal is not None and saved.get("client_id", self.client_id) in self.apps:

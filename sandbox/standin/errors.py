@@ -3,10 +3,18 @@
 REST errors follow ``_includes/system-errors.md`` (included by ``error-codes.md``) and the method pages
 named beside each code; OAuth-server errors follow ``settings/oauth/error-codes.md``.
 """
+
 from __future__ import annotations
 
-__all__ = ["REST_ERROR_STATUS", "REST_ERROR_DESCRIPTION", "OAUTH_ERROR_STATUS", "OAUTH_ERROR_DESCRIPTION",
-           "ApiError", "oauth_error", "BLOCK_ON_REST"]
+__all__ = [
+    "REST_ERROR_STATUS",
+    "REST_ERROR_DESCRIPTION",
+    "OAUTH_ERROR_STATUS",
+    "OAUTH_ERROR_DESCRIPTION",
+    "ApiError",
+    "oauth_error",
+    "BLOCK_ON_REST",
+]
 
 # HTTP status of each REST error code the stand-in can answer.
 REST_ERROR_STATUS = {

@@ -4,6 +4,7 @@ Payloads follow ``api-reference/common/events/on-app-install.md``, ``on-app-unin
 ``on-app-update.md``; handlers come from ``event.bind`` (``api-reference/events/event-bind.md``).
 Events arrive form-encoded (``auth[...]``, ``data[...]``), as ``api-reference/events/index.md`` shows.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,19 +38,24 @@ _EVENT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _No
 _TOKENS_BY_DEFAULT = {"ONAPPINSTALL", "ONAPPUPDATE"}
 
 
-def event_payload(portal, event, *, data=None, with_tokens=None, user_id="1", application_token=None,
-                  client_id=None):
+def event_payload(portal, event, *, data=None, with_tokens=None, user_id="1", application_token=None, client_id=None):
     """The flat form fields Bitrix24 POSTs to an event handler."""
     event = event.upper()
     if with_tokens is None:
         with_tokens = event in _TOKENS_BY_DEFAULT
     defaults = {
-        "ONAPPINSTALL": {"VERSION": str(portal.version), "ACTIVE": "Y", "INSTALLED": "Y",
-                         "LANGUAGE_ID": portal.language_id},
+        "ONAPPINSTALL": {
+            "VERSION": str(portal.version),
+            "ACTIVE": "Y",
+            "INSTALLED": "Y",
+            "LANGUAGE_ID": portal.language_id,
+        },
         "ONAPPUNINSTALL": {"LANGUAGE_ID": portal.language_id, "CLEAN": "0"},
-        "ONAPPUPDATE": {"VERSION": str(portal.version),
-                        "PREVIOUS_VERSION": str(max(portal.version - 1, 0)),
-                        "LANGUAGE_ID": portal.language_id},
+        "ONAPPUPDATE": {
+            "VERSION": str(portal.version),
+            "PREVIOUS_VERSION": str(max(portal.version - 1, 0)),
+            "LANGUAGE_ID": portal.language_id,
+        },
     }.get(event, {})
     payload = {"event": event, "event_handler_id": str(portal._event_handler_id(event))}
     flatten("data", {**defaults, **(data or {})}, payload)
@@ -66,14 +72,16 @@ def event_payload(portal, event, *, data=None, with_tokens=None, user_id="1", ap
     auth["application_token"] = application_token or portal.application_token
     if with_tokens:
         tokens = portal.issue_tokens(user_id, client_id=client_id)
-        auth.update({
-            "access_token": tokens["access_token"],
-            "refresh_token": tokens["refresh_token"],
-            "expires": str(tokens["expires"]),
-            "expires_in": str(tokens["expires_in"]),
-            "scope": portal.scope,
-            "user_id": str(user_id),
-        })
+        auth.update(
+            {
+                "access_token": tokens["access_token"],
+                "refresh_token": tokens["refresh_token"],
+                "expires": str(tokens["expires"]),
+                "expires_in": str(tokens["expires_in"]),
+                "scope": portal.scope,
+                "user_id": str(user_id),
+            }
+        )
     flatten("auth", auth, payload)
     return payload
 
@@ -83,10 +91,21 @@ def deliver_event(portal, event, handlers, payload, timeout):
     body = urlencode(payload).encode("utf-8")
     results = []
     for handler in handlers:
-        entry = {"event": event.upper(), "member_id": portal.member_id, "handler": handler,
-                 "status": None, "body": "", "error": "", "at": time.time()}
-        request = urllib.request.Request(handler, data=body, method="POST", headers={
-            "Content-Type": "application/x-www-form-urlencoded", "User-Agent": _EVENT_USER_AGENT})
+        entry = {
+            "event": event.upper(),
+            "member_id": portal.member_id,
+            "handler": handler,
+            "status": None,
+            "body": "",
+            "error": "",
+            "at": time.time(),
+        }
+        request = urllib.request.Request(
+            handler,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "User-Agent": _EVENT_USER_AGENT},
+        )
         try:
             with _EVENT_OPENER.open(request, timeout=timeout) as answer:
                 entry["status"] = answer.status

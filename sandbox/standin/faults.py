@@ -4,6 +4,7 @@ Not Bitrix24 behaviour anyone documents; networks and overloaded servers do it. 
 (a REST method name, or ``oauth.token`` / ``app.info`` on the OAuth server), consumed one per answer,
 through ``StandIn.slow_answer``/``oversized_answer`` and ``Portal.slow_answer``/``oversized_answer``.
 """
+
 from __future__ import annotations
 
 __all__ = ["Faults", "shaped"]

@@ -4,6 +4,7 @@ Fields follow ``api-reference/widgets/_includes/widget_data.md`` (placements) an
 ``settings/oauth/simple-way.md`` (the install POST); which of them travel in the handler URL's query is
 what real portals do and the official PHP SDK reads (``docs/bitrix24.md``, "Where the fields arrive").
 """
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ domain, including localhost, do not pass"). api-reference/events/event-bind.md o
 reachable from outside; the stand-in applies the same check there (not documented: the error code).
 The hosts in ``StandIn.local_handler_hosts`` pass anyway: the sandbox runs the app on this machine.
 """
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit

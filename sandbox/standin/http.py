@@ -3,6 +3,7 @@
 Form bodies are read the way PHP builds ``$_REQUEST`` (``settings/how-to-call-rest-api/data-encoding.md``:
 ``FIELDS[TITLE]=...``, ``cmd[key]=...``); JSON bodies are accepted as the official SDKs send them.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,19 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .errors import ApiError
 
-__all__ = ["parse_php_params", "flatten", "Request", "Response", "json_response", "error_response",
-           "Server", "method_from_path", "port_of", "iso", "truthy"]
+__all__ = [
+    "parse_php_params",
+    "flatten",
+    "Request",
+    "Response",
+    "json_response",
+    "error_response",
+    "Server",
+    "method_from_path",
+    "port_of",
+    "iso",
+    "truthy",
+]
 
 
 def _split_key(key):
@@ -32,7 +44,7 @@ def _split_key(key):
         if not rest.startswith("[") or closing < 0:
             return [key]
         parts.append(rest[1:closing])
-        rest = rest[closing + 1:]
+        rest = rest[closing + 1 :]
     return parts
 
 
@@ -99,9 +111,9 @@ def truthy(value):
 
 def method_from_path(path):
     """``/rest/user.current.json`` -> ``user.current`` (settings/how-to-call-rest-api/index.md)."""
-    name = path[len("/rest/"):].strip("/")
+    name = path[len("/rest/") :].strip("/")
     if name.endswith(".json"):
-        name = name[:-len(".json")]
+        name = name[: -len(".json")]
     return name.lower()
 
 
@@ -227,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _trickle(self, body, chunk, pause):
         stopping = self.server.stopping
         for offset in range(0, len(body), chunk):
-            self.wfile.write(body[offset:offset + chunk])
+            self.wfile.write(body[offset : offset + chunk])
             self.wfile.flush()
             if stopping.wait(pause):
                 break  # the stand-in is stopping: do not keep a thread busy for minutes
@@ -247,7 +259,9 @@ class Server(ThreadingHTTPServer):
         self._connections = set()
         self._connections_lock = threading.Lock()
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name=f"b24-standin-{self.address}",
         )
 

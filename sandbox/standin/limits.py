@@ -8,6 +8,7 @@
   (480 s in the docs' example) answers 429 ``OPERATION_TIME_LIMIT``; other methods go on. The outer
   ``batch`` is not counted; its nested methods are, each against its own sum.
 """
+
 from __future__ import annotations
 
 import time

@@ -4,6 +4,7 @@ Token refresh follows ``settings/oauth/index.md`` (``grant_type=refresh_token``,
 ``settings/oauth/auto-renewal.md`` (refresh tokens rotate: the old one is spent); errors follow
 ``settings/oauth/error-codes.md``.
 """
+
 from __future__ import annotations
 
 import json
@@ -177,12 +178,21 @@ class OAuthSite:
             if method != "app.info":
                 raise ApiError("ERROR_METHOD_NOT_FOUND")
             grant.portal._scripted_failure(method)  # fail_next covers the server's app.info too
-            response = shaped(standin, "app.info", json_response(
-                200, {"result": server_app_info(standin, grant), "time": time_block(start)}))
+            response = shaped(
+                standin,
+                "app.info",
+                json_response(200, {"result": server_app_info(standin, grant), "time": time_block(start)}),
+            )
         except ApiError as error:
             response = error_response(error)
         with standin.lock:
-            standin.server_requests.append({"address": standin.address, "method": method,
-                                            "params": params, "auth": auth,
-                                            "status": response.status})
+            standin.server_requests.append(
+                {
+                    "address": standin.address,
+                    "method": method,
+                    "params": params,
+                    "auth": auth,
+                    "status": response.status,
+                }
+            )
         return response

@@ -3,6 +3,7 @@
 The REST methods themselves live in ``rest_*.py`` (one module per scope), the frame POSTs in
 ``frames.py``, events in ``events.py``; this class holds the state they read and write.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,15 @@ _CORS = [("Access-Control-Allow-Origin", "*")]
 _CORS_PREFLIGHT = [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"), ("Access-Control-Max-Age", "600")]
 # settings/app-installation/installation-finish.md: what everyone but an administrator sees of an app
 # whose install has not finished.
-NOT_FULLY_INSTALLED = ("The application is not fully installed yet. Please contact your Bitrix24 "
-                       "administrator to complete the installation.")
+NOT_FULLY_INSTALLED = (
+    "The application is not fully installed yet. Please contact your Bitrix24 "
+    "administrator to complete the installation."
+)
 
 
 class NotAdministrator(PermissionError):
     """Only administrators install apps (the portal shows others ``NOT_FULLY_INSTALLED``)."""
+
 
 DEFAULT_USERS = [
     {"ID": "1", "NAME": "Anna", "LAST_NAME": "Admin", "EMAIL": "anna@example.test", "ADMIN": True},
@@ -88,8 +92,7 @@ class Portal(Switches):
         self._faults = Faults(standin.lock)
         # The answer to a duplicate placement.bind. The docs (userfieldtype-add.md, which binds a
         # placement) and the rest module show ERROR_CORE with this text; replace it to try others.
-        self.placement_duplicate_error = (
-            "ERROR_CORE", "Unable to set placement handler: Handler already binded")
+        self.placement_duplicate_error = ("ERROR_CORE", "Unable to set placement handler: Handler already binded")
         self._calls = Counter()
         self._bucket = 0.0
         self._bucket_at = time.monotonic()
@@ -170,8 +173,7 @@ class Portal(Switches):
         if not self.is_admin(user_id):
             if not forged:
                 raise NotAdministrator(NOT_FULLY_INSTALLED)
-            return frames.frame_fields(self, user_id, lang, "DEFAULT", {},
-                                       APPLICATION_TOKEN=self.application_token)
+            return frames.frame_fields(self, user_id, lang, "DEFAULT", {}, APPLICATION_TOKEN=self.application_token)
         with self._standin.lock:
             self.installed = True
             self.install_finished = False
@@ -179,8 +181,7 @@ class Portal(Switches):
             self.application_token = secrets.token_hex(16)
             if self._blocked == "NOT_INSTALLED":
                 self._blocked = None
-        return frames.frame_fields(self, user_id, lang, "DEFAULT", {},
-                                   APPLICATION_TOKEN=self.application_token)
+        return frames.frame_fields(self, user_id, lang, "DEFAULT", {}, APPLICATION_TOKEN=self.application_token)
 
     def finish_install(self) -> None:
         """What ``BX24.installFinish()`` does: app.info reports INSTALLED true from now on.
@@ -193,8 +194,7 @@ class Portal(Switches):
 
     def app_post(self, user_id="1", lang="en") -> dict:
         """The form fields of the app's own page (PLACEMENT=DEFAULT, settings/oauth/simple-way.md)."""
-        return frames.frame_fields(self, user_id, lang, "DEFAULT", {},
-                                   APPLICATION_TOKEN=self.application_token)
+        return frames.frame_fields(self, user_id, lang, "DEFAULT", {}, APPLICATION_TOKEN=self.application_token)
 
     def update_app(self, version: int | None = None) -> dict:
         """A new version is installed: version bumped, a new application_token; returns ONAPPUPDATE's payload.
@@ -205,8 +205,8 @@ class Portal(Switches):
             self.version = int(version) if version is not None else self.version + 1
             self.application_token = secrets.token_hex(16)
         return self.event_payload("ONAPPUPDATE")
-    def placement_post(self, user_id="1", lang="en", placement="CONTACT_CENTER",
-                       options: dict | None = None) -> dict:
+
+    def placement_post(self, user_id="1", lang="en", placement="CONTACT_CENTER", options: dict | None = None) -> dict:
         """The form fields of a widget open by that user."""
         if options is None:
             options = {}
@@ -214,11 +214,18 @@ class Portal(Switches):
             if placement == "CONTACT_CENTER" and binding is not None:
                 # api-reference/widgets/contact-center.md: ID of the registration, and URI.
                 options = {"ID": str(binding["ID"]), "URI": "/contact_center/"}
-        return frames.frame_fields(self, user_id, lang, placement, options,
-                                   APPLICATION_TOKEN=self.application_token)
+        return frames.frame_fields(self, user_id, lang, placement, options, APPLICATION_TOKEN=self.application_token)
 
-    def event_payload(self, event: str, *, data: dict | None = None, with_tokens: bool | None = None,
-                      user_id="1", application_token: str | None = None, client_id: str | None = None) -> dict:
+    def event_payload(
+        self,
+        event: str,
+        *,
+        data: dict | None = None,
+        with_tokens: bool | None = None,
+        user_id="1",
+        application_token: str | None = None,
+        client_id: str | None = None,
+    ) -> dict:
         """The flat form fields Bitrix24 POSTs to an event handler.
 
         ONAPPINSTALL and ONAPPUPDATE carry ``auth[access_token]``/``auth[refresh_token]`` (their pages
@@ -226,8 +233,15 @@ class Portal(Switches):
         carry none unless ``with_tokens=True``. ``application_token`` forges another token;
         ``client_id`` mints the tokens for another registered app.
         """
-        return events.event_payload(self, event, data=data, with_tokens=with_tokens, user_id=user_id,
-                                    application_token=application_token, client_id=client_id)
+        return events.event_payload(
+            self,
+            event,
+            data=data,
+            with_tokens=with_tokens,
+            user_id=user_id,
+            application_token=application_token,
+            client_id=client_id,
+        )
 
     def uninstall(self) -> None:
         """The app is removed: tokens revoked, bindings dropped, OAuth answers NOT_INSTALLED."""
@@ -243,11 +257,21 @@ class Portal(Switches):
         """The handler URLs bound to ``event`` with ``event.bind``, in binding order."""
         event = event.upper()
         with self._standin.lock:
-            return [b["handler"] for b in self.bindings["events"]
-                    if b["event"] == event and b.get("app", self._standin.client_id) == self._standin.client_id]
+            return [
+                b["handler"]
+                for b in self.bindings["events"]
+                if b["event"] == event and b.get("app", self._standin.client_id) == self._standin.client_id
+            ]
 
-    def deliver_event(self, event: str, *, handlers: list[str] | None = None,
-                      payload: dict | None = None, timeout: float = 10.0, **payload_options) -> list[dict]:
+    def deliver_event(
+        self,
+        event: str,
+        *,
+        handlers: list[str] | None = None,
+        payload: dict | None = None,
+        timeout: float = 10.0,
+        **payload_options,
+    ) -> list[dict]:
         """POST the event, form-encoded as Bitrix24 does, to every handler bound for it.
 
         ``handlers`` defaults to ``event_handlers(event)``; ``payload`` to ``event_payload(event,
@@ -269,15 +293,31 @@ class Portal(Switches):
             self._standin.event_deliveries.extend(results)
         return results
 
-    _SNAPSHOT_FIELDS = ("member_id", "app_status", "scope", "users", "application_token", "installed",
-                        "install_finished", "payment_expired", "days", "version", "language_id",
-                        "license", "app_id", "open_lines", "crm_items", "bindings")
+    _SNAPSHOT_FIELDS = (
+        "member_id",
+        "app_status",
+        "scope",
+        "users",
+        "application_token",
+        "installed",
+        "install_finished",
+        "payment_expired",
+        "days",
+        "version",
+        "language_id",
+        "license",
+        "app_id",
+        "open_lines",
+        "crm_items",
+        "bindings",
+    )
 
     def _snapshot(self) -> dict:
         """This portal as JSON data (called with the stand-in's lock held)."""
         saved = {name: getattr(self, name) for name in self._SNAPSHOT_FIELDS}
-        saved.update({"address": self._domain, "removed": self._removed, "blocked": self._blocked,
-                      "next_id": self._next_id})
+        saved.update(
+            {"address": self._domain, "removed": self._removed, "blocked": self._blocked, "next_id": self._next_id}
+        )
         from . import rest_imconnector
 
         if (open_lines_state := rest_imconnector.dump_state(self)) is not None:
@@ -289,8 +329,10 @@ class Portal(Switches):
             for name in self._SNAPSHOT_FIELDS:
                 if name in saved and name not in ("member_id", "app_status", "scope", "users"):
                     setattr(self, name, saved[name])
-            self.bindings = {"placements": list(self.bindings.get("placements") or []),
-                             "events": list(self.bindings.get("events") or [])}
+            self.bindings = {
+                "placements": list(self.bindings.get("placements") or []),
+                "events": list(self.bindings.get("events") or []),
+            }
             self._removed = bool(saved.get("removed"))
             self._blocked = saved.get("blocked")
             self._next_id = int(saved.get("next_id") or 1)
@@ -320,7 +362,8 @@ class Portal(Switches):
             return Response(204, b"", _CORS + _CORS_PREFLIGHT + allow)
         elif not is_rest:
             response = standin._web_response("handle_portal", self, request) or Response(
-                404, b"Not found", [("Content-Type", "text/plain")])
+                404, b"Not found", [("Content-Type", "text/plain")]
+            )
         else:
             response = None
         params = dict(request.params)
@@ -331,10 +374,16 @@ class Portal(Switches):
         if is_rest:
             with standin.lock:
                 self._calls[method] += 1
-                self.requests.append({
-                    "address": address, "method": method, "params": params, "auth": auth,
-                    "status": response.status, "http_method": request.http_method,
-                })
+                self.requests.append(
+                    {
+                        "address": address,
+                        "method": method,
+                        "params": params,
+                        "auth": auth,
+                        "status": response.status,
+                        "http_method": request.http_method,
+                    }
+                )
         return response
 
     def _blocked_on_rest(self):
@@ -389,8 +438,10 @@ class Portal(Switches):
     def _first_binding(self, placement):
         with self._standin.lock:
             for binding in self.bindings["placements"]:
-                if binding["PLACEMENT"] == placement and binding.get("app", self._standin.client_id) == \
-                        self._standin.client_id:
+                if (
+                    binding["PLACEMENT"] == placement
+                    and binding.get("app", self._standin.client_id) == self._standin.client_id
+                ):
                     return binding
         return None
 

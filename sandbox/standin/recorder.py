@@ -1,4 +1,5 @@
 """A server that records every request reaching it (an app's event handler or a stranger's host)."""
+
 from __future__ import annotations
 
 from .http import Response

@@ -5,6 +5,7 @@ doc=..., scopes=...)``; ``doc`` is the b24restdocs page it follows (``docs/stand
 Calls go ``POST <client_endpoint><method>.json`` with ``auth`` (``settings/how-to-call-rest-api/index.md``);
 a success is ``{"result": ..., "time": {...}}``, a list adds ``next`` and ``total``.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,20 @@ from .errors import ApiError
 from .faults import shaped
 from .http import iso, json_response, error_response
 
-__all__ = ["METHODS", "Method", "method", "Page", "time_block", "php_array", "php_section", "dispatch",
-           "serve_rest", "run_method", "LIST_PAGE_SIZE", "list_start"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "method",
+    "Page",
+    "time_block",
+    "php_array",
+    "php_section",
+    "dispatch",
+    "serve_rest",
+    "run_method",
+    "LIST_PAGE_SIZE",
+    "list_start",
+]
 
 LIST_PAGE_SIZE = 50  # settings/performance/huge-data.md: list methods page by 50
 
@@ -33,9 +46,11 @@ METHODS: dict[str, Method] = {}
 
 def method(name, *, doc, scopes=()):
     """Register a REST method answered by the decorated ``(portal, params, grant)`` function."""
+
     def register(handler):
         METHODS[name] = Method(name, handler, doc, frozenset(scopes))
         return handler
+
     return register
 
 

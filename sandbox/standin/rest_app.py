@@ -1,5 +1,6 @@
 """REST methods about the app and the user: ``user.current``, ``user.admin``, ``profile``, ``app.info``,
 ``server.time``."""
+
 from __future__ import annotations
 
 import time
@@ -14,8 +15,7 @@ def user_current(portal, params, grant):
     user.pop("ADMIN", None)
     result = {"ID": str(grant.user_id), "ACTIVE": True}
     result.update(user)
-    for key, default in (("IS_ONLINE", "Y"), ("PERSONAL_GENDER", ""), ("WORK_POSITION", ""),
-                         ("UF_DEPARTMENT", [1])):
+    for key, default in (("IS_ONLINE", "Y"), ("PERSONAL_GENDER", ""), ("WORK_POSITION", ""), ("UF_DEPARTMENT", [1])):
         result.setdefault(key, default)
     return result
 

@@ -1,4 +1,5 @@
 """The ``batch`` method: up to 50 commands in one request (settings/how-to-call-rest-api/batch.md)."""
+
 from __future__ import annotations
 
 import re
@@ -39,8 +40,7 @@ def batch(portal, params, grant):
     if not isinstance(commands, dict):
         raise ApiError("ERROR_ARGUMENT", "Argument 'cmd' must be an array", argument="cmd")
     halt = truthy(params.get("halt", False))
-    sections = {name: {} for name in ("result", "result_error", "result_total",
-                                      "result_next", "result_time")}
+    sections = {name: {} for name in ("result", "result_error", "result_total", "result_next", "result_time")}
     for position, (key, line) in enumerate(commands.items()):
         if position >= BATCH_MAX_LENGTH:
             # batch.md: subqueries beyond the limit end with this error; the batch itself is 200.
@@ -50,7 +50,7 @@ def batch(portal, params, grant):
         name, _, query = line.partition("?")
         name = name.strip().strip("/").lower()
         if name.endswith(".json"):
-            name = name[:-len(".json")]
+            name = name[: -len(".json")]
         # batch.md: "$result[key][field]..." in a command's query is the value of an earlier answer.
         query = _RESULT_REFERENCE.sub(lambda match: _reference(sections["result"], match), query)
         sub_params = parse_php_params(parse_qsl(query, keep_blank_values=True))

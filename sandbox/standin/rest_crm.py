@@ -1,4 +1,5 @@
 """REST methods of the ``crm`` scope: ``crm.item.list`` (a list method, paged by 50) and ``crm.item.get``."""
+
 from __future__ import annotations
 
 from .errors import ApiError
@@ -22,7 +23,7 @@ def _matching_ids(portal, params):
     filters = params.get("filter") if isinstance(params.get("filter"), dict) else {}
     low, high = 1, portal.crm_items
     for key, value in filters.items():
-        op, field = key[:len(key) - len(key.lstrip("<>="))], key.lstrip("<>=")
+        op, field = key[: len(key) - len(key.lstrip("<>="))], key.lstrip("<>=")
         if field.lower() != "id":
             continue
         bound = _int(value, None)
@@ -52,10 +53,13 @@ def crm_item_list(portal, params, grant):
     if start == -1:
         # huge-data.md: no total is counted, so none is sent (no next)
         return Page({"items": [{"id": n, "title": f"Item {n}"} for n in ids[:LIST_PAGE_SIZE]]})
-    page = ids[start:start + LIST_PAGE_SIZE]
+    page = ids[start : start + LIST_PAGE_SIZE]
     served = start + len(page)
-    return Page({"items": [{"id": n, "title": f"Item {n}"} for n in page]},
-                next=served if served < len(ids) else None, total=len(ids))
+    return Page(
+        {"items": [{"id": n, "title": f"Item {n}"} for n in page]},
+        next=served if served < len(ids) else None,
+        total=len(ids),
+    )
 
 
 @method("crm.item.get", doc="api-reference/crm/universal/crm-item-get.md", scopes=("crm",))

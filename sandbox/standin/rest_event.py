@@ -1,4 +1,5 @@
 """REST methods of event binding: ``event.bind``, ``event.unbind``, ``event.get``."""
+
 from __future__ import annotations
 
 from .errors import ApiError
@@ -27,8 +28,8 @@ def event_bind(portal, params, grant):
             if (b["event"], b["handler"], b["auth_type"]) == (event, handler, auth_type) and _mine(b, grant):
                 raise ApiError("ERROR_CORE", "Unable to set event handler: Handler already binded")
         portal.bindings["events"].append(
-            {"id": portal._new_id(), "event": event, "handler": handler, "auth_type": auth_type,
-             "app": grant.client_id})
+            {"id": portal._new_id(), "event": event, "handler": handler, "auth_type": auth_type, "app": grant.client_id}
+        )
     return True
 
 
@@ -41,9 +42,12 @@ def event_unbind(portal, params, grant):
     with portal._standin.lock:
         keep, removed = [], 0
         for binding in portal.bindings["events"]:
-            if (_mine(binding, grant) and (not event or binding["event"] == event)
-                    and (not handler or binding["handler"] == handler)
-                    and (auth_type is None or binding["auth_type"] == str(auth_type or "0"))):
+            if (
+                _mine(binding, grant)
+                and (not event or binding["event"] == event)
+                and (not handler or binding["handler"] == handler)
+                and (auth_type is None or binding["auth_type"] == str(auth_type or "0"))
+            ):
                 removed += 1
             else:
                 keep.append(binding)
@@ -54,5 +58,8 @@ def event_unbind(portal, params, grant):
 @method("event.get", doc="api-reference/events/event-get.md")
 def event_get(portal, params, grant):
     with portal._standin.lock:
-        return [{"event": b["event"], "handler": b["handler"], "auth_type": b["auth_type"],
-                 "offline": 0} for b in portal.bindings["events"] if _mine(b, grant)]
+        return [
+            {"event": b["event"], "handler": b["handler"], "auth_type": b["auth_type"], "offline": 0}
+            for b in portal.bindings["events"]
+            if _mine(b, grant)
+        ]

@@ -11,6 +11,7 @@ to the handlers bound with ``event.bind``, as Bitrix24 does; ``delete_line`` and
 send OnImConnectorLineDelete and OnImConnectorStatusDelete. Past ~400 lines on purpose: the methods of one
 doc folder and the operator's side that feeds them share one state (``_State``) and read best together.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,18 @@ from .errors import ApiError
 from .http import flatten, truthy
 from .rest import method
 
-__all__ = ["state", "operator_reply", "operator_edit", "operator_delete", "delete_line", "remove_connector",
-           "finish_dialog", "system_message", "conversations", "BUILT_IN_CONNECTORS"]
+__all__ = [
+    "state",
+    "operator_reply",
+    "operator_edit",
+    "operator_delete",
+    "delete_line",
+    "remove_connector",
+    "finish_dialog",
+    "system_message",
+    "conversations",
+    "BUILT_IN_CONNECTORS",
+]
 
 _DOC = "api-reference/imopenlines/imconnector/"
 # imconnector-list.md's example: connectors every portal has, next to the apps' own.
@@ -56,8 +67,12 @@ def dump_state(portal) -> dict | None:
     st = getattr(portal, "_imconnector", None)
     if st is None:
         return None
-    return {"connectors": st.connectors, "lines": [[c, line, entry] for (c, line), entry in st.lines.items()],
-            "chats": {str(k): v for k, v in st.chats.items()}, "next_id": st.ids.next_id}
+    return {
+        "connectors": st.connectors,
+        "lines": [[c, line, entry] for (c, line), entry in st.lines.items()],
+        "chats": {str(k): v for k, v in st.chats.items()},
+        "next_id": st.ids.next_id,
+    }
 
 
 def load_state(portal, saved: dict) -> None:
@@ -94,8 +109,9 @@ def _known(portal, st, connector):
     # Not documented: the answer for a connector the app never registered. The stand-in answers as the
     # message pages do for a connector without a provider.
     if connector not in st.connectors:
-        raise ApiError("IMCONNECTOR_NO_CORRECT_PROVIDER",
-                       "Unable to find a suitable provider for the connector", status=400)
+        raise ApiError(
+            "IMCONNECTOR_NO_CORRECT_PROVIDER", "Unable to find a suitable provider for the connector", status=400
+        )
 
 
 def _result_false(code, description):
@@ -110,8 +126,10 @@ def register(portal, params, grant):
         return _result_false("CONNECTOR_ID_REQUIRED", "Connector ID is not specified")
     connector = raw_id.lower()  # "The method converts the value to lowercase"
     if "." in connector:
-        return _result_false("APPLICATION_REGISTRATION_ERROR_POINT",
-                             "Application registration error. Using a dot in the connector identifier is not allowed")
+        return _result_false(
+            "APPLICATION_REGISTRATION_ERROR_POINT",
+            "Application registration error. Using a dot in the connector identifier is not allowed",
+        )
     if not isinstance(params.get("NAME"), str) or not params["NAME"]:
         return _result_false("NAME_REQUIRED", "Connector name is not specified")
     icon = params.get("ICON")
@@ -125,13 +143,28 @@ def register(portal, params, grant):
         owner = st.connectors.get(connector, {}).get("app", grant.client_id)
         if owner != grant.client_id:  # not documented: another app's connector id
             return _result_false("GENERAL_CONNECTOR_REGISTRATION_ERROR", "General connector registration error")
-        flags = {k: truthy(params[k]) for k in ("DEL_EXTERNAL_MESSAGES", "EDIT_INTERNAL_MESSAGES",
-                                                 "DEL_INTERNAL_MESSAGES", "NEWSLETTER", "NEED_SYSTEM_MESSAGES",
-                                                 "NEED_SIGNATURE", "CHAT_GROUP") if k in params}
+        flags = {
+            k: truthy(params[k])
+            for k in (
+                "DEL_EXTERNAL_MESSAGES",
+                "EDIT_INTERNAL_MESSAGES",
+                "DEL_INTERNAL_MESSAGES",
+                "NEWSLETTER",
+                "NEED_SYSTEM_MESSAGES",
+                "NEED_SIGNATURE",
+                "CHAT_GROUP",
+            )
+            if k in params
+        }
         # "If the method is called again with the same ID, the method updates the current connector."
-        st.connectors[connector] = {"app": grant.client_id, "NAME": params["NAME"], "ICON": dict(icon),
-                                    "ICON_DISABLED": dict(params.get("ICON_DISABLED") or {}),
-                                    "PLACEMENT_HANDLER": handler, **flags}
+        st.connectors[connector] = {
+            "app": grant.client_id,
+            "NAME": params["NAME"],
+            "ICON": dict(icon),
+            "ICON_DISABLED": dict(params.get("ICON_DISABLED") or {}),
+            "PLACEMENT_HANDLER": handler,
+            **flags,
+        }
     return {"result": True}
 
 
@@ -185,8 +218,13 @@ def status(portal, params, grant):
     with portal._standin.lock:
         entry = st.lines.get((connector, line)) or {"active": False, "data": {}, "error": False}
         configured = bool(entry["active"] and entry["data"])
-        return {"LINE": int(line) if line.isdigit() else line, "CONNECTOR": connector, "ERROR": entry["error"],
-                "CONFIGURED": configured, "STATUS": configured and not entry["error"]}
+        return {
+            "LINE": int(line) if line.isdigit() else line,
+            "CONNECTOR": connector,
+            "ERROR": entry["error"],
+            "CONFIGURED": configured,
+            "STATUS": configured and not entry["error"],
+        }
 
 
 @method("imconnector.connector.data.set", doc=_DOC + "imconnector-connector-data-set.md", scopes=("imopenlines",))
@@ -231,11 +269,19 @@ def _chat_of(st, connector, line, chat_id, user_id, group):
     # CHAT_GROUP (imconnector-register.md): true groups by chat.id, false by user.id.
     for im_chat_id, chat in st.chats.items():
         if (chat["connector"], chat["line"], chat["external_chat"]) == (connector, line, chat_id) and (
-                group or chat["external_user"] == user_id):
+            group or chat["external_user"] == user_id
+        ):
             return im_chat_id, chat
     im_chat_id = next(st.ids)
-    chat = {"connector": connector, "line": line, "external_chat": chat_id, "external_user": user_id,
-            "session": next(st.ids), "user": str(next(st.ids)), "messages": []}
+    chat = {
+        "connector": connector,
+        "line": line,
+        "external_chat": chat_id,
+        "external_user": user_id,
+        "session": next(st.ids),
+        "user": str(next(st.ids)),
+        "messages": [],
+    }
     st.chats[im_chat_id] = chat
     return im_chat_id, chat
 
@@ -277,10 +323,14 @@ def _bad_names(user) -> list[str]:
         value = user.get(key)
         if value is None or value == "":
             continue
-        if not isinstance(value, str) or len(value) > _NAME_MAX or not all(
-                c.isalpha() or c in _NAME_MARKS for c in value):
-            errors.append(f"user.{key} may hold only letters, spaces, hyphens and apostrophes, at most "
-                          f"{_NAME_MAX} characters")
+        if (
+            not isinstance(value, str)
+            or len(value) > _NAME_MAX
+            or not all(c.isalpha() or c in _NAME_MARKS for c in value)
+        ):
+            errors.append(
+                f"user.{key} may hold only letters, spaces, hyphens and apostrophes, at most {_NAME_MAX} characters"
+            )
     return errors
 
 
@@ -305,15 +355,30 @@ def send_messages(portal, params, grant):
             if conversation.pop("finished", False):  # the customer writes after the dialog was finished
                 conversation["sessions"] = [*conversation.get("sessions", []), conversation["session"]]
                 conversation["session"] = next(st.ids)
-            conversation["messages"].append({
-                "session": conversation["session"],
-                "im_message_id": next(st.ids), "outside": True, "external_id": str(message.get("id") or ""),
-                "text": str(message.get("text") or ""), "files": list(message.get("files") or []),
-                "date": message.get("date"), "deleted": False, "delivered": None, "read": None,
-                "at": time.time()})
-            results.append({
-                "user": conversation["user"], "message": {**message, "date": {}}, "chat": dict(chat),
-                "SUCCESS": True, "session": {"ID": str(conversation["session"]), "CHAT_ID": str(im_chat_id)}})
+            conversation["messages"].append(
+                {
+                    "session": conversation["session"],
+                    "im_message_id": next(st.ids),
+                    "outside": True,
+                    "external_id": str(message.get("id") or ""),
+                    "text": str(message.get("text") or ""),
+                    "files": list(message.get("files") or []),
+                    "date": message.get("date"),
+                    "deleted": False,
+                    "delivered": None,
+                    "read": None,
+                    "at": time.time(),
+                }
+            )
+            results.append(
+                {
+                    "user": conversation["user"],
+                    "message": {**message, "date": {}},
+                    "chat": dict(chat),
+                    "SUCCESS": True,
+                    "session": {"ID": str(conversation["session"]), "CHAT_ID": str(im_chat_id)},
+                }
+            )
     return _answer(results)
 
 
@@ -327,8 +392,9 @@ def _change_sent(portal, params, change):
     with portal._standin.lock:
         for item in _messages(params):
             _user, message, chat = _blocks(item)
-            _im, conversation, found = _find(st, connector, line, str(chat.get("id")), str(message.get("id")),
-                                             outside=True)
+            _im, conversation, found = _find(
+                st, connector, line, str(chat.get("id")), str(message.get("id")), outside=True
+            )
             if found is None:
                 results.append({"SUCCESS": False, "ERRORS": ["message not found"]})
                 continue
@@ -345,6 +411,7 @@ def _answer(results):
 @method("imconnector.update.messages", doc=_DOC + "imconnector-update-messages.md", scopes=("imopenlines",))
 def update_messages(portal, params, grant):
     """api-reference/imopenlines/imconnector/imconnector-update-messages.md: new text, the message marked edited."""
+
     def edit(found, chat, message):
         found["text"] = str(message.get("text") or found["text"])
         found["edited"] = True
@@ -356,6 +423,7 @@ def update_messages(portal, params, grant):
 @method("imconnector.delete.messages", doc=_DOC + "imconnector-delete-messages.md", scopes=("imopenlines",))
 def delete_messages(portal, params, grant):
     """api-reference/imopenlines/imconnector/imconnector-delete-messages.md: the message marked deleted."""
+
     def delete(found, chat, message):
         found["deleted"] = True
         return {"message": {"id": found["external_id"]}, "chat": {"id": chat.get("id")}}
@@ -412,8 +480,14 @@ def _connector_event(portal, event, data, *, user_id="1", handlers=None):
     payload = portal.event_payload(event, data={}, with_tokens=False)
     payload = {k: v for k, v in payload.items() if not k.startswith("data")}
     tokens = portal.issue_tokens(user_id)
-    payload.update({"auth[access_token]": tokens["access_token"], "auth[expires_in]": str(tokens["expires_in"]),
-                    "auth[scope]": portal.scope, "auth[user_id]": str(user_id)})
+    payload.update(
+        {
+            "auth[access_token]": tokens["access_token"],
+            "auth[expires_in]": str(tokens["expires_in"]),
+            "auth[scope]": portal.scope,
+            "auth[user_id]": str(user_id),
+        }
+    )
     flatten("data", data, payload)
     return portal.deliver_event(event, payload=payload, handlers=handlers)
 
@@ -427,12 +501,17 @@ def _operator_message(portal, im_chat_id, chat, message, *, text, event="add"):
     name = f"{author['NAME']} {author['LAST_NAME']}".strip() if author else ""
     body = {"user_id": int(message.get("author") or 1)} if event == "add" else {}
     if event != "delete":  # the add page's example: "[b]Klaus Weber:[/b] [br]Guten Tag!"; update's: "[/b][br] "
-        body["text"] = (f"[b]{name}:[/b] [br]{text}" if event == "add" else f"[b]{name}:[/b][br] {text}") if name else text
+        body["text"] = (
+            (f"[b]{name}:[/b] [br]{text}" if event == "add" else f"[b]{name}:[/b][br] {text}") if name else text
+        )
     if event != "add" and message.get("delivered_ids"):
         ids = list(message["delivered_ids"])
         body["id"] = ids if event == "update" else ids[0]
-    return {"im": {"chat_id": im_chat_id, "message_id": message["im_message_id"]},
-            "message": body, "chat": {"id": chat["external_chat"]}}
+    return {
+        "im": {"chat_id": im_chat_id, "message_id": message["im_message_id"]},
+        "message": body,
+        "chat": {"id": chat["external_chat"]},
+    }
 
 
 def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=None):
@@ -440,14 +519,29 @@ def operator_reply(portal, im_chat_id: int, text: str, *, user_id="1", handlers=
     st = state(portal)
     with portal._standin.lock:
         chat = st.chats[int(im_chat_id)]
-        message = {"im_message_id": next(st.ids), "outside": False, "external_id": "", "text": text, "files": [],
-                   "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time(),
-                   "author": str(user_id), "session": chat["session"]}
+        message = {
+            "im_message_id": next(st.ids),
+            "outside": False,
+            "external_id": "",
+            "text": text,
+            "files": [],
+            "date": int(time.time()),
+            "deleted": False,
+            "delivered": None,
+            "read": None,
+            "at": time.time(),
+            "author": str(user_id),
+            "session": chat["session"],
+        }
         chat["messages"].append(message)
-        data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
-                "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text)]}
-    return message["im_message_id"], _connector_event(portal, "ONIMCONNECTORMESSAGEADD", data, user_id=user_id,
-                                                      handlers=handlers)
+        data = {
+            "CONNECTOR": chat["connector"],
+            "LINE": chat["line"],
+            "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text)],
+        }
+    return message["im_message_id"], _connector_event(
+        portal, "ONIMCONNECTORMESSAGEADD", data, user_id=user_id, handlers=handlers
+    )
 
 
 def _operator_change(portal, im_chat_id, im_message_id, event, *, text=None):
@@ -459,9 +553,20 @@ def _operator_change(portal, im_chat_id, im_message_id, event, *, text=None):
             message["deleted"] = True
         else:
             message["text"] = text
-        data = {"CONNECTOR": chat["connector"], "LINE": chat["line"],
-                "MESSAGES": [_operator_message(portal, int(im_chat_id), chat, message, text=text or "",
-                                               event="delete" if text is None else "update")]}
+        data = {
+            "CONNECTOR": chat["connector"],
+            "LINE": chat["line"],
+            "MESSAGES": [
+                _operator_message(
+                    portal,
+                    int(im_chat_id),
+                    chat,
+                    message,
+                    text=text or "",
+                    event="delete" if text is None else "update",
+                )
+            ],
+        }
     return _connector_event(portal, event, data)
 
 
@@ -489,9 +594,20 @@ def system_message(portal, im_chat_id, text):
     st = state(portal)
     with portal._standin.lock:
         chat = st.chats[int(im_chat_id)]
-        message = {"im_message_id": next(st.ids), "outside": False, "external_id": "", "text": text, "files": [],
-                   "date": int(time.time()), "deleted": False, "delivered": None, "read": None, "at": time.time(),
-                   "author": "0", "session": chat["session"]}
+        message = {
+            "im_message_id": next(st.ids),
+            "outside": False,
+            "external_id": "",
+            "text": text,
+            "files": [],
+            "date": int(time.time()),
+            "deleted": False,
+            "delivered": None,
+            "read": None,
+            "at": time.time(),
+            "author": "0",
+            "session": chat["session"],
+        }
         chat["messages"].append(message)
     return message["im_message_id"]
 

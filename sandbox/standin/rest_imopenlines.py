@@ -1,5 +1,6 @@
 """REST methods of the ``imopenlines`` scope: ``imopenlines.config.list.get`` and
 ``imopenlines.session.history.get`` (the Open Lines chats the connector carries, rest_imconnector.py)."""
+
 from __future__ import annotations
 
 import datetime
@@ -18,15 +19,18 @@ def _int(value, default):
         return default
 
 
-@method("imopenlines.config.list.get", doc="api-reference/imopenlines/openlines/imopenlines-config-list-get.md",
-        scopes=("imopenlines",))
+@method(
+    "imopenlines.config.list.get",
+    doc="api-reference/imopenlines/openlines/imopenlines-config-list-get.md",
+    scopes=("imopenlines",),
+)
 def config_list_get(portal, params, grant):
     # One page per call, sliced by PARAMS[limit] and PARAMS[offset]; the answer has no next/total.
     selection = params.get("PARAMS") if isinstance(params.get("PARAMS"), dict) else {}
     limit = min(max(_int(selection.get("limit"), _LIMIT_DEFAULT), 1), _LIMIT_MAX)
     offset = max(_int(selection.get("offset"), 0), 0)
     with portal._standin.lock:
-        return [dict(line) for line in portal.open_lines[offset:offset + limit]]
+        return [dict(line) for line in portal.open_lines[offset : offset + limit]]
 
 
 def _iso(at: float) -> str:
@@ -35,8 +39,16 @@ def _iso(at: float) -> str:
 
 def _operator(portal, user_id: str) -> dict:
     user = next((u for u in portal.users if str(u["ID"]) == str(user_id)), {"NAME": "", "LAST_NAME": ""})
-    return {"id": str(user_id), "name": f"{user['NAME']} {user['LAST_NAME']}".strip(), "firstName": user["NAME"],
-            "lastName": user["LAST_NAME"], "connector": False, "bot": False, "extranet": False, "type": "user"}
+    return {
+        "id": str(user_id),
+        "name": f"{user['NAME']} {user['LAST_NAME']}".strip(),
+        "firstName": user["NAME"],
+        "lastName": user["LAST_NAME"],
+        "connector": False,
+        "bot": False,
+        "extranet": False,
+        "type": "user",
+    }
 
 
 @method("imopenlines.session.history.get", doc=_HISTORY_DOC, scopes=("imopenlines",))
@@ -58,18 +70,29 @@ def session_history_get(portal, params, grant):
         if session_id:  # "If SESSION_ID is provided, the method operates based on it" (CHAT_ID is not needed)
             found = [(k, c) for k, c in st.chats.items() if session_id in (c["session"], *c.get("sessions", []))]
             if not found:
-                raise ApiError("ACCESS_DENIED", "You cannot open this conversation as you do not have sufficient "
-                                                "rights", status=400)
+                raise ApiError(
+                    "ACCESS_DENIED",
+                    "You cannot open this conversation as you do not have sufficient rights",
+                    status=400,
+                )
         else:  # "the method attempts to determine the last session by CHAT_ID"
             found = [(chat_id, st.chats[chat_id])] if chat_id in st.chats else []
             if not found:
-                raise ApiError("INVALID_SESSION_ID", "Unable to determine session ID from provided parameters",
-                               status=400)
+                raise ApiError(
+                    "INVALID_SESSION_ID", "Unable to determine session ID from provided parameters", status=400
+                )
         im_chat_id, chat = found[0]
         session_id = session_id or chat["session"]
-        customer = {"id": chat["user"], "name": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip(),
-                    "firstName": chat.get("name", ""), "lastName": chat.get("last_name", ""), "connector": True,
-                    "bot": False, "extranet": True, "type": "user"}
+        customer = {
+            "id": chat["user"],
+            "name": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip(),
+            "firstName": chat.get("name", ""),
+            "lastName": chat.get("last_name", ""),
+            "connector": True,
+            "bot": False,
+            "extranet": True,
+            "type": "user",
+        }
         users, messages = {chat["user"]: customer}, {}
         for m in chat["messages"]:
             if m["deleted"] or m.get("session", chat["session"]) != session_id:
@@ -81,18 +104,42 @@ def session_history_get(portal, params, grant):
             if not m["outside"] and m.get("delivered_ids"):
                 extra = {"connectorMid": list(m["delivered_ids"])}
             messages[str(m["im_message_id"])] = {
-                "id": str(m["im_message_id"]), "chatid": str(im_chat_id), "senderid": sender,
-                "recipientid": f"chat{im_chat_id}", "date": _iso(m["at"]), "text": m["text"],
-                "textlegacy": m["text"], "params": extra}
+                "id": str(m["im_message_id"]),
+                "chatid": str(im_chat_id),
+                "senderid": sender,
+                "recipientid": f"chat{im_chat_id}",
+                "date": _iso(m["at"]),
+                "text": m["text"],
+                "textlegacy": m["text"],
+                "params": extra,
+            }
         entity = f"{chat['connector']}|{chat['line']}|{chat['external_chat']}|{chat['user']}"
         return {
-            "chatId": im_chat_id, "canJoin": "Y", "canVoteHead": "N", "sessionId": session_id,
-            "sessionVoteHead": 0, "sessionCommentHead": None, "userId": f"chat{im_chat_id}",
-            "message": messages, "usersMessage": {f"chat{im_chat_id}": list(messages)}, "users": users,
-            "openlines": {}, "userInGroup": [], "woUserInGroup": [],
-            "chat": {str(im_chat_id): {"id": str(im_chat_id), "name": customer["name"], "entityType": "LINES",
-                                       "entityId": entity, "type": "lines", "messageType": "L",
-                                       "entityLink": {"type": "LINES", "url": "", "id": entity}}},
-            "userBlockChat": {}, "userInChat": {str(im_chat_id): [int(u) for u in users if u.isdigit()]},
+            "chatId": im_chat_id,
+            "canJoin": "Y",
+            "canVoteHead": "N",
+            "sessionId": session_id,
+            "sessionVoteHead": 0,
+            "sessionCommentHead": None,
+            "userId": f"chat{im_chat_id}",
+            "message": messages,
+            "usersMessage": {f"chat{im_chat_id}": list(messages)},
+            "users": users,
+            "openlines": {},
+            "userInGroup": [],
+            "woUserInGroup": [],
+            "chat": {
+                str(im_chat_id): {
+                    "id": str(im_chat_id),
+                    "name": customer["name"],
+                    "entityType": "LINES",
+                    "entityId": entity,
+                    "type": "lines",
+                    "messageType": "L",
+                    "entityLink": {"type": "LINES", "url": "", "id": entity},
+                }
+            },
+            "userBlockChat": {},
+            "userInChat": {str(im_chat_id): [int(u) for u in users if u.isdigit()]},
             "files": {},
         }

@@ -1,4 +1,5 @@
 """REST methods of the ``placement`` scope: ``placement.bind``, ``placement.unbind``, ``placement.get``."""
+
 from __future__ import annotations
 
 from .errors import ApiError
@@ -42,18 +43,20 @@ def placement_bind(portal, params, grant):
             if binding["PLACEMENT"] == placement and binding["HANDLER"] == handler and _mine(binding, grant):
                 code, description = portal.placement_duplicate_error
                 raise ApiError(code, description)
-        portal.bindings["placements"].append({
-            "ID": portal._new_id(),
-            "PLACEMENT": placement,
-            "HANDLER": handler,
-            "TITLE": p.get("TITLE", ""),
-            "DESCRIPTION": p.get("DESCRIPTION", ""),
-            "GROUP_NAME": p.get("GROUP_NAME", ""),
-            "LANG_ALL": p.get("LANG_ALL") or {},
-            "OPTIONS": {} if placement in _NO_OPTIONS else (p.get("OPTIONS") or {}),
-            "USER_ID": 0,
-            "app": grant.client_id,
-        })
+        portal.bindings["placements"].append(
+            {
+                "ID": portal._new_id(),
+                "PLACEMENT": placement,
+                "HANDLER": handler,
+                "TITLE": p.get("TITLE", ""),
+                "DESCRIPTION": p.get("DESCRIPTION", ""),
+                "GROUP_NAME": p.get("GROUP_NAME", ""),
+                "LANG_ALL": p.get("LANG_ALL") or {},
+                "OPTIONS": {} if placement in _NO_OPTIONS else (p.get("OPTIONS") or {}),
+                "USER_ID": 0,
+                "app": grant.client_id,
+            }
+        )
     return True
 
 
@@ -68,8 +71,11 @@ def placement_unbind(portal, params, grant):
     with portal._standin.lock:
         keep, removed = [], 0
         for binding in portal.bindings["placements"]:
-            if (binding["PLACEMENT"] == placement and (not handler or binding["HANDLER"] == handler)
-                    and _mine(binding, grant)):
+            if (
+                binding["PLACEMENT"] == placement
+                and (not handler or binding["HANDLER"] == handler)
+                and _mine(binding, grant)
+            ):
                 removed += 1
             else:
                 keep.append(binding)
@@ -82,13 +88,17 @@ def placement_unbind(portal, params, grant):
 def placement_get(portal, params, grant):
     portal._require_admin(grant)  # placement-get.md: "Who can execute the method: administrator"
     with portal._standin.lock:
-        return [{
-            "id": b["ID"],
-            "placement": b["PLACEMENT"],
-            "userId": b["USER_ID"],
-            "handler": b["HANDLER"],
-            "options": php_array(b["OPTIONS"]),
-            "title": b["TITLE"],
-            "description": b["DESCRIPTION"],
-            "langAll": php_array(b["LANG_ALL"]),
-        } for b in portal.bindings["placements"] if _mine(b, grant)]
+        return [
+            {
+                "id": b["ID"],
+                "placement": b["PLACEMENT"],
+                "userId": b["USER_ID"],
+                "handler": b["HANDLER"],
+                "options": php_array(b["OPTIONS"]),
+                "title": b["TITLE"],
+                "description": b["DESCRIPTION"],
+                "langAll": php_array(b["LANG_ALL"]),
+            }
+            for b in portal.bindings["placements"]
+            if _mine(b, grant)
+        ]

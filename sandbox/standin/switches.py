@@ -1,4 +1,5 @@
 """The switches tests turn on a portal: expired tokens, blocks, scripted errors, plans, slow and big answers."""
+
 from __future__ import annotations
 
 import time
@@ -29,13 +30,11 @@ class Switches:
         with self._standin.lock:
             self._blocked = None
 
-    def fail_next(self, method: str, error: str, status: int, times: int = 1,
-                  description: str | None = None) -> None:
+    def fail_next(self, method: str, error: str, status: int, times: int = 1, description: str | None = None) -> None:
         """The next ``times`` calls of ``method`` (direct or in a batch) answer this error."""
         description = description or REST_ERROR_DESCRIPTION.get(error, "Simulated failure")
         with self._standin.lock:
-            self._failures.setdefault(method.lower(), []).extend(
-                [(error, description, status)] * times)
+            self._failures.setdefault(method.lower(), []).extend([(error, description, status)] * times)
 
     def set_plan(self, plan: str) -> None:
         """Turn on the request-rate limit of a plan: ``"enterprise"`` (250, then 5/s) or ``"others"`` (50, 2/s).
@@ -57,4 +56,3 @@ class Switches:
     def oversized_answer(self, method: str, megabytes: float = 4, *, times: int = 1) -> None:
         """The next ``times`` answers of ``method`` carry ``megabytes`` of padding (still valid JSON)."""
         self._faults.add(method, oversized_shape(megabytes), times)
-

@@ -2,6 +2,7 @@
 /healthz and an already verified open keep answering, the forged opens cost a bounded number of calls
 to Bitrix24 and no rows. A liveness test: every probe must be answered (within a generous client
 timeout); how fast is for bench/flood.py."""
+
 import http.client
 import os
 import socket
@@ -40,8 +41,9 @@ def _database_url() -> str:
 def _post(port, path, fields, timeout=10.0):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("POST", path, body=urlencode(fields),
-                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        conn.request(
+            "POST", path, body=urlencode(fields), headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
         response = conn.getresponse()
         response.read()
         return response.status
@@ -64,13 +66,26 @@ def _get(port, path, timeout=10.0):
 def gunicorn(standin):
     port = _free_port()
     prefix = f"flood-{uuid.uuid4().hex[:12]}"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": _database_url(),
-           "B24_OAUTH_URL": standin.oauth_url, "LOG_LEVEL": "ERROR", "GUNICORN_BIND": f"127.0.0.1:{port}",
-           "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4", "CACHE_URL": f"redis://127.0.0.1:6379/0?key_prefix={prefix}",
-           "B24_VERIFY_BURST": "10", "B24_VERIFY_PER_MINUTE": "6"}
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:b24widget.gunicorn",
-                                "--no-control-socket", "b24widget.wsgi"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": _database_url(),
+        "B24_OAUTH_URL": standin.oauth_url,
+        "LOG_LEVEL": "ERROR",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_THREADS": "4",
+        "CACHE_URL": f"redis://127.0.0.1:6379/0?key_prefix={prefix}",
+        "B24_VERIFY_BURST": "10",
+        "B24_VERIFY_PER_MINUTE": "6",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:b24widget.gunicorn", "--no-control-socket", "b24widget.wsgi"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -90,6 +105,7 @@ def gunicorn(standin):
         except subprocess.TimeoutExpired:
             process.kill()
         import redis
+
         client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:
@@ -119,8 +135,10 @@ def test_forged_opens_do_not_stall_the_deployment(client, b24, standin, gunicorn
 
     def probe():
         while not stop.is_set():
-            for kind, call in (("healthz", lambda: _get(port, "/healthz")),
-                               ("verified", lambda: _post(port, "/placement/", verified))):
+            for kind, call in (
+                ("healthz", lambda: _get(port, "/healthz")),
+                ("verified", lambda: _post(port, "/placement/", verified)),
+            ):
                 started = time.monotonic()
                 try:
                     status = call()

@@ -1,4 +1,5 @@
 """The gunicorn config bounds processes x threads to the database connection budget."""
+
 import runpy
 from pathlib import Path
 
@@ -9,6 +10,7 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "b24widget" / "gunicorn.py")
 
 def load(monkeypatch, cores, **env):
     import multiprocessing
+
     monkeypatch.setattr(multiprocessing, "cpu_count", lambda: cores)
     for name in ("GUNICORN_WORKERS", "GUNICORN_THREADS", "DB_CONNECTION_BUDGET"):
         monkeypatch.delenv(name, raising=False)

@@ -1,4 +1,5 @@
 """The landing page at `/`: what this deployment is, links to the admin and health, the sandbox with DEBUG."""
+
 import pytest
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,5 @@
 """Plain logs keep the structured fields on the line (JSON logs carry them as keys)."""
+
 import json
 import logging
 
@@ -13,10 +14,20 @@ def record(message, **extra):
 
 def test_plain_lines_carry_every_extra_field_as_key_value():
     line = PlainFormatter("%(levelname)s %(name)s %(message)s").format(
-        record("rest error", member_id="abc123", method="crm.item.list", code="QUERY_LIMIT_EXCEEDED",
-               http_status=503, request_id="r-1", detail="two words"))
-    assert line == ('INFO portals.lifecycle rest error member_id=abc123 method=crm.item.list '
-                    'code=QUERY_LIMIT_EXCEEDED http_status=503 request_id=r-1 detail="two words"')
+        record(
+            "rest error",
+            member_id="abc123",
+            method="crm.item.list",
+            code="QUERY_LIMIT_EXCEEDED",
+            http_status=503,
+            request_id="r-1",
+            detail="two words",
+        )
+    )
+    assert line == (
+        "INFO portals.lifecycle rest error member_id=abc123 method=crm.item.list "
+        'code=QUERY_LIMIT_EXCEEDED http_status=503 request_id=r-1 detail="two words"'
+    )
 
 
 def test_a_line_without_fields_is_unchanged_and_a_traceback_stays_below():
@@ -26,6 +37,7 @@ def test_a_line_without_fields_is_unchanged_and_a_traceback_stays_below():
         raise ValueError("boom")
     except ValueError:
         import sys
+
         failed = record("failed", member_id="m1")
         failed.exc_info = sys.exc_info()
     first, *rest = formatter.format(failed).split("\n")

@@ -1,4 +1,5 @@
 """/metrics: Prometheus counters behind a bearer token; the product's hooks count what happens."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,11 @@ TOKEN = "metrics-token-for-tests-0123456789"
 def scrape(client) -> dict:
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(response.content.decode()) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+    }
 
 
 def value(samples, name, **labels):
@@ -67,6 +71,7 @@ def test_widget_opens_refusals_verifications_and_rest_calls_are_counted(client, 
 def test_refresh_failures_and_limit_waits_are_counted_by_code_and_method():
     from bitrix24 import metrics
     from portals import tokens
+
     metrics.rest_call("crm.item.list")
     before = metrics.LIMIT_WAITS.labels("rate", "crm.item.list")._value.get()
     metrics.limit_wait("rate", 0.25)
@@ -75,7 +80,7 @@ def test_refresh_failures_and_limit_waits_are_counted_by_code_and_method():
     failures = tokens.REFRESH_FAILURES.labels("invalid_grant")._value.get()
     tokens.refresh_failed("invalid_grant")
     assert tokens.REFRESH_FAILURES.labels("invalid_grant")._value.get() == failures + 1
-    tokens.refresh_failed("weird code {with} \"quotes\" and a very long tail " * 3)
+    tokens.refresh_failed('weird code {with} "quotes" and a very long tail ' * 3)
     codes = [sample.labels["code"] for family in tokens.REFRESH_FAILURES.collect() for sample in family.samples]
     assert codes and all(len(code) <= 48 and '"' not in code and " " not in code for code in codes)
 
@@ -101,13 +106,15 @@ def test_gunicorn_workers_counters_are_added_up_in_multiprocess_mode(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "tests.settings"}
     for count in (3, 4):  # two "workers", each its own process
         subprocess.run([sys.executable, "-c", INCREMENT, str(count)], cwd=ROOT, env=env, check=True, timeout=60)
-    page = subprocess.run([sys.executable, "-c", SCRAPE], cwd=ROOT, env=env, check=True, timeout=60,
-                          capture_output=True, text=True).stdout
+    page = subprocess.run(
+        [sys.executable, "-c", SCRAPE], cwd=ROOT, env=env, check=True, timeout=60, capture_output=True, text=True
+    ).stdout
     assert 'b24widget_rest_calls_total{method="server.time"} 7.0' in page
 
 
 def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkeypatch):
     from b24widget import gunicorn as config
+
     (tmp_path / "counter_123.db").write_bytes(b"last run")
     (tmp_path / "keep.txt").write_text("not ours")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
@@ -118,6 +125,7 @@ def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkey
 def test_limit_answers_are_counted_by_code():
     from bitrix24 import metrics
     from bitrix24 import limits
+
     before = metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get()
     limits.note_limited("m-metrics")
     assert metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get() == before + 1
@@ -126,10 +134,16 @@ def test_limit_answers_are_counted_by_code():
 @pytest.mark.django_db
 def test_the_inbox_backlog_is_a_metric(client, settings, installed):
     from inbox.models import InboxItem
+
     portal, _b24 = installed
     InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUPDATE", idempotency_key="a" * 64)
-    InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUPDATE", idempotency_key="b" * 64,
-                             state=InboxItem.State.FAILED)
+    InboxItem.objects.create(
+        member_id=portal.member_id,
+        portal=portal,
+        event="ONAPPUPDATE",
+        idempotency_key="b" * 64,
+        state=InboxItem.State.FAILED,
+    )
     settings.METRICS_TOKEN = TOKEN
     samples = scrape(client)
     assert value(samples, "b24widget_inbox_unfinished") == 1 and value(samples, "b24widget_inbox_failed") == 1

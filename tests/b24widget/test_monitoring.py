@@ -5,6 +5,7 @@ the whole rules file), each series it selects must be one `GET /metrics` really 
 METRICS_TOKEN set, after the app's metric hooks ran once so every labelled family has samples: counters
 appear with their `_total` suffix), and each label it matches or groups by must be one those series carry.
 """
+
 import json
 import re
 from pathlib import Path
@@ -37,8 +38,12 @@ def _panels(panels):
 
 def dashboard_expressions() -> list[tuple[str, str]]:
     board = json.loads(DASHBOARD.read_text())
-    return [(f"panel {p['title']!r} {t['refId']}", t["expr"]) for p in _panels(board["panels"])
-            for t in p.get("targets") or [] if t.get("expr")]
+    return [
+        (f"panel {p['title']!r} {t['refId']}", t["expr"])
+        for p in _panels(board["panels"])
+        for t in p.get("targets") or []
+        if t.get("expr")
+    ]
 
 
 def alert_expressions() -> list[tuple[str, str]]:

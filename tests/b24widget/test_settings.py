@@ -1,4 +1,5 @@
 """Settings: production refuses to start without its secrets; `check --deploy` is clean when set."""
+
 import os
 import subprocess
 import sys
@@ -23,11 +24,15 @@ PRODUCTION = {
 
 
 def manage(*args, env):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("B24_", "DJANGO_", "SECRET_KEY", "TOKEN_",
-                                                                      "DEBUG", "ALLOWED_HOSTS", "SECURE_"))}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("B24_", "DJANGO_", "SECRET_KEY", "TOKEN_", "DEBUG", "ALLOWED_HOSTS", "SECURE_"))
+    }
     base["DJANGO_SETTINGS_MODULE"] = "b24widget.settings"
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_check_deploy_is_clean_with_the_documented_production_variables():
@@ -36,8 +41,9 @@ def test_check_deploy_is_clean_with_the_documented_production_variables():
     assert "no issues" in result.stdout
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "B24_CLIENT_ID", "B24_CLIENT_SECRET", "B24_APP_URL",
-                                     "TOKEN_ENCRYPTION_KEYS"])
+@pytest.mark.parametrize(
+    "missing", ["SECRET_KEY", "B24_CLIENT_ID", "B24_CLIENT_SECRET", "B24_APP_URL", "TOKEN_ENCRYPTION_KEYS"]
+)
 def test_refuses_to_start_without_a_secret(missing):
     env = {k: v for k, v in PRODUCTION.items() if k != missing}
     result = manage("check", env=env)
@@ -55,17 +61,20 @@ def test_debug_runs_without_any_secret():
 def test_healthz(client, db):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok",
-                                                          "broker": "ok"},
-                               "inbox": {"unfinished": 0, "failed": 0, "oldest_unfinished_seconds": 0}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok", "broker": "ok"},
+        "inbox": {"unfinished": 0, "failed": 0, "oldest_unfinished_seconds": 0},
+    }
 
 
 def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db, settings, monkeypatch):
     from inbox.models import InboxItem
 
     InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="a" * 64)
-    InboxItem.objects.create(member_id="m", event="ONAPPINSTALL", idempotency_key="b" * 64,
-                             state=InboxItem.State.FAILED)
+    InboxItem.objects.create(
+        member_id="m", event="ONAPPINSTALL", idempotency_key="b" * 64, state=InboxItem.State.FAILED
+    )
     from b24widget.celery import app
 
     previous = app.conf.broker_url
@@ -83,20 +92,33 @@ def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db,
 
 
 def test_every_bad_setting_is_named_in_one_message_without_a_traceback():
-    env = {**PRODUCTION, "TOKEN_ENCRYPTION_KEYS": f"{PRODUCTION['TOKEN_ENCRYPTION_KEYS']},notakey",
-           "B24_APP_URL": "widget.example.com", "B24_READ_TIMEOUT": "abc", "B24_RATE_LIMIT_BURST": "-3",
-           "DATABASE_URL": "nonsense", "B24_SANDBOX": "true", "B24_ALLOW_HTTP_PORTALS": "yes", "DEBUG": "false",
-           "SECURE_SSL_REDIRECT": "maybe"}
+    env = {
+        **PRODUCTION,
+        "TOKEN_ENCRYPTION_KEYS": f"{PRODUCTION['TOKEN_ENCRYPTION_KEYS']},notakey",
+        "B24_APP_URL": "widget.example.com",
+        "B24_READ_TIMEOUT": "abc",
+        "B24_RATE_LIMIT_BURST": "-3",
+        "DATABASE_URL": "nonsense",
+        "B24_SANDBOX": "true",
+        "B24_ALLOW_HTTP_PORTALS": "yes",
+        "DEBUG": "false",
+        "SECURE_SSL_REDIRECT": "maybe",
+    }
     del env["SECRET_KEY"], env["B24_CLIENT_ID"]
     result = manage("check", "--deploy", env=env)
     assert result.returncode != 0
-    for expected in ("SECRET_KEY must be set when DEBUG is off", "B24_CLIENT_ID must be set when DEBUG is off",
-                     "TOKEN_ENCRYPTION_KEYS: key 2 of 2 is not a Fernet key",
-                     "B24_APP_URL='widget.example.com' is not an absolute URL",
-                     "B24_READ_TIMEOUT='abc' is not a number", "B24_RATE_LIMIT_BURST=-3 is below 1",
-                     "DATABASE_URL is not a database URL", "B24_SANDBOX=true is refused when DEBUG is off",
-                     "B24_ALLOW_HTTP_PORTALS=true is refused when DEBUG is off",
-                     "SECURE_SSL_REDIRECT='maybe' is not a boolean"):
+    for expected in (
+        "SECRET_KEY must be set when DEBUG is off",
+        "B24_CLIENT_ID must be set when DEBUG is off",
+        "TOKEN_ENCRYPTION_KEYS: key 2 of 2 is not a Fernet key",
+        "B24_APP_URL='widget.example.com' is not an absolute URL",
+        "B24_READ_TIMEOUT='abc' is not a number",
+        "B24_RATE_LIMIT_BURST=-3 is below 1",
+        "DATABASE_URL is not a database URL",
+        "B24_SANDBOX=true is refused when DEBUG is off",
+        "B24_ALLOW_HTTP_PORTALS=true is refused when DEBUG is off",
+        "SECURE_SSL_REDIRECT='maybe' is not a boolean",
+    ):
         assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "HINT" in result.stderr
     assert PRODUCTION["TOKEN_ENCRYPTION_KEYS"] not in result.stderr
@@ -114,8 +136,14 @@ def test_production_refuses_an_http_app_url_and_an_unknown_database_scheme():
 def test_gunicorn_start_refuses_bad_settings_with_one_message():
     env = {**PRODUCTION, "TOKEN_ENCRYPTION_KEYS": "notakey", "B24_SANDBOX": "true"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("B24_", "DJANGO_", "TOKEN_", "DEBUG"))}
-    result = subprocess.run([sys.executable, "-c", "import b24widget.wsgi"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env={**base, **env, "DJANGO_SETTINGS_MODULE": "b24widget.settings"})
+    result = subprocess.run(
+        [sys.executable, "-c", "import b24widget.wsgi"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, **env, "DJANGO_SETTINGS_MODULE": "b24widget.settings"},
+    )
     assert result.returncode == 1
     assert "b24widget cannot start: 2 setting(s) to fix" in result.stderr
     assert "TOKEN_ENCRYPTION_KEYS: key 1 of 1 is not a Fernet key" in result.stderr
@@ -123,8 +151,9 @@ def test_gunicorn_start_refuses_bad_settings_with_one_message():
 
 
 def test_local_switches_are_fine_with_debug_and_the_test_settings_pass_the_checks():
-    assert manage("check", env={"DEBUG": "true", "B24_SANDBOX": "true",
-                                "B24_ALLOW_HTTP_PORTALS": "true"}).returncode == 0
+    assert (
+        manage("check", env={"DEBUG": "true", "B24_SANDBOX": "true", "B24_ALLOW_HTTP_PORTALS": "true"}).returncode == 0
+    )
     # tests/settings.py: DEBUG off with B24_ALLOW_HTTP_PORTALS on, accepted only through B24_TESTING.
     result = manage("check", env={"DJANGO_SETTINGS_MODULE": "tests.settings"})
     assert result.returncode == 0, result.stderr

@@ -5,6 +5,7 @@ through REQUESTS_CA_BUNDLE, which b24pysdk's plain ``requests.get``/``requests.p
 b24pysdk's OAuth host is a class constant (``https://oauth.bitrix24.tech``): the fixture points it at
 the stand-in's OAuth server, the HTTP boundary and nothing of ours.
 """
+
 import pytest
 
 from sandbox.standin import StandIn
@@ -60,8 +61,13 @@ def token_for(portal, user_id="1", client_id=None, secret=None):
 
     tokens = portal.issue_tokens(user_id, client_id=client_id)
     app = BitrixApp(client_id=client_id or CLIENT_ID, client_secret=secret or CLIENT_SECRET)
-    return BitrixToken(domain=portal.domain, auth_token=tokens["access_token"],
-                       refresh_token=tokens["refresh_token"], expires_in=tokens["expires_in"], bitrix_app=app)
+    return BitrixToken(
+        domain=portal.domain,
+        auth_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+        expires_in=tokens["expires_in"],
+        bitrix_app=app,
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ channel's delivery tasks run inline (OPENLINES_TASKS_INLINE in tests/settings.py
 the live server goes to the stand-in's Open Line before the 202 leaves; the inbox is processed by the test
 (`operator_reply`), as a worker would, so no broker is involved.
 """
+
 import hashlib
 import hmac
 import json
@@ -29,16 +30,22 @@ class LiveChannel:
     row: object  # openlines.models.Channel
     b24: object  # the stand-in portal
 
-    def post(self, payload=None, *, body: bytes | None = None, timestamp=None, secret=None, signature=None,
-             headers=None) -> requests.Response:
+    def post(
+        self, payload=None, *, body: bytes | None = None, timestamp=None, secret=None, signature=None, headers=None
+    ) -> requests.Response:
         """POST to the channel, signed by the book unless told otherwise (`signature`, `secret`, `timestamp`)."""
         body = json.dumps(payload).encode() if body is None else body
         timestamp = str(int(time.time()) if timestamp is None else timestamp)
         if signature is None:
             digest = hmac.new((secret or self.secret).encode(), timestamp.encode() + b"." + body, hashlib.sha256)
             signature = "sha256=" + digest.hexdigest()
-        sent = {"Content-Type": "application/json", "Accept": "application/json",
-                "X-B24Widget-Timestamp": timestamp, "X-B24Widget-Signature": signature, **(headers or {})}
+        sent = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "X-B24Widget-Timestamp": timestamp,
+            "X-B24Widget-Signature": signature,
+            **(headers or {}),
+        }
         return requests.post(self.endpoint, data=body, headers=sent, timeout=30)
 
     def open_line_chat(self) -> int:
@@ -55,9 +62,13 @@ class LiveChannel:
 
 
 def message(mid="m1", text="Hello", chat="chat-1", user="u-1", **extra) -> dict:
-    return {"action": "add", "chat": {"id": chat, "name": "Website"},
-            "user": {"id": user, "name": "Ann", "last_name": "Lee"},
-            "message": {"id": mid, "text": text, "date": int(time.time())}, **extra}
+    return {
+        "action": "add",
+        "chat": {"id": chat, "name": "Website"},
+        "user": {"id": user, "name": "Ann", "last_name": "Lee"},
+        "message": {"id": mid, "text": text, "date": int(time.time())},
+        **extra,
+    }
 
 
 def connect_live(live_server, settings, monkeypatch, standin, client, frame, webhook_url: str) -> LiveChannel:
@@ -78,5 +89,11 @@ def connect_live(live_server, settings, monkeypatch, standin, client, frame, web
     row = Channel.objects.get(public_id=body["channel"]["id"])
     endpoint = body["channel"]["endpoint"]
     assert endpoint == f"{live_server.url}/channels/{row.public_id}/messages"
-    return LiveChannel(app_url=live_server.url, endpoint=endpoint, channel_url=endpoint[:-len("messages")],
-                       secret=body["secret"], row=row, b24=b24)
+    return LiveChannel(
+        app_url=live_server.url,
+        endpoint=endpoint,
+        channel_url=endpoint[: -len("messages")],
+        secret=body["secret"],
+        row=row,
+        b24=b24,
+    )

@@ -3,6 +3,7 @@
 Doc paths: api-reference/common/events/on-app-install.md, on-app-update.md, on-app-uninstall.md,
 settings/app-installation/installation-finish.md, settings/oauth/simple-way.md, api-reference/events/event-bind.md.
 """
+
 from urllib.parse import parse_qsl
 
 from b24pysdk.credentials import OAuthEventData
@@ -36,8 +37,9 @@ def test_onappuninstall_parses_without_tokens(portal):
 
 def test_a_forged_tokenless_install_event_can_still_be_built(portal):
     """Tests need what an attacker sends: the SDK parses it, with no token to prove it."""
-    event = OAuthEventData.from_dict(portal.event_payload("ONAPPINSTALL", with_tokens=False,
-                                                          application_token="attacker"))
+    event = OAuthEventData.from_dict(
+        portal.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker")
+    )
     assert event.auth.oauth_token is None and event.auth.application_token == "attacker"
 
 
@@ -53,8 +55,9 @@ def test_no_event_before_install_finish_and_form_encoding(tls_standin, http_reco
     portal = tls_standin.add_portal()
     portal.install_post()
     with tls_standin.lock:
-        portal.bindings["events"].append({"id": 1, "event": "ONAPPINSTALL", "handler": http_recorder.url,
-                                          "auth_type": "0"})
+        portal.bindings["events"].append(
+            {"id": 1, "event": "ONAPPINSTALL", "handler": http_recorder.url, "auth_type": "0"}
+        )
     assert portal.deliver_event("ONAPPINSTALL") == []
     portal.finish_install()
     [delivered] = portal.deliver_event("ONAPPINSTALL", timeout=5)

@@ -1,6 +1,7 @@
 """examples/channel_client.py, the integrator's reference client, against the live channel: it signs and
 sends, retries a 429 after Retry-After, and its webhook receiver verifies what the app really sends and
 refuses what it did not sign. It must stay an outsider: standard library and requests only."""
+
 import ast
 import gc
 import hashlib
@@ -97,8 +98,9 @@ def live(live_server, settings, monkeypatch, standin, client, frame, example_web
 
 def test_the_client_is_standard_library_and_requests_only():
     tree = ast.parse(SCRIPT.read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     outside = {name for name in imported if name not in sys.stdlib_module_names}
     assert outside == {"requests"}, outside
@@ -119,8 +121,13 @@ def test_send_receive_and_read_through_the_live_app(live, example_webhook, clien
     from openlines.models import OutboundMessage
 
     client = clients(cc.ChannelClient(live.endpoint, live.secret))
-    answer = client.add("chat-9", {"id": "v-1", "name": "Ann"}, "m-1", "Where is my parcel?",
-                        files=[{"url": "https://shop.example.com/p.png", "name": "p.png"}])
+    answer = client.add(
+        "chat-9",
+        {"id": "v-1", "name": "Ann"},
+        "m-1",
+        "Where is my parcel?",
+        files=[{"url": "https://shop.example.com/p.png", "name": "p.png"}],
+    )
     assert answer["result"] == "accepted" and client.waits == []
     assert [m["text"] for m in imc.conversations(live.b24)[0]["messages"]] == ["Where is my parcel?"]
     with pytest.raises(cc.ChannelError) as refused:
@@ -161,14 +168,23 @@ def test_a_refusal_that_retrying_cannot_fix_raises_at_once(live, clients):
 def test_the_receiver_refuses_what_the_channel_did_not_sign(example_webhook):
     example_webhook.secret = "the-channels-secret"
     api = OpenAPI.from_file_path(str(ROOT / "docs" / "openapi" / "channel-api.yaml"))
-    body = json.dumps({"event": "message.add", "chat": {"id": "c"}, "im": {"chat_id": "5", "message_id": "7"},
-                       "message": {"id": "7", "text": "hi", "user_id": "1", "author": {"id": "1", "name": "Op"}}},
-                      separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "event": "message.add",
+            "chat": {"id": "c"},
+            "im": {"chat_id": "5", "message_id": "7"},
+            "message": {"id": "7", "text": "hi", "user_id": "1", "author": {"id": "1", "name": "Op"}},
+        },
+        separators=(",", ":"),
+    ).encode()
 
     def post(timestamp, secret):
-        headers = {"Content-Type": "application/json", "User-Agent": "b24widget-openlines",
-                   "X-B24Widget-Timestamp": str(timestamp),
-                   "X-B24Widget-Signature": cc.sign(secret, str(timestamp), body)}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "b24widget-openlines",
+            "X-B24Widget-Timestamp": str(timestamp),
+            "X-B24Widget-Signature": cc.sign(secret, str(timestamp), body),
+        }
         sent = requests.Request("POST", example_webhook.url, headers=headers, data=body).prepare()
         with requests.Session() as session:
             answer = session.send(sent, timeout=10)
@@ -187,9 +203,28 @@ def test_the_receiver_refuses_what_the_channel_did_not_sign(example_webhook):
 def test_the_command_line_sends_a_message_without_the_app_importable(live, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")}
     env["CHANNEL_SECRET"] = live.secret
-    done = subprocess.run([sys.executable, str(SCRIPT), "send", "--endpoint", live.endpoint, "--chat", "cli",
-                           "--user", "u-cli", "--name", "Cli", "--text", "from the command line"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "send",
+            "--endpoint",
+            live.endpoint,
+            "--chat",
+            "cli",
+            "--user",
+            "u-cli",
+            "--name",
+            "Cli",
+            "--text",
+            "from the command line",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["result"] == "accepted"
     assert imc.conversations(live.b24)[0]["messages"][0]["text"] == "from the command line"

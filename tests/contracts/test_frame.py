@@ -4,6 +4,7 @@ Doc paths: api-reference/widgets/_includes/widget_data.md (fields, query vs body
 (install POST, APPLICATION_TOKEN), settings/app-installation/installation-finish.md (administrators only,
 "not fully installed"), sdk/bx24-js-sdk/system-functions/bx24-install-finish.md (reload into the app).
 """
+
 import pytest
 import requests
 from b24pysdk.credentials import OAuthPlacementData
@@ -18,8 +19,17 @@ def test_install_post_fields_and_split(tls_standin):
     fields = portal.install_post(user_id="1", lang="de")
     query, body = frame_query_and_body(fields)
     assert set(query) == {"DOMAIN", "PROTOCOL", "LANG", "APP_SID"}
-    assert {"AUTH_ID", "AUTH_EXPIRES", "REFRESH_ID", "SERVER_ENDPOINT", "APPLICATION_TOKEN", "APPLICATION_SCOPE",
-            "member_id", "status", "PLACEMENT"} <= set(body)
+    assert {
+        "AUTH_ID",
+        "AUTH_EXPIRES",
+        "REFRESH_ID",
+        "SERVER_ENDPOINT",
+        "APPLICATION_TOKEN",
+        "APPLICATION_SCOPE",
+        "member_id",
+        "status",
+        "PLACEMENT",
+    } <= set(body)
     data = OAuthPlacementData.from_dict(fields)
     assert data.placement == "DEFAULT" and data.lang == "de" and data.member_id == portal.member_id
     # The install POST's APPLICATION_TOKEN is the value ONAPPINSTALL then carries.
@@ -50,8 +60,12 @@ def sandbox_portal():
 def _act(portal, action, body):
     with requests.Session() as http:
         http.trust_env = False
-        return http.post(f"http://{portal.domain}/sandbox/api/{action}", json=body, timeout=5,
-                         headers={"Origin": f"http://{portal.domain}"})
+        return http.post(
+            f"http://{portal.domain}/sandbox/api/{action}",
+            json=body,
+            timeout=5,
+            headers={"Origin": f"http://{portal.domain}"},
+        )
 
 
 def test_the_portal_page_refuses_a_non_administrators_install(sandbox_portal):

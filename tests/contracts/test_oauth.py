@@ -4,6 +4,7 @@ Doc paths: settings/oauth/index.md (refresh), settings/oauth/auto-renewal.md (ro
 settings/oauth/error-codes.md (errors), settings/oauth/simple-way.md (the server's app.info); the
 server app.info shape is b24pysdk's (schemas/api.py B24AppInfoResultData), the docs show none.
 """
+
 import pytest
 from b24pysdk import BitrixApp
 from b24pysdk.errors.oauth import BitrixOAuthInvalidClient, BitrixOAuthInvalidGrant

@@ -5,6 +5,7 @@ here (openapi-core validates status, headers and body against the document: an u
 missing `Retry-After` or an error code the document does not list for that status fails), every request we
 send by the book, and a webhook POST the app really sent must conform to it.
 """
+
 import re
 import time
 import uuid
@@ -13,8 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from openapi_core import OpenAPI
-from openapi_core.contrib.requests import (RequestsOpenAPIRequest, RequestsOpenAPIResponse,
-                                           RequestsOpenAPIWebhookRequest)
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse, RequestsOpenAPIWebhookRequest
 from openapi_spec_validator import validate
 from openapi_spec_validator.readers import read_from_filename
 
@@ -66,12 +66,21 @@ def test_every_error_code_of_the_channel_views_is_in_the_document():
     spec_text = DOCUMENT.read_text()
     inbound = (ROOT / "openlines" / "inbound.py").read_text()
     views = (ROOT / "openlines" / "views.py").read_text()
-    channel_views = views[views.index("def _method_not_allowed"):]
+    channel_views = views[views.index("def _method_not_allowed") :]
     codes = set(re.findall(r'Refused\("([a-z_]+)"', inbound)) | set(re.findall(r'_error\("([a-z_]+)"', channel_views))
     codes |= {"server_error", "unavailable"}  # b24widget/errors.py, for every address
-    assert codes >= {"unknown_channel", "channel_disconnected", "body_too_large", "stale_timestamp",
-                     "bad_signature", "rate_limited", "bad_request", "duplicate_message", "unknown_message",
-                     "method_not_allowed"}
+    assert codes >= {
+        "unknown_channel",
+        "channel_disconnected",
+        "body_too_large",
+        "stale_timestamp",
+        "bad_signature",
+        "rate_limited",
+        "bad_request",
+        "duplicate_message",
+        "unknown_message",
+        "method_not_allowed",
+    }
     missing = {code for code in codes if not re.search(rf"\b{code}\b", spec_text)}
     assert not missing, f"error codes the views answer but the document does not list: {missing}"
 
@@ -81,18 +90,32 @@ def test_an_accepted_message_and_its_request_conform(api, live):
     answer = conforms(api, live.post(message("m1", "Hello from the contract")), request_too=True)
     assert answer.status_code == 202 and answer.json()["result"] == "accepted"
     # Every documented field: chat name and url, the customer's details and picture, files, an integer id.
-    full = {"action": "add", "chat": {"id": 42, "name": "Shop", "url": "https://shop.example.com/c/42"},
-            "user": {"id": "u-2", "name": "Zoë", "last_name": "O'Neil", "email": "z@example.com", "phone": "+1 555",
-                     "picture": {"url": "https://shop.example.com/z.png"}},
-            "message": {"id": "m2", "date": int(time.time()), "text": "",
-                        "files": [{"url": "https://shop.example.com/f.pdf", "name": "f.pdf"}]}}
+    full = {
+        "action": "add",
+        "chat": {"id": 42, "name": "Shop", "url": "https://shop.example.com/c/42"},
+        "user": {
+            "id": "u-2",
+            "name": "Zoë",
+            "last_name": "O'Neil",
+            "email": "z@example.com",
+            "phone": "+1 555",
+            "picture": {"url": "https://shop.example.com/z.png"},
+        },
+        "message": {
+            "id": "m2",
+            "date": int(time.time()),
+            "text": "",
+            "files": [{"url": "https://shop.example.com/f.pdf", "name": "f.pdf"}],
+        },
+    }
     assert conforms(api, live.post(full), request_too=True).status_code == 202
 
 
 def test_the_documented_examples_are_accepted_by_the_channel(api, live):
     spec, _ = read_from_filename(str(DOCUMENT))
-    examples = spec["paths"]["/channels/{channel_id}/messages"]["post"]["requestBody"]["content"][
-        "application/json"]["examples"]
+    examples = spec["paths"]["/channels/{channel_id}/messages"]["post"]["requestBody"]["content"]["application/json"][
+        "examples"
+    ]
     for name in ("add", "update", "delete"):
         answer = conforms(api, live.post(examples[name]["value"]), request_too=True)
         assert answer.status_code == 202, (name, answer.content)
@@ -107,8 +130,12 @@ def test_refusals_before_the_signature_conform(api, live, settings):
     assert (answer.status_code, answer.json()["error"]) == (401, "stale_timestamp")
     answer = conforms(api, live.post(message(), headers={"X-B24Widget-Timestamp": ""}))
     assert (answer.status_code, answer.json()["error"]) == (401, "stale_timestamp")
-    elsewhere = requests.post(f"{live.app_url}/channels/{uuid.uuid4()}/messages", data=b"{}",
-                              headers={"Accept": "application/json"}, timeout=30)
+    elsewhere = requests.post(
+        f"{live.app_url}/channels/{uuid.uuid4()}/messages",
+        data=b"{}",
+        headers={"Accept": "application/json"},
+        timeout=30,
+    )
     assert (conforms(api, elsewhere).status_code, elsewhere.json()["error"]) == (404, "unknown_channel")
     settings.OPENLINES_INBOUND_MAX_BYTES = 1024
     answer = conforms(api, live.post(message(text="x" * 2000)))
@@ -116,8 +143,12 @@ def test_refusals_before_the_signature_conform(api, live, settings):
 
 
 def test_bad_bodies_conform(api, live):
-    for body in (b"{not json", b"[1, 2]", b'{"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": ""}}',
-                 b'{"action": "shout", "chat": {}, "user": {}, "message": {}}'):
+    for body in (
+        b"{not json",
+        b"[1, 2]",
+        b'{"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": ""}}',
+        b'{"action": "shout", "chat": {}, "user": {}, "message": {}}',
+    ):
         answer = conforms(api, live.post(body=body))
         assert (answer.status_code, answer.json()["error"]) == (400, "bad_request"), body
 
@@ -161,8 +192,12 @@ def test_a_database_outage_is_a_503_as_documented(api, live, monkeypatch):
 def test_the_channels_own_address_conforms(api, live):
     answer = conforms(api, requests.get(live.channel_url, timeout=30), request_too=True)
     assert answer.status_code == 200
-    assert answer.json() == {"channel": str(live.row.public_id), "connector": live.row.connector_id,
-                             "state": "connected", "messages": live.endpoint}
+    assert answer.json() == {
+        "channel": str(live.row.public_id),
+        "connector": live.row.connector_id,
+        "state": "connected",
+        "messages": live.endpoint,
+    }
     assert live.secret not in answer.text
     assert conforms(api, requests.head(live.channel_url, timeout=30)).status_code == 200
     unknown = requests.get(f"{live.app_url}/channels/{uuid.uuid4()}/", timeout=30)
@@ -187,8 +222,12 @@ def test_wrong_methods_on_the_channels_address_answer_as_documented(api, live, m
 
 def test_other_addresses_under_channels_are_json_404(live):
     """Not paths of the document (its description says so): any other address is 404 unknown_channel."""
-    for method, path in (("POST", "/channels/not-a-uuid/messages"), ("GET", f"/channels/{live.row.public_id}"),
-                         ("POST", f"/channels/{live.row.public_id}/messages/"), ("DELETE", "/channels/")):
+    for method, path in (
+        ("POST", "/channels/not-a-uuid/messages"),
+        ("GET", f"/channels/{live.row.public_id}"),
+        ("POST", f"/channels/{live.row.public_id}/messages/"),
+        ("DELETE", "/channels/"),
+    ):
         answer = requests.request(method, live.app_url + path, timeout=30)
         assert (answer.status_code, answer.json()["error"]) == (404, "unknown_channel"), (method, path)
 
@@ -208,6 +247,7 @@ def test_a_real_webhook_post_conforms_and_its_signature_verifies(api, live, rece
     # The signature scheme the document describes, computed independently of the app's code.
     import hashlib
     import hmac
+
     timestamp = headers["X-B24Widget-Timestamp"]
     expected = "sha256=" + hmac.new(live.secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     assert headers["X-B24Widget-Signature"] == expected == sign(live.secret, timestamp, body)
@@ -230,5 +270,6 @@ def test_the_webhook_answers_the_document_promises_are_what_the_app_does(api):
         text = documented[key]["description"].lower()
         verdict = outbound.verdict(status)
         said = "delivered" if "delivered" in text else "refuse" if "refuses" in text else "retried"
-        assert {"delivered": outbound.DELIVERED, "refuse": outbound.REFUSED, "retried": outbound.RETRY}[said] == verdict, \
-            (status, key, verdict)
+        assert {"delivered": outbound.DELIVERED, "refuse": outbound.REFUSED, "retried": outbound.RETRY}[
+            said
+        ] == verdict, (status, key, verdict)

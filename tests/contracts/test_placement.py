@@ -3,6 +3,7 @@
 Doc paths: api-reference/widgets/placement-bind.md, placement-get.md, placement-unbind.md,
 api-reference/widgets/contact-center.md, api-reference/widgets/index.md, api-reference/widgets/_includes/widget_data.md.
 """
+
 import json
 
 import pytest
@@ -40,8 +41,10 @@ def test_only_administrators_bind(sdk, portal):
         bind(token_for(portal, "2"))
 
 
-@pytest.mark.parametrize("handler, code", [("ftp://app.example.test/x", "ERROR_UNSUPPORTED_PROTOCOL"),
-                                           ("https://intranet/x", "ERROR_WRONG_HANDLER_URL")])
+@pytest.mark.parametrize(
+    "handler, code",
+    [("ftp://app.example.test/x", "ERROR_UNSUPPORTED_PROTOCOL"), ("https://intranet/x", "ERROR_WRONG_HANDLER_URL")],
+)
 def test_handler_urls_are_checked(sdk, portal, handler, code):
     """api-reference/widgets/index.md, "Common Mistakes": a domain name and http/https."""
     with pytest.raises(BitrixAPIError) as info:

@@ -4,12 +4,15 @@ Doc paths: settings/how-to-call-rest-api/index.md (call and answer), settings/ho
 settings/performance/huge-data.md (start=-1), settings/performance/limits.md (limits, operating time),
 _includes/system-errors.md (codes). The table in docs/standin.md is checked against the method registry.
 """
+
 import re
 from pathlib import Path
 
 import pytest
 from b24pysdk.errors import (
-    BitrixAPIAccessDenied, BitrixAPIOperationTimeLimit, BitrixAPIQueryLimitExceeded,
+    BitrixAPIAccessDenied,
+    BitrixAPIOperationTimeLimit,
+    BitrixAPIQueryLimitExceeded,
 )
 
 from sandbox.standin import METHODS
@@ -29,8 +32,16 @@ def test_a_call_and_its_time_block(sdk, portal):
     """settings/how-to-call-rest-api/index.md: {result, time}; limits.md: time.operating, operating_reset_at."""
     answer = token_for(portal, "2").call_method("user.current")
     assert answer["result"]["ID"] == "2"
-    assert {"start", "finish", "duration", "processing", "date_start", "date_finish", "operating",
-            "operating_reset_at"} <= set(answer["time"])
+    assert {
+        "start",
+        "finish",
+        "duration",
+        "processing",
+        "date_start",
+        "date_finish",
+        "operating",
+        "operating_reset_at",
+    } <= set(answer["time"])
 
 
 def test_an_expired_token_is_refreshed_by_the_sdk_and_the_call_repeated(sdk, portal):
@@ -42,8 +53,11 @@ def test_an_expired_token_is_refreshed_by_the_sdk_and_the_call_repeated(sdk, por
     assert token.auth_token != before
 
 
-@pytest.mark.xfail(strict=True, reason="stand-in: its portals differ by port on 127.0.0.1, and b24pysdk keeps only "
-                   "the hostname of a 302's Location (real portals have no port); see docs/standin.md")
+@pytest.mark.xfail(
+    strict=True,
+    reason="stand-in: its portals differ by port on 127.0.0.1, and b24pysdk keeps only "
+    "the hostname of a 302's Location (real portals have no port); see docs/standin.md",
+)
 def test_a_moved_portal_is_followed_by_the_sdk(sdk, portal):
     """A renamed portal answers 302 to its new address; b24pysdk switches domain and repeats."""
     token = token_for(portal)
@@ -56,11 +70,13 @@ def test_a_moved_portal_is_followed_by_the_sdk(sdk, portal):
 def test_batch_is_parsed_by_the_sdk(sdk, portal):
     """settings/how-to-call-rest-api/batch.md: result, result_error, result_total, result_next, result_time."""
     portal.crm_items = 70
-    answer = token_for(portal).call_batch({
-        "me": ("user.current", {}),
-        "items": ("crm.item.list", {"entityTypeId": 2}),
-        "bad": ("no.such.method", {}),
-    })
+    answer = token_for(portal).call_batch(
+        {
+            "me": ("user.current", {}),
+            "items": ("crm.item.list", {"entityTypeId": 2}),
+            "bad": ("no.such.method", {}),
+        }
+    )
     result = answer["result"]
     assert result["result"]["me"]["ID"] == "1"
     assert result["result_total"] == {"items": 70} and result["result_next"] == {"items": 50}
@@ -71,10 +87,12 @@ def test_batch_is_parsed_by_the_sdk(sdk, portal):
 def test_batch_result_references(sdk, portal):
     """settings/how-to-call-rest-api/batch.md: "$result[request_id][response_field]" in a later command."""
     portal.crm_items = 3
-    answer = token_for(portal, "2").call_batch({
-        "me": ("user.current", {}),
-        "items": ("crm.item.list", {"entityTypeId": "$result[me][ID]"}),
-    })
+    answer = token_for(portal, "2").call_batch(
+        {
+            "me": ("user.current", {}),
+            "items": ("crm.item.list", {"entityTypeId": "$result[me][ID]"}),
+        }
+    )
     assert [i["id"] for i in answer["result"]["result"]["items"]["items"]] == [1, 2, 3]
 
 
@@ -91,8 +109,9 @@ def test_fast_list_with_start_minus_one_through_the_sdk(sdk, portal):
     before = len(portal.requests)
     items = list(token_for(portal).call_list_fast("crm.item.list", {"entityTypeId": 2})["result"])
     assert [i["id"] for i in items] == list(range(1, 261))
-    assert all(r["params"].get("start") in (-1, "-1", None) for r in portal.requests[before:]
-               if r["method"] == "crm.item.list")
+    assert all(
+        r["params"].get("start") in (-1, "-1", None) for r in portal.requests[before:] if r["method"] == "crm.item.list"
+    )
 
 
 def test_placement_get_refused_to_an_ordinary_user(sdk, portal):

@@ -1,4 +1,5 @@
 """The README's "Build on it" examples, run as written (the blocks after `<!-- example: NAME -->`)."""
+
 import io
 import re
 from pathlib import Path
@@ -69,7 +70,9 @@ def test_rest_example_calls_as_the_app_and_as_the_user(installed):
     b24.crm_items = 120
     portal_and_user = run("rest")["portal_and_user"]
     assert portal_and_user(portal.member_id, b24.placement_post(user_id="2")["AUTH_ID"]) == {
-        "deals": 120, "user_id": "2"}
+        "deals": 120,
+        "user_id": "2",
+    }
     assert portal_and_user(portal.member_id, "not-a-token")["error"] in ("invalid_token", "expired_token")
 
 

@@ -1,5 +1,6 @@
 """axe-core in the browser tests: inject the vendored, pinned axe.min.js into a page or frame, run it, and
 fail on any violation (WCAG 2.1 A/AA rules and axe's best practices), naming rule, element and help page."""
+
 import base64
 import hashlib
 import json
@@ -30,13 +31,18 @@ def describe(found: list) -> str:
     lines = []
     for violation in found:
         lines.append(f"{violation['id']} ({violation['impact']}): {violation['help']} -- {violation['helpUrl']}")
-        lines += [f"    {node['target']}: {node['failureSummary'].splitlines()[-1].strip()}"
-                  for node in violation["nodes"][:5]]
+        lines += [
+            f"    {node['target']}: {node['failureSummary'].splitlines()[-1].strip()}"
+            for node in violation["nodes"][:5]
+        ]
     return "\n".join(lines)
 
 
 def assert_accessible(target, what: str) -> None:
     found = violations(target)
     if found:
-        pytest.fail(f"axe-core {PINNED['dependencies']['axe-core']} found {len(found)} violation(s) on {what}:\n"
-                    + describe(found), pytrace=False)
+        pytest.fail(
+            f"axe-core {PINNED['dependencies']['axe-core']} found {len(found)} violation(s) on {what}:\n"
+            + describe(found),
+            pytrace=False,
+        )

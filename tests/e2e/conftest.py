@@ -1,5 +1,6 @@
 """Browser fixtures: Debian's Chromium driven by Playwright (no browser downloads), the sandbox pages
 in front of the live app, and screenshots under test-artifacts/screenshots/<run id>/."""
+
 import os
 import time
 from dataclasses import dataclass
@@ -14,8 +15,15 @@ from tests.conftest import CLIENT_ID, CLIENT_SECRET
 
 CHROMIUM = os.environ.get("B24_TEST_CHROMIUM", "/usr/bin/chromium")
 # The network is closed: without these Chromium keeps trying to reach Google's services.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = os.environ.get("B24_TEST_RUN_ID") or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots" / RUN_ID
@@ -37,7 +45,8 @@ def browser():
     if not os.access(CHROMIUM, os.X_OK):
         yield MissingBrowser(
             f"Chromium not found at {CHROMIUM}: the browser tests need Debian's chromium package "
-            "(apt-get install -y chromium; see README and .ci/run). They are part of the suite, not optional.")
+            "(apt-get install -y chromium; see README and .ci/run). They are part of the suite, not optional."
+        )
         return
     try:
         from playwright.sync_api import sync_playwright

@@ -1,4 +1,5 @@
 """The vendored axe-core is the pinned npm release, unmodified (its published SRI hash)."""
+
 from tests.e2e.axe import AXE_JS, PINNED, vendored_sri
 
 

@@ -1,4 +1,5 @@
 """The browser tests are part of the suite: without Chromium they fail, loudly, instead of skipping."""
+
 import os
 import re
 import subprocess
@@ -18,7 +19,12 @@ def test_browser_tests_fail_when_chromium_is_missing(tmp_path):
     env.update({"B24_TEST_CHROMIUM": str(tmp_path / "no-chromium"), "B24_TEST_RUN_ID": "chromium-missing-check"})
     answer = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/e2e/test_widget_browser.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert answer.returncode == 1, answer.stdout[-3000:]
     summary = answer.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"4 failed in [0-9.]+s( \([0-9:]+\))?", summary), summary  # not skipped, not errors

@@ -1,8 +1,16 @@
 """The frame protocol end to end: Bitrix24's own B24Frame (vendored @bitrix24/b24jssdk) in the widget's frame,
 the sandbox portal page as its parent. Each case names the page of the docs or the library it pins."""
+
 import pytest
 
-from tests.e2e.test_widget_browser import app_frame_content, choose, frame_loads, new_page, open_widget, wait_for_frame_load
+from tests.e2e.test_widget_browser import (
+    app_frame_content,
+    choose,
+    frame_loads,
+    new_page,
+    open_widget,
+    wait_for_frame_load,
+)
 
 try:
     from playwright.sync_api import expect

@@ -6,6 +6,7 @@ sandbox's webhook receiver -> the customer page signs and sends -> the operator 
 (imconnector.send.status.delivery) and, once the customer page reports it read, "read"
 (imconnector.send.status.reading); disconnect -> the customer's next message is refused with its error code.
 """
+
 import pytest
 
 try:
@@ -87,7 +88,9 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     expect(desk.locator("#desk-result")).to_have_text("OnImConnectorMessageAdd sent: HTTP 200")
 
     # --- the customer sees the reply (the app's signed webhook), the operator sees "delivered"
-    expect(customer.locator('#replies li[data-signed="yes"] .text')).to_have_text("Yes, how can I help?", timeout=SLOW_MS)
+    expect(customer.locator('#replies li[data-signed="yes"] .text')).to_have_text(
+        "Yes, how can I help?", timeout=SLOW_MS
+    )
     reply = desk.locator('.chat .messages li[data-side="operator"]')
     expect(reply).to_have_attribute("data-status", "delivered", timeout=SLOW_MS)
     # --- the customer reads it: the channel's "read" report -> imconnector.send.status.reading

@@ -3,6 +3,7 @@
 
 Screenshots of the key steps land in test-artifacts/screenshots/<run id>/ (printed at the end of the run).
 """
+
 import html
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,8 +69,9 @@ def open_widget(page, sandbox, *, user="1", lang="en", stale=False):
         page.click("#slider-close")  # as a person does: close the app, then click the square again
     choose(page, user=user, lang=lang)
     before = frame_loads(page)
-    with page.expect_response(lambda r: r.url.startswith(f"{sandbox.app_url}/placement/")
-                              and r.request.method == "POST") as answer:
+    with page.expect_response(
+        lambda r: r.url.startswith(f"{sandbox.app_url}/placement/") and r.request.method == "POST"
+    ) as answer:
         page.click("#open-stale" if stale else "#square-app")
     wait_for_frame_load(page, before)
     return answer.value
@@ -118,8 +120,9 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     query = parse_qs(urlsplit(opened.request.url).query)
     body = parse_qs(opened.request.post_data)
     assert set(query) == {"DOMAIN", "PROTOCOL", "LANG", "APP_SID"}
-    assert {"AUTH_ID", "AUTH_EXPIRES", "REFRESH_ID", "member_id", "status", "PLACEMENT",
-            "PLACEMENT_OPTIONS"} <= set(body)
+    assert {"AUTH_ID", "AUTH_EXPIRES", "REFRESH_ID", "member_id", "status", "PLACEMENT", "PLACEMENT_OPTIONS"} <= set(
+        body
+    )
     assert body["PLACEMENT"] == ["CONTACT_CENTER"] and body["member_id"] == [sandbox.portal.member_id]
     assert opened.headers["content-security-policy"] == f"frame-ancestors {sandbox.portal_origin}"
     widget = app_frame(page)
@@ -137,7 +140,8 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     content_height = frame.evaluate("document.documentElement.offsetHeight")
     assert abs(int(page.get_attribute("#app-frame", "data-height")) - content_height) <= 2
     assert page.locator("#app-frame").evaluate("f => f.getBoundingClientRect().height") == pytest.approx(
-        int(page.get_attribute("#app-frame", "data-height")), abs=1)
+        int(page.get_attribute("#app-frame", "data-height")), abs=1
+    )
     shoot(page, "03-widget-as-administrator")
     assert_accessible(app_frame_content(page), "the widget as administrator")
 
@@ -181,8 +185,10 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     expect(page.locator('#bx24-log li[data-command="resizeWindow"]')).to_have_count(1)
     expect(page.locator("#app-frame")).to_have_attribute("data-height", "555")
     assert page.locator("#app-frame").evaluate("f => f.getBoundingClientRect().width") == pytest.approx(640, abs=1)
-    me = frame.evaluate("b24widgetFrame.ready().then(b24 => b24.actions.v2.call.make({method: 'user.current', "
-                        "params: {}})).then(r => r.getData().result)")
+    me = frame.evaluate(
+        "b24widgetFrame.ready().then(b24 => b24.actions.v2.call.make({method: 'user.current', "
+        "params: {}})).then(r => r.getData().result)"
+    )
     assert me["ID"] == "1" and me["NAME"] == "Anna"
     assert frame.evaluate("b24widgetFrame.ready().then(b24 => b24.placement.placement)") == "CONTACT_CENTER"
     assert frame.evaluate("b24widgetFrame.ready().then(b24 => b24.placement.options.ID)") == "1"
@@ -209,8 +215,10 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     assert list(Channel.objects.values_list("line_id", "state")) == [("2", "connected")]
 
     # --- the widget speaks the portal's language
-    for lang, heading, role in (("de", "b24widget für das Kontaktcenter", "Administrator"),
-                                ("ru", "b24widget для Контакт-центра", "администратор")):
+    for lang, heading, role in (
+        ("de", "b24widget für das Kontaktcenter", "Administrator"),
+        ("ru", "b24widget для Контакт-центра", "администратор"),
+    ):
         open_widget(page, sandbox, user="1", lang=lang)
         expect(widget.locator("html")).to_have_attribute("lang", lang)
         expect(widget.locator("h1")).to_have_text(heading)
@@ -243,11 +251,15 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     expect(page.locator("#app-state")).to_have_attribute("data-state", "uninstalled")
     expect(page.locator("#square-app")).to_have_count(0)
     # The event was stored and answered at once; the worker beside the app applies it.
-    stored = wait_for(lambda: (row := db_portal(sandbox)).status == Portal.Status.UNINSTALLED and row,
-                      what="the worker to apply ONAPPUNINSTALL")
+    stored = wait_for(
+        lambda: (row := db_portal(sandbox)).status == Portal.Status.UNINSTALLED and row,
+        what="the worker to apply ONAPPUNINSTALL",
+    )
     assert not stored.application_token
-    assert wait_for(lambda: Channel.objects.get(line_id="2").state == Channel.State.REVOKED,
-                    what="the channel to be revoked with the uninstall")
+    assert wait_for(
+        lambda: Channel.objects.get(line_id="2").state == Channel.State.REVOKED,
+        what="the channel to be revoked with the uninstall",
+    )
     assert Channel.objects.get(line_id="2").secret == ""  # the credentials go; the row (history) stays
     refused = open_widget(page, sandbox, user="1", lang="en", stale=True)
     assert refused.status == 403
@@ -309,13 +321,14 @@ class _ServingAlso:
 
 def framing_page(action: str, fields: dict) -> str:
     """A page that POSTs a widget open into an iframe (as a portal does) and frames the GET page too."""
-    inputs = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-                     for k, v in fields.items())
+    inputs = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items()
+    )
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>framer</title></head>
 <body style="font:14px Arial;margin:16px"><h1 style="font-size:18px">A page framing the widget</h1>
 <p>Left: a widget open POSTed into an iframe, as a portal does. Right: the widget URL opened with GET.</p>
 <iframe name="posted" id="posted" style="width:600px;height:300px;border:1px solid #999"></iframe>
-<iframe id="plain" src="{html.escape(action.split('?')[0])}" style="width:600px;height:300px;border:1px solid #999"></iframe>
+<iframe id="plain" src="{html.escape(action.split("?")[0])}" style="width:600px;height:300px;border:1px solid #999"></iframe>
 <form id="open" method="post" action="{html.escape(action)}" target="posted">{inputs}</form>
 <script>document.getElementById("open").submit();</script></body></html>"""
 
@@ -393,7 +406,8 @@ def _post_top_level(page, foreign_site, path, fields, sandbox):
     query, body = frame_query_and_body(fields)
     action = f"{sandbox.app_url}{path}?{urlencode(query)}"
     foreign_site.pages[f"/post{len(foreign_site.pages)}"] = framing_page(action, body).replace(
-        'target="posted"', 'target="_self"')
+        'target="posted"', 'target="_self"'
+    )
     with page.expect_response(lambda r: r.url == action) as answer:
         page.goto(f"{foreign_site.origin}/post{len(foreign_site.pages) - 1}")
     page.wait_for_load_state()
@@ -403,8 +417,11 @@ def _post_top_level(page, foreign_site, path, fields, sandbox):
 def test_every_refusal_and_explanation_page_is_accessible(browser, sandbox, client, shoot, foreign_site):
     page = new_page(browser)
     # Opened directly (GET): the landing page and the two pages that explain they open from Bitrix24.
-    for path, heading in (("/", "b24widget: a Bitrix24 Contact Center app"), ("/placement/", "Open from Bitrix24"),
-                          ("/install/", "Install from Bitrix24")):
+    for path, heading in (
+        ("/", "b24widget: a Bitrix24 Contact Center app"),
+        ("/placement/", "Open from Bitrix24"),
+        ("/install/", "Install from Bitrix24"),
+    ):
         assert page.goto(f"{sandbox.app_url}{path}").status == 200
         expect(page.locator("h1")).to_have_text(heading)
         assert_accessible(page, f"GET {path}")
@@ -422,10 +439,20 @@ def test_every_refusal_and_explanation_page_is_accessible(browser, sandbox, clie
         ("no AUTH_ID", "/placement/", dict(fields, AUTH_ID=""), 403, "Not signed in"),
         ("a token Bitrix24 denies", "/placement/", dict(fields, AUTH_ID="x" * 32), 403, "Access denied"),
         ("a malformed POST", "/placement/", dict(fields, member_id="not a member id"), 400, "Bad request"),
-        ("an unknown placement", "/placement/", dict(fields, PLACEMENT="CRM_DEAL_DETAIL_TAB"), 400,
-         "Unknown placement"),
-        ("an install Bitrix24 does not confirm", "/install/", dict(portal.install_post(), REFRESH_ID="y" * 32),
-         403, "Installation not confirmed"),
+        (
+            "an unknown placement",
+            "/placement/",
+            dict(fields, PLACEMENT="CRM_DEAL_DETAIL_TAB"),
+            400,
+            "Unknown placement",
+        ),
+        (
+            "an install Bitrix24 does not confirm",
+            "/install/",
+            dict(portal.install_post(), REFRESH_ID="y" * 32),
+            403,
+            "Installation not confirmed",
+        ),
     ]
     for what, path, posted, status, heading in refusals:
         answer = _post_top_level(page, foreign_site, path, posted, sandbox)
@@ -461,8 +488,13 @@ def test_a_refusal_in_the_frame_fits_it_and_closes_the_app(browser, sandbox, sho
     expect(widget.locator("h1")).to_have_text("App nicht installiert")
     expect(page.locator('#bx24-log li[data-command="fitWindow"]')).to_have_count(before + 1)
     frame = app_frame_content(page)
-    assert abs(int(page.get_attribute("#app-frame", "data-height"))
-               - frame.evaluate("document.documentElement.offsetHeight")) <= 2
+    assert (
+        abs(
+            int(page.get_attribute("#app-frame", "data-height"))
+            - frame.evaluate("document.documentElement.offsetHeight")
+        )
+        <= 2
+    )
     assert_accessible(frame, "the refusal in the frame (de)")
     shoot(page, "12-refusal-in-the-frame-de")
     widget.locator("#close-app").click()

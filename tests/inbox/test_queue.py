@@ -3,6 +3,7 @@
 These are unit tests: they call inbox.process / inbox.process_pending in the test process, as a
 worker would (no broker involved). tests/portals/test_worker.py runs the real Celery worker.
 """
+
 from datetime import timedelta
 
 import pytest
@@ -42,31 +43,58 @@ def handler():
 
 @pytest.fixture
 def portal():
-    row = Portal(member_id="m-inbox-1", domain="inbox.example.test", client_endpoint="https://inbox.example.test/rest/",
-                 status=Portal.Status.ACTIVE, application_token="app-token-1")
+    row = Portal(
+        member_id="m-inbox-1",
+        domain="inbox.example.test",
+        client_endpoint="https://inbox.example.test/rest/",
+        status=Portal.Status.ACTIVE,
+        application_token="app-token-1",
+    )
     row.save()
     return row
 
 
 def accept(portal, *, ts="1700000000", data=None, token="app-token-1", code=CODE, **auth):
-    return inbox.accept(code, member_id=portal.member_id, data=data or {"ID": "1"}, ts=ts, event_handler_id="7",
-                        auth={"member_id": portal.member_id, "application_token": token, **auth})
+    return inbox.accept(
+        code,
+        member_id=portal.member_id,
+        data=data or {"ID": "1"},
+        ts=ts,
+        event_handler_id="7",
+        auth={"member_id": portal.member_id, "application_token": token, **auth},
+    )
 
 
 def key(**overrides):
-    fields = {"member_id": "m1", "ts": "1700000000", "data": {"A": "1"}, "event_handler_id": "3",
-              "application_token": "t"}
+    fields = {
+        "member_id": "m1",
+        "ts": "1700000000",
+        "data": {"A": "1"},
+        "event_handler_id": "3",
+        "application_token": "t",
+    }
     fields.update(overrides)
     return inbox.idempotency_key(CODE, **fields)
 
 
 def test_idempotency_key_is_what_a_repeated_delivery_repeats():
-    assert key() == key() == inbox.idempotency_key(CODE.lower(), member_id="m1", ts="1700000000",
-                                                    data={"A": "1"}, event_handler_id="3", application_token="t")
-    others = {key(ts="1700000001"), key(data={"A": "2"}), key(event_handler_id="4"), key(member_id="m2"),
-              key(application_token="u"), inbox.idempotency_key(OTHER, member_id="m1", ts="1700000000",
-                                                                 data={"A": "1"}, event_handler_id="3",
-                                                                 application_token="t")}
+    assert (
+        key()
+        == key()
+        == inbox.idempotency_key(
+            CODE.lower(), member_id="m1", ts="1700000000", data={"A": "1"}, event_handler_id="3", application_token="t"
+        )
+    )
+    others = {
+        key(ts="1700000001"),
+        key(data={"A": "2"}),
+        key(event_handler_id="4"),
+        key(member_id="m2"),
+        key(application_token="u"),
+        inbox.idempotency_key(
+            OTHER, member_id="m1", ts="1700000000", data={"A": "1"}, event_handler_id="3", application_token="t"
+        ),
+    }
     assert key() not in others and len(others) == 6
     assert key(data={"A": "1", "B": "2"}) == key(data={"B": "2", "A": "1"})  # order of fields is not identity
     assert len(key()) == 64 and all(c in "0123456789abcdef" for c in key())  # a digest, not the material
@@ -127,8 +155,9 @@ def test_retry_schedule_is_exponential_with_jitter_and_bounded(settings):
 def test_retry_then_dead_letter_then_replay(handler, portal, settings):
     calls, script = handler
     settings.B24_INBOX_MAX_ATTEMPTS = 3
-    script.extend([inbox.Retry("oauth unreachable"), inbox.Retry("oauth unreachable"),
-                   inbox.Retry("oauth still unreachable")])
+    script.extend(
+        [inbox.Retry("oauth unreachable"), inbox.Retry("oauth unreachable"), inbox.Retry("oauth still unreachable")]
+    )
     item, _ = accept(portal)
     started = timezone.now()
     inbox.process(item.pk)
@@ -189,8 +218,9 @@ def test_a_portals_ordered_events_run_oldest_first(handler, portal):
 
 def test_a_live_claim_keeps_other_workers_out_and_an_expired_one_is_taken_over(handler, portal):
     item, _ = accept(portal)
-    InboxItem.objects.filter(pk=item.pk).update(state=State.PROCESSING, attempts=1, lease_owner="dead-worker",
-                                                lease_until=timezone.now() + timedelta(minutes=5))
+    InboxItem.objects.filter(pk=item.pk).update(
+        state=State.PROCESSING, attempts=1, lease_owner="dead-worker", lease_until=timezone.now() + timedelta(minutes=5)
+    )
     assert inbox.process(item.pk) == "being processed by another worker"
     InboxItem.objects.filter(pk=item.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
     assert inbox.process(item.pk) == "ok"
@@ -208,8 +238,9 @@ def test_sweep_resends_what_looks_lost_and_nothing_else(handler, portal, setting
     done, _ = accept(portal, ts="5")
     InboxItem.objects.filter(pk=lost.pk).update(enqueued_at=long_ago)
     InboxItem.objects.filter(pk=crashed.pk).update(state=State.PROCESSING, lease_until=long_ago)
-    InboxItem.objects.filter(pk=waiting.pk).update(enqueued_at=long_ago,
-                                                   next_attempt_at=timezone.now() + timedelta(hours=1))
+    InboxItem.objects.filter(pk=waiting.pk).update(
+        enqueued_at=long_ago, next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
     InboxItem.objects.filter(pk=done.pk).update(state=State.DONE, enqueued_at=long_ago)
     assert inbox.sweep() == 2
     assert InboxItem.objects.get(pk=lost.pk).enqueued_at > long_ago
@@ -241,9 +272,9 @@ def test_an_event_whose_worker_dies_every_time_becomes_a_dead_letter(handler, po
     calls, _script = handler
     settings.B24_INBOX_MAX_ATTEMPTS = 2
     item, _ = accept(portal)
-    InboxItem.objects.filter(pk=item.pk).update(state=State.PROCESSING, attempts=2, lease_owner="dead",
-                                                lease_until=timezone.now() - timedelta(seconds=1))
+    InboxItem.objects.filter(pk=item.pk).update(
+        state=State.PROCESSING, attempts=2, lease_owner="dead", lease_until=timezone.now() - timedelta(seconds=1)
+    )
     assert inbox.process(item.pk) == "failed: worker lost in every attempt"
     item.refresh_from_db()
     assert item.state == State.FAILED and "worker was lost" in item.last_error and calls == []
-

@@ -5,6 +5,7 @@ Strings are extracted with Babel from the code and templates a portal user sees 
 through Django's own `templatize`, as `makemessages` does), so a string added without a translation
 fails here. After changing strings: README, Translations.
 """
+
 import gettext
 import io
 from pathlib import Path
@@ -21,8 +22,14 @@ LANGUAGES = ["ru", "de"]
 # What a portal's users see: every template, the placement pages, the install and error pages. The Django
 # admin (portals/admin.py, model field labels) is for the deployment's staff and stays in English.
 USER_FACING = ["templates", "placements", "openlines/views.py", "portals/views.py", "portals/frame_post.py"]
-KEYWORDS = {**DEFAULT_KEYWORDS, "gettext_lazy": None, "gettext_noop": None, "ngettext_lazy": (1, 2),
-            "pgettext_lazy": ((1, "c"), 2), "npgettext_lazy": ((1, "c"), 2, 3)}
+KEYWORDS = {
+    **DEFAULT_KEYWORDS,
+    "gettext_lazy": None,
+    "gettext_noop": None,
+    "ngettext_lazy": (1, 2),
+    "pgettext_lazy": ((1, "c"), 2),
+    "npgettext_lazy": ((1, "c"), 2, 3),
+}
 
 
 def _template(fileobj, keywords, comment_tags, options):
@@ -33,8 +40,11 @@ def _template(fileobj, keywords, comment_tags, options):
 def _files():
     for target in USER_FACING:
         path = ROOT / target
-        yield from ([path] if path.is_file() else
-                    sorted(p for p in path.rglob("*") if p.suffix in (".py", ".html") and "migrations" not in p.parts))
+        yield from (
+            [path]
+            if path.is_file()
+            else sorted(p for p in path.rglob("*") if p.suffix in (".py", ".html") and "migrations" not in p.parts)
+        )
 
 
 def user_facing_msgids() -> dict:
@@ -61,17 +71,20 @@ def translated(message) -> bool:
 
 def test_the_extraction_sees_code_and_templates():
     msgids = user_facing_msgids()
-    assert "App not installed" in msgids                                 # placements/views.py
+    assert "App not installed" in msgids  # placements/views.py
     assert "Only portal administrators may connect or disconnect a line." in msgids  # the overview template
-    assert "The request carries no widget token." in msgids               # openlines/views.py
-    assert ("%(days)s day left", "%(days)s days left") in msgids          # a blocktranslate plural
+    assert "The request carries no widget token." in msgids  # openlines/views.py
+    assert ("%(days)s day left", "%(days)s days left") in msgids  # a blocktranslate plural
 
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_every_user_facing_string_is_translated(lang):
     messages = {m.id: m for m in catalog(lang) if m.id}
-    missing = [f"{where}: {msgid!r}" for msgid, where in user_facing_msgids().items()
-               if msgid not in messages or not translated(messages[msgid])]
+    missing = [
+        f"{where}: {msgid!r}"
+        for msgid, where in user_facing_msgids().items()
+        if msgid not in messages or not translated(messages[msgid])
+    ]
     assert not missing, f"no {lang} translation in locale/{lang}/LC_MESSAGES/django.po for:\n" + "\n".join(missing)
 
 
@@ -94,5 +107,7 @@ def test_the_committed_mo_is_compiled_from_the_po(lang):
         else:
             expected[message.id] = message.string
     compiled = {k: v for k, v in compiled.items() if k != ""}  # "" is the header
-    assert compiled == expected, ("locale/*.mo differs from the .po: run `DEBUG=true .venv/bin/python manage.py "
-                                  "compilemessages --ignore=.venv` (README, Translations) and commit the .mo")
+    assert compiled == expected, (
+        "locale/*.mo differs from the .po: run `DEBUG=true .venv/bin/python manage.py "
+        "compilemessages --ignore=.venv` (README, Translations) and commit the .mo"
+    )

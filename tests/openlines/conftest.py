@@ -1,5 +1,6 @@
 """Helpers of the channel tests: SETTING_CONNECTOR opened as Bitrix24 opens it, a connected channel, signed
 inbound requests, and a local webhook receiver (a real HTTP server) that can be switched down and up."""
+
 import json
 import threading
 import time
@@ -15,9 +16,17 @@ CONNECTOR = registry.HTTP.id
 
 
 def setting_connector_post(b24, *, line="1", user_id="1", **state):
-    options = {"CONNECTOR": CONNECTOR, "LINE": line, "STATUS": False, "ACTIVE_STATUS": False,
-               "CONNECTION_STATUS": False, "REGISTER_STATUS": False, "ERROR_STATUS": False,
-               "URI": f"/contact_center/connector/?ID={CONNECTOR}", **state}
+    options = {
+        "CONNECTOR": CONNECTOR,
+        "LINE": line,
+        "STATUS": False,
+        "ACTIVE_STATUS": False,
+        "CONNECTION_STATUS": False,
+        "REGISTER_STATUS": False,
+        "ERROR_STATUS": False,
+        "URI": f"/contact_center/connector/?ID={CONNECTOR}",
+        **state,
+    }
     return b24.placement_post(user_id=user_id, placement="SETTING_CONNECTOR", options=options)
 
 
@@ -31,8 +40,15 @@ def act(frame, b24, action, *, line="1", user_id="1", auth_id=None, **fields):
     """Open the settings page as that user, then post the action with the page's token and AUTH_ID."""
     response, page_auth = open_settings(frame, b24, line=line, user_id=user_id)
     assert response.status_code == 200, response.content[:300]
-    data = {"widget_token": widget_token_of(response), "AUTH_ID": page_auth if auth_id is None else auth_id,
-            "action": action, "connector": CONNECTOR, "line": line, "LANG": "en", **fields}
+    data = {
+        "widget_token": widget_token_of(response),
+        "AUTH_ID": page_auth if auth_id is None else auth_id,
+        "action": action,
+        "connector": CONNECTOR,
+        "line": line,
+        "LANG": "en",
+        **fields,
+    }
     return frame.post("/openlines/connector/", data)
 
 
@@ -79,7 +95,7 @@ class Receiver:
                         self.wfile.write(payload)
                         return
                     for i in range(len(payload)):
-                        self.wfile.write(payload[i:i + 1])
+                        self.wfile.write(payload[i : i + 1])
                         self.wfile.flush()
                         time.sleep(pause)
                 except (BrokenPipeError, ConnectionResetError):
@@ -113,6 +129,7 @@ def receiver():
 def channel(frame, installed, receiver):
     """(channel row, its secret, stand-in portal) connected on line 1 with the receiver as webhook."""
     from openlines.models import Channel
+
     portal, b24 = installed
     answer = act(frame, b24, "connect", webhook_url=receiver.url, name="Site chat")
     assert answer.status_code == 200, answer.content
@@ -123,14 +140,20 @@ def channel(frame, installed, receiver):
 def signed(client, channel, secret, payload, *, timestamp=None, signature=None):
     body = json.dumps(payload).encode()
     timestamp = str(int(time.time()) if timestamp is None else timestamp)
-    headers = {"HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
-               "HTTP_X_B24WIDGET_SIGNATURE": signature or sign(secret, timestamp, body)}
+    headers = {
+        "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
+        "HTTP_X_B24WIDGET_SIGNATURE": signature or sign(secret, timestamp, body),
+    }
     return client.post(f"/channels/{channel.public_id}/messages", body, content_type="application/json", **headers)
 
 
 def message(mid="m1", text="Hello", chat="chat-1", user="u-1", **extra):
-    return {"chat": {"id": chat, "name": "Website"}, "user": {"id": user, "name": "Ann", "last_name": "Lee"},
-            "message": {"id": mid, "text": text, "date": int(time.time())}, **extra}
+    return {
+        "chat": {"id": chat, "name": "Website"},
+        "user": {"id": user, "name": "Ann", "last_name": "Lee"},
+        "message": {"id": mid, "text": text, "date": int(time.time())},
+        **extra,
+    }
 
 
 class EventSink:
@@ -139,6 +162,7 @@ class EventSink:
 
     def __init__(self):
         from urllib.parse import parse_qsl
+
         sink = self
         self.got = []
 
@@ -165,6 +189,7 @@ class EventSink:
 
         from inbox.models import InboxItem
         from tests.conftest import deliver
+
         out = []
         for pairs in self.got:
             before = len(connection.run_on_commit)
@@ -172,8 +197,9 @@ class EventSink:
             # No broker in these tests: deliver() processed the inbox here, so the inbox's own send after
             # commit is dropped (a publish would leave this process's Celery producer pool on the test
             # broker); the channel's tasks the handler queued stay and run inline (OPENLINES_TASKS_INLINE).
-            connection.run_on_commit[before:] = [entry for entry in connection.run_on_commit[before:]
-                                                 if entry[1].__module__ != "inbox.queue"]
+            connection.run_on_commit[before:] = [
+                entry for entry in connection.run_on_commit[before:] if entry[1].__module__ != "inbox.queue"
+            ]
             assert response.status_code == 200, response.content
             out.append(item.outcome if item.state == InboxItem.State.DONE else f"{item.state}: {item.last_error}")
         self.got = []

@@ -1,6 +1,7 @@
 """POST /openlines/connector/ from the Contact Center square's overview: the signed widget token issued at open
 names portal and user; a change is believed only once Bitrix24 confirms, now, that the user administers the
 portal. What a stranger, an ordinary user and an administrator can make it do (docs/threat-model.md)."""
+
 import time
 
 import pytest
@@ -118,8 +119,13 @@ def test_a_replayed_list_costs_bitrix24_one_listing_a_minute(frame, installed):
 
 def test_odd_ids_from_bitrix24_are_not_listed(frame, installed):
     _, b24 = installed
-    b24.open_lines[:] = [{"ID": "²", "LINE_NAME": "Superscript"}, {"ID": "12", "LINE_NAME": "Fine"},
-                         {"ID": True, "LINE_NAME": "Boolean"}, {"LINE_NAME": "No id"}, {"ID": "1" * 11}]
+    b24.open_lines[:] = [
+        {"ID": "²", "LINE_NAME": "Superscript"},
+        {"ID": "12", "LINE_NAME": "Fine"},
+        {"ID": True, "LINE_NAME": "Boolean"},
+        {"LINE_NAME": "No id"},
+        {"ID": "1" * 11},
+    ]
     answer = listed(frame, opened(frame, b24))
     assert answer.status_code == 200 and answer.json()["lines"] == [{"id": "12", "name": "Fine"}]
 
@@ -133,6 +139,7 @@ def test_an_ordinary_user_sees_the_lines_without_buttons(frame, installed):
 
 
 # --- refusals: nothing is stored and nothing is sent to Bitrix24 ---------------------------------------
+
 
 def assert_refused(response, status, error, message=None, *, b24=None):
     assert response.status_code == status, response.content
@@ -152,26 +159,39 @@ def test_no_token(frame, installed):
     assert_refused(listed(frame, ""), 403, "token_missing")
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # the signature
-    lambda t: ("." + t[1:]) if not t.startswith(".") else t[1:],  # the payload
-    lambda t: resign(t, a=True, key="not-the-secret-key-of-this-deployment-0123456789"),  # forged admin
-    lambda t: resign(t, salt="django.core.signing"),  # signed by this deployment, for another purpose
-    lambda t: "garbage",
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # the signature
+        lambda t: ("." + t[1:]) if not t.startswith(".") else t[1:],  # the payload
+        lambda t: resign(t, a=True, key="not-the-secret-key-of-this-deployment-0123456789"),  # forged admin
+        lambda t: resign(t, salt="django.core.signing"),  # signed by this deployment, for another purpose
+        lambda t: "garbage",
+    ],
+)
 def test_a_tampered_token(frame, installed, tamper):
     _, b24 = installed
     token = opened(frame, b24, user_id="2")
-    assert_refused(change(frame, tamper(token), auth_id=token.auth_id), 403, "token_tampered",
-                   "The widget token is not valid.", b24=b24)
+    assert_refused(
+        change(frame, tamper(token), auth_id=token.auth_id),
+        403,
+        "token_tampered",
+        "The widget token is not valid.",
+        b24=b24,
+    )
 
 
 def test_an_expired_token(frame, installed, settings):
     _, b24 = installed
     token = opened(frame, b24)
     max_age = settings.B24_WIDGET_TOKEN_MAX_AGE
-    assert_refused(change(frame, resign(token, age=max_age + 60), auth_id=token.auth_id), 403, "token_expired",
-                   "The widget was open too long. Close it and open it again.", b24=b24)
+    assert_refused(
+        change(frame, resign(token, age=max_age + 60), auth_id=token.auth_id),
+        403,
+        "token_expired",
+        "The widget was open too long. Close it and open it again.",
+        b24=b24,
+    )
     # Just inside the lifetime it still counts.
     assert change(frame, resign(token, age=max_age - 60), auth_id=token.auth_id).status_code == 200
 
@@ -193,8 +213,13 @@ def test_a_user_who_is_not_an_admin_may_not_connect(frame, installed):
     _, b24 = installed
     token = opened(frame, b24, user_id="2")
     for action in ("connect", "disconnect", "rotate", "save"):
-        assert_refused(change(frame, token, action=action), 403, "not_admin",
-                       "Only portal administrators may change the channel.", b24=b24)
+        assert_refused(
+            change(frame, token, action=action),
+            403,
+            "not_admin",
+            "Only portal administrators may change the channel.",
+            b24=b24,
+        )
 
 
 def test_an_ordinary_user_cannot_disconnect_a_connected_line(frame, installed):
@@ -240,15 +265,21 @@ def test_an_admin_who_lost_the_role_cannot_connect_with_an_old_widget(frame, ins
     _, b24 = installed
     token = opened(frame, b24)
     b24._user("1")["ADMIN"] = False
-    assert_refused(change(frame, token), 403, "not_admin", "Only portal administrators may change the channel.",
-                   b24=b24)
+    assert_refused(
+        change(frame, token), 403, "not_admin", "Only portal administrators may change the channel.", b24=b24
+    )
 
 
 def test_a_change_without_the_users_authorization_is_refused(frame, installed):
     _, b24 = installed
     token = opened(frame, b24)
-    assert_refused(change(frame, token, auth_id=""), 403, "reopen",
-                   "Your authorization could not be confirmed. Close the page and open it again.", b24=b24)
+    assert_refused(
+        change(frame, token, auth_id=""),
+        403,
+        "reopen",
+        "Your authorization could not be confirmed. Close the page and open it again.",
+        b24=b24,
+    )
 
 
 def test_a_change_with_another_users_authorization_is_refused(frame, installed):
@@ -260,15 +291,33 @@ def test_a_change_with_another_users_authorization_is_refused(frame, installed):
     assert_refused(change(frame, admin_token, auth_id=user_auth), 403, "reopen", b24=b24)
 
 
-@pytest.mark.parametrize("fields", [
-    {"action": "enable"}, {"action": ""}, {"connector": "other"}, {"connector": ""},
-    {"line": "abc"}, {"line": "-1"}, {"line": "1" * 11}, {"line": "1 OR 1=1"}, {"line": "١"}, {"line": ""},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"action": "enable"},
+        {"action": ""},
+        {"connector": "other"},
+        {"connector": ""},
+        {"line": "abc"},
+        {"line": "-1"},
+        {"line": "1" * 11},
+        {"line": "1 OR 1=1"},
+        {"line": "١"},
+        {"line": ""},
+    ],
+)
 def test_malformed_changes_are_a_400(frame, installed, fields):
     _, b24 = installed
     token = opened(frame, b24)
-    data = {"widget_token": token, "AUTH_ID": token.auth_id, "action": "connect", "connector": CONNECTOR,
-            "line": "1", "LANG": "en", **fields}
+    data = {
+        "widget_token": token,
+        "AUTH_ID": token.auth_id,
+        "action": "connect",
+        "connector": CONNECTOR,
+        "line": "1",
+        "LANG": "en",
+        **fields,
+    }
     response = frame.post("/openlines/connector/", data)
     assert_refused(response, 400, "bad_request", "The request is malformed.", b24=b24)
 
@@ -286,6 +335,7 @@ def test_an_oversized_body_is_a_400_not_a_500(frame_500, installed):
 def test_a_spent_rest_budget_is_a_429_with_retry_after_not_a_wait(frame, installed, settings):
     """The portal's REST budget is spent (a long export, say): the overview's list is refused at once."""
     from bitrix24 import limits
+
     portal, b24 = installed
     token = opened(frame, b24, user_id="2")
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 2, 0.1

@@ -2,6 +2,7 @@
 parked replies), leases and run budgets, a 2xx is delivered whatever its body, order per outside chat, a
 4xx refusal is a dead letter, a delivery status Bitrix24 did not take is reported later, once; the channel
 admin's counts."""
+
 import time
 from datetime import timedelta
 
@@ -47,28 +48,41 @@ def operator_message(b24, message_id):
 
 
 def status_calls(b24, *, ok=True):
-    return sum(1 for r in b24.requests if r["method"] == "imconnector.send.status.delivery"
-               and (r["status"] == 200) == ok)
+    return sum(
+        1 for r in b24.requests if r["method"] == "imconnector.send.status.delivery" and (r["status"] == 200) == ok
+    )
 
 
 # --- 1. the sweep: rows that can never go stop being due ----------------------------------------------
 def stuck_rows(portal, state, count, *, webhook_url=""):
     """Another channel of the portal (line 2) with `count` waiting rows each way that can never go."""
-    other = Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="2", state=state,
-                                   webhook_url=webhook_url)
+    other = Channel.objects.create(
+        portal=portal, connector_id="b24widget_http", line_id="2", state=state, webhook_url=webhook_url
+    )
     InboundMessage.objects.bulk_create(
-        InboundMessage(channel=other, key=f"add:s{i}", external_chat_id="c", external_message_id=f"s{i}",
-                       payload={}) for i in range(count))
+        InboundMessage(channel=other, key=f"add:s{i}", external_chat_id="c", external_message_id=f"s{i}", payload={})
+        for i in range(count)
+    )
     OutboundMessage.objects.bulk_create(
-        OutboundMessage(channel=other, key=f"add:{i}", im_chat_id="1", im_message_id=str(i), external_chat_id="c",
-                        payload={"message": {"id": str(i), "text": "stuck"}}) for i in range(count))
+        OutboundMessage(
+            channel=other,
+            key=f"add:{i}",
+            im_chat_id="1",
+            im_message_id=str(i),
+            external_chat_id="c",
+            payload={"message": {"id": str(i), "text": "stuck"}},
+        )
+        for i in range(count)
+    )
     return other
 
 
-@pytest.mark.parametrize("state, why", [(Channel.State.DISCONNECTED, "disconnected"),
-                                        (Channel.State.REVOKED, "revoked")])
+@pytest.mark.parametrize(
+    "state, why", [(Channel.State.DISCONNECTED, "disconnected"), (Channel.State.REVOKED, "revoked")]
+)
 def test_rows_of_a_gone_channel_become_dead_letters_and_starve_no_other_channel(
-        client, chats, receiver, sink, state, why, django_capture_on_commit_callbacks):
+    client, chats, receiver, sink, state, why, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     other = stuck_rows(row.portal, state, tasks.SWEEP_CHANNELS + 1)
     # This channel's own rows come later (higher ids): a customer's message and an operator's reply, both
@@ -89,7 +103,8 @@ def test_rows_of_a_gone_channel_become_dead_letters_and_starve_no_other_channel(
 
 
 def test_replies_on_a_line_without_a_webhook_are_parked_and_starve_no_other_channel(
-        client, chats, receiver, sink, django_capture_on_commit_callbacks):
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     other = stuck_rows(row.portal, Channel.State.CONNECTED, tasks.SWEEP_CHANNELS + 1)
     InboundMessage.objects.filter(channel=other).update(state=Delivery.SENT)
@@ -100,8 +115,9 @@ def test_replies_on_a_line_without_a_webhook_are_parked_and_starve_no_other_chan
     assert tasks.sweep().startswith("queued 0 inbound, 0 outbound")
 
 
-def test_parked_replies_go_in_order_once_a_webhook_url_is_saved(client, frame, installed, receiver, sink,
-                                                               django_capture_on_commit_callbacks):
+def test_parked_replies_go_in_order_once_a_webhook_url_is_saved(
+    client, frame, installed, receiver, sink, django_capture_on_commit_callbacks
+):
     """A line connected from the Contact Center overview has no webhook URL: replies wait (not due, no
     retries counted) and go as soon as an administrator saves one."""
     portal, b24 = installed
@@ -125,8 +141,9 @@ def test_parked_replies_go_in_order_once_a_webhook_url_is_saved(client, frame, i
     assert all(operator_message(b24, int(r.im_message_id))["delivered"] for r in waiting)
 
 
-def test_parked_replies_become_dead_letters_after_the_retry_window(client, frame, installed, sink, settings,
-                                                                  django_capture_on_commit_callbacks):
+def test_parked_replies_become_dead_letters_after_the_retry_window(
+    client, frame, installed, sink, settings, django_capture_on_commit_callbacks
+):
     portal, b24 = installed
     answer = act(frame, b24, "connect")
     row, secret = Channel.objects.get(), answer.json()["secret"]
@@ -145,8 +162,9 @@ def test_parked_replies_become_dead_letters_after_the_retry_window(client, frame
 
 # --- 2. leases and run budgets ---------------------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
-def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(client, chats, receiver, sink,
-                                                                              django_capture_on_commit_callbacks):
+def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
     """The first worker is stuck in a POST past its lease's end; a second worker takes the channel over.
     The first one's release must not free the channel under the second, and it stops where it is."""
     row, secret, b24, ids = chats
@@ -173,8 +191,9 @@ def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(c
     assert tasks.deliver_outbound(row.pk) == "busy"
 
 
-def test_an_outbound_run_stops_at_its_budget_and_queues_the_rest(client, chats, receiver, sink, settings,
-                                                                django_capture_on_commit_callbacks):
+def test_an_outbound_run_stops_at_its_budget_and_queues_the_rest(
+    client, chats, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     with django_capture_on_commit_callbacks(execute=False):
         for i in range(8):
@@ -198,14 +217,16 @@ def test_an_outbound_run_stops_at_its_budget_and_queues_the_rest(client, chats, 
     assert set(OutboundMessage.objects.values_list("state", flat=True)) == {Delivery.SENT}
 
 
-def test_an_inbound_run_stops_at_its_budget_and_queues_the_rest(client, channel, settings,
-                                                               django_capture_on_commit_callbacks):
+def test_an_inbound_run_stops_at_its_budget_and_queues_the_rest(
+    client, channel, settings, django_capture_on_commit_callbacks
+):
     row, secret, b24 = channel
     with django_capture_on_commit_callbacks(execute=False):
         for i in range(3):  # add, update, add, update ...: one call each
             assert signed(client, row, secret, message(f"m{i}", f"text {i}")).status_code == 202
-            assert signed(client, row, secret, {**message(f"m{i}", f"text {i}!"), "action": "update"}
-                          ).status_code == 202
+            assert (
+                signed(client, row, secret, {**message(f"m{i}", f"text {i}!"), "action": "update"}).status_code == 202
+            )
     settings.OPENLINES_RUN_SECONDS = 1
     b24.slow_answer("imconnector.send.messages", chunk=64, pause=0.1, times=10)
     b24.slow_answer("imconnector.update.messages", chunk=64, pause=0.1, times=10)
@@ -223,12 +244,16 @@ def test_an_inbound_run_stops_at_its_budget_and_queues_the_rest(client, channel,
 
 
 # --- 3. a 2xx is delivered, whatever its body does ------------------------------------------------------
-@pytest.mark.parametrize("answer", [
-    pytest.param((200, b'{"ok":"' + b"x" * (8 * 1024 * 1024) + b'"}'), id="8 MB body"),
-    pytest.param((202, b'{"accepted": true, "padding": "' + b"x" * 40 + b'"}', {}, 0.05), id="trickling body"),
-])
-def test_a_2xx_answer_is_delivered_once_whatever_its_body(client, chats, receiver, sink, settings, answer,
-                                                         django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param((200, b'{"ok":"' + b"x" * (8 * 1024 * 1024) + b'"}'), id="8 MB body"),
+        pytest.param((202, b'{"accepted": true, "padding": "' + b"x" * 40 + b'"}', {}, 0.05), id="trickling body"),
+    ],
+)
+def test_a_2xx_answer_is_delivered_once_whatever_its_body(
+    client, chats, receiver, sink, settings, answer, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     settings.OPENLINES_WEBHOOK_DEADLINE = 1.0
     receiver.answer = lambda body: answer
@@ -242,7 +267,8 @@ def test_a_2xx_answer_is_delivered_once_whatever_its_body(client, chats, receive
 
 
 def test_the_outside_systems_id_from_its_answer_is_the_message_id_bitrix24_gets(
-        client, chats, receiver, sink, django_capture_on_commit_callbacks):
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
     """imconnector-send-status-delivery.md and -reading.md: message.id is an array of the outside system's
     ids; im holds Bitrix24's. The webhook's answer {"message": {"id"}} names it; without one, the id the
     webhook carried is the one the outside system knows the message by."""
@@ -252,7 +278,9 @@ def test_the_outside_systems_id_from_its_answer_is_the_message_id_bitrix24_gets(
     unnamed = reply(client, sink, b24, ids["chat-B"], "unnamed", django_capture_on_commit_callbacks)
     assert OutboundMessage.objects.get(im_message_id=str(named)).external_message_id == "ext-42"
     assert (operator_message(b24, named)["delivered_ids"], operator_message(b24, named)["delivered_chat"]) == (
-        ["ext-42"], "chat-A")
+        ["ext-42"],
+        "chat-A",
+    )
     assert operator_message(b24, unnamed)["delivered_ids"] == [str(unnamed)]
     report = {"action": "read", "chat": {"id": "chat-A"}, "user": {"id": "u-1"}, "message": {"id": str(named)}}
     with django_capture_on_commit_callbacks(execute=True):
@@ -261,8 +289,9 @@ def test_the_outside_systems_id_from_its_answer_is_the_message_id_bitrix24_gets(
 
 
 # --- 4. order per outside chat; 4xx is final ----------------------------------------------------------
-def test_a_failing_chat_holds_back_only_its_own_messages(client, chats, receiver, sink,
-                                                        django_capture_on_commit_callbacks):
+def test_a_failing_chat_holds_back_only_its_own_messages(
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     receiver.answer = lambda body: (500, b"{}") if body["chat"]["id"] == "chat-A" else None
     for text, chat in (("A1", "chat-A"), ("B1", "chat-B"), ("A2", "chat-A"), ("B2", "chat-B")):
@@ -281,8 +310,9 @@ def test_a_failing_chat_holds_back_only_its_own_messages(client, chats, receiver
     assert set(OutboundMessage.objects.values_list("state", flat=True)) == {Delivery.SENT}
 
 
-def test_a_4xx_refusal_is_a_dead_letter_at_once_and_holds_nothing_back(client, chats, receiver, sink,
-                                                                      django_capture_on_commit_callbacks):
+def test_a_4xx_refusal_is_a_dead_letter_at_once_and_holds_nothing_back(
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     receiver.answer = lambda body: (400, b'{"error": "unknown chat"}') if body["message"]["text"] == "bad" else None
     reply(client, sink, b24, ids["chat-A"], "bad", django_capture_on_commit_callbacks)
@@ -295,10 +325,12 @@ def test_a_4xx_refusal_is_a_dead_letter_at_once_and_holds_nothing_back(client, c
     assert [b["message"]["text"] for b in receiver.tried] == ["bad", "good"]  # no retry
 
 
-@pytest.mark.parametrize("status, headers, at_least", [(408, {}, 30), (429, {"Retry-After": "120"}, 120),
-                                                       (503, {}, 30)])
-def test_408_429_and_5xx_are_retried_with_backoff(client, chats, receiver, sink, status, headers, at_least,
-                                                  django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "status, headers, at_least", [(408, {}, 30), (429, {"Retry-After": "120"}, 120), (503, {}, 30)]
+)
+def test_408_429_and_5xx_are_retried_with_backoff(
+    client, chats, receiver, sink, status, headers, at_least, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     receiver.answer = lambda body: (status, b"{}", headers)
     before = timezone.now()
@@ -315,7 +347,8 @@ def test_408_429_and_5xx_are_retried_with_backoff(client, chats, receiver, sink,
 # --- 5. a delivery status Bitrix24 did not take is reported later, once ---------------------------------
 @pytest.mark.parametrize("error, status", [("QUERY_LIMIT_EXCEEDED", 503), ("INTERNAL_SERVER_ERROR", 500)])
 def test_a_delivery_status_bitrix24_refused_is_reported_later_without_posting_again(
-        client, chats, receiver, sink, settings, error, status, django_capture_on_commit_callbacks):
+    client, chats, receiver, sink, settings, error, status, django_capture_on_commit_callbacks
+):
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # quick limit retries
     row, secret, b24, ids = chats
     b24.fail_next("imconnector.send.status.delivery", error, status, times=30)
@@ -336,8 +369,9 @@ def test_a_delivery_status_bitrix24_refused_is_reported_later_without_posting_ag
     assert status_calls(b24) == 1 and receiver.texts() == ["tick?"] and len(receiver.tried) == 1
 
 
-def test_a_delivery_status_is_given_up_after_the_retry_window(client, chats, receiver, sink, settings,
-                                                             django_capture_on_commit_callbacks):
+def test_a_delivery_status_is_given_up_after_the_retry_window(
+    client, chats, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     row, secret, b24, ids = chats
     b24.fail_next("imconnector.send.status.delivery", "INTERNAL_SERVER_ERROR", 500, times=30)
     reply(client, sink, b24, ids["chat-A"], "tick?", django_capture_on_commit_callbacks)
@@ -350,27 +384,47 @@ def test_a_delivery_status_is_given_up_after_the_retry_window(client, chats, rec
 
 # --- 6. the channel admin --------------------------------------------------------------------------------
 def test_the_channel_admin_counts_with_a_few_queries_and_no_join_of_the_messages(
-        admin_client, installed, django_assert_max_num_queries):
+    admin_client, installed, django_assert_max_num_queries
+):
     portal, b24 = installed
     for line in ("1", "2", "3"):
         channel = Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id=line)
         n = int(line) * 10
         InboundMessage.objects.bulk_create(
-            InboundMessage(channel=channel, key=f"add:{i}", external_chat_id="c", external_message_id=str(i),
-                           payload={}, state=Delivery.DEAD if i < 2 else Delivery.SENT) for i in range(n))
+            InboundMessage(
+                channel=channel,
+                key=f"add:{i}",
+                external_chat_id="c",
+                external_message_id=str(i),
+                payload={},
+                state=Delivery.DEAD if i < 2 else Delivery.SENT,
+            )
+            for i in range(n)
+        )
         OutboundMessage.objects.bulk_create(
-            OutboundMessage(channel=channel, key=f"add:{i}", im_chat_id="1", im_message_id=str(i),
-                            external_chat_id="c", payload={}, state=Delivery.FAILED if i < 3 else Delivery.SENT)
-            for i in range(n * 2))
+            OutboundMessage(
+                channel=channel,
+                key=f"add:{i}",
+                im_chat_id="1",
+                im_message_id=str(i),
+                external_chat_id="c",
+                payload={},
+                state=Delivery.FAILED if i < 3 else Delivery.SENT,
+            )
+            for i in range(n * 2)
+        )
     with django_assert_max_num_queries(8) as captured:
         response = admin_client.get("/admin/openlines/channel/?o=-4")  # by the inbound count, most first
     assert response.status_code == 200
     body = response.content.decode()
     for line in ("1", "2", "3"):
         n = int(line) * 10
-        assert f'<td class="field-inbound_count">{n}</td><td class="field-outbound_count">{2 * n}</td>' \
-               f'<td class="field-failures">5</td>' in body
+        assert (
+            f'<td class="field-inbound_count">{n}</td><td class="field-outbound_count">{2 * n}</td>'
+            f'<td class="field-failures">5</td>' in body
+        )
     assert body.index('field-inbound_count">30<') < body.index('field-inbound_count">10<')
     changelist = [q["sql"] for q in captured.captured_queries if "openlines_channel" in q["sql"]]
-    assert changelist and not any(f'JOIN "openlines_{t}message"' in sql for sql in changelist
-                                  for t in ("inbound", "outbound"))
+    assert changelist and not any(
+        f'JOIN "openlines_{t}message"' in sql for sql in changelist for t in ("inbound", "outbound")
+    )

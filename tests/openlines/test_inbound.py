@@ -1,5 +1,6 @@
 """POST /channels/<id>/messages: signed, checked, stored once, 202 at once; delivered with
 imconnector.send.messages (several per call) through the per-portal limiter; refusals send nothing."""
+
 import time
 
 import pytest
@@ -48,8 +49,7 @@ def test_the_same_message_id_is_accepted_once(client, channel, django_capture_on
     assert len(imc.conversations(b24)[0]["messages"]) == 1
 
 
-def test_the_same_message_id_in_another_chat_is_another_message(client, channel,
-                                                                django_capture_on_commit_callbacks):
+def test_the_same_message_id_in_another_chat_is_another_message(client, channel, django_capture_on_commit_callbacks):
     """Outside systems number messages per chat: "m1" of chat-2 is not a duplicate of chat-1's "m1"."""
     row, secret, b24 = channel
     with django_capture_on_commit_callbacks(execute=True):
@@ -69,8 +69,7 @@ def test_edits_and_deletes_reach_the_same_message(client, channel, django_captur
         signed(client, row, secret, message("m2", "second"))
         assert signed(client, row, secret, {**message("m2"), "action": "delete"}).status_code == 202
     [conversation] = imc.conversations(b24)
-    assert [(m["text"], m["deleted"]) for m in conversation["messages"]] == [("first, edited", False),
-                                                                            ("second", True)]
+    assert [(m["text"], m["deleted"]) for m in conversation["messages"]] == [("first, edited", False), ("second", True)]
     assert b24.calls("imconnector.update.messages") == 1 and b24.calls("imconnector.delete.messages") == 1
 
 
@@ -79,20 +78,28 @@ def refused(response, status, code):
     assert response.json()["error"] == code
 
 
-@pytest.mark.parametrize("case, status, code", [
-    ("bad_signature", 401, "bad_signature"),
-    ("other_secret", 401, "bad_signature"),
-    ("old", 401, "stale_timestamp"),
-    ("future", 401, "stale_timestamp"),
-    ("no_timestamp", 401, "stale_timestamp"),
-])
-def test_forged_or_stale_requests_are_refused_and_nothing_is_sent(client, channel, case, status, code,
-                                                                  django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "case, status, code",
+    [
+        ("bad_signature", 401, "bad_signature"),
+        ("other_secret", 401, "bad_signature"),
+        ("old", 401, "stale_timestamp"),
+        ("future", 401, "stale_timestamp"),
+        ("no_timestamp", 401, "stale_timestamp"),
+    ],
+)
+def test_forged_or_stale_requests_are_refused_and_nothing_is_sent(
+    client, channel, case, status, code, django_capture_on_commit_callbacks
+):
     row, secret, b24 = channel
     before = sent_calls(b24)
-    kwargs = {"bad_signature": {"signature": "sha256=" + "0" * 64},
-              "other_secret": {}, "old": {"timestamp": int(time.time()) - 600},
-              "future": {"timestamp": int(time.time()) + 600}, "no_timestamp": {"timestamp": ""}}[case]
+    kwargs = {
+        "bad_signature": {"signature": "sha256=" + "0" * 64},
+        "other_secret": {},
+        "old": {"timestamp": int(time.time()) - 600},
+        "future": {"timestamp": int(time.time()) + 600},
+        "no_timestamp": {"timestamp": ""},
+    }[case]
     with django_capture_on_commit_callbacks(execute=True):
         response = signed(client, row, "not-the-secret" if case == "other_secret" else secret, message(), **kwargs)
     refused(response, status, code)
@@ -101,6 +108,7 @@ def test_forged_or_stale_requests_are_refused_and_nothing_is_sent(client, channe
 
 def test_an_unknown_channel_is_404(client, db):
     import uuid
+
     response = client.post(f"/channels/{uuid.uuid4()}/messages", b"{}", content_type="application/json")
     refused(response, 404, "unknown_channel")
 
@@ -117,15 +125,24 @@ def test_an_oversized_body_is_413_before_anything_else(client, channel, settings
     refused(signed(client, row, secret, message(text="x" * 2000)), 413, "body_too_large")
 
 
-@pytest.mark.parametrize("payload, field", [
-    ({"chat": {}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}}, "chat.id"),
-    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m"}}, "message.text"),
-    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t", "date": "today"}}, "message.date"),
-    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}, "action": "nuke"}, "action"),
-    ([1, 2], "object"),
-    ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "nul \u0000 inside"}}, "message.text"),
-    ({"chat": {"id": "c\u0007"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}}, "chat.id"),
-])
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"chat": {}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}}, "chat.id"),
+        ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m"}}, "message.text"),
+        (
+            {"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t", "date": "today"}},
+            "message.date",
+        ),
+        ({"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}, "action": "nuke"}, "action"),
+        ([1, 2], "object"),
+        (
+            {"chat": {"id": "c"}, "user": {"id": "u"}, "message": {"id": "m", "text": "nul \u0000 inside"}},
+            "message.text",
+        ),
+        ({"chat": {"id": "c\u0007"}, "user": {"id": "u"}, "message": {"id": "m", "text": "t"}}, "chat.id"),
+    ],
+)
 def test_a_malformed_body_is_400_and_names_the_field(client, channel, payload, field):
     row, secret, b24 = channel
     response = signed(client, row, secret, payload)
@@ -151,8 +168,9 @@ def test_query_limit_exceeded_loses_nothing(client, channel, django_capture_on_c
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1", "t2"]
 
 
-def test_a_message_bitrix24_refuses_is_a_dead_letter_and_replayable(client, channel, admin_client,
-                                                                    django_capture_on_commit_callbacks):
+def test_a_message_bitrix24_refuses_is_a_dead_letter_and_replayable(
+    client, channel, admin_client, django_capture_on_commit_callbacks
+):
     row, secret, b24 = channel
     with django_capture_on_commit_callbacks(execute=True):
         signed(client, row, secret, message("m1", "ok"))
@@ -164,20 +182,24 @@ def test_a_message_bitrix24_refuses_is_a_dead_letter_and_replayable(client, chan
     pending = InboundMessage.objects.get(external_message_id="m2")
     assert pending.state == Delivery.FAILED and "NOT_ACTIVE_LINE" in pending.last_error
     from datetime import timedelta
-    InboundMessage.objects.filter(pk=pending.pk).update(received_at=pending.received_at - timedelta(days=2),
-                                                        next_attempt_at=pending.received_at - timedelta(days=2))
+
+    InboundMessage.objects.filter(pk=pending.pk).update(
+        received_at=pending.received_at - timedelta(days=2), next_attempt_at=pending.received_at - timedelta(days=2)
+    )
     tasks.sweep()
     assert InboundMessage.objects.get(pk=pending.pk).state == Delivery.DEAD
     imc.state(b24).lines[("b24widget_http", "1")]["active"] = True
-    response = admin_client.post("/admin/openlines/inboundmessage/", {"action": "replay",
-                                                                      "_selected_action": [pending.pk]})
+    response = admin_client.post(
+        "/admin/openlines/inboundmessage/", {"action": "replay", "_selected_action": [pending.pk]}
+    )
     assert response.status_code == 302
     assert InboundMessage.objects.get(pk=pending.pk).state == Delivery.SENT
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["ok", "later"]
 
 
-def test_names_bitrix24_would_refuse_are_cleaned_not_sent_as_they_are(client, channel,
-                                                                     django_capture_on_commit_callbacks):
+def test_names_bitrix24_would_refuse_are_cleaned_not_sent_as_they_are(
+    client, channel, django_capture_on_commit_callbacks
+):
     """imconnector-send-messages.md: name and last_name hold letters, spaces, hyphens and apostrophes only,
     at most 25 characters; the rest is dropped before Bitrix24 sees it, and a name of nothing else is left out."""
     row, secret, b24 = channel
@@ -191,7 +213,7 @@ def test_names_bitrix24_would_refuse_are_cleaned_not_sent_as_they_are(client, ch
 
 
 def test_numbers_that_are_not_digits_are_dropped_from_names_too(client, channel, django_capture_on_commit_callbacks):
-    """"Numbers ... are not allowed" (imconnector-send-messages.md) covers "²" and "Ⅻ" as well: the stand-in
+    """ "Numbers ... are not allowed" (imconnector-send-messages.md) covers "²" and "Ⅻ" as well: the stand-in
     refuses a message whose name holds them, so they are dropped here and the message reaches the line."""
     row, secret, b24 = channel
     payload = message("m1", "Hello")
@@ -199,6 +221,8 @@ def test_numbers_that_are_not_digits_are_dropped_from_names_too(client, channel,
     with django_capture_on_commit_callbacks(execute=True):
         assert signed(client, row, secret, payload).status_code == 202
     stored = InboundMessage.objects.get()
-    assert stored.state == Delivery.SENT and (stored.payload["user"]["name"], stored.payload["user"]["last_name"]) \
-        == ("Ann", "Lee")
+    assert stored.state == Delivery.SENT and (stored.payload["user"]["name"], stored.payload["user"]["last_name"]) == (
+        "Ann",
+        "Lee",
+    )
     assert imc.conversations(b24)[0]["name"] == "Ann"

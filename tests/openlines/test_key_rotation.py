@@ -1,5 +1,6 @@
 """Key rotation covers every secret: the channels' too (vault/rotation.py reads every encrypted field of every
 model). After rotating and removing the old key, every channel still accepts signed messages and signs webhooks."""
+
 import io
 
 import pytest
@@ -27,8 +28,9 @@ def test_the_plan_is_every_encrypted_field_of_every_model():
     assert dict(rotation.plan()) == SECRETS
 
 
-def test_after_rotation_and_without_the_old_key_channels_still_work(client, channel, receiver, sink, settings,
-                                                                    django_capture_on_commit_callbacks):
+def test_after_rotation_and_without_the_old_key_channels_still_work(
+    client, channel, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     row, secret, b24 = channel
     old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
     new_key = Fernet.generate_key().decode()
@@ -55,8 +57,10 @@ def test_a_channel_no_key_decrypts_is_named_with_what_to_do(channel, settings):
     row, secret, _b24 = channel
     lost_key = Fernet.generate_key().decode()
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE openlines_channel SET secret = %s WHERE id = %s",
-                       [Fernet(lost_key.encode()).encrypt(secret.encode()).decode(), row.pk])
+        cursor.execute(
+            "UPDATE openlines_channel SET secret = %s WHERE id = %s",
+            [Fernet(lost_key.encode()).encrypt(secret.encode()).decode(), row.pk],
+        )
     out = io.StringIO()
     with pytest.raises(CommandError) as failed:
         call_command("rotate_token_keys", "--dry-run", stdout=out)

@@ -1,5 +1,6 @@
 """Operator messages (OnImConnectorMessageAdd/Update/Delete) -> the signed webhook -> delivery status in
 Bitrix24; the webhook down for a while -> each reply delivered once, in order; teardown events."""
+
 import json
 import time
 from datetime import timedelta
@@ -16,8 +17,6 @@ from tests.openlines.conftest import Item, message, signed
 pytestmark = pytest.mark.django_db
 
 
-
-
 @pytest.fixture
 def conversation(client, channel, django_capture_on_commit_callbacks):
     """A customer wrote: (channel row, secret, stand-in portal, Open Lines chat id)."""
@@ -27,8 +26,9 @@ def conversation(client, channel, django_capture_on_commit_callbacks):
     return row, secret, b24, imc.conversations(b24)[0]["chat_id"]
 
 
-def test_an_operator_reply_is_posted_signed_and_marked_delivered(client, conversation, receiver, sink,
-                                                                django_capture_on_commit_callbacks):
+def test_an_operator_reply_is_posted_signed_and_marked_delivered(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, chat_id = conversation
     message_id, _ = imc.operator_reply(b24, chat_id, "Hello, how can I help?", handlers=[sink.url])
     portal = row.portal
@@ -48,11 +48,11 @@ def test_an_operator_reply_is_posted_signed_and_marked_delivered(client, convers
     assert OutboundMessage.objects.get().status_reported_at is not None
 
 
-def test_the_same_event_twice_is_posted_once(client, conversation, receiver, sink,
-                                            django_capture_on_commit_callbacks):
+def test_the_same_event_twice_is_posted_once(client, conversation, receiver, sink, django_capture_on_commit_callbacks):
     """Bitrix24 delivers an event twice (the inbox keeps one), and the inbox runs a handler again after a
     crash (the handler stores each operator message once)."""
     from inbox.models import InboxItem
+
     row, secret, b24, chat_id = conversation
     imc.operator_reply(b24, chat_id, "once", handlers=[sink.url])
     sink.got = sink.got * 2
@@ -63,8 +63,9 @@ def test_the_same_event_twice_is_posted_once(client, conversation, receiver, sin
     assert [h["json"]["message"]["text"] for h in receiver.got] == ["once"]
 
 
-def test_webhook_down_then_back_delivers_each_reply_once_in_order(client, conversation, receiver, sink,
-                                                                 django_capture_on_commit_callbacks):
+def test_webhook_down_then_back_delivers_each_reply_once_in_order(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, chat_id = conversation
     receiver.down = True
     with django_capture_on_commit_callbacks(execute=True):
@@ -88,15 +89,18 @@ def test_webhook_down_then_back_delivers_each_reply_once_in_order(client, conver
     assert len(receiver.got) == 5
 
 
-def test_a_webhook_down_for_longer_than_the_retry_window_is_a_dead_letter(client, conversation, receiver, sink, settings,
-                                                                         django_capture_on_commit_callbacks):
+def test_a_webhook_down_for_longer_than_the_retry_window_is_a_dead_letter(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     row, secret, b24, chat_id = conversation
     receiver.down = True
     with django_capture_on_commit_callbacks(execute=True):
         imc.operator_reply(b24, chat_id, "lost?", handlers=[sink.url])
         sink.relay(client)
-    OutboundMessage.objects.update(created_at=timezone.now() - timedelta(hours=settings.OPENLINES_RETRY_HOURS + 1),
-                                   next_attempt_at=timezone.now() - timedelta(seconds=1))
+    OutboundMessage.objects.update(
+        created_at=timezone.now() - timedelta(hours=settings.OPENLINES_RETRY_HOURS + 1),
+        next_attempt_at=timezone.now() - timedelta(seconds=1),
+    )
     tasks.sweep()
     assert OutboundMessage.objects.get().state == Delivery.DEAD
 
@@ -107,32 +111,54 @@ def _replied(client, conversation, sink, capture, text, *events):
     with capture(execute=True):
         message_id, _ = imc.operator_reply(b24, chat_id, text, handlers=[sink.url])
         sink.relay(client)
-    b24.bindings["events"][:] = [{"id": 99, "event": e, "handler": sink.url, "auth_type": "0",
-                                  "app": b24._standin.client_id} for e in events]
+    b24.bindings["events"][:] = [
+        {"id": 99, "event": e, "handler": sink.url, "auth_type": "0", "app": b24._standin.client_id} for e in events
+    ]
     return message_id
 
 
-def test_edits_and_deletes_by_the_operator_reach_the_webhook(client, conversation, receiver, sink,
-                                                            django_capture_on_commit_callbacks):
+def test_edits_and_deletes_by_the_operator_reach_the_webhook(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, chat_id = conversation
-    message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "typo",
-                          "ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")
-    for change in (lambda: imc.operator_edit(b24, chat_id, message_id, "fixed"),
-                   lambda: imc.operator_delete(b24, chat_id, message_id)):
+    message_id = _replied(
+        client,
+        conversation,
+        sink,
+        django_capture_on_commit_callbacks,
+        "typo",
+        "ONIMCONNECTORMESSAGEUPDATE",
+        "ONIMCONNECTORMESSAGEDELETE",
+    )
+    for change in (
+        lambda: imc.operator_edit(b24, chat_id, message_id, "fixed"),
+        lambda: imc.operator_delete(b24, chat_id, message_id),
+    ):
         change()
         with django_capture_on_commit_callbacks(execute=True):
             sink.relay(client)
     assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
-        ("message.add", "typo"), ("message.update", "fixed"), ("message.delete", "")]
+        ("message.add", "typo"),
+        ("message.update", "fixed"),
+        ("message.delete", ""),
+    ]
 
 
-def test_events_handled_late_relay_what_the_portal_shows_now(client, conversation, receiver, sink,
-                                                            django_capture_on_commit_callbacks):
+def test_events_handled_late_relay_what_the_portal_shows_now(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """The text comes from the portal's history, not from the event: an edit handled after a second edit
     relays the latest text once; an edit handled after the message was deleted relays nothing."""
     row, secret, b24, chat_id = conversation
-    message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "frist",
-                          "ONIMCONNECTORMESSAGEUPDATE", "ONIMCONNECTORMESSAGEDELETE")
+    message_id = _replied(
+        client,
+        conversation,
+        sink,
+        django_capture_on_commit_callbacks,
+        "frist",
+        "ONIMCONNECTORMESSAGEUPDATE",
+        "ONIMCONNECTORMESSAGEDELETE",
+    )
     imc.operator_edit(b24, chat_id, message_id, "firts")
     imc.operator_edit(b24, chat_id, message_id, "first")
     with django_capture_on_commit_callbacks(execute=True):
@@ -145,14 +171,19 @@ def test_events_handled_late_relay_what_the_portal_shows_now(client, conversatio
     assert outcomes[0].startswith("rejected: not confirmed by the portal") and "not in the conversation" in outcomes[0]
     assert outcomes[1] == "1 message(s) queued for the webhook"
     assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
-        ("message.add", "frist"), ("message.update", "first"), ("message.delete", "")]
+        ("message.add", "frist"),
+        ("message.update", "first"),
+        ("message.delete", ""),
+    ]
 
 
-def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(client, conversation, receiver, sink,
-                                                                 django_capture_on_commit_callbacks):
+def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, chat_id = conversation
-    message_id = _replied(client, conversation, sink, django_capture_on_commit_callbacks, "frist",
-                          "ONIMCONNECTORMESSAGEUPDATE")
+    message_id = _replied(
+        client, conversation, sink, django_capture_on_commit_callbacks, "frist", "ONIMCONNECTORMESSAGEUPDATE"
+    )
     outcomes = []
     for n, text in enumerate(("firts", "first", "firts", "first")):  # back and forth: each edit is relayed
         if n == 2:
@@ -166,8 +197,11 @@ def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(client, conve
 
 def test_an_event_for_a_line_we_do_not_serve_is_rejected(conversation, sink):
     row, secret, b24, chat_id = conversation
-    item = Item(portal=row.portal, event="ONIMCONNECTORMESSAGEADD",
-                data={"CONNECTOR": "b24widget_http", "LINE": "2", "MESSAGES": []})
+    item = Item(
+        portal=row.portal,
+        event="ONIMCONNECTORMESSAGEADD",
+        data={"CONNECTOR": "b24widget_http", "LINE": "2", "MESSAGES": []},
+    )
     with pytest.raises(Exception) as info:
         events.on_message_add(item)
     assert "no connected channel" in str(info.value)
@@ -175,9 +209,10 @@ def test_an_event_for_a_line_we_do_not_serve_is_rejected(conversation, sink):
 
 def test_status_delete_and_line_delete_revoke_the_channel(client, conversation, sink):
     row, secret, b24, chat_id = conversation
-    b24.bindings["events"][:] = [{"id": 98, "event": e, "handler": sink.url, "auth_type": "0",
-                                  "app": b24._standin.client_id}
-                                 for e in ("ONIMCONNECTORSTATUSDELETE", "ONIMCONNECTORLINEDELETE")]
+    b24.bindings["events"][:] = [
+        {"id": 98, "event": e, "handler": sink.url, "auth_type": "0", "app": b24._standin.client_id}
+        for e in ("ONIMCONNECTORSTATUSDELETE", "ONIMCONNECTORLINEDELETE")
+    ]
     imc.remove_connector(b24, "b24widget_http", 1)
     assert sink.relay(client) == ["1 channel(s) revoked"]
     row.refresh_from_db()
@@ -191,6 +226,7 @@ def test_status_delete_and_line_delete_revoke_the_channel(client, conversation, 
 
 def test_uninstall_revokes_every_channel(client, conversation):
     from tests.conftest import do_uninstall
+
     row, secret, b24, chat_id = conversation
     assert do_uninstall(client, b24).status_code == 200
     row.refresh_from_db()
@@ -213,6 +249,7 @@ def test_connector_events_need_the_application_token(client, conversation, sink)
     """The inbox refuses a connector event whose application_token is not the portal's: nothing stored."""
     from urllib.parse import urlencode
     from inbox.models import InboxItem
+
     row, secret, b24, chat_id = conversation
     imc.operator_reply(b24, chat_id, "forged?", handlers=[sink.url])
     pairs = [(k, "not-the-token" if k == "auth[application_token]" else v) for k, v in sink.got[0]]
@@ -223,7 +260,8 @@ def test_connector_events_need_the_application_token(client, conversation, sink)
 
 
 def test_a_read_report_from_the_outside_system_reaches_bitrix24_as_reading(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     row, secret, b24, chat_id = conversation
     message_id, _ = imc.operator_reply(b24, chat_id, "Here is the answer", handlers=[sink.url])
     with django_capture_on_commit_callbacks(execute=True):
@@ -246,8 +284,9 @@ def test_a_read_report_from_the_outside_system_reaches_bitrix24_as_reading(
     assert b24.calls("imconnector.send.status.reading") - before == 1
 
 
-def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(client, conversation, receiver, sink,
-                                                                              django_capture_on_commit_callbacks):
+def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Each reply is confirmed with the portal's history; when events wait in the inbox, the first one's miss
     asks for the other waiting chats in the same batch request, and their events find the answer cached."""
     from urllib.parse import urlencode
@@ -257,13 +296,18 @@ def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(cl
     row, secret, b24, chat_id = conversation
     with django_capture_on_commit_callbacks(execute=True):
         for i in (2, 3):
-            assert signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
     chats = [c["chat_id"] for c in imc.conversations(b24)]
     assert len(chats) == 3
     for n, chat in enumerate(chats):
         imc.operator_reply(b24, chat, f"reply {n}", handlers=[sink.url])
     for pairs in sink.got:  # Bitrix24 delivers the three events; a worker gets to them later
-        assert client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code == 200
+        assert (
+            client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code
+            == 200
+        )
     batches, history = b24.calls("batch"), b24.calls("imopenlines.session.history.get")
     with django_capture_on_commit_callbacks(execute=True):
         inbox.process_pending()
@@ -272,7 +316,8 @@ def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(cl
 
 
 def test_a_reply_handled_after_the_customer_opened_a_new_session_is_still_relayed(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """The operator wrote "Bye" and finished the dialog; the customer wrote again (a new session) before the
     reply's event was handled: the chat's last session lacks it, so the earlier session the channel saw is
     asked, and the reply goes out once. Its deletion later is confirmed in that session."""
@@ -287,10 +332,19 @@ def test_a_reply_handled_after_the_customer_opened_a_new_session_is_still_relaye
     sink.got = held
     with django_capture_on_commit_callbacks(execute=True):
         assert sink.relay(client) == ["1 message(s) queued for the webhook"]
-    b24.bindings["events"][:] = [{"id": 99, "event": "ONIMCONNECTORMESSAGEDELETE", "handler": sink.url,
-                                  "auth_type": "0", "app": b24._standin.client_id}]
+    b24.bindings["events"][:] = [
+        {
+            "id": 99,
+            "event": "ONIMCONNECTORMESSAGEDELETE",
+            "handler": sink.url,
+            "auth_type": "0",
+            "app": b24._standin.client_id,
+        }
+    ]
     imc.operator_delete(b24, chat_id, message_id)
     with django_capture_on_commit_callbacks(execute=True):
         assert sink.relay(client) == ["1 message(s) queued for the webhook"]
     assert [(h["json"]["event"], h["json"]["message"]["text"]) for h in receiver.got] == [
-        ("message.add", "Bye"), ("message.delete", "")]
+        ("message.add", "Bye"),
+        ("message.delete", ""),
+    ]

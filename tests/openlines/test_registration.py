@@ -1,5 +1,6 @@
 """The connector's registration through the install-step seam (portals/install_steps.py): at install, on
 ONAPPUPDATE and from the admin's re-bind; imconnector.register + the connector events bound to /events/."""
+
 import pytest
 
 from openlines import registry
@@ -31,6 +32,7 @@ def test_install_registers_the_connector_and_binds_its_events(installed):
 def test_binding_twice_leaves_one_handler_per_event(client, installed):
     portal, b24 = installed
     from portals import install
+
     install.bind(portal)
     events = [e["event"] for e in b24.bindings["events"] if e["event"].startswith("ONIMCONNECTOR")]
     assert sorted(events) == sorted(registry.CONNECTOR_EVENTS)
@@ -42,6 +44,7 @@ def test_onappupdate_registers_again(client, installed):
     imc.state(b24).connectors.clear()
     b24.bindings["events"].clear()
     from tests.conftest import deliver
+
     response, item = deliver(client, b24.update_app())
     assert response.status_code == 200 and item.outcome == "updated"
     assert "b24widget_http" in imc.state(b24).connectors
@@ -51,8 +54,9 @@ def test_onappupdate_registers_again(client, installed):
 def test_the_admin_rebind_action_registers_again(admin_client, installed):
     portal, b24 = installed
     imc.state(b24).connectors.clear()
-    response = admin_client.post("/admin/portals/portal/", {"action": "bind_placements_again",
-                                                            "_selected_action": [portal.pk]})
+    response = admin_client.post(
+        "/admin/portals/portal/", {"action": "bind_placements_again", "_selected_action": [portal.pk]}
+    )
     assert response.status_code == 302
     assert "b24widget_http" in imc.state(b24).connectors
 
@@ -75,6 +79,7 @@ def test_a_refused_step_leaves_the_install_incomplete_and_says_which(client, b24
         install_steps.unregister("tests.refuse")
     assert response.status_code == 503
     from portals.models import Portal
+
     portal = Portal.objects.get(member_id=b24.member_id)
     assert portal.bound_at is None
     failure = portal.events.filter(kind=PortalEvent.Kind.INSTALL_FAILED).latest("id")
@@ -89,6 +94,7 @@ def test_a_register_answered_result_false_is_a_failure(client, standin):
     response = client.post("/install/", b24.install_post())
     assert response.status_code == 503
     from portals.models import Portal
+
     assert "GENERAL_CONNECTOR_REGISTRATION_ERROR" in Portal.objects.get(member_id=b24.member_id).last_error
 
 
@@ -99,6 +105,7 @@ def test_registry_refuses_an_id_bitrix24_would_refuse():
 
 def test_the_deploy_check_refuses_private_webhooks_without_debug(settings):
     from openlines.checks import private_webhooks_in_production
+
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS, settings.DEBUG = True, False
     assert [e.id for e in private_webhooks_in_production(None)] == ["openlines.E001"]
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False

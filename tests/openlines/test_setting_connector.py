@@ -1,5 +1,6 @@
 """SETTING_CONNECTOR (api-reference/widgets/setting-connector.md): the page Bitrix24 opens for our connector
 and a line; connect = imconnector.activate + connector.data.set + status; disconnect; only administrators."""
+
 import pytest
 
 from openlines.models import Channel
@@ -55,6 +56,7 @@ def test_connect_activates_sets_data_and_shows_the_secret_once(frame, installed,
     assert line["data"]["NAME"] == "Site chat"
     # Stored encrypted; the page opened again never shows it.
     from django.db import connection
+
     with connection.cursor() as cursor:
         cursor.execute("SELECT secret FROM openlines_channel WHERE id = %s", [channel.pk])
         assert secret not in cursor.fetchone()[0]
@@ -101,14 +103,16 @@ def test_bitrix24_refusing_leaves_nothing_connected(frame, installed):
 def test_the_contact_center_square_shows_the_overview_and_lists_the_channel_states(frame, channel):
     """The square's page carries the overview; its list action (read-only, any user) gives each line's state."""
     from tests.placements.frames import open_widget, widget_token_of
+
     row, secret, b24 = channel
     for user_id in ("1", "2"):
         page = open_widget(frame, b24.placement_post(user_id=user_id))
         body = page.content.decode()
         assert 'id="openlines-overview"' in body and 'id="open-lines-table"' in body
         assert ('data-admin="1"' in body) == (user_id == "1")
-        answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list",
-                                                      "connector": CONNECTOR})
+        answer = frame.post(
+            "/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list", "connector": CONNECTOR}
+        )
         assert answer.status_code == 200
         assert answer.json()["channels"]["1"]["state"] == "connected"
         assert secret not in answer.content.decode()
@@ -122,12 +126,14 @@ def test_the_list_action_needs_a_genuine_widget_token(frame, channel):
 def test_the_overview_lists_every_open_line_page_by_page(frame, channel):
     """imopenlines-config-list-get.md pages with PARAMS.limit (at most 200) and offset, without `next`."""
     from tests.placements.frames import open_widget, widget_token_of
+
     row, secret, b24 = channel
     b24.open_lines[:] = [{"ID": str(i), "LINE_NAME": f"Line {i}", "ACTIVE": "Y"} for i in range(1, 451)]
     page = open_widget(frame, b24.placement_post())
     before = b24.calls("imopenlines.config.list.get")
-    answer = frame.post("/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list",
-                                                  "connector": CONNECTOR}).json()
+    answer = frame.post(
+        "/openlines/connector/", {"widget_token": widget_token_of(page), "action": "list", "connector": CONNECTOR}
+    ).json()
     assert [line["id"] for line in answer["lines"]] == [str(i) for i in range(1, 451)]
     assert b24.calls("imopenlines.config.list.get") - before == 3  # 200 + 200 + 50
     assert answer["channels"]["1"]["state"] == "connected" and "2" not in answer["channels"]
@@ -137,6 +143,7 @@ def test_disconnect_revokes_the_credentials_even_when_bitrix24_refuses(client, f
     """The line is gone in Bitrix24 (imconnector.activate answers NOT_ACTIVE_LINE): the secret stops working
     all the same, and the answer says what Bitrix24 said."""
     from tests.openlines.conftest import message, signed
+
     row, secret, b24 = channel
     b24.open_lines[:] = [line for line in b24.open_lines if str(line["ID"]) != "1"]
     answer = act(frame, b24, "disconnect")
@@ -151,6 +158,7 @@ def test_an_ordinary_user_does_not_see_the_webhook_address(frame, channel):
     """A webhook address may carry the outside system's own token in its query: administrators only."""
     row, secret, b24 = channel
     from openlines.models import Channel as Model
+
     Model.objects.filter(pk=row.pk).update(webhook_url="https://hooks.example.com/in?token=outside-secret")
     assert "outside-secret" in open_settings(frame, b24, ACTIVE_STATUS=True)[0].content.decode()
     assert "outside-secret" not in open_settings(frame, b24, user_id="2", ACTIVE_STATUS=True)[0].content.decode()
@@ -164,18 +172,26 @@ def test_the_channels_link_in_bitrix24_answers_without_a_secret(client, channel)
     answer = client.get("/" + path)
     assert answer.status_code == 200, answer.content
     from openlines.lifecycle import inbound_url
-    assert answer.json() == {"channel": str(row.public_id), "connector": CONNECTOR, "state": "connected",
-                             "messages": inbound_url(row)}
+
+    assert answer.json() == {
+        "channel": str(row.public_id),
+        "connector": CONNECTOR,
+        "state": "connected",
+        "messages": inbound_url(row),
+    }
     assert secret not in answer.content.decode()
 
 
-@pytest.mark.parametrize("method, path, status, code", [
-    ("get", "/channels/{id}/messages", 405, "method_not_allowed"),
-    ("post", "/channels/not-a-channel/messages", 404, "unknown_channel"),
-    ("post", "/channels/", 404, "unknown_channel"),
-    ("get", "/channels/00000000-0000-4000-8000-000000000000/", 404, "unknown_channel"),
-    ("post", "/channels/{id}/", 405, "method_not_allowed"),
-])
+@pytest.mark.parametrize(
+    "method, path, status, code",
+    [
+        ("get", "/channels/{id}/messages", 405, "method_not_allowed"),
+        ("post", "/channels/not-a-channel/messages", 404, "unknown_channel"),
+        ("post", "/channels/", 404, "unknown_channel"),
+        ("get", "/channels/00000000-0000-4000-8000-000000000000/", 404, "unknown_channel"),
+        ("post", "/channels/{id}/", 405, "method_not_allowed"),
+    ],
+)
 def test_every_channel_address_answers_json(client, channel, method, path, status, code):
     row, secret, b24 = channel
     answer = getattr(client, method)(path.format(id=row.public_id))

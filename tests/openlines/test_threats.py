@@ -5,6 +5,7 @@ Real HTTP against the stand-in, as in test_inbound.py. Each test names the row i
 xfail(strict=True) are defects the threat model lists under "Known limits": each passes (and so fails the
 run, as a strict xfail) once the defect is fixed; then drop the mark.
 """
+
 import contextlib
 import json
 import re
@@ -46,18 +47,25 @@ def _refused_request(client, case, row, secret):
     if case == "unknown_channel":
         return client.post(f"/channels/{uuid.uuid4()}/messages", body, content_type="application/json")
     if case == "body_too_large":  # the declared length alone is refused: the body is never read
-        return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json",
-                           CONTENT_LENGTH="999999999", HTTP_X_B24WIDGET_TIMESTAMP=now)
+        return client.post(
+            f"/channels/{row.public_id}/messages",
+            body,
+            content_type="application/json",
+            CONTENT_LENGTH="999999999",
+            HTTP_X_B24WIDGET_TIMESTAMP=now,
+        )
     if case == "stale_timestamp":
         return signed(client, row, secret, message("m1"), timestamp=int(time.time()) - 3600)
     return signed(client, row, "not-the-secret", message("m1"))  # bad_signature
 
 
-@pytest.mark.parametrize("case, status", [("unknown_channel", 404), ("body_too_large", 413),
-                                          ("stale_timestamp", 401), ("bad_signature", 401)])
-def test_a_refused_request_costs_one_query_and_sends_nothing(client, channel, standin, case, status,
-                                                             django_assert_num_queries,
-                                                             django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "case, status",
+    [("unknown_channel", 404), ("body_too_large", 413), ("stale_timestamp", 401), ("bad_signature", 401)],
+)
+def test_a_refused_request_costs_one_query_and_sends_nothing(
+    client, channel, standin, case, status, django_assert_num_queries, django_capture_on_commit_callbacks
+):
     """Stranger row: one indexed SELECT per refused request; no row, no task, no call to Bitrix24."""
     row, secret, b24 = channel
     before = counters(b24, standin)
@@ -100,19 +108,32 @@ def test_a_captured_request_replayed_verbatim_is_refused(client, channel, settin
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["Pay invoice 7"]
 
 
-@pytest.mark.parametrize("body", [
-    b"not json", b"\xff\xfe\xfa not utf-8", b"[" * 100_000 + b"]" * 100_000, b'"a string"', b"null",
-], ids=["not_json", "not_utf8", "deep", "string", "null"])
-def test_a_malformed_body_with_a_good_signature_is_400_and_sends_nothing(client, channel, standin, body,
-                                                                         django_capture_on_commit_callbacks):
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"\xff\xfe\xfa not utf-8",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'"a string"',
+        b"null",
+    ],
+    ids=["not_json", "not_utf8", "deep", "string", "null"],
+)
+def test_a_malformed_body_with_a_good_signature_is_400_and_sends_nothing(
+    client, channel, standin, body, django_capture_on_commit_callbacks
+):
     """Administrator row (the secret's holder): a body that is not a JSON object is a 400, never a 500."""
     row, secret, b24 = channel
     timestamp = str(int(time.time()))
     before = counters(b24, standin)
     with django_capture_on_commit_callbacks(execute=True):
         response = Client(raise_request_exception=False).post(
-            f"/channels/{row.public_id}/messages", body, content_type="application/json",
-            HTTP_X_B24WIDGET_TIMESTAMP=timestamp, HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body))
+            f"/channels/{row.public_id}/messages",
+            body,
+            content_type="application/json",
+            HTTP_X_B24WIDGET_TIMESTAMP=timestamp,
+            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body),
+        )
     assert error_of(response) == (400, "bad_request")
     assert not InboundMessage.objects.exists() and nothing_reached_bitrix24(b24, standin, before)
 
@@ -127,8 +148,9 @@ def second_channel(client, frame, standin, receiver):
     return Channel.objects.get(public_id=answer.json()["channel"]["id"]), answer.json()["secret"], other
 
 
-def test_a_secret_opens_only_its_own_channel(client, frame, channel, second_channel, standin, sink,
-                                             django_capture_on_commit_callbacks):
+def test_a_secret_opens_only_its_own_channel(
+    client, frame, channel, second_channel, standin, sink, django_capture_on_commit_callbacks
+):
     """Administrator row: a channel's secret is refused on any other channel (another portal's included), a
     rotated secret is refused at once, and a read report cannot name another channel's operator message."""
     row, secret, b24 = channel
@@ -156,14 +178,21 @@ def test_a_timestamp_of_non_ascii_digits_is_a_401_not_a_500(channel):
     """Ordinary user row (knows the endpoint): no header makes the channel API answer 5xx."""
     row, secret, b24 = channel
     response = Client(raise_request_exception=False).post(
-        f"/channels/{row.public_id}/messages", b"{}", content_type="application/json",
-        HTTP_X_B24WIDGET_TIMESTAMP="\u00b2", HTTP_X_B24WIDGET_SIGNATURE="sha256=00")
+        f"/channels/{row.public_id}/messages",
+        b"{}",
+        content_type="application/json",
+        HTTP_X_B24WIDGET_TIMESTAMP="\u00b2",
+        HTTP_X_B24WIDGET_SIGNATURE="sha256=00",
+    )
     assert response.status_code == 401
 
 
 # --- SETTING_CONNECTOR, opened through POST /placement/ ----------------------------------------------------------
-@pytest.mark.parametrize("options", [{"CONNECTOR": "telegrambot"}, {"LINE": "1 OR 1=1"}, {"LINE": ""},
-                                     {"LINE": "12345678901"}], ids=["connector", "line_sql", "no_line", "long_line"])
+@pytest.mark.parametrize(
+    "options",
+    [{"CONNECTOR": "telegrambot"}, {"LINE": "1 OR 1=1"}, {"LINE": ""}, {"LINE": "12345678901"}],
+    ids=["connector", "line_sql", "no_line", "long_line"],
+)
 def test_a_malformed_settings_open_is_400_before_any_verification(frame, installed, standin, options):
     """Stranger row: an unknown connector or a LINE that is not 1-10 digits costs no OAuth request."""
     portal, b24 = installed
@@ -176,8 +205,9 @@ def test_a_malformed_settings_open_is_400_before_any_verification(frame, install
     assert nothing_reached_bitrix24(b24, standin, before)
 
 
-def test_a_flood_of_forged_settings_opens_is_refused_within_the_verification_budget(frame, installed, standin,
-                                                                                    settings):
+def test_a_flood_of_forged_settings_opens_is_refused_within_the_verification_budget(
+    frame, installed, standin, settings
+):
     """Stranger row: the same per-portal budget as every placement (B24_VERIFY_BURST, then
     B24_VERIFY_PER_MINUTE); past it a 429 at once, no OAuth request."""
     settings.B24_VERIFY_BURST, settings.B24_VERIFY_PER_MINUTE = 5, 1
@@ -198,7 +228,7 @@ def test_an_ordinary_user_sees_the_channel_but_not_its_secret_and_changes_nothin
     never the secret nor the webhook address; opening it writes nothing and calls no imconnector method."""
     row, secret, b24 = channel
     calls = {m: b24.calls(m) for m in ("imconnector.activate", "imconnector.connector.data.set", "imconnector.status")}
-    state = (Channel.objects.values_list("state", "secret", "webhook_url", "name").get(pk=row.pk))
+    state = Channel.objects.values_list("state", "secret", "webhook_url", "name").get(pk=row.pk)
     response, _auth = open_settings(frame, b24, user_id="2", ACTIVE_STATUS=True, CONNECTION_STATUS=True)
     page = response.content.decode()
     assert response.status_code == 200 and 'id="admin-only"' in page
@@ -217,8 +247,9 @@ def test_the_posted_connector_state_does_not_make_a_line_look_connected(frame, i
     """Ordinary user row: PLACEMENT_OPTIONS flags come from the POST; the page's state comes from our rows
     (only ERROR_STATUS shows, as a badge)."""
     portal, b24 = installed
-    response, _auth = open_settings(frame, b24, STATUS=True, ACTIVE_STATUS=True, CONNECTION_STATUS=True,
-                                    REGISTER_STATUS=True, ERROR_STATUS=True)
+    response, _auth = open_settings(
+        frame, b24, STATUS=True, ACTIVE_STATUS=True, CONNECTION_STATUS=True, REGISTER_STATUS=True, ERROR_STATUS=True
+    )
     page = response.content.decode()
     assert 'id="channel-state">not connected<' in page and "connect" in visible_ids(page)
     assert "inbound-url" not in visible_ids(page) and 'id="error-status"' in page
@@ -256,33 +287,36 @@ def conversation(client, channel, django_capture_on_commit_callbacks):
     return row, secret, b24
 
 
-@pytest.mark.parametrize("url, allowed", [
-    ("https://example.com:25/hook?token=x", True),
-    ("https://203.0.113.7/hook", False),  # TEST-NET-3: documentation, not global
-    ("https://8.8.8.8/hook", True),
-    ("http://example.com/hook", False),
-    ("ftp://example.com/hook", False),
-    ("https://localhost/hook", False),
-    ("https://[::1]/hook", False),
-    ("https://[::ffff:127.0.0.1]/hook", False),
-    ("https://[64:ff9b::7f00:1]/hook", False),  # NAT64 of 127.0.0.1: the IPv4 address inside decides
-    ("https://[64:ff9b::808:808]/hook", True),  # NAT64 of 8.8.8.8
-    ("https://[64:ff9b:1::1]/hook", False),  # NAT64 local use: refused outright
-    ("https://[2002:c0a8:101::]/hook", False),  # 6to4 of 192.168.1.1
-    ("https://[2002:808:808::]/hook", True),  # 6to4 of 8.8.8.8
-    ("https://[::7f00:1]/hook", False),  # IPv4-compatible 127.0.0.1
-    ("https://[2001:0::1]/hook", False),  # Teredo
-    ("https://169.254.169.254/latest/meta-data/", False),
-    ("https://0.0.0.0/hook", False),
-    ("https://100.64.0.1/hook", False),
-    ("https://192.168.1.1/hook", False),
-    ("https://metadata.google.internal/hook", False),
-    ("https://printer.local/hook", False),
-    ("https://intranet/hook", False),
-    ("https://user:pass@example.com/hook", False),
-    ("https://example.com/hook#part", False),
-    ("https://example.com:99999/hook", False),
-])
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://example.com:25/hook?token=x", True),
+        ("https://203.0.113.7/hook", False),  # TEST-NET-3: documentation, not global
+        ("https://8.8.8.8/hook", True),
+        ("http://example.com/hook", False),
+        ("ftp://example.com/hook", False),
+        ("https://localhost/hook", False),
+        ("https://[::1]/hook", False),
+        ("https://[::ffff:127.0.0.1]/hook", False),
+        ("https://[64:ff9b::7f00:1]/hook", False),  # NAT64 of 127.0.0.1: the IPv4 address inside decides
+        ("https://[64:ff9b::808:808]/hook", True),  # NAT64 of 8.8.8.8
+        ("https://[64:ff9b:1::1]/hook", False),  # NAT64 local use: refused outright
+        ("https://[2002:c0a8:101::]/hook", False),  # 6to4 of 192.168.1.1
+        ("https://[2002:808:808::]/hook", True),  # 6to4 of 8.8.8.8
+        ("https://[::7f00:1]/hook", False),  # IPv4-compatible 127.0.0.1
+        ("https://[2001:0::1]/hook", False),  # Teredo
+        ("https://169.254.169.254/latest/meta-data/", False),
+        ("https://0.0.0.0/hook", False),
+        ("https://100.64.0.1/hook", False),
+        ("https://192.168.1.1/hook", False),
+        ("https://metadata.google.internal/hook", False),
+        ("https://printer.local/hook", False),
+        ("https://intranet/hook", False),
+        ("https://user:pass@example.com/hook", False),
+        ("https://example.com/hook#part", False),
+        ("https://example.com:99999/hook", False),
+    ],
+)
 def test_in_production_a_webhook_url_must_be_public_https(frame, installed, settings, url, allowed):
     """Administrator row: the save-time check (no DNS): https, a host, no credentials, no fragment, a valid
     port, and an address or name that is not loopback, private, link-local, shared or reserved."""
@@ -295,8 +329,9 @@ def test_in_production_a_webhook_url_must_be_public_https(frame, installed, sett
         assert error_of(answer) == (400, "bad_webhook_url") and not Channel.objects.exists()
 
 
-def test_a_stored_webhook_url_is_checked_again_before_each_send(client, conversation, receiver, sink, settings,
-                                                               django_capture_on_commit_callbacks):
+def test_a_stored_webhook_url_is_checked_again_before_each_send(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     """Administrator row: a URL stored while private webhooks were allowed (or written by hand) is refused at
     send time once they are not; nothing is POSTed."""
     row, secret, b24 = conversation
@@ -306,15 +341,17 @@ def test_a_stored_webhook_url_is_checked_again_before_each_send(client, conversa
     assert receiver.got == []
 
 
-def test_a_name_that_resolves_to_loopback_is_refused_at_send(client, frame, installed, receiver, sink, settings,
-                                                            django_capture_on_commit_callbacks):
+def test_a_name_that_resolves_to_loopback_is_refused_at_send(
+    client, frame, installed, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     """Administrator row: "127.1" is not an address literal to the save-time check, so it is stored; before
     each send the host is resolved (to 127.0.0.1 here) and the POST refused."""
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
     portal, b24 = installed
     port = receiver.url.split(":")[2].split("/")[0]
-    reply = _connected_and_replied(client, frame, b24, sink, django_capture_on_commit_callbacks,
-                                   f"https://127.1:{port}/hook")
+    reply = _connected_and_replied(
+        client, frame, b24, sink, django_capture_on_commit_callbacks, f"https://127.1:{port}/hook"
+    )
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
     assert receiver.got == []
 
@@ -330,8 +367,9 @@ def _connected_and_replied(client, frame, b24, sink, capture, webhook_url):
     return _reply(client, b24, sink, capture)
 
 
-def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(client, frame, installed, sink, settings,
-                                                                  monkeypatch, django_capture_on_commit_callbacks):
+def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(
+    client, frame, installed, sink, settings, monkeypatch, django_capture_on_commit_callbacks
+):
     """Administrator row: a public name that resolves (a stubbed getaddrinfo here) to 64:ff9b::7f00:1, NAT64 of
     127.0.0.1 and global to Python 3.11's `is_global`, is refused before each send as 127.0.0.1 is."""
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
@@ -344,8 +382,9 @@ def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(client, frame
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    reply = _connected_and_replied(client, frame, b24, sink, django_capture_on_commit_callbacks,
-                                   "https://hook.example.com/hook")
+    reply = _connected_and_replied(
+        client, frame, b24, sink, django_capture_on_commit_callbacks, "https://hook.example.com/hook"
+    )
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
 
 
@@ -377,8 +416,9 @@ def _webhook(handler, *, wrap=None):
         server.server_close()
 
 
-def test_a_redirect_from_the_webhook_is_not_followed(client, conversation, receiver, sink,
-                                                     django_capture_on_commit_callbacks):
+def test_a_redirect_from_the_webhook_is_not_followed(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Administrator row: a webhook that answers 307 to an inside address does not get us there; the
     message is retried later like any failure."""
     row, secret, b24 = conversation
@@ -389,8 +429,9 @@ def test_a_redirect_from_the_webhook_is_not_followed(client, conversation, recei
     assert receiver.got == []
 
 
-def test_a_webhook_answering_a_non_ascii_length_is_an_ordinary_failure(client, conversation, sink,
-                                                                      django_capture_on_commit_callbacks):
+def test_a_webhook_answering_a_non_ascii_length_is_an_ordinary_failure(
+    client, conversation, sink, django_capture_on_commit_callbacks
+):
     """Administrator row: nothing the webhook answers escapes the retry schedule."""
     row, secret, b24 = conversation
 
@@ -430,21 +471,36 @@ def _genuine_reply(client, b24, sink, capture, text, chat_index=0):
 
 
 def _forged(b24, event, chat_id, message_id, chat="chat-1", text="Pay to IBAN X"):
-    return _forged_connector_event(b24, event, {"CONNECTOR": CONNECTOR, "LINE": "1", "MESSAGES": [{
-        "im": {"chat_id": str(chat_id), "message_id": str(message_id)}, "message": {"user_id": "1", "text": text},
-        "chat": {"id": chat}}]})
+    return _forged_connector_event(
+        b24,
+        event,
+        {
+            "CONNECTOR": CONNECTOR,
+            "LINE": "1",
+            "MESSAGES": [
+                {
+                    "im": {"chat_id": str(chat_id), "message_id": str(message_id)},
+                    "message": {"user_id": "1", "text": text},
+                    "chat": {"id": chat},
+                }
+            ],
+        },
+    )
 
 
-def test_an_ordinary_user_cannot_make_us_post_a_forged_operator_message(client, conversation, receiver, sink,
-                                                                       django_capture_on_commit_callbacks):
+def test_an_ordinary_user_cannot_make_us_post_a_forged_operator_message(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: a message the operator never wrote is not signed and POSTed to the outside system.
     The portal is asked (imopenlines.session.history.get) and shows no such message in the chat; and a chat id
     that is not one of this channel's conversations is refused before the portal is asked."""
     row, secret, b24 = conversation
     chat_id = imc.conversations(b24)[0]["chat_id"]
     history_calls = b24.calls("imopenlines.session.history.get")
-    sink.got = [_forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, 777777),
-                _forged(b24, "ONIMCONNECTORMESSAGEADD", 1, 777777)]
+    sink.got = [
+        _forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, 777777),
+        _forged(b24, "ONIMCONNECTORMESSAGEADD", 1, 777777),
+    ]
     with django_capture_on_commit_callbacks(execute=True):
         in_chat, unknown_chat = sink.relay(client)
     assert in_chat.startswith("rejected: not confirmed by the portal") and "not in the conversation" in in_chat
@@ -454,14 +510,17 @@ def test_an_ordinary_user_cannot_make_us_post_a_forged_operator_message(client, 
 
 
 def test_a_forged_event_about_a_genuine_message_relays_only_what_the_operator_wrote(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: with a genuine message id, a forged add or edit cannot change its text (the text
     comes from the portal), cannot send it to another customer's chat, and a forged delete of a message still
     in the chat is refused."""
     row, secret, b24 = conversation
     with django_capture_on_commit_callbacks(execute=True):
         assert signed(client, row, secret, message("m2", "Hello too", chat="chat-2", user="u-2")).status_code == 202
-    chat_id, message_id = _genuine_reply(client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today")
+    chat_id, message_id = _genuine_reply(
+        client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today"
+    )
     other_chat = imc.conversations(b24)[1]["chat_id"]
     sink.got = [
         _forged(b24, "ONIMCONNECTORMESSAGEUPDATE", chat_id, message_id),  # the text is the portal's
@@ -476,11 +535,13 @@ def test_a_forged_event_about_a_genuine_message_relays_only_what_the_operator_wr
     assert "not in the conversation" in other
     assert "still in the conversation" in delete
     assert [(h["json"]["event"], h["json"]["chat"]["id"], h["json"]["message"]["text"]) for h in receiver.got] == [
-        ("message.add", "chat-1", "Your order ships today")]
+        ("message.add", "chat-1", "Your order ships today")
+    ]
 
 
-def test_the_customers_own_message_is_not_relayed_as_an_operators(client, conversation, receiver, sink,
-                                                                  django_capture_on_commit_callbacks):
+def test_the_customers_own_message_is_not_relayed_as_an_operators(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: the customer's message (written by the connector's user) is in the chat's history,
     but it is not an operator's reply."""
     row, secret, b24 = conversation
@@ -492,8 +553,9 @@ def test_the_customers_own_message_is_not_relayed_as_an_operators(client, conver
     assert "written by the customer" in outcome and receiver.got == []
 
 
-def test_a_system_message_of_the_chat_is_not_relayed_as_an_operators(client, conversation, receiver, sink,
-                                                                    django_capture_on_commit_callbacks):
+def test_a_system_message_of_the_chat_is_not_relayed_as_an_operators(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: Bitrix24's own messages in the chat (senderid 0, e.g. the CRM's "A new lead has been
     created" with the customer's data) are in the history but no operator wrote them; the connector asks for
     no system messages, so Bitrix24 never sends them to us."""
@@ -506,13 +568,16 @@ def test_a_system_message_of_the_chat_is_not_relayed_as_an_operators(client, con
     assert "a system message, not an operator's" in outcome and receiver.got == []
 
 
-def test_a_forged_delete_of_a_message_without_a_recorded_session_is_refused(client, conversation, receiver, sink,
-                                                                           django_capture_on_commit_callbacks):
+def test_a_forged_delete_of_a_message_without_a_recorded_session_is_refused(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: a deletion is believed only when the message is gone from the session it was seen
     in; for a message relayed before sessions were recorded (im_session_id empty), the chat's last session
     proves nothing, so the delete is refused."""
     row, secret, b24 = conversation
-    chat_id, message_id = _genuine_reply(client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today")
+    chat_id, message_id = _genuine_reply(
+        client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today"
+    )
     OutboundMessage.objects.update(im_session_id="")
     imc.finish_dialog(b24, chat_id)
     with django_capture_on_commit_callbacks(execute=True):  # the customer writes again: a new session
@@ -525,20 +590,26 @@ def test_a_forged_delete_of_a_message_without_a_recorded_session_is_refused(clie
 
 
 def test_a_forged_delete_after_a_new_session_is_checked_in_the_messages_own_session(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: the customer opened a new session, so the chat's last session lacks the reply; the
     deletion is checked in the session the reply was seen in, where it still is; nor does naming the
     message in another chat (one where it was never relayed) get a delete through."""
     row, secret, b24 = conversation
-    chat_id, message_id = _genuine_reply(client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today")
+    chat_id, message_id = _genuine_reply(
+        client, b24, sink, django_capture_on_commit_callbacks, "Your order ships today"
+    )
     imc.finish_dialog(b24, chat_id)
     with django_capture_on_commit_callbacks(execute=True):
         assert signed(client, row, secret, message("m9", "One more thing")).status_code == 202
         assert signed(client, row, secret, message("m10", "Me too", chat="chat-2", user="u-2")).status_code == 202
     other_chat = next(c["chat_id"] for c in imc.conversations(b24) if c["chat_id"] != chat_id)
     pairs = _forged(b24, "ONIMCONNECTORMESSAGEDELETE", chat_id, message_id)
-    pairs += [(k.replace("[MESSAGES][0]", "[MESSAGES][1]"), v.replace("chat-1", "chat-2") if k.endswith("[chat][id]") else v)
-              for k, v in _forged(b24, "ONIMCONNECTORMESSAGEDELETE", other_chat, message_id) if "[MESSAGES][0]" in k]
+    pairs += [
+        (k.replace("[MESSAGES][0]", "[MESSAGES][1]"), v.replace("chat-1", "chat-2") if k.endswith("[chat][id]") else v)
+        for k, v in _forged(b24, "ONIMCONNECTORMESSAGEDELETE", other_chat, message_id)
+        if "[MESSAGES][0]" in k
+    ]
     sink.got = [pairs]
     with django_capture_on_commit_callbacks(execute=True):
         [outcome] = sink.relay(client)
@@ -547,7 +618,8 @@ def test_a_forged_delete_after_a_new_session_is_checked_in_the_messages_own_sess
 
 
 def test_a_forged_event_with_malformed_messages_is_rejected_and_holds_up_no_genuine_reply(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """Ordinary user row: MESSAGES that is a number (a JSON body) is refused as carrying no message; a genuine
     reply waiting in the inbox before it, whose confirmation looks at the waiting events, still goes out."""
     from urllib.parse import urlencode
@@ -559,7 +631,9 @@ def test_a_forged_event_with_malformed_messages_is_rejected_and_holds_up_no_genu
     chat_id = imc.conversations(b24)[0]["chat_id"]
     imc.operator_reply(b24, chat_id, "Genuine", handlers=[sink.url])
     [genuine] = sink.got
-    assert client.post("/events/", urlencode(genuine), content_type="application/x-www-form-urlencoded").status_code == 200
+    assert (
+        client.post("/events/", urlencode(genuine), content_type="application/x-www-form-urlencoded").status_code == 200
+    )
     forged = {}
     for key, value in _forged(b24, "ONIMCONNECTORMESSAGEADD", chat_id, 1):
         if "[" in key:
@@ -576,21 +650,26 @@ def test_a_forged_event_with_malformed_messages_is_rejected_and_holds_up_no_genu
     assert [h["json"]["message"]["text"] for h in receiver.got] == ["Genuine"]
 
 
-def test_a_forged_event_asks_the_portal_about_at_most_three_chats(client, conversation, receiver, sink, settings,
-                                                                 django_capture_on_commit_callbacks):
+def test_a_forged_event_asks_the_portal_about_at_most_three_chats(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
     """Ordinary user row (the REST budget): an event naming messages in five of the channel's conversations
     makes us ask about three of them (each its last session; none has earlier ones); the rest are refused
     unasked."""
     row, secret, b24 = conversation
     with django_capture_on_commit_callbacks(execute=True):
         for i in range(2, 6):
-            assert signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
     chats = imc.conversations(b24)
     pairs = []
     for n, chat in enumerate(chats):
-        pairs += [(k.replace("[MESSAGES][0]", f"[MESSAGES][{n}]"), chat["external_chat"] if k.endswith("[chat][id]") else v)
-                  for k, v in _forged(b24, "ONIMCONNECTORMESSAGEADD", chat["chat_id"], 900000 + n)
-                  if "[MESSAGES][0]" in k or n == 0]
+        pairs += [
+            (k.replace("[MESSAGES][0]", f"[MESSAGES][{n}]"), chat["external_chat"] if k.endswith("[chat][id]") else v)
+            for k, v in _forged(b24, "ONIMCONNECTORMESSAGEADD", chat["chat_id"], 900000 + n)
+            if "[MESSAGES][0]" in k or n == 0
+        ]
     before = b24.calls("imopenlines.session.history.get")
     sink.got = [pairs]
     with django_capture_on_commit_callbacks(execute=True):
@@ -601,7 +680,8 @@ def test_a_forged_event_asks_the_portal_about_at_most_three_chats(client, conver
 
 
 def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dropped(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings
+):
     """Nothing lost: Bitrix24 refusing the history call longer than the client retries (QUERY_LIMIT_EXCEEDED)
     leaves the event pending; the reply is relayed once the portal answers."""
     from django.utils import timezone
@@ -627,7 +707,8 @@ def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dr
 
 
 def test_a_line_whose_history_the_app_may_not_read_is_refused_with_the_reason(
-        client, conversation, receiver, sink, django_capture_on_commit_callbacks):
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
     """The page's ACCESS_DENIED (the app's user lacks rights to the line): the reply is not relayed, and the
     inbox row says why, for the portal's administrator to fix the rights and staff to replay."""
     row, secret, b24 = conversation
@@ -646,15 +727,15 @@ def test_an_ordinary_user_cannot_revoke_a_channel_with_a_forged_teardown_event(c
     row, secret, b24 = conversation
     status_delete = _forged_connector_event(b24, "ONIMCONNECTORSTATUSDELETE", {"connector": CONNECTOR, "line": "1"})
     # on-im-connector-line-delete.md: data is the bare line id.
-    line_delete = [(k, v) for k, v in _forged_connector_event(b24, "ONIMCONNECTORLINEDELETE", {})
-                   if not k.startswith("data")] + [("data", "1")]
+    line_delete = [
+        (k, v) for k, v in _forged_connector_event(b24, "ONIMCONNECTORLINEDELETE", {}) if not k.startswith("data")
+    ] + [("data", "1")]
     for pairs in (status_delete, line_delete):
         sink.got = [pairs]
         [outcome] = sink.relay(client)
         assert outcome.startswith("rejected: not confirmed by the portal"), outcome
         row.refresh_from_db()
         assert row.is_connected and row.secret == secret
-
 
 
 def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_name(tmp_path):
@@ -692,8 +773,9 @@ def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_nam
         assert len(got) == 1
 
 
-def test_a_channels_signed_requests_have_a_budget_and_a_strangers_do_not_spend_it(client, channel, settings,
-                                                                                django_capture_on_commit_callbacks):
+def test_a_channels_signed_requests_have_a_budget_and_a_strangers_do_not_spend_it(
+    client, channel, settings, django_capture_on_commit_callbacks
+):
     """Administrator row (the secret's holder): past OPENLINES_INBOUND_BURST signed requests (then
     OPENLINES_INBOUND_PER_MINUTE) the channel answers 429 rate_limited with Retry-After, nothing stored; a
     stranger's badly signed requests are refused before the budget and never spend it."""

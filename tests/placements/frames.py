@@ -1,4 +1,5 @@
 """Widget opens as Bitrix24 sends them, and what a test reads back from the answer."""
+
 import html
 import re
 from urllib.parse import urlencode

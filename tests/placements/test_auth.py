@@ -1,5 +1,6 @@
 """A placement open is believed only for a stored, serving portal, at its confirmed address, with an
 AUTH_ID the portal itself confirms; the verdict is cached per token for at most the token's lifetime."""
+
 import pickle
 import time
 
@@ -21,6 +22,7 @@ DENIED = "Bitrix24 did not confirm your authorization."
 
 
 # --- the stored portal (rule 3) ------------------------------------------------------------------
+
 
 def test_unknown_member_id_is_not_installed(frame, installed, standin, stored_state):
     _, b24 = installed
@@ -83,12 +85,14 @@ def test_a_blocked_portal_heals_at_an_administrators_open(frame, installed, stan
     assert healed.events.filter(kind=K.RECOVERED, detail__via="administrator_open").exists()
     # The stored grant works for background calls again.
     from portals.tokens import PortalClient
+
     assert PortalClient(healed).call("user.admin") is True
     # And ordinary users are served again.
     assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
 
 
 # --- the posted DOMAIN (rule 4) ------------------------------------------------------------------
+
 
 def test_a_foreign_domain_is_refused_and_never_contacted(frame, installed, standin):
     portal, b24 = installed
@@ -110,12 +114,14 @@ def test_a_foreign_domain_is_refused_and_never_contacted(frame, installed, stand
 def test_domain_comparison_ignores_case(settings):
     """The posted DOMAIN is normalized before it is compared with the stored (OAuth-confirmed) address."""
     from bitrix24.addresses import normalize_domain
+
     settings.B24_ALLOW_HTTP_PORTALS = True
     assert normalize_domain("Portal.Bitrix24.DE.") == "portal.bitrix24.de"
     assert normalize_domain("LocalHost:8000") == "localhost:8000"
 
 
 # --- AUTH_ID (rule 5) ----------------------------------------------------------------------------
+
 
 def test_the_portal_confirms_the_user_before_anything_is_shown(frame, installed):
     _, b24 = installed
@@ -213,8 +219,7 @@ def test_auth_expires_zero_is_not_cached(frame, installed):
 def _verdict_entries():
     """(seconds left, pickled value) of every cached verdict; the test settings use the local-memory cache."""
     now = time.time()
-    return [(cache._expire_info[key] - now, cache._cache[key])
-            for key in list(cache._cache) if ":verdict:" in key]
+    return [(cache._expire_info[key] - now, cache._cache[key]) for key in list(cache._cache) if ":verdict:" in key]
 
 
 @pytest.mark.parametrize("auth_expires,at_most", [("120", 120), ("3600", 300), ("86400", 300), (None, 300)])
@@ -249,12 +254,16 @@ def test_a_new_portal_is_activated_by_its_first_verified_open(client, frame, b24
 
 # --- Bitrix24 failing while it verifies ------------------------------------------------------------
 
-@pytest.mark.parametrize("method,error,status", [
-    ("user.current", "INTERNAL_SERVER_ERROR", 500),  # one command of the batch fails
-    ("app.info", "ERROR_METHOD_NOT_FOUND", 404),  # at the OAuth server (fail_next covers it too)
-    ("batch", "INTERNAL_SERVER_ERROR", 500),  # the whole request fails
-    ("batch", "OPERATION_TIME_LIMIT", 429),
-])
+
+@pytest.mark.parametrize(
+    "method,error,status",
+    [
+        ("user.current", "INTERNAL_SERVER_ERROR", 500),  # one command of the batch fails
+        ("app.info", "ERROR_METHOD_NOT_FOUND", 404),  # at the OAuth server (fail_next covers it too)
+        ("batch", "INTERNAL_SERVER_ERROR", 500),  # the whole request fails
+        ("batch", "OPERATION_TIME_LIMIT", 429),
+    ],
+)
 def test_bitrix24_failures_are_a_502_page_and_not_cached(frame_500, installed, settings, method, error, status):
     _, b24 = installed
     settings.B24_REST_MAX_RETRIES = 0  # one scripted failure is the whole story
@@ -271,6 +280,7 @@ def test_bitrix24_failures_are_a_502_page_and_not_cached(frame_500, installed, s
 def test_a_limit_answer_while_verifying_is_retried_within_the_short_wait(frame, client, b24, settings):
     """QUERY_LIMIT_EXCEEDED is the client's to absorb: the widget opens, the answer is counted."""
     from bitrix24 import limits
+
     # Set before the install, whose requests (placements, events, install steps) fill the bucket at this rate:
     settings.B24_RATE_LIMIT_PER_SECOND = 50  # the next slot after the answer is well within B24_REQUEST_MAX_WAIT
     settings.B24_REST_MAX_RETRIES = 0  # not the generic retries: the limit's own
@@ -305,17 +315,23 @@ def test_with_a_shared_redis_cache_each_process_keeps_a_local_copy(frame, instal
     from django.core.cache import caches
 
     from tests.redis_keys import REDIS_URL, RUN_PREFIX, clear_cache, delete_prefixed
+
     prefix = f"{RUN_PREFIX}-l1"  # only this test's keys: the server is shared
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": REDIS_URL, "KEY_PREFIX": prefix}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": prefix,
+        }
+    }
     clear_cache(caches["default"])
     _, b24 = installed
     fields = b24.placement_post()
-    assert is_widget(open_widget(frame, fields))          # verified, stored in Redis
-    assert is_widget(open_widget(frame, fields))          # read from Redis, kept locally
+    assert is_widget(open_widget(frame, fields))  # verified, stored in Redis
+    assert is_widget(open_widget(frame, fields))  # read from Redis, kept locally
     assert delete_prefixed(REDIS_URL, prefix) > 0  # the verdict was in Redis; now only the local copy is left
     calls = b24.calls("user.current")
-    assert is_widget(open_widget(frame, fields))          # from the local copy
+    assert is_widget(open_widget(frame, fields))  # from the local copy
     assert b24.calls("user.current") == calls
     # A token nobody verified is still asked about: the local copy is per token.
     other = b24.placement_post(user_id="2")
@@ -325,13 +341,16 @@ def test_with_a_shared_redis_cache_each_process_keeps_a_local_copy(frame, instal
 
 # --- answers about the plan or the user's access (_includes/system-errors.md) ----------------------------
 
-@pytest.mark.parametrize("error,status,description,page_status,words", [
-    ("user_access_error", 403, None, 403, "has given access to this app to some users only"),
-    ("ACCESS_DENIED", 403, "REST API is available only on commercial plans", 402, "commercial plans only"),
-    ("OVERLOAD_LIMIT", 503, None, 503, "paused apps' access to this portal"),
-])
-def test_plan_and_access_answers_get_their_own_page(frame, installed, error, status, description, page_status,
-                                                    words):
+
+@pytest.mark.parametrize(
+    "error,status,description,page_status,words",
+    [
+        ("user_access_error", 403, None, 403, "has given access to this app to some users only"),
+        ("ACCESS_DENIED", 403, "REST API is available only on commercial plans", 402, "commercial plans only"),
+        ("OVERLOAD_LIMIT", 503, None, 503, "paused apps' access to this portal"),
+    ],
+)
+def test_plan_and_access_answers_get_their_own_page(frame, installed, error, status, description, page_status, words):
     _, b24 = installed
     b24.fail_next("user.current", error, status, description=description)
     response = open_widget(frame, b24.placement_post(user_id="2"))
@@ -341,6 +360,7 @@ def test_plan_and_access_answers_get_their_own_page(frame, installed, error, sta
 
 def test_an_expired_trial_keeps_its_negative_days(frame, installed):
     from placements import auth
+
     assert auth._days(-3) == -3 and auth._days("-3") == -3 and auth._days("x") is None
     _, b24 = installed
     b24.app_status, b24.days = "T", -3
@@ -348,9 +368,11 @@ def test_an_expired_trial_keeps_its_negative_days(frame, installed):
     assert is_widget(response) and "days left" not in text(response)
 
 
-@pytest.mark.parametrize("posted,stored", [("portal.bitrix24.de:443", "portal.bitrix24.de"),
-                                           ("Portal.Bitrix24.DE", "portal.bitrix24.de")])
+@pytest.mark.parametrize(
+    "posted,stored", [("portal.bitrix24.de:443", "portal.bitrix24.de"), ("Portal.Bitrix24.DE", "portal.bitrix24.de")]
+)
 def test_a_domain_with_the_https_port_is_the_same_portal(settings, posted, stored):
     from bitrix24.addresses import normalize_domain
+
     settings.B24_ALLOW_HTTP_PORTALS = False
     assert normalize_domain(posted) == stored

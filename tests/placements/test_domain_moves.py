@@ -1,5 +1,6 @@
 """Portals get renamed: the new address is adopted only when the OAuth server confirms it, the posted
 DOMAIN is never contacted, and re-checks caused by a posted DOMAIN are throttled."""
+
 import pytest
 
 from portals.models import Portal, PortalEvent

@@ -3,6 +3,7 @@
 A malformed open gets a readable 4xx page in the user's language, costs no database query and no
 call to Bitrix24, and changes nothing stored.
 """
+
 from urllib.parse import urlencode
 
 import pytest
@@ -14,27 +15,53 @@ pytestmark = pytest.mark.django_db
 
 BAD_FIELDS = [
     # required fields, missing or malformed
-    ("DOMAIN", None), ("DOMAIN", ""), ("DOMAIN", "not a domain"), ("DOMAIN", "a" * 256),
-    ("DOMAIN", "evil.example/path"), ("DOMAIN", "https://evil.example"), ("DOMAIN", "evil.example:99999"),
-    ("PROTOCOL", None), ("PROTOCOL", "2"), ("PROTOCOL", "10"), ("PROTOCOL", "https"),
-    ("LANG", None), ("LANG", "english"), ("LANG", "e1"),
-    ("member_id", None), ("member_id", "a b"), ("member_id", "x" * 65), ("member_id", "<script>"),
-    ("PLACEMENT", None), ("PLACEMENT", ""), ("PLACEMENT", "contact_center"), ("PLACEMENT", "X" * 65),
+    ("DOMAIN", None),
+    ("DOMAIN", ""),
+    ("DOMAIN", "not a domain"),
+    ("DOMAIN", "a" * 256),
+    ("DOMAIN", "evil.example/path"),
+    ("DOMAIN", "https://evil.example"),
+    ("DOMAIN", "evil.example:99999"),
+    ("PROTOCOL", None),
+    ("PROTOCOL", "2"),
+    ("PROTOCOL", "10"),
+    ("PROTOCOL", "https"),
+    ("LANG", None),
+    ("LANG", "english"),
+    ("LANG", "e1"),
+    ("member_id", None),
+    ("member_id", "a b"),
+    ("member_id", "x" * 65),
+    ("member_id", "<script>"),
+    ("PLACEMENT", None),
+    ("PLACEMENT", ""),
+    ("PLACEMENT", "contact_center"),
+    ("PLACEMENT", "X" * 65),
     # optional fields: absent is fine, malformed is not
-    ("AUTH_ID", "not a token!"), ("AUTH_ID", "a" * 1025),
-    ("REFRESH_ID", "x y"), ("REFRESH_ID", "r" * 1025),
-    ("AUTH_EXPIRES", "3600s"), ("AUTH_EXPIRES", "-1"), ("AUTH_EXPIRES", "1.5"), ("AUTH_EXPIRES", "1" * 11),
-    ("APP_SID", "a/b"), ("APP_SID", "a" * 129),
-    ("status", "X"), ("status", "FF"), ("status", "f"),
-    ("PLACEMENT_OPTIONS", "{not json"), ("PLACEMENT_OPTIONS", "{'ID': 1}"),
+    ("AUTH_ID", "not a token!"),
+    ("AUTH_ID", "a" * 1025),
+    ("REFRESH_ID", "x y"),
+    ("REFRESH_ID", "r" * 1025),
+    ("AUTH_EXPIRES", "3600s"),
+    ("AUTH_EXPIRES", "-1"),
+    ("AUTH_EXPIRES", "1.5"),
+    ("AUTH_EXPIRES", "1" * 11),
+    ("APP_SID", "a/b"),
+    ("APP_SID", "a" * 129),
+    ("status", "X"),
+    ("status", "FF"),
+    ("status", "f"),
+    ("PLACEMENT_OPTIONS", "{not json"),
+    ("PLACEMENT_OPTIONS", "{'ID': 1}"),
     ("PLACEMENT_OPTIONS", '{"ID": "' + "x" * (16 * 1024) + '"}'),
 ]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("field,value", BAD_FIELDS, ids=lambda v: v if v is None or len(str(v)) < 20 else "long")
-def test_malformed_open_is_a_400_that_touches_nothing(frame, installed, stored_state, standin, shape, field,
-                                                      value, django_assert_num_queries):
+def test_malformed_open_is_a_400_that_touches_nothing(
+    frame, installed, stored_state, standin, shape, field, value, django_assert_num_queries
+):
     _, b24 = installed
     fields = b24.placement_post()
     if value is None:
@@ -109,8 +136,10 @@ def test_the_handler_urls_own_query_string_is_kept(frame, installed):
     assert is_widget(response)
 
 
-@pytest.mark.parametrize("options", [None, "", "undefined", "null", "[]", "[1, 2]", '"text"', "42", "true",
-                                     '{"ID": "7", "URI": "/contact_center/"}'])
+@pytest.mark.parametrize(
+    "options",
+    [None, "", "undefined", "null", "[]", "[1, 2]", '"text"', "42", "true", '{"ID": "7", "URI": "/contact_center/"}'],
+)
 def test_placement_options_that_are_not_an_object_count_as_empty(frame, installed, options):
     _, b24 = installed
     fields = b24.placement_post()
@@ -121,12 +150,15 @@ def test_placement_options_that_are_not_an_object_count_as_empty(frame, installe
     assert is_widget(open_widget(frame, fields))
 
 
-@pytest.mark.parametrize("lang,title,message", [
-    ("ru", "Неверный запрос", "Запрос от Битрикс24 некорректен (DOMAIN)."),
-    ("de", "Fehlerhafte Anfrage", "Die Anfrage von Bitrix24 ist fehlerhaft (DOMAIN)."),
-    ("ua", "Неверный запрос", "Запрос от Битрикс24 некорректен (DOMAIN)."),
-    ("la", "Bad request", "The request from Bitrix24 is malformed (DOMAIN)."),
-])
+@pytest.mark.parametrize(
+    "lang,title,message",
+    [
+        ("ru", "Неверный запрос", "Запрос от Битрикс24 некорректен (DOMAIN)."),
+        ("de", "Fehlerhafte Anfrage", "Die Anfrage von Bitrix24 ist fehlerhaft (DOMAIN)."),
+        ("ua", "Неверный запрос", "Запрос от Битрикс24 некорректен (DOMAIN)."),
+        ("la", "Bad request", "The request from Bitrix24 is malformed (DOMAIN)."),
+    ],
+)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_400_page_speaks_the_users_language(frame, installed, shape, lang, title, message):
     _, b24 = installed
@@ -153,8 +185,9 @@ def test_other_methods_are_not_allowed(frame, method):
     assert getattr(frame, method)("/placement/").status_code == 405
 
 
-def test_too_many_fields_is_a_readable_400_in_the_users_language(frame_500, installed, stored_state,
-                                                                 django_assert_num_queries):
+def test_too_many_fields_is_a_readable_400_in_the_users_language(
+    frame_500, installed, stored_state, django_assert_num_queries
+):
     _, b24 = installed
     query, body = frame_query_and_body(b24.placement_post(lang="de"))
     body.update({f"junk{i}": "x" for i in range(1100)})  # past DATA_UPLOAD_MAX_NUMBER_FIELDS
@@ -177,6 +210,7 @@ def test_an_oversized_body_is_a_readable_400_in_the_users_language(frame_500, in
 
 
 # --- inputs that once reached the parser as 500s (portals/frame_post.py, shared with the install page) ---
+
 
 def test_a_unicode_digit_in_auth_expires_is_a_400_not_a_500(frame_500, installed):
     _, b24 = installed

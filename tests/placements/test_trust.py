@@ -1,6 +1,7 @@
 """What a stranger and an ordinary user can make a widget open do (issue 12): floods are refused at once
 within a bounded budget while verified opens go on; APPLICATION_TOKEN is checked; addresses the OAuth
 server reports must be public; nothing logged carries a query string or a token."""
+
 import ipaddress
 import json
 import logging
@@ -46,6 +47,7 @@ def test_a_flood_of_forged_opens_is_refused_at_once_within_a_bounded_budget(fram
     # Another portal's budget is its own.
     other = standin.add_portal()
     from tests.conftest import do_install
+
     do_install(frame, other)
     assert is_widget(open_widget(frame, other.placement_post(user_id="2")))
 
@@ -54,6 +56,7 @@ def test_a_request_never_waits_long_for_a_rate_limit_slot(frame, installed, stan
     """The portal's REST budget is spent (by a long export, say): an uncached open is refused at once with
     Retry-After instead of sleeping in the request thread."""
     from bitrix24 import limits
+
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 2, 0.1
     portal, b24 = installed
     for _ in range(2):
@@ -98,31 +101,63 @@ def test_a_cached_verdict_does_not_outlive_an_admin_role_for_a_save(frame, insta
 
 # --- addresses the OAuth server reports ----------------------------------------------------------------
 
-@pytest.mark.parametrize("endpoint", [
-    "https://127.0.0.1/rest/", "https://10.0.0.5/rest/", "https://[::1]/rest/", "https://169.254.169.254/rest/",
-    "https://localhost/rest/", "https://intranet/rest/", "https://portal.internal/rest/", "http://portal.bitrix24.de/rest/",
-])
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://127.0.0.1/rest/",
+        "https://10.0.0.5/rest/",
+        "https://[::1]/rest/",
+        "https://169.254.169.254/rest/",
+        "https://localhost/rest/",
+        "https://intranet/rest/",
+        "https://portal.internal/rest/",
+        "http://portal.bitrix24.de/rest/",
+    ],
+)
 def test_a_client_endpoint_must_be_a_public_https_host(settings, endpoint):
     settings.B24_ALLOW_HTTP_PORTALS = False
     with pytest.raises(BadAddress):
         parse_endpoint(endpoint)
-    answer = {"access_token": "a" * 32, "refresh_token": "b" * 32, "expires_in": 3600, "member_id": "m1",
-              "client_endpoint": endpoint}
+    answer = {
+        "access_token": "a" * 32,
+        "refresh_token": "b" * 32,
+        "expires_in": 3600,
+        "member_id": "m1",
+        "client_endpoint": endpoint,
+    }
     with pytest.raises(oauth.OAuthUnavailable):
         oauth.parse_grant(answer)
 
 
-@pytest.mark.parametrize("address, public", [
-    ("8.8.8.8", True), ("127.0.0.1", False), ("2606:4700::1111", True), ("::1", False), ("::", False),
-    ("::ffff:127.0.0.1", False), ("::ffff:8.8.8.8", True),  # IPv4-mapped
-    ("64:ff9b::7f00:1", False), ("64:ff9b::a00:5", False), ("64:ff9b::808:808", True),  # NAT64 (RFC 6052)
-    ("64:ff9b:1::1", False), ("64:ff9b:1::808:808", False),  # NAT64 local use (RFC 8215): refused outright
-    ("2002:7f00:1::", False), ("2002:c0a8:101::", False), ("2002:808:808::", True),  # 6to4
-    ("::7f00:1", False), ("::a9fe:a9fe", False), ("::808:808", True),  # IPv4-compatible (deprecated)
-    ("2001:0::1", False), ("2001::808:808", False),  # Teredo: refused outright
-    ("::ffff:0:7f00:1", False), ("::ffff:0:808:808", True),  # IPv4-translated (SIIT, RFC 2765)
-    ("fec0::1", False),  # site-local (deprecated, RFC 3879)
-])
+@pytest.mark.parametrize(
+    "address, public",
+    [
+        ("8.8.8.8", True),
+        ("127.0.0.1", False),
+        ("2606:4700::1111", True),
+        ("::1", False),
+        ("::", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:8.8.8.8", True),  # IPv4-mapped
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b::a00:5", False),
+        ("64:ff9b::808:808", True),  # NAT64 (RFC 6052)
+        ("64:ff9b:1::1", False),
+        ("64:ff9b:1::808:808", False),  # NAT64 local use (RFC 8215): refused outright
+        ("2002:7f00:1::", False),
+        ("2002:c0a8:101::", False),
+        ("2002:808:808::", True),  # 6to4
+        ("::7f00:1", False),
+        ("::a9fe:a9fe", False),
+        ("::808:808", True),  # IPv4-compatible (deprecated)
+        ("2001:0::1", False),
+        ("2001::808:808", False),  # Teredo: refused outright
+        ("::ffff:0:7f00:1", False),
+        ("::ffff:0:808:808", True),  # IPv4-translated (SIIT, RFC 2765)
+        ("fec0::1", False),  # site-local (deprecated, RFC 3879)
+    ],
+)
 def test_an_ipv6_address_that_carries_an_ipv4_one_is_judged_by_it(address, public):
     """Python 3.11's `is_global` counts 64:ff9b::7f00:1, 2002:7f00:1:: and ::7f00:1 (all 127.0.0.1) as
     global; the address check (portal hosts and webhooks alike) reads the IPv4 address inside."""
@@ -131,17 +166,26 @@ def test_an_ipv6_address_that_carries_an_ipv4_one_is_judged_by_it(address, publi
 
 def test_a_public_client_endpoint_is_accepted(settings):
     settings.B24_ALLOW_HTTP_PORTALS = False
-    assert parse_endpoint("https://Portal.Bitrix24.DE/rest/") == ("https://portal.bitrix24.de/rest/",
-                                                                  "portal.bitrix24.de")
+    assert parse_endpoint("https://Portal.Bitrix24.DE/rest/") == (
+        "https://portal.bitrix24.de/rest/",
+        "portal.bitrix24.de",
+    )
 
 
 def test_a_server_endpoint_off_the_oauth_servers_hosts_is_never_used(settings):
     settings.B24_ALLOW_HTTP_PORTALS = False
     settings.B24_OAUTH_URL = "https://oauth.bitrix.info/oauth/token/"
-    base = {"access_token": "a" * 32, "refresh_token": "b" * 32, "expires_in": 3600, "member_id": "m1",
-            "client_endpoint": "https://portal.bitrix24.de/rest/"}
-    assert oauth.parse_grant({**base, "server_endpoint": "https://oauth.bitrix.info/rest/"}).server_endpoint == \
-        "https://oauth.bitrix.info/rest/"
+    base = {
+        "access_token": "a" * 32,
+        "refresh_token": "b" * 32,
+        "expires_in": 3600,
+        "member_id": "m1",
+        "client_endpoint": "https://portal.bitrix24.de/rest/",
+    }
+    assert (
+        oauth.parse_grant({**base, "server_endpoint": "https://oauth.bitrix.info/rest/"}).server_endpoint
+        == "https://oauth.bitrix.info/rest/"
+    )
     for evil in ("https://evil.example.com/rest/", "https://127.0.0.1/rest/", "http://oauth.bitrix.info/rest/"):
         assert oauth.parse_grant({**base, "server_endpoint": evil}).server_endpoint == ""
     settings.B24_OAUTH_SERVER_HOSTS = ["oauth.bitrix24.tech"]
@@ -150,11 +194,13 @@ def test_a_server_endpoint_off_the_oauth_servers_hosts_is_never_used(settings):
 
 # --- logs ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("log_format", ["json", "plain"])
 def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, settings, log_format):
     """Through the project's own LOGGING (its handler, filter and formatter), as a deployment logs."""
     import io
     from logging.config import dictConfig
+
     _, b24 = installed
     fields = b24.placement_post(user_id="2")
     query = f"?DOMAIN={fields['DOMAIN']}&AUTH_ID={fields['AUTH_ID']}&APPLICATION_TOKEN={fields['APPLICATION_TOKEN']}"
@@ -176,8 +222,7 @@ def test_no_log_line_carries_a_query_string_or_a_token(frame, installed, setting
         assert secret not in text_
 
 
-def test_strangers_without_our_application_token_cannot_use_up_the_genuine_budget(frame, installed, standin,
-                                                                                settings):
+def test_strangers_without_our_application_token_cannot_use_up_the_genuine_budget(frame, installed, standin, settings):
     """A stranger does not know the APPLICATION_TOKEN every genuine placement POST carries: his forged
     opens spend a budget of their own, and a genuine new user is still verified."""
     settings.B24_VERIFY_UNMATCHED_BURST, settings.B24_VERIFY_UNMATCHED_PER_MINUTE = 3, 1
@@ -195,6 +240,7 @@ def test_strangers_without_our_application_token_cannot_use_up_the_genuine_budge
 
 
 # --- a second application installed on the same portal -------------------------------------------------
+
 
 @pytest.fixture
 def other_id(other_app):

@@ -1,4 +1,5 @@
 """What the widget shows, in which language, and the headers that keep it inside its portal's frame."""
+
 import html
 import re
 
@@ -30,6 +31,7 @@ def tag(response, element_id) -> str:
 
 
 # --- content (rule 7) ------------------------------------------------------------------------------
+
 
 def lines_listed(frame, response) -> list:
     """What the page's overview lists (its first request, with the page's own widget token)."""
@@ -63,8 +65,9 @@ def test_a_user_may_look_but_not_change(frame, installed):
     assert lines_listed(frame, response) == [("1", "Website chat"), ("2", "Telegram")]
 
 
-@pytest.mark.parametrize("code,word", [("F", "free"), ("D", "demo"), ("T", "trial"), ("P", "paid"),
-                                       ("L", "local"), ("S", "subscription")])
+@pytest.mark.parametrize(
+    "code,word", [("F", "free"), ("D", "demo"), ("T", "trial"), ("P", "paid"), ("L", "local"), ("S", "subscription")]
+)
 def test_the_status_word_comes_from_app_info_not_from_the_post(frame, installed, code, word):
     _, b24 = installed
     b24.app_status = code
@@ -95,14 +98,17 @@ def test_payment_expired_shows_a_warning(frame, installed):
     assert portal.payment_expired is None and portal.app_status == "F"
 
 
-@pytest.mark.parametrize("lang,html_lang,signed_in,status_word", [
-    ("en", "en", "Signed in as", "free"),
-    ("ru", "ru", "Вы вошли как", "бесплатное"),
-    ("de", "de", "Angemeldet als", "kostenlos"),
-    ("ua", "ru", "Вы вошли как", "бесплатное"),  # Ukrainian interface: the Russian catalog, by design
-    ("la", "en", "Signed in as", "free"),  # no catalog: English
-    ("br", "en", "Signed in as", "free"),
-])
+@pytest.mark.parametrize(
+    "lang,html_lang,signed_in,status_word",
+    [
+        ("en", "en", "Signed in as", "free"),
+        ("ru", "ru", "Вы вошли как", "бесплатное"),
+        ("de", "de", "Angemeldet als", "kostenlos"),
+        ("ua", "ru", "Вы вошли как", "бесплатное"),  # Ukrainian interface: the Russian catalog, by design
+        ("la", "en", "Signed in as", "free"),  # no catalog: English
+        ("br", "en", "Signed in as", "free"),
+    ],
+)
 def test_the_widget_speaks_the_portals_language(frame, installed, lang, html_lang, signed_in, status_word):
     _, b24 = installed
     response = open_widget(frame, b24.placement_post(lang=lang))
@@ -138,6 +144,7 @@ def test_a_portal_without_the_open_lines_scope_still_opens(client, frame, standi
 
 
 # --- headers (rule 6) ------------------------------------------------------------------------------
+
 
 def test_the_widget_may_be_framed_by_its_portal_only_and_is_never_cached(frame, installed):
     _, b24 = installed
@@ -184,9 +191,15 @@ def test_only_the_bitrix24_entry_points_are_csrf_exempt():
     exempt = {view for view in walk(get_resolver()) if getattr(view, "csrf_exempt", False)}
     # ... and the channel's: the connector pages' actions (the frame's signed widget token) and the
     # channel API (an HMAC signature, for outside systems).
-    assert exempt == {portal_views.install_view, inbox_views.events_view, placement_views.placement_view,
-                      openlines_views.connector_action_view, openlines_views.channel_messages_view,
-                      openlines_views.channel_view, openlines_views.unknown_channel_view}
+    assert exempt == {
+        portal_views.install_view,
+        inbox_views.events_view,
+        placement_views.placement_view,
+        openlines_views.connector_action_view,
+        openlines_views.channel_messages_view,
+        openlines_views.channel_view,
+        openlines_views.unknown_channel_view,
+    }
 
 
 def test_a_post_without_a_csrf_token_is_refused_elsewhere(db, django_user_model):
@@ -204,8 +217,10 @@ def test_the_entry_points_take_a_cross_site_post(frame, db, path):
     assert b"CSRF" not in response.content  # refused, if at all, by the view, not by the CSRF check
 
 
-@pytest.mark.parametrize("days,shown", [("12", "12"), (12, "12"), (0, "0"), ("²", None), (-3, None),
-                                        ("3 days", None), (None, None), (True, None)])
+@pytest.mark.parametrize(
+    "days,shown",
+    [("12", "12"), (12, "12"), (0, "0"), ("²", None), (-3, None), ("3 days", None), (None, None), (True, None)],
+)
 def test_odd_app_info_days_never_break_the_page(frame, installed, days, shown):
     _, b24 = installed
     b24.app_status, b24.days = "T", days
@@ -227,6 +242,7 @@ def test_the_apps_own_page_opens_with_placement_default(client, installed):
 def test_a_reopened_widget_reuses_its_page_with_a_fresh_token(frame, installed, admin_client):
     from django.test.signals import template_rendered
     from placements import widget_token as tokens
+
     _portal, b24 = installed
     fields = b24.placement_post()
     rendered = []

@@ -1,4 +1,5 @@
 """The Django admin: every install visible to staff, never a secret, actions, constant query count."""
+
 import pytest
 from django.test.utils import CaptureQueriesContext
 from django.db import connection
@@ -47,8 +48,9 @@ def test_search_and_filters(admin_client, installed, standin, client):
 def test_refresh_tokens_now_action(admin_client, installed, standin):
     portal, b24 = installed
     before = len(standin.oauth_requests)
-    response = admin_client.post("/admin/portals/portal/", {
-        "action": "refresh_tokens_now", "_selected_action": [portal.pk]}, follow=True)
+    response = admin_client.post(
+        "/admin/portals/portal/", {"action": "refresh_tokens_now", "_selected_action": [portal.pk]}, follow=True
+    )
     assert response.status_code == 200
     assert len(standin.oauth_requests) == before + 1
     assert Portal.objects.get(pk=portal.pk).refresh_token != portal.refresh_token
@@ -57,8 +59,9 @@ def test_refresh_tokens_now_action(admin_client, installed, standin):
 def test_bind_placements_again_action(admin_client, installed):
     portal, b24 = installed
     b24.bindings["placements"].clear()
-    admin_client.post("/admin/portals/portal/", {
-        "action": "bind_placements_again", "_selected_action": [portal.pk]}, follow=True)
+    admin_client.post(
+        "/admin/portals/portal/", {"action": "bind_placements_again", "_selected_action": [portal.pk]}, follow=True
+    )
     assert [p["PLACEMENT"] for p in b24.bindings["placements"]] == ["CONTACT_CENTER"]
 
 
@@ -70,10 +73,15 @@ def _changelist_queries(admin_client):
 
 def test_changelist_query_count_does_not_grow_with_portals(admin_client):
     def add(n, start):
-        Portal.objects.bulk_create([
-            Portal(member_id=f"m{i}", domain=f"p{i}.bitrix24.com", client_endpoint=f"https://p{i}.bitrix24.com/rest/")
-            for i in range(start, start + n)
-        ])
+        Portal.objects.bulk_create(
+            [
+                Portal(
+                    member_id=f"m{i}", domain=f"p{i}.bitrix24.com", client_endpoint=f"https://p{i}.bitrix24.com/rest/"
+                )
+                for i in range(start, start + n)
+            ]
+        )
+
     add(10, 0)
     few = _changelist_queries(admin_client)
     add(990, 10)
@@ -86,7 +94,10 @@ def test_events_admin_is_read_only(admin_client, installed):
     event = PortalEvent.objects.filter(portal=portal).first()
     response = admin_client.get(reverse("admin:portals_portalevent_change", args=[event.pk]))
     assert response.status_code == 200
-    assert admin_client.post(reverse("admin:portals_portalevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
+    assert (
+        admin_client.post(reverse("admin:portals_portalevent_delete", args=[event.pk]), {"post": "yes"}).status_code
+        == 403
+    )
 
 
 def test_refusals_are_counted_on_the_change_page_and_the_history_stays_genuine(admin_client, client, installed):
@@ -104,6 +115,7 @@ def test_refusals_are_counted_on_the_change_page_and_the_history_stays_genuine(a
 
 def test_the_admin_says_when_our_credentials_are_refused(admin_client, installed, settings):
     from bitrix24 import oauth
+
     portal, _b24 = installed
     settings.B24_CLIENT_SECRET = "wrong-secret"
     with pytest.raises(oauth.ClientMisconfigured):
@@ -121,17 +133,27 @@ def test_inbox_lists_events_with_their_state_and_never_a_secret(admin_client, cl
     b24.version = 4
     payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "4"}, with_tokens=True)
     deliver(client, payload)
-    failed = InboxItem.objects.create(member_id=portal.member_id, portal=portal, event="ONAPPUNINSTALL",
-                                      idempotency_key="f" * 64, state=InboxItem.State.FAILED, attempts=8,
-                                      last_error="gave up after 8 attempts: Bitrix24 unavailable (unreachable)")
+    failed = InboxItem.objects.create(
+        member_id=portal.member_id,
+        portal=portal,
+        event="ONAPPUNINSTALL",
+        idempotency_key="f" * 64,
+        state=InboxItem.State.FAILED,
+        attempts=8,
+        last_error="gave up after 8 attempts: Bitrix24 unavailable (unreachable)",
+    )
     body = admin_client.get("/admin/inbox/inboxitem/").content.decode()
     assert "ONAPPUPDATE" in body and "gave up after 8 attempts" in body and portal.member_id in body
     filtered = admin_client.get("/admin/inbox/inboxitem/", {"state__exact": "failed"}).content.decode()
     assert 'field-event">ONAPPUNINSTALL<' in filtered and 'field-event">ONAPPUPDATE<' not in filtered
     item = InboxItem.objects.get(event="ONAPPUPDATE")
     detail = admin_client.get(reverse("admin:inbox_inboxitem_change", args=[item.pk])).content.decode()
-    for secret in (payload["auth[access_token]"], payload["auth[refresh_token]"], b24.application_token,
-                   item.idempotency_key):
+    for secret in (
+        payload["auth[access_token]"],
+        payload["auth[refresh_token]"],
+        b24.application_token,
+        item.idempotency_key,
+    ):
         assert secret not in body and secret not in detail
     assert "updated" in detail  # the outcome
 

@@ -1,5 +1,6 @@
 """The maintenance commands: refresh_tokens (only due portals, once, even with copies running at once)
 and sync_portals (app.info stored through lifecycle), against the stand-in over real HTTP."""
+
 import os
 import re
 import subprocess
@@ -41,7 +42,8 @@ def install(client, standin, n):
 def age(pairs, *, days):
     """Pretend the refresh tokens were last renewed `days` ago."""
     Portal.objects.filter(pk__in=[p.pk for p, _ in pairs]).update(
-        refresh_renewed_at=timezone.now() - timedelta(days=days))
+        refresh_renewed_at=timezone.now() - timedelta(days=days)
+    )
 
 
 def snapshot(pairs):
@@ -164,8 +166,14 @@ def test_outage_exit_status_of_manage_py(client, standin):
     pairs = install(client, standin, 1)
     age(pairs, days=160)
     standin.oauth_down = True
-    result = subprocess.run([sys.executable, "manage.py", "refresh_tokens"], cwd=ROOT, env=_command_env(standin),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "refresh_tokens"],
+        cwd=ROOT,
+        env=_command_env(standin),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "failed=1" in result.stdout
     assert Portal.objects.get(pk=pairs[0][0].pk).status == S.ACTIVE
@@ -218,10 +226,17 @@ def test_limit_and_batch_size(client, standin):
     assert len(standin.oauth_requests) - before == 5
 
 
-@pytest.mark.parametrize("args", [
-    ["--older-than-days", "180"], ["--older-than-days", "0"], ["--expiring-access-tokens", "--within-minutes", "60"],
-    ["--workers", "0"], ["--batch-size", "0"], ["--limit", "0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--older-than-days", "180"],
+        ["--older-than-days", "0"],
+        ["--expiring-access-tokens", "--within-minutes", "60"],
+        ["--workers", "0"],
+        ["--batch-size", "0"],
+        ["--limit", "0"],
+    ],
+)
 def test_unsafe_arguments_are_refused(args, standin):
     before = len(standin.oauth_requests)
     with pytest.raises(CommandError):
@@ -246,10 +261,12 @@ def test_a_portal_another_copy_is_refreshing_is_skipped(client, standin):
     second OAuth request, and no database lock held meanwhile; once the lease ends it is refreshed."""
     from datetime import timedelta
     from django.utils import timezone
+
     ((portal, _b24),) = install(client, standin, 1)
     age([(portal, None)], days=160)
-    Portal.objects.filter(pk=portal.pk).update(refresh_lease_owner="another-copy",
-                                               refresh_lease_until=timezone.now() + timedelta(seconds=60))
+    Portal.objects.filter(pk=portal.pk).update(
+        refresh_lease_owner="another-copy", refresh_lease_until=timezone.now() + timedelta(seconds=60)
+    )
     before = len(standin.oauth_requests)
     assert refresh_if_due(portal.pk, due_now(older_than_days=150, within_minutes=None)).kind == "skipped"
     assert len(standin.oauth_requests) == before
@@ -269,8 +286,13 @@ def _command_env(standin):
         url = f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
     else:
         url = f"sqlite:///{db['NAME']}"
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DATABASE_URL": url,
-            "B24_OAUTH_URL": standin.oauth_url, "LOG_LEVEL": "WARNING"}
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": url,
+        "B24_OAUTH_URL": standin.oauth_url,
+        "LOG_LEVEL": "WARNING",
+    }
 
 
 def test_two_copies_at_once_refresh_each_portal_once(client, standin):
@@ -281,8 +303,14 @@ def test_two_copies_at_once_refresh_each_portal_once(client, standin):
     started = timezone.now()
     env = _command_env(standin)
     procs = [
-        subprocess.Popen([sys.executable, "manage.py", "refresh_tokens", "--workers", "3", "--batch-size", "4"],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "manage.py", "refresh_tokens", "--workers", "3", "--batch-size", "4"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -301,8 +329,14 @@ def _start(standin, *args, secret=None):
     env = _command_env(standin)
     if secret is not None:
         env["B24_CLIENT_SECRET"] = secret
-    return subprocess.Popen([sys.executable, "manage.py", "refresh_tokens", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "refresh_tokens", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _lost(standin, pairs):
@@ -313,6 +347,7 @@ def _lost(standin, pairs):
 
 def _wait_for_refreshes(standin, before, count):
     import time
+
     deadline = time.monotonic() + 60
     while len(standin.oauth_requests) - before < count and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -320,6 +355,7 @@ def _wait_for_refreshes(standin, before, count):
 
 def test_sigterm_finishes_what_is_in_flight_and_loses_no_token(client, standin):
     import signal
+
     pairs = install(client, standin, 16)
     age(pairs, days=160)
     standin.oauth_delay = 0.3  # each refresh takes a while: SIGTERM lands in the middle of the run
@@ -338,6 +374,7 @@ def test_sigterm_finishes_what_is_in_flight_and_loses_no_token(client, standin):
 
 def test_sigkill_loses_at_most_the_refreshes_in_flight(client, standin):
     import signal
+
     pairs = install(client, standin, 16)
     age(pairs, days=160)
     standin.oauth_late = 0.3  # the OAuth server rotates at once and answers late: the worst moment to die

@@ -6,6 +6,7 @@ no broker); the real worker is exercised in tests/portals/test_worker.py. Three 
 portal (holds genuine tokens of our app and the APPLICATION_TOKEN every placement POST carries), and
 an administrator (whose grant is the only thing that may change an install).
 """
+
 import json
 
 import pytest
@@ -58,8 +59,7 @@ def snapshot(portal):
     row = Portal.objects.get(pk=portal.pk)
     channels = list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "line_id", "secret"))
     history = list(row.events.order_by("pk").values_list("pk", "kind"))
-    return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by,
-            channels, history)
+    return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by, channels, history)
 
 
 def user_event(b24, event, *, application_token, **kwargs):
@@ -68,6 +68,7 @@ def user_event(b24, event, *, application_token, **kwargs):
 
 
 # --- ONAPPINSTALL -------------------------------------------------------------------------------------
+
 
 def test_the_install_post_stores_the_application_token_and_onappinstall_confirms_it(client, b24, standin):
     portal = do_install(client, b24, event=False)
@@ -129,8 +130,7 @@ def test_an_ordinary_users_uninstall_with_the_real_application_token_is_refused(
     Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     learned = b24.placement_post(user_id="2")["APPLICATION_TOKEN"]
     before = snapshot(portal)
-    response = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token=learned,
-                                                     data={"CLEAN": "1"}))
+    response = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token=learned, data={"CLEAN": "1"}))
     assert rejected(response, "the app is still installed on the portal")
     assert snapshot(portal) == before
 
@@ -139,11 +139,14 @@ def test_a_strangers_tokenless_onappinstall_plants_nothing(client, b24):
     """Even moments after a verified install POST, a token-less ONAPPINSTALL with another token is refused."""
     portal = do_install(client, b24, event=False)
     before = snapshot(portal)
-    response = post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token"))
+    response = post_event(
+        client, b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token="attacker-token")
+    )
     assert rejected(response, "without an administrator's tokens")
     assert snapshot(portal) == before
-    assert post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="attacker-token")
-                      ).status_code == 403
+    assert (
+        post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="attacker-token")).status_code == 403
+    )
     assert snapshot(portal) == before
 
 
@@ -171,8 +174,9 @@ def test_onappinstall_with_an_administrators_tokens_of_another_portal(client, b2
 
 
 def test_onappinstall_for_an_unknown_portal_without_tokens(client, b24):
-    assert rejected(post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False)),
-                    "without an administrator's tokens")
+    assert rejected(
+        post_event(client, b24.event_payload("ONAPPINSTALL", with_tokens=False)), "without an administrator's tokens"
+    )
     assert not Portal.objects.exists()
 
 
@@ -184,12 +188,16 @@ def test_a_reinstall_replaces_the_application_token(client, installed):
     portal.refresh_from_db()
     assert portal.application_token == b24.application_token != old
     assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"})))
-    assert post_event(client, b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"},
-                                                application_token=old)
-                      ).status_code == 403
+    assert (
+        post_event(
+            client, b24.event_payload("ONAPPUPDATE", with_tokens=False, data={"VERSION": "3"}, application_token=old)
+        ).status_code
+        == 403
+    )
 
 
 # --- ONAPPUNINSTALL -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["ONAPPUNINSTALL", "ONAPPSUNINSTALL"])
 def test_a_real_uninstall(client, installed, name):
@@ -249,6 +257,7 @@ def test_a_flood_of_forged_events_writes_no_history(client, installed):
 
 # --- ONAPPUPDATE ----------------------------------------------------------------------------------------
 
+
 def test_update_records_the_version_and_binds_again(client, installed):
     portal, b24 = installed
     # "When an application is deleted or updated, its [event handlers] will be removed" (event-bind.md).
@@ -265,8 +274,9 @@ def test_update_records_the_version_and_binds_again(client, installed):
 def test_update_with_a_new_application_token_from_an_administrator(client, installed):
     portal, b24 = installed
     b24.version = 2
-    payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"}, with_tokens=True,
-                                application_token="updated-application-token")
+    payload = b24.event_payload(
+        "ONAPPUPDATE", data={"VERSION": "2"}, with_tokens=True, application_token="updated-application-token"
+    )
     assert done(post_event(client, payload))
     portal.refresh_from_db()
     assert portal.application_token == "updated-application-token" and portal.app_version == "2"
@@ -295,8 +305,7 @@ def test_a_forged_update_with_the_known_token_changes_no_version_and_writes_no_r
 def test_a_known_token_onappinstall_takes_no_version(client, installed):
     portal, b24 = installed
     history = portal.events.count()
-    assert done(post_event(client, b24.event_payload("ONAPPINSTALL", data={"VERSION": "777"})),
-                "install confirmed")
+    assert done(post_event(client, b24.event_payload("ONAPPINSTALL", data={"VERSION": "777"})), "install confirmed")
     stored = Portal.objects.get(pk=portal.pk)
     assert stored.app_version == "1" and stored.events.count() == history
 
@@ -305,6 +314,7 @@ def test_an_ordinary_user_cannot_uninstall_a_portal_waiting_to_heal(client, inst
     """The portal is blocked (its refresh token was lost) and its access token expired: our own refresh
     proves nothing now, so the real application_token alone does not uninstall it."""
     from bitrix24 import oauth
+
     portal, b24 = installed
     Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
     b24.block("NOT_INSTALLED")
@@ -314,8 +324,9 @@ def test_an_ordinary_user_cannot_uninstall_a_portal_waiting_to_heal(client, inst
     Portal.objects.filter(pk=portal.pk).update(access_expires_at=None)
     b24.expire_access_tokens()
     learned = b24.placement_post(user_id="2")["APPLICATION_TOKEN"]
-    response, item = deliver(client, b24.event_payload("ONAPPUNINSTALL", application_token=learned,
-                                                        data={"CLEAN": "1"}))
+    response, item = deliver(
+        client, b24.event_payload("ONAPPUNINSTALL", application_token=learned, data={"CLEAN": "1"})
+    )
     assert item.state == State.REJECTED and "blocked portal" in item.last_error
     stored = Portal.objects.get(pk=portal.pk)
     assert stored.status == Portal.Status.BLOCKED and Channel.objects.filter(portal=portal).exists()
@@ -339,14 +350,18 @@ def test_update_with_a_malformed_version_changes_nothing(client, installed, vers
 def test_update_version_as_a_json_number(client, installed):
     portal, b24 = installed
     b24.version = 4
-    body = {"event": "ONAPPUPDATE", "data": {"VERSION": 4}, "auth": {"member_id": portal.member_id,
-                                                                        "application_token": b24.application_token}}
+    body = {
+        "event": "ONAPPUPDATE",
+        "data": {"VERSION": 4},
+        "auth": {"member_id": portal.member_id, "application_token": b24.application_token},
+    }
     response, item = deliver(client, json.dumps(body), content_type="application/json")
     assert response.status_code == 200 and item.state == State.DONE
     assert Portal.objects.get(pk=portal.pk).app_version == "4"
 
 
 # --- bad bodies -----------------------------------------------------------------------------------------
+
 
 def test_unknown_event(client, installed):
     _portal, b24 = installed
@@ -362,23 +377,29 @@ def test_unknown_portal(client, installed):
     assert post_event(client, payload).status_code == 404
 
 
-@pytest.mark.parametrize("body,content_type", [
-    ("not json", "application/json"),
-    ("[1, 2]", "application/json"),
-    ("[" * 100000 + "]" * 100000, "application/json"),  # deep nesting: a RecursionError, not a 500
-    (b"{\"event\": \"\xff\xfe\"}", "application/json"),  # not UTF-8
-    (json.dumps({"event": "ONAPPUNINSTALL"}), "application/json"),
-    (json.dumps({"event": "ONAPPUNINSTALL", "auth": "x"}), "application/json"),
-    (json.dumps({"event": "ONAPPUNINSTALL", "auth": {"member_id": "a b"}}), "application/json"),
-    (json.dumps({"event": "ONAPPUNINSTALL", "auth": {"member_id": "abc", "application_token": {"x": 1}}}),
-     "application/json"),
-    ("event=ONAPPUNINSTALL&auth[member_id]=abc&auth[member_id][x]=1", "application/x-www-form-urlencoded"),
-    ("auth[member_id]=abc", "application/x-www-form-urlencoded"),
-    ("event=ONAPPUNINSTALL&" + "&".join(f"f{i}=1" for i in range(1200)), "application/x-www-form-urlencoded"),
-    ("x" * (3 * 1024 * 1024), "application/json"),  # over DATA_UPLOAD_MAX_MEMORY_SIZE
-])
+@pytest.mark.parametrize(
+    "body,content_type",
+    [
+        ("not json", "application/json"),
+        ("[1, 2]", "application/json"),
+        ("[" * 100000 + "]" * 100000, "application/json"),  # deep nesting: a RecursionError, not a 500
+        (b'{"event": "\xff\xfe"}', "application/json"),  # not UTF-8
+        (json.dumps({"event": "ONAPPUNINSTALL"}), "application/json"),
+        (json.dumps({"event": "ONAPPUNINSTALL", "auth": "x"}), "application/json"),
+        (json.dumps({"event": "ONAPPUNINSTALL", "auth": {"member_id": "a b"}}), "application/json"),
+        (
+            json.dumps({"event": "ONAPPUNINSTALL", "auth": {"member_id": "abc", "application_token": {"x": 1}}}),
+            "application/json",
+        ),
+        ("event=ONAPPUNINSTALL&auth[member_id]=abc&auth[member_id][x]=1", "application/x-www-form-urlencoded"),
+        ("auth[member_id]=abc", "application/x-www-form-urlencoded"),
+        ("event=ONAPPUNINSTALL&" + "&".join(f"f{i}=1" for i in range(1200)), "application/x-www-form-urlencoded"),
+        ("x" * (3 * 1024 * 1024), "application/json"),  # over DATA_UPLOAD_MAX_MEMORY_SIZE
+    ],
+)
 def test_malformed_bodies_are_400(installed, body, content_type):
     from django.test import Client
+
     portal, _b24 = installed
     response = Client(raise_request_exception=False).post("/events/", body, content_type=content_type)
     assert response.status_code == 400
@@ -390,6 +411,7 @@ def test_get_is_not_allowed(client):
 
 
 # --- addresses carried by events (portals that move) ------------------------------------------------------
+
 
 def test_event_addresses_are_never_contacted_nor_stored(client, b24, standin):
     portal = do_install(client, b24, event=False)
@@ -425,6 +447,7 @@ def test_uninstall_is_keyed_by_member_id_whatever_domain_it_names(client, instal
 
 
 # --- the inbox: answered at once, processed later, once -------------------------------------------------
+
 
 def test_the_request_makes_no_outbound_call_and_answers_at_once(client, b24, standin):
     b24.install_post()

@@ -1,6 +1,7 @@
 """A refresh token is never lost, and nothing hangs: faults at the OAuth server, the portal, the cache and
 the database (issue 13). Bitrix24 is the stand-in over real HTTP; the HTTP-level faults (a trickling or
 oversized answer) come from a small local server, as a misbehaving host would send them."""
+
 import os
 import socket
 import subprocess
@@ -34,6 +35,7 @@ def live_refresh_tokens(standin):
 
 
 # --- the OAuth server answers late ------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_a_late_oauth_answer_is_received_and_stored(installed, standin, settings):
@@ -69,6 +71,7 @@ def test_no_row_lock_is_held_while_the_oauth_server_thinks(installed, standin):
         while not Portal.objects.filter(pk=portal.pk).exclude(refresh_lease_owner="").exists():
             assert not done.is_set(), "the refresh finished before its lease was seen"
         from django.db import transaction
+
         with transaction.atomic():
             locked = Portal.objects.select_for_update(nowait=connection.features.has_select_for_update_nowait)
             assert locked.get(pk=portal.pk).refresh_lease_owner
@@ -111,8 +114,7 @@ def test_callers_waiting_for_a_slow_refresh_do_not_pile_up(installed, standin):
 
 
 @pytest.mark.django_db
-def test_a_refresh_token_lost_to_an_early_give_up_heals_at_an_administrators_open(installed, standin, settings,
-                                                                                   frame):
+def test_a_refresh_token_lost_to_an_early_give_up_heals_at_an_administrators_open(installed, standin, settings, frame):
     """The worst case: the client gives up (deadline shorter than the server's answer) after the server
     rotated. The portal is blocked at its next refresh, and the next administrator's open heals it."""
     portal, b24 = installed
@@ -135,6 +137,7 @@ def test_a_refresh_token_lost_to_an_early_give_up_heals_at_an_administrators_ope
 
 
 # --- answers that trickle or never end ---------------------------------------------------------------------
+
 
 class _Misbehaving(BaseHTTPRequestHandler):
     def log_message(self, *args):
@@ -188,8 +191,7 @@ def test_a_trickling_answer_hits_the_total_deadline(misbehaving):
 @pytest.mark.parametrize("path", ["huge", "declared"])
 def test_an_oversized_answer_is_cut_at_the_cap(misbehaving, path):
     with pytest.raises(http.HttpFailure) as info:
-        http.send("GET", f"{misbehaving}/{path}", connect_timeout=2, read_timeout=5, deadline=20,
-                  max_bytes=1 << 20)
+        http.send("GET", f"{misbehaving}/{path}", connect_timeout=2, read_timeout=5, deadline=20, max_bytes=1 << 20)
     assert info.value.code == "too_large"
 
 
@@ -204,6 +206,7 @@ def test_the_oauth_server_trickling_is_unavailable_not_a_hang(settings, misbehav
 
 # --- the cache (Redis) fails ------------------------------------------------------------------------------
 
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,9 +216,13 @@ def _closed_port() -> int:
 @pytest.fixture
 def redis_down(settings):
     working = settings.CACHES
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": f"redis://127.0.0.1:{_closed_port()}/0",
-                                   "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{_closed_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
     yield
     settings.CACHES = working  # before the suite's own fixtures clear the cache
 
@@ -223,6 +230,7 @@ def redis_down(settings):
 @pytest.mark.django_db
 def test_with_redis_down_installs_and_opens_still_work(client, frame, b24, redis_down):
     from tests.conftest import do_install
+
     portal = do_install(client, b24)
     assert portal.status == Portal.Status.ACTIVE and portal.bound_at is not None
     assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
@@ -231,6 +239,7 @@ def test_with_redis_down_installs_and_opens_still_work(client, frame, b24, redis
 
 
 # --- the database does not answer --------------------------------------------------------------------------
+
 
 def test_a_database_that_does_not_answer_is_a_fast_503_page_in_the_frame():
     """A host that accepts connections and never speaks (a frozen or unreachable PostgreSQL)."""
@@ -246,11 +255,17 @@ def test_a_database_that_does_not_answer_is_a_fast_503_page_in_the_frame():
         "print(r.status_code, r['Retry-After'], r['Content-Security-Policy'])\n"
         "print(r.content.decode())\n"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "DB_CONNECT_TIMEOUT": "1",
-           "DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/frozen", "LOG_LEVEL": "CRITICAL"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DB_CONNECT_TIMEOUT": "1",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/frozen",
+        "LOG_LEVEL": "CRITICAL",
+    }
     try:
-        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
     finally:
         silent.close()
     first, _, page = done.stdout.partition("\n")
@@ -260,6 +275,7 @@ def test_a_database_that_does_not_answer_is_a_fast_503_page_in_the_frame():
 
 def test_a_500_page_is_framed_by_the_portal_and_localized():
     from b24widget.errors import server_error
+
     request = RequestFactory().post("/placement/", {"DOMAIN": "portal.bitrix24.ru", "PROTOCOL": "1", "LANG": "ru"})
     response = server_error(request)
     assert response.status_code == 500
@@ -273,10 +289,12 @@ def test_a_500_page_is_framed_by_the_portal_and_localized():
 
 # --- the same faults from the stand-in's portal and OAuth server ----------------------------------------
 
+
 @pytest.mark.django_db
 def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, settings):
     from portals.tokens import PortalClient
     from bitrix24.errors import TransportError
+
     portal, b24 = installed
     settings.B24_REST_DEADLINE = 1
     settings.B24_READ_TIMEOUT = 5  # each byte arrives well within the read timeout: only the deadline ends it
@@ -291,6 +309,7 @@ def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, setting
 def test_an_oversized_portal_answer_is_cut_at_the_cap(installed, settings):
     from portals.tokens import PortalClient
     from bitrix24.errors import TransportError
+
     portal, b24 = installed
     settings.B24_REST_MAX_BYTES = 1024 * 1024
     b24.oversized_answer("user.admin", megabytes=8)
@@ -332,9 +351,13 @@ def redis_silent(settings):
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     working = settings.CACHES
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": f"redis://127.0.0.1:{listener.getsockname()[1]}/0",
-                                   "OPTIONS": {"socket_connect_timeout": 0.3, "socket_timeout": 0.3}}}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{listener.getsockname()[1]}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.3, "socket_timeout": 0.3},
+        }
+    }
     yield accepted
     settings.CACHES = working
     stop.set()
@@ -364,6 +387,7 @@ def test_an_uninstall_during_a_refresh_keeps_the_secrets_wiped(client, installed
     """The refresh was on its way (the OAuth server answers late) when the uninstall arrived: the uninstall
     wins, the answer is not stored on the uninstalled row."""
     from tests.conftest import do_uninstall
+
     portal, b24 = installed
     standin.oauth_late = 1.0
     before = len(standin.oauth_requests)

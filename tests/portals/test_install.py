@@ -1,5 +1,6 @@
 """POST /install/: believed only as an administrator's grant (the OAuth server confirms it, the portal
 says its user is an administrator); then stored with its APPLICATION_TOKEN and bound."""
+
 import pytest
 from django.db import connection
 
@@ -111,8 +112,16 @@ def test_member_id_the_oauth_server_does_not_confirm(client, b24, standin):
 
 def snapshot(portal):
     row = Portal.objects.get(pk=portal.pk)
-    return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by,
-            row.last_error, list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "secret")), kinds(row))
+    return (
+        row.access_token,
+        row.refresh_token,
+        row.application_token,
+        row.status,
+        row.installed_by,
+        row.last_error,
+        list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "secret")),
+        kinds(row),
+    )
 
 
 def test_forged_install_for_a_known_portal_changes_nothing(client, b24):
@@ -169,8 +178,10 @@ def test_the_refresh_token_is_not_spent_when_the_database_cannot_store_it(client
     post = b24.install_post()
     before = len(standin.oauth_requests)
     read_only, writable = {
-        "postgresql": ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-                       "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"),
+        "postgresql": (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        ),
         "sqlite": ("PRAGMA query_only = ON", "PRAGMA query_only = OFF"),
     }[connection.vendor]
     with connection.cursor() as cursor:
@@ -204,10 +215,19 @@ def test_binding_failure_leaves_the_portal_new_with_the_reason(client, b24):
     assert kinds(portal)[-1] == K.INSTALL_FAILED
 
 
-@pytest.mark.parametrize("field,value", [
-    ("member_id", ""), ("member_id", "bad member id!"), ("DOMAIN", "not a domain/"), ("PROTOCOL", "2"),
-    ("LANG", "english!"), ("AUTH_EXPIRES", "soon"), ("status", "X"), ("REFRESH_ID", "x" * 2000),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("member_id", ""),
+        ("member_id", "bad member id!"),
+        ("DOMAIN", "not a domain/"),
+        ("PROTOCOL", "2"),
+        ("LANG", "english!"),
+        ("AUTH_EXPIRES", "soon"),
+        ("status", "X"),
+        ("REFRESH_ID", "x" * 2000),
+    ],
+)
 def test_malformed_install_posts_are_400(client, b24, standin, field, value):
     before = len(standin.oauth_requests)
     post = b24.install_post()
@@ -227,8 +247,9 @@ def test_get_explains_itself(client):
 def test_tokens_are_encrypted_at_rest(client, b24):
     portal = do_install(client, b24)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT access_token, refresh_token, application_token FROM portals_portal WHERE id = %s",
-                       [portal.pk])
+        cursor.execute(
+            "SELECT access_token, refresh_token, application_token FROM portals_portal WHERE id = %s", [portal.pk]
+        )
         raw = cursor.fetchone()
     for column, plain in zip(raw, (portal.access_token, portal.refresh_token, portal.application_token)):
         assert plain and plain not in column
@@ -257,6 +278,7 @@ def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(sta
     import threading
     from django.db import connection as conn
     from django.test import Client
+
     settings.B24_UNVERIFIED_OAUTH_CONCURRENCY = 1
     standin.oauth_delay = 1.0
     portals = [standin.add_portal() for _ in range(3)]
@@ -287,6 +309,7 @@ def test_a_throttled_forged_install_writes_nothing(client, installed, settings):
     """Refused by its budget before anything else: no write transaction, no row (a stranger's flood must
     not serialize the database)."""
     from django.test.utils import CaptureQueriesContext
+
     settings.B24_UNVERIFIED_OAUTH_BURST, settings.B24_UNVERIFIED_OAUTH_PER_MINUTE = 1, 1
     _, b24 = installed  # the fixture's install spent the budget
     post = b24.install_post()

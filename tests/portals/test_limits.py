@@ -1,4 +1,5 @@
 """Per-portal pacing shared through the cache: no QUERY_LIMIT_EXCEEDED reaches Bitrix24's limit."""
+
 import json
 import os
 import subprocess
@@ -36,6 +37,7 @@ def test_disabled_limiter_never_waits(settings):
 
 def test_operating_time_near_the_budget_pauses_the_method(settings):
     import time
+
     settings.B24_OPERATING_PAUSE_AT = 400
     limits.note_operating("m-op", "crm.item.list", {"operating": 450.5, "operating_reset_at": time.time() + 0.3})
     started = time.monotonic()
@@ -46,6 +48,7 @@ def test_operating_time_near_the_budget_pauses_the_method(settings):
 
 def test_a_long_pause_fails_with_the_limit_code(settings, installed):
     import time
+
     portal, b24 = installed
     settings.B24_MAX_WAIT = 1
     limits.pause_method(portal.member_id, "user.admin", time.time() + 60)
@@ -74,12 +77,14 @@ def _limited_answers(b24):
 @pytest.mark.django_db(transaction=True)
 def test_threads_sharing_one_portal_stay_under_the_limit(settings, client, b24):
     from tests.conftest import do_install
+
     portal = do_install(client, b24)
     _limit(settings, b24)
     errors = []
 
     def worker():
         from django.db import connection
+
         try:
             client_ = PortalClient(Portal.objects.get(pk=portal.pk))
             for _ in range(25):
@@ -144,14 +149,37 @@ def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(setting
     except redis.RedisError as exc:
         pytest.fail(f"Redis is needed at {REDIS_URL} for the multi-process limiter test ({exc})")
     _limit(settings, b24)
-    env = {**os.environ, "CACHE_URL": REDIS_URL, "B24_TEST_CACHE_PREFIX": prefix, "B24_RATE_LIMIT_BURST": "6", "B24_RATE_LIMIT_PER_SECOND": "30",
-           "B24_REST_MAX_RETRIES": "0"}
-    spec = json.dumps({"member_id": portal.member_id, "domain": portal.domain, "endpoint": portal.client_endpoint,
-                       "token": portal.access_token, "calls": 50})
-    procs = [subprocess.Popen([sys.executable, "-c", PROCESS_SCRIPT, spec], cwd=ROOT, env=env, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(4)]
+    env = {
+        **os.environ,
+        "CACHE_URL": REDIS_URL,
+        "B24_TEST_CACHE_PREFIX": prefix,
+        "B24_RATE_LIMIT_BURST": "6",
+        "B24_RATE_LIMIT_PER_SECOND": "30",
+        "B24_REST_MAX_RETRIES": "0",
+    }
+    spec = json.dumps(
+        {
+            "member_id": portal.member_id,
+            "domain": portal.domain,
+            "endpoint": portal.client_endpoint,
+            "token": portal.access_token,
+            "calls": 50,
+        }
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS_SCRIPT, spec],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
     import time
+
     time.sleep(2.5)
     for p in procs:
         p.stdin.write("go\n")
@@ -167,8 +195,17 @@ def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(setting
 
 # --- the plan's bucket, adapting --------------------------------------------------------------------
 
-@pytest.mark.parametrize("license,plan", [("de_ent250", "enterprise"), ("en_ent10000", "enterprise"),
-                                          ("ru_project", "standard"), ("de_pro100", "standard"), ("", "standard")])
+
+@pytest.mark.parametrize(
+    "license,plan",
+    [
+        ("de_ent250", "enterprise"),
+        ("en_ent10000", "enterprise"),
+        ("ru_project", "standard"),
+        ("de_pro100", "standard"),
+        ("", "standard"),
+    ],
+)
 def test_the_plan_is_read_from_the_licence(license, plan):
     """api-reference/common/system/app-info.md: LICENSE is "<region>_<plan>", Enterprise plans "ent..."."""
     assert limits.plan_of(license) == plan
@@ -178,6 +215,7 @@ def test_the_plan_is_read_from_the_licence(license, plan):
 @pytest.mark.parametrize("plan", ["enterprise", "others"])
 def test_install_stores_the_portals_plan_from_app_info(client, b24, plan):
     from tests.conftest import do_install
+
     b24.set_plan(plan)  # LICENSE follows the plan (en_ent250 / en_project)
     b24.rate_limit = False  # only the licence matters here
     portal = do_install(client, b24)
@@ -220,6 +258,7 @@ def test_a_bucket_more_optimistic_than_the_portal_adapts_and_no_limit_error_surf
     """Our numbers say 40 burst, 40/s; the portal allows 10, then 20/s (another app on our address, a wrong
     plan): Bitrix24 answers QUERY_LIMIT_EXCEEDED, the client slows down and retries; every call succeeds."""
     from tests.conftest import do_install
+
     portal = do_install(client, b24)
     b24.rate_limit, b24.rate_limit_burst, b24.rate_limit_drain = True, 10, 20.0
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 40, 40
@@ -229,6 +268,7 @@ def test_a_bucket_more_optimistic_than_the_portal_adapts_and_no_limit_error_surf
 
     def worker():
         from django.db import connection
+
         try:
             client_ = PortalClient(Portal.objects.get(pk=portal.pk))
             for _ in range(30):
@@ -249,6 +289,7 @@ def test_a_bucket_more_optimistic_than_the_portal_adapts_and_no_limit_error_surf
 
 
 # --- operating time: billed per nested method -------------------------------------------------------
+
 
 def test_a_method_near_its_budget_is_held_back_inside_a_batch_and_the_rest_goes(settings, installed):
     """settings/performance/limits.md: the outer batch is not billed, its nested methods are, each on its own."""

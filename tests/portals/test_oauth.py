@@ -1,4 +1,5 @@
 """Token refresh: validated answers, blocking errors, and the single-flight refresh under races."""
+
 import os
 import subprocess
 import sys
@@ -104,39 +105,76 @@ def test_blocked_portal_is_not_refreshed_unless_asked(installed, standin):
     assert portal.events.filter(kind=K.UNBLOCKED).exists()
 
 
-@pytest.mark.parametrize("answer", [
-    [], {"access_token": "a"}, {"access_token": "a", "refresh_token": "b", "member_id": "m"},
-    {"access_token": "a", "refresh_token": "b", "member_id": "m", "client_endpoint": "ftp://x/rest/"},
-    {"access_token": "a", "refresh_token": "b", "member_id": "m", "client_endpoint": "https://x.bitrix24.com/rest/",
-     "expires_in": "soon"},
-    {"access_token": {"x": 1}, "refresh_token": "b", "member_id": "m", "client_endpoint": "https://x.b24.com/rest/"},
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [],
+        {"access_token": "a"},
+        {"access_token": "a", "refresh_token": "b", "member_id": "m"},
+        {"access_token": "a", "refresh_token": "b", "member_id": "m", "client_endpoint": "ftp://x/rest/"},
+        {
+            "access_token": "a",
+            "refresh_token": "b",
+            "member_id": "m",
+            "client_endpoint": "https://x.bitrix24.com/rest/",
+            "expires_in": "soon",
+        },
+        {
+            "access_token": {"x": 1},
+            "refresh_token": "b",
+            "member_id": "m",
+            "client_endpoint": "https://x.b24.com/rest/",
+        },
+    ],
+)
 def test_malformed_oauth_answers_are_rejected(answer):
     with pytest.raises(oauth.OAuthUnavailable):
         oauth.parse_grant(answer)
 
 
 def test_unknown_status_and_odd_user_id_are_dropped():
-    grant = oauth.parse_grant({"access_token": "a", "refresh_token": "b", "member_id": "m1", "status": "X",
-                               "user_id": "<b>", "client_endpoint": "https://x.bitrix24.com/rest/"})
+    grant = oauth.parse_grant(
+        {
+            "access_token": "a",
+            "refresh_token": "b",
+            "member_id": "m1",
+            "status": "X",
+            "user_id": "<b>",
+            "client_endpoint": "https://x.bitrix24.com/rest/",
+        }
+    )
     assert (grant.status, grant.user_id) == ("", "")
 
 
 def test_malformed_member_id_is_rejected():
     with pytest.raises(oauth.OAuthUnavailable):
-        oauth.parse_grant({"access_token": "a", "refresh_token": "b", "member_id": "m 1; drop",
-                           "client_endpoint": "https://x.bitrix24.com/rest/"})
+        oauth.parse_grant(
+            {
+                "access_token": "a",
+                "refresh_token": "b",
+                "member_id": "m 1; drop",
+                "client_endpoint": "https://x.bitrix24.com/rest/",
+            }
+        )
 
 
 def test_grant_repr_holds_no_secret():
-    grant = oauth.parse_grant({"access_token": "SECRET-A", "refresh_token": "SECRET-R", "member_id": "m",
-                               "client_endpoint": "https://x.bitrix24.com/rest/", "expires_in": 3600})
+    grant = oauth.parse_grant(
+        {
+            "access_token": "SECRET-A",
+            "refresh_token": "SECRET-R",
+            "member_id": "m",
+            "client_endpoint": "https://x.bitrix24.com/rest/",
+            "expires_in": 3600,
+        }
+    )
     assert "SECRET" not in repr(grant)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_refresh_race_between_threads_makes_one_oauth_request(client, b24, standin):
     from tests.conftest import do_install
+
     portal = do_install(client, b24)
     b24.expire_access_tokens()
     standin.oauth_delay = 0.2  # widen the window in which the threads overlap
@@ -184,6 +222,7 @@ def test_refresh_race_between_processes_makes_one_oauth_request(client, b24, sta
     if connection.vendor != "postgresql":
         pytest.skip("the multi-process race runs on PostgreSQL (SQLite is one process at a time)")
     from tests.conftest import do_install
+
     portal = do_install(client, b24)
     b24.expire_access_tokens()
     standin.oauth_delay = 0.3
@@ -191,11 +230,19 @@ def test_refresh_race_between_processes_makes_one_oauth_request(client, b24, sta
     db = connection.settings_dict
     env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
     procs = [
-        subprocess.Popen([sys.executable, "-c", RACE_SCRIPT, str(portal.pk), standin.oauth_url], cwd=ROOT, env=env,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_SCRIPT, str(portal.pk), standin.oauth_url],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     import time
+
     time.sleep(2.5)  # let every process finish django.setup()
     for p in procs:
         p.stdin.write("go\n")

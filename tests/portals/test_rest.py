@@ -1,4 +1,5 @@
 """The REST client against the stand-in: call, batch, list, refresh, retries, moves."""
+
 import pytest
 
 from bitrix24 import client as rest
@@ -175,18 +176,26 @@ def test_batch_reports_per_command_errors(installed):
 
 def test_batch_passes_nested_parameters(installed):
     portal, b24 = installed
-    params = {"PLACEMENT": "CONTACT_CENTER", "HANDLER": "https://a.example/h?x=1&y=2", "TITLE": "T & Co",
-              "LANG_ALL": {"de": {"TITLE": "Grüße"}}}
-    result = client_for(portal).batch({"u": ("placement.unbind", {"PLACEMENT": "CONTACT_CENTER",
-                                                                  "HANDLER": params["HANDLER"]}),
-                                       "b": ("placement.bind", params)})
+    params = {
+        "PLACEMENT": "CONTACT_CENTER",
+        "HANDLER": "https://a.example/h?x=1&y=2",
+        "TITLE": "T & Co",
+        "LANG_ALL": {"de": {"TITLE": "Grüße"}},
+    }
+    result = client_for(portal).batch(
+        {
+            "u": ("placement.unbind", {"PLACEMENT": "CONTACT_CENTER", "HANDLER": params["HANDLER"]}),
+            "b": ("placement.bind", params),
+        }
+    )
     assert not result.errors or set(result.errors) == {"u"}
     bound = [p for p in b24.bindings["placements"] if p["HANDLER"] == params["HANDLER"]]
     assert bound and bound[0]["TITLE"] == "T & Co" and bound[0]["LANG_ALL"]["de"]["TITLE"] == "Grüße"
 
 
-@pytest.mark.parametrize("count,requests_made", [(0, 1), (30, 1), (50, 1), (51, 1), (2500, 1), (2501, 2),
-                                                 (3000, 2), (10000, 4), (10001, 5)])
+@pytest.mark.parametrize(
+    "count,requests_made", [(0, 1), (30, 1), (50, 1), (51, 1), (2500, 1), (2501, 2), (3000, 2), (10000, 4), (10001, 5)]
+)
 def test_list_chains_pages_by_id_inside_batches(installed, count, requests_made):
     """settings/performance/huge-data.md + batch.md: start=-1, >id of the previous command's last item."""
     portal, b24 = installed
@@ -235,13 +244,15 @@ def test_build_query_matches_php():
 
 # --- portals that move (redirects) ---------------------------------------------------------------------
 
+
 def test_a_302_after_rename_moves_the_portal_and_repeats_the_call_once(installed, standin):
     portal, b24 = installed
     old = b24.domain
     new = b24.rename()
     client = client_for(portal)
-    result = client.batch({"bind": ("placement.bind", {"PLACEMENT": "CONTACT_CENTER", "HANDLER": "https://x.test/h",
-                                                        "TITLE": "moved"})})
+    result = client.batch(
+        {"bind": ("placement.bind", {"PLACEMENT": "CONTACT_CENTER", "HANDLER": "https://x.test/h", "TITLE": "moved"})}
+    )
     assert not result.errors
     # The call arrived at the new address with its parameters, exactly once.
     arrived = [r for r in b24.requests if r["method"] == "batch" and r["address"] == new]

@@ -3,6 +3,7 @@
 On SQLite the broker is the embedded filesystem one; in CI's PostgreSQL run it is RabbitMQ
 (CELERY_BROKER_URL). Each test starts its own workers and stops them (SIGTERM, warm shutdown).
 """
+
 import json
 import threading
 from datetime import timedelta
@@ -85,8 +86,13 @@ def _update_paused_mid_task(client, b24, workers, name="w1"):
     worker = workers(name, env={"B24_RATE_LIMIT_PER_SECOND": "0.3", "B24_RATE_LIMIT_BURST": "1"})
     b24.version = 9  # installed on the portal: its app.info says so
     pk = client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "9"})).json()["id"]
-    wait_for(lambda: Portal.objects.filter(member_id=b24.member_id, app_version="9").exists()
-             and item_state(pk) == State.PROCESSING, what="the worker to be inside the task")
+    wait_for(
+        lambda: (
+            Portal.objects.filter(member_id=b24.member_id, app_version="9").exists()
+            and item_state(pk) == State.PROCESSING
+        ),
+        what="the worker to be inside the task",
+    )
     return worker, pk
 
 
@@ -97,17 +103,23 @@ def test_a_worker_killed_mid_task_applies_the_event_exactly_once(client, b24, st
     first, pk = _update_paused_mid_task(client, b24, workers)
     first.kill()
     second = workers("w2", beat=True)  # beat runs the sweeper
-    wait_for(lambda: item_state(pk) == State.DONE, what="the update after the crash",
-             detail=lambda: f"{InboxItem.objects.filter(pk=pk).values().first()}\n{second.log()[-4000:]}")
+    wait_for(
+        lambda: item_state(pk) == State.DONE,
+        what="the update after the crash",
+        detail=lambda: f"{InboxItem.objects.filter(pk=pk).values().first()}\n{second.log()[-4000:]}",
+    )
     item = InboxItem.objects.get(pk=pk)
     assert item.attempts == 2 and item.outcome == "updated"
     assert portal.events.filter(kind=K.UPDATED).count() == 1
     assert portal.events.filter(kind=K.EVENTS_BOUND).count() == 2  # the install's, and this update's once
 
 
-@pytest.mark.skipif(not uses_rabbitmq(), reason="re-delivery of an unacknowledged task is RabbitMQ's (set "
-                                                "CELERY_BROKER_URL=amqp://...); the filesystem broker relies "
-                                                "on the sweeper, tested above")
+@pytest.mark.skipif(
+    not uses_rabbitmq(),
+    reason="re-delivery of an unacknowledged task is RabbitMQ's (set "
+    "CELERY_BROKER_URL=amqp://...); the filesystem broker relies "
+    "on the sweeper, tested above",
+)
 def test_rabbitmq_redelivers_the_task_of_a_killed_worker_without_the_sweeper(client, b24, standin, workers):
     portal = do_install(client, b24)
     first, pk = _update_paused_mid_task(client, b24, workers)
@@ -125,8 +137,10 @@ def test_a_lost_queue_is_recovered_by_the_sweeper(client, standin, workers):
     pairs = [(do_install(client, b24), b24) for b24 in (standin.add_portal(), standin.add_portal())]
     for _portal, b24 in pairs:
         b24.version = 7
-    ids = [client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "7"})).json()["id"]
-           for _portal, b24 in pairs]
+    ids = [
+        client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "7"})).json()["id"]
+        for _portal, b24 in pairs
+    ]
     assert lose_the_queue() >= len(ids)  # no worker ran: every task was still queued, and now it is gone
     workers("w1", beat=True)
     wait_for(lambda: all(item_state(pk) == State.DONE for pk in ids), what="the sweeper to recover the events")
@@ -198,17 +212,27 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     first, second = workers("w1"), workers("w2")
     tasks.keepalive_pass.delay()
     tasks.keepalive_pass.delay()  # a pass sent twice (two beats, a manual run) still refreshes each once
-    wait_for(lambda: PortalEvent.objects.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count()
-             >= len(pairs), what="every due portal refreshed")
-    wait_for(lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None, timeout=60,
-             what="both workers to take chunks", detail=lambda: first.log()[-2000:] + "\n---\n" + second.log()[-2000:])
+    wait_for(
+        lambda: PortalEvent.objects.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count() >= len(pairs),
+        what="every due portal refreshed",
+    )
+    wait_for(
+        lambda: all("keep-alive chunk done" in w.log() for w in (first, second)) or None,
+        timeout=60,
+        what="both workers to take chunks",
+        detail=lambda: first.log()[-2000:] + "\n---\n" + second.log()[-2000:],
+    )
     for worker in (first, second):
         worker.stop()
     assert len(standin.oauth_requests) - before == len(pairs)
     for portal, _b24 in pairs:
         assert portal.events.filter(kind=K.TOKEN_REFRESHED, created_at__gte=started).count() == 1
-    log_lines = [json.loads(line) for w in (first, second) for line in w.log().splitlines()
-                 if line.startswith("{") and "keep-alive chunk done" in line]
+    log_lines = [
+        json.loads(line)
+        for w in (first, second)
+        for line in w.log().splitlines()
+        if line.startswith("{") and "keep-alive chunk done" in line
+    ]
     assert all(line.get("task_id") for line in log_lines)  # JSON log lines carry the task id
 
 

@@ -1,4 +1,5 @@
 """Fixtures of the stand-in's own tests: a fresh stand-in per test (not the suite's shared one)."""
+
 import pytest
 import requests
 

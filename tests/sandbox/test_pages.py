@@ -1,4 +1,5 @@
 """The sandbox's Contact Center page and its actions, over HTTP (the browser tests click through them)."""
+
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,8 +21,12 @@ def portal(standin):
 
 
 def act(http, portal, action, body=None, **headers):
-    return http.post(f"http://{portal.domain}/sandbox/api/{action}", json=body or {}, timeout=5,
-                     headers={"Origin": f"http://{portal.domain}", **headers})
+    return http.post(
+        f"http://{portal.domain}/sandbox/api/{action}",
+        json=body or {},
+        timeout=5,
+        headers={"Origin": f"http://{portal.domain}", **headers},
+    )
 
 
 def state(http, portal, lang="en"):
@@ -32,20 +37,38 @@ def play_the_app(http, portal, recorder):
     """What the app's install page does with the installer's token: bind the square and its events."""
     token = portal.issue_tokens("1")["access_token"]
     rest = portal.client_endpoint
-    assert http.post(rest + "placement.bind.json", timeout=5, data={
-        "auth": token, "PLACEMENT": "CONTACT_CENTER", "HANDLER": recorder.url + "placement/?v=2",
-        "TITLE": "Widget", "LANG_ALL[de][TITLE]": "Widget DE", "LANG_ALL[de][DESCRIPTION]": "Beschreibung",
-    }).json()["result"] is True
+    assert (
+        http.post(
+            rest + "placement.bind.json",
+            timeout=5,
+            data={
+                "auth": token,
+                "PLACEMENT": "CONTACT_CENTER",
+                "HANDLER": recorder.url + "placement/?v=2",
+                "TITLE": "Widget",
+                "LANG_ALL[de][TITLE]": "Widget DE",
+                "LANG_ALL[de][DESCRIPTION]": "Beschreibung",
+            },
+        ).json()["result"]
+        is True
+    )
     for event in ("ONAPPINSTALL", "ONAPPUNINSTALL"):
-        assert http.post(rest + "event.bind.json", timeout=5, data={
-            "auth": token, "event": event, "handler": recorder.url + "events/"}).json()["result"] is True
+        assert (
+            http.post(
+                rest + "event.bind.json",
+                timeout=5,
+                data={"auth": token, "event": event, "handler": recorder.url + "events/"},
+            ).json()["result"]
+            is True
+        )
 
 
 def test_contact_center_page_script_and_assets(http, standin, pages, portal):
     page = http.get(SandboxPages.portal_url(portal), timeout=5)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    config = json.loads(page.text.split('<script id="sandbox-config" type="application/json">')[1]
-                        .split("</script>")[0])
+    config = json.loads(
+        page.text.split('<script id="sandbox-config" type="application/json">')[1].split("</script>")[0]
+    )
     assert config["memberId"] == portal.member_id and config["appOrigin"] == APP_URL
     assert [u["admin"] for u in config["users"]] == [True, False]
     assert config["languages"] == ["en", "ru", "de"]
@@ -168,29 +191,48 @@ def test_openlines_pages_and_script_are_served(http, pages, portal):
     for path, marker in (("/sandbox/openlines/", 'data-page="desk"'), ("/sandbox/customer/", 'data-page="customer"')):
         answer = http.get(f"http://{portal.domain}{path}", timeout=5)
         assert answer.status_code == 200 and marker in answer.text and portal.domain in answer.text
-    assert http.get(f"http://{portal.domain}/sandbox/openlines.js", timeout=5).headers["Content-Type"].startswith(
-        "text/javascript")
+    assert (
+        http.get(f"http://{portal.domain}/sandbox/openlines.js", timeout=5)
+        .headers["Content-Type"]
+        .startswith("text/javascript")
+    )
     empty = http.get(f"http://{portal.domain}/sandbox/api/openlines-state", timeout=5).json()
     assert empty == {"chats": [], "webhooks": [], "webhookUrl": f"http://{portal.domain}/sandbox/webhook/"}
 
 
 def test_the_webhook_receiver_records_what_it_is_sent(http, pages, portal):
-    answer = http.post(f"http://{portal.domain}/sandbox/webhook/", json={"event": "message.add"}, timeout=5,
-                       headers={"X-B24Widget-Signature": "sha256=00"})
+    answer = http.post(
+        f"http://{portal.domain}/sandbox/webhook/",
+        json={"event": "message.add"},
+        timeout=5,
+        headers={"X-B24Widget-Signature": "sha256=00"},
+    )
     assert answer.status_code == 200
-    assert http.post(f"http://{portal.domain}/sandbox/webhook/", data=b"{not json", timeout=5,
-                     headers={"Content-Type": "application/json"}).status_code == 400
+    assert (
+        http.post(
+            f"http://{portal.domain}/sandbox/webhook/",
+            data=b"{not json",
+            timeout=5,
+            headers={"Content-Type": "application/json"},
+        ).status_code
+        == 400
+    )
     hooks = http.get(f"http://{portal.domain}/sandbox/api/openlines-state", timeout=5).json()["webhooks"]
     assert [(h["payload"], h["signed"]) for h in hooks] == [({"event": "message.add"}, True)]
 
 
 def test_the_customer_page_posts_only_to_the_apps_channel_endpoint(http, pages, portal):
-    answer = act(http, portal, "customer-send", {"endpoint": "http://169.254.169.254/channels/x/messages",
-                                                 "secret": "s", "text": "hi"})
+    answer = act(
+        http,
+        portal,
+        "customer-send",
+        {"endpoint": "http://169.254.169.254/channels/x/messages", "secret": "s", "text": "hi"},
+    )
     assert answer.status_code == 400 and answer.json()["error"] == "bad_endpoint"
     # The app at APP_URL does not listen: a clear 502, not a hang or a 500.
-    down = act(http, portal, "customer-send", {"endpoint": f"{APP_URL}/channels/x/messages", "secret": "s",
-                                               "text": "hi"})
+    down = act(
+        http, portal, "customer-send", {"endpoint": f"{APP_URL}/channels/x/messages", "secret": "s", "text": "hi"}
+    )
     assert down.status_code == 502 and down.json()["error"] == "app_unreachable"
 
 

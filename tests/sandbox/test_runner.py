@@ -1,4 +1,5 @@
 """`manage.py sandbox`: refused outside development; starts the app beside a sandbox that survives restarts."""
+
 import os
 import signal
 import socket
@@ -27,18 +28,27 @@ def free_port() -> int:
 
 
 def options(tmp_path, **overrides):
-    values = dict(base_dir=ROOT, client_id="local.sandbox", client_secret="sandbox-secret",
-                  directory=tmp_path / "sb", app_port=free_port(), portal_port=free_port(),
-                  server_port=free_port())
+    values = dict(
+        base_dir=ROOT,
+        client_id="local.sandbox",
+        client_secret="sandbox-secret",
+        directory=tmp_path / "sb",
+        app_port=free_port(),
+        portal_port=free_port(),
+        server_port=free_port(),
+    )
     values.update(overrides)
     return runner.Options(**values)
 
 
 def clean_env(**extra):
     """This process's environment without what the test settings put there, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("B24_", "DJANGO_")) and k not in ("DATABASE_URL", "DEBUG", "SECRET_KEY",
-                                                                   "TOKEN_ENCRYPTION_KEYS", "ALLOWED_HOSTS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("B24_", "DJANGO_"))
+        and k not in ("DATABASE_URL", "DEBUG", "SECRET_KEY", "TOKEN_ENCRYPTION_KEYS", "ALLOWED_HOSTS")
+    }
     env.update(extra)
     return env
 
@@ -51,12 +61,18 @@ def test_the_command_refuses_outside_development(settings):
 
 
 def test_production_settings_do_not_even_have_the_command():
-    env = clean_env(DEBUG="false", SECRET_KEY="x" * 50, B24_CLIENT_ID="id", B24_CLIENT_SECRET="secret",
-                    B24_APP_URL="https://widget.example.com",
-                    TOKEN_ENCRYPTION_KEYS="ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA=",
-                    DATABASE_URL="sqlite:////nonexistent/never-opened.sqlite3")
-    answer = subprocess.run([sys.executable, "manage.py", "sandbox"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    env = clean_env(
+        DEBUG="false",
+        SECRET_KEY="x" * 50,
+        B24_CLIENT_ID="id",
+        B24_CLIENT_SECRET="secret",
+        B24_APP_URL="https://widget.example.com",
+        TOKEN_ENCRYPTION_KEYS="ZGV2LW9ubHktYjI0d2lkZ2V0LXRva2VuLWtleS0wMDA=",
+        DATABASE_URL="sqlite:////nonexistent/never-opened.sqlite3",
+    )
+    answer = subprocess.run(
+        [sys.executable, "manage.py", "sandbox"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert answer.returncode != 0
     assert "Unknown command: 'sandbox'" in answer.stderr
 
@@ -114,11 +130,23 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
     """The README's command, for real: migrate, an admin login, runserver, the URLs; SIGTERM stops it all."""
     ports = {"app": free_port(), "portal": free_port(), "server": free_port()}
     folder = tmp_path / "sandbox"
-    command = [sys.executable, "manage.py", "sandbox", "--noreload", "--dir", str(folder),
-               "--app-port", str(ports["app"]), "--portal-port", str(ports["portal"]),
-               "--server-port", str(ports["server"])]
-    process = subprocess.Popen(command, cwd=ROOT, env=clean_env(DEBUG="true"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "manage.py",
+        "sandbox",
+        "--noreload",
+        "--dir",
+        str(folder),
+        "--app-port",
+        str(ports["app"]),
+        "--portal-port",
+        str(ports["portal"]),
+        "--server-port",
+        str(ports["server"]),
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=clean_env(DEBUG="true"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = []
     try:
         deadline = time.monotonic() + 60
@@ -137,17 +165,26 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
             http.trust_env = False
             assert http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=5).status_code == 200
             assert http.get(f"http://127.0.0.1:{ports['portal']}/", timeout=5).status_code == 200
-            assert http.get(f"http://127.0.0.1:{ports['server']}/api/v1/", timeout=5).status_code == 404  # no BX24 stand-in
+            assert (
+                http.get(f"http://127.0.0.1:{ports['server']}/api/v1/", timeout=5).status_code == 404
+            )  # no BX24 stand-in
             # The app is the sandbox's: its install page loads the stand-in BX24 script.
             install = http.get(f"http://127.0.0.1:{ports['app']}/install/", timeout=5)
             assert install.status_code == 200
             # The landing page says how this was started (DEBUG is on in the sandbox's app).
             assert "manage.py sandbox" in http.get(f"http://127.0.0.1:{ports['app']}/", timeout=5).text
             # A worker runs beside the app: an event the app stored is processed (here: refused, final).
-            event = {"event": "ONAPPINSTALL", "ts": "1", "auth[member_id]": "nobody0000",
-                     "auth[application_token]": "t" * 32, "data[VERSION]": "1"}
-            assert http.post(f"http://127.0.0.1:{ports['app']}/events/", data=event, timeout=5).json()[
-                "result"] == "accepted"
+            event = {
+                "event": "ONAPPINSTALL",
+                "ts": "1",
+                "auth[member_id]": "nobody0000",
+                "auth[application_token]": "t" * 32,
+                "data[VERSION]": "1",
+            }
+            assert (
+                http.post(f"http://127.0.0.1:{ports['app']}/events/", data=event, timeout=5).json()["result"]
+                == "accepted"
+            )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 health = http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=5).json()
@@ -170,9 +207,14 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
     assert (folder / "state.json").exists() and (folder / "db.sqlite3").exists()
 
 
-@pytest.mark.parametrize("taken, flag, what", [("app_port", "--app-port", "the app"),
-                                               ("portal_port", "--portal-port", "the sandbox portal"),
-                                               ("server_port", "--server-port", "the sandbox's OAuth server")])
+@pytest.mark.parametrize(
+    "taken, flag, what",
+    [
+        ("app_port", "--app-port", "the app"),
+        ("portal_port", "--portal-port", "the sandbox portal"),
+        ("server_port", "--server-port", "the sandbox's OAuth server"),
+    ],
+)
 def test_a_taken_port_stops_the_sandbox_before_anything_starts(tmp_path, taken, flag, what):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -191,13 +233,31 @@ def test_the_command_names_the_taken_port_and_its_flag_in_one_line(tmp_path):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        answer = subprocess.run([sys.executable, "manage.py", "sandbox", "--app-port", str(port),
-                                 "--portal-port", str(free_port()), "--server-port", str(free_port()),
-                                 "--dir", str(tmp_path / "sb")],
-                                cwd=ROOT, env=clean_env(DEBUG="true"), capture_output=True, text=True, timeout=60)
+        answer = subprocess.run(
+            [
+                sys.executable,
+                "manage.py",
+                "sandbox",
+                "--app-port",
+                str(port),
+                "--portal-port",
+                str(free_port()),
+                "--server-port",
+                str(free_port()),
+                "--dir",
+                str(tmp_path / "sb"),
+            ],
+            cwd=ROOT,
+            env=clean_env(DEBUG="true"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert answer.returncode != 0
-    assert answer.stderr.strip() == (f"CommandError: port {port} (the app) is already in use "
-                                     "(Address already in use); choose another with --app-port")
+    assert answer.stderr.strip() == (
+        f"CommandError: port {port} (the app) is already in use "
+        "(Address already in use); choose another with --app-port"
+    )
     assert "running" not in answer.stdout
 
 
@@ -211,11 +271,17 @@ def test_manage_py_devserver_runs_the_app_with_a_worker(tmp_path):
     """The README's first command ends in `manage.py devserver`: the app and a worker on the embedded broker;
     an event the app stored is applied (here: refused, final) without anything else started; SIGTERM stops both."""
     port = free_port()
-    env = clean_env(DEBUG="true", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-                    CELERY_BROKER_DIR=str(tmp_path / "celery"))
+    env = clean_env(
+        DEBUG="true", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", CELERY_BROKER_DIR=str(tmp_path / "celery")
+    )
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True, timeout=120)
-    process = subprocess.Popen([sys.executable, "manage.py", "devserver", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "devserver", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with requests.Session() as http:
             http.trust_env = False
@@ -227,8 +293,13 @@ def test_manage_py_devserver_runs_the_app_with_a_worker(tmp_path):
                         break
                 except requests.ConnectionError:
                     time.sleep(0.3)
-            event = {"event": "ONAPPINSTALL", "ts": "1", "auth[member_id]": "nobody0000",
-                     "auth[application_token]": "t" * 32, "data[VERSION]": "1"}
+            event = {
+                "event": "ONAPPINSTALL",
+                "ts": "1",
+                "auth[member_id]": "nobody0000",
+                "auth[application_token]": "t" * 32,
+                "data[VERSION]": "1",
+            }
             assert http.post(f"{base}/events/", data=event, timeout=5).json()["result"] == "accepted"
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -1,4 +1,5 @@
 """The local Bitrix24 stand-in answers like oauth.bitrix.info and a portal's REST, over real HTTP."""
+
 import json
 import threading
 
@@ -8,8 +9,17 @@ import requests
 from sandbox.standin import StandIn, frame_query_and_body, parse_php_params
 
 from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
-TIME_KEYS = {"start", "finish", "duration", "processing", "date_start", "date_finish",
-             "operating", "operating_reset_at"}
+
+TIME_KEYS = {
+    "start",
+    "finish",
+    "duration",
+    "processing",
+    "date_start",
+    "date_finish",
+    "operating",
+    "operating_reset_at",
+}
 
 
 @pytest.fixture
@@ -18,14 +28,20 @@ def portal(standin):
 
 
 def refresh(http, standin, refresh_token, **overrides):
-    params = {"grant_type": "refresh_token", "client_id": CLIENT_ID,
-              "client_secret": CLIENT_SECRET, "refresh_token": refresh_token, **overrides}
+    params = {
+        "grant_type": "refresh_token",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": refresh_token,
+        **overrides,
+    }
     return http.get(standin.oauth_url, params=params, timeout=5)
 
 
 def call(http, portal, method, auth, **params):
-    return http.post(f"{portal.client_endpoint}{method}.json", data={"auth": auth, **params},
-                     timeout=5, allow_redirects=False)
+    return http.post(
+        f"{portal.client_endpoint}{method}.json", data={"auth": auth, **params}, timeout=5, allow_redirects=False
+    )
 
 
 # --- OAuth server -------------------------------------------------------------------------------
@@ -49,9 +65,16 @@ def test_refresh_rotates_and_a_spent_refresh_token_is_invalid_grant(http, standi
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_grant"
     # The rotated token works (and is a POST form too).
-    posted = http.post(standin.oauth_url, timeout=5, data={
-        "grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-        "refresh_token": body["refresh_token"]})
+    posted = http.post(
+        standin.oauth_url,
+        timeout=5,
+        data={
+            "grant_type": "refresh_token",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": body["refresh_token"],
+        },
+    )
     assert posted.status_code == 200
     assert standin.oauth_requests[0]["refresh_token"] == tokens["refresh_token"]
     assert len(standin.oauth_requests) == 3
@@ -133,8 +156,7 @@ def test_rest_success_carries_a_time_block(http, portal):
     admin = portal.issue_tokens("1")["access_token"]
     assert call(http, portal, "user.admin", admin).json()["result"] is True
     # Query-string auth and a JSON body are accepted too.
-    assert http.get(portal.client_endpoint + "server.time", params={"auth": token},
-                    timeout=5).status_code == 200
+    assert http.get(portal.client_endpoint + "server.time", params={"auth": token}, timeout=5).status_code == 200
     info = http.post(portal.client_endpoint + "app.info", json={"auth": token}, timeout=5).json()
     assert info["result"]["CODE"] == CLIENT_ID and info["result"]["INSTALLED"] is False
     portal.finish_install()
@@ -186,8 +208,13 @@ def test_missing_scope_is_insufficient_scope(http, standin):
 
 def test_placement_bind_duplicate_admin_only_and_nested_params(http, portal):
     token = portal.issue_tokens("1")["access_token"]
-    form = {"PLACEMENT": "CONTACT_CENTER", "HANDLER": "http://app.test/placement/",
-            "TITLE": "Widget", "LANG_ALL[en][TITLE]": "Widget", "LANG_ALL[de][TITLE]": "Widget DE"}
+    form = {
+        "PLACEMENT": "CONTACT_CENTER",
+        "HANDLER": "http://app.test/placement/",
+        "TITLE": "Widget",
+        "LANG_ALL[en][TITLE]": "Widget",
+        "LANG_ALL[de][TITLE]": "Widget DE",
+    }
     first = call(http, portal, "placement.bind", token, **form)
     assert first.status_code == 200 and first.json()["result"] is True
     binding = portal.bindings["placements"][0]
@@ -199,15 +226,16 @@ def test_placement_bind_duplicate_admin_only_and_nested_params(http, portal):
     assert "Handler already binded" in duplicate.json()["error_description"]
 
     user_token = portal.issue_tokens("2")["access_token"]
-    denied = call(http, portal, "placement.bind", user_token, PLACEMENT="CRM_DEAL_LIST_MENU",
-                  HANDLER="http://app.test/x/")
+    denied = call(
+        http, portal, "placement.bind", user_token, PLACEMENT="CRM_DEAL_LIST_MENU", HANDLER="http://app.test/x/"
+    )
     assert (denied.status_code, denied.json()["error"]) == (403, "ACCESS_DENIED")
 
     listed = call(http, portal, "placement.get", token).json()["result"]
-    assert [(b["placement"], b["handler"]) for b in listed] == [
-        ("CONTACT_CENTER", "http://app.test/placement/")]
-    unbound = call(http, portal, "placement.unbind", token, PLACEMENT="CONTACT_CENTER",
-                   HANDLER="http://app.test/placement/")
+    assert [(b["placement"], b["handler"]) for b in listed] == [("CONTACT_CENTER", "http://app.test/placement/")]
+    unbound = call(
+        http, portal, "placement.unbind", token, PLACEMENT="CONTACT_CENTER", HANDLER="http://app.test/placement/"
+    )
     assert unbound.json()["result"] == {"count": 2}  # placement-unbind.md: +1 found, +1 removed
     assert portal.bindings["placements"] == []
 
@@ -218,8 +246,10 @@ def test_event_bind_duplicate_is_error_core(http, portal):
     assert call(http, portal, "event.bind", token, **params).json()["result"] is True
     duplicate = call(http, portal, "event.bind", token, **params)
     assert duplicate.status_code == 400
-    assert duplicate.json() == {"error": "ERROR_CORE",
-                                "error_description": "Unable to set event handler: Handler already binded"}
+    assert duplicate.json() == {
+        "error": "ERROR_CORE",
+        "error_description": "Unable to set event handler: Handler already binded",
+    }
     listed = call(http, portal, "event.get", token).json()["result"]
     assert [(e["event"], e["handler"]) for e in listed] == [("ONAPPUNINSTALL", "http://app.test/events/")]
     assert call(http, portal, "event.unbind", token, **params).json()["result"] == {"count": 1}
@@ -228,14 +258,19 @@ def test_event_bind_duplicate_is_error_core(http, portal):
 def test_batch_results_errors_and_counts(http, portal):
     portal.crm_items = 120
     token = portal.issue_tokens()["access_token"]
-    answer = http.post(portal.client_endpoint + "batch", timeout=5, data={
-        "auth": token, "halt": "0",
-        "cmd[me]": "user.current",
-        "cmd[lines]": "imopenlines.config.list.get",
-        "cmd[items]": "crm.item.list?entityTypeId=2&start=50",
-        "cmd[bad]": "no.such.method?x=1",
-        "cmd[nested]": "batch?cmd[a]=user.current",
-    })
+    answer = http.post(
+        portal.client_endpoint + "batch",
+        timeout=5,
+        data={
+            "auth": token,
+            "halt": "0",
+            "cmd[me]": "user.current",
+            "cmd[lines]": "imopenlines.config.list.get",
+            "cmd[items]": "crm.item.list?entityTypeId=2&start=50",
+            "cmd[bad]": "no.such.method?x=1",
+            "cmd[nested]": "batch?cmd[a]=user.current",
+        },
+    )
     assert answer.status_code == 200
     body = answer.json()
     result = body["result"]
@@ -253,16 +288,18 @@ def test_batch_results_errors_and_counts(http, portal):
     assert portal.calls("batch") == 2 and portal.calls("user.current") == 1
     assert portal.calls("crm.item.list") == 1
 
-    halted = http.post(portal.client_endpoint + "batch", timeout=5, json={
-        "auth": token, "halt": 1, "cmd": {"bad": "no.such.method", "me": "user.current"}}).json()
+    halted = http.post(
+        portal.client_endpoint + "batch",
+        timeout=5,
+        json={"auth": token, "halt": 1, "cmd": {"bad": "no.such.method", "me": "user.current"}},
+    ).json()
     assert halted["result"]["result"] == [] and list(halted["result"]["result_error"]) == ["bad"]
 
 
 def test_batch_over_50_commands_reports_the_rest_as_exceeded(http, portal):
     token = portal.issue_tokens()["access_token"]
     commands = {f"c{n}": "server.time" for n in range(52)}
-    answer = http.post(portal.client_endpoint + "batch", timeout=5,
-                       json={"auth": token, "cmd": commands})
+    answer = http.post(portal.client_endpoint + "batch", timeout=5, json={"auth": token, "cmd": commands})
     assert answer.status_code == 200
     result = answer.json()["result"]
     assert len(result["result"]) == 50
@@ -289,8 +326,12 @@ def test_rename_redirects_old_address_and_oauth_reports_new_endpoint(http, stand
     new = portal.rename()
     assert portal.domain == new != old and portal.client_endpoint == f"http://{new}/rest/"
 
-    moved = http.post(f"http://{old}/rest/user.current.json?x=1", data={"auth": tokens["access_token"]},
-                      timeout=5, allow_redirects=False)
+    moved = http.post(
+        f"http://{old}/rest/user.current.json?x=1",
+        data={"auth": tokens["access_token"]},
+        timeout=5,
+        allow_redirects=False,
+    )
     assert moved.status_code == 302
     assert moved.headers["Location"] == f"http://{new}/rest/user.current.json?x=1"
     assert moved.content == b""
@@ -319,8 +360,9 @@ def test_redirect_to_without_the_oauth_server_knowing(http, standin, portal):
 
 def test_recorder_records_and_answers_404(http, standin):
     recorder = standin.add_recorder()
-    answer = http.post(f"http://{recorder.address}/rest/user.current.json?a=1",
-                       data={"auth": "tok", "x[y]": "z"}, timeout=5)
+    answer = http.post(
+        f"http://{recorder.address}/rest/user.current.json?a=1", data={"auth": "tok", "x[y]": "z"}, timeout=5
+    )
     assert answer.status_code == 404
     entry = recorder.requests[0]
     assert (entry["http_method"], entry["path"], entry["query"]) == ("POST", "/rest/user.current.json", "a=1")
@@ -373,10 +415,19 @@ def test_install_and_placement_posts(http, standin, portal):
     before = portal.application_token
     fields = portal.install_post(lang="de")
     assert portal.application_token != before and portal.installed and not portal.install_finished
-    assert {k: fields[k] for k in ("DOMAIN", "PROTOCOL", "LANG", "AUTH_EXPIRES", "member_id",
-                                   "status", "PLACEMENT", "PLACEMENT_OPTIONS")} == {
-        "DOMAIN": portal.domain, "PROTOCOL": "0", "LANG": "de", "AUTH_EXPIRES": "3600",
-        "member_id": portal.member_id, "status": "F", "PLACEMENT": "DEFAULT", "PLACEMENT_OPTIONS": "{}"}
+    assert {
+        k: fields[k]
+        for k in ("DOMAIN", "PROTOCOL", "LANG", "AUTH_EXPIRES", "member_id", "status", "PLACEMENT", "PLACEMENT_OPTIONS")
+    } == {
+        "DOMAIN": portal.domain,
+        "PROTOCOL": "0",
+        "LANG": "de",
+        "AUTH_EXPIRES": "3600",
+        "member_id": portal.member_id,
+        "status": "F",
+        "PLACEMENT": "DEFAULT",
+        "PLACEMENT_OPTIONS": "{}",
+    }
     assert refresh(http, standin, fields["REFRESH_ID"]).status_code == 200
     info = call(http, portal, "app.info", fields["AUTH_ID"]).json()["result"]
     assert info["INSTALLED"] is False
@@ -407,11 +458,21 @@ def test_event_payloads(portal):
 
 
 def test_parse_php_params():
-    pairs = [("LANG_ALL[en][TITLE]", "T"), ("cmd[a]", "x?y=1"), ("filter[ID][]", "1"),
-             ("filter[ID][]", "2"), ("plain", "v"), ("odd[", "w")]
+    pairs = [
+        ("LANG_ALL[en][TITLE]", "T"),
+        ("cmd[a]", "x?y=1"),
+        ("filter[ID][]", "1"),
+        ("filter[ID][]", "2"),
+        ("plain", "v"),
+        ("odd[", "w"),
+    ]
     assert parse_php_params(pairs) == {
-        "LANG_ALL": {"en": {"TITLE": "T"}}, "cmd": {"a": "x?y=1"},
-        "filter": {"ID": ["1", "2"]}, "plain": "v", "odd[": "w"}
+        "LANG_ALL": {"en": {"TITLE": "T"}},
+        "cmd": {"a": "x?y=1"},
+        "filter": {"ID": ["1", "2"]},
+        "plain": "v",
+        "odd[": "w",
+    }
 
 
 def test_stop_closes_every_server(http):

@@ -1,4 +1,5 @@
 """The stand-in where it used to differ from the docs, and the fault knobs other tests use."""
+
 import socket
 import time
 
@@ -36,13 +37,24 @@ def test_a_second_app_has_its_own_tokens_app_info_and_bindings(http, standin, po
     assert server.json()["result"]["client_id"] == OTHER_ID
     # Another app's refresh token is no grant for ours, nor ours for it (settings/oauth/error-codes.md).
     assert refresh(http, standin, theirs["refresh_token"]).json()["error"] == "invalid_grant"
-    assert refresh(http, standin, ours["refresh_token"], client_id=OTHER_ID,
-                   client_secret=OTHER_SECRET).json()["error"] == "invalid_grant"
+    assert (
+        refresh(http, standin, ours["refresh_token"], client_id=OTHER_ID, client_secret=OTHER_SECRET).json()["error"]
+        == "invalid_grant"
+    )
     renewed = refresh(http, standin, theirs["refresh_token"], client_id=OTHER_ID, client_secret=OTHER_SECRET)
     assert renewed.status_code == 200
     # placement.get lists the calling app's bindings only.
-    assert call(http, portal, "placement.bind", theirs["access_token"], PLACEMENT="CONTACT_CENTER",
-                HANDLER="https://other.example.test/cc/").json()["result"] is True
+    assert (
+        call(
+            http,
+            portal,
+            "placement.bind",
+            theirs["access_token"],
+            PLACEMENT="CONTACT_CENTER",
+            HANDLER="https://other.example.test/cc/",
+        ).json()["result"]
+        is True
+    )
     assert call(http, portal, "placement.get", ours["access_token"]).json()["result"] == []
     assert portal.event_handlers("ONAPPINSTALL") == []
 
@@ -77,12 +89,15 @@ def test_install_and_update_events_carry_tokens_unless_forged(portal):
 # --- placements and handlers -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("handler, code", [
-    ("ftp://app.example.test/cc/", "ERROR_UNSUPPORTED_PROTOCOL"),
-    ("https://intranet/cc/", "ERROR_WRONG_HANDLER_URL"),
-    ("https://app.localhost/cc/", "ERROR_WRONG_HANDLER_URL"),
-    ("not a url", "ERROR_UNSUPPORTED_PROTOCOL"),
-])
+@pytest.mark.parametrize(
+    "handler, code",
+    [
+        ("ftp://app.example.test/cc/", "ERROR_UNSUPPORTED_PROTOCOL"),
+        ("https://intranet/cc/", "ERROR_WRONG_HANDLER_URL"),
+        ("https://app.localhost/cc/", "ERROR_WRONG_HANDLER_URL"),
+        ("not a url", "ERROR_UNSUPPORTED_PROTOCOL"),
+    ],
+)
 def test_handler_urls_are_checked_as_the_widget_docs_say(http, portal, handler, code):
     token = portal.issue_tokens("1")["access_token"]
     answer = call(http, portal, "placement.bind", token, PLACEMENT="CONTACT_CENTER", HANDLER=handler)
@@ -93,8 +108,18 @@ def test_handler_urls_are_checked_as_the_widget_docs_say(http, portal, handler, 
 
 def test_contact_center_drops_options_and_placement_get_is_for_administrators(http, portal):
     admin, user = portal.issue_tokens("1")["access_token"], portal.issue_tokens("2")["access_token"]
-    assert call(http, portal, "placement.bind", admin, PLACEMENT="CONTACT_CENTER",
-                HANDLER="https://app.example.test/cc/", **{"OPTIONS[x]": "1"}).json()["result"] is True
+    assert (
+        call(
+            http,
+            portal,
+            "placement.bind",
+            admin,
+            PLACEMENT="CONTACT_CENTER",
+            HANDLER="https://app.example.test/cc/",
+            **{"OPTIONS[x]": "1"},
+        ).json()["result"]
+        is True
+    )
     [bound] = call(http, portal, "placement.get", admin).json()["result"]
     assert bound["options"] == []  # api-reference/widgets/contact-center.md
     assert call(http, portal, "placement.get", user).json()["error"] == "ACCESS_DENIED"  # placement-get.md
@@ -119,20 +144,31 @@ def test_start_minus_one_pages_without_a_count(http, portal):
 
 def test_batch_passes_earlier_results_with_result_references(http, portal):
     token = portal.issue_tokens("2")["access_token"]
-    answer = http.post(portal.client_endpoint + "batch", timeout=5, data={
-        "auth": token, "cmd[me]": "user.current",
-        "cmd[items]": "crm.item.list?entityTypeId=$result[me][ID]",
-        "cmd[unknown]": "crm.item.list?entityTypeId=$result[nobody][ID]",
-    }).json()["result"]
+    answer = http.post(
+        portal.client_endpoint + "batch",
+        timeout=5,
+        data={
+            "auth": token,
+            "cmd[me]": "user.current",
+            "cmd[items]": "crm.item.list?entityTypeId=$result[me][ID]",
+            "cmd[unknown]": "crm.item.list?entityTypeId=$result[nobody][ID]",
+        },
+    ).json()["result"]
     assert answer["result"]["items"]["items"] == []  # entityTypeId=2 was found
     assert answer["result_error"]["unknown"]["error"] == "NOT_FOUND"
 
 
 def test_the_portal_rest_allows_calls_from_a_frame(http, portal):
     token = portal.issue_tokens()["access_token"]
-    preflight = http.options(portal.client_endpoint + "user.current.json", timeout=5, headers={
-        "Origin": "https://app.example.test", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+    preflight = http.options(
+        portal.client_endpoint + "user.current.json",
+        timeout=5,
+        headers={
+            "Origin": "https://app.example.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "*"
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
@@ -166,9 +202,16 @@ def test_operating_time_is_per_method_and_batch_is_not_counted(http, portal):
     portal.crm_items = 1
     first = call(http, portal, "crm.item.list", token, entityTypeId="2").json()
     assert first["time"]["operating"] == 200.0 and first["time"]["operating_reset_at"] > time.time()
-    batch = http.post(portal.client_endpoint + "batch", timeout=5, data={
-        "auth": token, "cmd[a]": "crm.item.list?entityTypeId=2", "cmd[b]": "crm.item.list?entityTypeId=2",
-        "cmd[c]": "server.time"}).json()
+    batch = http.post(
+        portal.client_endpoint + "batch",
+        timeout=5,
+        data={
+            "auth": token,
+            "cmd[a]": "crm.item.list?entityTypeId=2",
+            "cmd[b]": "crm.item.list?entityTypeId=2",
+            "cmd[c]": "server.time",
+        },
+    ).json()
     assert "operating" not in batch["time"]
     assert batch["result"]["result_time"]["b"]["operating"] == 600.0
     # Now past 480 s: the method is blocked, inside a batch too; other methods go on.
@@ -184,9 +227,16 @@ def test_a_late_oauth_answer_has_already_rotated_the_refresh_token(http, standin
     tokens = portal.issue_tokens()
     standin.oauth_late = 60.0  # stop() ends the wait at teardown
     with pytest.raises(requests.ReadTimeout):
-        http.get(standin.oauth_url, timeout=1, params={
-            "grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "refresh_token": tokens["refresh_token"]})
+        http.get(
+            standin.oauth_url,
+            timeout=1,
+            params={
+                "grant_type": "refresh_token",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "refresh_token": tokens["refresh_token"],
+            },
+        )
     standin.oauth_late = 0
     # The client gave up, but the rotation happened: the old refresh token is spent.
     assert refresh(http, standin, tokens["refresh_token"]).json()["error"] == "invalid_grant"
@@ -223,8 +273,16 @@ def test_an_oversized_answer_is_valid_json_of_that_size(http, standin, portal):
 
 def test_the_oauth_server_grants_no_cors_and_an_options_request_spends_nothing(http, standin, portal):
     tokens = portal.issue_tokens()
-    answer = http.options(standin.oauth_url, timeout=5, params={
-        "grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-        "refresh_token": tokens["refresh_token"]}, headers={"Origin": "https://app.example.test"})
+    answer = http.options(
+        standin.oauth_url,
+        timeout=5,
+        params={
+            "grant_type": "refresh_token",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": tokens["refresh_token"],
+        },
+        headers={"Origin": "https://app.example.test"},
+    )
     assert answer.status_code == 204 and "Access-Control-Allow-Origin" not in answer.headers
     assert refresh(http, standin, tokens["refresh_token"]).status_code == 200  # still unspent

@@ -1,4 +1,5 @@
 """What the stand-in adds for the human sandbox: fixed ports, event delivery, a saved state, a web hook."""
+
 import json
 import os
 import stat
@@ -12,14 +13,22 @@ from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
 
 
 def refresh(http, standin, refresh_token):
-    return http.post(standin.oauth_url, timeout=5, data={
-        "grant_type": "refresh_token", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-        "refresh_token": refresh_token})
+    return http.post(
+        standin.oauth_url,
+        timeout=5,
+        data={
+            "grant_type": "refresh_token",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "refresh_token": refresh_token,
+        },
+    )
 
 
 def call(http, portal, method, auth, **params):
-    return http.post(f"{portal.client_endpoint}{method}.json", data={"auth": auth, **params}, timeout=5,
-                     allow_redirects=False)
+    return http.post(
+        f"{portal.client_endpoint}{method}.json", data={"auth": auth, **params}, timeout=5, allow_redirects=False
+    )
 
 
 def bind_event(http, portal, event, handler):
@@ -43,7 +52,8 @@ def test_events_go_form_encoded_to_the_handlers_bound_with_event_bind(http, stan
     delivered = portal.deliver_event("ONAPPINSTALL")
 
     assert [(d["event"], d["handler"], d["status"], d["member_id"]) for d in delivered] == [
-        ("ONAPPINSTALL", recorder.url + "events/?app=1", 404, portal.member_id)]
+        ("ONAPPINSTALL", recorder.url + "events/?app=1", 404, portal.member_id)
+    ]
     assert standin.event_deliveries == delivered
     [request] = recorder.requests
     assert (request["http_method"], request["path"], request["query"]) == ("POST", "/events/", "app=1")
@@ -76,8 +86,7 @@ def test_deliver_event_reports_unreachable_handlers_and_does_not_follow_redirect
     closed = StandIn(CLIENT_ID, CLIENT_SECRET).start()
     gone = closed.address
     closed.stop()
-    delivered = portal.deliver_event("ONAPPINSTALL", handlers=[f"http://{old}/events/", f"http://{gone}/x/"],
-                                     timeout=2)
+    delivered = portal.deliver_event("ONAPPINSTALL", handlers=[f"http://{old}/events/", f"http://{gone}/x/"], timeout=2)
     assert delivered[0]["status"] == 302 and delivered[0]["error"] == ""
     assert delivered[1]["status"] is None and delivered[1]["error"]
     assert recorder.requests == []
@@ -105,7 +114,10 @@ def test_state_file_keeps_portal_bindings_and_tokens_across_a_restart(http, tmp_
     try:
         [restored] = second.restore_state(StandIn.read_state_file(path))
         assert (restored.member_id, restored.domain, restored.application_token) == (
-            member_id, address, application_token)
+            member_id,
+            address,
+            application_token,
+        )
         assert restored.installed and restored.install_finished
         assert [b["handler"] for b in restored.bindings["events"]] == ["http://app.test/events/"]
         assert call(http, restored, "app.info", grant["access_token"]).json()["result"]["INSTALLED"] is True
@@ -129,15 +141,39 @@ def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp
     with StandIn(CLIENT_ID, CLIENT_SECRET) as first:
         portal = first.add_portal()
         token = portal.issue_tokens("1")["access_token"]
-        rest = lambda method, **params: http.post(f"{portal.client_endpoint}{method}.json",  # noqa: E731
-                                                  json={"auth": token, **params}, timeout=5).json()
-        assert rest("imconnector.register", ID="myconnector", NAME="Mine", ICON={"DATA_IMAGE": "data:x"},
-                    PLACEMENT_HANDLER="https://app.test/placement/")["result"]["result"] is True
+        rest = lambda method, **params: http.post(
+            f"{portal.client_endpoint}{method}.json",  # noqa: E731
+            json={"auth": token, **params},
+            timeout=5,
+        ).json()
+        assert (
+            rest(
+                "imconnector.register",
+                ID="myconnector",
+                NAME="Mine",
+                ICON={"DATA_IMAGE": "data:x"},
+                PLACEMENT_HANDLER="https://app.test/placement/",
+            )["result"]["result"]
+            is True
+        )
         assert rest("imconnector.activate", CONNECTOR="myconnector", LINE="1", ACTIVE="1")["result"] is True
-        assert rest("imconnector.connector.data.set", CONNECTOR="myconnector", LINE="1",
-                    DATA={"ID": "ch1", "URL": "https://app.test/channels/ch1/", "NAME": "Site"})["result"] is True
-        sent = rest("imconnector.send.messages", CONNECTOR="myconnector", LINE="1", MESSAGES=[
-            {"user": {"id": "u1", "name": "Ann"}, "message": {"id": "m1", "text": "Hi"}, "chat": {"id": "c1"}}])
+        assert (
+            rest(
+                "imconnector.connector.data.set",
+                CONNECTOR="myconnector",
+                LINE="1",
+                DATA={"ID": "ch1", "URL": "https://app.test/channels/ch1/", "NAME": "Site"},
+            )["result"]
+            is True
+        )
+        sent = rest(
+            "imconnector.send.messages",
+            CONNECTOR="myconnector",
+            LINE="1",
+            MESSAGES=[
+                {"user": {"id": "u1", "name": "Ann"}, "message": {"id": "m1", "text": "Hi"}, "chat": {"id": "c1"}}
+            ],
+        )
         chat_id = int(sent["result"]["DATA"]["RESULT"][0]["session"]["CHAT_ID"])
         reply, _ = imc.operator_reply(portal, chat_id, "Hello")
         state = json.loads(json.dumps(first.state_snapshot()))  # what the state file holds
@@ -146,8 +182,11 @@ def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp
         [restored] = second.restore_state(state, ports={portal.member_id: 0})
         assert imc.conversations(restored) == before
         token = restored.issue_tokens("1")["access_token"]
-        rest = lambda method, **params: http.post(f"{restored.client_endpoint}{method}.json",  # noqa: E731
-                                                  json={"auth": token, **params}, timeout=5).json()
+        rest = lambda method, **params: http.post(
+            f"{restored.client_endpoint}{method}.json",  # noqa: E731
+            json={"auth": token, **params},
+            timeout=5,
+        ).json()
         assert rest("imconnector.status", CONNECTOR="myconnector", LINE="1")["result"]["STATUS"] is True
         history = rest("imopenlines.session.history.get", CHAT_ID=chat_id)["result"]
         assert [m["text"] for m in history["message"].values()] == ["Hi", "Hello"]

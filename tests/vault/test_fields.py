@@ -1,4 +1,5 @@
 """Secrets at rest: only ciphertext in the column, key rotation, clear failures without the secret."""
+
 import io
 
 import pytest
@@ -18,20 +19,27 @@ def raw_column(portal, column):
 
 
 def make_portal(**fields):
-    return Portal.objects.create(member_id="m1", domain="a.bitrix24.com", client_endpoint="https://a.bitrix24.com/rest/",
-                                 **fields)
+    return Portal.objects.create(
+        member_id="m1", domain="a.bitrix24.com", client_endpoint="https://a.bitrix24.com/rest/", **fields
+    )
 
 
 def test_column_holds_ciphertext_only():
     portal = make_portal(access_token="plain-access", refresh_token="plain-refresh", application_token="plain-app")
-    for column, plain in (("access_token", "plain-access"), ("refresh_token", "plain-refresh"),
-                          ("application_token", "plain-app")):
+    for column, plain in (
+        ("access_token", "plain-access"),
+        ("refresh_token", "plain-refresh"),
+        ("application_token", "plain-app"),
+    ):
         stored = raw_column(portal, column)
         assert "plain" not in stored
         assert crypto.decrypt(stored) == plain
     again = Portal.objects.get(pk=portal.pk)
     assert (again.access_token, again.refresh_token, again.application_token) == (
-        "plain-access", "plain-refresh", "plain-app")
+        "plain-access",
+        "plain-refresh",
+        "plain-app",
+    )
 
 
 def test_empty_stays_empty():
@@ -42,11 +50,17 @@ def test_empty_stays_empty():
 
 def test_key_rotation_old_key_still_decrypts_and_the_command_retires_it(settings):
     from django.core.management import call_command
+
     old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
     portal = make_portal(access_token="rotating", refresh_token="r", application_token="a")
     from inbox.models import InboxItem
-    event = InboxItem.objects.create(member_id=portal.member_id, event="ONAPPINSTALL", idempotency_key="k" * 64,
-                                     sealed_auth='{"refresh_token": "event-secret"}')
+
+    event = InboxItem.objects.create(
+        member_id=portal.member_id,
+        event="ONAPPINSTALL",
+        idempotency_key="k" * 64,
+        sealed_auth='{"refresh_token": "event-secret"}',
+    )
     new_key = Fernet.generate_key().decode()
     settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
     assert Portal.objects.get(pk=portal.pk).access_token == "rotating"
@@ -75,6 +89,7 @@ def test_repr_holds_no_secret():
 
 def test_invalid_key_is_a_configuration_error(settings):
     from django.core.exceptions import ImproperlyConfigured
+
     settings.TOKEN_ENCRYPTION_KEYS = ["not-a-key"]
     with pytest.raises(ImproperlyConfigured):
         crypto.encrypt("x")
@@ -82,14 +97,17 @@ def test_invalid_key_is_a_configuration_error(settings):
 
 def test_rotation_reports_progress_and_dry_run_writes_nothing(settings):
     from django.core.management import call_command
+
     old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
     portal = make_portal(access_token="rotating")
     before = raw_column(portal, "access_token")
     settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old_key]
     out = io.StringIO()
     call_command("rotate_token_keys", "--dry-run", stdout=out)
-    assert out.getvalue().splitlines() == ["checking every stored secret",
-                                           "checked (dry run: nothing written): inbox items 0, portals 1, channels 0"]
+    assert out.getvalue().splitlines() == [
+        "checking every stored secret",
+        "checked (dry run: nothing written): inbox items 0, portals 1, channels 0",
+    ]
     assert raw_column(portal, "access_token") == before
     out = io.StringIO()
     call_command("rotate_token_keys", stdout=out)
@@ -99,13 +117,20 @@ def test_rotation_reports_progress_and_dry_run_writes_nothing(settings):
 
 def test_an_undecryptable_portal_is_named_with_what_to_do_and_the_others_are_rotated(settings):
     from django.core.management import CommandError, call_command
+
     lost = make_portal(access_token="lost-secret")
-    kept = Portal.objects.create(member_id="m2", domain="b.bitrix24.com", client_endpoint="https://b.bitrix24.com/rest/",
-                                 access_token="kept-secret")
+    kept = Portal.objects.create(
+        member_id="m2",
+        domain="b.bitrix24.com",
+        client_endpoint="https://b.bitrix24.com/rest/",
+        access_token="kept-secret",
+    )
     lost_key, kept_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     with connection.cursor() as cursor:  # the first portal's secret under a key that is now gone
-        cursor.execute("UPDATE portals_portal SET access_token = %s WHERE id = %s",
-                       [Fernet(lost_key.encode()).encrypt(b"lost-secret").decode(), lost.pk])
+        cursor.execute(
+            "UPDATE portals_portal SET access_token = %s WHERE id = %s",
+            [Fernet(lost_key.encode()).encrypt(b"lost-secret").decode(), lost.pk],
+        )
     settings.TOKEN_ENCRYPTION_KEYS = [kept_key] + list(settings.TOKEN_ENCRYPTION_KEYS)
     out = io.StringIO()
     with pytest.raises(CommandError) as failed:
@@ -122,7 +147,13 @@ def test_the_help_documents_dry_run():
     import subprocess
     import sys
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[2]
-    answer = subprocess.run([sys.executable, "manage.py", "rotate_token_keys", "--help"], cwd=root,
-                            capture_output=True, text=True, timeout=60)
+    answer = subprocess.run(
+        [sys.executable, "manage.py", "rotate_token_keys", "--help"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert answer.returncode == 0 and "--dry-run" in answer.stdout

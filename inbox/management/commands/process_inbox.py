@@ -4,6 +4,7 @@ For deployments that run no Celery worker yet (cron every minute) and for a one-
 outage; with workers running it is safe too (each event is claimed once). Same service as the
 worker's task: inbox.queue.
 """
+
 from django.core.management.base import BaseCommand, CommandError
 
 from inbox import queue
@@ -11,12 +12,16 @@ from inbox.models import InboxItem
 
 
 class Command(BaseCommand):
-    help = ("Process the events waiting in the inbox (pending and due, or abandoned by a dead worker) in "
-            "this process, oldest first; print how many ran and what is left. Exit status 1 when events "
-            "are left failed for good (dead letters to replay from the admin).")
+    help = (
+        "Process the events waiting in the inbox (pending and due, or abandoned by a dead worker) in "
+        "this process, oldest first; print how many ran and what is left. Exit status 1 when events "
+        "are left failed for good (dead letters to replay from the admin)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N handler runs (default 1000)")
+        parser.add_argument(
+            "--limit", type=int, default=1000, metavar="N", help="at most N handler runs (default 1000)"
+        )
 
     def handle(self, *args, limit: int, **options):
         if limit < 1:

@@ -11,6 +11,7 @@ database lock is held while the OAuth server answers. SIGTERM stops the run grac
 refreshes finish and are stored; nothing new is claimed). An OAuth answer that our own client
 credentials are wrong stops the run at once with exit status 2: no portal is blocked for it.
 """
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Q
 
@@ -35,16 +36,30 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than-days", type=int, default=150, metavar="N",
-                            help="refresh portals whose refresh token was renewed more than N days ago "
-                                 "(default 150; must be below 180)")
-        parser.add_argument("--expiring-access-tokens", action="store_true",
-                            help="also refresh portals whose access token is about to expire")
-        parser.add_argument("--within-minutes", type=int, default=10, metavar="M",
-                            help="with --expiring-access-tokens: expiring within M minutes (default 10; below 60)")
+        parser.add_argument(
+            "--older-than-days",
+            type=int,
+            default=150,
+            metavar="N",
+            help="refresh portals whose refresh token was renewed more than N days ago "
+            "(default 150; must be below 180)",
+        )
+        parser.add_argument(
+            "--expiring-access-tokens",
+            action="store_true",
+            help="also refresh portals whose access token is about to expire",
+        )
+        parser.add_argument(
+            "--within-minutes",
+            type=int,
+            default=10,
+            metavar="M",
+            help="with --expiring-access-tokens: expiring within M minutes (default 10; below 60)",
+        )
         maintenance.add_arguments(parser, verb="refreshed")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="list the portals that are due; refresh and change nothing")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="list the portals that are due; refresh and change nothing"
+        )
 
     def handle(self, *args, **options):
         older_than_days = options["older_than_days"]
@@ -70,20 +85,29 @@ class Command(BaseCommand):
             total = min(total, options["limit"])
         self.stdout.write(f"due: {total} portal(s); refreshing with {workers} worker(s)")
         self.budget = maintenance.Budget(options["limit"])
-        tally = maintenance.Tally(self, (REFRESHED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
+        tally = maintenance.Tally(
+            self, (REFRESHED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total
+        )
         with maintenance.stop_on_sigterm(self.budget):
-            maintenance.run(maintenance.ids_in_pages(candidates, options["batch_size"]),
-                            lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
-                            workers=workers, tally=tally, budget=self.budget)
+            maintenance.run(
+                maintenance.ids_in_pages(candidates, options["batch_size"]),
+                lambda pk: refresh_if_due(pk, self._due(), budget=self.budget),
+                workers=workers,
+                tally=tally,
+                budget=self.budget,
+            )
         self.stdout.write(tally.summary())
         if self.budget.stopped in oauth.CLIENT_ERRORS:
             raise CommandError(
                 f"the OAuth server refused this deployment's credentials ({self.budget.stopped}): check "
                 "B24_CLIENT_ID and B24_CLIENT_SECRET. No portal was blocked; the run stopped at the first "
-                "such answer.", returncode=2)
+                "such answer.",
+                returncode=2,
+            )
         if self.budget.stopped == "SIGTERM":
-            raise CommandError("stopped by SIGTERM: refreshes in flight were finished and stored; run again to "
-                               "go on", returncode=143)
+            raise CommandError(
+                "stopped by SIGTERM: refreshes in flight were finished and stored; run again to go on", returncode=143
+            )
         if tally.counts[FAILED]:
             raise CommandError(f"{tally.counts[FAILED]} portal(s) could not be refreshed")
 
@@ -99,6 +123,8 @@ class Command(BaseCommand):
             count += 1
             renewed = f"{portal.refresh_renewed_at:%Y-%m-%d %H:%M}" if portal.refresh_renewed_at else "unknown"
             expires = f"{portal.access_expires_at:%Y-%m-%d %H:%M}" if portal.access_expires_at else "unknown"
-            self.stdout.write(f"due {portal.member_id} ({portal.domain}): refresh token renewed {renewed}, "
-                              f"access token expires {expires}")
+            self.stdout.write(
+                f"due {portal.member_id} ({portal.domain}): refresh token renewed {renewed}, "
+                f"access token expires {expires}"
+            )
         self.stdout.write(f"{REFRESHED}=0 {BLOCKED}=0 {FAILED}=0 {SKIPPED}=0 due={count} (dry run)")

@@ -16,6 +16,7 @@ does), so those stored values are left as they are. The status is stored with li
 which records a change as a PortalEvent. A batch runs against one portal only, so one app.info
 request per portal is already the fewest possible.
 """
+
 from django.core.management.base import BaseCommand, CommandError
 
 from portals import maintenance
@@ -48,17 +49,25 @@ class Command(BaseCommand):
             rows = candidates.order_by("pk").only("member_id", "domain", "app_status")
             rows = rows[: options["limit"]] if options["limit"] is not None else rows
             for portal in rows.iterator(chunk_size=options["batch_size"]):
-                self.stdout.write(f"would ask {portal.member_id} ({portal.domain}), stored status "
-                                  f"{portal.app_status or '-'}")
+                self.stdout.write(
+                    f"would ask {portal.member_id} ({portal.domain}), stored status {portal.app_status or '-'}"
+                )
             self.stdout.write(f"{SYNCED}=0 {CHANGED}=0 {BLOCKED}=0 {FAILED}=0 {SKIPPED}=0 due={total} (dry run)")
             return
 
         self.stdout.write(f"active: {total} portal(s); asking with {options['workers']} worker(s)")
         self.budget = maintenance.Budget(options["limit"])
         # `changed` portals are also synced: the summary counts them in both.
-        tally = maintenance.Tally(self, (SYNCED, CHANGED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total)
-        maintenance.run(maintenance.ids_in_pages(candidates, options["batch_size"]), self._sync_one,
-                        workers=options["workers"], tally=tally, budget=self.budget)
+        tally = maintenance.Tally(
+            self, (SYNCED, CHANGED, BLOCKED, FAILED, SKIPPED), every=options["progress_every"], total=total
+        )
+        maintenance.run(
+            maintenance.ids_in_pages(candidates, options["batch_size"]),
+            self._sync_one,
+            workers=options["workers"],
+            tally=tally,
+            budget=self.budget,
+        )
         self.stdout.write(tally.summary())
         if tally.counts[FAILED]:
             raise CommandError(f"{tally.counts[FAILED]} portal(s) could not be synced")

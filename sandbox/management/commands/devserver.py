@@ -6,6 +6,7 @@ the app is incomplete without one. Ctrl-C (or SIGTERM) stops both; the worker's 
 in flight finishes). Available where the sandbox app is (DEBUG or B24_SANDBOX), never in production,
 which runs gunicorn, a worker and beat as the README's production section shows.
 """
+
 import os
 import signal
 import subprocess
@@ -17,8 +18,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
-    help = ("Run the app for development: runserver and a Celery worker (with beat) on the embedded broker. "
-            "Ctrl-C stops both.")
+    help = (
+        "Run the app for development: runserver and a Celery worker (with beat) on the embedded broker. "
+        "Ctrl-C stops both."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000", help="as for runserver")
@@ -27,13 +30,34 @@ class Command(BaseCommand):
         base = str(settings.BASE_DIR)
         schedule = settings.B24_CELERY_DIR / "beat-schedule"
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "b24widget", "worker", "--pool", "solo", "--beat",
-             "--schedule", str(schedule), "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-            cwd=base, env=os.environ.copy())
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "b24widget",
+                "worker",
+                "--pool",
+                "solo",
+                "--beat",
+                "--schedule",
+                str(schedule),
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=base,
+            env=os.environ.copy(),
+        )
         # Its own process group: runserver's autoreloader runs the server in a child process, and the
         # whole group is stopped together.
-        server = subprocess.Popen([sys.executable, os.path.join(base, "manage.py"), "runserver", addrport],
-                                  cwd=base, env=os.environ.copy(), start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(base, "manage.py"), "runserver", addrport],
+            cwd=base,
+            env=os.environ.copy(),
+            start_new_session=True,
+        )
         stopping = []
         previous = signal.signal(signal.SIGTERM, lambda *a: stopping.append(True))
         try:

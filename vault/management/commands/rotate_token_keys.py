@@ -1,4 +1,5 @@
 """Re-encrypt every stored secret with the first TOKEN_ENCRYPTION_KEYS key, so old keys can be retired."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from vault import rotation
@@ -14,8 +15,11 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--dry-run", action="store_true",
-                            help="decrypt every stored secret with the configured keys and report; write nothing")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="decrypt every stored secret with the configured keys and report; write nothing",
+        )
 
     def handle(self, *args, dry_run=False, **options):
         self.stdout.write("checking every stored secret" if dry_run else "re-encrypting every stored secret")
@@ -34,4 +38,5 @@ class Command(BaseCommand):
                 "and run rotate_token_keys again. Do not remove any old key until this command reports no "
                 "errors. If that key is lost, those secrets cannot be recovered: a portal's administrator must "
                 "reinstall the app; a channel's administrator must rotate its secret (SETTING_CONNECTOR); a "
-                "stored event's tokens are only needed if it is replayed.")
+                "stored event's tokens are only needed if it is replayed."
+            )
