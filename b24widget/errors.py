@@ -8,15 +8,13 @@ do next. `/events/` and other JSON callers get JSON.
 import logging
 
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.template.loader import render_to_string
-from django.http import HttpResponse
 from django.utils import translation
 from django.utils.translation import gettext as _
 
 from bitrix24.addresses import BadAddress, normalize_domain
-from bitrix24.frames import language_of
-from bitrix24.frames import frame_origin, framed_by
+from bitrix24.frames import frame_origin, framed_by, language_of
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import socket
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,7 +203,8 @@ def add_virtual_portals(server, count: int, *, address: str, user_id: str = "1")
     only use of the stand-in's internals: the `Portal` constructor and its `_domain`/`_addresses`
     fields. Tokens come from the public `issue_tokens()`. Returns [(stand-in portal, tokens)].
     """
-    from sandbox.standin import DEFAULT_SCOPE, DEFAULT_USERS, Portal as StandInPortal
+    from sandbox.standin import DEFAULT_SCOPE, DEFAULT_USERS
+    from sandbox.standin import Portal as StandInPortal
 
     out = []
     for _ in range(count):
@@ -383,7 +384,7 @@ def machine() -> dict:
         "ram": ram,
         "python": platform.python_version(),
         "django": django.get_version(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

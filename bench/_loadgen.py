@@ -24,7 +24,7 @@ def _worker(url, body, connections, seconds, queue):
     lock = threading.Lock()
 
     def loop():
-        mine, bad = [], {k: 0 for k in errors}
+        mine, bad = [], dict.fromkeys(errors, 0)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
         while time.perf_counter() < deadline:
             started = time.perf_counter()

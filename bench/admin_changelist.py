@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as common  # noqa: E402
+from bench import _common as common
 
 STATUS_MIX = (("active", 80), ("new", 8), ("blocked", 7), ("uninstalled", 5))
 SCOPE = "placement,contact_center,imopenlines,user_brief,crm"

@@ -14,7 +14,6 @@ bench/widget_open.py (bench.settings; DATABASE_URL, CACHE_URL). Nothing here ass
 import argparse
 import http.client
 import multiprocessing
-import os
 import sys
 import threading
 import time
@@ -24,8 +23,8 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as common  # noqa: E402
-from bench.widget_open import Gunicorn, install_through_the_server  # noqa: E402
+from bench import _common as common
+from bench.widget_open import Gunicorn, install_through_the_server
 
 
 def _post(port, body, timeout=30.0):

@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as common  # noqa: E402
-from bench.rest_list import install  # noqa: E402
+from bench import _common as common
+from bench.rest_list import install
 
 
 class Receiver:
@@ -88,9 +88,9 @@ def main():
         from django.conf import settings
         from django.test import Client
 
-        from openlines import events, lifecycle, registry, tasks
         from bitrix24 import limits
         from inbox import queue as inbox
+        from openlines import events, lifecycle, registry, tasks
         from openlines.models import Delivery, InboundMessage, OutboundMessage
         from openlines.outbound import sign
         from sandbox.standin import rest_imconnector as imc

@@ -410,7 +410,7 @@ def report(args, runs, plans, workloads, clients) -> str:
                         f" ({sum(r['correct'] for r in results)} in order)",
                         f"{statistics.median(r['cpu'] for r in results):.2f}",
                         f"{requests / min_requests:.2f} x {min_requests}",
-                        f"{median / min_seconds:.2f} x {min_seconds:.1f} s" if min_seconds else f"- (0 s)",
+                        f"{median / min_seconds:.2f} x {min_seconds:.1f} s" if min_seconds else "- (0 s)",
                     ]
                 )
     return common.table(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as common  # noqa: E402
+from bench import _common as common
 
 LOGS = common.ARTIFACTS / "refresh_tokens"
 

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as common  # noqa: E402
+from bench import _common as common
 
 ENTITY_TYPE_ID = 2  # deals
 FORM = "application/x-www-form-urlencoded"
@@ -85,7 +85,6 @@ def main():
     os.environ.setdefault("LOG_LEVEL", "WARNING")  # the installs' event lines would bury the figures
     with common.standin() as standin:
         common.setup_django(oauth_url=standin.oauth_url)
-        from django.conf import settings
         from django.test import Client, override_settings
 
         from portals.tokens import PortalClient

@@ -12,7 +12,7 @@ from bench import _env
 
 _env.apply()
 
-from b24widget.settings import *  # noqa: E402,F401,F403
+from b24widget.settings import *  # noqa: E402, F403
 from b24widget.settings import CACHES  # noqa: E402
 
 ROOT_URLCONF = "bench.urls"

@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as common  # noqa: E402
+from bench import _common as common
 
 HERE = Path(__file__).resolve().parent
 LOGS = common.ARTIFACTS / "widget_open"
@@ -436,10 +436,9 @@ def in_process_profile(query: dict, body: dict, b24, repeat: int) -> None:
             times.append(timer.seconds)
         timings[label] = common.median(times)
     stages = Stages()
-    with stages.installed():
-        with common.Timer() as staged:
-            for _ in range(repeat):
-                client.post("/placement/")
+    with stages.installed(), common.Timer() as staged:
+        for _ in range(repeat):
+            client.post("/placement/")
     assert b24.calls("user.current") == calls_before, "an in-process open asked the stand-in again"
 
     print(

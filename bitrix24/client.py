@@ -20,7 +20,6 @@ the new credentials. Nothing in this package writes to a database.
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -29,7 +28,6 @@ from django.conf import settings
 
 from . import http, limits, metrics, wire
 from . import paging as paging_
-from .wire import BATCH_LIMIT, PAGE_SIZE
 from .errors import (
     RETRYABLE,
     HttpFailure,
@@ -40,6 +38,7 @@ from .errors import (
     TokenRefreshFailed,
     TransportError,
 )
+from .wire import BATCH_LIMIT
 
 log = logging.getLogger(__name__)
 

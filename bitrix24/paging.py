@@ -14,7 +14,6 @@ from django.conf import settings
 from .errors import RETRYABLE, LimitWaitExceeded, TransportError
 from .wire import BATCH_LIMIT, PAGE_SIZE
 
-
 # The most items an offset-paged list fetches (its plan is built from the portal's `total` up front).
 MAX_ITEMS = 1_000_000
 

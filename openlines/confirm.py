@@ -25,9 +25,9 @@ import re
 from dataclasses import dataclass, field
 
 from bitrix24 import limits
+from bitrix24.errors import RestError, TransportError
 from inbox import queue
 from portals.tokens import PortalClient
-from bitrix24.errors import RestError, TransportError
 
 from .models import Channel, Delivery, InboundMessage, OutboundMessage
 

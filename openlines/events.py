@@ -10,8 +10,8 @@ import re
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inbox.registry import Reject, Retry
 from bitrix24.errors import RestError
+from inbox.registry import Reject, Retry
 
 from . import confirm, lifecycle, registry, tasks
 from .models import Channel, OutboundMessage

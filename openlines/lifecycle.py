@@ -10,15 +10,14 @@ uninstalled): relaying stops and the credentials go; the messages stay.
 import logging
 import re
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from bitrix24 import limits, wire
+from bitrix24.errors import LimitWaitExceeded, RestError, TransportError
 from portals.install import app_url, events_url
 from portals.models import Portal
 from portals.tokens import PortalClient
-from bitrix24.errors import LimitWaitExceeded, RestError, TransportError
 
 from . import registry
 from .models import Channel

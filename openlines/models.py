@@ -11,8 +11,8 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from vault.fields import EncryptedTextField
 from portals.models import Portal
+from vault.fields import EncryptedTextField
 
 
 class Channel(models.Model):

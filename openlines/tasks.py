@@ -27,9 +27,9 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from bitrix24 import http
+from bitrix24.errors import RestError
 from portals.models import Portal
 from portals.tokens import PortalClient
-from bitrix24.errors import RestError
 
 from . import outbound
 from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage

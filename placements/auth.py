@@ -24,16 +24,22 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from . import metrics
-
 from bitrix24 import limits, oauth
-from portals import lifecycle
+from bitrix24.errors import (
+    LimitWaitExceeded,
+    PortalMovedUnexplained,
+    Refusal,
+    RestError,
+    TokenRefreshFailed,
+    TransportError,
+)
 from bitrix24.frames import FramePost
+from portals import lifecycle
 from portals.grants import GrantRefused, administrator_grant
 from portals.models import Portal
-from bitrix24.errors import Refusal
 from portals.tokens import PortalClient
-from bitrix24.errors import LimitWaitExceeded, PortalMovedUnexplained, RestError, TokenRefreshFailed, TransportError
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 

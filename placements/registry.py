@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bitrix24 import wire
 from portals import install, install_steps
 
 

@@ -12,12 +12,11 @@ import logging
 
 from django.views.decorators.debug import sensitive_variables
 
-from bitrix24.errors import Refusal
 from bitrix24 import oauth
+from bitrix24.errors import Refusal, RestError
 
 from .models import Portal
 from .tokens import PortalClient
-from bitrix24.errors import RestError
 
 log = logging.getLogger(__name__)
 

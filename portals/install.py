@@ -15,14 +15,13 @@ from django.urls import reverse
 
 from bitrix24 import wire
 from bitrix24.client import BatchResult
-
-from bitrix24.errors import Refusal
-from . import install_steps, lifecycle
+from bitrix24.errors import Refusal, RestError
 from bitrix24.frames import FramePost
+
+from . import install_steps, lifecycle
 from .grants import GrantRefused, administrator_grant
 from .models import Portal
 from .tokens import PortalClient
-from bitrix24.errors import RestError
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from bitrix24 import limits
+
 from .models import Portal, PortalEvent, Rejection
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from bitrix24 import oauth
+from bitrix24.errors import RestError, TokenRefreshFailed
 
 from . import lifecycle, tokens
 from .models import AppStatus, Portal
 from .tokens import PortalClient
-from bitrix24.errors import RestError, TokenRefreshFailed
 
 log = logging.getLogger("portals.commands")
 

@@ -97,7 +97,7 @@ class SandboxPages(OpenLinesPages):
         self._last_handler: dict[str, str] = {}
         self._openlines_init()
 
-    def attach(self) -> "SandboxPages":
+    def attach(self) -> SandboxPages:
         self.standin.web = self
         return self
 

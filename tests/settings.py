@@ -27,7 +27,7 @@ _TEST_ENV["CELERY_BROKER_DIR"] = os.path.join(tempfile.gettempdir(), f"b24widget
 for _key, _value in _TEST_ENV.items():
     os.environ.setdefault(_key, _value)
 
-from b24widget.settings import *  # noqa: E402,F401,F403
+from b24widget.settings import *  # noqa: E402, F403
 from b24widget.settings import CACHES, DATABASES  # noqa: E402
 from tests.redis_keys import RUN_PREFIX  # noqa: E402
 

@@ -23,7 +23,7 @@ def self_signed_context(
     path (a CA bundle for clients, e.g. REQUESTS_CA_BUNDLE) and a server-side SSLContext that serves it."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -131,7 +131,7 @@ def wait_for(predicate, *, timeout: float = 60, what: str = "the condition", eve
     if detail is None and LIVE:
         detail = lambda: "\n".join(
             f"--- worker {w.name} (exit {w.process.poll()}), end of its log:\n{w.log()[-2000:]}" for w in LIVE
-        )  # noqa: E731
+        )
     raise AssertionError(f"timed out waiting for {what}" + (f":\n{detail()}" if detail else ""))
 
 

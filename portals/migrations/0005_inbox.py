@@ -2,8 +2,9 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import vault.fields
 from django.db import migrations, models
+
+import vault.fields
 
 
 class Migration(migrations.Migration):

@@ -14,8 +14,8 @@ import time
 import traceback
 
 from .errors import ApiError
-from .http import Response, Server, port_of
 from .faults import Faults, oversized_shape, slow_shape
+from .http import Response, Server, port_of
 from .oauth import App, Grant, OAuthSite
 from .portal import DEFAULT_SCOPE, DEFAULT_USERS, Portal
 from .recorder import Recorder
@@ -81,7 +81,7 @@ class StandIn:
 
     # lifecycle
 
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         with self.lock:
             if self._started:
                 return self

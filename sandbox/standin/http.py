@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -100,7 +100,7 @@ def flatten(prefix, value, out):
 
 
 def iso(ts):
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def truthy(value):

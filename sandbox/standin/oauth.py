@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import ApiError, oauth_error
-from .http import Response, error_response, json_response, method_from_path
 from .faults import shaped
+from .http import Response, error_response, json_response, method_from_path
 from .rest import time_block
 
 __all__ = ["App", "Grant", "OAuthSite", "refresh_tokens", "server_app_info"]
@@ -107,7 +107,7 @@ def server_app_info(standin, grant):
     return {
         "client_id": grant.client_id,
         "scope": portal.scope,
-        "expires": datetime.fromtimestamp(grant.expires, timezone.utc).isoformat(timespec="seconds"),
+        "expires": datetime.fromtimestamp(grant.expires, UTC).isoformat(timespec="seconds"),
         "user_id": user_id,
         "install": {
             # A second app is taken as installed (and finished) everywhere: it is there to own tokens.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import ApiError
 from .faults import shaped
-from .http import iso, json_response, error_response
+from .http import error_response, iso, json_response
 
 __all__ = [
     "METHODS",

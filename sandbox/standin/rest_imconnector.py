@@ -472,7 +472,7 @@ def conversations(portal) -> list[dict]:
     """Every Open Lines chat of the portal with its messages (a copy), oldest first."""
     st = state(portal)
     with portal._standin.lock:
-        return [{"chat_id": k, **{**v, "messages": [dict(m) for m in v["messages"]]}} for k, v in st.chats.items()]
+        return [{"chat_id": k, **v, "messages": [dict(m) for m in v["messages"]]} for k, v in st.chats.items()]
 
 
 def _connector_event(portal, event, data, *, user_id="1", handlers=None):

@@ -34,7 +34,7 @@ def config_list_get(portal, params, grant):
 
 
 def _iso(at: float) -> str:
-    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
 
 
 def _operator(portal, user_id: str) -> dict:

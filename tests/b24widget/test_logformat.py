@@ -3,8 +3,9 @@
 import json
 import logging
 
-from b24widget.logformat import PlainFormatter
 from pythonjsonlogger.json import JsonFormatter
+
+from b24widget.logformat import PlainFormatter
 
 
 def record(message, **extra):

@@ -123,8 +123,7 @@ def test_gunicorn_starts_multiprocess_mode_with_an_empty_folder(tmp_path, monkey
 
 
 def test_limit_answers_are_counted_by_code():
-    from bitrix24 import metrics
-    from bitrix24 import limits
+    from bitrix24 import limits, metrics
 
     before = metrics.LIMIT_ANSWERS.labels("QUERY_LIMIT_EXCEEDED")._value.get()
     limits.note_limited("m-metrics")

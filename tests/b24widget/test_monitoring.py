@@ -153,7 +153,7 @@ def test_the_dashboard_is_importable_into_grafana():
     assert len({p["id"] for p in panels}) == len(panels), "panel ids must be unique"
     for panel in panels:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
         for target in panel.get("targets") or []:
             assert target["datasource"]["uid"] == "${datasource}" and target["refId"], panel["title"]
 

@@ -34,8 +34,8 @@ def test_log_lines_are_json_with_member_id_and_no_secret(client, b24, caplog):
 
 @pytest.mark.django_db
 def test_rest_errors_are_logged_with_member_id_and_request_id(installed, caplog):
-    from portals.tokens import PortalClient
     from bitrix24.errors import RestError
+    from portals.tokens import PortalClient
 
     portal, b24 = installed
     with caplog.at_level(logging.INFO, logger="bitrix24.client"), pytest.raises(RestError):

@@ -248,6 +248,7 @@ def test_the_admin_lists_channels_with_counts_and_no_secret(admin_client, conver
 def test_connector_events_need_the_application_token(client, conversation, sink):
     """The inbox refuses a connector event whose application_token is not the portal's: nothing stored."""
     from urllib.parse import urlencode
+
     from inbox.models import InboxItem
 
     row, secret, b24, chat_id = conversation

@@ -3,10 +3,10 @@ ONAPPUPDATE and from the admin's re-bind; imconnector.register + the connector e
 
 import pytest
 
+from bitrix24.errors import RestError
 from openlines import registry
 from portals import install_steps
 from portals.models import PortalEvent
-from bitrix24.errors import RestError
 from sandbox.standin import rest_imconnector as imc
 from tests.conftest import do_install
 

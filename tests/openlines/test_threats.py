@@ -69,9 +69,8 @@ def test_a_refused_request_costs_one_query_and_sends_nothing(
     """Stranger row: one indexed SELECT per refused request; no row, no task, no call to Bitrix24."""
     row, secret, b24 = channel
     before = counters(b24, standin)
-    with django_capture_on_commit_callbacks(execute=True) as queued:
-        with django_assert_num_queries(1):
-            response = _refused_request(client, case, row, secret)
+    with django_capture_on_commit_callbacks(execute=True) as queued, django_assert_num_queries(1):
+        response = _refused_request(client, case, row, secret)
     assert error_of(response) == (status, case)
     assert queued == [] and not InboundMessage.objects.exists()
     assert Channel.objects.get(pk=row.pk).last_activity_at is None

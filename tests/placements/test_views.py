@@ -7,9 +7,9 @@ import pytest
 from django.test import Client
 from django.urls import get_resolver
 
+from inbox import views as inbox_views
 from openlines import views as openlines_views
 from placements import views as placement_views
-from inbox import views as inbox_views
 from portals import views as portal_views
 from tests.conftest import do_install
 from tests.placements.frames import is_widget, open_widget, text, widget_token_of
@@ -241,6 +241,7 @@ def test_the_apps_own_page_opens_with_placement_default(client, installed):
 
 def test_a_reopened_widget_reuses_its_page_with_a_fresh_token(frame, installed, admin_client):
     from django.test.signals import template_rendered
+
     from placements import widget_token as tokens
 
     _portal, b24 = installed

@@ -1,8 +1,8 @@
 """The Django admin: every install visible to staff, never a secret, actions, constant query count."""
 
 import pytest
-from django.test.utils import CaptureQueriesContext
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from portals import tokens

@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -16,9 +15,9 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
-from bitrix24 import oauth
 from portals import tokens
-from portals.management.commands.refresh_tokens import due as due_now, refresh_if_due
+from portals.management.commands.refresh_tokens import due as due_now
+from portals.management.commands.refresh_tokens import refresh_if_due
 from portals.models import Portal, PortalEvent
 from tests.conftest import do_install
 
@@ -260,6 +259,7 @@ def test_a_portal_another_copy_is_refreshing_is_skipped(client, standin):
     """Another copy holds the portal's refresh lease (it is waiting for the OAuth server): skipped, no
     second OAuth request, and no database lock held meanwhile; once the lease ends it is refreshed."""
     from datetime import timedelta
+
     from django.utils import timezone
 
     ((portal, _b24),) = install(client, standin, 1)

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from openlines.models import Channel
 from inbox import queue as inbox
-from portals import tokens
 from inbox.models import InboxItem
+from openlines.models import Channel
+from portals import tokens
 from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
 from tests.placements.frames import is_widget, open_widget

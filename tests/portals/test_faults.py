@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.test import RequestFactory
 
 from bitrix24 import cache as shared_cache
@@ -292,8 +292,8 @@ def test_a_500_page_is_framed_by_the_portal_and_localized():
 
 @pytest.mark.django_db
 def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, settings):
-    from portals.tokens import PortalClient
     from bitrix24.errors import TransportError
+    from portals.tokens import PortalClient
 
     portal, b24 = installed
     settings.B24_REST_DEADLINE = 1
@@ -307,8 +307,8 @@ def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, setting
 
 @pytest.mark.django_db
 def test_an_oversized_portal_answer_is_cut_at_the_cap(installed, settings):
-    from portals.tokens import PortalClient
     from bitrix24.errors import TransportError
+    from portals.tokens import PortalClient
 
     portal, b24 = installed
     settings.B24_REST_MAX_BYTES = 1024 * 1024

@@ -4,8 +4,8 @@ says its user is an administrator); then stored with its APPLICATION_TOKEN and b
 import pytest
 from django.db import connection
 
-from openlines.models import Channel
 from inbox.models import InboxItem
+from openlines.models import Channel
 from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
 
@@ -276,6 +276,7 @@ def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(sta
     """A slow OAuth server cannot make unverified installs hold every thread: beyond
     B24_UNVERIFIED_OAUTH_CONCURRENCY per process they are refused at once (429)."""
     import threading
+
     from django.db import connection as conn
     from django.test import Client
 

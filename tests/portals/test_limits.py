@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from bitrix24 import limits
+from bitrix24.errors import RestError
 from portals.models import Portal
 from portals.tokens import PortalClient
-from bitrix24.errors import RestError
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed

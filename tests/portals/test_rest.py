@@ -4,10 +4,10 @@ import pytest
 
 from bitrix24 import client as rest
 from bitrix24 import limits
+from bitrix24.client import build_query
+from bitrix24.errors import PortalMovedUnexplained, RestError, TokenRefreshFailed
 from portals.models import Portal, PortalEvent
 from portals.tokens import PortalClient
-from bitrix24.errors import PortalMovedUnexplained, RestError, TokenRefreshFailed
-from bitrix24.client import build_query
 from tests.conftest import do_uninstall
 
 pytestmark = pytest.mark.django_db

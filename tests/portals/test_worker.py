@@ -13,10 +13,9 @@ from django.db import connections
 from django.test import Client
 from django.utils import timezone
 
-from openlines.registry import CONNECTOR_EVENTS
-
-from portals import tasks
 from inbox.models import InboxItem
+from openlines.registry import CONNECTOR_EVENTS
+from portals import tasks
 from portals.models import Portal, PortalEvent
 from tests.conftest import do_install
 from tests.workers import Worker, lose_the_queue, uses_rabbitmq, wait_for

@@ -7,7 +7,6 @@ import pytest
 import requests
 
 from sandbox.standin import METHODS, NotAdministrator
-
 from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
 from tests.sandbox.test_standin import call, refresh
 
@@ -255,7 +254,7 @@ def test_a_trickled_answer_arrives_byte_by_byte(standin, portal):
         sock.settimeout(1.0)
         try:
             more = sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             more = b""
     assert len(body) + len(more) == 1  # one byte, then a long pause before the next
 

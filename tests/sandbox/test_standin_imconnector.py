@@ -1,8 +1,8 @@
 """Contract tests of the stand-in's imconnector.* methods and connector events, each against its page in
 bitrix24/b24restdocs (api-reference/imopenlines/imconnector/...)."""
 
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest

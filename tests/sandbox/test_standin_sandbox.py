@@ -8,7 +8,6 @@ from urllib.parse import parse_qs
 import pytest
 
 from sandbox.standin import StandIn
-
 from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
 
 
@@ -142,7 +141,7 @@ def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp
         portal = first.add_portal()
         token = portal.issue_tokens("1")["access_token"]
         rest = lambda method, **params: http.post(
-            f"{portal.client_endpoint}{method}.json",  # noqa: E731
+            f"{portal.client_endpoint}{method}.json",
             json={"auth": token, **params},
             timeout=5,
         ).json()
@@ -183,7 +182,7 @@ def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp
         assert imc.conversations(restored) == before
         token = restored.issue_tokens("1")["access_token"]
         rest = lambda method, **params: http.post(
-            f"{restored.client_endpoint}{method}.json",  # noqa: E731
+            f"{restored.client_endpoint}{method}.json",
             json={"auth": token, **params},
             timeout=5,
         ).json()

@@ -6,8 +6,8 @@ import pytest
 from cryptography.fernet import Fernet
 from django.db import connection
 
-from vault import fields as crypto
 from portals.models import Portal
+from vault import fields as crypto
 
 pytestmark = pytest.mark.django_db
 

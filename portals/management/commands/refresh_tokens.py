@@ -17,7 +17,7 @@ from django.db.models import Q
 
 from bitrix24 import oauth
 from portals import maintenance
-from portals.maintenance import BLOCKED, FAILED, REFRESHED, SKIPPED, due, refresh_if_due  # noqa: F401 (re-exported)
+from portals.maintenance import BLOCKED, FAILED, REFRESHED, SKIPPED, due, refresh_if_due
 from portals.models import Portal
 
 REFRESH_TOKEN_DAYS = 180
