@@ -28,11 +28,11 @@ DESCRIPTION_LIMIT = 255
 
 
 def is_member_id(value: object) -> bool:
-    return isinstance(value, str) and MEMBER_ID.match(value) is not None
+    return isinstance(value, str) and MEMBER_ID.fullmatch(value) is not None
 
 
 def is_token(value: object) -> bool:
-    return isinstance(value, str) and TOKEN.match(value) is not None
+    return isinstance(value, str) and TOKEN.fullmatch(value) is not None
 
 
 def is_digits(value: object, *, max_length: int = 20) -> bool:
