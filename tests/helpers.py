@@ -1,10 +1,14 @@
-"""Helpers shared by the tests: portal rows and grants made by hand.
+"""Helpers shared by the tests: portal rows and grants made by hand, and a local HTTP server.
 
 Fixtures stay in tests/conftest.py (and the conftest of each folder); what is here is plain functions, so
 a test module imports what it uses by name.
 """
 
+import contextlib
+import json
+import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from django.utils import timezone
 
@@ -63,3 +67,42 @@ def token_grant(portal: Portal, **overrides) -> TokenGrant:
     }
     values.update(overrides)
     return TokenGrant(**values)
+
+
+@contextlib.contextmanager
+def local_server(handler, *, wrap=None):
+    """A threaded HTTP server on 127.0.0.1 answering with `handler` (a BaseHTTPRequestHandler class): what a
+    test puts at the HTTP boundary when the stand-in has no switch for the answer it needs. Yields the server
+    (`server.url` is `http://127.0.0.1:<port>`); `wrap` may turn its socket into TLS. Stopped on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    if wrap is not None:
+        server.socket = wrap(server.socket)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that writes nothing to stderr; `answer(status, body, headers)` sends a whole answer."""
+
+    def log_message(self, *args):
+        pass
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def answer(self, status: int, body: bytes | dict | list, headers: dict | None = None) -> None:
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)

@@ -1,4 +1,7 @@
-"""Token refresh: validated answers, blocking errors, and the single-flight refresh under races."""
+"""A stored portal's token refresh: rotation, blocking errors, and the single-flight refresh under races.
+
+The OAuth answers themselves (parse_grant, token_info, request_refresh) are tested in tests/bitrix24/test_oauth.py.
+"""
 
 import os
 import subprocess
@@ -103,72 +106,6 @@ def test_blocked_portal_is_not_refreshed_unless_asked(installed, standin):
     portal = tokens.refresh_portal(portal, force=True, allow_blocked=True)
     assert portal.status == Portal.Status.ACTIVE
     assert portal.events.filter(kind=K.UNBLOCKED).exists()
-
-
-@pytest.mark.parametrize(
-    "answer",
-    [
-        [],
-        {"access_token": "a"},
-        {"access_token": "a", "refresh_token": "b", "member_id": "m"},
-        {"access_token": "a", "refresh_token": "b", "member_id": "m", "client_endpoint": "ftp://x/rest/"},
-        {
-            "access_token": "a",
-            "refresh_token": "b",
-            "member_id": "m",
-            "client_endpoint": "https://x.bitrix24.com/rest/",
-            "expires_in": "soon",
-        },
-        {
-            "access_token": {"x": 1},
-            "refresh_token": "b",
-            "member_id": "m",
-            "client_endpoint": "https://x.b24.com/rest/",
-        },
-    ],
-)
-def test_malformed_oauth_answers_are_rejected(answer):
-    with pytest.raises(oauth.OAuthUnavailable):
-        oauth.parse_grant(answer)
-
-
-def test_unknown_status_and_odd_user_id_are_dropped():
-    grant = oauth.parse_grant(
-        {
-            "access_token": "a",
-            "refresh_token": "b",
-            "member_id": "m1",
-            "status": "X",
-            "user_id": "<b>",
-            "client_endpoint": "https://x.bitrix24.com/rest/",
-        }
-    )
-    assert (grant.status, grant.user_id) == ("", "")
-
-
-def test_malformed_member_id_is_rejected():
-    with pytest.raises(oauth.OAuthUnavailable):
-        oauth.parse_grant(
-            {
-                "access_token": "a",
-                "refresh_token": "b",
-                "member_id": "m 1; drop",
-                "client_endpoint": "https://x.bitrix24.com/rest/",
-            }
-        )
-
-
-def test_grant_repr_holds_no_secret():
-    grant = oauth.parse_grant(
-        {
-            "access_token": "SECRET-A",
-            "refresh_token": "SECRET-R",
-            "member_id": "m",
-            "client_endpoint": "https://x.bitrix24.com/rest/",
-            "expires_in": 3600,
-        }
-    )
-    assert "SECRET" not in repr(grant)
 
 
 @pytest.mark.django_db(transaction=True)
