@@ -337,7 +337,7 @@ class Client:
                 raise
 
     def _plan(self) -> str:
-        return getattr(self.portal, "rest_plan", "") or limits.STANDARD
+        return getattr(self.credentials, "rest_plan", "") or limits.STANDARD
 
     def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
         if self._refresher is None:

@@ -1,10 +1,14 @@
-"""The REST client against the stand-in: call, batch, list, refresh, retries, moves."""
+"""The REST client over a stored portal (PortalClient) against the stand-in: the refresh stored, retries, limits,
+batches, moves recorded.
+
+The client through the Credentials protocol alone is tested in tests/bitrix24/test_client.py, its paging in
+tests/bitrix24/test_paging.py.
+"""
 
 import pytest
 
 from bitrix24 import client as rest
 from bitrix24 import limits
-from bitrix24.client import build_query
 from bitrix24.errors import PortalMovedUnexplained, RestError, TokenRefreshFailed
 from portals.models import Portal, PortalEvent
 from portals.tokens import PortalClient
@@ -16,22 +20,6 @@ K = PortalEvent.Kind
 
 def client_for(portal):
     return PortalClient(Portal.objects.get(pk=portal.pk))
-
-
-def test_call_returns_the_result(installed):
-    portal, b24 = installed
-    assert client_for(portal).call("user.admin") is True
-    answer = client_for(portal).call_raw("server.time")
-    assert "time" in answer and "result" in answer
-
-
-def test_errors_are_typed_with_the_bitrix24_code(installed):
-    portal, b24 = installed
-    with pytest.raises(RestError) as info:
-        client_for(portal).call("no.such.method")
-    assert info.value.code == "ERROR_METHOD_NOT_FOUND"
-    assert info.value.http_status == 404
-    assert portal.access_token not in str(info.value)
 
 
 def test_expired_token_is_refreshed_once_and_the_call_retried(installed, standin):
@@ -51,26 +39,6 @@ def test_refresh_that_fails_is_typed_and_blocks(installed):
         client_for(portal).call("user.admin")
     assert info.value.code == "PAYMENT_REQUIRED"
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
-
-
-def test_invalid_token_is_not_refreshed(installed, standin):
-    portal, b24 = installed
-    before = len(standin.oauth_requests)
-    with pytest.raises(RestError) as info:
-        PortalClient(portal, access_token="x" * 32).call("user.current")
-    assert info.value.code == "invalid_token"
-    assert len(standin.oauth_requests) == before
-
-
-def test_a_users_expired_token_is_not_refreshed(installed, standin):
-    portal, b24 = installed
-    user_token = b24.issue_tokens("2")["access_token"]
-    b24.expire_access_tokens()
-    before = len(standin.oauth_requests)
-    with pytest.raises(RestError) as info:
-        PortalClient(portal, access_token=user_token).call("user.current")
-    assert info.value.code == "expired_token"
-    assert len(standin.oauth_requests) == before
 
 
 def test_query_limit_is_retried_with_backoff(installed):
@@ -238,10 +206,6 @@ def test_a_limit_inside_a_list_batch_is_retried_for_those_pages(installed):
     assert [item["id"] for item in items] == list(range(1, 3001))
 
 
-def test_build_query_matches_php():
-    assert build_query({"a": {"b": [1, 2]}, "c": "x y&z", "d": True}) == "a[b][0]=1&a[b][1]=2&c=x%20y%26z&d=Y"
-
-
 # --- portals that move (redirects) ---------------------------------------------------------------------
 
 
@@ -278,20 +242,6 @@ def test_uninstalled_portal_has_no_token_to_send(installed, client):
     assert do_uninstall(client, b24).status_code == 200
     with pytest.raises(TokenRefreshFailed):
         client_for(portal).call("user.admin")
-
-
-def test_app_info_can_be_asked_at_the_oauth_server(installed, standin):
-    portal, b24 = installed
-    portal = Portal.objects.get(pk=portal.pk)
-    assert portal.server_endpoint == standin.server_endpoint
-    before_server, before_portal = len(standin.server_requests), b24.calls("app.info")
-    info = PortalClient(portal, oauth_server=True).call("app.info")
-    assert info["client_id"] == "local.test.app" and info["install"]["member_id"] == portal.member_id
-    assert len(standin.server_requests) == before_server + 1 and b24.calls("app.info") == before_portal
-    # Without a known server endpoint the portal answers.
-    portal.server_endpoint = ""
-    PortalClient(portal, oauth_server=True).call("app.info")
-    assert b24.calls("app.info") == before_portal + 1
 
 
 def test_an_absurd_total_is_refused_before_anything_is_planned(installed):
