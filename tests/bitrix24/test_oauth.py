@@ -8,6 +8,7 @@ server instead, still over real HTTP. Nothing here needs the database.
 import pytest
 
 from bitrix24 import oauth
+from bitrix24.addresses import BadAddress, parse_endpoint
 from tests.helpers import QuietHandler, local_server
 
 ENDPOINT = "https://x.bitrix24.com/rest/"
@@ -104,25 +105,53 @@ def test_an_unusable_client_endpoint_is_no_grant(endpoint):
         oauth.parse_grant(answer(client_endpoint=endpoint))
 
 
+def test_plain_http_or_a_private_address_only_where_the_deployment_allows():
+    """The tests' deployment allows them (the stand-in is http://127.0.0.1:<port>); production does not (below)."""
+    for endpoint in ("http://x.bitrix24.com/rest/", "https://127.0.0.1/rest/", "https://portal.local/rest/"):
+        assert oauth.parse_grant(answer(client_endpoint=endpoint)).client_endpoint == endpoint
+
+
 @pytest.mark.parametrize(
     "endpoint",
-    ["http://x.bitrix24.com/rest/", "https://127.0.0.1/rest/", "https://10.0.0.1/rest/", "https://portal.local/rest/"],
+    [
+        "https://127.0.0.1/rest/",
+        "https://10.0.0.5/rest/",
+        "https://[::1]/rest/",
+        "https://169.254.169.254/rest/",
+        "https://localhost/rest/",
+        "https://intranet/rest/",
+        "https://portal.internal/rest/",
+        "http://portal.bitrix24.de/rest/",
+    ],
 )
-def test_plain_http_or_a_private_address_only_where_the_deployment_allows(settings, endpoint):
-    assert oauth.parse_grant(answer(client_endpoint=endpoint)).client_endpoint == endpoint
+def test_a_client_endpoint_must_be_a_public_https_host(settings, endpoint):
     settings.B24_ALLOW_HTTP_PORTALS = False
+    with pytest.raises(BadAddress):
+        parse_endpoint(endpoint)
     with pytest.raises(oauth.OAuthUnavailable):
         oauth.parse_grant(answer(client_endpoint=endpoint))
 
 
-def test_only_the_oauth_servers_own_host_is_kept_as_server_endpoint(settings, standin):
+def test_a_server_endpoint_off_the_oauth_servers_hosts_is_never_used(settings, standin):
     assert oauth.parse_grant(answer(server_endpoint=standin.server_endpoint)).server_endpoint == standin.server_endpoint
-    assert oauth.parse_grant(answer(server_endpoint="https://evil.example/rest/")).server_endpoint == ""
-    settings.B24_OAUTH_SERVER_HOSTS = ["oauth.bitrix.info"]
-    assert oauth.parse_grant(answer(server_endpoint="https://oauth.bitrix.info/rest/")).server_endpoint == (
-        "https://oauth.bitrix.info/rest/"
+    settings.B24_ALLOW_HTTP_PORTALS = False
+    settings.B24_OAUTH_URL = "https://oauth.bitrix.info/oauth/token/"
+    base = answer(client_endpoint="https://portal.bitrix24.de/rest/")
+    assert (
+        oauth.parse_grant({**base, "server_endpoint": "https://oauth.bitrix.info/rest/"}).server_endpoint
+        == "https://oauth.bitrix.info/rest/"
     )
-    assert oauth.parse_grant(answer(server_endpoint="ftp://oauth.bitrix.info/rest/")).server_endpoint == ""
+    for evil in (
+        "https://evil.example.com/rest/",
+        "https://127.0.0.1/rest/",
+        "http://oauth.bitrix.info/rest/",
+        "ftp://oauth.bitrix.info/rest/",
+    ):
+        assert oauth.parse_grant({**base, "server_endpoint": evil}).server_endpoint == ""
+    settings.B24_OAUTH_SERVER_HOSTS = ["oauth.bitrix24.tech"]
+    assert oauth.parse_grant({**base, "server_endpoint": "https://oauth.bitrix24.tech/rest/"}).server_endpoint == (
+        "https://oauth.bitrix24.tech/rest/"
+    )
 
 
 @pytest.mark.parametrize("expires_in,seconds", [(None, 3600), ("", 3600), ("7200", 7200), (1, 1), (172800, 172800)])
