@@ -1,16 +1,16 @@
 """bitrix24/client.py through the Credentials protocol alone: no Portal row, no database.
 
-The credentials are a small dataclass made here and the refresh step a callable written here that records
-its calls (it refreshes at the stand-in's OAuth server, as portals.tokens.refresh_portal does, but stores
-nothing). The client over a stored portal (PortalClient: the refresh stored, the portal blocked, a move
-recorded, retries and limits) is tested in tests/portals/test_rest.py.
+The credentials are a small dataclass (tests/bitrix24/conftest.py, fixture `app`) and the refresh step a
+callable written here that records its calls (it refreshes at the stand-in's OAuth server, as
+portals.tokens.refresh_portal does, but stores nothing). The client over a stored portal (PortalClient: the
+refresh stored, the portal blocked, a move recorded, retries and limits) is tested in tests/portals/test_rest.py.
 
 No test here asks for the `db` fixture: pytest-django refuses every query, so a client that touched the
 database would fail (test_the_database_is_out_of_reach proves the guard is on).
 """
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 
@@ -25,18 +25,6 @@ from bitrix24.errors import (
     RestError,
     TokenRefreshFailed,
 )
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """The least the client needs to know of a portal (bitrix24.client.Credentials)."""
-
-    member_id: str
-    domain: str
-    client_endpoint: str
-    server_endpoint: str
-    access_token: str
-    rest_plan: str = ""
 
 
 class Refresh:
@@ -59,20 +47,6 @@ class Refresh:
         return replace(
             credentials, access_token=grant.access_token, client_endpoint=grant.client_endpoint, domain=grant.domain
         )
-
-
-@pytest.fixture
-def app(b24, standin):
-    """(credentials of the app on a stand-in portal, their refresh token)."""
-    tokens = b24.issue_tokens("1")
-    credentials = Credentials(
-        member_id=b24.member_id,
-        domain=b24.domain,
-        client_endpoint=b24.client_endpoint,
-        server_endpoint=standin.server_endpoint,
-        access_token=tokens["access_token"],
-    )
-    return credentials, tokens["refresh_token"]
 
 
 def test_the_database_is_out_of_reach():

@@ -161,51 +161,6 @@ def test_batch_passes_nested_parameters(installed):
     assert bound and bound[0]["TITLE"] == "T & Co" and bound[0]["LANG_ALL"]["de"]["TITLE"] == "Grüße"
 
 
-@pytest.mark.parametrize(
-    "count,requests_made", [(0, 1), (30, 1), (50, 1), (51, 1), (2500, 1), (2501, 2), (3000, 2), (10000, 4), (10001, 5)]
-)
-def test_list_chains_pages_by_id_inside_batches(installed, count, requests_made):
-    """settings/performance/huge-data.md + batch.md: start=-1, >id of the previous command's last item."""
-    portal, b24 = installed
-    b24.crm_items = count
-    before = len(b24.requests)
-    items = client_for(portal).list("crm.item.list", {"entityTypeId": 2})
-    assert [item["id"] for item in items] == list(range(1, count + 1))
-    sent = b24.requests[before:]
-    assert [r["method"] for r in sent] == ["batch"] * requests_made  # no count query, no page on its own
-    assert all(r["status"] == 200 for r in sent)
-
-
-@pytest.mark.parametrize("params", [{"order": {"title": "ASC"}}, {"order": {"id": "DESC"}}, {"filter": {"<=id": 9}}])
-def test_list_by_id_refuses_another_order_or_id_filter(installed, params):
-    """Paging by id owns the order and the id condition; such a call says paging="start" outright."""
-    portal, b24 = installed
-    before = len(b24.requests)
-    with pytest.raises(ValueError):
-        client_for(portal).list("crm.item.list", {"entityTypeId": 2, **params})
-    assert len(b24.requests) == before
-
-
-@pytest.mark.parametrize("count,requests_made", [(0, 1), (50, 1), (51, 2), (3000, 3), (10000, 5)])
-def test_list_by_start_stays_for_methods_not_filtered_by_id(installed, count, requests_made):
-    portal, b24 = installed
-    b24.crm_items = count
-    before = len(b24.requests)
-    items = client_for(portal).list("crm.item.list", {"entityTypeId": 2}, paging="start")
-    assert [item["id"] for item in items] == list(range(1, count + 1))
-    sent = [r["method"] for r in b24.requests[before:]]
-    assert sent == ["crm.item.list"] + ["batch"] * (requests_made - 1)
-
-
-def test_a_limit_inside_a_list_batch_is_retried_for_those_pages(installed):
-    """OPERATION_TIME_LIMIT is per nested command: the chain goes on from the last id it has."""
-    portal, b24 = installed
-    b24.crm_items = 3000
-    b24.fail_next("crm.item.list", "OPERATION_TIME_LIMIT", 429)
-    items = client_for(portal).list("crm.item.list", {"entityTypeId": 2})
-    assert [item["id"] for item in items] == list(range(1, 3001))
-
-
 # --- portals that move (redirects) ---------------------------------------------------------------------
 
 
@@ -242,34 +197,3 @@ def test_uninstalled_portal_has_no_token_to_send(installed, client):
     assert do_uninstall(client, b24).status_code == 200
     with pytest.raises(TokenRefreshFailed):
         client_for(portal).call("user.admin")
-
-
-def test_an_absurd_total_is_refused_before_anything_is_planned(installed):
-    """The offset form plans its pages from the portal's `total`: a portal answering 10**12 gets an error,
-    not a memory spike (a host answering like a portal, at the HTTP boundary)."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Absurd(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_POST(self):
-            body = json.dumps({"result": [{"ID": "1"}], "total": 10**12, "next": 50}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Absurd)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        portal, _b24 = installed
-        portal.client_endpoint = f"http://127.0.0.1:{server.server_address[1]}/rest/"
-        with pytest.raises(RestError) as info:
-            PortalClient(portal).list("some.entity.list", paging="start")
-        assert info.value.code == "bad_answer"
-    finally:
-        server.shutdown()
