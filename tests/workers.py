@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+
+from tests.helpers import database_url
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,14 +31,6 @@ FAST_INBOX = {
     "B24_UNVERIFIED_OAUTH_BURST": "50",
     "B24_UNVERIFIED_OAUTH_PER_MINUTE": "600",
 }
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "postgresql":
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    return f"sqlite:///{db['NAME']}"
 
 
 def uses_rabbitmq() -> bool:

@@ -5,7 +5,6 @@ timeout); how fast is for bench/flood.py."""
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,27 +14,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from django.db import connection
 
 from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import do_install
+from tests.helpers import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "postgresql":
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    return f"sqlite:///{db['NAME']}"
 
 
 def _post(port, path, fields, timeout=10.0):
@@ -64,12 +49,12 @@ def _get(port, path, timeout=10.0):
 
 @pytest.fixture
 def gunicorn(standin):
-    port = _free_port()
+    port = free_port()
     prefix = f"flood-{uuid.uuid4().hex[:12]}"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "B24_OAUTH_URL": standin.oauth_url,
         "LOG_LEVEL": "ERROR",
         "GUNICORN_BIND": f"127.0.0.1:{port}",

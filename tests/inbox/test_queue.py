@@ -13,7 +13,7 @@ from django.utils import timezone
 from inbox import queue as inbox
 from inbox import registry
 from inbox.models import InboxItem
-from portals.models import Portal
+from tests.helpers import make_portal
 
 pytestmark = pytest.mark.django_db
 State = InboxItem.State
@@ -43,15 +43,7 @@ def handler():
 
 @pytest.fixture
 def portal():
-    row = Portal(
-        member_id="m-inbox-1",
-        domain="inbox.example.test",
-        client_endpoint="https://inbox.example.test/rest/",
-        status=Portal.Status.ACTIVE,
-        application_token="app-token-1",
-    )
-    row.save()
-    return row
+    return make_portal("active", member_id="m-inbox-1", domain="inbox.example.test", application_token="app-token-1")
 
 
 def accept(portal, *, ts="1700000000", data=None, token="app-token-1", code=CODE, **auth):

@@ -4,12 +4,12 @@ inbound requests, and a local webhook receiver (a real HTTP server) that can be 
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from openlines import registry
 from openlines.outbound import sign
+from tests.helpers import QuietHandler, start_server, stop_server
 from tests.placements.frames import widget_token_of
 
 CONNECTOR = registry.HTTP.id
@@ -63,9 +63,9 @@ class Receiver:
         self.answer, self.delay, self.during = None, 0.0, None
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self.body()
                 data = json.loads(body)
                 with receiver.lock:
                     receiver.tried.append(data)
@@ -101,21 +101,15 @@ class Receiver:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the app stopped reading, as it may
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = start_server(Handler)
+        self.url = f"{self.server.url}/hook"
 
     def texts(self):
         """The texts of the messages taken, in the order they came."""
         return [h["json"]["message"]["text"] for h in self.got]
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_server(self.server)
 
 
 @pytest.fixture
@@ -166,19 +160,14 @@ class EventSink:
         sink = self
         self.got = []
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                sink.got.append(parse_qsl(body, keep_blank_values=True))
+                sink.got.append(parse_qsl(self.body().decode(), keep_blank_values=True))
                 self.send_response(200)
                 self.end_headers()
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events/"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.server = start_server(Handler)
+        self.url = f"{self.server.url}/events/"
 
     def relay(self, client):
         """Hand what Bitrix24 sent to our /events/, as it would, and let a worker process the inbox;
@@ -206,8 +195,7 @@ class EventSink:
         return out
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        stop_server(self.server)
 
 
 class Item:

@@ -6,14 +6,11 @@ xfail(strict=True) are defects the threat model lists under "Known limits": each
 run, as a strict xfail) once the defect is fixed; then drop the mark.
 """
 
-import contextlib
 import json
 import re
 import socket
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.test import Client
@@ -22,6 +19,7 @@ from openlines.models import Channel, Delivery, InboundMessage, OutboundMessage
 from openlines.outbound import sign
 from sandbox.standin import rest_imconnector as imc
 from tests.conftest import do_install
+from tests.helpers import QuietHandler, local_server
 from tests.openlines.conftest import CONNECTOR, act, message, open_settings, setting_connector_post, signed, visible_ids
 
 pytestmark = pytest.mark.django_db
@@ -387,32 +385,15 @@ def test_a_name_that_resolves_to_nat64_loopback_is_refused_at_send(
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
 
 
-class _Redirecting(BaseHTTPRequestHandler):
+class _Redirecting(QuietHandler):
     target = ""
 
     def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.body()
         self.send_response(307)
         self.send_header("Location", self.target)
         self.send_header("Content-Length", "0")
         self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def _webhook(handler, *, wrap=None):
-    """A local web server answering with `handler`; yields its port (`wrap` may make its socket TLS)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    if wrap is not None:
-        server.socket = wrap(server.socket)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_redirect_from_the_webhook_is_not_followed(
@@ -421,8 +402,8 @@ def test_a_redirect_from_the_webhook_is_not_followed(
     """Administrator row: a webhook that answers 307 to an inside address does not get us there; the
     message is retried later like any failure."""
     row, secret, b24 = conversation
-    with _webhook(type("Redirect", (_Redirecting,), {"target": receiver.url})) as port:
-        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{port}/hook")
+    with local_server(type("Redirect", (_Redirecting,), {"target": receiver.url})) as server:
+        Channel.objects.filter(pk=row.pk).update(webhook_url=f"{server.url}/hook")
         reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "HTTP 307")
     assert receiver.got == []
@@ -434,18 +415,15 @@ def test_a_webhook_answering_a_non_ascii_length_is_an_ordinary_failure(
     """Administrator row: nothing the webhook answers escapes the retry schedule."""
     row, secret, b24 = conversation
 
-    class Odd(BaseHTTPRequestHandler):
+    class Odd(QuietHandler):
         def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.body()
             self.send_response(200)
             self.send_header("Content-Length", "\u00b2")
             self.end_headers()
 
-        def log_message(self, *args):
-            pass
-
-    with _webhook(Odd) as port:
-        Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://127.0.0.1:{port}/hook")
+    with local_server(Odd) as server:
+        Channel.objects.filter(pk=row.pk).update(webhook_url=f"{server.url}/hook")
         reply = _reply(client, b24, sink, django_capture_on_commit_callbacks)
     assert reply.attempts == 1 and reply.state in (Delivery.SENT, Delivery.FAILED)
 
@@ -749,17 +727,15 @@ def test_the_webhook_goes_to_the_address_checked_and_tls_is_verified_for_the_nam
     cert, context = self_signed_context(tmp_path, names=("hooks.b24widget.test",))
     got = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):  # noqa: N802
-            got.append((self.headers["Host"], self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            got.append((self.headers["Host"], self.path, self.body()))
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args):
-            pass
-
-    with _webhook(Handler, wrap=lambda sock: context.wrap_socket(sock, server_side=True)) as port:
+    with local_server(Handler, wrap=lambda sock: context.wrap_socket(sock, server_side=True)) as server:
+        port = server.port
         url, host, session = outbound.pinned(f"https://hooks.b24widget.test:{port}/in?x=1", "127.0.0.1")
         assert url == f"https://127.0.0.1:{port}/in?x=1" and host == {"Host": f"hooks.b24widget.test:{port}"}
         with session:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from django.utils import timezone
 
 from portals import tokens
@@ -20,6 +19,7 @@ from portals.management.commands.refresh_tokens import due as due_now
 from portals.management.commands.refresh_tokens import refresh_if_due
 from portals.models import Portal, PortalEvent
 from tests.conftest import do_install
+from tests.helpers import database_url
 
 K = PortalEvent.Kind
 S = Portal.Status
@@ -280,16 +280,10 @@ def test_a_portal_another_copy_is_refreshing_is_skipped(client, standin):
 
 
 def _command_env(standin):
-    db = connection.settings_dict
-    if connection.vendor == "postgresql":
-        password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        url = f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    else:
-        url = f"sqlite:///{db['NAME']}"
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": url,
+        "DATABASE_URL": database_url(),
         "B24_OAUTH_URL": standin.oauth_url,
         "LOG_LEVEL": "WARNING",
     }

@@ -17,6 +17,7 @@ from openlines.models import Channel
 from portals import tokens
 from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
+from tests.helpers import portal_snapshot as snapshot
 from tests.placements.frames import is_widget, open_widget
 
 pytestmark = pytest.mark.django_db
@@ -52,14 +53,6 @@ def rejected(response, reason: str) -> bool:
     assert response.status_code == 200, response.content[:300]
     assert response.item.state == State.REJECTED, (response.item.state, response.item.outcome)
     return reason in response.item.last_error
-
-
-def snapshot(portal):
-    """Everything an attacker must not change: tokens, application_token, status, channels, history."""
-    row = Portal.objects.get(pk=portal.pk)
-    channels = list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "line_id", "secret"))
-    history = list(row.events.order_by("pk").values_list("pk", "kind"))
-    return (row.access_token, row.refresh_token, row.application_token, row.status, row.installed_by, channels, history)
 
 
 def user_event(b24, event, *, application_token, **kwargs):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from bitrix24 import cache as shared_cache
 from bitrix24 import http, oauth
 from portals import tokens
 from portals.models import Portal, PortalEvent
+from tests.helpers import QuietHandler, in_threads, local_server
 from tests.placements.frames import is_widget, open_widget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,14 +100,8 @@ def test_callers_waiting_for_a_slow_refresh_do_not_pile_up(installed, standin):
             outcomes.append("fresh")
         except oauth.RefreshInProgress:
             outcomes.append("busy")
-        finally:
-            connection.close()
 
-    threads = [threading.Thread(target=caller) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    in_threads(caller, 20, timeout=30)
     assert len(standin.oauth_requests) - before == 1
     assert len(outcomes) == 20 and outcomes.count("busy") >= 1
     assert Portal.objects.get(pk=portal.pk).refresh_token in live_refresh_tokens(standin)
@@ -139,10 +133,7 @@ def test_a_refresh_token_lost_to_an_early_give_up_heals_at_an_administrators_ope
 # --- answers that trickle or never end ---------------------------------------------------------------------
 
 
-class _Misbehaving(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class _Misbehaving(QuietHandler):
     def do_GET(self):
         mode = self.path.split("?")[0].strip("/")
         if mode == "trickle":
@@ -175,11 +166,8 @@ class _Misbehaving(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def misbehaving():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Misbehaving)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with local_server(_Misbehaving) as server:
+        yield server.url
 
 
 def test_a_trickling_answer_hits_the_total_deadline(misbehaving):

@@ -8,14 +8,12 @@ from inbox.models import InboxItem
 from openlines.models import Channel
 from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
+from tests.helpers import kinds
+from tests.helpers import portal_snapshot as snapshot
 
 pytestmark = pytest.mark.django_db
 
 K = PortalEvent.Kind
-
-
-def kinds(portal):
-    return list(portal.events.order_by("id").values_list("kind", flat=True))
 
 
 def test_fresh_install_stores_the_oauth_servers_answer(client, b24, standin):
@@ -108,20 +106,6 @@ def test_member_id_the_oauth_server_does_not_confirm(client, b24, standin):
     response = client.post("/install/", post)
     assert response.status_code == 403
     assert not Portal.objects.exists()
-
-
-def snapshot(portal):
-    row = Portal.objects.get(pk=portal.pk)
-    return (
-        row.access_token,
-        row.refresh_token,
-        row.application_token,
-        row.status,
-        row.installed_by,
-        row.last_error,
-        list(Channel.objects.filter(portal_id=portal.pk).values_list("state", "secret")),
-        kinds(row),
-    )
 
 
 def test_forged_install_for_a_known_portal_changes_nothing(client, b24):

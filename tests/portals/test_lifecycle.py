@@ -17,7 +17,7 @@ import pytest
 
 from portals import lifecycle
 from portals.models import Portal, PortalEvent
-from tests.helpers import PORTAL_STATES, make_portal, token_grant
+from tests.helpers import PORTAL_STATES, kinds, make_portal, token_grant
 
 pytestmark = pytest.mark.django_db
 
@@ -150,10 +150,6 @@ TABLE = [
 ]
 
 
-def _kinds(member_id: str) -> list[str]:
-    return list(PortalEvent.objects.filter(portal__member_id=member_id).order_by("pk").values_list("kind", flat=True))
-
-
 def _row_id(row) -> str:
     state, transition, expected, _events = row
     return f"{state} -{transition}-> {expected}"
@@ -173,7 +169,7 @@ def test_state_machine(state, transition, expected, events):
     else:
         TRANSITIONS[transition](portal)
         assert Portal.objects.get(member_id="m1").status == expected
-    assert _kinds("m1") == events
+    assert kinds(Portal.objects.get(member_id="m1")) == events
 
 
 def test_the_table_has_a_row_for_every_state_and_transition():
@@ -242,7 +238,7 @@ def test_uninstall_wipes_the_secrets_and_keeps_the_row_and_its_history():
         None,
     )
     assert stored.application_token_digest == "" and stored.uninstalled_at is not None
-    assert _kinds(portal.member_id) == ["updated", "uninstalled"]
+    assert kinds(portal) == ["updated", "uninstalled"]
     assert PortalEvent.objects.get(kind="uninstalled").detail == {"previous_status": "active", "clean": False}
 
 
@@ -280,7 +276,7 @@ def test_a_grant_that_names_another_address_or_licence_is_recorded():
     )
     stored = Portal.objects.get(pk=portal.pk)
     assert (stored.domain, stored.client_endpoint, stored.app_status) == (MOVED, f"https://{MOVED}/rest/", "P")
-    assert _kinds(portal.member_id) == ["app_status_changed", "domain_changed", "token_refreshed"]
+    assert kinds(portal) == ["app_status_changed", "domain_changed", "token_refreshed"]
 
 
 # --- docs/architecture.md's diagram against the table ---------------------------------------------------

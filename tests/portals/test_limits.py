@@ -2,10 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import pytest
 import redis
@@ -14,8 +10,7 @@ from bitrix24 import limits
 from bitrix24.errors import RestError
 from portals.models import Portal
 from portals.tokens import PortalClient
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import in_threads, run_together
 from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
 
@@ -74,32 +69,29 @@ def _limited_answers(b24):
     return [r for r in b24.requests if r.get("status") == 503]
 
 
+def _calls_from_threads(portal, *, threads: int, calls: int) -> list[str]:
+    """`calls` server.time calls from each of `threads` threads, each with its own PortalClient; the error codes."""
+    errors = []
+
+    def worker():
+        try:
+            client_ = PortalClient(Portal.objects.get(pk=portal.pk))
+            for _ in range(calls):
+                client_.call("server.time")
+        except RestError as exc:
+            errors.append(exc.code)
+
+    in_threads(worker, threads, timeout=120)
+    return errors
+
+
 @pytest.mark.django_db(transaction=True)
 def test_threads_sharing_one_portal_stay_under_the_limit(settings, client, b24):
     from tests.conftest import do_install
 
     portal = do_install(client, b24)
     _limit(settings, b24)
-    errors = []
-
-    def worker():
-        from django.db import connection
-
-        try:
-            client_ = PortalClient(Portal.objects.get(pk=portal.pk))
-            for _ in range(25):
-                client_.call("server.time")
-        except RestError as exc:
-            errors.append(exc.code)
-        finally:
-            connection.close()  # this thread's own connection; the test database is dropped at the end
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    assert _calls_from_threads(portal, threads=6, calls=25) == []
     assert b24.calls("server.time") == 150
     assert _limited_answers(b24) == []
 
@@ -166,28 +158,8 @@ def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(setting
             "calls": 50,
         }
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", PROCESS_SCRIPT, spec],
-            cwd=ROOT,
-            env=env,
-            text=True,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(4)
-    ]
-    import time
-
-    time.sleep(2.5)
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, results):
-        assert p.returncode == 0, err[-2000:]
-        assert out.strip() == "0", err[-2000:]
+    for out, err in run_together(PROCESS_SCRIPT, spec, count=4, env=env):
+        assert out == "0", err[-2000:]
     assert b24.calls("server.time") == 200
     assert _limited_answers(b24) == []
     assert delete_prefixed(REDIS_URL, prefix) > 0  # the processes did share their limiter under the prefix
@@ -264,26 +236,7 @@ def test_a_bucket_more_optimistic_than_the_portal_adapts_and_no_limit_error_surf
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 40, 40
     settings.B24_REST_MAX_RETRIES = 0
     before = limits.counters.snapshot().get("limit_answers", 0)
-    errors = []
-
-    def worker():
-        from django.db import connection
-
-        try:
-            client_ = PortalClient(Portal.objects.get(pk=portal.pk))
-            for _ in range(30):
-                client_.call("server.time")
-        except RestError as exc:
-            errors.append(exc.code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    assert _calls_from_threads(portal, threads=3, calls=30) == []
     assert limits.counters.snapshot()["limit_answers"] > before  # the portal did refuse, and it was absorbed
     assert b24.calls("server.time") == 90 + len(_limited_answers(b24))
 

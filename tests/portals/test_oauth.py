@@ -4,10 +4,7 @@ The OAuth answers themselves (parse_grant, token_info, request_refresh) are test
 """
 
 import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -16,9 +13,9 @@ from bitrix24 import oauth
 from portals import tokens
 from portals.models import Portal, PortalEvent
 from portals.tokens import PortalClient
+from tests.helpers import database_url, in_threads, run_together
 
 K = PortalEvent.Kind
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.django_db
@@ -125,14 +122,8 @@ def test_refresh_race_between_threads_makes_one_oauth_request(client, b24, stand
             results.append(PortalClient(Portal.objects.get(pk=portal.pk)).call("server.time"))
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
-        finally:
-            connection.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    in_threads(worker, 8, timeout=60)
     assert errors == []
     assert len(results) == 8
     assert len(standin.oauth_requests) - before == 1
@@ -164,28 +155,7 @@ def test_refresh_race_between_processes_makes_one_oauth_request(client, b24, sta
     b24.expire_access_tokens()
     standin.oauth_delay = 0.3
     before = len(standin.oauth_requests)
-    db = connection.settings_dict
-    env = {**os.environ, "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACE_SCRIPT, str(portal.pk), standin.oauth_url],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    import time
-
-    time.sleep(2.5)  # let every process finish django.setup()
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    outputs = [p.communicate(timeout=60) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-2000:]
-        assert out.strip() == "ok"
+    env = {**os.environ, "DATABASE_URL": database_url()}
+    outputs = run_together(RACE_SCRIPT, str(portal.pk), standin.oauth_url, count=4, env=env, timeout=60)
+    assert [out for out, _err in outputs] == ["ok"] * 4
     assert len(standin.oauth_requests) - before == 1

@@ -7,6 +7,7 @@ from cryptography.fernet import Fernet
 from django.db import connection
 
 from portals.models import Portal
+from tests.helpers import make_portal
 from vault import fields as crypto
 
 pytestmark = pytest.mark.django_db
@@ -16,12 +17,6 @@ def raw_column(portal, column):
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {column} FROM portals_portal WHERE id = %s", [portal.pk])
         return cursor.fetchone()[0]
-
-
-def make_portal(**fields):
-    return Portal.objects.create(
-        member_id="m1", domain="a.bitrix24.com", client_endpoint="https://a.bitrix24.com/rest/", **fields
-    )
 
 
 def test_column_holds_ciphertext_only():
@@ -43,7 +38,7 @@ def test_column_holds_ciphertext_only():
 
 
 def test_empty_stays_empty():
-    portal = make_portal()
+    portal = make_portal(access_token="")
     assert raw_column(portal, "access_token") == ""
     assert Portal.objects.get(pk=portal.pk).access_token == ""
 
@@ -119,12 +114,7 @@ def test_an_undecryptable_portal_is_named_with_what_to_do_and_the_others_are_rot
     from django.core.management import CommandError, call_command
 
     lost = make_portal(access_token="lost-secret")
-    kept = Portal.objects.create(
-        member_id="m2",
-        domain="b.bitrix24.com",
-        client_endpoint="https://b.bitrix24.com/rest/",
-        access_token="kept-secret",
-    )
+    kept = make_portal(member_id="m2", domain="b.bitrix24.com", access_token="kept-secret")
     lost_key, kept_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     with connection.cursor() as cursor:  # the first portal's secret under a key that is now gone
         cursor.execute(
