@@ -15,11 +15,6 @@ def pages(standin):
     return SandboxPages(standin, app_url=APP_URL).attach()
 
 
-@pytest.fixture
-def portal(standin):
-    return standin.add_portal()
-
-
 def act(http, portal, action, body=None, **headers):
     return http.post(
         f"http://{portal.domain}/sandbox/api/{action}",

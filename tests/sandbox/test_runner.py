@@ -14,6 +14,7 @@ import requests
 from sandbox import runner
 from sandbox.management.commands.sandbox import Command
 from sandbox.standin import StandIn
+from tests.helpers import free_port
 
 # Every test here runs `manage.py sandbox` / `devserver` with their own SQLite (or none): once, on SQLite.
 pytestmark = pytest.mark.own_database
@@ -21,22 +22,37 @@ pytestmark = pytest.mark.own_database
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def event_processed(http, base: str) -> dict:
+    """POST an event nobody can verify to the app at `base`, and wait until its worker has finished it (it is
+    refused, final); returns /healthz's answer."""
+    event = {
+        "event": "ONAPPINSTALL",
+        "ts": "1",
+        "auth[member_id]": "nobody0000",
+        "auth[application_token]": "t" * 32,
+        "data[VERSION]": "1",
+    }
+    assert http.post(f"{base}/events/", data=event, timeout=5).json()["result"] == "accepted"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        health = http.get(f"{base}/healthz", timeout=5).json()
+        if health["inbox"]["unfinished"] == 0:
+            break
+        time.sleep(0.3)
+    assert health["inbox"]["unfinished"] == 0, health
+    return health
 
 
 def options(tmp_path, **overrides):
-    values = dict(
-        base_dir=ROOT,
-        client_id="local.sandbox",
-        client_secret="sandbox-secret",
-        directory=tmp_path / "sb",
-        app_port=free_port(),
-        portal_port=free_port(),
-        server_port=free_port(),
-    )
+    values = {
+        "base_dir": ROOT,
+        "client_id": "local.sandbox",
+        "client_secret": "sandbox-secret",
+        "directory": tmp_path / "sb",
+        "app_port": free_port(),
+        "portal_port": free_port(),
+        "server_port": free_port(),
+    }
     values.update(overrides)
     return runner.Options(**values)
 
@@ -174,24 +190,8 @@ def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
             # The landing page says how this was started (DEBUG is on in the sandbox's app).
             assert "manage.py sandbox" in http.get(f"http://127.0.0.1:{ports['app']}/", timeout=5).text
             # A worker runs beside the app: an event the app stored is processed (here: refused, final).
-            event = {
-                "event": "ONAPPINSTALL",
-                "ts": "1",
-                "auth[member_id]": "nobody0000",
-                "auth[application_token]": "t" * 32,
-                "data[VERSION]": "1",
-            }
-            assert (
-                http.post(f"http://127.0.0.1:{ports['app']}/events/", data=event, timeout=5).json()["result"]
-                == "accepted"
-            )
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                health = http.get(f"http://127.0.0.1:{ports['app']}/healthz", timeout=5).json()
-                if health["inbox"]["unfinished"] == 0:
-                    break
-                time.sleep(0.2)
-            assert health["inbox"]["unfinished"] == 0 and health["checks"]["broker"] == "ok", health
+            health = event_processed(http, f"http://127.0.0.1:{ports['app']}")
+            assert health["checks"]["broker"] == "ok", health
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -293,21 +293,7 @@ def test_manage_py_devserver_runs_the_app_with_a_worker(tmp_path):
                         break
                 except requests.ConnectionError:
                     time.sleep(0.3)
-            event = {
-                "event": "ONAPPINSTALL",
-                "ts": "1",
-                "auth[member_id]": "nobody0000",
-                "auth[application_token]": "t" * 32,
-                "data[VERSION]": "1",
-            }
-            assert http.post(f"{base}/events/", data=event, timeout=5).json()["result"] == "accepted"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                health = http.get(f"{base}/healthz", timeout=5).json()
-                if health["inbox"]["unfinished"] == 0:
-                    break
-                time.sleep(0.3)
-            assert health["inbox"]["unfinished"] == 0, health
+            event_processed(http, base)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)

@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from sandbox.standin import StandIn, frame_query_and_body, parse_php_params
-from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
+from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET, call, refresh
 
 TIME_KEYS = {
     "start",
@@ -19,28 +19,6 @@ TIME_KEYS = {
     "operating",
     "operating_reset_at",
 }
-
-
-@pytest.fixture
-def portal(standin):
-    return standin.add_portal()
-
-
-def refresh(http, standin, refresh_token, **overrides):
-    params = {
-        "grant_type": "refresh_token",
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "refresh_token": refresh_token,
-        **overrides,
-    }
-    return http.get(standin.oauth_url, params=params, timeout=5)
-
-
-def call(http, portal, method, auth, **params):
-    return http.post(
-        f"{portal.client_endpoint}{method}.json", data={"auth": auth, **params}, timeout=5, allow_redirects=False
-    )
 
 
 # --- OAuth server -------------------------------------------------------------------------------

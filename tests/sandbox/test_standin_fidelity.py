@@ -7,15 +7,9 @@ import pytest
 import requests
 
 from sandbox.standin import METHODS, NotAdministrator
-from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
-from tests.sandbox.test_standin import call, refresh
+from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET, call, refresh
 
 OTHER_ID, OTHER_SECRET = "app.other0000000000.00000000", "other-secret"
-
-
-@pytest.fixture
-def portal(standin):
-    return standin.add_portal()
 
 
 def test_every_method_names_an_existing_doc_page():

@@ -1,20 +1,14 @@
 """Contract tests of the stand-in's imconnector.* methods and connector events, each against its page in
 bitrix24/b24restdocs (api-reference/imopenlines/imconnector/...)."""
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest
 
 from sandbox.standin import rest_imconnector as imc
+from tests.helpers import QuietHandler, local_server
 
 ICON = {"DATA_IMAGE": "data:image/svg+xml,%3Csvg%20xmlns%3D%22http://www.w3.org/2000/svg%22/%3E"}
-
-
-@pytest.fixture
-def portal(standin):
-    return standin.add_portal()
 
 
 @pytest.fixture
@@ -300,28 +294,20 @@ def test_the_methods_need_the_imopenlines_scope(http, standin):
     assert status == 403 and body["error"] == "insufficient_scope"
 
 
-class _Receiver(BaseHTTPRequestHandler):
+class _Receiver(QuietHandler):
     got: list = []
 
     def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).got.append(dict(parse_qsl(body.decode())))
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b'{"result":"ok"}')
-
-    def log_message(self, *args):
-        pass
+        type(self).got.append(dict(parse_qsl(self.body().decode())))
+        self.answer(200, {"result": "ok"})
 
 
 def test_operator_reply_and_teardown_events_reach_the_bound_handler(http, portal, token):
     """events/on-im-connector-message-add.md (data[MESSAGES][0][im][chat_id] ...), -status-delete.md
     (data[connector], data[line]) and -line-delete.md (data is the bare line id), form-encoded."""
     receiver = type("R", (_Receiver,), {"got": []})
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), receiver)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/events/"
+    with local_server(receiver) as server:
+        url = f"{server.url}/events/"
         portal.install_post()
         portal.finish_install()
         for event in ("ONIMCONNECTORMESSAGEADD", "ONIMCONNECTORSTATUSDELETE", "ONIMCONNECTORLINEDELETE"):
@@ -345,9 +331,6 @@ def test_operator_reply_and_teardown_events_reach_the_bound_handler(http, portal
         assert add["auth[application_token]"] == portal.application_token and "auth[refresh_token]" not in add
         assert (status_delete["data[connector]"], status_delete["data[line]"]) == ("myconnector", "1")
         assert line_delete["data"] == "1"
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_session_history_shows_the_chat_as_the_page_does(http, portal, token):

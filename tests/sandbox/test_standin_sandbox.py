@@ -8,26 +8,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from sandbox.standin import StandIn
-from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET
-
-
-def refresh(http, standin, refresh_token):
-    return http.post(
-        standin.oauth_url,
-        timeout=5,
-        data={
-            "grant_type": "refresh_token",
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "refresh_token": refresh_token,
-        },
-    )
-
-
-def call(http, portal, method, auth, **params):
-    return http.post(
-        f"{portal.client_endpoint}{method}.json", data={"auth": auth, **params}, timeout=5, allow_redirects=False
-    )
+from tests.sandbox.conftest import CLIENT_ID, CLIENT_SECRET, call, refresh
 
 
 def bind_event(http, portal, event, handler):
@@ -103,7 +84,7 @@ def test_state_file_keeps_portal_bindings_and_tokens_across_a_restart(http, tmp_
         fields = portal.install_post(user_id="1", lang="de")
         bind_event(http, portal, "ONAPPINSTALL", "http://app.test/events/")
         portal.finish_install()
-        grant = refresh(http, first, fields["REFRESH_ID"]).json()  # the app's tokens, after its refresh
+        grant = refresh(http, first, fields["REFRESH_ID"], post=True).json()  # the app's tokens, after its refresh
         member_id, address, application_token = portal.member_id, portal.domain, portal.application_token
     finally:
         first.stop()
@@ -120,10 +101,10 @@ def test_state_file_keeps_portal_bindings_and_tokens_across_a_restart(http, tmp_
         assert restored.installed and restored.install_finished
         assert [b["handler"] for b in restored.bindings["events"]] == ["http://app.test/events/"]
         assert call(http, restored, "app.info", grant["access_token"]).json()["result"]["INSTALLED"] is True
-        again = refresh(http, second, grant["refresh_token"])
+        again = refresh(http, second, grant["refresh_token"], post=True)
         assert again.status_code == 200 and again.json()["member_id"] == member_id
         # A spent refresh token stays spent.
-        assert refresh(http, second, fields["REFRESH_ID"]).json()["error"] == "invalid_grant"
+        assert refresh(http, second, fields["REFRESH_ID"], post=True).json()["error"] == "invalid_grant"
         # New bindings get new ids after the restored ones.
         bind_event(http, restored, "ONAPPUNINSTALL", "http://app.test/events/")
         ids = [b["id"] for b in restored.bindings["events"]]
@@ -200,7 +181,7 @@ def test_restore_on_another_port_is_a_rename_the_oauth_server_reports(http, tmp_
         state = first.state_snapshot()
     with StandIn(CLIENT_ID, CLIENT_SECRET) as second:
         [restored] = second.restore_state(state, ports={portal.member_id: 0})
-        body = refresh(http, second, tokens["refresh_token"]).json()
+        body = refresh(http, second, tokens["refresh_token"], post=True).json()
         assert body["client_endpoint"] == restored.client_endpoint == f"http://{restored.domain}/rest/"
 
 
@@ -245,4 +226,4 @@ def test_web_hook_serves_pages_beside_the_apis(http, standin):
     assert http.get(f"http://{portal.domain}/other", timeout=5).status_code == 404
     token = portal.issue_tokens()["access_token"]
     assert call(http, portal, "server.time", token).status_code == 200  # the APIs are untouched
-    assert refresh(http, standin, portal.issue_tokens()["refresh_token"]).status_code == 200
+    assert refresh(http, standin, portal.issue_tokens()["refresh_token"], post=True).status_code == 200
