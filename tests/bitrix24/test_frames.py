@@ -13,6 +13,7 @@ from django.test import RequestFactory
 
 from bitrix24 import frames
 from bitrix24.frames import BadFramePost, FramePost, parse_frame_post
+from tests.placements.frames import with_fields
 
 GOOD = {
     "DOMAIN": "Example.Bitrix24.com",
@@ -48,12 +49,7 @@ LIMITS = {
 
 def post(body=None, query=None, **changes):
     """A frame POST of GOOD's fields; `changes` replace fields (None: the field is left out)."""
-    fields = dict(GOOD if body is None else body)
-    for name, value in changes.items():
-        if value is None:
-            fields.pop(name, None)
-        else:
-            fields[name] = value
+    fields = with_fields(GOOD if body is None else body, **changes)
     path = f"/placement/?{urlencode(query)}" if query else "/placement/"
     return RequestFactory().post(path, fields)
 

@@ -20,6 +20,17 @@ def open_widget(client, fields, *, shape="documented", path="/placement/"):
     return client.post(path, fields)
 
 
+def with_fields(fields: dict, **changes) -> dict:
+    """`fields` with `changes` made: a value replaces the field, None leaves the field out."""
+    out = dict(fields)
+    for name, value in changes.items():
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
+
+
 def text(response) -> str:
     """The response body with entities decoded (translations carry apostrophes and dashes)."""
     return html.unescape(response.content.decode())

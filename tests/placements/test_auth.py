@@ -11,7 +11,7 @@ from bitrix24 import oauth
 from portals import tokens
 from portals.models import Portal, PortalEvent
 from tests.conftest import do_install, do_uninstall
-from tests.placements.frames import is_widget, open_widget, portal_calls, text
+from tests.placements.frames import is_widget, open_widget, portal_calls, text, with_fields
 
 pytestmark = pytest.mark.django_db
 
@@ -226,11 +226,7 @@ def _verdict_entries():
 def test_the_verdict_lives_no_longer_than_the_token_nor_minutes(frame, installed, auth_expires, at_most):
     """AUTH_EXPIRES is the client's word: it may shorten our B24_VERDICT_MAX_AGE (300 s), never lengthen it."""
     _, b24 = installed
-    fields = b24.placement_post()
-    if auth_expires is None:
-        del fields["AUTH_EXPIRES"]
-    else:
-        fields["AUTH_EXPIRES"] = auth_expires
+    fields = with_fields(b24.placement_post(), AUTH_EXPIRES=auth_expires)
     assert is_widget(open_widget(frame, fields))
     [(left, value)] = _verdict_entries()
     assert 0 < left <= at_most

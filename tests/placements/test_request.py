@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 import pytest
 
 from sandbox.standin import frame_query_and_body
-from tests.placements.frames import SHAPES, is_widget, open_widget, portal_calls, text
+from tests.placements.frames import SHAPES, is_widget, open_widget, portal_calls, text, with_fields
 
 pytestmark = pytest.mark.django_db
 
@@ -63,11 +63,7 @@ def test_malformed_open_is_a_400_that_touches_nothing(
     frame, installed, stored_state, standin, shape, field, value, django_assert_num_queries
 ):
     _, b24 = installed
-    fields = b24.placement_post()
-    if value is None:
-        del fields[field]
-    else:
-        fields[field] = value
+    fields = with_fields(b24.placement_post(), **{field: value})
     before, calls, oauth = stored_state(), portal_calls(b24), len(standin.oauth_requests)
 
     with django_assert_num_queries(0):
@@ -142,12 +138,7 @@ def test_the_handler_urls_own_query_string_is_kept(frame, installed):
 )
 def test_placement_options_that_are_not_an_object_count_as_empty(frame, installed, options):
     _, b24 = installed
-    fields = b24.placement_post()
-    if options is None:
-        del fields["PLACEMENT_OPTIONS"]
-    else:
-        fields["PLACEMENT_OPTIONS"] = options
-    assert is_widget(open_widget(frame, fields))
+    assert is_widget(open_widget(frame, with_fields(b24.placement_post(), PLACEMENT_OPTIONS=options)))
 
 
 @pytest.mark.parametrize(
