@@ -1,8 +1,6 @@
 """The README's "Build on it" examples, run as written (the blocks after `<!-- example: NAME -->`)."""
 
 import io
-import re
-from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -11,22 +9,17 @@ from placements import registry
 from portals.lifecycle import portal_data_cleaned
 from portals.models import Portal
 from tests.conftest import do_install, do_uninstall
-
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-EXAMPLES = dict(re.findall(r"<!-- example: ([a-z ]+) -->\n```python\n(.*?)```", README, flags=re.S))
+from tests.docs import examples
 
 pytestmark = pytest.mark.django_db
 
 
 def run(name: str, **given) -> dict:
-    namespace = {"__name__": f"readme_example_{name.replace(' ', '_')}", **given}
-    exec(compile(EXAMPLES[name], f"README.md example: {name}", "exec"), namespace)  # noqa: S102
-    return namespace
+    return examples.run("README.md", name, **given)
 
 
 def test_the_readme_has_the_four_examples():
-    assert set(EXAMPLES) == {"placement", "event handler", "rest", "background task"}
+    assert set(examples.examples("README.md")) == {"placement", "event handler", "rest", "background task"}
 
 
 def test_placement_example_is_bound_at_install_and_opens(monkeypatch, client, b24):
