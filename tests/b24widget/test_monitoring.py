@@ -78,15 +78,17 @@ def selectors(ast) -> list[tuple[str | None, set]]:
 @pytest.fixture
 def exported(client, settings, db) -> dict[str, set]:
     """What /metrics prints: {sample name: the label names it carries}."""
-    from b24widget import metrics
+    from bitrix24 import metrics
+    from placements import metrics as placement_metrics
+    from portals import tokens
 
     # Each hook once, as the product code calls them, so every labelled family prints samples.
-    metrics.widget_open("shown")
-    metrics.verification(cached=True)
+    placement_metrics.widget_open("shown")
+    placement_metrics.verification(cached=True)
     metrics.rest_call("server.time")
     metrics.limit_wait("rate", 0.01)
     metrics.limit_answer("QUERY_LIMIT_EXCEEDED")
-    metrics.refresh_failed("client_misconfigured")
+    tokens.refresh_failed("client_misconfigured")
     settings.METRICS_TOKEN = TOKEN
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert response.status_code == 200
