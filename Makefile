@@ -48,6 +48,8 @@ check: lint types contract migrations-check
 lock: .venv/.dev-lock
 	$(LOCK) $(LOCK_ARGS) -o requirements.txt requirements.in
 	$(LOCK) $(LOCK_ARGS) -o requirements-dev.txt requirements-dev.in
+	grep -v '^#' requirements-older-python.txt >> requirements.txt
+	grep -v '^#' requirements-older-python.txt >> requirements-dev.txt
 
 # The dev venv, installed again whenever requirements-dev.txt changes.
 .venv/.dev-lock: requirements-dev.txt
