@@ -4,6 +4,7 @@ Like every URL, /healthz answers only to a Host in ALLOWED_HOSTS (README, Produc
 probe sends the first concrete one. A worker or beat container (same image, no web server) is healthy
 while its process runs: there is nothing here to probe.
 """
+
 import os
 import sys
 import urllib.error
