@@ -283,7 +283,9 @@ class Client:
                 return self._post(method, params, token)
             except _Redirected:
                 if moved or self._oauth_server or self._refresher is None:
-                    raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
+                    raise PortalMovedUnexplained(
+                        "REDIRECT", "portal redirected again after a move", method=method
+                    ) from None
                 moved = True
                 self._follow_move(method)
             except LimitWaitExceeded:

@@ -72,7 +72,7 @@ def by_start(client, method: str, params: dict) -> list:
     commands = {f"p{start}": (method, {**params, "start": start}) for start in starts}
     result = client.batch(commands, halt=True)
     if result.errors:
-        key, err = next(iter(result.errors.items()))
+        err = next(iter(result.errors.values()))
         raise err
     for start in starts:
         items.extend(_page_items(result.result.get(f"p{start}")))

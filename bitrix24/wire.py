@@ -11,7 +11,7 @@ from typing import Any
 # portals use other ASCII identifiers, so the check is on characters and length, not the exact shape.
 MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOKEN = 1024
-TOKEN = re.compile(r"^[A-Za-z0-9_.\-]{1,%d}$" % MAX_TOKEN)
+TOKEN = re.compile(rf"^[A-Za-z0-9_.\-]{{1,{MAX_TOKEN}}}$")
 
 # The app's licence status on a portal (settings/oauth/index.md, `status` of a token answer and of the
 # frame POST): F free, D demo, T trial, P paid, L local, S subscription.

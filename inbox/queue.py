@@ -75,8 +75,9 @@ def accept(
             raise Refused("unknown portal", status=404)
         if not portal.application_token_is(application_token):
             raise Refused("application_token does not match")
-    elif portal is None or not portal.application_token_is(application_token):
+    elif portal is None or not portal.application_token_is(application_token):  # noqa: SIM102
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
+        # (Nested on purpose: admit() spends from the budget, so it stays a statement of its own.)
         if not limits.admit(
             f"inbox:{member_id}",
             per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,

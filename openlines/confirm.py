@@ -308,7 +308,7 @@ def _parse(channel: Channel, chat_id: str, answer):
     users = answer.get("users") if isinstance(answer.get("users"), dict) else {}
     files = answer.get("files") if isinstance(answer.get("files"), dict) else {}
     keep = {}
-    for message_id, m in messages.items():
+    for m in messages.values():
         if not isinstance(m, dict) or not _ID.fullmatch(_s(m.get("id"), 32)) or _s(m.get("chatid"), 32) != chat_id:
             continue
         params = m.get("params") if isinstance(m.get("params"), dict) else {}

@@ -6,8 +6,9 @@ OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside O
 (401 stale_timestamp), signature (401 bad_signature), the channel's budget of signed requests (429
 rate_limited, with Retry-After), shape (400 bad_request), a message id already
 accepted in the same outside chat (409 duplicate_message), a "read" report naming no operator message of
-the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the channel's secret over
-"<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
+the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the
+channel's secret over "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with
+`X-B24Widget-Timestamp`.
 """
 
 import hashlib
