@@ -14,9 +14,9 @@ from bitrix24 import limits
 from bitrix24.errors import RestError
 from portals.models import Portal
 from portals.tokens import PortalClient
+from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
 ROOT = Path(__file__).resolve().parents[2]
-from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
 
 def test_gcra_allows_the_burst_then_paces(settings):
@@ -185,7 +185,7 @@ def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(setting
         p.stdin.write("go\n")
         p.stdin.flush()
     results = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, results):
+    for p, (out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err[-2000:]
         assert out.strip() == "0", err[-2000:]
     assert b24.calls("server.time") == 200

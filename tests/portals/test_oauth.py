@@ -248,7 +248,7 @@ def test_refresh_race_between_processes_makes_one_oauth_request(client, b24, sta
         p.stdin.write("go\n")
         p.stdin.flush()
     outputs = [p.communicate(timeout=60) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-2000:]
         assert out.strip() == "ok"
     assert len(standin.oauth_requests) - before == 1

@@ -28,15 +28,15 @@ def free_port() -> int:
 
 
 def options(tmp_path, **overrides):
-    values = dict(
-        base_dir=ROOT,
-        client_id="local.sandbox",
-        client_secret="sandbox-secret",
-        directory=tmp_path / "sb",
-        app_port=free_port(),
-        portal_port=free_port(),
-        server_port=free_port(),
-    )
+    values = {
+        "base_dir": ROOT,
+        "client_id": "local.sandbox",
+        "client_secret": "sandbox-secret",
+        "directory": tmp_path / "sb",
+        "app_port": free_port(),
+        "portal_port": free_port(),
+        "server_port": free_port(),
+    }
     values.update(overrides)
     return runner.Options(**values)
 
