@@ -8,9 +8,12 @@ one message instead of a traceback about the first one. Values of secrets are ne
 
 from __future__ import annotations
 
+import builtins
 import importlib.util
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 import environ
@@ -29,6 +32,9 @@ SECRET_VARIABLES = {
     "METRICS_TOKEN",
 }
 SEE = "see README, Configuration"
+# A number setting's type. Reader's methods are named after the builtins (read.int, read.str, ...), so
+# annotations after their definitions spell the builtins as builtins.int, builtins.str and so on.
+_Number = TypeVar("_Number", builtins.int, builtins.float)
 
 
 def _importable(module: str) -> bool:
@@ -48,7 +54,7 @@ class Problem:
 class Reader:
     """environ.Env with validation: each bad value becomes a Problem instead of an exception."""
 
-    def __init__(self, env: environ.Env):
+    def __init__(self, env: environ.Env) -> None:
         self.env = env
         self.problems: list[Problem] = []
 
@@ -61,7 +67,9 @@ class Reader:
     def str(self, name: str, default: str = "") -> str:
         return self.env.str(name, default=default)
 
-    def required(self, name: str, *, debug: bool, dev_default: str, hint: str = SEE) -> str:
+    def required(
+        self, name: builtins.str, *, debug: bool, dev_default: builtins.str, hint: builtins.str = SEE
+    ) -> builtins.str:
         value = self.env.str(name, default="")
         if value:
             return value
@@ -70,7 +78,7 @@ class Reader:
         self.problem(name, f"{name} must be set when DEBUG is off.", hint)
         return ""
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.env.str(name, default="")
         if name not in self.env.ENVIRON or raw.strip() == "":
             return default
@@ -82,7 +90,14 @@ class Reader:
         self.problem(name, f"{name}={self._shown(name, raw)} is not a boolean.", "Use true or false.")
         return default
 
-    def _number(self, name: str, default, kind, minimum, what: str):
+    def _number(
+        self,
+        name: builtins.str,
+        default: _Number | None,
+        kind: Callable[[builtins.str], _Number],
+        minimum: _Number | None,
+        what: builtins.str,
+    ) -> _Number | None:
         if name not in self.env.ENVIRON or self.env.ENVIRON[name].strip() == "":
             return default
         raw = self.env.ENVIRON[name].strip()
@@ -100,16 +115,31 @@ class Reader:
             return default
         return value
 
-    def int(self, name: str, default: int, minimum: int | None = 0) -> int:
+    # An int or float setting whose default is None (unset: "not overridden") may read as None.
+    @overload
+    def int(self, name: builtins.str, default: builtins.int, minimum: builtins.int | None = 0) -> builtins.int: ...
+    @overload
+    def int(self, name: builtins.str, default: None, minimum: builtins.int | None = 0) -> builtins.int | None: ...
+    def int(
+        self, name: builtins.str, default: builtins.int | None, minimum: builtins.int | None = 0
+    ) -> builtins.int | None:
         return self._number(name, default, int, minimum, "a whole number")
 
-    def float(self, name: str, default: float, minimum: float | None = 0) -> float:
+    @overload
+    def float(
+        self, name: builtins.str, default: builtins.float, minimum: builtins.float | None = 0
+    ) -> builtins.float: ...
+    @overload
+    def float(self, name: builtins.str, default: None, minimum: builtins.float | None = 0) -> builtins.float | None: ...
+    def float(
+        self, name: builtins.str, default: builtins.float | None, minimum: builtins.float | None = 0
+    ) -> builtins.float | None:
         return self._number(name, default, float, minimum, "a number")
 
-    def list(self, name: str, default: list) -> list:
+    def list(self, name: builtins.str, default: builtins.list[builtins.str]) -> builtins.list[builtins.str]:
         return self.env.list(name, default=default)
 
-    def url(self, name: str, default: str, *, https: bool) -> str:
+    def url(self, name: builtins.str, default: builtins.str, *, https: builtins.bool) -> builtins.str:
         """An absolute http(s) URL; https only when `https` (production)."""
         value = self.env.str(name, default=default)
         if not value:
@@ -129,7 +159,8 @@ class Reader:
             )
         return value
 
-    def database(self, name: str, default: str) -> dict:
+    # Django's DATABASES / CACHES entries, as django-environ builds them (untyped: values of every kind).
+    def database(self, name: builtins.str, default: builtins.str) -> dict[builtins.str, Any]:
         try:
             with warnings.catch_warnings():
                 # django-environ's warning about an unknown scheme quotes the parsed URL, password included.
@@ -149,7 +180,7 @@ class Reader:
             return {"ENGINE": "django.db.backends.dummy"}
         return config
 
-    def cache(self, name: str, default: str) -> dict:
+    def cache(self, name: builtins.str, default: builtins.str) -> dict[builtins.str, Any]:
         try:
             return self.env.cache_url(name, default=default)
         except (ImproperlyConfigured, ValueError, KeyError):

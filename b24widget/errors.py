@@ -42,7 +42,7 @@ def _language(request) -> str:
 
 def error_page(request, *, status: int, title: str, message: str, retry_after: int | None = None):
     if request.path.startswith("/events/") or "application/json" in request.headers.get("Accept", ""):
-        response = JsonResponse(
+        response: HttpResponse = JsonResponse(
             {"error": "unavailable" if status == 503 else "server_error", "error_description": message}, status=status
         )
     else:

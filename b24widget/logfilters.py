@@ -30,9 +30,10 @@ class CeleryTask(logging.Filter):
         if not getattr(record, "task_id", ""):
             from celery import current_task
 
-            task = current_task._get_current_object() if current_task else None
+            # celery-types declares current_task a Task; it is a Proxy, which has _get_current_object().
+            task = current_task._get_current_object() if current_task else None  # type: ignore[attr-defined]
             request = getattr(task, "request", None)
-            if request is not None and getattr(request, "id", None):
+            if task is not None and request is not None and getattr(request, "id", None):
                 record.task_id = request.id
                 record.task_name = task.name
         return True

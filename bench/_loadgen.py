@@ -69,7 +69,7 @@ def main():
     for p in procs:
         p.join()
     duration = time.perf_counter() - started
-    latencies = sorted(l for part, _ in results for l in part)
+    latencies = sorted(latency for part, _ in results for latency in part)
     errors = {k: sum(e[k] for _, e in results) for k in results[0][1]}
 
     def pct(q):

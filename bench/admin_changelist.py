@@ -176,7 +176,7 @@ def main():
             ):
                 client.get(url)
             captured = list(queries.captured_queries)  # the next request resets connection.queries
-            for query, seconds in zip(captured, timer.times):
+            for query, seconds in zip(captured, timer.times, strict=True):
                 query["seconds"] = seconds
             sql_ms = sum(timer.times) * 1000
 

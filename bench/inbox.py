@@ -102,7 +102,7 @@ def ingest(standin, args) -> None:
         "B24_INBOX_UNVERIFIED_PER_MINUTE": "100000000",
         "GUNICORN_WORKERS": os.environ.get("GUNICORN_WORKERS", "2"),
     }
-    with Gunicorn(port, env) as server:
+    with Gunicorn(port, env):
         standin.oauth_delay = OAUTH_DELAY
         base = f"http://127.0.0.1:{port}"
         load(f"{base}/bench/insert/", inserts(), seconds=1, connections=args.connections)  # warm-up
@@ -156,7 +156,6 @@ def start_workers(count: int, name: str) -> list:
     LOGS.mkdir(parents=True, exist_ok=True)
     workers = []
     for n in range(1, count + 1):
-        log = open(LOGS / f"{name}-w{n}.log", "wb")
         command = [
             common.PYTHON,
             "-m",
@@ -173,30 +172,31 @@ def start_workers(count: int, name: str) -> list:
             "--loglevel",
             "WARNING",
         ]
-        process = subprocess.Popen(
-            command,
-            cwd=common.ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        workers.append((process, log))
+        # The worker writes to its own copy of the descriptor: ours is closed once it has started.
+        with open(LOGS / f"{name}-w{n}.log", "wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=common.ROOT,
+                env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        workers.append(process)
     return workers
 
 
 def stop_workers(workers) -> None:
     import signal
 
-    for process, _log in workers:
+    for process in workers:
         process.send_signal(signal.SIGTERM)
-    for process, log in workers:
+    for process in workers:
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        log.close()
 
 
 def keepalive(standin, args) -> None:

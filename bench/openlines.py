@@ -14,7 +14,8 @@ past it the stand-in answers 503 QUERY_LIMIT_EXCEEDED).
   2. outbound: --messages operator replies (the OnImConnectorMessageAdd handler, as the inbox runs it, each
      confirmed with imopenlines.session.history.get; by default as a backlog: every event stored through
      /events/ first, then the inbox processed as a worker would (a history miss asks for up to 50 waiting
-     chats in one batch request); --live: each event handled as soon as its reply is written) to a local webhook receiver that answers 503 to every --flaky-th POST once; one worker drains
+     chats in one batch request); --live: each event handled as soon as its reply is written) to a local
+     webhook receiver that answers 503 to every --flaky-th POST once; one worker drains
      (deliver_outbound, re-run until nothing is due, the backoff skipped): wall time, webhook POSTs,
      retries, duplicates received (must be 0), delivery-status calls to Bitrix24.
 Asserts only that every message arrived exactly once.

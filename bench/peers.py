@@ -24,7 +24,8 @@ Workloads (per plan):
 Each client runs in its own process (started before the clock, so imports do not count); printed per client
 and workload: wall time (median and range over the rounds), HTTP requests the portal received, limit errors
 it answered (503 QUERY_LIMIT_EXCEEDED), errors surfaced to the caller (exceptions, failed processes), whether
-every result came back exactly once (and whether in order: ids ascending, calls in the order given), the client's CPU seconds, and the ratio to the physical minimum: the fewest requests
+every result came back exactly once (and whether in order: ids ascending, calls in the order given), the
+client's CPU seconds, and the ratio to the physical minimum: the fewest requests
 (ceil(items / 2,500) for a list, ceil(calls / 50) per process) and the time the bucket needs for them,
 (requests - burst) / rate. Nothing is asserted about time.
 """

@@ -80,21 +80,23 @@ def stored_refresh_tokens(pks) -> dict:
 
 def start_copy(name: str, extra_args: list[str]) -> tuple:
     LOGS.mkdir(parents=True, exist_ok=True)
-    out = open(LOGS / f"{name}.out", "w")
-    err = open(LOGS / f"{name}.err", "w")
     command = [common.PYTHON, "manage.py", "refresh_tokens", *extra_args]
-    process = subprocess.Popen(
-        command, cwd=common.ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"}, stdout=out, stderr=err
-    )
-    return name, process, out, err, common.time.perf_counter()
+    # The copy writes to its own copies of the descriptors: ours are closed once it has started.
+    with open(LOGS / f"{name}.out", "w") as out, open(LOGS / f"{name}.err", "w") as err:
+        process = subprocess.Popen(
+            command,
+            cwd=common.ROOT,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
+            stdout=out,
+            stderr=err,
+        )
+    return name, process, common.time.perf_counter()
 
 
 def finish_copy(copy) -> dict:
-    name, process, out, err, started = copy
+    name, process, started = copy
     process.wait()
     seconds = common.time.perf_counter() - started
-    out.close()
-    err.close()
     text = (LOGS / f"{name}.out").read_text()
     lines = [line for line in text.splitlines() if "failed=" in line and not line.startswith("progress")]
     summary = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1])} if lines else {}
@@ -142,7 +144,8 @@ def report(facts: dict, due: int) -> None:
         f"not-due portals refreshed: {facts['not_due_touched']}; due portals missed: {facts['due_missed']}"
     )
     print(
-        f"  database side: TOKEN_REFRESHED events per portal: {by_events or 'none'}; portals blocked: {facts['blocked']}"
+        f"  database side: TOKEN_REFRESHED events per portal: {by_events or 'none'}; "
+        f"portals blocked: {facts['blocked']}"
     )
 
 

@@ -261,7 +261,7 @@ def run_load(url: str, body_file: Path, args) -> dict:
         env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
         timeout=args.duration + 120,
     )
-    line = next((l for l in result.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    line = next((out for out in result.stdout.splitlines() if out.startswith("BENCH_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise SystemExit(f"load generator failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     figures = json.loads(line[len("BENCH_JSON ") :])
@@ -460,7 +460,8 @@ def in_process_profile(query: dict, body: dict, b24, repeat: int) -> None:
         f"  stored secrets decrypted per open: {decrypts['decrypt']} (the portal row's tokens; a cached open uses none)"
     )
     print(
-        f"  median of {repeat}: widget open {common.ms(timings['widget'])} ms, bare view {common.ms(timings['bare'])} ms"
+        f"  median of {repeat}: widget open {common.ms(timings['widget'])} ms, "
+        f"bare view {common.ms(timings['bare'])} ms"
     )
     total = staged.seconds / repeat
     print(f"  where a widget open's time goes (mean of {repeat}, {common.ms(total)} ms each):")
@@ -508,8 +509,9 @@ def main():
                 f"keepalive {config['keepalive']} s; access log on; --no-control-socket"
             )
             print(
-                f"load: {args.loadgen}, {args.threads} thread(s), {args.connections} connections, {args.duration} s per "
-                f"run, {args.rounds} round(s) per endpoint alternating, after {args.warmup} s warm-up each"
+                f"load: {args.loadgen}, {args.threads} thread(s), {args.connections} connections, "
+                f"{args.duration} s per run, {args.rounds} round(s) per endpoint alternating, "
+                f"after {args.warmup} s warm-up each"
             )
             sys.stdout.flush()
 
@@ -611,7 +613,7 @@ def main():
             cpu_rows = []
             for label in ("bare", "widget"):
                 used, requests_made = cpu[label], totals[label][0]
-                per = lambda key: f"{used[key] / requests_made * 1000:.2f}"  # noqa: E731
+                per = lambda key, used=used, n=requests_made: f"{used[key] / n * 1000:.2f}"  # noqa: E731
                 cpu_rows.append(
                     [
                         label,

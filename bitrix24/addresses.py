@@ -6,6 +6,7 @@ addresses with a port (`127.0.0.1:8123`, on-premise test portals, the local stan
 
 import ipaddress
 import re
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -21,6 +22,16 @@ _SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated (RFC 3879), a priv
 
 class BadAddress(ValueError):
     """An address that is not a portal address this deployment accepts."""
+
+
+class Located(Protocol):
+    """A portal as far as its address goes (a stored portal; the client's credentials)."""
+
+    @property
+    def client_endpoint(self) -> str: ...
+
+    @property
+    def domain(self) -> str: ...
 
 
 def normalize_domain(value: str) -> str:
@@ -95,7 +106,7 @@ def parse_endpoint(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{domain}{path}", domain
 
 
-def portal_origin(portal) -> str:
+def portal_origin(portal: Located) -> str:
     """The portal's web origin (for frame-ancestors and links), from its stored endpoint."""
     scheme = urlsplit(portal.client_endpoint).scheme or "https"
     return f"{scheme}://{portal.domain}"

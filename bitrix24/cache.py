@@ -8,6 +8,8 @@ while, and tries the shared cache again a few seconds later. No request fails be
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from django.core.cache import cache as shared_cache
 from django.core.cache.backends.locmem import LocMemCache
@@ -28,10 +30,11 @@ class _SafeCache:
     a Redis host that stops answering costs one socket timeout per process every few seconds, not
     one per cache operation."""
 
-    def __getattr__(self, name):
+    # Any method of Django's cache, with its arguments and result as Django types them (a cached value is Any).
+    def __getattr__(self, name: str) -> Callable[..., Any]:
         operation = getattr(shared_cache, name)
 
-        def call(*args, **kwargs):
+        def call(*args: Any, **kwargs: Any) -> Any:
             if time.monotonic() < _cache_down_until[0]:
                 return getattr(_fallback, name)(*args, **kwargs)
             try:
@@ -51,7 +54,7 @@ class _SafeCache:
 cache = _SafeCache()
 
 
-def _reset_breaker(*, setting, **kwargs):
+def _reset_breaker(*, setting: str, **kwargs: object) -> None:
     # A new cache configuration (tests, a reconfigured process) starts with a closed breaker.
     if setting == "CACHES":
         _cache_down_until[0] = 0.0

@@ -20,8 +20,9 @@ the new credentials. Nothing in this package writes to a database.
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
 from django.conf import settings
@@ -38,7 +39,7 @@ from .errors import (
     TokenRefreshFailed,
     TransportError,
 )
-from .wire import BATCH_LIMIT
+from .wire import BATCH_LIMIT, JSON, Command, Params
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,10 @@ _LIMIT_RETRIES = 12
 class BatchResult:
     """Results of a batch, by command key: `result` for successes, `errors` (RestError) for failures."""
 
-    result: dict = field(default_factory=dict)
-    errors: dict = field(default_factory=dict)
-    total: dict = field(default_factory=dict)
-    next: dict = field(default_factory=dict)
+    result: dict[str, JSON] = field(default_factory=dict)
+    errors: dict[str, RestError] = field(default_factory=dict)
+    total: dict[str, JSON] = field(default_factory=dict)
+    next: dict[str, JSON] = field(default_factory=dict)
 
 
 class Credentials(Protocol):
@@ -71,20 +72,24 @@ class Credentials(Protocol):
     rest_plan: str  # limits.STANDARD or limits.ENTERPRISE ('' for the standard plan)
 
 
-class Refresh(Protocol):
+# The credentials' own type (a stored portal): the refresh step takes and returns the same kind.
+C = TypeVar("C", bound=Credentials)
+
+
+class Refresh(Protocol[C]):
     """The caller's refresh step: exchange the credentials' refresh token, store the answer, return the new
     credentials. `seen_access_token`: the token the client found expired (another caller may have refreshed
     meanwhile); `force`: refresh a still-valid token (the portal may have moved); `wait`: how long to wait
     for another caller's refresh. Raises an OAuthError when it cannot."""
 
-    def __call__(self, credentials: Any, *, seen_access_token: str | None, force: bool, wait: float | None) -> Any: ...
+    def __call__(self, credentials: C, /, *, seen_access_token: str | None, force: bool, wait: float | None) -> C: ...
 
 
-def build_query(params, prefix: str = "") -> str:
+def build_query(params: Mapping[str, object] | None, prefix: str = "") -> str:
     """Encode nested params the way Bitrix24 (PHP's http_build_query) reads them, for batch commands."""
     pairs = []
 
-    def walk(value, key):
+    def walk(value: object, key: str) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{key}[{k}]" if key else str(k))
@@ -100,7 +105,7 @@ def build_query(params, prefix: str = "") -> str:
     return "&".join(pairs)
 
 
-class Client:
+class Client(Generic[C]):
     """REST access to one portal, with the app's tokens (or a user's `access_token`).
 
     With the app's tokens an `expired_token` answer refreshes them (through `refresh`) and retries once.
@@ -109,13 +114,13 @@ class Client:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: C,
         *,
-        refresh: Refresh | None = None,
+        refresh: Refresh[C] | None = None,
         access_token: str | None = None,
         oauth_server: bool = False,
         interactive: bool = False,
-    ):
+    ) -> None:
         """`oauth_server`: send to the OAuth server's REST (`server_endpoint`), Bitrix24's trusted source of
         the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown.
 
@@ -142,15 +147,15 @@ class Client:
         return left
 
     # --- public API -------------------------------------------------------------------------------
-    def call(self, method: str, params: dict | None = None):
+    def call(self, method: str, params: Params | None = None) -> JSON:
         """Call one method; returns its `result`."""
         return self.call_raw(method, params)["result"]
 
-    def call_raw(self, method: str, params: dict | None = None) -> dict:
+    def call_raw(self, method: str, params: Params | None = None) -> dict[str, JSON]:
         """Call one method; returns the whole answer (`result`, `next`, `total`, `time`)."""
         return self._send(method, params or {})
 
-    def batch(self, commands: dict, *, halt: bool = False) -> BatchResult:
+    def batch(self, commands: Mapping[str, Command], *, halt: bool = False) -> BatchResult:
         """Run {key: (method, params)} through `batch`, 50 per request; per-command errors are reported.
 
         Nested methods are billed and limited one by one (settings/performance/limits.md): each
@@ -167,8 +172,8 @@ class Client:
         return out
 
     def batch_request(
-        self, chunk: dict, out: "BatchResult | None" = None, *, halt: bool, retry: bool = True
-    ) -> "BatchResult":
+        self, chunk: Mapping[str, Command], out: BatchResult | None = None, *, halt: bool, retry: bool = True
+    ) -> BatchResult:
         """One request of at most 50 commands into `out`, then again for the commands refused for a limit
         (`retry` False: not again; a list chain asks again from its last id itself).
 
@@ -198,7 +203,7 @@ class Client:
             out.result.update({key: value for key, value in results.items() if key in pending})
             for name in ("total", "next"):
                 getattr(out, name).update(_section(answer, f"result_{name}"))
-            again = {}
+            again: dict[str, Command] = {}
             for key, err in errors.items():
                 if key not in pending:
                     continue
@@ -234,10 +239,10 @@ class Client:
             pending = again
         return out
 
-    def _hold_back_paused(self, pending: dict, out: BatchResult) -> dict:
+    def _hold_back_paused(self, pending: Mapping[str, Command], out: BatchResult) -> dict[str, Command]:
         """Wait for methods held back only briefly; commands of methods held back longer fail, unsent."""
         now = time.time()
-        waits = {}
+        waits: dict[str, float] = {}
         for method, _params in pending.values():
             if method not in waits:
                 until = limits.paused_until(self.credentials.member_id, method)
@@ -246,7 +251,7 @@ class Client:
         if longest > 0:
             limits.counters.add("operating_waits")
             time.sleep(longest)
-        kept = {}
+        kept: dict[str, Command] = {}
         for key, (method, params) in pending.items():
             if waits[method] > self._max_wait():
                 out.errors[key] = LimitWaitExceeded(
@@ -259,7 +264,9 @@ class Client:
                 kept[key] = (method, params)
         return kept
 
-    def list(self, method: str, params: dict | None = None, *, paging=None) -> list:
+    def list(
+        self, method: str, params: Params | None = None, *, paging: paging_.IdPaging | Literal["start"] | None = None
+    ) -> list[JSON]:
         """Every item of a list method, in the order Bitrix24 gives them (bitrix24/paging.py).
 
         `paging`: a paging.IdPaging (None: the method's entry in paging.ID_PAGING) chains the pages by
@@ -272,7 +279,7 @@ class Client:
     def _token(self) -> str:
         return self._user_token if self._user_token is not None else self.credentials.access_token
 
-    def _send(self, method: str, params: dict) -> dict:
+    def _send(self, method: str, params: Params) -> dict[str, JSON]:
         refreshed = moved = False
         attempt = limited = 0
         while True:
@@ -283,7 +290,9 @@ class Client:
                 return self._post(method, params, token)
             except _Redirected:
                 if moved or self._oauth_server or self._refresher is None:
-                    raise PortalMovedUnexplained("REDIRECT", "portal redirected again after a move", method=method)
+                    raise PortalMovedUnexplained(
+                        "REDIRECT", "portal redirected again after a move", method=method
+                    ) from None
                 moved = True
                 self._follow_move(method)
             except LimitWaitExceeded:
@@ -337,7 +346,7 @@ class Client:
                 raise
 
     def _plan(self) -> str:
-        return getattr(self.credentials, "rest_plan", "") or limits.STANDARD
+        return self.credentials.rest_plan or limits.STANDARD
 
     def _refresh(self, *, seen: str | None, method: str, force: bool = False) -> None:
         if self._refresher is None:
@@ -371,7 +380,7 @@ class Client:
             extra={"member_id": self.credentials.member_id, "domain": self.credentials.domain, "method": method},
         )
 
-    def _post(self, method: str, params: dict, token: str) -> dict:
+    def _post(self, method: str, params: Params, token: str) -> dict[str, JSON]:
         metrics.rest_call(method)
         base = self.credentials.server_endpoint if self._oauth_server else self.credentials.client_endpoint
         url = f"{base}{method}.json"
@@ -458,9 +467,10 @@ class _Redirected(Exception):
     pass
 
 
-def _reset_at(time_block):
+def _reset_at(time_block: JSON) -> float | None:
+    raw = time_block.get("operating_reset_at") if isinstance(time_block, dict) else None
     try:
-        value = float(time_block.get("operating_reset_at")) if isinstance(time_block, dict) else None
+        value = float(raw) if raw is not None else None
     except (TypeError, ValueError):
         return None
     return value if value and value > time.time() else None
@@ -471,13 +481,13 @@ def _refers(command: str) -> bool:
     return "$result" in command or "%24result" in command
 
 
-def _section(answer: dict, name: str) -> dict:
+def _section(answer: dict[str, JSON], name: str) -> dict[str, JSON]:
     part = answer.get(name)
     return part if isinstance(part, dict) else {}
 
 
-def _latest_reset(times: dict, pending: dict, method: str) -> float | None:
+def _latest_reset(times: dict[str, JSON], pending: Mapping[str, Command], method: str) -> float | None:
     """The latest `operating_reset_at` this batch answered for `method` (from its other commands)."""
-    found = [_reset_at(block) for key, block in times.items() if key in pending and pending[key][0] == method]
-    found = [value for value in found if value]
+    resets = [_reset_at(block) for key, block in times.items() if key in pending and pending[key][0] == method]
+    found = [value for value in resets if value]
     return max(found) if found else None

@@ -110,5 +110,5 @@ class OAuthThrottled(OAuthError):
 class RefreshInProgress(OAuthUnavailable):
     """Another caller is refreshing this portal right now; try again in a moment."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("refresh_in_progress", "another refresh of this portal is under way")

@@ -12,12 +12,15 @@ Responses shown inside a portal's frame are framable by that portal's origin onl
 import json
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.utils.cache import add_never_cache_headers
 
 from . import wire
 from .addresses import BadAddress, normalize_domain
+from .wire import JSON
 
 MAX_TOKEN = wire.MAX_TOKEN
 MAX_OPTIONS = 16 * 1024
@@ -56,20 +59,20 @@ class FramePost:
     refresh_id: str = field(default="", repr=False)
     application_token: str = field(default="", repr=False)
     status: str = ""
-    placement_options: dict = field(default_factory=dict)
+    placement_options: dict[str, JSON] = field(default_factory=dict)
 
     @property
     def language(self) -> str:
         return django_language(self.lang)
 
 
-def language_of(request) -> str:
+def language_of(request: HttpRequest) -> str:
     """Best-effort language of a frame request, for pages that explain why the POST was refused."""
     raw = request.POST.get("LANG") or request.GET.get("LANG") or ""
     return django_language(raw if isinstance(raw, str) and _LANG.match(raw) else "")
 
 
-def _value(request, name: str, *, limit: int) -> str:
+def _value(request: HttpRequest, name: str, *, limit: int) -> str:
     value = request.POST.get(name)
     if value is None:
         value = request.GET.get(name)
@@ -80,14 +83,14 @@ def _value(request, name: str, *, limit: int) -> str:
     return value.strip()
 
 
-def _required(request, name: str, *, limit: int = 255) -> str:
+def _required(request: HttpRequest, name: str, *, limit: int = 255) -> str:
     value = _value(request, name, limit=limit)
     if not value:
         raise BadFramePost(name, "is required")
     return value
 
 
-def _options(raw: str) -> dict:
+def _options(raw: str) -> dict[str, JSON]:
     if raw in ("", "undefined", "null"):
         return {}
     try:
@@ -98,7 +101,7 @@ def _options(raw: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def parse_frame_post(request, *, require_placement: bool = True) -> FramePost:
+def parse_frame_post(request: HttpRequest, *, require_placement: bool = True) -> FramePost:
     """Parse and validate the frame POST; raises BadFramePost naming the first bad field."""
     try:
         domain = normalize_domain(_required(request, "DOMAIN"))
@@ -172,7 +175,11 @@ def frame_origin(domain: str, protocol: int | None = None) -> str:
     return f"{scheme}://{domain}"
 
 
-def framed_by(response, origin: str | None):
+# The response keeps its own type (a JsonResponse stays one).
+Response = TypeVar("Response", bound=HttpResponse)
+
+
+def framed_by(response: Response, origin: str | None) -> Response:
     """Allow `origin` (and nobody else) to frame the response; without an origin, nobody."""
     if origin:
         response["Content-Security-Policy"] = f"frame-ancestors {origin}"

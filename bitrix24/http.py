@@ -10,24 +10,32 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 import urllib3
 
-from .errors import HttpFailure
+# Re-exported: callers catch what `send` raises as http.HttpFailure (the class lives with its family).
+from .errors import HttpFailure as HttpFailure
+from .wire import JSON
 
-_local = threading.local()
+
+class _Local(threading.local):
+    session: requests.Session  # this thread's session, once `session()` made it
+
+
+_local = _Local()
 _CHUNK = 16 * 1024
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int
-    headers: dict
+    headers: dict[str, str]
     body: bytes
     complete: bool = True  # False: `send(partial=True)` stopped reading the body (cap, deadline, broken off)
 
-    def json(self):
+    def json(self) -> JSON:
         """The body as JSON, or None when it is not JSON (or absurdly deep)."""
         try:
             return json.loads(self.body)
@@ -35,7 +43,7 @@ class Answer:
             return None
 
 
-def _wait_at_most(response, seconds: float) -> None:
+def _wait_at_most(response: requests.Response, seconds: float) -> None:
     """Let the next socket read wait no longer than what is left of the deadline."""
     sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
     if sock is not None:
@@ -66,7 +74,7 @@ def send(
     max_bytes: int,
     partial: bool = False,
     via: requests.Session | None = None,
-    **kwargs,
+    **kwargs: Any,  # requests' own keyword arguments (json, data, params, headers), passed on as they are
 ) -> Answer:
     """Send one request; give up once `deadline` seconds have passed or `max_bytes` arrived.
 

@@ -33,11 +33,16 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 from django.conf import settings
 
 from . import metrics
-from .cache import cache
+
+# Re-exported: the apps keep their short-lived shared state through limits.cache too (placements.auth).
+from .cache import cache as cache
+from .wire import JSON
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +59,15 @@ PROBE_STEP = 0.125  # ... by this share of the plan's rate
 class _Counters:
     """What the limits did in this process (limit answers seen, retries, pauses): read by tests and bench."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts = Counter()
+        self._counts: Counter[str] = Counter()
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
@@ -102,7 +107,7 @@ class LimitWaitTooLong(Exception):
         super().__init__(f"Bitrix24 limit asks to wait {seconds:.0f}s")
 
 
-def _lock(key: str, max_wait: float = _LOCK_TIMEOUT * 2):
+def _lock(key: str, max_wait: float = _LOCK_TIMEOUT * 2) -> str | None:
     """The bucket's short lock, or None once `max_wait` (at most 10 s) passed without it."""
     token = uuid.uuid4().hex
     deadline = time.monotonic() + min(max(max_wait, 0.05), _LOCK_TIMEOUT * 2)
@@ -114,7 +119,7 @@ def _lock(key: str, max_wait: float = _LOCK_TIMEOUT * 2):
     return token
 
 
-def _unlock(key: str, token) -> None:
+def _unlock(key: str, token: str | None) -> None:
     if token is not None and cache.get(key) == token:
         cache.delete(key)
 
@@ -143,9 +148,12 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
     return send_at - now
 
 
-def _state(value, now: float) -> tuple[float, float, float, float]:
+def _state(value: Any, now: float) -> tuple[float, float, float, float]:
     """A portal bucket's cached state: (theoretical arrival time, share of the plan's rate, when the
-    share last changed, when Bitrix24 last answered QUERY_LIMIT_EXCEEDED)."""
+    share last changed, when Bitrix24 last answered QUERY_LIMIT_EXCEEDED).
+
+    `value` is Any as the shared cache hands it back (Django types cached values so): the four numbers,
+    or the bare arrival time an older version stored, or nothing."""
     if isinstance(value, (list, tuple)) and len(value) == 4:
         return float(value[0]), float(value[1]), float(value[2]), float(value[3])
     return float(value or 0.0), 1.0, now, 0.0
@@ -246,7 +254,7 @@ def refused_for(key: str, *, per_minute: float, burst: int) -> float | None:
 
 
 @contextlib.contextmanager
-def single_flight(key: str, ttl: float):
+def single_flight(key: str, ttl: float) -> Iterator[bool]:
     """Yields True for the one holder of `key` (for at most `ttl` seconds), False for everyone else."""
     name = f"b24widget:flight:{key}"
     token = uuid.uuid4().hex
@@ -285,7 +293,7 @@ def wait_for_method(member_id: str, method: str, *, max_wait: float | None = Non
     time.sleep(max(wait, 0.0))
 
 
-def note_operating(member_id: str, method: str, time_block) -> None:
+def note_operating(member_id: str, method: str, time_block: JSON) -> None:
     """Read `time.operating` / `operating_reset_at` from an answer; pause the method near its budget."""
     if not isinstance(time_block, dict):
         return

@@ -8,7 +8,9 @@ deadline (`B24_OAUTH_DEADLINE`), long enough to receive an answer the server sen
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -28,6 +30,7 @@ from .errors import (
     PortalNotServing,
     RefreshInProgress,
 )
+from .wire import JSON
 
 __all__ = [
     "BLOCKING_ERRORS",
@@ -77,7 +80,7 @@ class TokenGrant:
     user_id: str = ""
 
 
-def _text(answer: dict, key: str, *, required=True, limit=255) -> str:
+def _text(answer: dict[str, JSON], key: str, *, required: bool = True, limit: int = 255) -> str:
     value = answer.get(key)
     if value is None or value == "":
         if required:
@@ -91,7 +94,7 @@ def _text(answer: dict, key: str, *, required=True, limit=255) -> str:
 
 
 @sensitive_variables()
-def parse_grant(answer) -> TokenGrant:
+def parse_grant(answer: JSON) -> TokenGrant:
     """Validate a token answer (from the OAuth server, or an event's auth block) into a TokenGrant."""
     if not isinstance(answer, dict):
         raise OAuthUnavailable("bad_answer", "OAuth answer is not a JSON object")
@@ -156,7 +159,7 @@ def oauth_server_rest() -> str:
     return f"{parts.scheme}://{parts.netloc}/rest/"
 
 
-def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwargs):
+def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwargs: Any) -> tuple[int, JSON]:
     """One request to the OAuth server with its own deadline and cap; returns (status, JSON or None)."""
     deadline = settings.B24_OAUTH_DEADLINE if deadline is None else deadline
     try:
@@ -176,7 +179,7 @@ def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwa
     return answer.status, answer.json()
 
 
-def _raise_for_error(status: int, answer) -> None:
+def _raise_for_error(status: int, answer: JSON) -> None:
     error = wire.error_of(answer)
     if error is not None:
         code, description = error
@@ -215,7 +218,9 @@ def request_refresh(refresh_token: str, *, deadline: float | None = None) -> Tok
 
 
 @sensitive_variables()
-def exchange_unverified(member_id: str, refresh_token: str, *, before_spending=None) -> TokenGrant:
+def exchange_unverified(
+    member_id: str, refresh_token: str, *, before_spending: Callable[[], object] | None = None
+) -> TokenGrant:
     """`request_refresh` for a sender nobody has verified yet (an install POST, ONAPPINSTALL, a recovery).
 
     Budgeted per member_id and for the whole deployment (B24_UNVERIFIED_OAUTH_*), with at most one
@@ -259,11 +264,11 @@ def exchange_unverified(member_id: str, refresh_token: str, *, before_spending=N
 class _Slots:
     """A per-process count of threads in unverified OAuth requests (B24_UNVERIFIED_OAUTH_CONCURRENCY)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._used = 0
 
-    def acquire(self, blocking=False) -> bool:
+    def acquire(self, blocking: bool = False) -> bool:
         with self._lock:
             if self._used >= settings.B24_UNVERIFIED_OAUTH_CONCURRENCY:
                 return False

@@ -7,12 +7,14 @@ are named in ID_PAGING (or the caller passes an IdPaging); the others page by of
 after a first page that counts the total), as Bitrix24's list methods all allow.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from django.conf import settings
 
-from .errors import RETRYABLE, LimitWaitExceeded, TransportError
-from .wire import BATCH_LIMIT, PAGE_SIZE
+from .errors import RETRYABLE, LimitWaitExceeded, RestError, TransportError
+from .wire import BATCH_LIMIT, JSON, PAGE_SIZE, Command, Params
 
 # The most items an offset-paged list fetches (its plan is built from the portal's `total` up front).
 MAX_ITEMS = 1_000_000
@@ -30,7 +32,7 @@ class IdPaging:
     def path(self) -> str:
         return f"[{self.wrapper}]" if self.wrapper else ""
 
-    def items(self, result) -> list:
+    def items(self, result: JSON) -> list[dict[str, JSON]]:
         if self.wrapper and isinstance(result, dict):
             result = result.get(self.wrapper)
         return [item for item in result if isinstance(item, dict)] if isinstance(result, list) else []
@@ -47,7 +49,27 @@ ID_PAGING = {
 }
 
 
-def list_items(client, method: str, params: dict, paging) -> list:
+class Pages(Protocol):
+    """What paging reads of a batch's outcome (bitrix24.client.BatchResult)."""
+
+    @property
+    def result(self) -> dict[str, JSON]: ...
+
+    @property
+    def errors(self) -> dict[str, RestError]: ...
+
+
+class Lister(Protocol):
+    """What paging needs of the client (bitrix24.client.Client, which imports this module)."""
+
+    def call_raw(self, method: str, params: Params | None = None) -> dict[str, JSON]: ...
+
+    def batch(self, commands: Mapping[str, Command], *, halt: bool = False) -> Pages: ...
+
+    def batch_request(self, chunk: Mapping[str, Command], *, halt: bool, retry: bool = True) -> Pages: ...
+
+
+def list_items(client: Lister, method: str, params: Params, paging: IdPaging | Literal["start"] | None) -> list[JSON]:
     """Every item of `method`: `paging` an IdPaging, "start", or None (the method's entry in ID_PAGING)."""
     if paging is None:
         paging = ID_PAGING.get(method, "start")
@@ -58,7 +80,7 @@ def list_items(client, method: str, params: dict, paging) -> list:
     return by_id(client, method, params, paging)
 
 
-def by_start(client, method: str, params: dict) -> list:
+def by_start(client: Lister, method: str, params: Params) -> list[JSON]:
     """A first page that counts the total, then the other pages by offset, 50 per batch request."""
     first = client.call_raw(method, {**params, "start": 0})
     items = _page_items(first.get("result"))
@@ -72,14 +94,14 @@ def by_start(client, method: str, params: dict) -> list:
     commands = {f"p{start}": (method, {**params, "start": start}) for start in starts}
     result = client.batch(commands, halt=True)
     if result.errors:
-        key, err = next(iter(result.errors.items()))
+        err = next(iter(result.errors.values()))
         raise err
     for start in starts:
         items.extend(_page_items(result.result.get(f"p{start}")))
     return items
 
 
-def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
+def by_id(client: Lister, method: str, params: Params, paging: IdPaging) -> list[JSON]:
     """Pages chained by `>id` inside each batch; the first batch also asks for the top page.
 
     The top page (order by id descending) holds the last items, so the chain can stop where it
@@ -94,11 +116,12 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
     base_filter = dict(params.pop("filter", None) or {})
     if any(key.lstrip("<>=!@%").lower() == field.lower() for key in base_filter):
         raise ValueError(f"{method}: paging by {field} owns the {field} filter; use paging='start'")
-    items, top = [], None
+    items: list[JSON] = []
+    top: list[dict[str, JSON]] | None = None
     after, below = 0, None  # still wanted: after < id < below
     stalled = 0
     while True:
-        commands = {}
+        commands: dict[str, Command] = {}
         if top is None:
             commands["top"] = (method, {**params, "order": {field: "DESC"}, "filter": base_filter, "start": -1})
         pages = BATCH_LIMIT - len(commands)
@@ -120,6 +143,7 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
             below = _as_int(top[-1].get(field))
             if below is None:
                 raise TransportError("bad_answer", f"{method}: item without a numeric {field}", method=method)
+        assert below is not None  # set from the top page, in this request or an earlier one
         for i in range(pages):
             key = f"p{i}"
             if key not in result.result:
@@ -139,7 +163,7 @@ def by_id(client, method: str, params: dict, paging: IdPaging) -> list:
                 return items
 
 
-def _stalled(result, key: str, stalled: int) -> int:
+def _stalled(result: Pages, key: str, stalled: int) -> int:
     """A chain made no progress: a limit is retried (from the same id) a few times, anything else raised."""
     error = result.errors.get(key) or TransportError("bad_answer", "batch answered without the page")
     if isinstance(error, LimitWaitExceeded) or error.code not in RETRYABLE or stalled >= settings.B24_REST_MAX_RETRIES:
@@ -147,7 +171,7 @@ def _stalled(result, key: str, stalled: int) -> int:
     return stalled + 1
 
 
-def _page_items(result) -> list:
+def _page_items(result: JSON) -> list[JSON]:
     """A list method's page: a list, or an object holding one list (crm.item.list: {"items": [...]})."""
     if isinstance(result, list):
         return list(result)
@@ -159,7 +183,7 @@ def _page_items(result) -> list:
     return []
 
 
-def _as_int(value):
+def _as_int(value: JSON) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -5,13 +5,21 @@ two ways: ASCII digits only (`str.isdigit()` also admits "²", which `int()` and
 """
 
 import re
-from typing import Any
+from typing import Any, TypeGuard
+
+# A value decoded from JSON that comes from outside (Bitrix24's answers, event payloads, placement options)
+# or goes out as is (a caller's REST parameters): its shape is checked where it is read, never assumed, so
+# it is typed Any on purpose, under this one name.
+JSON = Any
+# REST parameters (nested objects and lists, as Bitrix24 reads them) and a batch command: (method, params).
+Params = dict[str, JSON]
+Command = tuple[str, Params]
 
 # settings/oauth/index.md: member_id is a 32-character hex string on cloud portals; on-premise and test
 # portals use other ASCII identifiers, so the check is on characters and length, not the exact shape.
 MEMBER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOKEN = 1024
-TOKEN = re.compile(r"^[A-Za-z0-9_.\-]{1,%d}$" % MAX_TOKEN)
+TOKEN = re.compile(rf"^[A-Za-z0-9_.\-]{{1,{MAX_TOKEN}}}$")
 
 # The app's licence status on a portal (settings/oauth/index.md, `status` of a token answer and of the
 # frame POST): F free, D demo, T trial, P paid, L local, S subscription.
@@ -27,15 +35,15 @@ CODE_LIMIT = 64
 DESCRIPTION_LIMIT = 255
 
 
-def is_member_id(value: object) -> bool:
+def is_member_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and MEMBER_ID.fullmatch(value) is not None
 
 
-def is_token(value: object) -> bool:
+def is_token(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and TOKEN.fullmatch(value) is not None
 
 
-def is_digits(value: object, *, max_length: int = 20) -> bool:
+def is_digits(value: object, *, max_length: int = 20) -> TypeGuard[str]:
     """Whether `value` is a string of 1..max_length ASCII digits (ids, counts, timestamps, lengths)."""
     return isinstance(value, str) and 0 < len(value) <= max_length and value.isascii() and value.isdigit()
 
@@ -44,7 +52,7 @@ def digits_or_empty(value: object, *, max_length: int = 20) -> str:
     """`value` (a str or int) as ASCII digits, or '' for anything else."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    return value if is_digits(value, max_length=max_length) else ""  # type: ignore[return-value]
+    return value if is_digits(value, max_length=max_length) else ""
 
 
 def clip(value: object, limit: int = DESCRIPTION_LIMIT) -> str:
@@ -65,10 +73,10 @@ def retry_after_header(seconds: float | None) -> str | None:
     return None if seconds is None else str(max(int(seconds + 0.999), 1))
 
 
-def rebind_commands(events: list[str] | tuple[str, ...], handler: str) -> dict[str, tuple[str, dict[str, Any]]]:
+def rebind_commands(events: list[str] | tuple[str, ...], handler: str) -> dict[str, Command]:
     """Batch commands that bind `events` to `handler` afresh: an `event.unbind` before each `event.bind`
     (api-reference/events/event-bind.md: a repeated bind is refused, not ignored)."""
-    commands: dict[str, tuple[str, dict[str, Any]]] = {}
+    commands: dict[str, Command] = {}
     for event in events:
         commands[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": handler})
         commands[f"bind_{event}"] = ("event.bind", {"event": event, "handler": handler})

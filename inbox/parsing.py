@@ -7,10 +7,13 @@ Nothing here is believed yet: it is only well-formed. Which events exist is the 
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+
+from django.http import HttpRequest
 
 from bitrix24 import wire
+from bitrix24.wire import JSON
 
+from .models import InboxItem
 from .registry import Refused, registration
 
 _BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
@@ -31,8 +34,8 @@ class Event:
 
     name: str
     member_id: str
-    data: dict[str, Any]
-    auth: dict[str, Any] = field(repr=False)
+    data: dict[str, JSON]
+    auth: dict[str, JSON] = field(repr=False)
     ts: str = ""
     event_handler_id: str = ""
 
@@ -41,7 +44,7 @@ class Event:
         return _str(self.auth.get("application_token"))
 
     @classmethod
-    def of(cls, item: Any) -> "Event":
+    def of(cls, item: InboxItem) -> "Event":
         """The event an inbox row stored."""
         return cls(
             name=item.event,
@@ -81,7 +84,7 @@ def _digits(value: object, max_length: int) -> str | None:
     return text or None
 
 
-def parse(request) -> Event:
+def parse(request: HttpRequest) -> Event:
     """Parse an event POST (form-encoded or JSON) into an Event; BadEvent, or Refused for an unknown event."""
     if request.content_type == "application/json":
         try:

@@ -17,16 +17,19 @@ import json
 import logging
 import random
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TypedDict
 
 from celery import current_app
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
 
 from bitrix24 import limits
+from bitrix24.wire import JSON
 
 from .models import InboxItem
 from .registry import Refused, Reject, Retry, directory, ordered_codes, registration
@@ -41,7 +44,7 @@ PROCESS_TASK = "portals.process_inbox_item"
 
 
 def idempotency_key(
-    event_code: str, *, member_id: str, ts: str, data, event_handler_id: str = "", application_token: str = ""
+    event_code: str, *, member_id: str, ts: str, data: JSON, event_handler_id: str = "", application_token: str = ""
 ) -> str:
     """A keyed digest (HMAC under SECRET_KEY) of what a repeated delivery of one event repeats.
 
@@ -59,7 +62,13 @@ def idempotency_key(
 
 
 def accept(
-    event_code: str, *, member_id: str, data: dict, auth: dict, ts: str = "", event_handler_id: str = ""
+    event_code: str,
+    *,
+    member_id: str,
+    data: dict[str, JSON],
+    auth: dict[str, JSON],
+    ts: str = "",
+    event_handler_id: str = "",
 ) -> tuple[InboxItem, bool]:
     """Run the cheap checks and store the event; returns (item, created). A duplicate changes nothing.
 
@@ -69,14 +78,16 @@ def accept(
     if entry is None:
         raise Refused(f"unknown event {event_code[:40]}", status=400)
     portal = directory().find(member_id)
-    application_token = auth.get("application_token") if isinstance(auth.get("application_token"), str) else ""
+    presented = auth.get("application_token")
+    application_token = presented if isinstance(presented, str) else ""
     if entry.needs_application_token:
         if portal is None:
             raise Refused("unknown portal", status=404)
         if not portal.application_token_is(application_token):
             raise Refused("application_token does not match")
-    elif portal is None or not portal.application_token_is(application_token):
+    elif portal is None or not portal.application_token_is(application_token):  # noqa: SIM102
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
+        # (Nested on purpose: admit() spends from the budget, so it stays a statement of its own.)
         if not limits.admit(
             f"inbox:{member_id}",
             per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
@@ -97,7 +108,7 @@ def accept(
     try:
         with transaction.atomic():
             item = InboxItem.objects.create(
-                portal=portal,
+                portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
                 member_id=member_id,
                 event=entry.event_code,
                 event_handler_id=event_handler_id[:32],
@@ -285,7 +296,7 @@ def _release_next(item: InboxItem) -> None:
         enqueue(following)
 
 
-def sweep(now=None) -> int:
+def sweep(now: datetime | None = None) -> int:
     """Re-send tasks for rows whose task looks lost; returns how many were sent.
 
     Lost: pending and due, but sent more than B24_INBOX_REQUEUE_AFTER ago (or never); or processing
@@ -306,7 +317,7 @@ def sweep(now=None) -> int:
     return sent
 
 
-def replay(items) -> int:
+def replay(items: QuerySet[InboxItem]) -> int:
     """Put finished rows (a dead letter, a rejection) back to pending for a fresh set of attempts."""
     count = 0
     for pk in items.values_list("pk", flat=True):
@@ -320,7 +331,7 @@ def replay(items) -> int:
         )
         if updated:
             count += 1
-            transaction.on_commit(lambda pk=pk: enqueue(pk), robust=True)
+            transaction.on_commit(partial(enqueue, pk), robust=True)
     return count
 
 
@@ -347,7 +358,13 @@ def process_pending(*, limit: int = 1000) -> int:
     return runs
 
 
-def backlog() -> dict:
+class Backlog(TypedDict):
+    unfinished: int
+    failed: int
+    oldest_unfinished_seconds: int
+
+
+def backlog() -> Backlog:
     """What /healthz reports: unfinished rows, dead letters, and the age of the oldest waiting row."""
     unfinished = InboxItem.objects.filter(state__in=InboxItem.UNFINISHED)
     oldest = unfinished.order_by("received_at").values_list("received_at", flat=True).first()
@@ -380,7 +397,7 @@ class BacklogCollector:
         )
 
 
-def waiting(member_id: str, event_code: str, *, limit: int) -> list[dict]:
+def waiting(member_id: str, event_code: str, *, limit: int) -> list[dict[str, JSON]]:
     """The `data` of the portal's pending events of one code, oldest first (at most `limit`): for a handler
     that answers several waiting events with one request to Bitrix24."""
     rows = (

@@ -12,9 +12,12 @@ before uninstall). `precheck(portal, auth, data)` adds cheap request-time checks
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from bitrix24.errors import Refusal
+from bitrix24.wire import JSON
+
+from .models import InboxItem
 
 
 class Retry(Exception):
@@ -41,13 +44,26 @@ class Refused(Refusal):
     """A cheap check failed in the request: nothing stored; `status` is the HTTP answer."""
 
 
+class StoredPortal(Protocol):
+    """What the inbox needs of a stored portal (portals.models.Portal is one)."""
+
+    pk: int
+
+    def application_token_is(self, presented: str) -> bool: ...
+
+
+# handler(item) -> a short outcome; precheck(portal | None, auth, data) -> None, raises Refused.
+Handler = Callable[[InboxItem], str]
+Precheck = Callable[[StoredPortal | None, dict[str, JSON], dict[str, JSON]], None]
+
+
 @dataclass(frozen=True)
 class Registration:
     event_code: str
-    handler: Callable[[Any], str]
+    handler: Handler
     needs_application_token: bool = True
     ordered: bool = True
-    precheck: Callable[..., None] | None = None  # precheck(portal | None, auth, data) -> None, raises Refused
+    precheck: Precheck | None = None
 
 
 _registry: dict[str, Registration] = {}
@@ -56,11 +72,11 @@ _aliases: dict[str, str] = {}  # another spelling Bitrix24 uses -> the registere
 
 def register(
     event_code: str,
-    handler: Callable[[Any], str],
+    handler: Handler,
     *,
     needs_application_token: bool = True,
     ordered: bool = True,
-    precheck: Callable[..., None] | None = None,
+    precheck: Precheck | None = None,
     aliases: tuple[str, ...] = (),
 ) -> None:
     """Route events `event_code` (Bitrix24's name, any case) to `handler(item) -> str` in a worker.
@@ -89,14 +105,6 @@ def ordered_codes() -> list[str]:
 
 def registered_codes() -> list[str]:
     return list(_registry)
-
-
-class StoredPortal(Protocol):
-    """What the inbox needs of a stored portal (portals.models.Portal is one)."""
-
-    pk: Any
-
-    def application_token_is(self, presented: str) -> bool: ...
 
 
 class Directory(Protocol):

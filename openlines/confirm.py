@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from bitrix24 import limits
 from bitrix24.errors import RestError, TransportError
+from bitrix24.wire import JSON
 from inbox import queue
 from portals.tokens import PortalClient
 
@@ -79,7 +80,7 @@ def _messages(data) -> list:
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
-def claims_of(data) -> list[Claim]:
+def claims_of(data: JSON) -> list[Claim]:
     """The claims of an event's MESSAGES (at most _CLAIMS_MAX), each with ASCII-digit im ids."""
     found = []
     for message in _messages(data)[:_CLAIMS_MAX]:
@@ -94,7 +95,8 @@ def claims_of(data) -> list[Claim]:
 def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Confirmed], list[str]]:
     """(what the portal confirms, why each other claim was not). Raises RestError when the portal could not
     be asked (the caller retries); a refusal the history page documents only fails that chat's claims."""
-    confirmed, refused = [], []
+    confirmed: list[Confirmed] = []
+    refused: list[str] = []
     ours = _our_conversations(channel, claims)
     relayed = _relayed(channel, claims) if action != OutboundMessage.Action.ADD else {}
     by_chat: dict[tuple[str, str], list[Claim]] = {}
@@ -295,7 +297,7 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
 
 def _parse(channel: Channel, chat_id: str, answer):
     chats = answer.get("chat") if isinstance(answer.get("chat"), dict) else {}
-    chat = chats.get(chat_id) if isinstance(chats.get(chat_id), dict) else {}
+    chat = found if isinstance(found := chats.get(chat_id), dict) else {}
     entity = _s(chat.get("entityId"), 300).split("|")
     if (
         _s(answer.get("chatId"), 32) != chat_id
@@ -308,13 +310,13 @@ def _parse(channel: Channel, chat_id: str, answer):
     users = answer.get("users") if isinstance(answer.get("users"), dict) else {}
     files = answer.get("files") if isinstance(answer.get("files"), dict) else {}
     keep = {}
-    for message_id, m in messages.items():
+    for m in messages.values():
         if not isinstance(m, dict) or not _ID.fullmatch(_s(m.get("id"), 32)) or _s(m.get("chatid"), 32) != chat_id:
             continue
-        params = m.get("params") if isinstance(m.get("params"), dict) else {}
+        params = given if isinstance(given := m.get("params"), dict) else {}
         sender = _s(m.get("senderid"), 32)
-        user = users.get(sender) if isinstance(users.get(sender), dict) else {}
-        file_ids = params.get("fileId") if isinstance(params.get("fileId"), list) else []
+        user = listed if isinstance(listed := users.get(sender), dict) else {}
+        file_ids = ids if isinstance(ids := params.get("fileId"), list) else []
         # Only a user the answer lists and marks as no connector user (the customer is one) is an operator;
         # senderid 0 is the system (the page's example: "A new lead has been created"), never relayed.
         kind = (

@@ -11,7 +11,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bitrix24.errors import RestError
-from inbox.registry import Reject, Retry
+from bitrix24.wire import JSON
+from inbox.models import InboxItem
+from inbox.registry import Handler, Reject, Retry
 
 from . import confirm, lifecycle, registry, tasks
 from .models import Channel, OutboundMessage
@@ -46,7 +48,7 @@ def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) ->
     stored = 0
     for item in confirmed:
         claim = item.claim
-        payload = {
+        payload: dict[str, JSON] = {  # the webhook's JSON body, for the outside system
             "event": f"message.{action}",
             "chat": {"id": claim.external_chat_id},
             "message": {
@@ -119,8 +121,8 @@ def _key(channel: Channel, action: str, payload: dict) -> str:
     return f"update:{message_id}:{edits + 1}"
 
 
-def _on_message(action: str):
-    def handler(item) -> str:
+def _on_message(action: str) -> Handler:
+    def handler(item: InboxItem) -> str:
         channel = _channel(item)
         claims = confirm.claims_of(item.data)
         if not claims:
@@ -146,7 +148,7 @@ on_message_update = _on_message(OutboundMessage.Action.UPDATE)
 on_message_delete = _on_message(OutboundMessage.Action.DELETE)
 
 
-def on_status_delete(item) -> str:
+def on_status_delete(item: InboxItem) -> str:
     """events/on-im-connector-status-delete.md: data {connector, line}: our connector left the line."""
     data = item.data if isinstance(item.data, dict) else {}
     connector = registry.get(str(data.get("connector") or ""))
@@ -161,7 +163,7 @@ def on_status_delete(item) -> str:
     return f"{count} channel(s) revoked"
 
 
-def on_line_delete(item) -> str:
+def on_line_delete(item: InboxItem) -> str:
     """events/on-im-connector-line-delete.md: data is the bare line id."""
     # /events/ keeps a bare data value as {"VALUE": ...} (inbox/parsing.py).
     line = item.data if not isinstance(item.data, dict) else item.data.get("VALUE", item.data.get("LINE", ""))
@@ -180,7 +182,7 @@ def _revoke(portal, line: str, **kwargs) -> int:
         raise Retry(f"the portal could not confirm the teardown: {exc.code}") from None
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "ONIMCONNECTORMESSAGEADD": on_message_add,
     "ONIMCONNECTORMESSAGEUPDATE": on_message_update,
     "ONIMCONNECTORMESSAGEDELETE": on_message_delete,

@@ -6,8 +6,9 @@ OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside O
 (401 stale_timestamp), signature (401 bad_signature), the channel's budget of signed requests (429
 rate_limited, with Retry-After), shape (400 bad_request), a message id already
 accepted in the same outside chat (409 duplicate_message), a "read" report naming no operator message of
-the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the channel's secret over
-"<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with `X-B24Widget-Timestamp`.
+the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the
+channel's secret over "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with
+`X-B24Widget-Timestamp`.
 """
 
 import hashlib
@@ -15,13 +16,16 @@ import hmac
 import json
 import re
 import time
+from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from bitrix24 import limits
 from bitrix24.errors import Refusal
+from bitrix24.wire import JSON
 
 from .models import Channel, InboundMessage, OutboundMessage
 from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
@@ -54,7 +58,7 @@ def _header(request, name: str) -> str:
     return request.headers.get(name, "")
 
 
-def find_channel(public_id) -> Channel:
+def find_channel(public_id: UUID) -> Channel:
     channel = Channel.objects.select_related("portal").filter(public_id=public_id).first()
     if channel is None:
         raise Refused("unknown_channel", "no such channel", 404)
@@ -63,7 +67,7 @@ def find_channel(public_id) -> Channel:
     return channel
 
 
-def read_body(request) -> bytes:
+def read_body(request: HttpRequest) -> bytes:
     declared = request.META.get("CONTENT_LENGTH") or "0"
     if not (declared.isascii() and declared.isdigit()) or int(declared) > settings.OPENLINES_INBOUND_MAX_BYTES:
         raise Refused("body_too_large", f"the body must be at most {settings.OPENLINES_INBOUND_MAX_BYTES} bytes", 413)
@@ -73,7 +77,7 @@ def read_body(request) -> bytes:
     return body
 
 
-def check_signature(channel: Channel, request, body: bytes) -> None:
+def check_signature(channel: Channel, request: HttpRequest, body: bytes) -> None:
     timestamp = _header(request, TIMESTAMP_HEADER)
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} must be the Unix time of the request", 401)
@@ -134,7 +138,7 @@ def _url(value, name: str) -> str:
     return value
 
 
-def parse(body: bytes) -> tuple[str, dict]:
+def parse(body: bytes) -> tuple[str, dict[str, dict[str, JSON]]]:
     """(action, the MESSAGES element for Bitrix24) from the JSON body, or Refused."""
     try:
         data = json.loads(body)
@@ -148,7 +152,8 @@ def parse(body: bytes) -> tuple[str, dict]:
     chat, user, message = (data.get(k) if isinstance(data.get(k), dict) else None for k in ("chat", "user", "message"))
     if chat is None or user is None or message is None:
         raise Refused("bad_request", "chat, user and message must be objects", 400)
-    element = {
+    # imconnector.send.messages' element, built for Bitrix24: nested JSON of several kinds.
+    element: dict[str, dict[str, JSON]] = {
         "chat": {"id": _text(chat.get("id"), "chat.id", _ID_MAX, required=True)},
         "user": {"id": _text(user.get("id"), "user.id", _ID_MAX, required=True)},
         "message": {"id": _text(message.get("id"), "message.id", _ID_MAX, required=True)},

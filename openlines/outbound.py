@@ -103,20 +103,20 @@ def _public_name(host: str) -> bool:
         return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain", ".lan"))
 
 
-def _public_addresses(host: str, port: int) -> list[str]:
+def _public_addresses(host: str | None, port: int) -> list[str]:
     """The host's addresses when every one of them is public (portals.addresses.is_public), else []."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError:
         return []
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]  # an IPv4 or IPv6 sockaddr: (host, port, ...)
     return addresses if addresses and all(is_public(ipaddress.ip_address(a)) for a in addresses) else []
 
 
 class _PinnedAdapter(HTTPAdapter):
     """Connects to the address in the URL, but speaks TLS (SNI and the certificate check) for `hostname`."""
 
-    def __init__(self, hostname: str):
+    def __init__(self, hostname: str | None):
         self.hostname = hostname
         super().__init__(max_retries=0)
 
@@ -125,7 +125,7 @@ class _PinnedAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def pinned(url: str, address: str) -> tuple[str, dict, requests.Session]:
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], requests.Session]:
     """(the URL with `address` for its host, the Host header, a session that verifies TLS for the name)."""
     parts = urlsplit(url)
     host = f"[{address}]" if ":" in address else address
@@ -143,7 +143,9 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
     read, within the deadline, and a body past either is cut (`Answer.complete` False), never a failure."""
     check_webhook_url(url)
     parts = urlsplit(url)
-    target, host, via = url, {}, None
+    target = url
+    host: dict[str, str] = {}
+    via: requests.Session | None = None
     if not _private_ok():
         addresses = _public_addresses(parts.hostname, parts.port or 443)
         if not addresses:

@@ -18,7 +18,7 @@ sweep that decides what is due, and each of those rules is easier to check with 
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
 from django.conf import settings
@@ -79,7 +79,8 @@ class _Lease:
     that took over an expired lease wrote another, so keeping or releasing a lost lease touches nothing."""
 
     def __init__(self, channel_id: int, field: str):
-        self.channel_id, self.field, self.until = channel_id, field, None
+        self.channel_id, self.field = channel_id, field
+        self.until: datetime | None = None  # set by take()
 
     def take(self) -> bool:
         now = timezone.now()
@@ -94,6 +95,7 @@ class _Lease:
         (taken over after this worker stalled past its end, or by a worker whose clock runs ahead)."""
         now = timezone.now()
         mine = Channel.objects.filter(pk=self.channel_id, **{self.field: self.until})
+        assert self.until is not None  # kept only once taken
         if self.until - now >= timedelta(seconds=seconds):
             return mine.exists()
         renewed = now + LEASE
@@ -305,7 +307,7 @@ def _record_inbound(rows, result) -> None:
     for i, row in enumerate(rows):
         item = items[i] if i < len(items) and isinstance(items[i], dict) else {}
         if item.get("SUCCESS") is True:
-            session = item.get("session") if isinstance(item.get("session"), dict) else {}
+            session = given if isinstance(given := item.get("session"), dict) else {}
             InboundMessage.objects.filter(pk=row.pk).update(
                 state=Delivery.SENT,
                 sent_at=now,
@@ -335,7 +337,8 @@ def _deliver_outbound(channel: Channel, run: _Run) -> str:
     if not channel.webhook_url:
         return f"no webhook URL; {_park(channel)} parked"
     counts = {"delivered": 0, "refused": 0, "retry": 0}
-    held, behind = {}, set()  # chat -> when its first unsent message is due again; chats with rows behind it
+    held: dict[str, datetime] = {}  # chat -> when its first unsent message is due again
+    behind: set[str] = set()  # chats with rows behind it
     step, last_id = _webhook_step(), 0
     while run.may_start(0):  # (a long queue behind waiting chats is read page by page within the budget too)
         page = list(

@@ -7,19 +7,20 @@ import hashlib
 import json
 
 from django.core.cache.backends.locmem import LocMemCache
+from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils import translation
 from django.utils.translation import gettext as _
 
 from bitrix24.addresses import portal_origin
-from bitrix24.frames import frame_origin
+from bitrix24.frames import FramePost, frame_origin
 from bitrix24.responses import frame_refusal
 from portals.models import Portal
 
 from . import auth, metrics
 
 
-def refusal_text(reason: str):
+def refusal_text(reason: str) -> tuple[str, str]:
     """(title, message) for a refused open, in the active language."""
     return {
         "not_installed": (_("App not installed"), _("The app is not installed on this portal.")),
@@ -87,7 +88,9 @@ def refusal_text(reason: str):
     }.get(reason, (_("Access denied"), _("The request was refused.")))
 
 
-def verify_or_refuse(request, post):
+def verify_or_refuse(
+    request: HttpRequest, post: FramePost
+) -> tuple[Portal, auth.Verdict, None] | tuple[None, None, HttpResponse]:
     """(portal, verdict, None) for a genuine open, else (None, None, the refusal page) in the active language."""
     try:
         portal, verdict = auth.verify(post)
@@ -108,7 +111,7 @@ _pages = LocMemCache("b24widget-pages", {"TIMEOUT": 600, "OPTIONS": {"MAX_ENTRIE
 TOKEN_SLOT = "@@b24widget-token@@"
 
 
-def render_page(request, template: str, context: dict) -> str:
+def render_page(request: HttpRequest, template: str, context: dict[str, object]) -> str:
     """The page for `context`, rendered once per distinct content (the widget token goes in at TOKEN_SLOT)."""
     portal = context["portal"]
     facts = (

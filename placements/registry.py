@@ -10,9 +10,26 @@ Adding a placement is one `register` call and one template.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
+from django.http import HttpRequest, HttpResponse
+
+from bitrix24.frames import FramePost
+from bitrix24.wire import Command, Params
 from portals import install, install_steps
+from portals.models import Portal
+from portals.tokens import PortalClient
+
+
+class Opened(Protocol):
+    """What a placement's `view` gets besides the request: a placements.request.PlacementRequest (which
+    imports this module, hence a protocol)."""
+
+    @property
+    def post(self) -> FramePost: ...
+
+    @property
+    def placement(self) -> "Placement": ...
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,7 @@ class Placement:
     # at the "handler path" of the app's registration) exists without binding.
     bind: bool = True
     # Renders this placement instead of `template` (another app's page; placements never import it).
-    view: Callable[..., Any] | None = None
+    view: Callable[[HttpRequest, Opened], HttpResponse] | None = None
 
 
 _registry: dict[str, Placement] = {}
@@ -68,7 +85,7 @@ def handler_url() -> str:
     return install.app_url("placement")
 
 
-def bindings() -> list[dict[str, Any]]:
+def bindings() -> list[Params]:
     """The `placement.bind` parameters for every registered placement that is bound."""
     out = []
     for placement in _registry.values():
@@ -89,10 +106,10 @@ def bindings() -> list[dict[str, Any]]:
     return out
 
 
-def bind_placements(portal: Any, client: Any) -> install_steps.Bound:
+def bind_placements(portal: Portal, client: PortalClient) -> install_steps.Bound:
     """Install step (order 10): unbind and bind every bound placement (api-reference/widgets/placement-bind.md)."""
     handlers = bindings()
-    commands: dict[str, tuple[str, dict[str, Any]]] = {}
+    commands: dict[str, Command] = {}
     for i, binding in enumerate(handlers):
         commands[f"unbind_placement_{i}"] = (
             "placement.unbind",

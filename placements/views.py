@@ -2,6 +2,7 @@
 
 from django.http import HttpResponse
 from django.utils import translation
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.debug import sensitive_post_parameters
@@ -16,7 +17,7 @@ from . import metrics, pages, widget_token
 from . import request as placement_request
 
 
-def _app_status_label(code: str) -> str:
+def _app_status_label(code: str) -> str | Promise:  # a choice's label is lazy: rendered in the page's language
     return AppStatus(code).label if code in AppStatus.values else _("unknown")
 
 

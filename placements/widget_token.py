@@ -5,6 +5,10 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core import signing
 
+from portals.models import Portal
+
+from .auth import Verdict
+
 _SALT = "placements.widget-token"
 
 
@@ -25,11 +29,11 @@ class WidgetToken:
     is_admin: bool
 
 
-def install_epoch(portal) -> int:
+def install_epoch(portal: Portal) -> int:
     return round(portal.installed_at.timestamp() * 1_000_000) if portal.installed_at else 0
 
 
-def issue(portal, verdict) -> str:
+def issue(portal: Portal, verdict: Verdict) -> str:
     return signing.dumps(
         {
             "p": portal.pk,

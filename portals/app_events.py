@@ -156,7 +156,7 @@ def _on_install(portal: Portal | None, event: Event) -> str:
     token = _usable_token(event)
     version = _version(event.data.get("VERSION"))
     known = portal is not None and portal.status != Portal.Status.UNINSTALLED and _token_matches(portal, token)
-    if known:
+    if portal is not None and known:
         # The install we already believe (its install POST carried this token): nothing to prove, and
         # nothing to take from it either (every user knows this token): it may only complete the install.
         if portal.status == Portal.Status.NEW:

@@ -9,6 +9,7 @@ grant's access token at the address the OAuth server confirmed).
 """
 
 import logging
+from collections.abc import Callable
 
 from django.views.decorators.debug import sensitive_variables
 
@@ -27,7 +28,9 @@ class GrantRefused(Refusal):
 
 
 @sensitive_variables()
-def administrator_grant(member_id: str, refresh_token: str, *, before_spending=None) -> oauth.TokenGrant:
+def administrator_grant(
+    member_id: str, refresh_token: str, *, before_spending: Callable[[], object] | None = None
+) -> oauth.TokenGrant:
     """Exchange an unverified refresh token and prove it an administrator's of portal `member_id`.
 
     The refresh token is spent only after the sender's budget allows it and `before_spending()` (if

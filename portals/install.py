@@ -123,7 +123,8 @@ def bind_app_events(portal: Portal, client: PortalClient) -> install_steps.Bound
     result = run_bindings(client, commands)
     app = result.result.get("app_info")
     if isinstance(app, dict):
-        license = app.get("LICENSE") if isinstance(app.get("LICENSE"), str) else ""
+        raw_license = app.get("LICENSE")
+        license = raw_license if isinstance(raw_license, str) else ""
         lifecycle.set_app_info(
             portal,
             app_status="",

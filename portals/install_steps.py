@@ -13,7 +13,9 @@ that cannot show its square must not look complete), the app's own events (20), 
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+from .models import Portal
+from .tokens import PortalClient
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,7 @@ class Bound:
     events: list[str] = field(default_factory=list)
 
 
-Step = Callable[[Any, Any], "Bound | list[str] | None"]
+Step = Callable[[Portal, PortalClient], "Bound | list[str] | None"]
 _steps: dict[str, tuple[int, Step]] = {}
 
 

@@ -5,13 +5,15 @@ writes a PortalEvent. Event details hold only non-secret facts (codes, addresses
 """
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
 from bitrix24 import limits
+from bitrix24.errors import OAuthError
+from bitrix24.oauth import TokenGrant
 
 from .models import Portal, PortalEvent, Rejection
 
@@ -37,7 +39,7 @@ def record(portal: Portal, kind: str, **detail) -> PortalEvent:
     return PortalEvent.objects.create(portal=portal, kind=kind, detail=detail)
 
 
-def _grant_fields(portal: Portal, grant, now) -> list[str]:
+def _grant_fields(portal: Portal, grant: TokenGrant, now: datetime) -> list[str]:
     """Copy a confirmed token grant onto the portal; returns the changed field names."""
     portal.access_token = grant.access_token
     portal.refresh_token = grant.refresh_token
@@ -84,7 +86,9 @@ def follow_move(portal: Portal, *, client_endpoint: str, domain: str, via: str) 
 
 
 @transaction.atomic
-def install(grant, *, language: str = "", user_id: str = "", application_token: str = "") -> tuple[Portal, bool]:
+def install(
+    grant: TokenGrant, *, language: str = "", user_id: str = "", application_token: str = ""
+) -> tuple[Portal, bool]:
     """Store a portal whose install an administrator made (the caller checked both); returns (portal, created).
 
     A known member_id is updated in place (reinstall): its tokens and `application_token` are replaced.
@@ -93,7 +97,7 @@ def install(grant, *, language: str = "", user_id: str = "", application_token: 
     now = timezone.now()
     portal = Portal.objects.select_for_update().filter(member_id=grant.member_id).first()
     created = portal is None
-    if created:
+    if portal is None:
         portal = Portal(member_id=grant.member_id, client_endpoint=grant.client_endpoint, domain=grant.domain)
     previous = portal.status
     _grant_fields(portal, grant, now)
@@ -155,7 +159,7 @@ def count_rejection(member_id: str, *, source: str, reason: str) -> None:
 
 
 @transaction.atomic
-def recover(portal: Portal, grant, *, via: str, application_token: str = "") -> Portal:
+def recover(portal: Portal, grant: TokenGrant, *, via: str, application_token: str = "") -> Portal:
     """A blocked portal (lost or refused refresh token) takes an administrator's verified grant; serving again."""
     portal = Portal.objects.select_for_update().get(pk=portal.pk)
     if portal.status == Status.UNINSTALLED:
@@ -241,7 +245,7 @@ def activate(portal: Portal, *, via: str) -> Portal:
     return portal
 
 
-def apply_grant(portal: Portal, grant, *, reason: str) -> None:
+def apply_grant(portal: Portal, grant: TokenGrant, *, reason: str) -> None:
     """Store refreshed tokens (called by tokens.refresh_portal inside its row lock).
 
     An uninstall that landed while the refresh was on its way wins: its wiped secrets stay wiped."""
@@ -272,7 +276,7 @@ def block(portal: Portal, *, reason: str, description: str = "") -> None:
     record(portal, Kind.BLOCKED, reason=reason)
 
 
-def record_refresh_failure(portal: Portal, exc) -> None:
+def record_refresh_failure(portal: Portal, exc: OAuthError) -> None:
     Portal.objects.filter(pk=portal.pk).update(last_error=f"refresh: {exc.code} {exc.description}".strip()[:1000])
     record(portal, Kind.REFRESH_FAILED, reason=exc.code, description=exc.description[:255])
 

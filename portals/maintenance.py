@@ -11,17 +11,20 @@ import logging
 import signal
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from bitrix24 import oauth
 from bitrix24.errors import RestError, TokenRefreshFailed
+from bitrix24.wire import JSON
 
 from . import lifecycle, tokens
 from .models import AppStatus, Portal
@@ -53,7 +56,7 @@ class Outcome:
 # --- the services ----------------------------------------------------------------------------------
 
 
-def due(*, older_than_days: int, within_minutes: int | None, now=None) -> Q:
+def due(*, older_than_days: int, within_minutes: int | None, now: datetime | None = None) -> Q:
     """Serving portals with a refresh token that is old (or of unknown age), or, when
     `within_minutes` is given, whose access token expires within that time (or at an unknown time)."""
     now = now or timezone.now()
@@ -63,7 +66,7 @@ def due(*, older_than_days: int, within_minutes: int | None, now=None) -> Q:
     return Q(status__in=(Portal.Status.NEW, Portal.Status.ACTIVE)) & ~Q(refresh_token="") & lapsing
 
 
-def refresh_if_due(pk: int, due_now: Q, *, budget=None) -> Outcome:
+def refresh_if_due(pk: int, due_now: Q, *, budget: "Budget | None" = None) -> Outcome:
     """Refresh the portal if it is still due and nobody else is refreshing it.
 
     Whether it is due is judged again under the row lock when the lease is taken: the id was read
@@ -101,7 +104,15 @@ class BadAppInfo(Exception):
         self.description = description
 
 
-def parse_app_info(info, *, client_id: str, member_id: str) -> dict:
+class AppInfoFacts(TypedDict):
+    """What parse_app_info vouches for: lifecycle.set_app_info's keyword arguments."""
+
+    app_status: str
+    payment_expired: bool | None
+    license: str
+
+
+def parse_app_info(info: JSON, *, client_id: str, member_id: str) -> AppInfoFacts:
     """The facts of the OAuth server's app.info result for our app on that portal, or BadAppInfo.
 
     Its shape is `{client_id, scope, expires, user_id, install: {installed, version, status, ...}}`
@@ -123,7 +134,7 @@ def parse_app_info(info, *, client_id: str, member_id: str) -> dict:
     return {"app_status": status, "payment_expired": None, "license": ""}
 
 
-def sync_portal(pk: int, *, budget=None) -> Outcome:
+def sync_portal(pk: int, *, budget: "Budget | None" = None) -> Outcome:
     """Ask the OAuth server's app.info about one active portal and store what it says."""
     portal = Portal.objects.filter(pk=pk, status=Portal.Status.ACTIVE).first()
     if portal is None:
@@ -160,7 +171,7 @@ def sync_portal(pk: int, *, budget=None) -> Outcome:
     return Outcome(CHANGED if after != before else SYNCED, label)
 
 
-def ids_in_pages(queryset, batch_size: int):
+def ids_in_pages(queryset: QuerySet[Portal], batch_size: int) -> Iterator[int]:
     """Primary keys of `queryset`, read `batch_size` at a time (keyset pagination: rows that change
     or disappear during the pass do not shift the pages)."""
     last = None
@@ -216,8 +227,8 @@ class Tally:
         self.kinds = kinds
         self.every = every
         self.total = total
-        self.counts = Counter()
-        self.failure_codes = Counter()
+        self.counts: Counter[str] = Counter()
+        self.failure_codes: Counter[str] = Counter()
         self.done = 0
         self._lock = threading.Lock()
 
@@ -249,7 +260,7 @@ class Tally:
             return line
 
 
-def run(ids, work, *, workers: int, tally: Tally, budget: Budget) -> None:
+def run(ids: Iterable[int], work: Callable[[int], Outcome], *, workers: int, tally: Tally, budget: Budget) -> None:
     """Run `work(pk) -> Outcome` for each id on at most `workers` threads; an exception counts as failed.
 
     At most 2 x `workers` ids are in flight, so a stop (SIGTERM, --limit) claims nothing new while
@@ -284,7 +295,7 @@ def run(ids, work, *, workers: int, tally: Tally, budget: Budget) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_sigterm(budget: Budget):
+def stop_on_sigterm(budget: Budget) -> Iterator[None]:
     """SIGTERM (what systemd and Kubernetes send) stops the run gracefully: in-flight portals finish and
     commit (a spent refresh token must be stored), nothing new is claimed."""
     if threading.current_thread() is not threading.main_thread():

@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -72,6 +73,8 @@ class Portal(models.Model):
     refresh_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     # When the placements and events were last bound: an install is complete only once they are.
     bound_at = models.DateTimeField(null=True, blank=True)
+    # Not a field: set (True) only on the row tokens.refresh_portal returns when that call did the refresh.
+    refreshed_now: bool
 
     created_at = models.DateTimeField(default=timezone.now)
     installed_at = models.DateTimeField(null=True, blank=True)
@@ -117,7 +120,7 @@ class Portal(models.Model):
     def access_token_expired(self, leeway: int = 30) -> bool:
         if not self.access_expires_at:
             return True
-        return self.access_expires_at <= timezone.now() + timezone.timedelta(seconds=leeway)
+        return self.access_expires_at <= timezone.now() + timedelta(seconds=leeway)
 
 
 class PortalEvent(models.Model):

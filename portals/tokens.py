@@ -16,10 +16,11 @@ A lease outlives the OAuth deadline, so a crashed holder's lease simply expires.
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -39,12 +40,14 @@ def refresh_failed(code: str) -> None:
     REFRESH_FAILURES.labels(label(code)).inc()
 
 
-class PortalClient(Client):
+# mypy checks the bound (Credentials) against Portal's class attributes, which django-stubs types as field
+# descriptors, not the str they read as; a Portal does pass as Credentials wherever one is used as such.
+class PortalClient(Client[Portal]):  # type: ignore[type-var]
     """REST access to one stored portal: the app's tokens are refreshed through `refresh_portal`."""
 
     def __init__(
         self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False, interactive: bool = False
-    ):
+    ) -> None:
         # A row never stored (a grant's probe) has no tokens of ours to refresh.
         super().__init__(
             portal,
@@ -57,7 +60,7 @@ class PortalClient(Client):
     @property
     def portal(self) -> Portal:
         """The portal row, as last refreshed (the client may have followed a move)."""
-        return self.credentials  # type: ignore[return-value]
+        return self.credentials
 
 
 def _refresh(portal: Portal, *, seen_access_token: str | None, force: bool, wait: float | None) -> Portal:
@@ -71,7 +74,7 @@ def refresh_portal(
     force: bool = False,
     allow_blocked: bool = False,
     wait: float | None = None,
-    still_due=None,
+    still_due: Q | None = None,
 ) -> Portal:
     """Refresh the portal's tokens once, however many callers ask at the same time.
 
@@ -133,7 +136,15 @@ def refresh_portal(
     return _store(current.pk, owner, grant)
 
 
-def _claim(pk: int, *, seen_access_token, force, allow_blocked, began, still_due):
+def _claim(
+    pk: int,
+    *,
+    seen_access_token: str | None,
+    force: bool,
+    allow_blocked: bool,
+    began: datetime,
+    still_due: Q | None,
+) -> Portal | tuple[Portal, str] | None:
     """In one short transaction: the fresh row (nothing to do), None (leased by another), or (row, lease)."""
     now = timezone.now()
     with transaction.atomic():

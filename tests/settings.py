@@ -12,7 +12,9 @@ _TEST_ENV = {
     "B24_APP_URL": "https://app.example.test",
     "B24_ALLOW_HTTP_PORTALS": "true",
     # Two keys: the first encrypts, both decrypt (rotation is tested).
-    "TOKEN_ENCRYPTION_KEYS": "dGVzdC1rZXktb25lLWZvci1iMjR3aWRnZXQtdGVzdHM=,dGVzdC1rZXktdHdvLWZvci1iMjR3aWRnZXQtdGVzdHM=",
+    "TOKEN_ENCRYPTION_KEYS": (
+        "dGVzdC1rZXktb25lLWZvci1iMjR3aWRnZXQtdGVzdHM=,dGVzdC1rZXktdHdvLWZvci1iMjR3aWRnZXQtdGVzdHM="
+    ),
     "SECURE_SSL_REDIRECT": "false",
     "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
     "B24_REST_BACKOFF": "0.01",

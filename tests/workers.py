@@ -75,10 +75,11 @@ class Worker:
             **FAST_INBOX,
             **(env or {}),
         }
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        # The worker writes to its own copy of the descriptor: ours is closed once it has started.
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         LIVE.append(self)
 
     def log(self) -> str:
@@ -108,7 +109,6 @@ class Worker:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._log.close()
         return self.process.returncode
 
 
@@ -122,9 +122,12 @@ def wait_for(predicate, *, timeout: float = 60, what: str = "the condition", eve
             return value
         time.sleep(every)
     if detail is None and LIVE:
-        detail = lambda: "\n".join(
-            f"--- worker {w.name} (exit {w.process.poll()}), end of its log:\n{w.log()[-2000:]}" for w in LIVE
-        )
+
+        def detail():
+            return "\n".join(
+                f"--- worker {w.name} (exit {w.process.poll()}), end of its log:\n{w.log()[-2000:]}" for w in LIVE
+            )
+
     raise AssertionError(f"timed out waiting for {what}" + (f":\n{detail()}" if detail else ""))
 
 

@@ -33,16 +33,8 @@ the documentation does not settle is marked "not documented" next to it.
 
 from __future__ import annotations
 
-# The REST methods register themselves in rest.METHODS when their modules are imported.
-from . import (
-    rest_app,
-    rest_batch,
-    rest_crm,
-    rest_event,
-    rest_imconnector,
-    rest_imopenlines,  # noqa: F401
-    rest_placement,
-)
+# The REST methods register themselves in rest.METHODS when their modules are imported (F401: for that alone).
+from . import rest_app, rest_batch, rest_crm, rest_event, rest_imconnector, rest_imopenlines, rest_placement  # noqa: F401
 from .core import StandIn
 from .errors import OAUTH_ERROR_STATUS, REST_ERROR_STATUS
 from .frames import FRAME_QUERY_FIELDS, frame_query_and_body

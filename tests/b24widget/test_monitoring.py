@@ -66,9 +66,12 @@ def selectors(ast) -> list[tuple[str | None, set]]:
     def visit(node):
         if isinstance(node, promql_parser.VectorSelector):
             found.append((node.name, {m.name for m in node.matchers.matchers}))
-        elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
-            if node.modifier.type == promql_parser.AggModifierType.By:
-                found.append((None, set(node.modifier.labels)))
+        elif (
+            isinstance(node, promql_parser.AggregateExpr)
+            and node.modifier is not None
+            and node.modifier.type == promql_parser.AggModifierType.By
+        ):
+            found.append((None, set(node.modifier.labels)))
         return True
 
     promql_parser.walk(ast, visit)

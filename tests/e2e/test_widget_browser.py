@@ -328,7 +328,8 @@ def framing_page(action: str, fields: dict) -> str:
 <body style="font:14px Arial;margin:16px"><h1 style="font-size:18px">A page framing the widget</h1>
 <p>Left: a widget open POSTed into an iframe, as a portal does. Right: the widget URL opened with GET.</p>
 <iframe name="posted" id="posted" style="width:600px;height:300px;border:1px solid #999"></iframe>
-<iframe id="plain" src="{html.escape(action.split("?")[0])}" style="width:600px;height:300px;border:1px solid #999"></iframe>
+<iframe id="plain" src="{html.escape(action.split("?")[0])}"
+  style="width:600px;height:300px;border:1px solid #999"></iframe>
 <form id="open" method="post" action="{html.escape(action)}" target="posted">{inputs}</form>
 <script>document.getElementById("open").submit();</script></body></html>"""
 

@@ -31,7 +31,6 @@ def test_an_operator_reply_is_posted_signed_and_marked_delivered(
 ):
     row, secret, b24, chat_id = conversation
     message_id, _ = imc.operator_reply(b24, chat_id, "Hello, how can I help?", handlers=[sink.url])
-    portal = row.portal
     with django_capture_on_commit_callbacks(execute=True):
         [outcome] = sink.relay(client)
     assert outcome == "1 message(s) queued for the webhook"
@@ -43,7 +42,7 @@ def test_an_operator_reply_is_posted_signed_and_marked_delivered(
     assert hook["headers"][SIGNATURE_HEADER] == sign(secret, hook["headers"][TIMESTAMP_HEADER], hook["body"])
     assert abs(int(hook["headers"][TIMESTAMP_HEADER]) - time.time()) < 300
     # Bitrix24 shows the operator the message as delivered.
-    reply = [m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id][0]
+    reply = next(m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id)
     assert reply["delivered"] is not None
     assert OutboundMessage.objects.get().status_reported_at is not None
 
@@ -272,7 +271,7 @@ def test_a_read_report_from_the_outside_system_reaches_bitrix24_as_reading(
     with django_capture_on_commit_callbacks(execute=True):
         assert signed(client, row, secret, report).status_code == 202
     assert b24.calls("imconnector.send.status.reading") - before == 1
-    reply = [m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id][0]
+    reply = next(m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id)
     assert reply["read"] is not None
     stored = InboundMessage.objects.get(action=InboundMessage.Action.READ)
     assert (stored.state, stored.attempts, stored.last_error) == (Delivery.SENT, 1, "")

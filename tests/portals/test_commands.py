@@ -308,7 +308,7 @@ def test_two_copies_at_once_refresh_each_portal_once(client, standin):
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-2000:]
     counts = [summary(out) for out, _err in outputs]
     assert sum(c["refreshed"] for c in counts) == len(pairs)

@@ -2,9 +2,10 @@
 
 The request does the cheap checks (a 4xx stores nothing) and stores the event; its proof is checked
 where it is processed. These unit tests process the inbox in the test process (tests.conftest.deliver,
-no broker); the real worker is exercised in tests/portals/test_worker.py. Three senders are tried on each: a stranger (knows a member_id, nothing else), an ordinary user of the
-portal (holds genuine tokens of our app and the APPLICATION_TOKEN every placement POST carries), and
-an administrator (whose grant is the only thing that may change an install).
+no broker); the real worker is exercised in tests/portals/test_worker.py. Three senders are tried on
+each: a stranger (knows a member_id, nothing else), an ordinary user of the portal (holds genuine tokens
+of our app and the APPLICATION_TOKEN every placement POST carries), and an administrator (whose grant is
+the only thing that may change an install).
 """
 
 import json

@@ -235,7 +235,7 @@ def test_tokens_are_encrypted_at_rest(client, b24):
             "SELECT access_token, refresh_token, application_token FROM portals_portal WHERE id = %s", [portal.pk]
         )
         raw = cursor.fetchone()
-    for column, plain in zip(raw, (portal.access_token, portal.refresh_token, portal.application_token)):
+    for column, plain in zip(raw, (portal.access_token, portal.refresh_token, portal.application_token), strict=True):
         assert plain and plain not in column
         assert column.startswith("gAAAA")  # Fernet
 

@@ -167,7 +167,7 @@ def test_many_mixed_events_delivered_concurrently(client, standin, workers):
     binds_before = {p.pk: b24.calls("event.bind") for p, b24 in portals}
     per_portal = 25
     deliveries = []
-    for portal, b24 in portals:
+    for _portal, b24 in portals:
         b24.version = 100 + per_portal - 1
         for n in range(per_portal):
             payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": str(100 + n)})

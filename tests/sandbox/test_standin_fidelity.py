@@ -118,7 +118,7 @@ def test_contact_center_drops_options_and_placement_get_is_for_administrators(ht
     assert call(http, portal, "placement.get", user).json()["error"] == "ACCESS_DENIED"  # placement-get.md
     portal.install_post()
     options = portal.placement_post(user_id="2")["PLACEMENT_OPTIONS"]
-    assert options == '{"ID": "%s", "URI": "/contact_center/"}' % bound["id"]
+    assert options == f'{{"ID": "{bound["id"]}", "URI": "/contact_center/"}}'
 
 
 # --- lists, batch, CORS ------------------------------------------------------------------------------

@@ -121,11 +121,14 @@ def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp
     with StandIn(CLIENT_ID, CLIENT_SECRET) as first:
         portal = first.add_portal()
         token = portal.issue_tokens("1")["access_token"]
-        rest = lambda method, **params: http.post(
-            f"{portal.client_endpoint}{method}.json",
-            json={"auth": token, **params},
-            timeout=5,
-        ).json()
+
+        def rest(method, **params):
+            return http.post(
+                f"{portal.client_endpoint}{method}.json",
+                json={"auth": token, **params},
+                timeout=5,
+            ).json()
+
         assert (
             rest(
                 "imconnector.register",
@@ -162,11 +165,14 @@ def test_state_keeps_the_open_lines_connectors_lines_and_conversations(http, tmp
         [restored] = second.restore_state(state, ports={portal.member_id: 0})
         assert imc.conversations(restored) == before
         token = restored.issue_tokens("1")["access_token"]
-        rest = lambda method, **params: http.post(
-            f"{restored.client_endpoint}{method}.json",
-            json={"auth": token, **params},
-            timeout=5,
-        ).json()
+
+        def rest(method, **params):
+            return http.post(
+                f"{restored.client_endpoint}{method}.json",
+                json={"auth": token, **params},
+                timeout=5,
+            ).json()
+
         assert rest("imconnector.status", CONNECTOR="myconnector", LINE="1")["result"]["STATUS"] is True
         history = rest("imopenlines.session.history.get", CHAT_ID=chat_id)["result"]
         assert [m["text"] for m in history["message"].values()] == ["Hi", "Hello"]

@@ -5,9 +5,9 @@ refreshed only when it is due: its refresh token was renewed more than --older-t
 (with --expiring-access-tokens) its access token expires within --within-minutes.
 
 The same service runs on Celery beat (portals.tasks.keepalive_pass, fanned out over workers); this
-command is for cron users. Several copies may run at once: each refresh takes the portal's lease (tokens.refresh_portal) and
-checks again under the row lock that the portal is still due, so no portal is refreshed twice; no
-database lock is held while the OAuth server answers. SIGTERM stops the run gracefully (in-flight
+command is for cron users. Several copies may run at once: each refresh takes the portal's lease
+(tokens.refresh_portal) and checks again under the row lock that the portal is still due, so no portal
+is refreshed twice; no database lock is held while the OAuth server answers. SIGTERM stops the run gracefully (in-flight
 refreshes finish and are stored; nothing new is claimed). An OAuth answer that our own client
 credentials are wrong stops the run at once with exit status 2: no portal is blocked for it.
 """
