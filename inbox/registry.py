@@ -44,17 +44,9 @@ class Refused(Refusal):
     """A cheap check failed in the request: nothing stored; `status` is the HTTP answer."""
 
 
-class StoredPortal(Protocol):
-    """What the inbox needs of a stored portal (portals.models.Portal is one)."""
-
-    pk: int
-
-    def application_token_is(self, presented: str) -> bool: ...
-
-
 # handler(item) -> a short outcome; precheck(portal | None, auth, data) -> None, raises Refused.
 Handler = Callable[[InboxItem], str]
-Precheck = Callable[[StoredPortal | None, dict[str, JSON], dict[str, JSON]], None]
+Precheck = Callable[["StoredPortal | None", dict[str, JSON], dict[str, JSON]], None]
 
 
 @dataclass(frozen=True)
@@ -105,6 +97,14 @@ def ordered_codes() -> list[str]:
 
 def registered_codes() -> list[str]:
     return list(_registry)
+
+
+class StoredPortal(Protocol):
+    """What the inbox needs of a stored portal (portals.models.Portal is one)."""
+
+    pk: int
+
+    def application_token_is(self, presented: str) -> bool: ...
 
 
 class Directory(Protocol):

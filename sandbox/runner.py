@@ -99,7 +99,7 @@ def check_ports(options: Options) -> None:
         (options.portal_port, "--portal-port", "the sandbox portal"),
         (options.server_port, "--server-port", "the sandbox's OAuth server"),
     ]
-    seen = {}
+    seen: dict[int, str] = {}
     for port, flag, what in wanted:
         if port in seen:
             raise SandboxError(f"port {port} is given to both {seen[port]} and {what}; choose another with {flag}")
@@ -150,6 +150,7 @@ def start_bitrix24(options: Options, folder: Path) -> tuple[StandIn, SandboxPage
 def app_environment(options: Options, standin: StandIn, pages: SandboxPages, folder: Path) -> dict:
     """The app's environment: development settings pointed at the sandbox."""
     env = dict(os.environ)
+    assert standin.oauth_url is not None  # set when start_bitrix24 started the stand-in
     env.update(
         {
             "DEBUG": "true",
@@ -314,6 +315,7 @@ def run(options: Options, out=sys.stdout) -> None:
             worker_command(options, folder), env=env, cwd=options.base_dir, start_new_session=True
         )
         # The banner only once everything answers: the app, the portal's page, the OAuth server.
+        assert standin.oauth_url is not None  # set when start_bitrix24 started the stand-in
         for url in (f"http://127.0.0.1:{options.app_port}/healthz", SandboxPages.portal_url(portal), standin.oauth_url):
             _wait_until_ready(process, url)
         out.write(banner(options, standin, pages, portal, folder, admin) + "\n")

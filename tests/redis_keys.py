@@ -32,7 +32,8 @@ def clear_cache(cache) -> None:
     if isinstance(cache, RedisCache):
         if not cache.key_prefix:
             raise RuntimeError("a test Redis cache needs a KEY_PREFIX (tests/redis_keys.py: RUN_PREFIX)")
-        for location in cache._servers:
+        # The server list is private to RedisCache (django-stubs leaves it out); Django keeps it there.
+        for location in cache._servers:  # type: ignore[attr-defined]
             delete_prefixed(location, cache.key_prefix + ":")
     else:
         cache.clear()

@@ -51,7 +51,7 @@ class StandIn:
         self.local_handler_hosts = {"localhost", "127.0.0.1"}
         self.access_ttl = access_ttl
         self.port = port
-        self.state_file = None
+        self.state_file: str | os.PathLike[str] | None = None
         self.web = None
         self.event_deliveries: list[dict] = []  # every deliver_event() answer, oldest first
         self.lock = threading.RLock()
@@ -69,15 +69,15 @@ class StandIn:
         self.portals: list[Portal] = []
         self.recorders: list[Recorder] = []
         self.address = None
-        self.oauth_url = None
-        self.server_endpoint = None
+        self.oauth_url: str | None = None  # both set by start()
+        self.server_endpoint: str | None = None
         self._access: dict[str, Grant] = {}
         self._refresh: dict[str, Grant] = {}
         self._servers: list[Server] = []
         self._started = False
         self._stopped = False
         self._save_lock = threading.Lock()
-        self._saved_text = None
+        self._saved_text: str | None = None
 
     # lifecycle
 
@@ -310,15 +310,15 @@ class StandIn:
         by_member = {portal.member_id: portal for portal in restored}
         with self.lock:
             for token, saved in (state.get("access_tokens") or {}).items():
-                portal = by_member.get(saved.get("member_id"))
-                if portal is not None and saved.get("client_id", self.client_id) in self.apps:
+                owner = by_member.get(saved.get("member_id"))
+                if owner is not None and saved.get("client_id", self.client_id) in self.apps:
                     self._access[token] = Grant(
-                        portal, str(saved["user_id"]), float(saved["expires"]), saved.get("client_id")
+                        owner, str(saved["user_id"]), float(saved["expires"]), saved.get("client_id")
                     )
             for token, saved in (state.get("refresh_tokens") or {}).items():
-                portal = by_member.get(saved.get("member_id"))
-                if portal is not None and saved.get("client_id", self.client_id) in self.apps:
-                    self._refresh[token] = Grant(portal, str(saved["user_id"]), None, saved.get("client_id"))
+                owner = by_member.get(saved.get("member_id"))
+                if owner is not None and saved.get("client_id", self.client_id) in self.apps:
+                    self._refresh[token] = Grant(owner, str(saved["user_id"]), None, saved.get("client_id"))
         self._autosave()
         return restored
 

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .errors import REST_ERROR_DESCRIPTION
-from .faults import oversized_shape, slow_shape
+from .faults import Faults, oversized_shape, slow_shape
 from .limits import PLANS
+
+if TYPE_CHECKING:  # core imports portal, which imports this module
+    from .core import StandIn
 
 __all__ = ["Switches"]
 
 
 class Switches:
     """Mixed into ``Portal``; every switch takes the stand-in's lock."""
+
+    # The portal's state the switches turn, set up by Portal.__init__ (declared here for the type checker).
+    _standin: StandIn
+    _blocked: str | None  # the OAuth error a blocked portal answers
+    _failures: dict[str, list[tuple[str, str, int]]]  # method -> scripted (error, description, status)
+    _faults: Faults
+    license: str
 
     def expire_access_tokens(self) -> None:
         """Every access token minted so far answers expired_token."""
