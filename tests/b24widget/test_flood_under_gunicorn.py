@@ -20,7 +20,8 @@ from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import do_install
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: gunicorn in a subprocess under a flood of requests.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def _free_port() -> int:
