@@ -20,7 +20,8 @@ from tests.conftest import do_install
 from tests.helpers import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: gunicorn in a subprocess under a flood of requests.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def _post(port, path, fields, timeout=10.0):

@@ -102,6 +102,7 @@ with override_settings(METRICS_TOKEN="t", ALLOWED_HOSTS=["testserver"]):
 """
 
 
+@pytest.mark.slow  # gunicorn workers
 def test_gunicorn_workers_counters_are_added_up_in_multiprocess_mode(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "tests.settings"}
     for count in (3, 4):  # two "workers", each its own process

@@ -35,12 +35,14 @@ def manage(*args, env):
     )
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_check_deploy_is_clean_with_the_documented_production_variables():
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
+@pytest.mark.slow  # manage.py subprocesses
 @pytest.mark.parametrize(
     "missing", ["SECRET_KEY", "B24_CLIENT_ID", "B24_CLIENT_SECRET", "B24_APP_URL", "TOKEN_ENCRYPTION_KEYS"]
 )
@@ -53,6 +55,7 @@ def test_refuses_to_start_without_a_secret(missing):
     assert PRODUCTION["B24_CLIENT_SECRET"] not in result.stderr
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_debug_runs_without_any_secret():
     result = manage("check", env={"DEBUG": "true"})
     assert result.returncode == 0, result.stderr
@@ -68,6 +71,7 @@ def test_healthz(client, db):
     }
 
 
+@pytest.mark.slow  # waits out the broker's connect timeout
 def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db, settings, monkeypatch):
     from inbox.models import InboxItem
 
@@ -91,6 +95,7 @@ def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db,
     assert body["inbox"]["unfinished"] == 1 and body["inbox"]["failed"] == 1
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_every_bad_setting_is_named_in_one_message_without_a_traceback():
     env = {
         **PRODUCTION,
@@ -124,6 +129,7 @@ def test_every_bad_setting_is_named_in_one_message_without_a_traceback():
     assert PRODUCTION["TOKEN_ENCRYPTION_KEYS"] not in result.stderr
 
 
+@pytest.mark.slow  # manage.py subprocesses
 def test_production_refuses_an_http_app_url_and_an_unknown_database_scheme():
     env = {**PRODUCTION, "B24_APP_URL": "http://app.example.com", "DATABASE_URL": "foo://user:hunter2@db/x"}
     result = manage("check", env=env)
@@ -133,6 +139,7 @@ def test_production_refuses_an_http_app_url_and_an_unknown_database_scheme():
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a gunicorn subprocess
 def test_gunicorn_start_refuses_bad_settings_with_one_message():
     env = {**PRODUCTION, "TOKEN_ENCRYPTION_KEYS": "notakey", "B24_SANDBOX": "true"}
     base = {k: v for k, v in os.environ.items() if not k.startswith(("B24_", "DJANGO_", "TOKEN_", "DEBUG"))}
@@ -150,6 +157,7 @@ def test_gunicorn_start_refuses_bad_settings_with_one_message():
     assert "B24_SANDBOX=true is refused" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # manage.py subprocesses
 def test_local_switches_are_fine_with_debug_and_the_test_settings_pass_the_checks():
     assert (
         manage("check", env={"DEBUG": "true", "B24_SANDBOX": "true", "B24_ALLOW_HTTP_PORTALS": "true"}).returncode == 0

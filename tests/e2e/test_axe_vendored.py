@@ -1,6 +1,10 @@
 """The vendored axe-core is the pinned npm release, unmodified (its published SRI hash)."""
 
+import pytest
+
 from tests.e2e.axe import AXE_JS, PINNED, vendored_sri
+
+pytestmark = pytest.mark.browser  # every test under tests/e2e
 
 
 def test_the_vendored_axe_core_is_the_pinned_release():

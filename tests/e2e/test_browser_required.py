@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 # The check runs the browser tests in a subprocess on SQLite, whatever DATABASE_URL says: once, on SQLite.
-pytestmark = pytest.mark.own_database
+# browser: every test under tests/e2e; slow: a pytest subprocess.
+pytestmark = [pytest.mark.own_database, pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 

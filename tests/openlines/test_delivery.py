@@ -161,6 +161,7 @@ def test_parked_replies_become_dead_letters_after_the_retry_window(
 
 
 # --- 2. leases and run budgets ---------------------------------------------------------------------------
+@pytest.mark.slow  # real time: a POST past its lease
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(
     client, chats, receiver, sink, django_capture_on_commit_callbacks
@@ -191,6 +192,7 @@ def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(
     assert tasks.deliver_outbound(row.pk) == "busy"
 
 
+@pytest.mark.slow  # real time: spends a 1 s run budget
 def test_an_outbound_run_stops_at_its_budget_and_queues_the_rest(
     client, chats, receiver, sink, settings, django_capture_on_commit_callbacks
 ):
@@ -217,6 +219,7 @@ def test_an_outbound_run_stops_at_its_budget_and_queues_the_rest(
     assert set(OutboundMessage.objects.values_list("state", flat=True)) == {Delivery.SENT}
 
 
+@pytest.mark.slow  # real time: spends a 1 s run budget
 def test_an_inbound_run_stops_at_its_budget_and_queues_the_rest(
     client, channel, settings, django_capture_on_commit_callbacks
 ):
@@ -345,6 +348,7 @@ def test_408_429_and_5xx_are_retried_with_backoff(
 
 
 # --- 5. a delivery status Bitrix24 did not take is reported later, once ---------------------------------
+@pytest.mark.slow  # over 1.5 s: limit retries
 @pytest.mark.parametrize("error, status", [("QUERY_LIMIT_EXCEEDED", 503), ("INTERNAL_SERVER_ERROR", 500)])
 def test_a_delivery_status_bitrix24_refused_is_reported_later_without_posting_again(
     client, chats, receiver, sink, settings, error, status, django_capture_on_commit_callbacks

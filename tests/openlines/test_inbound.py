@@ -150,6 +150,7 @@ def test_a_malformed_body_is_400_and_names_the_field(client, channel, payload, f
     assert field in response.json()["error_description"]
 
 
+@pytest.mark.slow  # over 1.5 s: limit retries
 def test_query_limit_exceeded_loses_nothing(client, channel, django_capture_on_commit_callbacks, settings):
     """Bitrix24 answers QUERY_LIMIT_EXCEEDED longer than the client retries: the messages wait, then go, once."""
     # A fast bucket: each limit answer fills it, and the client's retries wait for it (keeps the test short).

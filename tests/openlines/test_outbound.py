@@ -176,6 +176,7 @@ def test_events_handled_late_relay_what_the_portal_shows_now(
     ]
 
 
+@pytest.mark.slow  # real time: sleeps 1 s
 def test_a_second_edit_of_the_same_message_reaches_the_webhook_too(
     client, conversation, receiver, sink, django_capture_on_commit_callbacks
 ):

@@ -656,6 +656,7 @@ def test_a_forged_event_asks_the_portal_about_at_most_three_chats(
     assert receiver.got == []
 
 
+@pytest.mark.slow  # over 1.5 s: limit retries
 def test_an_operator_message_the_portal_cannot_confirm_for_now_is_retried_not_dropped(
     client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings
 ):

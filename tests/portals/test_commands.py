@@ -161,6 +161,7 @@ def test_outage_fails_the_run_without_blocking(client, standin):
     assert summary(out)["refreshed"] == 2
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_outage_exit_status_of_manage_py(client, standin):
     pairs = install(client, standin, 1)
     age(pairs, days=160)
@@ -289,6 +290,7 @@ def _command_env(standin):
     }
 
 
+@pytest.mark.slow  # two manage.py subprocesses
 def test_two_copies_at_once_refresh_each_portal_once(client, standin):
     pairs = install(client, standin, 12)
     age(pairs, days=160)
@@ -347,6 +349,7 @@ def _wait_for_refreshes(standin, before, count):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # a manage.py subprocess, signalled
 def test_sigterm_finishes_what_is_in_flight_and_loses_no_token(client, standin):
     import signal
 
@@ -366,6 +369,7 @@ def test_sigterm_finishes_what_is_in_flight_and_loses_no_token(client, standin):
     assert sum(summary(out)[k] for k in ("refreshed",)) == sent
 
 
+@pytest.mark.slow  # a manage.py subprocess, signalled
 def test_sigkill_loses_at_most_the_refreshes_in_flight(client, standin):
     import signal
 
@@ -380,6 +384,7 @@ def test_sigkill_loses_at_most_the_refreshes_in_flight(client, standin):
     assert len(_lost(standin, pairs)) <= 2  # at most one per worker; each heals at an administrator's open
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_a_wrong_client_secret_stops_the_run_and_blocks_nobody(client, standin):
     pairs = install(client, standin, 6)
     age(pairs, days=160)

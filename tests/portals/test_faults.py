@@ -37,6 +37,7 @@ def live_refresh_tokens(standin):
 # --- the OAuth server answers late ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real time: a late OAuth answer
 @pytest.mark.django_db
 def test_a_late_oauth_answer_is_received_and_stored(installed, standin, settings):
     """The server rotates at once and answers after the REST read timeout: the refresh's own deadline waits."""
@@ -50,6 +51,7 @@ def test_a_late_oauth_answer_is_received_and_stored(installed, standin, settings
     assert fresh.status == Portal.Status.ACTIVE
 
 
+@pytest.mark.slow  # real time: a 1.5 s late OAuth answer
 @pytest.mark.django_db(transaction=True)
 def test_no_row_lock_is_held_while_the_oauth_server_thinks(installed, standin):
     portal, _b24 = installed
@@ -84,6 +86,7 @@ def test_no_row_lock_is_held_while_the_oauth_server_thinks(installed, standin):
     assert stored.refresh_lease_owner == "" and stored.refresh_lease_until is None
 
 
+@pytest.mark.slow  # real time: a 1.5 s late OAuth answer
 @pytest.mark.django_db(transaction=True)
 def test_callers_waiting_for_a_slow_refresh_do_not_pile_up(installed, standin):
     """20 callers find the token expired while one refresh waits 1.5 s: one OAuth request; the others
@@ -170,6 +173,7 @@ def misbehaving():
         yield server.url
 
 
+@pytest.mark.slow  # real time: waits out a deadline
 def test_a_trickling_answer_hits_the_total_deadline(misbehaving):
     with pytest.raises(http.HttpFailure) as info:
         http.send("GET", f"{misbehaving}/trickle", connect_timeout=2, read_timeout=5, deadline=1, max_bytes=1 << 20)
@@ -183,6 +187,7 @@ def test_an_oversized_answer_is_cut_at_the_cap(misbehaving, path):
     assert info.value.code == "too_large"
 
 
+@pytest.mark.slow  # real time: waits out a deadline
 @pytest.mark.django_db
 def test_the_oauth_server_trickling_is_unavailable_not_a_hang(settings, misbehaving):
     settings.B24_OAUTH_URL = f"{misbehaving}/trickle"
@@ -229,6 +234,7 @@ def test_with_redis_down_installs_and_opens_still_work(client, frame, b24, redis
 # --- the database does not answer --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_database_that_does_not_answer_is_a_fast_503_page_in_the_frame():
     """A host that accepts connections and never speaks (a frozen or unreachable PostgreSQL)."""
     silent = socket.socket()
@@ -278,6 +284,7 @@ def test_a_500_page_is_framed_by_the_portal_and_localized():
 # --- the same faults from the stand-in's portal and OAuth server ----------------------------------------
 
 
+@pytest.mark.slow  # real time: waits out a deadline
 @pytest.mark.django_db
 def test_a_portal_trickling_its_answer_hits_the_rest_deadline(installed, settings):
     from bitrix24.errors import TransportError
@@ -370,6 +377,7 @@ def time_left_open():
     return shared_cache._cache_down_until[0] - time.monotonic()
 
 
+@pytest.mark.slow  # real time: a 1 s late OAuth answer
 @pytest.mark.django_db(transaction=True)
 def test_an_uninstall_during_a_refresh_keeps_the_secrets_wiped(client, installed, standin):
     """The refresh was on its way (the OAuth server answers late) when the uninstall arrived: the uninstall

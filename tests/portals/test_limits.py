@@ -14,6 +14,7 @@ from tests.helpers import in_threads, run_together
 from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
 
+@pytest.mark.slow  # paced in real time
 def test_gcra_allows_the_burst_then_paces(settings):
     settings.B24_RATE_LIMIT_MARGIN = 0
     settings.B24_RATE_LIMIT_BURST = 3
@@ -85,6 +86,7 @@ def _calls_from_threads(portal, *, threads: int, calls: int) -> list[str]:
     return errors
 
 
+@pytest.mark.slow  # paced in real time
 @pytest.mark.django_db(transaction=True)
 def test_threads_sharing_one_portal_stay_under_the_limit(settings, client, b24):
     from tests.conftest import do_install
@@ -132,6 +134,7 @@ print(errors)
 """
 
 
+@pytest.mark.slow  # processes paced in real time
 @pytest.mark.django_db
 def test_processes_sharing_one_portal_through_redis_stay_under_the_limit(settings, installed):
     portal, b24 = installed
@@ -225,6 +228,7 @@ def test_a_limit_answer_fills_the_bucket_repeated_ones_halve_the_rate_then_it_pr
     assert _share("m-adapt", later) == pytest.approx(limits.BACKOFF + limits.PROBE_STEP)
 
 
+@pytest.mark.slow  # paced in real time
 @pytest.mark.django_db(transaction=True)
 def test_a_bucket_more_optimistic_than_the_portal_adapts_and_no_limit_error_surfaces(settings, client, b24):
     """Our numbers say 40 burst, 40/s; the portal allows 10, then 20/s (another app on our address, a wrong

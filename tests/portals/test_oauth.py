@@ -144,6 +144,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # processes (PostgreSQL only)
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_refresh_race_between_processes_makes_one_oauth_request(client, b24, standin):

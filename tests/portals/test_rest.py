@@ -41,6 +41,7 @@ def test_refresh_that_fails_is_typed_and_blocks(installed):
     assert Portal.objects.get(pk=portal.pk).status == Portal.Status.BLOCKED
 
 
+@pytest.mark.slow  # real time: back-off waits
 def test_query_limit_is_retried_with_backoff(installed):
     portal, b24 = installed
     b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=2)
@@ -60,6 +61,7 @@ def test_retries_are_bounded(installed, settings):
     assert b24.calls("user.admin") - before == 3
 
 
+@pytest.mark.slow  # real time: back-off waits
 def test_limit_answers_are_retried_apart_from_the_generic_retries(installed, settings):
     """Each QUERY_LIMIT_EXCEEDED slows the shared bucket and waits for the next slot: never surfaced, counted."""
     portal, b24 = installed
@@ -73,6 +75,7 @@ def test_limit_answers_are_retried_apart_from_the_generic_retries(installed, set
     assert after["limit_retries"] - before.get("limit_retries", 0) == 8
 
 
+@pytest.mark.slow  # real time: back-off waits
 def test_limit_answers_end_after_many(installed, settings):
     portal, b24 = installed
     settings.B24_RATE_LIMIT_PER_SECOND = 1000

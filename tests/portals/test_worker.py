@@ -20,7 +20,8 @@ from portals.models import Portal, PortalEvent
 from tests.conftest import do_install
 from tests.workers import Worker, lose_the_queue, uses_rabbitmq, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# slow: every test runs real Celery worker processes.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 State = InboxItem.State
 K = PortalEvent.Kind
 

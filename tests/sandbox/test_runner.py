@@ -76,6 +76,7 @@ def test_the_command_refuses_outside_development(settings):
         Command().handle(app_port=1, portal_port=2, server_port=3, dir=None, reset=False, noreload=True)
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_production_settings_do_not_even_have_the_command():
     env = clean_env(
         DEBUG="false",
@@ -142,6 +143,7 @@ def test_a_taken_port_is_a_clear_error(tmp_path):
             runner.start_bitrix24(taken, runner._prepare_folder(taken))
 
 
+@pytest.mark.slow  # manage.py sandbox as a subprocess
 def test_manage_py_sandbox_runs_the_app_beside_the_sandbox(tmp_path):
     """The README's command, for real: migrate, an admin login, runserver, the URLs; SIGTERM stops it all."""
     ports = {"app": free_port(), "portal": free_port(), "server": free_port()}
@@ -228,6 +230,7 @@ def test_a_taken_port_stops_the_sandbox_before_anything_starts(tmp_path, taken, 
     assert not chosen.folder.exists()  # nothing was started or written
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_the_command_names_the_taken_port_and_its_flag_in_one_line(tmp_path):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -267,6 +270,7 @@ def test_two_roles_on_one_port_are_refused(tmp_path):
         runner.check_ports(options(tmp_path, app_port=port, portal_port=port))
 
 
+@pytest.mark.slow  # manage.py devserver (and its Celery worker) as subprocesses
 def test_manage_py_devserver_runs_the_app_with_a_worker(tmp_path):
     """The README's first command ends in `manage.py devserver`: the app and a worker on the embedded broker;
     an event the app stored is applied (here: refused, final) without anything else started; SIGTERM stops both."""

@@ -173,6 +173,7 @@ def test_the_portal_rest_allows_calls_from_a_frame(http, portal):
 # --- limits -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real time: the portal's bucket drains
 def test_plans_set_the_burst(http, portal):
     token = portal.issue_tokens()["access_token"]
     portal.set_plan("others")
@@ -216,6 +217,7 @@ def test_operating_time_is_per_method_and_batch_is_not_counted(http, portal):
 # --- fault knobs ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real time: a late OAuth answer
 def test_a_late_oauth_answer_has_already_rotated_the_refresh_token(http, standin, portal):
     tokens = portal.issue_tokens()
     standin.oauth_late = 60.0  # stop() ends the wait at teardown
@@ -235,6 +237,7 @@ def test_a_late_oauth_answer_has_already_rotated_the_refresh_token(http, standin
     assert refresh(http, standin, tokens["refresh_token"]).json()["error"] == "invalid_grant"
 
 
+@pytest.mark.slow  # real time: a trickled answer
 def test_a_trickled_answer_arrives_byte_by_byte(standin, portal):
     token = portal.issue_tokens()["access_token"]
     portal.slow_answer("server.time", chunk=1, pause=60)  # stop() ends the trickle at teardown

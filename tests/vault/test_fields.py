@@ -133,6 +133,7 @@ def test_an_undecryptable_portal_is_named_with_what_to_do_and_the_others_are_rot
     assert Fernet(kept_key.encode()).decrypt(raw_column(kept, "access_token").encode()) == b"kept-secret"
 
 
+@pytest.mark.slow  # a manage.py subprocess
 def test_the_help_documents_dry_run():
     import subprocess
     import sys
