@@ -153,6 +153,14 @@ B24_INBOX_SWEEP_INTERVAL = read.float("B24_INBOX_SWEEP_INTERVAL", default=30.0, 
 B24_INBOX_SWEEP_BATCH = read.int("B24_INBOX_SWEEP_BATCH", default=1000, minimum=1)
 B24_INBOX_UNVERIFIED_BURST = read.int("B24_INBOX_UNVERIFIED_BURST", default=20)
 B24_INBOX_UNVERIFIED_PER_MINUTE = read.float("B24_INBOX_UNVERIFIED_PER_MINUTE", default=30.0)
+# Offline events (inbox/offline.py): how often beat pulls each serving portal's offline queue (seconds), at
+# most how many records one pull takes (50 a request, so MAX/50 + 1 requests), how long one pull of a portal
+# may hold its single-flight (seconds), and ONOFFLINEEVENT's minTimeout (api-reference/events/on-offline-event.md:
+# at most one "new records" notification per that many seconds).
+B24_OFFLINE_PULL_INTERVAL = read.float("B24_OFFLINE_PULL_INTERVAL", default=300.0, minimum=10.0)
+B24_OFFLINE_PULL_MAX = read.int("B24_OFFLINE_PULL_MAX", default=500, minimum=1)
+B24_OFFLINE_PULL_LEASE = read.float("B24_OFFLINE_PULL_LEASE", default=300.0, minimum=1.0)
+B24_OFFLINE_MIN_TIMEOUT = read.int("B24_OFFLINE_MIN_TIMEOUT", default=60, minimum=0)
 # Background passes fan out per-portal tasks in chunks of this many portal ids.
 B24_FANOUT_CHUNK = read.int("B24_FANOUT_CHUNK", default=50, minimum=1)
 
@@ -387,6 +395,8 @@ from celery.schedules import crontab  # noqa: E402
 
 CELERY_BEAT_SCHEDULE = {
     "inbox-sweep": {"task": "portals.sweep_inbox", "schedule": B24_INBOX_SWEEP_INTERVAL},
+    # Each serving portal's offline queue: what Bitrix24 could not deliver (ONOFFLINEEVENT wakes one sooner).
+    "inbox-offline-pull": {"task": "inbox.pull_offline_events", "schedule": B24_OFFLINE_PULL_INTERVAL},
     # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
     "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},

@@ -73,13 +73,31 @@ def retry_after_header(seconds: float | None) -> str | None:
     return None if seconds is None else str(max(int(seconds + 0.999), 1))
 
 
-def rebind_commands(events: list[str] | tuple[str, ...], handler: str) -> dict[str, Command]:
+def rebind_commands(
+    events: list[str] | tuple[str, ...],
+    handler: str,
+    *,
+    event_type: str = "online",
+    options: dict[str, Any] | None = None,
+) -> dict[str, Command]:
     """Batch commands that bind `events` to `handler` afresh: an `event.unbind` before each `event.bind`
-    (api-reference/events/event-bind.md: a repeated bind is refused, not ignored)."""
+    (api-reference/events/event-bind.md: a repeated bind is refused, not ignored).
+
+    `event_type="offline"` binds into the portal's offline queue instead (api-reference/events/offline-events.md:
+    `event_type=offline` and no handler; keys `unbind_offline_<event>`, `bind_offline_<event>`). `options` go
+    with each bind (event-bind.md; ONOFFLINEEVENT's `minTimeout`)."""
     commands: dict[str, Command] = {}
     for event in events:
+        if event_type == "offline":
+            params: dict[str, Any] = {"event": event, "event_type": "offline"}
+            commands[f"unbind_offline_{event}"] = ("event.unbind", dict(params))
+            commands[f"bind_offline_{event}"] = ("event.bind", params)
+            continue
         commands[f"unbind_{event}"] = ("event.unbind", {"event": event, "handler": handler})
-        commands[f"bind_{event}"] = ("event.bind", {"event": event, "handler": handler})
+        bind: dict[str, Any] = {"event": event, "handler": handler}
+        if options:
+            bind["options"] = dict(options)
+        commands[f"bind_{event}"] = ("event.bind", bind)
     return commands
 
 

@@ -19,12 +19,13 @@ class InboxItemAdmin(admin.ModelAdmin):
         "member_id",
         "portal",
         "event",
+        "source",
         "state",
         "attempts",
         "next_attempt_at",
         "short_error",
     )
-    list_filter = ("state", "event")
+    list_filter = ("state", "event", "source")
     search_fields = ("member_id", "portal__domain")
     list_select_related = ("portal",)
     show_full_result_count = False
@@ -34,6 +35,7 @@ class InboxItemAdmin(admin.ModelAdmin):
         "portal",
         "member_id",
         "event",
+        "source",
         "event_handler_id",
         "ts",
         "data",

@@ -23,6 +23,10 @@ class InboxItem(models.Model):
         REJECTED = "rejected", _("rejected")
         FAILED = "failed", _("failed")
 
+    class Source(models.TextChoices):
+        ONLINE = "online", _("online (POSTed to /events/)")
+        OFFLINE = "offline", _("offline (pulled from the portal's queue)")
+
     UNFINISHED = (State.PENDING, State.PROCESSING)
 
     VAULT_LABEL_FIELDS = ("event", "member_id")  # how key rotation names a row
@@ -32,9 +36,14 @@ class InboxItem(models.Model):
     member_id = models.CharField(max_length=64, help_text="As the event named it (the portal may not exist yet).")
     event = models.CharField(max_length=64, help_text="Bitrix24's event code, upper-cased.")
     event_handler_id = models.CharField(max_length=32, blank=True)
+    # How it came: POSTed by Bitrix24 (checked by its application_token), or pulled by us from the portal's
+    # offline queue with the app's own tokens (inbox/offline.py). Only the pull sets `offline`.
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.ONLINE)
     data = models.JSONField(default=dict, blank=True)
     sealed_auth = EncryptedTextField(blank=True, editable=False)
-    ts = models.CharField(max_length=32, blank=True, help_text="The event's `ts` as Bitrix24 sent it.")
+    ts = models.CharField(
+        max_length=32, blank=True, help_text="The event's `ts` as Bitrix24 sent it (offline: the record's TIMESTAMP_X)."
+    )
     idempotency_key = models.CharField(max_length=64, unique=True, editable=False)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)

@@ -38,6 +38,9 @@ class Event:
     auth: dict[str, JSON] = field(repr=False)
     ts: str = ""
     event_handler_id: str = ""
+    # Pulled from the portal's offline queue with the app's own tokens (inbox/offline.py): `data` holds the
+    # object's ids only and `auth` is empty, but the sender is the portal itself.
+    offline: bool = False
 
     @property
     def application_token(self) -> str:
@@ -53,6 +56,7 @@ class Event:
             auth=item.auth,
             ts=item.ts,
             event_handler_id=item.event_handler_id,
+            offline=getattr(item, "source", "online") == "offline",
         )
 
 

@@ -44,20 +44,41 @@ PROCESS_TASK = "portals.process_inbox_item"
 
 
 def idempotency_key(
-    event_code: str, *, member_id: str, ts: str, data: JSON, event_handler_id: str = "", application_token: str = ""
+    event_code: str,
+    *,
+    member_id: str,
+    ts: str,
+    data: JSON,
+    event_handler_id: str = "",
+    application_token: str = "",
+    offline_record: str = "",
 ) -> str:
     """A keyed digest (HMAC under SECRET_KEY) of what a repeated delivery of one event repeats.
 
-    Event code, handler id, member_id, `ts` and the whole `data` block identify the event; the
-    `application_token` keeps an unverified sender from taking a genuine event's key in advance. The
-    access and refresh tokens are left out: they are credentials of the delivery, not the event.
+    Online (POSTed to /events/): event code, handler id, member_id, `ts` and the whole `data` block identify
+    the event; the `application_token` keeps an unverified sender from taking a genuine event's key in
+    advance. The access and refresh tokens are left out: they are credentials of the delivery, not the event.
+
+    Offline (pulled from the portal's queue, inbox/offline.py): `offline_record` names the record *in the
+    state it was fetched*: its ID, MESSAGE_ID and TIMESTAMP_X (a later change of the same object moves
+    TIMESTAMP_X, so it is a new row). The material starts with "offline", a namespace of its own. So a record
+    fetched twice (a pull that stopped before `event.offline.clear`, then fetched again under the same
+    process_id) is stored once.
+
+    Why one event seen both ways is two rows, and still applied once: the two deliveries share no field that
+    names the change (online: `ts`, the full `data`, the handler id; offline: the object's ids, TIMESTAMP_X,
+    MESSAGE_ID). A key on the object's ids alone would fold two distinct online edits of one message into
+    one (the second lost), and would let anyone who knows the portal's application_token (every user of
+    the portal does) pre-empt a genuine event by posting its ids first. So the two rows run the same
+    handler, and "applied once" is the handler's contract (inbox/registry.py: idempotent): the portal's
+    own state decides (ONAPP*: the lifecycle state and app.info; connector messages: one webhook row per
+    add and delete, an edit relayed only when the portal shows a new text, openlines/events.py).
     """
-    material = json.dumps(
-        [event_code.upper(), str(event_handler_id), member_id, str(ts), data, application_token],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
+    if offline_record:
+        parts = ["offline", event_code.upper(), member_id, offline_record]
+    else:
+        parts = [event_code.upper(), str(event_handler_id), member_id, str(ts), data, application_token]
+    material = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(settings.SECRET_KEY.encode(), material.encode(), hashlib.sha256).hexdigest()
 
 
@@ -104,17 +125,60 @@ def accept(
         event_handler_id=event_handler_id,
         application_token=application_token,
     )
+    return _store(
+        entry.event_code,
+        portal=portal,
+        member_id=member_id,
+        data=data,
+        key=key,
+        sealed_auth=json.dumps(auth),
+        ts=str(ts),
+        event_handler_id=event_handler_id,
+        source=InboxItem.Source.ONLINE,
+    )
+
+
+def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, ts: str = "") -> tuple[InboxItem, bool]:
+    """Store one record of the portal's offline queue (inbox/offline.py); returns (item, created).
+
+    No request-time check runs: the record was fetched from the portal with the app's own tokens, so the
+    portal itself is the sender (and it carries no application_token to check). `record` names the record's
+    state (see idempotency_key); `data` is its EVENT_DATA as an object. Raises Refused for an event nobody
+    registered (nothing stored).
+    """
+    entry = registration(event_code)
+    if entry is None:
+        raise Refused(f"unknown event {event_code[:40]}", status=400)
+    key = idempotency_key(entry.event_code, member_id=member_id, ts=ts, data=data, offline_record=record)
+    return _store(
+        entry.event_code,
+        portal=directory().find(member_id),
+        member_id=member_id,
+        data=data,
+        key=key,
+        sealed_auth="",
+        ts=ts,
+        event_handler_id="",
+        source=InboxItem.Source.OFFLINE,
+    )
+
+
+def _store(
+    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source
+) -> tuple[InboxItem, bool]:
+    """One row for the event, or the row its key already has (a duplicate changes nothing)."""
     now = timezone.now()
     try:
         with transaction.atomic():
             item = InboxItem.objects.create(
                 portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
                 member_id=member_id,
-                event=entry.event_code,
+                event=event_code,
                 event_handler_id=event_handler_id[:32],
+                source=source,
                 data=data,
-                sealed_auth=json.dumps(auth),
-                ts=str(ts)[:32],
+                sealed_auth=sealed_auth,
+                ts=ts[:32],
                 idempotency_key=key,
                 received_at=now,
                 next_attempt_at=now,
@@ -126,12 +190,14 @@ def accept(
             raise
         log.info(
             "duplicate event delivery",
-            extra={"member_id": member_id, "event": entry.event_code, "inbox_id": existing.pk},
+            extra={"member_id": member_id, "event": event_code, "inbox_id": existing.pk, "source": source},
         )
         return existing, False
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
     transaction.on_commit(lambda: enqueue(item.pk), robust=True)
-    log.info("event accepted", extra={"member_id": member_id, "event": entry.event_code, "inbox_id": item.pk})
+    log.info(
+        "event accepted", extra={"member_id": member_id, "event": event_code, "inbox_id": item.pk, "source": source}
+    )
     return item, True
 
 

@@ -4,16 +4,18 @@ Apps call these from their AppConfig.ready():
 
     register(event_code, handler, *, needs_application_token=True, ordered=True, precheck=None)
     handler(item: InboxItem) -> str        # idempotent; raise Retry(reason) or Reject(reason)
-    set_directory(directory)               # portals: which stored portal an event names (see Directory)
+    set_directory(directory)               # portals: which stored portal an event names, and (for the pull of
+                                           # offline events, inbox/offline.py) which portals to pull with what
 
 Per portal, an `ordered` event is not processed while an older ordered one is unfinished (install
 before uninstall). `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bitrix24.client import Client
 from bitrix24.errors import Refusal
 from bitrix24.wire import JSON
 
@@ -116,12 +118,31 @@ class Directory(Protocol):
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         """Count a refused event of a sender nobody verified (never one row per refusal)."""
 
+    def offline_client(self, member_id: str) -> Client | None:
+        """The app's REST client for a serving portal whose offline events are bound, or None (nothing to pull)."""
+
+    def offline_portals(self) -> Iterable[str]:
+        """The member_ids of the serving portals whose offline events are bound (the beat's pull)."""
+
+    def offline_failed(self, member_id: str, *, code: str, description: str) -> None:
+        """The portal answered the pull with an error (`code` as Bitrix24 or the client gave it): the portals
+        app judges what it means (the app uninstalled, offline events no longer allowed, or nothing)."""
+
 
 class _NoPortals:
     def find(self, member_id: str) -> None:
         return None
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
+        return None
+
+    def offline_client(self, member_id: str) -> None:
+        return None
+
+    def offline_portals(self) -> list[str]:
+        return []
+
+    def offline_failed(self, member_id: str, *, code: str, description: str) -> None:
         return None
 
 

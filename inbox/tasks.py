@@ -1,12 +1,21 @@
 """The inbox's Celery tasks (their names predate the app: tasks queued by an older release still run).
 
 - process_inbox_item: one stored event (inbox/queue.py claims it once, whatever re-delivers it);
-- sweep_inbox: re-send tasks that look lost (beat, every B24_INBOX_SWEEP_INTERVAL).
+- sweep_inbox: re-send tasks that look lost (beat, every B24_INBOX_SWEEP_INTERVAL);
+- pull_offline_events (beat, every B24_OFFLINE_PULL_INTERVAL): one pull_offline_chunk per
+  B24_FANOUT_CHUNK portals whose offline events are bound; a chunk pulls each portal's offline queue into
+  the inbox (inbox/offline.py) and queues a portal again when its pull stopped at B24_OFFLINE_PULL_MAX.
 """
 
-from celery import shared_task
+import logging
 
-from . import queue
+from celery import shared_task
+from django.conf import settings
+
+from . import offline, queue
+from .registry import directory
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -19,3 +28,35 @@ def process_inbox_item(self, item_id: int) -> str:
 @shared_task(name="portals.sweep_inbox", acks_late=True, ignore_result=True)
 def sweep_inbox() -> int:
     return queue.sweep()
+
+
+@shared_task(name="inbox.pull_offline_events", acks_late=True, ignore_result=True)
+def pull_offline_events() -> int:
+    """Fan out the pulls: one task per chunk of portals, so every worker takes a share. Returns the chunks."""
+    chunk: list[str] = []
+    sent = 0
+    for member_id in directory().offline_portals():
+        chunk.append(member_id)
+        if len(chunk) >= settings.B24_FANOUT_CHUNK:
+            pull_offline_chunk.delay(chunk)
+            sent, chunk = sent + 1, []
+    if chunk:
+        pull_offline_chunk.delay(chunk)
+        sent += 1
+    log.info("offline pull fanned out", extra={"chunks": sent})
+    return sent
+
+
+@shared_task(name=offline.PULL_TASK, acks_late=True, ignore_result=True)
+def pull_offline_chunk(member_ids: list[str]) -> dict:
+    """Pull each portal's offline queue (a pull already running for a portal is skipped, not waited for)."""
+    counts = {"pulled": 0, "skipped": 0, "failed": 0, "stored": 0}
+    for member_id in member_ids:
+        pulled = offline.pull(member_id)
+        kind = "skipped" if pulled.skipped else "failed" if pulled.failed else "pulled"
+        counts[kind] += 1
+        counts["stored"] += pulled.stored
+        if pulled.more:
+            offline.request_pull(member_id)
+    log.info("offline pull chunk done", extra=counts)
+    return counts

@@ -2,6 +2,9 @@
 
 Each takes the stored event (`item.portal`, `item.data` as Bitrix24 sent it), is idempotent (an event
 may be handled again), and returns a short outcome. Pages: api-reference/imopenlines/imconnector/events/.
+An event pulled from the portal's offline queue (inbox/offline.py) carries only the ids (`CONNECTOR`, `LINE`,
+each message's `im` and `chat`), which is all these read: text, author and files come from the portal's
+history (confirm.py) either way.
 """
 
 import logging
@@ -127,6 +130,12 @@ def _on_message(action: str) -> Handler:
         claims = confirm.claims_of(item.data)
         if not claims:
             raise Reject("the event names no message (MESSAGES with im.chat_id and im.message_id)")
+        if action != OutboundMessage.Action.UPDATE:
+            # A message is added once and deleted once: an event already relayed (the same event handled again,
+            # or seen both online and offline, inbox/offline.py) costs no call to the portal.
+            claims = _not_relayed(channel, action, claims)
+            if not claims:
+                return "0 message(s) queued for the webhook"
         try:
             confirmed, refused = confirm.confirm(channel, action, claims)
         except RestError as exc:
@@ -141,6 +150,17 @@ def _on_message(action: str) -> Handler:
 
     handler.__name__ = f"on_message_{action}"
     return handler
+
+
+def _not_relayed(channel: Channel, action: str, claims: list) -> list:
+    """The claims not relayed yet with this action: a claim counts as relayed only when its chat, its message and
+    its outside chat are the relayed row's (a claim that names them otherwise is confirmed, and refused, as ever)."""
+    done = set(
+        OutboundMessage.objects.filter(
+            channel=channel, action=action, im_message_id__in=[c.im_message_id for c in claims]
+        ).values_list("im_chat_id", "im_message_id", "external_chat_id")
+    )
+    return [c for c in claims if (c.im_chat_id, c.im_message_id, c.external_chat_id) not in done]
 
 
 on_message_add = _on_message(OutboundMessage.Action.ADD)

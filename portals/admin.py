@@ -15,7 +15,7 @@ HISTORY_ROWS = 100
 @admin.register(Portal)
 class PortalAdmin(admin.ModelAdmin):
     list_display = ("domain", "member_id", "status", "app_status", "installed_at", "last_seen_at", "access_expires_at")
-    list_filter = ("status", "app_status")
+    list_filter = ("status", "app_status", "offline_events")
     search_fields = ("domain", "member_id")
     show_full_result_count = False  # one COUNT per page, however many portals
     list_per_page = 50
@@ -30,6 +30,7 @@ class PortalAdmin(admin.ModelAdmin):
                     "payment_expired",
                     "license",
                     "rest_plan",
+                    "offline_events_state",
                     "app_version",
                     "language",
                     "scope",
@@ -63,6 +64,7 @@ class PortalAdmin(admin.ModelAdmin):
         "payment_expired",
         "license",
         "rest_plan",
+        "offline_events_state",
         "app_version",
         "language",
         "scope",
@@ -121,6 +123,24 @@ class PortalAdmin(admin.ModelAdmin):
         state = _("expired") if obj.access_token_expired(leeway=0) else _("valid")
         refresh = _("refresh token set") if obj.refresh_token else _("no refresh token")
         return format_html("{} ({} {}), {}", _("set"), state, expires, refresh)
+
+    @admin.display(description=_("offline events"))
+    def offline_events_state(self, obj):
+        """Whether what Bitrix24 could not deliver (our server down or failing) still reaches the app: it is kept
+        in the portal's offline queue, which the app pulls (inbox/offline.py), only when they are bound."""
+        state = obj.offline_events
+        if state == Portal.OfflineEvents.BOUND:
+            text = _("bound: an event Bitrix24 cannot deliver is kept in the portal's queue and pulled")
+        elif state == Portal.OfflineEvents.UNAVAILABLE:
+            text = _(
+                "not available on this portal's plan (feature.get rest_offline_extended): an event Bitrix24 "
+                "cannot deliver while the app is unreachable is lost"
+            )
+        elif state == Portal.OfflineEvents.FAILED:
+            text = _("refused by Bitrix24 (see the history); bound again at the next update or re-bind")
+        else:
+            text = _("not bound yet: bound at the next install, update or re-bind")
+        return format_html('<span id="offline-events" data-state="{}">{}</span>', state or "unknown", text)
 
     @admin.display(description=_("application token"))
     def application_token_state(self, obj):

@@ -21,6 +21,7 @@ import re
 
 from bitrix24 import oauth
 from bitrix24.errors import Refusal, RestError, TokenRefreshFailed
+from inbox import queue as inbox_queue
 from inbox import registry as inbox
 from inbox.parsing import Event
 
@@ -77,6 +78,39 @@ class PortalDirectory:
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         lifecycle.count_rejection(member_id, source=source, reason=reason)
+
+    # --- the pull of offline events (inbox/offline.py) ---------------------------------------------------
+    def _offline(self):
+        return Portal.objects.filter(
+            status__in=(Portal.Status.NEW, Portal.Status.ACTIVE), offline_events=Portal.OfflineEvents.BOUND
+        )
+
+    def offline_client(self, member_id: str) -> PortalClient | None:
+        portal = self._offline().filter(member_id=member_id).first()
+        return PortalClient(portal) if portal is not None else None
+
+    def offline_portals(self):
+        return self._offline().order_by("pk").values_list("member_id", flat=True).iterator()
+
+    def offline_failed(self, member_id: str, *, code: str, description: str) -> None:
+        """What a refused pull means. The app gone from the portal (its tokens refused: the same answers
+        `_confirm_gone` takes as proof) is the uninstall Bitrix24 could not deliver: it goes through the inbox
+        as ONAPPUNINSTALL, so its handler confirms it again with the portal, in the portal's order. ACCESS_DENIED:
+        offline events are not allowed any more (not on the plan, or the installer no longer an administrator):
+        recorded on the portal, which then is not pulled until the next bind."""
+        portal = Portal.objects.filter(member_id=member_id).first()
+        if portal is None or not portal.is_serving:
+            # E.g. blocked by the pull's own refused refresh: a refused refresh alone uninstalls nothing (the
+            # lifecycle's rule); the admin shows the portal blocked, with the OAuth server's answer.
+            return
+        if code in _GONE and code != "portal_not_serving":
+            installed = portal.installed_at.isoformat() if portal.installed_at else ""
+            # Stored once per install (the key); CLEAN unknown, so the app's data is kept.
+            inbox_queue.accept_offline(UNINSTALL, member_id=member_id, data={"CLEAN": "0"}, record=f"gone:{installed}")
+        elif code == "ACCESS_DENIED":
+            lifecycle.set_offline_events(
+                portal, Portal.OfflineEvents.FAILED, reason=f"pull: {code} {description}"[:255]
+            )
 
 
 def _in_worker(apply):
@@ -153,6 +187,14 @@ def _grant_of(event: Event):
 
 
 def _on_install(portal: Portal | None, event: Event) -> str:
+    if event.offline:
+        # From the portal's own queue, read with our tokens: the install we hold (else we could not have read
+        # it). It only completes that install; it carries no application_token to save.
+        if portal is None or portal.status == Portal.Status.UNINSTALLED:
+            raise EventRefused("an offline ONAPPINSTALL for a portal we do not serve", status=404)
+        if portal.status == Portal.Status.NEW:
+            lifecycle.activate(portal, via="ONAPPINSTALL (offline)")
+        return "install confirmed"
     token = _usable_token(event)
     version = _version(event.data.get("VERSION"))
     known = portal is not None and portal.status != Portal.Status.UNINSTALLED and _token_matches(portal, token)
@@ -241,6 +283,10 @@ def _on_update(portal: Portal | None, event: Event) -> str:
         raise EventRefused("unknown portal", status=404)
     if portal.status == Portal.Status.UNINSTALLED:
         raise EventRefused("portal is uninstalled", status=409)
+    if event.offline:
+        # From the portal's own queue (no auth, the data as Bitrix24 kept it): the version and the bindings
+        # are asked of the portal below anyway. The new application_token is not learnt this way.
+        return _apply_update(portal, event)
     version = _version(event.data.get("VERSION"))
     if not version:
         raise EventRefused("ONAPPUPDATE without a usable data[VERSION]", status=400)
@@ -251,6 +297,10 @@ def _on_update(portal: Portal | None, event: Event) -> str:
             raise EventRefused("application_token does not match")
         grant = _grant_of(event)
         lifecycle.install(grant, language=_language(event.data.get("LANGUAGE_ID")), application_token=token)
+    return _apply_update(portal, event)
+
+
+def _apply_update(portal: Portal, event: Event) -> str:
     portal = Portal.objects.get(pk=portal.pk)
     # Every user knows the application_token, so the event's VERSION is only a hint: the portal's own
     # app.info, asked with the app's token, says which version is installed. A version we already hold

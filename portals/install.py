@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from bitrix24 import wire
 from bitrix24.client import BatchResult
-from bitrix24.errors import Refusal, RestError
+from bitrix24.errors import LimitWaitExceeded, Refusal, RestError, TransportError
 from bitrix24.frames import FramePost
 
 from . import install_steps, lifecycle
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # Events the app handles at <B24_APP_URL>/events/.
 APP_EVENTS = ("ONAPPINSTALL", "ONAPPUNINSTALL", "ONAPPUPDATE")
+# api-reference/events/on-offline-event.md: "there are new records in the offline queue", bound online.
+ONOFFLINEEVENT = "ONOFFLINEEVENT"
+# api-reference/common/system/feature-get.md: whether the portal's plan has offline events.
+OFFLINE_FEATURE = "rest_offline_extended"
 
 
 class InstallRefused(Refusal):
@@ -85,8 +89,9 @@ def ensure_writable() -> None:
 
 
 def bind(portal: Portal) -> None:
-    """Run every install step in order (placements, the app's events and app.info, the apps' own), then
-    record what was bound. Each step unbinds before it binds, so this is idempotent."""
+    """Run every install step in order (placements, the app's events and app.info, the apps' own), then bind
+    every event they bound offline too, and record what was bound. Each step unbinds before it binds, so this
+    is idempotent."""
     client = PortalClient(portal)
     placements: list[str] = []
     events: list[str] = []
@@ -101,7 +106,41 @@ def bind(portal: Portal) -> None:
             raise InstallUnavailable(type(exc).__name__) from None
         placements += done.placements
         events += done.events
-    lifecycle.record_bindings(portal, placements=placements, events=events)
+    offline = bind_offline(portal, client, events)
+    lifecycle.record_bindings(portal, placements=placements, events=events, offline=offline)
+
+
+def bind_offline(portal: Portal, client: PortalClient, events: list[str]) -> list[str]:
+    """Bind `events` offline as well (api-reference/events/offline-events.md), and ONOFFLINEEVENT online with
+    B24_OFFLINE_MIN_TIMEOUT; returns the events bound offline. Bitrix24 keeps what it could not deliver in the
+    portal's queue, which inbox/offline.py pulls.
+
+    Skipped when the plan lacks the feature (bind_app_events asked feature.get in its batch). A refusal
+    (offline binding is for administrators only, event-bind.md) is recorded on the portal, never fails the
+    install: the online bindings work as before. One batch request, whatever the number of events."""
+    if not events:
+        return []
+    if Portal.objects.filter(pk=portal.pk, offline_events=Portal.OfflineEvents.UNAVAILABLE).exists():
+        return []
+    commands = wire.rebind_commands(events, "", event_type="offline")
+    commands.update(
+        wire.rebind_commands([ONOFFLINEEVENT], events_url(), options={"minTimeout": settings.B24_OFFLINE_MIN_TIMEOUT})
+    )
+    try:
+        run_bindings(client, commands)
+    except (TransportError, LimitWaitExceeded) as exc:  # not an answer: the bind is not complete, as in a step
+        lifecycle.record_binding_failure(portal, exc.code, f"offline events: {exc.description}")
+        raise InstallUnavailable(exc.code) from None
+    except RestError as exc:
+        log.warning("offline events not bound", extra={"member_id": portal.member_id, "code": exc.code})
+        lifecycle.set_offline_events(portal, Portal.OfflineEvents.FAILED, reason=f"{exc.code}: {exc.description}"[:255])
+        return []
+    lifecycle.set_offline_events(portal, Portal.OfflineEvents.BOUND)
+    return list(events)
+
+
+# Commands that only ask (riding along in a binding batch): their refusal fails no binding.
+_ASKED = frozenset({"app_info", "offline_feature"})
 
 
 def run_bindings(client: PortalClient, commands: dict) -> BatchResult:
@@ -109,7 +148,7 @@ def run_bindings(client: PortalClient, commands: dict) -> BatchResult:
     refusal and "already bound" are not failures)."""
     result = client.batch(commands)
     for key, error in result.errors.items():
-        if key.startswith("unbind_") or key == "app_info" or wire.already_bound(error.code, error.description):
+        if key.startswith("unbind_") or key in _ASKED or wire.already_bound(error.code, error.description):
             continue
         raise RestError(error.code, f"{key}: {error.description}", method=error.method)
     return result
@@ -118,9 +157,26 @@ def run_bindings(client: PortalClient, commands: dict) -> BatchResult:
 def bind_app_events(portal: Portal, client: PortalClient) -> install_steps.Bound:
     """Install step (order 20): the app's own events, with the portal's app.info riding along (no request
     of its own): its LICENSE names the plan, and with it the request-rate bucket the client paces this
-    portal by (bitrix24.limits.plan_of)."""
-    commands = {"app_info": ("app.info", {}), **wire.rebind_commands(APP_EVENTS, events_url())}
+    portal by (bitrix24.limits.plan_of). feature.get rides along too: whether the plan has offline events
+    (bind_offline binds them after the last step unless it has not)."""
+    commands = {
+        "app_info": ("app.info", {}),
+        "offline_feature": ("feature.get", {"CODE": OFFLINE_FEATURE}),
+        **wire.rebind_commands(APP_EVENTS, events_url()),
+    }
     result = run_bindings(client, commands)
+    feature = result.result.get("offline_feature")
+    if isinstance(feature, dict) and feature.get("value") in ("Y", "N"):
+        # feature-get.md: {"value": "Y"|"N"}. An error (an older portal without the method) leaves it to the
+        # binding's own answer.
+        if feature["value"] == "N":
+            lifecycle.set_offline_events(
+                portal, Portal.OfflineEvents.UNAVAILABLE, reason=f"feature.get {OFFLINE_FEATURE} = N"
+            )
+        elif Portal.objects.filter(pk=portal.pk, offline_events=Portal.OfflineEvents.UNAVAILABLE).exists():
+            lifecycle.set_offline_events(
+                portal, Portal.OfflineEvents.UNKNOWN, reason=f"feature.get {OFFLINE_FEATURE} = Y"
+            )
     app = result.result.get("app_info")
     if isinstance(app, dict):
         raw_license = app.get("LICENSE")

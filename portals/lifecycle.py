@@ -179,8 +179,11 @@ def recover(portal: Portal, grant: TokenGrant, *, via: str, application_token: s
     return portal
 
 
-def record_bindings(portal: Portal, *, placements: list[str], events: list[str]) -> None:
-    """Placements and events are bound: the install is complete once the application_token is known too."""
+def record_bindings(
+    portal: Portal, *, placements: list[str], events: list[str], offline: list[str] | tuple[str, ...] = ()
+) -> None:
+    """Placements and events are bound: the install is complete once the application_token is known too.
+    `offline`: the events bound offline too (inbox/offline.py), recorded with them."""
     with transaction.atomic():
         now = timezone.now()
         Portal.objects.filter(pk=portal.pk).update(bound_at=now, last_error="")
@@ -188,7 +191,25 @@ def record_bindings(portal: Portal, *, placements: list[str], events: list[str])
         if placements:
             record(portal, Kind.PLACEMENT_BOUND, placements=placements)
         if events:
-            record(portal, Kind.EVENTS_BOUND, events=events)
+            record(portal, Kind.EVENTS_BOUND, events=events, **({"offline": list(offline)} if offline else {}))
+
+
+def set_offline_events(portal: Portal, state: str, *, reason: str = "") -> None:
+    """Whether the portal's offline events are bound (Portal.OfflineEvents). Bad news (not on the plan, refused)
+    is recorded in the history each time it is new; so is any change from a known state. Never blocks serving."""
+    with transaction.atomic():
+        current = Portal.objects.select_for_update().filter(pk=portal.pk).first()
+        if current is None:
+            return
+        before = current.offline_events
+        if before != state:
+            Portal.objects.filter(pk=portal.pk).update(offline_events=state)
+            bad = state in (Portal.OfflineEvents.UNAVAILABLE, Portal.OfflineEvents.FAILED)
+            if bad or before:
+                record(
+                    current, Kind.OFFLINE_EVENTS, state=state or "unknown", previous=before or "unknown", reason=reason
+                )
+        portal.offline_events = state
 
 
 def record_binding_failure(portal: Portal, code: str, description: str) -> None:

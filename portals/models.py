@@ -76,6 +76,18 @@ class Portal(models.Model):
     # Not a field: set (True) only on the row tokens.refresh_portal returns when that call did the refresh.
     refreshed_now: bool
 
+    class OfflineEvents(models.TextChoices):
+        """Whether Bitrix24 keeps, for this portal, what it could not deliver (inbox/offline.py)."""
+
+        UNKNOWN = "", _("not bound yet")
+        BOUND = "bound", _("bound")
+        UNAVAILABLE = "unavailable", _("not on the portal's plan")
+        FAILED = "failed", _("refused by Bitrix24")
+
+    # Offline events (api-reference/events/offline-events.md): bound beside the online ones at every bind, when
+    # the plan has them (feature.get rest_offline_extended); the pull reads only portals where they are bound.
+    offline_events = models.CharField(max_length=16, choices=OfflineEvents.choices, blank=True, default="")
+
     created_at = models.DateTimeField(default=timezone.now)
     installed_at = models.DateTimeField(null=True, blank=True)
     uninstalled_at = models.DateTimeField(null=True, blank=True)
@@ -145,6 +157,7 @@ class PortalEvent(models.Model):
         APP_STATUS_CHANGED = "app_status_changed", _("app status changed")
         EVENT_REJECTED = "event_rejected", _("event rejected")
         RECOVERED = "recovered", _("recovered")
+        OFFLINE_EVENTS = "offline_events", _("offline events")
 
     portal = models.ForeignKey(Portal, on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=Kind.choices)

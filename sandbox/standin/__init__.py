@@ -12,7 +12,8 @@ file names (``docs/standin.md`` has the whole table):
 
 - ``oauth.py``: the OAuth server (token refresh, its own ``app.info``)
 - ``rest.py``: the REST method table, scopes, ``time`` blocks; ``rest_app.py`` (user, profile,
-  ``app.info``, ``server.time``), ``rest_placement.py``, ``rest_event.py``, ``rest_imopenlines.py``,
+  ``app.info``, ``server.time``, ``feature.get``), ``rest_placement.py``, ``rest_event.py`` (binding, online and
+  offline), ``rest_offline.py`` (the offline queue, ``event.offline.*``, ONOFFLINEEVENT), ``rest_imopenlines.py``,
   ``rest_crm.py``, ``rest_batch.py``: the methods, by scope
 - ``frames.py``: what a portal posts into an app frame; ``events.py``: app events and their delivery
   (the frame protocol itself is the sandbox page's: ``sandbox/pages.py``, ``sandbox/web/contact-center.js``)
@@ -34,7 +35,16 @@ the documentation does not settle is marked "not documented" next to it.
 from __future__ import annotations
 
 # The REST methods register themselves in rest.METHODS when their modules are imported (F401: for that alone).
-from . import rest_app, rest_batch, rest_crm, rest_event, rest_imconnector, rest_imopenlines, rest_placement  # noqa: F401
+from . import (  # noqa: F401
+    rest_app,
+    rest_batch,
+    rest_crm,
+    rest_event,
+    rest_imconnector,
+    rest_imopenlines,
+    rest_offline,
+    rest_placement,
+)
 from .core import StandIn
 from .errors import OAUTH_ERROR_STATUS, REST_ERROR_STATUS
 from .frames import FRAME_QUERY_FIELDS, frame_query_and_body

@@ -54,6 +54,9 @@ class StandIn:
         self.state_file: str | os.PathLike[str] | None = None
         self.web = None
         self.event_deliveries: list[dict] = []  # every deliver_event() answer, oldest first
+        # The clock of what the portals time themselves (offline records' TIMESTAMP_X, ONOFFLINEEVENT's
+        # minTimeout): tests replace it to let time pass without waiting.
+        self.clock = time.time
         self.lock = threading.RLock()
         self.oauth_requests: list[dict] = []
         self.server_requests: list[dict] = []  # REST calls that reached the OAuth server (app.info)

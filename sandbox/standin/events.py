@@ -12,9 +12,9 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlencode
 
-from .http import flatten
+from .http import flatten, parse_php_params
 
-__all__ = ["event_payload", "deliver_event"]
+__all__ = ["event_payload", "deliver_event", "data_of", "undelivered"]
 
 # How much of the app's answer deliver_event keeps, and the User-Agent sent. Not documented: what the
 # portals' event queue sends as User-Agent.
@@ -33,9 +33,10 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _EVENT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
-# on-app-install.md and on-app-update.md mark auth[access_token] and auth[refresh_token] required;
-# settings/oauth/simple-way.md: "Event handlers usually do not receive refresh_token" otherwise.
-_TOKENS_BY_DEFAULT = {"ONAPPINSTALL", "ONAPPUPDATE"}
+# on-app-install.md, on-app-update.md and api-reference/events/on-offline-event.md mark auth[access_token] and
+# auth[refresh_token] required; settings/oauth/simple-way.md: "Event handlers usually do not receive
+# refresh_token" otherwise.
+_TOKENS_BY_DEFAULT = {"ONAPPINSTALL", "ONAPPUPDATE", "ONOFFLINEEVENT"}
 
 
 def event_payload(portal, event, *, data=None, with_tokens=None, user_id="1", application_token=None, client_id=None):
@@ -118,3 +119,23 @@ def deliver_event(portal, event, handlers, payload, timeout):
             entry["error"] = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
         results.append(entry)
     return results
+
+
+def data_of(payload) -> object:
+    """The ``data`` block of a flat payload, nested again (``data[MESSAGES][0][im][chat_id]``), or its bare value."""
+    if "data" in payload:
+        return payload["data"]
+    return parse_php_params([(k, v) for k, v in payload.items() if k.startswith("data[")]).get("data", {})
+
+
+def undelivered(portal, event, handler, reason):
+    """The record of a delivery that was never sent (``Portal.app_unreachable``): no status, the reason."""
+    return {
+        "event": event.upper(),
+        "member_id": portal.member_id,
+        "handler": handler,
+        "status": None,
+        "body": "",
+        "error": f"unreachable: {reason}",
+        "at": time.time(),
+    }

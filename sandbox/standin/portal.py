@@ -11,7 +11,7 @@ import secrets
 import time
 from collections import Counter
 
-from . import events, frames
+from . import events, frames, rest_offline
 from .errors import BLOCK_ON_REST, ApiError
 from .faults import Faults
 from .http import Response, method_from_path
@@ -72,7 +72,7 @@ class Portal(Switches):
         self.users = [dict(u) for u in users]
         self.application_token = secrets.token_hex(16)
         self.requests: list[dict] = []
-        self.bindings = {"placements": [], "events": []}
+        self.bindings = {"placements": [], "events": [], "offline": []}
         # A fresh portal is mid-install: tokens work, app.info says INSTALLED false. install_post()
         # sets installed, finish_install() plays BX24.installFinish(), uninstall() removes the app.
         self.installed = False
@@ -86,6 +86,10 @@ class Portal(Switches):
         self.app_id = 1  # app.info ID: the app's local id on the portal
         self.open_lines = [dict(line) for line in DEFAULT_OPEN_LINES]
         self.crm_items = 0
+        # feature.get's codes (api-reference/common/system/feature-get.md) and whether the plan has each:
+        # ``set_feature`` switches one off, as on a plan without it.
+        self.features = {"rest_offline_extended": True, "rest_auth_connector": True}
+        self._app_unreachable = False  # ``app_unreachable()``: every online event delivery fails
         self.rate_limit = False  # set_plan() turns it on
         self.rate_limit_burst, self.rate_limit_drain = PLANS["others"]  # settings/performance/limits.md
         self.limits = Limits()  # operating time per app and method (operating_limit, operating_cost)
@@ -251,6 +255,12 @@ class Portal(Switches):
             self._removed = True
             self.bindings["placements"].clear()
             self.bindings["events"].clear()
+            # "When an application is deleted or updated, its [handlers] will be removed" (event-bind.md); the
+            # app's offline queue goes with them (not documented: it could no longer be read anyway).
+            self.bindings.setdefault("offline", []).clear()
+            queue = getattr(self, "_offline", None)
+            if queue is not None:
+                queue.records[:] = [r for r in queue.records if r["app"] != self._standin.client_id]
         self._standin._revoke(self)
 
     def event_handlers(self, event: str) -> list[str]:
@@ -272,13 +282,16 @@ class Portal(Switches):
         timeout: float = 10.0,
         **payload_options,
     ) -> list[dict]:
-        """POST the event, form-encoded as Bitrix24 does, to every handler bound for it.
+        """POST the event, form-encoded as Bitrix24 does, to every handler bound for it (and queue it offline).
 
         ``handlers`` defaults to ``event_handlers(event)``; ``payload`` to ``event_payload(event,
         **payload_options)``. Redirects are not followed. Returns (and appends to the stand-in's
         ``event_deliveries``) one ``{event, member_id, handler, status, body, error, at}`` per handler.
         Until ``finish_install()`` nothing is sent and [] is returned (installation-finish.md: "Events
         will not be sent to the handler"); ONAPPUNINSTALL is sent after the app is gone, as it must be.
+        While ``app_unreachable()`` is on, no POST is made: each delivery is recorded failed. An app that
+        bound the event offline gets a record in its offline queue (``rest_offline.record``) either way, and
+        a new record sends ONOFFLINEEVENT (whose deliveries are appended to the answer).
         """
         with self._standin.lock:
             held = not self.install_finished and event.upper() != "ONAPPUNINSTALL"
@@ -288,9 +301,19 @@ class Portal(Switches):
             handlers = self.event_handlers(event)
         if payload is None:
             payload = self.event_payload(event, **payload_options)
-        results = events.deliver_event(self, event, handlers, payload, timeout)
+        # The same event goes to the offline queue of every app that bound it offline (offline-events.md),
+        # whatever becomes of the online deliveries; a new record is announced with ONOFFLINEEVENT.
+        added = rest_offline.record(self, event, events.data_of(payload))
+        with self._standin.lock:
+            unreachable = self._app_unreachable
+        if unreachable:
+            results = [events.undelivered(self, event, handler, "the app is unreachable") for handler in handlers]
+        else:
+            results = events.deliver_event(self, event, handlers, payload, timeout)
         with self._standin.lock:
             self._standin.event_deliveries.extend(results)
+        if added:
+            results = results + rest_offline.notify(self, added)
         return results
 
     _SNAPSHOT_FIELDS = (
@@ -310,6 +333,7 @@ class Portal(Switches):
         "open_lines",
         "crm_items",
         "bindings",
+        "features",
     )
 
     def _snapshot(self) -> dict:
@@ -322,6 +346,8 @@ class Portal(Switches):
 
         if (open_lines_state := rest_imconnector.dump_state(self)) is not None:
             saved["imconnector"] = open_lines_state  # connectors, active lines, chats and their messages
+        if (offline_state := rest_offline.dump_state(self)) is not None:
+            saved["offline"] = offline_state  # the offline queue (records, the last ONOFFLINEEVENT)
         return json.loads(json.dumps(saved))  # a deep copy, so later changes do not leak in
 
     def _restore(self, saved: dict) -> None:
@@ -332,6 +358,7 @@ class Portal(Switches):
             self.bindings = {
                 "placements": list(self.bindings.get("placements") or []),
                 "events": list(self.bindings.get("events") or []),
+                "offline": list(self.bindings.get("offline") or []),
             }
             self._removed = bool(saved.get("removed"))
             self._blocked = saved.get("blocked")
@@ -340,6 +367,8 @@ class Portal(Switches):
                 from . import rest_imconnector
 
                 rest_imconnector.load_state(self, saved["imconnector"])
+            if isinstance(saved.get("offline"), dict):
+                rest_offline.load_state(self, saved["offline"])
 
     def calls(self, method: str) -> int:
         """How many requests named ``method`` reached this portal (batch sub-commands included)."""

@@ -1,10 +1,11 @@
 """REST methods about the app and the user: ``user.current``, ``user.admin``, ``profile``, ``app.info``,
-``server.time``."""
+``server.time``, ``feature.get``."""
 
 from __future__ import annotations
 
 import time
 
+from .errors import ApiError
 from .http import iso
 from .rest import method
 
@@ -71,3 +72,16 @@ def app_info(portal, params, grant):
 @method("server.time", doc="api-reference/common/system/server-time.md")
 def server_time(portal, params, grant):
     return iso(time.time())
+
+
+# api-reference/common/system/feature-get.md: the codes the page lists. Not documented: the answer for another
+# code (the stand-in says "N").
+FEATURES = ("rest_offline_extended", "rest_auth_connector")
+
+
+@method("feature.get", doc="api-reference/common/system/feature-get.md")
+def feature_get(portal, params, grant):
+    code = params.get("CODE")
+    if not isinstance(code, str) or not code:
+        raise ApiError("CODE_EMPTY", "CODE can't be empty", status=400)
+    return {"value": "Y" if code in FEATURES and portal.feature_available(code) else "N"}

@@ -1,4 +1,5 @@
-"""The switches tests turn on a portal: expired tokens, blocks, scripted errors, plans, slow and big answers."""
+"""The switches tests turn on a portal: expired tokens, blocks, scripted errors, plans, features, an unreachable
+app, slow and big answers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class Switches:
     _failures: dict[str, list[tuple[str, str, int]]]  # method -> scripted (error, description, status)
     _faults: Faults
     license: str
+    features: dict[str, bool]  # feature.get codes this portal has (rest_offline_extended ...)
+    _app_unreachable: bool
 
     def expire_access_tokens(self) -> None:
         """Every access token minted so far answers expired_token."""
@@ -40,6 +43,24 @@ class Switches:
     def unblock(self) -> None:
         with self._standin.lock:
             self._blocked = None
+
+    def app_unreachable(self, on: bool = True) -> None:
+        """The app's server is down (a deployment, an outage): every online event delivery of this portal
+        fails, unsent, while the offline queue keeps recording (api-reference/events/index.md: "If your
+        server does not respond or returns an error ... will not resend the event"; offline-events.md).
+        ``app_unreachable(False)``: the app is back."""
+        with self._standin.lock:
+            self._app_unreachable = bool(on)
+
+    def set_feature(self, code: str, available: bool = True) -> None:
+        """Whether the portal's plan has a ``feature.get`` code (api-reference/common/system/feature-get.md);
+        ``set_feature("rest_offline_extended", False)`` is a plan without offline events."""
+        with self._standin.lock:
+            self.features[code] = bool(available)
+
+    def feature_available(self, code: str) -> bool:
+        with self._standin.lock:
+            return bool(self.features.get(code))
 
     def fail_next(self, method: str, error: str, status: int, times: int = 1, description: str | None = None) -> None:
         """The next ``times`` calls of ``method`` (direct or in a batch) answer this error."""

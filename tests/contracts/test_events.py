@@ -1,14 +1,16 @@
 """App event contract: payloads b24pysdk's own parser accepts, delivered only after installFinish.
 
 Doc paths: api-reference/common/events/on-app-install.md, on-app-update.md, on-app-uninstall.md,
-settings/app-installation/installation-finish.md, settings/oauth/simple-way.md, api-reference/events/event-bind.md.
+settings/app-installation/installation-finish.md, settings/oauth/simple-way.md, api-reference/events/event-bind.md;
+the offline queue: api-reference/events/offline-events.md, event-offline-get.md, -list.md, -clear.md, -error.md,
+api-reference/common/system/feature-get.md.
 """
 
 from urllib.parse import parse_qsl
 
 from b24pysdk.credentials import OAuthEventData
 
-from tests.contracts.conftest import OTHER_ID
+from tests.contracts.conftest import OTHER_ID, token_for
 
 
 def test_onappinstall_parses_with_its_required_tokens(portal):
@@ -64,3 +66,24 @@ def test_no_event_before_install_finish_and_form_encoding(tls_standin, http_reco
     assert delivered["error"] == "" and delivered["status"] == 404  # the recorder's answer
     form = dict(parse_qsl(http_recorder.requests[-1]["body"]))
     assert form["event"] == "ONAPPINSTALL" and form["auth[access_token]"]
+
+
+def test_the_offline_queue_reads_with_b24pysdk(sdk, portal):
+    """b24pysdk's own objects (objects/event/offline.py: MESSAGE_ID an integer, EVENT_DATA a dict) parse what the
+    stand-in answers: get with clear=0 gives a process_id, list shows it, error and clear take it."""
+    from b24pysdk import Client
+
+    client = Client(token_for(portal))
+    assert client.feature.get("rest_offline_extended").result == {"value": "Y"}
+    assert client.event.bind("ONCRMLEADADD", "", event_type="offline").result is True
+    portal.deliver_event("ONCRMLEADADD", data={"FIELDS": {"ID": "5"}})
+    portal.deliver_event("ONCRMLEADADD", data={"FIELDS": {"ID": "6"}})
+    got = client.event.offline.get(clear=False)
+    process = got.result["process_id"]
+    first, second = got.values
+    assert (first.event_name, first.event_data, first.message_id) == ("ONCRMLEADADD", {"FIELDS": {"ID": "5"}}, 1)
+    assert [(e.process_id, e.error) for e in client.event.offline.list().values] == [(process, False)] * 2
+    assert client.event.offline.error(process, message_id=[second.message_id]).result is True
+    assert client.event.offline.clear(process, bitrix_id=[first.bitrix_id]).result is True
+    [left] = client.event.offline.list().values
+    assert (left.bitrix_id, left.error) == (second.bitrix_id, True)

@@ -196,8 +196,9 @@ def test_many_mixed_events_delivered_concurrently(client, standin, workers):
     assert set(genuine.values_list("attempts", flat=True)) == {1}
     for portal, b24 in portals:
         assert portal.events.filter(kind=K.UPDATED).count() == 1  # the installed version, recorded once
-        # bound again once: the app's 3 events and the Open Lines connector's (an install step)
-        assert b24.calls("event.bind") - binds_before[portal.pk] == 3 + len(CONNECTOR_EVENTS)
+        # bound again once: the app's 3 events and the Open Lines connector's (an install step), each online and
+        # offline, and ONOFFLINEEVENT (portals/install.py bind_offline)
+        assert b24.calls("event.bind") - binds_before[portal.pk] == 2 * (3 + len(CONNECTOR_EVENTS)) + 1
         assert Portal.objects.get(pk=portal.pk).app_version == str(100 + per_portal - 1)
         assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
 
