@@ -1,8 +1,9 @@
 """System checks for the settings: every problem at once, by variable name, with how to fix it.
 
 They run with every management command that runs checks (`check`, `check --deploy`, `migrate`,
-`runserver`) and when the WSGI app loads (b24widget/wsgi.py: `refuse_to_start`), so gunicorn does not
-start on settings that would fail later (a bad Fernet key at the first decryption, say).
+`runserver`, `refresh_tokens` ...), when the WSGI app loads (b24widget/wsgi.py) and when a Celery worker
+or beat starts (b24widget/celery.py), the last two through `refuse_to_start`, so no process starts on
+settings that would fail later (a bad Fernet key at the first decryption, say).
 """
 
 import sys

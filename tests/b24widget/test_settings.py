@@ -1,6 +1,7 @@
 """Settings: production refuses to start without its secrets; `check --deploy` is clean when set."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +24,26 @@ PRODUCTION = {
 }
 
 
+# What the outer environment (CI's broker, a developer's shell) must not add to a settings test's own.
+OWN_VARIABLES = (
+    "B24_",
+    "DJANGO_",
+    "SECRET_KEY",
+    "TOKEN_",
+    "DEBUG",
+    "ALLOWED_HOSTS",
+    "SECURE_",
+    "CELERY_",
+    "METRICS_TOKEN",
+    "WORKER_METRICS",
+    "PROMETHEUS_",
+    "GUNICORN_",
+    "DATABASE_URL",
+)
+
+
 def manage(*args, env):
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("B24_", "DJANGO_", "SECRET_KEY", "TOKEN_", "DEBUG", "ALLOWED_HOSTS", "SECURE_"))
-    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
     base["DJANGO_SETTINGS_MODULE"] = "b24widget.settings"
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
@@ -51,6 +66,43 @@ def test_refuses_to_start_without_a_secret(missing):
     assert f"{missing} must be set when DEBUG is off" in result.stderr
     # The message names what is missing, never a value that is set.
     assert PRODUCTION["B24_CLIENT_SECRET"] not in result.stderr
+
+
+BROKEN_KEY = {**PRODUCTION, "TOKEN_ENCRYPTION_KEYS": "notakey"}
+REPORT = "b24widget cannot start: 1 setting(s) to fix (see README, Configuration):"
+KEY_PROBLEM = "TOKEN_ENCRYPTION_KEYS: key 1 of 1 is not a Fernet key"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", ["worker", "beat"])
+def test_celery_worker_and_beat_refuse_bad_settings_with_the_same_report(program, tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
+    env = {
+        **base,
+        **BROKEN_KEY,
+        "DJANGO_SETTINGS_MODULE": "b24widget.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CELERY_BROKER_DIR": str(tmp_path / "broker"),
+        "CELERY_QUEUE": f"b24widget-test-refusal-{tmp_path.name}",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "b24widget", "-q", program]
+    command += ["--pool", "solo"] if program == "worker" else ["--schedule", str(tmp_path / "beat-schedule")]
+    # Without the check both would run until killed (the timeout fails the test).
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert REPORT in result.stderr and KEY_PROBLEM in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "broker" / "queue").exists() or not list((tmp_path / "broker" / "queue").iterdir())
+
+
+@pytest.mark.parametrize("command", [["migrate", "--noinput"], ["refresh_tokens", "--dry-run"]])
+def test_management_commands_refuse_bad_settings(command, tmp_path):
+    result = manage(*command, env={**BROKEN_KEY, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
+    assert result.returncode == 1
+    assert KEY_PROBLEM in result.stderr and "b24widget.E002" in result.stderr
+    if (tmp_path / "db.sqlite3").exists():  # the database checks may open it; nothing is migrated
+        with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+            assert db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
 
 
 def test_debug_runs_without_any_secret():
