@@ -347,6 +347,9 @@ LOGGING = {
 # suits one machine (the newcomer path, the sandbox), and what it can lose (a message a killed worker
 # held) the inbox sweeper re-sends: the database is the source of truth.
 CELERY_BROKER_URL = read.str("CELERY_BROKER_URL", default="filesystem://")
+# Says that web, worker and beat share one machine (and so one broker folder): `check --deploy` refuses
+# the embedded broker with DEBUG off without it.
+B24_SINGLE_MACHINE = read.bool("B24_SINGLE_MACHINE", default=False)
 B24_CELERY_DIR = Path(read.str("CELERY_BROKER_DIR", default=str(BASE_DIR / ".celery")))
 CELERY_TASK_DEFAULT_QUEUE = read.str("CELERY_QUEUE", default="b24widget")
 if CELERY_BROKER_URL.startswith("filesystem:"):

@@ -22,6 +22,8 @@ PRODUCTION = {
     "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
     "SECURE_HSTS_PRELOAD": "true",
 }
+# The README's production broker (check --deploy refuses the embedded one there).
+BROKER = {"CELERY_BROKER_URL": "redis://cache:6379/1"}
 
 
 # What the outer environment (CI's broker, a developer's shell) must not add to a settings test's own.
@@ -51,9 +53,52 @@ def manage(*args, env):
 
 
 def test_check_deploy_is_clean_with_the_documented_production_variables():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env={**PRODUCTION, **BROKER})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_refuses_the_embedded_broker_unless_one_machine_is_declared():
+    result = manage("check", "--deploy", env=PRODUCTION)  # CELERY_BROKER_URL unset: filesystem://
+    assert result.returncode != 0
+    assert "CELERY_BROKER_URL is the embedded filesystem broker with DEBUG off" in result.stderr
+    assert "B24_SINGLE_MACHINE=true" in result.stderr and "Traceback" not in result.stderr
+    alone = manage("check", "--deploy", "--fail-level", "WARNING", env={**PRODUCTION, "B24_SINGLE_MACHINE": "true"})
+    assert alone.returncode == 0, alone.stderr
+
+
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"GUNICORN_WORKERS": "3"}, True),
+        ({}, True),  # by cores: 2 x cores + 1, never one
+        ({"GUNICORN_WORKERS": "1", "GUNICORN_CMD_ARGS": "--bind :9000 --workers 4"}, True),
+        ({"GUNICORN_WORKERS": "3", "PROMETHEUS_MULTIPROC_DIR": "/run/b24widget-web"}, False),
+        ({"GUNICORN_WORKERS": "1"}, False),
+    ],
+)
+def test_check_deploy_refuses_metrics_of_several_workers_without_a_multiprocess_folder(
+    settings, monkeypatch, env, refused
+):
+    from b24widget.checks import check_deployment
+
+    for name in ("GUNICORN_WORKERS", "GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings.DEBUG, settings.METRICS_TOKEN, settings.CELERY_BROKER_URL = False, "t", "redis://cache:6379/1"
+    ids = [e.id for e in check_deployment()]
+    assert ids == (["b24widget.E008"] if refused else [])
+    settings.METRICS_TOKEN = ""  # no /metrics: nothing to add up
+    assert check_deployment() == []
+
+
+def test_check_deploy_names_the_worker_count_and_the_fix():
+    env = {**PRODUCTION, **BROKER, "METRICS_TOKEN": "t", "GUNICORN_WORKERS": "3"}
+    result = manage("check", "--deploy", env=env)
+    assert result.returncode != 0
+    assert "METRICS_TOKEN is set and gunicorn runs 3 workers" in result.stderr
+    assert "PROMETHEUS_MULTIPROC_DIR" in result.stderr
 
 
 @pytest.mark.parametrize(
