@@ -102,6 +102,10 @@ B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE = read.float("B24_UNVERIFIED_OAUTH_GLOBAL
 # ... each with a short deadline, and at most this many threads of a process waiting on them at once.
 B24_UNVERIFIED_OAUTH_DEADLINE = read.float("B24_UNVERIFIED_OAUTH_DEADLINE", default=10.0, minimum=0.1)
 B24_UNVERIFIED_OAUTH_CONCURRENCY = read.int("B24_UNVERIFIED_OAUTH_CONCURRENCY", default=2, minimum=1)
+# /healthz asks the OAuth server again, at most once per interval (seconds) per deployment and within the
+# deadline, whether it accepts B24_CLIENT_ID / B24_CLIENT_SECRET while a refusal of them is recorded.
+B24_CLIENT_CHECK_INTERVAL = read.float("B24_CLIENT_CHECK_INTERVAL", default=60.0, minimum=1.0)
+B24_CLIENT_CHECK_DEADLINE = read.float("B24_CLIENT_CHECK_DEADLINE", default=2.0, minimum=0.1)
 # How long a verified user's verdict is believed, whatever AUTH_EXPIRES says.
 B24_VERDICT_MAX_AGE = read.int("B24_VERDICT_MAX_AGE", default=300)
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
