@@ -190,6 +190,7 @@ if DEBUG or B24_SANDBOX:
     INSTALLED_APPS.append("sandbox")
 
 MIDDLEWARE = [
+    "b24widget.metrics.RequestMetrics",  # first: counts and times every answer, by view
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
