@@ -1,15 +1,23 @@
 """System checks for the settings: every problem at once, by variable name, with how to fix it.
 
 They run with every management command that runs checks (`check`, `check --deploy`, `migrate`,
-`runserver`) and when the WSGI app loads (b24widget/wsgi.py: `refuse_to_start`), so gunicorn does not
-start on settings that would fail later (a bad Fernet key at the first decryption, say).
+`runserver`, `refresh_tokens` ...), when the WSGI app loads (b24widget/wsgi.py) and when a Celery worker
+or beat starts (b24widget/celery.py), the last two through `refuse_to_start`, so no process starts on
+settings that would fail later (a bad Fernet key at the first decryption, say).
+
+`check --deploy` adds what only the deployment's shape makes wrong (`check_deployment`): the embedded
+broker without B24_SINGLE_MACHINE, several gunicorn workers serving /metrics without a multiprocess folder.
 """
 
+import multiprocessing
+import os
 import sys
 
 from cryptography.fernet import Fernet
 from django.conf import settings
 from django.core import checks
+
+from b24widget.config import web_workers
 
 TAG = "b24widget_settings"
 _LOCAL_ONLY = {
@@ -57,6 +65,41 @@ def check_settings(app_configs=None, **kwargs):
                     "ALLOWED_HOSTS must be set when DEBUG is off.",
                     "Name the host of B24_APP_URL, e.g. ALLOWED_HOSTS=widget.example.com "
                     "(add a load balancer's probe Host too, see README /healthz).",
+                )
+            )
+    return errors
+
+
+@checks.register(TAG, deploy=True)
+def check_deployment(app_configs=None, **kwargs):
+    """`check --deploy`: what cannot work in the deployment these settings describe (DEBUG off)."""
+    if settings.DEBUG:
+        return []
+    errors = []
+    if settings.CELERY_BROKER_URL.startswith("filesystem:") and not getattr(settings, "B24_SINGLE_MACHINE", False):
+        errors.append(
+            _error(
+                7,
+                "CELERY_BROKER_URL is the embedded filesystem broker with DEBUG off: its messages are files "
+                "in CELERY_BROKER_DIR, which a worker or beat on another machine never sees.",
+                "Use RabbitMQ (amqp://...) or Redis (redis://...), or set B24_SINGLE_MACHINE=true when web, "
+                "worker and beat all run on this one machine.",
+            )
+        )
+    if settings.METRICS_TOKEN and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        try:
+            workers = web_workers(os.environ, multiprocessing.cpu_count())
+        except ValueError:
+            workers = 0  # gunicorn refuses that value itself (b24widget/gunicorn.py)
+        if workers > 1:
+            errors.append(
+                _error(
+                    8,
+                    f"METRICS_TOKEN is set and gunicorn runs {workers} workers (GUNICORN_WORKERS, or by cores) "
+                    "without PROMETHEUS_MULTIPROC_DIR: each scrape would show one worker's counts, a different "
+                    "one each time.",
+                    "Set PROMETHEUS_MULTIPROC_DIR to an empty folder of the web's own (e.g. /run/b24widget-web), "
+                    "or GUNICORN_WORKERS=1.",
                 )
             )
     return errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import importlib.util
+import shlex
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,3 +187,51 @@ class Reader:
         except (ImproperlyConfigured, ValueError, KeyError):
             self.problem(name, f"{name} is not a cache URL.", "Use e.g. redis://host:6379/0.")
             return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+
+
+def _whole(environ, name: str, default: int) -> int:
+    value = environ.get(name, "")
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _workers_flag(cmd_args: str) -> int | None:
+    """`-w N` / `--workers N` in GUNICORN_CMD_ARGS (gunicorn applies them over the config file)."""
+    try:
+        words = shlex.split(cmd_args)
+    except ValueError:
+        return None
+    found = None
+    for position, word in enumerate(words):
+        value = None
+        if word in ("-w", "--workers") and position + 1 < len(words):
+            value = words[position + 1]
+        elif word.startswith("--workers="):
+            value = word.partition("=")[2]
+        elif word.startswith("-w") and word[2:].isdigit():
+            value = word[2:]
+        if value is not None and value.isdigit():
+            found = int(value)
+    return found
+
+
+def web_capacity(environ, cores: int) -> tuple[int, int, int]:
+    """(workers, threads, connection budget) of one web replica, as b24widget/gunicorn.py starts it.
+
+    Every gthread thread may hold a database connection, so workers x threads stays within
+    DB_CONNECTION_BUDGET; without GUNICORN_WORKERS the count comes from the cores (2 x cores + 1) capped by
+    the budget. Also read by the deploy check (b24widget/checks.py: several workers need
+    PROMETHEUS_MULTIPROC_DIR). A malformed variable is a ValueError naming it.
+    """
+    threads = max(_whole(environ, "GUNICORN_THREADS", 4), 1)
+    budget = max(_whole(environ, "DB_CONNECTION_BUDGET", 80), 1)
+    by_cores = cores * 2 + 1
+    workers = _whole(environ, "GUNICORN_WORKERS", max(min(by_cores, budget // threads), 1))
+    return workers, threads, budget
+
+
+def web_workers(environ, cores: int) -> int:
+    """How many worker processes gunicorn runs: the config's count, or GUNICORN_CMD_ARGS' `--workers`."""
+    return _workers_flag(environ.get("GUNICORN_CMD_ARGS", "")) or web_capacity(environ, cores)[0]

@@ -11,6 +11,8 @@ superusers and maintenance, 2 web replicas and 1 Celery worker host of 8 process
 import multiprocessing
 import os
 
+from b24widget.config import web_capacity
+
 
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -21,10 +23,10 @@ def _int(name: str, default: int) -> int:
 
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-threads = max(_int("GUNICORN_THREADS", 4), 1)
-connection_budget = max(_int("DB_CONNECTION_BUDGET", 80), 1)
-_by_cores = multiprocessing.cpu_count() * 2 + 1
-workers = _int("GUNICORN_WORKERS", max(min(_by_cores, connection_budget // threads), 1))
+try:
+    workers, threads, connection_budget = web_capacity(os.environ, multiprocessing.cpu_count())
+except ValueError as exc:
+    raise SystemExit(str(exc)) from None
 if workers * threads > connection_budget:
     raise SystemExit(
         f"GUNICORN_WORKERS x GUNICORN_THREADS = {workers * threads} exceeds DB_CONNECTION_BUDGET = "

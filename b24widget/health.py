@@ -1,8 +1,13 @@
 """/healthz: is the database (and the cache, when one is configured) answering? Are our OAuth credentials
 accepted, is the Celery broker reachable, how big is the event inbox's backlog? The last three are
 reported, not failed on: the widget keeps serving and events are still stored (the database is the
-inbox's source of truth; the sweeper re-sends what the broker missed)."""
+inbox's source of truth; the sweeper re-sends what the broker missed).
 
+A refusal of our credentials is recorded when an OAuth answer says so; /healthz itself asks the OAuth
+server again while one is recorded (bitrix24.oauth.recheck_client), so it recovers without waiting for
+some other OAuth call to succeed."""
+
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
@@ -40,7 +45,11 @@ def healthz(request):
     except Exception as exc:
         checks["cache"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
-    rejected = oauth.client_rejected()
+    # A recorded refusal is put to the OAuth server again (at most once a minute per deployment, within a
+    # short deadline), so the status recovers by itself once the operator has fixed the credentials.
+    rejected = oauth.recheck_client(
+        interval=settings.B24_CLIENT_CHECK_INTERVAL, deadline=settings.B24_CLIENT_CHECK_DEADLINE
+    )
     # Not a reason to take the process out of rotation: an operator must fix B24_CLIENT_SECRET.
     checks["oauth_client"] = f"error: {rejected} (check B24_CLIENT_ID / B24_CLIENT_SECRET)" if rejected else "ok"
     checks["broker"] = _broker()

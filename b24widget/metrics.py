@@ -8,10 +8,15 @@ several worker processes, set PROMETHEUS_MULTIPROC_DIR (an empty folder, wiped a
 b24widget/gunicorn.py): each process then writes its counters there and `/metrics` adds them up
 (prometheus_client's multiprocess mode). `/metrics` is not public: without METRICS_TOKEN it does not
 exist (404); with it, it answers only to `Authorization: Bearer <METRICS_TOKEN>` (403 otherwise).
+
+The project's own series: requests by view (`RequestMetrics`, a middleware that labels with the resolved
+URL name, never the path) and Celery tasks by task name (b24widget/celery.py connects the task signals
+to `task_started`, `task_finished`, `task_failed`, `task_retried`).
 """
 
 import hmac
 import os
+import time
 from functools import lru_cache
 
 from django.conf import settings
@@ -19,7 +24,36 @@ from django.http import Http404, HttpResponse, HttpResponseForbidden
 from django.utils.module_loading import import_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# --- the project's series ---------------------------------------------------------------------------
+# Seconds; a web request is bounded by B24_REQUEST_DEADLINE (15 s), a task by its deadlines (minutes).
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+REQUESTS = Counter(
+    "b24widget_http_requests",
+    "HTTP requests answered, by view (URL name), method and status.",
+    ["view", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "b24widget_http_request_duration_seconds", "Time to answer a request, by view.", ["view"], buckets=_REQUEST_BUCKETS
+)
+TASKS = Counter("b24widget_celery_tasks", "Celery task runs finished (any outcome), by task.", ["task"])
+TASK_FAILURES = Counter("b24widget_celery_task_failures", "Celery task runs that raised, by task.", ["task"])
+TASK_RETRIES = Counter("b24widget_celery_task_retries", "Celery task runs that asked to be retried, by task.", ["task"])
+TASK_SECONDS = Histogram(
+    "b24widget_celery_task_duration_seconds", "Time a Celery task run took, by task.", ["task"], buckets=_TASK_BUCKETS
+)
 
 
 @lru_cache(maxsize=1)
@@ -52,3 +86,48 @@ def metrics_view(request):
     if not hmac.compare_digest(offered.encode(), expected.encode()):
         return HttpResponseForbidden("a valid bearer token is required\n", content_type="text/plain")
     return HttpResponse(generate_latest(_registry()) + generate_latest(_collectors()), content_type=CONTENT_TYPE_LATEST)
+
+
+class RequestMetrics:
+    """Middleware (first in MIDDLEWARE): counts and times every request by the view that answered it.
+
+    The label is the resolved URL's name (`resolver_match.view_name`: `placement`, `admin:index`, or the
+    view's dotted path for an unnamed URL), `unmatched` when no URL matched: never the raw path, so a
+    stranger's made-up addresses cannot grow the series.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        view = match.view_name if match is not None else "unmatched"
+        method = request.method if request.method in _METHODS else "other"
+        REQUESTS.labels(view, method, str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(view).observe(time.perf_counter() - started)
+        return response
+
+
+# --- Celery tasks (b24widget/celery.py connects these to the task signals) ---------------------------
+_started: dict[str, float] = {}
+
+
+def task_started(task_id: str) -> None:
+    _started[task_id] = time.perf_counter()
+
+
+def task_finished(task_id: str, task_name: str) -> None:
+    TASKS.labels(task_name).inc()
+    started = _started.pop(task_id, None)
+    if started is not None:
+        TASK_SECONDS.labels(task_name).observe(time.perf_counter() - started)
+
+
+def task_failed(task_name: str) -> None:
+    TASK_FAILURES.labels(task_name).inc()
+
+
+def task_retried(task_name: str) -> None:
+    TASK_RETRIES.labels(task_name).inc()

@@ -102,6 +102,10 @@ B24_UNVERIFIED_OAUTH_GLOBAL_PER_MINUTE = read.float("B24_UNVERIFIED_OAUTH_GLOBAL
 # ... each with a short deadline, and at most this many threads of a process waiting on them at once.
 B24_UNVERIFIED_OAUTH_DEADLINE = read.float("B24_UNVERIFIED_OAUTH_DEADLINE", default=10.0, minimum=0.1)
 B24_UNVERIFIED_OAUTH_CONCURRENCY = read.int("B24_UNVERIFIED_OAUTH_CONCURRENCY", default=2, minimum=1)
+# /healthz asks the OAuth server again, at most once per interval (seconds) per deployment and within the
+# deadline, whether it accepts B24_CLIENT_ID / B24_CLIENT_SECRET while a refusal of them is recorded.
+B24_CLIENT_CHECK_INTERVAL = read.float("B24_CLIENT_CHECK_INTERVAL", default=60.0, minimum=1.0)
+B24_CLIENT_CHECK_DEADLINE = read.float("B24_CLIENT_CHECK_DEADLINE", default=2.0, minimum=0.1)
 # How long a verified user's verdict is believed, whatever AUTH_EXPIRES says.
 B24_VERDICT_MAX_AGE = read.int("B24_VERDICT_MAX_AGE", default=300)
 # REST retries on QUERY_LIMIT_EXCEEDED / 503 / OPERATION_TIME_LIMIT, and the first back-off step.
@@ -194,6 +198,7 @@ if DEBUG or B24_SANDBOX:
     INSTALLED_APPS.append("sandbox")
 
 MIDDLEWARE = [
+    "b24widget.metrics.RequestMetrics",  # first: counts and times every answer, by view
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -355,6 +360,9 @@ LOGGING = {
 # suits one machine (the newcomer path, the sandbox), and what it can lose (a message a killed worker
 # held) the inbox sweeper re-sends: the database is the source of truth.
 CELERY_BROKER_URL = read.str("CELERY_BROKER_URL", default="filesystem://")
+# Says that web, worker and beat share one machine (and so one broker folder): `check --deploy` refuses
+# the embedded broker with DEBUG off without it.
+B24_SINGLE_MACHINE = read.bool("B24_SINGLE_MACHINE", default=False)
 B24_CELERY_DIR = Path(read.str("CELERY_BROKER_DIR", default=str(BASE_DIR / ".celery")))
 CELERY_TASK_DEFAULT_QUEUE = read.str("CELERY_QUEUE", default="b24widget")
 if CELERY_BROKER_URL.startswith("filesystem:"):

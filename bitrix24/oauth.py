@@ -8,6 +8,7 @@ deadline (`B24_OAUTH_DEADLINE`), long enough to receive an answer the server sen
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "TokenGrant",
     "TokenInfo",
     "client_rejected",
+    "recheck_client",
     "exchange_unverified",
     "lease_seconds",
     "parse_grant",
@@ -61,6 +63,7 @@ BLOCKING_ERRORS = frozenset({"invalid_grant", "NOT_INSTALLED", "PAYMENT_REQUIRED
 # no portal is to blame for it.
 CLIENT_ERRORS = frozenset({"invalid_client", "wrong_client"})
 _CLIENT_REJECTED_KEY = "b24widget:oauth-client-rejected"
+_CLIENT_CHECK_KEY = "b24widget:oauth-client-check"
 _MAX_TOKEN_LENGTH = wire.MAX_TOKEN
 
 
@@ -153,20 +156,78 @@ def _note_client(code: str | None) -> None:
         log.warning("could not note the OAuth client state in the cache")
 
 
+@sensitive_variables()
+def recheck_client(*, interval: float, deadline: float) -> str:
+    """While a refusal of our credentials is recorded, ask the OAuth server again whether it accepts them;
+    returns what `client_rejected` says afterwards ('' once they are accepted). For /healthz.
+
+    At most once per `interval` seconds for the whole deployment (an atomic cache.add on the shared cache,
+    so a check in flight is never repeated meanwhile), each bounded by `deadline`. The question is a
+    refresh with a refresh token nobody issued: the OAuth server judges the client before the grant
+    (RFC 6749 section 5.2, and the stand-in does so), so `invalid_client` / `wrong_client` means the
+    credentials are still refused, `invalid_grant` that they are accepted (nothing is refreshed, nothing
+    is spent). Any other answer, or none within the deadline, changes nothing.
+    """
+    rejected = client_rejected()
+    if not rejected:
+        return ""
+    try:
+        if not cache.add(_CLIENT_CHECK_KEY, "1", max(int(interval), 1)):
+            return rejected  # checked (or being checked) within the interval
+    except Exception:
+        return rejected  # no shared cache: no check, rather than one per request
+    probe = "b24widget-client-check-" + uuid.uuid4().hex
+    params = {
+        "grant_type": "refresh_token",
+        "client_id": settings.B24_CLIENT_ID,
+        "client_secret": settings.B24_CLIENT_SECRET,
+        "refresh_token": probe,
+    }
+    try:
+        status, answer = _oauth_answer(
+            "GET",
+            settings.B24_OAUTH_URL,
+            params=params,
+            deadline=deadline,
+            connect_timeout=min(settings.B24_CONNECT_TIMEOUT, deadline),
+        )
+    except OAuthUnavailable as exc:
+        log.info("OAuth client re-check got no answer", extra={"code": exc.code})
+        return rejected
+    error = wire.error_of(answer)
+    code = error[0] if error is not None else None
+    if code in CLIENT_ERRORS:
+        _note_client(code)
+        return client_rejected()
+    if code == "invalid_grant":
+        _note_client(None)
+        log.info("OAuth client accepted again")
+        return ""
+    log.info("OAuth client re-check was not conclusive", extra={"code": code or f"http_{status}"})
+    return rejected
+
+
 def oauth_server_rest() -> str:
     """The OAuth server's REST base (its `app.info`), next to B24_OAUTH_URL."""
     parts = urlsplit(settings.B24_OAUTH_URL)
     return f"{parts.scheme}://{parts.netloc}/rest/"
 
 
-def _oauth_answer(method: str, url: str, *, deadline: float | None = None, **kwargs: Any) -> tuple[int, JSON]:
+def _oauth_answer(
+    method: str,
+    url: str,
+    *,
+    deadline: float | None = None,
+    connect_timeout: float | None = None,
+    **kwargs: Any,
+) -> tuple[int, JSON]:
     """One request to the OAuth server with its own deadline and cap; returns (status, JSON or None)."""
     deadline = settings.B24_OAUTH_DEADLINE if deadline is None else deadline
     try:
         answer = http.send(
             method,
             url,
-            connect_timeout=settings.B24_CONNECT_TIMEOUT,
+            connect_timeout=settings.B24_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout,
             read_timeout=deadline,
             deadline=deadline,
             max_bytes=settings.B24_OAUTH_MAX_BYTES,

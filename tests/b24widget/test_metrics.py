@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from b24widget.celery import app as celery_app
 from tests.placements.frames import is_widget, open_widget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,3 +149,50 @@ def test_the_inbox_backlog_is_a_metric(client, settings, installed):
     samples = scrape(client)
     assert value(samples, "b24widget_inbox_unfinished") == 1 and value(samples, "b24widget_inbox_failed") == 1
     assert ("b24widget_inbox_oldest_unfinished_seconds", ()) in samples
+
+
+def test_requests_are_counted_and_timed_by_view_never_by_path(client, settings, db):
+    settings.METRICS_TOKEN = TOKEN
+    before = scrape(client)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/no/such/page-4f1e?token=secret").status_code == 404
+    assert client.generic("BREW", "/healthz").status_code == 405  # a made-up method is "other"
+    after = scrape(client)
+
+    def grew(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("b24widget_http_requests_total", view="healthz", method="GET", status="200") == 1
+    assert grew("b24widget_http_requests_total", view="unmatched", method="GET", status="404") == 1
+    assert grew("b24widget_http_requests_total", view="healthz", method="other", status="405") == 1
+    assert grew("b24widget_http_request_duration_seconds_count", view="healthz") == 2
+    assert grew("b24widget_http_requests_total", view="metrics", method="GET", status="200") == 1  # the 1st scrape
+    labels = {v for (name, pairs) in after if name.startswith("b24widget_http_") for _, v in pairs}
+    assert not [label for label in labels if "/" in label or "4f1e" in label]
+
+
+@celery_app.task(name="tests.metrics.flaky", bind=True, max_retries=1)
+def flaky(self, mode: str) -> str:
+    if mode == "fail":
+        raise ValueError("boom")
+    if mode == "retry" and not self.request.retries:
+        raise self.retry(countdown=0)
+    return "done"
+
+
+def test_tasks_are_counted_by_name_with_failures_retries_and_durations(client, settings, db):
+    """The Celery task signals (task_prerun/postrun/failure/retry), as a worker sends them around each run."""
+    settings.METRICS_TOKEN = TOKEN
+    before = scrape(client)
+    assert flaky.apply(args=["ok"]).get() == "done"
+    assert flaky.apply(args=["fail"]).failed()
+    flaky.apply(args=["retry"])  # one run asks for a retry, the retry (run at once, eagerly) succeeds
+    after = scrape(client)
+
+    def grew(name):
+        return value(after, name, task="tests.metrics.flaky") - value(before, name, task="tests.metrics.flaky")
+
+    assert grew("b24widget_celery_tasks_total") == 4
+    assert grew("b24widget_celery_task_failures_total") == 1
+    assert grew("b24widget_celery_task_retries_total") == 1
+    assert grew("b24widget_celery_task_duration_seconds_count") == 4

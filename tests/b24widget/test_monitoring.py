@@ -81,17 +81,23 @@ def selectors(ast) -> list[tuple[str | None, set]]:
 @pytest.fixture
 def exported(client, settings, db) -> dict[str, set]:
     """What /metrics prints: {sample name: the label names it carries}."""
-    from bitrix24 import metrics
-    from placements import metrics as placement_metrics
+    from b24widget import metrics
+    from bitrix24 import metrics as client_metrics
+    from placements import metrics as widget_metrics
     from portals import tokens
 
-    # Each hook once, as the product code calls them, so every labelled family prints samples.
-    placement_metrics.widget_open("shown")
-    placement_metrics.verification(cached=True)
-    metrics.rest_call("server.time")
-    metrics.limit_wait("rate", 0.01)
-    metrics.limit_answer("QUERY_LIMIT_EXCEEDED")
+    # Each hook once, where the product code calls it, so every labelled family prints samples.
+    widget_metrics.widget_open("shown")
+    widget_metrics.verification(cached=True)
+    client_metrics.rest_call("server.time")
+    client_metrics.limit_wait("rate", 0.01)
+    client_metrics.limit_answer("QUERY_LIMIT_EXCEEDED")
     tokens.refresh_failed("client_misconfigured")
+    metrics.task_started("t-1")
+    metrics.task_finished("t-1", "portals.sweep_inbox")
+    metrics.task_failed("portals.sweep_inbox")
+    metrics.task_retried("portals.sweep_inbox")
+    client.get("/healthz")  # a request through the middleware
     settings.METRICS_TOKEN = TOKEN
     response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert response.status_code == 200

@@ -1,6 +1,7 @@
 """Settings: production refuses to start without its secrets; `check --deploy` is clean when set."""
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +22,30 @@ PRODUCTION = {
     "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
     "SECURE_HSTS_PRELOAD": "true",
 }
+# The README's production broker (check --deploy refuses the embedded one there).
+BROKER = {"CELERY_BROKER_URL": "redis://cache:6379/1"}
+
+
+# What the outer environment (CI's broker, a developer's shell) must not add to a settings test's own.
+OWN_VARIABLES = (
+    "B24_",
+    "DJANGO_",
+    "SECRET_KEY",
+    "TOKEN_",
+    "DEBUG",
+    "ALLOWED_HOSTS",
+    "SECURE_",
+    "CELERY_",
+    "METRICS_TOKEN",
+    "WORKER_METRICS",
+    "PROMETHEUS_",
+    "GUNICORN_",
+    "DATABASE_URL",
+)
 
 
 def manage(*args, env):
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("B24_", "DJANGO_", "SECRET_KEY", "TOKEN_", "DEBUG", "ALLOWED_HOSTS", "SECURE_"))
-    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
     base["DJANGO_SETTINGS_MODULE"] = "b24widget.settings"
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
@@ -37,9 +54,54 @@ def manage(*args, env):
 
 @pytest.mark.slow  # a manage.py subprocess
 def test_check_deploy_is_clean_with_the_documented_production_variables():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION)
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env={**PRODUCTION, **BROKER})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.slow  # manage.py subprocesses
+def test_check_deploy_refuses_the_embedded_broker_unless_one_machine_is_declared():
+    result = manage("check", "--deploy", env=PRODUCTION)  # CELERY_BROKER_URL unset: filesystem://
+    assert result.returncode != 0
+    assert "CELERY_BROKER_URL is the embedded filesystem broker with DEBUG off" in result.stderr
+    assert "B24_SINGLE_MACHINE=true" in result.stderr and "Traceback" not in result.stderr
+    alone = manage("check", "--deploy", "--fail-level", "WARNING", env={**PRODUCTION, "B24_SINGLE_MACHINE": "true"})
+    assert alone.returncode == 0, alone.stderr
+
+
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"GUNICORN_WORKERS": "3"}, True),
+        ({}, True),  # by cores: 2 x cores + 1, never one
+        ({"GUNICORN_WORKERS": "1", "GUNICORN_CMD_ARGS": "--bind :9000 --workers 4"}, True),
+        ({"GUNICORN_WORKERS": "3", "PROMETHEUS_MULTIPROC_DIR": "/run/b24widget-web"}, False),
+        ({"GUNICORN_WORKERS": "1"}, False),
+    ],
+)
+def test_check_deploy_refuses_metrics_of_several_workers_without_a_multiprocess_folder(
+    settings, monkeypatch, env, refused
+):
+    from b24widget.checks import check_deployment
+
+    for name in ("GUNICORN_WORKERS", "GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings.DEBUG, settings.METRICS_TOKEN, settings.CELERY_BROKER_URL = False, "t", "redis://cache:6379/1"
+    ids = [e.id for e in check_deployment()]
+    assert ids == (["b24widget.E008"] if refused else [])
+    settings.METRICS_TOKEN = ""  # no /metrics: nothing to add up
+    assert check_deployment() == []
+
+
+@pytest.mark.slow  # a manage.py subprocess
+def test_check_deploy_names_the_worker_count_and_the_fix():
+    env = {**PRODUCTION, **BROKER, "METRICS_TOKEN": "t", "GUNICORN_WORKERS": "3"}
+    result = manage("check", "--deploy", env=env)
+    assert result.returncode != 0
+    assert "METRICS_TOKEN is set and gunicorn runs 3 workers" in result.stderr
+    assert "PROMETHEUS_MULTIPROC_DIR" in result.stderr
 
 
 @pytest.mark.slow  # manage.py subprocesses
@@ -53,6 +115,43 @@ def test_refuses_to_start_without_a_secret(missing):
     assert f"{missing} must be set when DEBUG is off" in result.stderr
     # The message names what is missing, never a value that is set.
     assert PRODUCTION["B24_CLIENT_SECRET"] not in result.stderr
+
+
+BROKEN_KEY = {**PRODUCTION, "TOKEN_ENCRYPTION_KEYS": "notakey"}
+REPORT = "b24widget cannot start: 1 setting(s) to fix (see README, Configuration):"
+KEY_PROBLEM = "TOKEN_ENCRYPTION_KEYS: key 1 of 1 is not a Fernet key"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", ["worker", "beat"])
+def test_celery_worker_and_beat_refuse_bad_settings_with_the_same_report(program, tmp_path):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES)}
+    env = {
+        **base,
+        **BROKEN_KEY,
+        "DJANGO_SETTINGS_MODULE": "b24widget.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CELERY_BROKER_DIR": str(tmp_path / "broker"),
+        "CELERY_QUEUE": f"b24widget-test-refusal-{tmp_path.name}",
+    }
+    command = [sys.executable, "-m", "celery", "-A", "b24widget", "-q", program]
+    command += ["--pool", "solo"] if program == "worker" else ["--schedule", str(tmp_path / "beat-schedule")]
+    # Without the check both would run until killed (the timeout fails the test).
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert REPORT in result.stderr and KEY_PROBLEM in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "broker" / "queue").exists() or not list((tmp_path / "broker" / "queue").iterdir())
+
+
+@pytest.mark.parametrize("command", [["migrate", "--noinput"], ["refresh_tokens", "--dry-run"]])
+def test_management_commands_refuse_bad_settings(command, tmp_path):
+    result = manage(*command, env={**BROKEN_KEY, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
+    assert result.returncode == 1
+    assert KEY_PROBLEM in result.stderr and "b24widget.E002" in result.stderr
+    if (tmp_path / "db.sqlite3").exists():  # the database checks may open it; nothing is migrated
+        with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+            assert db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall() == []
 
 
 @pytest.mark.slow  # a manage.py subprocess
