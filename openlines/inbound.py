@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from bitrix24 import limits
+from bitrix24 import limits, wire
 from bitrix24.errors import Refusal
 
 from .models import Channel, InboundMessage, OutboundMessage
@@ -118,6 +118,8 @@ def _text(value, name: str, limit: int, *, required: bool = False) -> str:
         raise Refused("bad_request", f"{name} is longer than {limit} characters", 400)
     if _CONTROL.search(value):
         raise Refused("bad_request", f"{name} holds a control character", 400)
+    if not wire.is_storable_text(value):  # a lone surrogate ("\ud800" in the JSON) has no UTF-8 form
+        raise Refused("bad_request", f"{name} is not valid text", 400)
     return value
 
 
@@ -173,13 +175,14 @@ def parse(body: bytes) -> tuple[str, dict]:
     files = message.get("files") or []
     if not isinstance(files, list) or len(files) > _FILES_MAX:
         raise Refused("bad_request", f"message.files must be a list of at most {_FILES_MAX}", 400)
+    if not all(isinstance(f, dict) for f in files):
+        raise Refused("bad_request", "message.files[] must be objects {url, name}", 400)
     files = [
         {
             "url": _url(f.get("url"), "message.files[].url") or _missing("message.files[].url"),
             "name": _text(f.get("name"), "message.files[].name", 255),
         }
         for f in files
-        if isinstance(f, dict)
     ]
     if not text and not files:
         raise Refused("bad_request", "message.text or message.files is required", 400)
