@@ -20,6 +20,7 @@ from django.apps import apps
 from django.test import Client
 
 from inbox import registry as inbox_registry
+from openlines.models import Channel
 from openlines.outbound import sign
 from tests.openlines.conftest import CONNECTOR, channel, open_settings, receiver  # noqa: F401  (fixtures)
 from tests.placements.frames import widget_token_of
@@ -370,3 +371,18 @@ def test_channel_addresses_with_a_wrong_method_or_id(channel, receiver, guarded)
     ):
         guarded(b24, generic, "GET", path, hook=receiver, case=f"GET {path[:50]}")
         guarded(b24, post_json, path, {}, hook=receiver, case=f"POST {path[:50]}")
+
+
+def test_a_connect_for_a_line_that_does_not_exist_leaves_no_row(frame, installed):
+    """Only Bitrix24 knows its lines: the connect asks (an administrator's, so it may), and its refusal stores
+    nothing, neither a channel row nor a secret; a line it has connects afterwards as usual."""
+    portal, b24 = installed
+    response, auth_id = open_settings(frame, b24, line="77")
+    fields = {"widget_token": widget_token_of(response), "AUTH_ID": auth_id, "connector": CONNECTOR, "LANG": "en"}
+    rows = stored()
+    refused = post_form(Client(), "/openlines/connector/", {**fields, "action": "connect", "line": "77"})
+    assert (refused.status_code, refused.json()["error"]) == (502, "bitrix24_refused")
+    assert "NOT_ACTIVE_LINE" in refused.json()["error_description"]
+    assert stored() == rows and not Channel.objects.exists()
+    connected = post_form(Client(), "/openlines/connector/", {**fields, "action": "connect", "line": "1"})
+    assert connected.status_code == 200 and Channel.objects.get().line_id == "1"
