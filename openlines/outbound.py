@@ -21,6 +21,7 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+import idna
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
@@ -79,27 +80,58 @@ def _private_ok() -> bool:
 
 
 def check_webhook_url(url: str) -> str:
-    """The URL as stored, or BadWebhookUrl (syntax, scheme, host; no DNS here)."""
+    """The URL as stored, or BadWebhookUrl (syntax, scheme, host; no DNS here). A name is a DNS name (see
+    `dns_name`); the URL is returned with it in its ASCII form, which is what is resolved and sent."""
     if len(url) > 500:
         raise BadWebhookUrl("longer than 500 characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a malformed port, or a bracketed host that is no IPv6 address
+        raise BadWebhookUrl("malformed address or port") from None
     if parts.scheme != "https" and not (parts.scheme == "http" and _private_ok()):
         raise BadWebhookUrl("https only")
     if parts.username or parts.password or parts.fragment or not parts.hostname:
         raise BadWebhookUrl("a host, no credentials, no fragment")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise BadWebhookUrl("malformed port") from None
-    if not _private_ok() and not _public_name(parts.hostname):
+    host = parts.hostname
+    if not _is_address(host):
+        host = dns_name(host)
+        if host != parts.hostname:
+            url = urlunsplit((parts.scheme, f"{host}:{port}" if port else host, parts.path, parts.query, ""))
+    if not _private_ok() and not _public_name(host):
         raise BadWebhookUrl("not a public host")
     return url
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def dns_name(host: str) -> str:
+    """`host` as an ASCII DNS name, or BadWebhookUrl: IDNA 2008 with the UTS 46 mapping (the `idna` package, as
+    browsers and registries have it; Python's own codec is IDNA 2003), labels of 1 to 63 characters, at most 253
+    in all, and a last label that is not all digits (`127.1` is an address to the resolver, not a name)."""
+    try:
+        name = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        raise BadWebhookUrl("not a valid host name") from None
+    labels = name.removesuffix(".").split(".")
+    if len(name.removesuffix(".")) > 253 or not all(0 < len(label) <= 63 for label in labels):
+        raise BadWebhookUrl("not a valid host name")
+    if labels[-1].isdigit():
+        raise BadWebhookUrl("not a valid host name")
+    return name
 
 
 def _public_name(host: str) -> bool:
     try:
         return is_public(ipaddress.ip_address(host))
     except ValueError:
+        host = host.removesuffix(".")  # "hooks.local." is "hooks.local"
         return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain", ".lan"))
 
 
@@ -107,7 +139,7 @@ def _public_addresses(host: str, port: int) -> list[str]:
     """The host's addresses when every one of them is public (portals.addresses.is_public), else []."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a name the resolver's IDNA codec cannot encode
         return []
     addresses = [info[4][0] for info in infos]
     return addresses if addresses and all(is_public(ipaddress.ip_address(a)) for a in addresses) else []
@@ -141,7 +173,7 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
 
     Once the status line is in, the answer is returned: at most OPENLINES_WEBHOOK_MAX_BYTES of its body are
     read, within the deadline, and a body past either is cut (`Answer.complete` False), never a failure."""
-    check_webhook_url(url)
+    url = check_webhook_url(url)
     parts = urlsplit(url)
     target, host, via = url, {}, None
     if not _private_ok():

@@ -325,6 +325,44 @@ def test_a_4xx_refusal_is_a_dead_letter_at_once_and_holds_nothing_back(
     assert [b["message"]["text"] for b in receiver.tried] == ["bad", "good"]  # no retry
 
 
+def test_a_stored_host_that_is_no_dns_name_fails_its_messages_and_not_the_run(
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
+    """A webhook host with a 64-character label (stored by an earlier release, or by hand) made the resolver's
+    codec raise and every run of the channel crash, once a minute: now each message records the refusal and
+    is retried, the run ends normally, and the messages go once a good address is saved."""
+    row, secret, b24, ids = chats
+    Channel.objects.filter(pk=row.pk).update(webhook_url=f"http://{'a' * 64}.example.com/hook")
+    for text, chat in (("A1", "chat-A"), ("B1", "chat-B")):
+        reply(client, sink, b24, ids[chat], text, django_capture_on_commit_callbacks, deliver=False)
+    assert tasks.deliver_outbound(row.pk).startswith("delivered 0, refused 0, retry 2")
+    for failed in OutboundMessage.objects.all():
+        assert (failed.state, failed.attempts, failed.last_error) == (Delivery.FAILED, 1, "not a valid host name")
+    Channel.objects.filter(pk=row.pk).update(webhook_url=receiver.url)
+    due_now()
+    tasks.deliver_outbound(row.pk)
+    assert receiver.texts() == ["A1", "B1"]
+
+
+def test_an_error_of_one_delivery_is_recorded_on_it_and_the_run_goes_on(
+    client, chats, receiver, sink, django_capture_on_commit_callbacks
+):
+    """Whatever fails one delivery (here a payload with a lone surrogate, which an older release could store on
+    SQLite; PostgreSQL stores none) is that message's error, retried like any other; the next one goes."""
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite can hold a payload with a lone surrogate")
+    row, secret, b24, ids = chats
+    for text, chat in (("A1", "chat-A"), ("B1", "chat-B")):
+        reply(client, sink, b24, ids[chat], text, django_capture_on_commit_callbacks, deliver=False)
+    broken = OutboundMessage.objects.get(external_chat_id="chat-A")
+    broken.payload = {**broken.payload, "message": {**broken.payload["message"], "text": "A\ud800"}}
+    broken.save(update_fields=["payload"])
+    assert tasks.deliver_outbound(row.pk).startswith("delivered 1, refused 0, retry 1")
+    broken.refresh_from_db()
+    assert (broken.state, broken.attempts, broken.last_error) == (Delivery.FAILED, 1, "failed: UnicodeEncodeError")
+    assert receiver.texts() == ["B1"]
+
+
 @pytest.mark.parametrize(
     "status, headers, at_least", [(408, {}, 30), (429, {"Retry-After": "120"}, 120), (503, {}, 30)]
 )

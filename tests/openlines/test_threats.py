@@ -328,6 +328,52 @@ def test_in_production_a_webhook_url_must_be_public_https(frame, installed, sett
         assert error_of(answer) == (400, "bad_webhook_url") and not Channel.objects.exists()
 
 
+@pytest.mark.parametrize("private", [False, True], ids=["production", "private_allowed"])
+@pytest.mark.parametrize(
+    "url, stored",
+    [
+        (f"https://{'a' * 63}.example.com/hook", f"https://{'a' * 63}.example.com/hook"),
+        ("https://bücher.example/hook?x=1", "https://xn--bcher-kva.example/hook?x=1"),  # IDNA 2008, UTS 46
+        ("https://Straße.example:8443/hook", "https://xn--strae-oqa.example:8443/hook"),  # not "strasse" (2003)
+        (f"https://{'a' * 64}.example.com/hook", None),  # a label of 64
+        (f"https://{'.'.join(['a' * 63] * 4)}.com/hook", None),  # 260 in all
+        ("https://ex_ample.com/hook", None),
+        ("https://☃.example/hook", None),  # a symbol IDNA 2008 does not admit
+        ("https://-hooks.example.com/hook", None),
+        ("https://hooks..example.com/hook", None),
+        ("https://xn--zz.example.com/hook", None),  # not a valid A-label
+        ("https://127.1/hook", None),  # the resolver reads it as 127.0.0.1; a last label of digits is no name
+        ("https://0x7f.1/hook", None),
+        ("https://[::1/hook", None),
+    ],
+    ids=[
+        "label_63",
+        "idn",
+        "idn_eszett",
+        "label_64",
+        "name_260",
+        "underscore",
+        "symbol",
+        "leading_hyphen",
+        "empty_label",
+        "bad_a_label",
+        "numeric_last_label",
+        "hex_and_digits",
+        "unclosed_bracket",
+    ],
+)
+def test_a_webhook_host_must_be_a_dns_name(frame, installed, settings, url, stored, private):
+    """Administrator row: a name is a DNS name (labels of 1 to 63, 253 in all, IDNA 2008) at the save, whatever
+    else is allowed, and it is stored in its ASCII form (what is resolved and sent)."""
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = private
+    portal, b24 = installed
+    answer = act(frame, b24, "connect", webhook_url=url)
+    if stored:
+        assert answer.status_code == 200 and Channel.objects.get().webhook_url == stored
+    else:
+        assert error_of(answer) == (400, "bad_webhook_url") and not Channel.objects.exists()
+
+
 def test_a_stored_webhook_url_is_checked_again_before_each_send(
     client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
 ):
@@ -341,18 +387,27 @@ def test_a_stored_webhook_url_is_checked_again_before_each_send(
 
 
 def test_a_name_that_resolves_to_loopback_is_refused_at_send(
-    client, frame, installed, receiver, sink, settings, django_capture_on_commit_callbacks
+    client, frame, installed, receiver, sink, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    """Administrator row: "127.1" is not an address literal to the save-time check, so it is stored; before
-    each send the host is resolved (to 127.0.0.1 here) and the POST refused."""
+    """Administrator row: the save-time check does no DNS, so a public-looking name is stored; before each send
+    the host is resolved (by a stubbed getaddrinfo here, to 127.0.0.1, where the receiver listens) and the POST
+    refused. ("127.1", which the resolver reads as 127.0.0.1, is no DNS name: refused at the save already.)"""
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
     portal, b24 = installed
-    port = receiver.url.split(":")[2].split("/")[0]
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if host == "hook.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
     reply = _connected_and_replied(
-        client, frame, b24, sink, django_capture_on_commit_callbacks, f"https://127.1:{port}/hook"
+        client, frame, b24, sink, django_capture_on_commit_callbacks, f"https://hook.example.com:{port}/hook"
     )
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
-    assert receiver.got == []
+    assert receiver.tried == []
 
 
 def _connected_and_replied(client, frame, b24, sink, capture, webhook_url):
