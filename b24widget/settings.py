@@ -5,6 +5,7 @@ Values are read through b24widget/config.py's Reader, which records every missin
 b24widget/checks.py reports them all at once (system checks, and the WSGI/ASGI start).
 """
 
+from datetime import date
 from pathlib import Path
 
 import environ
@@ -135,6 +136,18 @@ OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10
 OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+# Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
+# YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
+_v1_until = read.str("OPENLINES_SIGNATURE_V1_UNTIL", default="2027-06-30")
+try:
+    OPENLINES_SIGNATURE_V1_UNTIL = date.fromisoformat(_v1_until) if _v1_until else None
+except ValueError:
+    read.problem(
+        "OPENLINES_SIGNATURE_V1_UNTIL",
+        f"OPENLINES_SIGNATURE_V1_UNTIL={_v1_until!r} is not a date.",
+        "Use YYYY-MM-DD, or leave it empty.",
+    )
+    OPENLINES_SIGNATURE_V1_UNTIL = None
 # How long one delivery run of a channel may go on starting work (seconds) before it queues the channel again;
 # each run holds a lease (openlines/tasks.py LEASE, five minutes, kept longer than any one step).
 OPENLINES_RUN_SECONDS = read.float("OPENLINES_RUN_SECONDS", default=120.0, minimum=1.0)

@@ -31,6 +31,9 @@ from bitrix24.addresses import is_public
 
 SIGNATURE_HEADER = "X-B24Widget-Signature"
 TIMESTAMP_HEADER = "X-B24Widget-Timestamp"
+VERSION_HEADER = "X-B24Widget-Signature-Version"
+# Who signed (version 2 signs it): the outside system's requests to the channel, or our webhooks to it.
+INBOUND, WEBHOOK = "inbound", "webhook"
 
 
 DELIVERED, REFUSED, RETRY = "delivered", "refused", "retry"
@@ -69,8 +72,18 @@ def retry_after(answer: http.Answer) -> timedelta | None:
     return timedelta(seconds=min(int(value), 3600)) if value.isascii() and value.isdigit() and len(value) < 8 else None
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>." + body): the same scheme both ways."""
+def sign(secret: str, timestamp: str, body: bytes, direction: str) -> str:
+    """Version 2: `sha256=<hex>` of HMAC-SHA256(secret, "v2.<direction>.<timestamp>." + body), `direction` being
+    INBOUND or WEBHOOK, so a signature made for one direction never verifies in the other (a captured webhook
+    POST is no request to the channel)."""
+    assert direction in (INBOUND, WEBHOOK), direction
+    message = f"v2.{direction}.{timestamp}.".encode() + body
+    return f"sha256={hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()}"
+
+
+def sign_v1(secret: str, timestamp: str, body: bytes) -> str:
+    """Version 1, the same both ways: HMAC-SHA256(secret, "<timestamp>." + body). Accepted on requests to the
+    channel until OPENLINES_SIGNATURE_V1_UNTIL (the migration window); never sent."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
@@ -192,7 +205,8 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
             headers={
                 "Content-Type": "application/json",
                 TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(secret, timestamp, body),
+                SIGNATURE_HEADER: sign(secret, timestamp, body, WEBHOOK),
+                VERSION_HEADER: "2",
                 "User-Agent": "b24widget-openlines",
                 **host,
             },

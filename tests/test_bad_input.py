@@ -21,7 +21,7 @@ from django.test import Client
 
 from inbox import registry as inbox_registry
 from openlines.models import Channel
-from openlines.outbound import sign
+from openlines.outbound import INBOUND, sign
 from tests.openlines.conftest import CONNECTOR, channel, open_settings, receiver  # noqa: F401  (fixtures)
 from tests.placements.frames import widget_token_of
 
@@ -311,7 +311,8 @@ def send_signed(client, row, secret, data, **extra):
     timestamp = str(int(time.time()))
     headers = {
         "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
-        "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body),
+        "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body, INBOUND),
+        "HTTP_X_B24WIDGET_SIGNATURE_VERSION": "2",
         **extra,
     }
     return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json", **headers)

@@ -19,7 +19,7 @@ import pytest
 from django.test import Client
 
 from openlines.models import Channel, Delivery, InboundMessage, OutboundMessage
-from openlines.outbound import sign
+from openlines.outbound import INBOUND, sign
 from sandbox.standin import rest_imconnector as imc
 from tests.conftest import do_install
 from tests.openlines.conftest import CONNECTOR, act, message, open_settings, setting_connector_post, signed, visible_ids
@@ -93,7 +93,11 @@ def test_a_captured_request_replayed_verbatim_is_refused(client, channel, settin
     row, secret, b24 = channel
     body = json.dumps(message("m1", "Pay invoice 7")).encode()
     timestamp = str(int(time.time()) - 120)
-    headers = {"HTTP_X_B24WIDGET_TIMESTAMP": timestamp, "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body)}
+    headers = {
+        "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
+        "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body, INBOUND),
+        "HTTP_X_B24WIDGET_SIGNATURE_VERSION": "2",
+    }
 
     def send():
         return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json", **headers)
@@ -105,6 +109,88 @@ def test_a_captured_request_replayed_verbatim_is_refused(client, channel, settin
     assert error_of(send()) == (401, "stale_timestamp")
     assert InboundMessage.objects.count() == 1 and b24.calls("imconnector.send.messages") == 1
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["Pay invoice 7"]
+
+
+def test_a_captured_update_without_a_date_replayed_later_is_refused(
+    client, channel, django_capture_on_commit_callbacks
+):
+    """Stranger row (replay): an edit that named no `message.date` used to be dated "now" before its
+    idempotency key was made, so the same captured bytes replayed a second later were a new edit. The key is
+    what the request carried: the replay is a duplicate; Bitrix24 got the edit once."""
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "Pay invoice 7")).status_code == 202
+    edit = {"action": "update", "chat": {"id": "chat-1"}, "user": {"id": "u-1"}, "message": {"id": "m1", "text": "7!"}}
+    body = json.dumps(edit).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
+        "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body, INBOUND),
+        "HTTP_X_B24WIDGET_SIGNATURE_VERSION": "2",
+    }
+
+    def send():
+        return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json", **headers)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send().status_code == 202
+        while str(int(time.time())) == timestamp:  # a replay in a later second (the date would differ)
+            time.sleep(0.05)
+        assert error_of(send()) == (409, "duplicate_message")
+    assert InboundMessage.objects.filter(action="update").count() == 1
+    assert b24.calls("imconnector.update.messages") == 1
+
+
+def test_a_captured_webhook_is_no_request_to_the_channel(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
+    """Stranger row (direction): our webhook POST, captured on its way to the outside system and sent to the
+    channel with all its headers, is refused for its signature (401, before its body is even read as a
+    message), with its version header and without it (as version 1, inside the migration window)."""
+    row, secret, b24 = conversation
+    _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    [hook] = receiver.got
+    headers = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in hook["headers"].items() if k.startswith("X-B24")}
+    assert headers["HTTP_X_B24WIDGET_SIGNATURE_VERSION"] == "2"
+    as_v1 = {k: v for k, v in headers.items() if k != "HTTP_X_B24WIDGET_SIGNATURE_VERSION"}
+    for sent in (headers, as_v1):
+        response = client.post(
+            f"/channels/{row.public_id}/messages", hook["body"], content_type="application/json", **sent
+        )
+        assert error_of(response) == (401, "bad_signature")
+    assert InboundMessage.objects.count() == 1  # the customer's own message only
+
+
+def test_version_1_signatures_are_accepted_only_within_the_migration_window(
+    client, channel, settings, django_capture_on_commit_callbacks
+):
+    """Administrator row (the secret's holder): a request signed the old way is accepted up to and including
+    OPENLINES_SIGNATURE_V1_UNTIL, and refused after it or when it is unset; an unknown version is refused."""
+    import datetime
+
+    row, secret, b24 = channel
+    today = datetime.datetime.now(datetime.UTC).date()
+    settings.OPENLINES_SIGNATURE_V1_UNTIL = today
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1"), version=1).status_code == 202
+    for until in (today - datetime.timedelta(days=1), None):
+        settings.OPENLINES_SIGNATURE_V1_UNTIL = until
+        refused = signed(client, row, secret, message("m2"), version=1)
+        assert error_of(refused) == (401, "bad_signature") and "version 1" in refused.json()["error_description"]
+    body = json.dumps(message("m3")).encode()
+    timestamp = str(int(time.time()))
+    for version in ("3", "２", "2 "):
+        response = client.post(
+            f"/channels/{row.public_id}/messages",
+            body,
+            content_type="application/json",
+            HTTP_X_B24WIDGET_TIMESTAMP=timestamp,
+            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body, INBOUND),
+            HTTP_X_B24WIDGET_SIGNATURE_VERSION=version,
+        )
+        assert error_of(response) == (401, "bad_signature")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m3")).status_code == 202  # version 2 goes on
 
 
 @pytest.mark.parametrize(
@@ -131,7 +217,8 @@ def test_a_malformed_body_with_a_good_signature_is_400_and_sends_nothing(
             body,
             content_type="application/json",
             HTTP_X_B24WIDGET_TIMESTAMP=timestamp,
-            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body),
+            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body, INBOUND),
+            HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
         )
     assert error_of(response) == (400, "bad_request")
     assert not InboundMessage.objects.exists() and nothing_reached_bitrix24(b24, standin, before)
