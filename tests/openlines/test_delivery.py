@@ -466,3 +466,28 @@ def test_the_channel_admin_counts_with_a_few_queries_and_no_join_of_the_messages
     assert changelist and not any(
         f'JOIN "openlines_{t}message"' in sql for sql in changelist for t in ("inbound", "outbound")
     )
+
+
+@pytest.mark.parametrize("model", [InboundMessage, OutboundMessage])
+def test_replaying_dead_letters_needs_the_change_permission(installed, model):
+    """Staff who may only view the messages do not get the replay action, and posting it changes nothing; the
+    change permission (as for the inbox's replay) replays them."""
+    from django.contrib.auth.models import Permission, User
+    from django.test import Client
+
+    portal, b24 = installed
+    stuck_rows(portal, Channel.State.CONNECTED, 2, webhook_url="https://hooks.example.com/b24")
+    model.objects.update(state=Delivery.DEAD, last_error="HTTP 400")
+    url = f"/admin/openlines/{model._meta.model_name}/"
+    viewer = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename=f"view_{model._meta.model_name}"))
+    staff = Client()
+    staff.force_login(viewer)
+    assert b'value="replay"' not in staff.get(url).content
+    staff.post(url, {"action": "replay", "_selected_action": list(model.objects.values_list("pk", flat=True))})
+    assert set(model.objects.values_list("state", flat=True)) == {Delivery.DEAD}
+    viewer.user_permissions.add(Permission.objects.get(codename=f"change_{model._meta.model_name}"))
+    staff.force_login(User.objects.get(pk=viewer.pk))
+    assert b'value="replay"' in staff.get(url).content
+    staff.post(url, {"action": "replay", "_selected_action": list(model.objects.values_list("pk", flat=True))})
+    assert Delivery.DEAD not in set(model.objects.values_list("state", flat=True))
