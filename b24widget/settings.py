@@ -188,6 +188,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "b24widget",
     "vault",
     "inbox",
@@ -208,7 +209,22 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "b24widget.errors.DatabaseUnavailableMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login (429) after the others ran.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin login throttling (django-axes, its database handler): a client address with ADMIN_LOGIN_FAILURE_LIMIT
+# failed logins is refused (429) for ADMIN_LOGIN_COOLOFF_MINUTES, whatever username it tries; a good login resets
+# it. The address is X-Real-IP, which the proxy sets (README, Reverse proxy; a client cannot forge it through
+# the proxy), else the peer's address. `manage.py axes_reset` lifts every lockout.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = read.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+AXES_COOLOFF_TIME = read.float("ADMIN_LOGIN_COOLOFF_MINUTES", default=15.0, minimum=0.1) / 60.0  # hours
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = 0
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_REAL_IP", "REMOTE_ADDR"]
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "b24widget.urls"
 WSGI_APPLICATION = "b24widget.wsgi.application"
