@@ -183,10 +183,16 @@ class Reader:
 
     def cache(self, name: builtins.str, default: builtins.str) -> dict[builtins.str, Any]:
         try:
-            return self.env.cache_url(name, default=default)
+            config = self.env.cache_url(name, default=default)
         except (ImproperlyConfigured, ValueError, KeyError):
             self.problem(name, f"{name} is not a cache URL.", "Use e.g. redis://host:6379/0.")
             return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        # django-environ lower-cases every query option for Django's RedisCache, the base ones too (`key_prefix`,
+        # `timeout` ...), which Django reads only in upper case: `?key_prefix=` was silently ignored.
+        for option in ("key_prefix", "timeout", "version", "key_function"):
+            if option in config:
+                config[option.upper()] = config.pop(option)
+        return config
 
 
 def _whole(environ, name: str, default: int) -> int:

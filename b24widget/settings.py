@@ -5,6 +5,7 @@ Values are read through b24widget/config.py's Reader, which records every missin
 b24widget/checks.py reports them all at once (system checks, and the WSGI/ASGI start).
 """
 
+from datetime import date
 from pathlib import Path
 
 import environ
@@ -139,6 +140,18 @@ OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10
 OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+# Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
+# YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
+_v1_until = read.str("OPENLINES_SIGNATURE_V1_UNTIL", default="2027-06-30")
+try:
+    OPENLINES_SIGNATURE_V1_UNTIL = date.fromisoformat(_v1_until) if _v1_until else None
+except ValueError:
+    read.problem(
+        "OPENLINES_SIGNATURE_V1_UNTIL",
+        f"OPENLINES_SIGNATURE_V1_UNTIL={_v1_until!r} is not a date.",
+        "Use YYYY-MM-DD, or leave it empty.",
+    )
+    OPENLINES_SIGNATURE_V1_UNTIL = None
 # How long one delivery run of a channel may go on starting work (seconds) before it queues the channel again;
 # each run holds a lease (openlines/tasks.py LEASE, five minutes, kept longer than any one step).
 OPENLINES_RUN_SECONDS = read.float("OPENLINES_RUN_SECONDS", default=120.0, minimum=1.0)
@@ -187,6 +200,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "b24widget",
     "vault",
     "inbox",
@@ -208,7 +222,22 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "b24widget.errors.DatabaseUnavailableMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login (429) after the others ran.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin login throttling (django-axes, its database handler): a client address with ADMIN_LOGIN_FAILURE_LIMIT
+# failed logins is refused (429) for ADMIN_LOGIN_COOLOFF_MINUTES, whatever username it tries; a good login resets
+# it. The address is X-Real-IP, which the proxy sets (README, Reverse proxy; a client cannot forge it through
+# the proxy), else the peer's address. `manage.py axes_reset` lifts every lockout.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = read.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+AXES_COOLOFF_TIME = read.float("ADMIN_LOGIN_COOLOFF_MINUTES", default=15.0, minimum=0.1) / 60.0  # hours
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = 0
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_REAL_IP", "REMOTE_ADDR"]
+AXES_VERBOSE = False
 
 ROOT_URLCONF = "b24widget.urls"
 WSGI_APPLICATION = "b24widget.wsgi.application"

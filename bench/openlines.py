@@ -93,7 +93,7 @@ def main():
         from inbox import queue as inbox
         from openlines import events, lifecycle, registry, tasks
         from openlines.models import Delivery, InboundMessage, OutboundMessage
-        from openlines.outbound import sign
+        from openlines.outbound import INBOUND, sign
         from sandbox.standin import rest_imconnector as imc
 
         # The tasks are queued to a broker nobody reads: this process is the one worker, drained below.
@@ -131,7 +131,8 @@ def main():
                         body,
                         content_type="application/json",
                         HTTP_X_B24WIDGET_TIMESTAMP=ts,
-                        HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body),
+                        HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
+                        HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
                     )
                     assert answer.status_code == 202, answer.content
             before = len(b24.requests)

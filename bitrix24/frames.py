@@ -98,7 +98,12 @@ def _options(raw: str) -> dict[str, JSON]:
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise BadFramePost("PLACEMENT_OPTIONS", "is not valid JSON") from None
     # Bitrix24 sometimes sends a non-object (a bare string, a number): that carries no options.
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        return {}
+    # JSON escapes (\u0000, \ud800) make text that cannot be shown or stored: refused before any verification.
+    if wire.bad_text_in(value, max_length=MAX_OPTIONS):
+        raise BadFramePost("PLACEMENT_OPTIONS", "holds malformed text")
+    return value
 
 
 def parse_frame_post(request: HttpRequest, *, require_placement: bool = True) -> FramePost:

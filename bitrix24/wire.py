@@ -55,6 +55,40 @@ def digits_or_empty(value: object, *, max_length: int = 20) -> str:
     return value if is_digits(value, max_length=max_length) else ""
 
 
+def is_storable_text(value: str) -> bool:
+    """Whether `value` can be stored and sent as it is: no NUL (PostgreSQL keeps none in text or JSON) and no
+    lone surrogate (it has no UTF-8 form: "\\ud800" in a JSON body decodes to one)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def bad_text_in(value: object, *, max_length: int, max_depth: int = 32, where: str = "") -> str | None:
+    """Where a JSON value (dicts, lists, scalars) holds a string (value or key) that is not storable text or
+    longer than `max_length`, or nests deeper than `max_depth`: a short description, or None when it holds none."""
+    if isinstance(value, str):
+        if len(value) > max_length:
+            return f"{where or 'a value'} is longer than {max_length} characters"
+        return None if is_storable_text(value) else f"{where or 'a value'} holds a NUL or an invalid character"
+    if isinstance(value, (dict, list)):
+        if max_depth <= 0:
+            return f"{where or 'a value'} nests too deep"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            label = str(key)[:40] if str(key)[:40].isprintable() and is_storable_text(str(key)[:40]) else "?"
+            name = f"{where}[{label}]" if where else label
+            if isinstance(key, str) and (len(key) > max_length or not is_storable_text(key)):
+                return f"a key in {where or 'the object'} is malformed"
+            problem = bad_text_in(item, max_length=max_length, max_depth=max_depth - 1, where=name)
+            if problem:
+                return problem
+    return None
+
+
 def clip(value: object, limit: int = DESCRIPTION_LIMIT) -> str:
     """A value from outside as text of at most `limit` characters ('' for None)."""
     return "" if value is None else str(value)[:limit]

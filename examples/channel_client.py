@@ -7,7 +7,9 @@ outside system must get right:
   `503`, or no answer) wait `Retry-After` seconds and send again, signed again with a fresh timestamp;
 * **receive** the operators' replies: a WSGI app that verifies the timestamp and the signature of each
   webhook POST before it believes a byte of it, and answers 2xx only once the message is stored;
-* **sign and verify** with the channel's secret: `sha256=` + hex HMAC-SHA256(secret, timestamp + "." + body).
+* **sign and verify** with the channel's secret (signature version 2): `sha256=` + hex HMAC-SHA256(secret,
+  "v2.<direction>.<timestamp>." + body), the direction being `inbound` for what you send and `webhook` for
+  what we send you, so neither can be passed off as the other.
 
 Command line (the secret is read from the environment, never from the arguments):
 
@@ -31,26 +33,29 @@ import requests
 
 SIGNATURE_HEADER = "X-B24Widget-Signature"
 TIMESTAMP_HEADER = "X-B24Widget-Timestamp"
+VERSION_HEADER = "X-B24Widget-Signature-Version"
+INBOUND, WEBHOOK = "inbound", "webhook"  # who signs: you (requests to the channel), we (webhooks to you)
 WINDOW = 300  # seconds a signed request is believed either side of our clock (the channel's default)
 
 
 # --- signing -------------------------------------------------------------------------------------------
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The X-B24Widget-Signature value for `body` sent at `timestamp` (decimal Unix seconds)."""
-    digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
-    return "sha256=" + digest.hexdigest()
+def sign(secret: str, timestamp: str, body: bytes, direction: str) -> str:
+    """The X-B24Widget-Signature value (version 2) for `body` sent at `timestamp` (decimal Unix seconds) in
+    `direction` (INBOUND: a request to the channel; WEBHOOK: our POST to you)."""
+    message = f"v2.{direction}.{timestamp}.".encode("ascii") + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def verify(
     secret: str, timestamp: str, signature: str, body: bytes, *, window: int = WINDOW, now: float | None = None
 ) -> str | None:
-    """None when the request is genuine and fresh, else why not ("stale_timestamp" or "bad_signature")."""
+    """None when our webhook POST is genuine and fresh, else why not ("stale_timestamp" or "bad_signature")."""
     timestamp, signature = timestamp or "", signature or ""
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         return "stale_timestamp"
     if abs((time.time() if now is None else now) - int(timestamp)) > window:
         return "stale_timestamp"
-    if not hmac.compare_digest(signature.encode("utf-8", "replace"), sign(secret, timestamp, body).encode()):
+    if not hmac.compare_digest(signature.encode("utf-8", "replace"), sign(secret, timestamp, body, WEBHOOK).encode()):
         return "bad_signature"
     return None
 
@@ -100,7 +105,8 @@ class ChannelClient:
                 "Content-Type": "application/json",
                 "Accept": "application/json",
                 TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(self.secret, timestamp, body),
+                SIGNATURE_HEADER: sign(self.secret, timestamp, body, INBOUND),
+                VERSION_HEADER: "2",
             }
             try:
                 answer = self.session.post(

@@ -18,6 +18,8 @@ from .registry import Refused, registration
 
 _BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SECRET_MAX = wire.MAX_TOKEN
+# The longest string an event's data may hold (Bitrix24's own texts, a message's among them, are far shorter).
+_TEXT_MAX = 65536
 
 
 class BadEvent(ValueError):
@@ -116,11 +118,17 @@ def parse(request: HttpRequest) -> Event:
         data = {"VALUE": str(data)}
     if not isinstance(data, dict):
         raise BadEvent("data is not an object")
+    # Nothing is stored that the database cannot keep or a handler would choke on (NUL, a lone surrogate).
+    problem = wire.bad_text_in(data, max_length=_TEXT_MAX, where="data")
+    if problem:
+        raise BadEvent(problem)
     member_id = _str(auth.get("member_id"))
     if not wire.is_member_id(member_id):
         raise BadEvent("auth[member_id] is missing or malformed")
+    if wire.bad_text_in(auth, max_length=_SECRET_MAX):
+        raise BadEvent("auth is malformed")
     for key, value in auth.items():
-        if not isinstance(value, (str, int)) or len(str(value)) > _SECRET_MAX:
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or len(str(value)) > _SECRET_MAX:
             raise BadEvent(f"auth[{str(key)[:40]}] is malformed")
     ts = _digits(body.get("ts", ""), 20)
     if ts is None:

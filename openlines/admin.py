@@ -1,6 +1,7 @@
 """Staff view of channels and relayed messages: state, counts, failures with replay. Never a secret."""
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -106,7 +107,12 @@ class _MessageAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description=_("Replay (deliver again now)"))
+    def has_replay_permission(self, request):
+        # Replaying changes rows and sends again: the change permission, as the inbox admin's replay asks.
+        opts = self.model._meta
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+    @admin.action(description=_("Replay (deliver again now)"), permissions=["replay"])
     def replay(self, request, queryset):
         count = queryset.filter(state__in=[Delivery.FAILED, Delivery.DEAD]).update(
             state=Delivery.PENDING, next_attempt_at=timezone.now(), attempts=0, last_error=""

@@ -5,6 +5,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
+from bitrix24 import wire
+
 from . import outbound, registry
 
 ACTIONS = ("list", "connect", "disconnect", "rotate", "save")
@@ -18,6 +20,11 @@ def _no_lone_surrogates(value: str) -> None:
         raise ValidationError("not valid text", code="bad_text") from None
 
 
+def _token(value: str) -> None:
+    if not wire.is_token(value):
+        raise ValidationError("not a token", code="bad_token")
+
+
 class ConnectorActionForm(forms.Form):
     """What the page posts. Django's CharField already refuses NUL characters; lone surrogates too, here."""
 
@@ -26,6 +33,8 @@ class ConnectorActionForm(forms.Form):
     line = forms.RegexField(regex=r"^[0-9]{1,10}\Z", required=False)
     name = forms.CharField(required=False, max_length=128, validators=[_no_lone_surrogates])
     webhook_url = forms.CharField(required=False, max_length=500, validators=[_no_lone_surrogates])
+    # The user's current token, for a change (Bitrix24 is asked about it): a malformed one is never sent there.
+    AUTH_ID = forms.CharField(required=False, max_length=wire.MAX_TOKEN, validators=[_token])
 
     def clean(self):
         data = super().clean()

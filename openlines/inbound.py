@@ -4,11 +4,12 @@ Checks, cheapest first, each with its own error code and nothing sent to Bitrix2
 unknown channel (404 unknown_channel), disconnected (409 channel_disconnected), body over
 OPENLINES_INBOUND_MAX_BYTES (413 body_too_large), timestamp missing or outside OPENLINES_SIGNATURE_WINDOW
 (401 stale_timestamp), signature (401 bad_signature), the channel's budget of signed requests (429
-rate_limited, with Retry-After), shape (400 bad_request), a message id already
-accepted in the same outside chat (409 duplicate_message), a "read" report naming no operator message of
-the channel (404 unknown_message, checked before the duplicate). The signature is HMAC-SHA256 with the
-channel's secret over "<timestamp>." + body, sent as `X-B24Widget-Signature: sha256=<hex>` with
-`X-B24Widget-Timestamp`.
+rate_limited, with Retry-After), shape (400 bad_request), a message id already accepted in the same outside
+chat (409 duplicate_message), a "read" report naming no operator message of the channel (404 unknown_message,
+checked before the duplicate). The signature (version 2, `X-B24Widget-Signature-Version: 2`) is HMAC-SHA256
+with the channel's secret over "v2.inbound.<timestamp>." + body, sent as `X-B24Widget-Signature:
+sha256=<hex>` with `X-B24Widget-Timestamp`; version 1 (no version header, "<timestamp>." + body, the string
+our webhooks were signed with too) is accepted until OPENLINES_SIGNATURE_V1_UNTIL.
 """
 
 import hashlib
@@ -23,12 +24,12 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from bitrix24 import limits
+from bitrix24 import limits, wire
 from bitrix24.errors import Refusal
 from bitrix24.wire import JSON
 
 from .models import Channel, InboundMessage, OutboundMessage
-from .outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from .outbound import INBOUND, SIGNATURE_HEADER, TIMESTAMP_HEADER, VERSION_HEADER, sign, sign_v1
 
 _ID_MAX = 128
 _TEXT_MAX = 20000
@@ -87,9 +88,24 @@ def check_signature(channel: Channel, request: HttpRequest, body: bytes) -> None
             f"{TIMESTAMP_HEADER} is outside the {settings.OPENLINES_SIGNATURE_WINDOW}s window (check the clock)",
             401,
         )
+    version = _header(request, VERSION_HEADER) or "1"
+    if version == "2":
+        expected = sign(channel.secret, timestamp, body, INBOUND)
+    elif version == "1" and v1_accepted():
+        expected = sign_v1(channel.secret, timestamp, body)
+    elif version == "1":
+        raise Refused("bad_signature", f"version 1 signatures are no longer accepted: send {VERSION_HEADER}: 2", 401)
+    else:
+        raise Refused("bad_signature", f"{VERSION_HEADER} must be 2 (or 1, while it is accepted)", 401)
     presented = _header(request, SIGNATURE_HEADER)
-    if not hmac.compare_digest(presented.encode(), sign(channel.secret, timestamp, body).encode()):
+    if not hmac.compare_digest(presented.encode("utf-8", "replace"), expected.encode()):
         raise Refused("bad_signature", f"{SIGNATURE_HEADER} does not match the body", 401)
+
+
+def v1_accepted() -> bool:
+    """Whether version-1 signatures (no direction) are still accepted: up to OPENLINES_SIGNATURE_V1_UNTIL (UTC)."""
+    until = settings.OPENLINES_SIGNATURE_V1_UNTIL
+    return until is not None and timezone.now().date() <= until
 
 
 def take_quota(channel: Channel) -> None:
@@ -122,6 +138,8 @@ def _text(value, name: str, limit: int, *, required: bool = False) -> str:
         raise Refused("bad_request", f"{name} is longer than {limit} characters", 400)
     if _CONTROL.search(value):
         raise Refused("bad_request", f"{name} holds a control character", 400)
+    if not wire.is_storable_text(value):  # a lone surrogate ("\ud800" in the JSON) has no UTF-8 form
+        raise Refused("bad_request", f"{name} is not valid text", 400)
     return value
 
 
@@ -178,20 +196,23 @@ def parse(body: bytes) -> tuple[str, dict[str, dict[str, JSON]]]:
     files = message.get("files") or []
     if not isinstance(files, list) or len(files) > _FILES_MAX:
         raise Refused("bad_request", f"message.files must be a list of at most {_FILES_MAX}", 400)
+    if not all(isinstance(f, dict) for f in files):
+        raise Refused("bad_request", "message.files[] must be objects {url, name}", 400)
     files = [
         {
             "url": _url(f.get("url"), "message.files[].url") or _missing("message.files[].url"),
             "name": _text(f.get("name"), "message.files[].name", 255),
         }
         for f in files
-        if isinstance(f, dict)
     ]
     if not text and not files:
         raise Refused("bad_request", "message.text or message.files is required", 400)
     date = message.get("date")
     if date is not None and (isinstance(date, bool) or not isinstance(date, int) or date < 0):
         raise Refused("bad_request", "message.date must be a Unix time in seconds", 400)
-    element["message"].update({"date": date or int(time.time()), "text": text})
+    element["message"]["text"] = text
+    if date:  # else (absent or 0) the time of acceptance (`accept`), which is not part of the idempotency key
+        element["message"]["date"] = date
     if files:
         element["message"]["files"] = files
     return action, element
@@ -226,7 +247,8 @@ def idempotency_key(action: str, element: dict) -> str:
     chat = hashlib.sha256(element["chat"]["id"].encode()).hexdigest()[:16]  # ids up to 128: the key stays < 200
     if action != "update":
         return f"{action}:{chat}:{message_id}"
-    # Every distinct edit of a message is accepted once.
+    # Every distinct edit of a message is accepted once: keyed on what the request carried (and signed), so a
+    # replay of an edit that named no date is the same edit, not one dated anew.
     digest = hashlib.sha256(json.dumps(element["message"], sort_keys=True).encode()).hexdigest()[:16]
     return f"update:{chat}:{message_id}:{digest}"
 
@@ -234,6 +256,8 @@ def idempotency_key(action: str, element: dict) -> str:
 def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
     """Store the message for delivery; Refused(duplicate_message) when its id was accepted before."""
     key, chat_id, message_id = idempotency_key(action, element), element["chat"]["id"], element["message"]["id"]
+    if action in ("add", "update"):
+        element["message"].setdefault("date", int(time.time()))
     payload = _reading(channel, element) if action == "read" else element
     try:
         with transaction.atomic():

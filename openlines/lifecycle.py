@@ -9,6 +9,7 @@ uninstalled): relaying stops and the credentials go; the messages stay.
 
 import logging
 import re
+import uuid
 
 from django.db import transaction
 from django.utils import timezone
@@ -82,15 +83,11 @@ def connect(
 ) -> tuple[Channel, str]:
     """Connect the connector to the line; returns (channel, its new secret, to be shown once).
 
-    Raises ConnectFailed when Bitrix24 refuses; the channel then stays as it was."""
-    with transaction.atomic():
-        # Not connected until Bitrix24 says the connector is active on the line.
-        channel, _created = Channel.objects.select_for_update().get_or_create(
-            portal=portal,
-            connector_id=connector.id,
-            line_id=line_id,
-            defaults={"state": Channel.State.DISCONNECTED},
-        )
+    Raises ConnectFailed when Bitrix24 refuses; the channel then stays as it was, and a line connected for the
+    first time (one Bitrix24 does not have, say) leaves no row behind: it is stored once Bitrix24 agreed."""
+    found = Channel.objects.filter(portal=portal, connector_id=connector.id, line_id=line_id).first()
+    # Bitrix24 is told the channel's id (connector.data.set) before the row exists: a new channel's id is made here.
+    channel = found or Channel(portal=portal, connector_id=connector.id, line_id=line_id, public_id=uuid.uuid4())
     name = (name or channel.name or f"{connector.name} ({line_id})")[:128]
     result = _batch(
         portal,
@@ -116,7 +113,13 @@ def connect(
     if not isinstance(status, dict) or status.get("STATUS") is not True:
         raise ConnectFailed("not_active", "Bitrix24 does not report the connector active on this line")
     with transaction.atomic():
-        channel = Channel.objects.select_for_update().get(pk=channel.pk)
+        # (Two administrators connecting a new line at once: the first row stored is the channel.)
+        channel, _created = Channel.objects.select_for_update().get_or_create(
+            portal=portal,
+            connector_id=connector.id,
+            line_id=line_id,
+            defaults={"public_id": channel.public_id, "state": Channel.State.DISCONNECTED},
+        )
         secret = channel.new_secret()
         channel.state = Channel.State.CONNECTED
         channel.name = name

@@ -21,6 +21,7 @@ import time
 from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
+import idna
 import requests
 from django.conf import settings
 from requests.adapters import HTTPAdapter
@@ -30,6 +31,9 @@ from bitrix24.addresses import is_public
 
 SIGNATURE_HEADER = "X-B24Widget-Signature"
 TIMESTAMP_HEADER = "X-B24Widget-Timestamp"
+VERSION_HEADER = "X-B24Widget-Signature-Version"
+# Who signed (version 2 signs it): the outside system's requests to the channel, or our webhooks to it.
+INBOUND, WEBHOOK = "inbound", "webhook"
 
 
 DELIVERED, REFUSED, RETRY = "delivered", "refused", "retry"
@@ -68,8 +72,18 @@ def retry_after(answer: http.Answer) -> timedelta | None:
     return timedelta(seconds=min(int(value), 3600)) if value.isascii() and value.isdigit() and len(value) < 8 else None
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>." + body): the same scheme both ways."""
+def sign(secret: str, timestamp: str, body: bytes, direction: str) -> str:
+    """Version 2: `sha256=<hex>` of HMAC-SHA256(secret, "v2.<direction>.<timestamp>." + body), `direction` being
+    INBOUND or WEBHOOK, so a signature made for one direction never verifies in the other (a captured webhook
+    POST is no request to the channel)."""
+    assert direction in (INBOUND, WEBHOOK), direction
+    message = f"v2.{direction}.{timestamp}.".encode() + body
+    return f"sha256={hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()}"
+
+
+def sign_v1(secret: str, timestamp: str, body: bytes) -> str:
+    """Version 1, the same both ways: HMAC-SHA256(secret, "<timestamp>." + body). Accepted on requests to the
+    channel until OPENLINES_SIGNATURE_V1_UNTIL (the migration window); never sent."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
@@ -79,27 +93,58 @@ def _private_ok() -> bool:
 
 
 def check_webhook_url(url: str) -> str:
-    """The URL as stored, or BadWebhookUrl (syntax, scheme, host; no DNS here)."""
+    """The URL as stored, or BadWebhookUrl (syntax, scheme, host; no DNS here). A name is a DNS name (see
+    `dns_name`); the URL is returned with it in its ASCII form, which is what is resolved and sent."""
     if len(url) > 500:
         raise BadWebhookUrl("longer than 500 characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a malformed port, or a bracketed host that is no IPv6 address
+        raise BadWebhookUrl("malformed address or port") from None
     if parts.scheme != "https" and not (parts.scheme == "http" and _private_ok()):
         raise BadWebhookUrl("https only")
     if parts.username or parts.password or parts.fragment or not parts.hostname:
         raise BadWebhookUrl("a host, no credentials, no fragment")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise BadWebhookUrl("malformed port") from None
-    if not _private_ok() and not _public_name(parts.hostname):
+    host = parts.hostname
+    if not _is_address(host):
+        host = dns_name(host)
+        if host != parts.hostname:
+            url = urlunsplit((parts.scheme, f"{host}:{port}" if port else host, parts.path, parts.query, ""))
+    if not _private_ok() and not _public_name(host):
         raise BadWebhookUrl("not a public host")
     return url
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def dns_name(host: str) -> str:
+    """`host` as an ASCII DNS name, or BadWebhookUrl: IDNA 2008 with the UTS 46 mapping (the `idna` package, as
+    browsers and registries have it; Python's own codec is IDNA 2003), labels of 1 to 63 characters, at most 253
+    in all, and a last label that is not all digits (`127.1` is an address to the resolver, not a name)."""
+    try:
+        name = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        raise BadWebhookUrl("not a valid host name") from None
+    labels = name.removesuffix(".").split(".")
+    if len(name.removesuffix(".")) > 253 or not all(0 < len(label) <= 63 for label in labels):
+        raise BadWebhookUrl("not a valid host name")
+    if labels[-1].isdigit():
+        raise BadWebhookUrl("not a valid host name")
+    return name
 
 
 def _public_name(host: str) -> bool:
     try:
         return is_public(ipaddress.ip_address(host))
     except ValueError:
+        host = host.removesuffix(".")  # "hooks.local." is "hooks.local"
         return "." in host and not host.endswith((".localhost", ".local", ".internal", ".localdomain", ".lan"))
 
 
@@ -107,7 +152,7 @@ def _public_addresses(host: str | None, port: int) -> list[str]:
     """The host's addresses when every one of them is public (portals.addresses.is_public), else []."""
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a name the resolver's IDNA codec cannot encode
         return []
     addresses = [str(info[4][0]) for info in infos]  # an IPv4 or IPv6 sockaddr: (host, port, ...)
     return addresses if addresses and all(is_public(ipaddress.ip_address(a)) for a in addresses) else []
@@ -141,7 +186,7 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
 
     Once the status line is in, the answer is returned: at most OPENLINES_WEBHOOK_MAX_BYTES of its body are
     read, within the deadline, and a body past either is cut (`Answer.complete` False), never a failure."""
-    check_webhook_url(url)
+    url = check_webhook_url(url)
     parts = urlsplit(url)
     target = url
     host: dict[str, str] = {}
@@ -162,7 +207,8 @@ def post(url: str, secret: str, payload: dict) -> http.Answer:
             headers={
                 "Content-Type": "application/json",
                 TIMESTAMP_HEADER: timestamp,
-                SIGNATURE_HEADER: sign(secret, timestamp, body),
+                SIGNATURE_HEADER: sign(secret, timestamp, body, WEBHOOK),
+                VERSION_HEADER: "2",
                 "User-Agent": "b24widget-openlines",
                 **host,
             },

@@ -377,6 +377,9 @@ def _post(channel: Channel, row: OutboundMessage):
         answer = outbound.post(channel.webhook_url, channel.secret, row.payload)
     except (http.HttpFailure, outbound.BadWebhookUrl) as exc:
         return "retry", _retry_later([row], str(exc)[:255], "created_at")
+    except Exception as exc:  # noqa: BLE001 - whatever fails one delivery is that message's, not the run's
+        log.exception("webhook delivery failed", extra={"member_id": channel.portal.member_id})
+        return "retry", _retry_later([row], f"failed: {type(exc).__name__}", "created_at")
     verdict = outbound.verdict(answer.status)
     now = timezone.now()
     if verdict == outbound.DELIVERED:

@@ -34,8 +34,9 @@ _PAGES = {"/sandbox/openlines/": "openlines-desk.html", "/sandbox/customer/": "c
 
 
 def _sign(secret: str, timestamp: str, body: bytes) -> str:
-    # The channel's scheme (openlines/outbound.py): HMAC-SHA256 over "<timestamp>." + body.
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    # The channel's scheme, version 2 (openlines/outbound.py): HMAC-SHA256 over "v2.inbound.<timestamp>." + body.
+    signed = f"v2.inbound.{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 class OpenLinesPages:
@@ -199,6 +200,7 @@ class OpenLinesPages:
                 "Content-Type": "application/json",
                 "X-B24Widget-Timestamp": timestamp,
                 "X-B24Widget-Signature": _sign(secret, timestamp, raw),
+                "X-B24Widget-Signature-Version": "2",
             },
         )
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

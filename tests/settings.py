@@ -35,7 +35,8 @@ from tests.redis_keys import RUN_PREFIX  # noqa: E402
 
 # A run's cache keys live under its own prefix: with CACHE_URL pointing at a shared Redis, the suite
 # touches (and deletes) only its own keys (tests/redis_keys.py), never other data on that server.
-CACHES["default"].setdefault("KEY_PREFIX", RUN_PREFIX)
+# (A prefix CACHE_URL names itself goes before it: the run's keys stay apart from that deployment's.)
+CACHES["default"]["KEY_PREFIX"] = ":".join(p for p in (CACHES["default"].get("KEY_PREFIX"), RUN_PREFIX) if p)
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so threads in the concurrency tests share one database.

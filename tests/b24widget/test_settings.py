@@ -264,3 +264,31 @@ def test_local_switches_are_fine_with_debug_and_the_test_settings_pass_the_check
     # tests/settings.py: DEBUG off with B24_ALLOW_HTTP_PORTALS on, accepted only through B24_TESTING.
     result = manage("check", env={"DJANGO_SETTINGS_MODULE": "tests.settings"})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url, prefix",
+    [
+        ("redis://cache.example:6379/0?key_prefix=tenant-a", "tenant-a"),
+        ("redis://cache.example:6379/0?KEY_PREFIX=tenant-a&timeout=60", "tenant-a"),
+        ("locmemcache://b24widget?key_prefix=tenant-a", "tenant-a"),
+        ("redis://cache.example:6379/0", ""),
+    ],
+)
+def test_the_cache_urls_key_prefix_is_honoured(monkeypatch, url, prefix):
+    """README, Configuration: CACHE_URL's `key_prefix` (django-environ lower-cased it for Redis, where Django
+    never read it, so two deployments on one Redis shared their keys)."""
+    import environ
+    from django.utils.module_loading import import_string
+
+    from b24widget.config import Reader
+
+    monkeypatch.setenv("CACHE_URL", url)
+    reader = Reader(environ.Env())
+    config = reader.cache("CACHE_URL", default="locmemcache://")
+    assert reader.problems == []
+    cache = import_string(config["BACKEND"])(config["LOCATION"], config)  # no connection is made here
+    assert cache.key_prefix == prefix
+    assert cache.make_key("verdict") == (f"{prefix}:1:verdict" if prefix else ":1:verdict")
+    if "timeout" in url:
+        assert cache.default_timeout == 60

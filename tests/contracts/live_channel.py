@@ -36,14 +36,15 @@ class LiveChannel:
         """POST to the channel, signed by the book unless told otherwise (`signature`, `secret`, `timestamp`)."""
         body = json.dumps(payload).encode() if body is None else body
         timestamp = str(int(time.time()) if timestamp is None else timestamp)
-        if signature is None:
-            digest = hmac.new((secret or self.secret).encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-            signature = "sha256=" + digest.hexdigest()
+        if signature is None:  # version 2, as the document describes it (not the app's own function)
+            signed = f"v2.inbound.{timestamp}.".encode() + body
+            signature = "sha256=" + hmac.new((secret or self.secret).encode(), signed, hashlib.sha256).hexdigest()
         sent = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "X-B24Widget-Timestamp": timestamp,
             "X-B24Widget-Signature": signature,
+            "X-B24Widget-Signature-Version": "2",
             **(headers or {}),
         }
         return requests.post(self.endpoint, data=body, headers=sent, timeout=30)

@@ -108,8 +108,9 @@ def test_the_client_is_standard_library_and_requests_only():
 
 def test_sign_and_verify_follow_the_documented_scheme():
     body, secret, now = b'{"a":1}', "s3cret", 1767225600
-    expected = "sha256=" + hmac.new(b"s3cret", b"1767225600." + body, hashlib.sha256).hexdigest()
-    assert cc.sign(secret, str(now), body) == expected
+    expected = "sha256=" + hmac.new(b"s3cret", b"v2.webhook.1767225600." + body, hashlib.sha256).hexdigest()
+    assert cc.sign(secret, str(now), body, cc.WEBHOOK) == expected
+    assert cc.sign(secret, str(now), body, cc.INBOUND) != expected  # bound to its direction
     assert cc.verify(secret, str(now), expected, body, now=now + 299) is None
     assert cc.verify(secret, str(now), expected, body, now=now + 301) == "stale_timestamp"
     assert cc.verify(secret, str(now), expected.upper(), body, now=now) == "bad_signature"
@@ -183,7 +184,8 @@ def test_the_receiver_refuses_what_the_channel_did_not_sign(example_webhook):
             "Content-Type": "application/json",
             "User-Agent": "b24widget-openlines",
             "X-B24Widget-Timestamp": str(timestamp),
-            "X-B24Widget-Signature": cc.sign(secret, str(timestamp), body),
+            "X-B24Widget-Signature": cc.sign(secret, str(timestamp), body, cc.WEBHOOK),
+            "X-B24Widget-Signature-Version": "2",
         }
         sent = requests.Request("POST", example_webhook.url, headers=headers, data=body).prepare()
         with requests.Session() as session:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from openlines import registry
-from openlines.outbound import sign
+from openlines.outbound import INBOUND, sign, sign_v1
 from tests.helpers import QuietHandler, start_server, stop_server
 from tests.placements.frames import widget_token_of
 
@@ -131,13 +131,17 @@ def channel(frame, installed, receiver):
     return Channel.objects.get(public_id=body["channel"]["id"]), body["secret"], b24
 
 
-def signed(client, channel, secret, payload, *, timestamp=None, signature=None):
+def signed(client, channel, secret, payload, *, timestamp=None, signature=None, version=2):
+    """POST `payload` to the channel signed as the outside system does (version 2; `version=1`: the old way)."""
     body = json.dumps(payload).encode()
     timestamp = str(int(time.time()) if timestamp is None else timestamp)
+    made = sign(secret, timestamp, body, INBOUND) if version == 2 else sign_v1(secret, timestamp, body)
     headers = {
         "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
-        "HTTP_X_B24WIDGET_SIGNATURE": signature or sign(secret, timestamp, body),
+        "HTTP_X_B24WIDGET_SIGNATURE": signature or made,
     }
+    if version == 2:
+        headers["HTTP_X_B24WIDGET_SIGNATURE_VERSION"] = "2"
     return client.post(f"/channels/{channel.public_id}/messages", body, content_type="application/json", **headers)
 
 

@@ -10,7 +10,7 @@ from django.db import connection
 
 from inbox.models import InboxItem
 from openlines.models import Channel
-from openlines.outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from openlines.outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK, sign
 from portals.models import Portal
 from sandbox.standin import rest_imconnector as imc
 from tests.openlines.conftest import message, signed
@@ -50,7 +50,7 @@ def test_after_rotation_and_without_the_old_key_channels_still_work(
     with django_capture_on_commit_callbacks(execute=True):
         sink.relay(client)
     [hook] = receiver.got
-    assert hook["headers"][SIGNATURE_HEADER] == sign(secret, hook["headers"][TIMESTAMP_HEADER], hook["body"])
+    assert hook["headers"][SIGNATURE_HEADER] == sign(secret, hook["headers"][TIMESTAMP_HEADER], hook["body"], WEBHOOK)
 
 
 def test_a_channel_no_key_decrypts_is_named_with_what_to_do(channel, settings):

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from openlines import events, tasks
 from openlines.models import Channel, Delivery, InboundMessage, OutboundMessage
-from openlines.outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from openlines.outbound import SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK, sign
 from sandbox.standin import rest_imconnector as imc
 from tests.openlines.conftest import Item, message, signed
 
@@ -39,7 +39,7 @@ def test_an_operator_reply_is_posted_signed_and_marked_delivered(
     assert body["event"] == "message.add" and body["chat"]["id"] == "chat-1"
     assert body["message"]["text"] == "Hello, how can I help?" and body["message"]["id"] == str(message_id)
     # The outside system can check the signature with the channel's secret.
-    assert hook["headers"][SIGNATURE_HEADER] == sign(secret, hook["headers"][TIMESTAMP_HEADER], hook["body"])
+    assert hook["headers"][SIGNATURE_HEADER] == sign(secret, hook["headers"][TIMESTAMP_HEADER], hook["body"], WEBHOOK)
     assert abs(int(hook["headers"][TIMESTAMP_HEADER]) - time.time()) < 300
     # Bitrix24 shows the operator the message as delivered.
     reply = next(m for m in imc.conversations(b24)[0]["messages"] if m["im_message_id"] == message_id)

@@ -16,7 +16,7 @@ import pytest
 from django.test import Client
 
 from openlines.models import Channel, Delivery, InboundMessage, OutboundMessage
-from openlines.outbound import sign
+from openlines.outbound import INBOUND, sign
 from sandbox.standin import rest_imconnector as imc
 from tests.conftest import do_install
 from tests.helpers import QuietHandler, local_server
@@ -91,7 +91,11 @@ def test_a_captured_request_replayed_verbatim_is_refused(client, channel, settin
     row, secret, b24 = channel
     body = json.dumps(message("m1", "Pay invoice 7")).encode()
     timestamp = str(int(time.time()) - 120)
-    headers = {"HTTP_X_B24WIDGET_TIMESTAMP": timestamp, "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body)}
+    headers = {
+        "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
+        "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body, INBOUND),
+        "HTTP_X_B24WIDGET_SIGNATURE_VERSION": "2",
+    }
 
     def send():
         return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json", **headers)
@@ -103,6 +107,88 @@ def test_a_captured_request_replayed_verbatim_is_refused(client, channel, settin
     assert error_of(send()) == (401, "stale_timestamp")
     assert InboundMessage.objects.count() == 1 and b24.calls("imconnector.send.messages") == 1
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["Pay invoice 7"]
+
+
+def test_a_captured_update_without_a_date_replayed_later_is_refused(
+    client, channel, django_capture_on_commit_callbacks
+):
+    """Stranger row (replay): an edit that named no `message.date` used to be dated "now" before its
+    idempotency key was made, so the same captured bytes replayed a second later were a new edit. The key is
+    what the request carried: the replay is a duplicate; Bitrix24 got the edit once."""
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "Pay invoice 7")).status_code == 202
+    edit = {"action": "update", "chat": {"id": "chat-1"}, "user": {"id": "u-1"}, "message": {"id": "m1", "text": "7!"}}
+    body = json.dumps(edit).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "HTTP_X_B24WIDGET_TIMESTAMP": timestamp,
+        "HTTP_X_B24WIDGET_SIGNATURE": sign(secret, timestamp, body, INBOUND),
+        "HTTP_X_B24WIDGET_SIGNATURE_VERSION": "2",
+    }
+
+    def send():
+        return client.post(f"/channels/{row.public_id}/messages", body, content_type="application/json", **headers)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send().status_code == 202
+        while str(int(time.time())) == timestamp:  # a replay in a later second (the date would differ)
+            time.sleep(0.05)
+        assert error_of(send()) == (409, "duplicate_message")
+    assert InboundMessage.objects.filter(action="update").count() == 1
+    assert b24.calls("imconnector.update.messages") == 1
+
+
+def test_a_captured_webhook_is_no_request_to_the_channel(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
+    """Stranger row (direction): our webhook POST, captured on its way to the outside system and sent to the
+    channel with all its headers, is refused for its signature (401, before its body is even read as a
+    message), with its version header and without it (as version 1, inside the migration window)."""
+    row, secret, b24 = conversation
+    _reply(client, b24, sink, django_capture_on_commit_callbacks)
+    [hook] = receiver.got
+    headers = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in hook["headers"].items() if k.startswith("X-B24")}
+    assert headers["HTTP_X_B24WIDGET_SIGNATURE_VERSION"] == "2"
+    as_v1 = {k: v for k, v in headers.items() if k != "HTTP_X_B24WIDGET_SIGNATURE_VERSION"}
+    for sent in (headers, as_v1):
+        response = client.post(
+            f"/channels/{row.public_id}/messages", hook["body"], content_type="application/json", **sent
+        )
+        assert error_of(response) == (401, "bad_signature")
+    assert InboundMessage.objects.count() == 1  # the customer's own message only
+
+
+def test_version_1_signatures_are_accepted_only_within_the_migration_window(
+    client, channel, settings, django_capture_on_commit_callbacks
+):
+    """Administrator row (the secret's holder): a request signed the old way is accepted up to and including
+    OPENLINES_SIGNATURE_V1_UNTIL, and refused after it or when it is unset; an unknown version is refused."""
+    import datetime
+
+    row, secret, b24 = channel
+    today = datetime.datetime.now(datetime.UTC).date()
+    settings.OPENLINES_SIGNATURE_V1_UNTIL = today
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1"), version=1).status_code == 202
+    for until in (today - datetime.timedelta(days=1), None):
+        settings.OPENLINES_SIGNATURE_V1_UNTIL = until
+        refused = signed(client, row, secret, message("m2"), version=1)
+        assert error_of(refused) == (401, "bad_signature") and "version 1" in refused.json()["error_description"]
+    body = json.dumps(message("m3")).encode()
+    timestamp = str(int(time.time()))
+    for version in ("3", "２", "2 "):
+        response = client.post(
+            f"/channels/{row.public_id}/messages",
+            body,
+            content_type="application/json",
+            HTTP_X_B24WIDGET_TIMESTAMP=timestamp,
+            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body, INBOUND),
+            HTTP_X_B24WIDGET_SIGNATURE_VERSION=version,
+        )
+        assert error_of(response) == (401, "bad_signature")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m3")).status_code == 202  # version 2 goes on
 
 
 @pytest.mark.parametrize(
@@ -129,7 +215,8 @@ def test_a_malformed_body_with_a_good_signature_is_400_and_sends_nothing(
             body,
             content_type="application/json",
             HTTP_X_B24WIDGET_TIMESTAMP=timestamp,
-            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body),
+            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, timestamp, body, INBOUND),
+            HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
         )
     assert error_of(response) == (400, "bad_request")
     assert not InboundMessage.objects.exists() and nothing_reached_bitrix24(b24, standin, before)
@@ -326,6 +413,52 @@ def test_in_production_a_webhook_url_must_be_public_https(frame, installed, sett
         assert error_of(answer) == (400, "bad_webhook_url") and not Channel.objects.exists()
 
 
+@pytest.mark.parametrize("private", [False, True], ids=["production", "private_allowed"])
+@pytest.mark.parametrize(
+    "url, stored",
+    [
+        (f"https://{'a' * 63}.example.com/hook", f"https://{'a' * 63}.example.com/hook"),
+        ("https://bücher.example/hook?x=1", "https://xn--bcher-kva.example/hook?x=1"),  # IDNA 2008, UTS 46
+        ("https://Straße.example:8443/hook", "https://xn--strae-oqa.example:8443/hook"),  # not "strasse" (2003)
+        (f"https://{'a' * 64}.example.com/hook", None),  # a label of 64
+        (f"https://{'.'.join(['a' * 63] * 4)}.com/hook", None),  # 260 in all
+        ("https://ex_ample.com/hook", None),
+        ("https://☃.example/hook", None),  # a symbol IDNA 2008 does not admit
+        ("https://-hooks.example.com/hook", None),
+        ("https://hooks..example.com/hook", None),
+        ("https://xn--zz.example.com/hook", None),  # not a valid A-label
+        ("https://127.1/hook", None),  # the resolver reads it as 127.0.0.1; a last label of digits is no name
+        ("https://0x7f.1/hook", None),
+        ("https://[::1/hook", None),
+    ],
+    ids=[
+        "label_63",
+        "idn",
+        "idn_eszett",
+        "label_64",
+        "name_260",
+        "underscore",
+        "symbol",
+        "leading_hyphen",
+        "empty_label",
+        "bad_a_label",
+        "numeric_last_label",
+        "hex_and_digits",
+        "unclosed_bracket",
+    ],
+)
+def test_a_webhook_host_must_be_a_dns_name(frame, installed, settings, url, stored, private):
+    """Administrator row: a name is a DNS name (labels of 1 to 63, 253 in all, IDNA 2008) at the save, whatever
+    else is allowed, and it is stored in its ASCII form (what is resolved and sent)."""
+    settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = private
+    portal, b24 = installed
+    answer = act(frame, b24, "connect", webhook_url=url)
+    if stored:
+        assert answer.status_code == 200 and Channel.objects.get().webhook_url == stored
+    else:
+        assert error_of(answer) == (400, "bad_webhook_url") and not Channel.objects.exists()
+
+
 def test_a_stored_webhook_url_is_checked_again_before_each_send(
     client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
 ):
@@ -339,18 +472,27 @@ def test_a_stored_webhook_url_is_checked_again_before_each_send(
 
 
 def test_a_name_that_resolves_to_loopback_is_refused_at_send(
-    client, frame, installed, receiver, sink, settings, django_capture_on_commit_callbacks
+    client, frame, installed, receiver, sink, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    """Administrator row: "127.1" is not an address literal to the save-time check, so it is stored; before
-    each send the host is resolved (to 127.0.0.1 here) and the POST refused."""
+    """Administrator row: the save-time check does no DNS, so a public-looking name is stored; before each send
+    the host is resolved (by a stubbed getaddrinfo here, to 127.0.0.1, where the receiver listens) and the POST
+    refused. ("127.1", which the resolver reads as 127.0.0.1, is no DNS name: refused at the save already.)"""
     settings.OPENLINES_ALLOW_PRIVATE_WEBHOOKS = False
     portal, b24 = installed
-    port = receiver.url.split(":")[2].split("/")[0]
+    port = int(receiver.url.split(":")[2].split("/")[0])
+    real = socket.getaddrinfo
+
+    def resolve(host, port, *args, **kwargs):
+        if host == "hook.example.com":
+            return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
     reply = _connected_and_replied(
-        client, frame, b24, sink, django_capture_on_commit_callbacks, f"https://127.1:{port}/hook"
+        client, frame, b24, sink, django_capture_on_commit_callbacks, f"https://hook.example.com:{port}/hook"
     )
     assert (reply.state, reply.last_error) == (Delivery.FAILED, "the host resolves to a non-public address")
-    assert receiver.got == []
+    assert receiver.tried == []
 
 
 def _connected_and_replied(client, frame, b24, sink, capture, webhook_url):

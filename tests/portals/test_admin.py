@@ -161,3 +161,25 @@ def test_inbox_lists_events_with_their_state_and_never_a_secret(admin_client, cl
     assert response.status_code == 302
     failed.refresh_from_db()
     assert (failed.state, failed.attempts) == (InboxItem.State.PENDING, 0)
+
+
+def test_admin_logins_are_throttled_per_client_address(db, settings):
+    """A client address (X-Real-IP, set by the proxy) with ADMIN_LOGIN_FAILURE_LIMIT failed logins is refused
+    (429) even with the right password, whatever X-Forwarded-For it sends; another address logs in."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    User.objects.create_user("staff", password="right-password-1", is_staff=True, is_superuser=True)
+    guesser = {"HTTP_X_REAL_IP": "203.0.113.9", "REMOTE_ADDR": "127.0.0.1"}
+
+    def login(password, **meta):
+        client = Client()
+        return client.post("/admin/login/", {"username": "staff", "password": password, "next": "/admin/"}, **meta)
+
+    for n in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert login(f"guess-{n}", **guesser).status_code == 200  # the form again, with its error
+    assert login("guess-last", **guesser).status_code == 429
+    assert login("right-password-1", **guesser).status_code == 429
+    assert login("right-password-1", **guesser, HTTP_X_FORWARDED_FOR="198.51.100.7").status_code == 429
+    other = login("right-password-1", HTTP_X_REAL_IP="203.0.113.10", REMOTE_ADDR="127.0.0.1")
+    assert other.status_code == 302 and other["Location"] == "/admin/"
