@@ -52,7 +52,7 @@ CONTACT_CENTER = Placement(
     descriptions={
         "en": "Connect your Open Lines to b24widget",
         "ru": "Подключите открытые линии к b24widget",
-        "de": "Verbinden Sie Ihre offenen Kanäle mit b24widget",
+        "de": "Verbinden Sie Ihre Kommunikationskanäle mit b24widget",
     },
 )
 

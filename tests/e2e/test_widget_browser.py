@@ -216,7 +216,7 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
 
     # --- the widget speaks the portal's language
     for lang, heading, role in (
-        ("de", "b24widget für das Kontaktcenter", "Administrator"),
+        ("de", "b24widget für das Contact Center", "Administrator"),
         ("ru", "b24widget для Контакт-центра", "администратор"),
     ):
         open_widget(page, sandbox, user="1", lang=lang)
