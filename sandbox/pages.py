@@ -321,7 +321,24 @@ class SandboxPages(OpenLinesPages):
         reload = self._frame(
             self.app_page_url, fields, user=user, is_admin=portal.is_admin(user), lang=lang, placement="DEFAULT"
         )
-        return {"installFinished": True, "deliveries": deliveries, "reload": reload}
+        # The frame now shows the app: the slider's header names it, as a portal's does, not "Installing".
+        return {
+            "installFinished": True,
+            "deliveries": deliveries,
+            "reload": reload,
+            "title": self._app_title(portal, lang),
+        }
+
+    def _app_title(self, portal, lang):
+        """The app's name as the portal shows it: the title of a placement it bound (localized), or "Application"."""
+        with self.standin.lock:
+            bindings = [dict(b) for b in portal.bindings["placements"]]
+        for binding in bindings:
+            localized = (binding.get("LANG_ALL") or {}).get(lang)
+            title = (localized.get("TITLE") if isinstance(localized, dict) else "") or binding.get("TITLE")
+            if title:
+                return str(title)
+        return "Application"
 
     def _api_open(self, portal, body):
         """A click on our square (or, with ``stale``, on a square left over after an uninstall)."""

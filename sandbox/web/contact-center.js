@@ -275,6 +275,7 @@
             const installer = current.frame;
             const answer = await api("install-finished", { user_id: installer.user, lang: installer.lang });
             if (!answer.deliveries.length) note("ONAPPINSTALL: the app bound no handler for it; nothing sent");
+            byId("slider-title").textContent = answer.title;
             openFrame("app", answer.reload);
           } catch (error) {
             note("installFinish ignored: " + error.message);

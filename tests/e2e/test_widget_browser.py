@@ -104,6 +104,9 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     expect(page.locator('#event-log li[data-event="ONAPPINSTALL"][data-status="200"]')).to_have_count(1)
     expect(page.locator('#bx24-log li[data-command="installFinish"]')).to_have_count(1)
     expect(page.locator("#app-state")).to_have_attribute("data-state", "installed")
+    # The install page titled the slider while it ran; the reloaded frame is the app, and the header says so.
+    expect(page.locator('#bx24-log li[data-command="setTitle"]').first).to_contain_text("Installing b24widget")
+    expect(page.locator("#slider-title")).to_have_text("b24widget")
     shoot(page, "02-install-finished")
     assert_accessible(app_frame_content(page), "the install page")
     stored = db_portal(sandbox)

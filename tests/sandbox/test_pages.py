@@ -120,6 +120,7 @@ def test_install_then_finish_then_the_square_in_the_chosen_language(http, standi
     # bx24-install-finish.md: the page reloads and the app launches: its own page, PLACEMENT=DEFAULT.
     reload = finished["reload"]
     assert urlsplit(reload["action"]).path == "/placement/" and reload["fields"]["PLACEMENT"] == "DEFAULT"
+    assert finished["title"] == "Widget"  # the slider's header names the app now, no longer "Installing the app"
     form = {k: v[0] for k, v in parse_qs(recorder.requests[-1]["body"]).items()}
     assert form["auth[application_token]"] == install["fields"]["APPLICATION_TOKEN"]
     seen = state(http, portal, lang="de")
