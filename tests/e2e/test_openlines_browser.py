@@ -85,20 +85,21 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     desk = page.context.new_page()
     desk.goto(f"{sandbox.portal_origin}/sandbox/openlines/")
     incoming = desk.locator('.chat .messages li[data-side="customer"]')
-    expect(incoming).to_have_text("Casey: Hello, is anyone there?", timeout=SLOW_MS)
+    expect(incoming.locator(".text")).to_have_text("Hello, is anyone there?", timeout=SLOW_MS)
+    expect(incoming.locator(".author")).to_have_text("Casey")
     desk.locator(".chat .reply-text").first.fill("Yes, how can I help?")
     desk.locator(".chat .reply-send").first.click()
     expect(desk.locator("#desk-result")).to_have_text("OnImConnectorMessageAdd sent: HTTP 200")
 
     # --- the customer sees the reply (the app's signed webhook), the operator sees "delivered"
-    expect(customer.locator('#replies li[data-signed="yes"] .text')).to_have_text(
+    expect(customer.locator('#conversation li[data-side="operator"][data-signed="yes"] .text')).to_have_text(
         "Yes, how can I help?", timeout=SLOW_MS
     )
     reply = desk.locator('.chat .messages li[data-side="operator"]')
     expect(reply).to_have_attribute("data-status", "delivered", timeout=SLOW_MS)
     # --- the customer reads it: the channel's "read" report -> imconnector.send.status.reading
     customer.bring_to_front()
-    customer.click("#replies .mark-read")
+    customer.click("#conversation .mark-read")
     expect(customer.locator("#send-result")).to_have_attribute("data-status", "202")
     desk.bring_to_front()
     expect(reply).to_have_attribute("data-status", "read", timeout=SLOW_MS)
