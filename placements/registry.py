@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bitrix24.errors import RestError
 from portals import install, install_steps
 
 
@@ -27,6 +28,9 @@ class Placement:
     bind: bool = True
     # Renders this placement instead of `template` (another app's page; placements never import it).
     view: Callable[..., Any] | None = None
+    # The scope the placement needs besides `placement` (placement-bind.md: "depending on the placement
+    # location"); empty: read from the code's prefix (scope_of).
+    scope: str = ""
 
 
 _registry: dict[str, Placement] = {}
@@ -43,6 +47,20 @@ def get(code: str) -> Placement | None:
 
 def registered() -> list[Placement]:
     return list(_registry.values())
+
+
+# The scope of a placement family, as the placement pages list them (api-reference/widgets/*).
+_PREFIX_SCOPES = (("CONTACT_CENTER", "contact_center"), ("CRM_", "crm"), ("TASK_", "task"), ("CALENDAR_", "calendar"))
+# Bitrix24's answers to a placement.bind the app's scopes do not allow: the method's scope missing, no right,
+# or (the stand-in, a portal without the placement's own scope) a placement it does not offer this app.
+SCOPE_REFUSALS = frozenset({"insufficient_scope", "ACCESS_DENIED", "ERROR_PLACEMENT_NOT_FOUND"})
+
+
+def scope_of(placement: Placement) -> str:
+    """The scope a placement needs besides `placement`, or "" when none is known."""
+    if placement.scope:
+        return placement.scope
+    return next((scope for prefix, scope in _PREFIX_SCOPES if placement.code.startswith(prefix)), "")
 
 
 CONTACT_CENTER = Placement(
@@ -100,5 +118,20 @@ def bind_placements(portal: Any, client: Any) -> install_steps.Bound:
         )
         commands[f"bind_placement_{i}"] = ("placement.bind", binding)
     if commands:
-        install.run_bindings(client, commands)
+        try:
+            install.run_bindings(client, commands)
+        except RestError as exc:
+            if exc.code not in SCOPE_REFUSALS:
+                raise
+            # run_bindings names the refused command first ("bind_placement_<i>: ...").
+            key = exc.description.split(":", 1)[0]
+            index = int(key.rsplit("_", 1)[1]) if key.startswith("bind_placement_") else -1
+            code = handlers[index]["PLACEMENT"] if 0 <= index < len(handlers) else ""
+            placement = _registry.get(code)
+            scopes = ["placement"] if exc.code == "insufficient_scope" else []
+            if placement is not None and scope_of(placement):
+                scopes.append(scope_of(placement))
+            raise install_steps.MissingScope(
+                exc.code, exc.description, scopes=scopes or ["placement"], placement=code, method=exc.method
+            ) from None
     return install_steps.Bound(placements=[b["PLACEMENT"] for b in handlers])
