@@ -18,6 +18,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from bitrix24.addresses import portal_origin
+from bitrix24.errors import Bitrix24Error
 from bitrix24.frames import BadFramePost, frame_origin, framed_by
 from bitrix24.responses import frame_error, json_error, json_refusal
 from placements import auth, widget_token
@@ -60,6 +61,9 @@ def setting_connector(request, parsed):
                 "verdict": verdict,
                 "connector": connector,
                 "line": line,
+                "line_name": _line_name(portal, line),
+                "default_name": f"{connector.name} ({line})",
+                "icon_uri": registry.svg_data_uri(connector.icon.svg),
                 "channel": channel,
                 "inbound_url": lifecycle.inbound_url(channel) if channel else "",
                 "state": {
@@ -71,6 +75,15 @@ def setting_connector(request, parsed):
             },
         )
     return framed_by(response, portal_origin(portal))
+
+
+def _line_name(portal: Portal, line: str) -> str:
+    """The line's name as the portal shows it (the list of lines is read at most once a minute), or ""."""
+    try:
+        lines = lifecycle.open_lines(portal)
+    except (lifecycle.ConnectFailed, Bitrix24Error):
+        return ""  # the page names the line by its number instead
+    return next((entry["name"] for entry in lines if entry["id"] == line), "")
 
 
 def _frame_portal(form):

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from django.http import HttpRequest, HttpResponse
 
+from bitrix24.errors import RestError
 from bitrix24.frames import FramePost
 from bitrix24.wire import Command, Params
 from portals import install, install_steps
@@ -44,6 +45,9 @@ class Placement:
     bind: bool = True
     # Renders this placement instead of `template` (another app's page; placements never import it).
     view: Callable[[HttpRequest, Opened], HttpResponse] | None = None
+    # The scope the placement needs besides `placement` (placement-bind.md: "depending on the placement
+    # location"); empty: read from the code's prefix (scope_of).
+    scope: str = ""
 
 
 _registry: dict[str, Placement] = {}
@@ -62,6 +66,20 @@ def registered() -> list[Placement]:
     return list(_registry.values())
 
 
+# The scope of a placement family, as the placement pages list them (api-reference/widgets/*).
+_PREFIX_SCOPES = (("CONTACT_CENTER", "contact_center"), ("CRM_", "crm"), ("TASK_", "task"), ("CALENDAR_", "calendar"))
+# Bitrix24's answers to a placement.bind the app's scopes do not allow: the method's scope missing, no right,
+# or (the stand-in, a portal without the placement's own scope) a placement it does not offer this app.
+SCOPE_REFUSALS = frozenset({"insufficient_scope", "ACCESS_DENIED", "ERROR_PLACEMENT_NOT_FOUND"})
+
+
+def scope_of(placement: Placement) -> str:
+    """The scope a placement needs besides `placement`, or "" when none is known."""
+    if placement.scope:
+        return placement.scope
+    return next((scope for prefix, scope in _PREFIX_SCOPES if placement.code.startswith(prefix)), "")
+
+
 CONTACT_CENTER = Placement(
     code="CONTACT_CENTER",
     template="placements/contact_center.html",
@@ -69,7 +87,7 @@ CONTACT_CENTER = Placement(
     descriptions={
         "en": "Connect your Open Lines to b24widget",
         "ru": "Подключите открытые линии к b24widget",
-        "de": "Verbinden Sie Ihre offenen Kanäle mit b24widget",
+        "de": "Verbinden Sie Ihre Kommunikationskanäle mit b24widget",
     },
 )
 
@@ -117,5 +135,20 @@ def bind_placements(portal: Portal, client: PortalClient) -> install_steps.Bound
         )
         commands[f"bind_placement_{i}"] = ("placement.bind", binding)
     if commands:
-        install.run_bindings(client, commands)
+        try:
+            install.run_bindings(client, commands)
+        except RestError as exc:
+            if exc.code not in SCOPE_REFUSALS:
+                raise
+            # run_bindings names the refused command first ("bind_placement_<i>: ...").
+            key = exc.description.split(":", 1)[0]
+            index = int(key.rsplit("_", 1)[1]) if key.startswith("bind_placement_") else -1
+            code = handlers[index]["PLACEMENT"] if 0 <= index < len(handlers) else ""
+            placement = _registry.get(code)
+            scopes = ["placement"] if exc.code == "insufficient_scope" else []
+            if placement is not None and scope_of(placement):
+                scopes.append(scope_of(placement))
+            raise install_steps.MissingScope(
+                exc.code, exc.description, scopes=scopes or ["placement"], placement=code, method=exc.method
+            ) from None
     return install_steps.Bound(placements=[b["PLACEMENT"] for b in handlers])

@@ -38,10 +38,13 @@ class InstallRefused(Refusal):
 
 
 class InstallUnavailable(Exception):
-    """Bitrix24 (or our database) could not be reached to complete the install."""
+    """Bitrix24 (or our database) could not be reached, or refused, to complete the install. `scopes` and
+    `placement` name what is missing when Bitrix24 refused for a scope (install_steps.MissingScope)."""
 
-    def __init__(self, code: str):
+    def __init__(self, code: str, *, scopes: list[str] | None = None, placement: str = ""):
         self.code = code
+        self.scopes = list(scopes or [])
+        self.placement = placement
         super().__init__(code)
 
 
@@ -100,6 +103,8 @@ def bind(portal: Portal) -> None:
             done = install_steps.bound(step(portal, client))
         except RestError as exc:
             lifecycle.record_binding_failure(portal, exc.code, f"{name}: {exc.description}")
+            if isinstance(exc, install_steps.MissingScope):
+                raise InstallUnavailable(exc.code, scopes=exc.scopes, placement=exc.placement) from None
             raise InstallUnavailable(exc.code) from None
         except Exception as exc:  # e.g. the cache or database failing mid-way: recorded, never "complete"
             lifecycle.record_binding_failure(portal, type(exc).__name__, f"{name}: binding interrupted")

@@ -60,6 +60,14 @@ def install_view(request):
                     request, status=exc.status, title=title, message=message, origin=origin, retry_after=exc.retry_after
                 )
             except installer.InstallUnavailable as exc:
+                if exc.scopes:  # Bitrix24 refused a call for a scope this portal did not grant the app
+                    return frame_error(
+                        request,
+                        status=403,
+                        title=_("Installation incomplete"),
+                        message=_missing_scope_text(exc),
+                        origin=origin,
+                    )
                 if exc.code in ("ACCESS_DENIED", "insufficient_scope"):
                     return frame_error(
                         request,
@@ -91,6 +99,31 @@ def install_view(request):
                 },
             )
             return framed_by(response, portal_origin(portal))
+
+
+def _missing_scope_text(exc) -> str:
+    """What to do when Bitrix24 refused the install for a scope: the scope(s) by name, and who adds them."""
+    scopes = ", ".join(exc.scopes)
+    if exc.placement:
+        text = _(
+            "Bitrix24 refused to add the app to %(placement)s: it needs the permission (scope) %(scopes)s, "
+            "which this portal has not granted the app."
+        ) % {"placement": exc.placement, "scopes": scopes}
+    else:
+        text = _(
+            "Bitrix24 refused the installation: the app needs the permission (scope) %(scopes)s, which this "
+            "portal has not granted it."
+        ) % {"scopes": scopes}
+    if exc.code == "ACCESS_DENIED":
+        text += " " + _("The installing user must also be a portal administrator.")
+    return (
+        text
+        + " "
+        + _(
+            "Add the permission to the app (a local app: its settings in Bitrix24, “Assign permissions”; a Market "
+            "app: its vendor publishes a version that asks for it), then install the app again."
+        )
+    )
 
 
 def _install_refusal(reason: str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -37,6 +38,18 @@ def _sign(secret: str, timestamp: str, body: bytes) -> str:
     # The channel's scheme, version 2 (openlines/outbound.py): HMAC-SHA256 over "v2.inbound.<timestamp>." + body.
     signed = f"v2.inbound.{timestamp}.".encode() + body
     return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def _icon(icon) -> dict:
+    """imconnector.register's ICON as the tile draws it: an image (a data: URI of an image only), its colour."""
+    icon = icon if isinstance(icon, dict) else {}
+    image = str(icon.get("DATA_IMAGE") or "")
+    color = str(icon.get("COLOR") or "")
+    return {
+        "image": image if image.startswith("data:image/") else "",
+        "color": color if re.fullmatch(r"#[0-9a-fA-F]{3,8}", color) else "",
+        "size": str(icon.get("SIZE") or "") if re.fullmatch(r"[0-9]{1,3}%", str(icon.get("SIZE") or "")) else "",
+    }
 
 
 class OpenLinesPages:
@@ -84,20 +97,29 @@ class OpenLinesPages:
         return f"http://{portal.domain}/sandbox/webhook/"
 
     def openlines_state(self, portal):
+        with self.standin.lock:
+            users = {str(u["ID"]): f"{u.get('NAME', '')} {u.get('LAST_NAME', '')}".strip() for u in portal.users}
+            line_names = {str(x["ID"]): str(x.get("LINE_NAME") or "") for x in portal.open_lines}
         chats = []
         for chat in rest_imconnector.conversations(portal):
+            customer = f"{chat.get('name', '')} {chat.get('last_name', '')}".strip() or chat["external_user"]
             chats.append(
                 {
                     "chat_id": chat["chat_id"],
                     "line": chat["line"],
+                    "line_name": line_names.get(str(chat["line"]), ""),
                     "connector": chat["connector"],
                     "external_chat": chat["external_chat"],
-                    "customer": f"{chat.get('name', '')} {chat.get('last_name', '')}".strip() or chat["external_user"],
+                    "customer": customer,
                     "messages": [
                         {
                             "id": m["im_message_id"],
                             "outside": m["outside"],
+                            # Bitrix24 itself (senderid 0) writes system messages; operators write the rest.
+                            "system": not m["outside"] and str(m.get("author", "")) == "0",
+                            "author": customer if m["outside"] else users.get(str(m.get("author", "")), ""),
                             "text": m["text"],
+                            "at": m.get("at"),
                             "deleted": m["deleted"],
                             "delivered": bool(m["delivered"]),
                             "read": bool(m["read"]),
@@ -117,17 +139,22 @@ class OpenLinesPages:
             connectors = {k: dict(v) for k, v in st.connectors.items() if v.get("app") == self.standin.client_id}
             lines = [dict(x) for x in portal.open_lines]
             active = {key: entry["active"] for key, entry in st.lines.items()}
-        return [
-            {
-                "connector": cid,
-                "name": c["NAME"],
-                "line": str(line["ID"]),
-                "lineName": line.get("LINE_NAME", ""),
-                "active": bool(active.get((cid, str(line["ID"])))),
-            }
-            for cid, c in connectors.items()
-            for line in lines
-        ]
+        tiles = []
+        for cid, c in connectors.items():
+            for line in lines:
+                on = bool(active.get((cid, str(line["ID"]))))
+                tiles.append(
+                    {
+                        "connector": cid,
+                        "name": c["NAME"],
+                        "line": str(line["ID"]),
+                        "lineName": line.get("LINE_NAME", ""),
+                        "active": on,
+                        # The icon the app registered (ICON; ICON_DISABLED, when it gave one, on a line not connected).
+                        "icon": _icon((c.get("ICON_DISABLED") if not on else None) or c.get("ICON")),
+                    }
+                )
+        return tiles
 
     # --- actions (POST, JSON, same origin: SandboxPages checks) -----------------------------------
 

@@ -47,6 +47,7 @@ BUILT_IN_SQUARES = (
     ("webform", "CRM forms", "#9dcf00"),
 )
 _EVENT_LOG_KEPT = 50
+_OPTIONS_MAX = 2048
 _JSON_HEADERS = [("Content-Type", "application/json; charset=utf-8"), ("Cache-Control", "no-store")]
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 
@@ -196,21 +197,23 @@ class SandboxPages(OpenLinesPages):
             deliveries = [dict(d) for d in self.standin.event_deliveries if d.get("member_id") == portal.member_id][
                 -_EVENT_LOG_KEPT:
             ]
-        squares = []
+        squares, elsewhere = [], []
         if installed and finished:
             for binding in placements:
-                if binding["PLACEMENT"] != "CONTACT_CENTER":
-                    continue
                 titles = binding.get("LANG_ALL") or {}
                 localized = titles.get(lang) if isinstance(titles, dict) else None
                 localized = localized if isinstance(localized, dict) else {}
-                squares.append(
-                    {
-                        "id": binding["ID"],
-                        "title": localized.get("TITLE") or binding.get("TITLE") or "App",
-                        "description": localized.get("DESCRIPTION") or binding.get("DESCRIPTION") or "",
-                    }
-                )
+                shown = {
+                    "id": binding["ID"],
+                    "title": localized.get("TITLE") or binding.get("TITLE") or "App",
+                    "description": localized.get("DESCRIPTION") or binding.get("DESCRIPTION") or "",
+                }
+                if binding["PLACEMENT"] == "CONTACT_CENTER":
+                    squares.append(shown)
+                else:
+                    # Any other placement the app bound (a CRM card's tab, a menu item ...): the sandbox cannot
+                    # draw each place, so the Contact Center page lists them, each opening like the square.
+                    elsewhere.append({**shown, "placement": binding["PLACEMENT"], "handler": binding["HANDLER"]})
         if removed:
             app_state = "uninstalled"
         elif installed and finished:
@@ -223,6 +226,7 @@ class SandboxPages(OpenLinesPages):
             "appState": app_state,
             "installFinished": bool(finished),
             "squares": squares,
+            "placements": elsewhere,
             "boundPlacements": [b["PLACEMENT"] for b in placements],
             "boundEvents": events,
             "deliveries": deliveries,
@@ -321,11 +325,31 @@ class SandboxPages(OpenLinesPages):
         reload = self._frame(
             self.app_page_url, fields, user=user, is_admin=portal.is_admin(user), lang=lang, placement="DEFAULT"
         )
-        return {"installFinished": True, "deliveries": deliveries, "reload": reload}
+        # The frame now shows the app: the slider's header names it, as a portal's does, not "Installing".
+        return {
+            "installFinished": True,
+            "deliveries": deliveries,
+            "reload": reload,
+            "title": self._app_title(portal, lang),
+        }
+
+    def _app_title(self, portal, lang):
+        """The app's name as the portal shows it: the title of a placement it bound (localized), or "Application"."""
+        with self.standin.lock:
+            bindings = [dict(b) for b in portal.bindings["placements"]]
+        for binding in bindings:
+            localized = (binding.get("LANG_ALL") or {}).get(lang)
+            title = (localized.get("TITLE") if isinstance(localized, dict) else "") or binding.get("TITLE")
+            if title:
+                return str(title)
+        return "Application"
 
     def _api_open(self, portal, body):
-        """A click on our square (or, with ``stale``, on a square left over after an uninstall)."""
+        """A click on our square (or, with ``stale``, on a square left over after an uninstall); with
+        ``placement_id``, on any other placement the app bound (``options``: its PLACEMENT_OPTIONS)."""
         user, lang = self._user(portal, body), self._lang(body)
+        if body.get("placement_id") not in (None, ""):
+            return self._open_placement(portal, body, user, lang)
         handler = None
         with self.standin.lock:
             usable = portal.installed and portal.install_finished and not portal._removed
@@ -342,6 +366,26 @@ class SandboxPages(OpenLinesPages):
         fields = portal.placement_post(user_id=user, lang=lang)
         admin = bool((portal._user(user) or {}).get("ADMIN"))
         return self._frame(handler, fields, user=user, is_admin=admin, lang=lang, placement="CONTACT_CENTER")
+
+    def _open_placement(self, portal, body, user, lang):
+        """Open a bound placement by its binding's ID: the POST Bitrix24 sends to that binding's HANDLER."""
+        with self.standin.lock:
+            usable = portal.installed and portal.install_finished and not portal._removed
+            binding = next(
+                (dict(b) for b in portal.bindings["placements"] if str(b["ID"]) == str(body.get("placement_id"))), None
+            )
+        if not usable or binding is None:
+            raise _ApiError(409, "no_placement", "The app has no such placement bound")
+        options = body.get("options")
+        if options in (None, ""):
+            options = None  # the stand-in's own (CONTACT_CENTER: ID and URI; others: none)
+        elif not (isinstance(options, dict) and len(json.dumps(options)) <= _OPTIONS_MAX):
+            raise _ApiError(400, "bad_options", "PLACEMENT_OPTIONS must be a JSON object (2 KB at most)")
+        fields = portal.placement_post(user_id=user, lang=lang, placement=binding["PLACEMENT"], options=options)
+        admin = bool((portal._user(user) or {}).get("ADMIN"))
+        return self._frame(
+            binding["HANDLER"], fields, user=user, is_admin=admin, lang=lang, placement=binding["PLACEMENT"]
+        )
 
     def _api_uninstall(self, portal, body):
         """Remove the app, then send ONAPPUNINSTALL (with the app's application_token) as Bitrix24 does."""

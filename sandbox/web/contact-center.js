@@ -68,6 +68,22 @@
     return element;
   }
 
+  // The icon the app registered with imconnector.register (ICON's DATA_IMAGE at SIZE; the first letter only when
+  // it gave none). imconnector-register.md does not say how COLOR combines with the image (its example image is
+  // itself coloured), so the sandbox draws the image on white inside a ring of COLOR: both kinds stay visible.
+  function connectorIcon(icon, registered) {
+    if (!registered.image) return;
+    icon.textContent = "";
+    icon.classList.add("registered");
+    icon.style.background = "#fff";
+    icon.style.boxShadow = `inset 0 0 0 3px ${registered.color || "#c6cdd3"}`;
+    const image = document.createElement("img");
+    image.src = registered.image;  // a data:image/ URI (the sandbox passes no other)
+    image.alt = "";
+    if (registered.size) image.style.width = image.style.height = `calc(${registered.size} * 0.75)`;  // inside the ring
+    icon.append(image);
+  }
+
   function render() {
     const appState = byId("app-state");
     appState.dataset.state = state.appState;
@@ -109,6 +125,7 @@
     // The connector's tile per Open Line (imconnector.register): a click opens SETTING_CONNECTOR.
     for (const tile of state.connectorTiles || []) {
       const element = square("connector", `${tile.name}: ${tile.lineName}`, tile.name.charAt(0).toUpperCase());
+      connectorIcon(element.querySelector(".icon"), tile.icon || {});
       element.id = `connector-${tile.connector}-${tile.line}`;
       element.dataset.active = tile.active ? "yes" : "no";
       element.tabIndex = 0;
@@ -122,6 +139,51 @@
       element.addEventListener("click", go);
       element.addEventListener("keydown", (event) => { if (event.key === "Enter") go(); });
       grid.append(element);
+    }
+
+    // Every other placement the app bound, read from the portal's bindings: a new one needs no change here.
+    const rows = byId("placements");
+    const typed = {};
+    for (const input of rows.querySelectorAll("input")) typed[input.dataset.placementId] = input.value;
+    rows.replaceChildren();
+    byId("placements-panel").hidden = !(state.placements || []).length;
+    for (const placement of state.placements || []) {
+      const row = document.createElement("tr");
+      row.dataset.placement = placement.placement;
+      const code = document.createElement("td");
+      code.append(Object.assign(document.createElement("code"), { textContent: placement.placement }));
+      const title = document.createElement("td");
+      title.textContent = placement.title;
+      title.title = placement.description;
+      const handler = document.createElement("td");
+      handler.className = "handler";
+      handler.textContent = placement.handler;
+      const options = document.createElement("td");
+      const input = document.createElement("input");
+      input.type = "text";
+      input.value = typed[placement.id] !== undefined ? typed[placement.id] : "{}";
+      input.dataset.placementId = placement.id;
+      input.setAttribute("aria-label", `PLACEMENT_OPTIONS for ${placement.placement}`);
+      options.append(input);
+      const go = document.createElement("td");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.id = `open-placement-${placement.id}`;
+      button.textContent = "Open";
+      button.addEventListener("click", () => {
+        let parsed;
+        try {
+          parsed = JSON.parse(input.value || "{}");
+        } catch (error) {
+          note(`PLACEMENT_OPTIONS for ${placement.placement}: not JSON`);
+          return;
+        }
+        open("widget", "open", Object.assign(who(), { placement_id: placement.id, options: parsed }),
+          `${placement.title} (${placement.placement})`);
+      });
+      go.append(button);
+      row.append(code, title, handler, options, go);
+      rows.append(row);
     }
 
     const events = byId("event-log");
@@ -275,6 +337,7 @@
             const installer = current.frame;
             const answer = await api("install-finished", { user_id: installer.user, lang: installer.lang });
             if (!answer.deliveries.length) note("ONAPPINSTALL: the app bound no handler for it; nothing sent");
+            byId("slider-title").textContent = answer.title;
             openFrame("app", answer.reload);
           } catch (error) {
             note("installFinish ignored: " + error.message);

@@ -50,6 +50,9 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     line = page.locator("#squares .square.connector").first.get_attribute("id").rsplit("-", 1)[-1]
     settings_page = app_frame(page)
     expect(settings_page.locator("#channel-state")).to_have_text("not connected")
+    # The line as the portal names it (imopenlines.config.list.get), not "Open Line 1".
+    names = {str(entry["ID"]): entry["LINE_NAME"] for entry in sandbox.portal.open_lines}
+    expect(settings_page.locator("#line-name")).to_have_text(names[line])
     assert_accessible(app_frame_content(page), "the SETTING_CONNECTOR page")
     webhook = sandbox.pages.webhook_url(sandbox.portal)
     settings_page.locator("#channel-name").fill("Website chat (sandbox)")
@@ -82,20 +85,21 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     desk = page.context.new_page()
     desk.goto(f"{sandbox.portal_origin}/sandbox/openlines/")
     incoming = desk.locator('.chat .messages li[data-side="customer"]')
-    expect(incoming).to_have_text("Casey: Hello, is anyone there?", timeout=SLOW_MS)
+    expect(incoming.locator(".text")).to_have_text("Hello, is anyone there?", timeout=SLOW_MS)
+    expect(incoming.locator(".author")).to_have_text("Casey")
     desk.locator(".chat .reply-text").first.fill("Yes, how can I help?")
     desk.locator(".chat .reply-send").first.click()
     expect(desk.locator("#desk-result")).to_have_text("OnImConnectorMessageAdd sent: HTTP 200")
 
     # --- the customer sees the reply (the app's signed webhook), the operator sees "delivered"
-    expect(customer.locator('#replies li[data-signed="yes"] .text')).to_have_text(
+    expect(customer.locator('#conversation li[data-side="operator"][data-signed="yes"] .text')).to_have_text(
         "Yes, how can I help?", timeout=SLOW_MS
     )
     reply = desk.locator('.chat .messages li[data-side="operator"]')
     expect(reply).to_have_attribute("data-status", "delivered", timeout=SLOW_MS)
     # --- the customer reads it: the channel's "read" report -> imconnector.send.status.reading
     customer.bring_to_front()
-    customer.click("#replies .mark-read")
+    customer.click("#conversation .mark-read")
     expect(customer.locator("#send-result")).to_have_attribute("data-status", "202")
     desk.bring_to_front()
     expect(reply).to_have_attribute("data-status", "read", timeout=SLOW_MS)
@@ -110,7 +114,15 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     _open_tile(page, f"#connector-{channel.connector_id}-{line}")  # reopened: the connected channel's settings
     expect(settings_page.locator("#channel-state")).to_have_text("connected")
     settings_page.locator("#disconnect").click()
+    # Nothing happens before the administrator confirms.
+    expect(settings_page.locator("#confirm-box")).to_be_visible()
+    expect(settings_page.locator("#confirm-yes")).to_be_focused()
+    assert Channel.objects.get(pk=channel.pk).is_connected
+    assert_accessible(app_frame_content(page), "the SETTING_CONNECTOR page asking to confirm")
+    shoot(page, "05-confirm-disconnect")
+    settings_page.locator("#confirm-yes").click()
     expect(settings_page.locator("#action-result")).to_have_attribute("data-state", "ok")
+    expect(settings_page.locator("#connect")).to_be_visible()
     channel.refresh_from_db()
     assert not channel.is_connected
     customer.bring_to_front()

@@ -104,6 +104,9 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
     expect(page.locator('#event-log li[data-event="ONAPPINSTALL"][data-status="200"]')).to_have_count(1)
     expect(page.locator('#bx24-log li[data-command="installFinish"]')).to_have_count(1)
     expect(page.locator("#app-state")).to_have_attribute("data-state", "installed")
+    # The install page titled the slider while it ran; the reloaded frame is the app, and the header says so.
+    expect(page.locator('#bx24-log li[data-command="setTitle"]').first).to_contain_text("Installing b24widget")
+    expect(page.locator("#slider-title")).to_have_text("b24widget")
     shoot(page, "02-install-finished")
     assert_accessible(app_frame_content(page), "the install page")
     stored = db_portal(sandbox)
@@ -216,7 +219,7 @@ def test_install_open_connect_and_uninstall_in_the_sandbox(browser, sandbox, sho
 
     # --- the widget speaks the portal's language
     for lang, heading, role in (
-        ("de", "b24widget für das Kontaktcenter", "Administrator"),
+        ("de", "b24widget für das Contact Center", "Administrator"),
         ("ru", "b24widget для Контакт-центра", "администратор"),
     ):
         open_widget(page, sandbox, user="1", lang=lang)
@@ -501,3 +504,40 @@ def test_a_refusal_in_the_frame_fits_it_and_closes_the_app(browser, sandbox, sho
     widget.locator("#close-app").click()
     expect(page.locator('#bx24-log li[data-command="closeApplication"]')).to_have_count(1)
     page.context.close()
+
+
+def test_a_placement_an_app_registers_opens_in_the_sandbox_unchanged(browser, sandbox, shoot):
+    """One `placements.registry.register` call and nothing else: the install binds it (placement.bind), the
+    sandbox lists it from the portal's bindings, and clicking it POSTs the placement into the frame."""
+    from placements import registry
+
+    code = "CRM_DEAL_DETAIL_TAB"
+    titles = {"en": "b24widget tab", "ru": "b24widget tab", "de": "b24widget tab"}
+    registry.register(
+        registry.Placement(
+            code=code,
+            template="placements/contact_center.html",
+            titles=titles,
+            descriptions={"en": "A deal's tab", "ru": "Вкладка", "de": "Reiter"},
+        )
+    )
+    try:
+        page = new_page(browser)
+        page.goto(sandbox.url)
+        choose(page, user="1", lang="en")
+        page.click("#install")
+        expect(page.locator("#app-state")).to_have_attribute("data-state", "installed")
+        page.click("#slider-close")
+        row = page.locator(f'#placements tr[data-placement="{code}"]')
+        expect(row).to_contain_text("b24widget tab")
+        row.locator("input").fill('{"ID": "7"}')
+        with page.expect_response(lambda r: r.url.startswith(f"{sandbox.app_url}/placement/")) as answer:
+            row.locator("button").click()
+        assert answer.value.status == 200
+        sent = parse_qs(answer.value.request.post_data)
+        assert sent["PLACEMENT"] == [code] and sent["PLACEMENT_OPTIONS"] == ['{"ID": "7"}']
+        expect(app_frame(page).locator("#portal-domain")).to_have_text(sandbox.portal.domain)
+        expect(page.locator("#slider-title")).to_have_text(f"b24widget tab ({code})")
+        shoot(page, "placement-registered-by-an-app")
+    finally:
+        registry._registry.pop(code, None)

@@ -96,7 +96,7 @@ def test_the_answer_speaks_the_widgets_language(frame, installed):
     _, b24 = installed
     token = opened(frame, b24, lang="de")
     message = change(frame, token, LANG="de").json()["message"]
-    assert message == "Verbunden. Kopieren Sie das Geheimnis jetzt: Es wird nur einmal angezeigt."
+    assert message == "Verbunden. Kopieren Sie jetzt den geheimen Schlüssel: Er wird nur einmal angezeigt."
 
 
 def test_the_list_names_the_connector_itself(frame, installed):

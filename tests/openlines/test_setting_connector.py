@@ -19,6 +19,25 @@ def test_the_page_shows_the_connect_form_to_an_administrator(frame, installed):
     assert response["Content-Security-Policy"] == f"frame-ancestors http://{b24.domain}"
 
 
+def test_the_page_names_the_line_as_the_portal_does(frame, installed):
+    """The line's name comes from imopenlines.config.list.get (the overview's list, reused for a minute)."""
+    portal, b24 = installed
+    b24.open_lines[:] = [{"ID": "1", "LINE_NAME": "Support <EU>", "ACTIVE": "Y"}]
+    body = open_settings(frame, b24)[0].content.decode()
+    assert 'id="line-name">Support &lt;EU&gt;</strong>' in body
+    before = b24.calls("imopenlines.config.list.get")
+    open_settings(frame, b24)
+    assert b24.calls("imopenlines.config.list.get") == before
+
+
+def test_the_page_names_the_line_by_number_when_bitrix24_cannot_list_lines(frame, installed):
+    portal, b24 = installed
+    b24.fail_next("imopenlines.config.list.get", "ACCESS_DENIED", 403)
+    response, _auth = open_settings(frame, b24, line="2")
+    assert response.status_code == 200
+    assert 'id="line-name">Open Line 2</strong>' in response.content.decode()
+
+
 def test_an_ordinary_user_sees_no_buttons_and_cannot_connect(frame, installed):
     portal, b24 = installed
     response, _auth = open_settings(frame, b24, user_id="2")
@@ -125,10 +144,13 @@ def test_the_list_action_needs_a_genuine_widget_token(frame, channel):
 
 def test_the_overview_lists_every_open_line_page_by_page(frame, channel):
     """imopenlines-config-list-get.md pages with PARAMS.limit (at most 200) and offset, without `next`."""
+    from bitrix24 import limits
     from tests.placements.frames import open_widget, widget_token_of
 
     row, secret, b24 = channel
     b24.open_lines[:] = [{"ID": str(i), "LINE_NAME": f"Line {i}", "ACTIVE": "Y"} for i in range(1, 451)]
+    # Connecting opened SETTING_CONNECTOR, which read (and kept for a minute) the two lines there were then.
+    limits.cache.delete(f"b24widget:openlines:lines:{row.portal.pk}:{row.portal.member_id}")
     page = open_widget(frame, b24.placement_post())
     before = b24.calls("imopenlines.config.list.get")
     answer = frame.post(

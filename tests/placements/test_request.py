@@ -168,7 +168,7 @@ def test_get_explains_where_the_widget_opens(frame, django_assert_num_queries):
     assert response["Content-Security-Policy"] == "frame-ancestors 'none'"
     assert response["X-Frame-Options"] == "DENY"
     german = frame.get("/placement/?LANG=de")
-    assert "Dieses Widget öffnet sich innerhalb von Bitrix24, im Kontaktcenter." in text(german)
+    assert "Dieses Widget wird in Bitrix24 geöffnet, im Contact Center." in text(german)
 
 
 @pytest.mark.parametrize("method", ["put", "delete", "patch"])

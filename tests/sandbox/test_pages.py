@@ -115,6 +115,7 @@ def test_install_then_finish_then_the_square_in_the_chosen_language(http, standi
     # bx24-install-finish.md: the page reloads and the app launches: its own page, PLACEMENT=DEFAULT.
     reload = finished["reload"]
     assert urlsplit(reload["action"]).path == "/placement/" and reload["fields"]["PLACEMENT"] == "DEFAULT"
+    assert finished["title"] == "Widget"  # the slider's header names the app now, no longer "Installing the app"
     form = {k: v[0] for k, v in parse_qs(recorder.requests[-1]["body"]).items()}
     assert form["auth[application_token]"] == install["fields"]["APPLICATION_TOKEN"]
     seen = state(http, portal, lang="de")
@@ -237,3 +238,114 @@ def test_operator_reply_and_connector_tile_refusals(http, pages, portal):
     refused = act(http, portal, "open-connector", {"connector": "nothing", "line": "1"})
     assert refused.status_code == 409 and refused.json()["error"] == "no_connector"
     assert state(http, portal)["connectorTiles"] == []
+
+
+def _installed(http, portal, recorder):
+    act(http, portal, "install", {"user_id": "1"})
+    play_the_app(http, portal, recorder)
+    act(http, portal, "install-finished")
+    return portal.issue_tokens("1")["access_token"]
+
+
+def test_any_placement_the_app_binds_is_listed_and_opens_without_a_change_here(http, standin, pages, portal):
+    """The page lists what the portal has bound (placement.bind), not a list of its own: a placement an app adds
+    (placements.registry.register) opens here as soon as its install step binds it."""
+    recorder = standin.add_recorder()
+    token = _installed(http, portal, recorder)
+    assert state(http, portal)["placements"] == []  # the square is the Contact Center's, not listed again
+    bound = http.post(
+        portal.client_endpoint + "placement.bind.json",
+        timeout=5,
+        data={
+            "auth": token,
+            "PLACEMENT": "CRM_DEAL_DETAIL_TAB",
+            "HANDLER": recorder.url + "placement/",
+            "TITLE": "Deal tab",
+            "LANG_ALL[ru][TITLE]": "Вкладка сделки",
+        },
+    ).json()
+    assert bound["result"] is True
+    [listed] = state(http, portal, lang="ru")["placements"]
+    assert (listed["placement"], listed["title"], listed["handler"]) == (
+        "CRM_DEAL_DETAIL_TAB",
+        "Вкладка сделки",
+        recorder.url + "placement/",
+    )
+    opened = act(http, portal, "open", {"user_id": "2", "placement_id": listed["id"], "options": {"ID": "42"}})
+    assert opened.status_code == 200
+    frame = opened.json()
+    assert urlsplit(frame["action"]).path == "/placement/"
+    assert frame["fields"]["PLACEMENT"] == "CRM_DEAL_DETAIL_TAB"
+    assert json.loads(frame["fields"]["PLACEMENT_OPTIONS"]) == {"ID": "42"}
+    assert frame["init"]["PLACEMENT"] == "CRM_DEAL_DETAIL_TAB" and frame["init"]["IS_ADMIN"] is False
+    refused = act(http, portal, "open", {"placement_id": listed["id"], "options": ["not", "an", "object"]})
+    assert refused.status_code == 400 and refused.json()["error"] == "bad_options"
+    assert act(http, portal, "open", {"placement_id": "999"}).json()["error"] == "no_placement"
+
+
+def test_connector_tiles_carry_the_icon_the_app_registered(http, standin, pages, portal):
+    recorder = standin.add_recorder()
+    token = _installed(http, portal, recorder)
+
+    def rest(method, **params):
+        return http.post(f"{portal.client_endpoint}{method}.json", json={"auth": token, **params}, timeout=5).json()
+
+    on, off = "data:image/svg+xml,%3Csvg%2F%3E", "data:image/svg+xml,%3Csvg%20%2F%3E"
+    registered = rest(
+        "imconnector.register",
+        ID="mine",
+        NAME="Mine",
+        ICON={"DATA_IMAGE": on, "COLOR": "#2fc6f6", "SIZE": "90%"},
+        ICON_DISABLED={"DATA_IMAGE": off, "COLOR": "javascript:1"},
+        PLACEMENT_HANDLER=recorder.url + "placement/",
+    )
+    assert registered["result"]["result"] is True
+    assert rest("imconnector.activate", CONNECTOR="mine", LINE="1", ACTIVE="1")["result"] is True
+    tiles = {tile["line"]: tile["icon"] for tile in state(http, portal)["connectorTiles"]}
+    # The active line shows ICON, the others ICON_DISABLED; only image data URIs and colours pass.
+    assert tiles["1"] == {"image": on, "color": "#2fc6f6", "size": "90%"}
+    assert tiles["2"] == {"image": off, "color": "", "size": ""}
+    rest(
+        "imconnector.register",
+        ID="mine",
+        NAME="Mine",
+        ICON={"DATA_IMAGE": "javascript:alert(1)"},
+        PLACEMENT_HANDLER=recorder.url + "placement/",
+    )
+    assert state(http, portal)["connectorTiles"][0]["icon"]["image"] == ""
+
+
+def test_the_desk_state_names_authors_and_times(http, standin, pages, portal):
+    from sandbox.standin import rest_imconnector as imc
+
+    recorder = standin.add_recorder()
+    token = _installed(http, portal, recorder)
+
+    def rest(method, **params):
+        return http.post(f"{portal.client_endpoint}{method}.json", json={"auth": token, **params}, timeout=5).json()
+
+    rest(
+        "imconnector.register",
+        ID="mine",
+        NAME="Mine",
+        ICON={"DATA_IMAGE": "data:image/svg+xml,x"},
+        PLACEMENT_HANDLER=recorder.url + "placement/",
+    )
+    rest("imconnector.activate", CONNECTOR="mine", LINE="1", ACTIVE="1")
+    sent = rest(
+        "imconnector.send.messages",
+        CONNECTOR="mine",
+        LINE="1",
+        MESSAGES=[{"user": {"id": "u1", "name": "Ann"}, "message": {"id": "m1", "text": "Hi"}, "chat": {"id": "c1"}}],
+    )
+    chat_id = int(sent["result"]["DATA"]["RESULT"][0]["session"]["CHAT_ID"])
+    imc.operator_reply(portal, chat_id, "Hello", handlers=[])
+    imc.system_message(portal, chat_id, "A new lead has been created")
+    [chat] = http.get(f"http://{portal.domain}/sandbox/api/openlines-state", timeout=5).json()["chats"]
+    assert chat["line_name"] == "Website chat"
+    assert [(m["author"], m["outside"], m["system"]) for m in chat["messages"]] == [
+        ("Ann", True, False),
+        ("Anna Admin", False, False),
+        ("", False, True),
+    ]
+    assert all(isinstance(m["at"], float) for m in chat["messages"])

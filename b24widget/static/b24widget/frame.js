@@ -5,6 +5,7 @@
 //   fit()          -> fit the portal's frame to this page's height (B24Frame.parent.fitWindow)
 //   accessToken()  -> Promise of the user's current access token, refreshed through the portal if due
 //   installFinish()-> tell the portal the install is done (it then reloads into the app)
+//   setTitle(text) -> the title the portal shows above the frame (its slider's header)
 //   close()        -> close the app's slider
 (function () {
   "use strict";
@@ -35,6 +36,9 @@
     },
     installFinish: function () {
       return ready().then(function (b24) { return b24.installFinish(); });
+    },
+    setTitle: function (title) {
+      return ready().then(function (b24) { return b24.parent.setTitle(title); });
     },
     close: function () {
       return ready().then(function (b24) { return b24.parent.closeApplication(); });
