@@ -75,6 +75,7 @@ def test_a_refused_request_costs_one_query_and_sends_nothing(
     assert nothing_reached_bitrix24(b24, standin, before)
 
 
+@pytest.mark.slow  # over 1.5 s: 200 forged requests
 def test_a_flood_of_forged_requests_writes_nothing_and_calls_nothing(client, channel, standin):
     """Stranger row: every forged request is answered 401 at once; no throttle, and none is needed for our
     database or for Bitrix24, since a refusal writes nothing and calls nothing."""

@@ -26,6 +26,7 @@ def forged_open(b24, n):
     return fields
 
 
+@pytest.mark.slow  # over 1.5 s: a flood of forged opens
 def test_a_flood_of_forged_opens_is_refused_at_once_within_a_bounded_budget(frame, installed, standin, settings):
     settings.B24_VERIFY_BURST = 5
     settings.B24_VERIFY_PER_MINUTE = 1

@@ -70,6 +70,7 @@ def summary(text):
 # --- refresh_tokens -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_only_due_portals_are_refreshed(client, standin):
     due, fresh = install(client, standin, 3), install(client, standin, 2)
     age(due, days=160)
@@ -96,6 +97,7 @@ def test_only_due_portals_are_refreshed(client, standin):
     assert snapshot(others) == before_others
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_window_is_configurable(client, standin):
     pairs = install(client, standin, 2)
     age(pairs[:1], days=100)
@@ -108,6 +110,7 @@ def test_window_is_configurable(client, standin):
     assert Portal.objects.get(pk=pairs[1][0].pk).refresh_token == pairs[1][0].refresh_token
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_second_run_refreshes_nothing(client, standin):
     pairs = install(client, standin, 3)
     age(pairs, days=151)
@@ -120,6 +123,7 @@ def test_second_run_refreshes_nothing(client, standin):
     assert snapshot(pairs) == tokens
 
 
+@pytest.mark.slow  # over 1.5 s
 @pytest.mark.parametrize("error", ["PAYMENT_REQUIRED", "NOT_INSTALLED"])
 def test_refused_refresh_blocks_the_portal_and_is_not_a_failure(client, standin, error):
     (refused, b24), (ok, _) = install(client, standin, 2)
@@ -179,6 +183,7 @@ def test_outage_exit_status_of_manage_py(client, standin):
     assert Portal.objects.get(pk=pairs[0][0].pk).status == S.ACTIVE
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_dry_run_changes_nothing(client, standin):
     pairs = install(client, standin, 3)
     age(pairs[:2], days=160)
@@ -194,6 +199,7 @@ def test_dry_run_changes_nothing(client, standin):
     assert pairs[2][0].member_id not in out
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_expiring_access_tokens_only_with_the_flag(client, standin):
     soon, later, gone = install(client, standin, 3)
     now = timezone.now()
@@ -214,6 +220,7 @@ def test_expiring_access_tokens_only_with_the_flag(client, standin):
     assert not Portal.objects.get(pk=soon[0].pk).access_token_expired(leeway=30 * 60)
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_limit_and_batch_size(client, standin):
     pairs = install(client, standin, 5)
     age(pairs, days=160)
@@ -401,6 +408,7 @@ def test_a_wrong_client_secret_stops_the_run_and_blocks_nobody(client, standin):
 # --- sync_portals -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_sync_stores_app_info_and_records_status_changes(client, standin):
     (trial, b24_trial), (free, b24_free), (blocked, b24_blocked), (new, b24_new) = install(client, standin, 4)
     Portal.objects.filter(pk=blocked.pk).update(status=S.BLOCKED)

@@ -237,6 +237,7 @@ def test_second_uninstall_is_refused(client, installed):
     assert post_event(client, b24.event_payload("ONAPPUNINSTALL")).status_code == 403
 
 
+@pytest.mark.slow  # over 1.5 s: 200 forged events
 def test_a_flood_of_forged_events_writes_no_history(client, installed):
     """Strangers' refusals are counted, not stored one row each: the genuine history stays in view."""
     portal, b24 = installed

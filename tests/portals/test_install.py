@@ -255,6 +255,7 @@ def test_install_by_a_non_administrator_stores_and_binds_nothing(client, b24, se
     assert portal.status == Portal.Status.ACTIVE and portal.last_error == ""
 
 
+@pytest.mark.slow  # real time: threads wait on a slow OAuth server
 @pytest.mark.django_db(transaction=True)
 def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(standin, settings):
     """A slow OAuth server cannot make unverified installs hold every thread: beyond

@@ -223,6 +223,7 @@ class _Web:
         return None
 
 
+@pytest.mark.slow  # over 1.5 s
 def test_web_hook_serves_pages_beside_the_apis(http, standin):
     portal = standin.add_portal()
     assert http.get(f"http://{portal.domain}/", timeout=5).status_code == 404
