@@ -77,6 +77,7 @@ def _bitrix24(settings, standin):
     standin.oauth_down = False
     standin.oauth_delay = 0
     standin.oauth_late = 0
+    standin.oauth_gate = None
     clear_cache(caches["default"])
     yield
     clear_cache(caches["default"])

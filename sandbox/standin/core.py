@@ -67,6 +67,9 @@ class StandIn:
         # Seconds the token endpoint waits AFTER it rotated the refresh token, before answering: the
         # old refresh token is already spent when a client that gave up would retry with it.
         self.oauth_late = 0.0
+        # A test's gate: while it is an Event not yet set, the token endpoint waits for it (at most 8 s, under
+        # the app's read timeout) before it rotates anything; `oauth_delay` is the same for a fixed time.
+        self.oauth_gate: threading.Event | None = None
         self._faults = Faults(self.lock)
         self._stopping = threading.Event()
         self.portals: list[Portal] = []

@@ -151,6 +151,9 @@ class OAuthSite:
             standin.oauth_requests.append(params)
         if standin.oauth_delay:
             time.sleep(standin.oauth_delay)
+        gate = standin.oauth_gate
+        if gate is not None:
+            gate.wait(8)
         if standin.oauth_down:
             body = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>"
             return Response(503, body, [("Content-Type", "text/html")])

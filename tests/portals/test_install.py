@@ -266,7 +266,7 @@ def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(sta
     from django.test import Client
 
     settings.B24_UNVERIFIED_OAUTH_CONCURRENCY = 1
-    standin.oauth_delay = 1.0
+    standin.oauth_gate = gate = threading.Event()  # the OAuth server answers the first install when told
     portals = [standin.add_portal() for _ in range(3)]
     statuses = {}
 
@@ -284,8 +284,11 @@ def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(sta
     others = [threading.Thread(target=install, args=(b24,)) for b24 in portals[1:]]
     for thread in others:
         thread.start()
-    for thread in others + [first]:
+    for thread in others:  # refused while the first still waits on the OAuth server
         thread.join(30)
+    assert [statuses.get(b.member_id) for b in portals[1:]] == [429, 429]
+    gate.set()
+    first.join(30)
     assert statuses[portals[0].member_id] == 200
     assert [statuses[b.member_id] for b in portals[1:]] == [429, 429]
     assert len(standin.oauth_requests) - before == 1
