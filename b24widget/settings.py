@@ -401,6 +401,8 @@ if CELERY_BROKER_URL.startswith("filesystem:"):
     # A consumer takes a message by moving its file to the temporary folder; when that is on another
     # file system the move is a copy, and two workers may both take one message: harmless, the tasks
     # are idempotent (the inbox claims each event once, a refresh is judged again under its lease).
+    # kombu's filesystem transport with whole-message writes (b24widget/broker.py).
+    CELERY_BROKER_TRANSPORT = "b24widget.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),

@@ -1,0 +1,54 @@
+"""The embedded broker (b24widget/broker.py): a consumer sees whole messages or none."""
+
+import json
+import os
+import threading
+
+from django.conf import settings
+from kombu import Connection
+
+from b24widget.celery import app
+
+
+def test_the_embedded_broker_is_the_whole_message_transport():
+    if not settings.CELERY_BROKER_URL.startswith("filesystem:"):
+        assert app.conf.broker_transport is None  # RabbitMQ or Redis: kombu's own transports
+        return
+    with app.connection_for_write() as connection:
+        assert type(connection.transport).__module__ == "b24widget.broker"
+
+
+def test_a_consumer_never_reads_a_message_being_written(tmp_path):
+    """Large messages written while a reader takes every file that looks like a message, as a worker does:
+    every file it finds decodes, and every message arrives once."""
+    options = {"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)}
+    payload = {"body": "x" * 4_000_000}  # big enough that writing it takes a while
+    count = 20
+    seen, broken, done = [], [], threading.Event()
+
+    def read():
+        while not done.is_set() or any(n.endswith(".q.msg") for n in os.listdir(tmp_path)):
+            for name in sorted(os.listdir(tmp_path)):
+                if name.partition(".")[2] != "q.msg":  # what kombu's consumer takes (filesystem.Channel._get)
+                    continue
+                try:
+                    data = (tmp_path / name).read_bytes()
+                    (tmp_path / name).unlink()
+                except FileNotFoundError:
+                    continue
+                try:
+                    seen.append(len(json.loads(data)["body"]))
+                except ValueError:
+                    broken.append(len(data))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with Connection("filesystem://", transport="b24widget.broker:Transport", transport_options=options) as conn:
+        channel = conn.default_channel
+        for _ in range(count):
+            channel._put("q", payload)
+    done.set()
+    reader.join(60)
+    assert broken == []
+    assert seen == [len(payload["body"])] * count
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]  # nothing half-written left behind
