@@ -10,6 +10,8 @@ import uuid
 
 import redis
 
+import tests.run_env  # noqa: F401  (first: an inherited prefix is another process's)
+
 # Unique per test run: two runs at once on one server never touch each other's keys. Kept in the
 # environment so that processes a test starts (tests/settings.py) use the same prefix.
 RUN_PREFIX = os.environ.setdefault("B24_TEST_CACHE_PREFIX", f"b24widget-test-{uuid.uuid4().hex[:12]}")

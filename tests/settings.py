@@ -4,6 +4,8 @@ import os
 import tempfile
 import uuid
 
+import tests.run_env  # noqa: F401  (first: which run-owned values this process keeps)
+
 _TEST_ENV = {
     "DEBUG": "false",
     "SECRET_KEY": "test-secret-key-not-for-production-0123456789abcdef",

@@ -57,7 +57,9 @@ class Worker:
             "--pool",
             "solo",
             "-n",
-            f"{name}@%h",
+            # The node name names the worker's remote-control queue on the broker: unique to this run (another
+            # run, or another xdist worker, on the same RabbitMQ starts its own "w1").
+            f"{name}-{os.environ.get('CELERY_QUEUE', os.getpid())}@%h",
             "--without-mingle",
             "--without-gossip",
             "--loglevel",

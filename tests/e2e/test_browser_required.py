@@ -19,7 +19,7 @@ def test_browser_tests_fail_when_chromium_is_missing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}  # SQLite: never touch the caller's database
     env.update({"B24_TEST_CHROMIUM": str(tmp_path / "no-chromium"), "B24_TEST_RUN_ID": "chromium-missing-check"})
     answer = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/e2e/test_widget_browser.py"],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/e2e/test_widget_browser.py"],
         cwd=ROOT,
         env=env,
         capture_output=True,
