@@ -82,8 +82,16 @@ B24_REST_MAX_BYTES = read.int("B24_REST_MAX_BYTES", default=32 * 1024 * 1024, mi
 # (the old refresh token is spent the moment the server rotates it).
 B24_OAUTH_DEADLINE = read.float("B24_OAUTH_DEADLINE", default=60.0, minimum=0.1)
 B24_OAUTH_MAX_BYTES = read.int("B24_OAUTH_MAX_BYTES", default=64 * 1024, minimum=1024)
-# Attempts at storing a rotated token when the database fails right after the OAuth answer.
-B24_TOKEN_STORE_ATTEMPTS = read.int("B24_TOKEN_STORE_ATTEMPTS", default=5, minimum=1)
+# --- Held tokens (portals/tokens.py, issue 23): a rotated token outlives a database outage ----------------
+# The process that got a rotated token tries to store it for B24_TOKEN_STORE_WAIT seconds; meanwhile and then
+# the grant stays held (encrypted) in B24_TOKEN_SPOOL_DIR (and the cache) and is stored by the next refresh
+# of that portal or by beat every B24_TOKEN_HELD_INTERVAL seconds, for as long as the refresh token lives.
+# The folder must be one all workers of the deployment share (or the cache must be Redis).
+B24_TOKEN_STORE_WAIT = read.float("B24_TOKEN_STORE_WAIT", default=20.0, minimum=0.0)
+B24_TOKEN_SPOOL_DIR = Path(read.str("B24_TOKEN_SPOOL_DIR", default=str(BASE_DIR / ".held-tokens")))
+B24_TOKEN_HELD_INTERVAL = read.float("B24_TOKEN_HELD_INTERVAL", default=30.0, minimum=1.0)
+# Bitrix24's refresh token lives 180 days (oauth/index.md): a grant held longer is spent anyway.
+B24_REFRESH_TOKEN_DAYS = read.int("B24_REFRESH_TOKEN_DAYS", default=180, minimum=1)
 # Web requests: all their calls to Bitrix24 end within this many seconds; a limit slot further away than
 # B24_REQUEST_MAX_WAIT is refused at once (429 with Retry-After); another caller's refresh is awaited at
 # most B24_REFRESH_WAIT.
@@ -435,6 +443,8 @@ CELERY_BEAT_SCHEDULE = {
     # Each serving portal's offline queue: what Bitrix24 could not deliver (ONOFFLINEEVENT wakes one sooner).
     "inbox-offline-pull": {"task": "inbox.pull_offline_events", "schedule": B24_OFFLINE_PULL_INTERVAL},
     # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
+    # Rotated tokens held during a database outage are stored as soon as the database is back.
+    "held-tokens": {"task": "portals.store_held_grants", "schedule": B24_TOKEN_HELD_INTERVAL},
     "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
     # The Open Lines channel: every channel with due messages (either way) is queued again.

@@ -10,7 +10,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from . import maintenance
+from . import maintenance, tokens
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +72,9 @@ def sync_chunk(self, ids: list[int]) -> dict:
         counts[outcome.kind] = counts.get(outcome.kind, 0) + 1
     log.info("sync chunk done", extra={"task_id": self.request.id, **counts})
     return counts
+
+
+@shared_task(name="portals.store_held_grants", acks_late=True, ignore_result=True)
+def store_held_grants() -> dict:
+    """Store the rotated tokens held while the database was away (portals.tokens.store_held)."""
+    return tokens.store_held()
