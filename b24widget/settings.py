@@ -147,6 +147,10 @@ OPENLINES_INBOUND_BURST = read.int("OPENLINES_INBOUND_BURST", default=120, minim
 OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0, minimum=0.1)
 OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
+# --- Operator messages nobody may read yet (openlines/reconcile.py, issue 23) ------------------------------
+# Beat re-checks messages that wait for someone who may read their conversation every this many seconds
+# (each waiting message backs off, doubling up to an hour).
+OPENLINES_WAITING_INTERVAL = read.float("OPENLINES_WAITING_INTERVAL", default=60.0, minimum=1.0)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
 # Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
 # YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
@@ -449,6 +453,8 @@ CELERY_BEAT_SCHEDULE = {
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
     # The Open Lines channel: every channel with due messages (either way) is queued again.
     "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
+    # Operator messages that waited for someone who may read their conversation are confirmed again.
+    "openlines-waiting": {"task": "openlines.recheck_waiting", "schedule": OPENLINES_WAITING_INTERVAL},
 }
 
 SETTINGS_PROBLEMS = read.problems

@@ -18,7 +18,7 @@ from bitrix24.wire import JSON
 from inbox.models import InboxItem
 from inbox.registry import Handler, Reject, Retry
 
-from . import confirm, lifecycle, registry, tasks
+from . import confirm, lifecycle, registry, tasks, waiting
 from .models import Channel, OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _str(value, limit: int) -> str:
     return str(value if value is not None else "").replace("\x00", "")[:limit]
 
 
-def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) -> int:
+def queue_confirmed(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) -> int:
     """Queue the confirmed messages for the webhook: what the portal showed, not what the event said."""
     stored = 0
     for item in confirmed:
@@ -137,19 +137,33 @@ def _on_message(action: str) -> Handler:
             if not claims:
                 return "0 message(s) queued for the webhook"
         try:
-            confirmed, refused = confirm.confirm(channel, action, claims)
+            confirmed, refused, unread = confirm.confirm(channel, action, claims, event_token=_event_token(item))
         except RestError as exc:
             raise Retry(f"the portal could not confirm the message(s): {exc.code}") from None
-        if claims and not confirmed:
+        if claims and not confirmed and not unread:
             raise Reject("not confirmed by the portal: " + "; ".join(refused)[:900])
-        stored = _store(channel, action, confirmed)
+        confirmed, queued_behind = waiting.behind(channel, confirmed)
+        held = waiting.hold(channel, action, unread + queued_behind)
+        stored = queue_confirmed(channel, action, confirmed)
         tasks.after_commit(tasks.deliver_outbound, channel.pk)
-        return f"{stored} message(s) queued for the webhook" + (
-            f"; not confirmed: {'; '.join(refused)}" if refused else ""
+        return (
+            f"{stored} message(s) queued for the webhook"
+            + (f"; {held} waiting for someone who may read the conversation" if unread or queued_behind else "")
+            + (f"; not confirmed: {'; '.join(refused)}" if refused else "")
         )
 
     handler.__name__ = f"on_message_{action}"
     return handler
+
+
+def _event_token(item: InboxItem) -> str:
+    """The access token the event came with (an operator's; offline records carry none). Only ever sent back
+    to the portal's stored address, which checks it; never logged."""
+    try:
+        token = item.auth.get("access_token") if isinstance(item.auth, dict) else ""
+    except ValueError:
+        return ""
+    return token if isinstance(token, str) and 0 < len(token) <= 512 else ""
 
 
 def _not_relayed(channel: Channel, action: str, claims: list) -> list:
