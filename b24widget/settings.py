@@ -151,6 +151,11 @@ OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
 # Beat re-checks messages that wait for someone who may read their conversation every this many seconds
 # (each waiting message backs off, doubling up to an hour).
 OPENLINES_WAITING_INTERVAL = read.float("OPENLINES_WAITING_INTERVAL", default=60.0, minimum=1.0)
+# Reconciliation: every this many seconds, each connected line's conversations active in the last
+# OPENLINES_RECONCILE_HOURS are read back and what no event brought is relayed (the longest delay of a
+# missed operator message is about one interval).
+OPENLINES_RECONCILE_INTERVAL = read.float("OPENLINES_RECONCILE_INTERVAL", default=300.0, minimum=10.0)
+OPENLINES_RECONCILE_HOURS = read.float("OPENLINES_RECONCILE_HOURS", default=48.0, minimum=0.1)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
 # Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
 # YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
@@ -455,6 +460,8 @@ CELERY_BEAT_SCHEDULE = {
     "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
     # Operator messages that waited for someone who may read their conversation are confirmed again.
     "openlines-waiting": {"task": "openlines.recheck_waiting", "schedule": OPENLINES_WAITING_INTERVAL},
+    # Operator messages, edits and deletions no event brought (online or offline) are found and relayed.
+    "openlines-reconcile": {"task": "openlines.reconcile", "schedule": OPENLINES_RECONCILE_INTERVAL},
 }
 
 SETTINGS_PROBLEMS = read.problems

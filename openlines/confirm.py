@@ -328,6 +328,27 @@ def _keep(channel: Channel, chat_id: str, history):
     return history
 
 
+def last_sessions(channel: Channel, chat_ids: list[str]) -> dict[str, dict | str]:
+    """{chat id: its last session's history (as confirm reads it) or why the portal did not show it}, asked
+    _BATCH chats per batch request (batch.md) with the app's tokens; each answer is kept as a fresh answer,
+    so confirming new messages it holds right after costs nothing. Raises RestError when the portal could
+    not be asked at all."""
+    found: dict[str, dict | str] = {}
+    client = PortalClient(channel.portal)
+    for start in range(0, len(chat_ids), _BATCH):
+        chunk = chat_ids[start : start + _BATCH]
+        result = client.batch({f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in chunk})
+        for chat in chunk:
+            if f"c{chat}" in result.errors:
+                error = result.errors[f"c{chat}"]
+                found[chat] = f"the portal did not show the conversation ({error.code})"
+            elif isinstance(answer := result.result.get(f"c{chat}"), dict):
+                found[chat] = _keep(channel, chat, _parse(channel, chat, answer))
+            else:
+                found[chat] = "the history answer is not an object"
+    return found
+
+
 def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
     """Up to 49 other conversations of this channel with a new-message event waiting in the inbox and no
     fresh history answer (chats named by events that are not the channel's conversations are left out)."""
@@ -392,6 +413,7 @@ def _parse(channel: Channel, chat_id: str, answer):
             "kind": kind,
             "name": _s(user.get("name"), 200),
             "deleted": params.get("IS_DELETED") == "Y",
+            "date": _s(m.get("date"), 40),
             "files": [
                 {"url": _s(f.get("urldownload"), 2000), "name": _s(f.get("name"), 255)}
                 for f in (files.get(str(i)) for i in file_ids[:_FILES_MAX])

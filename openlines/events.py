@@ -9,6 +9,7 @@ history (confirm.py) either way.
 
 import logging
 import re
+from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -124,32 +125,57 @@ def _key(channel: Channel, action: str, payload: dict) -> str:
     return f"update:{message_id}:{edits + 1}"
 
 
+@dataclass
+class Relayed:
+    """What `relay` did with an event's claims (or a reconciliation pass's)."""
+
+    stored: int = 0
+    held: int = 0
+    confirmed: int = 0
+    refused: list[str] = field(default_factory=list)
+    waits: bool = False  # some claim waits for a reader (openlines.waiting)
+    asked: bool = False  # the portal was asked (some claim was not relayed yet)
+
+
+def relay(channel: Channel, action: str, claims: list[confirm.Claim], *, event_token: str = "") -> Relayed:
+    """Confirm the claims with the portal and queue what it shows for the webhook (or keep it waiting for a
+    reader): what an event does, and what openlines.reconcile does for an event that never came. Raises
+    RestError when the portal could not be asked."""
+    if action != OutboundMessage.Action.UPDATE:
+        # A message is added once and deleted once: an event already relayed (the same event handled again,
+        # seen both online and offline, inbox/offline.py, or found by reconciliation) costs no call to the portal.
+        claims = _not_relayed(channel, action, claims)
+        if not claims:
+            return Relayed()
+    confirmed, refused, unread = confirm.confirm(channel, action, claims, event_token=event_token)
+    found = len(confirmed)
+    confirmed, queued_behind = waiting.behind(channel, confirmed)
+    held = waiting.hold(channel, action, unread + queued_behind) if unread or queued_behind else 0
+    stored = queue_confirmed(channel, action, confirmed)
+    return Relayed(
+        stored=stored, held=held, confirmed=found, refused=refused, waits=bool(unread or queued_behind), asked=True
+    )
+
+
 def _on_message(action: str) -> Handler:
     def handler(item: InboxItem) -> str:
         channel = _channel(item)
         claims = confirm.claims_of(item.data)
         if not claims:
             raise Reject("the event names no message (MESSAGES with im.chat_id and im.message_id)")
-        if action != OutboundMessage.Action.UPDATE:
-            # A message is added once and deleted once: an event already relayed (the same event handled again,
-            # or seen both online and offline, inbox/offline.py) costs no call to the portal.
-            claims = _not_relayed(channel, action, claims)
-            if not claims:
-                return "0 message(s) queued for the webhook"
         try:
-            confirmed, refused, unread = confirm.confirm(channel, action, claims, event_token=_event_token(item))
+            done = relay(channel, action, claims, event_token=_event_token(item))
         except RestError as exc:
             raise Retry(f"the portal could not confirm the message(s): {exc.code}") from None
-        if claims and not confirmed and not unread:
-            raise Reject("not confirmed by the portal: " + "; ".join(refused)[:900])
-        confirmed, queued_behind = waiting.behind(channel, confirmed)
-        held = waiting.hold(channel, action, unread + queued_behind)
-        stored = queue_confirmed(channel, action, confirmed)
+        if not done.asked:
+            return "0 message(s) queued for the webhook"
+        if not done.confirmed and not done.waits:
+            raise Reject("not confirmed by the portal: " + "; ".join(done.refused)[:900])
         tasks.after_commit(tasks.deliver_outbound, channel.pk)
         return (
-            f"{stored} message(s) queued for the webhook"
-            + (f"; {held} waiting for someone who may read the conversation" if unread or queued_behind else "")
-            + (f"; not confirmed: {'; '.join(refused)}" if refused else "")
+            f"{done.stored} message(s) queued for the webhook"
+            + (f"; {done.held} waiting for someone who may read the conversation" if done.waits else "")
+            + (f"; not confirmed: {'; '.join(done.refused)}" if done.refused else "")
         )
 
     handler.__name__ = f"on_message_{action}"
