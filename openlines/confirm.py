@@ -341,7 +341,11 @@ def last_sessions(channel: Channel, chat_ids: list[str]) -> dict[str, dict | str
         for chat in chunk:
             if f"c{chat}" in result.errors:
                 error = result.errors[f"c{chat}"]
-                found[chat] = f"the portal did not show the conversation ({error.code})"
+                found[chat] = (
+                    _other_sources(channel, chat, [], "")  # its sessions, as the page advises
+                    if error.code == "ACCESS_DENIED"
+                    else f"the portal did not show the conversation ({error.code})"
+                )
             elif isinstance(answer := result.result.get(f"c{chat}"), dict):
                 found[chat] = _keep(channel, chat, _parse(channel, chat, answer))
             else:

@@ -8,6 +8,7 @@
 import logging
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
 from . import maintenance, tokens
@@ -78,3 +79,12 @@ def sync_chunk(self, ids: list[int]) -> dict:
 def store_held_grants() -> dict:
     """Store the rotated tokens held while the database was away (portals.tokens.store_held)."""
     return tokens.store_held()
+
+
+@worker_ready.connect
+def _store_held_grants_at_start(**_kwargs) -> None:
+    """A worker that starts (after a crash, an outage) stores what was held before anything refreshes."""
+    try:
+        store_held_grants.delay()
+    except Exception:  # the broker is not there yet: beat's next pass does it
+        log.warning("could not queue the held-grants pass at start")

@@ -121,3 +121,18 @@ def test_customer_and_system_messages_and_replies_from_before_the_channel_are_ne
     imc.operator_reply(b24, chat["chat-b"], "now")
     assert _pass(django_capture_on_commit_callbacks)["add"] == 1
     assert _bodies(receiver) == [("chat-b", "message.add", "now")]
+
+
+def test_a_chat_the_installer_may_no_longer_read_is_reconciled_by_its_session(
+    chats, receiver, django_capture_on_commit_callbacks
+):
+    """The history by CHAT_ID answers ACCESS_DENIED (rights change, tests/openlines/test_rights_change.py): the
+    pass reads the chat's known session instead, as the page advises, and relays the reply once."""
+    from sandbox.standin import rest_imopenlines as imol
+
+    row, b24, chat = chats
+    imol.revoke_line_access(b24, "1", row.line_id)
+    b24.app_unreachable()
+    imc.operator_reply(b24, chat["chat-a"], "while nobody listened", user_id="2")
+    assert _pass(django_capture_on_commit_callbacks)["add"] == 1
+    assert _bodies(receiver) == [("chat-a", "message.add", "while nobody listened")]
