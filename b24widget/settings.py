@@ -207,7 +207,11 @@ if not TOKEN_ENCRYPTION_KEYS:
 # /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
 METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 # Read at each scrape of /metrics (b24widget/metrics.py): each app's figures that live in shared state.
-METRICS_COLLECTORS = ["inbox.queue.BacklogCollector"]
+METRICS_COLLECTORS = [
+    "inbox.queue.BacklogCollector",
+    "portals.tokens.HeldCollector",  # issue 23: rotated tokens held during a database outage
+    "openlines.waiting.WaitingCollector",  # issue 23: operator messages nobody may read yet
+]
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [

@@ -11,6 +11,7 @@ from datetime import timedelta
 from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
+from prometheus_client.core import GaugeMetricFamily
 
 from .confirm import Claim, Confirmed
 from .models import Channel, WaitingReply
@@ -72,3 +73,18 @@ def counts(channels) -> dict[int, int]:
         .annotate(n=Count("pk"))
     )
     return {row["channel_id"]: row["n"] for row in rows}
+
+
+class WaitingCollector:
+    """Operator messages waiting for someone who may read their conversation, for /metrics."""
+
+    def collect(self):
+        try:
+            count = WaitingReply.objects.filter(state=WaitingReply.State.WAITING).count()
+        except Exception:  # the database is down: the other metrics are still served
+            return
+        yield GaugeMetricFamily(
+            "b24widget_openlines_waiting_replies",
+            "Operator messages waiting for someone who may read their conversation (rights change).",
+            value=count,
+        )

@@ -31,6 +31,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily
 
 from bitrix24 import errors, oauth
 from bitrix24.client import Client
@@ -140,6 +141,16 @@ def store_held() -> dict[str, int]:
     if any(counts.values()):
         log.info("held grants", extra=counts)
     return counts
+
+
+class HeldCollector:
+    """Rotated tokens held outside the database (files in B24_TOKEN_SPOOL_DIR) for /metrics: above 0 only while
+    the database is away or just back; one that stays up says the folder is not shared or cannot be stored."""
+
+    def collect(self):
+        yield GaugeMetricFamily(
+            "b24widget_held_tokens", "Rotated tokens held until the database takes them.", value=len(HELD.files())
+        )
 
 
 # mypy checks the bound (Credentials) against Portal's class attributes, which django-stubs types as field

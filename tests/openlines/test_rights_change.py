@@ -10,6 +10,7 @@ from openlines import reconcile, waiting
 from openlines.models import OutboundMessage, WaitingReply
 from sandbox.standin import rest_imconnector as imc
 from sandbox.standin import rest_imopenlines as imol
+from tests.b24widget.test_metrics import TOKEN, scrape, value
 from tests.openlines.conftest import message, signed
 from tests.openlines.test_connector_actions import listed, opened
 
@@ -102,6 +103,8 @@ def test_nobody_may_read_the_replies_wait_visibly_then_go_once_in_order(
     page = admin_client.get("/admin/openlines/waitingreply/")
     assert page.status_code == 200 and str(first).encode() in page.content and b"ACCESS_DENIED" in page.content
     assert b"replies waiting for a reader" in admin_client.get("/admin/openlines/channel/").content.lower()
+    settings.METRICS_TOKEN = TOKEN
+    assert value(scrape(client), "b24widget_openlines_waiting_replies") == 2
 
     # Still nobody: the pass leaves them waiting (and asks again later, backing off).
     assert reconcile.recheck_waiting(row, now=_later()) == {"relayed": 0, "refused": 0, "waiting": 2}

@@ -267,6 +267,20 @@ def test_a_held_grant_older_than_what_is_stored_is_dropped_not_applied(installed
 
 
 @pytest.mark.django_db
+def test_metrics_count_held_tokens(installed, empty_spool, settings, client):
+    from tests.b24widget.test_metrics import TOKEN, scrape, value
+
+    settings.METRICS_TOKEN = TOKEN
+    portal, _b24 = installed
+    assert value(scrape(client), "b24widget_held_tokens") == 0
+    grant = tokens.oauth.TokenGrant(
+        access_token="a", refresh_token="r", expires_in=3600, member_id=portal.member_id, client_endpoint="", domain=""
+    )
+    tokens._hold(grant, portal.pk)
+    assert value(scrape(client), "b24widget_held_tokens") == 1
+
+
+@pytest.mark.django_db
 def test_key_rotation_re_encrypts_held_tokens(installed, empty_spool, settings):
     portal, _b24 = installed
     grant = tokens.oauth.TokenGrant(
