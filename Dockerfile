@@ -34,11 +34,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DJANGO_SETTINGS_MODULE=b24widget.settings \
-    CELERY_BROKER_DIR=/var/lib/b24widget/celery
+    CELERY_BROKER_DIR=/var/lib/b24widget/celery \
+    B24_TOKEN_SPOOL_DIR=/var/lib/b24widget/held-tokens
+# B24_TOKEN_SPOOL_DIR: rotated tokens held (encrypted) while the database is away; mount one volume there for
+# every web, worker and beat container (compose.yaml does), or rely on Redis as the cache.
 RUN groupadd --gid 10001 b24widget \
     && useradd --uid 10001 --gid 10001 --home-dir /var/lib/b24widget --no-create-home \
        --shell /usr/sbin/nologin b24widget \
-    && install -d -o 10001 -g 10001 -m 0750 /var/lib/b24widget
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/b24widget \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/b24widget/held-tokens
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY . .

@@ -82,8 +82,16 @@ B24_REST_MAX_BYTES = read.int("B24_REST_MAX_BYTES", default=32 * 1024 * 1024, mi
 # (the old refresh token is spent the moment the server rotates it).
 B24_OAUTH_DEADLINE = read.float("B24_OAUTH_DEADLINE", default=60.0, minimum=0.1)
 B24_OAUTH_MAX_BYTES = read.int("B24_OAUTH_MAX_BYTES", default=64 * 1024, minimum=1024)
-# Attempts at storing a rotated token when the database fails right after the OAuth answer.
-B24_TOKEN_STORE_ATTEMPTS = read.int("B24_TOKEN_STORE_ATTEMPTS", default=5, minimum=1)
+# --- Held tokens (portals/tokens.py, issue 23): a rotated token outlives a database outage ----------------
+# The process that got a rotated token tries to store it for B24_TOKEN_STORE_WAIT seconds; meanwhile and then
+# the grant stays held (encrypted) in B24_TOKEN_SPOOL_DIR (and the cache) and is stored by the next refresh
+# of that portal or by beat every B24_TOKEN_HELD_INTERVAL seconds, for as long as the refresh token lives.
+# The folder must be one all workers of the deployment share (or the cache must be Redis).
+B24_TOKEN_STORE_WAIT = read.float("B24_TOKEN_STORE_WAIT", default=20.0, minimum=0.0)
+B24_TOKEN_SPOOL_DIR = Path(read.str("B24_TOKEN_SPOOL_DIR", default=str(BASE_DIR / ".held-tokens")))
+B24_TOKEN_HELD_INTERVAL = read.float("B24_TOKEN_HELD_INTERVAL", default=30.0, minimum=1.0)
+# Bitrix24's refresh token lives 180 days (oauth/index.md): a grant held longer is spent anyway.
+B24_REFRESH_TOKEN_DAYS = read.int("B24_REFRESH_TOKEN_DAYS", default=180, minimum=1)
 # Web requests: all their calls to Bitrix24 end within this many seconds; a limit slot further away than
 # B24_REQUEST_MAX_WAIT is refused at once (429 with Retry-After); another caller's refresh is awaited at
 # most B24_REFRESH_WAIT.
@@ -139,6 +147,15 @@ OPENLINES_INBOUND_BURST = read.int("OPENLINES_INBOUND_BURST", default=120, minim
 OPENLINES_WEBHOOK_DEADLINE = read.float("OPENLINES_WEBHOOK_DEADLINE", default=10.0, minimum=0.1)
 OPENLINES_WEBHOOK_MAX_BYTES = read.int("OPENLINES_WEBHOOK_MAX_BYTES", default=64 * 1024)
 OPENLINES_RETRY_HOURS = read.float("OPENLINES_RETRY_HOURS", default=24.0)
+# --- Operator messages nobody may read yet (openlines/reconcile.py, issue 23) ------------------------------
+# Beat re-checks messages that wait for someone who may read their conversation every this many seconds
+# (each waiting message backs off, doubling up to an hour).
+OPENLINES_WAITING_INTERVAL = read.float("OPENLINES_WAITING_INTERVAL", default=60.0, minimum=1.0)
+# Reconciliation: every this many seconds, each connected line's conversations active in the last
+# OPENLINES_RECONCILE_HOURS are read back and what no event brought is relayed (the longest delay of a
+# missed operator message is about one interval).
+OPENLINES_RECONCILE_INTERVAL = read.float("OPENLINES_RECONCILE_INTERVAL", default=300.0, minimum=10.0)
+OPENLINES_RECONCILE_HOURS = read.float("OPENLINES_RECONCILE_HOURS", default=48.0, minimum=0.1)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
 # Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
 # YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
@@ -190,7 +207,11 @@ if not TOKEN_ENCRYPTION_KEYS:
 # /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
 METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 # Read at each scrape of /metrics (b24widget/metrics.py): each app's figures that live in shared state.
-METRICS_COLLECTORS = ["inbox.queue.BacklogCollector"]
+METRICS_COLLECTORS = [
+    "inbox.queue.BacklogCollector",
+    "portals.tokens.HeldCollector",  # issue 23: rotated tokens held during a database outage
+    "openlines.waiting.WaitingCollector",  # issue 23: operator messages nobody may read yet
+]
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -437,10 +458,16 @@ CELERY_BEAT_SCHEDULE = {
     # Each serving portal's offline queue: what Bitrix24 could not deliver (ONOFFLINEEVENT wakes one sooner).
     "inbox-offline-pull": {"task": "inbox.pull_offline_events", "schedule": B24_OFFLINE_PULL_INTERVAL},
     # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
+    # Rotated tokens held during a database outage are stored as soon as the database is back.
+    "held-tokens": {"task": "portals.store_held_grants", "schedule": B24_TOKEN_HELD_INTERVAL},
     "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
     # The Open Lines channel: every channel with due messages (either way) is queued again.
     "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
+    # Operator messages that waited for someone who may read their conversation are confirmed again.
+    "openlines-waiting": {"task": "openlines.recheck_waiting", "schedule": OPENLINES_WAITING_INTERVAL},
+    # Operator messages, edits and deletions no event brought (online or offline) are found and relayed.
+    "openlines-reconcile": {"task": "openlines.reconcile", "schedule": OPENLINES_RECONCILE_INTERVAL},
 }
 
 SETTINGS_PROBLEMS = read.problems

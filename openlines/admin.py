@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import tasks
-from .models import Channel, Delivery, InboundMessage, OutboundMessage
+from .models import Channel, Delivery, InboundMessage, OutboundMessage, WaitingReply
 
 
 def _count(model, states=None):
@@ -29,6 +29,7 @@ class ChannelAdmin(admin.ModelAdmin):
         "inbound_count",
         "outbound_count",
         "failures",
+        "waiting_count",
         "last_activity_at",
     )
     list_filter = ("state", "connector_id")
@@ -66,6 +67,7 @@ class ChannelAdmin(admin.ModelAdmin):
                 _outbound=_count(OutboundMessage),
                 _failed_in=_count(InboundMessage, failed),
                 _failed_out=_count(OutboundMessage, failed),
+                _waiting=_count(WaitingReply, [WaitingReply.State.WAITING]),
             )
         )
 
@@ -90,6 +92,10 @@ class ChannelAdmin(admin.ModelAdmin):
     @admin.display(description=_("failures"))
     def failures(self, obj):
         return obj._failed_in + obj._failed_out
+
+    @admin.display(description=_("replies waiting for a reader"), ordering="_waiting")
+    def waiting_count(self, obj):
+        return obj._waiting
 
 
 class _MessageAdmin(admin.ModelAdmin):
@@ -152,3 +158,34 @@ class OutboundMessageAdmin(_MessageAdmin):
         "last_error",
     )
     search_fields = ("im_chat_id", "im_message_id", "external_chat_id")
+
+
+@admin.register(WaitingReply)
+class WaitingReplyAdmin(admin.ModelAdmin):
+    """Operator messages nobody the app can ask may read yet: they wait (openlines.reconcile re-checks them)."""
+
+    list_display = (
+        "channel",
+        "action",
+        "external_chat_id",
+        "im_message_id",
+        "state",
+        "reason",
+        "attempts",
+        "created_at",
+        "next_check_at",
+        "settled_at",
+    )
+    list_filter = ("state", "action")
+    list_select_related = ("channel", "channel__portal")
+    search_fields = ("external_chat_id", "im_message_id", "im_chat_id")
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -10,7 +10,7 @@ class OpenlinesConfig(AppConfig):
         from placements import registry as placements
         from portals import install_steps
 
-        from . import checks, events, lifecycle, signals, views  # noqa: F401  (checks and signals register themselves)
+        from . import checks, events, lifecycle, reconcile, signals, views  # noqa: F401  (they register themselves)
 
         install_steps.register("openlines.connectors", lifecycle.register_connectors, order=30)
         for code, handler in events.HANDLERS.items():

@@ -14,6 +14,12 @@ api-reference/imopenlines/openlines/sessions/imopenlines-session-history-get.md)
 - a deletion is believed once the message is gone from the history (or flagged IS_DELETED: the docs are
   silent on how a deleted message shows) and only for a message we relayed.
 
+When the app's tokens may not read the chat (ACCESS_DENIED: the installing administrator lost access to
+the line), the page's own advice comes first: "You should use the SESSION_ID parameter; with it, no error is
+returned", with the sessions this channel saw; then the event's own authorization (the operator who wrote
+it; the portal checks that token when it answers). If neither can, the claim *waits* (NoReader,
+openlines.models.WaitingReply): never relayed unconfirmed, never dropped.
+
 One history call covers every message of a chat in one event. A fresh answer (HISTORY_FRESH, 2 min) is
 reused for new messages it already holds, so a backlog of replies in one chat costs one call, not one
 per reply; a miss asks, in one batch request, for up to 49 other chats whose events wait in the inbox too.
@@ -47,6 +53,10 @@ _GROUPS_PER_EVENT = 3  # (chat, session) pairs asked for per event: Bitrix24 sen
 _CHATS_PER_EVENT = 5  # chats of one waiting event the prefetch looks at
 _EARLIER_SESSIONS = 2  # earlier sessions of a chat asked for a reply missing from its last one
 _CACHE_MAX_MESSAGES, _CACHE_MAX_TEXT = 500, 1_000_000  # a bigger session is asked again each time
+
+
+class NoReader(str):
+    """Why nobody the app can ask may read a conversation: its claims wait instead of being refused."""
 
 
 @dataclass
@@ -92,11 +102,17 @@ def claims_of(data: JSON) -> list[Claim]:
     return found
 
 
-def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Confirmed], list[str]]:
-    """(what the portal confirms, why each other claim was not). Raises RestError when the portal could not
-    be asked (the caller retries); a refusal the history page documents only fails that chat's claims."""
+def confirm(
+    channel: Channel, action: str, claims: list[Claim], *, event_token: str = ""
+) -> tuple[list[Confirmed], list[str], list[tuple[Claim, str]]]:
+    """(what the portal confirms, why each other claim was not, the claims that wait with why). Raises
+    RestError when the portal could not be asked (the caller retries); a refusal the history page documents
+    only fails that chat's claims; an ACCESS_DENIED that no other source gets past makes them wait.
+    `event_token`: the access token the event came with (its `auth`), a second source for a chat the app's
+    tokens may not read."""
     confirmed: list[Confirmed] = []
     refused: list[str] = []
+    waiting: list[tuple[Claim, str]] = []
     ours = _our_conversations(channel, claims)
     relayed = _relayed(channel, claims) if action != OutboundMessage.Action.ADD else {}
     by_chat: dict[tuple[str, str], list[Claim]] = {}
@@ -122,7 +138,11 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
             session,
             fresh_ok=action == OutboundMessage.Action.ADD,
             wanted=[c.im_message_id for c in chat_claims],
+            event_token=event_token,
         )
+        if isinstance(history, NoReader):
+            waiting += [(c, str(history)) for c in chat_claims]
+            continue
         if isinstance(history, str):
             refused += [f"{c.im_message_id}: {history}" for c in chat_claims]
             continue
@@ -145,7 +165,7 @@ def confirm(channel: Channel, action: str, claims: list[Claim]) -> tuple[list[Co
                 "count": len(refused),
             },
         )
-    return confirmed, refused
+    return confirmed, refused, waiting
 
 
 def _missing(claim: Claim) -> str:
@@ -155,15 +175,7 @@ def _missing(claim: Claim) -> str:
 def _in_earlier_sessions(channel: Channel, chat_id: str, seen: str, action: str, claims: list[Claim]) -> dict:
     """{im message id: Confirmed} for the claims found in the chat's earlier sessions (at most
     _EARLIER_SESSIONS of them, newest first, as this channel's inbound messages recorded them)."""
-    sessions = []
-    for session in (
-        InboundMessage.objects.filter(channel=channel, im_chat_id=chat_id, state=Delivery.SENT)
-        .exclude(session_id__in=["", seen])
-        .order_by("-id")
-        .values_list("session_id", flat=True)[:200]
-    ):
-        if _ID.fullmatch(session) and session not in sessions:
-            sessions.append(session)
+    sessions = [s for s in _known_sessions(channel, chat_id) if s != seen]
     found, left = {}, list(claims)
     for session in sessions[:_EARLIER_SESSIONS]:
         history = _history(channel, chat_id, session, fresh_ok=False, wanted=[])
@@ -177,6 +189,50 @@ def _in_earlier_sessions(channel: Channel, chat_id: str, seen: str, action: str,
         if not left:
             break
     return found
+
+
+def _known_sessions(channel: Channel, chat_id: str) -> list[str]:
+    """The chat's sessions this channel saw (its inbound messages and relayed replies name them), newest first."""
+    sessions: list[str] = []
+    inbound = (
+        InboundMessage.objects.filter(channel=channel, im_chat_id=chat_id, state=Delivery.SENT)
+        .exclude(session_id="")
+        .order_by("-id")
+        .values_list("session_id", flat=True)[:200]
+    )
+    relayed = (
+        OutboundMessage.objects.filter(channel=channel, im_chat_id=chat_id)
+        .exclude(im_session_id="")
+        .order_by("-id")
+        .values_list("im_session_id", flat=True)[:200]
+    )
+    for session in sorted({*inbound, *relayed}, key=lambda s: int(s) if _ID.fullmatch(s) else -1, reverse=True):
+        if _ID.fullmatch(session):
+            sessions.append(session)
+    return sessions
+
+
+def _other_sources(channel: Channel, chat_id: str, wanted: list[str], event_token: str):
+    """The chat's history from a source that may read it, after the app's tokens got ACCESS_DENIED by CHAT_ID;
+    or NoReader. Session ids are Bitrix24's own numbering, so the newest known session has the highest id."""
+    # The page: "You should use the SESSION_ID parameter; with it, no error is returned."
+    for session in _known_sessions(channel, chat_id)[: _EARLIER_SESSIONS + 1]:
+        history = _history(channel, chat_id, session, fresh_ok=False, wanted=[])
+        if isinstance(history, dict) and all(m in history["messages"] for m in wanted):
+            return history
+    # The event's own authorization: the portal answers only a token it issued and whose user may read.
+    if event_token:
+        try:
+            answer = PortalClient(channel.portal, access_token=event_token).call(_HISTORY, {"CHAT_ID": int(chat_id)})
+        except RestError as exc:
+            log.info(
+                "the event's own token could not read the conversation either",
+                extra={"member_id": channel.portal.member_id, "code": exc.code},
+            )
+        else:
+            if isinstance(answer, dict):
+                return _parse(channel, chat_id, answer)
+    return NoReader("nobody the app can ask may read this conversation (ACCESS_DENIED); waiting")
 
 
 def _our_conversations(channel: Channel, claims: list[Claim]) -> set[tuple[str, str]]:
@@ -206,7 +262,7 @@ def _history_key(channel: Channel, chat_id: str, session: str) -> str:
     return f"b24widget:openlines:history:{channel.portal_id}:{channel.pk}:{chat_id}:{session}"
 
 
-def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wanted: list[str]):
+def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wanted: list[str], event_token: str = ""):
     """The chat's history as {"session", "messages": {id: {...}}}, checked to be this channel's chat; or a
     reason (str) the portal gave for not showing it. Raises RestError when the portal could not be asked.
 
@@ -225,18 +281,22 @@ def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wa
         try:
             answer = PortalClient(channel.portal).call(_HISTORY, params)
         except RestError as exc:
+            if exc.code == "ACCESS_DENIED" and not session:
+                return _other_sources(channel, chat_id, wanted, event_token)
             return _refusal(exc)
         return _answer(channel, chat_id, session, answer)
     try:
         result = PortalClient(channel.portal).batch(
             {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]}
         )
-    except RestError:
-        return _history(channel, chat_id, session, fresh_ok=False, wanted=wanted)  # the others are extra
+    except RestError:  # the others are extra
+        return _history(channel, chat_id, session, fresh_ok=False, wanted=wanted, event_token=event_token)
     for chat in others:
         if isinstance(result.result.get(f"c{chat}"), dict):
             _keep(channel, chat, _parse(channel, chat, result.result[f"c{chat}"]))
     if f"c{chat_id}" in result.errors:
+        if result.errors[f"c{chat_id}"].code == "ACCESS_DENIED":
+            return _other_sources(channel, chat_id, wanted, event_token)
         return _refusal(result.errors[f"c{chat_id}"])
     return _answer(channel, chat_id, session, result.result.get(f"c{chat_id}"))
 
@@ -266,6 +326,31 @@ def _keep(channel: Channel, chat_id: str, history):
     ):
         limits.cache.set(_history_key(channel, chat_id, ""), history, HISTORY_FRESH)
     return history
+
+
+def last_sessions(channel: Channel, chat_ids: list[str]) -> dict[str, dict | str]:
+    """{chat id: its last session's history (as confirm reads it) or why the portal did not show it}, asked
+    _BATCH chats per batch request (batch.md) with the app's tokens; each answer is kept as a fresh answer,
+    so confirming new messages it holds right after costs nothing. Raises RestError when the portal could
+    not be asked at all."""
+    found: dict[str, dict | str] = {}
+    client = PortalClient(channel.portal)
+    for start in range(0, len(chat_ids), _BATCH):
+        chunk = chat_ids[start : start + _BATCH]
+        result = client.batch({f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in chunk})
+        for chat in chunk:
+            if f"c{chat}" in result.errors:
+                error = result.errors[f"c{chat}"]
+                found[chat] = (
+                    _other_sources(channel, chat, [], "")  # its sessions, as the page advises
+                    if error.code == "ACCESS_DENIED"
+                    else f"the portal did not show the conversation ({error.code})"
+                )
+            elif isinstance(answer := result.result.get(f"c{chat}"), dict):
+                found[chat] = _keep(channel, chat, _parse(channel, chat, answer))
+            else:
+                found[chat] = "the history answer is not an object"
+    return found
 
 
 def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
@@ -332,6 +417,7 @@ def _parse(channel: Channel, chat_id: str, answer):
             "kind": kind,
             "name": _s(user.get("name"), 200),
             "deleted": params.get("IS_DELETED") == "Y",
+            "date": _s(m.get("date"), 40),
             "files": [
                 {"url": _s(f.get("urldownload"), 2000), "name": _s(f.get("name"), 255)}
                 for f in (files.get(str(i)) for i in file_ids[:_FILES_MAX])

@@ -9,6 +9,7 @@ history (confirm.py) either way.
 
 import logging
 import re
+from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -18,7 +19,7 @@ from bitrix24.wire import JSON
 from inbox.models import InboxItem
 from inbox.registry import Handler, Reject, Retry
 
-from . import confirm, lifecycle, registry, tasks
+from . import confirm, lifecycle, registry, tasks, waiting
 from .models import Channel, OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def _str(value, limit: int) -> str:
     return str(value if value is not None else "").replace("\x00", "")[:limit]
 
 
-def _store(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) -> int:
+def queue_confirmed(channel: Channel, action: str, confirmed: list[confirm.Confirmed]) -> int:
     """Queue the confirmed messages for the webhook: what the portal showed, not what the event said."""
     stored = 0
     for item in confirmed:
@@ -124,32 +125,71 @@ def _key(channel: Channel, action: str, payload: dict) -> str:
     return f"update:{message_id}:{edits + 1}"
 
 
+@dataclass
+class Relayed:
+    """What `relay` did with an event's claims (or a reconciliation pass's)."""
+
+    stored: int = 0
+    held: int = 0
+    confirmed: int = 0
+    refused: list[str] = field(default_factory=list)
+    waits: bool = False  # some claim waits for a reader (openlines.waiting)
+    asked: bool = False  # the portal was asked (some claim was not relayed yet)
+
+
+def relay(channel: Channel, action: str, claims: list[confirm.Claim], *, event_token: str = "") -> Relayed:
+    """Confirm the claims with the portal and queue what it shows for the webhook (or keep it waiting for a
+    reader): what an event does, and what openlines.reconcile does for an event that never came. Raises
+    RestError when the portal could not be asked."""
+    if action != OutboundMessage.Action.UPDATE:
+        # A message is added once and deleted once: an event already relayed (the same event handled again,
+        # seen both online and offline, inbox/offline.py, or found by reconciliation) costs no call to the portal.
+        claims = _not_relayed(channel, action, claims)
+        if not claims:
+            return Relayed()
+    confirmed, refused, unread = confirm.confirm(channel, action, claims, event_token=event_token)
+    found = len(confirmed)
+    confirmed, queued_behind = waiting.behind(channel, confirmed)
+    held = waiting.hold(channel, action, unread + queued_behind) if unread or queued_behind else 0
+    stored = queue_confirmed(channel, action, confirmed)
+    return Relayed(
+        stored=stored, held=held, confirmed=found, refused=refused, waits=bool(unread or queued_behind), asked=True
+    )
+
+
 def _on_message(action: str) -> Handler:
     def handler(item: InboxItem) -> str:
         channel = _channel(item)
         claims = confirm.claims_of(item.data)
         if not claims:
             raise Reject("the event names no message (MESSAGES with im.chat_id and im.message_id)")
-        if action != OutboundMessage.Action.UPDATE:
-            # A message is added once and deleted once: an event already relayed (the same event handled again,
-            # or seen both online and offline, inbox/offline.py) costs no call to the portal.
-            claims = _not_relayed(channel, action, claims)
-            if not claims:
-                return "0 message(s) queued for the webhook"
         try:
-            confirmed, refused = confirm.confirm(channel, action, claims)
+            done = relay(channel, action, claims, event_token=_event_token(item))
         except RestError as exc:
             raise Retry(f"the portal could not confirm the message(s): {exc.code}") from None
-        if claims and not confirmed:
-            raise Reject("not confirmed by the portal: " + "; ".join(refused)[:900])
-        stored = _store(channel, action, confirmed)
+        if not done.asked:
+            return "0 message(s) queued for the webhook"
+        if not done.confirmed and not done.waits:
+            raise Reject("not confirmed by the portal: " + "; ".join(done.refused)[:900])
         tasks.after_commit(tasks.deliver_outbound, channel.pk)
-        return f"{stored} message(s) queued for the webhook" + (
-            f"; not confirmed: {'; '.join(refused)}" if refused else ""
+        return (
+            f"{done.stored} message(s) queued for the webhook"
+            + (f"; {done.held} waiting for someone who may read the conversation" if done.waits else "")
+            + (f"; not confirmed: {'; '.join(done.refused)}" if done.refused else "")
         )
 
     handler.__name__ = f"on_message_{action}"
     return handler
+
+
+def _event_token(item: InboxItem) -> str:
+    """The access token the event came with (an operator's; offline records carry none). Only ever sent back
+    to the portal's stored address, which checks it; never logged."""
+    try:
+        token = item.auth.get("access_token") if isinstance(item.auth, dict) else ""
+    except ValueError:
+        return ""
+    return token if isinstance(token, str) and 0 < len(token) <= 512 else ""
 
 
 def _not_relayed(channel: Channel, action: str, claims: list) -> list:

@@ -186,3 +186,45 @@ class OutboundMessage(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.im_message_id}"
+
+
+class WaitingReply(models.Model):
+    """An operator's message (or its edit or deletion) that nobody the app can ask may read yet.
+
+    `imopenlines.session.history.get` answered ACCESS_DENIED to the app's tokens (the installing
+    administrator lost access to the line), by session too, and the event brought no token of its own that
+    could read it (openlines.confirm). It is never relayed unconfirmed and never dropped: it waits here,
+    shown in the admin and the Contact Center overview, and `openlines.reconcile.recheck_waiting` asks again
+    until the portal shows it. Later messages of the same outside chat wait behind it, so order holds.
+    """
+
+    class State(models.TextChoices):
+        WAITING = "waiting", _("waiting for someone who may read the conversation")
+        RELAYED = "relayed", _("confirmed and queued for the webhook")
+        REFUSED = "refused", _("not confirmed by the portal (deleted or changed meanwhile)")
+
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="waiting")
+    action = models.CharField(max_length=8, choices=OutboundMessage.Action.choices)
+    im_chat_id = models.CharField(max_length=32)
+    im_message_id = models.CharField(max_length=32)
+    external_chat_id = models.CharField(max_length=128)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.WAITING, db_index=True)
+    reason = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_check_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "action", "im_message_id"],
+                condition=Q(state="waiting"),
+                name="waiting_reply_once",
+            )
+        ]
+        indexes = [models.Index(fields=["channel", "state", "id"], name="waiting_queue")]
+
+    def __str__(self):
+        return f"{self.action} {self.im_message_id} ({self.state})"

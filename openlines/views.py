@@ -26,7 +26,7 @@ from placements import request as placement_request
 from placements.pages import refusal_text, verify_or_refuse
 from portals.models import Portal
 
-from . import channels, inbound, lifecycle, registry, tasks
+from . import channels, inbound, lifecycle, registry, tasks, waiting
 from .forms import ConnectorActionForm
 from .models import Channel
 
@@ -150,7 +150,8 @@ def _list(form, connector) -> JsonResponse:
             _("The Open Lines of this portal could not be loaded."),
             502 if exc.code not in ("insufficient_scope", "ACCESS_DENIED") else 403,
         )
-    channels = Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id)
+    channels = list(Channel.objects.defer("secret").filter(portal=portal, connector_id=connector.id))
+    unread = waiting.counts(channels)
     return JsonResponse(
         {
             "connector": connector.id,
@@ -164,6 +165,8 @@ def _list(form, connector) -> JsonResponse:
                     "name": c.name,
                     # Whether replies have somewhere to go; the address itself is for administrators only.
                     "has_webhook": bool(c.webhook_url),
+                    # Operator messages nobody the app can ask may read yet (openlines.waiting): they wait.
+                    "waiting_replies": unread.get(c.pk, 0),
                 }
                 for c in channels
             },

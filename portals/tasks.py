@@ -8,9 +8,10 @@
 import logging
 
 from celery import shared_task
+from celery.signals import worker_ready
 from django.conf import settings
 
-from . import maintenance
+from . import maintenance, tokens
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +73,18 @@ def sync_chunk(self, ids: list[int]) -> dict:
         counts[outcome.kind] = counts.get(outcome.kind, 0) + 1
     log.info("sync chunk done", extra={"task_id": self.request.id, **counts})
     return counts
+
+
+@shared_task(name="portals.store_held_grants", acks_late=True, ignore_result=True)
+def store_held_grants() -> dict:
+    """Store the rotated tokens held while the database was away (portals.tokens.store_held)."""
+    return tokens.store_held()
+
+
+@worker_ready.connect
+def _store_held_grants_at_start(**_kwargs) -> None:
+    """A worker that starts (after a crash, an outage) stores what was held before anything refreshes."""
+    try:
+        store_held_grants.delay()
+    except Exception:  # the broker is not there yet: beat's next pass does it
+        log.warning("could not queue the held-grants pass at start")

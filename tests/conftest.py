@@ -46,6 +46,7 @@ def _own_broker_queue():
 
     from b24widget.celery import app
 
+    shutil.rmtree(settings.B24_TOKEN_SPOOL_DIR, ignore_errors=True)  # this run's held tokens (tests/settings.py)
     if settings.CELERY_BROKER_URL.startswith("filesystem:"):
         shutil.rmtree(settings.B24_CELERY_DIR, ignore_errors=True)
         return

@@ -28,6 +28,7 @@ _TEST_ENV = {
 _RUN = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 _TEST_ENV["CELERY_QUEUE"] = f"b24widget-test-{_RUN}"
 _TEST_ENV["CELERY_BROKER_DIR"] = os.path.join(tempfile.gettempdir(), f"b24widget-test-broker-{_RUN}")
+_TEST_ENV["B24_TOKEN_SPOOL_DIR"] = os.path.join(tempfile.gettempdir(), f"b24widget-test-held-{_RUN}")
 for _key, _value in _TEST_ENV.items():
     os.environ.setdefault(_key, _value)
 

@@ -13,6 +13,7 @@ from django.apps import apps
 from django.db import models, transaction
 from django.db.models import Q
 
+from . import spool
 from .fields import DecryptionError, EncryptedTextField
 
 
@@ -73,3 +74,10 @@ def rotate(*, dry_run: bool = False, progress: Callable[[str], None] | None = No
             if progress is not None and position % 500 == 0:
                 progress(f"  {outcome.name}: {position} ...")
         yield outcome
+
+
+def rotate_spools(*, dry_run: bool = False) -> Iterator[tuple[str, int, list[str]]]:
+    """Re-encrypt (or only open) every registered spool's held files: (spool name, count, unreadable files)."""
+    for held in spool.SPOOLS.values():
+        done, unreadable = held.rotate(dry_run=dry_run)
+        yield held.name, done, unreadable

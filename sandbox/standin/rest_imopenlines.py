@@ -51,6 +51,33 @@ def _operator(portal, user_id: str) -> dict:
     }
 
 
+_NO_RIGHTS = "You cannot open this conversation because you do not have sufficient rights."
+
+
+def revoke_line_access(portal, user_id, line) -> None:
+    """The user loses access to the Open Line (taken out of its queue, their role changed): they are no
+    participant of its chats any more, so the history by CHAT_ID alone answers ACCESS_DENIED for them."""
+    with portal._standin.lock:
+        portal.line_access_revoked = {*getattr(portal, "line_access_revoked", set()), (str(user_id), str(line))}
+
+
+def restore_line_access(portal, user_id, line) -> None:
+    with portal._standin.lock:
+        portal.line_access_revoked = getattr(portal, "line_access_revoked", set()) - {(str(user_id), str(line))}
+
+
+def history_checks_sessions(portal, on: bool = True) -> None:
+    """Unverified: a portal that also refuses a SESSION_ID call to a user without access to the line (the
+    page says a SESSION_ID call returns no error; docs/bitrix24.md says what would settle it)."""
+    with portal._standin.lock:
+        portal.history_checks_sessions = bool(on)
+
+
+def _may_read(portal, chat: dict, grant) -> bool:
+    user = str(getattr(grant, "user_id", ""))
+    return (user, str(chat["line"])) not in getattr(portal, "line_access_revoked", set())
+
+
 @method("imopenlines.session.history.get", doc=_HISTORY_DOC, scopes=("imopenlines",))
 def session_history_get(portal, params, grant):
     """The page's answer for one session of one Open Lines chat: ``message`` (by id: id, chatid, senderid,
@@ -59,7 +86,13 @@ def session_history_get(portal, params, grant):
     session: SESSION_ID's when given, else the chat's last. A chat gets a new session when the customer writes
     after ``finish_dialog``. Errors as the page lists them: neither id -> MISSING_REQUIRED_PARAM; a CHAT_ID
     with no session -> INVALID_SESSION_ID; a SESSION_ID not found -> ACCESS_DENIED. The page does not say
-    how a deleted message shows; the stand-in leaves it out."""
+    how a deleted message shows; the stand-in leaves it out.
+
+    Rights, as the page has them: "If the user is not a participant in the chat, an error will be returned
+    when calling with only the parameter CHAT_ID" (ACCESS_DENIED, "You cannot open this conversation because
+    you do not have sufficient rights."), and "You should use the SESSION_ID parameter; with it, no error is
+    returned". A user without access to the line (``revoke_line_access``) is no participant of its chats.
+    ``history_checks_sessions`` makes SESSION_ID calls refuse them too (not what the page says)."""
     from .rest_imconnector import state
 
     session_id, chat_id = _int(params.get("SESSION_ID"), 0), _int(params.get("CHAT_ID"), 0)
@@ -82,6 +115,8 @@ def session_history_get(portal, params, grant):
                     "INVALID_SESSION_ID", "Unable to determine session ID from provided parameters", status=400
                 )
         im_chat_id, chat = found[0]
+        if not _may_read(portal, chat, grant) and (not session_id or getattr(portal, "history_checks_sessions", False)):
+            raise ApiError("ACCESS_DENIED", _NO_RIGHTS, status=400)
         session_id = session_id or chat["session"]
         customer = {
             "id": chat["user"],

@@ -37,7 +37,7 @@ def test_after_rotation_and_without_the_old_key_channels_still_work(
     settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
     out = io.StringIO()
     call_command("rotate_token_keys", "--dry-run", stdout=out)
-    assert out.getvalue().splitlines()[-1].endswith("channels 1")
+    assert out.getvalue().splitlines()[-1].endswith("channels 1, held tokens 0")
     call_command("rotate_token_keys", stdout=out)
     settings.TOKEN_ENCRYPTION_KEYS = [new_key]  # the old key is gone
     with connection.cursor() as cursor:

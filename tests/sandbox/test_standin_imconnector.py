@@ -6,6 +6,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from sandbox.standin import rest_imconnector as imc
+from sandbox.standin import rest_imopenlines as imol
 from tests.helpers import QuietHandler, local_server
 
 ICON = {"DATA_IMAGE": "data:image/svg+xml,%3Csvg%20xmlns%3D%22http://www.w3.org/2000/svg%22/%3E"}
@@ -369,3 +370,24 @@ def test_session_history_shows_the_chat_as_the_page_does(http, portal, token):
         call(http, portal, "imopenlines.session.history.get", token, CHAT_ID=99999)[1]["error"] == "INVALID_SESSION_ID"
     )
     assert call(http, portal, "imopenlines.session.history.get", token, SESSION_ID=99999)[1]["error"] == "ACCESS_DENIED"
+
+
+def test_session_history_refuses_a_user_without_access_to_the_line_by_chat_id_as_the_page_says(http, portal, token):
+    """imopenlines-session-history-get.md: "If the user is not a participant in the chat, an error will be returned
+    when calling with only the parameter CHAT_ID" (ACCESS_DENIED); "You should use the SESSION_ID parameter; with it,
+    no error is returned". `history_checks_sessions` is the stricter portal the page does not describe."""
+    connect(http, portal, token)
+    _s, body = call(
+        http, portal, "imconnector.send.messages", token, CONNECTOR="myconnector", LINE="1", MESSAGES=[inbound("Hi")]
+    )
+    session = body["result"]["DATA"]["RESULT"][0]["session"]
+    chat_id = int(session["CHAT_ID"])
+    history = "imopenlines.session.history.get"
+    imol.revoke_line_access(portal, "1", "1")  # the token's user (the administrator) loses access to line 1
+    status, answer = call(http, portal, history, token, CHAT_ID=chat_id)
+    assert answer["error"] == "ACCESS_DENIED" and "sufficient rights" in answer["error_description"]
+    assert call(http, portal, history, token, SESSION_ID=session["ID"])[1]["result"]["chatId"] == chat_id
+    imol.history_checks_sessions(portal)
+    assert call(http, portal, history, token, SESSION_ID=session["ID"])[1]["error"] == "ACCESS_DENIED"
+    imol.restore_line_access(portal, "1", "1")
+    assert call(http, portal, history, token, CHAT_ID=chat_id)[1]["result"]["chatId"] == chat_id

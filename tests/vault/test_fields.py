@@ -61,7 +61,9 @@ def test_key_rotation_old_key_still_decrypts_and_the_command_retires_it(settings
     assert Portal.objects.get(pk=portal.pk).access_token == "rotating"
     out = io.StringIO()
     call_command("rotate_token_keys", stdout=out)
-    assert out.getvalue().splitlines()[-1] == "re-encrypted with the first key: inbox items 1, portals 1, channels 0"
+    assert out.getvalue().splitlines()[-1] == (
+        "re-encrypted with the first key: inbox items 1, portals 1, channels 0, held tokens 0"
+    )
     settings.TOKEN_ENCRYPTION_KEYS = [new_key]  # the old key is gone
     again = Portal.objects.get(pk=portal.pk)
     assert (again.access_token, again.refresh_token, again.application_token) == ("rotating", "r", "a")
@@ -101,12 +103,14 @@ def test_rotation_reports_progress_and_dry_run_writes_nothing(settings):
     call_command("rotate_token_keys", "--dry-run", stdout=out)
     assert out.getvalue().splitlines() == [
         "checking every stored secret",
-        "checked (dry run: nothing written): inbox items 0, portals 1, channels 0",
+        "checked (dry run: nothing written): inbox items 0, portals 1, channels 0, held tokens 0",
     ]
     assert raw_column(portal, "access_token") == before
     out = io.StringIO()
     call_command("rotate_token_keys", stdout=out)
-    assert out.getvalue().splitlines()[-1] == "re-encrypted with the first key: inbox items 0, portals 1, channels 0"
+    assert out.getvalue().splitlines()[-1] == (
+        "re-encrypted with the first key: inbox items 0, portals 1, channels 0, held tokens 0"
+    )
     assert raw_column(portal, "access_token") != before
 
 
@@ -129,7 +133,9 @@ def test_an_undecryptable_portal_is_named_with_what_to_do_and_the_others_are_rot
     assert f"portal {lost.pk} (domain a.bitrix24.com, member_id m1)" in message and "b.bitrix24.com" not in message
     assert "Put the key they were encrypted with back into TOKEN_ENCRYPTION_KEYS" in message
     assert "lost-secret" not in message and lost_key not in message
-    assert out.getvalue().splitlines()[-1] == "re-encrypted with the first key: inbox items 0, portals 1, channels 0"
+    assert out.getvalue().splitlines()[-1] == (
+        "re-encrypted with the first key: inbox items 0, portals 1, channels 0, held tokens 0"
+    )
     assert Fernet(kept_key.encode()).decrypt(raw_column(kept, "access_token").encode()) == b"kept-secret"
 
 

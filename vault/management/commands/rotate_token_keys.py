@@ -8,7 +8,8 @@ from vault import rotation
 class Command(BaseCommand):
     help = (
         "Re-encrypt every encrypted field of every model (portals' tokens, stored events' auth, Open Lines "
-        "channel secrets, and any added later) with the first key of TOKEN_ENCRYPTION_KEYS (all keys "
+        "channel secrets, and any added later; and the tokens held during a database outage) with the first key of "
+        "TOKEN_ENCRYPTION_KEYS (all keys "
         "decrypt). Run it after putting a new key first; once it finishes without errors, the old keys can "
         "be removed. Each row is locked while it is rewritten, so a token refresh running at the same time "
         "is never overwritten. --dry-run only reads."
@@ -28,6 +29,9 @@ class Command(BaseCommand):
         for outcome in rotation.rotate(dry_run=dry_run, progress=self.stdout.write):
             counts.append(f"{outcome.name} {outcome.done}")
             unreadable += outcome.unreadable
+        for name, done, lost in rotation.rotate_spools(dry_run=dry_run):
+            counts.append(f"held {name} {done}")
+            unreadable += lost
         verb = "checked (dry run: nothing written)" if dry_run else "re-encrypted with the first key"
         self.stdout.write(f"{verb}: {', '.join(counts)}")
         if unreadable:
