@@ -6,20 +6,63 @@ tasks live in each app's tasks.py and are found by autodiscover_tasks.
 A worker and beat refuse bad settings as gunicorn does (b24widget/checks.py `refuse_to_start`: one
 message, exit 1) before they take or send any task. A worker counts its tasks by name (task signals into
 b24widget/metrics.py).
+
+One log stream: with LOG_FORMAT=json (production) the worker and beat print no banners (Celery's `--quiet`,
+forced), the worker's few direct prints (`worker: Warm shutdown`) become JSON lines, and Python warnings
+(Celery's superuser warning) go through logging; everything else already goes through Django's LOGGING
+(CELERY_WORKER_HIJACK_ROOT_LOGGER is off).
 """
 
+import logging
 import os
+import sys
 
 import django
 from celery import Celery, signals
+from celery.apps import beat as celery_beat
+from celery.apps import worker as celery_worker
 from django.apps import apps
+from django.conf import settings
+from kombu.utils.objects import cached_property
 
 from b24widget import metrics
 from b24widget.checks import refuse_to_start
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")
 
-app = Celery("b24widget")
+
+def _json_logs() -> bool:
+    return settings.LOG_FORMAT == "json"
+
+
+class _Beat(celery_beat.Beat):
+    """Celery's beat, quiet (no banner lines) when the logs are JSON."""
+
+    def __init__(self, *args, quiet: bool = False, **kwargs):
+        super().__init__(*args, quiet=quiet or _json_logs(), **kwargs)
+
+
+class _Celery(Celery):
+    @cached_property
+    def Beat(self, **kwargs):  # noqa: N802 (Celery's name)
+        return self.subclass_with_self(_Beat)
+
+
+def _say(message: str, f=None) -> None:
+    """What Celery's worker prints straight to the terminal (in signal handlers), as one log line: formatted by
+    the root handler's formatter and written without taking the handler's lock."""
+    record = logging.getLogger("celery.apps.worker").makeRecord(
+        "celery.apps.worker", logging.WARNING, __file__, 0, message, (), None
+    )
+    handlers = logging.getLogger().handlers
+    line = handlers[0].format(record) if handlers else message
+    stream = getattr(handlers[0], "stream", None) if handlers else None
+    stream = stream or f or sys.__stderr__
+    stream.write(line + "\n")
+    stream.flush()
+
+
+app = _Celery("b24widget")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -28,6 +71,20 @@ def _refuse_bad_settings() -> None:
     if not apps.ready:  # Celery's Django fixup has set Django up by now; this makes sure
         django.setup()
     refuse_to_start()
+
+
+@signals.celeryd_init.connect
+def _quiet_worker(sender=None, instance=None, **kwargs):
+    """Before the worker prints its banner: none with JSON logs; direct prints become log lines."""
+    if _json_logs():
+        instance.quiet = True
+        celery_worker.safe_say = _say
+    logging.captureWarnings(True)
+
+
+@signals.beat_init.connect
+def _beat_warnings(sender=None, **kwargs):
+    logging.captureWarnings(True)
 
 
 @signals.worker_init.connect

@@ -44,10 +44,21 @@ max_requests_jitter = 2000
 preload_app = True
 # Behind a TLS-terminating proxy: trust its X-Forwarded-* headers (restrict with FORWARDED_ALLOW_IPS).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# One log stream: gunicorn's error and access lines go through the app's LOGGING (JSON in production),
+# an access line as a record with method, path, status, bytes and duration_ms; never the query string
+# (it may carry a portal's fields). b24widget/gunicornlog.py.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")
+logger_class = "b24widget.gunicornlog.JsonLogger"
 accesslog = "-"
-# The access log shows method, path and status; never the query string (it may carry a portal's fields).
-access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
+# gunicorn's control socket (gunicornc, 25.1+) defaults to one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl or
+# ~/.gunicorn/gunicorn.ctl): a second instance on the host takes it over from the first. Off unless
+# GUNICORN_CONTROL_SOCKET names a path of this instance's own; reloads and stops use signals (README).
+_control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+if _control_socket:
+    control_socket = _control_socket
+else:
+    control_socket_disable = True
 
 
 # Prometheus multiprocess mode (b24widget/metrics.py): each worker writes its counters into
