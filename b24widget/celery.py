@@ -89,8 +89,16 @@ def _beat_warnings(sender=None, **kwargs):
 
 @signals.worker_init.connect
 def _worker_init(sender=None, **kwargs):
-    """The worker's main process, before its pool starts."""
+    """The worker's main process, before its pool starts: settings checked, then the worker's own metrics
+    folder emptied (never the web's) and its `/metrics` served on WORKER_METRICS_PORT."""
     _refuse_bad_settings()
+    metrics.empty_multiprocess_folder()
+    metrics.serve_worker_metrics()
+
+
+@signals.worker_process_shutdown.connect
+def _worker_process_shutdown(pid=None, **kwargs):
+    metrics.mark_process_dead(pid or os.getpid())
 
 
 @signals.beat_init.connect

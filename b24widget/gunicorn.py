@@ -11,6 +11,9 @@ superusers and maintenance, 2 web replicas and 1 Celery worker host of 8 process
 import multiprocessing
 import os
 
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")  # before the app's modules
+
+from b24widget import metrics
 from b24widget.config import web_capacity
 
 
@@ -40,14 +43,19 @@ keepalive = 5
 # Recycle workers rarely (a guard against slow leaks): each restart imports Django again.
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = 2000
-# Import the app once in the master; workers fork with it loaded (faster starts and restarts).
-preload_app = True
+# Import the app once in the master; workers fork with it loaded (faster starts and restarts). A HUP then
+# restarts the workers with the code the master loaded: where deploys reload gunicorn in place (systemd's
+# `systemctl reload`, README "Zero-downtime restarts") set GUNICORN_PRELOAD=false, so that each new worker
+# imports the new release (and checks its settings) while the old ones finish their requests.
+_preload = os.environ.get("GUNICORN_PRELOAD", "true").strip().lower()
+if _preload not in ("true", "false"):
+    raise SystemExit(f"GUNICORN_PRELOAD must be true or false, not {_preload!r}")
+preload_app = _preload == "true"
 # Behind a TLS-terminating proxy: trust its X-Forwarded-* headers (restrict with FORWARDED_ALLOW_IPS).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 # One log stream: gunicorn's error and access lines go through the app's LOGGING (JSON in production),
 # an access line as a record with method, path, status, bytes and duration_ms; never the query string
 # (it may carry a portal's fields). b24widget/gunicornlog.py.
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")
 logger_class = "b24widget.gunicornlog.JsonLogger"
 accesslog = "-"
 errorlog = "-"
@@ -62,19 +70,12 @@ else:
 
 
 # Prometheus multiprocess mode (b24widget/metrics.py): each worker writes its counters into
-# PROMETHEUS_MULTIPROC_DIR. The folder must start empty (old files would add last run's counts), and a
-# worker that exits is marked dead so that its files are merged, not double counted.
+# PROMETHEUS_MULTIPROC_DIR, the web's own folder (the Celery worker keeps another). The folder must start
+# empty (old files would add last run's counts), and a worker that exits is marked dead so that its files
+# are merged, not double counted.
 def on_starting(server):
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):
-            if name.endswith(".db"):
-                os.remove(os.path.join(folder, name))
+    metrics.empty_multiprocess_folder()
 
 
 def child_exit(server, worker):
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(worker.pid)
+    metrics.mark_process_dead(worker.pid)

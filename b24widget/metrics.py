@@ -9,6 +9,11 @@ b24widget/gunicorn.py): each process then writes its counters there and `/metric
 (prometheus_client's multiprocess mode). `/metrics` is not public: without METRICS_TOKEN it does not
 exist (404); with it, it answers only to `Authorization: Bearer <METRICS_TOKEN>` (403 otherwise).
 
+Each process type keeps its own PROMETHEUS_MULTIPROC_DIR (Prometheus' guidance: a multiprocess folder per
+application server, wiped when it starts): the web's gunicorn wipes its folder at start, so a folder shared
+with the worker would lose the worker's counters at every web restart. A Celery worker serves its own
+series on WORKER_METRICS_PORT (`serve_worker_metrics`, same bearer token); Prometheus scrapes both.
+
 The project's own series: requests by view (`RequestMetrics`, a middleware that labels with the resolved
 URL name, never the path) and Celery tasks by task name (b24widget/celery.py connects the task signals
 to `task_started`, `task_finished`, `task_failed`, `task_retried`).
@@ -16,8 +21,10 @@ to `task_started`, `task_finished`, `task_failed`, `task_retried`).
 
 import hmac
 import os
+import threading
 import time
 from functools import lru_cache
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from django.conf import settings
 from django.http import Http404, HttpResponse, HttpResponseForbidden
@@ -33,6 +40,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 # --- the project's series ---------------------------------------------------------------------------
 # Seconds; a web request is bounded by B24_REQUEST_DEADLINE (15 s), a task by its deadlines (minutes).
@@ -86,6 +94,53 @@ def metrics_view(request):
     if not hmac.compare_digest(offered.encode(), expected.encode()):
         return HttpResponseForbidden("a valid bearer token is required\n", content_type="text/plain")
     return HttpResponse(generate_latest(_registry()) + generate_latest(_collectors()), content_type=CONTENT_TYPE_LATEST)
+
+
+def empty_multiprocess_folder() -> None:
+    """At a process type's start (gunicorn's master, a Celery worker's main process): last run's files would
+    add last run's counts. Only this process type's folder: another's is not ours to wipe."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):
+            if name.endswith(".db"):
+                os.remove(os.path.join(folder, name))
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's name); scrapes are not log lines
+        pass
+
+
+def _worker_app(environ, start_response):
+    token = settings.METRICS_TOKEN
+    offered = environ.get("HTTP_AUTHORIZATION", "")
+    if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+    if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+        start_response("403 Forbidden", [("Content-Type", "text/plain")])
+        return [b"a valid bearer token is required\n"]
+    start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")])
+    return [generate_latest(_registry())]
+
+
+def serve_worker_metrics() -> ThreadingWSGIServer | None:
+    """A Celery worker's own `/metrics` (its task series), in a thread of its main process; only with
+    METRICS_TOKEN and WORKER_METRICS_PORT set. The database-backed collectors stay on the web's endpoint."""
+    port = settings.WORKER_METRICS_PORT
+    if not (port and settings.METRICS_TOKEN):
+        return None
+    server = make_server(
+        settings.WORKER_METRICS_ADDRESS, port, _worker_app, ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    return server
 
 
 class RequestMetrics:

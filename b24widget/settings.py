@@ -212,6 +212,11 @@ METRICS_COLLECTORS = [
     "portals.tokens.HeldCollector",  # issue 23: rotated tokens held during a database outage
     "openlines.waiting.WaitingCollector",  # issue 23: operator messages nobody may read yet
 ]
+# --- Worker metrics (b24widget/celery.py, b24widget/metrics.py) ---------------------------------------
+# A Celery worker serves its own task series at http://WORKER_METRICS_ADDRESS:WORKER_METRICS_PORT/metrics
+# (the same METRICS_TOKEN); 0 = not served. Each process type keeps its own PROMETHEUS_MULTIPROC_DIR.
+WORKER_METRICS_PORT = read.int("WORKER_METRICS_PORT", default=0)
+WORKER_METRICS_ADDRESS = read.str("WORKER_METRICS_ADDRESS", default="0.0.0.0")
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [

@@ -1,8 +1,11 @@
 """/metrics: Prometheus counters behind a bearer token; the product's hooks count what happens."""
 
 import os
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,9 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from b24widget.celery import app as celery_app
+from tests.helpers import database_url, free_port
 from tests.placements.frames import is_widget, open_widget
+from tests.workers import Worker, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "metrics-token-for-tests-0123456789"
@@ -196,3 +201,82 @@ def test_tasks_are_counted_by_name_with_failures_retries_and_durations(client, s
     assert grew("b24widget_celery_task_failures_total") == 1
     assert grew("b24widget_celery_task_retries_total") == 1
     assert grew("b24widget_celery_task_duration_seconds_count") == 4
+
+
+# --- each process type its own folder: a web restart keeps the worker's counters ------------------------------
+
+
+def _scrape_url(url: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}", "Host": "localhost"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _start_web(env: dict, port: int, log) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:b24widget.gunicorn", "b24widget.wsgi"],
+        cwd=ROOT,
+        env={**env, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "2"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: _answers(f"http://127.0.0.1:{port}/metrics") or process.poll() is not None, what="gunicorn")
+    assert process.poll() is None
+    return process
+
+
+def _answers(url: str) -> bool:
+    try:
+        _scrape_url(url)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # a Celery worker and gunicorn, restarted
+@pytest.mark.django_db(transaction=True)
+def test_a_web_restart_keeps_the_workers_task_series(standin, tmp_path):
+    worker_port, web_port = free_port(), free_port()
+    common = {"METRICS_TOKEN": TOKEN, "WORKER_METRICS_PORT": str(worker_port), "WORKER_METRICS_ADDRESS": "127.0.0.1"}
+    worker = Worker(
+        standin, tmp_path, "metrics", env={**common, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "worker")}
+    ).wait_ready()
+    web_env = {
+        **os.environ,
+        **common,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url(),
+        "B24_OAUTH_URL": standin.oauth_url,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "web"),
+        "WORKER_METRICS_PORT": "0",
+    }
+    worker_url, web_url = f"http://127.0.0.1:{worker_port}/metrics", f"http://127.0.0.1:{web_port}/metrics"
+    web = None
+    try:
+        celery_app.send_task("portals.sweep_inbox")
+        task = ("b24widget_celery_tasks_total", (("task", "portals.sweep_inbox"),))
+        wait_for(lambda: _scrape_url(worker_url).get(task), what="the worker's task series")
+        with open(tmp_path / "web.log", "wb") as log:
+            web = _start_web(web_env, web_port, log)
+        page = _scrape_url(web_url)
+        assert any(name == "b24widget_http_requests_total" for name, _labels in page)
+        before = _scrape_url(worker_url)[task]
+        web.send_signal(signal.SIGTERM)  # a web restart: gunicorn empties its own folder at start
+        web.wait(timeout=60)
+        with open(tmp_path / "web.log", "ab") as log:
+            web = _start_web(web_env, web_port, log)
+        assert _scrape_url(worker_url)[task] == before >= 1
+        assert sorted(p.name for p in (tmp_path / "worker").iterdir() if p.suffix == ".db")  # untouched
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(worker_url, timeout=10)
+        assert refused.value.code == 403
+    finally:
+        if web is not None and web.poll() is None:
+            web.send_signal(signal.SIGTERM)
+            web.wait(timeout=60)
+        worker.stop()
