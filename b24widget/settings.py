@@ -103,6 +103,10 @@ B24_VERIFY_BURST = read.int("B24_VERIFY_BURST", default=20, minimum=1)
 B24_VERIFY_UNMATCHED_BURST = read.int("B24_VERIFY_UNMATCHED_BURST", default=5, minimum=1)
 B24_VERIFY_UNMATCHED_PER_MINUTE = read.float("B24_VERIFY_UNMATCHED_PER_MINUTE", default=10.0, minimum=0.1)
 B24_VERIFY_PER_MINUTE = read.float("B24_VERIFY_PER_MINUTE", default=60.0)
+# Verifications per portal are capped per sender address (the two above) and for the whole portal (below):
+# one user's forged opens spend his own share, not his colleagues' (placements/auth.py).
+B24_VERIFY_PORTAL_BURST = read.int("B24_VERIFY_PORTAL_BURST", default=100, minimum=1)
+B24_VERIFY_PORTAL_PER_MINUTE = read.float("B24_VERIFY_PORTAL_PER_MINUTE", default=300.0)
 # OAuth attempts for unverified senders (install POSTs, ONAPPINSTALL, administrator recoveries):
 # per member_id, and for the whole deployment; never more than one in flight per member_id.
 B24_UNVERIFIED_OAUTH_BURST = read.int("B24_UNVERIFIED_OAUTH_BURST", default=5, minimum=1)

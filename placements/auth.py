@@ -138,8 +138,10 @@ def find_portal(post: FramePost) -> Portal:
     return portal
 
 
-def verify(post: FramePost) -> tuple[Portal, Verdict]:
-    """Return the portal and the verified user behind the POST, or raise Refused."""
+def verify(post: FramePost, sender: str = "") -> tuple[Portal, Verdict]:
+    """Return the portal and the verified user behind the POST, or raise Refused. `sender` is the client's
+    address (a placement POST comes from the user's own browser): each sender has a share of the portal's
+    verification budget, so one user's forged opens cannot starve the portal's other users."""
     portal = find_portal(post)
     if not post.auth_id:
         raise Refused("no_auth", portal=portal)
@@ -150,7 +152,7 @@ def verify(post: FramePost) -> tuple[Portal, Verdict]:
         # Unknown token, or a posted DOMAIN that is not the stored address (renamed? forged?): ask the
         # OAuth server, within the portal's budget. Its app.info for the user's own token says where the
         # portal lives now; nothing is refreshed on behalf of an unverified sender.
-        _spend_verification(portal, matched=_presents_our_token(portal, post))
+        _spend_verification(portal, matched=_presents_our_token(portal, post), sender=sender)
         info = _token_info(portal, post.auth_id)
         if (info.domain, info.client_endpoint) != (portal.domain, portal.client_endpoint):
             portal = lifecycle.follow_move(
@@ -185,26 +187,41 @@ def _presents_our_token(portal: Portal, post: FramePost) -> bool:
     return not portal.application_token_digest or portal.application_token_is(post.application_token)
 
 
-def _spend_verification(portal: Portal, *, matched: bool = True) -> None:
+def _spend_verification(portal: Portal, *, matched: bool = True, sender: str = "") -> None:
     """Take one unit of the portal's budget for verifying unknown tokens, or refuse at once.
 
     Opens without our APPLICATION_TOKEN (strangers; or a token we missed, which an administrator's
-    open repairs) have a budget of their own, so they cannot use up the one genuine opens need."""
+    open repairs) have a budget of their own, so they cannot use up the one genuine opens need. Opens
+    with it may come from any user of the portal (every user's frame holds the token): each sender
+    address first spends its own share (B24_VERIFY_BURST, B24_VERIFY_PER_MINUTE), then the portal's
+    ceiling (B24_VERIFY_PORTAL_*), which bounds what the portal's users together may ask of Bitrix24."""
     if matched:
-        key, per_minute, burst = (
-            f"verify:{portal.member_id}",
-            settings.B24_VERIFY_PER_MINUTE,
-            settings.B24_VERIFY_BURST,
-        )
+        budgets = [
+            (f"verify:{portal.member_id}", settings.B24_VERIFY_PORTAL_PER_MINUTE, settings.B24_VERIFY_PORTAL_BURST)
+        ]
+        if sender:
+            sender_key = hashlib.sha256(sender.encode()).hexdigest()[:32]
+            budgets.insert(
+                0,
+                (
+                    f"verify-sender:{portal.member_id}:{sender_key}",
+                    settings.B24_VERIFY_PER_MINUTE,
+                    settings.B24_VERIFY_BURST,
+                ),
+            )
     else:
-        key, per_minute, burst = (
-            f"verify-unmatched:{portal.member_id}",
-            settings.B24_VERIFY_UNMATCHED_PER_MINUTE,
-            settings.B24_VERIFY_UNMATCHED_BURST,
-        )
-    if not limits.admit(key, per_minute=per_minute, burst=burst):
-        log.info("verification budget spent; open refused", extra={"member_id": portal.member_id})
-        raise Refused("busy", status=429, portal=portal, retry_after=60.0 / max(settings.B24_VERIFY_PER_MINUTE, 1))
+        budgets = [
+            (
+                f"verify-unmatched:{portal.member_id}",
+                settings.B24_VERIFY_UNMATCHED_PER_MINUTE,
+                settings.B24_VERIFY_UNMATCHED_BURST,
+            )
+        ]
+    for key, per_minute, burst in budgets:
+        wait = limits.refused_for(key, per_minute=per_minute, burst=burst)
+        if wait is not None:
+            log.info("verification budget spent; open refused", extra={"member_id": portal.member_id})
+            raise Refused("busy", status=429, portal=portal, retry_after=max(wait, 1.0))
 
 
 def _heal(portal: Portal, post: FramePost, verdict: Verdict) -> Portal:

@@ -93,7 +93,7 @@ def verify_or_refuse(
 ) -> tuple[Portal, auth.Verdict, None] | tuple[None, None, HttpResponse]:
     """(portal, verdict, None) for a genuine open, else (None, None, the refusal page) in the active language."""
     try:
-        portal, verdict = auth.verify(post)
+        portal, verdict = auth.verify(post, sender=request.META.get("REMOTE_ADDR", ""))
     except auth.Refused as exc:
         metrics.widget_open(exc.reason)
         title, message = refusal_text(exc.reason)

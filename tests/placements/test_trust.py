@@ -8,6 +8,7 @@ import logging
 
 import pytest
 from django.core.cache import cache
+from django.test import Client
 
 from bitrix24.addresses import is_public, parse_endpoint
 from inbox.models import InboxItem
@@ -241,3 +242,25 @@ def test_a_market_apps_code_is_not_its_client_id_and_that_is_fine(frame, install
         assert is_widget(open_widget(frame, b24.placement_post(user_id="2")))
     finally:
         standin.app.code = original
+
+
+def test_an_ordinary_users_forged_opens_spend_his_own_share_not_his_colleagues(installed, standin, settings):
+    """An ordinary user holds the real APPLICATION_TOKEN (every user's frame does): his forged opens spend the
+    budget of his own address, and a colleague's genuine open (another address, an uncached token) is still
+    verified. The portal's ceiling bounds all senders together."""
+    settings.B24_VERIFY_BURST, settings.B24_VERIFY_PER_MINUTE = 3, 1
+    settings.B24_VERIFY_PORTAL_BURST, settings.B24_VERIFY_PORTAL_PER_MINUTE = 6, 1
+    _, b24 = installed
+    insider = Client(enforce_csrf_checks=True, REMOTE_ADDR="10.0.0.7")
+    asked = len(standin.server_requests)
+    statuses = [open_widget(insider, forged_open(b24, n)).status_code for n in range(30)]  # our token, made-up AUTH_ID
+    assert statuses.count(403) == 3 and statuses.count(429) == 27
+    assert len(standin.server_requests) - asked == 3
+    colleague = Client(enforce_csrf_checks=True, REMOTE_ADDR="10.0.0.8")
+    assert is_widget(open_widget(colleague, b24.placement_post(user_id="2")))  # genuine, uncached: verified
+    # Many addresses together stop at the portal's ceiling (6 in all: 3 + 1 + 2 more).
+    others = [
+        open_widget(Client(enforce_csrf_checks=True, REMOTE_ADDR=f"10.0.1.{n}"), forged_open(b24, 100 + n)).status_code
+        for n in range(5)
+    ]
+    assert others == [403, 403, 429, 429, 429]
