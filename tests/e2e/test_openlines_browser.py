@@ -47,6 +47,9 @@ def test_a_conversation_through_the_connector_in_the_browser(browser, sandbox, s
     _install(page, sandbox)
     tile = "#squares .square.connector >> nth=0"
     _open_tile(page, tile)
+    # The README's step 3: the top bar's links take a click while the slider is open (nothing covers them).
+    page.click("#link-customer", trial=True, timeout=5_000)
+    page.click("#link-desk", trial=True, timeout=5_000)
     line = page.locator("#squares .square.connector").first.get_attribute("id").rsplit("-", 1)[-1]
     settings_page = app_frame(page)
     expect(settings_page.locator("#channel-state")).to_have_text("not connected")
