@@ -38,8 +38,9 @@ def _json_logs() -> bool:
 class _Beat(celery_beat.Beat):
     """Celery's beat, quiet (no banner lines) when the logs are JSON."""
 
-    def __init__(self, *args, quiet: bool = False, **kwargs):
-        super().__init__(*args, quiet=quiet or _json_logs(), **kwargs)
+    def __init__(self, **kwargs):
+        kwargs["quiet"] = bool(kwargs.get("quiet")) or _json_logs()
+        super().__init__(**kwargs)
 
 
 class _Celery(Celery):
@@ -56,10 +57,10 @@ def _say(message: str, f=None) -> None:
     )
     handlers = logging.getLogger().handlers
     line = handlers[0].format(record) if handlers else message
-    stream = getattr(handlers[0], "stream", None) if handlers else None
-    stream = stream or f or sys.__stderr__
-    stream.write(line + "\n")
-    stream.flush()
+    stream = (getattr(handlers[0], "stream", None) if handlers else None) or f or sys.__stderr__
+    if stream is not None:
+        stream.write(line + "\n")
+        stream.flush()
 
 
 app = _Celery("b24widget")
