@@ -5,7 +5,8 @@ the app is loaded, so `setup()` applies Django's LOGGING itself (the same dictio
 `django.setup()`: nothing changes then) and lets gunicorn's two loggers pass their records to the root
 handler instead of gunicorn's own plain handlers. An access line is a record with fields, not a formatted
 string: `GET /events/ 200` with `remote_addr`, `method`, `path`, `status`, `bytes` and `duration_ms`
-(never the query string, which may carry a portal's fields).
+(never the query string, which may carry a portal's fields). LOG_LEVEL decides for these lines as for all
+others (gunicorn's own `--log-level` is not used): access lines are INFO, so LOG_LEVEL=WARNING drops them.
 """
 
 import logging
@@ -24,6 +25,7 @@ class JsonLogger(glogging.Logger):
             for handler in list(log.handlers):
                 log.removeHandler(handler)
             log.propagate = True
+            log.setLevel(logging.NOTSET)  # LOG_LEVEL (the root's) decides, as for every other line
 
     def access(self, resp, req, environ, request_time) -> None:
         if not self.access_log_enabled:
