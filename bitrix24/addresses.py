@@ -62,7 +62,8 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-translated, 6to4, NAT64, IPv4-compatible) is
     judged by the IPv4 address inside: Python 3.11's `is_global` counts 64:ff9b::7f00:1 (127.0.0.1) and the
     like as global. Where the IPv4 address cannot be read reliably (the NAT64 local-use prefix, Teredo) it
-    is refused, and so is the deprecated site-local range fec0::/10.
+    is refused, and so is the deprecated site-local range fec0::/10. Multicast, reserved and unspecified
+    addresses are never public (`is_global` counts multicast as global in Python 3.11).
     """
     if address.version == 6:
         if address.teredo or address in _NAT64_LOCAL or address in _SITE_LOCAL:
@@ -71,8 +72,14 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if inner is None and (address in _NAT64 or address in _IPV4_COMPATIBLE or address in _IPV4_TRANSLATED):
             inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if inner is not None:
-            return inner.is_global
-    return address.is_global
+            return _routable(inner)
+    return _routable(address)
+
+
+def _routable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """`is_global`, without the ranges Python 3.11 still counts as global: multicast (224.0.0.0/4, ff00::/8:
+    a group, never one server), and, to be sure whatever the Python version, reserved and unspecified."""
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
 
 
 def _public_host(host: str) -> bool:

@@ -137,6 +137,30 @@ def test_an_ipv6_address_that_carries_an_ipv4_one_is_judged_by_it(address, publi
     assert is_public(ipaddress.ip_address(address)) is public
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "224.0.0.1",
+        "239.255.255.250",
+        "233.252.0.1",
+        "ff02::1",
+        "ff0e::101",
+        "::ffff:224.0.0.1",
+        "2002:e000:1::",
+        "64:ff9b::e000:1",
+        "0.0.0.0",
+        "::",
+        "240.0.0.1",
+        "255.255.255.255",
+    ],
+)
+def test_multicast_reserved_and_unspecified_addresses_are_not_public(address):
+    """Python 3.11's `is_global` says True for multicast (224.0.0.0/4, ff00::/8): a group, never one server,
+    so neither a portal's host nor a webhook may be one; reserved and unspecified neither."""
+    assert is_public(ipaddress.ip_address(address)) is False
+    assert is_public(ipaddress.ip_address("8.8.8.8")) and is_public(ipaddress.ip_address("2001:4860::8888"))
+
+
 def test_a_public_client_endpoint_is_accepted(settings):
     settings.B24_ALLOW_HTTP_PORTALS = False
     assert parse_endpoint("https://Portal.Bitrix24.DE/rest/") == (
