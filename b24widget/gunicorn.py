@@ -13,7 +13,10 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")  # before the app's modules
 
+import django
+
 from b24widget import metrics
+from b24widget.checks import refuse_to_start
 from b24widget.config import web_capacity
 
 
@@ -75,6 +78,11 @@ else:
 # are merged, not double counted.
 def on_starting(server):
     metrics.empty_multiprocess_folder()
+    if not preload_app:
+        # Without preloading, each worker would refuse bad settings on its own and gunicorn would start
+        # it again, forever: the master checks them once, before any worker (one message, exit 1).
+        django.setup()
+        refuse_to_start()
 
 
 def child_exit(server, worker):

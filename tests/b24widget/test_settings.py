@@ -256,6 +256,34 @@ def test_gunicorn_start_refuses_bad_settings_with_one_message():
     assert "B24_SANDBOX=true is refused" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a gunicorn subprocess
+@pytest.mark.parametrize("preload", ["true", "false"])
+def test_gunicorn_itself_refuses_bad_settings_once_preloaded_or_not(preload, tmp_path):
+    """Preloaded, the master imports the app and refuses; not preloaded (the systemd unit's reload set-up), the
+    master checks the settings before any worker starts: one message and exit 1, not workers failing forever."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OWN_VARIABLES + ("XDG_",))}
+    env = {
+        **base,
+        **PRODUCTION,
+        "TOKEN_ENCRYPTION_KEYS": "notakey",
+        "DJANGO_SETTINGS_MODULE": "b24widget.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "GUNICORN_PRELOAD": preload,
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_BIND": "127.0.0.1:0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:b24widget.gunicorn", "b24widget.wsgi"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count(KEY_PROBLEM) == 1 and "Booting worker" not in result.stdout + result.stderr
+
+
 @pytest.mark.slow  # manage.py subprocesses
 def test_local_switches_are_fine_with_debug_and_the_test_settings_pass_the_checks():
     assert (
