@@ -10,13 +10,15 @@ superusers and maintenance, 2 web replicas and 1 Celery worker host of 8 process
 
 import multiprocessing
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")  # before the app's modules
 
-import django
+from django.conf import settings
+from django.utils.functional import empty
 
 from b24widget import metrics
-from b24widget.checks import refuse_to_start
 from b24widget.config import web_capacity
 
 
@@ -79,10 +81,32 @@ else:
 def on_starting(server):
     metrics.empty_multiprocess_folder()
     if not preload_app:
-        # Without preloading, each worker would refuse bad settings on its own and gunicorn would start
-        # it again, forever: the master checks them once, before any worker (one message, exit 1).
-        django.setup()
-        refuse_to_start()
+        # Without preloading, each worker would refuse bad settings on its own and gunicorn would start it
+        # again, forever: the settings are checked once before any worker (one message, exit 1), in a
+        # process of their own, so that this master keeps no module of the app (see post_fork).
+        checked = subprocess.run([sys.executable, "-c", "import b24widget.wsgi"], stdin=subprocess.DEVNULL)
+        if checked.returncode:
+            raise SystemExit(checked.returncode)
+
+
+# The app's own packages (and the settings module's): what a worker imports afresh after a reload (post_fork).
+_OWN_PACKAGES = ("b24widget", "portals", "placements", "openlines", "inbox", "bitrix24", "vault", "sandbox")
+
+
+def post_fork(server, worker):
+    """Without preloading, a HUP's new workers must run the release now on disk. This master imported a few
+    of the app's modules for its configuration and logs (b24widget's package, settings, metrics, logging),
+    which a fork would hand down as they were at start: each worker drops them and Django's settings,
+    so the app, the settings included, is imported from the files as they are now. Kept: this module and
+    b24widget.metrics, whose series prometheus_client registers once per process (a change to it wants a
+    restart)."""
+    if preload_app:
+        return
+    kept = {__name__, metrics.__name__}
+    roots = {*_OWN_PACKAGES, os.environ["DJANGO_SETTINGS_MODULE"].split(".", 1)[0]}
+    for name in [n for n in sys.modules if n.split(".", 1)[0] in roots and n not in kept]:
+        del sys.modules[name]
+    settings._wrapped = empty
 
 
 def child_exit(server, worker):

@@ -31,12 +31,24 @@ def _get(port: int) -> int:
         conn.close()
 
 
+SETTINGS = """
+import os
+from tests.settings import *  # noqa: F403
+with open(os.environ["IMPORTS_LOG"], "a") as log:
+    log.write(f"{os.getpid()}\\n")
+"""
+
+
 def test_a_hup_reload_under_requests_refuses_none(tmp_path):
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN_", "LOG_", "XDG_"))}
+    # A settings module that notes each process importing it: every new worker must read the release on disk.
+    (tmp_path / "reload_settings.py").write_text(SETTINGS)
     env = {
         **base,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "IMPORTS_LOG": str(tmp_path / "imports.log"),
+        "DJANGO_SETTINGS_MODULE": "reload_settings",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "LOG_FORMAT": "json",
         "GUNICORN_BIND": f"127.0.0.1:{port}",
@@ -101,4 +113,9 @@ def test_a_hup_reload_under_requests_refuses_none(tmp_path):
         process.wait(timeout=60)
     assert failures == []
     assert len(answers) >= 150 and set(answers) == {404}  # every request answered by Django
-    assert "Hang up: Master" in log_path.read_text()
+    log = log_path.read_text()
+    assert "Hang up: Master" in log
+    # Every worker, those the reloads started included, imported the settings itself (not the master's copy).
+    booted = {line.rsplit(" ", 1)[-1].strip('"}') for line in log.splitlines() if "Booting worker with pid" in line}
+    imported = set((tmp_path / "imports.log").read_text().split())
+    assert len(booted) == 6 and booted <= imported
