@@ -50,15 +50,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # The test settings run with DEBUG off (production behaviour) but admit the stand-in's plain-HTTP portals;
 # this override, set here and never from the environment, lets b24widget/checks.py accept that.
 B24_TESTING = True
-# The end-to-end tests' worker (tests/e2e/conftest.py) reaches the app's live server at http://localhost:<port>
-# (B24_APP_URL in its environment). As the stand-in's plain-HTTP portals are admitted, so is that address; no
-# other problem is let through (the worker refuses to start on any, like every entry point).
-_LOCAL_APP_URL = os.environ["B24_APP_URL"].startswith("http://localhost:")
-SETTINGS_PROBLEMS = [
-    p
-    for p in SETTINGS_PROBLEMS  # noqa: F405
-    if not (_LOCAL_APP_URL and p.variable == "B24_APP_URL" and "must use https" in p.message)
-]
 
 # The browser tests' live server (and the worker beside it, which builds the event handlers' addresses from
 # B24_APP_URL) is plain http on localhost: the https rule on B24_APP_URL is the one settings problem the
