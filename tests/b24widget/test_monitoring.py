@@ -24,7 +24,13 @@ TOKEN = "metrics-token-for-the-monitoring-test-0123456789"
 TARGET_LABELS = {"job", "instance"}
 PROMETHEUS_SERIES = {"up"}
 # Grafana's variables, replaced by a value of the right kind before parsing (as Grafana does before a query).
-GRAFANA = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "job": "b24widget"}
+GRAFANA = {
+    "__rate_interval": "5m",
+    "__interval": "1m",
+    "__range": "1h",
+    "job": "b24widget",
+    "worker_job": "b24widget-worker",
+}
 # Read from the shared database at each scrape: every replica reports the same figure, so summing them over
 # replicas would multiply the backlog by the number of replicas.
 DATABASE_GAUGES = ("b24widget_inbox_",)
