@@ -180,14 +180,15 @@ def test_healthz_reports_the_inbox_backlog_and_an_unreachable_broker(client, db,
     )
     from b24widget.celery import app
 
-    previous = app.conf.broker_url
+    previous = app.conf.broker_url, app.conf.broker_transport
     unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
     monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
-    app.conf.broker_url = unreachable
+    # As the settings configure RabbitMQ: kombu's own transport (the embedded broker's is for filesystem://).
+    app.conf.broker_url, app.conf.broker_transport = unreachable, None
     try:
         response = client.get("/healthz")
     finally:
-        app.conf.broker_url = previous
+        app.conf.broker_url, app.conf.broker_transport = previous
     body = response.json()
     assert response.status_code == 200 and body["status"] == "degraded"  # events are still stored
     assert body["checks"]["broker"].startswith("error: ")
