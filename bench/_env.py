@@ -13,7 +13,9 @@ BENCH_ENV = {
     "TOKEN_ENCRYPTION_KEYS": "YmVuY2gtb25seS1rZXktZm9yLWIyNHdpZGdldC0zMmI=",
     "SECURE_SSL_REDIRECT": "false",
     "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/b24bench",
+    # A database of this run's own (the bench drops and re-creates it): two benches at once never share one.
+    # Processes a bench starts inherit the variable once apply() has set it.
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/b24bench_{os.getpid()}",
     "CACHE_URL": "redis://127.0.0.1:6379/3",
 }
 
