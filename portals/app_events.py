@@ -103,10 +103,8 @@ class PortalDirectory:
             # E.g. blocked by the pull's own refused refresh: a refused refresh alone uninstalls nothing (the
             # lifecycle's rule); the admin shows the portal blocked, with the OAuth server's answer.
             return
-        if code in _GONE and code != "portal_not_serving":
-            installed = portal.installed_at.isoformat() if portal.installed_at else ""
-            # Stored once per install (the key); CLEAN unknown, so the app's data is kept.
-            inbox_queue.accept_offline(UNINSTALL, member_id=member_id, data={"CLEAN": "0"}, record=f"gone:{installed}")
+        if shows_app_gone(code):
+            uninstall_noticed(portal)
         elif code == "ACCESS_DENIED":
             lifecycle.set_offline_events(
                 portal, Portal.OfflineEvents.FAILED, reason=f"pull: {code} {description}"[:255]
@@ -245,6 +243,20 @@ _GONE = frozenset(
         "portal_not_serving",
     }
 )
+
+
+def shows_app_gone(code: str) -> bool:
+    """An answer to the app's own tokens that says the app is no longer on the portal."""
+    return code in _GONE and code != "portal_not_serving"
+
+
+def uninstall_noticed(portal: Portal) -> None:
+    """The app looks gone from a serving portal (the offline pull's or the sync pass's call was refused so),
+    and no ONAPPUNINSTALL came (lost while we were down, or dropped): it goes through the inbox as one, so
+    its handler confirms it with the portal, in the portal's order, and applies it once. Stored once per
+    install (the key names the install); CLEAN is unknown, so the app's data is kept."""
+    installed = portal.installed_at.isoformat() if portal.installed_at else ""
+    inbox_queue.accept_offline(UNINSTALL, member_id=portal.member_id, data={"CLEAN": "0"}, record=f"gone:{installed}")
 
 
 def _confirm_gone(portal: Portal) -> None:

@@ -26,7 +26,7 @@ from bitrix24 import oauth
 from bitrix24.errors import RestError, TokenRefreshFailed
 from bitrix24.wire import JSON
 
-from . import lifecycle, tokens
+from . import app_events, lifecycle, tokens
 from .models import AppStatus, Portal
 from .tokens import PortalClient
 
@@ -156,6 +156,11 @@ def sync_portal(pk: int, *, budget: "Budget | None" = None) -> Outcome:
             return Outcome(SKIPPED, label)
         return Outcome(FAILED, label, exc.code, exc.description)
     except RestError as exc:
+        if app_events.shows_app_gone(exc.code):
+            # The app is gone from the portal and its ONAPPUNINSTALL never came (a portal without offline
+            # events, the event lost while we were down): the inbox confirms and applies it.
+            app_events.uninstall_noticed(portal)
+            return Outcome(CHANGED, label, exc.code, "the app looks uninstalled: ONAPPUNINSTALL queued to confirm")
         return Outcome(FAILED, label, exc.code, exc.description)
     try:
         info = parse_app_info(answer, client_id=settings.B24_CLIENT_ID, member_id=portal.member_id)
