@@ -156,6 +156,16 @@ except ValueError:
 # each run holds a lease (openlines/tasks.py LEASE, five minutes, kept longer than any one step).
 OPENLINES_RUN_SECONDS = read.float("OPENLINES_RUN_SECONDS", default=120.0, minimum=1.0)
 
+# --- The Open Lines relay at scale (openlines/tasks.py; issue 26) -------------------------------------------
+# Messages per imconnector.send/update/delete.messages call and delivery statuses per
+# imconnector.send.status.delivery call: the docs set no maximum (docs/bitrix24.md, unverified), so the
+# defaults stay where production has run; at most 100 (one request's size stays small).
+OPENLINES_SEND_BATCH = read.int("OPENLINES_SEND_BATCH", default=20, minimum=1)
+OPENLINES_STATUS_BATCH = read.int("OPENLINES_STATUS_BATCH", default=50, minimum=1)
+if max(OPENLINES_SEND_BATCH, OPENLINES_STATUS_BATCH) > 100:
+    read.problem("OPENLINES_SEND_BATCH", "OPENLINES_SEND_BATCH and OPENLINES_STATUS_BATCH are at most 100.")
+    OPENLINES_SEND_BATCH, OPENLINES_STATUS_BATCH = min(OPENLINES_SEND_BATCH, 100), min(OPENLINES_STATUS_BATCH, 100)
+
 # The event inbox (inbox/queue.py): attempts per event, back-off (first step, cap; seconds), how long a
 # worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
 # and how many unverified events (ONAPPINSTALL) per portal are stored per minute.

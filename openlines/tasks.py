@@ -36,10 +36,6 @@ from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage
 
 log = logging.getLogger(__name__)
 
-# imconnector.send.messages takes an array; the docs set no maximum. 20 keeps one call short.
-SEND_BATCH = 20
-# imconnector.send.status.delivery takes an array too, again without a documented maximum.
-STATUS_BATCH = 50
 LEASE = timedelta(minutes=5)
 _PAGE = 200
 # Channels the sweep queues per direction and minute, those waiting longest first.
@@ -257,7 +253,11 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
     client = PortalClient(channel.portal)
     sent = 0
     while True:
-        rows = list(InboundMessage.objects.filter(channel=channel, state__in=UNSENT).order_by("id")[:SEND_BATCH])
+        rows = list(
+            InboundMessage.objects.filter(channel=channel, state__in=UNSENT).order_by("id")[
+                : settings.OPENLINES_SEND_BATCH
+            ]
+        )
         if not rows:
             return f"sent {sent}"
         if _waits(rows[0], timezone.now()):
@@ -425,7 +425,11 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
     client, reported = PortalClient(channel.portal), 0
     while True:
         now = timezone.now()
-        rows = list(OutboundMessage.objects.filter(_status_due(now), channel=channel).order_by("id")[:STATUS_BATCH])
+        rows = list(
+            OutboundMessage.objects.filter(_status_due(now), channel=channel).order_by("id")[
+                : settings.OPENLINES_STATUS_BATCH
+            ]
+        )
         if not rows or not run.may_start(_rest_step()):
             return reported
         try:
