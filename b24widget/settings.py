@@ -165,6 +165,17 @@ OPENLINES_STATUS_BATCH = read.int("OPENLINES_STATUS_BATCH", default=50, minimum=
 if max(OPENLINES_SEND_BATCH, OPENLINES_STATUS_BATCH) > 100:
     read.problem("OPENLINES_SEND_BATCH", "OPENLINES_SEND_BATCH and OPENLINES_STATUS_BATCH are at most 100.")
     OPENLINES_SEND_BATCH, OPENLINES_STATUS_BATCH = min(OPENLINES_SEND_BATCH, 100), min(OPENLINES_STATUS_BATCH, 100)
+# A delivery run takes at most this many messages (inbound messages sent, operator replies POSTed) before it
+# queues its channel again behind the others: a busy channel holds a worker for one batch at a time.
+OPENLINES_RUN_BATCH = read.int("OPENLINES_RUN_BATCH", default=100, minimum=1)
+# A channel's lease (seconds): renewed by the running delivery every third of it, so a worker that dies gives
+# the channel up within it. A queued task not started after OPENLINES_REQUEUE_AFTER seconds counts as lost
+# and is sent again; beat's sweep runs every OPENLINES_SWEEP_INTERVAL seconds.
+OPENLINES_LEASE_SECONDS = read.float("OPENLINES_LEASE_SECONDS", default=15.0, minimum=1.0)
+OPENLINES_REQUEUE_AFTER = read.float("OPENLINES_REQUEUE_AFTER", default=120.0, minimum=1.0)
+OPENLINES_SWEEP_INTERVAL = read.float("OPENLINES_SWEEP_INTERVAL", default=60.0, minimum=0.1)
+# /healthz says degraded when a conversation message has been due this long without being sent (seconds).
+OPENLINES_STALL_SECONDS = read.float("OPENLINES_STALL_SECONDS", default=120.0, minimum=1.0)
 
 # The event inbox (inbox/queue.py): attempts per event, back-off (first step, cap; seconds), how long a
 # worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
@@ -448,7 +459,7 @@ CELERY_BEAT_SCHEDULE = {
     "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
     # The Open Lines channel: every channel with due messages (either way) is queued again.
-    "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
+    "openlines-sweep": {"task": "openlines.sweep", "schedule": OPENLINES_SWEEP_INTERVAL},
 }
 
 SETTINGS_PROBLEMS = read.problems

@@ -179,9 +179,9 @@ def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(
     def take_over(body):
         if not taken:
             # The first worker's lease ran out while it waited here, and another worker took the channel:
-            # the lease is the other worker's now (its own end, LEASE from now).
-            taken["until"] = timezone.now() + tasks.LEASE
-            Channel.objects.filter(pk=row.pk).update(outbound_lease_until=taken["until"])
+            # the lease is the other worker's now (its own owner id and end).
+            taken["until"] = timezone.now() + tasks.lease_length()
+            Channel.objects.filter(pk=row.pk).update(outbound_lease_until=taken["until"], outbound_lease_owner="w2")
             connection.close()  # this thread's own connection (the receiver's): none left open at teardown
 
     receiver.during = take_over
