@@ -211,7 +211,7 @@ if not TOKEN_ENCRYPTION_KEYS:
 # /metrics (Prometheus): answered only to a request carrying this bearer token; empty = no endpoint (404).
 METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 # Read at each scrape of /metrics (b24widget/metrics.py): each app's figures that live in shared state.
-METRICS_COLLECTORS = ["inbox.queue.BacklogCollector"]
+METRICS_COLLECTORS = ["inbox.queue.BacklogCollector", "openlines.health.BacklogCollector"]
 
 # --- Django -------------------------------------------------------------------------------------
 INSTALLED_APPS = [

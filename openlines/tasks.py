@@ -286,11 +286,11 @@ def _has_due(way: Way, channel_id: int) -> bool:
     """Whether the channel has rows a run would take now (those that came while this run went on)."""
     now = timezone.now()
     if way is INBOUND:
-        return InboundMessage.objects.filter(_inbound_due(now), channel_id=channel_id).exists()
-    return OutboundMessage.objects.filter(_outbound_due(now), channel_id=channel_id).exists()
+        return InboundMessage.objects.filter(inbound_due(now), channel_id=channel_id).exists()
+    return OutboundMessage.objects.filter(outbound_due(now), channel_id=channel_id).exists()
 
 
-def _inbound_due(now) -> Q:
+def inbound_due(now) -> Q:
     return Q(
         state__in=UNSENT,
         next_attempt_at__lte=now,
@@ -299,7 +299,7 @@ def _inbound_due(now) -> Q:
     )
 
 
-def _outbound_due(now) -> Q:
+def outbound_due(now) -> Q:
     connected = Q(channel__state=Channel.State.CONNECTED)
     return connected & (
         Q(state__in=UNSENT, next_attempt_at__lte=now, channel__webhook_url__gt="")
