@@ -27,7 +27,7 @@ PROMETHEUS_SERIES = {"up"}
 GRAFANA = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "job": "b24widget"}
 # Read from the shared database at each scrape: every replica reports the same figure, so summing them over
 # replicas would multiply the backlog by the number of replicas.
-DATABASE_GAUGES = ("b24widget_inbox_",)
+DATABASE_GAUGES = ("b24widget_inbox_", "b24widget_openlines_")
 
 
 def _panels(panels):
