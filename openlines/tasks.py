@@ -177,12 +177,14 @@ class _Lease:
         return True
 
     def keep(self) -> bool:
-        """Whether the lease is still this worker's (renewed here too when half of it is gone: the heartbeat
-        may be unable to, e.g. inside a transaction it cannot see); False once another worker took over."""
+        """Whether the lease is still this worker's (renewed here when half of it is gone: the heartbeat may
+        be unable to, e.g. inside a transaction it cannot see); False once another worker took it over."""
         assert self.until is not None  # kept only once taken
         if self.until - timezone.now() < lease_length() / 2:
             return self.renew()
-        return self._mine().exists()
+        # More than half of it left: no other worker can have taken it (only an expired lease is taken), so
+        # no query (one saved per call or POST).
+        return True
 
     def release(self) -> bool:
         try:
@@ -462,24 +464,30 @@ def _record_inbound(rows, result) -> None:
         return
     items = (((result or {}).get("DATA") or {}).get("RESULT") or []) if isinstance(result, dict) else []
     now = timezone.now()
+    # One UPDATE per Open Lines chat and session the call answered (a call's messages mostly share a few),
+    # not one per message: the rows' own attempts are counted in the database.
+    sent: dict[tuple[str, str], list[int]] = {}
     for i, row in enumerate(rows):
         item = items[i] if i < len(items) and isinstance(items[i], dict) else {}
         if item.get("SUCCESS") is True:
             session = given if isinstance(given := item.get("session"), dict) else {}
-            InboundMessage.objects.filter(pk=row.pk).update(
-                state=Delivery.SENT,
-                sent_at=now,
-                attempts=row.attempts + 1,
-                last_error="",
-                im_chat_id=str(session.get("CHAT_ID") or "")[:32],
-                session_id=str(session.get("ID") or "")[:32],
-            )
+            ids = (str(session.get("CHAT_ID") or "")[:32], str(session.get("ID") or "")[:32])
+            sent.setdefault(ids, []).append(row.pk)
         else:
             # Bitrix24 refused this message itself (its content): retrying will not help; replay after a fix.
             errors = item.get("ERRORS") or ["no result for this message"]
             InboundMessage.objects.filter(pk=row.pk).update(
                 state=Delivery.DEAD, attempts=row.attempts + 1, last_error="; ".join(map(str, errors))[:255]
             )
+    for (im_chat_id, session_id), pks in sent.items():
+        InboundMessage.objects.filter(pk__in=pks).update(
+            state=Delivery.SENT,
+            sent_at=now,
+            attempts=F("attempts") + 1,
+            last_error="",
+            im_chat_id=im_chat_id,
+            session_id=session_id,
+        )
 
 
 # --- outbound: Bitrix24's operators -> the outside system --------------------------------------------
