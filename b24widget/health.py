@@ -62,7 +62,7 @@ def healthz(request):
     # The relay's queues: a conversation message due for longer than OPENLINES_STALL_SECONDS (workers down,
     # behind, or a claim stuck) degrades the status; nothing is refused for it.
     try:
-        openlines: dict = dict(relay.backlog())
+        openlines = dict(relay.backlog())
     except Exception as exc:
         openlines = {"error": type(exc).__name__}
     degraded = bool(rejected) or checks["broker"] != "ok" or bool(openlines.get("degraded"))
