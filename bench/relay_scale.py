@@ -13,9 +13,9 @@ Django's test Client in this process), out through `imconnector.send.messages` t
   2. fairness: 2 worker processes; the others (every portal but one) write 10 messages/s for a while, quiet,
      then again while one portal takes --burst messages at once: the others' delay (accepted -> at Bitrix24)
      p50/p99, quiet vs during the burst.
-  3. one portal at its bucket ("others" plan: 50 at once, then 2 requests/s; settings/performance/limits.md):
-     --burst messages at once, time until all are at Bitrix24, next to the floor the bucket and
-     OPENLINES_SEND_BATCH imply.
+  3. one portal at its bucket ("others" plan: 50 at once, then 2 requests/s; settings/performance/limits.md)
+     with our pacing on: --bucket messages stored at once, then 2 worker processes; time from the first to
+     the last message at Bitrix24, next to the floor the bucket and OPENLINES_SEND_BATCH imply.
   4. one message's path in this process (cProfile of the channel API POST and the delivery run).
 Asserts only that every message arrived.
 """
@@ -44,18 +44,17 @@ from bench.rest_list import install
 LOGS = common.ARTIFACTS / "relay_scale"
 
 
-def start_worker(concurrency: int, name: str):
+def start_worker(concurrency: int, name: str, *, pacing: bool = False):
+    """One `celery worker --concurrency N`; `pacing`: with our per-portal bucket (off in parts 1 and 2)."""
     LOGS.mkdir(parents=True, exist_ok=True)
     command = [common.PYTHON, "-m", "celery", "-A", "b24widget", "worker", "--concurrency", str(concurrency)]
     command += ["-n", f"{name}@%h", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"]
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"}
+    if pacing:
+        env.pop("B24_RATE_LIMIT_PER_SECOND", None)
     with open(LOGS / f"{name}.log", "wb") as log:
         return subprocess.Popen(
-            command,
-            cwd=common.ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, cwd=common.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -208,52 +207,40 @@ def fairness(args, channels, poster) -> None:
     )
 
 
-def bucket(args, channels, poster, b24s) -> None:
+def bucket(args, paced, b24, poster) -> None:
     from django.conf import settings
     from django.db.models import Max, Min
 
     from openlines.models import InboundMessage
 
-    channel, secret = channels[0]
-    b24 = b24s[0]
-    b24.set_plan("others")
+    channel, secret = paced
     per_call = settings.OPENLINES_SEND_BATCH
-    calls = math.ceil(args.burst / per_call)
-    floor = max(calls - b24.rate_limit_burst, 0) / b24.rate_limit_drain
-    print(f"\n3. {args.burst:,} at once to one portal on the 'others' plan, {per_call} messages per call")
-    InboundMessage.objects.all().delete()
-    worker = start_worker(2, "bucket")
-    time.sleep(4)
-    before = len(b24.requests)
-    for n in range(args.burst):
-        poster.post(channel, secret, f"c{n % args.chats}", f"bucket{n}")
-    wait_all_sent()
-    stop_worker(worker)
-    span = InboundMessage.objects.aggregate(first=Min("received_at"), last=Max("sent_at"), accepted=Max("received_at"))
-    wall = (span["last"] - span["first"]).total_seconds()
-    after_accept = (span["last"] - span["accepted"]).total_seconds()
-    made = b24.requests[before:]
-    limited = sum(1 for r in made if r["status"] == 503)
+    rows = []
+    for count in args.bucket:
+        calls = math.ceil(count / per_call)
+        floor = max(calls - b24.rate_limit_burst, 0) / b24.rate_limit_drain
+        InboundMessage.objects.all().delete()
+        for n in range(count):  # stored at once, no worker running yet
+            poster.post(channel, secret, f"c{n % args.chats}", f"bucket{n}")
+        before = len(b24.requests)
+        worker = start_worker(2, f"bucket-{count}", pacing=True)
+        wait_all_sent()
+        stop_worker(worker)
+        span = InboundMessage.objects.aggregate(first=Min("sent_at"), last=Max("sent_at"))
+        wall = (span["last"] - span["first"]).total_seconds()
+        made = b24.requests[before:]
+        sends = sum(1 for r in made if r["method"] == "imconnector.send.messages" and r["status"] == 200)
+        limited = sum(1 for r in made if r["status"] == 503)
+        rows.append([count, f"{wall:.1f}", sends, limited, f"{floor:.1f}", f"{wall / floor:.2f}" if floor else "-"])
+        b24.set_plan("others")  # an empty bucket again for the next size
+    print(
+        f"\n3. one portal on the 'others' plan (burst {b24.rate_limit_burst}, {b24.rate_limit_drain:g}/s), "
+        f"{per_call} messages per call, our pacing on: N messages stored at once, then 2 worker processes"
+    )
     print(
         common.table(
-            [
-                [
-                    args.burst,
-                    f"{wall:.1f}",
-                    f"{after_accept:.1f}",
-                    sum(1 for r in made if r["method"] == "imconnector.send.messages" and r["status"] == 200),
-                    limited,
-                    f"{floor:.1f}",
-                ]
-            ],
-            [
-                "messages",
-                "first accepted->last at Bitrix24 s",
-                "after the last accepted s",
-                "send calls",
-                "503s",
-                "floor s",
-            ],
+            rows,
+            ["messages", "first->last at Bitrix24 s", "send calls", "503s", "bucket floor s", "x floor"],
         )
     )
 
@@ -294,7 +281,10 @@ def main():
     parser.add_argument("--chats", type=int, default=10)
     parser.add_argument("--per-chat", type=int, default=3)
     parser.add_argument("--workers", default="1,2,4", type=lambda v: [int(x) for x in v.split(",")])
-    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=1000, help="messages at once to one portal in part 2")
+    parser.add_argument(
+        "--bucket", default="1000", type=lambda v: [int(x) for x in v.split(",")], help="part 3's sizes, e.g. 1000,3000"
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,fairness,bucket,profile")
     parser.add_argument("--profile-callers", default="", help="also print who calls the functions matching this")
     parser.add_argument("--keep-db", action="store_true")
@@ -330,12 +320,15 @@ def main():
                 f"{settings.OPENLINES_RUN_BATCH}, OPENLINES_LEASE_SECONDS {settings.OPENLINES_LEASE_SECONDS}"
             )
             client = Client()
-            channels, b24s = [], []
+            channels = []
             for _ in range(args.portals):
                 b24 = standin.add_portal()
                 stored = install(client, b24)
                 channels.append(lifecycle.connect(stored, registry.HTTP, "1", user_id="1", webhook_url=""))
-                b24s.append(b24)
+            # Part 3's portal, on the "others" plan from the install on (its stored plan paces our calls).
+            paced_b24 = standin.add_portal()
+            paced_b24.set_plan("others")
+            paced = lifecycle.connect(install(client, paced_b24), registry.HTTP, "1", user_id="1", webhook_url="")
             from inbox.models import InboxItem
 
             InboxItem.objects.all().delete()  # the installs' ONAPPINSTALL rows: not this bench's subject
@@ -348,7 +341,7 @@ def main():
                 if "fairness" not in skip:
                     fairness(args, channels, poster)
                 if "bucket" not in skip:
-                    bucket(args, channels, poster, b24s)
+                    bucket(args, paced, paced_b24, poster)
                 if "profile" not in skip:
                     profile(channels, poster, args.profile_callers)
             finally:
