@@ -449,6 +449,10 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
         _record_inbound(group, result)
         sent += len(group)
         run.spent(len(group))
+        if len(group) == len(rows) < settings.OPENLINES_SEND_BATCH:
+            # That was all of them (no read to find nothing): rows that came since are found by the look
+            # after the lease is released (_under_lease).
+            return f"sent {sent}"
 
 
 def _record_inbound(rows, result) -> None:
