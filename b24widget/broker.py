@@ -4,8 +4,8 @@ kombu's writer creates `<time>_<uuid>.<queue>.msg` in the queue folder and then 
 polling the folder may move and read it in between and get an empty or cut message, and the worker stops on
 the JSON error ("Unrecoverable error: JSONDecodeError"; seen with the relay bench's burst of requeues). Here
 the message is written to a hidden temporary name the reader skips (it takes only `*.<queue>.msg`) and then
-renamed into place, which on one file system is atomic. Everything else is kombu's. Used when
-CELERY_BROKER_URL is `filesystem://` (b24widget/settings.py, CELERY_BROKER_TRANSPORT).
+renamed into place, which on one file system is atomic. Everything else is kombu's. b24widget/celery.py
+makes it what `filesystem://` (CELERY_BROKER_URL's default) names.
 """
 
 import os

@@ -13,11 +13,16 @@ import os
 import django
 from celery import Celery, signals
 from django.apps import apps
+from kombu.transport import TRANSPORT_ALIASES
 
 from b24widget import metrics
 from b24widget.checks import refuse_to_start
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")
+
+# filesystem:// (the embedded broker) is kombu's filesystem transport with each message written whole before
+# a worker can take it (b24widget/broker.py); set before any connection is made (kombu keeps what it resolved).
+TRANSPORT_ALIASES["filesystem"] = "b24widget.broker:Transport"
 
 app = Celery("b24widget")
 app.config_from_object("django.conf:settings", namespace="CELERY")

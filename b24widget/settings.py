@@ -416,8 +416,6 @@ B24_SINGLE_MACHINE = read.bool("B24_SINGLE_MACHINE", default=False)
 B24_CELERY_DIR = Path(read.str("CELERY_BROKER_DIR", default=str(BASE_DIR / ".celery")))
 CELERY_TASK_DEFAULT_QUEUE = read.str("CELERY_QUEUE", default="b24widget")
 if CELERY_BROKER_URL.startswith("filesystem:"):
-    # kombu's filesystem transport, each message written whole before a worker can take it (b24widget/broker.py)
-    CELERY_BROKER_TRANSPORT = "b24widget.broker:Transport"
     _queue_dir = B24_CELERY_DIR / "queue"
     for _folder in (_queue_dir, B24_CELERY_DIR / "control"):
         _folder.mkdir(parents=True, exist_ok=True)
