@@ -1,5 +1,6 @@
 """/healthz: is the database (and the cache, when one is configured) answering? Are our OAuth credentials
-accepted, is the Celery broker reachable, how big is the event inbox's backlog? The last three are
+accepted, is the Celery broker reachable, how big is the event inbox's backlog, is the Open Lines relay
+keeping up (openlines/health.py: the oldest waiting message each way, stuck claims)? The last four are
 reported, not failed on: the widget keeps serving and events are still stored (the database is the
 inbox's source of truth; the sweeper re-sends what the broker missed).
 
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_GET
 from b24widget.celery import app
 from bitrix24 import oauth
 from inbox import queue as inbox
+from openlines import health as relay
 
 
 def _broker() -> str:
@@ -57,6 +59,14 @@ def healthz(request):
         backlog = inbox.backlog()
     except Exception as exc:
         backlog = {"error": type(exc).__name__}
-    degraded = bool(rejected) or checks["broker"] != "ok"
+    # The relay's queues: a conversation message due for longer than OPENLINES_STALL_SECONDS (workers down,
+    # behind, or a claim stuck) degrades the status; nothing is refused for it.
+    try:
+        openlines = dict(relay.backlog())
+    except Exception as exc:
+        openlines = {"error": type(exc).__name__}
+    degraded = bool(rejected) or checks["broker"] != "ok" or bool(openlines.get("degraded"))
     status = "ok" if healthy and not degraded else ("degraded" if healthy else "error")
-    return JsonResponse({"status": status, "checks": checks, "inbox": backlog}, status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": status, "checks": checks, "inbox": backlog, "openlines": openlines}, status=200 if healthy else 503
+    )

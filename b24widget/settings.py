@@ -177,6 +177,27 @@ except ValueError:
 # each run holds a lease (openlines/tasks.py LEASE, five minutes, kept longer than any one step).
 OPENLINES_RUN_SECONDS = read.float("OPENLINES_RUN_SECONDS", default=120.0, minimum=1.0)
 
+# --- The Open Lines relay at scale (openlines/tasks.py; issue 26) -------------------------------------------
+# Messages per imconnector.send/update/delete.messages call and delivery statuses per
+# imconnector.send.status.delivery call: the docs set no maximum (docs/bitrix24.md, unverified), so the
+# defaults stay where production has run; at most 100 (one request's size stays small).
+OPENLINES_SEND_BATCH = read.int("OPENLINES_SEND_BATCH", default=20, minimum=1)
+OPENLINES_STATUS_BATCH = read.int("OPENLINES_STATUS_BATCH", default=50, minimum=1)
+if max(OPENLINES_SEND_BATCH, OPENLINES_STATUS_BATCH) > 100:
+    read.problem("OPENLINES_SEND_BATCH", "OPENLINES_SEND_BATCH and OPENLINES_STATUS_BATCH are at most 100.")
+    OPENLINES_SEND_BATCH, OPENLINES_STATUS_BATCH = min(OPENLINES_SEND_BATCH, 100), min(OPENLINES_STATUS_BATCH, 100)
+# A delivery run takes at most this many messages (inbound messages sent, operator replies POSTed) before it
+# queues its channel again behind the others: a busy channel holds a worker for one batch at a time.
+OPENLINES_RUN_BATCH = read.int("OPENLINES_RUN_BATCH", default=100, minimum=1)
+# A channel's lease (seconds): renewed by the running delivery every third of it, so a worker that dies gives
+# the channel up within it. A queued task not started after OPENLINES_REQUEUE_AFTER seconds counts as lost
+# and is sent again; beat's sweep runs every OPENLINES_SWEEP_INTERVAL seconds.
+OPENLINES_LEASE_SECONDS = read.float("OPENLINES_LEASE_SECONDS", default=15.0, minimum=1.0)
+OPENLINES_REQUEUE_AFTER = read.float("OPENLINES_REQUEUE_AFTER", default=120.0, minimum=1.0)
+OPENLINES_SWEEP_INTERVAL = read.float("OPENLINES_SWEEP_INTERVAL", default=60.0, minimum=0.1)
+# /healthz says degraded when a conversation message has been due this long without being sent (seconds).
+OPENLINES_STALL_SECONDS = read.float("OPENLINES_STALL_SECONDS", default=120.0, minimum=1.0)
+
 # The event inbox (inbox/queue.py): attempts per event, back-off (first step, cap; seconds), how long a
 # worker's claim on an event lasts (longer than any handler runs), when an unpicked task counts as lost,
 # and how many unverified events (ONAPPINSTALL) per portal are stored per minute.
@@ -213,6 +234,7 @@ METRICS_TOKEN = read.str("METRICS_TOKEN", default="")
 # Read at each scrape of /metrics (b24widget/metrics.py): each app's figures that live in shared state.
 METRICS_COLLECTORS = [
     "inbox.queue.BacklogCollector",
+    "openlines.health.BacklogCollector",  # issue 26: the relay's waiting messages and claims
     "portals.tokens.HeldCollector",  # issue 23: rotated tokens held during a database outage
     "openlines.waiting.WaitingCollector",  # issue 23: operator messages nobody may read yet
 ]
@@ -472,7 +494,7 @@ CELERY_BEAT_SCHEDULE = {
     "keep-alive": {"task": "portals.keepalive_pass", "schedule": crontab(minute=17, hour=3)},
     "sync-portals": {"task": "portals.sync_pass", "schedule": crontab(minute=40, hour="*/6")},
     # The Open Lines channel: every channel with due messages (either way) is queued again.
-    "openlines-sweep": {"task": "openlines.sweep", "schedule": 60.0},
+    "openlines-sweep": {"task": "openlines.sweep", "schedule": OPENLINES_SWEEP_INTERVAL},
     # Operator messages that waited for someone who may read their conversation are confirmed again.
     "openlines-waiting": {"task": "openlines.recheck_waiting", "schedule": OPENLINES_WAITING_INTERVAL},
     # Operator messages, edits and deletions no event brought (online or offline) are found and relayed.

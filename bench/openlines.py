@@ -112,7 +112,7 @@ def main():
             burst, rate = limits.bucket(stored.rest_plan)  # our pacing for the portal's plan (or the override)
             print(
                 f"portal limit: burst {b24.rate_limit_burst}, {b24.rate_limit_drain:g}/s; our pacing: burst "
-                f"{burst}, {rate:g}/s; {tasks.SEND_BATCH} messages per send.messages call"
+                f"{burst}, {rate:g}/s; {settings.OPENLINES_SEND_BATCH} messages per send.messages call"
             )
 
             # 1. inbound

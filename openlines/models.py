@@ -46,8 +46,16 @@ class Channel(models.Model):
     last_error = models.CharField(max_length=255, blank=True)
     # One worker at a time delivers a channel's messages each way (so they keep their order); a lease,
     # not a lock, so a crashed worker's channel is taken over once it ends.
+    # The lease is short and renewed by the running delivery's heartbeat; its owner (a random id per run)
+    # is the token, so only the run that holds it renews or releases it (openlines/tasks.py).
     inbound_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     outbound_lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    inbound_lease_owner = models.CharField(max_length=32, blank=True, editable=False)
+    outbound_lease_owner = models.CharField(max_length=32, blank=True, editable=False)
+    # A delivery task was sent and has not started yet (from when it may start): at most one waits per
+    # channel and direction (openlines.tasks.queue_channel).
+    inbound_queued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    outbound_queued_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["portal_id", "line_id"]

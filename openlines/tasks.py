@@ -6,23 +6,31 @@ every channel with due rows again. One worker at a time holds a channel's lease 
 messages go in id order per channel, operator messages in id order per outside chat: a message that cannot
 be delivered yet holds back the ones behind it (of its channel, of its chat) and nothing else.
 
-A run is bounded: it starts no new step once OPENLINES_RUN_SECONDS are spent and queues its channel again;
-its lease is kept longer than the next step can take, and only the worker that holds it keeps or releases
-it. Rows that can never go stop being due: those of a disconnected or revoked channel become dead letters
-(staff replay them after a reconnect); operator replies on a line without a webhook URL are parked until
-one is saved (`release_parked`), and become dead letters after OPENLINES_RETRY_HOURS like any other.
+Work is claimed per channel and direction, in batches: at most one task waits per channel and direction
+(`queue_channel`: a burst of a thousand messages is a handful of tasks, not a thousand), and a run takes at
+most OPENLINES_RUN_BATCH messages (or OPENLINES_RUN_SECONDS) before it queues its channel again, behind the
+tasks of the other channels queued meanwhile: a busy channel holds a worker for one batch at a time. Its
+lease is short (OPENLINES_LEASE_SECONDS) and renewed by a heartbeat while the run lives, so a worker that
+dies (or loses its database) gives the channel up within one lease; only the worker that holds it renews or
+releases it. Rows that can never go stop being due: those of a disconnected or revoked channel become dead
+letters (staff replay them after a reconnect); operator replies on a line without a webhook URL are parked
+until one is saved (`release_parked`), and become dead letters after OPENLINES_RETRY_HOURS like any other.
 
 Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
 sweep that decides what is due, and each of those rules is easier to check with its users beside it.
 """
 
 import logging
+import threading
 import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 
@@ -36,11 +44,6 @@ from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage
 
 log = logging.getLogger(__name__)
 
-# imconnector.send.messages takes an array; the docs set no maximum. 20 keeps one call short.
-SEND_BATCH = 20
-# imconnector.send.status.delivery takes an array too, again without a documented maximum.
-STATUS_BATCH = 50
-LEASE = timedelta(minutes=5)
 _PAGE = 200
 # Channels the sweep queues per direction and minute, those waiting longest first.
 SWEEP_CHANNELS = 1000
@@ -48,24 +51,86 @@ WAITING = (*UNSENT, Delivery.PARKED)
 _SERVING = (Portal.Status.NEW, Portal.Status.ACTIVE)
 
 
-def after_commit(task, *args) -> None:
-    """Queue `task(*args)` once the current transaction commits; a broker failure is left to `sweep`."""
-    transaction.on_commit(lambda: enqueue(task, *args))
+@dataclass(frozen=True)
+class Way:
+    """One direction of a channel: the Channel fields of its lease (end, owner) and of its pending task."""
+
+    until: str
+    owner: str
+    queued: str
 
 
-def enqueue(task, *args) -> None:
-    # OPENLINES_TASKS_INLINE (test settings only): run here and now, as the worker would.
+INBOUND = Way("inbound_lease_until", "inbound_lease_owner", "inbound_queued_at")
+OUTBOUND = Way("outbound_lease_until", "outbound_lease_owner", "outbound_queued_at")
+
+
+def lease_length() -> timedelta:
+    return timedelta(seconds=settings.OPENLINES_LEASE_SECONDS)
+
+
+def after_commit(task, channel_id: int) -> None:
+    """Queue `task(channel_id)` once the current transaction commits (unless one is pending already); a
+    broker failure is left to `sweep`."""
+    transaction.on_commit(lambda: queue_channel(task, channel_id))
+
+
+# OPENLINES_TASKS_INLINE (test settings only): tasks run in this process, first queued first run, as one
+# worker would take them from the broker (a task queued by a running one runs after it, never inside it).
+_inline: deque = deque()
+_inline_running = False
+
+
+def enqueue(task, *args, countdown: float = 0.0) -> bool:
+    """Send `task(*args)` to the broker; False when it could not be sent (the rows stay due for `sweep`)."""
+    global _inline_running
     if getattr(settings, "OPENLINES_TASKS_INLINE", False):
-        task.apply(args=args)
-        return
+        if countdown:  # a look once another worker's lease has ended: no other worker runs inline
+            return False
+        _inline.append((task, args))
+        if not _inline_running:
+            _inline_running = True
+            try:
+                for _ in range(10_000):  # (a bound, so a mistake cannot hang the tests)
+                    if not _inline:
+                        break
+                    queued, queued_args = _inline.popleft()
+                    queued.apply(args=queued_args)
+            finally:
+                _inline_running = False
+                _inline.clear()
+        return True
     try:
-        task.apply_async(args=args, ignore_result=True)
+        task.apply_async(args=args, countdown=countdown or None, ignore_result=True)
+        return True
     except Exception:  # the broker is down: the rows stay pending and sweep queues them again
         log.warning("could not queue %s; sweep will", task.name)
+        return False
+
+
+def queue_channel(task, channel_id: int, *, countdown: float = 0.0) -> bool:
+    """Send `task(channel_id)` unless one is pending for the channel in that direction already: at most one
+    task waits per channel and direction, so a burst of a thousand messages is a handful of tasks. The mark
+    (`*_queued_at`: when the task may start) is cleared when a run starts; a mark older than
+    OPENLINES_REQUEUE_AFTER is a task the broker lost, and is sent again. A task for now replaces one waiting
+    for a countdown."""
+    way = INBOUND if task is deliver_inbound else OUTBOUND
+    now = timezone.now()
+    mark = now + timedelta(seconds=countdown)
+    free = Q(**{f"{way.queued}__isnull": True}) | Q(
+        **{f"{way.queued}__lt": now - timedelta(seconds=settings.OPENLINES_REQUEUE_AFTER)}
+    )
+    if not countdown:
+        free |= Q(**{f"{way.queued}__gt": now})
+    if Channel.objects.filter(free, pk=channel_id).update(**{way.queued: mark}) != 1:
+        return False
+    if not enqueue(task, channel_id, countdown=countdown):
+        Channel.objects.filter(pk=channel_id, **{way.queued: mark}).update(**{way.queued: None})
+        return False
+    return True
 
 
 def enqueue_channel(model, channel_id: int) -> None:
-    enqueue(deliver_inbound if model is InboundMessage else deliver_outbound, channel_id)
+    queue_channel(deliver_inbound if model is InboundMessage else deliver_outbound, channel_id)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -73,56 +138,113 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
 
 
-# --- leases and run budgets ------------------------------------------------------------------------
+# --- leases, heartbeats and run budgets ------------------------------------------------------------------
 class _Lease:
-    """This worker's hold on one direction of a channel. The lease's end (`until`) is its token: a worker
-    that took over an expired lease wrote another, so keeping or releasing a lost lease touches nothing."""
+    """This worker's hold on one direction of a channel: short (OPENLINES_LEASE_SECONDS) and renewed by a
+    heartbeat while the run lives, so a worker that dies gives the channel up within one lease. `owner` is
+    its token: a worker that took over an expired lease wrote its own, so renewing or releasing a lost lease
+    touches nothing."""
 
-    def __init__(self, channel_id: int, field: str):
-        self.channel_id, self.field = channel_id, field
+    def __init__(self, channel_id: int, way: Way):
+        self.channel_id, self.way = channel_id, way
+        self.owner = uuid.uuid4().hex
         self.until: datetime | None = None  # set by take()
+        self.other_until: datetime | None = None  # when another worker's lease ends (take() failed)
+
+    def _mine(self):
+        return Channel.objects.filter(pk=self.channel_id, **{self.way.owner: self.owner})
 
     def take(self) -> bool:
+        """Take the lease if it is free or expired; either way this task is no longer pending."""
         now = timezone.now()
-        free = Q(**{f"{self.field}__isnull": True}) | Q(**{f"{self.field}__lt": now})
-        if Channel.objects.filter(free, pk=self.channel_id).update(**{self.field: now + LEASE}) != 1:
+        w = self.way
+        free = Q(**{f"{w.until}__isnull": True}) | Q(**{f"{w.until}__lt": now})
+        taken = Channel.objects.filter(free, pk=self.channel_id).update(
+            **{w.until: now + lease_length(), w.owner: self.owner, w.queued: None}
+        )
+        if taken != 1:
+            Channel.objects.filter(pk=self.channel_id).update(**{w.queued: None})
+            self.other_until = Channel.objects.filter(pk=self.channel_id).values_list(w.until, flat=True).first()
             return False
-        self.until = now + LEASE
+        self.until = now + lease_length()
         return True
 
-    def keep(self, seconds: float) -> bool:
-        """Make the lease outlast the next `seconds` (renewed when it would not); False once it is not ours
-        (taken over after this worker stalled past its end, or by a worker whose clock runs ahead)."""
-        now = timezone.now()
-        mine = Channel.objects.filter(pk=self.channel_id, **{self.field: self.until})
-        assert self.until is not None  # kept only once taken
-        if self.until - now >= timedelta(seconds=seconds):
-            return mine.exists()
-        renewed = now + LEASE
-        if mine.update(**{self.field: renewed}) != 1:
+    def renew(self) -> bool:
+        until = timezone.now() + lease_length()
+        if self._mine().update(**{self.way.until: until}) != 1:
             return False
-        self.until = renewed
+        self.until = until
+        return True
+
+    def keep(self) -> bool:
+        """Whether the lease is still this worker's (renewed here when half of it is gone: the heartbeat may
+        be unable to, e.g. inside a transaction it cannot see); False once another worker took it over."""
+        assert self.until is not None  # kept only once taken
+        if self.until - timezone.now() < lease_length() / 2:
+            return self.renew()
+        # More than half of it left: no other worker can have taken it (only an expired lease is taken), so
+        # no query (one saved per call or POST).
         return True
 
     def release(self) -> bool:
-        return Channel.objects.filter(pk=self.channel_id, **{self.field: self.until}).update(**{self.field: None}) == 1
+        try:
+            return self._mine().update(**{self.way.until: None, self.way.owner: ""}) == 1
+        except DatabaseError:  # the database is gone: the lease runs out by itself within one lease
+            log.warning("channel lease not released; it expires by itself", extra={"channel": self.channel_id})
+            return False
+
+
+class _Heartbeat(threading.Thread):
+    """Renews a run's lease every third of its length, until the run ends (or its last step could have
+    ended): a worker killed mid-call stops renewing and another worker takes the channel a lease later."""
+
+    def __init__(self, lease: _Lease, ends: float):
+        super().__init__(name=f"lease-{lease.channel_id}", daemon=True)
+        self.lease, self.ends = lease, ends
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(settings.OPENLINES_LEASE_SECONDS / 3):
+                if time.monotonic() > self.ends:
+                    return  # a run past its budget and its longest step is stuck: let the lease expire
+                try:
+                    if not self.lease.renew():
+                        return  # taken over (or not visible from here): the run finds out at its next step
+                except DatabaseError:
+                    log.warning("channel lease not renewed", extra={"channel": self.lease.channel_id})
+        finally:
+            connections.close_all()  # this thread's own connections only
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=settings.OPENLINES_LEASE_SECONDS)
 
 
 class _Run:
-    """One worker's run on a channel: a time budget (OPENLINES_RUN_SECONDS) and the lease it works under."""
+    """One worker's run on a channel: a time budget (OPENLINES_RUN_SECONDS), a batch (OPENLINES_RUN_BATCH
+    messages, then it yields: queued again behind the other channels' tasks) and the lease it works under."""
 
     def __init__(self, lease: _Lease):
         self.lease = lease
         self.ends = time.monotonic() + settings.OPENLINES_RUN_SECONDS
-        self.stopped = ""  # "budget spent" (queue the channel again) or "lease lost" (its new owner goes on)
+        self.left = settings.OPENLINES_RUN_BATCH
+        # "budget spent" or "batch done" (queue the channel again) or "lease lost" (its new owner goes on)
+        self.stopped = ""
 
-    def may_start(self, seconds: float) -> bool:
-        """Whether to start a step that can take up to `seconds`; keeps the lease for it."""
+    def may_start(self, *, messages: bool = True) -> bool:
+        """Whether to start a step (one call or POST); `messages` steps count against the batch (reporting
+        statuses does not: it is bounded by what this run sent)."""
         if time.monotonic() >= self.ends:
             self.stopped = "budget spent"
-        elif not self.lease.keep(min(seconds, LEASE.total_seconds())):
+        elif messages and self.left <= 0:
+            self.stopped = "batch done"
+        elif not self.lease.keep():
             self.stopped = "lease lost"
         return not self.stopped
+
+    def spent(self, count: int) -> None:
+        self.left -= count
 
 
 def _webhook_step() -> float:
@@ -138,20 +260,53 @@ def _rest_step() -> float:
     )
 
 
-def _under_lease(channel_id: int, field: str, deliver, task) -> str:
-    """`deliver(channel, run)` while this worker holds the channel's lease for one direction; "busy" if
-    another does. A run that spent its budget queues the channel again once its lease is released."""
-    lease = _Lease(channel_id, field)
+def _under_lease(channel_id: int, way: Way, deliver, task) -> str:
+    """`deliver(channel, run)` while this worker holds the channel's lease for one direction (renewed by a
+    heartbeat); "busy" if another does, and the channel is looked at again once that lease would end (its
+    holder may have died). A run that stopped at its budget or batch queues the channel again, behind the
+    tasks queued meanwhile; one that finished queues it when rows became due while it ran."""
+    lease = _Lease(channel_id, way)
     if not lease.take():
+        if lease.other_until is not None:
+            wait = max((lease.other_until - timezone.now()).total_seconds(), 0.0) + 0.5
+            queue_channel(task, channel_id, countdown=wait)
         return "busy"
     run = _Run(lease)
+    heartbeat = _Heartbeat(lease, run.ends + max(_rest_step(), _webhook_step()))
+    heartbeat.start()
     try:
         outcome = deliver(Channel.objects.select_related("portal").get(pk=channel_id), run)
     finally:
+        heartbeat.stop()
         lease.release()
-    if run.stopped == "budget spent":
+    if run.stopped in ("budget spent", "batch done") or (not run.stopped and _has_due(way, channel_id)):
         after_commit(task, channel_id)
     return outcome
+
+
+def _has_due(way: Way, channel_id: int) -> bool:
+    """Whether the channel has rows a run would take now (those that came while this run went on)."""
+    now = timezone.now()
+    if way is INBOUND:
+        return InboundMessage.objects.filter(inbound_due(now), channel_id=channel_id).exists()
+    return OutboundMessage.objects.filter(outbound_due(now), channel_id=channel_id).exists()
+
+
+def inbound_due(now) -> Q:
+    return Q(
+        state__in=UNSENT,
+        next_attempt_at__lte=now,
+        channel__state=Channel.State.CONNECTED,
+        channel__portal__status__in=_SERVING,
+    )
+
+
+def outbound_due(now) -> Q:
+    connected = Q(channel__state=Channel.State.CONNECTED)
+    return connected & (
+        Q(state__in=UNSENT, next_attempt_at__lte=now, channel__webhook_url__gt="")
+        | (_status_due(now) & Q(channel__portal__status__in=_SERVING))
+    )
 
 
 def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None):
@@ -246,7 +401,7 @@ def release_parked(channel_id: int) -> int:
 @shared_task(name="openlines.deliver_inbound")
 def deliver_inbound(channel_id: int) -> str:
     """Send the channel's due inbound rows, in order, several per call."""
-    return _under_lease(channel_id, "inbound_lease_until", _deliver_inbound, deliver_inbound)
+    return _under_lease(channel_id, INBOUND, _deliver_inbound, deliver_inbound)
 
 
 def _deliver_inbound(channel: Channel, run: _Run) -> str:
@@ -257,13 +412,17 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
     client = PortalClient(channel.portal)
     sent = 0
     while True:
-        rows = list(InboundMessage.objects.filter(channel=channel, state__in=UNSENT).order_by("id")[:SEND_BATCH])
+        rows = list(
+            InboundMessage.objects.filter(channel=channel, state__in=UNSENT).order_by("id")[
+                : settings.OPENLINES_SEND_BATCH
+            ]
+        )
         if not rows:
             return f"sent {sent}"
         if _waits(rows[0], timezone.now()):
             _hold_back(InboundMessage, channel, rows[0].next_attempt_at)
             return f"sent {sent}; waiting"
-        if not run.may_start(_rest_step()):
+        if not run.may_start():
             return f"sent {sent}; {run.stopped}"
         # One call carries consecutive rows of the same action (add, update, delete), in order.
         group = [rows[0]]
@@ -289,6 +448,11 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
             return f"sent {sent}; retry ({exc.code})"
         _record_inbound(group, result)
         sent += len(group)
+        run.spent(len(group))
+        if len(group) == len(rows) < settings.OPENLINES_SEND_BATCH:
+            # That was all of them (no read to find nothing): rows that came since are found by the look
+            # after the lease is released (_under_lease).
+            return f"sent {sent}"
 
 
 def _record_inbound(rows, result) -> None:
@@ -304,31 +468,37 @@ def _record_inbound(rows, result) -> None:
         return
     items = (((result or {}).get("DATA") or {}).get("RESULT") or []) if isinstance(result, dict) else []
     now = timezone.now()
+    # One UPDATE per Open Lines chat and session the call answered (a call's messages mostly share a few),
+    # not one per message: the rows' own attempts are counted in the database.
+    sent: dict[tuple[str, str], list[int]] = {}
     for i, row in enumerate(rows):
         item = items[i] if i < len(items) and isinstance(items[i], dict) else {}
         if item.get("SUCCESS") is True:
             session = given if isinstance(given := item.get("session"), dict) else {}
-            InboundMessage.objects.filter(pk=row.pk).update(
-                state=Delivery.SENT,
-                sent_at=now,
-                attempts=row.attempts + 1,
-                last_error="",
-                im_chat_id=str(session.get("CHAT_ID") or "")[:32],
-                session_id=str(session.get("ID") or "")[:32],
-            )
+            ids = (str(session.get("CHAT_ID") or "")[:32], str(session.get("ID") or "")[:32])
+            sent.setdefault(ids, []).append(row.pk)
         else:
             # Bitrix24 refused this message itself (its content): retrying will not help; replay after a fix.
             errors = item.get("ERRORS") or ["no result for this message"]
             InboundMessage.objects.filter(pk=row.pk).update(
                 state=Delivery.DEAD, attempts=row.attempts + 1, last_error="; ".join(map(str, errors))[:255]
             )
+    for (im_chat_id, session_id), pks in sent.items():
+        InboundMessage.objects.filter(pk__in=pks).update(
+            state=Delivery.SENT,
+            sent_at=now,
+            attempts=F("attempts") + 1,
+            last_error="",
+            im_chat_id=im_chat_id,
+            session_id=session_id,
+        )
 
 
 # --- outbound: Bitrix24's operators -> the outside system --------------------------------------------
 @shared_task(name="openlines.deliver_outbound")
 def deliver_outbound(channel_id: int) -> str:
     """POST the channel's due operator messages to its webhook, in order per chat; report delivery to Bitrix24."""
-    return _under_lease(channel_id, "outbound_lease_until", _deliver_outbound, deliver_outbound)
+    return _under_lease(channel_id, OUTBOUND, _deliver_outbound, deliver_outbound)
 
 
 def _deliver_outbound(channel: Channel, run: _Run) -> str:
@@ -339,8 +509,8 @@ def _deliver_outbound(channel: Channel, run: _Run) -> str:
     counts = {"delivered": 0, "refused": 0, "retry": 0}
     held: dict[str, datetime] = {}  # chat -> when its first unsent message is due again
     behind: set[str] = set()  # chats with rows behind it
-    step, last_id = _webhook_step(), 0
-    while run.may_start(0):  # (a long queue behind waiting chats is read page by page within the budget too)
+    last_id = 0
+    while run.may_start():  # (a long queue behind waiting chats is read page by page within the budget too)
         page = list(
             OutboundMessage.objects.filter(channel=channel, state__in=UNSENT, id__gt=last_id).order_by("id")[:_PAGE]
         )
@@ -354,10 +524,11 @@ def _deliver_outbound(channel: Channel, run: _Run) -> str:
             if _waits(row, timezone.now()):
                 held[chat] = row.next_attempt_at
                 continue
-            if not run.may_start(step):
+            if not run.may_start():
                 break
             outcome, again = _post(channel, row)
             counts[outcome] += 1
+            run.spent(1)
             if again is not None:
                 held[chat] = again
         if len(page) < _PAGE:
@@ -425,8 +596,12 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
     client, reported = PortalClient(channel.portal), 0
     while True:
         now = timezone.now()
-        rows = list(OutboundMessage.objects.filter(_status_due(now), channel=channel).order_by("id")[:STATUS_BATCH])
-        if not rows or not run.may_start(_rest_step()):
+        rows = list(
+            OutboundMessage.objects.filter(_status_due(now), channel=channel).order_by("id")[
+                : settings.OPENLINES_STATUS_BATCH
+            ]
+        )
+        if not rows or not run.may_start(messages=False):
             return reported
         try:
             client.call(
@@ -497,9 +672,9 @@ def sweep() -> str:
         )
     )
     for channel_id in inbound:
-        enqueue(deliver_inbound, channel_id)
+        queue_channel(deliver_inbound, channel_id)
     for channel_id in outbound_:
-        enqueue(deliver_outbound, channel_id)
+        queue_channel(deliver_outbound, channel_id)
     return (
         f"queued {len(inbound)} inbound, {len(outbound_)} outbound; {dead} dead letter(s), {parked} parked, "
         f"{released} released"

@@ -70,6 +70,8 @@ WHITENOISE_AUTOREFRESH = True
 # deploy check do not inherit it).
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = True
 
-# The channel's delivery tasks run inline in the tests (openlines.tasks.enqueue; Python-only, never from the
-# environment); the inbox's tasks are processed by the tests themselves (tests/conftest.py deliver()).
-OPENLINES_TASKS_INLINE = True
+# The channel's delivery tasks run inline in the tests (openlines.tasks.enqueue; Python-only: the production
+# settings never read it); the inbox's tasks are processed by the tests themselves (tests/conftest.py
+# deliver()). A test's worker processes that must send them through the broker (tests/openlines/
+# test_relay_workers.py) are started with B24_TEST_OPENLINES_VIA_BROKER=1.
+OPENLINES_TASKS_INLINE = os.environ.get("B24_TEST_OPENLINES_VIA_BROKER") != "1"

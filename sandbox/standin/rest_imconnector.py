@@ -336,6 +336,7 @@ def _bad_names(user) -> list[str]:
 
 @method("imconnector.send.messages", doc=_DOC + "imconnector-send-messages.md", scopes=("imopenlines",))
 def send_messages(portal, params, grant):
+    # The page names no maximum number of MESSAGES per call, so none is enforced (docs/bitrix24.md, unverified).
     st = state(portal)
     connector, line = _active_line(portal, st, params)
     messages = _messages(params)

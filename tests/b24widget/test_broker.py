@@ -4,6 +4,7 @@ import json
 import os
 import threading
 
+import pytest
 from django.conf import settings
 from kombu import Connection
 
@@ -52,3 +53,23 @@ def test_a_consumer_never_reads_a_message_being_written(tmp_path):
     assert broken == []
     assert seen == [len(payload["body"])] * count
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]  # nothing half-written left behind
+
+
+def test_a_message_being_written_is_not_taken_and_a_whole_one_is(tmp_path):
+    with Connection(
+        "filesystem://",
+        transport="b24widget.broker:Transport",
+        transport_options={"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)},
+    ) as connection:
+        queue = connection.SimpleQueue("relay")
+        # Another process is half-way through writing a message (kombu's own writer would have named it
+        # `<time>_<id>.relay.msg` from the start, and a reader would take it cut short).
+        writing = tmp_path / ".1_other.relay.msg.part"
+        writing.write_bytes(b'{"body": "cut sh')
+        queue.put({"n": 1})
+        assert queue.get(timeout=2).payload == {"n": 1}
+        with pytest.raises(queue.Empty):
+            queue.get(timeout=0.3)
+        assert writing.exists()  # left for its writer to finish
+        assert [p.name for p in tmp_path.glob("*.part")] == [writing.name]  # ours was renamed into place
+        queue.close()

@@ -33,7 +33,7 @@ GRAFANA = {
 }
 # Read from the shared database at each scrape: every replica reports the same figure, so summing them over
 # replicas would multiply the backlog by the number of replicas.
-DATABASE_GAUGES = ("b24widget_inbox_",)
+DATABASE_GAUGES = ("b24widget_inbox_", "b24widget_openlines_")
 
 
 def _panels(panels):

@@ -167,6 +167,13 @@ def test_healthz(client, db):
         "status": "ok",
         "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok", "broker": "ok"},
         "inbox": {"unfinished": 0, "failed": 0, "oldest_unfinished_seconds": 0},
+        "openlines": {
+            "inbound": {"waiting": 0, "oldest_waiting_seconds": 0, "oldest_overdue_seconds": 0},
+            "outbound": {"waiting": 0, "oldest_waiting_seconds": 0, "oldest_overdue_seconds": 0},
+            "stalled_claims": 0,
+            "late_tasks": 0,
+            "degraded": False,
+        },
     }
 
 

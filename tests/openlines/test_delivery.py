@@ -164,24 +164,28 @@ def test_parked_replies_become_dead_letters_after_the_retry_window(
 @pytest.mark.slow  # real time: a POST past its lease
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_whose_lease_was_taken_over_leaves_the_new_owners_lease_alone(
-    client, chats, receiver, sink, django_capture_on_commit_callbacks
+    client, chats, receiver, sink, settings, django_capture_on_commit_callbacks
 ):
-    """The first worker is stuck in a POST past its lease's end; a second worker takes the channel over.
-    The first one's release must not free the channel under the second, and it stops where it is."""
+    """The first worker is stuck in a POST past its lease's end (its heartbeat could not renew it); a second
+    worker takes the channel over. The first one's release must not free the channel under the second, and
+    it stops where it is."""
     row, secret, b24, ids = chats
     receiver.down = True  # (no transaction to hold the delivery back in this test: the first one fails)
     for text in ("first", "second", "third"):
         reply(client, sink, b24, ids["chat-A"], text, django_capture_on_commit_callbacks)
     receiver.down = False
     due_now()
+    settings.OPENLINES_LEASE_SECONDS = 1
     taken = {}
 
     def take_over(body):
         if not taken:
             # The first worker's lease ran out while it waited here, and another worker took the channel:
-            # the lease is the other worker's now (its own end, LEASE from now).
-            taken["until"] = timezone.now() + tasks.LEASE
-            Channel.objects.filter(pk=row.pk).update(outbound_lease_until=taken["until"])
+            # the lease is the other worker's now (its own owner id and end); the first one's heartbeat finds
+            # that at its next beat, and the lease it knows of runs low meanwhile.
+            taken["until"] = timezone.now() + timedelta(seconds=30)
+            Channel.objects.filter(pk=row.pk).update(outbound_lease_until=taken["until"], outbound_lease_owner="w2")
+            time.sleep(0.7)
             connection.close()  # this thread's own connection (the receiver's): none left open at teardown
 
     receiver.during = take_over
