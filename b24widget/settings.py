@@ -161,6 +161,9 @@ OPENLINES_WAITING_INTERVAL = read.float("OPENLINES_WAITING_INTERVAL", default=60
 OPENLINES_RECONCILE_INTERVAL = read.float("OPENLINES_RECONCILE_INTERVAL", default=300.0, minimum=10.0)
 OPENLINES_RECONCILE_HOURS = read.float("OPENLINES_RECONCILE_HOURS", default=48.0, minimum=0.1)
 OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS", default=False)
+# URLs in inbound messages (files, pictures, the chat's page) must name a public host: Bitrix24 fetches them and
+# shows them to operators. A self-hosted portal that needs private ones sets this (openlines/outbound.py).
+OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS = read.bool("OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS", default=False)
 # Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
 # YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
 _v1_until = read.str("OPENLINES_SIGNATURE_V1_UNTIL", default="2027-06-30")

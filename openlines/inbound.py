@@ -28,6 +28,7 @@ from bitrix24 import limits, wire
 from bitrix24.errors import Refusal
 from bitrix24.wire import JSON
 
+from . import outbound
 from .models import Channel, InboundMessage, OutboundMessage
 from .outbound import INBOUND, SIGNATURE_HEADER, TIMESTAMP_HEADER, VERSION_HEADER, sign, sign_v1
 
@@ -151,8 +152,11 @@ def _person_name(value, name: str) -> str:
 
 def _url(value, name: str) -> str:
     value = _text(value, name, 2000)
-    if value and not value.startswith(("https://", "http://")):
-        raise Refused("bad_request", f"{name} must be an http(s) URL", 400)
+    if value:
+        try:
+            outbound.check_message_url(value)
+        except outbound.BadWebhookUrl as exc:
+            raise Refused("bad_request", f"{name} must be a public http(s) URL ({exc})", 400) from None
     return value
 
 

@@ -116,6 +116,28 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
+def check_message_url(url: str) -> str:
+    """A URL an outside system puts in a message (a file, the customer's picture, the chat's page), or
+    BadWebhookUrl. Bitrix24 fetches files and pictures itself and shows every link to operators, so in
+    production it must be an http(s) URL of a public host, checked as a webhook's host is (no DNS here);
+    OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS admits private hosts for a self-hosted portal that needs them."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        raise BadWebhookUrl("malformed address or port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadWebhookUrl("an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise BadWebhookUrl("no credentials in the URL")
+    if settings.OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS:
+        return url
+    host = parts.hostname if _is_address(parts.hostname) else dns_name(parts.hostname)
+    if not _public_name(host):
+        raise BadWebhookUrl("not a public host")
+    return url
+
+
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

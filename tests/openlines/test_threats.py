@@ -909,3 +909,40 @@ def test_a_channels_signed_requests_have_a_budget_and_a_strangers_do_not_spend_i
     refused = answers[-1]
     assert refused.json()["error"] == "rate_limited" and 1 <= int(refused["Retry-After"]) <= 10
     assert InboundMessage.objects.count() == 3
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/f.pdf",
+        "https://10.0.0.5/f.pdf",
+        "https://[::1]/f.pdf",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://224.0.0.1/f.pdf",
+        "https://files.internal/f.pdf",
+        "https://intranet/f.pdf",
+        "https://user:pass@shop.example.com/f.pdf",
+        "ftp://shop.example.com/f.pdf",
+        "https://shop.example.com:99999/f.pdf",
+    ],
+)
+def test_urls_in_an_inbound_message_must_name_a_public_host(client, channel, url):
+    """Bitrix24 fetches a message's files and pictures itself and shows its links to operators: a private,
+    loopback, link-local or multicast host (or a name no public resolver knows) is a 400, and nothing is sent."""
+    row, secret, b24 = channel
+    for body in (
+        message() | {"message": {**message()["message"], "files": [{"url": url, "name": "f.pdf"}]}},
+        message() | {"user": {**message()["user"], "picture": {"url": url}}},
+        message() | {"chat": {**message()["chat"], "url": url}},
+    ):
+        answer = signed(client, row, secret, body)
+        assert answer.status_code == 400, (url, answer.content)
+        assert "public http(s) URL" in answer.json()["error_description"]
+    assert not InboundMessage.objects.filter(channel=row).exists()
+
+
+def test_private_message_urls_are_admitted_when_the_deployment_says_so(client, channel, settings):
+    settings.OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS = True
+    row, secret, b24 = channel
+    body = message() | {"message": {**message()["message"], "files": [{"url": "http://10.0.0.5/f.pdf", "name": "f"}]}}
+    assert signed(client, row, secret, body).status_code == 202
