@@ -442,3 +442,39 @@ def table(rows: list[list], header: list[str]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# --- the channel API and the broker, as several benches use them ----------------------------------------
+
+
+def post_signed(client, channel, secret: str, payload: dict):
+    """POST `payload` to the channel API signed as an outside system does (version 2); the response."""
+    import json
+
+    from openlines.outbound import INBOUND, sign
+
+    body = json.dumps(payload).encode()
+    ts = str(int(time.time()))
+    return client.post(
+        f"/channels/{channel.public_id}/messages",
+        body,
+        content_type="application/json",
+        HTTP_X_B24WIDGET_TIMESTAMP=ts,
+        HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
+        HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
+    )
+
+
+def drop_own_queue(broker_dir) -> None:
+    """Delete the run's own broker state: the embedded broker's folder, or the run's queue on RabbitMQ."""
+    import shutil
+
+    from django.conf import settings
+
+    from b24widget.celery import app
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem:"):
+        shutil.rmtree(broker_dir, ignore_errors=True)
+    else:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)

@@ -21,7 +21,6 @@ the end. Logs: test-artifacts/bench/inbox/.
 import argparse
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -285,8 +284,6 @@ def main():
         common.setup_django(oauth_url=standin.oauth_url)
         from django.conf import settings
 
-        from b24widget.celery import app
-
         with common.bench_database(keep=args.keep_db), common.bench_cache():
             common.print_header("inbox: event ingest under gunicorn, keep-alive pass on Celery workers")
             print(f"broker: {settings.CELERY_BROKER_URL.split('@')[-1]}  queue: {settings.CELERY_TASK_DEFAULT_QUEUE}")
@@ -296,11 +293,7 @@ def main():
                 if not args.skip_keepalive:
                     keepalive(standin, args)
             finally:
-                if settings.CELERY_BROKER_URL.startswith("filesystem:"):
-                    shutil.rmtree(broker_dir, ignore_errors=True)
-                else:
-                    with app.connection_for_write() as conn:
-                        conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+                common.drop_own_queue(broker_dir)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import json
 import os
 import sys
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -93,7 +92,6 @@ def main():
         from inbox import queue as inbox
         from openlines import events, lifecycle, registry, tasks
         from openlines.models import Delivery, InboundMessage, OutboundMessage
-        from openlines.outbound import INBOUND, sign
         from sandbox.standin import rest_imconnector as imc
 
         # The tasks are queued to a broker nobody reads: this process is the one worker, drained below.
@@ -118,22 +116,12 @@ def main():
             # 1. inbound
             with common.Timer() as accepting:
                 for i in range(args.messages):
-                    body = json.dumps(
-                        {
-                            "chat": {"id": f"chat-{i % args.chats}"},
-                            "user": {"id": f"u-{i % args.chats}"},
-                            "message": {"id": f"m-{i}", "text": f"message {i}"},
-                        }
-                    ).encode()
-                    ts = str(int(time.time()))
-                    answer = client.post(
-                        f"/channels/{channel.public_id}/messages",
-                        body,
-                        content_type="application/json",
-                        HTTP_X_B24WIDGET_TIMESTAMP=ts,
-                        HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
-                        HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
-                    )
+                    payload = {
+                        "chat": {"id": f"chat-{i % args.chats}"},
+                        "user": {"id": f"u-{i % args.chats}"},
+                        "message": {"id": f"m-{i}", "text": f"message {i}"},
+                    }
+                    answer = common.post_signed(client, channel, secret, payload)
                     assert answer.status_code == 202, answer.content
             before = len(b24.requests)
             with common.Timer() as draining:

@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import threading
-import time
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,7 +64,6 @@ def main():
 
         from openlines import lifecycle, reconcile, registry, tasks
         from openlines.models import Delivery, InboundMessage, OutboundMessage
-        from openlines.outbound import INBOUND, sign
         from sandbox.standin import rest_imconnector as imc
 
         current_app.conf.broker_url = "memory://"  # this process is the one worker, drained below
@@ -81,18 +79,12 @@ def main():
             b24.set_plan("others")
             b24.set_feature("rest_offline_extended", False)
             for i in range(args.chats):
-                body = json.dumps(
-                    {"chat": {"id": f"chat-{i}"}, "user": {"id": f"u-{i}"}, "message": {"id": f"m-{i}", "text": "hi"}}
-                ).encode()
-                ts = str(int(time.time()))
-                answer = client.post(
-                    f"/channels/{channel.public_id}/messages",
-                    body,
-                    content_type="application/json",
-                    HTTP_X_B24WIDGET_TIMESTAMP=ts,
-                    HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
-                    HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
-                )
+                payload = {
+                    "chat": {"id": f"chat-{i}"},
+                    "user": {"id": f"u-{i}"},
+                    "message": {"id": f"m-{i}", "text": "hi"},
+                }
+                answer = common.post_signed(client, channel, secret, payload)
                 assert answer.status_code == 202, answer.content
             while InboundMessage.objects.exclude(state__in=[Delivery.SENT, Delivery.DEAD]).exists():
                 tasks.deliver_inbound(channel.pk)

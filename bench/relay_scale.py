@@ -23,12 +23,10 @@ Asserts only that every message arrived.
 import argparse
 import cProfile
 import io
-import json
 import math
 import os
 import pstats
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -78,27 +76,15 @@ class Poster:
         self.count = 0
 
     def post(self, channel, secret, chat: str, text: str) -> None:
-        from openlines.outbound import INBOUND, sign
-
         client = getattr(self.local, "client", None) or self.client_class()
         self.local.client = client
         self.count += 1
-        body = json.dumps(
-            {
-                "chat": {"id": chat},
-                "user": {"id": f"u-{chat}"},
-                "message": {"id": f"{text}-{secrets.token_hex(4)}", "text": text},
-            }
-        ).encode()
-        ts = str(int(time.time()))
-        answer = client.post(
-            f"/channels/{channel.public_id}/messages",
-            body,
-            content_type="application/json",
-            HTTP_X_B24WIDGET_TIMESTAMP=ts,
-            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
-            HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
-        )
+        payload = {
+            "chat": {"id": chat},
+            "user": {"id": f"u-{chat}"},
+            "message": {"id": f"{text}-{secrets.token_hex(4)}", "text": text},
+        }
+        answer = common.post_signed(client, channel, secret, payload)
         assert answer.status_code == 202, answer.content
 
 
@@ -345,11 +331,7 @@ def main():
                 if "profile" not in skip:
                     profile(channels, poster, args.profile_callers)
             finally:
-                if settings.CELERY_BROKER_URL.startswith("filesystem:"):
-                    shutil.rmtree(broker_dir, ignore_errors=True)
-                else:
-                    with app.connection_for_write() as conn:
-                        conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+                common.drop_own_queue(broker_dir)
 
 
 if __name__ == "__main__":
