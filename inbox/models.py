@@ -27,6 +27,10 @@ class InboxItem(models.Model):
         ONLINE = "online", _("online (POSTed to /events/)")
         OFFLINE = "offline", _("offline (pulled from the portal's queue)")
 
+    class Lane(models.TextChoices):
+        PROVEN = "proven", _("proven (the portal's application_token, or pulled with our tokens)")
+        UNPROVEN = "unproven", _("unproven (no stored portal vouches for it)")
+
     UNFINISHED = (State.PENDING, State.PROCESSING)
 
     VAULT_LABEL_FIELDS = ("event", "member_id")  # how key rotation names a row
@@ -39,6 +43,10 @@ class InboxItem(models.Model):
     # How it came: POSTed by Bitrix24 (checked by its application_token), or pulled by us from the portal's
     # offline queue with the app's own tokens (inbox/offline.py). Only the pull sets `offline`.
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ONLINE)
+    # Whether the sender proved itself at accept: its application_token matched the stored portal's, or the row
+    # was pulled offline with our own tokens (proven); or nothing vouched for it (unproven). A portal's order
+    # holds within a lane only, so a stranger's flood never holds back the portal's genuine events.
+    lane = models.CharField(max_length=8, choices=Lane.choices, default=Lane.PROVEN)
     data = models.JSONField(default=dict, blank=True)
     sealed_auth = EncryptedTextField(blank=True, editable=False)
     ts = models.CharField(
@@ -64,7 +72,7 @@ class InboxItem(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["state", "next_attempt_at"], name="inbox_due"),
-            models.Index(fields=["member_id", "state", "id"], name="inbox_portal_order"),
+            models.Index(fields=["member_id", "lane", "state", "id"], name="inbox_lane_order"),
         ]
 
     def __str__(self):

@@ -101,12 +101,13 @@ def accept(
     portal = directory().find(member_id)
     presented = auth.get("application_token")
     application_token = presented if isinstance(presented, str) else ""
+    proven = portal is not None and portal.application_token_is(application_token)
     if entry.needs_application_token:
         if portal is None:
             raise Refused("unknown portal", status=404)
-        if not portal.application_token_is(application_token):
+        if not proven:
             raise Refused("application_token does not match")
-    elif portal is None or not portal.application_token_is(application_token):  # noqa: SIM102
+    elif not proven:  # noqa: SIM102
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
         # (Nested on purpose: admit() spends from the budget, so it stays a statement of its own.)
         if not limits.admit(
@@ -135,6 +136,7 @@ def accept(
         ts=str(ts),
         event_handler_id=event_handler_id,
         source=InboxItem.Source.ONLINE,
+        lane=InboxItem.Lane.PROVEN if proven else InboxItem.Lane.UNPROVEN,
     )
 
 
@@ -160,11 +162,12 @@ def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, 
         ts=ts,
         event_handler_id="",
         source=InboxItem.Source.OFFLINE,
+        lane=InboxItem.Lane.PROVEN,  # fetched from the portal with the app's own tokens
     )
 
 
 def _store(
-    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source
+    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source, lane
 ) -> tuple[InboxItem, bool]:
     """One row for the event, or the row its key already has (a duplicate changes nothing)."""
     now = timezone.now()
@@ -176,6 +179,7 @@ def _store(
                 event=event_code,
                 event_handler_id=event_handler_id[:32],
                 source=source,
+                lane=lane,
                 data=data,
                 sealed_auth=sealed_auth,
                 ts=ts[:32],
@@ -229,7 +233,7 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
 def _older_unfinished(item: InboxItem) -> bool:
     ordered = ordered_codes()
     return InboxItem.objects.filter(
-        member_id=item.member_id, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
+        member_id=item.member_id, lane=item.lane, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
     ).exists()
 
 
@@ -353,7 +357,9 @@ def _release_next(item: InboxItem) -> None:
         return
     ordered = ordered_codes()
     following = (
-        InboxItem.objects.filter(member_id=item.member_id, id__gt=item.pk, state=State.PENDING, event__in=ordered)
+        InboxItem.objects.filter(
+            member_id=item.member_id, lane=item.lane, id__gt=item.pk, state=State.PENDING, event__in=ordered
+        )
         .order_by("id")
         .values_list("pk", flat=True)
         .first()
@@ -406,19 +412,24 @@ def process_pending(*, limit: int = 1000) -> int:
     that say so. Returns how many handler runs were attempted."""
     runs = 0
     while runs < limit:
-        now = timezone.now()
-        due = list(
-            InboxItem.objects.filter(
-                Q(state=State.PENDING, next_attempt_at__lte=now) | Q(state=State.PROCESSING, lease_until__lt=now)
+        progressed, after = False, 0
+        while runs < limit:  # one pass over every due row, a page at a time (waiting rows do not end it)
+            now = timezone.now()
+            due = list(
+                InboxItem.objects.filter(
+                    Q(state=State.PENDING, next_attempt_at__lte=now) | Q(state=State.PROCESSING, lease_until__lt=now),
+                    id__gt=after,
+                )
+                .order_by("id")
+                .values_list("pk", flat=True)[:100]
             )
-            .order_by("id")
-            .values_list("pk", flat=True)[:100]
-        )
-        progressed = False
-        for pk in due:
-            claimed, _result = _process(pk, task_id="", send=False)
-            runs += claimed
-            progressed |= claimed
+            if not due:
+                break
+            for pk in due:
+                claimed, _result = _process(pk, task_id="", send=False)
+                runs += claimed
+                progressed |= claimed
+            after = due[-1]
         if not progressed:  # nothing due, or all of it waits for something
             return runs
     return runs
