@@ -13,7 +13,8 @@ class InboxItem(models.Model):
     """One Bitrix24 event, stored durably when it arrived and processed later by a worker (inbox/queue.py).
 
     `auth` is kept encrypted at rest (it holds `application_token` and, for some events, tokens) and is
-    never shown; `idempotency_key` is a keyed digest of what a duplicate delivery repeats.
+    never shown; `idempotency_key` is a keyed digest of what a duplicate delivery repeats; not unique: a key is taken
+    only by a row that was applied (inbox/queue.py idempotency_key says why).
     """
 
     class State(models.TextChoices):
@@ -52,7 +53,7 @@ class InboxItem(models.Model):
     ts = models.CharField(
         max_length=32, blank=True, help_text="The event's `ts` as Bitrix24 sent it (offline: the record's TIMESTAMP_X)."
     )
-    idempotency_key = models.CharField(max_length=64, unique=True, editable=False)
+    idempotency_key = models.CharField(max_length=64, db_index=True, editable=False)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(default=timezone.now)

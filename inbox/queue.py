@@ -23,7 +23,7 @@ from typing import TypedDict
 
 from celery import current_app
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -52,18 +52,30 @@ def idempotency_key(
     event_handler_id: str = "",
     application_token: str = "",
     offline_record: str = "",
+    lane: str = InboxItem.Lane.PROVEN,
 ) -> str:
     """A keyed digest (HMAC under SECRET_KEY) of what a repeated delivery of one event repeats.
 
     Online (POSTed to /events/): event code, handler id, member_id, `ts` and the whole `data` block identify
-    the event; the `application_token` keeps an unverified sender from taking a genuine event's key in
-    advance. The access and refresh tokens are left out: they are credentials of the delivery, not the event.
+    the event, with the `application_token`. The access and refresh tokens are left out: they are credentials
+    of the delivery, not the event. `lane` is part of the namespace: an unproven row (no stored portal vouched
+    for it at accept) never shares a key with a proven one.
+
+    Every user of a portal holds its application_token and can predict the rest (the `ts` is seconds), so an
+    online key can be *taken in advance*: a forger posts the administrator's uninstall before Bitrix24 does.
+    That is why a key only marks a duplicate once a row of it was applied: `/events/` answers "duplicate"
+    (storing nothing) only when a row of the key is `done`; otherwise the delivery gets a row of its own and
+    the dedupe happens in the worker (`_claim`): the first row of a key that is applied wins, later rows of it
+    wait while an earlier one is unfinished and are finished as duplicates once one is done. A rejected or
+    failed row absorbs nothing. So Bitrix24's real duplicates (one event delivered twice) are applied once,
+    and a forged row that was rejected never swallows the genuine delivery.
 
     Offline (pulled from the portal's queue, inbox/offline.py): `offline_record` names the record *in the
     state it was fetched*: its ID, MESSAGE_ID and TIMESTAMP_X (a later change of the same object moves
-    TIMESTAMP_X, so it is a new row). The material starts with "offline", a namespace of its own. So a record
-    fetched twice (a pull that stopped before `event.offline.clear`, then fetched again under the same
-    process_id) is stored once.
+    TIMESTAMP_X, so it is a new row). The material starts with "offline", a namespace of its own, which only
+    our own pull (with the app's tokens) writes: nobody can take it in advance, so there any row of the key
+    absorbs a record fetched again (a pull that stopped before `event.offline.clear`, then fetched again under
+    the same process_id): it is stored once.
 
     Why one event seen both ways is two rows, and still applied once: the two deliveries share no field that
     names the change (online: `ts`, the full `data`, the handler id; offline: the object's ids, TIMESTAMP_X,
@@ -78,6 +90,8 @@ def idempotency_key(
         parts = ["offline", event_code.upper(), member_id, offline_record]
     else:
         parts = [event_code.upper(), str(event_handler_id), member_id, str(ts), data, application_token]
+        if lane != InboxItem.Lane.PROVEN:  # (proven keys keep the material they always had)
+            parts = [str(lane), *parts]
     material = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(settings.SECRET_KEY.encode(), material.encode(), hashlib.sha256).hexdigest()
 
@@ -118,6 +132,7 @@ def accept(
             raise Refused("too many unverified events for this portal", status=429, retry_after=30)
     if entry.precheck is not None:
         entry.precheck(portal, auth, data)
+    lane = InboxItem.Lane.PROVEN if proven else InboxItem.Lane.UNPROVEN
     key = idempotency_key(
         entry.event_code,
         member_id=member_id,
@@ -125,6 +140,7 @@ def accept(
         data=data,
         event_handler_id=event_handler_id,
         application_token=application_token,
+        lane=lane,
     )
     return _store(
         entry.event_code,
@@ -136,7 +152,7 @@ def accept(
         ts=str(ts),
         event_handler_id=event_handler_id,
         source=InboxItem.Source.ONLINE,
-        lane=InboxItem.Lane.PROVEN if proven else InboxItem.Lane.UNPROVEN,
+        lane=lane,
     )
 
 
@@ -169,34 +185,36 @@ def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, 
 def _store(
     event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source, lane
 ) -> tuple[InboxItem, bool]:
-    """One row for the event, or the row its key already has (a duplicate changes nothing)."""
+    """One row for the event, or the row that already answers for its key (a duplicate changes nothing).
+
+    Online, only a row of the key that was applied (`done`) answers for it; offline, any row (see
+    idempotency_key). Otherwise a new row, deduplicated in the worker (`_claim`)."""
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            item = InboxItem.objects.create(
-                portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
-                member_id=member_id,
-                event=event_code,
-                event_handler_id=event_handler_id[:32],
-                source=source,
-                lane=lane,
-                data=data,
-                sealed_auth=sealed_auth,
-                ts=ts[:32],
-                idempotency_key=key,
-                received_at=now,
-                next_attempt_at=now,
-                enqueued_at=now,
-            )
-    except IntegrityError:
-        existing = InboxItem.objects.filter(idempotency_key=key).first()
-        if existing is None:
-            raise
+    absorbing = InboxItem.objects.filter(idempotency_key=key)
+    if source == InboxItem.Source.ONLINE:
+        absorbing = absorbing.filter(state=State.DONE)
+    existing = absorbing.order_by("id").first()
+    if existing is not None:
         log.info(
             "duplicate event delivery",
             extra={"member_id": member_id, "event": event_code, "inbox_id": existing.pk, "source": source},
         )
         return existing, False
+    item = InboxItem.objects.create(
+        portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
+        member_id=member_id,
+        event=event_code,
+        event_handler_id=event_handler_id[:32],
+        source=source,
+        lane=lane,
+        data=data,
+        sealed_auth=sealed_auth,
+        ts=ts[:32],
+        idempotency_key=key,
+        received_at=now,
+        next_attempt_at=now,
+        enqueued_at=now,
+    )
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
     transaction.on_commit(lambda: enqueue(item.pk), robust=True)
     log.info(
@@ -237,6 +255,11 @@ def _older_unfinished(item: InboxItem) -> bool:
     ).exists()
 
 
+def _same_event(item: InboxItem) -> QuerySet[InboxItem]:
+    """The other online rows of the item's key (offline keys never have two rows)."""
+    return InboxItem.objects.filter(idempotency_key=item.idempotency_key).exclude(pk=item.pk)
+
+
 def _claim(item_id: int, owner: str):
     """In one short transaction: (item, None, None) when claimed by `owner`, or (None, why not, seconds
     left on another worker's claim or None)."""
@@ -261,6 +284,14 @@ def _claim(item_id: int, owner: str):
             return None, "not due yet", None
         if entry is not None and entry.ordered and _older_unfinished(item):
             return None, "waiting for an older event of the portal", None
+        applied = _same_event(item).filter(state=State.DONE).values_list("pk", flat=True).first()
+        if applied is not None:  # another delivery of the same event was applied: this one is a duplicate
+            item.state, item.finished_at, item.outcome = State.DONE, now, f"duplicate of #{applied}"
+            item.sealed_auth, item.lease_owner, item.lease_until = "", "", None
+            item.save(update_fields=["state", "finished_at", "outcome", "sealed_auth", "lease_owner", "lease_until"])
+            return None, f"duplicate of #{applied}", None
+        if _same_event(item).filter(id__lt=item.pk, state__in=InboxItem.UNFINISHED).exists():
+            return None, "waiting for an earlier delivery of the same event", None
         item.state = State.PROCESSING
         item.attempts += 1
         item.lease_owner = owner
@@ -286,6 +317,12 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
     """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker."""
     owner = uuid.uuid4().hex
     item, why_not, lease_left = _claim(item_id, owner)
+    if item is None and why_not.startswith("duplicate of"):
+        log.info("duplicate event finished", extra={"inbox_id": item_id, "outcome": why_not, "task_id": task_id})
+        finished = InboxItem.objects.filter(pk=item_id).first()
+        if send and finished is not None:
+            _release_next(finished)
+        return True, why_not
     if item is None:
         log.info("inbox item skipped", extra={"inbox_id": item_id, "reason": why_not, "task_id": task_id})
         if send and lease_left is not None:
@@ -351,7 +388,13 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
 
 
 def _release_next(item: InboxItem) -> None:
-    """The portal's next ordered event may run now that this one is finished."""
+    """The portal's next ordered event may run now that this one is finished; so may a later delivery of the
+    same event (it waited for this one: it runs if this one was not applied, else it ends as a duplicate)."""
+    again = (
+        _same_event(item).filter(id__gt=item.pk, state=State.PENDING).order_by("id").values_list("pk", flat=True)
+    ).first()
+    if again is not None:
+        enqueue(again)
     entry = registration(item.event)
     if entry is None or not entry.ordered:
         return

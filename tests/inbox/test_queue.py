@@ -92,14 +92,46 @@ def test_idempotency_key_is_what_a_repeated_delivery_repeats():
     assert len(key()) == 64 and all(c in "0123456789abcdef" for c in key())  # a digest, not the material
 
 
-def test_accept_stores_the_event_and_a_duplicate_changes_nothing(handler, portal):
+def test_accept_stores_the_event_and_a_duplicate_is_applied_once(handler, portal):
+    calls, _script = handler
     item, created = accept(portal, access_token="first-delivery")
     assert created and item.state == State.PENDING and item.portal_id == portal.pk
+    # Delivered again before it was applied: a row of its own (a key is taken only by an applied row) ...
     again, created_again = accept(portal, access_token="second-delivery")  # the delivery's own token differs
-    assert not created_again and again.pk == item.pk
-    assert InboxItem.objects.count() == 1
-    assert InboxItem.objects.get().auth["access_token"] == "first-delivery"
+    assert created_again and again.pk != item.pk and again.idempotency_key == item.idempotency_key
+    assert inbox.process(again.pk).startswith("waiting for")
+    inbox.process_pending()
+    # ... applied once: the later row ends as a duplicate of the applied one, its handler never run.
+    assert calls == [item.pk]
+    again.refresh_from_db()
+    assert (again.state, again.outcome, again.sealed_auth) == (State.DONE, f"duplicate of #{item.pk}", "")
+    # Delivered once more after it was applied: nothing stored, the applied row answers.
+    third, created_third = accept(portal, access_token="third-delivery")
+    assert not created_third and third.pk == item.pk
+    assert InboxItem.objects.count() == 2
     assert accept(portal, ts="1700000005")[1]  # another event
+
+
+def test_a_rejected_row_never_absorbs_a_later_delivery(handler, portal):
+    """Every user of the portal holds its application_token and can predict the rest: a row posted ahead of
+    Bitrix24's delivery and rejected must not make the genuine one a duplicate."""
+    calls, script = handler
+    script.extend([inbox.Reject("not believed"), "applied"])
+    forged, _ = accept(portal)
+    inbox.process_pending()
+    forged.refresh_from_db()
+    assert forged.state == State.REJECTED
+    genuine, created = accept(portal)
+    assert created and genuine.pk != forged.pk
+    inbox.process_pending()
+    genuine.refresh_from_db()
+    assert (genuine.state, genuine.outcome) == (State.DONE, "applied") and calls == [forged.pk, genuine.pk]
+
+
+def test_lanes_are_part_of_the_keys_namespace():
+    assert key() != inbox.idempotency_key(
+        CODE, member_id="m1", ts="1700000000", data={"A": "1"}, event_handler_id="3", application_token="t", lane="unproven"
+    )
 
 
 def test_cheap_checks_refuse_without_storing(handler, portal):

@@ -217,6 +217,26 @@ def test_uninstall_with_clean_deletes_the_apps_data_and_keeps_history(client, in
     assert portal.events.count() >= history + 2
 
 
+def test_forged_uninstalls_posted_ahead_never_swallow_the_genuine_one(client, installed):
+    """An ordinary user holds the application_token and can predict the rest of the administrator's uninstall
+    (the `ts` is seconds): he posts it ahead, for every second around. Rejected by the worker (the app is still
+    installed), none of them makes Bitrix24's own delivery a "duplicate"."""
+    portal, b24 = installed
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
+    learned = b24.placement_post(user_id="2")["APPLICATION_TOKEN"]
+    genuine = b24.event_payload("ONAPPUNINSTALL", application_token=learned, data={"CLEAN": "1"})
+    for offset in range(-7, 8):
+        forged = {**genuine, "ts": str(int(genuine["ts"]) + offset)}
+        assert rejected(post_event(client, forged), "the app is still installed on the portal")
+    b24.uninstall()
+    response = post_event(client, genuine)
+    assert response.json()["result"] == "accepted" and done(response, "uninstalled")
+    portal.refresh_from_db()
+    assert portal.status == Portal.Status.UNINSTALLED
+    assert not Channel.objects.filter(portal=portal).exists()  # CLEAN=1 applied
+    assert portal.events.filter(kind=K.DATA_CLEANED).exists()
+
+
 @pytest.mark.parametrize("token", ["", "wrong", None])
 def test_uninstall_with_a_wrong_or_missing_token_changes_nothing(client, installed, token):
     portal, b24 = installed
