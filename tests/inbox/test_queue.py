@@ -130,7 +130,13 @@ def test_a_rejected_row_never_absorbs_a_later_delivery(handler, portal):
 
 def test_lanes_are_part_of_the_keys_namespace():
     assert key() != inbox.idempotency_key(
-        CODE, member_id="m1", ts="1700000000", data={"A": "1"}, event_handler_id="3", application_token="t", lane="unproven"
+        CODE,
+        member_id="m1",
+        ts="1700000000",
+        data={"A": "1"},
+        event_handler_id="3",
+        application_token="t",
+        lane="unproven",
     )
 
 
