@@ -170,6 +170,17 @@ B24_INBOX_SWEEP_INTERVAL = read.float("B24_INBOX_SWEEP_INTERVAL", default=30.0, 
 B24_INBOX_SWEEP_BATCH = read.int("B24_INBOX_SWEEP_BATCH", default=1000, minimum=1)
 B24_INBOX_UNVERIFIED_BURST = read.int("B24_INBOX_UNVERIFIED_BURST", default=20)
 B24_INBOX_UNVERIFIED_PER_MINUTE = read.float("B24_INBOX_UNVERIFIED_PER_MINUTE", default=30.0)
+# The inbox under floods (issue 23, inbox/queue.py). Events proven by the portal's application_token get a
+# budget per portal (every user of the portal holds that token; beyond it 429, and the offline pull recovers
+# what Bitrix24 could not deliver). At most B24_INBOX_PORTAL_WINDOW tasks per portal and lane wait in the
+# broker at once (fair dispatch). Unproven events (no stored portal vouches for them) share one budget for the
+# whole deployment, and at most B24_INBOX_UNPROVEN_MAX_WAITING of them wait unfinished at once.
+B24_INBOX_PORTAL_BURST = read.int("B24_INBOX_PORTAL_BURST", default=600, minimum=1)
+B24_INBOX_PORTAL_PER_MINUTE = read.float("B24_INBOX_PORTAL_PER_MINUTE", default=600.0)
+B24_INBOX_PORTAL_WINDOW = read.int("B24_INBOX_PORTAL_WINDOW", default=4, minimum=1)
+B24_INBOX_UNPROVEN_BURST = read.int("B24_INBOX_UNPROVEN_BURST", default=100, minimum=1)
+B24_INBOX_UNPROVEN_PER_MINUTE = read.float("B24_INBOX_UNPROVEN_PER_MINUTE", default=120.0)
+B24_INBOX_UNPROVEN_MAX_WAITING = read.int("B24_INBOX_UNPROVEN_MAX_WAITING", default=1000, minimum=1)
 # Offline events (inbox/offline.py): how often beat pulls each serving portal's offline queue (seconds), at
 # most how many records one pull takes (50 a request, so MAX/50 + 1 requests), how long one pull of a portal
 # may hold its single-flight (seconds), and ONOFFLINEEVENT's minTimeout (api-reference/events/on-offline-event.md:

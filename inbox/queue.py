@@ -121,7 +121,7 @@ def accept(
             raise Refused("unknown portal", status=404)
         if not proven:
             raise Refused("application_token does not match")
-    elif not proven:  # noqa: SIM102
+    elif not proven:
         # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
         # (Nested on purpose: admit() spends from the budget, so it stays a statement of its own.)
         if not limits.admit(
@@ -130,6 +130,16 @@ def accept(
             burst=settings.B24_INBOX_UNVERIFIED_BURST,
         ):
             raise Refused("too many unverified events for this portal", status=429, retry_after=30)
+    if proven:
+        # Every user of the portal holds its application_token: proven events get a budget per portal too
+        # (generous; what Bitrix24 could not deliver meanwhile the offline pull recovers, inbox/offline.py).
+        wait = limits.refused_for(
+            f"inbox-portal:{member_id}",
+            per_minute=settings.B24_INBOX_PORTAL_PER_MINUTE,
+            burst=settings.B24_INBOX_PORTAL_BURST,
+        )
+        if wait is not None:
+            raise Refused("too many events for this portal", status=429, retry_after=max(wait, 1.0))
     if entry.precheck is not None:
         entry.precheck(portal, auth, data)
     lane = InboxItem.Lane.PROVEN if proven else InboxItem.Lane.UNPROVEN
@@ -213,10 +223,10 @@ def _store(
         idempotency_key=key,
         received_at=now,
         next_attempt_at=now,
-        enqueued_at=now,
+        enqueued_at=None,  # held in the table until _release sends it (the portal lane's window)
     )
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
-    transaction.on_commit(lambda: enqueue(item.pk), robust=True)
+    transaction.on_commit(lambda: _release(member_id, lane), robust=True)
     log.info(
         "event accepted", extra={"member_id": member_id, "event": event_code, "inbox_id": item.pk, "source": source}
     )
@@ -255,6 +265,14 @@ def _older_unfinished(item: InboxItem) -> bool:
     ).exists()
 
 
+def _held(item: InboxItem) -> None:
+    """The item's task leaves the broker without running it: the row waits in the table, held (enqueued_at
+    null), and `_release` sends it again when the event it waits for is finished."""
+    if item.enqueued_at is not None:
+        item.enqueued_at = None
+        item.save(update_fields=["enqueued_at"])
+
+
 def _same_event(item: InboxItem) -> QuerySet[InboxItem]:
     """The other online rows of the item's key (offline keys never have two rows)."""
     return InboxItem.objects.filter(idempotency_key=item.idempotency_key).exclude(pk=item.pk)
@@ -283,6 +301,7 @@ def _claim(item_id: int, owner: str):
         if item.state == State.PENDING and item.next_attempt_at > now + timedelta(seconds=1):
             return None, "not due yet", None
         if entry is not None and entry.ordered and _older_unfinished(item):
+            _held(item)
             return None, "waiting for an older event of the portal", None
         applied = _same_event(item).filter(state=State.DONE).values_list("pk", flat=True).first()
         if applied is not None:  # another delivery of the same event was applied: this one is a duplicate
@@ -291,6 +310,7 @@ def _claim(item_id: int, owner: str):
             item.save(update_fields=["state", "finished_at", "outcome", "sealed_auth", "lease_owner", "lease_until"])
             return None, f"duplicate of #{applied}", None
         if _same_event(item).filter(id__lt=item.pk, state__in=InboxItem.UNFINISHED).exists():
+            _held(item)
             return None, "waiting for an earlier delivery of the same event", None
         item.state = State.PROCESSING
         item.attempts += 1
@@ -368,7 +388,9 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
                 state=State.PENDING,
                 last_error=reason[:1000],
                 next_attempt_at=now + timedelta(seconds=delay),
-                enqueued_at=timezone.now(),
+                # Short waits ride on the broker (a countdown task, in the lane's window); longer ones wait
+                # held in the table, and the sweeper releases them when due.
+                enqueued_at=timezone.now() if delay <= settings.B24_INBOX_MAX_COUNTDOWN else None,
             )
             log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
             # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks).
@@ -388,65 +410,92 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
 
 
 def _release_next(item: InboxItem) -> None:
-    """The portal's next ordered event may run now that this one is finished; so may a later delivery of the
-    same event (it waited for this one: it runs if this one was not applied, else it ends as a duplicate)."""
-    again = (
-        _same_event(item).filter(id__gt=item.pk, state=State.PENDING).order_by("id").values_list("pk", flat=True)
-    ).first()
-    if again is not None:
-        enqueue(again)
-    entry = registration(item.event)
-    if entry is None or not entry.ordered:
-        return
-    ordered = ordered_codes()
-    following = (
-        InboxItem.objects.filter(
-            member_id=item.member_id, lane=item.lane, id__gt=item.pk, state=State.PENDING, event__in=ordered
-        )
-        .order_by("id")
-        .values_list("pk", flat=True)
-        .first()
+    """The item is finished: its portal lane's next rows may go to the broker (its next ordered event, a later
+    delivery of the same event, unordered rows the window held back)."""
+    _release(item.member_id, item.lane)
+
+
+def _release(member_id: str, lane: str) -> int:
+    """Send the portal lane's next runnable rows to the broker, keeping at most B24_INBOX_PORTAL_WINDOW of its
+    rows there (queued or being processed); returns how many were sent.
+
+    Fair dispatch: a portal with thousands of waiting events has at most that many tasks in the broker per lane,
+    the rest wait in the table (held: `enqueued_at` null), so another portal's next event is behind at most
+    window x (portal lanes with work) tasks (docs/architecture.md). Runnable: the lane's oldest unfinished
+    ordered row (ordered rows run one at a time anyway), and unordered rows, oldest first; all of them pending,
+    held and due. Called after a row is stored, after one is finished, and by the sweeper.
+    """
+    now = timezone.now()
+    rows = InboxItem.objects.filter(member_id=member_id, lane=lane, state__in=InboxItem.UNFINISHED)
+    free = (
+        settings.B24_INBOX_PORTAL_WINDOW - rows.filter(Q(state=State.PROCESSING) | Q(enqueued_at__isnull=False)).count()
     )
-    if following is not None:
-        enqueue(following)
+    if free <= 0:
+        return 0
+    ordered = ordered_codes()
+    runnable = Q(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now + timedelta(seconds=1))
+    picks = list(rows.filter(runnable).exclude(event__in=ordered).order_by("id").values_list("pk", flat=True)[:free])
+    first_ordered = rows.filter(event__in=ordered).order_by("id").values_list("pk", flat=True).first()
+    if first_ordered is not None and rows.filter(runnable, pk=first_ordered).exists():
+        picks.append(first_ordered)
+    sent = 0
+    for pk in sorted(picks)[:free]:
+        # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
+        if InboxItem.objects.filter(pk=pk, state=State.PENDING, enqueued_at__isnull=True).update(enqueued_at=now):
+            sent += enqueue(pk)
+    return sent
 
 
 def sweep(now: datetime | None = None) -> int:
-    """Re-send tasks for rows whose task looks lost; returns how many were sent.
+    """Re-send tasks that were really lost, and release held rows the window has room for; returns how many
+    tasks were sent.
 
-    Lost: pending and due, but sent more than B24_INBOX_REQUEUE_AFTER ago (or never); or processing
-    with an expired lease (its worker died). A task sent twice is harmless: the claim admits one.
+    Lost: processing with an expired lease (its worker died); or pending, due, sent to the broker more than
+    B24_INBOX_REQUEUE_AFTER ago and still not taken (the broker lost it). A row waiting for an older event of
+    its portal lane, or held back by the window, is not lost: it is held in the table (`enqueued_at` null) and
+    only `_release` sends it, within the window. A task sent twice is harmless: the claim admits one.
     """
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.B24_INBOX_REQUEUE_AFTER)
-    lost = Q(state=State.PENDING, next_attempt_at__lte=now) & (Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale))
+    lost = Q(state=State.PENDING, next_attempt_at__lte=now, enqueued_at__lte=stale)
     lost |= Q(state=State.PROCESSING, lease_until__lt=now)
-    ids = list(
-        InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[: settings.B24_INBOX_SWEEP_BATCH]
+    batch = settings.B24_INBOX_SWEEP_BATCH
+    ids = list(InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[:batch])
+    sent = 0
+    if ids:
+        InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
+        sent += sum(1 for pk in ids if enqueue(pk))
+    held = (
+        InboxItem.objects.filter(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now)
+        .values_list("member_id", "lane")
+        .distinct()
+        .order_by()[:batch]
     )
-    if not ids:
-        return 0
-    InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
-    sent = sum(1 for pk in ids if enqueue(pk))
-    log.info("inbox sweep re-sent tasks", extra={"count": sent})
+    for member_id, lane in list(held):
+        sent += _release(member_id, lane)
+    if sent:
+        log.info("inbox sweep sent tasks", extra={"count": sent, "lost": len(ids)})
     return sent
 
 
 def replay(items: QuerySet[InboxItem]) -> int:
     """Put finished rows (a dead letter, a rejection) back to pending for a fresh set of attempts."""
-    count = 0
+    count, replayed = 0, []
     for pk in items.values_list("pk", flat=True):
         updated = InboxItem.objects.filter(pk=pk, state__in=(State.FAILED, State.REJECTED)).update(
             state=State.PENDING,
             attempts=0,
             next_attempt_at=timezone.now(),
-            enqueued_at=timezone.now(),
+            enqueued_at=None,  # held: released within its portal lane's window
             finished_at=None,
             outcome="",
         )
+        count += updated
         if updated:
-            count += 1
-            transaction.on_commit(partial(enqueue, pk), robust=True)
+            replayed.append(pk)
+    groups = set(InboxItem.objects.filter(pk__in=replayed).values_list("member_id", "lane").distinct().order_by())
+    for member_id, lane in groups:
+        transaction.on_commit(partial(_release, member_id, lane), robust=True)
     return count
 
 

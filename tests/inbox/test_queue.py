@@ -308,3 +308,86 @@ def test_an_event_whose_worker_dies_every_time_becomes_a_dead_letter(handler, po
     assert inbox.process(item.pk) == "failed: worker lost in every attempt"
     item.refresh_from_db()
     assert item.state == State.FAILED and "worker was lost" in item.last_error and calls == []
+
+
+# --- fair dispatch (issue 23) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published():
+    """The inbox items whose task went to the broker, in the order they went (Celery's own publish signal)."""
+    from celery.signals import before_task_publish
+
+    sent = []
+
+    def record(sender=None, body=None, **kwargs):
+        if sender == inbox.PROCESS_TASK:
+            args = body[0] if isinstance(body, (list, tuple)) else body.get("args")
+            sent.append(args[0])
+
+    before_task_publish.connect(record, weak=False)
+    yield sent
+    before_task_publish.disconnect(record)
+
+
+def test_a_portals_backlog_never_delays_another_portals_next_event(
+    handler, portal, published, settings, django_capture_on_commit_callbacks
+):
+    """200 events of portal A (its real application_token, as any of its users holds it), then one of portal
+    B: B's goes to the broker at once, ahead of A's backlog, which waits in the table."""
+    settings.B24_INBOX_PORTAL_WINDOW = 2
+    other = make_portal("active", member_id="m-inbox-2", domain="other.example.test", application_token="app-token-2")
+    with django_capture_on_commit_callbacks(execute=True):
+        backlog = [accept(portal, ts=str(n), code=OTHER if n % 2 else CODE)[0].pk for n in range(200)]
+        theirs, _ = accept(other, token="app-token-2", ts="1")
+    assert theirs.pk in published and published.index(theirs.pk) <= settings.B24_INBOX_PORTAL_WINDOW
+    assert len(set(published) & set(backlog)) <= settings.B24_INBOX_PORTAL_WINDOW
+    held = InboxItem.objects.filter(member_id=portal.member_id, enqueued_at__isnull=True, state=State.PENDING)
+    assert held.count() >= 200 - settings.B24_INBOX_PORTAL_WINDOW
+    # A worker takes the broker's tasks in turn: B's event runs among the first window + 1, and each task of A
+    # that ends releases the next of A's (its ordered ones one at a time, oldest first).
+    ran, taken = [], 0
+    while taken < len(published) and len(ran) < 12:
+        pk = published[taken]
+        taken += 1
+        if inbox.process(pk) in ("ok",):
+            ran.append(pk)
+    assert theirs.pk in ran[: settings.B24_INBOX_PORTAL_WINDOW + 1]
+    assert len(ran) == 12  # A's backlog drains, released by each finished task
+    ordered_ran = [pk for pk in ran if pk in backlog and InboxItem.objects.get(pk=pk).event == CODE]
+    assert ordered_ran == sorted(ordered_ran) == [pk for pk in backlog if pk in ordered_ran]
+    in_broker = InboxItem.objects.filter(member_id=portal.member_id, state=State.PENDING, enqueued_at__isnull=False)
+    assert in_broker.count() <= settings.B24_INBOX_PORTAL_WINDOW  # the rest of A's backlog is held
+
+
+def test_the_sweeper_resends_only_what_was_really_lost(handler, portal, published, settings):
+    """Rows waiting for an older event of their portal, or held back by the window, are not re-sent; a task the
+    broker lost, or a dead worker's claim, is."""
+    settings.B24_INBOX_PORTAL_WINDOW = 2
+    settings.B24_INBOX_REQUEUE_AFTER = 60
+    long_ago = timezone.now() - timedelta(minutes=5)
+    rows = [accept(portal, ts=str(n))[0] for n in range(10)]  # ordered: one at a time
+    unordered = [accept(portal, ts=str(n), code=OTHER)[0] for n in range(10)]
+    assert inbox.sweep() == 2  # nothing was sent (no commit here): the window's worth is released
+    assert sorted(published) == [rows[0].pk, unordered[0].pk]
+    assert inbox.sweep() == 0  # the rest is held, not lost: nothing is sent again
+    InboxItem.objects.filter(pk=rows[0].pk).update(enqueued_at=long_ago)  # the broker lost its task
+    InboxItem.objects.filter(pk=unordered[0].pk).update(  # its worker died
+        state=State.PROCESSING, lease_until=long_ago, enqueued_at=long_ago
+    )
+    published.clear()
+    assert inbox.sweep() == 2 and sorted(published) == [rows[0].pk, unordered[0].pk]
+    # A task of a waiting row that reaches a worker leaves the broker: held, not re-sent by the sweeper.
+    assert inbox.process(rows[1].pk) == "waiting for an older event of the portal"
+    assert InboxItem.objects.get(pk=rows[1].pk).enqueued_at is None
+
+
+def test_a_portals_budget_bounds_proven_events_with_a_429(handler, portal, settings):
+    settings.B24_INBOX_PORTAL_BURST = 3
+    settings.B24_INBOX_PORTAL_PER_MINUTE = 1
+    for n in range(3):
+        assert accept(portal, ts=str(n))[1]
+    with pytest.raises(inbox.Refused) as refused:
+        accept(portal, ts="4")
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    assert InboxItem.objects.count() == 3
