@@ -74,6 +74,7 @@ class InboxItem(models.Model):
         indexes = [
             models.Index(fields=["state", "next_attempt_at"], name="inbox_due"),
             models.Index(fields=["member_id", "lane", "state", "id"], name="inbox_lane_order"),
+            models.Index(fields=["lane", "state"], name="inbox_lane_waiting"),
         ]
 
     def __str__(self):

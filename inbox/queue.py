@@ -122,14 +122,7 @@ def accept(
         if not proven:
             raise Refused("application_token does not match")
     elif not proven:
-        # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
-        # (Nested on purpose: admit() spends from the budget, so it stays a statement of its own.)
-        if not limits.admit(
-            f"inbox:{member_id}",
-            per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
-            burst=settings.B24_INBOX_UNVERIFIED_BURST,
-        ):
-            raise Refused("too many unverified events for this portal", status=429, retry_after=30)
+        _admit_unproven(member_id)
     if proven:
         # Every user of the portal holds its application_token: proven events get a budget per portal too
         # (generous; what Bitrix24 could not deliver meanwhile the offline pull recovers, inbox/offline.py).
@@ -164,6 +157,28 @@ def accept(
         source=InboxItem.Source.ONLINE,
         lane=lane,
     )
+
+
+def _admit_unproven(member_id: str) -> None:
+    """Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause, per portal
+    and for the whole deployment (per minute, and in total waiting). Raises Refused (429)."""
+    waiting = InboxItem.objects.filter(lane=InboxItem.Lane.UNPROVEN, state__in=InboxItem.UNFINISHED)
+    cap = settings.B24_INBOX_UNPROVEN_MAX_WAITING
+    if waiting[:cap].count() >= cap:  # (a bounded count: it stops at the cap)
+        raise Refused("too many unverified events waiting", status=429, retry_after=60)
+    if not limits.admit(
+        f"inbox:{member_id}",
+        per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
+        burst=settings.B24_INBOX_UNVERIFIED_BURST,
+    ):
+        raise Refused("too many unverified events for this portal", status=429, retry_after=30)
+    wait = limits.refused_for(
+        "inbox-unproven",
+        per_minute=settings.B24_INBOX_UNPROVEN_PER_MINUTE,
+        burst=settings.B24_INBOX_UNPROVEN_BURST,
+    )
+    if wait is not None:
+        raise Refused("too many unverified events", status=429, retry_after=max(wait, 1.0))
 
 
 def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, ts: str = "") -> tuple[InboxItem, bool]:

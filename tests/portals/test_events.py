@@ -270,6 +270,28 @@ def test_a_flood_of_forged_events_writes_no_history(client, installed):
     assert counted.reason == "application_token does not match"
 
 
+@pytest.mark.parametrize("budget", ["per_minute", "waiting"])
+def test_events_for_portals_nobody_installed_stay_within_the_deployments_budget(client, b24, settings, budget):
+    """Forged ONAPPINSTALLs for made-up member_ids (each within its own per-portal budget): the rows stay within
+    the deployment-wide budget, per minute or in total waiting; beyond it 429 with Retry-After, nothing stored."""
+    settings.B24_INBOX_UNPROVEN_BURST, settings.B24_INBOX_UNPROVEN_PER_MINUTE = (
+        (8, 1) if budget == "per_minute" else (1000, 0)
+    )
+    settings.B24_INBOX_UNPROVEN_MAX_WAITING = 1000 if budget == "per_minute" else 5
+    answers = []
+    for n in range(40):
+        payload = b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token=f"made-up-{n}")
+        payload["auth[member_id]"] = f"{n:032x}"
+        response = client.post("/events/", payload)
+        answers.append(response.status_code)
+        if response.status_code == 429:
+            assert int(response["Retry-After"]) >= 1
+    allowed = 8 if budget == "per_minute" else 5
+    assert answers == [200] * allowed + [429] * (40 - allowed)
+    assert InboxItem.objects.count() == allowed
+    assert set(InboxItem.objects.values_list("lane", flat=True)) == {InboxItem.Lane.UNPROVEN}
+
+
 # --- ONAPPUPDATE ----------------------------------------------------------------------------------------
 
 
