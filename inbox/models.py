@@ -75,6 +75,7 @@ class InboxItem(models.Model):
             models.Index(fields=["state", "next_attempt_at"], name="inbox_due"),
             models.Index(fields=["member_id", "lane", "state", "id"], name="inbox_lane_order"),
             models.Index(fields=["lane", "state"], name="inbox_lane_waiting"),
+            models.Index(fields=["state", "finished_at"], name="inbox_finished"),
         ]
 
     def __str__(self):
@@ -93,3 +94,28 @@ class InboxItem(models.Model):
     @property
     def finished(self) -> bool:
         return self.state not in self.UNFINISHED
+
+
+class PruneRun(models.Model):
+    """One pass of the retention (inbox/queue.py prune, beat): what was deleted, and why. Read-only in the admin."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=255, help_text="The retention rule that applied, with its settings.")
+    finished_before = models.DateTimeField(help_text="Done and rejected rows finished before this were deleted.")
+    failed_before = models.DateTimeField(
+        null=True, blank=True, help_text="Failed rows finished before this were deleted (empty: failed rows are kept)."
+    )
+    done_deleted = models.PositiveIntegerField(default=0)
+    rejected_deleted = models.PositiveIntegerField(default=0)
+    failed_deleted = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self):
+        return f"prune {self.started_at:%Y-%m-%d %H:%M}: {self.deleted} row(s)"
+
+    @property
+    def deleted(self) -> int:
+        return self.done_deleted + self.rejected_deleted + self.failed_deleted

@@ -31,7 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from bitrix24 import limits
 from bitrix24.wire import JSON
 
-from .models import InboxItem
+from .models import InboxItem, PruneRun
 from .registry import Refused, Reject, Retry, directory, ordered_codes, registration
 
 log = logging.getLogger(__name__)
@@ -540,6 +540,51 @@ def process_pending(*, limit: int = 1000) -> int:
         if not progressed:  # nothing due, or all of it waits for something
             return runs
     return runs
+
+
+def prune(now: datetime | None = None, *, batch: int = 1000) -> PruneRun:
+    """Delete finished rows past their retention; returns the recorded run (shown in the admin).
+
+    Done and rejected rows go B24_INBOX_RETENTION_DAYS after they finished: by then Bitrix24 repeats nothing
+    (its duplicates come within seconds), and a rejection's reason has been seen. Failed rows (dead letters)
+    are kept until replayed, or B24_INBOX_FAILED_RETENTION_DAYS when that is set. Unfinished rows never go.
+    Deleted in batches of `batch` rows, each its own short statement."""
+    now = now or timezone.now()
+    days, failed_days = settings.B24_INBOX_RETENTION_DAYS, settings.B24_INBOX_FAILED_RETENTION_DAYS
+    run = PruneRun.objects.create(
+        started_at=now,
+        finished_before=now - timedelta(days=days),
+        failed_before=now - timedelta(days=failed_days) if failed_days else None,
+        reason=(
+            f"retention: done and rejected after {days} day(s) (B24_INBOX_RETENTION_DAYS); failed "
+            + (
+                f"after {failed_days} day(s) (B24_INBOX_FAILED_RETENTION_DAYS)"
+                if failed_days
+                else "kept until replayed"
+            )
+        )[:255],
+    )
+    counts = {State.DONE: 0, State.REJECTED: 0, State.FAILED: 0}
+    cutoffs = {State.DONE: run.finished_before, State.REJECTED: run.finished_before, State.FAILED: run.failed_before}
+    for state, cutoff in cutoffs.items():
+        if cutoff is None:
+            continue
+        while True:
+            ids = list(
+                InboxItem.objects.filter(state=state, finished_at__lt=cutoff).values_list("pk", flat=True)[:batch]
+            )
+            if not ids:
+                break
+            counts[state] += InboxItem.objects.filter(pk__in=ids, state=state).delete()[0]
+    run.done_deleted, run.rejected_deleted, run.failed_deleted = (
+        counts[State.DONE],
+        counts[State.REJECTED],
+        counts[State.FAILED],
+    )
+    run.finished_at = timezone.now()
+    run.save(update_fields=["done_deleted", "rejected_deleted", "failed_deleted", "finished_at"])
+    log.info("inbox pruned", extra={"deleted": run.deleted, "reason": run.reason})
+    return run
 
 
 class Backlog(TypedDict):

@@ -391,3 +391,47 @@ def test_a_portals_budget_bounds_proven_events_with_a_429(handler, portal, setti
         accept(portal, ts="4")
     assert refused.value.status == 429 and refused.value.retry_after >= 1
     assert InboxItem.objects.count() == 3
+
+
+# --- retention ------------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_finished_rows_past_their_retention_and_records_why(
+    handler, portal, settings, admin_client, django_capture_on_commit_callbacks
+):
+    from inbox.models import PruneRun
+    from inbox.tasks import prune_inbox
+
+    settings.B24_INBOX_RETENTION_DAYS = 14
+    settings.B24_INBOX_FAILED_RETENTION_DAYS = 0  # dead letters kept until replayed
+    old, recent = timezone.now() - timedelta(days=15), timezone.now() - timedelta(days=13)
+    rows = {}
+    for n, (state, finished) in enumerate(
+        [
+            ("done", old),
+            ("rejected", old),
+            ("failed", old),
+            ("done", recent),
+            ("rejected", recent),
+            ("pending", None),
+            ("processing", None),
+        ]
+    ):
+        item, _ = accept(portal, ts=str(n))
+        InboxItem.objects.filter(pk=item.pk).update(state=state, finished_at=finished, received_at=old)
+        rows[(state, finished)] = item.pk
+    assert prune_inbox() == 2  # the beat task
+    left = set(InboxItem.objects.values_list("pk", flat=True))
+    assert left == set(rows.values()) - {rows[("done", old)], rows[("rejected", old)]}
+    run = PruneRun.objects.get()
+    assert (run.done_deleted, run.rejected_deleted, run.failed_deleted) == (1, 1, 0)
+    assert "14 day(s)" in run.reason and "failed kept until replayed" in run.reason and run.finished_at
+    # Failed rows go too once their own retention is set; nothing unfinished ever does.
+    settings.B24_INBOX_FAILED_RETENTION_DAYS = 14
+    second = inbox.prune()
+    assert (second.done_deleted, second.rejected_deleted, second.failed_deleted) == (0, 0, 1)
+    assert InboxItem.objects.filter(state__in=InboxItem.UNFINISHED).count() == 2
+    # The admin shows each run, what it deleted and why; nobody edits one.
+    listing = admin_client.get("/admin/inbox/prunerun/").content.decode()
+    assert "kept until replayed" in listing and "B24_INBOX_FAILED_RETENTION_DAYS" in listing
+    assert admin_client.get("/admin/inbox/prunerun/add/").status_code == 403
