@@ -20,12 +20,13 @@ class InboxItemAdmin(admin.ModelAdmin):
         "portal",
         "event",
         "source",
+        "lane",
         "state",
         "attempts",
         "next_attempt_at",
         "short_error",
     )
-    list_filter = ("state", "event", "source")
+    list_filter = ("state", "lane", "event", "source")
     search_fields = ("member_id", "portal__domain")
     list_select_related = ("portal",)
     show_full_result_count = False
@@ -36,6 +37,7 @@ class InboxItemAdmin(admin.ModelAdmin):
         "member_id",
         "event",
         "source",
+        "lane",
         "event_handler_id",
         "ts",
         "data",

@@ -8,6 +8,13 @@ a task that got lost (broker restarted, worker killed) is sent again by `sweep`.
 
 Handlers and the portal directory are registered (inbox/registry.py). Attempts are bounded; the last
 failure leaves the row `failed` (a dead letter) until `replay`.
+
+Under floods (issue 23; docs/architecture.md, "The inbox under floods"): each row is in a *lane*, proven
+(the portal's application_token matched, or pulled offline with our tokens) or unproven, and a portal's
+order holds within a lane only; a key marks a duplicate only once a row of it was applied (idempotency_key);
+proven events have a budget per portal, unproven ones one for the deployment; at most
+B24_INBOX_PORTAL_WINDOW tasks per portal and lane are in the broker (`_release`), the rest wait in the
+table, held; and finished rows are pruned after their retention (`prune`).
 """
 
 import contextlib
@@ -107,7 +114,8 @@ def accept(
 ) -> tuple[InboxItem, bool]:
     """Run the cheap checks and store the event; returns (item, created). A duplicate changes nothing.
 
-    Raises Refused (nothing stored). The task is sent once the surrounding transaction commits.
+    Raises Refused (nothing stored; 429 past an admission budget). Once the surrounding transaction commits,
+    the row goes to the broker within its portal lane's window (`_release`), or waits there, held.
     """
     entry = registration(event_code)
     if entry is None:
@@ -438,7 +446,8 @@ def _release(member_id: str, lane: str) -> int:
     the rest wait in the table (held: `enqueued_at` null), so another portal's next event is behind at most
     window x (portal lanes with work) tasks (docs/architecture.md). Runnable: the lane's oldest unfinished
     ordered row (ordered rows run one at a time anyway), and unordered rows, oldest first; all of them pending,
-    held and due. Called after a row is stored, after one is finished, and by the sweeper.
+    held and due. Called after a row is stored, after one is finished, and by the sweeper (which also picks
+    up a row stored in the instant its predecessor finished, and a send the broker refused).
     """
     now = timezone.now()
     rows = InboxItem.objects.filter(member_id=member_id, lane=lane, state__in=InboxItem.UNFINISHED)
