@@ -416,9 +416,12 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
                 enqueued_at=timezone.now() if delay <= settings.B24_INBOX_MAX_COUNTDOWN else None,
             )
             log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
-            # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks).
+            # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks), and
+            # the window's slot goes to the lane's next held row.
             if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
                 enqueue(item.pk, countdown=delay)
+            elif send:
+                _release(item.member_id, item.lane)
             return True, f"retry in {delay:.0f} s: {reason}"
     else:
         # A done event is never replayed: its auth (tokens) is no longer needed at rest.
@@ -458,7 +461,15 @@ def _release(member_id: str, lane: str) -> int:
         return 0
     ordered = ordered_codes()
     runnable = Q(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now + timedelta(seconds=1))
-    picks = list(rows.filter(runnable).exclude(event__in=ordered).order_by("id").values_list("pk", flat=True)[:free])
+    picks = [
+        pk
+        for pk, key in rows.filter(runnable)
+        .exclude(event__in=ordered)
+        .order_by("id")
+        .values_list("pk", "idempotency_key")[: free * 2]
+        # not one that waits for an earlier delivery of the same event (its task would only come back)
+        if not rows.filter(idempotency_key=key, id__lt=pk).exists()
+    ][:free]
     first_ordered = rows.filter(event__in=ordered).order_by("id").values_list("pk", flat=True).first()
     if first_ordered is not None and rows.filter(runnable, pk=first_ordered).exists():
         picks.append(first_ordered)

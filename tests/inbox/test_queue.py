@@ -382,6 +382,20 @@ def test_the_sweeper_resends_only_what_was_really_lost(handler, portal, publishe
     assert InboxItem.objects.get(pk=rows[1].pk).enqueued_at is None
 
 
+def test_a_second_delivery_waits_held_until_the_first_is_finished(handler, portal, published, settings):
+    """Bitrix24 delivered an unordered event twice: the second is not sent while the first is unfinished (it
+    would only come back), then it ends as a duplicate without running the handler."""
+    calls, _script = handler
+    settings.B24_INBOX_PORTAL_WINDOW = 4
+    first, _ = accept(portal, code=OTHER)
+    second, created = accept(portal, code=OTHER)
+    assert created
+    assert inbox.sweep() == 1 and published == [first.pk]
+    assert inbox.process(first.pk) == "ok"  # finished: releases the second
+    assert published == [first.pk, second.pk]
+    assert inbox.process(second.pk) == f"duplicate of #{first.pk}" and calls == [first.pk]
+
+
 def test_a_portals_budget_bounds_proven_events_with_a_429(handler, portal, settings):
     settings.B24_INBOX_PORTAL_BURST = 3
     settings.B24_INBOX_PORTAL_PER_MINUTE = 1
