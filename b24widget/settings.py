@@ -215,6 +215,21 @@ B24_INBOX_SWEEP_INTERVAL = read.float("B24_INBOX_SWEEP_INTERVAL", default=30.0, 
 B24_INBOX_SWEEP_BATCH = read.int("B24_INBOX_SWEEP_BATCH", default=1000, minimum=1)
 B24_INBOX_UNVERIFIED_BURST = read.int("B24_INBOX_UNVERIFIED_BURST", default=20)
 B24_INBOX_UNVERIFIED_PER_MINUTE = read.float("B24_INBOX_UNVERIFIED_PER_MINUTE", default=30.0)
+# The inbox under floods (issue 23, inbox/queue.py). Events proven by the portal's application_token get a
+# budget per portal (every user of the portal holds that token; beyond it 429, and the offline pull recovers
+# what Bitrix24 could not deliver). At most B24_INBOX_PORTAL_WINDOW tasks per portal and lane wait in the
+# broker at once (fair dispatch). Unproven events (no stored portal vouches for them) share one budget for the
+# whole deployment, and at most B24_INBOX_UNPROVEN_MAX_WAITING of them wait unfinished at once.
+B24_INBOX_PORTAL_BURST = read.int("B24_INBOX_PORTAL_BURST", default=600, minimum=1)
+B24_INBOX_PORTAL_PER_MINUTE = read.float("B24_INBOX_PORTAL_PER_MINUTE", default=600.0)
+B24_INBOX_PORTAL_WINDOW = read.int("B24_INBOX_PORTAL_WINDOW", default=4, minimum=1)
+B24_INBOX_UNPROVEN_BURST = read.int("B24_INBOX_UNPROVEN_BURST", default=100, minimum=1)
+B24_INBOX_UNPROVEN_PER_MINUTE = read.float("B24_INBOX_UNPROVEN_PER_MINUTE", default=120.0)
+B24_INBOX_UNPROVEN_MAX_WAITING = read.int("B24_INBOX_UNPROVEN_MAX_WAITING", default=1000, minimum=1)
+# Retention (inbox/queue.py prune, beat daily): done and rejected rows are deleted this many days after they
+# finished; failed rows (dead letters) are kept until replayed, or this many days when set (0: kept).
+B24_INBOX_RETENTION_DAYS = read.int("B24_INBOX_RETENTION_DAYS", default=14, minimum=1)
+B24_INBOX_FAILED_RETENTION_DAYS = read.int("B24_INBOX_FAILED_RETENTION_DAYS", default=0, minimum=0)
 # Offline events (inbox/offline.py): how often beat pulls each serving portal's offline queue (seconds), at
 # most how many records one pull takes (50 a request, so MAX/50 + 1 requests), how long one pull of a portal
 # may hold its single-flight (seconds), and ONOFFLINEEVENT's minTimeout (api-reference/events/on-offline-event.md:
@@ -491,6 +506,8 @@ CELERY_BEAT_SCHEDULE = {
     "inbox-sweep": {"task": "portals.sweep_inbox", "schedule": B24_INBOX_SWEEP_INTERVAL},
     # Each serving portal's offline queue: what Bitrix24 could not deliver (ONOFFLINEEVENT wakes one sooner).
     "inbox-offline-pull": {"task": "inbox.pull_offline_events", "schedule": B24_OFFLINE_PULL_INTERVAL},
+    # Finished inbox rows past their retention (B24_INBOX_RETENTION_DAYS); each run is shown in the admin.
+    "inbox-prune": {"task": "inbox.prune", "schedule": crontab(minute=29, hour=4)},
     # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
     # Rotated tokens held during a database outage are stored as soon as the database is back.
     "held-tokens": {"task": "portals.store_held_grants", "schedule": B24_TOKEN_HELD_INTERVAL},

@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 
 from . import queue
-from .models import InboxItem
+from .models import InboxItem, PruneRun
 
 
 @admin.register(InboxItem)
@@ -16,7 +16,7 @@ class InboxItemAdmin(admin.ModelAdmin):
     # Readable at 1,280 px beside the navigation and the filters: the state second, one column for the portal
     # (its address, or the member_id no stored portal has); source, attempts and next attempt are on the item.
     list_display = ("id", "state", "event", "sender", "received_at", "short_error")
-    list_filter = ("state", "event", "source")
+    list_filter = ("state", "lane", "event", "source")
     search_fields = ("member_id", "portal__domain")
     list_select_related = ("portal",)
     show_full_result_count = False
@@ -27,6 +27,7 @@ class InboxItemAdmin(admin.ModelAdmin):
         "member_id",
         "event",
         "source",
+        "lane",
         "event_handler_id",
         "ts",
         "data",
@@ -72,3 +73,31 @@ class InboxItemAdmin(admin.ModelAdmin):
         self.message_user(
             request, _("Sent again: %(count)d") % {"count": count}, messages.SUCCESS if count else messages.WARNING
         )
+
+
+@admin.register(PruneRun)
+class PruneRunAdmin(admin.ModelAdmin):
+    """What the retention deleted from the inbox, when and why (read-only)."""
+
+    list_display = ("started_at", "done_deleted", "rejected_deleted", "failed_deleted", "finished_before", "reason")
+    fields = (
+        "started_at",
+        "finished_at",
+        "reason",
+        "finished_before",
+        "failed_before",
+        "done_deleted",
+        "rejected_deleted",
+        "failed_deleted",
+    )
+    readonly_fields = fields
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -13,7 +13,8 @@ class InboxItem(models.Model):
     """One Bitrix24 event, stored durably when it arrived and processed later by a worker (inbox/queue.py).
 
     `auth` is kept encrypted at rest (it holds `application_token` and, for some events, tokens) and is
-    never shown; `idempotency_key` is a keyed digest of what a duplicate delivery repeats.
+    never shown; `idempotency_key` is a keyed digest of what a duplicate delivery repeats; not unique: a key is taken
+    only by a row that was applied (inbox/queue.py idempotency_key says why).
     """
 
     class State(models.TextChoices):
@@ -27,6 +28,10 @@ class InboxItem(models.Model):
         ONLINE = "online", _("online (POSTed to /events/)")
         OFFLINE = "offline", _("offline (pulled from the portal's queue)")
 
+    class Lane(models.TextChoices):
+        PROVEN = "proven", _("proven (the portal's application_token, or pulled with our tokens)")
+        UNPROVEN = "unproven", _("unproven (no stored portal vouches for it)")
+
     UNFINISHED = (State.PENDING, State.PROCESSING)
 
     VAULT_LABEL_FIELDS = ("event", "member_id")  # how key rotation names a row
@@ -39,12 +44,16 @@ class InboxItem(models.Model):
     # How it came: POSTed by Bitrix24 (checked by its application_token), or pulled by us from the portal's
     # offline queue with the app's own tokens (inbox/offline.py). Only the pull sets `offline`.
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.ONLINE)
+    # Whether the sender proved itself at accept: its application_token matched the stored portal's, or the row
+    # was pulled offline with our own tokens (proven); or nothing vouched for it (unproven). A portal's order
+    # holds within a lane only, so a stranger's flood never holds back the portal's genuine events.
+    lane = models.CharField(max_length=8, choices=Lane.choices, default=Lane.PROVEN)
     data = models.JSONField(default=dict, blank=True)
     sealed_auth = EncryptedTextField(blank=True, editable=False)
     ts = models.CharField(
         max_length=32, blank=True, help_text="The event's `ts` as Bitrix24 sent it (offline: the record's TIMESTAMP_X)."
     )
-    idempotency_key = models.CharField(max_length=64, unique=True, editable=False)
+    idempotency_key = models.CharField(max_length=64, db_index=True, editable=False)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(default=timezone.now)
@@ -64,7 +73,9 @@ class InboxItem(models.Model):
         ordering = ["-id"]
         indexes = [
             models.Index(fields=["state", "next_attempt_at"], name="inbox_due"),
-            models.Index(fields=["member_id", "state", "id"], name="inbox_portal_order"),
+            models.Index(fields=["member_id", "lane", "state", "id"], name="inbox_lane_order"),
+            models.Index(fields=["lane", "state"], name="inbox_lane_waiting"),
+            models.Index(fields=["state", "finished_at"], name="inbox_finished"),
         ]
 
     def __str__(self):
@@ -83,3 +94,28 @@ class InboxItem(models.Model):
     @property
     def finished(self) -> bool:
         return self.state not in self.UNFINISHED
+
+
+class PruneRun(models.Model):
+    """One pass of the retention (inbox/queue.py prune, beat): what was deleted, and why. Read-only in the admin."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=255, help_text="The retention rule that applied, with its settings.")
+    finished_before = models.DateTimeField(help_text="Done and rejected rows finished before this were deleted.")
+    failed_before = models.DateTimeField(
+        null=True, blank=True, help_text="Failed rows finished before this were deleted (empty: failed rows are kept)."
+    )
+    done_deleted = models.PositiveIntegerField(default=0)
+    rejected_deleted = models.PositiveIntegerField(default=0)
+    failed_deleted = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self):
+        return f"prune {self.started_at:%Y-%m-%d %H:%M}: {self.deleted} row(s)"
+
+    @property
+    def deleted(self) -> int:
+        return self.done_deleted + self.rejected_deleted + self.failed_deleted

@@ -8,6 +8,13 @@ a task that got lost (broker restarted, worker killed) is sent again by `sweep`.
 
 Handlers and the portal directory are registered (inbox/registry.py). Attempts are bounded; the last
 failure leaves the row `failed` (a dead letter) until `replay`.
+
+Under floods (issue 23; docs/architecture.md, "The inbox under floods"): each row is in a *lane*, proven
+(the portal's application_token matched, or pulled offline with our tokens) or unproven, and a portal's
+order holds within a lane only; a key marks a duplicate only once a row of it was applied (idempotency_key);
+proven events have a budget per portal, unproven ones one for the deployment; at most
+B24_INBOX_PORTAL_WINDOW tasks per portal and lane are in the broker (`_release`), the rest wait in the
+table, held; and finished rows are pruned after their retention (`prune`).
 """
 
 import contextlib
@@ -23,7 +30,7 @@ from typing import TypedDict
 
 from celery import current_app
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -31,7 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 from bitrix24 import limits
 from bitrix24.wire import JSON
 
-from .models import InboxItem
+from .models import InboxItem, PruneRun
 from .registry import Refused, Reject, Retry, directory, ordered_codes, registration
 
 log = logging.getLogger(__name__)
@@ -52,18 +59,30 @@ def idempotency_key(
     event_handler_id: str = "",
     application_token: str = "",
     offline_record: str = "",
+    lane: str = InboxItem.Lane.PROVEN,
 ) -> str:
     """A keyed digest (HMAC under SECRET_KEY) of what a repeated delivery of one event repeats.
 
     Online (POSTed to /events/): event code, handler id, member_id, `ts` and the whole `data` block identify
-    the event; the `application_token` keeps an unverified sender from taking a genuine event's key in
-    advance. The access and refresh tokens are left out: they are credentials of the delivery, not the event.
+    the event, with the `application_token`. The access and refresh tokens are left out: they are credentials
+    of the delivery, not the event. `lane` is part of the namespace: an unproven row (no stored portal vouched
+    for it at accept) never shares a key with a proven one.
+
+    Every user of a portal holds its application_token and can predict the rest (the `ts` is seconds), so an
+    online key can be *taken in advance*: a forger posts the administrator's uninstall before Bitrix24 does.
+    That is why a key only marks a duplicate once a row of it was applied: `/events/` answers "duplicate"
+    (storing nothing) only when a row of the key is `done`; otherwise the delivery gets a row of its own and
+    the dedupe happens in the worker (`_claim`): the first row of a key that is applied wins, later rows of it
+    wait while an earlier one is unfinished and are finished as duplicates once one is done. A rejected or
+    failed row absorbs nothing. So Bitrix24's real duplicates (one event delivered twice) are applied once,
+    and a forged row that was rejected never swallows the genuine delivery.
 
     Offline (pulled from the portal's queue, inbox/offline.py): `offline_record` names the record *in the
     state it was fetched*: its ID, MESSAGE_ID and TIMESTAMP_X (a later change of the same object moves
-    TIMESTAMP_X, so it is a new row). The material starts with "offline", a namespace of its own. So a record
-    fetched twice (a pull that stopped before `event.offline.clear`, then fetched again under the same
-    process_id) is stored once.
+    TIMESTAMP_X, so it is a new row). The material starts with "offline", a namespace of its own, which only
+    our own pull (with the app's tokens) writes: nobody can take it in advance, so there any row of the key
+    absorbs a record fetched again (a pull that stopped before `event.offline.clear`, then fetched again under
+    the same process_id): it is stored once.
 
     Why one event seen both ways is two rows, and still applied once: the two deliveries share no field that
     names the change (online: `ts`, the full `data`, the handler id; offline: the object's ids, TIMESTAMP_X,
@@ -78,6 +97,8 @@ def idempotency_key(
         parts = ["offline", event_code.upper(), member_id, offline_record]
     else:
         parts = [event_code.upper(), str(event_handler_id), member_id, str(ts), data, application_token]
+        if lane != InboxItem.Lane.PROVEN:  # (proven keys keep the material they always had)
+            parts = [str(lane), *parts]
     material = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hmac.new(settings.SECRET_KEY.encode(), material.encode(), hashlib.sha256).hexdigest()
 
@@ -93,7 +114,8 @@ def accept(
 ) -> tuple[InboxItem, bool]:
     """Run the cheap checks and store the event; returns (item, created). A duplicate changes nothing.
 
-    Raises Refused (nothing stored). The task is sent once the surrounding transaction commits.
+    Raises Refused (nothing stored; 429 past an admission budget). Once the surrounding transaction commits,
+    the row goes to the broker within its portal lane's window (`_release`), or waits there, held.
     """
     entry = registration(event_code)
     if entry is None:
@@ -101,22 +123,27 @@ def accept(
     portal = directory().find(member_id)
     presented = auth.get("application_token")
     application_token = presented if isinstance(presented, str) else ""
+    proven = portal is not None and portal.application_token_is(application_token)
     if entry.needs_application_token:
         if portal is None:
             raise Refused("unknown portal", status=404)
-        if not portal.application_token_is(application_token):
+        if not proven:
             raise Refused("application_token does not match")
-    elif portal is None or not portal.application_token_is(application_token):  # noqa: SIM102
-        # Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause.
-        # (Nested on purpose: admit() spends from the budget, so it stays a statement of its own.)
-        if not limits.admit(
-            f"inbox:{member_id}",
-            per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
-            burst=settings.B24_INBOX_UNVERIFIED_BURST,
-        ):
-            raise Refused("too many unverified events for this portal", status=429, retry_after=30)
+    elif not proven:
+        _admit_unproven(member_id)
+    if proven:
+        # Every user of the portal holds its application_token: proven events get a budget per portal too
+        # (generous; what Bitrix24 could not deliver meanwhile the offline pull recovers, inbox/offline.py).
+        wait = limits.refused_for(
+            f"inbox-portal:{member_id}",
+            per_minute=settings.B24_INBOX_PORTAL_PER_MINUTE,
+            burst=settings.B24_INBOX_PORTAL_BURST,
+        )
+        if wait is not None:
+            raise Refused("too many events for this portal", status=429, retry_after=max(wait, 1.0))
     if entry.precheck is not None:
         entry.precheck(portal, auth, data)
+    lane = InboxItem.Lane.PROVEN if proven else InboxItem.Lane.UNPROVEN
     key = idempotency_key(
         entry.event_code,
         member_id=member_id,
@@ -124,6 +151,7 @@ def accept(
         data=data,
         event_handler_id=event_handler_id,
         application_token=application_token,
+        lane=lane,
     )
     return _store(
         entry.event_code,
@@ -135,7 +163,30 @@ def accept(
         ts=str(ts),
         event_handler_id=event_handler_id,
         source=InboxItem.Source.ONLINE,
+        lane=lane,
     )
+
+
+def _admit_unproven(member_id: str) -> None:
+    """Anyone may send these: bound the rows (and later the OAuth attempts) a stranger can cause, per portal
+    and for the whole deployment (per minute, and in total waiting). Raises Refused (429)."""
+    waiting = InboxItem.objects.filter(lane=InboxItem.Lane.UNPROVEN, state__in=InboxItem.UNFINISHED)
+    cap = settings.B24_INBOX_UNPROVEN_MAX_WAITING
+    if waiting[:cap].count() >= cap:  # (a bounded count: it stops at the cap)
+        raise Refused("too many unverified events waiting", status=429, retry_after=60)
+    if not limits.admit(
+        f"inbox:{member_id}",
+        per_minute=settings.B24_INBOX_UNVERIFIED_PER_MINUTE,
+        burst=settings.B24_INBOX_UNVERIFIED_BURST,
+    ):
+        raise Refused("too many unverified events for this portal", status=429, retry_after=30)
+    wait = limits.refused_for(
+        "inbox-unproven",
+        per_minute=settings.B24_INBOX_UNPROVEN_PER_MINUTE,
+        burst=settings.B24_INBOX_UNPROVEN_BURST,
+    )
+    if wait is not None:
+        raise Refused("too many unverified events", status=429, retry_after=max(wait, 1.0))
 
 
 def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, ts: str = "") -> tuple[InboxItem, bool]:
@@ -160,41 +211,45 @@ def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, 
         ts=ts,
         event_handler_id="",
         source=InboxItem.Source.OFFLINE,
+        lane=InboxItem.Lane.PROVEN,  # fetched from the portal with the app's own tokens
     )
 
 
 def _store(
-    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source
+    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source, lane
 ) -> tuple[InboxItem, bool]:
-    """One row for the event, or the row its key already has (a duplicate changes nothing)."""
+    """One row for the event, or the row that already answers for its key (a duplicate changes nothing).
+
+    Online, only a row of the key that was applied (`done`) answers for it; offline, any row (see
+    idempotency_key). Otherwise a new row, deduplicated in the worker (`_claim`)."""
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            item = InboxItem.objects.create(
-                portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
-                member_id=member_id,
-                event=event_code,
-                event_handler_id=event_handler_id[:32],
-                source=source,
-                data=data,
-                sealed_auth=sealed_auth,
-                ts=ts[:32],
-                idempotency_key=key,
-                received_at=now,
-                next_attempt_at=now,
-                enqueued_at=now,
-            )
-    except IntegrityError:
-        existing = InboxItem.objects.filter(idempotency_key=key).first()
-        if existing is None:
-            raise
+    absorbing = InboxItem.objects.filter(idempotency_key=key)
+    if source == InboxItem.Source.ONLINE:
+        absorbing = absorbing.filter(state=State.DONE)
+    existing = absorbing.order_by("id").first()
+    if existing is not None:
         log.info(
             "duplicate event delivery",
             extra={"member_id": member_id, "event": event_code, "inbox_id": existing.pk, "source": source},
         )
         return existing, False
+    item = InboxItem.objects.create(
+        portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
+        member_id=member_id,
+        event=event_code,
+        event_handler_id=event_handler_id[:32],
+        source=source,
+        lane=lane,
+        data=data,
+        sealed_auth=sealed_auth,
+        ts=ts[:32],
+        idempotency_key=key,
+        received_at=now,
+        next_attempt_at=now,
+        enqueued_at=None,  # held in the table until _release sends it (the portal lane's window)
+    )
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
-    transaction.on_commit(lambda: enqueue(item.pk), robust=True)
+    transaction.on_commit(lambda: _release(member_id, lane), robust=True)
     log.info(
         "event accepted", extra={"member_id": member_id, "event": event_code, "inbox_id": item.pk, "source": source}
     )
@@ -229,8 +284,21 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
 def _older_unfinished(item: InboxItem) -> bool:
     ordered = ordered_codes()
     return InboxItem.objects.filter(
-        member_id=item.member_id, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
+        member_id=item.member_id, lane=item.lane, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
     ).exists()
+
+
+def _held(item: InboxItem) -> None:
+    """The item's task leaves the broker without running it: the row waits in the table, held (enqueued_at
+    null), and `_release` sends it again when the event it waits for is finished."""
+    if item.enqueued_at is not None:
+        item.enqueued_at = None
+        item.save(update_fields=["enqueued_at"])
+
+
+def _same_event(item: InboxItem) -> QuerySet[InboxItem]:
+    """The other online rows of the item's key (offline keys never have two rows)."""
+    return InboxItem.objects.filter(idempotency_key=item.idempotency_key).exclude(pk=item.pk)
 
 
 def _claim(item_id: int, owner: str):
@@ -256,7 +324,17 @@ def _claim(item_id: int, owner: str):
         if item.state == State.PENDING and item.next_attempt_at > now + timedelta(seconds=1):
             return None, "not due yet", None
         if entry is not None and entry.ordered and _older_unfinished(item):
+            _held(item)
             return None, "waiting for an older event of the portal", None
+        applied = _same_event(item).filter(state=State.DONE).values_list("pk", flat=True).first()
+        if applied is not None:  # another delivery of the same event was applied: this one is a duplicate
+            item.state, item.finished_at, item.outcome = State.DONE, now, f"duplicate of #{applied}"
+            item.sealed_auth, item.lease_owner, item.lease_until = "", "", None
+            item.save(update_fields=["state", "finished_at", "outcome", "sealed_auth", "lease_owner", "lease_until"])
+            return None, f"duplicate of #{applied}", None
+        if _same_event(item).filter(id__lt=item.pk, state__in=InboxItem.UNFINISHED).exists():
+            _held(item)
+            return None, "waiting for an earlier delivery of the same event", None
         item.state = State.PROCESSING
         item.attempts += 1
         item.lease_owner = owner
@@ -282,6 +360,12 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
     """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker."""
     owner = uuid.uuid4().hex
     item, why_not, lease_left = _claim(item_id, owner)
+    if item is None and why_not.startswith("duplicate of"):
+        log.info("duplicate event finished", extra={"inbox_id": item_id, "outcome": why_not, "task_id": task_id})
+        finished = InboxItem.objects.filter(pk=item_id).first()
+        if send and finished is not None:
+            _release_next(finished)
+        return True, why_not
     if item is None:
         log.info("inbox item skipped", extra={"inbox_id": item_id, "reason": why_not, "task_id": task_id})
         if send and lease_left is not None:
@@ -327,12 +411,17 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
                 state=State.PENDING,
                 last_error=reason[:1000],
                 next_attempt_at=now + timedelta(seconds=delay),
-                enqueued_at=timezone.now(),
+                # Short waits ride on the broker (a countdown task, in the lane's window); longer ones wait
+                # held in the table, and the sweeper releases them when due.
+                enqueued_at=timezone.now() if delay <= settings.B24_INBOX_MAX_COUNTDOWN else None,
             )
             log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
-            # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks).
+            # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks), and
+            # the window's slot goes to the lane's next held row.
             if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
                 enqueue(item.pk, countdown=delay)
+            elif send:
+                _release(item.member_id, item.lane)
             return True, f"retry in {delay:.0f} s: {reason}"
     else:
         # A done event is never replayed: its auth (tokens) is no longer needed at rest.
@@ -347,57 +436,101 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
 
 
 def _release_next(item: InboxItem) -> None:
-    """The portal's next ordered event may run now that this one is finished."""
-    entry = registration(item.event)
-    if entry is None or not entry.ordered:
-        return
-    ordered = ordered_codes()
-    following = (
-        InboxItem.objects.filter(member_id=item.member_id, id__gt=item.pk, state=State.PENDING, event__in=ordered)
-        .order_by("id")
-        .values_list("pk", flat=True)
-        .first()
+    """The item is finished: its portal lane's next rows may go to the broker (its next ordered event, a later
+    delivery of the same event, unordered rows the window held back)."""
+    _release(item.member_id, item.lane)
+
+
+def _release(member_id: str, lane: str) -> int:
+    """Send the portal lane's next runnable rows to the broker, keeping at most B24_INBOX_PORTAL_WINDOW of its
+    rows there (queued or being processed); returns how many were sent.
+
+    Fair dispatch: a portal with thousands of waiting events has at most that many tasks in the broker per lane,
+    the rest wait in the table (held: `enqueued_at` null), so another portal's next event is behind at most
+    window x (portal lanes with work) tasks (docs/architecture.md). Runnable: the lane's oldest unfinished
+    ordered row (ordered rows run one at a time anyway), and unordered rows, oldest first; all of them pending,
+    held and due. Called after a row is stored, after one is finished, and by the sweeper (which also picks
+    up a row stored in the instant its predecessor finished, and a send the broker refused).
+    """
+    now = timezone.now()
+    rows = InboxItem.objects.filter(member_id=member_id, lane=lane, state__in=InboxItem.UNFINISHED)
+    free = (
+        settings.B24_INBOX_PORTAL_WINDOW - rows.filter(Q(state=State.PROCESSING) | Q(enqueued_at__isnull=False)).count()
     )
-    if following is not None:
-        enqueue(following)
+    if free <= 0:
+        return 0
+    ordered = ordered_codes()
+    runnable = Q(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now + timedelta(seconds=1))
+    picks = [
+        pk
+        for pk, key in rows.filter(runnable)
+        .exclude(event__in=ordered)
+        .order_by("id")
+        .values_list("pk", "idempotency_key")[: free * 2]
+        # not one that waits for an earlier delivery of the same event (its task would only come back)
+        if not rows.filter(idempotency_key=key, id__lt=pk).exists()
+    ][:free]
+    first_ordered = rows.filter(event__in=ordered).order_by("id").values_list("pk", flat=True).first()
+    if first_ordered is not None and rows.filter(runnable, pk=first_ordered).exists():
+        picks.append(first_ordered)
+    sent = 0
+    for pk in sorted(picks)[:free]:
+        # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
+        if InboxItem.objects.filter(pk=pk, state=State.PENDING, enqueued_at__isnull=True).update(enqueued_at=now):
+            sent += enqueue(pk)
+    return sent
 
 
 def sweep(now: datetime | None = None) -> int:
-    """Re-send tasks for rows whose task looks lost; returns how many were sent.
+    """Re-send tasks that were really lost, and release held rows the window has room for; returns how many
+    tasks were sent.
 
-    Lost: pending and due, but sent more than B24_INBOX_REQUEUE_AFTER ago (or never); or processing
-    with an expired lease (its worker died). A task sent twice is harmless: the claim admits one.
+    Lost: processing with an expired lease (its worker died); or pending, due, sent to the broker more than
+    B24_INBOX_REQUEUE_AFTER ago and still not taken (the broker lost it). A row waiting for an older event of
+    its portal lane, or held back by the window, is not lost: it is held in the table (`enqueued_at` null) and
+    only `_release` sends it, within the window. A task sent twice is harmless: the claim admits one.
     """
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.B24_INBOX_REQUEUE_AFTER)
-    lost = Q(state=State.PENDING, next_attempt_at__lte=now) & (Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=stale))
+    lost = Q(state=State.PENDING, next_attempt_at__lte=now, enqueued_at__lte=stale)
     lost |= Q(state=State.PROCESSING, lease_until__lt=now)
-    ids = list(
-        InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[: settings.B24_INBOX_SWEEP_BATCH]
+    batch = settings.B24_INBOX_SWEEP_BATCH
+    ids = list(InboxItem.objects.filter(lost).order_by("id").values_list("pk", flat=True)[:batch])
+    sent = 0
+    if ids:
+        InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
+        sent += sum(1 for pk in ids if enqueue(pk))
+    held = (
+        InboxItem.objects.filter(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now)
+        .values_list("member_id", "lane")
+        .distinct()
+        .order_by()[:batch]
     )
-    if not ids:
-        return 0
-    InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
-    sent = sum(1 for pk in ids if enqueue(pk))
-    log.info("inbox sweep re-sent tasks", extra={"count": sent})
+    for member_id, lane in list(held):
+        sent += _release(member_id, lane)
+    if sent:
+        log.info("inbox sweep sent tasks", extra={"count": sent, "lost": len(ids)})
     return sent
 
 
 def replay(items: QuerySet[InboxItem]) -> int:
     """Put finished rows (a dead letter, a rejection) back to pending for a fresh set of attempts."""
-    count = 0
+    count, replayed = 0, []
     for pk in items.values_list("pk", flat=True):
         updated = InboxItem.objects.filter(pk=pk, state__in=(State.FAILED, State.REJECTED)).update(
             state=State.PENDING,
             attempts=0,
             next_attempt_at=timezone.now(),
-            enqueued_at=timezone.now(),
+            enqueued_at=None,  # held: released within its portal lane's window
             finished_at=None,
             outcome="",
         )
+        count += updated
         if updated:
-            count += 1
-            transaction.on_commit(partial(enqueue, pk), robust=True)
+            replayed.append(pk)
+    groups = set(InboxItem.objects.filter(pk__in=replayed).values_list("member_id", "lane").distinct().order_by())
+    for member_id, lane in groups:
+        transaction.on_commit(partial(_release, member_id, lane), robust=True)
     return count
 
 
@@ -406,22 +539,72 @@ def process_pending(*, limit: int = 1000) -> int:
     that say so. Returns how many handler runs were attempted."""
     runs = 0
     while runs < limit:
-        now = timezone.now()
-        due = list(
-            InboxItem.objects.filter(
-                Q(state=State.PENDING, next_attempt_at__lte=now) | Q(state=State.PROCESSING, lease_until__lt=now)
+        progressed, after = False, 0
+        while runs < limit:  # one pass over every due row, a page at a time (waiting rows do not end it)
+            now = timezone.now()
+            due = list(
+                InboxItem.objects.filter(
+                    Q(state=State.PENDING, next_attempt_at__lte=now) | Q(state=State.PROCESSING, lease_until__lt=now),
+                    id__gt=after,
+                )
+                .order_by("id")
+                .values_list("pk", flat=True)[:100]
             )
-            .order_by("id")
-            .values_list("pk", flat=True)[:100]
-        )
-        progressed = False
-        for pk in due:
-            claimed, _result = _process(pk, task_id="", send=False)
-            runs += claimed
-            progressed |= claimed
+            if not due:
+                break
+            for pk in due:
+                claimed, _result = _process(pk, task_id="", send=False)
+                runs += claimed
+                progressed |= claimed
+            after = due[-1]
         if not progressed:  # nothing due, or all of it waits for something
             return runs
     return runs
+
+
+def prune(now: datetime | None = None, *, batch: int = 1000) -> PruneRun:
+    """Delete finished rows past their retention; returns the recorded run (shown in the admin).
+
+    Done and rejected rows go B24_INBOX_RETENTION_DAYS after they finished: by then Bitrix24 repeats nothing
+    (its duplicates come within seconds), and a rejection's reason has been seen. Failed rows (dead letters)
+    are kept until replayed, or B24_INBOX_FAILED_RETENTION_DAYS when that is set. Unfinished rows never go.
+    Deleted in batches of `batch` rows, each its own short statement."""
+    now = now or timezone.now()
+    days, failed_days = settings.B24_INBOX_RETENTION_DAYS, settings.B24_INBOX_FAILED_RETENTION_DAYS
+    run = PruneRun.objects.create(
+        started_at=now,
+        finished_before=now - timedelta(days=days),
+        failed_before=now - timedelta(days=failed_days) if failed_days else None,
+        reason=(
+            f"retention: done and rejected after {days} day(s) (B24_INBOX_RETENTION_DAYS); failed "
+            + (
+                f"after {failed_days} day(s) (B24_INBOX_FAILED_RETENTION_DAYS)"
+                if failed_days
+                else "kept until replayed"
+            )
+        )[:255],
+    )
+    counts = {State.DONE: 0, State.REJECTED: 0, State.FAILED: 0}
+    cutoffs = {State.DONE: run.finished_before, State.REJECTED: run.finished_before, State.FAILED: run.failed_before}
+    for state, cutoff in cutoffs.items():
+        if cutoff is None:
+            continue
+        while True:
+            ids = list(
+                InboxItem.objects.filter(state=state, finished_at__lt=cutoff).values_list("pk", flat=True)[:batch]
+            )
+            if not ids:
+                break
+            counts[state] += InboxItem.objects.filter(pk__in=ids, state=state).delete()[0]
+    run.done_deleted, run.rejected_deleted, run.failed_deleted = (
+        counts[State.DONE],
+        counts[State.REJECTED],
+        counts[State.FAILED],
+    )
+    run.finished_at = timezone.now()
+    run.save(update_fields=["done_deleted", "rejected_deleted", "failed_deleted", "finished_at"])
+    log.info("inbox pruned", extra={"deleted": run.deleted, "reason": run.reason})
+    return run
 
 
 class Backlog(TypedDict):

@@ -7,8 +7,9 @@ Apps call these from their AppConfig.ready():
     set_directory(directory)               # portals: which stored portal an event names, and (for the pull of
                                            # offline events, inbox/offline.py) which portals to pull with what
 
-Per portal, an `ordered` event is not processed while an older ordered one is unfinished (install
-before uninstall). `precheck(portal, auth, data)` adds cheap request-time checks (raise Refused).
+Per portal and lane (proven or unproven, inbox/queue.py), an `ordered` event is not processed while an older
+ordered one of its lane is unfinished (install before uninstall). `precheck(portal, auth, data)` adds cheap
+request-time checks (raise Refused).
 """
 
 from collections.abc import Callable, Iterable

@@ -1,7 +1,8 @@
 """The inbox's Celery tasks (their names predate the app: tasks queued by an older release still run).
 
 - process_inbox_item: one stored event (inbox/queue.py claims it once, whatever re-delivers it);
-- sweep_inbox: re-send tasks that look lost (beat, every B24_INBOX_SWEEP_INTERVAL);
+- sweep_inbox: re-send tasks that were lost, release held rows (beat, every B24_INBOX_SWEEP_INTERVAL);
+- prune_inbox: delete finished rows past their retention (beat, daily; B24_INBOX_RETENTION_DAYS);
 - pull_offline_events (beat, every B24_OFFLINE_PULL_INTERVAL): one pull_offline_chunk per
   B24_FANOUT_CHUNK portals whose offline events are bound; a chunk pulls each portal's offline queue into
   the inbox (inbox/offline.py) and queues a portal again when its pull stopped at B24_OFFLINE_PULL_MAX.
@@ -28,6 +29,11 @@ def process_inbox_item(self, item_id: int) -> str:
 @shared_task(name="portals.sweep_inbox", acks_late=True, ignore_result=True)
 def sweep_inbox() -> int:
     return queue.sweep()
+
+
+@shared_task(name="inbox.prune", acks_late=True, ignore_result=True)
+def prune_inbox() -> int:
+    return queue.prune().deleted
 
 
 @shared_task(name="inbox.pull_offline_events", acks_late=True, ignore_result=True)

@@ -92,14 +92,52 @@ def test_idempotency_key_is_what_a_repeated_delivery_repeats():
     assert len(key()) == 64 and all(c in "0123456789abcdef" for c in key())  # a digest, not the material
 
 
-def test_accept_stores_the_event_and_a_duplicate_changes_nothing(handler, portal):
+def test_accept_stores_the_event_and_a_duplicate_is_applied_once(handler, portal):
+    calls, _script = handler
     item, created = accept(portal, access_token="first-delivery")
     assert created and item.state == State.PENDING and item.portal_id == portal.pk
+    # Delivered again before it was applied: a row of its own (a key is taken only by an applied row) ...
     again, created_again = accept(portal, access_token="second-delivery")  # the delivery's own token differs
-    assert not created_again and again.pk == item.pk
-    assert InboxItem.objects.count() == 1
-    assert InboxItem.objects.get().auth["access_token"] == "first-delivery"
+    assert created_again and again.pk != item.pk and again.idempotency_key == item.idempotency_key
+    assert inbox.process(again.pk).startswith("waiting for")
+    inbox.process_pending()
+    # ... applied once: the later row ends as a duplicate of the applied one, its handler never run.
+    assert calls == [item.pk]
+    again.refresh_from_db()
+    assert (again.state, again.outcome, again.sealed_auth) == (State.DONE, f"duplicate of #{item.pk}", "")
+    # Delivered once more after it was applied: nothing stored, the applied row answers.
+    third, created_third = accept(portal, access_token="third-delivery")
+    assert not created_third and third.pk == item.pk
+    assert InboxItem.objects.count() == 2
     assert accept(portal, ts="1700000005")[1]  # another event
+
+
+def test_a_rejected_row_never_absorbs_a_later_delivery(handler, portal):
+    """Every user of the portal holds its application_token and can predict the rest: a row posted ahead of
+    Bitrix24's delivery and rejected must not make the genuine one a duplicate."""
+    calls, script = handler
+    script.extend([inbox.Reject("not believed"), "applied"])
+    forged, _ = accept(portal)
+    inbox.process_pending()
+    forged.refresh_from_db()
+    assert forged.state == State.REJECTED
+    genuine, created = accept(portal)
+    assert created and genuine.pk != forged.pk
+    inbox.process_pending()
+    genuine.refresh_from_db()
+    assert (genuine.state, genuine.outcome) == (State.DONE, "applied") and calls == [forged.pk, genuine.pk]
+
+
+def test_lanes_are_part_of_the_keys_namespace():
+    assert key() != inbox.idempotency_key(
+        CODE,
+        member_id="m1",
+        ts="1700000000",
+        data={"A": "1"},
+        event_handler_id="3",
+        application_token="t",
+        lane="unproven",
+    )
 
 
 def test_cheap_checks_refuse_without_storing(handler, portal):
@@ -270,3 +308,144 @@ def test_an_event_whose_worker_dies_every_time_becomes_a_dead_letter(handler, po
     assert inbox.process(item.pk) == "failed: worker lost in every attempt"
     item.refresh_from_db()
     assert item.state == State.FAILED and "worker was lost" in item.last_error and calls == []
+
+
+# --- fair dispatch (issue 23) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published():
+    """The inbox items whose task went to the broker, in the order they went (Celery's own publish signal)."""
+    from celery.signals import before_task_publish
+
+    sent = []
+
+    def record(sender=None, body=None, **kwargs):
+        if sender == inbox.PROCESS_TASK:
+            args = body[0] if isinstance(body, (list, tuple)) else body.get("args")
+            sent.append(args[0])
+
+    before_task_publish.connect(record, weak=False)
+    yield sent
+    before_task_publish.disconnect(record)
+
+
+def test_a_portals_backlog_never_delays_another_portals_next_event(
+    handler, portal, published, settings, django_capture_on_commit_callbacks
+):
+    """200 events of portal A (its real application_token, as any of its users holds it), then one of portal
+    B: B's goes to the broker at once, ahead of A's backlog, which waits in the table."""
+    settings.B24_INBOX_PORTAL_WINDOW = 2
+    other = make_portal("active", member_id="m-inbox-2", domain="other.example.test", application_token="app-token-2")
+    with django_capture_on_commit_callbacks(execute=True):
+        backlog = [accept(portal, ts=str(n), code=OTHER if n % 2 else CODE)[0].pk for n in range(200)]
+        theirs, _ = accept(other, token="app-token-2", ts="1")
+    assert theirs.pk in published and published.index(theirs.pk) <= settings.B24_INBOX_PORTAL_WINDOW
+    assert len(set(published) & set(backlog)) <= settings.B24_INBOX_PORTAL_WINDOW
+    held = InboxItem.objects.filter(member_id=portal.member_id, enqueued_at__isnull=True, state=State.PENDING)
+    assert held.count() >= 200 - settings.B24_INBOX_PORTAL_WINDOW
+    # A worker takes the broker's tasks in turn: B's event runs among the first window + 1, and each task of A
+    # that ends releases the next of A's (its ordered ones one at a time, oldest first).
+    ran, taken = [], 0
+    while taken < len(published) and len(ran) < 12:
+        pk = published[taken]
+        taken += 1
+        if inbox.process(pk) in ("ok",):
+            ran.append(pk)
+    assert theirs.pk in ran[: settings.B24_INBOX_PORTAL_WINDOW + 1]
+    assert len(ran) == 12  # A's backlog drains, released by each finished task
+    ordered_ran = [pk for pk in ran if pk in backlog and InboxItem.objects.get(pk=pk).event == CODE]
+    assert ordered_ran == sorted(ordered_ran) == [pk for pk in backlog if pk in ordered_ran]
+    in_broker = InboxItem.objects.filter(member_id=portal.member_id, state=State.PENDING, enqueued_at__isnull=False)
+    assert in_broker.count() <= settings.B24_INBOX_PORTAL_WINDOW  # the rest of A's backlog is held
+
+
+def test_the_sweeper_resends_only_what_was_really_lost(handler, portal, published, settings):
+    """Rows waiting for an older event of their portal, or held back by the window, are not re-sent; a task the
+    broker lost, or a dead worker's claim, is."""
+    settings.B24_INBOX_PORTAL_WINDOW = 2
+    settings.B24_INBOX_REQUEUE_AFTER = 60
+    long_ago = timezone.now() - timedelta(minutes=5)
+    rows = [accept(portal, ts=str(n))[0] for n in range(10)]  # ordered: one at a time
+    unordered = [accept(portal, ts=str(n), code=OTHER)[0] for n in range(10)]
+    assert inbox.sweep() == 2  # nothing was sent (no commit here): the window's worth is released
+    assert sorted(published) == [rows[0].pk, unordered[0].pk]
+    assert inbox.sweep() == 0  # the rest is held, not lost: nothing is sent again
+    InboxItem.objects.filter(pk=rows[0].pk).update(enqueued_at=long_ago)  # the broker lost its task
+    InboxItem.objects.filter(pk=unordered[0].pk).update(  # its worker died
+        state=State.PROCESSING, lease_until=long_ago, enqueued_at=long_ago
+    )
+    published.clear()
+    assert inbox.sweep() == 2 and sorted(published) == [rows[0].pk, unordered[0].pk]
+    # A task of a waiting row that reaches a worker leaves the broker: held, not re-sent by the sweeper.
+    assert inbox.process(rows[1].pk) == "waiting for an older event of the portal"
+    assert InboxItem.objects.get(pk=rows[1].pk).enqueued_at is None
+
+
+def test_a_second_delivery_waits_held_until_the_first_is_finished(handler, portal, published, settings):
+    """Bitrix24 delivered an unordered event twice: the second is not sent while the first is unfinished (it
+    would only come back), then it ends as a duplicate without running the handler."""
+    calls, _script = handler
+    settings.B24_INBOX_PORTAL_WINDOW = 4
+    first, _ = accept(portal, code=OTHER)
+    second, created = accept(portal, code=OTHER)
+    assert created
+    assert inbox.sweep() == 1 and published == [first.pk]
+    assert inbox.process(first.pk) == "ok"  # finished: releases the second
+    assert published == [first.pk, second.pk]
+    assert inbox.process(second.pk) == f"duplicate of #{first.pk}" and calls == [first.pk]
+
+
+def test_a_portals_budget_bounds_proven_events_with_a_429(handler, portal, settings):
+    settings.B24_INBOX_PORTAL_BURST = 3
+    settings.B24_INBOX_PORTAL_PER_MINUTE = 1
+    for n in range(3):
+        assert accept(portal, ts=str(n))[1]
+    with pytest.raises(inbox.Refused) as refused:
+        accept(portal, ts="4")
+    assert refused.value.status == 429 and refused.value.retry_after >= 1
+    assert InboxItem.objects.count() == 3
+
+
+# --- retention ------------------------------------------------------------------------------------------
+
+
+def test_prune_deletes_finished_rows_past_their_retention_and_records_why(
+    handler, portal, settings, admin_client, django_capture_on_commit_callbacks
+):
+    from inbox.models import PruneRun
+    from inbox.tasks import prune_inbox
+
+    settings.B24_INBOX_RETENTION_DAYS = 14
+    settings.B24_INBOX_FAILED_RETENTION_DAYS = 0  # dead letters kept until replayed
+    old, recent = timezone.now() - timedelta(days=15), timezone.now() - timedelta(days=13)
+    rows = {}
+    for n, (state, finished) in enumerate(
+        [
+            ("done", old),
+            ("rejected", old),
+            ("failed", old),
+            ("done", recent),
+            ("rejected", recent),
+            ("pending", None),
+            ("processing", None),
+        ]
+    ):
+        item, _ = accept(portal, ts=str(n))
+        InboxItem.objects.filter(pk=item.pk).update(state=state, finished_at=finished, received_at=old)
+        rows[(state, finished)] = item.pk
+    assert prune_inbox() == 2  # the beat task
+    left = set(InboxItem.objects.values_list("pk", flat=True))
+    assert left == set(rows.values()) - {rows[("done", old)], rows[("rejected", old)]}
+    run = PruneRun.objects.get()
+    assert (run.done_deleted, run.rejected_deleted, run.failed_deleted) == (1, 1, 0)
+    assert "14 day(s)" in run.reason and "failed kept until replayed" in run.reason and run.finished_at
+    # Failed rows go too once their own retention is set; nothing unfinished ever does.
+    settings.B24_INBOX_FAILED_RETENTION_DAYS = 14
+    second = inbox.prune()
+    assert (second.done_deleted, second.rejected_deleted, second.failed_deleted) == (0, 0, 1)
+    assert InboxItem.objects.filter(state__in=InboxItem.UNFINISHED).count() == 2
+    # The admin shows each run, what it deleted and why; nobody edits one.
+    listing = admin_client.get("/admin/inbox/prunerun/").content.decode()
+    assert "kept until replayed" in listing and "B24_INBOX_FAILED_RETENTION_DAYS" in listing
+    assert admin_client.get("/admin/inbox/prunerun/add/").status_code == 403

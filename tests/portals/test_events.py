@@ -217,6 +217,26 @@ def test_uninstall_with_clean_deletes_the_apps_data_and_keeps_history(client, in
     assert portal.events.count() >= history + 2
 
 
+def test_forged_uninstalls_posted_ahead_never_swallow_the_genuine_one(client, installed):
+    """An ordinary user holds the application_token and can predict the rest of the administrator's uninstall
+    (the `ts` is seconds): he posts it ahead, for every second around. Rejected by the worker (the app is still
+    installed), none of them makes Bitrix24's own delivery a "duplicate"."""
+    portal, b24 = installed
+    Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1", secret="channel-secret")
+    learned = b24.placement_post(user_id="2")["APPLICATION_TOKEN"]
+    genuine = b24.event_payload("ONAPPUNINSTALL", application_token=learned, data={"CLEAN": "1"})
+    for offset in range(-7, 8):
+        forged = {**genuine, "ts": str(int(genuine["ts"]) + offset)}
+        assert rejected(post_event(client, forged), "the app is still installed on the portal")
+    b24.uninstall()
+    response = post_event(client, genuine)
+    assert response.json()["result"] == "accepted" and done(response, "uninstalled")
+    portal.refresh_from_db()
+    assert portal.status == Portal.Status.UNINSTALLED
+    assert not Channel.objects.filter(portal=portal).exists()  # CLEAN=1 applied
+    assert portal.events.filter(kind=K.DATA_CLEANED).exists()
+
+
 @pytest.mark.parametrize("token", ["", "wrong", None])
 def test_uninstall_with_a_wrong_or_missing_token_changes_nothing(client, installed, token):
     portal, b24 = installed
@@ -248,6 +268,28 @@ def test_a_flood_of_forged_events_writes_no_history(client, installed):
     [counted] = Rejection.objects.filter(portal=portal)
     assert (counted.source, counted.count) == ("ONAPPUNINSTALL", 200)
     assert counted.reason == "application_token does not match"
+
+
+@pytest.mark.parametrize("budget", ["per_minute", "waiting"])
+def test_events_for_portals_nobody_installed_stay_within_the_deployments_budget(client, b24, settings, budget):
+    """Forged ONAPPINSTALLs for made-up member_ids (each within its own per-portal budget): the rows stay within
+    the deployment-wide budget, per minute or in total waiting; beyond it 429 with Retry-After, nothing stored."""
+    settings.B24_INBOX_UNPROVEN_BURST, settings.B24_INBOX_UNPROVEN_PER_MINUTE = (
+        (8, 1) if budget == "per_minute" else (1000, 0)
+    )
+    settings.B24_INBOX_UNPROVEN_MAX_WAITING = 1000 if budget == "per_minute" else 5
+    answers = []
+    for n in range(40):
+        payload = b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token=f"made-up-{n}")
+        payload["auth[member_id]"] = f"{n:032x}"
+        response = client.post("/events/", payload)
+        answers.append(response.status_code)
+        if response.status_code == 429:
+            assert int(response["Retry-After"]) >= 1
+    allowed = 8 if budget == "per_minute" else 5
+    assert answers == [200] * allowed + [429] * (40 - allowed)
+    assert InboxItem.objects.count() == allowed
+    assert set(InboxItem.objects.values_list("lane", flat=True)) == {InboxItem.Lane.UNPROVEN}
 
 
 # --- ONAPPUPDATE ----------------------------------------------------------------------------------------
