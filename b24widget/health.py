@@ -65,7 +65,12 @@ def healthz(request):
         openlines = dict(relay.backlog())
     except Exception as exc:
         openlines = {"error": type(exc).__name__}
-    degraded = bool(rejected) or checks["broker"] != "ok" or bool(openlines.get("degraded"))
+    degraded = (
+        bool(rejected)
+        or checks["broker"] != "ok"
+        or bool(openlines.get("degraded"))
+        or bool(isinstance(backlog, dict) and backlog.get("degraded"))
+    )
     status = "ok" if healthy and not degraded else ("degraded" if healthy else "error")
     return JsonResponse(
         {"status": status, "checks": checks, "inbox": backlog, "openlines": openlines}, status=200 if healthy else 503

@@ -207,7 +207,13 @@ OPENLINES_STALL_SECONDS = read.float("OPENLINES_STALL_SECONDS", default=120.0, m
 B24_INBOX_MAX_ATTEMPTS = read.int("B24_INBOX_MAX_ATTEMPTS", default=8, minimum=1)
 B24_INBOX_BACKOFF = read.float("B24_INBOX_BACKOFF", default=10.0)
 B24_INBOX_BACKOFF_MAX = read.float("B24_INBOX_BACKOFF_MAX", default=3600.0)
-B24_INBOX_LEASE = read.float("B24_INBOX_LEASE", default=600.0, minimum=1)
+# A worker's claim on an event: short, renewed by a heartbeat while its handler runs (inbox/queue.py), so a dead
+# worker's event is taken over within about a lease plus a sweep interval. A handler running longer than
+# B24_INBOX_HANDLER_MAX stops being renewed: its row goes to a fresh attempt. /healthz says degraded once a proven
+# event has been due and not applied for B24_INBOX_STALL_SECONDS.
+B24_INBOX_LEASE = read.float("B24_INBOX_LEASE", default=30.0, minimum=1)
+B24_INBOX_HANDLER_MAX = read.float("B24_INBOX_HANDLER_MAX", default=600.0, minimum=1)
+B24_INBOX_STALL_SECONDS = read.float("B24_INBOX_STALL_SECONDS", default=120.0, minimum=1)
 B24_INBOX_REQUEUE_AFTER = read.float("B24_INBOX_REQUEUE_AFTER", default=120.0)
 # Retries sooner than this ride on the broker as countdown tasks; later ones are sent by the sweeper.
 B24_INBOX_MAX_COUNTDOWN = read.float("B24_INBOX_MAX_COUNTDOWN", default=300.0)

@@ -23,6 +23,8 @@ import hmac
 import json
 import logging
 import random
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from functools import partial
@@ -30,7 +32,7 @@ from typing import TypedDict
 
 from celery import current_app
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -356,6 +358,36 @@ def process(item_id: int, *, task_id: str = "") -> str:
     return _process(item_id, task_id=task_id, send=True)[1]
 
 
+class _ClaimHeartbeat(threading.Thread):
+    """Renews a running handler's claim every third of B24_INBOX_LEASE, so the lease can be short: a worker
+    killed mid-handler stops renewing and its claim runs out within one lease (the sweeper then re-sends the
+    row), not after a lease sized for the slowest handler. It stops renewing after B24_INBOX_HANDLER_MAX
+    seconds (a handler stuck that long gives its row up to a fresh attempt) or once the claim is not ours."""
+
+    def __init__(self, item_id: int, owner: str):
+        super().__init__(name=f"inbox-claim-{item_id}", daemon=True)
+        self.item_id, self.owner = item_id, owner
+        self.done = threading.Event()
+        self.ends = time.monotonic() + settings.B24_INBOX_HANDLER_MAX
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(settings.B24_INBOX_LEASE / 3):
+                if time.monotonic() > self.ends:
+                    return
+                try:
+                    renewed = InboxItem.objects.filter(
+                        pk=self.item_id, state=State.PROCESSING, lease_owner=self.owner
+                    ).update(lease_until=timezone.now() + timedelta(seconds=settings.B24_INBOX_LEASE))
+                except DatabaseError:  # the database is away: try again at the next beat; the claim may lapse
+                    log.warning("inbox claim not renewed", extra={"inbox_id": self.item_id})
+                    continue
+                if not renewed:
+                    return  # finished, or taken over after it lapsed: nothing of ours to keep
+        finally:
+            connections.close_all()  # this thread's own connections only
+
+
 def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
     """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker."""
     owner = uuid.uuid4().hex
@@ -381,10 +413,15 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
     }
     entry = registration(item.event)
     now = timezone.now()
+    heartbeat = _ClaimHeartbeat(item.pk, owner)
+    heartbeat.start()
     try:
         if entry is None:
             raise Reject(f"no handler registered for {item.event}")
-        outcome = str(entry.handler(item) or "done")[:255]
+        try:
+            outcome = str(entry.handler(item) or "done")[:255]
+        finally:
+            heartbeat.done.set()
     except Reject as exc:
         _finish(item, owner, state=State.REJECTED, last_error=exc.reason[:1000], finished_at=timezone.now())
         log.info("event rejected", extra={**context, "reason": exc.reason})
@@ -611,16 +648,40 @@ class Backlog(TypedDict):
     unfinished: int
     failed: int
     oldest_unfinished_seconds: int
+    lapsed_claims: int
+    oldest_lapsed_claim_seconds: int
+    oldest_overdue_seconds: int
+    degraded: bool
 
 
 def backlog() -> Backlog:
-    """What /healthz reports: unfinished rows, dead letters, and the age of the oldest waiting row."""
+    """What /healthz reports: unfinished rows, dead letters, the age of the oldest waiting row; and what says
+    the inbox is stalled: claims past their lease (a worker died and nobody took its row over yet) and the
+    oldest proven row due and not yet applied (unproven rows may wait behind a stranger's flood by design).
+    `degraded` once a claim has lapsed for longer than a sweep interval and a lease, or a proven row has been
+    due for longer than B24_INBOX_STALL_SECONDS."""
+    now = timezone.now()
     unfinished = InboxItem.objects.filter(state__in=InboxItem.UNFINISHED)
     oldest = unfinished.order_by("received_at").values_list("received_at", flat=True).first()
+    lapsed = InboxItem.objects.filter(state=State.PROCESSING, lease_until__lt=now)
+    oldest_lapse = lapsed.order_by("lease_until").values_list("lease_until", flat=True).first()
+    overdue = (
+        InboxItem.objects.filter(lane=InboxItem.Lane.PROVEN, state=State.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    lapsed_seconds = int((now - oldest_lapse).total_seconds()) if oldest_lapse else 0
+    overdue_seconds = int((now - overdue).total_seconds()) if overdue else 0
     return {
         "unfinished": unfinished.count(),
         "failed": InboxItem.objects.filter(state=State.FAILED).count(),
-        "oldest_unfinished_seconds": int((timezone.now() - oldest).total_seconds()) if oldest else 0,
+        "oldest_unfinished_seconds": int((now - oldest).total_seconds()) if oldest else 0,
+        "lapsed_claims": lapsed.count(),
+        "oldest_lapsed_claim_seconds": lapsed_seconds,
+        "oldest_overdue_seconds": overdue_seconds,
+        "degraded": lapsed_seconds > settings.B24_INBOX_SWEEP_INTERVAL + settings.B24_INBOX_LEASE
+        or overdue_seconds > settings.B24_INBOX_STALL_SECONDS,
     }
 
 
@@ -643,6 +704,16 @@ class BacklogCollector:
             "b24widget_inbox_oldest_unfinished_seconds",
             "Age of the oldest unprocessed inbox event.",
             value=figures["oldest_unfinished_seconds"],
+        )
+        yield GaugeMetricFamily(
+            "b24widget_inbox_lapsed_claims",
+            "Inbox events whose worker's claim ran out (the worker died; the sweeper re-sends them).",
+            value=figures["lapsed_claims"],
+        )
+        yield GaugeMetricFamily(
+            "b24widget_inbox_oldest_overdue_seconds",
+            "How long the oldest proven inbox event has been due without being applied.",
+            value=figures["oldest_overdue_seconds"],
         )
 
 

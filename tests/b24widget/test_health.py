@@ -72,3 +72,50 @@ def test_a_check_in_flight_is_not_repeated(client, settings, standin):
     finally:
         thread.join(30)
     assert first["result"] == ("ok", "ok") and len(standin.oauth_requests) == before + 1
+
+
+@pytest.mark.django_db
+def test_a_stalled_inbox_makes_healthz_degraded_and_an_unproven_backlog_does_not(client, settings):
+    """A claim lapsed for longer than a sweep and a lease (its worker died, nobody took the row over), or a proven
+    event due for longer than B24_INBOX_STALL_SECONDS: degraded, with the figures. Unproven rows waiting behind a
+    stranger's flood are no stall (they wait by design, inbox lanes)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inbox.models import InboxItem
+
+    settings.B24_INBOX_SWEEP_INTERVAL, settings.B24_INBOX_LEASE, settings.B24_INBOX_STALL_SECONDS = 30, 30, 120
+    long_ago = timezone.now() - timedelta(seconds=600)
+    InboxItem.objects.create(
+        member_id="m",
+        event="ONAPPINSTALL",
+        idempotency_key="u" * 64,
+        lane=InboxItem.Lane.UNPROVEN,
+        next_attempt_at=long_ago,
+        received_at=long_ago,
+    )
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["inbox"]["degraded"] is False and body["inbox"]["unfinished"] == 1
+
+    stuck = InboxItem.objects.create(
+        member_id="m",
+        event="ONAPPUPDATE",
+        idempotency_key="p" * 64,
+        state=InboxItem.State.PROCESSING,
+        lease_owner="dead",
+        lease_until=timezone.now() - timedelta(seconds=61),
+    )
+    body = client.get("/healthz").json()
+    assert body["status"] == "degraded" and body["inbox"]["lapsed_claims"] == 1
+    assert body["inbox"]["oldest_lapsed_claim_seconds"] >= 61
+
+    stuck.delete()
+    InboxItem.objects.create(
+        member_id="m",
+        event="ONAPPUPDATE",
+        idempotency_key="q" * 64,
+        next_attempt_at=timezone.now() - timedelta(seconds=121),
+    )
+    body = client.get("/healthz").json()
+    assert body["status"] == "degraded" and body["inbox"]["oldest_overdue_seconds"] >= 121

@@ -166,7 +166,15 @@ def test_healthz(client, db):
     assert response.json() == {
         "status": "ok",
         "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok", "broker": "ok"},
-        "inbox": {"unfinished": 0, "failed": 0, "oldest_unfinished_seconds": 0},
+        "inbox": {
+            "unfinished": 0,
+            "failed": 0,
+            "oldest_unfinished_seconds": 0,
+            "lapsed_claims": 0,
+            "oldest_lapsed_claim_seconds": 0,
+            "oldest_overdue_seconds": 0,
+            "degraded": False,
+        },
         "openlines": {
             "inbound": {"waiting": 0, "oldest_waiting_seconds": 0, "oldest_overdue_seconds": 0},
             "outbound": {"waiting": 0, "oldest_waiting_seconds": 0, "oldest_overdue_seconds": 0},

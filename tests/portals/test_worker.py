@@ -114,6 +114,24 @@ def test_a_worker_killed_mid_task_applies_the_event_exactly_once(client, b24, st
     assert portal.events.filter(kind=K.EVENTS_BOUND).count() == 2  # the install's, and this update's once
 
 
+def test_a_handler_longer_than_its_claim_keeps_it_and_runs_once(client, b24, standin, workers):
+    """The claim is short (B24_INBOX_LEASE, 1 s here) and renewed by a heartbeat while the handler runs: an
+    ONAPPUPDATE paced by the portal's limit runs for several leases while a second worker sweeps, and the event
+    still runs once (without the heartbeat the sweeper re-sends it once the claim lapses: a second attempt)."""
+    portal = do_install(client, b24)
+    short = {"B24_INBOX_LEASE": "1", "B24_RATE_LIMIT_PER_SECOND": "0.3", "B24_RATE_LIMIT_BURST": "1"}
+    workers("w1", env=short)
+    workers("w2", beat=True, env=short)  # beat runs the sweeper: it re-sends a row whose claim lapsed
+    b24.version = 9
+    pk = client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "9"})).json()["id"]
+    wait_for(lambda: item_state(pk) == State.DONE, timeout=120, what="the update")
+    item = InboxItem.objects.get(pk=pk)
+    # The scenario happened: the handler outlived its first lease several times over.
+    assert (item.finished_at - item.received_at).total_seconds() > 3
+    assert item.attempts == 1 and item.outcome == "updated"
+    assert portal.events.filter(kind=K.EVENTS_BOUND).count() == 2  # the install's, and this update's once
+
+
 @pytest.mark.skipif(
     not uses_rabbitmq(),
     reason="re-delivery of an unacknowledged task is RabbitMQ's (set "
