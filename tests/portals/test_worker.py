@@ -272,17 +272,18 @@ def test_a_broker_that_is_down_loses_no_event(client, b24, standin, monkeypatch,
     """/events/ answers 200 with the row committed while the broker is down; the sweeper sends it later."""
     from b24widget.celery import app
 
-    previous = app.conf.broker_url
+    previous = app.conf.broker_url, app.conf.broker_transport
     unreachable = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens on port 1
     monkeypatch.setenv("CELERY_BROKER_URL", unreachable)  # Celery reads the variable before its own setting
-    app.conf.broker_url = unreachable
+    # As the settings configure RabbitMQ: kombu's own transport (the embedded broker's is for filesystem://).
+    app.conf.broker_url, app.conf.broker_transport = unreachable, None
     _fresh_connections(app)  # the next send connects to the (unreachable) broker
     try:
         do_install(client, b24, event=False)
         response = client.post("/events/", b24.event_payload("ONAPPINSTALL"))
     finally:
         monkeypatch.undo()
-        app.conf.broker_url = previous
+        app.conf.broker_url, app.conf.broker_transport = previous
         _fresh_connections(app)
     assert response.status_code == 200
     item = InboxItem.objects.get(pk=response.json()["id"])
