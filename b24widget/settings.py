@@ -164,6 +164,9 @@ OPENLINES_ALLOW_PRIVATE_WEBHOOKS = read.bool("OPENLINES_ALLOW_PRIVATE_WEBHOOKS",
 # URLs in inbound messages (files, pictures, the chat's page) must name a public host: Bitrix24 fetches them and
 # shows them to operators. A self-hosted portal that needs private ones sets this (openlines/outbound.py).
 OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS = read.bool("OPENLINES_ALLOW_PRIVATE_MESSAGE_URLS", default=False)
+# Relayed messages and settled waiting replies are deleted this many days after they came (openlines/retention.py);
+# it is also how long a message id counts once. Longer than the reconciliation's look-back by far.
+OPENLINES_RETENTION_DAYS = read.int("OPENLINES_RETENTION_DAYS", default=30, minimum=1)
 # Requests to the channel signed the version-1 way (no direction) are accepted up to and including this day (UTC,
 # YYYY-MM-DD), the migration window to version 2 (README, "The Open Lines channel"); empty: refused now.
 _v1_until = read.str("OPENLINES_SIGNATURE_V1_UNTIL", default="2027-06-30")
@@ -514,6 +517,8 @@ CELERY_BEAT_SCHEDULE = {
     "inbox-offline-pull": {"task": "inbox.pull_offline_events", "schedule": B24_OFFLINE_PULL_INTERVAL},
     # Finished inbox rows past their retention (B24_INBOX_RETENTION_DAYS); each run is shown in the admin.
     "inbox-prune": {"task": "inbox.prune", "schedule": crontab(minute=29, hour=4)},
+    # Messages relayed (and replies settled) more than OPENLINES_RETENTION_DAYS ago are deleted.
+    "openlines-prune": {"task": "openlines.prune", "schedule": crontab(minute=47, hour=4)},
     # Once a day, as Bitrix24 asks (no refreshing "just in case"); the pass fans out per-portal tasks.
     # Rotated tokens held during a database outage are stored as soon as the database is back.
     "held-tokens": {"task": "portals.store_held_grants", "schedule": B24_TOKEN_HELD_INTERVAL},

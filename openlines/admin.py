@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import tasks
-from .models import Channel, Delivery, InboundMessage, OutboundMessage, WaitingReply
+from .models import Channel, Delivery, InboundMessage, MessagePruneRun, OutboundMessage, WaitingReply
 
 
 def _count(model, states=None):
@@ -179,6 +179,25 @@ class WaitingReplyAdmin(admin.ModelAdmin):
     list_filter = ("state", "action")
     list_select_related = ("channel", "channel__portal")
     search_fields = ("external_chat_id", "im_message_id", "im_chat_id")
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(MessagePruneRun)
+class MessagePruneRunAdmin(admin.ModelAdmin):
+    """What the relay's retention deleted, when and why (read-only)."""
+
+    list_display = ("started_at", "inbound_deleted", "outbound_deleted", "waiting_deleted", "before", "reason")
+    fields = ("started_at", "finished_at", "reason", "before", "inbound_deleted", "outbound_deleted", "waiting_deleted")
+    readonly_fields = fields
     show_full_result_count = False
 
     def has_add_permission(self, request):

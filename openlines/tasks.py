@@ -39,7 +39,7 @@ from bitrix24.errors import RestError
 from portals.models import Portal
 from portals.tokens import PortalClient
 
-from . import outbound
+from . import outbound, retention
 from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -679,3 +679,9 @@ def sweep() -> str:
         f"queued {len(inbound)} inbound, {len(outbound_)} outbound; {dead} dead letter(s), {parked} parked, "
         f"{released} released"
     )
+
+
+@shared_task(name="openlines.prune", acks_late=True, ignore_result=True)
+def prune() -> int:
+    """Beat, daily: delete messages relayed more than OPENLINES_RETENTION_DAYS ago (openlines/retention.py)."""
+    return retention.prune().deleted
