@@ -229,8 +229,8 @@ B24_INBOX_UNVERIFIED_PER_MINUTE = read.float("B24_INBOX_UNVERIFIED_PER_MINUTE", 
 # what Bitrix24 could not deliver). At most B24_INBOX_PORTAL_WINDOW tasks per portal and lane wait in the
 # broker at once (fair dispatch). Unproven events (no stored portal vouches for them) share one budget for the
 # whole deployment, and at most B24_INBOX_UNPROVEN_MAX_WAITING of them wait unfinished at once.
-B24_INBOX_PORTAL_BURST = read.int("B24_INBOX_PORTAL_BURST", default=600, minimum=1)
-B24_INBOX_PORTAL_PER_MINUTE = read.float("B24_INBOX_PORTAL_PER_MINUTE", default=600.0)
+B24_INBOX_PORTAL_BURST = read.int("B24_INBOX_PORTAL_BURST", default=3000, minimum=1)
+B24_INBOX_PORTAL_PER_MINUTE = read.float("B24_INBOX_PORTAL_PER_MINUTE", default=3000.0)
 B24_INBOX_PORTAL_WINDOW = read.int("B24_INBOX_PORTAL_WINDOW", default=4, minimum=1)
 B24_INBOX_UNPROVEN_BURST = read.int("B24_INBOX_UNPROVEN_BURST", default=100, minimum=1)
 B24_INBOX_UNPROVEN_PER_MINUTE = read.float("B24_INBOX_UNPROVEN_PER_MINUTE", default=120.0)
