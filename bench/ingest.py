@@ -296,6 +296,9 @@ def main():
                             figures["cpu"] = CpuMeter.delta(before, meter.snapshot())
                             results[key].append(figures)
                     stored_after = rows_stored()
+                    if args.rounds:
+                        report(endpoints, results, stored_before, stored_after)
+                        print(f"  (gunicorn's logs: {GUNICORN_LOGS})")
                     if args.profile:
                         profile(channels, args.profile)
             finally:
@@ -304,9 +307,6 @@ def main():
                 else:
                     with app.connection_for_write() as conn:
                         conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
-            if args.rounds:
-                report(endpoints, results, stored_before, stored_after)
-                print(f"  (gunicorn's logs: {GUNICORN_LOGS})")
 
 
 def spread(values: list[float], digits: int) -> str:
