@@ -38,6 +38,7 @@ from typing import Any
 
 from django.conf import settings
 
+from . import cache as _cache
 from . import metrics
 
 # Re-exported: the apps keep their short-lived shared state through limits.cache too (placements.auth).
@@ -124,20 +125,45 @@ def _unlock(key: str, token: str | None) -> None:
         cache.delete(key)
 
 
+# _gcra on Redis, in one round trip (atomic on the server): the bucket's theoretical arrival time is a plain
+# number under "<key>:tat" (the generic path keeps a pickled one under "<key>", so the two never mix). The
+# answer is a string: the wait when a slot was reserved, or "-" and the wait when it is too far (nothing taken).
+_GCRA_SCRIPT = _cache.Script("""
+local now, interval, tolerance, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') or 0, now)
+local wait = math.max(tat - tolerance, now) - now
+if wait > max_wait then
+  return '-' .. string.format('%.6f', wait)
+end
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'EX', math.floor(tolerance + interval) + 60)
+return string.format('%.6f', wait)
+""")
+
+
 def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | None = None) -> float:
     """Reserve the next slot of a GCRA bucket if it comes within `max_wait`; returns the wait.
 
-    Raises LimitWaitTooLong (nothing reserved) when the slot is further away.
+    Raises LimitWaitTooLong (nothing reserved) when the slot is further away. On Redis one script call;
+    on any other cache (or while Redis fails) under the cache's short lock.
     """
     interval = 1.0 / rate
     tolerance = max(burst - 1, 0) * interval
+    now = time.time() if now is None else now
+    try:
+        answer = _GCRA_SCRIPT.run(f"{key}:tat", repr(now), repr(interval), repr(tolerance), repr(max_wait))
+    except _cache.NoScripts:
+        pass
+    else:
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if text.startswith("-"):
+            raise LimitWaitTooLong(float(text[1:]))
+        return float(text)
     token = _lock(key + ":lock", max_wait)
     if token is None and max_wait < _LOCK_TIMEOUT:
         # A caller that may not wait long (a web request, an unverified budget) is refused; a background
         # caller goes on without the lock rather than stall.
         raise LimitWaitTooLong(1.0)
     try:
-        now = time.time() if now is None else now
         tat = max(cache.get(key) or 0.0, now)
         send_at = max(tat - tolerance, now)
         if send_at - now > max_wait:
