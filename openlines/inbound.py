@@ -17,6 +17,7 @@ import hmac
 import json
 import re
 import time
+from datetime import timedelta
 from uuid import UUID
 
 from django.conf import settings
@@ -42,6 +43,10 @@ _NAME_MAX = 25
 _NAME_MARKS = frozenset("'\u2019-")
 # C0 controls (NUL above all: PostgreSQL stores no NUL in text or JSON) are refused; tab and line breaks are text.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_PORTAL_SECRETS = ("access_token", "refresh_token", "application_token")
+# A channel's last_activity_at is written at most once per this interval: it is shown to the minute and read
+# in hours (openlines.reconcile), so under a stream of messages one UPDATE a minute, not one per message.
+ACTIVITY_RESOLUTION = timedelta(seconds=60)
 
 
 class Refused(Refusal):
@@ -61,7 +66,14 @@ def _header(request, name: str) -> str:
 
 
 def find_channel(public_id: UUID) -> Channel:
-    channel = Channel.objects.select_related("portal").filter(public_id=public_id).first()
+    # One query for the channel and its portal; the portal's tokens are not read here, so not loaded (nor
+    # decrypted): only the channel's secret is.
+    channel = (
+        Channel.objects.select_related("portal")
+        .defer(*(f"portal__{name}" for name in _PORTAL_SECRETS))
+        .filter(public_id=public_id)
+        .first()
+    )
     if channel is None:
         raise Refused("unknown_channel", "no such channel", 404)
     if not channel.is_connected or not channel.secret or not channel.portal.is_serving:
@@ -263,17 +275,26 @@ def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
     if action in ("add", "update"):
         element["message"].setdefault("date", int(time.time()))
     payload = _reading(channel, element) if action == "read" else element
+    fields = {
+        "channel": channel,
+        "action": action,
+        "key": key,
+        "external_chat_id": chat_id,
+        "external_message_id": message_id,
+        "payload": payload,
+    }
     try:
-        with transaction.atomic():
-            row = InboundMessage.objects.create(
-                channel=channel,
-                action=action,
-                key=key,
-                external_chat_id=chat_id,
-                external_message_id=message_id,
-                payload=payload,
-            )
+        if transaction.get_connection().in_atomic_block:
+            # Inside a caller's transaction a savepoint keeps a duplicate's IntegrityError from breaking it.
+            with transaction.atomic():
+                row = InboundMessage.objects.create(**fields)
+        else:
+            # A request runs in autocommit: the INSERT is stored (committed) by itself before the 202, in one
+            # round trip where atomic() would add BEGIN and COMMIT.
+            row = InboundMessage.objects.create(**fields)
     except IntegrityError:
         raise Refused("duplicate_message", "this message id was accepted before", 409) from None
-    Channel.objects.filter(pk=channel.pk).update(last_activity_at=timezone.now())
+    now = timezone.now()
+    if channel.last_activity_at is None or now - channel.last_activity_at >= ACTIVITY_RESOLUTION:
+        Channel.objects.filter(pk=channel.pk).update(last_activity_at=now)
     return row
