@@ -9,6 +9,7 @@ while, and tries the shared cache again a few seconds later. No request fails be
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,9 @@ class _SafeCache:
 cache = _SafeCache()
 
 
+_clients: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
 class NoScripts(Exception):
     """The shared cache cannot run a script now (it is not Redis, or it is failing): take the generic path."""
 
@@ -77,8 +81,13 @@ class Script:
             raise NoScripts
         name = backend.make_and_validate_key(key)
         try:
-            # RedisCache keeps its client private (django-stubs leaves it out); Django builds one per call.
-            client = backend._cache.get_client(name, write=True)  # type: ignore[attr-defined]
+            # RedisCache keeps its client private (django-stubs leaves it out) and builds a redis.Redis per call,
+            # which costs more CPU than the script's round trip: one is kept per backend (writes always go to
+            # its first server's pool; a redis.Redis is safe to share between threads).
+            owner = backend._cache  # type: ignore[attr-defined]
+            client = _clients.get(owner)
+            if client is None:
+                client = _clients.setdefault(owner, owner.get_client(name, write=True))
             try:
                 return client.evalsha(self.sha, 1, name, *args)
             except NoScriptError:  # the server has not seen it yet (or restarted): send it whole once
