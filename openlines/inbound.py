@@ -67,14 +67,19 @@ def _header(request, name: str) -> str:
     return request.headers.get(name, "")
 
 
+# What a request reads of the channel; its other fields load on access, as deferred fields do.
+_CHANNEL_FIELDS = ("id", "portal", "public_id", "state", "secret", "last_activity_at")
+
+
 @lru_cache(maxsize=1)
 def _find_sql() -> str:
-    """The request's first query, built from the models' metadata (so it follows migrations): the channel, its
-    secret the one value decrypted, and its portal's status, joined. A raw query skips the ORM's per-call SQL
-    compilation, the largest share of a request's CPU before (bench/ingest.py); the portal's tokens stay unread.
+    """The request's first query, built from the models' metadata (so it follows migrations): what a request
+    reads of the channel, its secret the one value decrypted, and its portal's status, joined. A raw query
+    skips the ORM's per-call SQL compilation, the largest share of a request's CPU before (bench/ingest.py);
+    the portal's tokens stay unread.
     """
     channel, portal = Channel._meta, Portal._meta
-    columns = ", ".join(f"c.{f.column}" for f in channel.concrete_fields)
+    columns = ", ".join(f"c.{channel.get_field(name).column}" for name in _CHANNEL_FIELDS)
     return (
         f"SELECT {columns}, p.{portal.get_field('status').column} AS portal_status FROM {channel.db_table} c "
         f"JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{channel.get_field('portal').column} "
