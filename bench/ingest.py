@@ -145,41 +145,23 @@ def rows_stored() -> dict:
     }
 
 
-def profile(channels: list, count: int) -> None:
-    """`count` channel API requests through Django's WSGIHandler in this process: queries, cProfile."""
+def profile(label: str, environ_for, expect: int, count: int, name: str) -> None:
+    """`count` requests (`environ_for(n)` builds each) through Django's WSGIHandler in this process: the
+    SQL statements of one, the mean time, and cProfile's CPU time (the project's functions by cumulative
+    time, everything by own time); the profile is kept in LOGS/<name>.prof."""
     from django.core.handlers.wsgi import WSGIHandler
     from django.db import connection
-    from django.test import RequestFactory
 
-    from openlines.outbound import INBOUND, sign
-
-    handler, factory = WSGIHandler(), RequestFactory(SERVER_NAME="127.0.0.1")
-    channel, secret = channels[0]
+    handler = WSGIHandler()
 
     def post(n: int) -> int:
-        body = json.dumps(
-            {
-                "chat": {"id": f"p-chat-{n % 50}", "name": "Bench chat"},
-                "user": {"id": f"p-u-{n % 50}", "name": "Ann", "last_name": "Bench"},
-                "message": {"id": f"p-{n}", "text": f"message {n}: hello from the bench"},
-            }
-        ).encode()
-        ts = str(int(time.time()))
-        environ = factory.post(
-            f"/channels/{channel.public_id}/messages",
-            body,
-            content_type="application/json",
-            HTTP_X_B24WIDGET_TIMESTAMP=ts,
-            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
-            HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
-        ).environ
         status = []
-        response = handler(environ, lambda s, h, *a: status.append(s))
+        response = handler(environ_for(n), lambda s, h, *a: status.append(s))
         b"".join(response)
         response.close()  # request_finished, as a WSGI server sends it
         return int(status[0].split()[0])
 
-    assert post(0) == 202
+    assert post(0) == expect
     queries = []  # (request_started resets connection.queries: a wrapper sees every one)
 
     def record(execute, sql, params, many, context):
@@ -187,7 +169,7 @@ def profile(channels: list, count: int) -> None:
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(record):
-        assert post(1) == 202
+        assert post(1) == expect
     started = time.perf_counter()
     for n in range(count + 2, 2 * count + 2):
         post(n)
@@ -199,9 +181,9 @@ def profile(channels: list, count: int) -> None:
         post(n)
     profiler.disable()
     LOGS.mkdir(parents=True, exist_ok=True)
-    profiler.dump_stats(LOGS / "channel.prof")
+    profiler.dump_stats(LOGS / f"{name}.prof")
     took = (time.perf_counter() - started) / count
-    print("\nin-process, channel API requests through Django's WSGIHandler (one channel, its task pending)")
+    print(f"\nin-process, {label} through Django's WSGIHandler")
     print(
         f"  mean of {count}: {common.ms(plain)} ms per request ({common.ms(took)} ms under cProfile); "
         f"SQL statements per request: {len(queries)}"
@@ -209,11 +191,65 @@ def profile(channels: list, count: int) -> None:
     for q in queries:
         sql = re.sub(r"\s+", " ", q)
         print(f"    {sql[:150]}{'...' if len(sql) > 150 else ''}")
+    stats = pstats.Stats(profiler)
+    total = sum(t[3] for key, t in stats.stats.items() if key[2] == "__call__" and key[0].endswith("wsgi.py"))
+    print(f"  CPU per request under cProfile: {common.ms(total / count)} ms; the project's functions, cumulative:")
+    ours = sorted(
+        (
+            (t[3], key)
+            for key, t in stats.stats.items()
+            if key[0].startswith(str(common.ROOT)) and "/.venv/" not in key[0] and "/bench/" not in key[0]
+        ),
+        reverse=True,
+    )
+    for seconds, (path, line, function) in ours[:14]:
+        print(f"    {common.ms(seconds / count):>6} ms  {Path(path).relative_to(common.ROOT)}:{line} {function}")
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(22)
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
     text = out.getvalue()
-    print("  cProfile (CPU time of the request's thread), by own time:")
+    print("  everything by own CPU time:")
     print("\n".join("    " + line for line in text[text.index("ncalls") :].rstrip().splitlines()))
+
+
+def channel_environ(channel, secret):
+    from django.test import RequestFactory
+
+    from openlines.outbound import INBOUND, sign
+
+    factory = RequestFactory(SERVER_NAME="127.0.0.1")
+
+    def environ_for(n: int) -> dict:
+        body = json.dumps(
+            {
+                "chat": {"id": f"p-chat-{n % 50}", "name": "Bench chat"},
+                "user": {"id": f"p-u-{n % 50}", "name": "Ann", "last_name": "Bench"},
+                "message": {"id": f"p-{n}", "text": f"message {n}: hello from the bench"},
+            }
+        ).encode()
+        ts = str(int(time.time()))
+        return factory.post(
+            f"/channels/{channel.public_id}/messages",
+            body,
+            content_type="application/json",
+            HTTP_X_B24WIDGET_TIMESTAMP=ts,
+            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
+            HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
+        ).environ
+
+    return environ_for
+
+
+def events_environ(build: "Requests"):
+    from django.test import RequestFactory
+
+    factory = RequestFactory(SERVER_NAME="127.0.0.1")
+
+    def environ_for(n: int) -> dict:
+        raw = build.event()
+        body = raw[raw.index(b"\r\n\r\n") + 4 :]
+        return factory.post("/events/", body, content_type="application/x-www-form-urlencoded").environ
+
+    return environ_for
 
 
 def main():
@@ -300,7 +336,11 @@ def main():
                         report(endpoints, results, stored_before, stored_after)
                         print(f"  (gunicorn's logs: {GUNICORN_LOGS})")
                     if args.profile:
-                        profile(channels, args.profile)
+                        channel, secret = channels[0]
+                        label = "channel API requests (one channel, its task pending)"
+                        profile(label, channel_environ(channel, secret), 202, args.profile, "channel")
+                        label = "/events/ requests (OnImConnectorMessageAdd)"
+                        profile(label, events_environ(build), 200, args.profile, "events")
             finally:
                 if settings.CELERY_BROKER_URL.startswith("filesystem:"):
                     shutil.rmtree(broker_dir, ignore_errors=True)
