@@ -81,10 +81,10 @@ class Script:
             raise NoScripts
         name = backend.make_and_validate_key(key)
         try:
-            # RedisCache keeps its client private (django-stubs leaves it out) and builds a redis.Redis per call,
+            # RedisCache keeps its client private and builds a redis.Redis per call,
             # which costs more CPU than the script's round trip: one is kept per backend (writes always go to
             # its first server's pool; a redis.Redis is safe to share between threads).
-            owner = backend._cache  # type: ignore[attr-defined]
+            owner = backend._cache
             client = _clients.get(owner)
             if client is None:
                 client = _clients.setdefault(owner, owner.get_client(name, write=True))

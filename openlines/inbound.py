@@ -79,7 +79,7 @@ def _find_sql() -> str:
     the portal's tokens stay unread.
     """
     channel, portal = Channel._meta, Portal._meta
-    columns = ", ".join(f"c.{channel.get_field(name).column}" for name in _CHANNEL_FIELDS)
+    columns = ", ".join(f"c.{f.column}" for f in channel.concrete_fields if f.name in _CHANNEL_FIELDS)
     return (
         f"SELECT {columns}, p.{portal.get_field('status').column} AS portal_status FROM {channel.db_table} c "
         f"JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{channel.get_field('portal').column} "

@@ -115,7 +115,7 @@ def _mark_sql(field: str, *, replace_later: bool) -> str:
     mark is taken when there is none, when it is older than OPENLINES_REQUEUE_AFTER (a lost task) or, for a
     task for now, when it waits for a countdown."""
     meta = Channel._meta
-    column = meta.get_field(field).column
+    column = next(f.column for f in meta.concrete_fields if f.name == field)
     free = f"{column} IS NULL OR {column} < %s" + (f" OR {column} > %s" if replace_later else "")
     return f"UPDATE {meta.db_table} SET {column} = %s WHERE {meta.pk.column} = %s AND ({free})"
 
