@@ -20,8 +20,10 @@ is taken as full; when such answers repeat the rate halves, and every PROBE_SECO
 steps back toward the plan's rate.
 
 `admit` is the same arithmetic without waiting, for budgets of unverified work (verifying unknown
-tokens, OAuth attempts for forged installs): over budget means "refuse now". `single_flight` keeps
-one such attempt in flight per key.
+tokens, OAuth attempts for forged installs, the channel API's signed requests): over budget means
+"refuse now". On Redis a budget is one Lua script call (atomic on the server, no lock to contend for: a
+burst of a budget's own requests is never refused for a busy lock); on other caches it takes the short
+lock. `single_flight` keeps one such attempt in flight per key.
 
 When the cache (Redis) fails, each process falls back to its own memory for this state and says so
 in the log (bitrix24/cache.py): pacing gets per-process instead of shared, but no request fails because of it.
