@@ -150,9 +150,9 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
     """
     interval = 1.0 / rate
     tolerance = max(burst - 1, 0) * interval
-    now = time.time() if now is None else now
     try:
-        answer = _GCRA_SCRIPT.run(f"{key}:tat", repr(now), repr(interval), repr(tolerance), repr(max_wait))
+        at = time.time() if now is None else now
+        answer = _GCRA_SCRIPT.run(f"{key}:tat", repr(at), repr(interval), repr(tolerance), repr(max_wait))
     except _cache.NoScripts:
         pass
     else:
@@ -166,6 +166,7 @@ def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | No
         # caller goes on without the lock rather than stall.
         raise LimitWaitTooLong(1.0)
     try:
+        now = time.time() if now is None else now
         tat = max(cache.get(key) or 0.0, now)
         send_at = max(tat - tolerance, now)
         if send_at - now > max_wait:
