@@ -20,8 +20,10 @@ is taken as full; when such answers repeat the rate halves, and every PROBE_SECO
 steps back toward the plan's rate.
 
 `admit` is the same arithmetic without waiting, for budgets of unverified work (verifying unknown
-tokens, OAuth attempts for forged installs): over budget means "refuse now". `single_flight` keeps
-one such attempt in flight per key.
+tokens, OAuth attempts for forged installs, the channel API's signed requests): over budget means
+"refuse now". On Redis a budget is one Lua script call (atomic on the server, no lock to contend for: a
+burst of a budget's own requests is never refused for a busy lock); on other caches it takes the short
+lock. `single_flight` keeps one such attempt in flight per key.
 
 When the cache (Redis) fails, each process falls back to its own memory for this state and says so
 in the log (bitrix24/cache.py): pacing gets per-process instead of shared, but no request fails because of it.
@@ -38,6 +40,7 @@ from typing import Any
 
 from django.conf import settings
 
+from . import cache as _cache
 from . import metrics
 
 # Re-exported: the apps keep their short-lived shared state through limits.cache too (placements.auth).
@@ -124,13 +127,39 @@ def _unlock(key: str, token: str | None) -> None:
         cache.delete(key)
 
 
+# _gcra on Redis, in one round trip (atomic on the server): the bucket's theoretical arrival time is a plain
+# number under "<key>:tat" (the generic path keeps a pickled one under "<key>", so the two never mix). The
+# answer is a string: the wait when a slot was reserved, or "-" and the wait when it is too far (nothing taken).
+_GCRA_SCRIPT = _cache.Script("""
+local now, interval, tolerance, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') or 0, now)
+local wait = math.max(tat - tolerance, now) - now
+if wait > max_wait then
+  return '-' .. string.format('%.6f', wait)
+end
+redis.call('SET', KEYS[1], string.format('%.6f', tat + interval), 'EX', math.floor(tolerance + interval) + 60)
+return string.format('%.6f', wait)
+""")
+
+
 def _gcra(key: str, *, rate: float, burst: int, max_wait: float, now: float | None = None) -> float:
     """Reserve the next slot of a GCRA bucket if it comes within `max_wait`; returns the wait.
 
-    Raises LimitWaitTooLong (nothing reserved) when the slot is further away.
+    Raises LimitWaitTooLong (nothing reserved) when the slot is further away. On Redis one script call;
+    on any other cache (or while Redis fails) under the cache's short lock.
     """
     interval = 1.0 / rate
     tolerance = max(burst - 1, 0) * interval
+    try:
+        at = time.time() if now is None else now
+        answer = _GCRA_SCRIPT.run(f"{key}:tat", repr(at), repr(interval), repr(tolerance), repr(max_wait))
+    except _cache.NoScripts:
+        pass
+    else:
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if text.startswith("-"):
+            raise LimitWaitTooLong(float(text[1:]))
+        return float(text)
     token = _lock(key + ":lock", max_wait)
     if token is None and max_wait < _LOCK_TIMEOUT:
         # A caller that may not wait long (a web request, an unverified budget) is refused; a background

@@ -2,11 +2,12 @@
 imconnector.send.messages (several per call) through the per-portal limiter; refusals send nothing."""
 
 import time
+from datetime import timedelta
 
 import pytest
 
 from openlines import tasks
-from openlines.models import Delivery, InboundMessage
+from openlines.models import Channel, Delivery, InboundMessage
 from sandbox.standin import rest_imconnector as imc
 from tests.openlines.conftest import act, message, signed
 
@@ -227,3 +228,50 @@ def test_numbers_that_are_not_digits_are_dropped_from_names_too(client, channel,
         "Lee",
     )
     assert imc.conversations(b24)[0]["name"] == "Ann"
+
+
+def statements(captured) -> list[str]:
+    """The SQL statements of a request, without the test transaction's savepoints."""
+    return [q["sql"].split()[0] for q in captured if "SAVEPOINT" not in q["sql"]]
+
+
+def test_an_accepted_message_is_one_select_one_insert_and_the_activity_once_a_minute(
+    client, channel, django_assert_max_num_queries, django_capture_on_commit_callbacks
+):
+    """The hot path: the channel and its portal in one SELECT (the portal's tokens neither loaded nor
+    decrypted), the row, and last_activity_at written at most once a minute, not per message."""
+    row, secret, b24 = channel
+    Channel.objects.filter(pk=row.pk).update(last_activity_at=None)
+    with django_capture_on_commit_callbacks(execute=False), django_assert_max_num_queries(5) as first:
+        assert signed(client, row, secret, message("m1")).status_code == 202
+    assert statements(first.captured_queries) == ["SELECT", "INSERT", "UPDATE"]
+    select = first.captured_queries[0]["sql"]
+    assert "JOIN portals_portal" in select and "openlines_channel" in select
+    assert not any(name in select for name in ("access_token", "refresh_token", "application_token"))
+    active = Channel.objects.get(pk=row.pk).last_activity_at
+    assert active is not None
+    with django_capture_on_commit_callbacks(execute=False), django_assert_max_num_queries(4) as second:
+        assert signed(client, row, secret, message("m2")).status_code == 202
+    assert statements(second.captured_queries) == ["SELECT", "INSERT"]
+    assert Channel.objects.get(pk=row.pk).last_activity_at == active
+    Channel.objects.filter(pk=row.pk).update(last_activity_at=active - timedelta(seconds=61))
+    with django_capture_on_commit_callbacks(execute=False), django_assert_max_num_queries(5) as third:
+        assert signed(client, row, secret, message("m3")).status_code == 202
+    assert statements(third.captured_queries) == ["SELECT", "INSERT", "UPDATE"]
+    assert Channel.objects.get(pk=row.pk).last_activity_at >= active
+    assert InboundMessage.objects.filter(channel=row).count() == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_duplicate_is_409_and_the_next_message_is_stored(client, channel):
+    """As a request runs in production (autocommit): the INSERT stands alone, and a duplicate's refusal
+    leaves the connection fit for the next request."""
+    row, secret, b24 = channel
+    assert signed(client, row, secret, message("m1")).status_code == 202
+    again = signed(client, row, secret, message("m1"))
+    assert again.status_code == 409 and again.json()["error"] == "duplicate_message"
+    assert signed(client, row, secret, message("m2")).status_code == 202
+    assert sorted(InboundMessage.objects.filter(channel=row).values_list("external_message_id", flat=True)) == [
+        "m1",
+        "m2",
+    ]

@@ -78,3 +78,28 @@ def test_a_message_waiting_for_its_retry_is_not_overdue(client, channel, setting
     relay = client.get("/healthz").json()["openlines"]
     assert relay["inbound"]["waiting"] == 1 and relay["inbound"]["oldest_waiting_seconds"] >= 299
     assert relay["inbound"]["oldest_overdue_seconds"] == 0 and not relay["degraded"]
+
+
+def test_a_channel_has_one_pending_task_per_direction_and_a_lost_one_is_sent_again(channel, settings):
+    """queue_channel's mark: taken when free, refused while a task is pending, taken again once older than
+    OPENLINES_REQUEUE_AFTER (the broker lost it); a task for now replaces one waiting for a countdown."""
+    settings.OPENLINES_TASKS_INLINE = False  # to the run's own broker queue; nothing consumes it here
+    row, _secret, _b24 = channel
+
+    def mark():
+        return Channel.objects.values_list("inbound_queued_at", flat=True).get(pk=row.pk)
+
+    assert tasks.queue_channel(tasks.deliver_inbound, row.pk) is True
+    first = mark()
+    assert first is not None and abs((first - timezone.now()).total_seconds()) < 60
+    assert tasks.queue_channel(tasks.deliver_inbound, row.pk) is False and mark() == first
+    assert tasks.queue_channel(tasks.deliver_outbound, row.pk) is True  # the other direction is its own
+    lost = timezone.now() - timedelta(seconds=settings.OPENLINES_REQUEUE_AFTER + 5)
+    Channel.objects.filter(pk=row.pk).update(inbound_queued_at=lost)
+    assert tasks.queue_channel(tasks.deliver_inbound, row.pk) is True and mark() > lost
+    Channel.objects.filter(pk=row.pk).update(inbound_queued_at=None)
+    assert tasks.queue_channel(tasks.deliver_inbound, row.pk, countdown=300) is True
+    later = mark()
+    assert later > timezone.now() + timedelta(seconds=200)
+    assert tasks.queue_channel(tasks.deliver_inbound, row.pk, countdown=300) is False and mark() == later
+    assert tasks.queue_channel(tasks.deliver_inbound, row.pk) is True and mark() < later  # now beats later

@@ -1,0 +1,96 @@
+"""Budgets of unverified or signed work (bitrix24.limits.admit / refused_for): the same arithmetic on Redis
+(one script call, atomic on the server) as on any other cache, and this process's memory while Redis fails."""
+
+import socket
+import threading
+import uuid
+
+import pytest
+import redis
+
+from bitrix24 import limits
+from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
+
+PREFIX = f"{RUN_PREFIX}-budgets"
+REDIS = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL, "KEY_PREFIX": PREFIX}
+
+
+@pytest.fixture(params=["locmem", "redis"])
+def budget_cache(request, settings):
+    working = settings.CACHES
+    if request.param == "redis":
+        backend = REDIS
+    else:
+        backend = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"budgets-{uuid.uuid4()}"}
+    settings.CACHES = {"default": backend}
+    yield request.param
+    settings.CACHES = working
+    if request.param == "redis":
+        delete_prefixed(REDIS_URL, PREFIX + ":")
+
+
+def key() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+def test_a_budget_takes_its_burst_then_refuses_with_the_wait_and_takes_nothing(budget_cache):
+    mine, other = key(), key()
+    # 6 a minute: one unit every 10 s, after a burst of 3.
+    assert [limits.refused_for(mine, per_minute=6, burst=3) for _ in range(3)] == [None, None, None]
+    wait = limits.refused_for(mine, per_minute=6, burst=3)
+    assert wait is not None and 9.0 < wait <= 10.0
+    again = limits.refused_for(mine, per_minute=6, burst=3)  # a refusal took nothing: the wait did not grow
+    assert again is not None and again <= wait
+    assert limits.admit(other, per_minute=6, burst=3)  # budgets are per key
+
+
+def test_a_budget_holds_under_concurrent_takers(budget_cache):
+    mine, taken, lock = key(), [], threading.Lock()
+
+    def take():
+        for _ in range(10):
+            if limits.admit(mine, per_minute=1, burst=20):
+                with lock:
+                    taken.append(1)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 20
+
+
+def test_on_redis_a_budget_is_one_key_and_takes_no_lock(settings):
+    settings.CACHES = {"default": REDIS}
+    mine = key()
+    try:
+        assert limits.admit(mine, per_minute=60, burst=5)
+        stored = sorted(k.decode() for k in redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{PREFIX}:*{mine}*"))
+        # One script call: the arrival time under its own key, no lock key ever written.
+        assert stored == [f"{PREFIX}:1:b24widget:budget:{mine}:tat"]
+    finally:
+        delete_prefixed(REDIS_URL, PREFIX + ":")
+
+
+@pytest.fixture
+def redis_down(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    working = settings.CACHES
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{closed}/0",
+            "KEY_PREFIX": PREFIX,
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    yield
+    settings.CACHES = working  # before the suite's own fixtures clear the cache
+
+
+def test_with_redis_down_a_budget_still_counts_in_this_process(redis_down):
+    mine = key()
+    assert [limits.admit(mine, per_minute=6, burst=2) for _ in range(3)] == [True, True, False]
