@@ -61,7 +61,10 @@ PORTALS = 4
 
 
 def _run(command, **kwargs):
-    return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
+    done = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)}: exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done
 
 
 class OwnPostgres:
@@ -79,6 +82,7 @@ class OwnPostgres:
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         folder.mkdir(parents=True, exist_ok=True)
         if self.as_user:
+            folder.parent.chmod(0o755)  # mkdtemp's folder is the owner's only; postgres must reach its own
             shutil.chown(folder, "postgres", "postgres")
             self.log.touch()
             shutil.chown(self.log, "postgres", "postgres")
@@ -332,7 +336,6 @@ class Faults:
     def __init__(self, procs: Processes, pg: OwnPostgres, redis: OwnRedis, standin, portals, receiver, outage):
         self.procs, self.pg, self.redis, self.standin = procs, pg, redis, standin
         self.portals, self.receiver, self.outage = portals, receiver, outage
-        self.scripted = threading.Event()  # on while Bitrix24 answers scripted errors
         self.kills = 0
 
     # ours
@@ -372,15 +375,25 @@ class Faults:
         return "PostgreSQL restarted (fast)"
 
     # outside
+    METHODS = ("imconnector.send.messages", "imopenlines.session.history.get")
+
     def _scripted(self, error: str, status: int):
-        self.scripted.set()
+        """Every call of METHODS answers `error` for --outage seconds, and none after. `fail_next` scripts a count,
+        not a time: one answer is kept pending (topped up every 0.1 s) and what is left is dropped at the end,
+        through the portal's `_failures` (bench-only use of the stand-in's internals, as add_virtual_portals)."""
         end = time.monotonic() + self.outage
-        while time.monotonic() < end:  # two scripted answers per method and portal per second
+        while time.monotonic() < end:
             for b24 in self.portals:
-                for method in ("imconnector.send.messages", "imopenlines.session.history.get"):
-                    b24.fail_next(method, error, status, times=2)
-            time.sleep(1)
-        self.scripted.clear()
+                for method in self.METHODS:
+                    with b24._standin.lock:
+                        pending = len(b24._failures.get(method, []))
+                    if not pending:
+                        b24.fail_next(method, error, status)
+            time.sleep(0.1)
+        for b24 in self.portals:
+            with b24._standin.lock:
+                for method in self.METHODS:
+                    b24._failures.pop(method, None)
 
     def query_limit(self):
         self._scripted("QUERY_LIMIT_EXCEEDED", 503)
@@ -568,10 +581,51 @@ def main():
                 print(f"setup: {PORTALS} portals installed and connected, {opened} conversations open")
                 sys.stdout.flush()
 
+                # --- what has arrived, and a timeline of what waits (every 10 s) ---
+                def expected_inbound():
+                    return {k: [t for t, _ in v] for k, v in traffic.accepted.items()}
+
+                def at_bitrix24():
+                    out = defaultdict(list)
+                    for p, b24 in enumerate(portals):
+                        for conv in imc.conversations(b24):
+                            for m in conv["messages"]:
+                                if m["outside"] and m["text"] != "hello":
+                                    out[(p, conv["external_chat"])].append((m["text"], m["at"]))
+                    return out
+
+                def replies_received():
+                    with receiver.lock:
+                        return {k: list(v) for k, v in receiver.got.items()}
+
+                timeline = []  # (at, inbound waiting, oldest s, replies waiting, oldest s)
+                sampler_stop = threading.Event()
+
+                def sample():
+                    while not sampler_stop.wait(10):
+                        now = time.time()
+                        with traffic.lock:
+                            accepted = [(t, a) for v in traffic.accepted.values() for t, a in v]
+                            written = [(t, a) for v in traffic.written.values() for t, a in v]
+                        got_in = {t for v in at_bitrix24().values() for t, _ in v}
+                        got_out = {t for v in replies_received().values() for t, _ in v}
+                        waiting_in = [a for t, a in accepted if t not in got_in]
+                        waiting_out = [a for t, a in written if t not in got_out]
+                        timeline.append(
+                            (
+                                now,
+                                len(waiting_in),
+                                now - min(waiting_in, default=now),
+                                len(waiting_out),
+                                now - min(waiting_out, default=now),
+                            )
+                        )
+
                 threads = []
                 for p, (public_id, secret) in enumerate(channels):
                     threads.append(threading.Thread(target=traffic.customer, args=(p, public_id, secret)))
                     threads.append(threading.Thread(target=traffic.operator, args=(p, portals[p], chat_ids[p])))
+                threads.append(threading.Thread(target=sample, daemon=True))
                 for thread in threads:
                     thread.start()
                 faults = Faults(procs, pg, redis, standin, portals, receiver, args.outage)
@@ -590,27 +644,11 @@ def main():
                     n += 1
                     time.sleep(max(0.0, min(at + args.every, end) - time.time()))
                 traffic.stop.set()
-                for thread in threads:
+                for thread in threads[:-1]:
                     thread.join(timeout=60)
                 load_ended = time.time()
 
                 # --- settle: faults off, wait until everything arrived (or --settle passed) ---
-                def expected_inbound():
-                    return {k: [t for t, _ in v] for k, v in traffic.accepted.items()}
-
-                def at_bitrix24():
-                    out = defaultdict(list)
-                    for p, b24 in enumerate(portals):
-                        for conv in imc.conversations(b24):
-                            for m in conv["messages"]:
-                                if m["outside"] and m["text"] != "hello":
-                                    out[(p, conv["external_chat"])].append((m["text"], m["at"]))
-                    return out
-
-                def replies_received():
-                    with receiver.lock:
-                        return {k: list(v) for k, v in receiver.got.items()}
-
                 def everything_arrived():
                     got_in = {k: {t for t, _ in v} for k, v in at_bitrix24().items()}
                     got_out = {k: {t for t, _ in v} for k, v in replies_received().items()}
@@ -623,6 +661,7 @@ def main():
                     time.sleep(2)
                 settled = time.time() - load_ended
                 time.sleep(15)  # late duplicates, if any, arrive too
+                sampler_stop.set()
                 close_old_connections()
                 connections.close_all()
 
@@ -695,6 +734,26 @@ def main():
                     f"webhook 503s answered while down {receiver.refused}; stand-in errors {len(standin.errors)}"
                 )
                 print(f"processes started: {dict(procs.started)}")
+                from django.utils import timezone
+
+                from openlines.models import Channel
+
+                now = timezone.now()
+                for model, lease in ((InboundMessage, "inbound"), (OutboundMessage, "outbound")):
+                    stuck = model.objects.exclude(state__in=[Delivery.SENT, Delivery.DEAD])
+                    for channel in Channel.objects.filter(pk__in=stuck.values("channel_id")):
+                        rows = stuck.filter(channel=channel).order_by("id")
+                        first = rows.first()
+                        until = getattr(channel, f"{lease}_lease_until")
+                        print(
+                            f"  still waiting, {lease}, channel {channel.pk}: {rows.count()} rows, states "
+                            f"{dict(Counter(rows.values_list('state', flat=True)))}; "
+                            f"oldest: attempts {first.attempts}, "
+                            f"next attempt in {(first.next_attempt_at - now).total_seconds():.0f} s, last error "
+                            f"{first.last_error!r}; lease until {until and (until - now).total_seconds():.0f} s, owner "
+                            f"{getattr(channel, f'{lease}_lease_owner')!r}, queued at "
+                            f"{getattr(channel, f'{lease}_queued_at')}"
+                        )
                 if lost_lines:
                     print("what went wrong, exactly:")
                     print("\n".join(lost_lines[:60]))
@@ -741,6 +800,20 @@ def main():
                             "reply max delay s",
                             "replies never arrived",
                         ],
+                    )
+                )
+                marks = {round(at - started): " + ".join(names) for at, _, names in injected}
+                rows = []
+                for at, wi, oi, wo, oo in timeline:
+                    t = at - started
+                    fault = "; ".join(m for k, m in marks.items() if t - 10 < k <= t)
+                    phase = "load" if at <= load_ended else "settle"
+                    rows.append([f"t+{t:.0f}", phase, wi, f"{oi:.0f}", wo, f"{oo:.0f}", fault])
+                print("\nwhat waited, every 10 s (customer messages not yet at Bitrix24, replies not yet outside):")
+                print(
+                    common.table(
+                        rows,
+                        ["at", "phase", "inbound waiting", "oldest s", "replies waiting", "oldest s", "faults begun"],
                     )
                 )
                 verdict = (
