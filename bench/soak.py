@@ -745,12 +745,13 @@ def main():
                         rows = stuck.filter(channel=channel).order_by("id")
                         first = rows.first()
                         until = getattr(channel, f"{lease}_lease_until")
+                        held = f"{(until - now).total_seconds():.0f} s" if until else "free"
                         print(
                             f"  still waiting, {lease}, channel {channel.pk}: {rows.count()} rows, states "
                             f"{dict(Counter(rows.values_list('state', flat=True)))}; "
                             f"oldest: attempts {first.attempts}, "
                             f"next attempt in {(first.next_attempt_at - now).total_seconds():.0f} s, last error "
-                            f"{first.last_error!r}; lease until {until and (until - now).total_seconds():.0f} s, owner "
+                            f"{first.last_error!r}; lease {held}, owner "
                             f"{getattr(channel, f'{lease}_lease_owner')!r}, queued at "
                             f"{getattr(channel, f'{lease}_queued_at')}"
                         )
