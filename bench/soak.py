@@ -510,6 +510,7 @@ def main():
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": "2",
             "LOG_LEVEL": "WARNING",
+            "B24_TOKEN_SPOOL_DIR": str(folder / "held-tokens"),  # every process of the run shares it
             "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",  # the receiver listens on 127.0.0.1
             "OPENLINES_INBOUND_PER_MINUTE": "0",  # refusals come from the faults only
             # Beat's passes, shortened for the soak (each at its minimum or near it).
