@@ -735,6 +735,32 @@ def main():
                     f"webhook 503s answered while down {receiver.refused}; stand-in errors {len(standin.errors)}"
                 )
                 print(f"processes started: {dict(procs.started)}")
+                from django.db.models import Count, Max
+
+                from inbox.models import InboxItem
+                from openlines.models import WaitingReply
+
+                def spread(model, field):
+                    return dict(sorted(Counter(model.objects.values_list(field, flat=True)).items()))
+
+                print(
+                    f"what the rows went through: inbound failed attempts {spread(InboundMessage, 'attempts')}; "
+                    f"outbound failed attempts {spread(OutboundMessage, 'attempts')}"
+                )
+                operator_events = InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD")
+                sources = operator_events.values("source", "state", "outcome").annotate(
+                    n=Count("id"), tries=Max("attempts")
+                )
+                print(
+                    "operator reply events stored (source, state, outcome: rows, most attempts): "
+                    + "; ".join(
+                        f"{r['source']} {r['state']} {r['outcome'][:40]!r}: {r['n']}, {r['tries']}" for r in sources
+                    )
+                )
+                for row in WaitingReply.objects.values("state", "reason").annotate(
+                    n=Count("id"), tries=Max("attempts")
+                ):
+                    print(f"  replies that waited for a confirmation: {row}")
                 from django.utils import timezone
 
                 from openlines.models import Channel
@@ -826,10 +852,10 @@ def main():
                     and not blocked
                 )
                 print(f"\nverdict: {'nothing lost, nothing twice, order kept' if verdict else 'LOSSES (see above)'}")
-                with contextlib.suppress(Exception), app.connection_for_write() as conn:
-                    conn.default_channel.queue_delete(os.environ["CELERY_QUEUE"])
                 procs.stop_all()
                 procs = None
+                with contextlib.suppress(Exception), app.connection_for_write() as conn:
+                    conn.default_channel.queue_delete(os.environ["CELERY_QUEUE"])
     finally:
         if procs is not None:
             procs.stop_all()
