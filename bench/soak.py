@@ -736,6 +736,7 @@ def main():
                 )
                 print(f"processes started: {dict(procs.started)}")
                 from django.db.models import Count, Max
+                from django.utils import timezone
 
                 from inbox.models import InboxItem
                 from openlines.models import WaitingReply
@@ -744,8 +745,8 @@ def main():
                     return dict(sorted(Counter(model.objects.values_list(field, flat=True)).items()))
 
                 print(
-                    f"what the rows went through: inbound failed attempts {spread(InboundMessage, 'attempts')}; "
-                    f"outbound failed attempts {spread(OutboundMessage, 'attempts')}"
+                    f"attempts per row (1: sent at the first): inbound {spread(InboundMessage, 'attempts')}; "
+                    f"outbound {spread(OutboundMessage, 'attempts')}"
                 )
                 operator_events = InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD")
                 sources = operator_events.values("source", "state", "outcome").annotate(
@@ -757,11 +758,18 @@ def main():
                         f"{r['source']} {r['state']} {r['outcome'][:40]!r}: {r['n']}, {r['tries']}" for r in sources
                     )
                 )
+                for item in InboxItem.objects.filter(state="processing"):
+                    behind = InboxItem.objects.filter(member_id=item.member_id, state="pending").count()
+                    left = (item.lease_until - timezone.now()).total_seconds() if item.lease_until else 0
+                    print(
+                        f"  event held 'processing': {item.event} of portal {item.member_id[:8]}, received "
+                        f"{item.received_at:%H:%M:%S}, attempts {item.attempts}, lease {left:.0f} s left, "
+                        f"{behind} pending events of its portal; last error {item.last_error[-160:]!r}"
+                    )
                 for row in WaitingReply.objects.values("state", "reason").annotate(
                     n=Count("id"), tries=Max("attempts")
                 ):
                     print(f"  replies that waited for a confirmation: {row}")
-                from django.utils import timezone
 
                 from openlines.models import Channel
 
