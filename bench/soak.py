@@ -150,7 +150,7 @@ class Processes:
         self.gunicorn = None
         self.workers: list = [None, None]
         self.beat = None
-        self.started = Counter()
+        self.started: Counter[str] = Counter()
 
     def _spawn(self, name, command):
         self.started[name] += 1
@@ -494,10 +494,20 @@ def main():
     for old in LOGS.glob("*.log"):
         old.unlink()
     folder = Path(tempfile.mkdtemp(prefix="b24bench-soak-"))
-    pg = OwnPostgres(folder / "pg")
-    pg.start()
-    redis = OwnRedis(folder)
-    redis.start()
+    pg, redis = None, None
+    try:
+        pg = OwnPostgres(folder / "pg")
+        pg.start()
+        redis = OwnRedis(folder)
+        redis.start()
+    except BaseException:  # leave nothing behind: a server started, the temp folder
+        if redis is not None:
+            redis.stop()
+        if pg is not None and pg.running():
+            with contextlib.suppress(BaseException):
+                pg.stop("immediate")
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     port = common.free_port()
     os.environ.update(
         {
