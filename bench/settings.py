@@ -13,13 +13,21 @@ from bench import _env
 _env.apply()
 
 from b24widget.settings import *  # noqa: E402, F403
-from b24widget.settings import CACHES  # noqa: E402
+from b24widget.settings import B24_APP_URL, CACHES, SETTINGS_PROBLEMS  # noqa: E402
 
 ROOT_URLCONF = "bench.urls"
 
 # Like the test settings: DEBUG off (production behaviour) with the stand-in's plain-HTTP portals, which
 # b24widget/checks.py accepts only with this Python-only override.
 B24_TESTING = True
+
+# bench/soak.py points B24_APP_URL at its gunicorn (plain http on 127.0.0.1), so the stand-in's events reach it:
+# as in tests/settings.py, the https rule is waived for a loopback address only.
+SETTINGS_PROBLEMS = [
+    p
+    for p in SETTINGS_PROBLEMS
+    if not (p.variable == "B24_APP_URL" and B24_APP_URL.startswith(("http://localhost:", "http://127.0.0.1:")))
+]
 
 # Each bench run keeps its cache keys under its own prefix (set by bench/_common.py for the run and
 # its child processes): runs never see each other's verdicts or rate-limiter state, and the keys are
