@@ -317,6 +317,12 @@ def _refusal(exc: RestError) -> str:
     raise exc
 
 
+def cached_history(channel: Channel, chat_id: str) -> dict | None:
+    """The chat's last session as confirm last read it, when that answer is still fresh (no call to the portal)."""
+    cached = limits.cache.get(_history_key(channel, chat_id, ""))
+    return cached if isinstance(cached, dict) else None
+
+
 def _keep(channel: Channel, chat_id: str, history):
     if (
         isinstance(history, dict)

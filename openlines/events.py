@@ -10,7 +10,9 @@ history (confirm.py) either way.
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -20,9 +22,11 @@ from inbox.models import InboxItem
 from inbox.registry import Handler, Reject, Retry
 
 from . import confirm, lifecycle, registry, tasks, waiting
-from .models import Channel, OutboundMessage
+from .models import Channel, OutboundMessage, WaitingReply
 
 log = logging.getLogger(__name__)
+# The history's dates are whole seconds of the portal's clock: a margin for both.
+CLOCK_MARGIN = timedelta(minutes=5)
 _ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.isdigit() admits "²")
 
 
@@ -137,10 +141,17 @@ class Relayed:
     asked: bool = False  # the portal was asked (some claim was not relayed yet)
 
 
-def relay(channel: Channel, action: str, claims: list[confirm.Claim], *, event_token: str = "") -> Relayed:
+def relay(
+    channel: Channel, action: str, claims: list[confirm.Claim], *, event_token: str = "", catch_up: bool = True
+) -> Relayed:
     """Confirm the claims with the portal and queue what it shows for the webhook (or keep it waiting for a
     reader): what an event does, and what openlines.reconcile does for an event that never came. Raises
-    RestError when the portal could not be asked."""
+    RestError when the portal could not be asked.
+
+    `catch_up` (new messages): earlier operator messages of the same chat that the history just read shows and
+    that were never relayed (their events refused while we were down, or still on their way) are relayed first,
+    so the outside system gets the chat in the order it was written; reconciliation, which walks the whole
+    history itself, passes False."""
     if action != OutboundMessage.Action.UPDATE:
         # A message is added once and deleted once: an event already relayed (the same event handled again,
         # seen both online and offline, inbox/offline.py, or found by reconciliation) costs no call to the portal.
@@ -148,6 +159,14 @@ def relay(channel: Channel, action: str, claims: list[confirm.Claim], *, event_t
         if not claims:
             return Relayed()
     confirmed, refused, unread = confirm.confirm(channel, action, claims, event_token=event_token)
+    if catch_up and action == OutboundMessage.Action.ADD and confirmed:
+        earlier = _missed_before(channel, confirmed)
+        if earlier:
+            caught = relay(channel, action, earlier, catch_up=False)
+            log.warning(
+                "operator messages no event brought relayed before a newer one",
+                extra={"member_id": channel.portal.member_id, "line": channel.line_id, "count": caught.stored},
+            )
     found = len(confirmed)
     confirmed, queued_behind = waiting.behind(channel, confirmed)
     held = waiting.hold(channel, action, unread + queued_behind) if unread or queued_behind else 0
@@ -190,6 +209,55 @@ def _event_token(item: InboxItem) -> str:
     except ValueError:
         return ""
     return token if isinstance(token, str) and 0 < len(token) <= 512 else ""
+
+
+def _missed_before(channel: Channel, confirmed: list[confirm.Confirmed]) -> list[confirm.Claim]:
+    """Operator messages older than the confirmed ones, in the chat history confirm just read (kept fresh in the
+    cache: no call here), never relayed nor waiting, written since the channel carries the chat."""
+    since = timezone.now() - timedelta(hours=settings.OPENLINES_RECONCILE_HOURS)
+    if channel.connected_at and channel.connected_at > since:
+        since = channel.connected_at
+    first: dict[tuple[str, str], int] = {}
+    for done in confirmed:
+        key = (done.claim.im_chat_id, done.claim.external_chat_id)
+        first[key] = min(first.get(key, int(done.claim.im_message_id)), int(done.claim.im_message_id))
+    missed: list[confirm.Claim] = []
+    for (chat, external), newest in first.items():
+        history = confirm.cached_history(channel, chat)
+        if history is None:
+            continue  # not kept (too large): reconciliation finds them
+        shown = history["messages"]
+        candidates = [
+            m
+            for m in sorted(shown, key=int)
+            if int(m) < newest
+            and shown[m]["kind"] == "operator"
+            and not shown[m]["deleted"]
+            and written_since(shown[m], since)
+        ]
+        if not candidates:
+            continue
+        known = set(
+            OutboundMessage.objects.filter(
+                channel=channel, action=OutboundMessage.Action.ADD, im_chat_id=chat, im_message_id__in=candidates
+            ).values_list("im_message_id", flat=True)
+        )
+        known |= set(
+            WaitingReply.objects.filter(
+                channel=channel, im_chat_id=chat, im_message_id__in=candidates, state=WaitingReply.State.WAITING
+            ).values_list("im_message_id", flat=True)
+        )
+        missed += [confirm.Claim(chat, m, external) for m in candidates if m not in known]
+    return missed
+
+
+def written_since(message: dict, since: datetime) -> bool:
+    """Whether a history message was written at or after `since` (give or take the portal's clock)."""
+    try:
+        written = datetime.fromisoformat(message.get("date") or "")
+    except ValueError:
+        return True  # no date to go by: the message is in a conversation this channel carries
+    return written.tzinfo is None or written >= since - CLOCK_MARGIN
 
 
 def _not_relayed(channel: Channel, action: str, claims: list) -> list:

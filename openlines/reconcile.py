@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 CHANNELS_PER_PASS = 200
 # Conversations of one channel one reconciliation pass reads (four batch requests at most).
 CHATS_PER_CHANNEL = 200
-CLOCK_MARGIN = timedelta(minutes=5)
 CHECK_EVERY_MAX = timedelta(hours=1)
 
 
@@ -141,15 +140,6 @@ def _recent_chats(channel: Channel, since: datetime) -> dict[str, str]:
     return chats
 
 
-def _written_since(message: dict, since: datetime) -> bool:
-    try:
-        written = datetime.fromisoformat(message.get("date") or "")
-    except ValueError:
-        return True  # no date to go by: the message is in a conversation this channel carries
-    # The history's dates are whole seconds of the portal's clock: a margin for both.
-    return written.tzinfo is None or written >= since - CLOCK_MARGIN
-
-
 def _files(message: dict) -> list:
     return [f.get("name") for f in message.get("files") or [] if isinstance(f, dict)]
 
@@ -203,7 +193,7 @@ def reconcile(channel: Channel, *, now=None) -> dict[str, int]:
                 and not shown[m]["deleted"]
                 and (chat, m) not in added
                 and (chat, m) not in waits
-                and _written_since(shown[m], since)
+                and events.written_since(shown[m], since)
             ],
             Action.UPDATE: [
                 m
@@ -232,7 +222,7 @@ def reconcile(channel: Channel, *, now=None) -> dict[str, int]:
                 continue
             claims = [confirm.Claim(chat, m, external) for m in message_ids]
             try:
-                done = events.relay(channel, action, claims)
+                done = events.relay(channel, action, claims, catch_up=False)
             except RestError as exc:
                 log.info("reconciliation could not confirm", extra={"line": channel.line_id, "code": exc.code})
                 break
