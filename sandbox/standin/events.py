@@ -7,6 +7,7 @@ Events arrive form-encoded (``auth[...]``, ``data[...]``), as ``api-reference/ev
 
 from __future__ import annotations
 
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -29,8 +30,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-# No proxies: the handlers are local apps, and environment proxies must not see event payloads.
-_EVENT_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+# No proxies: the handlers are local apps, and environment proxies must not see event payloads. One TLS context
+# for every delivery (urllib would build one per https request: loading the CA store costs ~30 ms each).
+_EVENT_OPENER = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _NoRedirect(), urllib.request.HTTPSHandler(context=ssl.create_default_context())
+)
 
 
 # on-app-install.md, on-app-update.md and api-reference/events/on-offline-event.md mark auth[access_token] and
