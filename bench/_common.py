@@ -448,7 +448,8 @@ def table(rows: list[list], header: list[str]) -> str:
 
 
 def post_signed(client, channel, secret: str, payload: dict):
-    """POST `payload` to the channel API signed as an outside system does (version 2); the response."""
+    """POST `payload` to the channel API signed as an outside system does (version 2): the test client's
+    response, or a RequestFactory's request."""
     import json
 
     from openlines.outbound import INBOUND, sign

@@ -214,27 +214,15 @@ def profile(label: str, environ_for, expect: int, count: int, name: str) -> None
 def channel_environ(channel, secret):
     from django.test import RequestFactory
 
-    from openlines.outbound import INBOUND, sign
-
     factory = RequestFactory(SERVER_NAME="127.0.0.1")
 
     def environ_for(n: int) -> dict:
-        body = json.dumps(
-            {
-                "chat": {"id": f"p-chat-{n % 50}", "name": "Bench chat"},
-                "user": {"id": f"p-u-{n % 50}", "name": "Ann", "last_name": "Bench"},
-                "message": {"id": f"p-{n}", "text": f"message {n}: hello from the bench"},
-            }
-        ).encode()
-        ts = str(int(time.time()))
-        return factory.post(
-            f"/channels/{channel.public_id}/messages",
-            body,
-            content_type="application/json",
-            HTTP_X_B24WIDGET_TIMESTAMP=ts,
-            HTTP_X_B24WIDGET_SIGNATURE=sign(secret, ts, body, INBOUND),
-            HTTP_X_B24WIDGET_SIGNATURE_VERSION="2",
-        ).environ
+        payload = {
+            "chat": {"id": f"p-chat-{n % 50}", "name": "Bench chat"},
+            "user": {"id": f"p-u-{n % 50}", "name": "Ann", "last_name": "Bench"},
+            "message": {"id": f"p-{n}", "text": f"message {n}: hello from the bench"},
+        }
+        return common.post_signed(factory, channel, secret, payload).environ
 
     return environ_for
 
