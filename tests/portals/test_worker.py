@@ -235,7 +235,9 @@ def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, 
     standin.oauth_delay = 0.2  # each chunk takes a while: neither worker can drain the queue alone
     started = timezone.now()
     before = len(standin.oauth_requests)
-    first, second = workers("w1"), workers("w2")
+    # The pass fans out in a worker: its chunk size is the workers' setting (six chunks of three portals).
+    chunked = {"B24_FANOUT_CHUNK": "3"}
+    first, second = workers("w1", env=chunked), workers("w2", env=chunked)
     tasks.keepalive_pass.delay()
     tasks.keepalive_pass.delay()  # a pass sent twice (two beats, a manual run) still refreshes each once
     wait_for(
