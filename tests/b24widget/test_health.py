@@ -56,6 +56,7 @@ def test_the_check_gives_up_at_its_deadline_and_changes_nothing(client, settings
     assert status == "degraded" and detail.startswith("error: invalid_client")
 
 
+@pytest.mark.slow  # waits on a slow OAuth server in real time
 @pytest.mark.django_db(transaction=True)
 def test_a_check_in_flight_is_not_repeated(client, settings, standin):
     refused_once(settings)

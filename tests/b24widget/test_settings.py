@@ -144,6 +144,7 @@ def test_celery_worker_and_beat_refuse_bad_settings_with_the_same_report(program
     assert not (tmp_path / "broker" / "queue").exists() or not list((tmp_path / "broker" / "queue").iterdir())
 
 
+@pytest.mark.slow  # a manage.py subprocess
 @pytest.mark.parametrize("command", [["migrate", "--noinput"], ["refresh_tokens", "--dry-run"]])
 def test_management_commands_refuse_bad_settings(command, tmp_path):
     result = manage(*command, env={**BROKEN_KEY, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
