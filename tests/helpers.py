@@ -172,7 +172,8 @@ def start_server(handler, *, wrap=None) -> ThreadingHTTPServer:
         server.socket = wrap(server.socket)
     server.port = server.server_address[1]
     server.url = f"http://127.0.0.1:{server.port}"
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    # A short poll: stop_server waits for the loop to notice, and these servers live for one test only.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     return server
 
 
