@@ -69,7 +69,8 @@ def new_session() -> requests.Session:
     credentials away from portals' addresses. With a proxy configured, requests keeps reading the environment,
     so `no_proxy` is honoured as before."""
     made = requests.Session()
-    if not urllib.request.getproxies():
+    # getproxies() names no_proxy as a "no" entry: only a real proxy keeps requests reading the environment.
+    if not [scheme for scheme in urllib.request.getproxies() if scheme != "no"]:
         made.trust_env = False
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         if bundle:

@@ -12,6 +12,7 @@ def _clean(monkeypatch):
 
 def test_without_a_proxy_the_environment_is_read_once_and_netrc_is_never_used(monkeypatch):
     _clean(monkeypatch)
+    monkeypatch.setenv("NO_PROXY", "localhost")  # no proxy to bypass: still nothing to read per request
     made = http.new_session()
     assert made.trust_env is False and made.verify is True
 
