@@ -98,11 +98,8 @@ class ChannelAdmin(admin.ModelAdmin):
         return obj._waiting
 
 
-class _MessageAdmin(admin.ModelAdmin):
-    list_filter = ("state", "action")
-    list_select_related = ("channel", "channel__portal")
-    show_full_result_count = False
-    actions = ["replay"]
+class _ReadOnly(admin.ModelAdmin):
+    """Rows the relay writes: staff read them (and act through the actions), never add, edit or delete them."""
 
     def has_add_permission(self, request):
         return False
@@ -112,6 +109,13 @@ class _MessageAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class _MessageAdmin(_ReadOnly):
+    list_filter = ("state", "action")
+    list_select_related = ("channel", "channel__portal")
+    show_full_result_count = False
+    actions = ["replay"]
 
     def has_replay_permission(self, request):
         # Replaying changes rows and sends again: the change permission, as the inbox admin's replay asks.
@@ -161,7 +165,7 @@ class OutboundMessageAdmin(_MessageAdmin):
 
 
 @admin.register(WaitingReply)
-class WaitingReplyAdmin(admin.ModelAdmin):
+class WaitingReplyAdmin(_ReadOnly):
     """Operator messages nobody the app can ask may read yet: they wait (openlines.reconcile re-checks them)."""
 
     list_display = (
@@ -181,30 +185,12 @@ class WaitingReplyAdmin(admin.ModelAdmin):
     search_fields = ("external_chat_id", "im_message_id", "im_chat_id")
     show_full_result_count = False
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(MessagePruneRun)
-class MessagePruneRunAdmin(admin.ModelAdmin):
+class MessagePruneRunAdmin(_ReadOnly):
     """What the relay's retention deleted, when and why (read-only)."""
 
     list_display = ("started_at", "inbound_deleted", "outbound_deleted", "waiting_deleted", "before", "reason")
     fields = ("started_at", "finished_at", "reason", "before", "inbound_deleted", "outbound_deleted", "waiting_deleted")
     readonly_fields = fields
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
