@@ -237,17 +237,20 @@ def _missed_before(channel: Channel, confirmed: list[confirm.Confirmed]) -> list
         ]
         if not candidates:
             continue
-        known = set(
+        relayed = set(
             OutboundMessage.objects.filter(
                 channel=channel, action=OutboundMessage.Action.ADD, im_chat_id=chat, im_message_id__in=candidates
             ).values_list("im_message_id", flat=True)
         )
-        known |= set(
+        unknown = [m for m in candidates if m not in relayed]
+        if not unknown:
+            continue  # the usual case: one indexed query per event, nothing missed
+        waits = set(
             WaitingReply.objects.filter(
-                channel=channel, im_chat_id=chat, im_message_id__in=candidates, state=WaitingReply.State.WAITING
+                channel=channel, im_chat_id=chat, im_message_id__in=unknown, state=WaitingReply.State.WAITING
             ).values_list("im_message_id", flat=True)
         )
-        missed += [confirm.Claim(chat, m, external) for m in candidates if m not in known]
+        missed += [confirm.Claim(chat, m, external) for m in unknown if m not in waits]
     return missed
 
 
