@@ -47,6 +47,7 @@ def forged_install(b24, n: int) -> dict:
     return b24.event_payload("ONAPPINSTALL", with_tokens=False, application_token=f"forged-{n}", data={"N": str(n)})
 
 
+@pytest.mark.slow  # 300 posts to /events/: about 5 s
 def test_a_flood_of_forged_events_never_holds_back_the_portals_genuine_ones(
     client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
 ):
