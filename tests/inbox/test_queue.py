@@ -360,6 +360,27 @@ def test_a_portals_backlog_never_delays_another_portals_next_event(
     assert in_broker.count() <= settings.B24_INBOX_PORTAL_WINDOW  # the rest of A's backlog is held
 
 
+def test_an_ordered_event_behind_an_unfinished_one_is_sent_when_that_one_ends(
+    handler, portal, published, settings, django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    """After the commit, a stored ordered row with an older unfinished ordered row in its lane costs one lookup
+    and sends nothing (it could not run yet); the older row's end sends it."""
+    settings.B24_INBOX_PORTAL_WINDOW = 4
+    with django_capture_on_commit_callbacks(execute=True):
+        first, _ = accept(portal, ts="1")
+    assert published == [first.pk]
+    with django_capture_on_commit_callbacks() as callbacks:
+        second, _ = accept(portal, ts="2")
+    with django_assert_num_queries(1):
+        for callback in callbacks:
+            callback()
+    assert published == [first.pk]
+    assert InboxItem.objects.get(pk=second.pk).enqueued_at is None  # held in the table
+    assert inbox.process(first.pk) == "ok"
+    assert published == [first.pk, second.pk]
+    assert inbox.process(second.pk) == "ok"
+
+
 def test_the_sweeper_resends_only_what_was_really_lost(handler, portal, published, settings):
     """Rows waiting for an older event of their portal, or held back by the window, are not re-sent; a task the
     broker lost, or a dead worker's claim, is."""
