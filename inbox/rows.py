@@ -50,3 +50,32 @@ def insert(obj: models.Model, *, using: str = "default") -> models.Model:
 def check_no_signals(*models_: type[models.Model]) -> list[str]:
     """The models among these that a pre_save or post_save receiver listens to (`insert` would skip it)."""
     return [m._meta.label for m in models_ if pre_save.has_listeners(m) or post_save.has_listeners(m)]
+
+
+@lru_cache(maxsize=16)
+def _converters(model: type[models.Model], names: tuple[str, ...], alias: str) -> tuple[tuple, ...]:
+    """Per field of `names` (attnames of `model`): the converters the ORM would apply to its column's value, the
+    backend's first, then the field's own (from_db_value), as the SQL compiler orders them."""
+    connection = connections[alias]
+    meta = model._meta
+    by_attname = {f.attname: f for f in meta.concrete_fields}
+    out = []
+    for name in names:
+        field = by_attname[name]
+        column = field.get_col(meta.db_table)
+        out.append(
+            (column, tuple(connection.ops.get_db_converters(column)) + tuple(field.get_db_converters(connection)))
+        )
+    return tuple(out)
+
+
+def load(model: type[models.Model], names: tuple[str, ...], values, *, using: str = "default") -> models.Model:
+    """A model instance from one row of a raw query, its `names` (attnames) read and converted as the ORM would
+    (the other fields load on access, as deferred fields do): the ORM's row handling without its per-call setup."""
+    connection = connections[using]
+    converted = []
+    for (column, converters), value in zip(_converters(model, names, using), values, strict=True):
+        for convert in converters:
+            value = convert(value, column, connection)
+        converted.append(value)
+    return model.from_db(using, list(names), converted)
