@@ -291,24 +291,52 @@ def _behind_sql(codes: int) -> str:
     )
 
 
-def _release_stored(item_id: int, member_id: str, lane: str, *, ordered: bool) -> int:
-    """After a row was stored and committed: send what its portal lane's window allows (`_release`), unless
-    the row is ordered and an older ordered row of its lane is unfinished. Then nothing can be sent for it
-    now (ordered rows run one at a time, the lane's oldest first), and the older row's end releases it:
-    `_release_next` runs after that row's outcome is committed, and this row was committed before this
-    check, so one of the two always sees the other (a row found finished here is not "unfinished"; a row
-    still unfinished here finishes later and sees this one). The sweeper covers a send the broker refused.
+@lru_cache(maxsize=1)
+def _window_sql() -> tuple[str, str]:
+    """(the count of a portal lane's rows in the broker: queued or being processed, as `_release` counts them;
+    the conditional mark of one pending, held row as sent)."""
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    state, sent = column["state"], column["enqueued_at"]
+    count = (
+        f"SELECT COUNT(*) FROM {meta.db_table} WHERE {column['member_id']} = %s AND {column['lane']} = %s "
+        f"AND {state} IN (%s, %s) AND ({state} = %s OR {sent} IS NOT NULL)"
+    )
+    mark = f"UPDATE {meta.db_table} SET {sent} = %s WHERE {meta.pk.column} = %s AND {state} = %s AND {sent} IS NULL"
+    return count, mark
 
-    One indexed lookup instead of the window's count and picks: under a portal's burst every stored row but
-    the first waits behind another, and that count grew with the lane's backlog (bench/RESULTS.md, ingest)."""
+
+def _release_stored(item_id: int, member_id: str, lane: str, *, ordered: bool) -> int:
+    """After a row was stored and committed: send it if its portal lane lets it go now; returns 1 if sent.
+
+    An ordered row with an older ordered row of its lane unfinished cannot run before that one (ordered rows
+    run one at a time, the lane's oldest first), and that one's end releases it: `_release_next` runs after
+    that row's outcome is committed, and this row was committed before this check, so one of the two always
+    sees the other (a row found finished here is not "unfinished"; a row still unfinished here finishes
+    later and sees this one). So under a portal's burst a stored row costs one indexed lookup, not the
+    window's count and picks, which grew with the lane's backlog (bench/RESULTS.md, ingest).
+
+    Otherwise the row is its lane's first ordered row, the one `_release` would pick: it goes if the window
+    has room (the same count), by the same conditional mark, else the end of a row in the broker sends it
+    (by the same argument). Unordered rows take `_release` itself. The sweeper covers a send the broker
+    refused, as before."""
     codes = ordered_codes()
-    if ordered and codes:
-        params: list[str | int] = [member_id, lane, str(State.PENDING), str(State.PROCESSING), item_id, *codes]
-        with connection.cursor() as cursor:
-            cursor.execute(_behind_sql(len(codes)), params)
-            if cursor.fetchone() is not None:
-                return 0
-    return _release(member_id, lane)
+    if not ordered or not codes:
+        return _release(member_id, lane)
+    pending, processing = str(State.PENDING), str(State.PROCESSING)
+    count, mark = _window_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(_behind_sql(len(codes)), [member_id, lane, pending, processing, item_id, *codes])
+        if cursor.fetchone() is not None:
+            return 0
+        cursor.execute(count, [member_id, lane, pending, processing, processing])
+        (in_broker,) = cursor.fetchone()
+        if in_broker >= settings.B24_INBOX_PORTAL_WINDOW:
+            return 0
+        cursor.execute(mark, [connection.ops.adapt_datetimefield_value(timezone.now()), item_id, pending])
+        if cursor.rowcount != 1:
+            return 0  # another release sent it
+    return int(enqueue(item_id))
 
 
 def enqueue(item_id: int, *, countdown: float | None = None) -> bool:
