@@ -8,12 +8,15 @@ requests, each sent once (bench/wrk_requests.lua), endpoints alternating per rou
   - POST /channels/<id>/messages: signed (version 2) "add" messages over --channels channels of one portal,
     each with its own message id, the channel's budget set out of reach (the Redis call still made);
   - POST /events/: OnImConnectorMessageAdd from the installed portal with its application_token, each with
-    its own message id (the inbox stores it; the handler runs in a worker, and no worker runs here).
+    its own message id (the inbox stores it; the handler runs in a worker, and no worker runs here: the
+    portal's lane is busy, as under a burst, so each stored event waits behind the first), the portal's
+    budget set out of reach (the Redis call still made).
 Prints per endpoint: requests/s, p50/p99, non-2xx answers, and the CPU per request of gunicorn (workers
 included), the PostgreSQL backends and Redis (/proc), then each endpoint's ratio to the bare insert by
 requests/s and by gunicorn CPU per request (the goal: >= 0.8). Sanity: rows stored == 2xx answers.
-Then --profile requests of the channel API in this process through Django's WSGIHandler: SQL queries per
-request and cProfile's top functions. The broker is the embedded one (test-artifacts/bench/broker-<run>/)
+Then --profile requests of the channel API, of /events/ (the lane busy) and of /events/ with the lane idle
+(each event published), in this process through Django's WSGIHandler: SQL queries per request and
+cProfile's top functions. The broker is the embedded one (test-artifacts/bench/broker-<run>/)
 unless CELERY_BROKER_URL is set; its queue is the run's own. Needs wrk (apt-get install -y wrk).
 """
 
@@ -227,12 +230,20 @@ def channel_environ(channel, secret):
     return environ_for
 
 
-def events_environ(build: "Requests"):
+def events_environ(build: "Requests", *, idle: bool = False):
+    """`idle`: before each request the portal's waiting rows are marked done (outside the measured handler), as
+    if a worker had kept up: each event finds its lane idle and is published to the broker at once."""
     from django.test import RequestFactory
+
+    from inbox.models import InboxItem
 
     factory = RequestFactory(SERVER_NAME="127.0.0.1")
 
     def environ_for(n: int) -> dict:
+        if idle:
+            InboxItem.objects.filter(member_id=build.b24.member_id, state__in=InboxItem.UNFINISHED).update(
+                state=InboxItem.State.DONE, enqueued_at=None
+            )
         raw = build.event()
         body = raw[raw.index(b"\r\n\r\n") + 4 :]
         return factory.post("/events/", body, content_type="application/x-www-form-urlencoded").environ
@@ -261,6 +272,10 @@ def main():
     # Out of reach, so the load is never refused, but taken: the budget's Redis call stays on the path.
     os.environ["OPENLINES_INBOUND_PER_MINUTE"] = "1000000000"
     os.environ["OPENLINES_INBOUND_BURST"] = "1000000000"
+    # The same for the inbox's budget per portal (3,000 at once, then 50/s): every event here is one portal's, and
+    # past its burst the run would measure cheap 429s, not stored events.
+    os.environ["B24_INBOX_PORTAL_PER_MINUTE"] = "1000000000"
+    os.environ["B24_INBOX_PORTAL_BURST"] = "1000000000"
     from bench.widget_open import LOGS as GUNICORN_LOGS
     from bench.widget_open import CpuMeter, Gunicorn, gunicorn_config, install_through_the_server
 
@@ -329,6 +344,8 @@ def main():
                         profile(label, channel_environ(channel, secret), 202, args.profile, "channel")
                         label = "/events/ requests (OnImConnectorMessageAdd)"
                         profile(label, events_environ(build), 200, args.profile, "events")
+                        label = "/events/ requests, the portal's lane idle (as if a worker kept up: each one published)"
+                        profile(label, events_environ(build, idle=True), 200, args.profile, "events-idle")
             finally:
                 if settings.CELERY_BROKER_URL.startswith("filesystem:"):
                     shutil.rmtree(broker_dir, ignore_errors=True)

@@ -27,12 +27,12 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta
-from functools import partial
+from functools import lru_cache, partial
 from typing import TypedDict
 
 from celery import current_app
 from django.conf import settings
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from prometheus_client.core import GaugeMetricFamily
@@ -40,6 +40,7 @@ from prometheus_client.core import GaugeMetricFamily
 from bitrix24 import limits
 from bitrix24.wire import JSON
 
+from . import rows
 from .models import InboxItem, PruneRun
 from .registry import Refused, Reject, Retry, directory, ordered_codes, registration
 
@@ -225,17 +226,15 @@ def _store(
     Online, only a row of the key that was applied (`done`) answers for it; offline, any row (see
     idempotency_key). Otherwise a new row, deduplicated in the worker (`_claim`)."""
     now = timezone.now()
-    absorbing = InboxItem.objects.filter(idempotency_key=key)
-    if source == InboxItem.Source.ONLINE:
-        absorbing = absorbing.filter(state=State.DONE)
-    existing = absorbing.order_by("id").first()
-    if existing is not None:
+    absorbing = _absorbing(key, online=source == InboxItem.Source.ONLINE)
+    if absorbing is not None:
+        existing = InboxItem.objects.get(pk=absorbing)
         log.info(
             "duplicate event delivery",
             extra={"member_id": member_id, "event": event_code, "inbox_id": existing.pk, "source": source},
         )
         return existing, False
-    item = InboxItem.objects.create(
+    item = InboxItem(
         portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
         member_id=member_id,
         event=event_code,
@@ -250,12 +249,94 @@ def _store(
         next_attempt_at=now,
         enqueued_at=None,  # held in the table until _release sends it (the portal lane's window)
     )
+    rows.insert(item)  # InboxItem.objects.create without its per-call SQL compilation (inbox/rows.py)
+    entry = registration(event_code)
+    ordered = entry is None or entry.ordered
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
-    transaction.on_commit(lambda: _release(member_id, lane), robust=True)
+    transaction.on_commit(partial(_release_stored, item.pk, member_id, lane, ordered=ordered), robust=True)
     log.info(
         "event accepted", extra={"member_id": member_id, "event": event_code, "inbox_id": item.pk, "source": source}
     )
     return item, True
+
+
+@lru_cache(maxsize=2)
+def _absorbing_sql(online: bool) -> str:
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    done = f" AND {column['state']} = %s" if online else ""
+    return (
+        f"SELECT {meta.pk.column} FROM {meta.db_table} WHERE {column['idempotency_key']} = %s{done} "
+        f"ORDER BY {meta.pk.column} LIMIT 1"
+    )
+
+
+def _absorbing(key: str, *, online: bool) -> int | None:
+    """The id of the row that answers for `key` (online: one that was applied), or None. A raw query built
+    once from the model's metadata: the ORM's compilation of it cost more CPU than running it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_absorbing_sql(online), [key, str(State.DONE)] if online else [key])
+        found = cursor.fetchone()
+    return None if found is None else found[0]
+
+
+@lru_cache(maxsize=8)
+def _behind_sql(codes: int) -> str:
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    return (
+        f"SELECT 1 FROM {meta.db_table} WHERE {column['member_id']} = %s AND {column['lane']} = %s "
+        f"AND {column['state']} IN (%s, %s) AND {meta.pk.column} < %s "
+        f"AND {column['event']} IN ({', '.join(['%s'] * codes)}) LIMIT 1"
+    )
+
+
+@lru_cache(maxsize=1)
+def _window_sql() -> tuple[str, str]:
+    """(the count of a portal lane's rows in the broker: queued or being processed, as `_release` counts them;
+    the conditional mark of one pending, held row as sent)."""
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    state, sent = column["state"], column["enqueued_at"]
+    count = (
+        f"SELECT COUNT(*) FROM {meta.db_table} WHERE {column['member_id']} = %s AND {column['lane']} = %s "
+        f"AND {state} IN (%s, %s) AND ({state} = %s OR {sent} IS NOT NULL)"
+    )
+    mark = f"UPDATE {meta.db_table} SET {sent} = %s WHERE {meta.pk.column} = %s AND {state} = %s AND {sent} IS NULL"
+    return count, mark
+
+
+def _release_stored(item_id: int, member_id: str, lane: str, *, ordered: bool) -> int:
+    """After a row was stored and committed: send it if its portal lane lets it go now; returns 1 if sent.
+
+    An ordered row with an older ordered row of its lane unfinished cannot run before that one (ordered rows
+    run one at a time, the lane's oldest first), and that one's end releases it: `_release_next` runs after
+    that row's outcome is committed, and this row was committed before this check, so one of the two always
+    sees the other (a row found finished here is not "unfinished"; a row still unfinished here finishes
+    later and sees this one). So under a portal's burst a stored row costs one indexed lookup, not the
+    window's count and picks, which grew with the lane's backlog (bench/RESULTS.md, ingest).
+
+    Otherwise the row is its lane's first ordered row, the one `_release` would pick: it goes if the window
+    has room (the same count), by the same conditional mark, else the end of a row in the broker sends it
+    (by the same argument). Unordered rows take `_release` itself. The sweeper covers a send the broker
+    refused, as before."""
+    codes = ordered_codes()
+    if not ordered or not codes:
+        return _release(member_id, lane)
+    pending, processing = str(State.PENDING), str(State.PROCESSING)
+    count, mark = _window_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(_behind_sql(len(codes)), [member_id, lane, pending, processing, item_id, *codes])
+        if cursor.fetchone() is not None:
+            return 0
+        cursor.execute(count, [member_id, lane, pending, processing, processing])
+        (in_broker,) = cursor.fetchone()
+        if in_broker >= settings.B24_INBOX_PORTAL_WINDOW:
+            return 0
+        cursor.execute(mark, [connection.ops.adapt_datetimefield_value(timezone.now()), item_id, pending])
+        if cursor.rowcount != 1:
+            return 0  # another release sent it
+    return int(enqueue(item_id))
 
 
 def enqueue(item_id: int, *, countdown: float | None = None) -> bool:

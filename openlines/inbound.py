@@ -19,10 +19,11 @@ import re
 import time
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.db import IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -30,6 +31,7 @@ from django.utils import timezone
 from bitrix24 import limits, wire
 from bitrix24.errors import Refusal
 from bitrix24.wire import JSON
+from inbox import rows
 from portals.models import Portal
 
 from . import outbound
@@ -67,40 +69,60 @@ def _header(request, name: str) -> str:
     return request.headers.get(name, "")
 
 
-# What a request reads of the channel; its other fields load on access, as deferred fields do.
-_CHANNEL_FIELDS = ("id", "portal", "public_id", "state", "secret", "last_activity_at")
+# What a request reads of the channel (attnames); its other fields load on access, as deferred fields do. Its
+# secret is read sealed, as a column of its own, and unsealed by `_unseal`.
+_CHANNEL_FIELDS = ("id", "portal_id", "public_id", "state", "last_activity_at")
 
 
 @lru_cache(maxsize=1)
 def _find_sql() -> str:
     """The request's first query, built from the models' metadata (so it follows migrations): what a request
-    reads of the channel, its secret the one value decrypted, and its portal's status, joined. A raw query
-    skips the ORM's per-call SQL compilation, the largest share of a request's CPU before (bench/ingest.py);
-    the portal's tokens stay unread.
+    reads of the channel, its sealed secret, and its portal's status, joined. A raw query skips the ORM's
+    per-call SQL compilation, the largest share of a request's CPU before (bench/ingest.py); the portal's
+    tokens stay unread.
     """
     channel, portal = Channel._meta, Portal._meta
-    columns = ", ".join(f"c.{f.column}" for f in channel.concrete_fields if f.name in _CHANNEL_FIELDS)
+    column = {f.attname: f.column for f in channel.concrete_fields}
+    columns = ", ".join(f"c.{column[name]}" for name in _CHANNEL_FIELDS)
     return (
-        f"SELECT {columns}, p.{portal.get_field('status').column} AS portal_status FROM {channel.db_table} c "
-        f"JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{channel.get_field('portal').column} "
-        f"WHERE c.{channel.get_field('public_id').column} = %s"
+        f"SELECT {columns}, c.{column['secret']}, p.{portal.get_field('status').column} FROM {channel.db_table} c "
+        f"JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{column['portal_id']} "
+        f"WHERE c.{column['public_id']} = %s"
     )
 
 
 def find_channel(public_id: UUID) -> Channel:
     key = Channel._meta.get_field("public_id").get_db_prep_value(public_id, connection)
-    channel = next(iter(Channel.objects.raw(_find_sql(), [key])), None)
-    if channel is None:
+    with connection.cursor() as cursor:
+        cursor.execute(_find_sql(), [key])
+        found = cursor.fetchone()
+    if found is None:
         raise Refused("unknown_channel", "no such channel", 404)
+    *values, sealed, portal_status = found
+    channel = cast(Channel, rows.load(Channel, _CHANNEL_FIELDS, values, using=connection.alias))
+    channel.secret = _unseal(sealed)
     # The portal as far as it was read (its other fields load on access, as deferred fields do).
-    channel.portal = Portal.from_db(channel._state.db, ["id", "status"], [channel.portal_id, _portal_status(channel)])
+    channel.portal = Portal.from_db(connection.alias, ["id", "status"], [channel.portal_id, portal_status])
     if not channel.is_connected or not channel.secret or not channel.portal.is_serving:
         raise Refused("channel_disconnected", "the channel is not connected to an Open Line", 409)
     return channel
 
 
-def _portal_status(channel: Channel) -> str:
-    return cast(Any, channel).portal_status  # the query's extra column
+@lru_cache(maxsize=4096)
+def _unseal(sealed: str | None) -> str:
+    """A channel's secret from its sealed (Fernet) column, as the field would decrypt it, remembered by the
+    sealed text: the row is read on every request, so a rotated secret or a re-sealed one (new keys) is new
+    text and decrypted anew; nothing here can outlive a change of the row. Decrypting cost a tenth of a
+    request's CPU (bench/ingest.py); this process holds the keys that open every secret anyway."""
+    return Channel._meta.get_field("secret").from_db_value(sealed, None, connection)
+
+
+def _forget_unsealed(*, setting: str, **kwargs: object) -> None:
+    if setting == "TOKEN_ENCRYPTION_KEYS":  # (tests; a process with new keys is a new process)
+        _unseal.cache_clear()
+
+
+setting_changed.connect(_forget_unsealed)
 
 
 def read_body(request: HttpRequest) -> bytes:
@@ -306,14 +328,17 @@ def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
         "payload": payload,
     }
     try:
+        # One INSERT prepared from the model's metadata (inbox/rows.py): what `create` did, less its per-call
+        # SQL compilation, the request's largest CPU cost after the checks (bench/ingest.py).
+        row = InboundMessage(**fields)
         if transaction.get_connection().in_atomic_block:
             # Inside a caller's transaction a savepoint keeps a duplicate's IntegrityError from breaking it.
             with transaction.atomic():
-                row = InboundMessage.objects.create(**fields)
+                rows.insert(row)
         else:
             # A request runs in autocommit: the INSERT is stored (committed) by itself before the 202, in one
             # round trip where atomic() would add BEGIN and COMMIT.
-            row = InboundMessage.objects.create(**fields)
+            rows.insert(row)
     except IntegrityError:
         raise Refused("duplicate_message", "this message id was accepted before", 409) from None
     now = timezone.now()

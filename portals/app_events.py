@@ -18,6 +18,9 @@ in the worker a refusal becomes Reject, and unavailability (OAuth, REST, limits)
 import hmac
 import logging
 import re
+from functools import lru_cache
+
+from django.db import connection
 
 from bitrix24 import oauth
 from bitrix24.errors import Refusal, RestError, TokenRefreshFailed
@@ -66,15 +69,30 @@ def _token_matches(portal: Portal, presented: str) -> bool:
     return hmac.compare_digest(stored.encode(), presented.encode())
 
 
+# What the inbox reads of a portal for each event (inbox/queue.py accept).
+_FIND_FIELDS = ("id", "member_id", "status", "application_token_digest")
+
+
+@lru_cache(maxsize=1)
+def _find_sql() -> str:
+    """The directory's lookup, built once from the model's metadata (so it follows migrations): run for every
+    event `/events/` takes, where compiling it through the ORM cost more CPU than running it (bench/ingest.py).
+    member_id is unique, so the first row is the only one."""
+    meta = Portal._meta
+    column = {f.attname: str(f.column) for f in meta.concrete_fields}
+    columns = ", ".join(column[name] for name in _FIND_FIELDS)
+    return f"SELECT {columns} FROM {meta.db_table} WHERE {column['member_id']} = %s"
+
+
 class PortalDirectory:
     """The stored portals as the inbox sees them (inbox.registry.Directory), registered in ready()."""
 
     def find(self, member_id: str) -> Portal | None:
-        return (
-            Portal.objects.filter(member_id=member_id)
-            .only("pk", "member_id", "status", "application_token_digest")
-            .first()
-        )
+        """The portal as `/events/` checks it (no token read or decrypted; other fields load on access)."""
+        with connection.cursor() as cursor:
+            cursor.execute(_find_sql(), [member_id])
+            found = cursor.fetchone()
+        return None if found is None else Portal.from_db(connection.alias, _FIND_FIELDS, found)
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         lifecycle.count_rejection(member_id, source=source, reason=reason)

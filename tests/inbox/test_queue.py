@@ -360,6 +360,47 @@ def test_a_portals_backlog_never_delays_another_portals_next_event(
     assert in_broker.count() <= settings.B24_INBOX_PORTAL_WINDOW  # the rest of A's backlog is held
 
 
+def test_an_ordered_event_behind_an_unfinished_one_is_sent_when_that_one_ends(
+    handler, portal, published, settings, django_capture_on_commit_callbacks, django_assert_num_queries
+):
+    """After the commit, a stored ordered row with an older unfinished ordered row in its lane costs one lookup
+    and sends nothing (it could not run yet); the older row's end sends it."""
+    settings.B24_INBOX_PORTAL_WINDOW = 4
+    with django_capture_on_commit_callbacks(execute=True):
+        first, _ = accept(portal, ts="1")
+    assert published == [first.pk]
+    with django_capture_on_commit_callbacks() as callbacks:
+        second, _ = accept(portal, ts="2")
+    with django_assert_num_queries(1):
+        for callback in callbacks:
+            callback()
+    assert published == [first.pk]
+    assert InboxItem.objects.get(pk=second.pk).enqueued_at is None  # held in the table
+    assert inbox.process(first.pk) == "ok"
+    assert published == [first.pk, second.pk]
+    assert inbox.process(second.pk) == "ok"
+
+
+def test_an_ordered_event_first_in_its_lane_waits_for_room_in_the_window(
+    handler, portal, published, settings, django_capture_on_commit_callbacks
+):
+    """The lane's first ordered row goes at once when the window has room; when unordered rows fill the window
+    it is held, and the first of them to end sends it."""
+    settings.B24_INBOX_PORTAL_WINDOW = 2
+    with django_capture_on_commit_callbacks(execute=True):
+        unordered = [accept(portal, ts=str(n), code=OTHER)[0].pk for n in range(2)]
+        first, _ = accept(portal, ts="10")
+    assert published == unordered  # the window is full: the ordered row waits in the table
+    assert InboxItem.objects.get(pk=first.pk).enqueued_at is None
+    assert inbox.process(unordered[0]) == "ok"
+    assert published == [*unordered, first.pk]
+    assert inbox.process(first.pk) == "ok"
+    other = make_portal("active", member_id="m-inbox-3", domain="third.example.test", application_token="app-token-3")
+    with django_capture_on_commit_callbacks(execute=True):
+        theirs, _ = accept(other, token="app-token-3", ts="1")
+    assert published[-1] == theirs.pk  # an idle lane: sent at once
+
+
 def test_the_sweeper_resends_only_what_was_really_lost(handler, portal, published, settings):
     """Rows waiting for an older event of their portal, or held back by the window, are not re-sent; a task the
     broker lost, or a dead worker's claim, is."""

@@ -1,0 +1,49 @@
+"""inbox/rows.py: the hot paths' INSERT, prepared once from the model's metadata, stores what `create` would."""
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+
+from inbox import rows
+from inbox.models import InboxItem
+from openlines.models import Channel, InboundMessage
+from tests.helpers import make_portal
+
+pytestmark = pytest.mark.django_db
+
+
+def test_no_save_signal_listens_to_the_rows_inserted_so():
+    """`insert` sends no pre_save/post_save: a receiver added for these models must make them use `create`."""
+    assert rows.check_no_signals(InboxItem, InboundMessage) == []
+
+
+def test_an_inserted_row_reads_back_as_create_stores_it_sealed_at_rest():
+    portal = make_portal("active", member_id="m-rows-1", domain="rows.example.test")
+    item = rows.insert(
+        InboxItem(
+            portal_id=portal.pk,
+            member_id=portal.member_id,
+            event="ONTESTEVENT",
+            data={"MESSAGES": [{"text": "héllo"}]},
+            sealed_auth='{"access_token": "secret-token-1"}',
+            idempotency_key="k" * 64,
+        )
+    )
+    assert item.pk and not item._state.adding
+    stored = InboxItem.objects.get(pk=item.pk)
+    assert stored.data == {"MESSAGES": [{"text": "héllo"}]}
+    assert stored.auth == {"access_token": "secret-token-1"}
+    assert stored.state == InboxItem.State.PENDING and stored.received_at is not None
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT sealed_auth FROM {InboxItem._meta.db_table} WHERE id = %s", [item.pk])
+        at_rest = cursor.fetchone()[0]
+    assert "secret-token-1" not in at_rest  # sealed by its field, as save() does
+
+
+def test_a_unique_key_still_refuses_a_second_row():
+    portal = make_portal("active", member_id="m-rows-2", domain="rows2.example.test")
+    channel = Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1")
+    fields = {"channel": channel, "action": "add", "key": "add:c:1", "external_chat_id": "c", "payload": {}}
+    rows.insert(InboundMessage(**fields))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rows.insert(InboundMessage(**fields))
+    assert InboundMessage.objects.filter(key="add:c:1").count() == 1
