@@ -349,3 +349,65 @@ def test_a_reply_handled_after_the_customer_opened_a_new_session_is_still_relaye
         ("message.add", "Bye"),
         ("message.delete", ""),
     ]
+
+
+def test_a_backlog_of_replies_reports_their_delivery_in_full_calls(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings
+):
+    """A worker takes a backlog of reply events one by one, each queueing the channel's run: while more replies
+    of the line wait in the inbox, a run keeps a partial page of delivery statuses for a later one, so the
+    backlog costs a status call per OPENLINES_STATUS_BATCH replies, not one per run (each reply still goes
+    out at once, once, in order, and every one is reported delivered)."""
+    from urllib.parse import urlencode
+
+    from inbox import queue as inbox
+    from inbox.models import InboxItem
+
+    row, secret, b24, chat_id = conversation
+    settings.OPENLINES_STATUS_BATCH = 10
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in (2, 3):
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
+    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    for n in range(30):
+        imc.operator_reply(b24, chats[n % 3], f"reply {n}", handlers=[sink.url])
+    for pairs in sink.got:
+        assert (
+            client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code
+            == 200
+        )
+    statuses = b24.calls("imconnector.send.status.delivery")
+    waiting = InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD", state=InboxItem.State.PENDING)
+    for pk in list(waiting.order_by("id").values_list("pk", flat=True)):
+        # One event at a time, the channel's run right after it (as workers interleave them); the inbox's own
+        # sends to the broker are dropped (no broker here: the loop is the worker).
+        with django_capture_on_commit_callbacks(execute=True):
+            with django_capture_on_commit_callbacks() as after:
+                inbox.process(pk)
+            for callback in after:
+                if callback.__module__ != "inbox.queue":
+                    callback()
+    assert not waiting.exists()
+    texts = [h["json"]["message"]["text"] for h in receiver.got]
+    assert texts == [f"reply {n}" for n in range(30)]  # each at once, once, in the order written
+    assert not OutboundMessage.objects.filter(status_reported_at__isnull=True).exists()
+    reported = [m for c in imc.conversations(b24) for m in c["messages"] if not m["outside"]]
+    assert len(reported) == 30 and all(m["delivered"] is not None for m in reported)
+    # Three full calls (a slow machine may add one each time a page waited STATUS_WAIT), not thirty.
+    assert b24.calls("imconnector.send.status.delivery") - statuses < 10
+
+
+def test_a_lone_reply_is_reported_delivered_at_once(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
+    """No backlog: the status goes in the run that delivered the reply (no wait for a fuller call)."""
+    row, secret, b24, chat_id = conversation
+    statuses = b24.calls("imconnector.send.status.delivery")
+    for n in range(3):
+        imc.operator_reply(b24, chat_id, f"reply {n}", handlers=[sink.url])
+        with django_capture_on_commit_callbacks(execute=True):
+            sink.relay(client)
+        assert OutboundMessage.objects.filter(status_reported_at__isnull=True).count() == 0
+    assert b24.calls("imconnector.send.status.delivery") - statuses == 3
