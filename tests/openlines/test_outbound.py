@@ -411,3 +411,46 @@ def test_a_lone_reply_is_reported_delivered_at_once(
             sink.relay(client)
         assert OutboundMessage.objects.filter(status_reported_at__isnull=True).count() == 0
     assert b24.calls("imconnector.send.status.delivery") - statuses == 3
+
+
+def test_replies_written_after_a_chat_was_read_are_confirmed_together(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
+    """Each chat's history was read a moment ago (its answer is kept), then the operators wrote again in every
+    chat: the first waiting event's miss asks for the other chats too, since the answers kept predate their
+    replies; one request confirms them all, not one per chat."""
+    from urllib.parse import urlencode
+
+    from inbox import queue as inbox
+
+    row, secret, b24, chat_id = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in (2, 3):
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
+    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    for n, chat in enumerate(chats):  # each handled as it comes: each chat's answer is kept
+        imc.operator_reply(b24, chat, f"first {n}", handlers=[sink.url])
+        with django_capture_on_commit_callbacks(execute=True):
+            sink.relay(client)
+    for n, chat in enumerate(chats):
+        imc.operator_reply(b24, chat, f"second {n}", handlers=[sink.url])
+    for pairs in sink.got:
+        assert (
+            client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code
+            == 200
+        )
+    before = len(b24.requests)
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    asked = [r["method"] for r in b24.requests[before:] if r["method"] != "imconnector.send.status.delivery"]
+    assert asked == ["batch"]
+    assert [h["json"]["message"]["text"] for h in receiver.got] == [
+        "first 0",
+        "first 1",
+        "first 2",
+        "second 0",
+        "second 1",
+        "second 2",
+    ]
