@@ -454,3 +454,25 @@ def test_replies_written_after_a_chat_was_read_are_confirmed_together(
         "second 1",
         "second 2",
     ]
+
+
+def test_replies_mark_the_channel_active_once_a_minute(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
+    row, secret, b24, chat_id = conversation
+    Channel.objects.filter(pk=row.pk).update(last_activity_at=None)
+    imc.operator_reply(b24, chat_id, "first", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    active = Channel.objects.get(pk=row.pk).last_activity_at
+    assert active is not None
+    imc.operator_reply(b24, chat_id, "second", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    assert Channel.objects.get(pk=row.pk).last_activity_at == active
+    Channel.objects.filter(pk=row.pk).update(last_activity_at=active - timedelta(seconds=61))
+    imc.operator_reply(b24, chat_id, "third", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    assert Channel.objects.get(pk=row.pk).last_activity_at > active
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["first", "second", "third"]
