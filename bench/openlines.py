@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +40,7 @@ from bench.rest_list import install
 class Receiver:
     def __init__(self, flaky: int):
         self.seen, self.posts, self.refused, self.flaky, self.lock = Counter(), 0, 0, flaky, threading.Lock()
+        self.arrived: dict[str, float] = {}  # message id -> when it first arrived (time.time())
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +54,7 @@ class Receiver:
                         receiver.refused += 1
                     else:
                         receiver.seen[key] += 1
+                        receiver.arrived.setdefault(key, time.time())
                 self.send_response(503 if fail else 200)
                 self.end_headers()
 

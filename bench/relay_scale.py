@@ -17,7 +17,15 @@ Django's test Client in this process), out through `imconnector.send.messages` t
      with our pacing on: --bucket messages stored at once, then 2 worker processes; time from the first to
      the last message at Bitrix24, next to the floor the bucket and OPENLINES_SEND_BATCH imply.
   4. one message's path in this process (cProfile of the channel API POST and the delivery run).
-Asserts only that every message arrived.
+  5. operator replies out, one portal at its bucket (issue 26: "300 operator replies at once -> the outside
+     system"): --replies N:C (N replies written at once over C chats, each event POSTed to /events/ as Bitrix24
+     does right after the write), 2 worker processes take the inbox's events and the channel's runs, our
+     pacing on: time from the first reply written to the last one at the webhook receiver, and to the last
+     delivery status Bitrix24 took; REST requests by method (imopenlines.session.history.get confirms each
+     reply, imconnector.send.status.delivery reports it) next to the floor those requests imply under the
+     bucket, and the floor of the fewest requests the work needs (one history answer per chat, batch.md's 50
+     per request; OPENLINES_STATUS_BATCH statuses per call).
+Asserts only that every message arrived (and every reply exactly once).
 """
 
 import argparse
@@ -260,6 +268,108 @@ def profile(channels, poster, callers: str = "") -> None:
     assert tasks  # (the run is the task's own code, not a stand-in)
 
 
+def replies(args, standin, client, poster) -> None:
+    """Part 5: operator replies to the outside system, one portal on the "others" plan, 2 worker processes."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from bench.openlines import Receiver
+    from openlines import lifecycle, registry, tasks
+    from openlines.models import Delivery, InboundMessage, OutboundMessage
+    from sandbox.standin import rest_imconnector as imc
+
+    print(
+        "\n5. operator replies -> the outside system, one portal on the 'others' plan, 2 worker processes, our "
+        f"pacing on, {settings.OPENLINES_STATUS_BATCH} statuses per call"
+    )
+    rows, detail = [], []
+    for count, chats in args.replies:
+        b24 = standin.add_portal()
+        b24.set_plan("others")
+        receiver = Receiver(0)
+        channel, secret = lifecycle.connect(install(client, b24), registry.HTTP, "1", user_id="1", webhook_url="")
+        settings.OPENLINES_TASKS_INLINE = True  # each chat's first message, delivered here: the chats exist
+        for chat in range(chats):
+            poster.post(channel, secret, f"r{chat}", f"hello {chat}")
+        while InboundMessage.objects.filter(channel=channel).exclude(state=Delivery.SENT).exists():
+            tasks.deliver_inbound(channel.pk)  # (the install's requests took part of the bucket: 503s come back)
+            InboundMessage.objects.filter(state=Delivery.FAILED).update(next_attempt_at=timezone.now())
+            time.sleep(0.5)
+        settings.OPENLINES_TASKS_INLINE = False
+        type(channel).objects.filter(pk=channel.pk).update(webhook_url=receiver.url)
+        conversations = imc.conversations(b24)
+        assert len(conversations) == chats, len(conversations)
+        b24.set_plan("others")  # a full bucket for the replies
+        worker = start_worker(2, f"replies-{count}", pacing=True)
+        time.sleep(4)  # connected to the broker
+        before = len(b24.requests)
+        started = time.time()
+        for i in range(count):  # Bitrix24 posts each reply's event right after the operator writes it
+            chat = conversations[i % chats]
+            message_id, _ = imc.operator_reply(b24, chat["chat_id"], f"reply {i}", handlers=[])
+            item = {"im": {"chat_id": chat["chat_id"], "message_id": message_id}, "chat": {"id": chat["external_chat"]}}
+            data = {"CONNECTOR": registry.HTTP.id, "LINE": "1", "MESSAGES": [item]}
+            answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data=data, with_tokens=False))
+            assert answer.status_code == 200, answer.content
+        written = time.time() - started
+        deadline = time.monotonic() + 900
+        while len(receiver.seen) < count or OutboundMessage.objects.filter(status_reported_at__isnull=True).exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{len(receiver.seen)} of {count} replies at the receiver after the timeout")
+            time.sleep(0.1)
+        stop_worker(worker)
+        receiver.server.shutdown()
+        assert len(receiver.seen) == count and max(receiver.seen.values()) == 1, receiver.seen.most_common(3)
+        made = b24.requests[before:]
+        last_post = max(receiver.arrived.values()) - started
+        reported = max(OutboundMessage.objects.values_list("status_reported_at", flat=True)).timestamp() - started
+        by_method: dict[str, int] = {}
+        for r in made:
+            by_method[r["method"]] = by_method.get(r["method"], 0) + 1
+        history = by_method.get("imopenlines.session.history.get", 0)
+        batches = by_method.get("batch", 0)
+        statuses = by_method.get("imconnector.send.status.delivery", 0)
+        limited = sum(1 for r in made if r["status"] == 503)
+        burst, drain = b24.rate_limit_burst, b24.rate_limit_drain
+        floor = max(len(made) - burst, 0) / drain
+        fewest = math.ceil(chats / 50) + math.ceil(count / settings.OPENLINES_STATUS_BATCH)
+        least = max(fewest - burst, 0) / drain
+        rows.append(
+            [
+                f"{count} over {chats} chats",
+                f"{written:.1f}",
+                f"{last_post:.1f}",
+                f"{reported:.1f}",
+                f"{history} + {batches} batch",
+                statuses,
+                len(made),
+                limited,
+                f"{floor:.1f}",
+                f"{fewest} -> {least:.1f}",
+            ]
+        )
+        detail.append(f"  {count} replies: requests by method {dict(sorted(by_method.items()))}")
+        print(f"  {rows[-1]}", flush=True)  # (each case as it ends; the table follows)
+    print(
+        common.table(
+            rows,
+            [
+                "replies",
+                "written s",
+                "last at webhook s",
+                "last status s",
+                "history requests",
+                "status calls",
+                "REST requests",
+                "503s",
+                "their floor s",
+                "fewest requests -> floor s",
+            ],
+        )
+    )
+    print("\n".join(detail))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", choices=["embedded", "rabbitmq"], default="embedded")
@@ -271,7 +381,15 @@ def main():
     parser.add_argument(
         "--bucket", default="1000", type=lambda v: [int(x) for x in v.split(",")], help="part 3's sizes, e.g. 1000,3000"
     )
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,fairness,bucket,profile")
+    parser.add_argument(
+        "--replies",
+        default="300:5,1000:50",
+        type=lambda v: [tuple(int(x) for x in p.split(":")) for p in v.split(",")],
+        help="part 5's cases, replies:chats, e.g. 300:5,1000:50",
+    )
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: throughput,fairness,bucket,profile,replies"
+    )
     parser.add_argument("--profile-callers", default="", help="also print who calls the functions matching this")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
@@ -290,6 +408,7 @@ def main():
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["OPENLINES_INBOUND_PER_MINUTE"] = "0"  # the channel's own budget: this measures what is behind it
     os.environ.setdefault("B24_RATE_LIMIT_PER_SECOND", "0")  # no portal's bucket binds in 1 and 2
+    os.environ["OPENLINES_ALLOW_PRIVATE_WEBHOOKS"] = "true"  # part 5's receiver listens on 127.0.0.1
     with common.standin() as standin:
         common.setup_django(oauth_url=standin.oauth_url)
         from django.conf import settings
@@ -330,6 +449,8 @@ def main():
                     bucket(args, paced, paced_b24, poster)
                 if "profile" not in skip:
                     profile(channels, poster, args.profile_callers)
+                if "replies" not in skip:
+                    replies(args, standin, client, poster)
             finally:
                 common.drop_own_queue(broker_dir)
 

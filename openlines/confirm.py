@@ -22,7 +22,8 @@ openlines.models.WaitingReply): never relayed unconfirmed, never dropped.
 
 One history call covers every message of a chat in one event. A fresh answer (HISTORY_FRESH, 2 min) is
 reused for new messages it already holds, so a backlog of replies in one chat costs one call, not one
-per reply; a miss asks, in one batch request, for up to 49 other chats whose events wait in the inbox too.
+per reply; a miss asks, in one batch request, for up to 49 other chats whose waiting events the answers
+kept do not cover (none kept, or one read before those replies were written).
 Edits and deletions always ask again.
 """
 
@@ -360,10 +361,12 @@ def last_sessions(channel: Channel, chat_ids: list[str]) -> dict[str, dict | str
 
 
 def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
-    """Up to 49 other conversations of this channel with a new-message event waiting in the inbox and no
-    fresh history answer (chats named by events that are not the channel's conversations are left out)."""
+    """Up to 49 other conversations of this channel with a new-message event waiting in the inbox that no fresh
+    history answer covers: none is kept, or the one kept was read before the waiting message was written (a
+    live stream of replies in one chat would otherwise cost a request per reply). Chats named by events that
+    are not the channel's conversations are left out."""
     waiting = queue.waiting(channel.portal.member_id, "ONIMCONNECTORMESSAGEADD", limit=_PREFETCH_SCAN)
-    chats: dict[str, None] = {}  # in the order the events wait
+    chats: dict[str, set[str]] = {}  # chat -> its waiting messages, in the order the events wait
     for data in waiting:
         if (
             str(data.get("LINE") or "") != channel.line_id
@@ -372,7 +375,7 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
             continue
         for claim in claims_of(data)[:_CHATS_PER_EVENT]:
             if claim.im_chat_id != exclude:
-                chats[claim.im_chat_id] = None
+                chats.setdefault(claim.im_chat_id, set()).add(claim.im_message_id)
         if len(chats) >= 2 * _BATCH:
             break
     if not chats:
@@ -383,7 +386,12 @@ def _waiting_chats(channel: Channel, *, exclude: str) -> list[str]:
         )
     )
     fresh = limits.cache.get_many([_history_key(channel, chat, "") for chat in chats])
-    return [chat for chat in chats if chat in ours and _history_key(channel, chat, "") not in fresh][: _BATCH - 1]
+
+    def covered(chat: str) -> bool:
+        kept = fresh.get(_history_key(channel, chat, ""))
+        return isinstance(kept, dict) and chats[chat] <= set(kept["messages"])
+
+    return [chat for chat in chats if chat in ours and not covered(chat)][: _BATCH - 1]
 
 
 def _parse(channel: Channel, chat_id: str, answer):

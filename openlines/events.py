@@ -22,6 +22,7 @@ from inbox.models import InboxItem
 from inbox.registry import Handler, Reject, Retry
 
 from . import confirm, lifecycle, registry, tasks, waiting
+from .inbound import ACTIVITY_RESOLUTION
 from .models import Channel, OutboundMessage, WaitingReply
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,12 @@ def queue_confirmed(channel: Channel, action: str, confirmed: list[confirm.Confi
             stored += 1
         except IntegrityError:
             pass  # the same event again: stored once
-    if stored:
-        Channel.objects.filter(pk=channel.pk).update(last_activity_at=timezone.now())
+    now = timezone.now()
+    if stored and (channel.last_activity_at is None or now - channel.last_activity_at >= ACTIVITY_RESOLUTION):
+        # At most once a minute, as for inbound messages: under a backlog of replies one UPDATE a minute of the
+        # channel's row (which the relay's leases also write), not one per reply.
+        Channel.objects.filter(pk=channel.pk).update(last_activity_at=now)
+        channel.last_activity_at = now
     return stored
 
 

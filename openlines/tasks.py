@@ -37,6 +37,7 @@ from django.utils import timezone
 
 from bitrix24 import http
 from bitrix24.errors import RestError
+from inbox import queue
 from portals.models import Portal
 from portals.tokens import PortalClient
 
@@ -46,6 +47,10 @@ from .models import UNSENT, Channel, Delivery, InboundMessage, OutboundMessage
 log = logging.getLogger(__name__)
 
 _PAGE = 200
+# How long a partial page of delivery statuses may wait for more replies under a backlog (_defer_statuses), and
+# how many waiting inbox events are looked at to know whether more come.
+STATUS_WAIT = timedelta(seconds=5)
+_WAITING_SCAN = 200
 # Channels the sweep queues per direction and minute, those waiting longest first.
 SWEEP_CHANNELS = 1000
 WAITING = (*UNSENT, Delivery.PARKED)
@@ -244,6 +249,8 @@ class _Run:
         self.left = settings.OPENLINES_RUN_BATCH
         # "budget spent" or "batch done" (queue the channel again) or "lease lost" (its new owner goes on)
         self.stopped = ""
+        # Delivery statuses kept for a fuller call (_defer_statuses): owed, but no reason to run again now.
+        self.statuses_deferred = False
 
     def may_start(self, *, messages: bool = True) -> bool:
         """Whether to start a step (one call or POST); `messages` steps count against the batch (reporting
@@ -292,17 +299,24 @@ def _under_lease(channel_id: int, way: Way, deliver, task) -> str:
     finally:
         heartbeat.stop()
         lease.release()
-    if run.stopped in ("budget spent", "batch done") or (not run.stopped and _has_due(way, channel_id)):
+    if run.stopped in ("budget spent", "batch done") or (
+        not run.stopped and _has_due(way, channel_id, statuses=not run.statuses_deferred)
+    ):
         after_commit(task, channel_id)
     return outcome
 
 
-def _has_due(way: Way, channel_id: int) -> bool:
-    """Whether the channel has rows a run would take now (those that came while this run went on)."""
+def _has_due(way: Way, channel_id: int, *, statuses: bool = True) -> bool:
+    """Whether the channel has rows a run would take now (those that came while this run went on); `statuses`
+    False: owed delivery statuses do not count (the run kept them for a fuller call, and queued a look)."""
     now = timezone.now()
     if way is INBOUND:
         return InboundMessage.objects.filter(inbound_due(now), channel_id=channel_id).exists()
-    return OutboundMessage.objects.filter(outbound_due(now), channel_id=channel_id).exists()
+    unsent = Q(
+        state__in=UNSENT, next_attempt_at__lte=now, channel__state=Channel.State.CONNECTED, channel__webhook_url__gt=""
+    )
+    due = outbound_due(now) if statuses else unsent
+    return OutboundMessage.objects.filter(due, channel_id=channel_id).exists()
 
 
 def inbound_due(now) -> Q:
@@ -602,8 +616,12 @@ def _status_due(now) -> Q:
 def _report_delivery(channel: Channel, run: _Run) -> int:
     """imconnector.send.status.delivery for the channel's sent messages that still owe it (several per call).
 
-    A failure (a limit, Bitrix24 away) leaves them marked and tries again later, never POSTing the webhook
-    again; after OPENLINES_RETRY_HOURS a status is given up (the message reached the outside system)."""
+    Under a backlog the statuses wait for a full call: while more operator replies of the channel's line wait
+    in the inbox (their runs come next), a partial page is kept for up to STATUS_WAIT after its oldest message
+    was delivered (`_defer_statuses`), so a burst of replies costs a status call per OPENLINES_STATUS_BATCH
+    messages, not one per run. A failure (a limit, Bitrix24 away) leaves them marked and tries again later,
+    never POSTing the webhook again; after OPENLINES_RETRY_HOURS a status is given up (the message reached
+    the outside system)."""
     if not channel.portal.is_serving:
         return 0
     client, reported = PortalClient(channel.portal), 0
@@ -615,6 +633,8 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
             ]
         )
         if not rows or not run.may_start(messages=False):
+            return reported
+        if len(rows) < settings.OPENLINES_STATUS_BATCH and _defer_statuses(channel, rows, now, run):
             return reported
         try:
             client.call(
@@ -640,6 +660,30 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
             status_reported_at=timezone.now(), last_error=""
         )
         reported += len(rows)
+
+
+def _defer_statuses(channel: Channel, rows: list[OutboundMessage], now: datetime, run: _Run) -> bool:
+    """Whether to keep a partial page of statuses for a later run: more replies of the line wait in the inbox
+    (each queues a run of this channel once handled) and the oldest of the page was delivered less than
+    STATUS_WAIT ago. A run is queued for when that wait ends, in case no other comes (the sweep would too)."""
+    oldest = min((r.sent_at or now) for r in rows)
+    left = (oldest + STATUS_WAIT - now).total_seconds()
+    if left <= 0 or not _replies_waiting(channel):
+        return False
+    run.statuses_deferred = True
+    queue_channel(deliver_outbound, channel.pk, countdown=left)
+    return True
+
+
+def _replies_waiting(channel: Channel) -> bool:
+    """Whether new-message events of the channel's connector and line wait in the inbox (not yet handled)."""
+    for data in queue.waiting(channel.portal.member_id, "ONIMCONNECTORMESSAGEADD", limit=_WAITING_SCAN):
+        if (
+            str(data.get("LINE") or "") == channel.line_id
+            and str(data.get("CONNECTOR") or "").lower() == channel.connector_id.lower()
+        ):
+            return True
+    return False
 
 
 def _status_message(row: OutboundMessage) -> dict:

@@ -73,3 +73,28 @@ def test_a_message_being_written_is_not_taken_and_a_whole_one_is(tmp_path):
         assert writing.exists()  # left for its writer to finish
         assert [p.name for p in tmp_path.glob("*.part")] == [writing.name]  # ours was renamed into place
         queue.close()
+
+
+def test_messages_are_taken_in_the_order_they_were_put_whatever_the_clock_reads():
+    """kombu named a message by its monotonic milliseconds, unpadded: once the count gained a digit (16 min 40 s
+    after boot), sorted names put every new message before the older ones, and a channel's task queued before a
+    burst's next batches ran after all of them. The names sort as the times they were put."""
+    from b24widget.broker import message_name
+
+    times = [999_999_000_000, 1_000_000_001_000_000, 10**19 - 1, 5, 1_700_000_000_000_000_000]
+    names = [message_name("relay", t) for t in times]
+    assert sorted(names) == [names[i] for i in sorted(range(len(times)), key=times.__getitem__)]
+    assert all(n.partition(".")[2] == "relay.msg" for n in names)  # what kombu's consumer takes
+
+
+def test_a_queue_gives_its_messages_back_in_the_order_they_were_put(tmp_path):
+    with Connection(
+        "filesystem://",
+        transport="b24widget.broker:Transport",
+        transport_options={"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)},
+    ) as connection:
+        queue = connection.SimpleQueue("relay")
+        for n in range(30):
+            queue.put({"n": n})
+        assert [queue.get(timeout=2).payload["n"] for _ in range(30)] == list(range(30))
+        queue.close()

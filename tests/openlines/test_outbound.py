@@ -349,3 +349,130 @@ def test_a_reply_handled_after_the_customer_opened_a_new_session_is_still_relaye
         ("message.add", "Bye"),
         ("message.delete", ""),
     ]
+
+
+def test_a_backlog_of_replies_reports_their_delivery_in_full_calls(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks, settings
+):
+    """A worker takes a backlog of reply events one by one, each queueing the channel's run: while more replies
+    of the line wait in the inbox, a run keeps a partial page of delivery statuses for a later one, so the
+    backlog costs a status call per OPENLINES_STATUS_BATCH replies, not one per run (each reply still goes
+    out at once, once, in order, and every one is reported delivered)."""
+    from urllib.parse import urlencode
+
+    from inbox import queue as inbox
+    from inbox.models import InboxItem
+
+    row, secret, b24, chat_id = conversation
+    settings.OPENLINES_STATUS_BATCH = 10
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in (2, 3):
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
+    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    for n in range(30):
+        imc.operator_reply(b24, chats[n % 3], f"reply {n}", handlers=[sink.url])
+    for pairs in sink.got:
+        assert (
+            client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code
+            == 200
+        )
+    statuses = b24.calls("imconnector.send.status.delivery")
+    waiting = InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD", state=InboxItem.State.PENDING)
+    for pk in list(waiting.order_by("id").values_list("pk", flat=True)):
+        # One event at a time, the channel's run right after it (as workers interleave them); the inbox's own
+        # sends to the broker are dropped (no broker here: the loop is the worker).
+        with django_capture_on_commit_callbacks(execute=True):
+            with django_capture_on_commit_callbacks() as after:
+                inbox.process(pk)
+            for callback in after:
+                if callback.__module__ != "inbox.queue":
+                    callback()
+    assert not waiting.exists()
+    texts = [h["json"]["message"]["text"] for h in receiver.got]
+    assert texts == [f"reply {n}" for n in range(30)]  # each at once, once, in the order written
+    assert not OutboundMessage.objects.filter(status_reported_at__isnull=True).exists()
+    reported = [m for c in imc.conversations(b24) for m in c["messages"] if not m["outside"]]
+    assert len(reported) == 30 and all(m["delivered"] is not None for m in reported)
+    # Three full calls (a slow machine may add one each time a page waited STATUS_WAIT), not thirty.
+    assert b24.calls("imconnector.send.status.delivery") - statuses < 10
+
+
+def test_a_lone_reply_is_reported_delivered_at_once(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
+    """No backlog: the status goes in the run that delivered the reply (no wait for a fuller call)."""
+    row, secret, b24, chat_id = conversation
+    statuses = b24.calls("imconnector.send.status.delivery")
+    for n in range(3):
+        imc.operator_reply(b24, chat_id, f"reply {n}", handlers=[sink.url])
+        with django_capture_on_commit_callbacks(execute=True):
+            sink.relay(client)
+        assert OutboundMessage.objects.filter(status_reported_at__isnull=True).count() == 0
+    assert b24.calls("imconnector.send.status.delivery") - statuses == 3
+
+
+def test_replies_written_after_a_chat_was_read_are_confirmed_together(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
+    """Each chat's history was read a moment ago (its answer is kept), then the operators wrote again in every
+    chat: the first waiting event's miss asks for the other chats too, since the answers kept predate their
+    replies; one request confirms them all, not one per chat."""
+    from urllib.parse import urlencode
+
+    from inbox import queue as inbox
+
+    row, secret, b24, chat_id = conversation
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in (2, 3):
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
+    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    for n, chat in enumerate(chats):  # each handled as it comes: each chat's answer is kept
+        imc.operator_reply(b24, chat, f"first {n}", handlers=[sink.url])
+        with django_capture_on_commit_callbacks(execute=True):
+            sink.relay(client)
+    for n, chat in enumerate(chats):
+        imc.operator_reply(b24, chat, f"second {n}", handlers=[sink.url])
+    for pairs in sink.got:
+        assert (
+            client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded").status_code
+            == 200
+        )
+    before = len(b24.requests)
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    asked = [r["method"] for r in b24.requests[before:] if r["method"] != "imconnector.send.status.delivery"]
+    assert asked == ["batch"]
+    assert [h["json"]["message"]["text"] for h in receiver.got] == [
+        "first 0",
+        "first 1",
+        "first 2",
+        "second 0",
+        "second 1",
+        "second 2",
+    ]
+
+
+def test_replies_mark_the_channel_active_once_a_minute(
+    client, conversation, receiver, sink, django_capture_on_commit_callbacks
+):
+    row, secret, b24, chat_id = conversation
+    Channel.objects.filter(pk=row.pk).update(last_activity_at=None)
+    imc.operator_reply(b24, chat_id, "first", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    active = Channel.objects.get(pk=row.pk).last_activity_at
+    assert active is not None
+    imc.operator_reply(b24, chat_id, "second", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    assert Channel.objects.get(pk=row.pk).last_activity_at == active
+    Channel.objects.filter(pk=row.pk).update(last_activity_at=active - timedelta(seconds=61))
+    imc.operator_reply(b24, chat_id, "third", handlers=[sink.url])
+    with django_capture_on_commit_callbacks(execute=True):
+        sink.relay(client)
+    assert Channel.objects.get(pk=row.pk).last_activity_at > active
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["first", "second", "third"]
