@@ -12,9 +12,10 @@ by the milliseconds of the machine's monotonic clock, unpadded. Sorted as text, 
 a digit (at 16 min 40 s of uptime, then 2 h 47 min, 27 h 47 min, 11.6 days) comes before every older one: the
 older messages wait until the queue is empty (a channel's next task, queued after a burst's, ran after all of
 it). And the clock starts again at each boot, so a message left from before a reboot would wait behind every
-new one. Here the name starts with the wall clock's nanoseconds, zero-padded to a fixed width (`message_name`):
-text order is time order, across processes and reboots (a clock stepped back reorders only that step's
-messages; nothing relies on the broker's order for correctness, the database keeps each channel's order).
+new one. Here the name starts with `t` and the wall clock's nanoseconds, zero-padded to a fixed width
+(`message_name`): text order is time order, across processes and reboots (a clock stepped back reorders only that
+step's messages; nothing relies on the broker's order for correctness, the database keeps each channel's order).
+The `t` sorts after every digit, so messages an older release named (digits first) are taken before any new one.
 
 Used when CELERY_BROKER_URL is `filesystem://` (settings: CELERY_BROKER_TRANSPORT).
 """
@@ -31,9 +32,10 @@ from kombu.utils.json import dumps
 
 
 def message_name(queue: str, at_ns: int) -> str:
-    """A message's file name: `<nanoseconds, 20 digits>_<uuid>.<queue>.msg` (kombu's consumer takes what ends in
-    `.<queue>.msg`, in sorted order; the fixed width makes that the order of `at_ns`)."""
-    return f"{at_ns:020d}_{uuid.uuid4()}.{queue}.msg"
+    """A message's file name: `t<nanoseconds, 20 digits>_<uuid>.<queue>.msg` (kombu's consumer takes what ends in
+    `.<queue>.msg`, in sorted order; the fixed width makes that the order of `at_ns`, and the `t` puts it after
+    what an older release left, named by digits alone)."""
+    return f"t{at_ns:020d}_{uuid.uuid4()}.{queue}.msg"
 
 
 class Channel(filesystem.Channel):

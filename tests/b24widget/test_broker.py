@@ -3,6 +3,7 @@
 import json
 import os
 import threading
+import uuid
 
 import pytest
 from django.conf import settings
@@ -85,6 +86,9 @@ def test_messages_are_taken_in_the_order_they_were_put_whatever_the_clock_reads(
     names = [message_name("relay", t) for t in times]
     assert sorted(names) == [names[i] for i in sorted(range(len(times)), key=times.__getitem__)]
     assert all(n.partition(".")[2] == "relay.msg" for n in names)  # what kombu's consumer takes
+    # What an older release left in the folder (kombu's monotonic milliseconds) goes before anything new.
+    left = [f"{ms}_{uuid.uuid4()}.relay.msg" for ms in (5, 999_998, 1_000_003)]
+    assert all(old < new for old in left for new in names)
 
 
 def test_a_queue_gives_its_messages_back_in_the_order_they_were_put(tmp_path):
