@@ -624,7 +624,7 @@ def main():
             "CELERY_QUEUE": f"b24bench-soak-{run}",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": "2",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "WARNING"),
             "B24_TOKEN_SPOOL_DIR": str(folder / "held-tokens"),  # every process of the run shares it
             "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",  # the receiver listens on 127.0.0.1
             "OPENLINES_INBOUND_PER_MINUTE": "0",  # refusals come from the faults only
@@ -716,8 +716,38 @@ def main():
                     with receiver.lock:
                         return {k: list(v) for k, v in receiver.got.items()}
 
-                timeline = []  # (at, inbound waiting, oldest s, replies waiting, oldest s)
+                timeline = []  # (at, inbound waiting, oldest s, replies waiting, oldest s, tasks held)
                 sampler_stop = threading.Event()
+
+                def tasks_held() -> str:
+                    """Tasks sent more than 20 s ago and not started (a channel's queued mark, an inbox row sent and
+                    still pending), and the messages ready in the broker's queue: 'channels/rows/ready'."""
+                    from datetime import timedelta
+
+                    from django.db.models import Q
+                    from django.utils import timezone
+
+                    from inbox.models import InboxItem
+                    from openlines.models import Channel
+
+                    parts = []
+                    try:
+                        old = timezone.now() - timedelta(seconds=20)
+                        held = Q(inbound_queued_at__lt=old) | Q(outbound_queued_at__lt=old)
+                        parts.append(str(Channel.objects.filter(held).count()))
+                        parts.append(str(InboxItem.objects.filter(state="pending", enqueued_at__lt=old).count()))
+                    except Exception:  # the database is away
+                        parts += ["?", "?"]
+                    finally:
+                        connections.close_all()  # this thread's own
+                    try:
+                        with app.connection_for_read() as conn:
+                            conn.ensure_connection(max_retries=1, timeout=2)
+                            declared = conn.default_channel.queue_declare(os.environ["CELERY_QUEUE"], passive=True)
+                            parts.append(str(declared.message_count))
+                    except Exception:  # the broker is away
+                        parts.append("-")
+                    return "/".join(parts)
 
                 def sample():
                     while not sampler_stop.wait(10):
@@ -736,6 +766,7 @@ def main():
                                 now - min(waiting_in, default=now),
                                 len(waiting_out),
                                 now - min(waiting_out, default=now),
+                                tasks_held(),
                             )
                         )
 
@@ -963,16 +994,29 @@ def main():
                 )
                 marks = {round(at - started): " + ".join(names) for at, _, names in injected}
                 rows = []
-                for at, wi, oi, wo, oo in timeline:
+                for at, wi, oi, wo, oo, held in timeline:
                     t = at - started
                     fault = "; ".join(m for k, m in marks.items() if t - 10 < k <= t)
                     phase = "load" if at <= load_ended else "settle"
-                    rows.append([f"t+{t:.0f}", phase, wi, f"{oi:.0f}", wo, f"{oo:.0f}", fault])
-                print("\nwhat waited, every 10 s (customer messages not yet at Bitrix24, replies not yet outside):")
+                    rows.append([f"t+{t:.0f}", phase, wi, f"{oi:.0f}", wo, f"{oo:.0f}", held, fault])
+                print(
+                    "\nwhat waited, every 10 s (customer messages not yet at Bitrix24, replies not yet outside; tasks "
+                    "held: channels whose task was sent > 20 s ago and not started / inbox rows likewise / messages "
+                    "ready in the broker, '-' while it is down):"
+                )
                 print(
                     common.table(
                         rows,
-                        ["at", "phase", "inbound waiting", "oldest s", "replies waiting", "oldest s", "faults begun"],
+                        [
+                            "at",
+                            "phase",
+                            "inbound waiting",
+                            "oldest s",
+                            "replies waiting",
+                            "oldest s",
+                            "tasks held",
+                            "faults begun",
+                        ],
                     )
                 )
                 verdict = (
