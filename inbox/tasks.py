@@ -14,6 +14,7 @@ back with a backlog into a database outage showed (bench/soak.py, bench/RESULTS.
 """
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Celery's autoretry: the same task sent again after 2, 4, 8 ... at most 30 s (jittered), 20 times (~9 min), while
 # the database cannot be reached; then it fails as before and the sweepers find its rows.
-RETRY_WHILE_DATABASE_AWAY = {
+RETRY_WHILE_DATABASE_AWAY: dict[str, Any] = {
     "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": 2,
     "retry_backoff_max": 30,
