@@ -2,27 +2,30 @@
 
 Run: .venv/bin/python bench/soak.py [--minutes 3] [--every 30] [--outage 20] [--settle 300] [--rate 0.5]
 
-Topology: gunicorn (2 workers), 2 `celery worker` processes, `celery beat`, RabbitMQ (amqp://guest:guest@
-127.0.0.1:5672// or RABBITMQ_URL, on a queue of this run's own, deleted at the end), a PostgreSQL and a
-redis-server of the run's own (initdb/pg_ctl under /usr/lib/postgresql/*/bin and redis-server in a temp folder,
-free ports; database b24bench_soak_<pid>), so that they can be stopped without touching the machine's shared
-servers. The stand-in (this process) serves 4 portals, each installed through the app, with an Open Lines
-channel connected to a local webhook receiver (this process). B24_APP_URL is gunicorn's address, so the
-portals' events (online, ONOFFLINEEVENT) go to it; beat runs the offline pull and reconciliation every 10 s.
+Topology: gunicorn (2 workers), 2 `celery worker` processes, `celery beat`, and a RabbitMQ node, a PostgreSQL
+and a redis-server of the run's own (rabbitmq-server as soak<pid>@localhost, initdb/pg_ctl under
+/usr/lib/postgresql/*/bin and redis-server, all in a temp folder on free ports; database b24bench_soak_<pid>), so
+that they can be stopped without touching the machine's shared servers. The RabbitMQ node has its own Erlang
+cookie (HOME in the temp folder), no plugins and is stopped with `rabbitmqctl -n soak<pid>@localhost stop`; what
+it costs (RSS, CPU idle and over the run) is printed. The stand-in (this process) serves 4 portals, each
+installed through the app, with an Open Lines channel connected to a local webhook receiver (this process).
+B24_APP_URL is gunicorn's address, so the portals' events (online, ONOFFLINEEVENT) go to it; beat runs the
+offline pull and reconciliation every 10 s.
 
 Traffic, per portal (a thread each): customers write --rate messages/s into the channel API (signed POSTs to
 gunicorn, round robin over --chats chats) and operators write --rate replies/s in those chats (the stand-in
 posts OnImConnectorMessageAdd to /events/).
 
 Faults: every --every seconds a pair, one of ours and one of the outside world, each lasting up to --outage s:
-  ours:    a Celery worker SIGKILLed (its process group) and restarted; gunicorn HUP-reloaded; the database
-           stopped; gunicorn SIGKILLed and started again; Redis stopped; the database restarted (fast);
+  ours:    a Celery worker SIGKILLed (its process group) and restarted; RabbitMQ stopped for --outage s and
+           started again; the database stopped; gunicorn SIGKILLed and started again; RabbitMQ restarted
+           (stopped and started at once); Redis stopped; gunicorn HUP-reloaded; the database restarted (fast);
   outside: Bitrix24 answering QUERY_LIMIT_EXCEEDED (503); the outside webhook down (503); the OAuth server
            slow (answers 4 s late, after rotating) with every access token expired; Bitrix24 answering 500;
            the OAuth server down with every access token expired; the app unreachable for the portals' events
            (stand-in `app_unreachable`: online deliveries fail, offline records accumulate).
-RabbitMQ is the machine's shared one and is never stopped: a broker of our own is too heavy for this
-2-core machine (a second Erlang node), so broker outages are left out (see bench/README.md).
+8 of ours and 6 of the outside world make 8 pairs, repeated in turn (the OAuth server slow comes twice: once
+with the database stopped, once with the broker restarting; Bitrix24's QUERY_LIMIT_EXCEEDED twice as well).
 
 At the end (faults off) the soak waits up to --settle s for everything to arrive, then prints: every operator
 reply at the outside system exactly once and in order per chat (those /events/ refused included), every
@@ -126,6 +129,85 @@ class OwnRedis:
             self.process.terminate()
             self.process.wait(timeout=30)
             self.log.close()
+
+
+class OwnRabbit:
+    """A RabbitMQ node of the run's own (soak<pid>@localhost), so that the soak may stop it: free AMQP and
+    distribution ports on 127.0.0.1, its database, logs, config and an empty plugin list in the temp folder, and
+    HOME there too, so its Erlang cookie is its own (the machine's shared node `rabbit@...` cannot even be reached
+    with it). Stopped with `rabbitmqctl -n soak<pid>@localhost stop`, which names this node only. Durable queues
+    and persistent messages live in its database, so they outlive a stop."""
+
+    BIN = Path("/usr/lib/rabbitmq/bin")
+
+    def __init__(self, folder: Path):
+        if not (self.BIN / "rabbitmq-server").exists():
+            raise SystemExit(f"no {self.BIN}/rabbitmq-server: the soak needs a RabbitMQ node of its own")
+        self.folder = folder
+        self.node = f"soak{os.getpid()}@localhost"
+        self.port = common.free_port()
+        self.dist_port = common.free_port()
+        self.process = None
+        self.starts = 0
+        self.cpu_before = 0.0  # CPU seconds of the node's earlier VMs (each start is a new one)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "enabled_plugins").write_text("[].\n")
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
+            "HOME": str(folder),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(folder / "log"),
+            "RABBITMQ_PID_FILE": str(folder / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),  # absent: the defaults
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(folder / "advanced"),
+            "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
+        }
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self):
+        self.log = open(LOGS / "rabbitmq.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.starts += 1
+        self.process = subprocess.Popen(
+            [str(self.BIN / "rabbitmq-server")], cwd=self.folder, env=self.env, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # its AMQP listener opens once the broker has booted
+            with contextlib.suppress(OSError), http_socket(self.port):
+                return
+            if self.process.poll() is not None:
+                raise SystemExit(f"rabbitmq-server exited; see {LOGS / 'rabbitmq.log'}")
+            time.sleep(0.1)
+        raise SystemExit("rabbitmq-server did not open its port")
+
+    def stop(self):
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(OSError, StopIteration, ValueError):
+            self.cpu_before = self.usage()[1]
+        ctl = [str(self.BIN / "rabbitmqctl"), "-n", self.node, "stop", str(self.folder / "pid")]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(ctl, env=self.env, cwd=self.folder, capture_output=True, timeout=60)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # this node's own process group, by its id
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self.log.close()
+
+    def usage(self) -> tuple[int, float]:
+        """(RSS in KiB, CPU seconds since the first start) of the node's Erlang VM (beam.smp)."""
+        pid = (self.folder / "pid").read_text().strip()
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return rss, self.cpu_before + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -333,8 +415,8 @@ class Traffic:
 class Faults:
     """The pairs injected; each entry of `log` is (started, name, ended)."""
 
-    def __init__(self, procs: Processes, pg: OwnPostgres, redis: OwnRedis, standin, portals, receiver, outage):
-        self.procs, self.pg, self.redis, self.standin = procs, pg, redis, standin
+    def __init__(self, procs: Processes, pg: OwnPostgres, redis: OwnRedis, rabbit, standin, portals, receiver, outage):
+        self.procs, self.pg, self.redis, self.rabbit, self.standin = procs, pg, redis, rabbit, standin
         self.portals, self.receiver, self.outage = portals, receiver, outage
         self.kills = 0
 
@@ -373,6 +455,19 @@ class Faults:
         self.pg.stop("fast")
         self.pg.start()
         return "PostgreSQL restarted (fast)"
+
+    def broker_stop(self):
+        began = time.monotonic()
+        self.rabbit.stop()
+        time.sleep(self.outage)
+        self.rabbit.start()
+        return f"RabbitMQ stopped {self.outage:.0f} s (down {time.monotonic() - began:.0f} s)"
+
+    def broker_restart(self):
+        began = time.monotonic()
+        self.rabbit.stop()
+        self.rabbit.start()
+        return f"RabbitMQ restarted (down {time.monotonic() - began:.0f} s)"
 
     # outside
     METHODS = ("imconnector.send.messages", "imopenlines.session.history.get")
@@ -436,11 +531,13 @@ class Faults:
     def pairs(self):
         return [
             (self.worker_kill, self.query_limit),
-            (self.gunicorn_hup, self.webhook_down),
+            (self.broker_stop, self.webhook_down),
             (self.db_stop, self.oauth_slow),  # a refresh answer due while the database is down (issue 23)
             (self.gunicorn_kill, self.server_errors),
+            (self.broker_restart, self.oauth_slow),  # refreshes while the broker is away
             (self.redis_stop, self.oauth_down),
-            (self.db_restart, self.unreachable),
+            (self.gunicorn_hup, self.unreachable),
+            (self.db_restart, self.query_limit),
         ]
 
 
@@ -494,13 +591,21 @@ def main():
     for old in LOGS.glob("*.log"):
         old.unlink()
     folder = Path(tempfile.mkdtemp(prefix="b24bench-soak-"))
-    pg, redis = None, None
+    pg, redis, rabbit = None, None, None
     try:
         pg = OwnPostgres(folder / "pg")
         pg.start()
         redis = OwnRedis(folder)
         redis.start()
+        rabbit = OwnRabbit(folder / "rabbitmq")
+        rabbit.start()
+        idle_from = rabbit.usage()[1]
+        time.sleep(20)  # the node alone, nothing connected: what it costs idle
+        rss, cpu = rabbit.usage()
+        rabbit_idle = f"RSS {rss / 1024:.0f} MiB, CPU {100 * (cpu - idle_from) / 20:.1f}% of a core idle (20 s)"
     except BaseException:  # leave nothing behind: a server started, the temp folder
+        if rabbit is not None:
+            rabbit.stop()
         if redis is not None:
             redis.stop()
         if pg is not None and pg.running():
@@ -515,11 +620,11 @@ def main():
             "CACHE_URL": f"redis://127.0.0.1:{redis.port}/0",
             "BENCH_CACHE_PREFIX": f"b24bench-soak-{run}",
             "B24_APP_URL": f"http://127.0.0.1:{port}",
-            "CELERY_BROKER_URL": os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+            "CELERY_BROKER_URL": rabbit.url,
             "CELERY_QUEUE": f"b24bench-soak-{run}",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": "2",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "WARNING"),
             "B24_TOKEN_SPOOL_DIR": str(folder / "held-tokens"),  # every process of the run shares it
             "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",  # the receiver listens on 127.0.0.1
             "OPENLINES_INBOUND_PER_MINUTE": "0",  # refusals come from the faults only
@@ -553,9 +658,11 @@ def main():
                     f"{PORTALS} portals x {args.chats} chats, {args.rate:g} msgs/s and {args.rate:g} replies/s each"
                 )
                 print(
-                    f"own PostgreSQL {pg.bin.parent.name} on :{pg.port}, own Redis on :{redis.port}, RabbitMQ queue "
-                    f"{os.environ['CELERY_QUEUE']}, gunicorn :{port}; logs {LOGS.relative_to(common.ROOT)}"
+                    f"own PostgreSQL {pg.bin.parent.name} on :{pg.port}, own Redis on :{redis.port}, own RabbitMQ "
+                    f"node {rabbit.node} on :{rabbit.port} (queue {os.environ['CELERY_QUEUE']}), gunicorn :{port}; "
+                    f"logs {LOGS.relative_to(common.ROOT)}"
                 )
+                print(f"own RabbitMQ node: {rabbit_idle}")
                 env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"}
                 procs = Processes(env, port, folder)
                 procs.start_gunicorn()
@@ -609,8 +716,38 @@ def main():
                     with receiver.lock:
                         return {k: list(v) for k, v in receiver.got.items()}
 
-                timeline = []  # (at, inbound waiting, oldest s, replies waiting, oldest s)
+                timeline = []  # (at, inbound waiting, oldest s, replies waiting, oldest s, tasks held)
                 sampler_stop = threading.Event()
+
+                def tasks_held() -> str:
+                    """Tasks sent more than 20 s ago and not started (a channel's queued mark, an inbox row sent and
+                    still pending), and the messages ready in the broker's queue: 'channels/rows/ready'."""
+                    from datetime import timedelta
+
+                    from django.db.models import Q
+                    from django.utils import timezone
+
+                    from inbox.models import InboxItem
+                    from openlines.models import Channel
+
+                    parts = []
+                    try:
+                        old = timezone.now() - timedelta(seconds=20)
+                        held = Q(inbound_queued_at__lt=old) | Q(outbound_queued_at__lt=old)
+                        parts.append(str(Channel.objects.filter(held).count()))
+                        parts.append(str(InboxItem.objects.filter(state="pending", enqueued_at__lt=old).count()))
+                    except Exception:  # the database is away
+                        parts += ["?", "?"]
+                    finally:
+                        connections.close_all()  # this thread's own
+                    try:
+                        with app.connection_for_read() as conn:
+                            conn.ensure_connection(max_retries=1, timeout=2)
+                            declared = conn.default_channel.queue_declare(os.environ["CELERY_QUEUE"], passive=True)
+                            parts.append(str(declared.message_count))
+                    except Exception:  # the broker is away
+                        parts.append("-")
+                    return "/".join(parts)
 
                 def sample():
                     while not sampler_stop.wait(10):
@@ -629,6 +766,7 @@ def main():
                                 now - min(waiting_in, default=now),
                                 len(waiting_out),
                                 now - min(waiting_out, default=now),
+                                tasks_held(),
                             )
                         )
 
@@ -639,7 +777,8 @@ def main():
                 threads.append(threading.Thread(target=sample, daemon=True))
                 for thread in threads:
                     thread.start()
-                faults = Faults(procs, pg, redis, standin, portals, receiver, args.outage)
+                faults = Faults(procs, pg, redis, rabbit, standin, portals, receiver, args.outage)
+                rabbit_cpu_from = rabbit.usage()[1]
                 pairs = faults.pairs()
                 injected = []  # (started, ended, names)
                 started = time.time()
@@ -745,6 +884,11 @@ def main():
                     f"webhook 503s answered while down {receiver.refused}; stand-in errors {len(standin.errors)}"
                 )
                 print(f"processes started: {dict(procs.started)}")
+                rss, cpu = rabbit.usage()
+                print(
+                    f"own RabbitMQ node at the end: RSS {rss / 1024:.0f} MiB, CPU {cpu - rabbit_cpu_from:.0f} s over "
+                    f"the load and settle ({rabbit.starts} starts)"
+                )
                 from django.db.models import Count, Max
                 from django.utils import timezone
 
@@ -850,16 +994,29 @@ def main():
                 )
                 marks = {round(at - started): " + ".join(names) for at, _, names in injected}
                 rows = []
-                for at, wi, oi, wo, oo in timeline:
+                for at, wi, oi, wo, oo, held in timeline:
                     t = at - started
                     fault = "; ".join(m for k, m in marks.items() if t - 10 < k <= t)
                     phase = "load" if at <= load_ended else "settle"
-                    rows.append([f"t+{t:.0f}", phase, wi, f"{oi:.0f}", wo, f"{oo:.0f}", fault])
-                print("\nwhat waited, every 10 s (customer messages not yet at Bitrix24, replies not yet outside):")
+                    rows.append([f"t+{t:.0f}", phase, wi, f"{oi:.0f}", wo, f"{oo:.0f}", held, fault])
+                print(
+                    "\nwhat waited, every 10 s (customer messages not yet at Bitrix24, replies not yet outside; tasks "
+                    "held: channels whose task was sent > 20 s ago and not started / inbox rows likewise / messages "
+                    "ready in the broker, '-' while it is down):"
+                )
                 print(
                     common.table(
                         rows,
-                        ["at", "phase", "inbound waiting", "oldest s", "replies waiting", "oldest s", "faults begun"],
+                        [
+                            "at",
+                            "phase",
+                            "inbound waiting",
+                            "oldest s",
+                            "replies waiting",
+                            "oldest s",
+                            "tasks held",
+                            "faults begun",
+                        ],
                     )
                 )
                 verdict = (
@@ -877,6 +1034,7 @@ def main():
     finally:
         if procs is not None:
             procs.stop_all()
+        rabbit.stop()
         redis.stop()
         with contextlib.suppress(Exception):
             pg.stop("immediate")

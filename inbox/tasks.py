@@ -6,21 +6,43 @@
 - pull_offline_events (beat, every B24_OFFLINE_PULL_INTERVAL): one pull_offline_chunk per
   B24_FANOUT_CHUNK portals whose offline events are bound; a chunk pulls each portal's offline queue into
   the inbox (inbox/offline.py) and queues a portal again when its pull stopped at B24_OFFLINE_PULL_MAX.
+
+A task that carries work (an event, a channel's delivery) and finds the database away is sent again by Celery
+(RETRY_WHILE_DATABASE_AWAY) rather than acknowledged as failed: otherwise its row or channel waits for the
+sweeper's "lost task" delay (B24_INBOX_REQUEUE_AFTER, OPENLINES_REQUEUE_AFTER: 120 s), which a broker coming
+back with a backlog into a database outage showed (bench/soak.py, bench/RESULTS.md).
 """
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from . import offline, queue
 from .registry import directory
 
 log = logging.getLogger(__name__)
 
+# Celery's autoretry: the same task sent again after 2, 4, 8 ... at most 30 s (jittered), 20 times (~9 min), while
+# the database cannot be reached; then it fails as before and the sweepers find its rows.
+RETRY_WHILE_DATABASE_AWAY: dict[str, Any] = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
+
 
 @shared_task(
-    name="portals.process_inbox_item", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    name="portals.process_inbox_item",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    **RETRY_WHILE_DATABASE_AWAY,
 )
 def process_inbox_item(self, item_id: int) -> str:
     return queue.process(item_id, task_id=self.request.id or "")

@@ -38,6 +38,7 @@ from django.utils import timezone
 from bitrix24 import http
 from bitrix24.errors import RestError
 from inbox import queue
+from inbox.tasks import RETRY_WHILE_DATABASE_AWAY
 from portals.models import Portal
 from portals.tokens import PortalClient
 
@@ -425,7 +426,7 @@ def release_parked(channel_id: int) -> int:
 
 
 # --- inbound: the outside system -> Bitrix24 --------------------------------------------------------
-@shared_task(name="openlines.deliver_inbound")
+@shared_task(name="openlines.deliver_inbound", **RETRY_WHILE_DATABASE_AWAY)
 def deliver_inbound(channel_id: int) -> str:
     """Send the channel's due inbound rows, in order, several per call."""
     return _under_lease(channel_id, INBOUND, _deliver_inbound, deliver_inbound)
@@ -522,7 +523,7 @@ def _record_inbound(rows, result) -> None:
 
 
 # --- outbound: Bitrix24's operators -> the outside system --------------------------------------------
-@shared_task(name="openlines.deliver_outbound")
+@shared_task(name="openlines.deliver_outbound", **RETRY_WHILE_DATABASE_AWAY)
 def deliver_outbound(channel_id: int) -> str:
     """POST the channel's due operator messages to its webhook, in order per chat; report delivery to Bitrix24."""
     return _under_lease(channel_id, OUTBOUND, _deliver_outbound, deliver_outbound)
