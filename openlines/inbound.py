@@ -15,6 +15,7 @@ our webhooks were signed with too) is accepted until OPENLINES_SIGNATURE_V1_UNTI
 import hashlib
 import hmac
 import json
+import logging
 import re
 import time
 from datetime import timedelta
@@ -24,7 +25,7 @@ from uuid import UUID
 
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -37,6 +38,8 @@ from portals.models import Portal
 from . import outbound
 from .models import Channel, InboundMessage, OutboundMessage
 from .outbound import INBOUND, SIGNATURE_HEADER, TIMESTAMP_HEADER, VERSION_HEADER, sign, sign_v1
+
+log = logging.getLogger(__name__)
 
 _ID_MAX = 128
 _TEXT_MAX = 20000
@@ -343,5 +346,20 @@ def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
         raise Refused("duplicate_message", "this message id was accepted before", 409) from None
     now = timezone.now()
     if channel.last_activity_at is None or now - channel.last_activity_at >= ACTIVITY_RESOLUTION:
-        Channel.objects.filter(pk=channel.pk).update(last_activity_at=now)
+        _note_activity(channel, now)
     return row
+
+
+def _note_activity(channel: Channel, now) -> None:
+    """The channel's last activity (shown in the admin and its settings). The message is stored already: a
+    database that fails now must not turn its 202 into a 5xx (the sender would see a refusal for a message we
+    keep and deliver), so a failure here is logged and the next message writes it."""
+    in_transaction = transaction.get_connection().in_atomic_block
+    try:
+        if in_transaction:  # a savepoint: the caller's transaction survives the failure
+            with transaction.atomic():
+                Channel.objects.filter(pk=channel.pk).update(last_activity_at=now)
+        else:
+            Channel.objects.filter(pk=channel.pk).update(last_activity_at=now)
+    except DatabaseError as exc:
+        log.warning("channel activity not recorded", extra={"channel": channel.pk, "error": type(exc).__name__})

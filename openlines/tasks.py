@@ -77,8 +77,9 @@ def lease_length() -> timedelta:
 
 def after_commit(task, channel_id: int) -> None:
     """Queue `task(channel_id)` once the current transaction commits (unless one is pending already); a
-    broker failure is left to `sweep`."""
-    transaction.on_commit(lambda: queue_channel(task, channel_id))
+    broker failure is left to `sweep`, and so is a database failure of the hand-off (robust: what was stored
+    stays stored and the request's answer stands; the sweep finds the channel's due rows without a mark)."""
+    transaction.on_commit(lambda: queue_channel(task, channel_id), robust=True)
 
 
 # OPENLINES_TASKS_INLINE (test settings only): tasks run in this process, first queued first run, as one

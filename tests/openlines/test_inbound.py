@@ -275,3 +275,52 @@ def test_outside_a_transaction_a_duplicate_is_409_and_the_next_message_is_stored
         "m1",
         "m2",
     ]
+
+
+@pytest.fixture
+def channel_updates_fail(db):
+    """Every UPDATE of a channel row fails in the database (a trigger: SQLite aborts the statement, not the
+    transaction, as a connection lost between two statements would) until `heal()`, which this yields."""
+    from django.conf import settings
+    from django.db import connection
+
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        pytest.skip("PostgreSQL aborts the test's whole transaction on the failed statement: run on SQLite")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TRIGGER channel_update_fails BEFORE UPDATE ON {Channel._meta.db_table} "
+            "BEGIN SELECT RAISE(ABORT, 'the database went away'); END"
+        )
+
+    def heal():
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER IF EXISTS channel_update_fails")
+
+    yield heal
+    heal()
+
+
+def test_a_stored_message_is_accepted_though_the_database_fails_after_storing_it(
+    client, channel, settings, channel_updates_fail, django_capture_on_commit_callbacks, caplog
+):
+    """What runs after the INSERT (the channel's activity, the hand-off's mark) fails: the answer is still the
+    202 for a message we keep (a 5xx would tell the sender to retry, and the retry would be a 409 duplicate),
+    and the sweep delivers it once the database is whole."""
+    row, secret, b24 = channel
+    settings.OPENLINES_TASKS_INLINE = False
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = signed(client, row, secret, message("m-kept", "Kept anyway", chat="chat-kept"))
+    assert answer.status_code == 202, answer.content
+    stored = InboundMessage.objects.get(channel=row, external_message_id="m-kept")
+    assert Channel.objects.get(pk=row.pk).inbound_queued_at is None  # no task was handed off
+    assert "channel activity not recorded" in caplog.text
+    assert "the database went away" not in answer.content.decode()
+
+    channel_updates_fail()  # the database whole again: the sweep's turn
+    settings.OPENLINES_TASKS_INLINE = True
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.sweep()
+    stored.refresh_from_db()
+    assert stored.state == Delivery.SENT
+    texts = [m["text"] for c in imc.conversations(b24) for m in c["messages"]]
+    assert texts.count("Kept anyway") == 1
