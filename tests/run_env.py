@@ -9,6 +9,7 @@ processes a test starts inherit this worker's values and keep them.
 """
 
 import os
+import uuid
 
 RUN_OWNED = ("CELERY_QUEUE", "CELERY_BROKER_DIR", "B24_TOKEN_SPOOL_DIR", "B24_TEST_CACHE_PREFIX")
 OWNER = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -17,3 +18,8 @@ if os.environ.get("B24_TEST_ENV_OWNER") != OWNER:
     for _name in RUN_OWNED:
         os.environ.pop(_name, None)
     os.environ["B24_TEST_ENV_OWNER"] = OWNER
+
+# One id per test run, shared by all its processes (not run-owned: workers inherit the controller's). It names
+# the run's PostgreSQL test databases (tests/settings.py): two runs against one server, each with its xdist
+# workers gw0..gw3, would otherwise both use test_<name>_gw0..3 and drop or rebuild each other's.
+os.environ.setdefault("B24_TEST_RUN_ID", uuid.uuid4().hex[:8])

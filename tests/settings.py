@@ -46,6 +46,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": os.path.join(tempfile.gettempdir(), f"b24widget-test-{os.getpid()}.sqlite3")
     }
+else:
+    # A name of this run's own (tests/run_env.py; pytest-xdist appends _gw0, _gw1 ...): a second run against the
+    # same server (another checkout, CI beside a developer's run) never drops or rebuilds this run's databases.
+    # Kept under PostgreSQL's 63 characters, which would otherwise cut the suffixes off.
+    DATABASES["default"]["TEST"] = {
+        **DATABASES["default"].get("TEST", {}),
+        "NAME": f"test_{DATABASES['default']['NAME'][:40]}_{os.environ['B24_TEST_RUN_ID']}",
+    }
 
 # The test settings run with DEBUG off (production behaviour) but admit the stand-in's plain-HTTP portals;
 # this override, set here and never from the environment, lets b24widget/checks.py accept that.
