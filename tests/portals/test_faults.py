@@ -20,6 +20,7 @@ from portals import tokens
 from portals.models import Portal, PortalEvent
 from tests.helpers import QuietHandler, in_threads, local_server
 from tests.placements.frames import is_widget, open_widget
+from tests.workers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 K = PortalEvent.Kind
@@ -389,8 +390,7 @@ def test_an_uninstall_during_a_refresh_keeps_the_secrets_wiped(client, installed
     before = len(standin.oauth_requests)
     refresher = threading.Thread(target=lambda: (tokens.refresh_portal(portal, force=True), connection.close()))
     refresher.start()
-    while len(standin.oauth_requests) == before:
-        threading.Event().wait(0.01)
+    wait_for(lambda: len(standin.oauth_requests) > before, timeout=30, every=0.01, what="the refresh to reach OAuth")
     assert do_uninstall(client, b24).status_code == 200
     refresher.join(30)
     stored = Portal.objects.get(pk=portal.pk)

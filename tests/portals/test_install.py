@@ -10,6 +10,7 @@ from portals.models import Portal, PortalEvent, Rejection
 from tests.conftest import deliver, do_install, do_uninstall
 from tests.helpers import kinds
 from tests.helpers import portal_snapshot as snapshot
+from tests.workers import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -279,8 +280,13 @@ def test_threads_waiting_on_the_oauth_server_for_unverified_installs_are_few(sta
     before = len(standin.oauth_requests)
     first = threading.Thread(target=install, args=(portals[0],))
     first.start()
-    while len(standin.oauth_requests) == before:  # the first install is now waiting on the OAuth server
-        threading.Event().wait(0.01)
+    wait_for(  # the first install is now waiting on the OAuth server
+        lambda: len(standin.oauth_requests) > before,
+        timeout=30,
+        every=0.01,
+        what="the first install to reach the OAuth server",
+        detail=lambda: f"answers so far: {statuses}",
+    )
     others = [threading.Thread(target=install, args=(b24,)) for b24 in portals[1:]]
     for thread in others:
         thread.start()
