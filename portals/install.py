@@ -86,8 +86,11 @@ def ensure_writable() -> None:
     try:
         with transaction.atomic():
             Portal.objects.filter(pk=-1).update(last_error="")
-    except DatabaseError:
-        log.error("database not writable; install refused before spending the refresh token")
+    except DatabaseError as exc:  # (its class only: a driver's message can quote the statement's values)
+        log.error(
+            "database not writable; install refused before spending the refresh token",
+            extra={"error": type(exc).__name__},
+        )
         raise InstallUnavailable("database_unavailable") from None
 
 
