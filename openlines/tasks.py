@@ -515,6 +515,8 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
             return f"sent {sent}"
         if _waits(rows[0], timezone.now()):
             _hold_back(InboundMessage, channel, rows[0].next_attempt_at)
+            # Again here: the failed run's countdown was not queued if a new message's task was pending then.
+            queue_retry(deliver_inbound, channel.pk, rows[0].next_attempt_at)
             return f"sent {sent}; waiting"
         if not run.may_start():
             return f"sent {sent}; {run.stopped}"
