@@ -18,7 +18,8 @@ until one is saved (`release_parked`), and become dead letters after OPENLINES_R
 
 Bitrix24's limits (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT, or our limiter pacing us) are no failed
 attempt: the rows wait as long as the bucket says (`limit_wait`, 1 s to 10 min), counting nothing toward a
-dead letter and doubling nothing. A 5xx is retried after 5 s, then doubling; other failures after 30 s. A
+dead letter and doubling nothing. Failures wait 5 s, 10 s, 20 s ... (`backoff`), at least 30 s unless Bitrix24
+answered 5xx. A
 next attempt within two minutes is queued with a countdown; later ones are the sweep's.
 
 Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
@@ -158,9 +159,15 @@ def enqueue_channel(model, channel_id: int) -> None:
     queue_channel(deliver_inbound if model is InboundMessage else deliver_outbound, channel_id)
 
 
-def backoff(attempts: int, first: float = 30.0) -> timedelta:
-    """`first` (30 s), then doubling: 30 s, 1 min, 2 min ... at most an hour between attempts."""
-    return timedelta(seconds=min(first * 2 ** max(attempts - 1, 0), 3600))
+def backoff(attempts: int, at_least: float = 30.0) -> timedelta:
+    """One doubling schedule, 5 s, 10 s, 20 s ... at most an hour between attempts, and never less than
+    `at_least` (30 s for a failure that is not a Bitrix24 5xx: 30, 30, 30, 40, 80 s ...).
+
+    One schedule for every failure, so the wait stays about as long as the row has been failing whatever
+    failed: with a 30 s schedule for some failures and a 5 s one for others, a row whose early attempts met
+    5xx answers (fast attempts) and whose later ones met another failure waited 30 x 2^attempts, minutes
+    for a fault of seconds (bench/RESULTS.md, "limit waits")."""
+    return timedelta(seconds=min(max(TRANSIENT_FIRST_WAIT * 2 ** max(attempts - 1, 0), at_least), 3600))
 
 
 # --- Bitrix24's answers: a limit is "later", a 5xx "soon", anything else a failed attempt ----------------
@@ -195,9 +202,10 @@ def limit_wait(portal: Portal, exc: RestError) -> timedelta | None:
 
 
 def first_wait(exc: RestError) -> float:
-    """The first retry wait after a failed call: short for Bitrix24's 5xx answers (transient), else 30 s."""
+    """The least retry wait after a failed call: none beyond `backoff`'s for Bitrix24's 5xx answers
+    (transient), else 30 s."""
     status = exc.http_status or 0
-    return TRANSIENT_FIRST_WAIT if status >= 500 else 30.0
+    return 0.0 if status >= 500 else 30.0
 
 
 def queue_retry(task, channel_id: int, at: datetime | None) -> None:
@@ -391,9 +399,9 @@ def outbound_due(now) -> Q:
 
 
 def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None, first: float = 30.0):
-    """Count a failed attempt on each row and schedule the next (`backoff` from `first`, or `at_least` when
-    longer); a row whose `since` (when it reached us) is more than OPENLINES_RETRY_HOURS ago becomes a dead
-    letter instead. Returns when the first row is tried again (None: it is a dead letter now)."""
+    """Count a failed attempt on each row and schedule the next (`backoff`, at least `first` seconds, or
+    def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None, first: float = 30.0):
+        letter instead. Returns when the first row is tried again (None: it is a dead letter now)."""
     now = timezone.now()
     first_at = None
     for i, row in enumerate(rows):

@@ -399,11 +399,13 @@ def test_our_limiter_pacing_us_is_a_wait_of_its_own_length_and_sends_nothing(
 
 
 @pytest.mark.parametrize(
-    "error, status, first", [("INTERNAL_SERVER_ERROR", 500, 5.0), ("ERROR_CONNECTOR_NOT_ACTIVE", 400, 30.0)]
+    "error, status, first, second",
+    [("INTERNAL_SERVER_ERROR", 500, 5.0, 10.0), ("ERROR_CONNECTOR_NOT_ACTIVE", 400, 30.0, 30.0)],
 )
 def test_a_server_error_is_retried_after_5_s_then_doubling_other_failures_after_30_s(
-    client, channel, django_capture_on_commit_callbacks, error, status, first
+    client, channel, django_capture_on_commit_callbacks, error, status, first, second
 ):
+    """One doubling schedule (5, 10, 20 ... s): a 5xx follows it, other failures wait at least 30 s."""
     row, secret, b24 = channel
     b24.fail_next("imconnector.send.messages", error, status, times=2)
     before = timezone.now()
@@ -419,7 +421,7 @@ def test_a_server_error_is_retried_after_5_s_then_doubling_other_failures_after_
     after = timezone.now()
     failed.refresh_from_db()
     assert failed.attempts == 2
-    assert between(failed.next_attempt_at, before + timedelta(seconds=2 * first), after + timedelta(seconds=2 * first))
+    assert between(failed.next_attempt_at, before + timedelta(seconds=second), after + timedelta(seconds=second))
     InboundMessage.objects.update(next_attempt_at=failed.received_at)
     tasks.sweep()
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0"]
