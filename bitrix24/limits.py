@@ -257,6 +257,19 @@ def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = No
     log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed", extra={"member_id": member_id, "share": share})
 
 
+def next_slot_in(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> float:
+    """Seconds until the portal's next request slot, reserving nothing: the bucket's own answer to "when may
+    a call go again" (after note_limited, one slowed interval). For a caller that waits elsewhere (the relay
+    schedules its next attempt then, instead of sleeping in a worker)."""
+    burst, rate = bucket(plan)
+    if rate <= 0:
+        return 0.0
+    now = time.time() if now is None else now
+    _interval, tolerance = _shape(burst, rate)
+    tat, _share, _changed, _limited = _state(cache.get(f"b24widget:rl:{member_id}"), now)
+    return max(tat - tolerance - now, 0.0)
+
+
 def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD) -> None:
     """Wait for the portal's next request slot; LimitWaitTooLong when it is further than `max_wait`."""
     wait = reserve(member_id, max_wait=max_wait, plan=plan)

@@ -16,6 +16,12 @@ releases it. Rows that can never go stop being due: those of a disconnected or r
 letters (staff replay them after a reconnect); operator replies on a line without a webhook URL are parked
 until one is saved (`release_parked`), and become dead letters after OPENLINES_RETRY_HOURS like any other.
 
+Bitrix24's limits (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT, or our limiter pacing us) are no failed
+attempt: the rows wait as long as the bucket says (`limit_wait`, 1 s to 10 min), counting nothing toward a
+dead letter and doubling nothing. Failures wait 5 s, 10 s, 20 s ... (`backoff`), at least 30 s unless Bitrix24
+answered 5xx. A
+next attempt within two minutes is queued with a countdown; later ones are the sweep's.
+
 Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
 sweep that decides what is due, and each of those rules is easier to check with its users beside it.
 """
@@ -35,8 +41,8 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 
-from bitrix24 import http
-from bitrix24.errors import RestError
+from bitrix24 import http, limits
+from bitrix24.errors import LimitWaitExceeded, RestError
 from inbox import queue
 from inbox.tasks import RETRY_WHILE_DATABASE_AWAY
 from portals.models import Portal
@@ -153,9 +159,63 @@ def enqueue_channel(model, channel_id: int) -> None:
     queue_channel(deliver_inbound if model is InboundMessage else deliver_outbound, channel_id)
 
 
-def backoff(attempts: int) -> timedelta:
-    """30 s, 1 min, 2 min ... at most an hour between attempts."""
-    return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
+def backoff(attempts: int, at_least: float = 30.0) -> timedelta:
+    """One doubling schedule, 5 s, 10 s, 20 s ... at most an hour between attempts, and never less than
+    `at_least` (30 s for a failure that is not a Bitrix24 5xx: 30, 30, 30, 40, 80 s ...).
+
+    One schedule for every failure, so the wait stays about as long as the row has been failing whatever
+    failed: with a 30 s schedule for some failures and a 5 s one for others, a row whose early attempts met
+    5xx answers (fast attempts) and whose later ones met another failure waited 30 x 2^attempts, minutes
+    for a fault of seconds (bench/RESULTS.md, "limit waits")."""
+    return timedelta(seconds=min(max(TRANSIENT_FIRST_WAIT * 2 ** max(attempts - 1, 0), at_least), 3600))
+
+
+# --- Bitrix24's answers: a limit is "later", a 5xx "soon", anything else a failed attempt ----------------
+# settings/performance/limits.md: QUERY_LIMIT_EXCEEDED (503) while the portal's request counter is full (it
+# drains 2 or 5 a second), OPERATION_TIME_LIMIT (429) until the method's budget resets. Our own limiter says
+# the same before sending (LimitWaitExceeded, with the seconds until a slot). Neither is the message's failure.
+LIMIT_CODES = frozenset({"QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT"})
+LIMIT_WAIT_MIN = 1.0  # seconds: a slot comes every 0.2-0.5 s; a shorter countdown is only another task
+LIMIT_WAIT_MAX = 600.0  # seconds: the operating-time window is ten minutes; the bucket drains in 25-50 s
+# The first wait after Bitrix24 answered 5xx (then doubling, as `backoff`): a server error is mostly brief.
+TRANSIENT_FIRST_WAIT = 5.0
+# A next attempt this close is queued with a countdown (a task held by a worker); later ones are the sweep's
+# (a broker holds an unacknowledged countdown task only so long: RabbitMQ's consumer_timeout).
+COUNTDOWN_UP_TO = 120.0
+
+
+def limit_wait(portal: Portal, exc: RestError) -> timedelta | None:
+    """How long a call Bitrix24 (or our limiter) answered with a limit waits, following the bucket: the
+    seconds the limiter named (LimitWaitExceeded), the method's reset (OPERATION_TIME_LIMIT) or the portal's
+    next request slot (QUERY_LIMIT_EXCEEDED: the bucket was taken as full and slowed by the client); between
+    LIMIT_WAIT_MIN and LIMIT_WAIT_MAX. None: not a limit answer."""
+    if exc.code not in LIMIT_CODES:
+        return None
+    if isinstance(exc, LimitWaitExceeded):
+        seconds = exc.retry_after
+    elif exc.code == "OPERATION_TIME_LIMIT":
+        until = limits.paused_until(portal.member_id, exc.method) or exc.reset_at or 0.0
+        seconds = until - time.time()
+    else:
+        seconds = limits.next_slot_in(portal.member_id, plan=portal.rest_plan or limits.STANDARD)
+    return timedelta(seconds=min(max(seconds, LIMIT_WAIT_MIN), LIMIT_WAIT_MAX))
+
+
+def first_wait(exc: RestError) -> float:
+    """The least retry wait after a failed call: none beyond `backoff`'s for Bitrix24's 5xx answers
+    (transient), else 30 s."""
+    status = exc.http_status or 0
+    return 0.0 if status >= 500 else 30.0
+
+
+def queue_retry(task, channel_id: int, at: datetime | None) -> None:
+    """Queue the channel's next run for `at` (its first row's next attempt) when that is near; else the sweep
+    queues it once due (at most OPENLINES_SWEEP_INTERVAL later)."""
+    if at is None:
+        return
+    wait = (at - timezone.now()).total_seconds()
+    if wait <= COUNTDOWN_UP_TO:
+        queue_channel(task, channel_id, countdown=max(wait, 0.0) + 0.1)
 
 
 # --- leases, heartbeats and run budgets ------------------------------------------------------------------
@@ -338,16 +398,16 @@ def outbound_due(now) -> Q:
     )
 
 
-def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None):
-    """Count a failed attempt on each row and schedule the next (`backoff`, or `at_least` when longer); a
-    row whose `since` (when it reached us) is more than OPENLINES_RETRY_HOURS ago becomes a dead letter
-    instead. Returns when the first row is tried again (None: it is a dead letter now)."""
+def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None, first: float = 30.0):
+    """Count a failed attempt on each row and schedule the next (`backoff`, at least `first` seconds, or
+    def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = None, first: float = 30.0):
+        letter instead. Returns when the first row is tried again (None: it is a dead letter now)."""
     now = timezone.now()
-    first = None
+    first_at = None
     for i, row in enumerate(rows):
         attempts = row.attempts + 1
         dead = now - getattr(row, since) > timedelta(hours=settings.OPENLINES_RETRY_HOURS)
-        wait = max(backoff(attempts), at_least or timedelta(0))
+        wait = max(backoff(attempts, first), at_least or timedelta(0))
         type(row).objects.filter(pk=row.pk).update(
             attempts=attempts,
             last_error=error,
@@ -355,13 +415,26 @@ def _retry_later(rows, error: str, since: str, *, at_least: timedelta | None = N
             state=Delivery.DEAD if dead else Delivery.FAILED,
         )
         if i == 0 and not dead:
-            first = now + wait
-    return first
+            first_at = now + wait
+    return first_at
+
+
+def _wait_for_limit(rows, error: str, wait: timedelta) -> datetime:
+    """A limit answer: the rows wait `wait` (FAILED, so a run queued meanwhile keeps to it) without counting
+    an attempt, so it neither doubles the next wait nor brings a dead letter closer. Returns when they go."""
+    at = timezone.now() + wait
+    type(rows[0]).objects.filter(pk__in=[r.pk for r in rows]).update(
+        last_error=f"waiting for Bitrix24's limit (not a failed attempt): {error}"[:255],
+        next_attempt_at=at,
+        state=Delivery.FAILED,
+    )
+    return at
 
 
 def _waits(row, now) -> bool:
-    """A row that failed waits for its next attempt. An unsent row that never failed is due whenever it is
-    first in line: a later `next_attempt_at` only kept the sweep from queuing it behind one that waited."""
+    """A row that failed (or met a limit: `_wait_for_limit`) waits for its next attempt. An unsent row that
+    never failed is due whenever it is first in line: a later `next_attempt_at` only kept the sweep from
+    queuing it behind one that waited."""
     return row.state == Delivery.FAILED and row.next_attempt_at > now
 
 
@@ -450,6 +523,8 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
             return f"sent {sent}"
         if _waits(rows[0], timezone.now()):
             _hold_back(InboundMessage, channel, rows[0].next_attempt_at)
+            # Again here: the failed run's countdown was not queued if a new message's task was pending then.
+            queue_retry(deliver_inbound, channel.pk, rows[0].next_attempt_at)
             return f"sent {sent}; waiting"
         if not run.may_start():
             return f"sent {sent}; {run.stopped}"
@@ -470,11 +545,17 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
                 },
             )
         except RestError as exc:
-            again = _retry_later(group, f"{exc.code}: {exc.description}"[:255], "received_at")
+            error = f"{exc.code}: {exc.description}"[:255]
+            wait = limit_wait(channel.portal, exc)
+            if wait is not None:  # "later, at the bucket's pace": no attempt counted, no doubling
+                again = _wait_for_limit(group, error, wait)
+            else:
+                again = _retry_later(group, error, "received_at", first=first_wait(exc))
             if again is not None:
                 _hold_back(InboundMessage, channel, again)
+                queue_retry(deliver_inbound, channel.pk, again)
             log.info("inbound delivery postponed", extra={"member_id": channel.portal.member_id, "code": exc.code})
-            return f"sent {sent}; retry ({exc.code})"
+            return f"sent {sent}; {'limit' if wait is not None else 'retry'} ({exc.code})"
         _record_inbound(group, result)
         sent += len(group)
         run.spent(len(group))
@@ -651,6 +732,14 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
             log.info(
                 "delivery status not reported yet", extra={"member_id": channel.portal.member_id, "code": exc.code}
             )
+            limited = limit_wait(channel.portal, exc)
+            if limited is not None:  # at the bucket's pace, not the overdue-based wait
+                at = timezone.now() + limited
+                OutboundMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
+                    next_attempt_at=at, last_error=f"delivery status waits for a limit: {exc.code}"[:255]
+                )
+                queue_retry(deliver_outbound, channel.pk, at)
+                return reported
             for r in rows:
                 # Waits as long as the status is overdue: 30 s, then doubling, at most an hour.
                 wait = min(max(now - (r.sent_at or now), timedelta(seconds=30)), timedelta(hours=1))

@@ -398,11 +398,19 @@ def test_a_delivery_status_bitrix24_refused_is_reported_later_without_posting_ag
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # quick limit retries
     row, secret, b24, ids = chats
     b24.fail_next("imconnector.send.status.delivery", error, status, times=30)
+    before = timezone.now()
     message_id = reply(client, sink, b24, ids["chat-A"], "tick?", django_capture_on_commit_callbacks)
+    after = timezone.now()
     sent = OutboundMessage.objects.get()
     assert sent.state == Delivery.SENT and sent.status_reported_at is None and error in sent.last_error
     assert operator_message(b24, message_id)["delivered"] is None and receiver.texts() == ["tick?"]
-    tasks.sweep()  # not due yet: nothing sent
+    if error == "QUERY_LIMIT_EXCEEDED":
+        # A limit: the status waits for the bucket (LIMIT_WAIT_MIN with this fast one), not 30 s or more.
+        wait = timedelta(seconds=tasks.LIMIT_WAIT_MIN)
+        assert before + wait <= sent.next_attempt_at <= after + wait and "limit" in sent.last_error
+    else:
+        assert sent.next_attempt_at >= before + timedelta(seconds=30)
+        tasks.sweep()  # not due yet: nothing sent
     assert status_calls(b24) == 0
     b24._failures.clear()  # Bitrix24 takes calls again
     due_now()

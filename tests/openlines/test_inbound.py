@@ -5,11 +5,14 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.cache import caches
+from django.utils import timezone
 
 from openlines import tasks
 from openlines.models import Channel, Delivery, InboundMessage
 from sandbox.standin import rest_imconnector as imc
 from tests.openlines.conftest import act, message, signed
+from tests.redis_keys import clear_cache
 
 pytestmark = pytest.mark.django_db
 
@@ -325,3 +328,100 @@ def test_a_stored_message_is_accepted_though_the_database_fails_after_storing_it
     assert stored.state == Delivery.SENT
     texts = [m["text"] for c in imc.conversations(b24) for m in c["messages"]]
     assert texts.count("Kept anyway") == 1
+
+
+# --- limits and server errors: how long the next attempt waits (issue 23: a limit is "later", not a failure) ---
+def between(value, low, high):
+    return low <= value <= high
+
+
+def test_a_limit_answer_waits_for_the_bucket_and_is_no_failed_attempt(
+    client, channel, django_capture_on_commit_callbacks, settings
+):
+    """QUERY_LIMIT_EXCEEDED past the client's own retries: the rows wait LIMIT_WAIT_MIN (the portal's next slot is
+    sooner with this fast bucket), no attempt counted, so the wait does not double and no dead letter comes
+    nearer; then every message goes once, in order."""
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # quick client retries
+    wait = timedelta(seconds=tasks.LIMIT_WAIT_MIN)
+    row, secret, b24 = channel
+    b24.fail_next("imconnector.send.messages", "QUERY_LIMIT_EXCEEDED", 503, times=1000)
+    before = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in range(3):
+            assert signed(client, row, secret, message(f"m{i}", f"t{i}")).status_code == 202
+    after = timezone.now()
+    first, *behind = InboundMessage.objects.order_by("id")
+    assert (first.state, first.attempts) == (Delivery.FAILED, 0) and "QUERY_LIMIT_EXCEEDED" in first.last_error
+    assert between(first.next_attempt_at, before + wait, after + wait)
+    assert all(r.attempts == 0 and r.next_attempt_at >= first.next_attempt_at for r in behind)
+    # Again, for a message that reached us two days ago: still no attempt counted, the same short wait, no dead
+    # letter (a real failure that old would be one).
+    InboundMessage.objects.update(received_at=first.received_at - timedelta(days=2))
+    InboundMessage.objects.update(next_attempt_at=first.received_at)  # the wait is over
+    before = timezone.now()
+    assert "limit (QUERY_LIMIT_EXCEEDED)" in tasks.deliver_inbound(row.pk)
+    after = timezone.now()
+    first.refresh_from_db()
+    assert (first.state, first.attempts) == (Delivery.FAILED, 0)
+    assert between(first.next_attempt_at, before + wait, after + wait)
+    assert imc.conversations(b24) == []
+    b24._failures.clear()  # Bitrix24's counter drained
+    InboundMessage.objects.update(next_attempt_at=first.received_at)
+    tasks.sweep()
+    assert list(InboundMessage.objects.order_by("id").values_list("state", "attempts")) == [(Delivery.SENT, 1)] * 3
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1", "t2"]
+
+
+def test_our_limiter_pacing_us_is_a_wait_of_its_own_length_and_sends_nothing(
+    client, channel, django_capture_on_commit_callbacks, settings
+):
+    """The limiter's next slot is further than a background call may wait (B24_MAX_WAIT): nothing is sent and
+    the row waits the seconds the limiter named (~100 s here: one request per 100 s), no attempt counted."""
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND, settings.B24_MAX_WAIT = 1, 0.01, 5.0
+    row, secret, b24 = channel
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m0", "t0")).status_code == 202  # takes the one slot
+    calls = sent_calls(b24)
+    before = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m1", "t1")).status_code == 202
+    after = timezone.now()
+    assert sent_calls(b24) == calls  # nothing reached Bitrix24
+    waiting = InboundMessage.objects.get(external_message_id="m1")
+    assert (waiting.state, waiting.attempts) == (Delivery.FAILED, 0) and "QUERY_LIMIT_EXCEEDED" in waiting.last_error
+    assert between(waiting.next_attempt_at, before + timedelta(seconds=90), after + timedelta(seconds=100.5))
+    settings.B24_RATE_LIMIT_PER_SECOND = 500.0
+    clear_cache(caches["default"])  # the slot came (the run's own keys only)
+    InboundMessage.objects.update(next_attempt_at=waiting.received_at)
+    tasks.sweep()
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1"]
+    assert InboundMessage.objects.get(pk=waiting.pk).attempts == 1
+
+
+@pytest.mark.parametrize(
+    "error, status, first, second",
+    [("INTERNAL_SERVER_ERROR", 500, 5.0, 10.0), ("ERROR_CONNECTOR_NOT_ACTIVE", 400, 30.0, 30.0)],
+)
+def test_a_server_error_is_retried_after_5_s_then_doubling_other_failures_after_30_s(
+    client, channel, django_capture_on_commit_callbacks, error, status, first, second
+):
+    """One doubling schedule (5, 10, 20 ... s): a 5xx follows it, other failures wait at least 30 s."""
+    row, secret, b24 = channel
+    b24.fail_next("imconnector.send.messages", error, status, times=2)
+    before = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m0", "t0")).status_code == 202
+    after = timezone.now()
+    failed = InboundMessage.objects.get()
+    assert (failed.state, failed.attempts) == (Delivery.FAILED, 1)
+    assert between(failed.next_attempt_at, before + timedelta(seconds=first), after + timedelta(seconds=first))
+    InboundMessage.objects.update(next_attempt_at=failed.received_at)
+    before = timezone.now()
+    tasks.sweep()
+    after = timezone.now()
+    failed.refresh_from_db()
+    assert failed.attempts == 2
+    assert between(failed.next_attempt_at, before + timedelta(seconds=second), after + timedelta(seconds=second))
+    InboundMessage.objects.update(next_attempt_at=failed.received_at)
+    tasks.sweep()
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0"]
