@@ -25,9 +25,9 @@ Django's test Client in this process), out through `imconnector.send.messages` t
      reply, imconnector.send.status.delivery reports it) next to the floor those requests imply under the
      bucket, and the floor of the fewest requests the work needs (one history answer per chat, batch.md's 50
      per request; OPENLINES_STATUS_BATCH statuses per call).
-  6. the per-event path (issue 26): --event-profile N reply events of one portal stored through /events/, then the
-     inbox task's body (`inbox.queue.process`) for each, in this process under cProfile: wall and CPU per event, SQL statements and REST requests
-     per event, where the time goes.
+  6. the per-event path (issue 26): --event-profile N reply events of one portal stored through /events/, then
+     the inbox task's body (`inbox.queue.process`) for each, in this process under cProfile: wall and CPU per
+     event, SQL statements and REST requests per event, where the time goes.
 Asserts only that every message arrived (and every reply exactly once).
 """
 
@@ -375,8 +375,8 @@ def replies(args, standin, client, poster) -> None:
 
 def event_profile(args, standin, client, poster, callers: str = "") -> None:
     """Part 6: the per-event path of reply events in one process: --event-profile N reply events of one portal
-    (over 5 chats) stored through /events/, then the inbox task's body (`inbox.queue.process`) for each here under cProfile (no broker, no
-    worker): CPU per event, and where it goes."""
+    (over 5 chats) stored through /events/, then the inbox task's body (`inbox.queue.process`) for each, here
+    under cProfile (the follow-up tasks go to the broker, no worker takes them): CPU per event, and where."""
     from django.conf import settings
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

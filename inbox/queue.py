@@ -365,10 +365,16 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
 
 
 def _older_unfinished(item: InboxItem) -> bool:
-    ordered = ordered_codes()
-    return InboxItem.objects.filter(
-        member_id=item.member_id, lane=item.lane, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
-    ).exists()
+    """An older ordered row of the item's portal lane is unfinished (`_behind_sql`, built once)."""
+    codes = ordered_codes()
+    if not codes:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _behind_sql(len(codes)),
+            [item.member_id, item.lane, str(State.PENDING), str(State.PROCESSING), item.pk, *codes],
+        )
+        return cursor.fetchone() is not None
 
 
 def _held(item: InboxItem) -> None:
@@ -379,17 +385,12 @@ def _held(item: InboxItem) -> None:
         item.save(update_fields=["enqueued_at"])
 
 
-def _same_event(item: InboxItem) -> QuerySet[InboxItem]:
-    """The other online rows of the item's key (offline keys never have two rows)."""
-    return InboxItem.objects.filter(idempotency_key=item.idempotency_key).exclude(pk=item.pk)
-
-
 def _claim(item_id: int, owner: str):
     """In one short transaction: (item, None, None) when claimed by `owner`, or (None, why not, seconds
     left on another worker's claim or None)."""
     now = timezone.now()
     with transaction.atomic():
-        item = InboxItem.objects.select_for_update().filter(pk=item_id).first()
+        item = _locked(item_id)
         if item is None:
             return None, "gone", None
         if item.finished:
@@ -409,29 +410,96 @@ def _claim(item_id: int, owner: str):
         if entry is not None and entry.ordered and _older_unfinished(item):
             _held(item)
             return None, "waiting for an older event of the portal", None
-        applied = _same_event(item).filter(state=State.DONE).values_list("pk", flat=True).first()
+        applied, earlier = _same_event_rows(item)
         if applied is not None:  # another delivery of the same event was applied: this one is a duplicate
             item.state, item.finished_at, item.outcome = State.DONE, now, f"duplicate of #{applied}"
             item.sealed_auth, item.lease_owner, item.lease_until = "", "", None
             item.save(update_fields=["state", "finished_at", "outcome", "sealed_auth", "lease_owner", "lease_until"])
             return None, f"duplicate of #{applied}", None
-        if _same_event(item).filter(id__lt=item.pk, state__in=InboxItem.UNFINISHED).exists():
+        if earlier:
             _held(item)
             return None, "waiting for an earlier delivery of the same event", None
         item.state = State.PROCESSING
         item.attempts += 1
         item.lease_owner = owner
         item.lease_until = now + timedelta(seconds=settings.B24_INBOX_LEASE)
-        item.save(update_fields=["state", "attempts", "lease_owner", "lease_until"])
+        _update(item.pk, state=item.state, attempts=item.attempts, lease_owner=owner, lease_until=item.lease_until)
     return item, None, None
+
+
+_NAMES = tuple(f.attname for f in InboxItem._meta.concrete_fields)
+
+
+@lru_cache(maxsize=2)
+def _locked_sql(alias: str) -> str:
+    meta = InboxItem._meta
+    lock = " FOR UPDATE" if connections[alias].features.has_select_for_update else ""
+    columns = ", ".join(str(f.column) for f in meta.concrete_fields)
+    return f"SELECT {columns} FROM {meta.db_table} WHERE {meta.pk.column} = %s{lock}"
+
+
+def _locked(item_id: int) -> InboxItem | None:
+    """The row, locked for the claim's transaction (SELECT ... FOR UPDATE where the database has it, as
+    `select_for_update` does), loaded as the ORM would; the statement built once."""
+    with connection.cursor() as cursor:
+        cursor.execute(_locked_sql(connection.alias), [item_id])
+        found = cursor.fetchone()
+    return None if found is None else rows.load(InboxItem, _NAMES, found, using=connection.alias)
+
+
+@lru_cache(maxsize=1)
+def _same_event_sql() -> str:
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    pk, state = meta.pk.column, column["state"]
+    return (
+        f"SELECT MAX(CASE WHEN {state} = %s THEN {pk} END), "
+        f"COUNT(CASE WHEN {pk} < %s AND {state} IN (%s, %s) THEN 1 END) "
+        f"FROM {meta.db_table} WHERE {column['idempotency_key']} = %s AND {pk} <> %s"
+    )
+
+
+def _same_event_rows(item: InboxItem) -> tuple[int | None, bool]:
+    """Of the other rows of the item's key, in one statement: the newest applied one (or None), and whether an
+    earlier one is unfinished (online keys may have several rows; offline keys never have two)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _same_event_sql(),
+            [str(State.DONE), item.pk, str(State.PENDING), str(State.PROCESSING), item.idempotency_key, item.pk],
+        )
+        applied, earlier = cursor.fetchone()
+    return applied, bool(earlier)
+
+
+@lru_cache(maxsize=32)
+def _update_sql(names: tuple[str, ...], conditional: bool) -> tuple[str, tuple]:
+    meta = InboxItem._meta
+    fields = tuple(meta.get_field(name) for name in names)
+    column = {f.name: f.column for f in meta.concrete_fields}
+    sets = ", ".join(f"{f.column} = %s" for f in fields)
+    where = f"{meta.pk.column} = %s" + (
+        f" AND {column['state']} = %s AND {column['lease_owner']} = %s" if conditional else ""
+    )
+    return f"UPDATE {meta.db_table} SET {sets} WHERE {where}", fields
+
+
+def _update(item_id: int, *, _owner: str | None = None, **values) -> int:
+    """UPDATE one row's `values` (field names) by its pk; with `_owner`, only while it is processing under that
+    claim. Each value prepared by its field as `QuerySet.update` does; the statement built once per set of
+    names. Returns the rows updated."""
+    sql, fields = _update_sql(tuple(values), _owner is not None)
+    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    params.append(item_id)
+    if _owner is not None:
+        params += [str(State.PROCESSING), _owner]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _finish(item: InboxItem, owner: str, **fields) -> bool:
     """Record the outcome if the claim is still ours (a lost lease means another worker took over)."""
-    updated = InboxItem.objects.filter(pk=item.pk, state=State.PROCESSING, lease_owner=owner).update(
-        lease_owner="", lease_until=None, **fields
-    )
-    return bool(updated)
+    return bool(_update(item.pk, _owner=owner, lease_owner="", lease_until=None, **fields))
 
 
 def process(item_id: int, *, task_id: str = "") -> str:
