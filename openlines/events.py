@@ -32,14 +32,23 @@ _ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.i
 
 
 def _channel(item) -> Channel:
+    """The connected channel the event names, with its portal, in one statement (the event's row knows the
+    portal's id: the portal is not loaded on its own first, and the channel's REST calls reuse this one)."""
     data = item.data if isinstance(item.data, dict) else {}
     connector = registry.get(str(data.get("CONNECTOR") or ""))
     line = str(data.get("LINE") or "")
+    # (an InboxItem has portal_id; a handler may also be given any row with a `portal`)
+    portal_id = getattr(item, "portal_id", None) or getattr(getattr(item, "portal", None), "pk", None)
     channel = (
-        Channel.objects.filter(
-            portal=item.portal, connector_id=getattr(connector, "id", ""), line_id=line, state=Channel.State.CONNECTED
-        ).first()
-        if connector and item.portal
+        Channel.objects.select_related("portal")
+        .filter(
+            portal_id=portal_id,
+            connector_id=getattr(connector, "id", ""),
+            line_id=line,
+            state=Channel.State.CONNECTED,
+        )
+        .first()
+        if connector and portal_id
         else None
     )
     if channel is None:
