@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from bitrix24.errors import RestError
 from bitrix24.wire import JSON
+from inbox import rows
 from inbox.models import InboxItem
 from inbox.registry import Handler, Reject, Retry
 
@@ -85,15 +86,18 @@ def queue_confirmed(channel: Channel, action: str, confirmed: list[confirm.Confi
             continue  # the portal shows what was relayed last (a late or forged edit event)
         try:
             with transaction.atomic():
-                OutboundMessage.objects.create(
-                    channel=channel,
-                    action=action,
-                    key=_key(channel, action, payload),
-                    im_chat_id=claim.im_chat_id,
-                    im_message_id=claim.im_message_id,
-                    external_chat_id=claim.external_chat_id,
-                    payload=payload,
-                    im_session_id=item.session_id,
+                # OutboundMessage.objects.create without its per-call SQL compilation (inbox/rows.py)
+                rows.insert(
+                    OutboundMessage(
+                        channel=channel,
+                        action=action,
+                        key=_key(channel, action, payload),
+                        im_chat_id=claim.im_chat_id,
+                        im_message_id=claim.im_message_id,
+                        external_chat_id=claim.external_chat_id,
+                        payload=payload,
+                        im_session_id=item.session_id,
+                    )
                 )
             stored += 1
         except IntegrityError:
