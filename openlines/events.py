@@ -11,9 +11,10 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from bitrix24.errors import RestError
@@ -255,11 +256,7 @@ def _missed_before(channel: Channel, confirmed: list[confirm.Confirmed]) -> list
         ]
         if not candidates:
             continue
-        relayed = set(
-            OutboundMessage.objects.filter(
-                channel=channel, action=OutboundMessage.Action.ADD, im_chat_id=chat, im_message_id__in=candidates
-            ).values_list("im_message_id", flat=True)
-        )
+        relayed = {m for (m,) in _relayed_rows(channel, OutboundMessage.Action.ADD, candidates, chat=chat)}
         unknown = [m for m in candidates if m not in relayed]
         if not unknown:
             continue  # the usual case: one indexed query per event, nothing missed
@@ -284,12 +281,35 @@ def written_since(message: dict, since: datetime) -> bool:
 def _not_relayed(channel: Channel, action: str, claims: list) -> list:
     """The claims not relayed yet with this action: a claim counts as relayed only when its chat, its message and
     its outside chat are the relayed row's (a claim that names them otherwise is confirmed, and refused, as ever)."""
-    done = set(
-        OutboundMessage.objects.filter(
-            channel=channel, action=action, im_message_id__in=[c.im_message_id for c in claims]
-        ).values_list("im_chat_id", "im_message_id", "external_chat_id")
-    )
+    done = set(_relayed_rows(channel, action, [c.im_message_id for c in claims]))
     return [c for c in claims if (c.im_chat_id, c.im_message_id, c.external_chat_id) not in done]
+
+
+@lru_cache(maxsize=1)
+def _outbound_columns() -> dict[str, str]:
+    meta = OutboundMessage._meta
+    return {"table": meta.db_table, **{f.attname: str(f.column) for f in meta.concrete_fields}}
+
+
+def _relayed_rows(channel: Channel, action: str, message_ids: list[str], *, chat: str | None = None) -> list[tuple]:
+    """The channel's webhook rows of `action` for these im message ids: (im chat, im message, outside chat) each,
+    or, with `chat`, the im message ids of that chat's. A raw statement from the model's metadata: these two
+    reads run for every reply event, and the ORM compiled them anew each time."""
+    if not message_ids:
+        return []
+    c = _outbound_columns()
+    columns = (
+        c["im_message_id"] if chat is not None else f"{c['im_chat_id']}, {c['im_message_id']}, {c['external_chat_id']}"
+    )
+    sql = (
+        f"SELECT {columns} FROM {c['table']} WHERE {c['channel_id']} = %s AND {c['action']} = %s"
+        + (f" AND {c['im_chat_id']} = %s" if chat is not None else "")
+        + f" AND {c['im_message_id']} IN ({', '.join(['%s'] * len(message_ids))})"
+    )
+    params = [channel.pk, str(action), *([str(chat)] if chat is not None else []), *map(str, message_ids)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 on_message_add = _on_message(OutboundMessage.Action.ADD)
