@@ -28,7 +28,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache, partial
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from celery import current_app
 from django.conf import settings
@@ -444,7 +444,9 @@ def _locked(item_id: int) -> InboxItem | None:
     with connection.cursor() as cursor:
         cursor.execute(_locked_sql(connection.alias), [item_id])
         found = cursor.fetchone()
-    return None if found is None else rows.load(InboxItem, _NAMES, found, using=connection.alias)
+    if found is None:
+        return None
+    return cast(InboxItem, rows.load(InboxItem, _NAMES, found, using=connection.alias))
 
 
 @lru_cache(maxsize=1)
@@ -474,7 +476,8 @@ def _same_event_rows(item: InboxItem) -> tuple[int | None, bool]:
 @lru_cache(maxsize=32)
 def _update_sql(names: tuple[str, ...], conditional: bool) -> tuple[str, tuple]:
     meta = InboxItem._meta
-    fields = tuple(meta.get_field(name) for name in names)
+    by_name = {f.name: f for f in meta.concrete_fields}
+    fields = tuple(by_name[name] for name in names)
     column = {f.name: f.column for f in meta.concrete_fields}
     sets = ", ".join(f"{f.column} = %s" for f in fields)
     where = f"{meta.pk.column} = %s" + (

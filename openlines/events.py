@@ -306,7 +306,8 @@ def _relayed_rows(channel: Channel, action: str, message_ids: list[str], *, chat
         + (f" AND {c['im_chat_id']} = %s" if chat is not None else "")
         + f" AND {c['im_message_id']} IN ({', '.join(['%s'] * len(message_ids))})"
     )
-    params = [channel.pk, str(action), *([str(chat)] if chat is not None else []), *map(str, message_ids)]
+    params: list[int | str] = [channel.pk, str(action), *([str(chat)] if chat is not None else [])]
+    params += [str(m) for m in message_ids]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
