@@ -25,6 +25,9 @@ Django's test Client in this process), out through `imconnector.send.messages` t
      reply, imconnector.send.status.delivery reports it) next to the floor those requests imply under the
      bucket, and the floor of the fewest requests the work needs (one history answer per chat, batch.md's 50
      per request; OPENLINES_STATUS_BATCH statuses per call).
+  6. the per-event path (issue 26): --event-profile N reply events of one portal stored through /events/, then
+     the inbox task's body (`inbox.queue.process`) for each, in this process under cProfile: wall and CPU per
+     event, SQL statements and REST requests per event, where the time goes.
 Asserts only that every message arrived (and every reply exactly once).
 """
 
@@ -370,6 +373,76 @@ def replies(args, standin, client, poster) -> None:
     print("\n".join(detail))
 
 
+def event_profile(args, standin, client, poster, callers: str = "") -> None:
+    """Part 6: the per-event path of reply events in one process: --event-profile N reply events of one portal
+    (over 5 chats) stored through /events/, then the inbox task's body (`inbox.queue.process`) for each, here
+    under cProfile (the follow-up tasks go to the broker, no worker takes them): CPU per event, and where."""
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from inbox import queue
+    from inbox.models import InboxItem
+    from openlines import lifecycle, registry, tasks
+    from openlines.models import Delivery, InboundMessage, OutboundMessage
+    from sandbox.standin import rest_imconnector as imc
+
+    count, chats = args.event_profile, 5
+    print(f"\n6. the per-event path: {count} reply events of one portal over {chats} chats, the inbox task body here")
+    b24 = standin.add_portal()
+    channel, secret = lifecycle.connect(install(client, b24), registry.HTTP, "1", user_id="1", webhook_url="")
+    settings.OPENLINES_TASKS_INLINE = True
+    for chat in range(chats):
+        poster.post(channel, secret, f"e{chat}", f"hello {chat}")
+    while InboundMessage.objects.filter(channel=channel).exclude(state=Delivery.SENT).exists():
+        tasks.deliver_inbound(channel.pk)
+        time.sleep(0.2)
+    settings.OPENLINES_TASKS_INLINE = False
+    conversations = imc.conversations(b24)
+    InboxItem.objects.all().delete()
+    for i in range(count):
+        chat = conversations[i % chats]
+        message_id, _ = imc.operator_reply(b24, chat["chat_id"], f"reply {i}", handlers=[])
+        item = {"im": {"chat_id": chat["chat_id"], "message_id": message_id}, "chat": {"id": chat["external_chat"]}}
+        data = {"CONNECTOR": registry.HTTP.id, "LINE": "1", "MESSAGES": [item]}
+        answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data=data, with_tokens=False))
+        assert answer.status_code == 200, answer.content
+    ids = list(InboxItem.objects.order_by("id").values_list("pk", flat=True))
+    before = len(b24.requests)
+    profiler = cProfile.Profile()
+    with CaptureQueriesContext(connection) as queries, common.Timer() as timer:
+        cpu = time.process_time()
+        profiler.enable()
+        marks = []
+        for pk in ids:  # the Celery task's body, one event after the other, as one worker runs its lane
+            marks.append(len(queries))
+            queue.process(pk)
+        profiler.disable()
+        cpu = time.process_time() - cpu
+    runs = InboxItem.objects.filter(state=InboxItem.State.DONE).count()
+    stored = OutboundMessage.objects.filter(channel=channel).count()
+    assert stored == count, (stored, count)
+    print(
+        f"  {runs} events processed, {stored} replies queued; {1000 * timer.seconds / count:.1f} ms wall, "
+        f"{1000 * cpu / count:.1f} ms CPU per event (profiled); {len(queries) / count:.1f} SQL statements and "
+        f"{(len(b24.requests) - before) / count:.2f} REST requests per event"
+    )
+    middle = count // 2
+    print(f"  the statements of event {middle}:")
+    for query in queries.captured_queries[marks[middle] : marks[middle + 1]]:
+        print(f"    {query['time']}s  {query['sql'][:150]}")
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(r"inbox|openlines|bitrix24", 30)
+    print("\n".join(out.getvalue().splitlines()[:50]))
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+    print("\n".join(out.getvalue().splitlines()[:40]))
+    if callers:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_callers(callers)
+        print("\n".join(out.getvalue().splitlines()[:60]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", choices=["embedded", "rabbitmq"], default="embedded")
@@ -388,9 +461,10 @@ def main():
         help="part 5's cases, replies:chats, e.g. 300:5,1000:50",
     )
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: throughput,fairness,bucket,profile,replies"
+        "--skip", default="", help="comma-separated parts to skip: throughput,fairness,bucket,profile,replies,events"
     )
     parser.add_argument("--profile-callers", default="", help="also print who calls the functions matching this")
+    parser.add_argument("--event-profile", type=int, default=300, help="part 6's reply events")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -451,6 +525,8 @@ def main():
                     profile(channels, poster, args.profile_callers)
                 if "replies" not in skip:
                     replies(args, standin, client, poster)
+                if "events" not in skip:
+                    event_profile(args, standin, client, poster, args.profile_callers)
             finally:
                 common.drop_own_queue(broker_dir)
 

@@ -28,7 +28,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache, partial
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from celery import current_app
 from django.conf import settings
@@ -365,10 +365,16 @@ def backoff(attempts: int, *, after: float | None = None) -> float:
 
 
 def _older_unfinished(item: InboxItem) -> bool:
-    ordered = ordered_codes()
-    return InboxItem.objects.filter(
-        member_id=item.member_id, lane=item.lane, id__lt=item.pk, state__in=InboxItem.UNFINISHED, event__in=ordered
-    ).exists()
+    """An older ordered row of the item's portal lane is unfinished (`_behind_sql`, built once)."""
+    codes = ordered_codes()
+    if not codes:
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _behind_sql(len(codes)),
+            [item.member_id, item.lane, str(State.PENDING), str(State.PROCESSING), item.pk, *codes],
+        )
+        return cursor.fetchone() is not None
 
 
 def _held(item: InboxItem) -> None:
@@ -379,17 +385,12 @@ def _held(item: InboxItem) -> None:
         item.save(update_fields=["enqueued_at"])
 
 
-def _same_event(item: InboxItem) -> QuerySet[InboxItem]:
-    """The other online rows of the item's key (offline keys never have two rows)."""
-    return InboxItem.objects.filter(idempotency_key=item.idempotency_key).exclude(pk=item.pk)
-
-
 def _claim(item_id: int, owner: str):
     """In one short transaction: (item, None, None) when claimed by `owner`, or (None, why not, seconds
     left on another worker's claim or None)."""
     now = timezone.now()
     with transaction.atomic():
-        item = InboxItem.objects.select_for_update().filter(pk=item_id).first()
+        item = _locked(item_id)
         if item is None:
             return None, "gone", None
         if item.finished:
@@ -409,29 +410,99 @@ def _claim(item_id: int, owner: str):
         if entry is not None and entry.ordered and _older_unfinished(item):
             _held(item)
             return None, "waiting for an older event of the portal", None
-        applied = _same_event(item).filter(state=State.DONE).values_list("pk", flat=True).first()
+        applied, earlier = _same_event_rows(item)
         if applied is not None:  # another delivery of the same event was applied: this one is a duplicate
             item.state, item.finished_at, item.outcome = State.DONE, now, f"duplicate of #{applied}"
             item.sealed_auth, item.lease_owner, item.lease_until = "", "", None
             item.save(update_fields=["state", "finished_at", "outcome", "sealed_auth", "lease_owner", "lease_until"])
             return None, f"duplicate of #{applied}", None
-        if _same_event(item).filter(id__lt=item.pk, state__in=InboxItem.UNFINISHED).exists():
+        if earlier:
             _held(item)
             return None, "waiting for an earlier delivery of the same event", None
         item.state = State.PROCESSING
         item.attempts += 1
         item.lease_owner = owner
         item.lease_until = now + timedelta(seconds=settings.B24_INBOX_LEASE)
-        item.save(update_fields=["state", "attempts", "lease_owner", "lease_until"])
+        _update(item.pk, state=item.state, attempts=item.attempts, lease_owner=owner, lease_until=item.lease_until)
     return item, None, None
+
+
+_NAMES = tuple(f.attname for f in InboxItem._meta.concrete_fields)
+
+
+@lru_cache(maxsize=2)
+def _locked_sql(alias: str) -> str:
+    meta = InboxItem._meta
+    lock = " FOR UPDATE" if connections[alias].features.has_select_for_update else ""
+    columns = ", ".join(str(f.column) for f in meta.concrete_fields)
+    return f"SELECT {columns} FROM {meta.db_table} WHERE {meta.pk.column} = %s{lock}"
+
+
+def _locked(item_id: int) -> InboxItem | None:
+    """The row, locked for the claim's transaction (SELECT ... FOR UPDATE where the database has it, as
+    `select_for_update` does), loaded as the ORM would; the statement built once."""
+    with connection.cursor() as cursor:
+        cursor.execute(_locked_sql(connection.alias), [item_id])
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    return cast(InboxItem, rows.load(InboxItem, _NAMES, found, using=connection.alias))
+
+
+@lru_cache(maxsize=1)
+def _same_event_sql() -> str:
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    pk, state = meta.pk.column, column["state"]
+    return (
+        f"SELECT MAX(CASE WHEN {state} = %s THEN {pk} END), "
+        f"COUNT(CASE WHEN {pk} < %s AND {state} IN (%s, %s) THEN 1 END) "
+        f"FROM {meta.db_table} WHERE {column['idempotency_key']} = %s AND {pk} <> %s"
+    )
+
+
+def _same_event_rows(item: InboxItem) -> tuple[int | None, bool]:
+    """Of the other rows of the item's key, in one statement: the newest applied one (or None), and whether an
+    earlier one is unfinished (online keys may have several rows; offline keys never have two)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _same_event_sql(),
+            [str(State.DONE), item.pk, str(State.PENDING), str(State.PROCESSING), item.idempotency_key, item.pk],
+        )
+        applied, earlier = cursor.fetchone()
+    return applied, bool(earlier)
+
+
+@lru_cache(maxsize=32)
+def _update_sql(names: tuple[str, ...], conditional: bool) -> tuple[str, tuple]:
+    meta = InboxItem._meta
+    by_name = {f.name: f for f in meta.concrete_fields}
+    fields = tuple(by_name[name] for name in names)
+    column = {f.name: f.column for f in meta.concrete_fields}
+    sets = ", ".join(f"{f.column} = %s" for f in fields)
+    where = f"{meta.pk.column} = %s" + (
+        f" AND {column['state']} = %s AND {column['lease_owner']} = %s" if conditional else ""
+    )
+    return f"UPDATE {meta.db_table} SET {sets} WHERE {where}", fields
+
+
+def _update(item_id: int, *, _owner: str | None = None, **values) -> int:
+    """UPDATE one row's `values` (field names) by its pk; with `_owner`, only while it is processing under that
+    claim. Each value prepared by its field as `QuerySet.update` does; the statement built once per set of
+    names. Returns the rows updated."""
+    sql, fields = _update_sql(tuple(values), _owner is not None)
+    params = [f.get_db_prep_save(values[f.name], connection) for f in fields]
+    params.append(item_id)
+    if _owner is not None:
+        params += [str(State.PROCESSING), _owner]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
 
 
 def _finish(item: InboxItem, owner: str, **fields) -> bool:
     """Record the outcome if the claim is still ours (a lost lease means another worker took over)."""
-    updated = InboxItem.objects.filter(pk=item.pk, state=State.PROCESSING, lease_owner=owner).update(
-        lease_owner="", lease_until=None, **fields
-    )
-    return bool(updated)
+    return bool(_update(item.pk, _owner=owner, lease_owner="", lease_until=None, **fields))
 
 
 def process(item_id: int, *, task_id: str = "") -> str:
@@ -571,32 +642,74 @@ def _release(member_id: str, lane: str) -> int:
     up a row stored in the instant its predecessor finished, and a send the broker refused).
     """
     now = timezone.now()
-    rows = InboxItem.objects.filter(member_id=member_id, lane=lane, state__in=InboxItem.UNFINISHED)
-    free = (
-        settings.B24_INBOX_PORTAL_WINDOW - rows.filter(Q(state=State.PROCESSING) | Q(enqueued_at__isnull=False)).count()
-    )
-    if free <= 0:
-        return 0
-    ordered = ordered_codes()
-    runnable = Q(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now + timedelta(seconds=1))
-    picks = [
-        pk
-        for pk, key in rows.filter(runnable)
-        .exclude(event__in=ordered)
-        .order_by("id")
-        .values_list("pk", "idempotency_key")[: free * 2]
-        # not one that waits for an earlier delivery of the same event (its task would only come back)
-        if not rows.filter(idempotency_key=key, id__lt=pk).exists()
-    ][:free]
-    first_ordered = rows.filter(event__in=ordered).order_by("id").values_list("pk", flat=True).first()
-    if first_ordered is not None and rows.filter(runnable, pk=first_ordered).exists():
-        picks.append(first_ordered)
-    sent = 0
-    for pk in sorted(picks)[:free]:
-        # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
-        if InboxItem.objects.filter(pk=pk, state=State.PENDING, enqueued_at__isnull=True).update(enqueued_at=now):
-            sent += enqueue(pk)
+    pending, processing = str(State.PENDING), str(State.PROCESSING)
+    count, mark = _window_sql()
+    lane_sql = _lane_sql()
+    codes = ordered_codes()
+    with connection.cursor() as cursor:
+        # Raw statements built once from the model's metadata (the ORM compiled these anew for every finished
+        # event: most of a release's CPU); the same queries and the same conditional mark as before.
+        cursor.execute(count, [member_id, lane, pending, processing, processing])
+        free = settings.B24_INBOX_PORTAL_WINDOW - cursor.fetchone()[0]
+        if free <= 0:
+            return 0
+        due = connection.ops.adapt_datetimefield_value(now + timedelta(seconds=1))
+        cursor.execute(lane_sql["unordered"](len(codes)), [member_id, lane, pending, due, *codes, free * 2])
+        candidates = cursor.fetchall()
+        picks = []
+        for pk, key in candidates:
+            # not one that waits for an earlier delivery of the same event (its task would only come back)
+            cursor.execute(lane_sql["earlier"], [member_id, lane, pending, processing, key, pk])
+            if cursor.fetchone() is None:
+                picks.append(pk)
+        picks = picks[:free]
+        if codes:
+            # The lane's oldest unfinished ordered row, and whether it is runnable, in one statement.
+            cursor.execute(lane_sql["first_ordered"](len(codes)), [due, member_id, lane, pending, processing, *codes])
+            first = cursor.fetchone()
+            if first is not None and first[1] == pending and first[2] and first[3]:
+                picks.append(first[0])
+        sent = 0
+        stamp = connection.ops.adapt_datetimefield_value(now)
+        for pk in sorted(picks)[:free]:
+            # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
+            cursor.execute(mark, [stamp, pk, pending])
+            if cursor.rowcount == 1:
+                sent += enqueue(pk)
     return sent
+
+
+@lru_cache(maxsize=1)
+def _lane_sql() -> dict:
+    """`_release`'s reads of one portal lane, built once from the model's metadata."""
+    meta = InboxItem._meta
+    column = {f.name: f.column for f in meta.concrete_fields}
+    table, pk = meta.db_table, meta.pk.column
+    lane = f"{column['member_id']} = %s AND {column['lane']} = %s"
+
+    @lru_cache(maxsize=8)
+    def unordered(codes: int) -> str:
+        exclude = f" AND NOT ({column['event']} IN ({', '.join(['%s'] * codes)}))" if codes else ""
+        return (
+            f"SELECT {pk}, {column['idempotency_key']} FROM {table} WHERE {lane} AND {column['state']} = %s "
+            f"AND {column['enqueued_at']} IS NULL AND {column['next_attempt_at']} <= %s{exclude} "
+            f"ORDER BY {pk} LIMIT %s"
+        )
+
+    @lru_cache(maxsize=8)
+    def first_ordered(codes: int) -> str:
+        return (
+            f"SELECT {pk}, {column['state']}, {column['enqueued_at']} IS NULL, {column['next_attempt_at']} <= %s "
+            f"FROM {table} "
+            f"WHERE {lane} AND {column['state']} IN (%s, %s) AND {column['event']} IN ({', '.join(['%s'] * codes)}) "
+            f"ORDER BY {pk} LIMIT 1"
+        )
+
+    earlier = (
+        f"SELECT 1 FROM {table} WHERE {lane} AND {column['state']} IN (%s, %s) "
+        f"AND {column['idempotency_key']} = %s AND {pk} < %s LIMIT 1"
+    )
+    return {"unordered": unordered, "first_ordered": first_ordered, "earlier": earlier}
 
 
 def sweep(now: datetime | None = None) -> int:

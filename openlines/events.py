@@ -11,13 +11,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from bitrix24.errors import RestError
 from bitrix24.wire import JSON
+from inbox import rows
 from inbox.models import InboxItem
 from inbox.registry import Handler, Reject, Retry
 
@@ -32,14 +34,23 @@ _ID = re.compile(r"[0-9]{1,32}")  # im chat and message ids: ASCII digits (str.i
 
 
 def _channel(item) -> Channel:
+    """The connected channel the event names, with its portal, in one statement (the event's row knows the
+    portal's id: the portal is not loaded on its own first, and the channel's REST calls reuse this one)."""
     data = item.data if isinstance(item.data, dict) else {}
     connector = registry.get(str(data.get("CONNECTOR") or ""))
     line = str(data.get("LINE") or "")
+    # (an InboxItem has portal_id; a handler may also be given any row with a `portal`)
+    portal_id = getattr(item, "portal_id", None) or getattr(getattr(item, "portal", None), "pk", None)
     channel = (
-        Channel.objects.filter(
-            portal=item.portal, connector_id=getattr(connector, "id", ""), line_id=line, state=Channel.State.CONNECTED
-        ).first()
-        if connector and item.portal
+        Channel.objects.select_related("portal")
+        .filter(
+            portal_id=portal_id,
+            connector_id=getattr(connector, "id", ""),
+            line_id=line,
+            state=Channel.State.CONNECTED,
+        )
+        .first()
+        if connector and portal_id
         else None
     )
     if channel is None:
@@ -76,15 +87,18 @@ def queue_confirmed(channel: Channel, action: str, confirmed: list[confirm.Confi
             continue  # the portal shows what was relayed last (a late or forged edit event)
         try:
             with transaction.atomic():
-                OutboundMessage.objects.create(
-                    channel=channel,
-                    action=action,
-                    key=_key(channel, action, payload),
-                    im_chat_id=claim.im_chat_id,
-                    im_message_id=claim.im_message_id,
-                    external_chat_id=claim.external_chat_id,
-                    payload=payload,
-                    im_session_id=item.session_id,
+                # OutboundMessage.objects.create without its per-call SQL compilation (inbox/rows.py)
+                rows.insert(
+                    OutboundMessage(
+                        channel=channel,
+                        action=action,
+                        key=_key(channel, action, payload),
+                        im_chat_id=claim.im_chat_id,
+                        im_message_id=claim.im_message_id,
+                        external_chat_id=claim.external_chat_id,
+                        payload=payload,
+                        im_session_id=item.session_id,
+                    )
                 )
             stored += 1
         except IntegrityError:
@@ -242,11 +256,7 @@ def _missed_before(channel: Channel, confirmed: list[confirm.Confirmed]) -> list
         ]
         if not candidates:
             continue
-        relayed = set(
-            OutboundMessage.objects.filter(
-                channel=channel, action=OutboundMessage.Action.ADD, im_chat_id=chat, im_message_id__in=candidates
-            ).values_list("im_message_id", flat=True)
-        )
+        relayed = {m for (m,) in _relayed_rows(channel, OutboundMessage.Action.ADD, candidates, chat=chat)}
         unknown = [m for m in candidates if m not in relayed]
         if not unknown:
             continue  # the usual case: one indexed query per event, nothing missed
@@ -271,12 +281,36 @@ def written_since(message: dict, since: datetime) -> bool:
 def _not_relayed(channel: Channel, action: str, claims: list) -> list:
     """The claims not relayed yet with this action: a claim counts as relayed only when its chat, its message and
     its outside chat are the relayed row's (a claim that names them otherwise is confirmed, and refused, as ever)."""
-    done = set(
-        OutboundMessage.objects.filter(
-            channel=channel, action=action, im_message_id__in=[c.im_message_id for c in claims]
-        ).values_list("im_chat_id", "im_message_id", "external_chat_id")
-    )
+    done = set(_relayed_rows(channel, action, [c.im_message_id for c in claims]))
     return [c for c in claims if (c.im_chat_id, c.im_message_id, c.external_chat_id) not in done]
+
+
+@lru_cache(maxsize=1)
+def _outbound_columns() -> dict[str, str]:
+    meta = OutboundMessage._meta
+    return {"table": meta.db_table, **{f.attname: str(f.column) for f in meta.concrete_fields}}
+
+
+def _relayed_rows(channel: Channel, action: str, message_ids: list[str], *, chat: str | None = None) -> list[tuple]:
+    """The channel's webhook rows of `action` for these im message ids: (im chat, im message, outside chat) each,
+    or, with `chat`, the im message ids of that chat's. A raw statement from the model's metadata: these two
+    reads run for every reply event, and the ORM compiled them anew each time."""
+    if not message_ids:
+        return []
+    c = _outbound_columns()
+    columns = (
+        c["im_message_id"] if chat is not None else f"{c['im_chat_id']}, {c['im_message_id']}, {c['external_chat_id']}"
+    )
+    sql = (
+        f"SELECT {columns} FROM {c['table']} WHERE {c['channel_id']} = %s AND {c['action']} = %s"
+        + (f" AND {c['im_chat_id']} = %s" if chat is not None else "")
+        + f" AND {c['im_message_id']} IN ({', '.join(['%s'] * len(message_ids))})"
+    )
+    params: list[int | str] = [channel.pk, str(action), *([str(chat)] if chat is not None else [])]
+    params += [str(m) for m in message_ids]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 on_message_add = _on_message(OutboundMessage.Action.ADD)

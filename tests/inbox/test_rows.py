@@ -5,7 +5,7 @@ from django.db import IntegrityError, connection, transaction
 
 from inbox import rows
 from inbox.models import InboxItem
-from openlines.models import Channel, InboundMessage
+from openlines.models import Channel, InboundMessage, OutboundMessage
 from tests.helpers import make_portal
 
 pytestmark = pytest.mark.django_db
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db
 
 def test_no_save_signal_listens_to_the_rows_inserted_so():
     """`insert` sends no pre_save/post_save: a receiver added for these models must make them use `create`."""
-    assert rows.check_no_signals(InboxItem, InboundMessage) == []
+    assert rows.check_no_signals(InboxItem, InboundMessage, OutboundMessage) == []
 
 
 def test_an_inserted_row_reads_back_as_create_stores_it_sealed_at_rest():
