@@ -271,6 +271,18 @@ def profile(channels, poster, callers: str = "") -> None:
     assert tasks  # (the run is the task's own code, not a stand-in)
 
 
+def write_reply(client, b24, chat, text: str) -> None:
+    """An operator writes `text` in `chat` and Bitrix24 posts its OnImConnectorMessageAdd to /events/ at once."""
+    from openlines import registry
+    from sandbox.standin import rest_imconnector as imc
+
+    message_id, _ = imc.operator_reply(b24, chat["chat_id"], text, handlers=[])
+    item = {"im": {"chat_id": chat["chat_id"], "message_id": message_id}, "chat": {"id": chat["external_chat"]}}
+    data = {"CONNECTOR": registry.HTTP.id, "LINE": "1", "MESSAGES": [item]}
+    answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data=data, with_tokens=False))
+    assert answer.status_code == 200, answer.content
+
+
 def replies(args, standin, client, poster) -> None:
     """Part 5: operator replies to the outside system, one portal on the "others" plan, 2 worker processes."""
     from django.conf import settings
@@ -309,11 +321,7 @@ def replies(args, standin, client, poster) -> None:
         started = time.time()
         for i in range(count):  # Bitrix24 posts each reply's event right after the operator writes it
             chat = conversations[i % chats]
-            message_id, _ = imc.operator_reply(b24, chat["chat_id"], f"reply {i}", handlers=[])
-            item = {"im": {"chat_id": chat["chat_id"], "message_id": message_id}, "chat": {"id": chat["external_chat"]}}
-            data = {"CONNECTOR": registry.HTTP.id, "LINE": "1", "MESSAGES": [item]}
-            answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data=data, with_tokens=False))
-            assert answer.status_code == 200, answer.content
+            write_reply(client, b24, chat, f"reply {i}")
         written = time.time() - started
         deadline = time.monotonic() + 900
         while len(receiver.seen) < count or OutboundMessage.objects.filter(status_reported_at__isnull=True).exists():
@@ -402,11 +410,7 @@ def event_profile(args, standin, client, poster, callers: str = "") -> None:
     InboxItem.objects.all().delete()
     for i in range(count):
         chat = conversations[i % chats]
-        message_id, _ = imc.operator_reply(b24, chat["chat_id"], f"reply {i}", handlers=[])
-        item = {"im": {"chat_id": chat["chat_id"], "message_id": message_id}, "chat": {"id": chat["external_chat"]}}
-        data = {"CONNECTOR": registry.HTTP.id, "LINE": "1", "MESSAGES": [item]}
-        answer = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data=data, with_tokens=False))
-        assert answer.status_code == 200, answer.content
+        write_reply(client, b24, chat, f"reply {i}")
     ids = list(InboxItem.objects.order_by("id").values_list("pk", flat=True))
     before = len(b24.requests)
     profiler = cProfile.Profile()

@@ -56,24 +56,30 @@ def test_a_consumer_never_reads_a_message_being_written(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".part")]  # nothing half-written left behind
 
 
-def test_a_message_being_written_is_not_taken_and_a_whole_one_is(tmp_path):
+@pytest.fixture
+def relay_queue(tmp_path):
+    """A queue `relay` on the embedded broker, its folder tmp_path."""
     with Connection(
         "filesystem://",
         transport="b24widget.broker:Transport",
         transport_options={"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)},
     ) as connection:
         queue = connection.SimpleQueue("relay")
-        # Another process is half-way through writing a message (kombu's own writer would have named it
-        # `<time>_<id>.relay.msg` from the start, and a reader would take it cut short).
-        writing = tmp_path / ".1_other.relay.msg.part"
-        writing.write_bytes(b'{"body": "cut sh')
-        queue.put({"n": 1})
-        assert queue.get(timeout=2).payload == {"n": 1}
-        with pytest.raises(queue.Empty):
-            queue.get(timeout=0.3)
-        assert writing.exists()  # left for its writer to finish
-        assert [p.name for p in tmp_path.glob("*.part")] == [writing.name]  # ours was renamed into place
+        yield queue
         queue.close()
+
+
+def test_a_message_being_written_is_not_taken_and_a_whole_one_is(tmp_path, relay_queue):
+    # Another process is half-way through writing a message (kombu's own writer would have named it
+    # `<time>_<id>.relay.msg` from the start, and a reader would take it cut short).
+    writing = tmp_path / ".1_other.relay.msg.part"
+    writing.write_bytes(b'{"body": "cut sh')
+    relay_queue.put({"n": 1})
+    assert relay_queue.get(timeout=2).payload == {"n": 1}
+    with pytest.raises(relay_queue.Empty):
+        relay_queue.get(timeout=0.3)
+    assert writing.exists()  # left for its writer to finish
+    assert [p.name for p in tmp_path.glob("*.part")] == [writing.name]  # ours was renamed into place
 
 
 def test_messages_are_taken_in_the_order_they_were_put_whatever_the_clock_reads():
@@ -91,14 +97,7 @@ def test_messages_are_taken_in_the_order_they_were_put_whatever_the_clock_reads(
     assert all(old < new for old in left for new in names)
 
 
-def test_a_queue_gives_its_messages_back_in_the_order_they_were_put(tmp_path):
-    with Connection(
-        "filesystem://",
-        transport="b24widget.broker:Transport",
-        transport_options={"data_folder_in": str(tmp_path), "data_folder_out": str(tmp_path)},
-    ) as connection:
-        queue = connection.SimpleQueue("relay")
-        for n in range(30):
-            queue.put({"n": n})
-        assert [queue.get(timeout=2).payload["n"] for _ in range(30)] == list(range(30))
-        queue.close()
+def test_a_queue_gives_its_messages_back_in_the_order_they_were_put(relay_queue):
+    for n in range(30):
+        relay_queue.put({"n": n})
+    assert [relay_queue.get(timeout=2).payload["n"] for _ in range(30)] == list(range(30))

@@ -285,6 +285,16 @@ def test_a_read_report_from_the_outside_system_reaches_bitrix24_as_reading(
     assert b24.calls("imconnector.send.status.reading") - before == 1
 
 
+def three_chats(client, row, secret, b24, capture) -> list:
+    """Two more customers write in (chat-2, chat-3) beside the conversation's own: the portal's three chat ids."""
+    with capture(execute=True):
+        for i in (2, 3):
+            assert (
+                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
+            )
+    return [c["chat_id"] for c in imc.conversations(b24)]
+
+
 def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(
     client, conversation, receiver, sink, django_capture_on_commit_callbacks
 ):
@@ -295,12 +305,7 @@ def test_a_backlog_of_replies_in_many_chats_is_confirmed_in_one_batch_request(
     from inbox import queue as inbox
 
     row, secret, b24, chat_id = conversation
-    with django_capture_on_commit_callbacks(execute=True):
-        for i in (2, 3):
-            assert (
-                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
-            )
-    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    chats = three_chats(client, row, secret, b24, django_capture_on_commit_callbacks)
     assert len(chats) == 3
     for n, chat in enumerate(chats):
         imc.operator_reply(b24, chat, f"reply {n}", handlers=[sink.url])
@@ -365,12 +370,7 @@ def test_a_backlog_of_replies_reports_their_delivery_in_full_calls(
 
     row, secret, b24, chat_id = conversation
     settings.OPENLINES_STATUS_BATCH = 10
-    with django_capture_on_commit_callbacks(execute=True):
-        for i in (2, 3):
-            assert (
-                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
-            )
-    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    chats = three_chats(client, row, secret, b24, django_capture_on_commit_callbacks)
     for n in range(30):
         imc.operator_reply(b24, chats[n % 3], f"reply {n}", handlers=[sink.url])
     for pairs in sink.got:
@@ -424,12 +424,7 @@ def test_replies_written_after_a_chat_was_read_are_confirmed_together(
     from inbox import queue as inbox
 
     row, secret, b24, chat_id = conversation
-    with django_capture_on_commit_callbacks(execute=True):
-        for i in (2, 3):
-            assert (
-                signed(client, row, secret, message(f"m{i}", "Hi", chat=f"chat-{i}", user=f"u-{i}")).status_code == 202
-            )
-    chats = [c["chat_id"] for c in imc.conversations(b24)]
+    chats = three_chats(client, row, secret, b24, django_capture_on_commit_callbacks)
     for n, chat in enumerate(chats):  # each handled as it comes: each chat's answer is kept
         imc.operator_reply(b24, chat, f"first {n}", handlers=[sink.url])
         with django_capture_on_commit_callbacks(execute=True):
