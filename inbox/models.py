@@ -96,21 +96,19 @@ class InboxItem(models.Model):
         return self.state not in self.UNFINISHED
 
 
-class PruneRun(models.Model):
-    """One pass of the retention (inbox/queue.py prune, beat): what was deleted, and why. Read-only in the admin."""
+class RetentionRun(models.Model):
+    """One pass of a retention sweep (beat): when, under which rule, and how many rows of each kind it deleted.
+    Read-only in the admin. The inbox's `PruneRun` and the relay's `openlines.MessagePruneRun` are its two kinds;
+    each names its counters in DELETED_FIELDS."""
+
+    DELETED_FIELDS: tuple[str, ...] = ()
 
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     reason = models.CharField(max_length=255, help_text="The retention rule that applied, with its settings.")
-    finished_before = models.DateTimeField(help_text="Done and rejected rows finished before this were deleted.")
-    failed_before = models.DateTimeField(
-        null=True, blank=True, help_text="Failed rows finished before this were deleted (empty: failed rows are kept)."
-    )
-    done_deleted = models.PositiveIntegerField(default=0)
-    rejected_deleted = models.PositiveIntegerField(default=0)
-    failed_deleted = models.PositiveIntegerField(default=0)
 
     class Meta:
+        abstract = True
         ordering = ["-started_at", "-id"]
 
     def __str__(self):
@@ -118,4 +116,18 @@ class PruneRun(models.Model):
 
     @property
     def deleted(self) -> int:
-        return self.done_deleted + self.rejected_deleted + self.failed_deleted
+        return sum(getattr(self, name) for name in self.DELETED_FIELDS)
+
+
+class PruneRun(RetentionRun):
+    """One pass of the retention (inbox/queue.py prune, beat): what was deleted, and why. Read-only in the admin."""
+
+    DELETED_FIELDS = ("done_deleted", "rejected_deleted", "failed_deleted")
+
+    finished_before = models.DateTimeField(help_text="Done and rejected rows finished before this were deleted.")
+    failed_before = models.DateTimeField(
+        null=True, blank=True, help_text="Failed rows finished before this were deleted (empty: failed rows are kept)."
+    )
+    done_deleted = models.PositiveIntegerField(default=0)
+    rejected_deleted = models.PositiveIntegerField(default=0)
+    failed_deleted = models.PositiveIntegerField(default=0)

@@ -11,6 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from inbox.models import RetentionRun
 from portals.models import Portal
 from vault.fields import EncryptedTextField
 
@@ -238,24 +239,14 @@ class WaitingReply(models.Model):
         return f"{self.action} {self.im_message_id} ({self.state})"
 
 
-class MessagePruneRun(models.Model):
+class MessagePruneRun(RetentionRun):
     """One pass of the relay's retention (openlines/retention.py, beat): what was deleted, and why.
     Read-only in the admin."""
 
-    started_at = models.DateTimeField(default=timezone.now)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    DELETED_FIELDS = ("inbound_deleted", "outbound_deleted", "waiting_deleted")
+
     reason = models.CharField(max_length=255, help_text="The retention rule that applied, with its setting.")
     before = models.DateTimeField(help_text="Messages relayed (and replies settled) before this were deleted.")
     inbound_deleted = models.PositiveIntegerField(default=0)
     outbound_deleted = models.PositiveIntegerField(default=0)
     waiting_deleted = models.PositiveIntegerField(default=0)
-
-    class Meta:
-        ordering = ["-started_at", "-id"]
-
-    def __str__(self):
-        return f"prune {self.started_at:%Y-%m-%d %H:%M}: {self.deleted} row(s)"
-
-    @property
-    def deleted(self) -> int:
-        return self.inbound_deleted + self.outbound_deleted + self.waiting_deleted
