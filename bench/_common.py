@@ -221,6 +221,17 @@ def add_virtual_portals(server, count: int, *, address: str, user_id: str = "1")
 # --- figures ------------------------------------------------------------------------------------------
 
 
+def serve_hook(handler) -> tuple:
+    """A local HTTP server for `handler` (a BaseHTTPRequestHandler class) on a free port of 127.0.0.1, served by
+    a daemon thread: (the server, its /hook URL), for the benches' webhook receivers."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/hook"
+
+
 def percentile(values, q: float) -> float:
     """The q-th percentile (0..100) by nearest rank; 0 for no values."""
     ordered = sorted(values)
