@@ -22,6 +22,10 @@ class InboxItemAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
     actions = ["replay"]
+
+    class Media:
+        css = {"all": ("inbox/admin.css",)}  # long error words break inside their cell
+
     fields = (
         "portal",
         "member_id",
