@@ -15,6 +15,9 @@ order holds within a lane only; a key marks a duplicate only once a row of it wa
 proven events have a budget per portal, unproven ones one for the deployment; at most
 B24_INBOX_PORTAL_WINDOW tasks per portal and lane are in the broker (`_release`), the rest wait in the
 table, held; and finished rows are pruned after their retention (`prune`).
+
+A task that finishes an event goes on with its lane's next ordered event itself, within B24_INBOX_CHAIN_EVENTS
+and B24_INBOX_CHAIN_SECONDS (issue 26; `process` says why that is safe).
 """
 
 import contextlib
