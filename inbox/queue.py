@@ -549,7 +549,10 @@ def process(item_id: int, *, task_id: str = "") -> str:
     - The worker dies between the mark and the claim: the row stays pending with its mark, like a task the broker
       lost, and the sweeper re-sends it once the mark is B24_INBOX_REQUEUE_AFTER old (until then it holds one of
       its lane's window slots). It dies after the claim: the heartbeat stops, the claim lapses within a lease, and
-      the sweeper re-sends the row (a processing row past its lease), as for any task.
+      the sweeper re-sends the row (a processing row past its lease), as for any task. The price, against a task
+      of its own that RabbitMQ would re-deliver at once: the lane's ordered rows wait up to B24_INBOX_REQUEUE_AFTER
+      plus a sweep interval after a death in the instant between the mark and the claim, and up to a lease plus
+      a sweep interval (not a lease) after a death mid-handler.
     - The task's own message (acks_late, reject_on_worker_lost) is acknowledged only when the whole chain ends:
       re-delivered after a death, it finds its own row finished ("already done") and does nothing more; the rows
       of the chain are each covered by the two cases above.
