@@ -232,6 +232,15 @@ B24_INBOX_UNVERIFIED_PER_MINUTE = read.float("B24_INBOX_UNVERIFIED_PER_MINUTE", 
 B24_INBOX_PORTAL_BURST = read.int("B24_INBOX_PORTAL_BURST", default=3000, minimum=1)
 B24_INBOX_PORTAL_PER_MINUTE = read.float("B24_INBOX_PORTAL_PER_MINUTE", default=3000.0)
 B24_INBOX_PORTAL_WINDOW = read.int("B24_INBOX_PORTAL_WINDOW", default=4, minimum=1)
+# A task that finishes an event goes on with its lane's next ordered event itself (no broker round trip per event
+# of a backlog) while it has taken fewer than B24_INBOX_CHAIN_EVENTS events and less than B24_INBOX_CHAIN_SECONDS
+# have passed since it started; then it sends the next one to the broker, behind the other portals' tasks. So a
+# task holds its worker at most about that long (plus the one event it started last): what another portal's next
+# event may wait more per busy lane ahead of it (docs/architecture.md). An event's own work is ~14 ms
+# (bench/RESULTS.md, part 6): 0.5 s is ~35 of them per round trip, and 50 bounds a run of cheap ones
+# (duplicates, rejections). 1 event (or 0 s) turns it off.
+B24_INBOX_CHAIN_EVENTS = read.int("B24_INBOX_CHAIN_EVENTS", default=50, minimum=1)
+B24_INBOX_CHAIN_SECONDS = read.float("B24_INBOX_CHAIN_SECONDS", default=0.5, minimum=0)
 B24_INBOX_UNPROVEN_BURST = read.int("B24_INBOX_UNPROVEN_BURST", default=100, minimum=1)
 B24_INBOX_UNPROVEN_PER_MINUTE = read.float("B24_INBOX_UNPROVEN_PER_MINUTE", default=120.0)
 B24_INBOX_UNPROVEN_MAX_WAITING = read.int("B24_INBOX_UNPROVEN_MAX_WAITING", default=1000, minimum=1)

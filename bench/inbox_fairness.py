@@ -1,12 +1,16 @@
 """Fair dispatch of the inbox (issue 23): one portal's backlog vs another portal's next events, on workers.
 
-Run: .venv/bin/python bench/inbox_fairness.py [--backlog 2000] [--probes 10] [--windows 4,0]
+Run: .venv/bin/python bench/inbox_fairness.py [--backlog 2000] [--probes 10] [--windows 4,0] [--ordered]
+       [--chains 50,1]
 
 Portal A's user posts --backlog events with A's real application_token (ONOFFLINEEVENT: unordered, a cheap
-handler that asks Bitrix24 nothing here, so the figures are the inbox's own); then portal B sends --probes
-events, one every 0.2 s. One Celery worker process (--concurrency 2) drains it all. For each
-B24_INBOX_PORTAL_WINDOW in --windows (0: no window, every row sent at once as before issue 23) it prints:
-A's tasks in the broker when B's first event came, B's delay (accepted -> processed: p50, max) and the time A's
+handler that asks Bitrix24 nothing here, so the figures are the inbox's own; with --ordered
+ONIMCONNECTORMESSAGEADD: ordered, one at a time per portal lane, rejected at once as no channel is connected,
+so again nothing is asked of Bitrix24); then portal B sends --probes events of the same code, one every 0.2 s.
+One Celery worker process (--concurrency 2) drains it all. For each B24_INBOX_PORTAL_WINDOW in --windows (0: no
+window, every row sent at once as before issue 23) and each B24_INBOX_CHAIN_EVENTS in --chains (1: a task never
+goes on with its lane's next event, as before issue 26's chain; it matters for --ordered only) it prints: A's
+tasks in the broker when B's first event came, B's delay (accepted -> processed: p50, max) and the time A's
 backlog took. Events are accepted in this process (inbox.queue.accept), the per-portal budget off.
 The broker is the embedded one unless CELERY_BROKER_URL is set (e.g. amqp://guest:guest@127.0.0.1:5672//);
 the queue is this run's own, deleted at the end. Logs: test-artifacts/bench/inbox/.
@@ -27,7 +31,7 @@ from bench import _common as common
 from bench.inbox import start_workers, stop_workers
 
 
-def run(window: int, args, portals) -> list:
+def run(window: int, chain: int, args, portals) -> list:
     from django.conf import settings
     from django.db.models import Q
 
@@ -38,16 +42,18 @@ def run(window: int, args, portals) -> list:
     a, b = portals
     settings.B24_INBOX_PORTAL_WINDOW = window or 10**9
     os.environ["B24_INBOX_PORTAL_WINDOW"] = str(window or 10**9)  # the workers' setting
+    os.environ["B24_INBOX_CHAIN_EVENTS"] = str(chain)
+    code = "ONIMCONNECTORMESSAGEADD" if args.ordered else "ONOFFLINEEVENT"
     InboxItem.objects.all().delete()
     with contextlib.suppress(Exception), app.connection_for_write() as conn:  # (RabbitMQ: no queue yet)
         conn.default_channel.queue_purge(app.conf.task_default_queue)
-    workers = start_workers(1, f"fairness-k{window}")
+    workers = start_workers(1, f"fairness-k{window}-c{chain}")
     try:
         time.sleep(3)  # the worker connects
         began = time.monotonic()
         for n in range(args.backlog):
             auth = {"member_id": a.member_id, "application_token": a.application_token}
-            queue.accept("ONOFFLINEEVENT", member_id=a.member_id, data={"N": str(n)}, auth=auth, ts=str(n))
+            queue.accept(code, member_id=a.member_id, data={"N": str(n)}, auth=auth, ts=str(n))
         # A's tasks in the broker (queued or running) when B's first event comes: what B waits behind.
         ahead = (
             InboxItem.objects.filter(member_id=a.member_id, state__in=InboxItem.UNFINISHED)
@@ -57,7 +63,7 @@ def run(window: int, args, portals) -> list:
         probes = []
         for n in range(args.probes):
             auth = {"member_id": b.member_id, "application_token": b.application_token}
-            item, _ = queue.accept("ONOFFLINEEVENT", member_id=b.member_id, data={"N": str(n)}, auth=auth, ts=str(n))
+            item, _ = queue.accept(code, member_id=b.member_id, data={"N": str(n)}, auth=auth, ts=str(n))
             probes.append(item.pk)
             time.sleep(0.2)
         deadline = time.monotonic() + 600
@@ -75,6 +81,7 @@ def run(window: int, args, portals) -> list:
         stop_workers(workers)
     return [
         window or "off",
+        chain,
         args.backlog,
         ahead,
         common.ms(common.median(delays)) if delays else "-",
@@ -89,6 +96,8 @@ def main():
     parser.add_argument("--backlog", type=int, default=2000, help="portal A's events (default 2,000)")
     parser.add_argument("--probes", type=int, default=10, help="portal B's events, one per 0.2 s (default 10)")
     parser.add_argument("--windows", default="4,0", help="B24_INBOX_PORTAL_WINDOW values; 0: none (default 4,0)")
+    parser.add_argument("--ordered", action="store_true", help="ordered events (ONIMCONNECTORMESSAGEADD)")
+    parser.add_argument("--chains", default="50", help="B24_INBOX_CHAIN_EVENTS values; 1: no chain (default 50)")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
 
@@ -120,14 +129,16 @@ def main():
         rows = []
         try:
             for window in [int(w) for w in args.windows.split(",")]:
-                rows.append(run(window, args, portals))
+                for chain in [int(c) for c in args.chains.split(",")]:
+                    rows.append(run(window, chain, args, portals))
         finally:
             if settings.CELERY_BROKER_URL.startswith("filesystem:"):
                 shutil.rmtree(broker_dir, ignore_errors=True)
             else:
                 with app.connection_for_write() as conn:
                     conn.default_channel.queue_delete(settings.CELERY_TASK_DEFAULT_QUEUE)
-        header = ["window", "A's backlog", "A's tasks in the broker at B", "B delay p50", "B delay max", "all drained"]
+        header = ["window", "chain", "A's backlog", "A's tasks in the broker at B", "B delay p50", "B delay max"]
+        header.append("all drained")
         print(common.table(rows, [*header, "left"]))
 
 

@@ -15,6 +15,9 @@ order holds within a lane only; a key marks a duplicate only once a row of it wa
 proven events have a budget per portal, unproven ones one for the deployment; at most
 B24_INBOX_PORTAL_WINDOW tasks per portal and lane are in the broker (`_release`), the rest wait in the
 table, held; and finished rows are pruned after their retention (`prune`).
+
+A task that finishes an event goes on with its lane's next ordered event itself, within B24_INBOX_CHAIN_EVENTS
+and B24_INBOX_CHAIN_SECONDS (issue 26; `process` says why that is safe).
 """
 
 import contextlib
@@ -505,9 +508,84 @@ def _finish(item: InboxItem, owner: str, **fields) -> bool:
     return bool(_update(item.pk, _owner=owner, lease_owner="", lease_until=None, **fields))
 
 
+class _Chain:
+    """One task's budget for going on with its lane's next ordered rows itself (`process`), and the row it goes
+    on with next (set by `_release`)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.events = 0  # rows this task took on (claimed, or found a duplicate)
+        self.next: int | None = None
+
+    def open(self) -> bool:
+        """Room for one more row: fewer than B24_INBOX_CHAIN_EVENTS taken, B24_INBOX_CHAIN_SECONDS not over."""
+        return (
+            self.events < settings.B24_INBOX_CHAIN_EVENTS
+            and time.monotonic() - self.started < settings.B24_INBOX_CHAIN_SECONDS
+        )
+
+
 def process(item_id: int, *, task_id: str = "") -> str:
-    """Claim the item, run its handler, record the outcome; returns what happened (safe to call again)."""
-    return _process(item_id, task_id=task_id, send=True)[1]
+    """Claim the item, run its handler, record the outcome; returns what happened to it (safe to call again).
+
+    Then the task goes on with its lane's next ordered row itself, within a budget (issue 26: a backlog of one
+    portal's replies paid a broker round trip per event, ~40-50 ms against ~14 ms of work, bench/RESULTS.md):
+    when the item is finished (done, rejected, or a duplicate) and `_release` picks the lane's first ordered
+    row, it marks that row sent exactly as for a task (the window counts it; the conditional mark gives it to
+    one release only) but hands it to this task instead of the broker, and this task processes it through
+    `_process` like any task: `_claim` (lease, heartbeat, the older-row, duplicate and due checks), handler,
+    outcome, release. Unordered picks are published as before. The budget is B24_INBOX_CHAIN_EVENTS rows and
+    B24_INBOX_CHAIN_SECONDS since the task started, checked before each row is taken on: past it the next
+    row is published (behind the other portals' tasks) as before, so a task holds its worker at most that long
+    plus the one row it started last (docs/architecture.md, fair dispatch). A handler that raised (a retry, or
+    a dead letter) ends the chain: it is usually the portal, Bitrix24 or our database in trouble, which the next
+    event would meet too, and the retried row blocks its lane's ordered rows anyway; the next rows go through
+    the broker as before. A rejection is a verdict on that one event (forged, malformed), cheap, and does not.
+
+    Why a row taken on this way is never lost nor run twice:
+    - It is marked sent (`enqueued_at`, autocommitted) before this task claims it, and nothing else sends it:
+      `_release` picks only held rows (`enqueued_at` null), and the sweeper re-sends a pending row only once its
+      mark is B24_INBOX_REQUEUE_AFTER old; even a second task for it would be turned away by the claim.
+    - The worker dies between the mark and the claim: the row stays pending with its mark, like a task the broker
+      lost, and the sweeper re-sends it once the mark is B24_INBOX_REQUEUE_AFTER old (until then it holds one of
+      its lane's window slots). It dies after the claim: the heartbeat stops, the claim lapses within a lease, and
+      the sweeper re-sends the row (a processing row past its lease), as for any task. The price, against a task
+      of its own that RabbitMQ would re-deliver at once: the lane's ordered rows wait up to B24_INBOX_REQUEUE_AFTER
+      plus a sweep interval after a death in the instant between the mark and the claim, and up to a lease plus
+      a sweep interval (not a lease) after a death mid-handler.
+    - The task's own message (acks_late, reject_on_worker_lost) is acknowledged only when the whole chain ends:
+      re-delivered after a death, it finds its own row finished ("already done") and does nothing more; the rows
+      of the chain are each covered by the two cases above.
+    - An error escaping a chained row (the database away in its claim or outcome) gives that row, and a row
+      already marked for this task, a task of their own (published as `_release` would have), so Celery's retry
+      while the database is away covers them as it covers the task's own row (inbox/tasks.py), then it is
+      raised as before (the task's own row is finished: its retry finds it so)."""
+    chain = _Chain()
+    current: int | None = item_id
+    result = ""
+    try:
+        while current is not None:
+            chain.events += 1
+            _claimed, what = _process(current, task_id=task_id, send=True, chain=chain)
+            if current == item_id:
+                result = what
+            current, chain.next = chain.next, None
+    except Exception:
+        for pk in (current, chain.next):
+            if pk is not None and pk != item_id:
+                enqueue(pk)
+        raise
+    if chain.events > 1:
+        log.info(
+            "inbox task went on with its lane's next events",
+            extra={
+                "inbox_id": item_id,
+                "task_id": task_id,
+                "events": chain.events,
+                "seconds": round(time.monotonic() - chain.started, 3),
+            },
+        )
+    return result
 
 
 class _ClaimHeartbeat(threading.Thread):
@@ -540,15 +618,16 @@ class _ClaimHeartbeat(threading.Thread):
             connections.close_all()  # this thread's own connections only
 
 
-def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
-    """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker."""
+def _process(item_id: int, *, task_id: str, send: bool, chain: _Chain | None = None) -> tuple[bool, str]:
+    """(claimed, what happened). `send`: follow-up tasks (retries, the portal's next event) go to the broker;
+    with `chain`, the lane's next ordered row may be handed to this task instead (`process`)."""
     owner = uuid.uuid4().hex
     item, why_not, lease_left = _claim(item_id, owner)
     if item is None and why_not.startswith("duplicate of"):
         log.info("duplicate event finished", extra={"inbox_id": item_id, "outcome": why_not, "task_id": task_id})
         finished = InboxItem.objects.filter(pk=item_id).first()
         if send and finished is not None:
-            _release_next(finished)
+            _release_next(finished, chain)
         return True, why_not
     if item is None:
         log.info("inbox item skipped", extra={"inbox_id": item_id, "reason": why_not, "task_id": task_id})
@@ -565,6 +644,7 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
     }
     entry = registration(item.event)
     now = timezone.now()
+    failed = False
     heartbeat = _ClaimHeartbeat(item.pk, owner)
     heartbeat.start()
     try:
@@ -591,7 +671,7 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
                 finished_at=timezone.now(),
             )
             log.warning("event failed for good (dead letter)", extra={**context, "reason": reason})
-            result = f"failed: {reason}"
+            result, failed = f"failed: {reason}", True
         else:
             delay = backoff(item.attempts, after=after)
             _finish(
@@ -620,17 +700,19 @@ def _process(item_id: int, *, task_id: str, send: bool) -> tuple[bool, str]:
         log.info("event processed", extra={**context, "outcome": outcome})
         result = outcome
     if send:
-        _release_next(item)
+        # The chain goes on after a done or rejected row, not after a dead letter (see `process`).
+        _release_next(item, None if failed else chain)
     return True, result
 
 
-def _release_next(item: InboxItem) -> None:
+def _release_next(item: InboxItem, chain: _Chain | None = None) -> None:
     """The item is finished: its portal lane's next rows may go to the broker (its next ordered event, a later
-    delivery of the same event, unordered rows the window held back)."""
-    _release(item.member_id, item.lane)
+    delivery of the same event, unordered rows the window held back); with a `chain` that has room, the next
+    ordered event goes to this task instead (`process`)."""
+    _release(item.member_id, item.lane, chain=chain if chain is not None and chain.open() else None)
 
 
-def _release(member_id: str, lane: str) -> int:
+def _release(member_id: str, lane: str, *, chain: _Chain | None = None) -> int:
     """Send the portal lane's next runnable rows to the broker, keeping at most B24_INBOX_PORTAL_WINDOW of its
     rows there (queued or being processed); returns how many were sent.
 
@@ -640,6 +722,10 @@ def _release(member_id: str, lane: str) -> int:
     ordered row (ordered rows run one at a time anyway), and unordered rows, oldest first; all of them pending,
     held and due. Called after a row is stored, after one is finished, and by the sweeper (which also picks
     up a row stored in the instant its predecessor finished, and a send the broker refused).
+
+    With `chain` (a task that just finished one of the lane's rows and has budget left): the lane's first ordered
+    row, when picked, is marked sent the same way but handed to that task (`chain.next`) instead of the broker
+    (`process`); it is not counted in the returned number. Unordered picks go to the broker as always.
     """
     now = timezone.now()
     pending, processing = str(State.PENDING), str(State.PROCESSING)
@@ -663,19 +749,24 @@ def _release(member_id: str, lane: str) -> int:
             if cursor.fetchone() is None:
                 picks.append(pk)
         picks = picks[:free]
+        ordered = None
         if codes:
             # The lane's oldest unfinished ordered row, and whether it is runnable, in one statement.
             cursor.execute(lane_sql["first_ordered"](len(codes)), [due, member_id, lane, pending, processing, *codes])
             first = cursor.fetchone()
             if first is not None and first[1] == pending and first[2] and first[3]:
                 picks.append(first[0])
+                ordered = first[0]
         sent = 0
         stamp = connection.ops.adapt_datetimefield_value(now)
         for pk in sorted(picks)[:free]:
             # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
             cursor.execute(mark, [stamp, pk, pending])
             if cursor.rowcount == 1:
-                sent += enqueue(pk)
+                if pk == ordered and chain is not None:
+                    chain.next = pk  # marked sent, like any task's row: the finishing task goes on with it
+                else:
+                    sent += enqueue(pk)
     return sent
 
 

@@ -1,6 +1,7 @@
 """The inbox's Celery tasks (their names predate the app: tasks queued by an older release still run).
 
-- process_inbox_item: one stored event (inbox/queue.py claims it once, whatever re-delivers it);
+- process_inbox_item: one stored event (inbox/queue.py claims it once, whatever re-delivers it), then its
+  portal lane's next ordered events while the task's budget lasts (B24_INBOX_CHAIN_EVENTS / _SECONDS);
 - sweep_inbox: re-send tasks that were lost, release held rows (beat, every B24_INBOX_SWEEP_INTERVAL);
 - prune_inbox: delete finished rows past their retention (beat, daily; B24_INBOX_RETENTION_DAYS);
 - pull_offline_events (beat, every B24_OFFLINE_PULL_INTERVAL): one pull_offline_chunk per

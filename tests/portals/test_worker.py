@@ -228,6 +228,80 @@ def test_many_mixed_events_delivered_concurrently(client, standin, workers):
         assert Portal.objects.get(pk=portal.pk).status == Portal.Status.ACTIVE
 
 
+def test_a_portals_waiting_events_are_handled_by_few_tasks_in_order(client, b24, standin, workers):
+    """Issue 26: the task that finishes an event goes on with its lane's next ordered one itself, within
+    B24_INBOX_CHAIN_EVENTS (4 here). Ten updates of one portal stored while no worker runs (the first one's task
+    in the broker, the rest held in the table), then one worker: they run in order, four, four and two to a task
+    (each event's log line names its task), and the broker carried three of their tasks, not ten."""
+    do_install(client, b24)
+    b24.version = 109
+    pks = []
+    for n in range(10):
+        payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": str(100 + n)})
+        payload["ts"] = str(1700000000 + n)
+        pks.append(client.post("/events/", payload).json()["id"])
+    assert InboxItem.objects.filter(pk__in=pks, enqueued_at__isnull=False).count() == 1
+    worker = workers("w1", env={"B24_INBOX_CHAIN_EVENTS": "4", "B24_INBOX_CHAIN_SECONDS": "600"})
+    wait_for(
+        lambda: not InboxItem.objects.filter(pk__in=pks).exclude(state=State.DONE).exists(),
+        what="the updates to be processed",
+    )
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    handled = [(line["inbox_id"], line["task_id"]) for line in lines if line.get("message") == "event processed"]
+    assert [pk for pk, _task in handled] == pks
+    tasks_in_turn = [task for _pk, task in handled]
+    assert all(tasks_in_turn) and len(set(tasks_in_turn)) == 3
+    assert [tasks_in_turn.count(task) for task in dict.fromkeys(tasks_in_turn)] == [4, 4, 2]
+    received = [
+        line["data"]["args"]
+        for line in lines
+        if line.get("logger") == "celery.worker.strategy" and "process_inbox_item" in line.get("message", "")
+    ]
+    ours = {f"({pk},)" for pk in pks}  # (the install's task is there too: its event was processed in the test)
+    assert [args for args in received if args in ours] == [f"({pks[n]},)" for n in (0, 4, 8)]
+
+
+def test_a_worker_killed_inside_a_chained_event_applies_it_exactly_once(client, b24, standin, workers):
+    """Issue 26: the task went on with its lane's next event itself and its worker is SIGKILLed inside that
+    event's handler (an ONAPPUPDATE's re-bind paced by the portal's limit). The chained event has no task of its
+    own: its claim lapses and the sweeper sends it; a new worker applies the rest once, in order."""
+    portal = do_install(client, b24)
+    # Stored while no worker runs: a connector event for a line with no channel (rejected at once: the chain goes
+    # on), then the update (slow), then another connector event behind it.
+    first = client.post("/events/", b24.event_payload("ONIMCONNECTORMESSAGEADD", data={"LINE": "1"})).json()["id"]
+    b24.version = 9
+    update = client.post("/events/", b24.event_payload("ONAPPUPDATE", data={"VERSION": "9"})).json()["id"]
+    behind = b24.event_payload("ONIMCONNECTORMESSAGEADD", data={"LINE": "2"})
+    last = client.post("/events/", behind).json()["id"]
+    lane = InboxItem.objects.filter(pk__in=[first, update, last])
+    assert lane.values("lane").distinct().count() == 1 and lane.filter(enqueued_at__isnull=False).count() == 1
+    paced = {"B24_RATE_LIMIT_PER_SECOND": "0.3", "B24_RATE_LIMIT_BURST": "1", "B24_INBOX_CHAIN_SECONDS": "600"}
+    doomed = workers("w1", env=paced)
+    wait_for(
+        lambda: (
+            Portal.objects.filter(member_id=b24.member_id, app_version="9").exists()
+            and item_state(update) == State.PROCESSING
+        ),
+        what="the worker to be inside the chained update",
+    )
+    doomed.kill()
+    lines = [json.loads(line) for line in doomed.log().splitlines() if line.startswith("{")]
+    received = [line["data"]["args"] for line in lines if line.get("logger") == "celery.worker.strategy"]
+    assert f"({update},)" not in received  # the update ran in the first event's task
+    second = workers("w2", beat=True)  # beat runs the sweeper
+    wait_for(
+        lambda: not lane.exclude(state__in=[State.DONE, State.REJECTED]).exists(),
+        what="the lane after the crash",
+        detail=lambda: f"{list(lane.values())}\n{second.log()[-4000:]}",
+    )
+    assert InboxItem.objects.get(pk=first).state == InboxItem.objects.get(pk=last).state == State.REJECTED
+    item = InboxItem.objects.get(pk=update)
+    assert (item.state, item.attempts, item.outcome) == (State.DONE, 2, "updated")
+    assert InboxItem.objects.get(pk=last).finished_at > item.finished_at  # still in order
+    assert portal.events.filter(kind=K.UPDATED).count() == 1
+    assert portal.events.filter(kind=K.EVENTS_BOUND).count() == 2  # the install's, and this update's once
+
+
 def test_two_workers_share_a_keepalive_pass_and_refresh_no_portal_twice(client, standin, workers, settings):
     settings.B24_FANOUT_CHUNK = 3
     pairs = [(do_install(client, b24), b24) for b24 in [standin.add_portal() for _ in range(18)]]
