@@ -21,7 +21,7 @@ from django.db.models.signals import post_save, pre_save
 
 @lru_cache(maxsize=32)
 def _statement(
-    model: type[models.Model], alias: str, unless: str | None = None
+    model: type[models.Model], alias: str, tail: str | None = None
 ) -> tuple[str, tuple[models.Field, ...], bool]:
     connection = connections[alias]
     meta = model._meta
@@ -32,35 +32,48 @@ def _statement(
     returning = connection.features.can_return_columns_from_insert
     values = ", ".join(["%s"] * len(fields))
     # (PostgreSQL gives the SELECT's untyped parameters the target columns' types, as it does VALUES'.)
-    source = f"VALUES ({values})" if unless is None else f"SELECT {values} WHERE NOT EXISTS ({unless})"
+    source = f"VALUES ({values})" if tail is None else f"SELECT {values} {tail}"
     sql = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) {source}" + (
         f" RETURNING {quote(str(meta.pk.column))}" if returning else ""
     )
     return sql, fields, returning
 
 
+def statement(obj: models.Model, *, using: str = "default", tail: str | None = None) -> tuple[str, list]:
+    """The INSERT of `obj` and its parameters, as `insert` runs it (RETURNING the pk where the database can):
+    for a caller that runs it inside a statement of its own, then calls `stored`. `tail` ("WHERE ...",
+    "FROM ...") makes it `INSERT ... SELECT <the values> <tail>`; the tail's parameters follow the values'."""
+    sql, fields, _returning = _statement(type(obj), using, tail)
+    connection = connections[using]
+    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+
+
+def stored(obj: models.Model, pk, *, using: str = "default") -> models.Model:
+    """`obj` as saved under `pk` (what `insert` does once its statement ran)."""
+    obj.pk = pk
+    obj._state.adding, obj._state.db = False, using
+    return obj
+
+
 def insert(obj: models.Model, *, using: str = "default") -> models.Model:
     """INSERT `obj` (a new row of a model with an auto primary key); sets its pk and returns it.
 
     Raises what the database raises (IntegrityError for a unique key), as `create` does."""
-    _insert(obj, using, None)
+    _insert(obj, using, None, [])
     return obj
 
 
 def insert_unless(obj: models.Model, sql: str, params: list, *, using: str = "default") -> bool:
     """INSERT `obj` as `insert` does, unless the SELECT `sql` (with `params`) finds a row, checked in the INSERT's
     own statement; True when stored (its pk set), False when that found a row (nothing stored, `obj` unsaved)."""
-    return _insert(obj, using, (sql, params))
+    return _insert(obj, using, f"WHERE NOT EXISTS ({sql})", params)
 
 
-def _insert(obj: models.Model, using: str, unless: tuple[str, list] | None) -> bool:
-    sql, fields, returning = _statement(type(obj), using, None if unless is None else unless[0])
-    connection = connections[using]
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    if unless is not None:
-        params += unless[1]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+def _insert(obj: models.Model, using: str, tail: str | None, tail_params: list) -> bool:
+    sql, params = statement(obj, using=using, tail=tail)
+    returning = _statement(type(obj), using, tail)[2]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params + tail_params)
         if returning:
             found = cursor.fetchone()
             pk = None if found is None else found[0]
@@ -68,8 +81,7 @@ def _insert(obj: models.Model, using: str, unless: tuple[str, list] | None) -> b
             pk = cursor.lastrowid if cursor.rowcount == 1 else None
     if pk is None:
         return False
-    obj.pk = pk
-    obj._state.adding, obj._state.db = False, using
+    stored(obj, pk, using=using)
     return True
 
 
