@@ -5,7 +5,8 @@ Run: .venv/bin/python bench/ingest_steps.py [--calls 2000] [--blocks 5]
 bench/ingest.py measures whole requests; a change of one round trip (~0.05 ms of CPU) is within its noise on
 a shared machine. Here each step runs alone, in this process, on the bench database (PostgreSQL, or SQLite
 with DATABASE_URL=sqlite:///...bench...), in alternating blocks of --calls calls, and prints the CPU time of
-this thread per call (time.thread_time: waits on the database left out) and the wall time:
+this thread per call (time.thread_time: waits on the database left out), the CPU of its PostgreSQL backend per
+call (/proc; PostgreSQL on this machine) and the wall time:
   - /events/' store (inbox/queue.py `_store`): the duplicate check inside the INSERT (`rows.insert_unless`)
     against the check as a SELECT of its own, then the INSERT (as before issue 26's second pass);
   - the channel API's store and hand-off with a task pending (openlines/tasks.py `store_and_queue`, on
@@ -14,6 +15,7 @@ Nothing here asserts a time.
 """
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -95,24 +97,39 @@ def main() -> None:
             "channel store, then the mark's UPDATE": channel_apart,
         }
         cpu: dict[str, list[float]] = {name: [] for name in variants}
+        server: dict[str, list[float]] = {name: [] for name in variants}
         wall: dict[str, list[float]] = {name: [] for name in variants}
+        backend = None
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                (backend,) = cursor.fetchone()
+
+        def server_cpu() -> float:
+            if backend is None:
+                return 0.0
+            fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
         for work in variants.values():  # warm-up: statements built, connection open
             for _ in range(50):
                 work()
         for _block in range(args.blocks):
             for name, work in variants.items():
-                started, started_cpu = time.perf_counter(), time.thread_time()
+                started, started_cpu, started_server = time.perf_counter(), time.thread_time(), server_cpu()
                 for _ in range(args.calls):
                     work()
                 cpu[name].append((time.thread_time() - started_cpu) / args.calls)
+                server[name].append((server_cpu() - started_server) / args.calls)
                 wall[name].append((time.perf_counter() - started) / args.calls)
         print(f"{connection.vendor}; {args.blocks} blocks of {args.calls} calls per variant, alternating")
-        print(f"{'step':<48} {'CPU ms/call (median, min-max)':>30} {'wall ms/call (median)':>22}")
+        print(f"{'step':<48} {'CPU ms/call (median, min-max)':>30} {'PostgreSQL CPU ms/call':>24} {'wall ms/call':>14}")
         for name in variants:
-            c = cpu[name]
+            c, p = cpu[name], server[name]
             print(
                 f"{name:<48} {statistics.median(c) * 1000:>12.3f} ({min(c) * 1000:.3f}-{max(c) * 1000:.3f})"
-                f"{statistics.median(wall[name]) * 1000:>22.3f}"
+                f"{statistics.median(p) * 1000:>14.3f} ({min(p) * 1000:.3f}-{max(p) * 1000:.3f})"
+                f"{statistics.median(wall[name]) * 1000:>14.3f}"
             )
 
 
