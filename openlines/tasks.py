@@ -43,7 +43,7 @@ from django.utils import timezone
 
 from bitrix24 import http, limits
 from bitrix24.errors import LimitWaitExceeded, RestError
-from inbox import queue, rows
+from inbox import queue
 from inbox.tasks import RETRY_WHILE_DATABASE_AWAY
 from portals.models import Portal
 from portals.tokens import PortalClient
@@ -149,77 +149,10 @@ def queue_channel(task, channel_id: int, *, countdown: float = 0.0) -> bool:
         cursor.execute(_mark_sql(way.queued, replace_later=not countdown), params)
         if cursor.rowcount != 1:
             return False
-    return _send_marked(task, way, channel_id, mark, countdown)
-
-
-def _send_marked(task, way: Way, channel_id: int, mark: datetime, countdown: float = 0.0) -> bool:
-    """Send the task whose mark this caller took; the mark is cleared again if the broker refuses it (the rows
-    stay due for `sweep`)."""
     if not enqueue(task, channel_id, countdown=countdown):
         Channel.objects.filter(pk=channel_id, **{way.queued: mark}).update(**{way.queued: None})
         return False
     return True
-
-
-@lru_cache(maxsize=4)
-def _stored_and_marked_sql(insert: str) -> str:
-    """`insert` (an inbound message's INSERT ... SELECT <values> FROM held) and its channel's conditional mark, in one
-    statement (PostgreSQL's data-modifying WITH), built once. See `store_and_queue` for the lock."""
-    meta = Channel._meta
-    column = next(f.column for f in meta.concrete_fields if f.name == INBOUND.queued)
-    pk = meta.pk.column
-    return (
-        f"WITH held AS (SELECT {column} AS queued FROM {meta.db_table} WHERE {pk} = %s FOR NO KEY UPDATE), "
-        f"stored AS ({insert}), "
-        f"marked AS (UPDATE {meta.db_table} SET {column} = %s WHERE {pk} = %s AND EXISTS "
-        f"(SELECT 1 FROM held WHERE queued IS NULL OR queued < %s OR queued > %s) RETURNING 1) "
-        f"SELECT (SELECT {InboundMessage._meta.pk.column} FROM stored), (SELECT COUNT(*) FROM marked)"
-    )
-
-
-def store_and_queue(row: InboundMessage) -> InboundMessage:
-    """INSERT an inbound message, then hand its channel to `deliver_inbound` unless a task is pending (as
-    `queue_channel` does). Raises IntegrityError for a message key stored before (nothing stored, nothing
-    marked), Channel.DoesNotExist when the channel is gone.
-
-    On PostgreSQL the INSERT and the channel's conditional mark are one statement, committed together;
-    elsewhere the mark is `queue_channel`'s own UPDATE after the commit. Either way the hand-off to a run
-    that is starting stays safe: a message whose mark was not taken (a task is pending) is seen by that
-    task's run. The run's first step (`_Lease.take`) clears the mark by an UPDATE of the channel row and
-    reads the messages after it.
-    - Apart (after commit): the message is committed before the mark's UPDATE starts, so a run whose take
-      commits after that UPDATE's snapshot reads the message; one whose take committed before it left the
-      mark free, and the UPDATE takes it.
-    - Together: the statement's snapshot predates its own commit, so the mark cannot be judged on it (a take
-      committed in between would leave the mark free, unseen, and the run could read before the message is
-      committed: a lost hand-off until the sweep). So the statement first locks the channel row (`held`,
-      FOR NO KEY UPDATE: it waits for a take in progress and reads the row as committed, as an UPDATE
-      does) and judges the mark on what it read; the lock is kept until the commit, so a take that comes
-      later waits for the message to be committed, and reads it. Two messages of one channel queue on the
-      lock, so the mark is taken once. The price: a channel's messages are stored one at a time (a row lock
-      from the statement to its commit, ~1 ms), far above any channel's budget
-      (OPENLINES_INBOUND_PER_MINUTE); other channels never wait."""
-    channel_id = row.channel_id
-    if connection.vendor != "postgresql":
-        rows.insert(row)
-        after_commit(deliver_inbound, channel_id)
-        return row
-    now = timezone.now()
-    adapt = connection.ops.adapt_datetimefield_value
-    lost = now - timedelta(seconds=settings.OPENLINES_REQUEUE_AFTER)
-    insert, values = rows.statement(row, using=connection.alias, tail="FROM held")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _stored_and_marked_sql(insert), [channel_id, *values, adapt(now), channel_id, adapt(lost), adapt(now)]
-        )
-        pk, marked = cursor.fetchone()
-    if pk is None:  # no channel row to lock: it was deleted
-        raise Channel.DoesNotExist
-    rows.stored(row, pk, using=connection.alias)
-    if marked:
-        # robust: the message is stored; a broker or database failure now is the sweep's (as `after_commit`).
-        transaction.on_commit(lambda: _send_marked(deliver_inbound, INBOUND, channel_id, now), robust=True)
-    return row
 
 
 def enqueue_channel(model, channel_id: int) -> None:

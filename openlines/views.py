@@ -26,7 +26,7 @@ from placements import request as placement_request
 from placements.pages import refusal_text, verify_or_refuse
 from portals.models import Portal
 
-from . import channels, inbound, lifecycle, registry, waiting
+from . import channels, inbound, lifecycle, registry, tasks, waiting
 from .forms import ConnectorActionForm
 from .models import Channel
 
@@ -231,9 +231,10 @@ def channel_messages_view(request, channel_id):
         inbound.check_signature(channel, request, body)
         inbound.take_quota(channel)
         action, element = inbound.parse(body)
-        row = inbound.accept(channel, action, element)  # stored, and queued for delivery
+        row = inbound.accept(channel, action, element)
     except inbound.Refused as exc:
         return json_refusal(exc, description=exc.description)
+    tasks.after_commit(tasks.deliver_inbound, channel.pk)
     return JsonResponse({"result": "accepted", "id": row.pk}, status=202)
 
 
