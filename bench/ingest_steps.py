@@ -151,8 +151,12 @@ def main() -> None:
             c, p = cpu[name], server[name]
             print(
                 f"{name:<48} {statistics.median(c) * 1000:>12.3f} ({min(c) * 1000:.3f}-{max(c) * 1000:.3f})"
-                f"{statistics.median(p) * 1000:>14.3f} ({min(p) * 1000:.3f}-{max(p) * 1000:.3f})"
-                f"{statistics.median(wall[name]) * 1000:>14.3f}"
+                + (
+                    f"{statistics.median(p) * 1000:>14.3f} ({min(p) * 1000:.3f}-{max(p) * 1000:.3f})"
+                    if backend is not None
+                    else f"{'-':>24}"
+                )
+                + f"{statistics.median(wall[name]) * 1000:>14.3f}"
             )
 
 
