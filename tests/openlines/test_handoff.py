@@ -1,6 +1,6 @@
 """The hand-off of an accepted channel message to its channel's task, under concurrency on PostgreSQL: a run that
 starts while a message is being stored reads it, or the message takes the mark the run cleared and queues a run
-of its own. No message waits for the sweep.
+of its own (no message waits for the sweep); and the mark is taken once when two messages come at once.
 
 Why the mark is a statement of its own, after the INSERT's commit (openlines/tasks.py `queue_channel`): folding it
 into the INSERT's statement judges the mark on a snapshot older than the statement's commit, so a run's take
@@ -90,3 +90,35 @@ def test_a_run_starting_while_a_message_is_stored_reads_it_or_the_message_queues
     after = Channel.objects.get(pk=row.pk).inbound_queued_at
     # Either the run read the message, or the message took the mark the run had cleared (a run of its own).
     assert run.result == ["m-handoff"] or (after is not None and after > pending), (run.result, after)
+
+
+def test_two_messages_accepted_at_once_take_the_channels_mark_once(channel, settings):
+    """One accepted inside a transaction still open while the other is accepted and committed: the second takes the
+    mark (its task is sent), and the first, committed later, finds it taken and sends nothing."""
+    if connection.vendor != "postgresql":
+        pytest.skip("two writers at once: SQLite serializes them")
+    row, secret, _b24 = channel
+    settings.OPENLINES_TASKS_INLINE = False  # a task sent goes to the run's own queue; none runs here
+    Channel.objects.filter(pk=row.pk).update(inbound_queued_at=None, last_activity_at=timezone.now())
+    stored, finish = threading.Event(), threading.Event()
+
+    def accept_and_hold() -> int:
+        with transaction.atomic():
+            answer = signed(Client(), row, secret, message("m-first", "Hello"))
+            stored.set()
+            finish.wait(30)
+        return answer.status_code
+
+    first = Background(accept_and_hold)
+    first.start()
+    assert stored.wait(30)
+    second = Background(lambda: signed(Client(), row, secret, message("m-second", "Hello again")).status_code)
+    second.start()
+    second.join(30)
+    taken = Channel.objects.get(pk=row.pk).inbound_queued_at
+    finish.set()
+    first.join(30)
+    assert first.error is None and second.error is None, (first.error, second.error)
+    assert (first.result, second.result) == (202, 202)
+    assert taken is not None and Channel.objects.get(pk=row.pk).inbound_queued_at == taken
+    assert InboundMessage.objects.filter(channel=row).count() == 2
