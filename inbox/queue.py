@@ -227,16 +227,17 @@ def _store(
     """One row for the event, or the row that already answers for its key (a duplicate changes nothing).
 
     Online, only a row of the key that was applied (`done`) answers for it; offline, any row (see
-    idempotency_key). Otherwise a new row, deduplicated in the worker (`_claim`)."""
+    idempotency_key). Otherwise a new row, deduplicated in the worker (`_claim`).
+
+    The check is part of the INSERT (`INSERT ... SELECT ... WHERE NOT EXISTS (the absorbing row) RETURNING id`,
+    one round trip where it took two); only when nothing was stored is the absorbing row read. Its race is no
+    wider than the check-then-insert it replaces: a row of the key committed after the statement's snapshot
+    (another delivery stored at the same moment, or a row applied meanwhile) is not seen by it, just as one
+    committed between a separate check and the INSERT was not, and the stored row is then deduplicated by the
+    worker as before (`_claim`: it waits while an earlier row of its key is unfinished, and ends as
+    "duplicate of #N" once one is done). The window only shrank, from two statements to one."""
     now = timezone.now()
-    absorbing = _absorbing(key, online=source == InboxItem.Source.ONLINE)
-    if absorbing is not None:
-        existing = InboxItem.objects.get(pk=absorbing)
-        log.info(
-            "duplicate event delivery",
-            extra={"member_id": member_id, "event": event_code, "inbox_id": existing.pk, "source": source},
-        )
-        return existing, False
+    online = source == InboxItem.Source.ONLINE
     item = InboxItem(
         portal_id=None if portal is None else portal.pk,  # the directory's portal, known by its pk
         member_id=member_id,
@@ -252,7 +253,17 @@ def _store(
         next_attempt_at=now,
         enqueued_at=None,  # held in the table until _release sends it (the portal lane's window)
     )
-    rows.insert(item)  # InboxItem.objects.create without its per-call SQL compilation (inbox/rows.py)
+    # InboxItem.objects.create without its per-call SQL compilation, unless a row answers for the key (inbox/rows.py)
+    if not rows.insert_unless(item, _absorbing_sql(online), _absorbing_params(key, online=online)):
+        existing = _absorbing(key, online=online)
+        if existing is not None:
+            log.info(
+                "duplicate event delivery",
+                extra={"member_id": member_id, "event": event_code, "inbox_id": existing.pk, "source": source},
+            )
+            return existing, False
+        # The row that answered was pruned in between (its retention ended): stored as if checked after that.
+        rows.insert(item)
     entry = registration(event_code)
     ordered = entry is None or entry.ordered
     # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
@@ -265,22 +276,24 @@ def _store(
 
 @lru_cache(maxsize=2)
 def _absorbing_sql(online: bool) -> str:
+    """The rows that answer for a key (online: the applied ones), as the INSERT's NOT EXISTS: built once from the
+    model's metadata (the ORM's compilation of it cost more CPU than running it)."""
     meta = InboxItem._meta
     column = {f.name: f.column for f in meta.concrete_fields}
     done = f" AND {column['state']} = %s" if online else ""
-    return (
-        f"SELECT {meta.pk.column} FROM {meta.db_table} WHERE {column['idempotency_key']} = %s{done} "
-        f"ORDER BY {meta.pk.column} LIMIT 1"
-    )
+    return f"SELECT 1 FROM {meta.db_table} WHERE {column['idempotency_key']} = %s{done}"
 
 
-def _absorbing(key: str, *, online: bool) -> int | None:
-    """The id of the row that answers for `key` (online: one that was applied), or None. A raw query built
-    once from the model's metadata: the ORM's compilation of it cost more CPU than running it."""
-    with connection.cursor() as cursor:
-        cursor.execute(_absorbing_sql(online), [key, str(State.DONE)] if online else [key])
-        found = cursor.fetchone()
-    return None if found is None else found[0]
+def _absorbing_params(key: str, *, online: bool) -> list[str]:
+    return [key, str(State.DONE)] if online else [key]
+
+
+def _absorbing(key: str, *, online: bool) -> InboxItem | None:
+    """The (oldest) row that answers for `key` (online: one that was applied), or None: read only for a duplicate."""
+    rows_of_key = InboxItem.objects.filter(idempotency_key=key)
+    if online:
+        rows_of_key = rows_of_key.filter(state=State.DONE)
+    return rows_of_key.order_by("pk").first()
 
 
 @lru_cache(maxsize=8)

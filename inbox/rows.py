@@ -8,6 +8,9 @@ migrations), and each value is prepared by its own field exactly as `Model.save`
 these rows do not use: save signals (none is connected to them; `check_no_signals` says so in the tests),
 parent models, deferred fields and `update_fields`. The row is committed by the caller's transaction, or
 by itself in autocommit, as `create` would be.
+
+`insert_unless(obj, sql, params)` stores the row only if `sql` (a SELECT) finds nothing, in the same statement
+(`INSERT ... SELECT ... WHERE NOT EXISTS (...)`): `/events/`' duplicate check and its INSERT in one round trip.
 """
 
 from functools import lru_cache
@@ -16,8 +19,10 @@ from django.db import connections, models
 from django.db.models.signals import post_save, pre_save
 
 
-@lru_cache(maxsize=16)
-def _statement(model: type[models.Model], alias: str) -> tuple[str, tuple[models.Field, ...], bool]:
+@lru_cache(maxsize=32)
+def _statement(
+    model: type[models.Model], alias: str, tail: str | None = None
+) -> tuple[str, tuple[models.Field, ...], bool]:
     connection = connections[alias]
     meta = model._meta
     if meta.parents or not isinstance(meta.pk, models.AutoField):
@@ -25,26 +30,59 @@ def _statement(model: type[models.Model], alias: str) -> tuple[str, tuple[models
     quote = connection.ops.quote_name
     fields = tuple(f for f in meta.concrete_fields if not f.primary_key)
     returning = connection.features.can_return_columns_from_insert
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
-    ) + (f" RETURNING {quote(str(meta.pk.column))}" if returning else "")
+    values = ", ".join(["%s"] * len(fields))
+    # (PostgreSQL gives the SELECT's untyped parameters the target columns' types, as it does VALUES'.)
+    source = f"VALUES ({values})" if tail is None else f"SELECT {values} {tail}"
+    sql = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(str(f.column)) for f in fields)}) {source}" + (
+        f" RETURNING {quote(str(meta.pk.column))}" if returning else ""
+    )
     return sql, fields, returning
+
+
+def statement(obj: models.Model, *, using: str = "default", tail: str | None = None) -> tuple[str, list]:
+    """The INSERT of `obj` and its parameters, as `insert` runs it (RETURNING the pk where the database can):
+    for a caller that runs it inside a statement of its own, then calls `stored`. `tail` ("WHERE ...",
+    "FROM ...") makes it `INSERT ... SELECT <the values> <tail>`; the tail's parameters follow the values'."""
+    sql, fields, _returning = _statement(type(obj), using, tail)
+    connection = connections[using]
+    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+
+
+def stored(obj: models.Model, pk, *, using: str = "default") -> models.Model:
+    """`obj` as saved under `pk` (what `insert` does once its statement ran)."""
+    obj.pk = pk
+    obj._state.adding, obj._state.db = False, using
+    return obj
 
 
 def insert(obj: models.Model, *, using: str = "default") -> models.Model:
     """INSERT `obj` (a new row of a model with an auto primary key); sets its pk and returns it.
 
     Raises what the database raises (IntegrityError for a unique key), as `create` does."""
-    sql, fields, returning = _statement(type(obj), using)
-    connection = connections[using]
-    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        pk = cursor.fetchone()[0] if returning else cursor.lastrowid
-    obj.pk = pk
-    obj._state.adding, obj._state.db = False, using
+    _insert(obj, using, None, [])
     return obj
+
+
+def insert_unless(obj: models.Model, sql: str, params: list, *, using: str = "default") -> bool:
+    """INSERT `obj` as `insert` does, unless the SELECT `sql` (with `params`) finds a row, checked in the INSERT's
+    own statement; True when stored (its pk set), False when that found a row (nothing stored, `obj` unsaved)."""
+    return _insert(obj, using, f"WHERE NOT EXISTS ({sql})", params)
+
+
+def _insert(obj: models.Model, using: str, tail: str | None, tail_params: list) -> bool:
+    sql, params = statement(obj, using=using, tail=tail)
+    returning = _statement(type(obj), using, tail)[2]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params + tail_params)
+        if returning:
+            found = cursor.fetchone()
+            pk = None if found is None else found[0]
+        else:
+            pk = cursor.lastrowid if cursor.rowcount == 1 else None
+    if pk is None:
+        return False
+    stored(obj, pk, using=using)
+    return True
 
 
 def check_no_signals(*models_: type[models.Model]) -> list[str]:

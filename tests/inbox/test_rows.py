@@ -2,6 +2,7 @@
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from inbox import rows
 from inbox.models import InboxItem
@@ -47,3 +48,37 @@ def test_a_unique_key_still_refuses_a_second_row():
     with pytest.raises(IntegrityError), transaction.atomic():
         rows.insert(InboundMessage(**fields))
     assert InboundMessage.objects.filter(key="add:c:1").count() == 1
+
+
+def test_insert_unless_stores_the_row_only_when_its_select_finds_none():
+    """`/events/`' duplicate check inside its INSERT: every kind of value (JSON, sealed text, times, NULL) stored as
+    `insert` stores it, and nothing stored (the object left unsaved) once the SELECT finds a row."""
+    portal = make_portal("active", member_id="m-rows-3", domain="rows3.example.test")
+    now = timezone.now()
+    key = "u" * 64
+    applied = f"SELECT 1 FROM {InboxItem._meta.db_table} WHERE idempotency_key = %s AND state = %s"
+
+    def item(n: int) -> InboxItem:
+        return InboxItem(
+            portal_id=portal.pk,
+            member_id=portal.member_id,
+            event="ONTESTEVENT",
+            data={"MESSAGES": [{"text": f"héllo {n}"}]},
+            sealed_auth=f'{{"access_token": "secret-token-{n}"}}',
+            idempotency_key=key,
+            received_at=now,
+            next_attempt_at=now,
+            enqueued_at=None,
+        )
+
+    first, second, third = item(1), item(2), item(3)
+    assert rows.insert_unless(first, applied, [key, str(InboxItem.State.DONE)]) and first.pk
+    # A pending row of the key is no applied one: the second is stored too.
+    assert rows.insert_unless(second, applied, [key, str(InboxItem.State.DONE)]) and second.pk > first.pk
+    stored = InboxItem.objects.get(pk=second.pk)
+    assert (stored.data, stored.auth) == ({"MESSAGES": [{"text": "héllo 2"}]}, {"access_token": "secret-token-2"})
+    assert (stored.received_at, stored.enqueued_at, stored.portal_id) == (now, None, portal.pk)
+    InboxItem.objects.filter(pk=first.pk).update(state=InboxItem.State.DONE)
+    assert rows.insert_unless(third, applied, [key, str(InboxItem.State.DONE)]) is False
+    assert third.pk is None and third._state.adding
+    assert InboxItem.objects.filter(idempotency_key=key).count() == 2
