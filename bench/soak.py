@@ -647,6 +647,7 @@ def _worker_log_events(started: float) -> dict[str, list[tuple[float, str]]]:
 
     wanted = {
         "portal answered QUERY_LIMIT_EXCEEDED; pacing slowed": "slowed",
+        "portal answered at the slowed pace; pacing sped up": "sped up",
         "inbound delivery postponed": "inbound postponed",
         "rest retry": "rest retry",
     }
@@ -670,13 +671,34 @@ def _worker_log_events(started: float) -> dict[str, list[tuple[float, str]]]:
     return out
 
 
-def print_trace(started, injected, portals, traffic, arrived, limiter_samples) -> None:
+def print_trace(started, injected, portals, traffic, arrived, replies, limiter_samples) -> None:
     """--trace: where the time of the waiting messages went (see the module's docstring)."""
     accepted_at = {t: a for v in traffic.accepted.values() for t, a in v}
     delivered_at: dict[str, float] = {}
     for msgs in arrived.values():
         for text, at in msgs:
             delivered_at.setdefault(text, at)
+    written_at = {t: a for v in traffic.written.values() for t, a in v}
+    outside_at: dict[str, float] = {}
+    for msgs in replies.values():
+        for text, at in msgs:
+            outside_at.setdefault(text, at)
+    print("\n--trace: each fault's backlog (what was written before it ended) and the minute after it:")
+    for at, ended, names in injected:
+        if names and names[0].startswith("(quiet"):
+            continue
+        lines = []
+        for what, sent, got in (("customer messages", accepted_at, delivered_at), ("replies", written_at, outside_at)):
+            backlog = [t for t, a in sent.items() if at <= a < ended]
+            last = max((got[t] for t in backlog if t in got), default=None)
+            after = [got[t] - a for t, a in sent.items() if ended <= a < ended + 60 and t in got]
+            lines.append(
+                f"{what}: {len(backlog)} written during it, all arrived by "
+                + (f"t+{last - started:.1f} ({last - ended:.1f} s after it ended)" if last else "-")
+                + f"; written in the 60 s after: max {max(after, default=0):.1f} s, "
+                f"p50 {common.median(after):.1f} s"
+            )
+        print(f"  t+{at - started:.0f}..t+{ended - started:.0f} {' + '.join(names)}:\n    " + "\n    ".join(lines))
     attempts: dict[str, list[tuple[float, int]]] = defaultdict(list)
     windows: dict[int, Counter] = defaultdict(Counter)
     print("\n--trace: imconnector.send.messages requests that met a limit or carried a message older than 5 s:")
@@ -722,7 +744,7 @@ def print_trace(started, injected, portals, traffic, arrived, limiter_samples) -
     print(common.table(rows, ["at", *[f"portal {p}" for p in range(len(portals))]]) if rows else "  (never slowed)")
 
     events = _worker_log_events(started)
-    print("\nworkers' log (INFO) per portal: limit answers that slowed the pacing (share after) and postponed runs:")
+    print("\nworkers' log (INFO) per portal: answers that slowed or sped up the pacing (share after), postponed runs:")
     for p, b24 in enumerate(portals):
         mine = events.get(b24.member_id, [])
         print(f"  portal {p}: " + ("; ".join(f"t+{t:.1f} {what}" for t, what in mine) or "-"))
@@ -1227,7 +1249,7 @@ def main():
                     )
                 )
                 if args.trace:
-                    print_trace(started, injected, portals, traffic, arrived, limiter_samples)
+                    print_trace(started, injected, portals, traffic, arrived, replies, limiter_samples)
                 verdict = (
                     totals["missing"] == 0
                     and totals["duplicated"] == 0
