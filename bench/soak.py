@@ -1,6 +1,7 @@
 """A soak of the production topology with faults (issue 23): nothing Bitrix24 or a customer sends is lost.
 
 Run: .venv/bin/python bench/soak.py [--minutes 3] [--every 30] [--outage 20] [--settle 300] [--rate 0.5]
+     [--faults limit,db-stop ...] [--trace]
 
 Topology: gunicorn (2 workers), 2 `celery worker` processes, `celery beat`, and a RabbitMQ node, a PostgreSQL
 and a redis-server of the run's own (rabbitmq-server as soak<pid>@localhost, initdb/pg_ctl under
@@ -26,6 +27,14 @@ Faults: every --every seconds a pair, one of ours and one of the outside world, 
            (stand-in `app_unreachable`: online deliveries fail, offline records accumulate).
 8 of ours and 6 of the outside world make 8 pairs, repeated in turn (the OAuth server slow comes twice: once
 with the database stopped, once with the broker restarting; Bitrix24's QUERY_LIMIT_EXCEEDED twice as well).
+`--faults` keeps only the kinds named (FAULT_KINDS); the others' places in the schedule stay quiet, so a fault
+keeps its time (`--faults limit`: Bitrix24's limit answers at t+10 and t+220, nothing else).
+
+`--trace` (for tracing one fault: logs at INFO unless SOAK_LOG_LEVEL says otherwise) also prints, per portal,
+every imconnector.send.messages request the stand-in answered (when, its status, how many messages and how
+old the oldest was), the requests of every method per 10 s (what shares the portal's bucket), the client
+limiter's state as sampled every 0.5 s (its share of the plan's rate and the seconds to its next slot,
+bitrix24/limits.py), and for the slowest customer messages each attempt that reached the stand-in.
 
 At the end (faults off) the soak waits up to --settle s for everything to arrive, then prints: every operator
 reply at the outside system exactly once and in order per chat (those /events/ refused included), every
@@ -229,6 +238,7 @@ class Processes:
 
     def __init__(self, env: dict, port: int, folder: Path):
         self.env, self.port, self.folder = env, port, folder
+        self.loglevel = env.get("LOG_LEVEL", "WARNING")  # celery's --loglevel sets the root logger's level
         self.gunicorn = None
         self.workers: list = [None, None]
         self.beat = None
@@ -262,7 +272,14 @@ class Processes:
     def start_worker(self, index: int):
         queue = self.env["CELERY_QUEUE"]
         command = [common.PYTHON, "-m", "celery", "-A", "b24widget", "worker", "--concurrency", "2"]
-        command += ["-n", f"soak{index}-{queue}@%h", "--without-mingle", "--without-gossip", "--loglevel", "WARNING"]
+        command += [
+            "-n",
+            f"soak{index}-{queue}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            self.loglevel,
+        ]
         self.workers[index] = self._spawn(f"worker{index}", command)
 
     def start_beat(self):
@@ -526,7 +543,14 @@ class Faults:
             b24.app_unreachable(False)
         return f"app unreachable for events {self.outage:.0f} s"
 
-    def pairs(self):
+    def pairs(self, kinds: frozenset[str] | None = None):
+        """The schedule; with `kinds`, only those faults (FAULT_KINDS' names), the others' places left quiet."""
+        chosen = None if kinds is None else {FAULT_KINDS[k] for k in kinds}
+        return [
+            tuple(f for f in pair if chosen is None or f.__name__ in chosen) for pair in self._schedule()
+        ]  # fmt: skip
+
+    def _schedule(self):
         return [
             (self.worker_kill, self.query_limit),
             (self.broker_stop, self.webhook_down),
@@ -537,6 +561,36 @@ class Faults:
             (self.gunicorn_hup, self.unreachable),
             (self.db_restart, self.query_limit),
         ]
+
+
+# --faults: a name for each kind -> its Faults method.
+FAULT_KINDS = {
+    "worker-kill": "worker_kill",
+    "broker-stop": "broker_stop",
+    "db-stop": "db_stop",
+    "gunicorn-kill": "gunicorn_kill",
+    "broker-restart": "broker_restart",
+    "redis-stop": "redis_stop",
+    "gunicorn-hup": "gunicorn_hup",
+    "db-restart": "db_restart",
+    "limit": "query_limit",
+    "webhook-down": "webhook_down",
+    "oauth-slow": "oauth_slow",
+    "500": "server_errors",
+    "oauth-down": "oauth_down",
+    "unreachable": "unreachable",
+}
+
+
+def fault_kinds(text: str) -> frozenset[str] | None:
+    """--faults: "all" (None) or a comma-separated list of FAULT_KINDS' names."""
+    if text.strip() == "all":
+        return None
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(kinds - set(FAULT_KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    return kinds
 
 
 def run_pair(pair) -> list[str]:
@@ -557,6 +611,152 @@ def run_pair(pair) -> list[str]:
 
 
 # --- the run -----------------------------------------------------------------------------------------
+
+
+# --- --trace ---------------------------------------------------------------------------------------------
+
+
+def limiter_state(portals, plans: dict[str, str]) -> list[tuple[float, float]]:
+    """Each portal's client limiter as every process sees it (the shared cache): (share of the plan's rate,
+    seconds to its next slot). Reads bitrix24/limits.py's state, bench-only."""
+    from bitrix24 import limits
+
+    now = time.time()
+    out = []
+    for b24 in portals:
+        plan = plans.get(b24.member_id) or limits.STANDARD
+        _tat, share, _changed, _limited = limits._state(limits.cache.get(f"b24widget:rl:{b24.member_id}"), now)
+        out.append((share, limits.next_slot_in(b24.member_id, plan=plan, now=now)))
+    return out
+
+
+def _texts(params) -> list[str]:
+    messages = params.get("MESSAGES") if isinstance(params, dict) else None
+    if isinstance(messages, dict):
+        messages = list(messages.values())
+    texts = []
+    for m in messages or []:
+        with contextlib.suppress(AttributeError, TypeError):
+            texts.append(str(m["message"]["text"]))
+    return texts
+
+
+def _worker_log_events(started: float) -> dict[str, list[tuple[float, str]]]:
+    """The workers' log lines about limits and postponed deliveries, per member_id: (t, what)."""
+    from datetime import datetime
+
+    wanted = {
+        "portal answered QUERY_LIMIT_EXCEEDED; pacing slowed": "slowed",
+        "portal answered at the slowed pace; pacing sped up": "sped up",
+        "inbound delivery postponed": "inbound postponed",
+        "rest retry": "rest retry",
+    }
+    out: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for path in sorted(LOGS.glob("worker*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                entry = json.loads(line)
+                what = wanted.get(entry.get("message"))
+                if what is None or "member_id" not in entry:
+                    continue
+                at = datetime.strptime(entry["time"], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
+            except (ValueError, KeyError, TypeError):
+                continue
+            detail = entry.get("share") or entry.get("code") or ""
+            out[entry["member_id"]].append((at - started, f"{what} {detail}".strip()))
+    for events in out.values():
+        events.sort()
+    return out
+
+
+def print_trace(started, injected, portals, traffic, arrived, replies, limiter_samples) -> None:
+    """--trace: where the time of the waiting messages went (see the module's docstring)."""
+    accepted_at = {t: a for v in traffic.accepted.values() for t, a in v}
+    delivered_at: dict[str, float] = {}
+    for msgs in arrived.values():
+        for text, at in msgs:
+            delivered_at.setdefault(text, at)
+    written_at = {t: a for v in traffic.written.values() for t, a in v}
+    outside_at: dict[str, float] = {}
+    for msgs in replies.values():
+        for text, at in msgs:
+            outside_at.setdefault(text, at)
+    print("\n--trace: each fault's backlog (what was written before it ended) and the minute after it:")
+    for at, ended, names in injected:
+        if names and names[0].startswith("(quiet"):
+            continue
+        lines = []
+        for what, sent, got in (("customer messages", accepted_at, delivered_at), ("replies", written_at, outside_at)):
+            backlog = [t for t, a in sent.items() if at <= a < ended]
+            last = max((got[t] for t in backlog if t in got), default=None)
+            after = [got[t] - a for t, a in sent.items() if ended <= a < ended + 60 and t in got]
+            lines.append(
+                f"{what}: {len(backlog)} written during it, all arrived by "
+                + (f"t+{last - started:.1f} ({last - ended:.1f} s after it ended)" if last else "-")
+                + f"; written in the 60 s after: max {max(after, default=0):.1f} s, "
+                f"p50 {common.median(after):.1f} s"
+            )
+        print(f"  t+{at - started:.0f}..t+{ended - started:.0f} {' + '.join(names)}:\n    " + "\n    ".join(lines))
+    attempts: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    windows: dict[int, Counter] = defaultdict(Counter)
+    print("\n--trace: imconnector.send.messages requests that met a limit or carried a message older than 5 s:")
+    for p, b24 in enumerate(portals):
+        with b24._standin.lock:
+            requests = [dict(r) for r in b24.requests]
+        lines = []
+        for r in requests:
+            at = r.get("at")
+            if at is None or at < started:
+                continue
+            windows[int((at - started) // 10)][(r["method"], r["status"] == 200)] += 1
+            if r["method"] != "imconnector.send.messages":
+                continue
+            texts = _texts(r["params"])
+            for t in texts:
+                attempts[t].append((at - started, r["status"]))
+            oldest = max((at - accepted_at[t] for t in texts if t in accepted_at), default=0.0)
+            if r["status"] != 200 or oldest > 5:
+                lines.append(f"t+{at - started:.1f} {r['status']} n={len(texts)} oldest {oldest:.0f} s")
+        print(f"  portal {p}: {len(lines)} requests: " + "; ".join(lines))
+    methods = sorted({m for c in windows.values() for m, _ in c})
+    rows = []
+    for w in sorted(windows):
+        c = windows[w]
+        rows.append([f"t+{w * 10}"] + [f"{c[(m, True)]}/{c[(m, False)]}" for m in methods])
+    print("\nrequests answered per 10 s, all portals (ok / not ok), by method:")
+    print(
+        common.table(
+            rows, ["from", *[m.replace("imconnector.", "imc.").replace("imopenlines.", "iol.") for m in methods]]
+        )
+    )
+
+    print("\nclient limiter, sampled every 0.5 s (per portal: share of the plan's rate / seconds to its next slot),")
+    print("every 2 s while a portal was slowed or had to wait, and around it:")
+    rows, last = [], -10.0
+    for i, (at, state) in enumerate(limiter_samples):
+        busy = any(share < 1.0 or slot > 0.05 for share, slot in state)
+        near = any(any(sh < 1.0 or sl > 0.05 for sh, sl in s2) for _, s2 in limiter_samples[max(i - 4, 0) : i + 5])
+        if (busy or near) and at - last >= 2.0:
+            last = at
+            rows.append([f"t+{at - started:.1f}"] + [f"{share:.3f} / {slot:.1f}" for share, slot in state])
+    print(common.table(rows, ["at", *[f"portal {p}" for p in range(len(portals))]]) if rows else "  (never slowed)")
+
+    events = _worker_log_events(started)
+    print("\nworkers' log (INFO) per portal: answers that slowed or sped up the pacing (share after), postponed runs:")
+    for p, b24 in enumerate(portals):
+        mine = events.get(b24.member_id, [])
+        print(f"  portal {p}: " + ("; ".join(f"t+{t:.1f} {what}" for t, what in mine) or "-"))
+
+    slowest = sorted(((delivered_at[t] - a, t) for t, a in accepted_at.items() if t in delivered_at), reverse=True)[:12]
+    print("\nthe slowest customer messages: accepted, each request carrying it (t+, status), at Bitrix24:")
+    for delay, text in slowest:
+        tries = ", ".join(f"{t:.1f} {s}" for t, s in attempts.get(text, []))
+        print(
+            f"  {text!r}: {delay:.1f} s; accepted t+{accepted_at[text] - started:.1f}; requests {tries}; "
+            f"arrived t+{delivered_at[text] - started:.1f}"
+        )
 
 
 def compare(expected: list[str], got: list[str]) -> dict:
@@ -582,6 +782,19 @@ def main():
     parser.add_argument("--settle", type=float, default=300.0, help="longest wait for everything to arrive")
     parser.add_argument("--rate", type=float, default=0.5, help="customer messages and operator replies/s per portal")
     parser.add_argument("--chats", type=int, default=3, help="chats per portal")
+    parser.add_argument(
+        "--faults",
+        type=fault_kinds,
+        default=None,
+        metavar="KINDS",
+        help=f"only these fault kinds, comma-separated (the others' places stay quiet): {', '.join(FAULT_KINDS)}; "
+        "default all",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print what the portals' requests and the client's limiter did, and the slowest messages' attempts",
+    )
     args = parser.parse_args()
 
     run = f"{os.getpid()}-{secrets.token_hex(3)}"
@@ -622,7 +835,7 @@ def main():
             "CELERY_QUEUE": f"b24bench-soak-{run}",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_WORKERS": "2",
-            "LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "WARNING"),
+            "LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "INFO" if args.trace else "WARNING"),
             "B24_TOKEN_SPOOL_DIR": str(folder / "held-tokens"),  # every process of the run shares it
             "OPENLINES_ALLOW_PRIVATE_WEBHOOKS": "true",  # the receiver listens on 127.0.0.1
             "OPENLINES_INBOUND_PER_MINUTE": "0",  # refusals come from the faults only
@@ -640,6 +853,9 @@ def main():
     try:
         with common.standin() as standin:
             common.setup_django(oauth_url=standin.oauth_url)
+            import logging
+
+            logging.getLogger().setLevel(logging.WARNING)  # this process's own lines; LOG_LEVEL is the children's
             from django.db import close_old_connections, connections
             from django.test import Client
 
@@ -654,6 +870,7 @@ def main():
                 common.print_header(
                     f"soak: {args.minutes:g} min, a fault pair every {args.every:g} s ({args.outage:g} s outages), "
                     f"{PORTALS} portals x {args.chats} chats, {args.rate:g} msgs/s and {args.rate:g} replies/s each"
+                    + ("" if args.faults is None else f"; only faults {','.join(sorted(args.faults))}")
                 )
                 print(
                     f"own PostgreSQL {pg.bin.parent.name} on :{pg.port}, own Redis on :{redis.port}, own RabbitMQ "
@@ -773,11 +990,25 @@ def main():
                     threads.append(threading.Thread(target=traffic.customer, args=(p, public_id, secret)))
                     threads.append(threading.Thread(target=traffic.operator, args=(p, portals[p], chat_ids[p])))
                 threads.append(threading.Thread(target=sample, daemon=True))
+                limiter_samples: list[tuple[float, list[tuple[float, float]]]] = []  # (at, [(share, next slot)])
+                if args.trace:
+                    plans = {
+                        p.member_id: p.rest_plan
+                        for p in Portal.objects.filter(member_id__in=[b.member_id for b in portals])
+                    }
+                    connections.close_all()
+
+                    def sample_limiter():
+                        while not sampler_stop.wait(0.5):
+                            with contextlib.suppress(Exception):  # Redis stopped: no sample
+                                limiter_samples.append((time.time(), limiter_state(portals, plans)))
+
+                    threads.append(threading.Thread(target=sample_limiter, daemon=True))
                 for thread in threads:
                     thread.start()
                 faults = Faults(procs, pg, redis, rabbit, standin, portals, receiver, args.outage)
                 rabbit_cpu_from = rabbit.usage()[1]
-                pairs = faults.pairs()
+                pairs = faults.pairs(args.faults)
                 injected = []  # (started, ended, names)
                 started = time.time()
                 end = started + args.minutes * 60
@@ -785,7 +1016,7 @@ def main():
                 time.sleep(min(10, args.every / 3))  # a quiet start
                 while time.time() + 1 < end:
                     at = time.time()
-                    names = run_pair(pairs[n % len(pairs)])
+                    names = run_pair(pairs[n % len(pairs)]) or ["(quiet: no chosen fault here)"]
                     injected.append((at, time.time(), names))
                     print(f"  t+{at - started:5.0f} s  {' + '.join(names)}")
                     sys.stdout.flush()
@@ -1017,6 +1248,8 @@ def main():
                         ],
                     )
                 )
+                if args.trace:
+                    print_trace(started, injected, portals, traffic, arrived, replies, limiter_samples)
                 verdict = (
                     totals["missing"] == 0
                     and totals["duplicated"] == 0

@@ -120,6 +120,7 @@ class Client(Generic[C]):
         access_token: str | None = None,
         oauth_server: bool = False,
         interactive: bool = False,
+        limit_retries: int | None = None,
     ) -> None:
         """`oauth_server`: send to the OAuth server's REST (`server_endpoint`), Bitrix24's trusted source of
         the app's licence (`app.info`), instead of the portal's; falls back to the portal when unknown.
@@ -127,12 +128,17 @@ class Client(Generic[C]):
         `interactive`: the caller is a web request. It never waits longer than B24_REQUEST_MAX_WAIT for a
         limit slot (LimitWaitExceeded instead, nothing sent) and all its calls together end within
         B24_REQUEST_DEADLINE; background callers wait up to B24_MAX_WAIT and have B24_REST_DEADLINE per call.
+
+        `limit_retries`: how often a call answered QUERY_LIMIT_EXCEEDED is sent again, each at the bucket's next
+        slot (default 12, a web request 2). 0 for a caller that waits elsewhere and would rather send something
+        else then (the relay: its next run takes every message waiting by then, and frees the worker meanwhile).
         """
         self.credentials = credentials
         self._refresher = refresh
         self._user_token = access_token
         self._oauth_server = oauth_server and bool(credentials.server_endpoint)
         self.interactive = interactive
+        self._limit_retries = (2 if interactive else _LIMIT_RETRIES) if limit_retries is None else limit_retries
         self._ends = time.monotonic() + settings.B24_REQUEST_DEADLINE if interactive else None
 
     def _max_wait(self) -> float:
@@ -310,7 +316,7 @@ class Client(Generic[C]):
                     limits.note_limited(self.credentials.member_id, plan=self._plan())
                     limited += 1
                     # A web request tries twice more at most: each try may wait up to B24_REQUEST_MAX_WAIT.
-                    if limited <= (_LIMIT_RETRIES if not self.interactive else 2):
+                    if limited <= self._limit_retries:
                         limits.counters.add("limit_retries")
                         continue
                     raise
@@ -392,9 +398,10 @@ class Client(Generic[C]):
                 raise LimitWaitExceeded(
                     "OPERATION_TIME_LIMIT", str(exc), method=method, retry_after=exc.seconds
                 ) from None
+        share = 1.0
         if not self._oauth_server:  # the OAuth server's REST is not the portal's bucket
             try:
-                limits.pace(self.credentials.member_id, max_wait=self._max_wait(), plan=self._plan())
+                share = limits.pace(self.credentials.member_id, max_wait=self._max_wait(), plan=self._plan())
             except limits.LimitWaitTooLong as exc:
                 raise LimitWaitExceeded(
                     "QUERY_LIMIT_EXCEEDED", str(exc), method=method, retry_after=exc.seconds
@@ -455,6 +462,8 @@ class Client(Generic[C]):
             raise error
         if "result" not in answer or response.status != 200:
             raise TransportError("bad_answer", "answer without result", http_status=response.status, method=method)
+        if share < 1.0:  # sent at a slowed pace and answered: the portal's counter had room
+            limits.note_answered(self.credentials.member_id, plan=self._plan())
         if method != "batch":
             limits.note_operating(self.credentials.member_id, method, answer.get("time"))
         log.debug(

@@ -16,8 +16,13 @@ from the portal's budget.
 
 The bucket adapts: when Bitrix24 answers QUERY_LIMIT_EXCEEDED anyway (a request reached it late on
 a busy machine, another app on our address shares the portal's counter, the plan changed) the bucket
-is taken as full; when such answers repeat the rate halves, and every PROBE_SECONDS without one it
-steps back toward the plan's rate.
+is taken as full; when such answers repeat the rate halves. It doubles back toward the plan's rate when a
+request sent at the slowed rate is answered (`note_answered`: the counter had room; at most once a second)
+and every PROBE_SECONDS without a limit answer: from its floor, 1/8, three answers a second apart or three
+quiet probes. The docs' counter drains at the plan's rate whatever filled it, so once the answers stop the
+plan's rate is mostly there at once; climbing back one eighth every quiet 5 s (35 s) held a backlog behind
+our own pacing long after Bitrix24 would have taken it (bench/RESULTS.md, "the limit fault alone"). If the
+portal still allows less, the next answer halves the rate again.
 
 `admit` is the same arithmetic without waiting, for budgets of unverified work (verifying unknown
 tokens, OAuth attempts for forged installs, the channel API's signed requests): over budget means
@@ -56,7 +61,7 @@ PLANS = {ENTERPRISE: (250, 5.0), STANDARD: (50, 2.0)}
 BACKOFF = 0.5  # the rate is multiplied by this on a QUERY_LIMIT_EXCEEDED answer ...
 FLOOR = 0.125  # ... but never below this share of the plan's rate
 PROBE_SECONDS = 5.0  # quiet seconds after which the rate steps up again ...
-PROBE_STEP = 0.125  # ... by this share of the plan's rate
+PROBE_FACTOR = 2.0  # ... multiplied by this (at most the plan's rate)
 
 
 class _Counters:
@@ -203,9 +208,14 @@ def reserve(member_id: str, now: float | None = None, *, max_wait: float | None 
 
     Raises LimitWaitTooLong (nothing reserved) when the slot is further away than `max_wait`.
     """
+    return _reserve(member_id, now, max_wait=max_wait, plan=plan)[0]
+
+
+def _reserve(member_id: str, now: float | None, *, max_wait: float | None, plan: str) -> tuple[float, float]:
+    """reserve's (wait, share of the plan's rate the slot was reserved at)."""
     burst, rate = bucket(plan)
     if rate <= 0:
-        return 0.0
+        return 0.0, 1.0
     max_wait = settings.B24_MAX_WAIT if max_wait is None else max_wait
     key = f"b24widget:rl:{member_id}"
     interval, tolerance = _shape(burst, rate)
@@ -216,7 +226,7 @@ def reserve(member_id: str, now: float | None = None, *, max_wait: float | None 
         now = time.time() if now is None else now
         tat, share, changed, limited = _state(cache.get(key), now)
         if share < 1.0 and now - max(changed, limited) >= PROBE_SECONDS:
-            share, changed = min(1.0, share + PROBE_STEP), now  # probe up toward the plan's rate
+            share, changed = min(1.0, share * PROBE_FACTOR), now  # probe up toward the plan's rate
         tat = max(tat, now)
         send_at = max(tat - tolerance, now)
         if send_at - now > max_wait:
@@ -224,7 +234,7 @@ def reserve(member_id: str, now: float | None = None, *, max_wait: float | None 
         cache.set(key, [tat + interval / share, share, changed, limited], int(tat - now + interval / share) + 60)
     finally:
         _unlock(key + ":lock", token)
-    return send_at - now
+    return send_at - now, share
 
 
 def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> None:
@@ -257,6 +267,33 @@ def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = No
     log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed", extra={"member_id": member_id, "share": share})
 
 
+def note_answered(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> None:
+    """Bitrix24 answered a request sent while the rate was slowed (not QUERY_LIMIT_EXCEEDED): its counter had
+    room, so the limit answers have stopped or thinned. Double the rate back toward the plan's, at most once a
+    second (answers arriving together count once) and not within a second of a limit answer (a request sent
+    before it). The slots already handed out ahead were spaced at the slowed rate: the next free one comes as
+    much sooner as the rate is faster now (the burst stays spent)."""
+    burst, rate = bucket(plan)
+    if rate <= 0:
+        return
+    key = f"b24widget:rl:{member_id}"
+    _interval, tolerance = _shape(burst, rate)
+    token = _lock(key + ":lock")
+    try:
+        now = time.time() if now is None else now
+        tat, share, changed, limited = _state(cache.get(key), now)
+        if share >= 1.0 or now - max(changed, limited) < 1.0:
+            return
+        slower, share = share, min(1.0, share * PROBE_FACTOR)
+        ahead = tat - tolerance - now
+        if ahead > 0:
+            tat = now + tolerance + ahead * slower / share
+        cache.set(key, [tat, share, now, limited], max(int(tat - now), 0) + 60)
+    finally:
+        _unlock(key + ":lock", token)
+    log.info("portal answered at the slowed pace; pacing sped up", extra={"member_id": member_id, "share": share})
+
+
 def next_slot_in(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> float:
     """Seconds until the portal's next request slot, reserving nothing: the bucket's own answer to "when may
     a call go again" (after note_limited, one slowed interval). For a caller that waits elsewhere (the relay
@@ -270,12 +307,14 @@ def next_slot_in(member_id: str, *, plan: str = STANDARD, now: float | None = No
     return max(tat - tolerance - now, 0.0)
 
 
-def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD) -> None:
-    """Wait for the portal's next request slot; LimitWaitTooLong when it is further than `max_wait`."""
-    wait = reserve(member_id, max_wait=max_wait, plan=plan)
+def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD) -> float:
+    """Wait for the portal's next request slot; LimitWaitTooLong when it is further than `max_wait`. Returns
+    the share of the plan's rate the slot was reserved at (below 1: answer it with `note_answered`)."""
+    wait, share = _reserve(member_id, None, max_wait=max_wait, plan=plan)
     if wait > 0:
         metrics.limit_wait("rate", wait)
         time.sleep(wait)
+    return share
 
 
 def admit(key: str, *, per_minute: float, burst: int) -> bool:

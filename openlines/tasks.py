@@ -18,9 +18,10 @@ until one is saved (`release_parked`), and become dead letters after OPENLINES_R
 
 Bitrix24's limits (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT, or our limiter pacing us) are no failed
 attempt: the rows wait as long as the bucket says (`limit_wait`, 1 s to 10 min), counting nothing toward a
-dead letter and doubling nothing. Failures wait 5 s, 10 s, 20 s ... (`backoff`), at least 30 s unless Bitrix24
-answered 5xx. A
-next attempt within two minutes is queued with a countdown; later ones are the sweep's.
+dead letter and doubling nothing; an inbound run does not retry a limit answer in the worker, its next run
+takes the whole backlog at the portal's next slot. Failures wait 5 s, 10 s, 20 s ... (`backoff`), at least
+30 s unless Bitrix24 answered 5xx. A next attempt within two minutes is queued with a countdown; later ones
+are the sweep's.
 
 Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
 sweep that decides what is due, and each of those rules is easier to check with its users beside it.
@@ -511,7 +512,11 @@ def _deliver_inbound(channel: Channel, run: _Run) -> str:
         return f"not connected; {_dead_letter_gone(channel)} dead letter(s)"
     if not channel.portal.is_serving:
         return "portal not serving"  # blocked: kept pending until the portal heals (the sweep skips it)
-    client = PortalClient(channel.portal)
+    # A limit answer ends the run (limit_wait): retried in this worker (the client's default) the call kept the
+    # rows it began with while the backlog grew behind it, and held the worker a slowed slot per retry; the
+    # next run, at the portal's next slot, takes every message waiting by then (bench/RESULTS.md, "the limit
+    # fault alone").
+    client = PortalClient(channel.portal, limit_retries=0)
     sent = 0
     while True:
         rows = list(

@@ -159,7 +159,13 @@ class PortalClient(Client[Portal]):  # type: ignore[type-var]
     """REST access to one stored portal: the app's tokens are refreshed through `refresh_portal`."""
 
     def __init__(
-        self, portal: Portal, *, access_token: str | None = None, oauth_server: bool = False, interactive: bool = False
+        self,
+        portal: Portal,
+        *,
+        access_token: str | None = None,
+        oauth_server: bool = False,
+        interactive: bool = False,
+        limit_retries: int | None = None,
     ) -> None:
         # A row never stored (a grant's probe) has no tokens of ours to refresh.
         super().__init__(
@@ -168,6 +174,7 @@ class PortalClient(Client[Portal]):  # type: ignore[type-var]
             access_token=access_token,
             oauth_server=oauth_server,
             interactive=interactive,
+            limit_retries=limit_retries,
         )
 
     @property

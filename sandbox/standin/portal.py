@@ -411,6 +411,7 @@ class Portal(Switches):
                         "auth": auth,
                         "status": response.status,
                         "http_method": request.http_method,
+                        "at": time.time(),  # when it was answered (bench/soak.py --trace)
                     }
                 )
         return response

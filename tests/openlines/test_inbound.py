@@ -372,6 +372,30 @@ def test_a_limit_answer_waits_for_the_bucket_and_is_no_failed_attempt(
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1", "t2"]
 
 
+def test_a_limit_answer_ends_the_run_and_the_next_takes_the_whole_backlog_in_one_call(
+    client, channel, django_capture_on_commit_callbacks, settings
+):
+    """QUERY_LIMIT_EXCEEDED once: the run does not send the same call again in the worker (the client's own
+    retries kept the rows it began with while the backlog grew, and held the worker a slowed slot each); the
+    rows wait for the portal's next slot, and the next run carries them and what came meanwhile in one call."""
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0
+    row, secret, b24 = channel
+    b24.fail_next("imconnector.send.messages", "QUERY_LIMIT_EXCEEDED", 503, times=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m0", "t0")).status_code == 202
+    assert sent_calls(b24) == 1 and imc.conversations(b24) == []  # the one limit answer, not sent again
+    first = InboundMessage.objects.get()
+    assert (first.state, first.attempts) == (Delivery.FAILED, 0) and "QUERY_LIMIT_EXCEEDED" in first.last_error
+    with django_capture_on_commit_callbacks(execute=False):  # meanwhile
+        for i in (1, 2):
+            assert signed(client, row, secret, message(f"m{i}", f"t{i}")).status_code == 202
+    InboundMessage.objects.update(next_attempt_at=first.received_at)  # the slot came
+    assert tasks.deliver_inbound(row.pk).startswith("sent 3")
+    assert sent_calls(b24) == 2  # the three in one call
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1", "t2"]
+    assert list(InboundMessage.objects.values_list("attempts", flat=True)) == [1, 1, 1]
+
+
 def test_our_limiter_pacing_us_is_a_wait_of_its_own_length_and_sends_nothing(
     client, channel, django_capture_on_commit_callbacks, settings
 ):

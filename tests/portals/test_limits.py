@@ -225,7 +225,85 @@ def test_a_limit_answer_fills_the_bucket_repeated_ones_halve_the_rate_then_it_pr
     # Quiet for PROBE_SECONDS: the rate steps back up toward the plan's, one step at a time.
     later = 1002.0 + limits.PROBE_SECONDS + 60
     limits.reserve("m-adapt", now=later)
-    assert _share("m-adapt", later) == pytest.approx(limits.BACKOFF + limits.PROBE_STEP)
+    assert _share("m-adapt", later) == 1.0
+    limits.reserve("m-adapt", now=later + limits.PROBE_SECONDS)
+    assert _share("m-adapt", later + limits.PROBE_SECONDS) == 1.0  # never past the plan's
+
+
+def test_once_limit_answers_stop_the_plans_rate_is_back_within_three_quiet_probes(settings):
+    """settings/performance/limits.md: the counter drains at the plan's rate whatever filled it. A block long
+    enough to bring the rate to its floor (1/8) is followed by the plan's rate again after three quiet
+    PROBE_SECONDS, each doubling it (not seven steps of 1/8: a backlog waited behind our own pacing)."""
+    settings.B24_RATE_LIMIT_MARGIN = 0
+    now = 1000.0
+    for _ in range(6):  # a block: answers a second apart, each halving until the floor
+        limits.note_limited("m-block", now=now)
+        now += 1.0
+    assert _share("m-block", now) == limits.FLOOR
+    shares = []
+    for _ in range(3):
+        now += limits.PROBE_SECONDS
+        limits.reserve("m-block", now=now)
+        shares.append(_share("m-block", now))
+    assert shares == [2 * limits.FLOOR, 4 * limits.FLOOR, 1.0]
+
+
+def test_an_answer_at_the_slowed_pace_doubles_the_rate_back_at_most_once_a_second(settings):
+    """The limit answers stopped: each request answered at the slowed pace doubles the rate back toward the
+    plan's (its floor, 1/8, is the plan's rate after three such answers a second apart, not after three quiet
+    PROBE_SECONDS); answers arriving together, or within a second of a limit answer, count once or not at all."""
+    settings.B24_RATE_LIMIT_MARGIN = 0
+    now = 1000.0
+    for _ in range(6):
+        limits.note_limited("m-answered", now=now)
+        now += 1.0
+    last_limited = now - 1.0
+    assert _share("m-answered", now) == limits.FLOOR
+    limits.note_answered("m-answered", now=last_limited + 0.5)  # sent before the last limit answer came
+    assert _share("m-answered", now) == limits.FLOOR
+    shares = []
+    for _ in range(3):
+        limits.note_answered("m-answered", now=now)
+        limits.note_answered("m-answered", now=now + 0.2)  # together with it: once
+        shares.append(_share("m-answered", now))
+        now += 1.0
+    assert shares == [2 * limits.FLOOR, 4 * limits.FLOOR, 1.0]
+    limits.note_answered("m-answered", now=now)
+    assert _share("m-answered", now) == 1.0  # never past the plan's
+
+
+def test_an_answer_at_the_slowed_pace_brings_the_next_free_slot_nearer(settings):
+    """Slots handed out at 1/8 of the plan's rate (4 s apart) queue the next free one 12 s ahead; the rate
+    doubled, what is queued takes half as long, so the next free slot is 6 s ahead (never inside the burst)."""
+    settings.B24_RATE_LIMIT_MARGIN = 0
+    now = 1000.0
+    for _ in range(6):
+        limits.note_limited("m-ahead", now=now)
+        now += 1.0
+    now += 0.5
+    for _ in range(3):
+        limits.reserve("m-ahead", now=now)
+    ahead = limits.next_slot_in("m-ahead", now=now)
+    limits.note_answered("m-ahead", now=now)
+    assert limits.next_slot_in("m-ahead", now=now) == pytest.approx(ahead / 2)
+    assert limits.reserve("m-ahead", now=now) == pytest.approx(ahead / 2)
+
+
+@pytest.mark.django_db
+def test_a_call_answered_at_the_slowed_pace_speeds_the_portals_pacing_up(settings, installed):
+    """Through the client and the stand-in: the portal's bucket was slowed to its floor by limit answers in
+    the last seconds; the next call is answered, and the pacing is faster at once (not after PROBE_SECONDS)."""
+    import time
+
+    portal, b24 = installed
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # slowed slots of ms
+    limits.cache.delete(f"b24widget:rl:{portal.member_id}")  # the install's own calls are not part of it
+    now = time.time()
+    for ago in (4.5, 3.4, 2.3, 1.2):  # a block: answers a second apart, each halving
+        limits.note_limited(portal.member_id, now=now - ago)
+    assert _share(portal.member_id, time.time()) == limits.FLOOR
+    PortalClient(portal).call("server.time")
+    assert _share(portal.member_id, time.time()) >= 2 * limits.FLOOR
 
 
 @pytest.mark.slow  # paced in real time
