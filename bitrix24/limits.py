@@ -35,6 +35,7 @@ in the log (bitrix24/cache.py): pacing gets per-process instead of shared, but n
 """
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -203,6 +204,48 @@ def _shape(burst: int, rate: float) -> tuple[float, float]:
     return interval, max((burst - 1) * interval - settings.B24_RATE_LIMIT_MARGIN, 0.0)
 
 
+@dataclasses.dataclass
+class _Bucket:
+    """A portal bucket's state read under its lock (`_locked_bucket`): the plan's interval and tolerance, the
+    moment it was read, and the four cached numbers (`_state`), which the holder changes and `save`s."""
+
+    key: str
+    now: float
+    interval: float
+    tolerance: float
+    tat: float
+    share: float
+    changed: float
+    limited: float
+
+    def save(self) -> None:
+        ttl = max(int(self.tat - self.now), 0) + 60
+        cache.set(self.key, [self.tat, self.share, self.changed, self.limited], ttl)
+
+
+@contextlib.contextmanager
+def _locked_bucket(
+    member_id: str, *, plan: str, now: float | None, lock_wait: float | None = None
+) -> Iterator[_Bucket | None]:
+    """The portal's bucket under its cache lock, or None when the plan sets no rate. `lock_wait`: how long to wait
+    for the lock; a caller that may not wait long (below the lock's own timeout) is refused with
+    LimitWaitTooLong rather than spin, as in `_gcra`; a background caller goes on without it rather than stall."""
+    burst, rate = bucket(plan)
+    if rate <= 0:
+        yield None
+        return
+    key = f"b24widget:rl:{member_id}"
+    interval, tolerance = _shape(burst, rate)
+    token = _lock(key + ":lock") if lock_wait is None else _lock(key + ":lock", lock_wait)
+    if token is None and lock_wait is not None and lock_wait < _LOCK_TIMEOUT:
+        raise LimitWaitTooLong(1.0)
+    try:
+        at = time.time() if now is None else now
+        yield _Bucket(key, at, interval, tolerance, *_state(cache.get(key), at))
+    finally:
+        _unlock(key + ":lock", token)
+
+
 def reserve(member_id: str, now: float | None = None, *, max_wait: float | None = None, plan: str = STANDARD) -> float:
     """Reserve a request slot for the portal; returns the seconds to wait before sending.
 
@@ -213,28 +256,19 @@ def reserve(member_id: str, now: float | None = None, *, max_wait: float | None 
 
 def _reserve(member_id: str, now: float | None, *, max_wait: float | None, plan: str) -> tuple[float, float]:
     """reserve's (wait, share of the plan's rate the slot was reserved at)."""
-    burst, rate = bucket(plan)
-    if rate <= 0:
-        return 0.0, 1.0
     max_wait = settings.B24_MAX_WAIT if max_wait is None else max_wait
-    key = f"b24widget:rl:{member_id}"
-    interval, tolerance = _shape(burst, rate)
-    token = _lock(key + ":lock", max_wait)
-    if token is None and max_wait < _LOCK_TIMEOUT:
-        raise LimitWaitTooLong(1.0)  # as in _gcra: a web request is refused rather than spin
-    try:
-        now = time.time() if now is None else now
-        tat, share, changed, limited = _state(cache.get(key), now)
-        if share < 1.0 and now - max(changed, limited) >= PROBE_SECONDS:
-            share, changed = min(1.0, share * PROBE_FACTOR), now  # probe up toward the plan's rate
-        tat = max(tat, now)
-        send_at = max(tat - tolerance, now)
-        if send_at - now > max_wait:
-            raise LimitWaitTooLong(send_at - now)
-        cache.set(key, [tat + interval / share, share, changed, limited], int(tat - now + interval / share) + 60)
-    finally:
-        _unlock(key + ":lock", token)
-    return send_at - now, share
+    with _locked_bucket(member_id, plan=plan, now=now, lock_wait=max_wait) as b:
+        if b is None:
+            return 0.0, 1.0
+        if b.share < 1.0 and b.now - max(b.changed, b.limited) >= PROBE_SECONDS:
+            b.share, b.changed = min(1.0, b.share * PROBE_FACTOR), b.now  # probe up toward the plan's rate
+        slot = max(b.tat, b.now)
+        send_at = max(slot - b.tolerance, b.now)
+        if send_at - b.now > max_wait:
+            raise LimitWaitTooLong(send_at - b.now)
+        b.tat = slot + b.interval / b.share
+        b.save()
+        return send_at - b.now, b.share
 
 
 def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = None) -> None:
@@ -248,22 +282,15 @@ def note_limited(member_id: str, *, plan: str = STANDARD, now: float | None = No
     """
     counters.add("limit_answers")
     metrics.limit_answer("QUERY_LIMIT_EXCEEDED")
-    burst, rate = bucket(plan)
-    if rate <= 0:
-        return
-    key = f"b24widget:rl:{member_id}"
-    interval, tolerance = _shape(burst, rate)
-    token = _lock(key + ":lock")
-    try:
-        now = time.time() if now is None else now
-        tat, share, changed, limited = _state(cache.get(key), now)
-        if now - limited < PROBE_SECONDS and now - changed >= 1.0:
-            share, changed = max(FLOOR, share * BACKOFF), now
+    with _locked_bucket(member_id, plan=plan, now=now) as b:
+        if b is None:
+            return
+        if b.now - b.limited < PROBE_SECONDS and b.now - b.changed >= 1.0:
+            b.share, b.changed = max(FLOOR, b.share * BACKOFF), b.now
         # Full: the next slot is one (slowed) interval from now.
-        tat = max(tat, now + tolerance + interval / share)
-        cache.set(key, [tat, share, changed, now], int(tat - now) + 60)
-    finally:
-        _unlock(key + ":lock", token)
+        b.tat, b.limited = max(b.tat, b.now + b.tolerance + b.interval / b.share), b.now
+        b.save()
+        share = b.share
     log.info("portal answered QUERY_LIMIT_EXCEEDED; pacing slowed", extra={"member_id": member_id, "share": share})
 
 
@@ -273,24 +300,15 @@ def note_answered(member_id: str, *, plan: str = STANDARD, now: float | None = N
     second (answers arriving together count once) and not within a second of a limit answer (a request sent
     before it). The slots already handed out ahead were spaced at the slowed rate: the next free one comes as
     much sooner as the rate is faster now (the burst stays spent)."""
-    burst, rate = bucket(plan)
-    if rate <= 0:
-        return
-    key = f"b24widget:rl:{member_id}"
-    _interval, tolerance = _shape(burst, rate)
-    token = _lock(key + ":lock")
-    try:
-        now = time.time() if now is None else now
-        tat, share, changed, limited = _state(cache.get(key), now)
-        if share >= 1.0 or now - max(changed, limited) < 1.0:
+    with _locked_bucket(member_id, plan=plan, now=now) as b:
+        if b is None or b.share >= 1.0 or b.now - max(b.changed, b.limited) < 1.0:
             return
-        slower, share = share, min(1.0, share * PROBE_FACTOR)
-        ahead = tat - tolerance - now
+        slower, b.share, b.changed = b.share, min(1.0, b.share * PROBE_FACTOR), b.now
+        ahead = b.tat - b.tolerance - b.now
         if ahead > 0:
-            tat = now + tolerance + ahead * slower / share
-        cache.set(key, [tat, share, now, limited], max(int(tat - now), 0) + 60)
-    finally:
-        _unlock(key + ":lock", token)
+            b.tat = b.now + b.tolerance + ahead * slower / b.share
+        b.save()
+        share = b.share
     log.info("portal answered at the slowed pace; pacing sped up", extra={"member_id": member_id, "share": share})
 
 
