@@ -39,11 +39,31 @@ class Background(threading.Thread):
             connections.close_all()
 
 
+def accepted_and_held(row, secret, message_id: str, text: str) -> tuple[Background, threading.Event]:
+    """A signed message accepted in a background thread, inside a transaction that stays open (its commit after
+    the view answered) until the returned event is set; returns once the view has answered."""
+    stored, finish = threading.Event(), threading.Event()
+
+    def accept_and_hold() -> int:
+        with transaction.atomic():
+            answer = signed(Client(), row, secret, message(message_id, text))
+            stored.set()
+            finish.wait(30)
+        return answer.status_code
+
+    thread = Background(accept_and_hold)
+    thread.start()
+    assert stored.wait(30)
+    return thread, finish
+
+
 def waiting_on_a_lock_or_done(thread: threading.Thread) -> None:
     """Until `thread` waits on a lock in PostgreSQL or has finished (a bounded poll; no timing is asserted)."""
     for _ in range(1000):
         with connection.cursor() as cursor:
-            cursor.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            cursor.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
             (waiting,) = cursor.fetchone()
         if waiting or not thread.is_alive():
             return
@@ -62,18 +82,7 @@ def test_a_run_starting_while_a_message_is_stored_reads_it_or_the_message_queues
     # A task is pending, and the channel's activity is fresh (written once a minute: this message writes none, so
     # nothing but the hand-off itself touches the channel row).
     Channel.objects.filter(pk=row.pk).update(inbound_queued_at=pending, last_activity_at=timezone.now())
-    stored, finish = threading.Event(), threading.Event()
-
-    def accept_and_hold() -> int:
-        with transaction.atomic():
-            answer = signed(Client(), row, secret, message("m-handoff", "Hello"))
-            stored.set()
-            finish.wait(30)
-        return answer.status_code
-
-    storing = Background(accept_and_hold)
-    storing.start()
-    assert stored.wait(30)
+    storing, finish = accepted_and_held(row, secret, "m-handoff", "Hello")
 
     def run_starts() -> list[str]:
         assert tasks._Lease(row.pk, tasks.INBOUND).take()
@@ -100,18 +109,7 @@ def test_two_messages_accepted_at_once_take_the_channels_mark_once(channel, sett
     row, secret, _b24 = channel
     settings.OPENLINES_TASKS_INLINE = False  # a task sent goes to the run's own queue; none runs here
     Channel.objects.filter(pk=row.pk).update(inbound_queued_at=None, last_activity_at=timezone.now())
-    stored, finish = threading.Event(), threading.Event()
-
-    def accept_and_hold() -> int:
-        with transaction.atomic():
-            answer = signed(Client(), row, secret, message("m-first", "Hello"))
-            stored.set()
-            finish.wait(30)
-        return answer.status_code
-
-    first = Background(accept_and_hold)
-    first.start()
-    assert stored.wait(30)
+    first, finish = accepted_and_held(row, secret, "m-first", "Hello")
     second = Background(lambda: signed(Client(), row, secret, message("m-second", "Hello again")).status_code)
     second.start()
     second.join(30)
