@@ -7,7 +7,8 @@ the handler registered for the event code. The database, not the broker, is the 
 a task that got lost (broker restarted, worker killed) is sent again by `sweep`.
 
 Handlers and the portal directory are registered (inbox/registry.py). Attempts are bounded; the last
-failure leaves the row `failed` (a dead letter) until `replay`.
+failure leaves the row `failed` (a dead letter) until `replay`. A handler's `Later` (a Bitrix24 limit) is no
+failure: the row waits as long as it says, and the attempt is not counted.
 
 Under floods (issue 23; docs/architecture.md, "The inbox under floods"): each row is in a *lane*, proven
 (the portal's application_token matched, or pulled offline with our tokens) or unproven, and a portal's
@@ -45,12 +46,14 @@ from bitrix24.wire import JSON
 
 from . import rows
 from .models import InboxItem, PruneRun
-from .registry import Refused, Reject, Retry, directory, ordered_codes, registration
+from .registry import Later, Refused, Reject, Retry, directory, ordered_codes, registration
 
 log = logging.getLogger(__name__)
 State = InboxItem.State
 # The task's name since the inbox lived in portals: kept, so tasks queued by an older release still run.
 PROCESS_TASK = "portals.process_inbox_item"
+# The least wait of a row whose handler said `Later` (seconds): a shorter countdown is only another task.
+LATER_MIN = 1.0
 
 
 # --- in the request ------------------------------------------------------------------------------
@@ -550,10 +553,11 @@ def process(item_id: int, *, task_id: str = "") -> str:
     outcome, release. Unordered picks are published as before. The budget is B24_INBOX_CHAIN_EVENTS rows and
     B24_INBOX_CHAIN_SECONDS since the task started, checked before each row is taken on: past it the next
     row is published (behind the other portals' tasks) as before, so a task holds its worker at most that long
-    plus the one row it started last (docs/architecture.md, fair dispatch). A handler that raised (a retry, or
-    a dead letter) ends the chain: it is usually the portal, Bitrix24 or our database in trouble, which the next
-    event would meet too, and the retried row blocks its lane's ordered rows anyway; the next rows go through
-    the broker as before. A rejection is a verdict on that one event (forged, malformed), cheap, and does not.
+    plus the one row it started last (docs/architecture.md, fair dispatch). A handler that raised (a retry, a
+    dead letter, or `Later`) ends the chain: it is usually the portal, Bitrix24 or our database in trouble (for
+    `Later`, the portal's request bucket is full), which the next event would meet too, and the waiting row
+    blocks its lane's ordered rows anyway; the next rows go through the broker as before. A rejection is a
+    verdict on that one event (forged, malformed), cheap, and does not.
 
     Why a row taken on this way is never lost nor run twice:
     - It is marked sent (`enqueued_at`, autocommitted) before this task claims it, and nothing else sends it:
@@ -671,6 +675,22 @@ def _process(item_id: int, *, task_id: str, send: bool, chain: _Chain | None = N
         _finish(item, owner, state=State.REJECTED, last_error=exc.reason[:1000], finished_at=timezone.now())
         log.info("event rejected", extra={**context, "reason": exc.reason})
         result = f"rejected: {exc.reason}"
+    except Later as exc:
+        # Not a failure (a Bitrix24 limit): the attempt the claim counted is given back, nothing doubles, never a
+        # dead letter; like a retry it ends the chain (the portal's bucket is full for the lane's next event too).
+        delay = min(max(float(exc.after), LATER_MIN), settings.B24_INBOX_BACKOFF_MAX)
+        _finish(
+            item,
+            owner,
+            state=State.PENDING,
+            attempts=max(item.attempts - 1, 0),
+            last_error=f"later: {exc.reason}"[:1000],
+            next_attempt_at=timezone.now() + timedelta(seconds=delay),
+            enqueued_at=timezone.now() if delay <= settings.B24_INBOX_MAX_COUNTDOWN else None,
+        )
+        log.info("event waits, no attempt counted", extra={**context, "reason": exc.reason, "delay": round(delay, 1)})
+        _send_again(item, delay, send)
+        return True, f"later in {delay:.0f} s: {exc.reason}"
     except Exception as exc:
         reason, after = (exc.reason, exc.after) if isinstance(exc, Retry) else (f"{type(exc).__name__}: {exc}", None)
         if not isinstance(exc, Retry):
@@ -698,12 +718,7 @@ def _process(item_id: int, *, task_id: str, send: bool, chain: _Chain | None = N
                 enqueued_at=timezone.now() if delay <= settings.B24_INBOX_MAX_COUNTDOWN else None,
             )
             log.info("event will be retried", extra={**context, "reason": reason, "delay": round(delay, 1)})
-            # Short waits ride on the broker; long ones are left to the sweeper (no hours-long ETA tasks), and
-            # the window's slot goes to the lane's next held row.
-            if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
-                enqueue(item.pk, countdown=delay)
-            elif send:
-                _release(item.member_id, item.lane)
+            _send_again(item, delay, send)
             return True, f"retry in {delay:.0f} s: {reason}"
     else:
         # A done event is never replayed: its auth (tokens) is no longer needed at rest.
@@ -716,6 +731,16 @@ def _process(item_id: int, *, task_id: str, send: bool, chain: _Chain | None = N
         # The chain goes on after a done or rejected row, not after a dead letter (see `process`).
         _release_next(item, None if failed else chain)
     return True, result
+
+
+def _send_again(item: InboxItem, delay: float, send: bool) -> None:
+    """The item waits `delay` seconds (a retry, or `Later`). Short waits ride on the broker (a countdown task, in
+    the lane's window); long ones are left to the sweeper (no hours-long ETA tasks), and the window's slot goes
+    to the lane's next held row."""
+    if send and delay <= settings.B24_INBOX_MAX_COUNTDOWN:
+        enqueue(item.pk, countdown=delay)
+    elif send:
+        _release(item.member_id, item.lane)
 
 
 def _release_next(item: InboxItem, chain: _Chain | None = None) -> None:

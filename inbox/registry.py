@@ -3,13 +3,18 @@
 Apps call these from their AppConfig.ready():
 
     register(event_code, handler, *, needs_application_token=True, ordered=True, precheck=None)
-    handler(item: InboxItem) -> str        # idempotent; raise Retry(reason) or Reject(reason)
+    handler(item: InboxItem) -> str        # idempotent; raise Retry(reason), Later(reason, after) or Reject(reason)
     set_directory(directory)               # portals: which stored portal an event names, and (for the pull of
                                            # offline events, inbox/offline.py) which portals to pull with what
 
 Per portal and lane (proven or unproven, inbox/queue.py), an `ordered` event is not processed while an older
 ordered one of its lane is unfinished (install before uninstall). `precheck(portal, auth, data)` adds cheap
 request-time checks (raise Refused).
+
+A handler's outcomes: a short string (done); `Reject` (final: the event is dropped, recorded on the row);
+`Retry` (a failed attempt: retried with back-off, the last of B24_INBOX_MAX_ATTEMPTS leaves a dead letter);
+`Later` (not a failure: the row waits `after` seconds and is tried again, no attempt counted, never a dead
+letter). Raising either of the last two ends the task's chain (inbox/queue.py `process`).
 """
 
 from collections.abc import Callable, Iterable
@@ -30,6 +35,22 @@ class Retry(Exception):
     """
 
     def __init__(self, reason: str, after: float | None = None):
+        self.reason = reason
+        self.after = after
+        super().__init__(reason)
+
+
+class Later(Exception):
+    """Not now, and no failure: the platform said when to come back (a Bitrix24 limit: the portal's request
+    bucket is full, a method's operating time is spent), and nothing is wrong with the event or with us.
+
+    The row waits `after` seconds (at least 1 s, at most B24_INBOX_BACKOFF_MAX) and is tried again: the attempt
+    the claim counted is given back, the back-off does not double, and it never becomes a dead letter because
+    of this. So raise it only for a wait that ends by itself; anything that may be our fault or the event's is
+    a Retry (bounded) or a Reject.
+    """
+
+    def __init__(self, reason: str, after: float):
         self.reason = reason
         self.after = after
         super().__init__(reason)

@@ -37,6 +37,7 @@ from bitrix24.wire import JSON
 from inbox import queue
 from portals.tokens import PortalClient
 
+from . import tasks
 from .models import Channel, Delivery, InboundMessage, OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,15 @@ def claims_of(data: JSON) -> list[Claim]:
 
 
 def confirm(
-    channel: Channel, action: str, claims: list[Claim], *, event_token: str = ""
+    channel: Channel, action: str, claims: list[Claim], *, event_token: str = "", limit_retries: int | None = None
 ) -> tuple[list[Confirmed], list[str], list[tuple[Claim, str]]]:
     """(what the portal confirms, why each other claim was not, the claims that wait with why). Raises
-    RestError when the portal could not be asked (the caller retries); a refusal the history page documents
-    only fails that chat's claims; an ACCESS_DENIED that no other source gets past makes them wait.
-    `event_token`: the access token the event came with (its `auth`), a second source for a chat the app's
-    tokens may not read."""
+    RestError when the portal could not be asked (the caller retries; a limit answer, code in
+    openlines.tasks.LIMIT_CODES, is raised as it came, for the caller to wait `tasks.limit_wait`); a refusal the
+    history page documents only fails that chat's claims; an ACCESS_DENIED that no other source gets past makes
+    them wait. `event_token`: the access token the event came with (its `auth`), a second source for a chat the
+    app's tokens may not read. `limit_retries`: the client's (bitrix24.client.Client), for every call made here;
+    0 for an event's handler, which waits for the bucket in the inbox instead (openlines/events.py)."""
     confirmed: list[Confirmed] = []
     refused: list[str] = []
     waiting: list[tuple[Claim, str]] = []
@@ -140,6 +143,7 @@ def confirm(
             fresh_ok=action == OutboundMessage.Action.ADD,
             wanted=[c.im_message_id for c in chat_claims],
             event_token=event_token,
+            limit_retries=limit_retries,
         )
         if isinstance(history, NoReader):
             waiting += [(c, str(history)) for c in chat_claims]
@@ -152,7 +156,9 @@ def confirm(
         if missing and action != OutboundMessage.Action.DELETE and not session:
             # By CHAT_ID alone the portal shows the chat's last session: a reply written before the customer
             # opened a new one is in an earlier session the channel saw (its inbound messages name them).
-            found = _in_earlier_sessions(channel, chat_id, history["session"], action, missing)
+            found = _in_earlier_sessions(
+                channel, chat_id, history["session"], action, missing, limit_retries=limit_retries
+            )
             verdicts = [(claim, found.get(claim.im_message_id, verdict)) for claim, verdict in verdicts]
         for _claim, verdict in verdicts:
             (confirmed if isinstance(verdict, Confirmed) else refused).append(verdict)
@@ -173,13 +179,15 @@ def _missing(claim: Claim) -> str:
     return f"{claim.im_message_id}: not in the conversation"
 
 
-def _in_earlier_sessions(channel: Channel, chat_id: str, seen: str, action: str, claims: list[Claim]) -> dict:
+def _in_earlier_sessions(
+    channel: Channel, chat_id: str, seen: str, action: str, claims: list[Claim], *, limit_retries: int | None = None
+) -> dict:
     """{im message id: Confirmed} for the claims found in the chat's earlier sessions (at most
     _EARLIER_SESSIONS of them, newest first, as this channel's inbound messages recorded them)."""
     sessions = [s for s in _known_sessions(channel, chat_id) if s != seen]
     found, left = {}, list(claims)
     for session in sessions[:_EARLIER_SESSIONS]:
-        history = _history(channel, chat_id, session, fresh_ok=False, wanted=[])
+        history = _history(channel, chat_id, session, fresh_ok=False, wanted=[], limit_retries=limit_retries)
         if isinstance(history, str):
             continue
         for claim in list(left):
@@ -213,19 +221,26 @@ def _known_sessions(channel: Channel, chat_id: str) -> list[str]:
     return sessions
 
 
-def _other_sources(channel: Channel, chat_id: str, wanted: list[str], event_token: str):
+def _other_sources(
+    channel: Channel, chat_id: str, wanted: list[str], event_token: str, *, limit_retries: int | None = None
+):
     """The chat's history from a source that may read it, after the app's tokens got ACCESS_DENIED by CHAT_ID;
-    or NoReader. Session ids are Bitrix24's own numbering, so the newest known session has the highest id."""
+    or NoReader. Session ids are Bitrix24's own numbering, so the newest known session has the highest id.
+    A limit answer is raised: it says nothing of who may read the chat."""
     # The page: "You should use the SESSION_ID parameter; with it, no error is returned."
     for session in _known_sessions(channel, chat_id)[: _EARLIER_SESSIONS + 1]:
-        history = _history(channel, chat_id, session, fresh_ok=False, wanted=[])
+        history = _history(channel, chat_id, session, fresh_ok=False, wanted=[], limit_retries=limit_retries)
         if isinstance(history, dict) and all(m in history["messages"] for m in wanted):
             return history
     # The event's own authorization: the portal answers only a token it issued and whose user may read.
     if event_token:
         try:
-            answer = PortalClient(channel.portal, access_token=event_token).call(_HISTORY, {"CHAT_ID": int(chat_id)})
+            answer = PortalClient(channel.portal, access_token=event_token, limit_retries=limit_retries).call(
+                _HISTORY, {"CHAT_ID": int(chat_id)}
+            )
         except RestError as exc:
+            if exc.code in tasks.LIMIT_CODES:
+                raise
             log.info(
                 "the event's own token could not read the conversation either",
                 extra={"member_id": channel.portal.member_id, "code": exc.code},
@@ -263,9 +278,19 @@ def _history_key(channel: Channel, chat_id: str, session: str) -> str:
     return f"b24widget:openlines:history:{channel.portal_id}:{channel.pk}:{chat_id}:{session}"
 
 
-def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wanted: list[str], event_token: str = ""):
+def _history(
+    channel: Channel,
+    chat_id: str,
+    session: str,
+    *,
+    fresh_ok: bool,
+    wanted: list[str],
+    event_token: str = "",
+    limit_retries: int | None = None,
+):
     """The chat's history as {"session", "messages": {id: {...}}}, checked to be this channel's chat; or a
-    reason (str) the portal gave for not showing it. Raises RestError when the portal could not be asked.
+    reason (str) the portal gave for not showing it. Raises RestError when the portal could not be asked (a
+    limit answer too: the calls use `limit_retries`, confirm's).
 
     For new messages (`fresh_ok`) a fresh answer is reused, and a miss also asks, in the same batch request,
     for the other chats of this channel whose new-message events wait in the inbox: under a backlog one
@@ -278,26 +303,35 @@ def _history(channel: Channel, chat_id: str, session: str, *, fresh_ok: bool, wa
     params = {"SESSION_ID": int(session)} if session else {}
     params["CHAT_ID"] = int(chat_id)
     others = _waiting_chats(channel, exclude=chat_id) if fresh_ok and not session else []
+    client = PortalClient(channel.portal, limit_retries=limit_retries)
     if not others:
         try:
-            answer = PortalClient(channel.portal).call(_HISTORY, params)
+            answer = client.call(_HISTORY, params)
         except RestError as exc:
             if exc.code == "ACCESS_DENIED" and not session:
-                return _other_sources(channel, chat_id, wanted, event_token)
+                return _other_sources(channel, chat_id, wanted, event_token, limit_retries=limit_retries)
             return _refusal(exc)
         return _answer(channel, chat_id, session, answer)
     try:
-        result = PortalClient(channel.portal).batch(
-            {f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]}
+        result = client.batch({f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in [chat_id, *others]})
+    except RestError as exc:  # the others are extra; a limit answer is not about them: asking alone meets it too
+        if exc.code in tasks.LIMIT_CODES:
+            raise
+        return _history(
+            channel,
+            chat_id,
+            session,
+            fresh_ok=False,
+            wanted=wanted,
+            event_token=event_token,
+            limit_retries=limit_retries,
         )
-    except RestError:  # the others are extra
-        return _history(channel, chat_id, session, fresh_ok=False, wanted=wanted, event_token=event_token)
     for chat in others:
         if isinstance(result.result.get(f"c{chat}"), dict):
             _keep(channel, chat, _parse(channel, chat, result.result[f"c{chat}"]))
     if f"c{chat_id}" in result.errors:
         if result.errors[f"c{chat_id}"].code == "ACCESS_DENIED":
-            return _other_sources(channel, chat_id, wanted, event_token)
+            return _other_sources(channel, chat_id, wanted, event_token, limit_retries=limit_retries)
         return _refusal(result.errors[f"c{chat_id}"])
     return _answer(channel, chat_id, session, result.result.get(f"c{chat_id}"))
 

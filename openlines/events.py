@@ -21,7 +21,7 @@ from bitrix24.errors import RestError
 from bitrix24.wire import JSON
 from inbox import rows
 from inbox.models import InboxItem
-from inbox.registry import Handler, Reject, Retry
+from inbox.registry import Handler, Later, Reject, Retry
 
 from . import confirm, lifecycle, registry, tasks, waiting
 from .inbound import ACTIVITY_RESOLUTION
@@ -161,7 +161,13 @@ class Relayed:
 
 
 def relay(
-    channel: Channel, action: str, claims: list[confirm.Claim], *, event_token: str = "", catch_up: bool = True
+    channel: Channel,
+    action: str,
+    claims: list[confirm.Claim],
+    *,
+    event_token: str = "",
+    catch_up: bool = True,
+    limit_retries: int | None = None,
 ) -> Relayed:
     """Confirm the claims with the portal and queue what it shows for the webhook (or keep it waiting for a
     reader): what an event does, and what openlines.reconcile does for an event that never came. Raises
@@ -170,18 +176,20 @@ def relay(
     `catch_up` (new messages): earlier operator messages of the same chat that the history just read shows and
     that were never relayed (their events refused while we were down, or still on their way) are relayed first,
     so the outside system gets the chat in the order it was written; reconciliation, which walks the whole
-    history itself, passes False."""
+    history itself, passes False. `limit_retries`: the client's, for the portal's answers (confirm.confirm)."""
     if action != OutboundMessage.Action.UPDATE:
         # A message is added once and deleted once: an event already relayed (the same event handled again,
         # seen both online and offline, inbox/offline.py, or found by reconciliation) costs no call to the portal.
         claims = _not_relayed(channel, action, claims)
         if not claims:
             return Relayed()
-    confirmed, refused, unread = confirm.confirm(channel, action, claims, event_token=event_token)
+    confirmed, refused, unread = confirm.confirm(
+        channel, action, claims, event_token=event_token, limit_retries=limit_retries
+    )
     if catch_up and action == OutboundMessage.Action.ADD and confirmed:
         earlier = _missed_before(channel, confirmed)
         if earlier:
-            caught = relay(channel, action, earlier, catch_up=False)
+            caught = relay(channel, action, earlier, catch_up=False, limit_retries=limit_retries)
             log.warning(
                 "operator messages no event brought relayed before a newer one",
                 extra={"member_id": channel.portal.member_id, "line": channel.line_id, "count": caught.stored},
@@ -202,8 +210,14 @@ def _on_message(action: str) -> Handler:
         if not claims:
             raise Reject("the event names no message (MESSAGES with im.chat_id and im.message_id)")
         try:
-            done = relay(channel, action, claims, event_token=_event_token(item))
+            # No limit answer is retried in this worker (the client's default: 12 times, each at a slowed slot,
+            # the worker held meanwhile and the lane's next events behind it): the row waits for the portal's
+            # next slot in the inbox instead, no attempt counted (Later), as the inbound relay does.
+            done = relay(channel, action, claims, event_token=_event_token(item), limit_retries=0)
         except RestError as exc:
+            wait = tasks.limit_wait(channel.portal, exc)
+            if wait is not None:  # the portal's bucket is full, or our limiter says so: later, not a failure
+                raise Later(f"the portal's limit ({exc.code})", wait.total_seconds()) from None
             raise Retry(f"the portal could not confirm the message(s): {exc.code}") from None
         if not done.asked:
             return "0 message(s) queued for the webhook"

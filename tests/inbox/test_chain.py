@@ -142,6 +142,36 @@ def test_a_retry_ends_the_chain_and_a_rejection_does_not(handler, published, sto
     assert [task for _pk, task in processed()] == ["task-1"] * 3
 
 
+def test_a_later_ends_the_chain_counts_no_attempt_and_its_own_task_goes_on(
+    handler, published, stored, processed, settings
+):
+    """A handler's Later (the portal's bucket is full, which the lane's next event would meet too): the chain ends
+    there, the row waits on its countdown task with no attempt counted, the lane's later events held behind it;
+    its task, once the wait is over, goes on with them."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    calls, script = handler
+    settings.B24_INBOX_CHAIN_SECONDS = 3600
+    script.extend(["ok", inbox.Later("the portal's limit", after=3)])
+    rows = stored(4)
+    before = timezone.now()
+    assert run_task(rows[0], "task-1") == "ok"
+    assert calls == rows[:2] and states(rows) == [State.DONE] + [State.PENDING] * 3
+    waiting = InboxItem.objects.get(pk=rows[1])
+    assert waiting.attempts == 0 and waiting.next_attempt_at >= before + timedelta(seconds=3)
+    assert published == [rows[0], rows[1]]  # its countdown task
+    assert InboxItem.objects.filter(pk__in=rows[2:], enqueued_at__isnull=True).count() == 2
+    assert [task for _pk, task in processed()] == ["task-1"]
+    InboxItem.objects.filter(pk=rows[1]).update(next_attempt_at=timezone.now())  # the wait is over
+    assert run_task(rows[1], "task-2") == "ok"
+    assert calls == [rows[0], rows[1], *rows[1:]] and states(rows) == [State.DONE] * 4
+    assert InboxItem.objects.get(pk=rows[1]).attempts == 1
+    assert [task for _pk, task in processed()] == ["task-1"] + ["task-2"] * 3
+    assert published == [rows[0], rows[1]]
+
+
 def test_a_dead_letter_ends_the_chain_and_its_lanes_next_event_goes_to_the_broker(handler, published, stored, settings):
     calls, script = handler
     settings.B24_INBOX_CHAIN_SECONDS = 3600

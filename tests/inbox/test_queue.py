@@ -212,6 +212,70 @@ def test_retry_then_dead_letter_then_replay(handler, portal, settings):
     assert inbox.replay(InboxItem.objects.filter(pk=item.pk)) == 0  # a done item is not replayed
 
 
+def test_later_counts_no_attempt_waits_as_long_as_it_says_and_never_dead_letters(handler, portal, settings):
+    """A handler's Later (a Bitrix24 limit): the row is pending again for about `after` seconds, the attempt its
+    claim counted given back, however often it comes (more often than B24_INBOX_MAX_ATTEMPTS here)."""
+    calls, script = handler
+    settings.B24_INBOX_MAX_ATTEMPTS = 2
+    script.extend([inbox.Later("the bucket is full", after=30)] * 4)
+    item, _ = accept(portal)
+    for _ in range(4):
+        before = timezone.now()
+        assert inbox.process(item.pk) == "later in 30 s: the bucket is full"
+        after = timezone.now()
+        item.refresh_from_db()
+        assert (item.state, item.attempts) == (State.PENDING, 0) and "the bucket is full" in item.last_error
+        assert before + timedelta(seconds=30) <= item.next_attempt_at <= after + timedelta(seconds=30)
+        assert inbox.process(item.pk) == "not due yet"
+        InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    assert inbox.process(item.pk) == "ok"
+    item.refresh_from_db()
+    assert (item.state, item.attempts) == (State.DONE, 1) and len(calls) == 5
+
+
+def test_later_between_retries_neither_adds_to_their_count_nor_resets_it(handler, portal, settings):
+    calls, script = handler
+    settings.B24_INBOX_MAX_ATTEMPTS = 2
+    script.extend([inbox.Retry("down"), inbox.Later("limit", after=1), inbox.Later("limit", after=1)])
+    script.append(inbox.Retry("still down"))
+    item, _ = accept(portal)
+    for attempts in (1, 1, 1):
+        inbox.process(item.pk)
+        item.refresh_from_db()
+        assert (item.state, item.attempts) == (State.PENDING, attempts)
+        InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    inbox.process(item.pk)
+    item.refresh_from_db()
+    assert (item.state, item.attempts) == (State.FAILED, 2) and len(calls) == 4
+    assert item.last_error == "gave up after 2 attempts: still down"
+
+
+def test_a_short_later_rides_on_a_countdown_task_and_a_long_one_waits_for_the_sweeper(
+    handler, portal, published, settings
+):
+    """As a retry's wait: up to B24_INBOX_MAX_COUNTDOWN a countdown task, past it held in the table (no ETA task
+    for minutes), released by the sweeper once due. `after` is kept between 1 s and B24_INBOX_BACKOFF_MAX."""
+    _calls, script = handler
+    settings.B24_INBOX_MAX_COUNTDOWN, settings.B24_INBOX_BACKOFF_MAX = 60, 3600
+    script.extend([inbox.Later("slot soon", after=0), inbox.Later("the method's budget", after=86400)])
+    item, _ = accept(portal)
+    before = timezone.now()
+    assert inbox.process(item.pk) == "later in 1 s: slot soon"  # at least a second
+    item.refresh_from_db()
+    assert published == [item.pk] and item.enqueued_at is not None
+    assert item.next_attempt_at >= before + timedelta(seconds=1)
+    InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    before = timezone.now()
+    assert inbox.process(item.pk) == "later in 3600 s: the method's budget"  # at most B24_INBOX_BACKOFF_MAX
+    after = timezone.now()
+    item.refresh_from_db()
+    assert published == [item.pk] and item.enqueued_at is None and item.attempts == 0
+    assert before + timedelta(seconds=3600) <= item.next_attempt_at <= after + timedelta(seconds=3600)
+    assert inbox.sweep() == 0  # not due: held
+    InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    assert inbox.sweep() == 1 and published == [item.pk, item.pk]
+
+
 def test_an_unexpected_error_is_retried_like_a_transient_one(handler, portal):
     _calls, script = handler
     script.append(ValueError("a bug"))

@@ -471,3 +471,76 @@ def test_replies_mark_the_channel_active_once_a_minute(
         sink.relay(client)
     assert Channel.objects.get(pk=row.pk).last_activity_at > active
     assert [h["json"]["message"]["text"] for h in receiver.got] == ["first", "second", "third"]
+
+
+# --- a limit while confirming a reply: wait for the bucket in the inbox, not in the worker (issue 26) ---------
+HISTORY = "imopenlines.session.history.get"
+
+
+def between(value, low, high):
+    return low <= value <= high
+
+
+def test_a_reply_whose_confirmation_meets_a_limit_waits_in_the_inbox_with_no_attempt_counted(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
+    """QUERY_LIMIT_EXCEEDED for the history that confirms a reply: the portal is asked once (not again and again
+    in the worker, each at a slowed slot, the lane's next events behind it), and the event waits in the inbox for
+    the portal's next slot (LIMIT_WAIT_MIN with this fast bucket), no attempt counted, however long the limit
+    lasts (past B24_INBOX_MAX_ATTEMPTS here); once it ends, the reply is relayed, once."""
+    from inbox import queue as inbox
+    from inbox.models import InboxItem
+
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # a fast bucket: short slots
+    settings.B24_INBOX_MAX_ATTEMPTS = 2
+    row, secret, b24, chat_id = conversation
+    b24.fail_next(HISTORY, "QUERY_LIMIT_EXCEEDED", 503, times=1000)
+    asked = b24.calls(HISTORY)
+    imc.operator_reply(b24, chat_id, "Right away", handlers=[sink.url])
+    before = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    after = timezone.now()
+    item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
+    assert outcome.startswith("pending: later") and "QUERY_LIMIT_EXCEEDED" in item.last_error
+    assert b24.calls(HISTORY) - asked == 1  # asked once: the client's 12 limit retries were 13 requests
+    wait = timedelta(seconds=tasks.LIMIT_WAIT_MIN)
+    assert item.attempts == 0 and between(item.next_attempt_at, before + wait, after + wait)
+    for n in range(2, 5):  # the limit goes on: each time the slot comes, asked once more
+        InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+        inbox.process_pending()
+        item.refresh_from_db()
+        assert (item.state, item.attempts, b24.calls(HISTORY) - asked) == (InboxItem.State.PENDING, 0, n)
+    assert receiver.got == []
+    b24._failures.clear()  # the portal's counter drained
+    InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    item.refresh_from_db()
+    assert (item.state, item.attempts) == (InboxItem.State.DONE, 1)
+    assert item.outcome == "1 message(s) queued for the webhook"
+    assert [h["json"]["message"]["text"] for h in receiver.got] == ["Right away"]
+
+
+def test_a_reply_our_limiter_holds_back_waits_as_long_as_the_limiter_says_and_sends_nothing(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
+    """Our limiter's next slot is further than a background call may wait (B24_MAX_WAIT): nothing is sent, and
+    the event waits the seconds the limiter named (~100 s: one request per 100 s), no attempt counted."""
+    from inbox.models import InboxItem
+
+    row, secret, b24, chat_id = conversation
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND, settings.B24_MAX_WAIT = 1, 0.01, 5.0
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m2", "Hello?")).status_code == 202  # takes the one slot
+    asked = b24.calls(HISTORY)
+    imc.operator_reply(b24, chat_id, "One moment", handlers=[sink.url])
+    before = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        [outcome] = sink.relay(client)
+    after = timezone.now()
+    item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
+    assert outcome.startswith("pending: later") and "QUERY_LIMIT_EXCEEDED" in item.last_error
+    assert b24.calls(HISTORY) == asked and item.attempts == 0  # nothing reached Bitrix24
+    assert between(item.next_attempt_at, before + timedelta(seconds=90), after + timedelta(seconds=100.5))
+    assert receiver.got == []
