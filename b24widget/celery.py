@@ -13,6 +13,7 @@ forced), the worker's few direct prints (`worker: Warm shutdown`) become JSON li
 (CELERY_WORKER_HIJACK_ROOT_LOGGER is off).
 """
 
+import functools
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ import django
 from celery import Celery, signals
 from celery.apps import beat as celery_beat
 from celery.apps import worker as celery_worker
+from celery.worker.consumer import Consumer as _CeleryConsumer
 from django.apps import apps
 from django.conf import settings
 from kombu.utils.objects import cached_property
@@ -61,6 +63,24 @@ def _say(message: str, f=None) -> None:
     if stream is not None:
         stream.write(line + "\n")
         stream.flush()
+
+
+# A worker whose broker went away tries again after 1, 2, 3, 4, 5, 5 ... s (the consumer's `ensure_connected`
+# passes kombu's defaults, 2, 4, 6 ... 30 s: after a 27 s RabbitMQ stop a worker came back up to 10 s after the
+# broker, after a minute's up to 16 s, later still after longer ones; bench/RESULTS.md "broker and database
+# stops"). A refused connection costs nothing, so trying every 5 s at most is cheap.
+RECONNECT_INTERVALS = {"interval_start": 1.0, "interval_step": 1.0, "interval_max": 5.0}
+
+
+class Consumer(_CeleryConsumer):
+    """Celery's worker consumer (CELERY_WORKER_CONSUMER), reconnecting on RECONNECT_INTERVALS."""
+
+    def ensure_connected(self, conn):
+        conn.ensure_connection = functools.partial(conn.ensure_connection, **RECONNECT_INTERVALS)
+        try:
+            return super().ensure_connected(conn)
+        finally:
+            del conn.ensure_connection  # the class's method again
 
 
 app = _Celery("b24widget")

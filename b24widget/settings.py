@@ -517,6 +517,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = read.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# A worker that lost its broker tries again every 1-5 s (kombu's default: up to 30 s between attempts).
+CELERY_WORKER_CONSUMER = "b24widget.celery:Consumer"
 CELERY_BEAT_SCHEDULE_FILENAME = read.str("CELERY_BEAT_SCHEDULE_FILENAME", default=str(B24_CELERY_DIR / "beat-schedule"))
 from celery.schedules import crontab  # noqa: E402
 

@@ -26,14 +26,18 @@ from .registry import directory
 
 log = logging.getLogger(__name__)
 
-# Celery's autoretry: the same task sent again after 2, 4, 8 ... at most 30 s (jittered), 20 times (~9 min), while
-# the database cannot be reached; then it fails as before and the sweepers find its rows.
+# Celery's autoretry: the same task sent again after at most 2, 4, then 5 s (full jitter: 0 to that), 200 times
+# (~8 min on average, at most ~16), while the database cannot be reached; then it fails as before and the sweepers
+# find its rows. The wait after the database is back is the last draw, at most 5 s: with waits of up to 30 s a
+# channel's or an event's task came back up to 28 s after a 20 s database stop (bench/RESULTS.md, "broker and
+# database stops"), and the channel's mark kept newer messages behind it meanwhile. A task that finds the
+# database away costs a connection attempt and a publish: cheap next to a worker kept idle.
 RETRY_WHILE_DATABASE_AWAY: dict[str, Any] = {
     "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": 2,
-    "retry_backoff_max": 30,
+    "retry_backoff_max": 5,
     "retry_jitter": True,
-    "max_retries": 20,
+    "max_retries": 200,
 }
 
 
