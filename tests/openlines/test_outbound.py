@@ -481,6 +481,21 @@ def between(value, low, high):
     return low <= value <= high
 
 
+def reply_meets_a_limit(client, b24, chat_id, text, sink, on_commit):
+    """An operator's reply relayed through /events/ whose confirmation meets a limit: (its inbox row, waiting
+    "later"; the times just before and after it was handled)."""
+    from inbox.models import InboxItem
+
+    imc.operator_reply(b24, chat_id, text, handlers=[sink.url])
+    before = timezone.now()
+    with on_commit(execute=True):
+        [outcome] = sink.relay(client)
+    after = timezone.now()
+    item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
+    assert outcome.startswith("pending: later") and "QUERY_LIMIT_EXCEEDED" in item.last_error
+    return item, before, after
+
+
 def test_a_reply_whose_confirmation_meets_a_limit_waits_in_the_inbox_with_no_attempt_counted(
     client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
 ):
@@ -496,13 +511,9 @@ def test_a_reply_whose_confirmation_meets_a_limit_waits_in_the_inbox_with_no_att
     row, secret, b24, chat_id = conversation
     b24.fail_next(HISTORY, "QUERY_LIMIT_EXCEEDED", 503, times=1000)
     asked = b24.calls(HISTORY)
-    imc.operator_reply(b24, chat_id, "Right away", handlers=[sink.url])
-    before = timezone.now()
-    with django_capture_on_commit_callbacks(execute=True):
-        [outcome] = sink.relay(client)
-    after = timezone.now()
-    item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
-    assert outcome.startswith("pending: later") and "QUERY_LIMIT_EXCEEDED" in item.last_error
+    item, before, after = reply_meets_a_limit(
+        client, b24, chat_id, "Right away", sink, django_capture_on_commit_callbacks
+    )
     assert b24.calls(HISTORY) - asked == 1  # asked once: the client's 12 limit retries were 13 requests
     wait = timedelta(seconds=tasks.LIMIT_WAIT_MIN)
     assert item.attempts == 0 and between(item.next_attempt_at, before + wait, after + wait)
@@ -527,20 +538,14 @@ def test_a_reply_our_limiter_holds_back_waits_as_long_as_the_limiter_says_and_se
 ):
     """Our limiter's next slot is further than a background call may wait (B24_MAX_WAIT): nothing is sent, and
     the event waits the seconds the limiter named (~100 s: one request per 100 s), no attempt counted."""
-    from inbox.models import InboxItem
-
     row, secret, b24, chat_id = conversation
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND, settings.B24_MAX_WAIT = 1, 0.01, 5.0
     with django_capture_on_commit_callbacks(execute=True):
         assert signed(client, row, secret, message("m2", "Hello?")).status_code == 202  # takes the one slot
     asked = b24.calls(HISTORY)
-    imc.operator_reply(b24, chat_id, "One moment", handlers=[sink.url])
-    before = timezone.now()
-    with django_capture_on_commit_callbacks(execute=True):
-        [outcome] = sink.relay(client)
-    after = timezone.now()
-    item = InboxItem.objects.get(event="ONIMCONNECTORMESSAGEADD")
-    assert outcome.startswith("pending: later") and "QUERY_LIMIT_EXCEEDED" in item.last_error
+    item, before, after = reply_meets_a_limit(
+        client, b24, chat_id, "One moment", sink, django_capture_on_commit_callbacks
+    )
     assert b24.calls(HISTORY) == asked and item.attempts == 0  # nothing reached Bitrix24
     assert between(item.next_attempt_at, before + timedelta(seconds=90), after + timedelta(seconds=100.5))
     assert receiver.got == []
