@@ -11,13 +11,17 @@ requests, each sent once (bench/wrk_requests.lua), endpoints alternating per rou
     its own message id (the inbox stores it; the handler runs in a worker, and no worker runs here: the
     portal's lane is busy, as under a burst, so each stored event waits behind the first), the portal's
     budget set out of reach (the Redis call still made).
+  - POST /bench/floor/channel/<id> and /bench/floor/events/ (bench/urls.py): each path's required work and
+    nothing else (its rows read, its signature or token checked, its budget, its statements, by hand): the
+    floor an implementation of the threat model's checks could reach, for judging the hot paths against.
 Prints per endpoint: requests/s, p50/p99, non-2xx answers, and the CPU per request of gunicorn (workers
 included), the PostgreSQL backends and Redis (/proc), then each endpoint's ratio to the bare insert by
 requests/s and by gunicorn CPU per request (the goal: >= 0.8). Sanity: rows stored == 2xx answers.
 Then --profile requests of the channel API, of /events/ (the lane busy) and of /events/ with the lane idle
 (each event published), in this process through Django's WSGIHandler: SQL queries per request and
-cProfile's top functions. The broker is the embedded one (test-artifacts/bench/broker-<run>/)
-unless CELERY_BROKER_URL is set; its queue is the run's own. Needs wrk (apt-get install -y wrk).
+cProfile's top functions; and this thread's CPU per request (unprofiled, the requests built beforehand) for
+the bare insert, both paths and both floors, with their ratios: steadier than gunicorn's on a busy machine.
+The broker is the embedded one (test-artifacts/bench/broker-<run>/) unless CELERY_BROKER_URL is set; its queue is the run's own. Needs wrk (apt-get install -y wrk).
 """
 
 import argparse
@@ -64,7 +68,7 @@ class Requests:
         body = f"n={self._next()}".encode()
         return raw_request(self.port, "/bench/insert/", body, {"Content-Type": "application/x-www-form-urlencoded"})
 
-    def channel(self) -> bytes:
+    def channel(self, *, floor: bool = False) -> bytes:
         from openlines.outbound import INBOUND, sign
 
         n = self._next()
@@ -79,7 +83,7 @@ class Requests:
         ts = str(int(time.time()))
         return raw_request(
             self.port,
-            f"/channels/{channel.public_id}/messages",
+            f"/bench/floor/channel/{channel.public_id}" if floor else f"/channels/{channel.public_id}/messages",
             body,
             {
                 "Content-Type": "application/json",
@@ -89,7 +93,7 @@ class Requests:
             },
         )
 
-    def event(self) -> bytes:
+    def event(self, *, floor: bool = False) -> bytes:
         n = self._next()
         payload = self.b24.event_payload(
             "ONIMCONNECTORMESSAGEADD",
@@ -106,7 +110,8 @@ class Requests:
             },
         )
         body = urlencode(payload).encode()
-        return raw_request(self.port, "/events/", body, {"Content-Type": "application/x-www-form-urlencoded"})
+        path = "/bench/floor/events/" if floor else "/events/"
+        return raw_request(self.port, path, body, {"Content-Type": "application/x-www-form-urlencoded"})
 
 
 def run_wrk(url: str, requests: list[bytes], args) -> dict:
@@ -148,18 +153,21 @@ def rows_stored() -> dict:
     }
 
 
-def profile(label: str, environ_for, expect: int, count: int, name: str) -> None:
+def profile(
+    label: str, environ_for, expect: int, count: int, name: str, *, prebuild: bool = True, quiet: bool = False
+) -> float:
     """`count` requests (`environ_for(n)` builds each) through Django's WSGIHandler in this process: the
-    SQL statements of one, the mean time, and cProfile's CPU time (the project's functions by cumulative
-    time, everything by own time); the profile is kept in LOGS/<name>.prof."""
+    SQL statements of one, the mean time and this thread's CPU per request (returned), then (unless `quiet`)
+    cProfile's CPU time (the project's functions by cumulative time, everything by own time); the profile is
+    kept in LOGS/<name>.prof."""
     from django.core.handlers.wsgi import WSGIHandler
     from django.db import connection
 
     handler = WSGIHandler()
 
-    def post(n: int) -> int:
+    def post(n: int, built: dict | None = None) -> int:
         status = []
-        response = handler(environ_for(n), lambda s, h, *a: status.append(s))
+        response = handler(built.pop(n) if built else environ_for(n), lambda s, h, *a: status.append(s))
         b"".join(response)
         response.close()  # request_finished, as a WSGI server sends it
         return int(status[0].split()[0])
@@ -173,10 +181,16 @@ def profile(label: str, environ_for, expect: int, count: int, name: str) -> None
 
     with connection.execute_wrapper(record):
         assert post(1) == expect
-    started = time.perf_counter()
+    # The requests are built first unless building one changes the database (the idle lane): what is timed is
+    # the server's side alone.
+    built = {n: environ_for(n) for n in range(count + 2, 2 * count + 2)} if prebuild else None
+    started, cpu = time.perf_counter(), time.thread_time()
     for n in range(count + 2, 2 * count + 2):
-        post(n)
-    plain = (time.perf_counter() - started) / count
+        post(n, built)
+    plain, cpu = (time.perf_counter() - started) / count, (time.thread_time() - cpu) / count
+    if quiet:
+        print(f"\nin-process, {label}: {common.ms(cpu)} ms of this thread's CPU per request, {len(queries)} statements")
+        return cpu
     profiler = cProfile.Profile(time.thread_time)  # CPU of this thread: waits on PostgreSQL or Redis left out
     started = time.perf_counter()
     profiler.enable()
@@ -188,8 +202,8 @@ def profile(label: str, environ_for, expect: int, count: int, name: str) -> None
     took = (time.perf_counter() - started) / count
     print(f"\nin-process, {label} through Django's WSGIHandler")
     print(
-        f"  mean of {count}: {common.ms(plain)} ms per request ({common.ms(took)} ms under cProfile); "
-        f"SQL statements per request: {len(queries)}"
+        f"  mean of {count}: {common.ms(plain)} ms per request, {common.ms(cpu)} ms of this thread's CPU "
+        f"({common.ms(took)} ms under cProfile); SQL statements per request: {len(queries)}"
     )
     for q in queries:
         sql = re.sub(r"\s+", " ", q)
@@ -212,12 +226,25 @@ def profile(label: str, environ_for, expect: int, count: int, name: str) -> None
     text = out.getvalue()
     print("  everything by own CPU time:")
     print("\n".join("    " + line for line in text[text.index("ncalls") :].rstrip().splitlines()))
+    return cpu
 
 
-def channel_environ(channel, secret):
+def insert_environ():
     from django.test import RequestFactory
 
     factory = RequestFactory(SERVER_NAME="127.0.0.1")
+
+    def environ_for(n: int) -> dict:
+        return factory.post("/bench/insert/", f"n={n}", content_type="application/x-www-form-urlencoded").environ
+
+    return environ_for
+
+
+def channel_environ(channel, secret, *, floor: bool = False):
+    from django.test import RequestFactory
+
+    factory = RequestFactory(SERVER_NAME="127.0.0.1")
+    path = f"/bench/floor/channel/{channel.public_id}" if floor else None
 
     def environ_for(n: int) -> dict:
         payload = {
@@ -225,12 +252,15 @@ def channel_environ(channel, secret):
             "user": {"id": f"p-u-{n % 50}", "name": "Ann", "last_name": "Bench"},
             "message": {"id": f"p-{n}", "text": f"message {n}: hello from the bench"},
         }
-        return common.post_signed(factory, channel, secret, payload).environ
+        environ = common.post_signed(factory, channel, secret, payload).environ
+        if path:
+            environ["PATH_INFO"] = path
+        return environ
 
     return environ_for
 
 
-def events_environ(build: "Requests", *, idle: bool = False):
+def events_environ(build: "Requests", *, idle: bool = False, floor: bool = False):
     """`idle`: before each request the portal's waiting rows are marked done (outside the measured handler), as
     if a worker had kept up: each event finds its lane idle and is published to the broker at once."""
     from django.test import RequestFactory
@@ -246,7 +276,8 @@ def events_environ(build: "Requests", *, idle: bool = False):
             )
         raw = build.event()
         body = raw[raw.index(b"\r\n\r\n") + 4 :]
-        return factory.post("/events/", body, content_type="application/x-www-form-urlencoded").environ
+        path = "/bench/floor/events/" if floor else "/events/"
+        return factory.post(path, body, content_type="application/x-www-form-urlencoded").environ
 
     return environ_for
 
@@ -316,6 +347,14 @@ def main():
                         "insert": ("POST /bench/insert/ (bare view, one INSERT)", build.insert),
                         "channel": ("POST /channels/<id>/messages (signed add)", build.channel),
                         "events": ("POST /events/ (OnImConnectorMessageAdd)", build.event),
+                        "channel-floor": (
+                            "POST /bench/floor/channel/<id> (its required work only)",
+                            lambda: build.channel(floor=True),
+                        ),
+                        "events-floor": (
+                            "POST /bench/floor/events/ (its required work only)",
+                            lambda: build.event(floor=True),
+                        ),
                     }
                     per_run = int(args.seconds * 2500)  # more than the server answers in that time
                     for _label, make in endpoints.values() if args.rounds else ():  # warm-up: every worker, every path
@@ -340,12 +379,46 @@ def main():
                         print(f"  (gunicorn's logs: {GUNICORN_LOGS})")
                     if args.profile:
                         channel, secret = channels[0]
-                        label = "channel API requests (one channel, its task pending)"
-                        profile(label, channel_environ(channel, secret), 202, args.profile, "channel")
-                        label = "/events/ requests (OnImConnectorMessageAdd)"
-                        profile(label, events_environ(build), 200, args.profile, "events")
-                        label = "/events/ requests, the portal's lane idle (as if a worker kept up: each one published)"
-                        profile(label, events_environ(build, idle=True), 200, args.profile, "events-idle")
+                        cpu = {
+                            "insert": profile(
+                                "bare INSERT requests", insert_environ(), 200, args.profile, "", quiet=True
+                            ),
+                            "channel": profile(
+                                "channel API requests (one channel, its task pending)",
+                                channel_environ(channel, secret),
+                                202,
+                                args.profile,
+                                "channel",
+                            ),
+                            "events": profile(
+                                "/events/ requests (OnImConnectorMessageAdd)",
+                                events_environ(build),
+                                200,
+                                args.profile,
+                                "events",
+                            ),
+                        }
+                        profile(
+                            "/events/ requests, the portal's lane idle (as if a worker kept up: each one published)",
+                            events_environ(build, idle=True),
+                            200,
+                            args.profile,
+                            "events-idle",
+                            prebuild=False,
+                        )
+                        for path, environ_for, expect in (
+                            ("channel", channel_environ(channel, secret, floor=True), 202),
+                            ("events", events_environ(build, floor=True), 200),
+                        ):
+                            label = f"{path}'s floor (its required work only, bench/urls.py)"
+                            cpu[f"{path}-floor"] = profile(label, environ_for, expect, args.profile, "", quiet=True)
+                        print(
+                            "\nin-process CPU per request (this thread, unprofiled; the server's own share left out): "
+                            + ", ".join(f"{key} {common.ms(value)} ms" for key, value in cpu.items())
+                            + "; ratio to the bare INSERT: "
+                            + ", ".join(f"{key} {cpu['insert'] / cpu[key]:.2f}" for key in cpu if key != "insert")
+                            + " (goal >= 0.8)"
+                        )
             finally:
                 if settings.CELERY_BROKER_URL.startswith("filesystem:"):
                     shutil.rmtree(broker_dir, ignore_errors=True)
@@ -402,13 +475,15 @@ def report(endpoints, results, stored_before, stored_after) -> None:
         )
     )
     anchor = summary["insert"]
-    for key in ("channel", "events"):
+    for key in ("channel", "events", "channel-floor", "events-floor"):
         print(
             f"  {key} / bare insert: requests/s {summary[key]['rps'] / anchor['rps']:.2f}, by gunicorn CPU per "
             f"request {anchor['app_ms'] / summary[key]['app_ms']:.2f} (goal >= 0.8)"
         )
     stored = {k: stored_after[k] - stored_before[k] for k in stored_after}
     answered = {k: sum(r["requests"] - r["errors"]["status"] for r in results[k]) for k in results}
+    for path in ("channel", "events"):  # (a floor view stores its path's rows)
+        answered[path] += answered.pop(f"{path}-floor", 0)
     print(f"  rows stored during the runs {stored}; 2xx answers {answered}")
 
 
