@@ -43,7 +43,7 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from bitrix24 import http, limits
-from bitrix24.errors import LimitWaitExceeded, RestError
+from bitrix24.errors import RestError
 from inbox import queue
 from inbox.tasks import RETRY_WHILE_DATABASE_AWAY
 from portals.models import Portal
@@ -190,15 +190,9 @@ def limit_wait(portal: Portal, exc: RestError) -> timedelta | None:
     seconds the limiter named (LimitWaitExceeded), the method's reset (OPERATION_TIME_LIMIT) or the portal's
     next request slot (QUERY_LIMIT_EXCEEDED: the bucket was taken as full and slowed by the client); between
     LIMIT_WAIT_MIN and LIMIT_WAIT_MAX. None: not a limit answer."""
-    if exc.code not in LIMIT_CODES:
+    seconds = limits.retry_in(portal.member_id, exc, plan=portal.rest_plan or limits.STANDARD)
+    if seconds is None:
         return None
-    if isinstance(exc, LimitWaitExceeded):
-        seconds = exc.retry_after
-    elif exc.code == "OPERATION_TIME_LIMIT":
-        until = limits.paused_until(portal.member_id, exc.method) or exc.reset_at or 0.0
-        seconds = until - time.time()
-    else:
-        seconds = limits.next_slot_in(portal.member_id, plan=portal.rest_plan or limits.STANDARD)
     return timedelta(seconds=min(max(seconds, LIMIT_WAIT_MIN), LIMIT_WAIT_MAX))
 
 
