@@ -131,7 +131,13 @@ class Client(Generic[C]):
 
         `limit_retries`: how often a call answered QUERY_LIMIT_EXCEEDED is sent again, each at the bucket's next
         slot (default 12, a web request 2). 0 for a caller that waits elsewhere and would rather send something
-        else then (the relay: its next run takes every message waiting by then, and frees the worker meanwhile).
+        else then (the relay: its next run takes every message waiting by then, and frees the worker meanwhile;
+        an inbox handler: its event comes back later). It bounds the other limit waits too: an
+        OPERATION_TIME_LIMIT answer is sent again at most this often (and at most B24_REST_MAX_RETRIES), and
+        when given, a batch's commands refused for a limit are as well. With 0 no limit is waited out in the
+        caller's thread: a method held back for its operating time fails at once (LimitWaitExceeded, its
+        `retry_after` the reset), nothing sent; only the bucket's own pacing still waits for its slot
+        (bitrix24.limits.retry_in says how long such a caller waits elsewhere).
         """
         self.credentials = credentials
         self._refresher = refresh
@@ -139,10 +145,16 @@ class Client(Generic[C]):
         self._oauth_server = oauth_server and bool(credentials.server_endpoint)
         self.interactive = interactive
         self._limit_retries = (2 if interactive else _LIMIT_RETRIES) if limit_retries is None else limit_retries
+        self._limit_retries_given = limit_retries
         self._ends = time.monotonic() + settings.B24_REQUEST_DEADLINE if interactive else None
 
     def _max_wait(self) -> float:
         return settings.B24_REQUEST_MAX_WAIT if self.interactive else settings.B24_MAX_WAIT
+
+    def _operating_wait(self) -> float:
+        """How long a call waits for its method's operating-time reset: none for a caller that waits elsewhere
+        (limit_retries 0), else as for any limit."""
+        return 0.0 if self._limit_retries == 0 else self._max_wait()
 
     def _deadline(self, method: str) -> float:
         if self._ends is None:
@@ -181,7 +193,9 @@ class Client(Generic[C]):
         self, chunk: Mapping[str, Command], out: BatchResult | None = None, *, halt: bool, retry: bool = True
     ) -> BatchResult:
         """One request of at most 50 commands into `out`, then again for the commands refused for a limit
-        (`retry` False: not again; a list chain asks again from its last id itself).
+        (`retry` False: not again; a list chain asks again from its last id itself), at most B24_REST_MAX_RETRIES
+        times, or the client's `limit_retries` when it was given (0: a caller that waits elsewhere gets the
+        refused commands' errors at once, no request sent again in its thread).
 
         A command that refers to another's result (`$result[...]`) is not sent again alone: the
         reference would find nothing in the new request; its error is reported instead.
@@ -189,6 +203,8 @@ class Client(Generic[C]):
         out = BatchResult() if out is None else out
         pending = chunk
         retries = settings.B24_REST_MAX_RETRIES if retry else 0
+        if self._limit_retries_given is not None:
+            retries = min(retries, self._limit_retries_given)
         for attempt in range(retries + 1):
             pending = self._hold_back_paused(pending, out)
             if not pending or (halt and out.errors):
@@ -253,13 +269,13 @@ class Client(Generic[C]):
             if method not in waits:
                 until = limits.paused_until(self.credentials.member_id, method)
                 waits[method] = until - now if until else 0.0
-        longest = max([w for w in waits.values() if w <= self._max_wait()] or [0.0])
+        longest = max([w for w in waits.values() if w <= self._operating_wait()] or [0.0])
         if longest > 0:
             limits.counters.add("operating_waits")
             time.sleep(longest)
         kept: dict[str, Command] = {}
         for key, (method, params) in pending.items():
-            if waits[method] > self._max_wait():
+            if waits[method] > self._operating_wait():
                 out.errors[key] = LimitWaitExceeded(
                     "OPERATION_TIME_LIMIT",
                     f"{method} is held back for its operating time",
@@ -323,20 +339,19 @@ class Client(Generic[C]):
                 retries = (
                     settings.B24_REST_MAX_RETRIES if not self.interactive else min(settings.B24_REST_MAX_RETRIES, 1)
                 )
+                delay = min(settings.B24_REST_BACKOFF * (2**attempt), self._max_wait())
                 if exc.code == "OPERATION_TIME_LIMIT":
                     metrics.limit_answer(exc.code)
+                    # The method's budget is spent for every process: hold it back for all of them, whether
+                    # this call waits for the reset (the next try's wait_for_method) or its caller does.
+                    until = (
+                        exc.reset_at or limits.last_reset_at(self.credentials.member_id, method) or time.time() + delay
+                    )
+                    limits.pause_method(self.credentials.member_id, method, until)
+                    retries = min(retries, self._limit_retries)
+                    delay = 0
                 if (exc.code in _RETRYABLE or exc.http_status == 503) and attempt < retries:
-                    delay = min(settings.B24_REST_BACKOFF * (2**attempt), self._max_wait())
                     attempt += 1
-                    if exc.code == "OPERATION_TIME_LIMIT":
-                        # The method's budget is spent for every process: hold it back for all of them.
-                        until = (
-                            exc.reset_at
-                            or limits.last_reset_at(self.credentials.member_id, method)
-                            or time.time() + delay
-                        )
-                        limits.pause_method(self.credentials.member_id, method, until)
-                        delay = 0
                     log.info(
                         "rest retry",
                         extra={
@@ -393,7 +408,7 @@ class Client(Generic[C]):
         # The outer batch is not billed for operating time (limits.md); its commands are, in batch().
         if method != "batch":
             try:
-                limits.wait_for_method(self.credentials.member_id, method, max_wait=self._max_wait())
+                limits.wait_for_method(self.credentials.member_id, method, max_wait=self._operating_wait())
             except limits.LimitWaitTooLong as exc:
                 raise LimitWaitExceeded(
                     "OPERATION_TIME_LIMIT", str(exc), method=method, retry_after=exc.seconds

@@ -51,6 +51,7 @@ from . import metrics
 
 # Re-exported: the apps keep their short-lived shared state through limits.cache too (placements.auth).
 from .cache import cache as cache
+from .errors import RETRYABLE, LimitWaitExceeded, RestError
 from .wire import JSON
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,22 @@ def next_slot_in(member_id: str, *, plan: str = STANDARD, now: float | None = No
     _interval, tolerance = _shape(burst, rate)
     tat, _share, _changed, _limited = _state(cache.get(f"b24widget:rl:{member_id}"), now)
     return max(tat - tolerance - now, 0.0)
+
+
+def retry_in(member_id: str, exc: RestError, *, plan: str = STANDARD) -> float | None:
+    """Seconds until a call answered with a limit may go again, following the bucket, for a caller that waits
+    elsewhere (a task that comes back later, instead of sleeping in its worker): the seconds our limiter named
+    (LimitWaitExceeded: nothing was sent), the method's reset (OPERATION_TIME_LIMIT: the client paused it) or
+    the portal's next request slot (QUERY_LIMIT_EXCEEDED: the client took the bucket as full and slowed it).
+    None: not a limit answer. Not bounded: each caller keeps the wait within its own bounds."""
+    if exc.code not in RETRYABLE:
+        return None
+    if isinstance(exc, LimitWaitExceeded):
+        return max(exc.retry_after, 0.0)
+    if exc.code == "OPERATION_TIME_LIMIT":
+        until = paused_until(member_id, exc.method) or exc.reset_at or 0.0
+        return max(until - time.time(), 0.0)
+    return next_slot_in(member_id, plan=plan)
 
 
 def pace(member_id: str, *, max_wait: float | None = None, plan: str = STANDARD) -> float:

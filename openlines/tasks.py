@@ -18,10 +18,10 @@ until one is saved (`release_parked`), and become dead letters after OPENLINES_R
 
 Bitrix24's limits (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT, or our limiter pacing us) are no failed
 attempt: the rows wait as long as the bucket says (`limit_wait`, 1 s to 10 min), counting nothing toward a
-dead letter and doubling nothing; an inbound run does not retry a limit answer in the worker, its next run
-takes the whole backlog at the portal's next slot. Failures wait 5 s, 10 s, 20 s ... (`backoff`), at least
-30 s unless Bitrix24 answered 5xx. A next attempt within two minutes is queued with a countdown; later ones
-are the sweep's.
+dead letter and doubling nothing; a run (inbound messages, delivery statuses) does not wait out a limit in the
+worker (the client's limit_retries=0), its next run takes the whole backlog at the portal's next slot.
+Failures wait 5 s, 10 s, 20 s ... (`backoff`), at least 30 s unless Bitrix24 answered 5xx. A next attempt
+within two minutes is queued with a countdown; later ones are the sweep's.
 
 Past ~400 lines on purpose: both directions share the lease, the run budget, the retry schedule and the
 sweep that decides what is due, and each of those rules is easier to check with its users beside it.
@@ -43,7 +43,7 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from bitrix24 import http, limits
-from bitrix24.errors import LimitWaitExceeded, RestError
+from bitrix24.errors import RestError
 from inbox import queue
 from inbox.tasks import RETRY_WHILE_DATABASE_AWAY
 from portals.models import Portal
@@ -190,15 +190,9 @@ def limit_wait(portal: Portal, exc: RestError) -> timedelta | None:
     seconds the limiter named (LimitWaitExceeded), the method's reset (OPERATION_TIME_LIMIT) or the portal's
     next request slot (QUERY_LIMIT_EXCEEDED: the bucket was taken as full and slowed by the client); between
     LIMIT_WAIT_MIN and LIMIT_WAIT_MAX. None: not a limit answer."""
-    if exc.code not in LIMIT_CODES:
+    seconds = limits.retry_in(portal.member_id, exc, plan=portal.rest_plan or limits.STANDARD)
+    if seconds is None:
         return None
-    if isinstance(exc, LimitWaitExceeded):
-        seconds = exc.retry_after
-    elif exc.code == "OPERATION_TIME_LIMIT":
-        until = limits.paused_until(portal.member_id, exc.method) or exc.reset_at or 0.0
-        seconds = until - time.time()
-    else:
-        seconds = limits.next_slot_in(portal.member_id, plan=portal.rest_plan or limits.STANDARD)
     return timedelta(seconds=min(max(seconds, LIMIT_WAIT_MIN), LIMIT_WAIT_MAX))
 
 
@@ -712,7 +706,9 @@ def _report_delivery(channel: Channel, run: _Run) -> int:
     the outside system)."""
     if not channel.portal.is_serving:
         return 0
-    client, reported = PortalClient(channel.portal), 0
+    # A limit answer is not sent again in this worker (limit_retries=0, as the inbound run's): the statuses wait
+    # for the portal's next slot (limit_wait) and the run goes on with nothing else of this portal's to wait for.
+    client, reported = PortalClient(channel.portal, limit_retries=0), 0
     while True:
         now = timezone.now()
         rows = list(

@@ -12,7 +12,12 @@ PortalsConfig.ready(). What each proves:
   Bitrix24 confirms the app is gone from the portal ("after uninstall the app's API access is gone",
   docs/bitrix24.md); ONAPPUPDATE with the known token records a version and re-binds, nothing more.
 Refusals from unverified senders are counted (lifecycle.count_rejection), not stored one row each;
-in the worker a refusal becomes Reject, and unavailability (OAuth, REST, limits) Retry.
+in the worker a refusal becomes Reject, and unavailability (OAuth, REST) Retry. A Bitrix24 limit met by the
+handler's own calls to the portal (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT, our limiter's wait) is neither:
+those calls are not retried in the worker (limit_retries=0) and the event waits for the portal's next slot in
+the inbox (Later: no attempt counted, never a dead letter), so one portal's limit holds no worker other
+portals' events need (issue 26). The unverified OAuth budget (`throttled`) stays a Retry: a flood of forged
+events must end as dead letters.
 """
 
 import hmac
@@ -22,8 +27,8 @@ from functools import lru_cache
 
 from django.db import connection
 
-from bitrix24 import oauth
-from bitrix24.errors import Refusal, RestError, TokenRefreshFailed
+from bitrix24 import limits, oauth
+from bitrix24.errors import RETRYABLE, Refusal, RestError, TokenRefreshFailed
 from inbox import queue as inbox_queue
 from inbox import registry as inbox
 from inbox.parsing import Event
@@ -130,7 +135,8 @@ class PortalDirectory:
 
 
 def _in_worker(apply):
-    """An inbox handler around `apply(portal, event)`: refusals become Reject, unavailability Retry."""
+    """An inbox handler around `apply(portal, event)`: refusals become Reject, unavailability Retry, and a limit
+    answer to the portal's calls (raised as it came: `_ask`) Later, at the portal's next slot."""
 
     def handler(item) -> str:
         event = Event.of(item)
@@ -147,6 +153,12 @@ def _in_worker(apply):
             raise inbox.Retry(f"Bitrix24 unavailable ({getattr(exc, 'code', type(exc).__name__)})") from None
         except lifecycle.TransitionError as exc:
             raise inbox.Reject(str(exc)) from None
+        except RestError as exc:
+            plan = (portal.rest_plan if portal is not None else "") or limits.STANDARD
+            wait = limits.retry_in(event.member_id, exc, plan=plan)
+            if wait is None:
+                raise
+            raise inbox.Later(f"the portal's limit ({exc.code})", wait) from None
 
     handler.__name__ = f"on_{apply.__name__.strip('_')}"
     return handler
@@ -286,7 +298,7 @@ def _confirm_gone(portal: Portal) -> None:
     else any user, who knows the application_token, could uninstall a portal waiting to heal."""
     blocked = portal.status == Portal.Status.BLOCKED
     try:
-        PortalClient(portal).call("app.info")
+        _ask(portal, "app.info")
     except TokenRefreshFailed as exc:
         if blocked:
             raise EventRefused(
@@ -302,6 +314,8 @@ def _confirm_gone(portal: Portal) -> None:
     except RestError as exc:
         if exc.code in _GONE:
             return
+        if exc.code in RETRYABLE:
+            raise  # a limit: later (_in_worker), it says nothing of the app being there
         raise EventRefused(
             f"could not confirm the uninstall with Bitrix24 ({exc.code})", status=503, retry_after=30
         ) from None
@@ -364,15 +378,23 @@ def _bindings_older_than_the_last_update(portal: Portal) -> bool:
     return last is not None and (portal.bound_at is None or portal.bound_at < last)
 
 
+def _ask(portal: Portal, method: str):
+    """A handler's own call to the portal, with no limit waited out in the worker (the client's limit_retries=0):
+    a limit answer is raised as it came, and the event waits for the portal's slot in the inbox (`_in_worker`)."""
+    return PortalClient(portal, limit_retries=0).call(method)
+
+
 def _installed_version(portal: Portal) -> str:
     """The version the portal says is installed (app.info VERSION, api-reference/common/system/app-info.md)."""
     try:
-        info = PortalClient(portal).call("app.info")
+        info = _ask(portal, "app.info")
     except TokenRefreshFailed as exc:
         raise EventRefused(
             f"could not ask the portal for the installed version ({exc.code})", status=503, retry_after=60
         ) from None
     except RestError as exc:
+        if exc.code in RETRYABLE:
+            raise  # a limit: later (_in_worker)
         raise EventRefused(
             f"could not ask the portal for the installed version ({exc.code})", status=503, retry_after=30
         ) from None

@@ -396,6 +396,39 @@ def test_a_limit_answer_ends_the_run_and_the_next_takes_the_whole_backlog_in_one
     assert list(InboundMessage.objects.values_list("attempts", flat=True)) == [1, 1, 1]
 
 
+def test_an_operating_time_limit_is_not_waited_out_in_the_worker(
+    client, channel, django_capture_on_commit_callbacks, settings
+):
+    """OPERATION_TIME_LIMIT (the method's budget, settings/performance/limits.md): the run does not send the call
+    again in the worker (the client did, after waiting for the method's reset up to B24_MAX_WAIT); the method is
+    held back and the rows wait for its reset, no attempt counted. A method already held back is not waited for
+    either: nothing is sent, and the rows wait as long as the hold lasts."""
+    from bitrix24 import limits
+
+    row, secret, b24 = channel
+    b24.fail_next("imconnector.send.messages", "OPERATION_TIME_LIMIT", 429, times=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert signed(client, row, secret, message("m0", "t0")).status_code == 202
+    assert sent_calls(b24) == 1 and imc.conversations(b24) == []  # the one limit answer, not sent again
+    first = InboundMessage.objects.get()
+    assert (first.state, first.attempts) == (Delivery.FAILED, 0) and "OPERATION_TIME_LIMIT" in first.last_error
+    # The method's reset is 20 s away, well within B24_MAX_WAIT (120 s), which the worker slept through before.
+    limits.pause_method(row.portal.member_id, "imconnector.send.messages", time.time() + 20)
+    InboundMessage.objects.update(next_attempt_at=first.received_at)  # the row's own wait is over
+    before = timezone.now()
+    assert "limit (OPERATION_TIME_LIMIT)" in tasks.deliver_inbound(row.pk)
+    after = timezone.now()
+    assert sent_calls(b24) == 1 and imc.conversations(b24) == []  # nothing sent
+    first.refresh_from_db()
+    assert (first.state, first.attempts) == (Delivery.FAILED, 0)
+    assert between(first.next_attempt_at, before + timedelta(seconds=19), after + timedelta(seconds=20))
+    limits.pause_method(row.portal.member_id, "imconnector.send.messages", time.time())  # the reset came
+    InboundMessage.objects.update(next_attempt_at=first.received_at)
+    assert tasks.deliver_inbound(row.pk).startswith("sent 1")
+    assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0"]
+    assert InboundMessage.objects.get().attempts == 1
+
+
 def test_our_limiter_pacing_us_is_a_wait_of_its_own_length_and_sends_nothing(
     client, channel, django_capture_on_commit_callbacks, settings
 ):

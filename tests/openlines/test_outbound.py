@@ -549,3 +549,42 @@ def test_a_reply_our_limiter_holds_back_waits_as_long_as_the_limiter_says_and_se
     assert b24.calls(HISTORY) == asked and item.attempts == 0  # nothing reached Bitrix24
     assert between(item.next_attempt_at, before + timedelta(seconds=90), after + timedelta(seconds=100.5))
     assert receiver.got == []
+
+
+def test_replies_whose_confirming_batch_meets_a_limit_wait_in_the_inbox_and_the_batch_is_sent_once(
+    client, conversation, receiver, sink, settings, django_capture_on_commit_callbacks
+):
+    """A backlog of replies in three chats: the first one's confirmation asks for the three histories in one batch
+    request, and Bitrix24 refuses the commands for the limit. The batch is not sent again in the worker (the
+    client sent the refused commands again up to B24_REST_MAX_RETRIES times, each a request at the next slot):
+    the event waits in the inbox for the portal's next slot, no attempt counted; then all three are relayed."""
+    from urllib.parse import urlencode
+
+    from inbox import queue as inbox
+    from inbox.models import InboxItem
+
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # a fast bucket: short slots
+    row, secret, b24, chat_id = conversation
+    chats = three_chats(client, row, secret, b24, django_capture_on_commit_callbacks)
+    for n, chat in enumerate(chats):
+        imc.operator_reply(b24, chat, f"reply {n}", handlers=[sink.url])
+    for pairs in sink.got:  # Bitrix24 delivers the three events; a worker gets to them later
+        response = client.post("/events/", urlencode(pairs), content_type="application/x-www-form-urlencoded")
+        assert response.status_code == 200
+    b24.fail_next(HISTORY, "QUERY_LIMIT_EXCEEDED", 503, times=1000)  # each nested history command
+    batches, history = b24.calls("batch"), b24.calls(HISTORY)
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    assert (b24.calls("batch") - batches, b24.calls(HISTORY) - history) == (1, 3)  # one request, not again
+    first = InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD").order_by("pk").first()
+    assert (first.state, first.attempts) == (InboxItem.State.PENDING, 0)
+    assert first.last_error == "later: the portal's limit (QUERY_LIMIT_EXCEEDED)"
+    assert receiver.got == []
+    b24._failures.clear()  # the portal's counter drained
+    InboxItem.objects.filter(state=InboxItem.State.PENDING).update(next_attempt_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        inbox.process_pending()
+    assert set(InboxItem.objects.filter(event="ONIMCONNECTORMESSAGEADD").values_list("state", flat=True)) == {
+        InboxItem.State.DONE
+    }
+    assert sorted(h["json"]["message"]["text"] for h in receiver.got) == ["reply 0", "reply 1", "reply 2"]

@@ -540,3 +540,59 @@ def test_install_before_uninstall_of_one_portal(client, b24):
     assert inbox.process(uninstall) == "already done"
     kinds = list(Portal.objects.get().events.order_by("pk").values_list("kind", flat=True))
     assert kinds.index(K.ACTIVATED) < kinds.index(K.UNINSTALLED)
+
+
+# --- a Bitrix24 limit: the event waits in the inbox, not in the worker (issue 26) --------------------------
+
+
+@pytest.mark.parametrize(
+    "event, error, status",
+    [
+        ("ONAPPUPDATE", "QUERY_LIMIT_EXCEEDED", 503),
+        ("ONAPPUNINSTALL", "QUERY_LIMIT_EXCEEDED", 503),
+        ("ONAPPUPDATE", "OPERATION_TIME_LIMIT", 429),
+    ],
+)
+def test_an_app_event_whose_portal_call_meets_a_limit_waits_in_the_inbox_with_no_attempt_counted(
+    client, installed, settings, event, error, status
+):
+    """The handler's app.info meets a limit (the portal's counter, or the method's operating time): asked once,
+    not again in the worker (the client's 12 limit retries, each at a slowed slot, or its wait for the method's
+    reset), and the event waits for the portal's next slot in the inbox (Later): no attempt counted however long
+    the limit lasts (past B24_INBOX_MAX_ATTEMPTS here), never a dead letter; once it ends, the event is applied."""
+    import time
+
+    from django.utils import timezone
+
+    from bitrix24 import limits
+
+    settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0  # a fast bucket: short slots
+    settings.B24_INBOX_MAX_ATTEMPTS = 2
+    portal, b24 = installed
+    if event == "ONAPPUNINSTALL":
+        b24.uninstall()
+        payload, outcome = b24.event_payload(event, data={"CLEAN": "0"}), "uninstalled"
+    else:
+        b24.version = 3
+        payload, outcome = b24.event_payload(event, data={"VERSION": "3", "PREVIOUS_VERSION": "1"}), "updated"
+    limits.cache.delete(f"b24widget:rl:{portal.member_id}")  # the install's slots were at the plan's 2/s
+    b24.fail_next("app.info", error, status, times=1000)
+    asked = b24.calls("app.info")
+    item = post_event(client, payload).item
+    assert (item.state, item.attempts) == (State.PENDING, 0)
+    assert item.last_error == f"later: the portal's limit ({error})"
+    assert b24.calls("app.info") - asked == 1  # asked once
+    for n in range(2, 5):  # the limit goes on: each time the slot (or the method's reset) comes, asked once more
+        limits.pause_method(portal.member_id, "app.info", time.time())  # the reset came (OPERATION_TIME_LIMIT)
+        InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+        inbox.process_pending()
+        item.refresh_from_db()
+        assert (item.state, item.attempts, b24.calls("app.info") - asked) == (State.PENDING, 0, n)
+    b24._failures.clear()  # the limit is over
+    limits.pause_method(portal.member_id, "app.info", time.time())
+    InboxItem.objects.filter(pk=item.pk).update(next_attempt_at=timezone.now())
+    inbox.process_pending()
+    item.refresh_from_db()
+    assert (item.state, item.attempts, item.outcome) == (State.DONE, 1, outcome)
+    portal.refresh_from_db()
+    assert portal.status == (Portal.Status.UNINSTALLED if event == "ONAPPUNINSTALL" else Portal.Status.ACTIVE)

@@ -9,7 +9,7 @@ import pytest
 
 from bitrix24 import client as rest
 from bitrix24 import limits
-from bitrix24.errors import PortalMovedUnexplained, RestError, TokenRefreshFailed
+from bitrix24.errors import LimitWaitExceeded, PortalMovedUnexplained, RestError, TokenRefreshFailed
 from portals.models import Portal, PortalEvent
 from portals.tokens import PortalClient
 from tests.conftest import do_uninstall
@@ -126,6 +126,53 @@ def test_operation_time_limit_is_retried(installed):
     portal, b24 = installed
     b24.fail_next("user.admin", "OPERATION_TIME_LIMIT", 429, times=1)
     assert client_for(portal).call("user.admin") is True
+
+
+# --- a caller that waits elsewhere (limit_retries=0): no limit waited out in its thread (issue 26) -----------
+
+
+def test_a_caller_that_waits_elsewhere_gets_a_batchs_limit_answers_at_once(installed):
+    """limit_retries=0 (a background task that comes back at the portal's slot): commands refused for a limit
+    inside a batch are reported, not sent again alone in the caller's thread; the other commands ran once."""
+    portal, b24 = installed
+    b24.fail_next("user.admin", "QUERY_LIMIT_EXCEEDED", 503, times=10)
+    b24.fail_next("app.info", "OPERATION_TIME_LIMIT", 429, times=10)
+    before = {m: b24.calls(m) for m in ("batch", "user.admin", "app.info", "server.time")}
+    client = PortalClient(Portal.objects.get(pk=portal.pk), limit_retries=0)
+    result = client.batch({"admin": ("user.admin", {}), "info": ("app.info", {}), "time": ("server.time", {})})
+    assert (result.errors["admin"].code, result.errors["info"].code) == ("QUERY_LIMIT_EXCEEDED", "OPERATION_TIME_LIMIT")
+    assert result.result["time"]
+    assert {m: b24.calls(m) - n for m, n in before.items()} == {
+        "batch": 1,
+        "user.admin": 1,
+        "app.info": 1,
+        "server.time": 1,
+    }
+    # The default client (and a web request's) still sends them again, alone.
+    result = client_for(portal).batch({"admin": ("user.admin", {}), "time": ("server.time", {})})
+    assert b24.calls("batch") - before["batch"] == 1 + 1 + 4 and result.errors["admin"].code == "QUERY_LIMIT_EXCEEDED"
+
+
+def test_a_caller_that_waits_elsewhere_gets_operation_time_limit_at_once_and_the_method_stays_held_back(installed):
+    """OPERATION_TIME_LIMIT to a caller with limit_retries=0: not sent again (the client waited for the method's
+    reset, up to B24_MAX_WAIT, in the caller's thread); the method is held back for every process, and its next
+    call fails at once, unsent, saying how long the hold lasts."""
+    import time
+
+    portal, b24 = installed
+    b24.fail_next("user.admin", "OPERATION_TIME_LIMIT", 429, times=1)
+    before = b24.calls("user.admin")
+    client = PortalClient(Portal.objects.get(pk=portal.pk), limit_retries=0)
+    with pytest.raises(RestError) as info:
+        client.call("user.admin")
+    assert info.value.code == "OPERATION_TIME_LIMIT" and b24.calls("user.admin") - before == 1
+    assert limits.paused_until(portal.member_id, "user.admin")  # held back for everyone
+    limits.pause_method(portal.member_id, "user.admin", time.time() + 30)  # the reset is 30 s away
+    with pytest.raises(LimitWaitExceeded) as held:
+        client.call("user.admin")
+    assert b24.calls("user.admin") - before == 1  # nothing sent
+    assert 25 < held.value.retry_after <= 30 and 25 < limits.retry_in(portal.member_id, held.value) <= 30
+    assert client.call("server.time")  # other methods go on
 
 
 def test_batch_splits_into_requests_of_50(installed):
