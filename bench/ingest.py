@@ -21,7 +21,8 @@ Then --profile requests of the channel API, of /events/ (the lane busy) and of /
 (each event published), in this process through Django's WSGIHandler: SQL queries per request and
 cProfile's top functions; and this thread's CPU per request (unprofiled, the requests built beforehand) for
 the bare insert, both paths and both floors, with their ratios: steadier than gunicorn's on a busy machine.
-The broker is the embedded one (test-artifacts/bench/broker-<run>/) unless CELERY_BROKER_URL is set; its queue is the run's own. Needs wrk (apt-get install -y wrk).
+The broker is the embedded one (test-artifacts/bench/broker-<run>/) unless CELERY_BROKER_URL is set; its
+queue is the run's own. Needs wrk (apt-get install -y wrk).
 """
 
 import argparse

@@ -30,7 +30,6 @@ urlpatterns = [
 ]
 
 
-
 # The channel's row as the floor view last read it, by public id (only for `floor_channel(..., cached=True)`).
 _FLOOR_ROWS: dict = {}
 
@@ -146,8 +145,18 @@ def floor_events(request):
             "finished_at, outcome, last_error) SELECT %s, %s, %s, '', 'online', 'proven', %s, %s, %s, %s, 'pending', "
             f"0, %s, %s, NULL, '', NULL, NULL, '', '' WHERE NOT EXISTS (SELECT 1 FROM {items} WHERE idempotency_key = "
             "%s AND state = 'done') RETURNING id",
-            [pk, member_id, form["event"], json.dumps(data), encrypt(json.dumps(auth)), form.get("ts", ""), key, now,
-             now, key],
+            [
+                pk,
+                member_id,
+                form["event"],
+                json.dumps(data),
+                encrypt(json.dumps(auth)),
+                form.get("ts", ""),
+                key,
+                now,
+                now,
+                key,
+            ],
         )
         row = cursor.fetchone()[0]
         cursor.execute(
