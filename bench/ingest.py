@@ -69,7 +69,8 @@ class Requests:
         body = f"n={self._next()}".encode()
         return raw_request(self.port, "/bench/insert/", body, {"Content-Type": "application/x-www-form-urlencoded"})
 
-    def channel(self, *, floor: bool = False) -> bytes:
+    def channel(self, *, floor: str | None = None) -> bytes:
+        """`floor`: None, the channel API; "" or "/lean", its floor view (bench/urls.py)."""
         from openlines.outbound import INBOUND, sign
 
         n = self._next()
@@ -84,7 +85,9 @@ class Requests:
         ts = str(int(time.time()))
         return raw_request(
             self.port,
-            f"/bench/floor/channel/{channel.public_id}" if floor else f"/channels/{channel.public_id}/messages",
+            f"/bench/floor/channel/{channel.public_id}{floor}"
+            if floor is not None
+            else f"/channels/{channel.public_id}/messages",
             body,
             {
                 "Content-Type": "application/json",
@@ -94,7 +97,8 @@ class Requests:
             },
         )
 
-    def event(self, *, floor: bool = False) -> bytes:
+    def event(self, *, floor: str | None = None) -> bytes:
+        """`floor`: None, /events/; "" or "/lean", its floor view (bench/urls.py)."""
         n = self._next()
         payload = self.b24.event_payload(
             "ONIMCONNECTORMESSAGEADD",
@@ -111,7 +115,7 @@ class Requests:
             },
         )
         body = urlencode(payload).encode()
-        path = "/bench/floor/events/" if floor else "/events/"
+        path = "/events/" if floor is None else f"/bench/floor/events/{floor.strip('/')}"
         return raw_request(self.port, path, body, {"Content-Type": "application/x-www-form-urlencoded"})
 
 
@@ -350,11 +354,19 @@ def main():
                         "events": ("POST /events/ (OnImConnectorMessageAdd)", build.event),
                         "channel-floor": (
                             "POST /bench/floor/channel/<id> (its required work only)",
-                            lambda: build.channel(floor=True),
+                            lambda: build.channel(floor=""),
+                        ),
+                        "channel-lean": (
+                            "POST /bench/floor/channel/<id>/lean (a design not built)",
+                            lambda: build.channel(floor="/lean"),
                         ),
                         "events-floor": (
                             "POST /bench/floor/events/ (its required work only)",
-                            lambda: build.event(floor=True),
+                            lambda: build.event(floor=""),
+                        ),
+                        "events-lean": (
+                            "POST /bench/floor/events/lean (a design not built)",
+                            lambda: build.event(floor="/lean"),
                         ),
                     }
                     per_run = int(args.seconds * 2500)  # more than the server answers in that time
@@ -476,7 +488,7 @@ def report(endpoints, results, stored_before, stored_after) -> None:
         )
     )
     anchor = summary["insert"]
-    for key in ("channel", "events", "channel-floor", "events-floor"):
+    for key in ("channel", "events", "channel-floor", "events-floor", "channel-lean", "events-lean"):
         print(
             f"  {key} / bare insert: requests/s {summary[key]['rps'] / anchor['rps']:.2f}, by gunicorn CPU per "
             f"request {anchor['app_ms'] / summary[key]['app_ms']:.2f} (goal >= 0.8)"
@@ -484,7 +496,7 @@ def report(endpoints, results, stored_before, stored_after) -> None:
     stored = {k: stored_after[k] - stored_before[k] for k in stored_after}
     answered = {k: sum(r["requests"] - r["errors"]["status"] for r in results[k]) for k in results}
     for path in ("channel", "events"):  # (a floor view stores its path's rows)
-        answered[path] += answered.pop(f"{path}-floor", 0)
+        answered[path] += answered.pop(f"{path}-floor", 0) + answered.pop(f"{path}-lean", 0)
     print(f"  rows stored during the runs {stored}; 2xx answers {answered}")
 
 
