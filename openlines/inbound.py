@@ -18,14 +18,14 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
-from typing import cast
 from uuid import UUID
 
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, IntegrityError, connection, connections, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -72,43 +72,49 @@ def _header(request, name: str) -> str:
     return request.headers.get(name, "")
 
 
-# What a request reads of the channel (attnames); its other fields load on access, as deferred fields do. Its
-# secret is read sealed, as a column of its own, and unsealed by `_unseal`.
-_CHANNEL_FIELDS = ("id", "portal_id", "public_id", "state", "last_activity_at")
+@dataclass(frozen=True, slots=True)
+class Addressed:
+    """The channel a request names, as far as the request reads it: its pk, public id and secret, and whether
+    its last activity is due to be written. Not a model instance: building the channel's and its portal's from
+    the row cost a tenth of a request's CPU (bench/RESULTS.md, "the floor of their required work")."""
+
+    pk: int
+    public_id: UUID
+    secret: str = field(repr=False)
+    activity_due: bool
 
 
 @lru_cache(maxsize=1)
 def _find_sql() -> str:
-    """The request's first query, built from the models' metadata (so it follows migrations): what a request
-    reads of the channel, its sealed secret, and its portal's status, joined. A raw query skips the ORM's
-    per-call SQL compilation, the largest share of a request's CPU before (bench/ingest.py); the portal's
-    tokens stay unread.
-    """
+    """The request's first query, built from the models' metadata (so it follows migrations): the channel's pk,
+    sealed secret and state, its portal's status, and whether its last activity is older than the parameter
+    (ACTIVITY_RESOLUTION ago), joined. A raw query skips the ORM's per-call SQL compilation, the largest share
+    of a request's CPU before (bench/ingest.py); the portal's tokens stay unread."""
     channel, portal = Channel._meta, Portal._meta
     column = {f.attname: f.column for f in channel.concrete_fields}
-    columns = ", ".join(f"c.{column[name]}" for name in _CHANNEL_FIELDS)
+    activity = column["last_activity_at"]
     return (
-        f"SELECT {columns}, c.{column['secret']}, p.{portal.get_field('status').column} FROM {channel.db_table} c "
+        f"SELECT c.{column['id']}, c.{column['secret']}, c.{column['state']}, p.{portal.get_field('status').column}, "
+        f"(c.{activity} IS NULL OR c.{activity} <= %s) FROM {channel.db_table} c "
         f"JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{column['portal_id']} "
         f"WHERE c.{column['public_id']} = %s"
     )
 
 
-def find_channel(public_id: UUID) -> Channel:
-    key = Channel._meta.get_field("public_id").get_db_prep_value(public_id, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(_find_sql(), [key])
+def find_channel(public_id: UUID) -> Addressed:
+    db = connections[DEFAULT_DB_ALIAS]
+    key = Channel._meta.get_field("public_id").get_db_prep_value(public_id, db)
+    due = db.ops.adapt_datetimefield_value(timezone.now() - ACTIVITY_RESOLUTION)
+    with db.cursor() as cursor:
+        cursor.execute(_find_sql(), [due, key])
         found = cursor.fetchone()
     if found is None:
         raise Refused("unknown_channel", "no such channel", 404)
-    *values, sealed, portal_status = found
-    channel = cast(Channel, rows.load(Channel, _CHANNEL_FIELDS, values, using=connection.alias))
-    channel.secret = _unseal(sealed)
-    # The portal as far as it was read (its other fields load on access, as deferred fields do).
-    channel.portal = Portal.from_db(connection.alias, ["id", "status"], [channel.portal_id, portal_status])
-    if not channel.is_connected or not channel.secret or not channel.portal.is_serving:
+    pk, sealed, state, portal_status, activity_due = found
+    secret = _unseal(sealed)
+    if state != Channel.State.CONNECTED or not secret or portal_status not in Portal.SERVING:
         raise Refused("channel_disconnected", "the channel is not connected to an Open Line", 409)
-    return channel
+    return Addressed(pk=pk, public_id=public_id, secret=secret, activity_due=bool(activity_due))
 
 
 @lru_cache(maxsize=4096)
@@ -138,7 +144,7 @@ def read_body(request: HttpRequest) -> bytes:
     return body
 
 
-def check_signature(channel: Channel, request: HttpRequest, body: bytes) -> None:
+def check_signature(channel: Addressed, request: HttpRequest, body: bytes) -> None:
     timestamp = _header(request, TIMESTAMP_HEADER)
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise Refused("stale_timestamp", f"{TIMESTAMP_HEADER} must be the Unix time of the request", 401)
@@ -168,7 +174,7 @@ def v1_accepted() -> bool:
     return until is not None and timezone.now().date() <= until
 
 
-def take_quota(channel: Channel) -> None:
+def take_quota(channel: Addressed) -> None:
     """One unit of the channel's budget (OPENLINES_INBOUND_PER_MINUTE, bursts of OPENLINES_INBOUND_BURST), taken
     only by signed requests: a stranger's unsigned ones never spend the holder's budget."""
     wait = limits.refused_for(
@@ -281,11 +287,11 @@ def parse(body: bytes) -> tuple[str, dict[str, dict[str, JSON]]]:
     return action, element
 
 
-def _reading(channel: Channel, element: dict) -> dict:
+def _reading(channel: Addressed, element: dict) -> dict:
     """The MESSAGES element of imconnector.send.status.reading for an operator message the webhook carried."""
 
     sent = OutboundMessage.objects.filter(
-        channel=channel, action=OutboundMessage.Action.ADD, im_message_id=element["message"]["id"]
+        channel_id=channel.pk, action=OutboundMessage.Action.ADD, im_message_id=element["message"]["id"]
     ).first()
     if sent is None:
         raise Refused("unknown_message", "message.id names no operator message sent to this channel", 404)
@@ -316,14 +322,14 @@ def idempotency_key(action: str, element: dict) -> str:
     return f"update:{chat}:{message_id}:{digest}"
 
 
-def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
+def accept(channel: Addressed, action: str, element: dict) -> InboundMessage:
     """Store the message for delivery; Refused(duplicate_message) when its id was accepted before."""
     key, chat_id, message_id = idempotency_key(action, element), element["chat"]["id"], element["message"]["id"]
     if action in ("add", "update"):
         element["message"].setdefault("date", int(time.time()))
     payload = _reading(channel, element) if action == "read" else element
     fields = {
-        "channel": channel,
+        "channel_id": channel.pk,
         "action": action,
         "key": key,
         "external_chat_id": chat_id,
@@ -344,13 +350,12 @@ def accept(channel: Channel, action: str, element: dict) -> InboundMessage:
             rows.insert(row)
     except IntegrityError:
         raise Refused("duplicate_message", "this message id was accepted before", 409) from None
-    now = timezone.now()
-    if channel.last_activity_at is None or now - channel.last_activity_at >= ACTIVITY_RESOLUTION:
-        _note_activity(channel, now)
+    if channel.activity_due:
+        _note_activity(channel, timezone.now())
     return row
 
 
-def _note_activity(channel: Channel, now) -> None:
+def _note_activity(channel: Addressed, now) -> None:
     """The channel's last activity (shown in the admin and its settings). The message is stored already: a
     database that fails now must not turn its 202 into a 5xx (the sender would see a refusal for a message we
     keep and deliver), so a failure here is logged and the next message writes it."""

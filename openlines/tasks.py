@@ -62,7 +62,7 @@ _WAITING_SCAN = 200
 # Channels the sweep queues per direction and minute, those waiting longest first.
 SWEEP_CHANNELS = 1000
 WAITING = (*UNSENT, Delivery.PARKED)
-_SERVING = (Portal.Status.NEW, Portal.Status.ACTIVE)
+_SERVING = Portal.SERVING
 
 
 @dataclass(frozen=True)

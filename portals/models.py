@@ -39,6 +39,9 @@ class Portal(models.Model):
         BLOCKED = "blocked", _("blocked")
         UNINSTALLED = "uninstalled", _("uninstalled")
 
+    # The statuses in which the app serves the portal (its channels carry messages, its events are applied).
+    SERVING = (Status.NEW, Status.ACTIVE)
+
     member_id = models.CharField(max_length=64, unique=True)
     domain = models.CharField(
         max_length=255, db_index=True, help_text="Current address, as the OAuth server reports it."
@@ -123,7 +126,7 @@ class Portal(models.Model):
 
     @property
     def is_serving(self) -> bool:
-        return self.status in (self.Status.NEW, self.Status.ACTIVE)
+        return self.status in self.SERVING
 
     @property
     def has_tokens(self) -> bool:
