@@ -39,13 +39,31 @@ def _statement(
     return sql, fields, returning
 
 
+# Fields whose value, when it is a str (exactly) or None, Django stores as it is: their pre_save reads the
+# attribute and their get_db_prep_save returns a str unchanged on every backend (tests/inbox/test_rows.py
+# compares both ways). Every other field and value goes through the field, as Model.save does.
+_TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+@lru_cache(maxsize=32)
+def _plain(model: type[models.Model], alias: str, tail: str | None) -> tuple[bool, ...]:
+    return tuple(type(f) in _TEXT_FIELDS for f in _statement(model, alias, tail)[1])
+
+
 def statement(obj: models.Model, *, using: str = "default", tail: str | None = None) -> tuple[str, list]:
     """The INSERT of `obj` and its parameters, as `insert` runs it (RETURNING the pk where the database can):
     for a caller that runs it inside a statement of its own, then calls `stored`. `tail` ("WHERE ...",
     "FROM ...") makes it `INSERT ... SELECT <the values> <tail>`; the tail's parameters follow the values'."""
     sql, fields, _returning = _statement(type(obj), using, tail)
     connection = connections[using]
-    return sql, [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields]
+    values = obj.__dict__
+    params = []
+    for field, plain in zip(fields, _plain(type(obj), using, tail), strict=True):
+        value = values.get(field.attname) if plain else None
+        if value is None or type(value) is not str:  # (a text field's None is prepared too: it may be a default)
+            value = field.get_db_prep_save(field.pre_save(obj, True), connection)
+        params.append(value)
+    return sql, params
 
 
 def stored(obj: models.Model, pk, *, using: str = "default") -> models.Model:

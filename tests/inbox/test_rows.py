@@ -82,3 +82,29 @@ def test_insert_unless_stores_the_row_only_when_its_select_finds_none():
     assert rows.insert_unless(third, applied, [key, str(InboxItem.State.DONE)]) is False
     assert third.pk is None and third._state.adding
     assert InboxItem.objects.filter(idempotency_key=key).count() == 2
+
+
+@pytest.mark.parametrize("model", [InboxItem, InboundMessage])
+def test_text_values_taken_as_they_are_equal_what_their_fields_would_prepare(model):
+    """`statement` takes a text field's str as it is (a field's preparation cost more than the rest of the
+    INSERT); every value it takes so must equal what the field prepares, as save() would, and every other
+    value (a lazy string, a number, a date, JSON, a sealed secret) still goes through its field."""
+    from django.utils.translation import gettext_lazy
+
+    portal = make_portal("active", member_id="m-rows-4", domain="rows4.example.test")
+    channel = Channel.objects.create(portal=portal, connector_id="b24widget_http", line_id="1")
+    values = {
+        InboxItem: {"portal_id": portal.pk, "member_id": portal.member_id, "event": "ONTESTEVENT", "ts": "17"},
+        InboundMessage: {"channel_id": channel.pk, "key": "add:c:1", "external_chat_id": "c", "payload": {}},
+    }[model]
+    obj = model(**values, last_error=gettext_lazy("lazy text"))
+    fields = rows._statement(model, connection.alias, None)[1]
+    _sql, params = rows.statement(obj)
+    taken = rows._plain(model, connection.alias, None)
+    assert any(taken) and not all(taken)
+    for field, plain, param in zip(fields, taken, params, strict=True):
+        if not plain:  # (prepared by the field itself: JSON, times, numbers, the sealed auth)
+            continue
+        prepared = field.get_db_prep_save(field.pre_save(obj, True), connection)
+        assert param == prepared and type(param) is type(prepared), field.name
+    assert params[[f.name for f in fields].index("last_error")] == "lazy text"
