@@ -798,8 +798,8 @@ def _release(member_id: str, lane: str, *, chain: _Chain | None = None) -> int:
         sent, failed = 0, False
         stamp = connection.ops.adapt_datetimefield_value(now)
         for pk in sorted(picks)[:free]:
-            to_chain = pk == ordered and chain is not None
-            if failed and not to_chain:
+            to_chain = chain if pk == ordered else None
+            if failed and to_chain is None:
                 # The broker just failed a send (down, or frozen: each send waits for its deadline): the other
                 # picks stay held, unmarked, for the next release or the sweeper, and a request that stored one
                 # event waits for at most one send, not one per pick (issue 26).
@@ -807,8 +807,8 @@ def _release(member_id: str, lane: str, *, chain: _Chain | None = None) -> int:
             # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
             cursor.execute(mark, [stamp, pk, pending])
             if cursor.rowcount == 1:
-                if to_chain:
-                    chain.next = pk  # marked sent, like any task's row: the finishing task goes on with it
+                if to_chain is not None:
+                    to_chain.next = pk  # marked sent, like any task's row: the finishing task goes on with it
                 elif enqueue(pk):
                     sent += 1
                 else:
