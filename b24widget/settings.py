@@ -500,6 +500,15 @@ if CELERY_BROKER_URL.startswith("filesystem:"):
 else:
     # Redis re-delivers an unacknowledged task after this many seconds (longer than any task runs).
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": read.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+# A frozen broker (its process stopped, or stuck, with its sockets open) answers no read and, once the socket's
+# buffers are full, takes no write: py-amqp waits for it without end by default (a request that opened its channel
+# on such a connection waited for ever; bench/RESULTS.md, "a frozen broker"). With these, every read and write on
+# an AMQP connection (py-amqp's read_timeout and write_timeout: the socket's SO_RCVTIMEO and SO_SNDTIMEO) gives up
+# after B24_BROKER_IO_TIMEOUT: the publish fails, the row waits for the sweep, a worker reconnects.
+B24_BROKER_IO_TIMEOUT = read.float("B24_BROKER_IO_TIMEOUT", default=2.0, minimum=0.1)
+B24_AMQP_TRANSPORT_OPTIONS = {"read_timeout": B24_BROKER_IO_TIMEOUT, "write_timeout": B24_BROKER_IO_TIMEOUT}
+if CELERY_BROKER_URL.startswith(("amqp:", "amqps:", "pyamqp:")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, **B24_AMQP_TRANSPORT_OPTIONS}
 # A message is acknowledged after its task ran; a worker lost mid-task gets it re-delivered. Tasks are
 # idempotent (the inbox claims each row once), so a re-run changes nothing twice.
 CELERY_TASK_ACKS_LATE = True

@@ -28,7 +28,9 @@ Faults: every --every seconds a pair, one of ours and one of the outside world, 
 8 of ours and 6 of the outside world make 8 pairs, repeated in turn (the OAuth server slow comes twice: once
 with the database stopped, once with the broker restarting; Bitrix24's QUERY_LIMIT_EXCEEDED twice as well).
 `--faults` keeps only the kinds named (FAULT_KINDS); the others' places in the schedule stay quiet, so a fault
-keeps its time (`--faults limit`: Bitrix24's limit answers at t+10 and t+220, nothing else).
+keeps its time (`--faults limit`: Bitrix24's limit answers at t+10 and t+220, nothing else). One kind runs only
+when named, not in "all": `broker-freeze`, RabbitMQ frozen (SIGSTOP of its Erlang VM, SIGCONT after --outage s:
+connections accepted and kept, nothing answered), in the slots of broker-stop and broker-restart (t+40, t+130).
 
 `--trace` (for tracing one fault: logs at INFO unless SOAK_LOG_LEVEL says otherwise) also prints, per portal,
 every imconnector.send.messages request the stand-in answered (when, its status, how many messages and how
@@ -194,9 +196,23 @@ class OwnRabbit:
             time.sleep(0.1)
         raise SystemExit("rabbitmq-server did not open its port")
 
+    def freeze(self):
+        """SIGSTOP the node's Erlang VM (beam.smp, its pid file's process, never a shared epmd): its sockets stay
+        open and its kernel still completes TCP connects and takes bytes until the buffers are full; nobody
+        answers."""
+        os.kill(self._beam(), signal.SIGSTOP)
+
+    def thaw(self):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(self._beam(), signal.SIGCONT)
+
+    def _beam(self) -> int:
+        return int((self.folder / "pid").read_text().strip())
+
     def stop(self):
         if self.process is None or self.process.poll() is not None:
             return
+        self.thaw()  # a frozen node would not hear rabbitmqctl
         with contextlib.suppress(OSError, StopIteration, ValueError):
             self.cpu_before = self.usage()[1]
         ctl = [str(self.BIN / "rabbitmqctl"), "-n", self.node, "stop", str(self.folder / "pid")]
@@ -484,6 +500,16 @@ class Faults:
         self.rabbit.start()
         return f"RabbitMQ restarted (down {time.monotonic() - began:.0f} s)"
 
+    def broker_freeze(self):
+        """RabbitMQ frozen (SIGSTOP of its VM) for --outage s, then thawed (SIGCONT): connections are accepted and
+        kept, nothing is answered (issue 26)."""
+        self.rabbit.freeze()
+        try:
+            time.sleep(self.outage)
+        finally:
+            self.rabbit.thaw()
+        return f"RabbitMQ frozen (SIGSTOP) {self.outage:.0f} s"
+
     # outside
     METHODS = ("imconnector.send.messages", "imopenlines.session.history.get")
 
@@ -546,9 +572,12 @@ class Faults:
     def pairs(self, kinds: frozenset[str] | None = None):
         """The schedule; with `kinds`, only those faults (FAULT_KINDS' names), the others' places left quiet."""
         chosen = None if kinds is None else {FAULT_KINDS[k] for k in kinds}
-        return [
-            tuple(f for f in pair if chosen is None or f.__name__ in chosen) for pair in self._schedule()
-        ]  # fmt: skip
+        if chosen is not None and "broker_freeze" in chosen:  # the freeze takes the broker's stop and restart slots
+            swap = {"broker_stop", "broker_restart"}
+            schedule = [tuple(self.broker_freeze if f.__name__ in swap else f for f in p) for p in self._schedule()]
+        else:
+            schedule = self._schedule()
+        return [tuple(f for f in pair if chosen is None or f.__name__ in chosen) for pair in schedule]
 
     def _schedule(self):
         return [
@@ -570,6 +599,7 @@ FAULT_KINDS = {
     "db-stop": "db_stop",
     "gunicorn-kill": "gunicorn_kill",
     "broker-restart": "broker_restart",
+    "broker-freeze": "broker_freeze",  # only when named: in the slots of broker-stop and broker-restart, not in "all"
     "redis-stop": "redis_stop",
     "gunicorn-hup": "gunicorn_hup",
     "db-restart": "db_restart",
@@ -590,6 +620,8 @@ def fault_kinds(text: str) -> frozenset[str] | None:
     unknown = sorted(kinds - set(FAULT_KINDS))
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(f"unknown fault kinds {unknown}; choose from {', '.join(FAULT_KINDS)}")
+    if "broker-freeze" in kinds and kinds & {"broker-stop", "broker-restart"}:
+        raise argparse.ArgumentTypeError("broker-freeze takes the slots of broker-stop and broker-restart")
     return kinds
 
 

@@ -795,16 +795,24 @@ def _release(member_id: str, lane: str, *, chain: _Chain | None = None) -> int:
             if first is not None and first[1] == pending and first[2] and first[3]:
                 picks.append(first[0])
                 ordered = first[0]
-        sent = 0
+        sent, failed = 0, False
         stamp = connection.ops.adapt_datetimefield_value(now)
         for pk in sorted(picks)[:free]:
+            to_chain = chain if pk == ordered else None
+            if failed and to_chain is None:
+                # The broker just failed a send (down, or frozen: each send waits for its deadline): the other
+                # picks stay held, unmarked, for the next release or the sweeper, and a request that stored one
+                # event waits for at most one send, not one per pick (issue 26).
+                continue
             # Conditional: of two releases at once, one sends each row (the window may be passed by one or two).
             cursor.execute(mark, [stamp, pk, pending])
             if cursor.rowcount == 1:
-                if pk == ordered and chain is not None:
-                    chain.next = pk  # marked sent, like any task's row: the finishing task goes on with it
+                if to_chain is not None:
+                    to_chain.next = pk  # marked sent, like any task's row: the finishing task goes on with it
+                elif enqueue(pk):
+                    sent += 1
                 else:
-                    sent += enqueue(pk)
+                    failed = True
     return sent
 
 

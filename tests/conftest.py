@@ -10,6 +10,9 @@ from portals.models import Portal
 from sandbox.standin import StandIn
 from tests.redis_keys import clear_cache
 
+# The frozen broker's fixtures (`frozen_broker`, `hang_guard`), for the tests that point Celery at one.
+pytest_plugins = ["tests.frozen_broker"]
+
 
 def pytest_collection_modifyitems(config, items):
     """On PostgreSQL, skip what would only repeat the SQLite pass: tests that never use the configured database

@@ -557,3 +557,25 @@ def test_prune_deletes_finished_rows_past_their_retention_and_records_why(
     listing = admin_client.get("/admin/inbox/prunerun/").content.decode()
     assert "kept until replayed" in listing and "B24_INBOX_FAILED_RETENTION_DAYS" in listing
     assert admin_client.get("/admin/inbox/prunerun/add/").status_code == 403
+
+
+@pytest.mark.slow  # the frozen send gives up after a few seconds
+@pytest.mark.parametrize("frozen_broker", ["accept"], indirect=True)
+def test_a_stored_event_waits_for_one_frozen_send_not_one_per_held_row(
+    handler, portal, published, frozen_broker, hang_guard, django_capture_on_commit_callbacks
+):
+    """Issue 26: while the broker is frozen (tests/frozen_broker.py), an event stored with held rows of its lane
+    (their own sends failed) tries one send, not one per row the window has room for: each send to a frozen broker
+    waits for its deadline, and a request waits for all it tries. The rows stay held for the sweeper and are each
+    processed once when the broker is back."""
+    calls, _script = handler
+    held = [accept(portal, ts=str(n), code=OTHER)[0].pk for n in range(3)]  # stored, never sent (no commit here)
+    with django_capture_on_commit_callbacks(execute=True):  # the request's hand-off: the frozen broker
+        stored, _ = accept(portal, ts="3", code=OTHER)
+    assert len(published) == 1, published  # one send tried (the oldest held row), not the window's four
+    rows = InboxItem.objects.filter(pk__in=[*held, stored.pk])
+    assert all(r.state == State.PENDING and r.enqueued_at is None for r in rows)  # held: nothing counts them sent
+
+    with django_capture_on_commit_callbacks(execute=True):  # the broker back: a worker takes them
+        inbox.process_pending()
+    assert sorted(calls) == sorted([*held, stored.pk])  # each once
