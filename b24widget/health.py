@@ -22,9 +22,14 @@ from openlines import health as relay
 
 
 def _broker() -> str:
+    """Whether the broker answers: a connection made (bounded by CELERY_BROKER_CONNECTION_TIMEOUT), then a channel
+    opened and closed on it, round trips a frozen broker leaves unanswered (each bounded by B24_BROKER_IO_TIMEOUT
+    on AMQP; local on the embedded broker). A connection alone was "ok" for a broker that answered the handshake
+    and then froze, while every hand-off to it failed."""
     try:
         with app.connection_for_write() as conn:
-            conn.connect()  # bounded by CELERY_BROKER_CONNECTION_TIMEOUT
+            conn.connect()
+            conn.channel().close()
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"

@@ -120,3 +120,17 @@ def test_a_stalled_inbox_makes_healthz_degraded_and_an_unproven_backlog_does_not
     )
     body = client.get("/healthz").json()
     assert body["status"] == "degraded" and body["inbox"]["oldest_overdue_seconds"] >= 121
+
+
+@pytest.mark.slow  # each frozen round trip gives up after B24_BROKER_IO_TIMEOUT
+@pytest.mark.django_db
+def test_a_frozen_broker_makes_healthz_degraded(client, frozen_broker, hang_guard):
+    """A broker that accepts the connection and then answers nothing (both ways of tests/frozen_broker.py: no
+    answer at all, or the handshake answered and then silence, as a broker that froze after it) is reported, so
+    a monitor sees the relay's hand-offs failing; the check answers within its deadlines and stays 200 (the
+    process itself serves)."""
+    answer = client.get("/healthz")
+    body = answer.json()
+    assert answer.status_code == 200, body
+    assert body["status"] == "degraded" and body["checks"]["broker"].startswith("error: "), body
+    assert frozen_broker.accepted
