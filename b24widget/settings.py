@@ -507,8 +507,17 @@ else:
 # after B24_BROKER_IO_TIMEOUT: the publish fails, the row waits for the sweep, a worker reconnects.
 B24_BROKER_IO_TIMEOUT = read.float("B24_BROKER_IO_TIMEOUT", default=2.0, minimum=0.1)
 B24_AMQP_TRANSPORT_OPTIONS = {"read_timeout": B24_BROKER_IO_TIMEOUT, "write_timeout": B24_BROKER_IO_TIMEOUT}
+# On a Redis broker the same deadline is redis-py's socket_timeout (kombu's redis transport: without it "a
+# synchronous command such as a publish waits forever on the dead connection"), and connecting is bounded as on
+# AMQP. It must outlast the consumers' BRPOP (kombu's brpop_timeout, 1 s), which the minimum below keeps.
+B24_REDIS_BROKER_TRANSPORT_OPTIONS = {
+    "socket_timeout": max(B24_BROKER_IO_TIMEOUT, 1.5),
+    "socket_connect_timeout": read.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0),
+}
 if CELERY_BROKER_URL.startswith(("amqp:", "amqps:", "pyamqp:")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, **B24_AMQP_TRANSPORT_OPTIONS}
+elif CELERY_BROKER_URL.startswith(("redis:", "rediss:")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, **B24_REDIS_BROKER_TRANSPORT_OPTIONS}
 # A message is acknowledged after its task ran; a worker lost mid-task gets it re-delivered. Tasks are
 # idempotent (the inbox claims each row once), so a re-run changes nothing twice.
 CELERY_TASK_ACKS_LATE = True

@@ -87,12 +87,17 @@ class FrozenBroker:
                 conn.close()
 
 
-@pytest.fixture(params=["accept", "open"])
+@pytest.fixture(params=["accept", "open", "redis"])
 def frozen_broker(request, monkeypatch, settings):
-    """CELERY_BROKER_URL at a frozen broker, with the AMQP transport options production gives such a URL."""
+    """CELERY_BROKER_URL at a frozen broker, with the transport options production gives such a URL: AMQP
+    frozen before or after its handshake, or a Redis broker (redis://) that accepts and answers nothing."""
     from b24widget.celery import app
 
-    broker = FrozenBroker(after=request.param)
+    broker = FrozenBroker(after="accept" if request.param == "redis" else request.param)
+    options = settings.B24_AMQP_TRANSPORT_OPTIONS
+    if request.param == "redis":
+        broker.url = broker.url.replace("amqp://guest:guest@", "redis://").rstrip("/") + "/0"
+        options = {"visibility_timeout": 3600, **settings.B24_REDIS_BROKER_TRANSPORT_OPTIONS}
     previous = app.conf.broker_url, app.conf.broker_transport, app.conf.broker_transport_options
 
     def fresh_connections():  # Celery keeps its connections and producer pool once made
@@ -100,8 +105,8 @@ def frozen_broker(request, monkeypatch, settings):
         app.amqp._producer_pool = None
 
     monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery reads the variable before its own setting
-    app.conf.broker_url, app.conf.broker_transport = broker.url, None  # kombu's own amqp transport
-    app.conf.broker_transport_options = settings.B24_AMQP_TRANSPORT_OPTIONS  # as settings.py sets for amqp://
+    app.conf.broker_url, app.conf.broker_transport = broker.url, None  # kombu's own amqp or redis transport
+    app.conf.broker_transport_options = options  # as settings.py sets for such a URL
     fresh_connections()
     try:
         yield broker
