@@ -5,9 +5,10 @@ it once. tests/openlines/test_broker_outage.py is the refused connection.
 
 The broker is a socket of this test's own (tests/frozen_broker.py, with the fixtures), in three ways: it never
 answers a connection (the TCP connect succeeds, the AMQP handshake gets no answer; or a Redis broker's first
-command gets none), or it answers the AMQP handshake and then nothing (the client's channel.open waits: before B24_BROKER_IO_TIMEOUT the request waited there for
-ever). The hand-off after the commit runs in this test's thread (the capture's exit, as it runs in the request
-in production); a guard fails the test if it has not come back after two minutes. Nothing here measures time."""
+command gets none), or it answers the AMQP handshake and then nothing (the client's channel.open waits: before
+B24_BROKER_IO_TIMEOUT the request waited there for ever). The hand-off after the commit runs in this test's thread
+(the capture's exit, as it runs in the request in production); a guard fails the test if it has not come back after
+two minutes. Nothing here measures time."""
 
 from urllib.parse import urlencode
 
