@@ -8,6 +8,8 @@ A refusal of our credentials is recorded when an OAuth answer says so; /healthz 
 server again while one is recorded (bitrix24.oauth.recheck_client), so it recovers without waiting for
 some other OAuth call to succeed."""
 
+from typing import Any
+
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
@@ -29,7 +31,8 @@ def _broker() -> str:
     try:
         with app.connection_for_write() as conn:
             conn.connect()
-            conn.channel().close()
+            channel: Any = conn.channel()  # (kombu's StdChannel stub names no close; every transport's has one)
+            channel.close()
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
