@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -70,7 +71,7 @@ class Requests:
         return raw_request(self.port, "/bench/insert/", body, {"Content-Type": "application/x-www-form-urlencoded"})
 
     def channel(self, *, floor: str | None = None) -> bytes:
-        """`floor`: None, the channel API; "" or "/lean", its floor view (bench/urls.py)."""
+        """`floor`: None, the channel API; "" or "lean", its floor view (bench/urls.py)."""
         from openlines.outbound import INBOUND, sign
 
         n = self._next()
@@ -85,7 +86,7 @@ class Requests:
         ts = str(int(time.time()))
         return raw_request(
             self.port,
-            f"/bench/floor/channel/{channel.public_id}{floor}"
+            f"/bench/floor/channel/{channel.public_id}{'/' + floor if floor else ''}"
             if floor is not None
             else f"/channels/{channel.public_id}/messages",
             body,
@@ -98,7 +99,7 @@ class Requests:
         )
 
     def event(self, *, floor: str | None = None) -> bytes:
-        """`floor`: None, /events/; "" or "/lean", its floor view (bench/urls.py)."""
+        """`floor`: None, /events/; "" or "lean", its floor view (bench/urls.py)."""
         n = self._next()
         payload = self.b24.event_payload(
             "ONIMCONNECTORMESSAGEADD",
@@ -115,7 +116,7 @@ class Requests:
             },
         )
         body = urlencode(payload).encode()
-        path = "/events/" if floor is None else f"/bench/floor/events/{floor.strip('/')}"
+        path = "/events/" if floor is None else f"/bench/floor/events/{floor}"
         return raw_request(self.port, path, body, {"Content-Type": "application/x-www-form-urlencoded"})
 
 
@@ -352,22 +353,18 @@ def main():
                         "insert": ("POST /bench/insert/ (bare view, one INSERT)", build.insert),
                         "channel": ("POST /channels/<id>/messages (signed add)", build.channel),
                         "events": ("POST /events/ (OnImConnectorMessageAdd)", build.event),
-                        "channel-floor": (
-                            "POST /bench/floor/channel/<id> (its required work only)",
-                            lambda: build.channel(floor=""),
-                        ),
-                        "channel-lean": (
-                            "POST /bench/floor/channel/<id>/lean (a design not built)",
-                            lambda: build.channel(floor="/lean"),
-                        ),
-                        "events-floor": (
-                            "POST /bench/floor/events/ (its required work only)",
-                            lambda: build.event(floor=""),
-                        ),
-                        "events-lean": (
-                            "POST /bench/floor/events/lean (a design not built)",
-                            lambda: build.event(floor="/lean"),
-                        ),
+                        # Each path's floors (bench/urls.py): its required work, and a design not built.
+                        **{
+                            f"{path}-{kind}": (f"POST {floor_path}{suffix} ({what})", partial(make, floor=suffix[1:]))
+                            for path, make, floor_path in (
+                                ("channel", build.channel, "/bench/floor/channel/<id>"),
+                                ("events", build.event, "/bench/floor/events"),
+                            )
+                            for kind, suffix, what in (
+                                ("floor", "", "its required work only"),  # (/bench/floor/events/ itself)
+                                ("lean", "/lean", "a design not built"),
+                            )
+                        },
                     }
                     per_run = int(args.seconds * 2500)  # more than the server answers in that time
                     for _label, make in endpoints.values() if args.rounds else ():  # warm-up: every worker, every path

@@ -154,6 +154,31 @@ def message(mid="m1", text="Hello", chat="chat-1", user="u-1", **extra):
     }
 
 
+def kept_for_the_sweep(client, channel, settings, capture, message_id: str) -> None:
+    """A customer message sent while the broker takes no task (refusing or frozen): answered 202 (the broker's
+    failure is not the customer's) and stored with no task waiting for it (the channel's mark given back); once
+    the broker is back the sweep sends it, once."""
+    from openlines import tasks
+    from openlines.models import Channel, Delivery, InboundMessage
+    from sandbox.standin import rest_imconnector as imc
+
+    row, secret, b24 = channel
+    settings.OPENLINES_TASKS_INLINE = False  # the request sends its task through the broker
+    with capture(execute=True):
+        answer = signed(client, row, secret, message(message_id, "Anyone there?", chat=f"chat-{message_id}"))
+    assert answer.status_code == 202, answer.content
+    stored = InboundMessage.objects.get(channel=row, external_message_id=message_id)
+    assert stored.state != Delivery.SENT
+    assert Channel.objects.get(pk=row.pk).inbound_queued_at is None  # no task waits for it: the sweep's to send
+
+    settings.OPENLINES_TASKS_INLINE = True  # the broker back (tasks run here, as one worker would)
+    tasks.sweep()
+    stored.refresh_from_db()
+    assert stored.state == Delivery.SENT
+    texts = [m["text"] for c in imc.conversations(b24) for m in c["messages"]]
+    assert texts.count("Anyone there?") == 1
+
+
 class EventSink:
     """Where the stand-in posts connector events in these tests: it keeps each form body, as the inbox
     would store it (inbox.parsing parses the PHP-style keys the same way)."""

@@ -16,10 +16,8 @@ import pytest
 
 from inbox import queue as inbox
 from inbox.models import InboxItem
-from openlines import tasks
-from openlines.models import Channel, Delivery, InboundMessage
 from sandbox.standin import rest_imconnector as imc
-from tests.openlines.conftest import message, signed
+from tests.openlines.conftest import kept_for_the_sweep, message, signed
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # each frozen send gives up after a few seconds
 
@@ -27,22 +25,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # each frozen send gives
 def test_a_customer_message_accepted_while_the_broker_is_frozen_is_kept_for_the_sweep(
     client, channel, settings, frozen_broker, hang_guard, django_capture_on_commit_callbacks
 ):
-    row, secret, b24 = channel
-    settings.OPENLINES_TASKS_INLINE = False  # the request sends its task through the (frozen) broker
-    with django_capture_on_commit_callbacks(execute=True):
-        answer = signed(client, row, secret, message("m-frozen", "Anyone there?", chat="chat-frozen"))
-    assert answer.status_code == 202, answer.content
+    kept_for_the_sweep(client, channel, settings, django_capture_on_commit_callbacks, "m-frozen")
     assert frozen_broker.accepted  # the send did reach the broker
-    stored = InboundMessage.objects.get(channel=row, external_message_id="m-frozen")
-    assert stored.state != Delivery.SENT
-    assert Channel.objects.get(pk=row.pk).inbound_queued_at is None  # no task waits for it: the sweep's to send
-
-    settings.OPENLINES_TASKS_INLINE = True  # the broker back (tasks run here, as one worker would)
-    tasks.sweep()
-    stored.refresh_from_db()
-    assert stored.state == Delivery.SENT
-    texts = [m["text"] for c in imc.conversations(b24) for m in c["messages"]]
-    assert texts.count("Anyone there?") == 1
 
 
 def test_an_operator_reply_accepted_while_the_broker_is_frozen_is_kept_for_the_sweeper(

@@ -7,10 +7,7 @@ import socket
 
 import pytest
 
-from openlines import tasks
-from openlines.models import Channel, Delivery, InboundMessage
-from sandbox.standin import rest_imconnector as imc
-from tests.openlines.conftest import message, signed
+from tests.openlines.conftest import kept_for_the_sweep
 
 pytestmark = pytest.mark.django_db
 
@@ -44,18 +41,4 @@ def refusing_broker(monkeypatch):
 def test_a_customer_message_accepted_while_the_broker_is_down_is_sent_by_the_sweep(
     client, channel, settings, refusing_broker, django_capture_on_commit_callbacks
 ):
-    row, secret, b24 = channel
-    settings.OPENLINES_TASKS_INLINE = False  # the request sends its task through the (refusing) broker
-    with django_capture_on_commit_callbacks(execute=True):
-        answer = signed(client, row, secret, message("m-down", "Anyone there?", chat="chat-down"))
-    assert answer.status_code == 202, answer.content  # stored: the broker's refusal is not the customer's
-    stored = InboundMessage.objects.get(channel=row, external_message_id="m-down")
-    assert stored.state != Delivery.SENT
-    assert Channel.objects.get(pk=row.pk).inbound_queued_at is None  # no task waits for it: the sweep's to send
-
-    settings.OPENLINES_TASKS_INLINE = True  # the broker back (tasks run here, as one worker would)
-    tasks.sweep()
-    stored.refresh_from_db()
-    assert stored.state == Delivery.SENT
-    texts = [m["text"] for c in imc.conversations(b24) for m in c["messages"]]
-    assert texts.count("Anyone there?") == 1
+    kept_for_the_sweep(client, channel, settings, django_capture_on_commit_callbacks, "m-down")

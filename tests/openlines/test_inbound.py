@@ -372,6 +372,19 @@ def test_a_limit_answer_waits_for_the_bucket_and_is_no_failed_attempt(
     assert [m["text"] for m in imc.conversations(b24)[0]["messages"]] == ["t0", "t1", "t2"]
 
 
+def limited_once(client, channel, capture, code: str, status: int) -> InboundMessage:
+    """One message whose delivery met a limit answer once: sent once, not again in the worker, and left failed
+    with no attempt counted (the portal's slot decides when it goes again). Returns its row."""
+    row, secret, b24 = channel
+    b24.fail_next("imconnector.send.messages", code, status, times=1)
+    with capture(execute=True):
+        assert signed(client, row, secret, message("m0", "t0")).status_code == 202
+    assert sent_calls(b24) == 1 and imc.conversations(b24) == []  # the one limit answer, not sent again
+    first = InboundMessage.objects.get()
+    assert (first.state, first.attempts) == (Delivery.FAILED, 0) and code in first.last_error
+    return first
+
+
 def test_a_limit_answer_ends_the_run_and_the_next_takes_the_whole_backlog_in_one_call(
     client, channel, django_capture_on_commit_callbacks, settings
 ):
@@ -380,12 +393,7 @@ def test_a_limit_answer_ends_the_run_and_the_next_takes_the_whole_backlog_in_one
     rows wait for the portal's next slot, and the next run carries them and what came meanwhile in one call."""
     settings.B24_RATE_LIMIT_BURST, settings.B24_RATE_LIMIT_PER_SECOND = 5, 500.0
     row, secret, b24 = channel
-    b24.fail_next("imconnector.send.messages", "QUERY_LIMIT_EXCEEDED", 503, times=1)
-    with django_capture_on_commit_callbacks(execute=True):
-        assert signed(client, row, secret, message("m0", "t0")).status_code == 202
-    assert sent_calls(b24) == 1 and imc.conversations(b24) == []  # the one limit answer, not sent again
-    first = InboundMessage.objects.get()
-    assert (first.state, first.attempts) == (Delivery.FAILED, 0) and "QUERY_LIMIT_EXCEEDED" in first.last_error
+    first = limited_once(client, channel, django_capture_on_commit_callbacks, "QUERY_LIMIT_EXCEEDED", 503)
     with django_capture_on_commit_callbacks(execute=False):  # meanwhile
         for i in (1, 2):
             assert signed(client, row, secret, message(f"m{i}", f"t{i}")).status_code == 202
@@ -406,12 +414,7 @@ def test_an_operating_time_limit_is_not_waited_out_in_the_worker(
     from bitrix24 import limits
 
     row, secret, b24 = channel
-    b24.fail_next("imconnector.send.messages", "OPERATION_TIME_LIMIT", 429, times=1)
-    with django_capture_on_commit_callbacks(execute=True):
-        assert signed(client, row, secret, message("m0", "t0")).status_code == 202
-    assert sent_calls(b24) == 1 and imc.conversations(b24) == []  # the one limit answer, not sent again
-    first = InboundMessage.objects.get()
-    assert (first.state, first.attempts) == (Delivery.FAILED, 0) and "OPERATION_TIME_LIMIT" in first.last_error
+    first = limited_once(client, channel, django_capture_on_commit_callbacks, "OPERATION_TIME_LIMIT", 429)
     # The method's reset is 20 s away, well within B24_MAX_WAIT (120 s), which the worker slept through before.
     limits.pause_method(row.portal.member_id, "imconnector.send.messages", time.time() + 20)
     InboundMessage.objects.update(next_attempt_at=first.received_at)  # the row's own wait is over
