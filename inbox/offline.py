@@ -44,7 +44,7 @@ from bitrix24 import limits, wire
 from bitrix24.errors import LimitWaitExceeded, RestError, TransportError
 
 from . import queue
-from .registry import Refused, Retry, directory
+from .registry import Later, Refused, Retry, directory
 from .registry import register as register_handler
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ class Pulled:
     skipped: str = ""  # why nothing was asked
     failed: str = ""  # the error code that ended it
     transient: bool = False  # the failure may pass (limits, transport)
+    # A Bitrix24 limit ended it: seconds until the portal may be asked again (bitrix24.limits.retry_in); the
+    # pull's calls wait out no limit in the worker (the directory's offline client has limit_retries=0).
+    limited_for: float | None = None
 
     def __str__(self) -> str:
         if self.skipped:
@@ -106,6 +109,7 @@ def pull(member_id: str, *, limit: int | None = None) -> Pulled:
         except RestError as exc:
             pulled.failed = exc.code
             pulled.transient = isinstance(exc, (TransportError, LimitWaitExceeded)) or exc.code in _TRANSIENT
+            pulled.limited_for = limits.retry_in(member_id, exc)
             log.warning(
                 "offline pull failed",
                 extra={"member_id": member_id, "code": exc.code, "method": exc.method, "fetched": pulled.fetched},
@@ -236,6 +240,9 @@ def on_offline_event(item) -> str:
     if not limits.admit(f"offline-wake:{item.member_id}", per_minute=_WAKE_PER_MINUTE, burst=_WAKE_BURST):
         return "skipped: woken too often (beat's pull takes it)"
     pulled = pull(item.member_id)
+    if pulled.limited_for is not None:
+        # The portal's limit, not a failure: the event waits for its slot, no attempt counted (issue 26).
+        raise Later(f"the offline pull met the portal's limit: {pulled.failed}", pulled.limited_for)
     if pulled.transient:
         raise Retry(f"the offline pull failed for now: {pulled.failed}")
     if pulled.more:

@@ -110,7 +110,9 @@ class PortalDirectory:
 
     def offline_client(self, member_id: str) -> PortalClient | None:
         portal = self._offline().filter(member_id=member_id).first()
-        return PortalClient(portal) if portal is not None else None
+        # No limit waited out in the worker: a pull that meets one ends, and the portal is asked again at its
+        # next slot (the ONOFFLINEEVENT that asked waits for it in the inbox; beat pulls every minute anyway).
+        return PortalClient(portal, limit_retries=0) if portal is not None else None
 
     def offline_portals(self):
         return self._offline().order_by("pk").values_list("member_id", flat=True).iterator()

@@ -4,6 +4,8 @@ reports, what it costs, its cap, a record fetched twice, ONOFFLINEEVENT and the 
 Pages: api-reference/events/offline-events.md, event-offline-get.md (clear=0, process_id), event-offline-clear.md,
 event-offline-error.md, on-offline-event.md."""
 
+import time
+
 import pytest
 import requests
 
@@ -152,6 +154,35 @@ def test_a_failure_that_passes_retries_the_onofflineevent(client, installed):
     response, item = deliver(client, b24.event_payload("ONOFFLINEEVENT"))
     assert response.status_code == 200
     assert (item.state, item.last_error) == ("pending", "the offline pull failed for now: INTERNAL_SERVER_ERROR")
+
+
+@pytest.mark.parametrize("code, status", [("QUERY_LIMIT_EXCEEDED", 503), ("OPERATION_TIME_LIMIT", 429)])
+def test_a_pull_that_meets_a_limit_ends_and_the_next_one_takes_the_records(installed, code, status):
+    """A limit answer to the pull's batch (settings/performance/limits.md) is not waited out in the worker: the
+    batch is sent once, the pull ends as a transient failure saying when to ask again, and the records stay in
+    the portal's queue for the next pull, stored once."""
+    portal, b24 = installed
+    updates(b24, 2)
+    b24.fail_next("event.offline.get", code, status)
+    before = b24.calls("batch")
+    pulled = offline.pull(b24.member_id)
+    assert (pulled.failed, pulled.transient, pulled.fetched) == (code, True, 0)
+    assert pulled.limited_for is not None and pulled.limited_for >= 0
+    assert b24.calls("batch") - before == 1  # not sent again in the worker
+    limits.pause_method(b24.member_id, "event.offline.get", time.time() - 1)  # (the method's reset came)
+    assert offline.pull(b24.member_id).stored == 2
+    assert InboxItem.objects.filter(source="offline").count() == 2
+
+
+def test_an_onofflineevent_whose_pull_meets_a_limit_waits_for_the_portals_slot(client, installed):
+    """The event that asked for the pull waits in the inbox (Later): no attempt counted, never a dead letter."""
+    portal, b24 = installed
+    updates(b24, 1)
+    b24.fail_next("event.offline.get", "QUERY_LIMIT_EXCEEDED", 503)
+    response, item = deliver(client, b24.event_payload("ONOFFLINEEVENT"))
+    assert response.status_code == 200
+    assert (item.state, item.attempts) == ("pending", 0), item.last_error
+    assert "the portal's limit" in item.last_error and "QUERY_LIMIT_EXCEEDED" in item.last_error
 
 
 def test_the_beat_task_pulls_every_portal_whose_offline_events_are_bound(client, installed, standin, settings):
