@@ -369,13 +369,13 @@ def _keep(channel: Channel, chat_id: str, history):
     return history
 
 
-def last_sessions(channel: Channel, chat_ids: list[str]) -> dict[str, dict | str]:
+def last_sessions(channel: Channel, chat_ids: list[str], *, limit_retries: int | None = None) -> dict[str, dict | str]:
     """{chat id: its last session's history (as confirm reads it) or why the portal did not show it}, asked
     _BATCH chats per batch request (batch.md) with the app's tokens; each answer is kept as a fresh answer,
     so confirming new messages it holds right after costs nothing. Raises RestError when the portal could
-    not be asked at all."""
+    not be asked at all. `limit_retries`: the client's (0: a limit answer is not waited out here)."""
     found: dict[str, dict | str] = {}
-    client = PortalClient(channel.portal)
+    client = PortalClient(channel.portal, limit_retries=limit_retries)
     for start in range(0, len(chat_ids), _BATCH):
         chunk = chat_ids[start : start + _BATCH]
         result = client.batch({f"c{chat}": (_HISTORY, {"CHAT_ID": int(chat)}) for chat in chunk})

@@ -157,7 +157,9 @@ def reconcile(channel: Channel, *, now=None) -> dict[str, int]:
     chats = _recent_chats(channel, since)
     if not chats:
         return counts
-    histories = confirm.last_sessions(channel, list(chats))
+    # No limit waited out in the pass (issue 26): it reads many portals in one worker, and what a limit keeps
+    # from it now the next pass reads (a chat refused for a limit counts as unreadable this time).
+    histories = confirm.last_sessions(channel, list(chats), limit_retries=0)
     counts["chats"] = len(chats)
     relayed = OutboundMessage.objects.filter(channel=channel, im_chat_id__in=list(chats))
     added = {
@@ -222,7 +224,7 @@ def reconcile(channel: Channel, *, now=None) -> dict[str, int]:
                 continue
             claims = [confirm.Claim(chat, m, external) for m in message_ids]
             try:
-                done = events.relay(channel, action, claims, catch_up=False)
+                done = events.relay(channel, action, claims, catch_up=False, limit_retries=0)
             except RestError as exc:
                 log.info("reconciliation could not confirm", extra={"line": channel.line_id, "code": exc.code})
                 break

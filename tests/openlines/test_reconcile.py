@@ -109,6 +109,27 @@ def test_a_pass_costs_one_batch_request_for_the_channels_conversations(
     assert sorted(receiver.texts()) == ["one", "two"]
 
 
+def test_a_limit_answer_is_not_waited_out_in_the_pass_and_the_next_pass_reads_the_chats(
+    chats, receiver, django_capture_on_commit_callbacks
+):
+    """The pass reads many portals in one worker (issue 26): the chats Bitrix24 refused for its limit
+    (QUERY_LIMIT_EXCEEDED inside the batch, settings/performance/limits.md) are not asked again in it (the
+    client sent them again, alone, up to B24_REST_MAX_RETRIES times); they count as unreadable, and the next
+    pass reads them and relays what they show, once."""
+    row, b24, chat = chats
+    b24.app_unreachable()
+    imc.operator_reply(b24, chat["chat-a"], "one")
+    imc.operator_reply(b24, chat["chat-b"], "two")
+    b24.fail_next("imopenlines.session.history.get", "QUERY_LIMIT_EXCEEDED", 503, times=2)
+    before = len(b24.requests)
+    first = _pass(django_capture_on_commit_callbacks)
+    assert [r["method"] for r in b24.requests[before:]] == ["batch"]  # sent once
+    assert (first["unreadable"], first["add"]) == (2, 0) and receiver.texts() == []
+    second = _pass(django_capture_on_commit_callbacks)
+    assert (second["unreadable"], second["add"]) == (0, 2)
+    assert sorted(receiver.texts()) == ["one", "two"]
+
+
 def test_customer_and_system_messages_and_replies_from_before_the_channel_are_never_relayed(
     client, chats, receiver, django_capture_on_commit_callbacks
 ):
