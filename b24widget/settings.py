@@ -505,6 +505,8 @@ else:
 # on such a connection waited for ever; bench/RESULTS.md, "a frozen broker"). With these, every read and write on
 # an AMQP connection (py-amqp's read_timeout and write_timeout: the socket's SO_RCVTIMEO and SO_SNDTIMEO) gives up
 # after B24_BROKER_IO_TIMEOUT: the publish fails, the row waits for the sweep, a worker reconnects.
+# Sending from a web request never hangs on a broker that is down: the row is stored, the sweeper re-sends.
+CELERY_BROKER_CONNECTION_TIMEOUT = read.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 B24_BROKER_IO_TIMEOUT = read.float("B24_BROKER_IO_TIMEOUT", default=2.0, minimum=0.1)
 B24_AMQP_TRANSPORT_OPTIONS = {"read_timeout": B24_BROKER_IO_TIMEOUT, "write_timeout": B24_BROKER_IO_TIMEOUT}
 # On a Redis broker the same deadline is redis-py's socket_timeout (kombu's redis transport: without it "a
@@ -512,7 +514,7 @@ B24_AMQP_TRANSPORT_OPTIONS = {"read_timeout": B24_BROKER_IO_TIMEOUT, "write_time
 # AMQP. It must outlast the consumers' BRPOP (kombu's brpop_timeout, 1 s), which the minimum below keeps.
 B24_REDIS_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": max(B24_BROKER_IO_TIMEOUT, 1.5),
-    "socket_connect_timeout": read.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0),
+    "socket_connect_timeout": CELERY_BROKER_CONNECTION_TIMEOUT,
 }
 if CELERY_BROKER_URL.startswith(("amqp:", "amqps:", "pyamqp:")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {**CELERY_BROKER_TRANSPORT_OPTIONS, **B24_AMQP_TRANSPORT_OPTIONS}
@@ -531,8 +533,6 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_REDIRECT_STDOUTS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Sending from a web request never hangs on a broker that is down: the row is stored, the sweeper re-sends.
-CELERY_BROKER_CONNECTION_TIMEOUT = read.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # A worker that lost its broker tries again every 1-5 s (kombu's default: up to 30 s between attempts).
