@@ -91,30 +91,41 @@ class FrozenBroker:
 def frozen_broker(request, monkeypatch, settings):
     """CELERY_BROKER_URL at a frozen broker, with the transport options production gives such a URL: AMQP
     frozen before or after its handshake, or a Redis broker (redis://) that accepts and answers nothing."""
-    from b24widget.celery import app
-
     broker = FrozenBroker(after="accept" if request.param == "redis" else request.param)
     options = settings.B24_AMQP_TRANSPORT_OPTIONS
     if request.param == "redis":
         broker.url = broker.url.replace("amqp://guest:guest@", "redis://").rstrip("/") + "/0"
         options = {"visibility_timeout": 3600, **settings.B24_REDIS_BROKER_TRANSPORT_OPTIONS}
+    with celery_pointed_at(broker.url, options, monkeypatch):
+        try:
+            yield broker
+        finally:
+            broker.close()
+
+
+@contextlib.contextmanager
+def celery_pointed_at(url: str, options: dict | None, monkeypatch):
+    """Celery's app sends to `url` (kombu's own transport for its scheme, with these transport options; None:
+    the ones it has) for the block, with fresh connections before and after (it keeps them once made)."""
+    from b24widget.celery import app
+
     previous = app.conf.broker_url, app.conf.broker_transport, app.conf.broker_transport_options
 
-    def fresh_connections():  # Celery keeps its connections and producer pool once made
+    def fresh_connections():
         app.close()
         app.amqp._producer_pool = None
 
-    monkeypatch.setenv("CELERY_BROKER_URL", broker.url)  # Celery reads the variable before its own setting
-    app.conf.broker_url, app.conf.broker_transport = broker.url, None  # kombu's own amqp or redis transport
-    app.conf.broker_transport_options = options  # as settings.py sets for such a URL
+    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads the variable before its own setting
+    app.conf.broker_url, app.conf.broker_transport = url, None
+    if options is not None:
+        app.conf.broker_transport_options = options  # as settings.py sets for such a URL
     fresh_connections()
     try:
-        yield broker
+        yield
     finally:
         monkeypatch.undo()
         app.conf.broker_url, app.conf.broker_transport, app.conf.broker_transport_options = previous
         fresh_connections()
-        broker.close()
 
 
 @pytest.fixture

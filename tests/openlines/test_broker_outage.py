@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from tests.frozen_broker import celery_pointed_at
 from tests.openlines.conftest import kept_for_the_sweep
 
 pytestmark = pytest.mark.django_db
@@ -15,26 +16,12 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def refusing_broker(monkeypatch):
     """CELERY_BROKER_URL at a port bound here and never listened on: every connection to it is refused."""
-    from b24widget.celery import app
-
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    url = f"amqp://guest:guest@127.0.0.1:{sock.getsockname()[1]}//"
-    previous = app.conf.broker_url, app.conf.broker_transport
-
-    def fresh_connections():  # Celery keeps its connections and producer pool once made
-        app.close()
-        app.amqp._producer_pool = None
-
-    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery reads the variable before its own setting
-    app.conf.broker_url, app.conf.broker_transport = url, None  # kombu's own amqp transport, as in production
-    fresh_connections()
     try:
-        yield
+        with celery_pointed_at(f"amqp://guest:guest@127.0.0.1:{sock.getsockname()[1]}//", None, monkeypatch):
+            yield
     finally:
-        monkeypatch.undo()
-        app.conf.broker_url, app.conf.broker_transport = previous
-        fresh_connections()
         sock.close()
 
 
