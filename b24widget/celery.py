@@ -29,6 +29,7 @@ from kombu.utils.objects import cached_property
 
 from b24widget import metrics
 from b24widget.checks import refuse_to_start
+from inbox import handoff
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "b24widget.settings")
 
@@ -115,6 +116,17 @@ def _worker_init(sender=None, **kwargs):
     _refuse_bad_settings()
     metrics.empty_multiprocess_folder()
     metrics.serve_worker_metrics()
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender=None, **kwargs):
+    """The worker's main process, its pool started: the hand-off dispatcher (inbox/handoff.py), where it runs."""
+    handoff.start()
+
+
+@signals.worker_shutdown.connect
+def _worker_shutdown(sender=None, **kwargs):
+    handoff.stop()
 
 
 @signals.worker_process_shutdown.connect

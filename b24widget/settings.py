@@ -201,6 +201,13 @@ OPENLINES_RUN_BATCH = read.int("OPENLINES_RUN_BATCH", default=100, minimum=1)
 OPENLINES_LEASE_SECONDS = read.float("OPENLINES_LEASE_SECONDS", default=15.0, minimum=1.0)
 OPENLINES_REQUEUE_AFTER = read.float("OPENLINES_REQUEUE_AFTER", default=120.0, minimum=1.0)
 OPENLINES_SWEEP_INTERVAL = read.float("OPENLINES_SWEEP_INTERVAL", default=60.0, minimum=0.1)
+# Who queues a row a request stored (inbox/handoff.py): "request" (the request, after its commit), "dispatcher" (a
+# thread of the Celery worker, told by the table's trigger; PostgreSQL only) or "auto" (the dispatcher on
+# PostgreSQL, the request otherwise).
+B24_HANDOFF = read.str("B24_HANDOFF", default="auto")
+if B24_HANDOFF not in ("auto", "request", "dispatcher"):
+    read.problem("B24_HANDOFF", "B24_HANDOFF is auto, request or dispatcher.")
+    B24_HANDOFF = "auto"
 # /healthz says degraded when a conversation message has been due this long without being sent (seconds).
 OPENLINES_STALL_SECONDS = read.float("OPENLINES_STALL_SECONDS", default=120.0, minimum=1.0)
 
@@ -346,6 +353,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": read.database("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if B24_HANDOFF == "dispatcher" and DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    read.problem("B24_HANDOFF", "B24_HANDOFF=dispatcher needs PostgreSQL (its LISTEN/NOTIFY); use auto or request.")
 _db = DATABASES["default"]
 _db["CONN_MAX_AGE"] = read.int("CONN_MAX_AGE", default=60)
 _db["CONN_HEALTH_CHECKS"] = True

@@ -44,7 +44,7 @@ from prometheus_client.core import GaugeMetricFamily
 from bitrix24 import limits
 from bitrix24.wire import JSON
 
-from . import rows
+from . import handoff, rows
 from .models import InboxItem, PruneRun
 from .registry import Later, Refused, Reject, Retry, directory, ordered_codes, registration
 
@@ -267,10 +267,11 @@ def _store(
             return existing, False
         # The row that answered was pruned in between (its retention ended): stored as if checked after that.
         rows.insert(item)
-    entry = registration(event_code)
-    ordered = entry is None or entry.ordered
-    # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
-    transaction.on_commit(partial(_release_stored, item.pk, member_id, lane, ordered=ordered), robust=True)
+    if not handoff.by_dispatcher():  # (else the worker's dispatcher releases it: inbox/handoff.py)
+        entry = registration(event_code)
+        ordered = entry is None or entry.ordered
+        # robust: the answer is 200 once the row is committed, whatever happens to the send afterwards.
+        transaction.on_commit(partial(_release_stored, item.pk, member_id, lane, ordered=ordered), robust=True)
     log.info(
         "event accepted", extra={"member_id": member_id, "event": event_code, "inbox_id": item.pk, "source": source}
     )
@@ -868,17 +869,37 @@ def sweep(now: datetime | None = None) -> int:
     if ids:
         InboxItem.objects.filter(pk__in=ids).update(enqueued_at=now)
         sent += sum(1 for pk in ids if enqueue(pk))
-    held = (
-        InboxItem.objects.filter(state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now)
-        .values_list("member_id", "lane")
-        .distinct()
-        .order_by()[:batch]
-    )
-    for member_id, lane in list(held):
-        sent += _release(member_id, lane)
+    sent += release_held(now)
     if sent:
         log.info("inbox sweep sent tasks", extra={"count": sent, "lost": len(ids)})
     return sent
+
+
+def release_held(now: datetime | None = None) -> int:
+    """Release every portal lane with held, due rows (the sweeper's second half, and the hand-off dispatcher's
+    catch-up); returns how many tasks were sent."""
+    held = (
+        InboxItem.objects.filter(
+            state=State.PENDING, enqueued_at__isnull=True, next_attempt_at__lte=now or timezone.now()
+        )
+        .values_list("member_id", "lane")
+        .distinct()
+        .order_by()[: settings.B24_INBOX_SWEEP_BATCH]
+    )
+    return sum(_release(member_id, lane) for member_id, lane in list(held))
+
+
+def hand_off(keys: list[str]) -> None:
+    """The hand-off dispatcher's batch (inbox/handoff.py): the lanes of the announced rows, each released once."""
+    ids = [int(key) for key in keys if key.isdigit()]
+    lanes = (
+        InboxItem.objects.filter(pk__in=ids, state=State.PENDING, enqueued_at__isnull=True)
+        .values_list("member_id", "lane")
+        .distinct()
+        .order_by()
+    )
+    for member_id, lane in list(lanes):
+        _release(member_id, lane)
 
 
 def replay(items: QuerySet[InboxItem]) -> int:

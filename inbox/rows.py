@@ -87,6 +87,12 @@ def insert_unless(obj: models.Model, sql: str, params: list, *, using: str = "de
     return _insert(obj, using, f"WHERE NOT EXISTS ({sql})", params)
 
 
+def insert_where(obj: models.Model, tail: str, params: list, *, using: str = "default") -> bool:
+    """INSERT `obj` as `insert` does, only if `tail` (a "WHERE ..." of the statement's own) holds, with `params`;
+    True when stored (its pk set), False when the condition did not hold (nothing stored, `obj` unsaved)."""
+    return _insert(obj, using, tail, params)
+
+
 def _insert(obj: models.Model, using: str, tail: str | None, tail_params: list) -> bool:
     sql, params = statement(obj, using=using, tail=tail)
     returning = _statement(type(obj), using, tail)[2]

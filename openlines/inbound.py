@@ -54,6 +54,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A channel's last_activity_at is written at most once per this interval: it is shown to the minute and read
 # in hours (openlines.reconcile), so under a stream of messages one UPDATE a minute, not one per message.
 ACTIVITY_RESOLUTION = timedelta(seconds=60)
+ACTIVITY_SECONDS = ACTIVITY_RESOLUTION.total_seconds()
 
 
 class Refused(Refusal):
@@ -81,40 +82,64 @@ class Addressed:
     pk: int
     public_id: UUID
     secret: str = field(repr=False)
-    activity_due: bool
+    sealed: str = field(repr=False)
 
 
 @lru_cache(maxsize=1)
 def _find_sql() -> str:
-    """The request's first query, built from the models' metadata (so it follows migrations): the channel's pk,
-    sealed secret and state, its portal's status, and whether its last activity is older than the parameter
-    (ACTIVITY_RESOLUTION ago), joined. A raw query skips the ORM's per-call SQL compilation, the largest share
-    of a request's CPU before (bench/ingest.py); the portal's tokens stay unread."""
+    """The channel's pk, sealed secret and state and its portal's status, joined, built once from the models'
+    metadata (so it follows migrations): a raw query skips the ORM's per-call SQL compilation."""
     channel, portal = Channel._meta, Portal._meta
     column = {f.attname: f.column for f in channel.concrete_fields}
-    activity = column["last_activity_at"]
     return (
-        f"SELECT c.{column['id']}, c.{column['secret']}, c.{column['state']}, p.{portal.get_field('status').column}, "
-        f"(c.{activity} IS NULL OR c.{activity} <= %s) FROM {channel.db_table} c "
-        f"JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{column['portal_id']} "
+        f"SELECT c.{column['id']}, c.{column['secret']}, c.{column['state']}, p.{portal.get_field('status').column} "
+        f"FROM {channel.db_table} c JOIN {portal.db_table} p ON p.{portal.pk.column} = c.{column['portal_id']} "
         f"WHERE c.{column['public_id']} = %s"
     )
 
 
-def find_channel(public_id: UUID) -> Addressed:
+@lru_cache(maxsize=1)
+def _serving_sql() -> str:
+    """The INSERT's condition: the channel, as the request read it (its pk and sealed secret), is still connected
+    and its portal still serving, checked in the INSERT's own statement."""
+    channel, portal = Channel._meta, Portal._meta
+    column = {f.attname: f.column for f in channel.concrete_fields}
+    serving = ", ".join(["%s"] * len(Portal.SERVING))
+    return (
+        f"WHERE EXISTS (SELECT 1 FROM {channel.db_table} c JOIN {portal.db_table} p "
+        f"ON p.{portal.pk.column} = c.{column['portal_id']} WHERE c.{column['id']} = %s AND c.{column['secret']} = %s "
+        f"AND c.{column['state']} = %s AND p.{portal.get_field('status').column} IN ({serving}))"
+    )
+
+
+# The connected channels this process read, by public id: (pk, sealed secret). Only a hint: every INSERT checks
+# the row as read against the table (`_serving_sql`), and a row that changed is read again (`accept`).
+_known: dict[UUID, tuple[int, str]] = {}
+_KNOWN_MAX = 10_000
+
+
+def find_channel(public_id: UUID, *, fresh: bool = False) -> Addressed:
+    known = None if fresh else _known.get(public_id)
+    if known is not None:
+        pk, sealed = known
+        return Addressed(pk=pk, public_id=public_id, secret=_unseal(sealed), sealed=sealed)
     db = connections[DEFAULT_DB_ALIAS]
     key = Channel._meta.get_field("public_id").get_db_prep_value(public_id, db)
-    due = db.ops.adapt_datetimefield_value(timezone.now() - ACTIVITY_RESOLUTION)
     with db.cursor() as cursor:
-        cursor.execute(_find_sql(), [due, key])
+        cursor.execute(_find_sql(), [key])
         found = cursor.fetchone()
     if found is None:
+        _known.pop(public_id, None)
         raise Refused("unknown_channel", "no such channel", 404)
-    pk, sealed, state, portal_status, activity_due = found
+    pk, sealed, state, portal_status = found
     secret = _unseal(sealed)
     if state != Channel.State.CONNECTED or not secret or portal_status not in Portal.SERVING:
+        _known.pop(public_id, None)
         raise Refused("channel_disconnected", "the channel is not connected to an Open Line", 409)
-    return Addressed(pk=pk, public_id=public_id, secret=secret, activity_due=bool(activity_due))
+    if len(_known) >= _KNOWN_MAX:
+        _known.clear()
+    _known[public_id] = (pk, sealed)
+    return Addressed(pk=pk, public_id=public_id, secret=secret, sealed=sealed)
 
 
 @lru_cache(maxsize=4096)
@@ -322,37 +347,54 @@ def idempotency_key(action: str, element: dict) -> str:
     return f"update:{chat}:{message_id}:{digest}"
 
 
+class Stale(Exception):
+    """The channel changed since this process read it (disconnected, its secret rotated or re-sealed, its portal
+    no longer serving): nothing was stored; the request is checked again against the row as it is now."""
+
+
 def accept(channel: Addressed, action: str, element: dict) -> InboundMessage:
-    """Store the message for delivery; Refused(duplicate_message) when its id was accepted before."""
+    """Store the message for delivery, if the channel is still as read: Refused(duplicate_message) when its id
+    was accepted before, Stale when the channel changed (nothing stored)."""
     key, chat_id, message_id = idempotency_key(action, element), element["chat"]["id"], element["message"]["id"]
     if action in ("add", "update"):
         element["message"].setdefault("date", int(time.time()))
     payload = _reading(channel, element) if action == "read" else element
-    fields = {
-        "channel_id": channel.pk,
-        "action": action,
-        "key": key,
-        "external_chat_id": chat_id,
-        "external_message_id": message_id,
-        "payload": payload,
-    }
+    row = InboundMessage(
+        channel_id=channel.pk,
+        action=action,
+        key=key,
+        external_chat_id=chat_id,
+        external_message_id=message_id,
+        payload=payload,
+    )
+    condition = [channel.pk, channel.sealed, Channel.State.CONNECTED, *Portal.SERVING]
     try:
-        # One INSERT prepared from the model's metadata (inbox/rows.py): what `create` did, less its per-call
-        # SQL compilation, the request's largest CPU cost after the checks (bench/ingest.py).
-        row = InboundMessage(**fields)
+        # One INSERT prepared from the model's metadata (inbox/rows.py), with the channel's state checked in its
+        # own statement: a disconnect or a new secret committed before it is seen, whatever this process read.
         if transaction.get_connection().in_atomic_block:
             # Inside a caller's transaction a savepoint keeps a duplicate's IntegrityError from breaking it.
             with transaction.atomic():
-                rows.insert(row)
+                stored = rows.insert_where(row, _serving_sql(), condition)
         else:
             # A request runs in autocommit: the INSERT is stored (committed) by itself before the 202, in one
             # round trip where atomic() would add BEGIN and COMMIT.
-            rows.insert(row)
+            stored = rows.insert_where(row, _serving_sql(), condition)
     except IntegrityError:
         raise Refused("duplicate_message", "this message id was accepted before", 409) from None
-    if channel.activity_due:
+    if not stored:
+        _known.pop(channel.public_id, None)
+        raise Stale
+    now = time.monotonic()
+    if now - _activity_noted.get(channel.public_id, -ACTIVITY_SECONDS) >= ACTIVITY_SECONDS:
+        if len(_activity_noted) >= _KNOWN_MAX:
+            _activity_noted.clear()
+        _activity_noted[channel.public_id] = now
         _note_activity(channel, timezone.now())
     return row
+
+
+# When this process last wrote a channel's last_activity_at (time.monotonic()), by public id.
+_activity_noted: dict[UUID, float] = {}
 
 
 def _note_activity(channel: Addressed, now) -> None:

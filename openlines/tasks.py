@@ -804,6 +804,26 @@ def _due_channels(model, due: Q, **where) -> list[int]:
     )
 
 
+def _due_inbound(now: datetime) -> list[int]:
+    return _due_channels(
+        InboundMessage, Q(state__in=UNSENT, next_attempt_at__lte=now), channel__portal__status__in=_SERVING
+    )
+
+
+def hand_off_inbound(keys: list[str]) -> None:
+    """The hand-off dispatcher's batch (inbox/handoff.py): the channels whose inbound messages were announced,
+    each queued once (unless a task is pending for it already: `queue_channel`'s mark)."""
+    for key in keys:
+        if key.isdigit():
+            queue_channel(deliver_inbound, int(key))
+
+
+def queue_due_inbound() -> None:
+    """The dispatcher's catch-up when it starts listening: every channel with due inbound messages queued."""
+    for channel_id in _due_inbound(timezone.now()):
+        queue_channel(deliver_inbound, channel_id)
+
+
 @shared_task(name="openlines.sweep")
 def sweep() -> str:
     """Beat runs this each minute: rows that can never go stop being due, and every channel with due rows
@@ -813,7 +833,7 @@ def sweep() -> str:
     parked = _park()
     released = _unpark(OutboundMessage.objects.all(), now)
     due = Q(state__in=UNSENT, next_attempt_at__lte=now)
-    inbound = _due_channels(InboundMessage, due, channel__portal__status__in=_SERVING)
+    inbound = _due_inbound(now)
     outbound_ = list(
         dict.fromkeys(
             _due_channels(OutboundMessage, due, channel__webhook_url__gt="")

@@ -21,6 +21,7 @@ from bitrix24.addresses import portal_origin
 from bitrix24.errors import Bitrix24Error
 from bitrix24.frames import BadFramePost, frame_origin, framed_by
 from bitrix24.responses import frame_error, json_error, json_refusal
+from inbox import handoff
 from placements import auth, widget_token
 from placements import request as placement_request
 from placements.pages import refusal_text, verify_or_refuse
@@ -231,10 +232,18 @@ def channel_messages_view(request, channel_id):
         inbound.check_signature(channel, request, body)
         inbound.take_quota(channel)
         action, element = inbound.parse(body)
-        row = inbound.accept(channel, action, element)
+        try:
+            row = inbound.accept(channel, action, element)
+        except inbound.Stale:  # the channel changed since this process read it: checked again as it is now
+            channel = inbound.find_channel(channel_id, fresh=True)
+            inbound.check_signature(channel, request, body)
+            row = inbound.accept(channel, action, element)
     except inbound.Refused as exc:
         return json_refusal(exc, description=exc.description)
-    tasks.after_commit(tasks.deliver_inbound, channel.pk)
+    except inbound.Stale:  # changed again in between: as a disconnected channel
+        return json_error("channel_disconnected", "the channel is not connected to an Open Line", 409)
+    if not handoff.by_dispatcher():  # (else the worker's dispatcher queues it: inbox/handoff.py)
+        tasks.after_commit(tasks.deliver_inbound, channel.pk)
     return JsonResponse({"result": "accepted", "id": row.pk}, status=202)
 
 

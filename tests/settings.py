@@ -83,3 +83,6 @@ OPENLINES_ALLOW_PRIVATE_WEBHOOKS = True
 # deliver()). A test's worker processes that must send them through the broker (tests/openlines/
 # test_relay_workers.py) are started with B24_TEST_OPENLINES_VIA_BROKER=1.
 OPENLINES_TASKS_INLINE = os.environ.get("B24_TEST_OPENLINES_VIA_BROKER") != "1"
+# The requests queue their own rows in the tests, whatever the database (inline tasks run in the request); the
+# dispatcher's tests (tests/inbox/test_handoff.py) and the worker processes a test starts choose otherwise.
+B24_HANDOFF = os.environ.get("B24_HANDOFF", "request")

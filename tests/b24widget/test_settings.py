@@ -337,3 +337,21 @@ def test_the_cache_urls_key_prefix_is_honoured(monkeypatch, url, prefix):
     assert cache.make_key("verdict") == (f"{prefix}:1:verdict" if prefix else ":1:verdict")
     if "timeout" in url:
         assert cache.default_timeout == 60
+
+
+@pytest.mark.slow  # manage.py subprocesses
+@pytest.mark.parametrize(
+    ("handoff", "database", "refused"),
+    [
+        ("dispatcher", "sqlite:////tmp/x.sqlite3", "B24_HANDOFF=dispatcher needs PostgreSQL"),
+        ("later", "sqlite:////tmp/x.sqlite3", "B24_HANDOFF is auto, request or dispatcher"),
+        ("auto", "sqlite:////tmp/x.sqlite3", None),
+        ("dispatcher", "postgres://postgres@127.0.0.1:5432/test", None),
+    ],
+)
+def test_the_hand_off_setting_is_checked(handoff, database, refused):
+    result = manage("check", env={**PRODUCTION, "B24_HANDOFF": handoff, "DATABASE_URL": database})
+    if refused:
+        assert result.returncode != 0 and refused in result.stderr, result.stderr
+    else:
+        assert "B24_HANDOFF" not in result.stderr, result.stderr

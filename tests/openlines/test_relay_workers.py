@@ -37,8 +37,8 @@ def workers(standin, tmp_path, settings):
     lose_the_queue()
     started = []
 
-    def start(name, **options):
-        worker = Worker(standin, tmp_path, name, env=RELAY, **options)
+    def start(name, env=None, **options):
+        worker = Worker(standin, tmp_path, name, env={**RELAY, **(env or {})}, **options)
         started.append(worker)
         return worker.wait_ready()
 
@@ -110,3 +110,23 @@ def test_a_worker_killed_mid_run_gives_the_channel_up_and_healthz_says_degraded(
     assert arrivals(b24) == [f"text {i}" for i in range(12)]
     health = client.get("/healthz").json()["openlines"]
     assert health["stalled_claims"] == 0 and health["inbound"]["waiting"] == 0 and not health["degraded"]
+
+
+def test_a_worker_on_postgresql_hands_off_what_the_requests_stored(client, channel, workers, settings):
+    """B24_HANDOFF=dispatcher (the default on PostgreSQL): the request only stores; the worker's dispatcher hears
+    the row (the table's trigger) and queues its channel, and a message stored before the worker started is
+    queued by its catch-up."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the dispatcher listens on PostgreSQL")
+    row, secret, b24 = channel
+    settings.B24_HANDOFF = "dispatcher"
+    assert signed(client, row, secret, message("before", "Before the worker")).status_code == 202
+    assert Channel.objects.get(pk=row.pk).inbound_queued_at is None  # the request queued nothing
+    worker = workers("dispatching", env={"B24_HANDOFF": "dispatcher"})
+    wait_for(all_sent(1), timeout=60, what="the catch-up to queue the channel")
+    wait_for(lambda: "hand-off dispatcher listening" in worker.log(), what="the dispatcher to listen")
+    assert signed(client, row, secret, message("after", "After")).status_code == 202
+    wait_for(all_sent(2), timeout=60, what="the dispatcher to queue the channel")
+    assert arrivals(b24) == ["Before the worker", "After"]
