@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from openlines import inbound, tasks
 from openlines.models import Channel, Delivery, InboundMessage
+from portals.models import Portal
 from sandbox.standin import rest_imconnector as imc
 from tests.openlines.conftest import act, message, signed
 from tests.redis_keys import clear_cache
@@ -121,6 +122,34 @@ def test_a_disconnected_channel_refuses_with_its_own_code(client, frame, channel
     row, secret, b24 = channel
     act(frame, b24, "disconnect")
     refused(signed(client, row, secret, message()), 409, "channel_disconnected")
+
+
+def test_a_channel_this_process_knows_is_checked_as_it_is_now(client, frame, channel):
+    """The channel's row is kept per process after its first message, but every INSERT checks it against the table:
+    a disconnect, a rotated secret or a portal no longer serving, committed by another process after this one read
+    the channel, takes effect at the next message (nothing stored for a refused one)."""
+    row, secret, b24 = channel
+    assert signed(client, row, secret, message("m1")).status_code == 202
+    assert row.public_id in inbound._known
+    # Another process rotates the secret: the old one is refused, the new one accepted.
+    answer = act(frame, b24, "rotate")
+    new_secret = answer.json()["secret"]
+    refused(signed(client, row, secret, message("m2")), 401, "bad_signature")
+    assert signed(client, row, new_secret, message("m3")).status_code == 202
+    # The portal stops serving (uninstalled): refused, though this process read the channel as connected.
+    portal = row.portal
+    Portal.objects.filter(pk=portal.pk).update(status=Portal.Status.UNINSTALLED)
+    refused(signed(client, row, new_secret, message("m4")), 409, "channel_disconnected")
+    Portal.objects.filter(pk=portal.pk).update(status=portal.status)
+    assert signed(client, row, new_secret, message("m5")).status_code == 202
+    # Disconnected by another process (the row changed under this process's copy).
+    Channel.objects.filter(pk=row.pk).update(state=Channel.State.DISCONNECTED)
+    refused(signed(client, row, new_secret, message("m6")), 409, "channel_disconnected")
+    assert sorted(InboundMessage.objects.filter(channel=row).values_list("external_message_id", flat=True)) == [
+        "m1",
+        "m3",
+        "m5",
+    ]
 
 
 def test_an_oversized_body_is_413_before_anything_else(client, channel, settings):
