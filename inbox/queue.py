@@ -129,10 +129,13 @@ def accept(
     entry = registration(event_code)
     if entry is None:
         raise Refused(f"unknown event {event_code[:40]}", status=400)
-    portal = directory().find(member_id)
     presented = auth.get("application_token")
     application_token = presented if isinstance(presented, str) else ""
+    portal = directory().find(member_id)
     proven = portal is not None and portal.application_token_is(application_token)
+    if portal is not None and not proven:  # (this process's copy of the row may be older than the token)
+        portal = directory().find(member_id, fresh=True)
+        proven = portal is not None and portal.application_token_is(application_token)
     if entry.needs_application_token:
         if portal is None:
             raise Refused("unknown portal", status=404)
@@ -162,18 +165,37 @@ def accept(
         application_token=application_token,
         lane=lane,
     )
-    return _store(
-        entry.event_code,
-        portal=portal,
-        member_id=member_id,
-        data=data,
-        key=key,
-        sealed_auth=json.dumps(auth),
-        ts=str(ts),
-        event_handler_id=event_handler_id,
-        source=InboxItem.Source.ONLINE,
-        lane=lane,
-    )
+    stored = {
+        "member_id": member_id,
+        "data": data,
+        "key": key,
+        "sealed_auth": json.dumps(auth),
+        "ts": str(ts),
+        "event_handler_id": event_handler_id,
+        "source": InboxItem.Source.ONLINE,
+        "lane": lane,
+    }
+    # A proven event is stored only if the portal's row still holds the token's digest as read (the row may be
+    # this process's copy of it): checked inside the INSERT.
+    unchanged = directory().unchanged(portal) if proven and portal is not None else None
+    try:
+        return _store(entry.event_code, portal=portal, unchanged=unchanged, **stored)
+    except _PortalChanged:
+        # The token changed since this process read the row: judged again on the row as it is now.
+        portal = directory().find(member_id, fresh=True)
+        if portal is None or not portal.application_token_is(application_token):
+            raise Refused("application_token does not match") from None
+        return _store(entry.event_code, portal=portal, unchanged=None, **stored)
+
+
+def _holds(sql: str, params: list) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() is not None
+
+
+class _PortalChanged(Exception):
+    """Nothing stored: the portal's row no longer holds the digest it was read with."""
 
 
 def _admit_unproven(member_id: str) -> None:
@@ -225,7 +247,7 @@ def accept_offline(event_code: str, *, member_id: str, data: dict, record: str, 
 
 
 def _store(
-    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source, lane
+    event_code: str, *, portal, member_id, data, key, sealed_auth, ts, event_handler_id, source, lane, unchanged=None
 ) -> tuple[InboxItem, bool]:
     """One row for the event, or the row that already answers for its key (a duplicate changes nothing).
 
@@ -257,7 +279,12 @@ def _store(
         enqueued_at=None,  # held in the table until _release sends it (the portal lane's window)
     )
     # InboxItem.objects.create without its per-call SQL compilation, unless a row answers for the key (inbox/rows.py)
-    if not rows.insert_unless(item, _absorbing_sql(online), _absorbing_params(key, online=online)):
+    condition, params = f"WHERE NOT EXISTS ({_absorbing_sql(online)})", _absorbing_params(key, online=online)
+    if unchanged is not None:  # (the portal's row as read: see accept)
+        condition, params = f"{condition} AND EXISTS ({unchanged[0]})", [*params, *unchanged[1]]
+    if not rows.insert_where(item, condition, params):
+        if unchanged is not None and not _holds(*unchanged):
+            raise _PortalChanged  # (judged before the duplicate: the event may no longer be proven at all)
         existing = _absorbing(key, online=online)
         if existing is not None:
             log.info(

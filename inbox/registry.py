@@ -127,6 +127,7 @@ class StoredPortal(Protocol):
     """What the inbox needs of a stored portal (portals.models.Portal is one)."""
 
     pk: int
+    application_token_digest: str
 
     def application_token_is(self, presented: str) -> bool: ...
 
@@ -134,8 +135,11 @@ class StoredPortal(Protocol):
 class Directory(Protocol):
     """The stored portals, as the inbox may see them (portals registers one)."""
 
-    def find(self, member_id: str) -> StoredPortal | None:
-        """The stored portal with this member_id, or None."""
+    def find(self, member_id: str, *, fresh: bool = False) -> StoredPortal | None:
+        """The stored portal with this member_id, or None; as this process last read it unless `fresh`."""
+
+    def unchanged(self, portal: StoredPortal) -> tuple[str, list]:
+        """A SELECT (SQL, parameters) that finds a row while `portal` is as `find` gave it (its token unchanged)."""
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         """Count a refused event of a sender nobody verified (never one row per refusal)."""
@@ -152,8 +156,11 @@ class Directory(Protocol):
 
 
 class _NoPortals:
-    def find(self, member_id: str) -> None:
+    def find(self, member_id: str, *, fresh: bool = False) -> None:
         return None
+
+    def unchanged(self, portal: StoredPortal) -> tuple[str, list]:
+        raise LookupError("no portals are registered")
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         return None

@@ -89,15 +89,42 @@ def _find_sql() -> str:
     return f"SELECT {columns} FROM {meta.db_table} WHERE {column['member_id']} = %s"
 
 
+@lru_cache(maxsize=1)
+def _unchanged_sql() -> str:
+    meta = Portal._meta
+    digest = meta.get_field("application_token_digest").column
+    return f"SELECT 1 FROM {meta.db_table} WHERE {meta.pk.column} = %s AND {digest} = %s"
+
+
+# The portals' rows as `find` last read them in this process, by member_id (a hint, see `find`).
+_portal_rows: dict[str, tuple] = {}
+_PORTAL_ROWS_MAX = 10_000
+
+
 class PortalDirectory:
     """The stored portals as the inbox sees them (inbox.registry.Directory), registered in ready()."""
 
-    def find(self, member_id: str) -> Portal | None:
-        """The portal as `/events/` checks it (no token read or decrypted; other fields load on access)."""
-        with connection.cursor() as cursor:
-            cursor.execute(_find_sql(), [member_id])
-            found = cursor.fetchone()
-        return None if found is None else Portal.from_db(connection.alias, _FIND_FIELDS, found)
+    def find(self, member_id: str, *, fresh: bool = False) -> Portal | None:
+        """The portal as `/events/` checks it (no token read or decrypted; other fields load on access): its row as
+        this process last read it, unless `fresh`. Only a hint: the inbox stores a proven event only if the row
+        still holds that token's digest (`unchanged`), and reads it again otherwise."""
+        found = None if fresh else _portal_rows.get(member_id)
+        if found is None:
+            with connection.cursor() as cursor:
+                cursor.execute(_find_sql(), [member_id])
+                found = cursor.fetchone()
+            if found is None:
+                _portal_rows.pop(member_id, None)
+                return None
+            if len(_portal_rows) >= _PORTAL_ROWS_MAX:
+                _portal_rows.clear()
+            _portal_rows[member_id] = found
+        return Portal.from_db(connection.alias, _FIND_FIELDS, found)
+
+    def unchanged(self, portal: inbox.StoredPortal) -> tuple[str, list]:
+        """A condition (SQL, parameters) that holds while the portal's row is as `find` gave it: the same pk and
+        application_token digest, checked inside the statement that stores an event proven by it."""
+        return _unchanged_sql(), [portal.pk, portal.application_token_digest]
 
     def refused(self, member_id: str, *, source: str, reason: str) -> None:
         lifecycle.count_rejection(member_id, source=source, reason=reason)

@@ -16,7 +16,7 @@ from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 
-from openlines import tasks
+from openlines import inbound, tasks
 from openlines.models import Channel, InboundMessage
 from tests.openlines.conftest import message, signed
 
@@ -82,6 +82,7 @@ def test_a_run_starting_while_a_message_is_stored_reads_it_or_the_message_queues
     # A task is pending, and the channel's activity is fresh (written once a minute: this message writes none, so
     # nothing but the hand-off itself touches the channel row).
     Channel.objects.filter(pk=row.pk).update(inbound_queued_at=pending, last_activity_at=timezone.now())
+    inbound._activity_noted[row.public_id] = time.monotonic()
     storing, finish = accepted_and_held(row, secret, "m-handoff", "Hello")
 
     def run_starts() -> list[str]:
@@ -109,6 +110,7 @@ def test_two_messages_accepted_at_once_take_the_channels_mark_once(channel, sett
     row, secret, _b24 = channel
     settings.OPENLINES_TASKS_INLINE = False  # a task sent goes to the run's own queue; none runs here
     Channel.objects.filter(pk=row.pk).update(inbound_queued_at=None, last_activity_at=timezone.now())
+    inbound._activity_noted[row.public_id] = time.monotonic()  # (this process wrote it: no message writes it now)
     first, finish = accepted_and_held(row, secret, "m-first", "Hello")
     second = Background(lambda: signed(Client(), row, secret, message("m-second", "Hello again")).status_code)
     second.start()

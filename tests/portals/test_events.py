@@ -16,7 +16,7 @@ from inbox import queue as inbox
 from inbox.models import InboxItem
 from openlines.models import Channel
 from portals import tokens
-from portals.models import Portal, PortalEvent, Rejection
+from portals.models import Portal, PortalEvent, Rejection, token_digest
 from tests.conftest import deliver, do_install, do_uninstall
 from tests.helpers import portal_snapshot as snapshot
 from tests.placements.frames import is_widget, open_widget
@@ -596,3 +596,20 @@ def test_an_app_event_whose_portal_call_meets_a_limit_waits_in_the_inbox_with_no
     assert (item.state, item.attempts, item.outcome) == (State.DONE, 1, outcome)
     portal.refresh_from_db()
     assert portal.status == (Portal.Status.UNINSTALLED if event == "ONAPPUNINSTALL" else Portal.Status.ACTIVE)
+
+
+def test_a_token_changed_after_this_process_read_the_portal_is_judged_on_the_row_as_it_is(client, installed):
+    """`/events/` keeps a portal's row per process after its first event, but stores a proven event only if the row
+    still holds that token's digest (checked in the INSERT): a new application_token (a reinstall, written by
+    another process) refuses the old one at once and admits the new one."""
+    portal, b24 = installed
+    old = b24.application_token
+    first = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token=old, data={"n": "1"}))
+    assert first.status_code == 200  # (the row now known to this process)
+    Portal.objects.filter(pk=portal.pk).update(application_token_digest=token_digest("rotated"))
+    before = InboxItem.objects.count()
+    stale = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token=old, data={"n": "2"}))
+    assert stale.status_code == 403 and InboxItem.objects.count() == before
+    new = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="rotated", data={"n": "3"}))
+    assert new.status_code == 200 and InboxItem.objects.count() == before + 1
+    assert InboxItem.objects.get(pk=new.json()["id"]).lane == InboxItem.Lane.PROVEN
