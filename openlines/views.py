@@ -8,7 +8,7 @@ once Bitrix24 confirms, now, that the user administers the portal (placements.au
 import logging
 import re
 
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import translation
 from django.utils.translation import gettext as _
@@ -244,7 +244,8 @@ def channel_messages_view(request, channel_id):
         return json_error("channel_disconnected", "the channel is not connected to an Open Line", 409)
     if not handoff.by_dispatcher():  # (else the worker's dispatcher queues it: inbox/handoff.py)
         tasks.after_commit(tasks.deliver_inbound, channel.pk)
-    return JsonResponse({"result": "accepted", "id": row.pk}, status=202)
+    # (the answer's JSON written out: JsonResponse's encoder is a visible share of this path's CPU)
+    return HttpResponse(b'{"result": "accepted", "id": %d}' % row.pk, content_type="application/json", status=202)
 
 
 @csrf_exempt  # it changes nothing and refuses every unsafe method with the channel API's JSON 405
