@@ -7,7 +7,8 @@ Nothing here is believed yet: it is only well-formed. Which events exist is the 
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from functools import lru_cache
+from urllib.parse import unquote
 
 from django.conf import settings
 from django.core.exceptions import TooManyFieldsSent
@@ -20,6 +21,7 @@ from .models import InboxItem
 from .registry import Refused, registration
 
 _BRACKETS = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
+_PARTS = re.compile(r"\[([^\[\]]*)\]")
 _SECRET_MAX = wire.MAX_TOKEN
 # The longest string an event's data may hold (Bitrix24's own texts, a message's among them, are far shorter).
 _TEXT_MAX = 65536
@@ -65,14 +67,23 @@ class Event:
         )
 
 
+@lru_cache(maxsize=1024)
+def _path(key: str) -> tuple[str, ...] | None:
+    """A PHP-style field name's parts (`data[A][B]` -> data, A, B), or None when it is not one; remembered, as the
+    same few names come in every event."""
+    match = _BRACKETS.match(key)
+    if not match:
+        return None
+    return (match.group(1), *_PARTS.findall(match.group(2)))
+
+
 def _nest(pairs) -> dict:
     """Turn PHP-style keys (`auth[member_id]`, `data[A][B]`) into nested dicts."""
     out: dict = {}
     for key, value in pairs:
-        match = _BRACKETS.match(key)
-        if not match:
+        path = _path(key)
+        if path is None:
             raise BadEvent(f"malformed field name {key[:40]!r}")
-        path = [match.group(1)] + re.findall(r"\[([^\[\]]*)\]", match.group(2))
         node = out
         for part in path[:-1]:
             child = node.setdefault(part, {})
@@ -85,24 +96,38 @@ def _nest(pairs) -> dict:
     return out
 
 
+def _unquote(raw: str) -> str:
+    """One name or value of a form as parse_qsl decodes it ('+' a space, %XX UTF-8, bad bytes replaced)."""
+    if "%" not in raw and "+" not in raw:
+        return raw
+    return unquote(raw.replace("+", " "), encoding="utf-8", errors="replace")
+
+
+_unquote_name = lru_cache(maxsize=1024)(_unquote)  # (the same few names come in every event)
+
+
 def _form_fields(request: HttpRequest) -> list[tuple[str, str]]:
     """A form-encoded body's fields exactly as `request.POST.items()` gives them (each name once, at its first
     place, with its last value), read as Django reads it (UTF-8, else ISO-8859-1; blank values kept; past
     DATA_UPLOAD_MAX_NUMBER_FIELDS a 400; the body's size limit applies in `request.body`) but without building
-    the QueryDict: per value that cost more than reading it, for the 16 fields an event has (bench/ingest.py).
+    the QueryDict, and split as parse_qsl splits it (on "&"; a pair without "=" is a blank value) with the names'
+    decoding remembered: parse_qsl's decoding of each name (all of them hold %5B and %5D) was most of the parse's
+    CPU (bench/RESULTS.md, "the dispatcher").
     """
     raw = request.body
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = raw.decode("iso-8859-1")
-    try:
-        pairs = parse_qsl(
-            text, keep_blank_values=True, encoding="utf-8", max_num_fields=settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
-        )
-    except ValueError:  # (as QueryDict: only the field limit makes parse_qsl raise here)
-        raise TooManyFieldsSent("The number of POST parameters exceeded DATA_UPLOAD_MAX_NUMBER_FIELDS.") from None
-    return list(dict(pairs).items())
+    limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+    if limit is not None and text and text.count("&") + 1 > limit:
+        raise TooManyFieldsSent("The number of POST parameters exceeded DATA_UPLOAD_MAX_NUMBER_FIELDS.")
+    fields: dict[str, str] = {}
+    for pair in text.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            fields[_unquote_name(name)] = _unquote(value)
+    return list(fields.items())
 
 
 def _digits(value: object, max_length: int) -> str | None:

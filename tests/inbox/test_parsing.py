@@ -12,6 +12,7 @@ BODIES = [
     b"a=1&b=&a=2&c&d=%D0%BF%D1%80%D0%B8%D0%B2%D0%B5%D1%82+mir&e=%2B%26",  # repeated, blank, bare, UTF-8, '+'
     b"x=%FF%FE&y=\xff\xfe&z=%zz",  # not UTF-8: replaced, or the whole body read as ISO-8859-1, as Django does
     b"data%5BA%5D%5BB%5D=1&data%5BA%5D=2&;k=v",
+    b"&&a=1&&=x&b==c&%5B=1&+a+=+b+&%25=%2525&a%5b=%E2%82%AC",  # empty pairs, an empty name, '=' in a value, ...
     b"",
 ]
 
