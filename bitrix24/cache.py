@@ -6,8 +6,11 @@ keeps them in its own memory for a while (pacing per process instead of shared),
 while, and tries the shared cache again a few seconds later. No request fails because the cache did.
 """
 
+import contextlib
 import hashlib
 import logging
+import os
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -18,7 +21,9 @@ from django.core.cache import cache as shared_cache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
 from django.core.signals import setting_changed
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +84,17 @@ class Script:
         backend = caches[DEFAULT_CACHE_ALIAS]  # (the backend itself: `shared_cache` is a proxy)
         if time.monotonic() < _cache_down_until[0] or not isinstance(backend, RedisCache):
             raise NoScripts
-        name = backend.make_and_validate_key(key)
+        # (our keys are short and plain: Django's memcached-compatibility check of each character is skipped)
+        name = backend.make_key(key)
         try:
-            # RedisCache keeps its client private and builds a redis.Redis per call,
-            # which costs more CPU than the script's round trip: one is kept per backend (writes always go to
-            # its first server's pool; a redis.Redis is safe to share between threads).
-            owner = backend._cache
-            client = _clients.get(owner)
-            if client is None:
-                client = _clients.setdefault(owner, owner.get_client(name, write=True))
             try:
-                return client.evalsha(self.sha, 1, name, *args)
-            except NoScriptError:  # the server has not seen it yet (or restarted): send it whole once
-                return client.eval(self.source, 1, name, *args)
+                return self._call(_connection(backend), name, args)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # A held connection the server closed while idle (its timeout, a restart): once more on a new one.
+                _drop_connection()
+                return self._call(_connection(backend), name, args)
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ...: as _SafeCache does
+            _drop_connection()
             _cache_down_until[0] = time.monotonic() + _CACHE_RETRY_AFTER
             if time.monotonic() - _last_warning[0] > 10:
                 _last_warning[0] = time.monotonic()
@@ -100,6 +102,43 @@ class Script:
                     "shared cache failed; limits use this process's memory", extra={"error": type(exc).__name__}
                 )
             raise NoScripts from None
+
+    def _call(self, connection: Any, name: str, args: tuple[str | int | float, ...]) -> Any:
+        connection.send_command("EVALSHA", self.sha, 1, name, *args)
+        try:
+            return connection.read_response()
+        except NoScriptError:  # the server has not seen it yet (or restarted): send it whole once
+            connection.send_command("EVAL", self.source, 1, name, *args)
+            return connection.read_response()
+
+
+# Each thread keeps one connection of the backend's pool for the scripts (the request threads run one a request):
+# redis-py's own call takes a connection from the pool and gives it back each time, with a lock and a readiness
+# check of the socket, which cost as much client CPU as the round trip (bench/RESULTS.md, "the dispatcher").
+# RedisCache keeps its client private and builds a redis.Redis per call: one is kept per backend (writes always
+# go to its first server's pool; the pool's connections carry its timeouts and credentials).
+_held = threading.local()
+
+
+def _connection(backend: RedisCache) -> Any:
+    owner = backend._cache
+    held = getattr(_held, "connection", None)
+    if held is not None and held[0] is owner and held[2] == os.getpid():
+        return held[1]  # (a forked child's thread takes its own: the parent's socket is the parent's)
+    client = _clients.get(owner)
+    if client is None:
+        client = _clients.setdefault(owner, owner.get_client(None, write=True))
+    connection = client.connection_pool.get_connection()
+    _held.connection = (owner, connection, os.getpid())
+    return connection
+
+
+def _drop_connection() -> None:
+    held = getattr(_held, "connection", None)
+    _held.connection = None
+    if held is not None and held[2] == os.getpid():
+        with contextlib.suppress(Exception):
+            held[1].disconnect()
 
 
 def _reset_breaker(*, setting: str, **kwargs: object) -> None:

@@ -3,11 +3,13 @@
 
 import socket
 import threading
+import time
 import uuid
 
 import pytest
 import redis
 
+from bitrix24 import cache as _cache
 from bitrix24 import limits
 from tests.redis_keys import REDIS_URL, RUN_PREFIX, delete_prefixed
 
@@ -94,3 +96,21 @@ def redis_down(settings):
 def test_with_redis_down_a_budget_still_counts_in_this_process(redis_down):
     mine = key()
     assert [limits.admit(mine, per_minute=6, burst=2) for _ in range(3)] == [True, True, False]
+
+
+def test_a_connection_the_server_closed_is_replaced_without_leaving_redis(settings):
+    """Each thread keeps one connection for the budget's script (bitrix24/cache.py): one the server closed while
+    it was kept (an idle timeout, a restart) is replaced at the next call, which still counts on Redis."""
+    settings.CACHES = {"default": REDIS}
+    mine = key()
+    try:
+        assert limits.admit(mine, per_minute=6, burst=2)
+        held = _cache._held.connection[1]
+        held.send_command("CLIENT", "ID")
+        redis.Redis.from_url(REDIS_URL).client_kill_filter(_id=held.read_response())
+        assert limits.admit(mine, per_minute=6, burst=2)
+        assert _cache._cache_down_until[0] < time.monotonic()  # the breaker stayed closed
+        assert _cache._held.connection[1] is not held or held._sock is not None
+        assert not limits.admit(mine, per_minute=6, burst=2)  # the two takes were Redis's: the third is refused
+    finally:
+        delete_prefixed(REDIS_URL, PREFIX + ":")
