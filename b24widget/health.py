@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET
 
 from b24widget.celery import app
 from bitrix24 import oauth
+from inbox import handoff
 from inbox import queue as inbox
 from openlines import health as relay
 
@@ -54,7 +55,7 @@ def healthz(request):
         checks["cache"] = "ok" if cache.get("healthz") == "1" else "error: value not kept"
     except Exception as exc:
         checks["cache"] = f"error: {type(exc).__name__}"
-    healthy = all(v == "ok" for v in checks.values())
+    healthy = all(v == "ok" for v in checks.values())  # (the database and the cache: the rest only degrade)
     # A recorded refusal is put to the OAuth server again (at most once a minute per deployment, within a
     # short deadline), so the status recovers by itself once the operator has fixed the credentials.
     rejected = oauth.recheck_client(
@@ -63,6 +64,11 @@ def healthz(request):
     # Not a reason to take the process out of rotation: an operator must fix B24_CLIENT_SECRET.
     checks["oauth_client"] = f"error: {rejected} (check B24_CLIENT_ID / B24_CLIENT_SECRET)" if rejected else "ok"
     checks["broker"] = _broker()
+    # Who queues what the requests store (inbox/handoff.py): on PostgreSQL a worker's dispatcher must listen.
+    try:
+        checks["handoff"] = handoff.health()
+    except Exception as exc:
+        checks["handoff"] = f"error: {type(exc).__name__}"
     try:
         backlog = inbox.backlog()
     except Exception as exc:
@@ -76,6 +82,7 @@ def healthz(request):
     degraded = (
         bool(rejected)
         or checks["broker"] != "ok"
+        or checks["handoff"] != "ok"
         or bool(openlines.get("degraded"))
         or bool(isinstance(backlog, dict) and backlog.get("degraded"))
     )

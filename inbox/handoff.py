@@ -183,6 +183,20 @@ class Dispatcher(threading.Thread):
                 self.batches += 1
 
 
+def health() -> str:
+    """For /healthz: "ok" while the requests hand off themselves or a dispatcher holds the lock (it listens);
+    "degraded: no dispatcher listens" otherwise (no worker running, or none reaching the database)."""
+    if not by_dispatcher():
+        return "ok"
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND objid = %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            [LOCK_KEY >> 32, LOCK_KEY & 0xFFFFFFFF],
+        )
+        return "ok" if cursor.fetchone() is not None else "degraded: no dispatcher listens"
+
+
 _started: list[Dispatcher] = []
 
 

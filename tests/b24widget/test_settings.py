@@ -166,7 +166,7 @@ def test_healthz(client, db):
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok", "broker": "ok"},
+        "checks": {"database": "ok", "cache": "ok", "oauth_client": "ok", "broker": "ok", "handoff": "ok"},
         "inbox": {
             "unfinished": 0,
             "failed": 0,

@@ -193,3 +193,12 @@ def test_an_event_is_released_by_the_dispatcher_not_the_request(channel, dispatc
         what="the dispatcher to release the second event",
         timeout=30,
     )
+
+
+def test_healthz_says_degraded_while_no_dispatcher_listens(client, dispatching):
+    answer = client.get("/healthz")
+    assert answer.json()["checks"]["handoff"] == "degraded: no dispatcher listens"
+    assert answer.json()["status"] == "degraded" and answer.status_code == 200  # (degraded, still serving)
+    dispatcher = dispatching()
+    assert dispatcher.leading.wait(10)
+    assert client.get("/healthz").json()["checks"]["handoff"] == "ok"
