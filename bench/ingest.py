@@ -354,7 +354,7 @@ def main():
                         "insert": ("POST /bench/insert/ (bare view, one INSERT)", build.insert),
                         "channel": ("POST /channels/<id>/messages (signed add)", build.channel),
                         "events": ("POST /events/ (OnImConnectorMessageAdd)", build.event),
-                        # Each path's floors (bench/urls.py): its required work, and a design not built.
+                        # Each path's floors (bench/urls.py): its required work as it was, and as it is now.
                         **{
                             f"{path}-{kind}": (f"POST {floor_path}{suffix} ({what})", partial(make, floor=suffix[1:]))
                             for path, make, floor_path in (
@@ -363,7 +363,7 @@ def main():
                             )
                             for kind, suffix, what in (
                                 ("floor", "", "its required work only"),  # (/bench/floor/events/ itself)
-                                ("lean", "/lean", "a design not built"),
+                                ("lean", "/lean", "one statement, one Redis call"),
                             )
                         },
                     }

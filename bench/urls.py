@@ -43,11 +43,10 @@ def floor_channel(request, channel_id, cached=False, lean=False):
     channel's budget (Redis), store the message (one INSERT) and mark the channel's task (one UPDATE), each as
     a hand-written statement through Django's cursor, with no validation of the body beyond reading two ids,
     no model instances and no logging. `cached`: the row read once per process and its state checked inside
-    the INSERT instead (`INSERT ... SELECT ... WHERE EXISTS`), one round trip fewer: the design the channel API
-    left out (a cache of channels' secrets in every web process). `lean` (implies `cached`): no mark either, as
-    if another process (a dispatcher polling for new rows) took the hand-off to the workers off the request: a
-    design not built, measured to say what it would give. The budget is out of reach, as bench/ingest.py sets
-    the real one; a bad signature is a 401.
+    the INSERT instead (`INSERT ... SELECT ... WHERE EXISTS`), one round trip fewer. `lean` (implies `cached`):
+    no mark either, another process taking the hand-off to the workers off the request: the shape the channel
+    API has had since the hand-off dispatcher (inbox/handoff.py), done by hand, without its validation. The
+    budget is out of reach, as bench/ingest.py sets the real one; a bad signature is a 401.
     """
     cached = cached or lean
     import hashlib
@@ -122,8 +121,8 @@ def floor_events(request, lean=False):
     the event's auth (the vault's Fernet) and store the row with its duplicate check in the INSERT, then ask
     whether an earlier event of the portal's lane still waits (the lane's order). No parsing beyond the form's
     pairs, no validation, no model instances, no logging. `lean`: the portal's row read once per process and its
-    token's digest checked inside the INSERT instead, and the lane not asked (as `floor_channel`'s `lean`: a
-    design not built, measured to say what it would give)."""
+    token's digest checked inside the INSERT instead, and the lane not asked (as `floor_channel`'s `lean`: the
+    shape `/events/` has had since the hand-off dispatcher, done by hand)."""
     import hmac
     import json
     from urllib.parse import parse_qsl
