@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, migrations
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,31 @@ def by_dispatcher(alias: str = DEFAULT_DB_ALIAS) -> bool:
     if mode == "auto":
         return connections[alias].vendor == "postgresql"
     return mode == "dispatcher"
+
+
+def announcing(trigger: str, *, table: str, handoff: str, column: str) -> migrations.RunPython:
+    """A migration's operation (PostgreSQL only; nothing elsewhere): `table`'s trigger `trigger` announces each
+    committed pending row on NOTIFY_CHANNEL as `<handoff>:<the row's column>`; reversed, it is dropped."""
+    create = f"""
+CREATE OR REPLACE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{NOTIFY_CHANNEL}', '{handoff}:' || NEW.{column});
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS {trigger} ON {table};
+CREATE TRIGGER {trigger} AFTER INSERT ON {table}
+    FOR EACH ROW WHEN (NEW.state = 'pending') EXECUTE FUNCTION {trigger}();
+"""
+    drop = f"DROP TRIGGER IF EXISTS {trigger} ON {table}; DROP FUNCTION IF EXISTS {trigger}();"
+
+    def run(sql: str):
+        def on_postgresql(apps, schema_editor) -> None:
+            if schema_editor.connection.vendor == "postgresql":
+                schema_editor.execute(sql)
+
+        return on_postgresql
+
+    return migrations.RunPython(run(create), run(drop), elidable=False)
 
 
 def parse(payloads: Iterable[str]) -> dict[str, list[str]]:
