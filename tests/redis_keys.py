@@ -28,8 +28,14 @@ def delete_prefixed(url: str, prefix: str) -> int:
 
 
 def clear_cache(cache) -> None:
-    """cache.clear(), except that a Redis cache loses only its own prefix's keys, never the database."""
+    """cache.clear(), except that a Redis cache loses only its own prefix's keys, never the database; and the
+    budgets' units this process holds (bitrix24.limits leases), which belong to what was cleared."""
     from django.core.cache.backends.redis import RedisCache
+
+    from bitrix24 import limits
+
+    with limits._leases_lock:
+        limits._leases.clear()
 
     if isinstance(cache, RedisCache):
         if not cache.key_prefix:

@@ -114,3 +114,47 @@ def test_a_connection_the_server_closed_is_replaced_without_leaving_redis(settin
         assert not limits.admit(mine, per_minute=6, burst=2)  # the two takes were Redis's: the third is refused
     finally:
         delete_prefixed(REDIS_URL, PREFIX + ":")
+
+
+def _tat_ahead(mine: str) -> float:
+    stored = redis.Redis.from_url(REDIS_URL).get(f"{PREFIX}:1:b24widget:budget:{mine}:tat")
+    return float(stored) - time.time()
+
+
+def test_a_busy_budget_takes_its_units_several_at_a_time_and_never_more_than_it_has(settings):
+    """`lease=10` on Redis: a key taken again within LEASE_HOT takes ten units in one call and spends them in this
+    process; at the budget's edge one unit is asked for, so exactly the burst is admitted, as without a lease."""
+    settings.CACHES = {"default": REDIS}
+    mine, edge = key(), key()
+    try:
+        # 60 a minute: one unit a second. 1 (not busy yet) + 10 (busy: a lease) + 9 spent locally + 10 again.
+        assert [limits.refused_for(mine, per_minute=60, burst=100, lease=10) for _ in range(12)] == [None] * 12
+        assert 19.0 < _tat_ahead(mine) <= 21.0  # 21 units taken from Redis in 3 calls: 1 + 10 + 10
+        # A burst of 25, refilling one unit every 10 s: 25 admitted, whatever the leases, then refusals.
+        answers = [limits.refused_for(edge, per_minute=6, burst=25, lease=10) for _ in range(40)]
+        assert answers[:25] == [None] * 25 and all(a is not None for a in answers[25:])
+    finally:
+        delete_prefixed(REDIS_URL, PREFIX + ":")
+        limits._leases.clear()
+
+
+def test_a_quiet_budget_takes_one_unit_at_a_time(settings):
+    settings.CACHES = {"default": REDIS}
+    mine = key()
+    try:
+        for _ in range(3):
+            assert limits.refused_for(mine, per_minute=60, burst=100, lease=10) is None
+            time.sleep(limits.LEASE_HOT * 1.5)  # (not busy: more than LEASE_HOT between takes)
+        assert 1.5 < _tat_ahead(mine) <= 3.0  # 3 units, one each
+    finally:
+        delete_prefixed(REDIS_URL, PREFIX + ":")
+        limits._leases.clear()
+
+
+def test_with_a_lease_the_burst_is_still_exact_on_any_cache(budget_cache):
+    mine = key()
+    try:
+        answers = [limits.refused_for(mine, per_minute=6, burst=15, lease=10) for _ in range(30)]
+        assert answers[:15] == [None] * 15 and all(a is not None for a in answers[15:])
+    finally:
+        limits._leases.clear()
