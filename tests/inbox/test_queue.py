@@ -579,3 +579,17 @@ def test_a_stored_event_waits_for_one_frozen_send_not_one_per_held_row(
     with django_capture_on_commit_callbacks(execute=True):  # the broker back: a worker takes them
         inbox.process_pending()
     assert sorted(calls) == sorted([*held, stored.pk])  # each once
+
+
+def test_the_dispatchers_batch_releases_proven_lanes_before_unproven_ones(settings):
+    """inbox/handoff.py's batch for `/events/`' rows (`hand_off`): each announced lane released once, the proven
+    ones first, so a batch full of strangers' events holds no proven event back."""
+    unproven = [
+        InboxItem.objects.create(member_id=f"{n:032x}", event="ONAPPINSTALL", idempotency_key=f"u{n}", lane="unproven")
+        for n in range(5)
+    ]
+    proven = InboxItem.objects.create(member_id="f" * 32, event="ONAPPTEST", idempotency_key="p", lane="proven")
+    inbox.hand_off([str(row.pk) for row in unproven] + [str(proven.pk), str(proven.pk), "not-an-id"])
+    stamps = dict(InboxItem.objects.values_list("pk", "enqueued_at"))
+    assert all(stamps.values())  # every lane released, each row sent once
+    assert stamps[proven.pk] <= min(stamps[row.pk] for row in unproven)
