@@ -131,7 +131,9 @@ def accept(
         raise Refused(f"unknown event {event_code[:40]}", status=400)
     presented = auth.get("application_token")
     application_token = presented if isinstance(presented, str) else ""
-    portal = directory().find(member_id)
+    # A precheck judges more of the row than the INSERT's condition re-checks (ONAPPUPDATE: the portal's status),
+    # so those events read it as it is now; the others may use this process's copy of it.
+    portal = directory().find(member_id, fresh=entry.precheck is not None)
     proven = portal is not None and portal.application_token_is(application_token)
     if portal is not None and not proven:  # (this process's copy of the row may be older than the token)
         portal = directory().find(member_id, fresh=True)

@@ -613,3 +613,15 @@ def test_a_token_changed_after_this_process_read_the_portal_is_judged_on_the_row
     new = post_event(client, b24.event_payload("ONAPPUNINSTALL", application_token="rotated", data={"n": "3"}))
     assert new.status_code == 200 and InboxItem.objects.count() == before + 1
     assert InboxItem.objects.get(pk=new.json()["id"]).lane == InboxItem.Lane.PROVEN
+
+
+def test_an_update_is_judged_on_the_portals_status_as_it_is_not_as_this_process_read_it(client, installed):
+    """ONAPPUPDATE's request-time check reads the portal's status: a copy this process kept from when the portal was
+    uninstalled must not refuse the update of the portal installed again meanwhile (Bitrix24 never resends it)."""
+    portal, b24 = installed
+    Portal.objects.filter(pk=portal.pk).update(status=Portal.Status.UNINSTALLED)
+    payload = b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"}, with_tokens=True)
+    assert post_event(client, payload).status_code == 409  # (this process has now read the row uninstalled)
+    Portal.objects.filter(pk=portal.pk).update(status=Portal.Status.ACTIVE)  # installed again, by another process
+    b24.version = 2
+    assert done(post_event(client, b24.event_payload("ONAPPUPDATE", data={"VERSION": "2"}, with_tokens=True)))
